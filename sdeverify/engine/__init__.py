@@ -1,0 +1,1 @@
+"""Engines: ``cpu`` (Numba), ``reference`` (NumPy), ``cuda`` (numba.cuda)."""

@@ -1,0 +1,74 @@
+"""The slow, obviously-right NumPy reference engine (DESIGN principle 4).
+
+Same maths as the compiled engines, written as plain loops: draws from the NumPy twin of the
+counter-based generator, the problem's functions run as plain Python (``py_func``), the
+same per-block Welford accumulation.  Used by the tests to cross-check every kernel; meant
+for small sizes only.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import config
+from ..observables import evaluate_py
+from ..rng import draws_numpy
+
+
+def run(spec) -> dict:
+    out = spec.allocate()
+    p = spec.problem
+    grad, noise, loss = p.grad.py_func, p.noise.py_func, p.loss.py_func
+    n_opt, d = spec.A.shape[0], spec.x0.shape[0]
+    paths = np.arange(spec.path_offset, spec.path_offset + spec.paths)
+    x = np.tile(spec.x0, (spec.paths, n_opt, 1))
+    m = np.tile(spec.m0, (spec.paths, 1, 1))
+    alive = np.ones((spec.paths, n_opt), dtype=bool)
+    out["div_step"][:] = -1
+    g = np.empty(d)
+    v = np.empty(d)
+    rec_slot = {int(s): r for r, s in enumerate(spec.record)}
+
+    def record(r):
+        for ip in range(spec.paths):
+            stats = out["block_stats"][ip // config.BLOCK]
+            for j in range(n_opt):
+                if not alive[ip, j]:
+                    continue
+                if spec.store_states:
+                    out["states"][j, r, ip] = x[ip, j]
+                for o, code in enumerate(spec.codes):
+                    val = evaluate_py(int(code), x[ip, j], lambda: loss(x[ip, j], p.params),
+                                      spec.user_funcs)
+                    c = stats[j, r, o, 0] + 1.0
+                    delta = val - stats[j, r, o, 1]
+                    mean = stats[j, r, o, 1] + delta / c
+                    stats[j, r, o, :2] = c, mean
+                    stats[j, r, o, 2] += delta * (val - mean)
+
+    if 0 in rec_slot:
+        record(rec_slot[0])
+    for k in range(spec.steps):
+        xi1 = draws_numpy(p.draw_kind, spec.seed, paths, k, 0, p.n_draws)
+        xi2 = draws_numpy(p.draw_kind, spec.seed, paths, k, 1, p.n_draws) if spec.n_calls == 2 else None
+        for ip in range(spec.paths):
+            for j in range(n_opt):
+                if not alive[ip, j]:
+                    continue
+                grad(x[ip, j], p.params, g)
+                noise(x[ip, j], p.params, xi1[ip], v)
+                if xi2 is None:
+                    g += spec.sigma * v
+                else:
+                    g += spec.sigma * spec.r1 * v
+                    noise(x[ip, j], p.params, xi2[ip], v)
+                    g += spec.sigma * spec.r2 * v
+                m[ip, j] = spec.A[j, k] * m[ip, j] + spec.B[j, k] * g
+                x[ip, j] -= spec.G[j, k] * m[ip, j]
+                if not np.all(np.isfinite(x[ip, j])):
+                    alive[ip, j] = False
+                    out["div_step"][j, ip] = k + 1
+        if k + 1 in rec_slot:
+            record(rec_slot[k + 1])
+    out["x_final"][:] = x.transpose(1, 0, 2)
+    out["m_final"][:] = m.transpose(1, 0, 2)
+    return out

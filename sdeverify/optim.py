@@ -1,0 +1,135 @@
+"""Optimizers as per-step linear updates of a momentum buffer (Defs. 3.2, 3.3, A.1).
+
+Every optimizer the engines run is the same two-line update with per-step coefficients
+
+    m_{k+1} = a_k m_k + b_k g_k,      x_{k+1} = x_k − γ_k m_{k+1}
+
+* SGD (Def. 3.2):                 a = 0,   b = 1,       γ = η_k
+* SGDM, EMA form (Def. 3.3):      a = β_k, b = 1 − β_k, γ = η_k
+* HeavyBall = torch.optim.SGD:    a = μ_k, b = 1 − τ (b_0 = 1 on an empty buffer), γ = γ_k
+
+so no optimizer needs a kernel of its own.  :func:`heavy_ball_to_sgdm` converts HeavyBall
+schedules to the EMA form exactly (THEORY §2, Lemma A.2).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .validation import finite_float, schedule, vector
+
+
+@dataclass(frozen=True)
+class Coefficients:
+    a: np.ndarray
+    b: np.ndarray
+    gamma: np.ndarray
+    m0: np.ndarray
+
+
+@dataclass(frozen=True)
+class SGD:
+    """SGD (Def. 3.2): x_{k+1} = x_k − η_k g_k.  ``lr`` is a float or a per-step array."""
+    lr: Any
+    name: str = "SGD"
+
+    def coefficients(self, steps: int, dim: int) -> Coefficients:
+        lr = schedule("lr", self.lr, steps, low=0.0)
+        return Coefficients(np.zeros(steps), np.ones(steps), lr, np.zeros(dim))
+
+
+@dataclass(frozen=True)
+class SGDM:
+    """SGD with momentum, the paper's EMA form (Def. 3.3).
+
+        m_{k+1} = β_k m_k + (1 − β_k) g_k,   x_{k+1} = x_k − η_k m_{k+1}
+
+    ``lr`` and ``beta`` are floats or per-step arrays, β ∈ [0, 1); ``m0`` the initial
+    momentum (zero by default).
+    """
+    lr: Any
+    beta: Any
+    m0: Any = None
+    name: str = "SGDM"
+
+    def coefficients(self, steps: int, dim: int) -> Coefficients:
+        lr = schedule("lr", self.lr, steps, low=0.0)
+        beta = schedule("beta", self.beta, steps, low=0.0, high=1.0, high_open=True)
+        m0 = np.zeros(dim) if self.m0 is None else vector("m0", self.m0, dim)
+        return Coefficients(beta, 1.0 - beta, lr, m0)
+
+
+@dataclass(frozen=True)
+class HeavyBall:
+    """Heavy-ball momentum with exactly the semantics of ``torch.optim.SGD`` (Eq. 1, Def. A.1).
+
+        u_1 = g_0 (empty buffer),  u_{k+1} = μ_k u_k + (1 − τ) g_k,  x_{k+1} = x_k − γ_k u_{k+1}
+
+    ``lr`` (γ) and ``momentum`` (μ, in [0, 1)) are floats or per-step arrays; ``dampening``
+    τ ∈ [0, 1].  ``buffer`` resumes from a non-empty buffer u_0 (then b_0 = 1 − τ too).
+    torch leaves the buffer untouched on a step with μ = 0, which this linear form cannot
+    express, so a per-step momentum must be > 0 everywhere or 0 everywhere.
+    """
+    lr: Any
+    momentum: Any
+    dampening: float = 0.0
+    buffer: Any = None
+    name: str = "HeavyBall"
+
+    def coefficients(self, steps: int, dim: int) -> Coefficients:
+        lr = schedule("lr", self.lr, steps, low=0.0)
+        mu = schedule("momentum", self.momentum, steps, low=0.0, high=1.0, high_open=True)
+        tau = finite_float("dampening", self.dampening, low=0.0, high=1.0)
+        if np.any(mu == 0) and np.any(mu > 0):
+            raise ValueError("momentum must be > 0 on every step or 0 on every step "
+                             "(torch skips the buffer on steps with momentum 0)")
+        if np.all(mu == 0):  # torch: plain SGD, dampening ignored
+            return Coefficients(np.zeros(steps), np.ones(steps), lr, np.zeros(dim))
+        b = np.full(steps, 1.0 - tau)
+        if self.buffer is None:
+            b[0] = 1.0
+            u0 = np.zeros(dim)
+        else:
+            u0 = vector("buffer", self.buffer, dim)
+        return Coefficients(mu, b, lr, u0)
+
+
+def heavy_ball_to_sgdm(lr, momentum, dampening: float = 0.0, *, steps: int,
+                       c0: float | None = None, buffer_empty: bool = True
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact conversion of a HeavyBall (torch) schedule to the EMA form (THEORY §2).
+
+    With m_k = c_k u_k:  c_{k+1} = c_k / (b_k c_k + μ_k),  β_k = μ_k c_{k+1}/c_k,
+    η_k = γ_k / c_{k+1}.  ``c0=None`` picks the canonical choice: 1 − μ for τ = 0 and
+    constant μ (β ≡ μ, η = γ/(1−μ)); μ(1−μ)/(μ−τ) for constant μ > τ > 0; otherwise ∞
+    (β_0 = 0).  Returns ``(eta, beta, c)`` with c of length steps + 1; a resumed run starts
+    from m_0 = c_0 u_0.  SGDM(eta, beta) then produces the same iterates as
+    HeavyBall(lr, momentum, dampening) for the same gradients.
+    """
+    hb = HeavyBall(lr, momentum, dampening, buffer=None if buffer_empty else np.zeros(1))
+    coef = hb.coefficients(steps, 1)
+    mu, b, gamma = coef.a, coef.b, coef.gamma
+    if np.any(mu == 0):
+        raise ValueError("the conversion needs momentum > 0 on every step (THEORY §2)")
+    tau = float(dampening)
+    if c0 is None:
+        const = np.all(mu == mu[0])
+        if const and tau == 0.0:
+            c0 = 1.0 - mu[0]
+        elif const and 0.0 < tau < mu[0]:
+            c0 = mu[0] * (1.0 - mu[0]) / (mu[0] - tau)
+        else:
+            c0 = np.inf
+    c = np.empty(steps + 1)
+    c[0] = c0
+    beta = np.empty(steps)
+    for k in range(steps):
+        if np.isinf(c[k]):
+            c[k + 1] = 1.0 / b[k]
+            beta[k] = 0.0
+        else:
+            c[k + 1] = c[k] / (b[k] * c[k] + mu[k])
+            beta[k] = mu[k] * c[k + 1] / c[k]
+    return gamma / c[1:], beta, c

@@ -1,0 +1,83 @@
+"""The noisy gradient oracle (NGOS, Def. 3.1) as the engines see it.
+
+A problem is three ``numba.njit`` functions over a flat float64 parameter vector ``p``:
+
+* ``grad(x, p, out)``      writes ∇L(x) into ``out``;
+* ``noise(x, p, xi, out)`` writes one noise vector ``v`` (E v = 0, Cov v = Σ(x)) computed
+  from the ``n_draws`` base draws ``xi`` (standard normal, Rademacher or uniform(0, 1));
+* ``loss(x, p)``           returns L(x).
+
+The oracle then returns ``g = ∇L(x) + σ v`` (σ the noise scale).  Engines are generic over
+these functions: a new problem never means a new kernel, only a new (cached) specialisation.
+Because the draws are produced by the engine, every optimizer in one call sees the same
+``xi`` at the same (path, step): common random numbers.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .. import rng
+from ..validation import positive_int
+
+
+class NGOS:
+    """A noisy gradient oracle (Def. 3.1), the user-facing route for custom problems.
+
+    Parameters
+    ----------
+    dim : dimension ``d`` of x.
+    grad, noise, loss : ``numba.njit`` functions with the signatures above.
+    params : flat float64 parameter vector passed as ``p`` to the three functions.
+    n_draws : number of base draws one oracle call consumes.
+    noise_dist : "normal", "rademacher" or "uniform": the law of the base draws.
+    name : label used in results and plots.
+    """
+
+    def __init__(self, *, dim: int, grad: Callable, noise: Callable, loss: Callable,
+                 params=None, n_draws: int | None = None, noise_dist: str = "normal",
+                 name: str = "custom") -> None:
+        self.dim = positive_int("dim", dim)
+        for fname, f in (("grad", grad), ("noise", noise), ("loss", loss)):
+            if not hasattr(f, "py_func"):
+                raise ValueError(f"{fname} must be a numba.njit function, got {f!r}")
+        self.grad, self.noise, self.loss = grad, noise, loss
+        p = np.zeros(1) if params is None else np.asarray(params, dtype=np.float64).ravel()
+        if p.size == 0:
+            p = np.zeros(1)
+        self.params = np.ascontiguousarray(p)
+        self.n_draws = positive_int("n_draws", self.dim if n_draws is None else n_draws)
+        if noise_dist not in rng.DRAW_KINDS:
+            raise ValueError(f"noise_dist must be one of {sorted(rng.DRAW_KINDS)}, got {noise_dist!r}")
+        self.noise_dist = noise_dist
+        self.draw_kind = rng.DRAW_KINDS[noise_dist]
+        self.name = name
+        # SVAG (Def. 6.1): g = r1 g1 + r2 g2 from two independent oracle calls; ell = 1 is off.
+        self.svag_ell = 1.0
+
+    @property
+    def svag_coefficients(self) -> tuple[float, float]:
+        """(r1, r2) of Def. 6.1 for this problem's ℓ; (1, 0) when SVAG is off."""
+        if self.svag_ell == 1.0:
+            return 1.0, 0.0
+        s = np.sqrt(2.0 * self.svag_ell - 1.0)
+        return 0.5 * (1.0 + s), 0.5 * (1.0 - s)
+
+    # NumPy conveniences (used by tests, theory and the reference backend)
+    def gradient(self, x) -> np.ndarray:
+        out = np.empty(self.dim)
+        self.grad(np.asarray(x, dtype=np.float64), self.params, out)
+        return out
+
+    def value(self, x) -> float:
+        return float(self.loss(np.asarray(x, dtype=np.float64), self.params))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, noise={self.noise_dist})"
+
+
+def pack(*arrays) -> np.ndarray:
+    """Concatenate scalars/arrays into one flat float64 parameter vector."""
+    return np.ascontiguousarray(np.concatenate([np.atleast_1d(np.asarray(a, dtype=np.float64)).ravel()
+                                                for a in arrays]))

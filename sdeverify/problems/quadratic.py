@@ -1,0 +1,92 @@
+"""Quadratic losses with constant noise covariance.
+
+    L(x) = ½ (x − c)ᵀ H (x − c) + bᵀ x,   ∇L(x) = H (x − c) + b,   Σ(x) = Σ = S Sᵀ.
+
+Parameter layout of ``p``: ``[H (d·d, row-major), S (d·d), c (d), b (d)]``.
+For this problem SGD and SGDM are linear-Gaussian: their mean and covariance obey exact
+linear recursions (:mod:`sdeverify.theory`), the basis of the exact-moment tests and of
+the Monte-Carlo-free weak error of Thm. 4.5.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ..validation import psd_sqrt, square_matrix, vector
+from .base import NGOS, pack
+
+
+@numba.njit(cache=True)
+def quad_grad(x, p, out):
+    d = x.shape[0]
+    dd = d * d
+    for i in range(d):
+        s = 0.0
+        for j in range(d):
+            s += p[i * d + j] * (x[j] - p[2 * dd + j])
+        out[i] = s + p[2 * dd + d + i]
+
+
+@numba.njit(cache=True)
+def quad_noise(x, p, xi, out):
+    d = x.shape[0]
+    dd = d * d
+    for i in range(d):
+        s = 0.0
+        for j in range(d):
+            s += p[dd + i * d + j] * xi[j]
+        out[i] = s
+
+
+@numba.njit(cache=True)
+def quad_loss(x, p):
+    d = x.shape[0]
+    dd = d * d
+    q = 0.0
+    lin = 0.0
+    for i in range(d):
+        s = 0.0
+        for j in range(d):
+            s += p[i * d + j] * (x[j] - p[2 * dd + j])
+        q += (x[i] - p[2 * dd + i]) * s
+        lin += p[2 * dd + d + i] * x[i]
+    return 0.5 * q + lin
+
+
+class Quadratic(NGOS):
+    """``Quadratic(hessian, noise_cov=None, center=None)``: L(x) = ½(x−c)ᵀH(x−c) + bᵀx.
+
+    hessian : symmetric PSD (d, d) matrix H.
+    noise_cov : PSD (d, d) matrix Σ (identity when omitted); its square root is computed once.
+    center : minimiser c (zero when omitted).
+    linear : optional linear term b (used by :func:`ConstantGradient`).
+    noise_dist : "normal" or "rademacher" — both give noise with covariance Σ.
+    """
+
+    def __init__(self, hessian, noise_cov=None, center=None, *, linear=None,
+                 noise_dist: str = "normal", name: str = "quadratic") -> None:
+        H = square_matrix("hessian", hessian, psd=True)
+        d = H.shape[0]
+        cov = np.eye(d) if noise_cov is None else square_matrix("noise_cov", noise_cov, d, psd=True)
+        c = np.zeros(d) if center is None else vector("center", center, d)
+        b = np.zeros(d) if linear is None else vector("linear", linear, d)
+        if noise_dist not in ("normal", "gaussian", "rademacher"):
+            raise ValueError(f"noise_dist must be 'normal' or 'rademacher', got {noise_dist!r}")
+        self.hessian, self.noise_cov, self.center, self.linear = H, cov, c, b
+        self.noise_sqrt = psd_sqrt("noise_cov", cov)
+        super().__init__(dim=d, grad=quad_grad, noise=quad_noise, loss=quad_loss,
+                         params=pack(H, self.noise_sqrt, c, b), n_draws=d,
+                         noise_dist=noise_dist, name=name)
+
+    def hessian_at(self, x) -> np.ndarray:
+        return self.hessian.copy()
+
+    def noise_cov_at(self, x) -> np.ndarray:
+        return self.noise_cov.copy()
+
+
+def ConstantGradient(c, noise_cov=None, *, noise_dist: str = "normal") -> Quadratic:
+    """L(x) = cᵀx: the oracle returns g ~ c + σ·noise, independent of x (Sec. 4.1 warm-up)."""
+    c = vector("c", c)
+    return Quadratic(np.zeros((c.size, c.size)), noise_cov, linear=c, noise_dist=noise_dist,
+                     name="constant_gradient")
