@@ -1,0 +1,34 @@
+"""One module per paper claim; :data:`EXPERIMENTS` is the registry ``sdeverify check`` runs.
+
+Modules are imported lazily so that a missing optional piece never breaks the others.
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+#: name -> module path, in the order ``sdeverify check`` runs them
+EXPERIMENTS: dict[str, str] = {
+    "hb_equivalence": "sdeverify.experiments.hb_equivalence",
+    "descent_lemma": "sdeverify.experiments.descent_lemma",
+    "variance_reduction": "sdeverify.experiments.variance_reduction",
+    "weak_approximation": "sdeverify.experiments.weak_approximation",
+    "sde_limit": "sdeverify.experiments.sde_limit",
+    "slow_sde": "sdeverify.experiments.slow_sde",
+    "label_noise": "sdeverify.experiments.label_noise",
+}
+
+
+def available() -> list[str]:
+    """Registered experiments whose module exists."""
+    out = []
+    for name, mod in EXPERIMENTS.items():
+        if importlib.util.find_spec(mod) is not None:
+            out.append(name)
+    return out
+
+
+def get(name: str) -> ModuleType:
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; known: {', '.join(available())}")
+    return importlib.import_module(EXPERIMENTS[name])

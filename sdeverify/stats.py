@@ -1,0 +1,172 @@
+"""Statistics that are part of every answer: intervals, rate fits, decision rules.
+
+Decision rules used by the checks (each check's docstring says which it applies):
+
+* **contains(prediction)** — the prediction lies inside the 95% interval of the estimate.
+* **order ≥ p** ("consistent with order at least p") — the *upper* end of the fitted order's
+  95% interval is ≥ p.  A theorem's upper bound C·η^p on an error is contradicted only if
+  the error provably decays slower than η^p.
+* **order ≈ p** — p lies inside the order's 95% interval.
+* **bounded away from 0** — the *lower* end of the 95% interval of the error at the smallest
+  η is > 0 and the fitted order's interval contains 0 or lies below a small threshold.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as _st
+
+
+def z_value(level: float = 0.95, *, tails: int = 2) -> float:
+    """Standard-normal quantile for a two-sided (or one-sided) interval of this level."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    return float(_st.norm.ppf(1.0 - (1.0 - level) / tails))
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a confidence interval [low, high]."""
+    estimate: float
+    low: float
+    high: float
+    level: float = 0.95
+
+    def contains(self, value: float) -> bool:
+        return bool(self.low <= value <= self.high)
+
+    @property
+    def half_width(self) -> float:
+        return 0.5 * (self.high - self.low)
+
+    def __str__(self) -> str:
+        return f"{self.estimate:.4g} [{self.low:.4g}, {self.high:.4g}]"
+
+    def as_dict(self) -> dict:
+        return {"estimate": self.estimate, "low": self.low, "high": self.high, "level": self.level}
+
+
+def mean_interval(mean: float, sem: float, level: float = 0.95) -> Interval:
+    """Normal-approximation interval mean ± z·sem (CLT; valid for the path counts used here)."""
+    z = z_value(level)
+    return Interval(float(mean), float(mean - z * sem), float(mean + z * sem), level)
+
+
+def sample_interval(samples, level: float = 0.95) -> Interval:
+    """Interval for the mean of i.i.d. samples."""
+    x = np.asarray(samples, dtype=np.float64).ravel()
+    if x.size < 2:
+        raise ValueError("need at least 2 samples for an interval")
+    return mean_interval(x.mean(), x.std(ddof=1) / np.sqrt(x.size), level)
+
+
+def paired_difference(a, b, level: float = 0.95) -> Interval:
+    """Interval for E[a − b] from paired samples (common random numbers): the variance used
+    is that of the per-path difference, which is what makes CRN estimates sharp."""
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples must have the same length, got {a.size} and {b.size}")
+    return sample_interval(a - b, level)
+
+
+def max_abs_interval(means, sems, level: float = 0.95) -> Interval:
+    """Interval for max_k |μ_k| from K estimates m_k ± sem_k (simultaneous, Bonferroni).
+
+    With z_B the two-sided quantile at level 1 − (1 − level)/K, every μ_k lies in
+    m_k ± z_B sem_k simultaneously with probability ≥ level, hence
+    max_k |μ_k| ∈ [max_k dist(0, m_k ± z_B sem_k), max_k (|m_k| + z_B sem_k)].
+    """
+    m = np.abs(np.asarray(means, dtype=np.float64).ravel())
+    s = np.asarray(sems, dtype=np.float64).ravel()
+    if m.size == 0:
+        raise ValueError("need at least one estimate")
+    zb = z_value(1.0 - (1.0 - level) / m.size)
+    low = np.maximum(m - zb * s, 0.0)
+    return Interval(float(m.max()), float(low.max()), float((m + zb * s).max()), level)
+
+
+@dataclass(frozen=True)
+class OrderFit:
+    """Fit err ≈ C·η^order on a log-log grid."""
+    order: Interval
+    log_c: float
+    chi2_dof: float
+    n_points: int
+
+    def predict(self, eta) -> np.ndarray:
+        return np.exp(self.log_c) * np.asarray(eta, dtype=np.float64) ** self.order.estimate
+
+    def as_dict(self) -> dict:
+        return {"order": self.order.as_dict(), "log_c": self.log_c, "chi2_dof": self.chi2_dof,
+                "n_points": self.n_points}
+
+
+def fit_order(eta, err, err_sem=None, level: float = 0.95) -> OrderFit:
+    """Weighted least squares of log err on log η.
+
+    Each point's weight is 1/Var(log err) ≈ (err/sem)² (delta method); without ``err_sem``
+    (exact errors) the fit is unweighted.  When the reduced χ² exceeds 1 (the power law does
+    not fit within the Monte Carlo error, e.g. higher-order terms at large η) the covariance
+    is inflated by it and a Student-t quantile with n − 2 degrees of freedom is used, so the
+    interval reflects both Monte Carlo error and lack of fit.
+    """
+    eta = np.asarray(eta, dtype=np.float64).ravel()
+    err = np.asarray(err, dtype=np.float64).ravel()
+    if eta.size != err.size or eta.size < 3:
+        raise ValueError("fit_order needs at least 3 (eta, err) pairs of equal length")
+    if np.any(eta <= 0) or np.any(err <= 0):
+        raise ValueError("fit_order needs positive eta and err (log-log fit)")
+    X = np.column_stack([np.ones_like(eta), np.log(eta)])
+    y = np.log(err)
+    if err_sem is None:
+        w = np.ones_like(y)
+    else:
+        rel = np.asarray(err_sem, dtype=np.float64).ravel() / err
+        w = 1.0 / np.maximum(rel, 1e-300) ** 2
+    W = np.diag(w)
+    cov = np.linalg.inv(X.T @ W @ X)
+    beta = cov @ X.T @ W @ y
+    resid = y - X @ beta
+    dof = eta.size - 2
+    chi2 = float(resid @ W @ resid / dof) if dof > 0 else 0.0
+    if err_sem is None:  # exact errors: residual scatter is the only uncertainty
+        cov = cov * float(resid @ resid / dof)
+        q = float(_st.t.ppf(1.0 - (1.0 - level) / 2, dof))
+    elif chi2 > 1.0:  # lack of fit beyond Monte Carlo error: inflate
+        cov = cov * chi2
+        q = float(_st.t.ppf(1.0 - (1.0 - level) / 2, dof))
+    else:
+        q = z_value(level)
+    se = float(np.sqrt(cov[1, 1]))
+    order = Interval(float(beta[1]), float(beta[1] - q * se), float(beta[1] + q * se), level)
+    return OrderFit(order, float(beta[0]), chi2, int(eta.size))
+
+
+def consistent_with_order_at_least(fit: OrderFit, p: float) -> bool:
+    """Rule "order ≥ p": the upper end of the order's interval is ≥ p."""
+    return bool(fit.order.high >= p)
+
+
+def ks_two_sample(a, b) -> tuple[float, float]:
+    """Two-sample Kolmogorov–Smirnov statistic and p-value."""
+    r = _st.ks_2samp(np.ravel(a), np.ravel(b))
+    return float(r.statistic), float(r.pvalue)
+
+
+def wasserstein1(a, b) -> float:
+    """Wasserstein-1 distance between two empirical 1-D distributions."""
+    return float(_st.wasserstein_distance(np.ravel(a), np.ravel(b)))
+
+
+def bootstrap_interval(stat, samples: tuple, n_boot: int = 200, level: float = 0.95,
+                       seed: int = 0) -> Interval:
+    """Percentile bootstrap interval of ``stat(*samples)``, resampling each sample."""
+    g = np.random.default_rng(seed)
+    est = float(stat(*samples))
+    vals = np.empty(n_boot)
+    for i in range(n_boot):
+        vals[i] = stat(*[s[g.integers(0, len(s), len(s))] for s in samples])
+    lo, hi = np.quantile(vals, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return Interval(est, float(lo), float(hi), level)
