@@ -40,6 +40,7 @@ class SimulationResult:
     observables: tuple
     steps: np.ndarray
     block_stats: np.ndarray
+    block_diff: np.ndarray
     x_final: np.ndarray
     m_final: np.ndarray
     div_step: np.ndarray
@@ -54,6 +55,19 @@ class SimulationResult:
             cache = merge_blocks(self.block_stats)
             object.__setattr__(self, "_merged_cache", cache)
         return cache
+
+    def paired(self, optimizer: str | int, observable: str | int) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, sem) over recorded steps of h(x_j) − h(x_0), paired path by path with the
+        first optimizer (common random numbers); paths where either diverged are excluded."""
+        j, o = self._index(optimizer, observable)
+        cache = self.__dict__.get("_diff_cache")
+        if cache is None:
+            cache = merge_blocks(self.block_diff)
+            object.__setattr__(self, "_diff_cache", cache)
+        n, mean, m2 = cache[j, :, o, 0], cache[j, :, o, 1], cache[j, :, o, 2]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sem = np.sqrt(np.where(n > 1, m2 / np.maximum(n - 1, 1), np.nan) / n)
+        return mean, sem
 
     @property
     def count(self) -> np.ndarray:
@@ -132,6 +146,7 @@ class SimulationResult:
                     wall_time=sum(r.meta.get("wall_time", 0.0) for r in parts))
         return SimulationResult(self.optimizers, self.observables, self.steps,
                                 np.concatenate([r.block_stats for r in parts]),
+                                np.concatenate([r.block_diff for r in parts]),
                                 np.concatenate([r.x_final for r in parts], axis=1),
                                 np.concatenate([r.m_final for r in parts], axis=1),
                                 np.concatenate([r.div_step for r in parts], axis=1), states, meta)
@@ -140,7 +155,8 @@ class SimulationResult:
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``path.json`` (metadata and statistics) and ``path.npz`` (arrays), atomically."""
         path = Path(path)
-        arrays = {"steps": self.steps, "block_stats": self.block_stats, "x_final": self.x_final,
+        arrays = {"steps": self.steps, "block_stats": self.block_stats,
+                  "block_diff": self.block_diff, "x_final": self.x_final,
                   "m_final": self.m_final, "div_step": self.div_step}
         if self.states is not None:
             arrays["states"] = self.states
@@ -159,7 +175,7 @@ class SimulationResult:
         with np.load(path.with_suffix(".npz")) as z:
             arrays = {k: z[k] for k in z.files}
         return cls(tuple(doc["optimizers"]), tuple(doc["observables"]), arrays["steps"],
-                   arrays["block_stats"], arrays["x_final"], arrays["m_final"],
+                   arrays["block_stats"], arrays["block_diff"], arrays["x_final"], arrays["m_final"],
                    arrays["div_step"], arrays.get("states"), doc["meta"])
 
 

@@ -71,7 +71,7 @@ def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0, *, steps: int, 
             "optimizer_specs": [repr(o) for o in (optimizers if isinstance(optimizers, (list, tuple)) else [optimizers])],
             "versions": versions()}
     res = SimulationResult(tuple(spec.names), tuple(spec.obs_names), spec.record,
-                           out["block_stats"], out["x_final"], out["m_final"], out["div_step"],
+                           out["block_stats"], out["block_diff"], out["x_final"], out["m_final"], out["div_step"],
                            out["states"] if spec.store_states else None, meta)
     div = res.divergence
     if div and on_divergence != "ignore":

@@ -34,7 +34,16 @@ def _make_kernel(grad, noise, loss, user_eval):
         return user_eval(USER0 - code, x)
 
     @numba.njit(cache=True, inline="always")
-    def record(stats, states, store, x, alive, params, codes, r, ip):
+    def welford(acc, v):
+        c = acc[0] + 1.0
+        delta = v - acc[1]
+        mean = acc[1] + delta / c
+        acc[0] = c
+        acc[1] = mean
+        acc[2] += delta * (v - mean)
+
+    @numba.njit(cache=True, inline="always")
+    def record(stats, diffs, vals, states, store, x, alive, params, codes, r, ip):
         for j in range(x.shape[0]):
             if not alive[j]:
                 continue
@@ -42,17 +51,14 @@ def _make_kernel(grad, noise, loss, user_eval):
                 for i in range(x.shape[1]):
                     states[j, r, ip, i] = x[j, i]
             for o in range(codes.shape[0]):
-                v = observe(codes[o], x[j], params)
-                c = stats[j, r, o, 0] + 1.0
-                delta = v - stats[j, r, o, 1]
-                mean = stats[j, r, o, 1] + delta / c
-                stats[j, r, o, 0] = c
-                stats[j, r, o, 1] = mean
-                stats[j, r, o, 2] += delta * (v - mean)
+                vals[j, o] = observe(codes[o], x[j], params)
+                welford(stats[j, r, o], vals[j, o])
+                if alive[0]:
+                    welford(diffs[j, r, o], vals[j, o] - vals[0, o])
 
     @numba.njit(cache=True, parallel=True)
     def kernel(x0, m0, params, sigma, A, B, G, rec_steps, codes, k0, k1, path0, n_paths,
-               n_draws, draw_kind, r1, r2, n_calls, block_stats, x_final, m_final,
+               n_draws, draw_kind, r1, r2, n_calls, block_stats, block_diff, x_final, m_final,
                div_step, states, store):
         n_opt, steps = A.shape
         d = x0.shape[0]
@@ -68,6 +74,8 @@ def _make_kernel(grad, noise, loss, user_eval):
             xi2 = xi[n_draws:]
             alive = np.empty(n_opt, dtype=np.bool_)
             stats = block_stats[blk]
+            diffs = block_diff[blk]
+            vals = np.empty((n_opt, codes.shape[0]))
             for ip in range(blk * BLOCK, min((blk + 1) * BLOCK, n_paths)):
                 gp = path0 + ip
                 for j in range(n_opt):
@@ -78,7 +86,7 @@ def _make_kernel(grad, noise, loss, user_eval):
                         m[j, i] = m0[j, i]
                 r = 0
                 if n_rec > 0 and rec_steps[0] == 0:
-                    record(stats, states, store, x, alive, params, codes, 0, ip)
+                    record(stats, diffs, vals, states, store, x, alive, params, codes, 0, ip)
                     r = 1
                 for k in range(steps):
                     fill_draws(draw_kind, k0, k1, gp, k, 0, xi1)
@@ -112,7 +120,7 @@ def _make_kernel(grad, noise, loss, user_eval):
                             alive[j] = False
                             div_step[j, ip] = k + 1
                     if r < n_rec and rec_steps[r] == k + 1:
-                        record(stats, states, store, x, alive, params, codes, r, ip)
+                        record(stats, diffs, vals, states, store, x, alive, params, codes, r, ip)
                         r += 1
                 for j in range(n_opt):
                     for i in range(d):
@@ -138,6 +146,6 @@ def run(spec) -> dict:
     kernel(spec.x0, spec.m0, spec.problem.params, spec.sigma, spec.A, spec.B, spec.G,
            spec.record, spec.codes, spec.k0, spec.k1, spec.path_offset, spec.paths,
            spec.problem.n_draws, spec.problem.draw_kind, spec.r1, spec.r2, spec.n_calls,
-           out["block_stats"], out["x_final"], out["m_final"], out["div_step"],
+           out["block_stats"], out["block_diff"], out["x_final"], out["m_final"], out["div_step"],
            out["states"], spec.store_states)
     return out

@@ -28,22 +28,28 @@ def run(spec) -> dict:
     v = np.empty(d)
     rec_slot = {int(s): r for r, s in enumerate(spec.record)}
 
+    def welford(acc, val):
+        c = acc[0] + 1.0
+        delta = val - acc[1]
+        mean = acc[1] + delta / c
+        acc[:2] = c, mean
+        acc[2] += delta * (val - mean)
+
     def record(r):
+        vals = np.empty((n_opt, spec.codes.shape[0]))
         for ip in range(spec.paths):
-            stats = out["block_stats"][ip // config.BLOCK]
+            blk = ip // config.BLOCK
             for j in range(n_opt):
                 if not alive[ip, j]:
                     continue
                 if spec.store_states:
                     out["states"][j, r, ip] = x[ip, j]
                 for o, code in enumerate(spec.codes):
-                    val = evaluate_py(int(code), x[ip, j], lambda: loss(x[ip, j], p.params),
-                                      spec.user_funcs)
-                    c = stats[j, r, o, 0] + 1.0
-                    delta = val - stats[j, r, o, 1]
-                    mean = stats[j, r, o, 1] + delta / c
-                    stats[j, r, o, :2] = c, mean
-                    stats[j, r, o, 2] += delta * (val - mean)
+                    vals[j, o] = evaluate_py(int(code), x[ip, j],
+                                             lambda: loss(x[ip, j], p.params), spec.user_funcs)
+                    welford(out["block_stats"][blk, j, r, o], vals[j, o])
+                    if alive[ip, 0]:
+                        welford(out["block_diff"][blk, j, r, o], vals[j, o] - vals[0, o])
 
     if 0 in rec_slot:
         record(rec_slot[0])

@@ -62,6 +62,8 @@ class RunSpec:
                   else np.zeros((0, 0, 0, 0)))
         return {
             "block_stats": np.zeros((self.n_blocks, n_opt, n_rec, self.codes.shape[0], 3)),
+            # statistics of h(x_j) − h(x_0) per path (paired with optimizer 0, CRN)
+            "block_diff": np.zeros((self.n_blocks, n_opt, n_rec, self.codes.shape[0], 3)),
             "x_final": np.empty((n_opt, self.paths, d)),
             "m_final": np.empty((n_opt, self.paths, d)),
             "div_step": np.empty((n_opt, self.paths), dtype=np.int64),
