@@ -1,0 +1,231 @@
+"""Command line: ``sdeverify simulate | run NAME | check | list``.
+
+The CLI is thin: every subcommand builds parameters, calls a library function and prints or
+saves what it returns.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import config
+
+PROBLEMS = ("quadratic", "cosine", "linreg", "constant")
+
+
+def _problem(args):
+    from . import problems as P
+    d = args.dim
+    if args.problem == "quadratic":
+        return P.Quadratic(np.diag(np.linspace(1.0, args.curvature, d)), noise_dist=args.noise)
+    if args.problem == "cosine":
+        return P.CosineWell(d, noise_dist=args.noise)
+    if args.problem == "linreg":
+        return P.LinearRegression.generate(n=256, d=d, batch_size=args.batch_size, seed=args.seed)
+    return P.ConstantGradient(np.ones(d), noise_dist=args.noise)
+
+
+def _optimizers(args):
+    from .optim import SGD, SGDM, HeavyBall
+    out = []
+    for name in args.optimizers.split(","):
+        name = name.strip().lower()
+        if name == "sgd":
+            out.append(SGD(args.lr))
+        elif name == "sgdm":
+            out.append(SGDM(args.lr, args.beta))
+        elif name in ("heavyball", "hb"):
+            out.append(HeavyBall(args.lr * (1 - args.beta), args.beta, args.dampening))
+        else:
+            raise ValueError(f"--optimizers: unknown optimizer {name!r} (use sgd, sgdm, heavyball)")
+    return out
+
+
+def cmd_simulate(args) -> int:
+    from .progress import bar
+    from .simulate import simulate
+    problem = _problem(args)
+    if args.svag != 1.0:
+        from .problems import SVAG
+        problem = SVAG(problem, args.svag)
+    opts = _optimizers(args)
+    x0 = np.full(problem.dim, args.x0)
+    record = np.unique(np.linspace(0, args.steps, args.record + 1).round().astype(int))
+    shard = max(config.BLOCK, (args.paths // 20) // config.BLOCK * config.BLOCK)
+    parts = []
+    t0 = time.perf_counter()
+    with bar(args.paths, "paths", quiet=args.quiet, unit="path") as update:
+        for off in range(0, args.paths, shard):
+            parts.append(simulate(problem, opts, x0, steps=args.steps, paths=min(shard, args.paths - off),
+                                  sigma=args.sigma, seed=args.seed, record=record,
+                                  backend=args.backend, path_offset=off,
+                                  observables=["loss", "sqnorm"] + [f"x{i}" for i in range(min(problem.dim, 2))]))
+            update(off + parts[-1].paths)
+    res = parts[0].merge(*parts[1:]) if len(parts) > 1 else parts[0]
+    print(f"{problem.name}, d={problem.dim}, sigma={args.sigma}, {args.steps} steps, "
+          f"{args.paths} paths, seed {args.seed}, backend {args.backend}: {time.perf_counter() - t0:.2f} s")
+    print(res.summary())
+    if args.out:
+        path = res.save(Path(args.out) / "simulation")
+        print(f"wrote {path} and {path.with_suffix('.npz')}")
+    return 0
+
+
+def _run_one(name: str, size: str, seed: int, out: Path | None, quiet: bool, overrides=None):
+    from . import experiments
+    from .progress import bar
+    mod = experiments.get(name)
+    with bar(1, name, quiet=quiet) as update:
+        res = mod.run(size=size, seed=seed, progress=update, **(overrides or {}))
+    fig = None
+    if out is not None:
+        res.save(out)
+        fig = mod.plot(res, out / f"{name}.png")
+    return res, fig
+
+
+def _verdict_rows(res) -> list[list[str]]:
+    return [[v.claim, v.reference, v.prediction, str(v.measured), "PASS" if v.passed else "FAIL"]
+            for v in res.verdicts]
+
+
+def _print_table(rows: list[list[str]]) -> None:
+    head = ["claim", "paper", "prediction", "measured [95% CI]", "verdict"]
+    rows = [head] + rows
+    w = [min(max(len(r[i]) for r in rows), 60) for i in range(len(head))]
+    for i, r in enumerate(rows):
+        print("  ".join(c[:60].ljust(w[j]) for j, c in enumerate(r)))
+        if i == 0:
+            print("  ".join("-" * x for x in w))
+
+
+def cmd_run(args) -> int:
+    out = Path(args.out) if args.out else None
+    res, fig = _run_one(args.name, args.size, args.seed, out, args.quiet)
+    _print_table(_verdict_rows(res))
+    print(f"{args.name}: {'PASS' if res.passed else 'FAIL'} in {res.meta.get('wall_time', 0):.1f} s")
+    if out is not None:
+        print(f"wrote {out / (args.name + '.json')}" + (f" and {fig}" if fig else ""))
+    return 0 if res.passed else 1
+
+
+def cmd_check(args) -> int:
+    from . import experiments
+    from .result import atomic_write_text
+    size = "full" if args.full else ("smoke" if args.smoke else "quick")
+    names = experiments.available()
+    if args.only:
+        wanted = [n.strip() for n in args.only.split(",")]
+        for n in wanted:
+            experiments.get(n)
+        names = [n for n in names if n in wanted]
+    out = Path(args.out)
+    rows, summary, t0 = [], [], time.perf_counter()
+    for i, name in enumerate(names):
+        print(f"[{i + 1}/{len(names)}] {name} ({size}) ...", file=sys.stderr, flush=True)
+        try:
+            res, fig = _run_one(name, size, args.seed, out, args.quiet)
+        except Exception as exc:  # a crashing check is a failed check, reported, not hidden
+            rows.append([name, "-", "-", f"ERROR: {type(exc).__name__}: {exc}", "FAIL"])
+            summary.append({"name": name, "passed": False, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        rows += _verdict_rows(res)
+        summary.append({"name": name, "passed": res.passed, "wall_time": res.meta.get("wall_time"),
+                        "figure": str(fig) if fig else None,
+                        "verdicts": [v.as_dict() for v in res.verdicts]})
+        # the summary is rewritten after each check: an interrupted run keeps what finished
+        atomic_write_text(out / "summary.json", json.dumps(
+            {"size": size, "seed": args.seed, "checks": summary, "complete": False}, indent=1))
+    wall = time.perf_counter() - t0
+    passed = all(s["passed"] for s in summary)
+    atomic_write_text(out / "summary.json", json.dumps(
+        {"size": size, "seed": args.seed, "checks": summary, "complete": True,
+         "passed": passed, "wall_time": wall}, indent=1))
+    _print_table(rows)
+    n_pass = sum(r[-1] == "PASS" for r in rows)
+    print(f"\n{n_pass} passed, {len(rows) - n_pass} failed  ({len(names)} checks, {size}, "
+          f"{wall:.0f} s; results in {out}/)")
+    return 0 if passed else 1
+
+
+def cmd_list(args) -> int:
+    from . import experiments
+    for name in experiments.available():
+        mod = experiments.get(name)
+        print(f"{name:20s} {getattr(mod, 'TITLE', '')}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sdeverify", description=(
+        "Numerical checks of 'The Marginal Value of Momentum for Small Learning Rate SGD' "
+        "(ICLR 2024): ensembles of SGD/SGDM on noisy-gradient problems, weak errors, SDE limits."))
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("simulate", help="simulate coupled SGD/SGDM ensembles and summarise",
+                       description="Simulate ensembles of optimizers sharing the oracle noise "
+                                   "(common random numbers) and print mean ± 95%% intervals.")
+    s.add_argument("--problem", choices=PROBLEMS, default="quadratic", help="NGOS problem (default quadratic)")
+    s.add_argument("--dim", type=int, default=8, help="dimension d (default 8)")
+    s.add_argument("--curvature", type=float, default=4.0, help="quadratic: largest Hessian eigenvalue (default 4)")
+    s.add_argument("--noise", choices=("normal", "rademacher"), default="normal", help="noise law")
+    s.add_argument("--batch-size", type=int, default=8, help="linreg: minibatch size B")
+    s.add_argument("--svag", type=float, default=1.0, help="SVAG parameter ell >= 1 (Def 6.1; default off)")
+    s.add_argument("--optimizers", default="sgd,sgdm", help="comma list of sgd, sgdm, heavyball")
+    s.add_argument("--lr", type=float, default=0.05, help="learning rate eta (heavyball uses eta*(1-beta))")
+    s.add_argument("--beta", type=float, default=0.9, help="momentum beta in [0,1)")
+    s.add_argument("--dampening", type=float, default=0.0, help="heavyball dampening in [0,1]")
+    s.add_argument("--sigma", type=float, default=1.0, help="noise scale sigma >= 0")
+    s.add_argument("--x0", type=float, default=1.0, help="initial value of every coordinate")
+    s.add_argument("--paths", type=int, default=4096, help="number of paths")
+    s.add_argument("--steps", type=int, default=1000, help="number of steps")
+    s.add_argument("--record", type=int, default=config.DEFAULT_RECORDS, help="number of recorded steps")
+    s.add_argument("--seed", type=int, default=0, help="random seed")
+    s.add_argument("--backend", choices=("cpu", "numpy", "cuda"), default="cpu")
+    s.add_argument("--out", default=None, help="folder for simulation.json / simulation.npz")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_simulate)
+
+    r = sub.add_parser("run", help="run one experiment (see `sdeverify list`)")
+    r.add_argument("name", help="experiment name")
+    r.add_argument("--size", choices=("smoke", "quick", "full"), default="quick")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", default="sdeverify-out", help="folder for NAME.json/.npz/.png")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("check", help="run every registered check of the paper's claims",
+                       description="Run the registered checks, print claim / prediction / "
+                                   "measured interval / verdict, write per-check JSON+PNG and "
+                                   "summary.json; exit 1 if any check fails.")
+    g = c.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="about 5 minutes on 2 cores (default)")
+    g.add_argument("--full", action="store_true", help="paper-quality sizes")
+    g.add_argument("--smoke", action="store_true", help="seconds per check (CI)")
+    c.add_argument("--only", default=None, help="comma list of check names")
+    c.add_argument("--out", default="sdeverify-out", help="output folder (default sdeverify-out)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=cmd_check)
+
+    ls = sub.add_parser("list", help="list the registered checks")
+    ls.set_defaults(func=cmd_list)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as exc:
+        print(f"sdeverify: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
