@@ -1,0 +1,272 @@
+"""A diagonal linear network on generated sparse regression data, with label noise.
+
+    f_j(w) = ⟨u⊙u − v⊙v, a_j⟩,   L(w) = (1/2n) Σ_j (f_j(w) − y_j)²,   w = (u, v) ∈ R^{2D},
+
+with n < D samples, so the interpolating solutions Γ = {w : f_j(w) = y_j ∀j} form a manifold
+of dimension 2D − n (where the Jacobian J, rows ∇f_j = (2u⊙a_j, −2v⊙a_j), has rank n).
+
+Label noise: the oracle is the gradient of the loss with every label perturbed,
+y_j → y_j + σ√n ξ_j.  That adds σ·v with
+
+    v = −(1/√n) Σ_j ξ_j ∇f_j(w) = −Jᵀξ/√n,      Σ(w) = Cov v = JᵀJ / n,
+
+which on Γ equals ∇²L (the label-noise covariance of Blanc et al. 2020; Li, Wang, Arora 2021
+§5).  One oracle call costs O(nD): z = Aᵀξ/√n, v = (−2u⊙z, 2v⊙z).
+
+Pieces of the slow SDE (:class:`~sdeverify.problems.manifolds.ManifoldProblem`):
+
+* Φ: gradient flow keeps u_i(t) = u_i(0) e^{−2G_i}, v_i(t) = v_i(0) e^{2G_i} with
+  G = Aᵀq/n, q(t) = ∫_0^t r ds ∈ R^n, r the residual.  The limit is the unique q solving
+  A(u0² e^{−4Aᵀq/n} − v0² e^{4Aᵀq/n}) = y, the maximiser of a strictly concave function,
+  found by damped Newton (:meth:`DiagonalNet.project`); :meth:`DiagonalNet.gradient_flow`
+  integrates the flow numerically instead (the cross-check).
+* P = I − Jᵀ(JJᵀ)⁻¹J, ∇²L = (JᵀJ + Σ_j r_j H_j)/n with H_j = diag(2a_j, −2a_j),
+  ∂²(∇L)[M] = (1/n) Σ_j [tr(M H_j) ∇f_j + 2 H_j M ∇f_j] (f_j quadratic: ∂³f_j = 0).
+* On Γ, Σ_∥ = PΣP = 0: the slow SDE is the deterministic flow
+  dζ/dt = −(σ²/4) P ∇ tr ∇²L(ζ), which lowers the sharpness
+  tr ∇²L = (4/n) Σ_ij a_ji² (u_i² + v_i²) — a weighted ℓ1 norm of β = u⊙u − v⊙v at its
+  minimum u_i v_i = 0: the drift favours sparse solutions.
+
+Parameter layout ``p = [n, D, A (n·D, row-major), y (n)]``.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ..validation import finite_float, positive_int
+from .base import pack
+from .manifolds import ManifoldProblem
+
+
+@numba.njit(cache=True)
+def dn_residual_g(x, p, g):
+    """g = Aᵀ r / n with r = A(u² − v²) − y; returns nothing (g filled)."""
+    n = int(p[0])
+    D = int(p[1])
+    for i in range(D):
+        g[i] = 0.0
+    for j in range(n):
+        r = -p[2 + n * D + j]
+        base = 2 + j * D
+        for i in range(D):
+            r += p[base + i] * (x[i] * x[i] - x[D + i] * x[D + i])
+        for i in range(D):
+            g[i] += p[base + i] * r
+    for i in range(D):
+        g[i] /= n
+
+
+@numba.njit(cache=True)
+def dn_grad(x, p, out):
+    D = int(p[1])
+    # use out[D:] as scratch for g (then overwrite)
+    g = out[D:]
+    dn_residual_g(x, p, g)
+    for i in range(D):
+        gi = g[i]
+        out[i] = 2.0 * x[i] * gi
+        out[D + i] = -2.0 * x[D + i] * gi
+
+
+@numba.njit(cache=True)
+def dn_noise(x, p, xi, out):
+    n = int(p[0])
+    D = int(p[1])
+    s = 1.0 / np.sqrt(n)
+    for i in range(D):
+        z = 0.0
+        for j in range(n):
+            z += p[2 + j * D + i] * xi[j]
+        z *= s
+        out[i] = -2.0 * x[i] * z
+        out[D + i] = 2.0 * x[D + i] * z
+
+
+@numba.njit(cache=True)
+def dn_loss(x, p):
+    n = int(p[0])
+    D = int(p[1])
+    tot = 0.0
+    for j in range(n):
+        r = -p[2 + n * D + j]
+        for i in range(D):
+            r += p[2 + j * D + i] * (x[i] * x[i] - x[D + i] * x[D + i])
+        tot += r * r
+    return 0.5 * tot / n
+
+
+@numba.njit(cache=True)
+def dn_sharpness(x, p):
+    """tr ∇²L on Γ: (4/n) Σ_ij a_ji² (u_i² + v_i²) (the trace of JᵀJ/n at any point)."""
+    n = int(p[0])
+    D = int(p[1])
+    tot = 0.0
+    for j in range(n):
+        for i in range(D):
+            a = p[2 + j * D + i]
+            tot += a * a * (x[i] * x[i] + x[D + i] * x[D + i])
+    return 4.0 * tot / n
+
+
+class DiagonalNet(ManifoldProblem):
+    """``DiagonalNet(features, targets)`` or ``DiagonalNet.generate(n, D, sparsity, seed)``.
+
+    State w = (u, v) ∈ R^{2D}; β = u⊙u − v⊙v is the regression vector.  See the module
+    docstring for the loss, the label-noise oracle and the manifold pieces.
+    """
+
+    def __init__(self, features, targets, *, name: str = "diagonal_net") -> None:
+        A = np.asarray(features, dtype=np.float64)
+        y = np.asarray(targets, dtype=np.float64)
+        if A.ndim != 2:
+            raise ValueError(f"features must be an (n, D) matrix, got shape {A.shape}")
+        n, D = A.shape
+        if y.shape != (n,):
+            raise ValueError(f"targets must have shape ({n},), got {y.shape}")
+        if n >= D:
+            raise ValueError(f"need fewer samples than features (n < D) for a manifold of "
+                             f"interpolating solutions, got n={n}, D={D}")
+        if not (np.all(np.isfinite(A)) and np.all(np.isfinite(y))):
+            raise ValueError("features and targets must be finite")
+        self.features, self.targets = A, y
+        self.n, self.D = n, D
+        self.manifold_dim = 2 * D - n
+        super().__init__(dim=2 * D, grad=dn_grad, noise=dn_noise, loss=dn_loss,
+                         params=pack(n, D, A, y), n_draws=n, noise_dist="normal", name=name)
+
+    @classmethod
+    def generate(cls, n: int = 5, D: int = 10, sparsity: int = 2, *, seed: int = 0,
+                 scale: float = 1.0) -> "DiagonalNet":
+        """Gaussian features a_j ~ N(0, I_D), a planted β* with ``sparsity`` non-zero entries
+        (±``scale``), noiseless targets y = Aβ*."""
+        n = positive_int("n", n)
+        D = positive_int("D", D)
+        sparsity = positive_int("sparsity", sparsity)
+        if sparsity > D:
+            raise ValueError(f"sparsity must be <= D={D}, got {sparsity}")
+        g = np.random.default_rng(seed)
+        A = g.standard_normal((n, D))
+        beta = np.zeros(D)
+        idx = g.choice(D, sparsity, replace=False)
+        beta[idx] = finite_float("scale", scale, low=0.0, low_open=True) * g.choice([-1.0, 1.0], sparsity)
+        out = cls(A, A @ beta)
+        out.beta_star = beta
+        return out
+
+    # helpers -----------------------------------------------------------------------------
+    def split(self, w):
+        w = np.asarray(w, dtype=np.float64)
+        return w[..., :self.D], w[..., self.D:]
+
+    def beta(self, w) -> np.ndarray:
+        u, v = self.split(w)
+        return u * u - v * v
+
+    def residual(self, w) -> np.ndarray:
+        return self.beta(w) @ self.features.T - self.targets
+
+    def jacobian(self, w) -> np.ndarray:
+        """J (…, n, 2D): rows ∇f_j = (2u⊙a_j, −2v⊙a_j)."""
+        u, v = self.split(w)
+        A = self.features
+        return np.concatenate([2.0 * u[..., None, :] * A, -2.0 * v[..., None, :] * A], axis=-1)
+
+    def _Hj(self) -> np.ndarray:
+        """diag of H_j = ∇²f_j: (n, 2D)."""
+        return np.concatenate([2.0 * self.features, -2.0 * self.features], axis=-1)
+
+    # manifold pieces ------------------------------------------------------------------------
+    def project(self, x, tol: float = 1e-13, max_iter: int = 100) -> np.ndarray:
+        """Φ(w): the limit of gradient flow, via the dual Newton solve (module docstring)."""
+        x = np.asarray(x, dtype=np.float64)
+        X = x.reshape(-1, self.dim)
+        out = np.empty_like(X)
+        for r in range(X.shape[0]):
+            out[r] = self._project_one(X[r], tol, max_iter)
+        return out.reshape(x.shape)
+
+    def _project_one(self, w, tol, max_iter):
+        A, y, n = self.features, self.targets, self.n
+        u0, v0 = w[:self.D], w[self.D:]
+        u2, v2 = u0 * u0, v0 * v0
+        q = np.zeros(n)
+
+        def pieces(q):
+            s = 4.0 * (A.T @ q) / n
+            eu, ev = np.exp(-s), np.exp(s)
+            beta = u2 * eu - v2 * ev
+            # concave potential Ψ(q) = −(n/4) Σ (u² e^{−s} + v² e^{s}) − yᵀq  (∇Ψ = Aβ − y)
+            psi = -0.25 * n * np.sum(u2 * eu + v2 * ev) - y @ q
+            return s, eu, ev, beta, psi
+
+        s, eu, ev, beta, psi = pieces(q)
+        for _ in range(max_iter):
+            F = A @ beta - y
+            if np.max(np.abs(F)) <= tol * max(1.0, np.max(np.abs(y))):
+                break
+            Hd = (4.0 / n) * (u2 * eu + v2 * ev)
+            Jq = (A * Hd) @ A.T                      # −∇²Ψ (positive definite)
+            dq = np.linalg.solve(Jq, F)
+            step = 1.0
+            while True:
+                s2, eu2, ev2, beta2, psi2 = pieces(q + step * dq)
+                if psi2 >= psi + 0.25 * step * F @ dq or step < 1e-12:
+                    break
+                step *= 0.5
+            q = q + step * dq
+            s, eu, ev, beta, psi = s2, eu2, ev2, beta2, psi2
+        return np.concatenate([u0 * np.exp(-0.5 * s), v0 * np.exp(0.5 * s)])
+
+    def gradient_flow(self, w, t_max: float = 200.0, rtol: float = 1e-12) -> np.ndarray:
+        """Φ(w) by integrating ẇ = −∇L(w) numerically (scipy LSODA/Radau) to ``t_max``."""
+        from scipy.integrate import solve_ivp
+        w = np.asarray(w, dtype=np.float64)
+        sol = solve_ivp(lambda t, z: -self.gradient(z), (0.0, t_max), w, method="LSODA",
+                        rtol=rtol, atol=1e-14)
+        return sol.y[:, -1]
+
+    def tangent_projector(self, zeta) -> np.ndarray:
+        J = self.jacobian(zeta)
+        G = J @ np.swapaxes(J, -1, -2)
+        return np.eye(self.dim) - np.swapaxes(J, -1, -2) @ np.linalg.solve(G, J)
+
+    def hessian_at(self, x) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        J = self.jacobian(x)
+        r = self.residual(x)
+        H = np.swapaxes(J, -1, -2) @ J
+        diag = r @ self._Hj()                      # Σ_j r_j diag(H_j)
+        idx = np.arange(self.dim)
+        H[..., idx, idx] += diag
+        return H / self.n
+
+    def noise_sqrt_at(self, x) -> np.ndarray:
+        """S = −Jᵀ/√n, an (2D × n) factor (S Sᵀ = Σ; not square)."""
+        return -np.swapaxes(self.jacobian(x), -1, -2) / np.sqrt(self.n)
+
+    def third_contraction(self, x, M) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        M = np.asarray(M, dtype=np.float64)
+        J = self.jacobian(x)                       # (…, n, 2D)
+        Hd = self._Hj()                            # (n, 2D)
+        trMH = np.einsum("...kk,jk->...j", M, Hd)  # tr(M H_j)
+        MJ = np.einsum("...kl,...jl->...jk", M, J)  # (M ∇f_j)_k
+        out = np.einsum("...j,...jk->...k", trMH, J) + 2.0 * np.einsum("jk,...jk->...k", Hd, MJ)
+        return out / self.n
+
+    def sharpness(self, zeta) -> np.ndarray:
+        u, v = self.split(zeta)
+        return (4.0 / self.n) * ((u * u + v * v) @ (self.features ** 2).T).sum(axis=-1)
+
+    def sharpness_gradient(self, zeta) -> np.ndarray:
+        """∇ tr(JᵀJ/n) = (8/n) (u⊙Σ_j a_j², v⊙Σ_j a_j²)."""
+        u, v = self.split(zeta)
+        c = (8.0 / self.n) * np.sum(self.features ** 2, axis=0)
+        return np.concatenate([u * c, v * c], axis=-1)
+
+    def slow_drift(self, zeta, sigma: float) -> np.ndarray:
+        """Closed form for label noise (Σ = ∇²L on Γ): b = −(σ²/4) P ∇ tr ∇²L."""
+        zeta = np.asarray(zeta, dtype=np.float64)
+        P = self.tangent_projector(zeta)
+        return -0.25 * sigma ** 2 * np.einsum("...ij,...j->...i", P, self.sharpness_gradient(zeta))

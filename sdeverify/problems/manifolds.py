@@ -1,0 +1,425 @@
+"""Problems whose minimizers form a manifold Γ: the setting of the slow SDE (Sec. 5, THEORY §8).
+
+Besides the NGOS functions (``grad``, ``noise``, ``loss``) a :class:`ManifoldProblem` provides
+the pieces the slow SDE of Thm. 5.5 is built from, as NumPy methods that accept one point
+``(d,)`` or a batch ``(N, d)``:
+
+* ``project(x)``                Φ(x), the limit of gradient flow started at x;
+* ``tangent_projector(ζ)``      P_ζ, orthogonal projector onto T_ζΓ (ζ ∈ Γ);
+* ``hessian_at(x)``             ∇²L(x);
+* ``noise_cov_at(x)``           Σ(x) (the oracle noise is σ·v with Cov v = Σ);
+* ``noise_sqrt_at(x)``          S(x) with S Sᵀ = Σ (what ``noise`` applies to the draws);
+* ``third_contraction(x, M)``   ∂²(∇L)(x)[M] = Σ_jk M_jk ∂_j∂_k ∇L(x);
+* ``sharpness(ζ)``              tr ∇²L(ζ).
+
+Two problems live here, with closed forms:
+
+* :class:`Valley`  L(x, y) = ½ h(x) |y|², x ∈ R, y ∈ R^m, h a positive polynomial; tangent
+  noise variance s_x²(x) and normal noise variance s_y²(x) polynomials in x (label-noise-like
+  s_y² = c·h is ``Valley.label_noise_like``).
+* :class:`Sphere`  L(x) = ¼ (‖x‖² − 1)², x ∈ R^d, isotropic noise Σ = s² I.
+
+The diagonal linear network with label noise is in :mod:`.diagonal_net`.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ..validation import finite_float, positive_int, vector
+from .base import NGOS, pack
+
+
+# --------------------------------------------------------------------------------------------
+# base class
+# --------------------------------------------------------------------------------------------
+class ManifoldProblem(NGOS):
+    """An NGOS whose minimizers form a smooth manifold Γ (Assumption 5.1).
+
+    Subclasses implement the methods listed in the module docstring; the generic slow-SDE
+    coefficients of :mod:`sdeverify.slow_sde` are built from them alone.
+    ``manifold_dim`` is dim Γ.  ``slow_step`` (optional) is an njit function
+    ``slow_step(z, p, xi, eta, sigma, work)`` doing one Euler step (dt = η²) of the slow SDE
+    in place, driven by the oracle's base draws ``xi`` (used by
+    :func:`sdeverify.slow_sde.coupled_slow_sde`).
+    """
+
+    manifold_dim: int
+    slow_step = None
+
+    def project(self, x) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def tangent_projector(self, zeta) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def hessian_at(self, x) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def noise_sqrt_at(self, x) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def third_contraction(self, x, M) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def noise_cov_at(self, x) -> np.ndarray:
+        S = self.noise_sqrt_at(x)
+        return S @ np.swapaxes(S, -1, -2)
+
+    def sharpness(self, zeta) -> np.ndarray:
+        """tr ∇²L(ζ) (the quantity label noise minimizes on Γ)."""
+        return np.trace(self.hessian_at(zeta), axis1=-2, axis2=-1)
+
+    def distance_to_manifold(self, x) -> np.ndarray:
+        """‖x − Φ(x)‖ (not the Euclidean distance to Γ, but equivalent near Γ)."""
+        x = np.asarray(x, dtype=np.float64)
+        return np.linalg.norm(x - self.project(x), axis=-1)
+
+    def slow_drift(self, zeta, sigma: float) -> np.ndarray:
+        """Drift of the slow SDE at ζ ∈ Γ (generic formula of THEORY §8; subclasses may give
+        a closed form).  See :func:`sdeverify.slow_sde.slow_coefficients`."""
+        from ..slow_sde import slow_coefficients
+        return slow_coefficients(self, zeta, sigma)[0]
+
+    def slow_diffusion(self, zeta, sigma: float) -> np.ndarray:
+        """Diffusion matrix D(ζ) of the slow SDE (dζ = D dW + b dt): σ P_ζ S(ζ)."""
+        zeta = np.asarray(zeta, dtype=np.float64)
+        return sigma * self.tangent_projector(zeta) @ self.noise_sqrt_at(zeta)
+
+
+# --------------------------------------------------------------------------------------------
+# Valley: L(x, y) = ½ h(x) |y|²
+# --------------------------------------------------------------------------------------------
+# p = [m, nh, h_0..h_{nh-1}, na, a_0.., nb, b_0..] with polynomials in x (increasing powers):
+# h (curvature), a = s_x² (tangent noise variance), b = s_y² (normal noise variance).
+
+@numba.njit(cache=True, inline="always")
+def _poly(p, off, x):
+    """Value and derivative of the polynomial stored at p[off] = n, p[off+1 : off+1+n]."""
+    n = int(p[off])
+    v = 0.0
+    dv = 0.0
+    for k in range(n - 1, -1, -1):
+        dv = dv * x + v
+        v = v * x + p[off + 1 + k]
+    return v, dv
+
+
+@numba.njit(cache=True)
+def valley_grad(x, p, out):
+    h, dh = _poly(p, 1, x[0])
+    s = 0.0
+    for i in range(1, x.shape[0]):
+        s += x[i] * x[i]
+        out[i] = h * x[i]
+    out[0] = 0.5 * dh * s
+
+
+@numba.njit(cache=True)
+def valley_noise(x, p, xi, out):
+    nh = int(p[1])
+    oa = 2 + nh
+    na = int(p[oa])
+    ob = oa + 1 + na
+    a, _ = _poly(p, oa, x[0])
+    b, _ = _poly(p, ob, x[0])
+    out[0] = np.sqrt(max(a, 0.0)) * xi[0]
+    sb = np.sqrt(max(b, 0.0))
+    for i in range(1, x.shape[0]):
+        out[i] = sb * xi[i]
+
+
+@numba.njit(cache=True)
+def valley_loss(x, p):
+    h, _ = _poly(p, 1, x[0])
+    s = 0.0
+    for i in range(1, x.shape[0]):
+        s += x[i] * x[i]
+    return 0.5 * h * s
+
+
+@numba.njit(cache=True)
+def valley_project(X, p, n_sub, out):
+    """Φ for a batch X (N, d): gradient flow keeps y ∥ y0 and, with s = |y|², obeys
+    dx/ds = h'(x) / (4 h(x)) (exactly); integrate s from |y0|² down to 0 by RK4."""
+    for r in range(X.shape[0]):
+        s0 = 0.0
+        for i in range(1, X.shape[1]):
+            s0 += X[r, i] * X[r, i]
+        x = X[r, 0]
+        ds = -s0 / n_sub
+        for _ in range(n_sub):
+            h, dh = _poly(p, 1, x)
+            k1 = dh / (4.0 * h)
+            h, dh = _poly(p, 1, x + 0.5 * ds * k1)
+            k2 = dh / (4.0 * h)
+            h, dh = _poly(p, 1, x + 0.5 * ds * k2)
+            k3 = dh / (4.0 * h)
+            h, dh = _poly(p, 1, x + ds * k3)
+            k4 = dh / (4.0 * h)
+            x += ds * (k1 + 2.0 * k2 + 2.0 * k3 + k4) / 6.0
+        out[r] = x
+
+
+@numba.njit(cache=True)
+def valley_slow_step(z, p, xi, eta, sigma, work):
+    """One Euler step (dt = η²) of the valley's slow SDE driven by the oracle's own draws:
+    x ← x − η σ s_x(x) ξ_0 − η² σ² m s_y² h′/(4h)  (y stays 0).  ``eta`` includes λ_k."""
+    m = p[0]
+    nh = int(p[1])
+    oa = 2 + nh
+    na = int(p[oa])
+    ob = oa + 1 + na
+    x = z[0]
+    h, dh = _poly(p, 1, x)
+    a, _ = _poly(p, oa, x)
+    b, _ = _poly(p, ob, x)
+    z[0] = x - eta * sigma * np.sqrt(max(a, 0.0)) * xi[0] - eta * eta * sigma * sigma * m * b * dh / (4.0 * h)
+
+
+def _coeffs(name: str, c) -> np.ndarray:
+    c = np.atleast_1d(np.asarray(c, dtype=np.float64)).ravel()
+    if c.size == 0 or not np.all(np.isfinite(c)):
+        raise ValueError(f"{name} must be a non-empty finite list of polynomial coefficients")
+    return c
+
+
+class Valley(ManifoldProblem):
+    """``Valley(h=(1, 0, 1), sx2=(0,), sy2=(1,), m=1)``: L(x, y) = ½ h(x) |y|² (THEORY §8).
+
+    x ∈ R (the coordinate along Γ = {y = 0}), y ∈ R^m; the state is (x, y_1..y_m).
+    ``h``, ``sx2``, ``sy2`` are polynomial coefficients in increasing powers of x:
+    h (must stay > 0 where the iterates go), the tangent noise variance s_x²(x) and the normal
+    noise variance s_y²(x) (each y-coordinate independently).  The noise is
+    v = (s_x ξ_0, s_y ξ_1, …, s_y ξ_m), so Σ = diag(s_x², s_y², …).
+
+    Closed forms: Φ(x, y) solves dx/ds = h'/(4h) from s = |y|² to 0 (RK4, exact to ~1e-12 near
+    Γ); P = e_0 e_0ᵀ; slow SDE (σ² multiplying Σ)
+
+        dx = σ s_x(x) dW − σ² m s_y²(x) h'(x) / (4 h(x)) dt.
+    """
+
+    def __init__(self, h=(1.0, 0.0, 1.0), sx2=(0.0,), sy2=(1.0,), m: int = 1, *,
+                 name: str = "valley") -> None:
+        self.h = _coeffs("h", h)
+        self.sx2 = _coeffs("sx2", sx2)
+        self.sy2 = _coeffs("sy2", sy2)
+        self.m = positive_int("m", m)
+        self.manifold_dim = 1
+        self.slow_step = valley_slow_step
+        params = pack(self.m, self.h.size, self.h, self.sx2.size, self.sx2, self.sy2.size, self.sy2)
+        super().__init__(dim=1 + self.m, grad=valley_grad, noise=valley_noise, loss=valley_loss,
+                         params=params, n_draws=1 + self.m, noise_dist="normal", name=name)
+        self._dh = np.polynomial.polynomial.polyder(self.h)
+        self._d2h = np.polynomial.polynomial.polyder(self._dh) if self.h.size > 1 else np.zeros(1)
+
+    @classmethod
+    def label_noise_like(cls, h=(1.0, 0.0, 1.0), c: float = 1.0, sx2: float = 0.0, m: int = 1,
+                         **kw) -> "Valley":
+        """The valley with s_y² = c·h(x) (label-noise-like) and constant s_x²."""
+        c = finite_float("c", c, low=0.0)
+        return cls(h=h, sx2=(finite_float("sx2", sx2, low=0.0),), sy2=c * _coeffs("h", h), m=m, **kw)
+
+    # polynomials ----------------------------------------------------------------------------
+    def h_at(self, x):
+        return np.polynomial.polynomial.polyval(x, self.h)
+
+    def dh_at(self, x):
+        return np.polynomial.polynomial.polyval(x, self._dh)
+
+    def d2h_at(self, x):
+        return np.polynomial.polynomial.polyval(x, self._d2h)
+
+    def sx2_at(self, x):
+        return np.polynomial.polynomial.polyval(x, self.sx2)
+
+    def sy2_at(self, x):
+        return np.polynomial.polynomial.polyval(x, self.sy2)
+
+    # manifold pieces ------------------------------------------------------------------------
+    def project(self, x, n_sub: int = 16) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        X = np.ascontiguousarray(x.reshape(-1, self.dim))
+        out = np.empty(X.shape[0])
+        valley_project(X, self.params, n_sub, out)
+        Z = np.zeros_like(X)
+        Z[:, 0] = out
+        return Z.reshape(x.shape)
+
+    def tangent_projector(self, zeta) -> np.ndarray:
+        zeta = np.asarray(zeta, dtype=np.float64)
+        P = np.zeros(zeta.shape[:-1] + (self.dim, self.dim))
+        P[..., 0, 0] = 1.0
+        return P
+
+    def hessian_at(self, x) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        X, y = x[..., 0], x[..., 1:]
+        H = np.zeros(x.shape[:-1] + (self.dim, self.dim))
+        H[..., 0, 0] = 0.5 * self.d2h_at(X) * np.sum(y * y, axis=-1)
+        H[..., 0, 1:] = self.dh_at(X)[..., None] * y
+        H[..., 1:, 0] = H[..., 0, 1:]
+        idx = np.arange(1, self.dim)
+        H[..., idx, idx] = self.h_at(X)[..., None]
+        return H
+
+    def noise_sqrt_at(self, x) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        X = x[..., 0]
+        S = np.zeros(x.shape[:-1] + (self.dim, self.dim))
+        S[..., 0, 0] = np.sqrt(np.maximum(self.sx2_at(X), 0.0))
+        idx = np.arange(1, self.dim)
+        S[..., idx, idx] = np.sqrt(np.maximum(self.sy2_at(X), 0.0))[..., None]
+        return S
+
+    def third_contraction(self, x, M) -> np.ndarray:
+        """∂²(∇L)[M] for L = ½ h(x)|y|²: the third derivatives are
+        ∂xxx = ½h'''|y|², ∂xxy_i = h'' y_i, ∂xy_iy_j = h' δ_ij (all others 0)."""
+        x = np.asarray(x, dtype=np.float64)
+        M = np.asarray(M, dtype=np.float64)
+        X, y = x[..., 0], x[..., 1:]
+        d3h = np.polynomial.polynomial.polyval(X, np.polynomial.polynomial.polyder(self.h, 3)) \
+            if self.h.size > 3 else np.zeros_like(X)
+        d2h, dh = self.d2h_at(X), self.dh_at(X)
+        Mxx = M[..., 0, 0]
+        Mxy = M[..., 0, 1:]
+        Myy = M[..., 1:, 1:]
+        out = np.zeros(x.shape)
+        # component x: Σ_jk M_jk ∂x∂j∂k L
+        out[..., 0] = (Mxx * 0.5 * d3h * np.sum(y * y, axis=-1)
+                       + 2.0 * d2h * np.sum(Mxy * y, axis=-1)
+                       + dh * np.trace(Myy, axis1=-2, axis2=-1))
+        # component y_i: M_xx ∂y_i x x + 2 Σ_j M_{x y_j} ∂y_i x y_j
+        out[..., 1:] = Mxx[..., None] * d2h[..., None] * y + 2.0 * dh[..., None] * Mxy
+        return out
+
+    def slow_drift(self, zeta, sigma: float) -> np.ndarray:
+        """Closed form (THEORY §8): b = −σ² m s_y² h′ / (4h) along x (zero normal part)."""
+        zeta = np.asarray(zeta, dtype=np.float64)
+        X = zeta[..., 0]
+        out = np.zeros(zeta.shape)
+        out[..., 0] = -sigma ** 2 * self.m * self.sy2_at(X) * self.dh_at(X) / (4.0 * self.h_at(X))
+        return out
+
+    def label_noise_ou(self):
+        """For h = 1 + q x², s_y² = c h, s_x² = a (constants): the slow SDE is the OU process
+        dx = −θ x dt + σ√a dW with θ = c q m σ²/2.  Returns (c, q, a) or None."""
+        h = np.trim_zeros(self.h, "b")
+        if h.size != 3 or h[0] != 1.0 or h[1] != 0.0:
+            return None
+        sy = np.trim_zeros(self.sy2, "b")
+        if sy.size != 3 or not np.allclose(sy / sy[0], h) or np.trim_zeros(self.sx2, "b").size > 1:
+            return None
+        return float(sy[0]), float(h[2]), float(self.sx2[0])
+
+    def ou_moments(self, x0: float, t, sigma: float):
+        """Exact mean and variance of x(t) under the slow SDE when :meth:`label_noise_ou`
+        applies: mean x0 e^{−θt}, variance σ² a (1 − e^{−2θt}) / (2θ)."""
+        c = self.label_noise_ou()
+        if c is None:
+            raise ValueError("ou_moments needs h = 1 + q x², s_y² = c·h and constant s_x²")
+        cc, q, a = c
+        theta = cc * q * self.m * sigma ** 2 / 2.0
+        t = np.asarray(t, dtype=np.float64)
+        mean = x0 * np.exp(-theta * t)
+        var = sigma ** 2 * a * (-np.expm1(-2.0 * theta * t)) / (2.0 * theta) if theta > 0 \
+            else sigma ** 2 * a * t
+        return mean, var
+
+
+# --------------------------------------------------------------------------------------------
+# Sphere: L(x) = ¼ (‖x‖² − 1)²
+# --------------------------------------------------------------------------------------------
+@numba.njit(cache=True)
+def sphere_grad(x, p, out):
+    r2 = 0.0
+    for i in range(x.shape[0]):
+        r2 += x[i] * x[i]
+    c = r2 - 1.0
+    for i in range(x.shape[0]):
+        out[i] = c * x[i]
+
+
+@numba.njit(cache=True)
+def sphere_noise(x, p, xi, out):
+    s = p[0]
+    for i in range(x.shape[0]):
+        out[i] = s * xi[i]
+
+
+@numba.njit(cache=True)
+def sphere_loss(x, p):
+    r2 = 0.0
+    for i in range(x.shape[0]):
+        r2 += x[i] * x[i]
+    return 0.25 * (r2 - 1.0) ** 2
+
+
+@numba.njit(cache=True)
+def sphere_slow_step(z, p, xi, eta, sigma, work):
+    """One step of the sphere's slow SDE driven by the oracle's draws: ζ ← Φ(ζ − η σ s P_ζ ξ).
+    (The normal Itô drift is supplied by the projection Φ(x) = x/‖x‖.)"""
+    s = p[0]
+    dot = 0.0
+    for i in range(z.shape[0]):
+        dot += z[i] * xi[i]
+    nrm = 0.0
+    for i in range(z.shape[0]):
+        z[i] -= eta * sigma * s * (xi[i] - dot * z[i])
+        nrm += z[i] * z[i]
+    nrm = np.sqrt(nrm)
+    for i in range(z.shape[0]):
+        z[i] /= nrm
+
+
+class Sphere(ManifoldProblem):
+    """``Sphere(dim=3, noise_std=1.0)``: L(x) = ¼(‖x‖² − 1)², Γ the unit sphere, Σ = s² I.
+
+    Φ(x) = x/‖x‖ exactly (gradient flow is radial), P = I − ζζᵀ, ∇²L(ζ) = 2ζζᵀ on Γ.
+    Slow SDE: Brownian motion on the sphere with rate σ²s², so
+    E⟨ζ_t, ζ_0⟩ = exp(−(d − 1) σ² s² t / 2) (THEORY §8).
+    """
+
+    def __init__(self, dim: int = 3, noise_std: float = 1.0, *, name: str = "sphere") -> None:
+        dim = positive_int("dim", dim)
+        if dim < 2:
+            raise ValueError(f"dim must be >= 2 for a sphere, got {dim}")
+        self.noise_std = finite_float("noise_std", noise_std, low=0.0)
+        self.manifold_dim = dim - 1
+        self.slow_step = sphere_slow_step
+        super().__init__(dim=dim, grad=sphere_grad, noise=sphere_noise, loss=sphere_loss,
+                         params=np.array([self.noise_std]), n_draws=dim, noise_dist="normal",
+                         name=name)
+
+    def project(self, x) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    def tangent_projector(self, zeta) -> np.ndarray:
+        z = np.asarray(zeta, dtype=np.float64)
+        return np.eye(self.dim) - z[..., :, None] * z[..., None, :]
+
+    def hessian_at(self, x) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        r2 = np.sum(x * x, axis=-1)
+        return (r2 - 1.0)[..., None, None] * np.eye(self.dim) + 2.0 * x[..., :, None] * x[..., None, :]
+
+    def noise_sqrt_at(self, x) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        return np.broadcast_to(self.noise_std * np.eye(self.dim), x.shape[:-1] + (self.dim, self.dim)).copy()
+
+    def third_contraction(self, x, M) -> np.ndarray:
+        """∂_i∂_j∂_k L = 2(δ_ij x_k + δ_ik x_j + δ_jk x_i) ⇒ ∂²(∇L)[M] = 2((M + Mᵀ)x + tr(M) x)."""
+        x = np.asarray(x, dtype=np.float64)
+        M = np.asarray(M, dtype=np.float64)
+        Ms = M + np.swapaxes(M, -1, -2)
+        return 2.0 * (np.einsum("...ij,...j->...i", Ms, x) + np.trace(M, axis1=-2, axis2=-1)[..., None] * x)
+
+    def slow_drift(self, zeta, sigma: float) -> np.ndarray:
+        """Closed form: −σ² s² (d − 1)/2 · ζ (the Itô term of Brownian motion on the sphere)."""
+        zeta = np.asarray(zeta, dtype=np.float64)
+        return -0.5 * sigma ** 2 * self.noise_std ** 2 * (self.dim - 1) * zeta
+
+    def correlation_decay(self, t, sigma: float) -> np.ndarray:
+        """E⟨ζ_t, ζ_0⟩ = exp(−(d − 1) σ² s² t / 2)."""
+        return np.exp(-0.5 * (self.dim - 1) * sigma ** 2 * self.noise_std ** 2 * np.asarray(t, dtype=np.float64))
