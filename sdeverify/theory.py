@@ -54,18 +54,27 @@ def quadratic_moments(problem: Quadratic, optimizer, x0, *, steps: int, sigma: f
     H, S = problem.hessian, problem.noise_sqrt
     g0 = problem.linear - H @ problem.center   # gradient at x = 0
     I = np.eye(d)
+    SS = sigma ** 2 * (S @ S.T)
     mean = np.empty((steps + 1, d))
     cov = np.empty((steps + 1, d, d))
     z = np.concatenate([np.asarray(x0, dtype=np.float64), coef.m0])
     C = np.zeros((2 * d, 2 * d))
     mean[0], cov[0] = z[:d], C[:d, :d]
-    SS = sigma ** 2 * (S @ S.T)
+    M = np.zeros((2 * d, 2 * d))
+    u = np.empty(2 * d)
+    NN = np.empty((2 * d, 2 * d))
     for k in range(steps):
         a, b, gam = coef.a[k], coef.b[k], coef.gamma[k]
-        M = np.block([[I - gam * b * H, -gam * a * I], [b * H, a * I]])
-        u = np.concatenate([-gam * b * g0, b * g0])
+        M[:d, :d] = I - gam * b * H
+        M[:d, d:] = -gam * a * I
+        M[d:, :d] = b * H
+        M[d:, d:] = a * I
+        u[:d], u[d:] = -gam * b * g0, b * g0
+        bb = b * b
+        NN[:d, :d] = gam * gam * bb * SS
+        NN[:d, d:] = NN[d:, :d] = -gam * bb * SS
+        NN[d:, d:] = bb * SS
         z = M @ z + u
-        NN = np.block([[gam * gam * b * b * SS, -gam * b * b * SS], [-gam * b * b * SS, b * b * SS]])
         C = M @ C @ M.T + NN
         mean[k + 1], cov[k + 1] = z[:d], C[:d, :d]
     return Moments(mean, cov)
