@@ -256,7 +256,7 @@ def plot(result: ExperimentResult, path):
         ax[2].loglog(ee, e[0], mk + "-", label=f"{lab}, averaged lr: order {f[0, 0]:.2f}")
         ax[2].loglog(ee, e[1], mk + "--", label=f"{lab}, raw lr: order {f[1, 0]:.2f}")
     ax[2].set(xlabel="eta", ylabel="weak error vs SGDM (h = loss)",
-              title="schedules, alpha = 0: SGD(averaged lr) vs SGD(raw lr) (exact)")
+              title="schedules, alpha = 0 (exact): averaged vs raw lr")
     for a in ax:
         a.legend(fontsize=7)
         a.grid(True, which="major", alpha=0.3)
