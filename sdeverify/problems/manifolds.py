@@ -326,6 +326,23 @@ class Valley(ManifoldProblem):
             else sigma ** 2 * a * t
         return mean, var
 
+    def ou_euler_moments(self, x0: float, eta: float, steps, sigma: float):
+        """Exact mean and variance after ``steps`` steps of the coupled Euler scheme
+        (:func:`sdeverify.slow_sde.coupled_slow_sde`, dt = η²) of the OU slow SDE:
+        X_{k+1} = ρ X_k − ησ√a ξ_k, ρ = 1 − θη², so mean ρ^K x0 and variance
+        η²σ²a (1 − ρ^{2K}) / (1 − ρ²).  Its difference from :meth:`ou_moments` is O(η²)."""
+        c = self.label_noise_ou()
+        if c is None:
+            raise ValueError("ou_euler_moments needs h = 1 + q x², s_y² = c·h and constant s_x²")
+        cc, q, a = c
+        theta = cc * q * self.m * sigma ** 2 / 2.0
+        rho = 1.0 - theta * eta ** 2
+        K = np.asarray(steps, dtype=np.float64)
+        mean = x0 * rho ** K
+        var = eta ** 2 * sigma ** 2 * a * (1.0 - rho ** (2 * K)) / (1.0 - rho ** 2) if theta > 0 \
+            else eta ** 2 * sigma ** 2 * a * K
+        return mean, var
+
 
 # --------------------------------------------------------------------------------------------
 # Sphere: L(x) = ¼ (‖x‖² − 1)²
@@ -423,3 +440,47 @@ class Sphere(ManifoldProblem):
     def correlation_decay(self, t, sigma: float) -> np.ndarray:
         """E⟨ζ_t, ζ_0⟩ = exp(−(d − 1) σ² s² t / 2)."""
         return np.exp(-0.5 * (self.dim - 1) * sigma ** 2 * self.noise_std ** 2 * np.asarray(t, dtype=np.float64))
+
+    def cos2_mean(self, t, sigma: float) -> np.ndarray:
+        """E⟨ζ_t, ζ_0⟩² = 1/d + (1 − 1/d) exp(−d σ² s² t) (degree-2 spherical harmonics:
+        eigenvalue 2d of −Δ, generator ½σ²s²Δ)."""
+        d = self.dim
+        return 1.0 / d + (1.0 - 1.0 / d) * np.exp(-d * sigma ** 2 * self.noise_std ** 2 * np.asarray(t, dtype=np.float64))
+
+    def cos_cdf(self, u, t, sigma: float, n_terms: int = 400) -> np.ndarray:
+        """CDF of ⟨ζ_t, ζ_0⟩ for Brownian motion on S² (d = 3 only), from the Legendre series
+        of the heat kernel: p(u) = Σ_l (2l+1)/2 P_l(u) e^{−l(l+1)σ²s²t/2}, and
+        ∫_{−1}^{u} P_l = (P_{l+1}(u) − P_{l−1}(u)) / (2l + 1)."""
+        if self.dim != 3:
+            raise ValueError("cos_cdf is implemented for d = 3 only")
+        from scipy.special import eval_legendre
+        u = np.clip(np.asarray(u, dtype=np.float64), -1.0, 1.0)
+        rate = sigma ** 2 * self.noise_std ** 2 * float(t) / 2.0
+        out = 0.5 * (u + 1.0)
+        for l in range(1, n_terms):
+            w = np.exp(-l * (l + 1) * rate)
+            if w < 1e-17:
+                break
+            out = out + 0.5 * w * (eval_legendre(l + 1, u) - eval_legendre(l - 1, u))
+        return np.clip(out, 0.0, 1.0)
+
+    def euler_moments(self, eta: float, steps, sigma: float):
+        """Exact E⟨ζ_K, ζ_0⟩ and E⟨ζ_K, ζ_0⟩² for the coupled Euler scheme
+        ζ ← (ζ + w)/‖ζ + w‖, w = −ησs Pξ (tangent, |w|² = η²σ²s² χ²_{d−1}):
+        E u' = ρ u with ρ = E(1 + |w|²)^{−1/2};  E u'² = A u² + B (1 − u²) with
+        A = E 1/(1 + |w|²), B = E |w|²/((d − 1)(1 + |w|²)).  Differs from the slow SDE by O(η²)."""
+        from scipy import integrate
+        from scipy.stats import chi2
+        k = self.dim - 1
+        c = (eta * sigma * self.noise_std) ** 2
+        pdf = chi2(k).pdf
+        ex = lambda f: integrate.quad(lambda q: f(q) * pdf(q), 0.0, np.inf, epsabs=1e-15, epsrel=1e-13, limit=200)[0]
+        rho = ex(lambda q: 1.0 / np.sqrt(1.0 + c * q))
+        A = ex(lambda q: 1.0 / (1.0 + c * q))
+        B = ex(lambda q: c * q / (k * (1.0 + c * q)))
+        K = np.asarray(steps, dtype=np.float64)
+        m1 = rho ** K
+        lam = A - B                       # m2_{k+1} = B + (A − B) m2_k, m2_0 = 1
+        fix = B / (1.0 - lam)
+        m2 = fix + (1.0 - fix) * lam ** K
+        return m1, m2

@@ -1,0 +1,302 @@
+"""The slow SDE on a manifold of minimizers (Sec. 5, Thm. 5.5; THEORY §8).
+
+Near a manifold Γ of minimizers, with the noise scale σ held fixed and time t = kη², SGD
+(Li, Wang, Arora 2021) and SGDM (Thm. 5.5) converge to
+
+    dζ = λ_t σ P_ζ S(ζ) dW + λ_t² b(ζ) dt,
+    b(ζ) = −½ ∇²L⁺ ∂²(∇L)[σ²Σ_∥] − ½ P_ζ ∂²(∇L)[𝓛_{∇²L}(σ²Σ_⊥)],
+
+with Σ_∥ = PΣP, Σ_⊥ = (I−P)Σ(I−P), 𝓛_A(Σ) the solution X of AX + XA = Σ on the normal
+space, ∂²(∇L)[M] = Σ_ij M_ij ∂_i∂_j∇L, and λ_t the learning-rate schedule (η_k = η λ_{kη²}).
+
+Three entry points:
+
+* :func:`slow_coefficients` — drift and diffusion from the pieces a
+  :class:`~sdeverify.problems.manifolds.ManifoldProblem` provides (generic formula);
+* :func:`solve_slow_sde` — ambient Euler–Maruyama with projection back to Γ by Φ after each
+  step (weak order 1 in dt), independent Gaussian increments, any ManifoldProblem;
+* :func:`coupled_slow_sde` — the same Euler scheme with dt = η², driven by the *engine's own
+  draws* for each (path, step) (counter-based RNG, :mod:`sdeverify.rng`): its paths are
+  coupled path by path to the SGD/SGDM paths of :func:`sdeverify.simulate` with the same
+  seed, so E h(Φ(x_k)) − E h(ζ_k) is estimated with the small variance of a paired
+  difference.  Its own bias against the exact slow SDE is O(η²) (Euler, dt = η²), and is
+  known in closed form for the valley and the sphere.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numba
+import numpy as np
+
+from .rng import key_words
+from .validation import finite_float, nonneg_int, positive_int, vector
+
+
+# --------------------------------------------------------------------------------------------
+# coefficients
+# --------------------------------------------------------------------------------------------
+def lyapunov_normal(H: np.ndarray, Sigma: np.ndarray, rel_tol: float = 1e-9) -> tuple:
+    """For symmetric H (…, d, d): the normal-space solution X of HX + XH = Σ_⊥ and H⁺.
+
+    The normal space is spanned by the eigenvectors of H with eigenvalue > rel_tol·max|λ|
+    (on Γ the Hessian is PSD with kernel T_ζΓ).  Returns ``(X, H_pinv, V_normal_mask)``.
+    """
+    lam, V = np.linalg.eigh(H)
+    scale = np.max(np.abs(lam), axis=-1, keepdims=True)
+    normal = lam > rel_tol * np.maximum(scale, 1e-300)
+    inv = np.where(normal, 1.0 / np.where(normal, lam, 1.0), 0.0)
+    Hp = np.einsum("...ik,...k,...jk->...ij", V, inv, V)
+    S = np.einsum("...ki,...kl,...lj->...ij", V, Sigma, V)
+    denom = lam[..., :, None] + lam[..., None, :]
+    both = normal[..., :, None] & normal[..., None, :]
+    Xe = np.where(both, S / np.where(both, denom, 1.0), 0.0)
+    X = np.einsum("...ik,...kl,...jl->...ij", V, Xe, V)
+    return X, Hp, normal
+
+
+def slow_coefficients(problem, zeta, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Drift b(ζ) and diffusion matrix D(ζ) = σ P S(ζ) of the slow SDE at ζ ∈ Γ (THEORY §8),
+    from the problem's Hessian, noise covariance, tangent projector and third-derivative
+    contraction alone (σ² multiplies Σ).  ``zeta`` is (d,) or (N, d)."""
+    zeta = np.asarray(zeta, dtype=np.float64)
+    sigma = finite_float("sigma", sigma, low=0.0)
+    P = problem.tangent_projector(zeta)
+    H = problem.hessian_at(zeta)
+    H = 0.5 * (H + np.swapaxes(H, -1, -2))
+    S = problem.noise_sqrt_at(zeta)
+    Sig = sigma ** 2 * S @ np.swapaxes(S, -1, -2)
+    Q = np.eye(problem.dim) - P
+    Sig_par = P @ Sig @ P
+    Sig_perp = Q @ Sig @ Q
+    X, Hp, _ = lyapunov_normal(H, Sig_perp)
+    t1 = np.einsum("...ij,...j->...i", Hp, problem.third_contraction(zeta, Sig_par))
+    t2 = np.einsum("...ij,...j->...i", P, problem.third_contraction(zeta, X))
+    return -0.5 * t1 - 0.5 * t2, sigma * P @ S
+
+
+# --------------------------------------------------------------------------------------------
+# generic solver (independent noise)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SlowPath:
+    """States of a slow-SDE ensemble: ``states[r, i]`` is path i at ``times[r]``."""
+    times: np.ndarray
+    states: np.ndarray
+    dt: float
+    meta: dict
+
+
+def _lam(lr: Callable | float | None, t: float) -> float:
+    if lr is None:
+        return 1.0
+    if callable(lr):
+        return float(lr(t))
+    return float(lr)
+
+
+def solve_slow_sde(problem, zeta0, *, t: float, dt: float, paths: int, sigma: float,
+                   seed: int = 0, lr: Callable | float | None = None, record=None,
+                   closed_form: bool = True) -> SlowPath:
+    """Integrate the slow SDE from ζ_0 ∈ Γ up to time ``t`` (ambient Euler–Maruyama with
+    projection back to Γ by Φ after every step).
+
+        ζ ← Φ(ζ + λ_t² P b(ζ) dt + λ_t D(ζ) ΔW),   ΔW ~ N(0, dt I)
+
+    The normal part of b is dropped: Φ's curvature supplies it (Φ(ζ + w) = ζ + Pw +
+    ½∂²Φ[w, w] + …), so the scheme has weak order 1 in dt.  ``lr`` is λ (a float or a
+    function of t; 1 by default).  ``closed_form`` uses the problem's ``slow_drift`` (a closed
+    form where the problem has one) instead of the generic :func:`slow_coefficients`.
+    ``record`` are the output times (default 11 evenly spaced in [0, t]).
+    Noise: a NumPy Generator seeded with ``seed`` (independent of the engines' draws).
+    """
+    t = finite_float("t", t, low=0.0, low_open=True)
+    dt = finite_float("dt", dt, low=0.0, low_open=True)
+    paths = positive_int("paths", paths)
+    sigma = finite_float("sigma", sigma, low=0.0)
+    zeta0 = vector("zeta0", zeta0, problem.dim)
+    n_steps = int(np.ceil(t / dt - 1e-9))
+    dt = t / n_steps
+    if record is None:
+        record = np.linspace(0.0, t, 11)
+    rec = np.unique(np.clip(np.round(np.asarray(record, dtype=np.float64) / dt).astype(int), 0, n_steps))
+    g = np.random.default_rng(seed)
+    Z = np.tile(problem.project(zeta0), (paths, 1))
+    out = np.empty((rec.size, paths, problem.dim))
+    r = 0
+    if rec[0] == 0:
+        out[0] = Z
+        r = 1
+    sdt = np.sqrt(dt)
+    for k in range(n_steps):
+        lam = _lam(lr, k * dt)
+        if closed_form:
+            b = problem.slow_drift(Z, sigma)
+        else:
+            b = slow_coefficients(problem, Z, sigma)[0]
+        P = problem.tangent_projector(Z)
+        D = sigma * P @ problem.noise_sqrt_at(Z)
+        dW = g.standard_normal((paths, D.shape[-1])) * sdt
+        step = lam * lam * dt * np.einsum("nij,nj->ni", P, b) + lam * np.einsum("nij,nj->ni", D, dW)
+        Z = problem.project(Z + step)
+        if r < rec.size and rec[r] == k + 1:
+            out[r] = Z
+            r += 1
+    return SlowPath(rec * dt, out, dt, {"problem": problem.name, "sigma": sigma, "seed": seed,
+                                        "paths": paths, "method": "ambient Euler-Maruyama + Φ"})
+
+
+def solve_slow_ode(problem, zeta0, *, t: float, dt: float, sigma: float,
+                   lr: Callable | float | None = None, record=None,
+                   closed_form: bool = True) -> SlowPath:
+    """The slow SDE when its diffusion vanishes (Σ_∥ = 0, e.g. label noise):
+    dζ/dt = λ_t² b(ζ), integrated by classical RK4 on the field x ↦ λ² b(Φ(x)) (tangent to Γ
+    on Γ, so Γ is invariant), with a projection Φ after each step.  Global error O(dt⁴).
+    Returns a :class:`SlowPath` with one path."""
+    t = finite_float("t", t, low=0.0, low_open=True)
+    dt = finite_float("dt", dt, low=0.0, low_open=True)
+    sigma = finite_float("sigma", sigma, low=0.0)
+    zeta0 = vector("zeta0", zeta0, problem.dim)
+    n_steps = int(np.ceil(t / dt - 1e-9))
+    dt = t / n_steps
+    if record is None:
+        record = np.linspace(0.0, t, 11)
+    rec = np.unique(np.clip(np.round(np.asarray(record, dtype=np.float64) / dt).astype(int), 0, n_steps))
+
+    def field(x, s):
+        z = problem.project(x)
+        b = problem.slow_drift(z, sigma) if closed_form else slow_coefficients(problem, z, sigma)[0]
+        P = problem.tangent_projector(z)
+        return _lam(lr, s) ** 2 * (P @ b)
+
+    z = problem.project(zeta0)
+    out = np.empty((rec.size, 1, problem.dim))
+    r = 0
+    if rec[0] == 0:
+        out[0, 0] = z
+        r = 1
+    for k in range(n_steps):
+        s = k * dt
+        k1 = field(z, s)
+        k2 = field(z + 0.5 * dt * k1, s + 0.5 * dt)
+        k3 = field(z + 0.5 * dt * k2, s + 0.5 * dt)
+        k4 = field(z + dt * k3, s + dt)
+        z = problem.project(z + dt * (k1 + 2 * k2 + 2 * k3 + k4) / 6.0)
+        if r < rec.size and rec[r] == k + 1:
+            out[r, 0] = z
+            r += 1
+    return SlowPath(rec * dt, out, dt, {"problem": problem.name, "sigma": sigma,
+                                        "method": "RK4 on b∘Φ + Φ"})
+
+
+# --------------------------------------------------------------------------------------------
+# coupled solver (the engine's draws)
+# --------------------------------------------------------------------------------------------
+_KERNELS: dict = {}
+_LANES = 64  # paths whose draws are generated together (any value gives the same numbers)
+
+
+def _make_kernel(step):
+    """Coupled Euler kernel for one problem's ``slow_step``: blocks of ``_LANES`` paths,
+    draws from the engine's generator (identical numbers for the same (seed, path, step))."""
+    from . import rng as _rng
+    if hasattr(_rng, "fill_lanes64"):
+        fill = _rng.fill_lanes64
+
+        @numba.njit(cache=True, parallel=True)
+        def kernel(z0, params, sigma, eta_k, rec_steps, k0, k1, path0, n_draws, draw_kind, out):
+            n_paths = out.shape[1]
+            d = z0.shape[0]
+            steps = eta_k.shape[0]
+            n_rec = rec_steps.shape[0]
+            rows = 4 * ((n_draws + 3) // 4)
+            n_blk = (n_paths + _LANES - 1) // _LANES
+            for blk in numba.prange(n_blk):
+                lo = blk * _LANES
+                L = min(_LANES, n_paths - lo)
+                z = np.empty((L, d))
+                for ln in range(L):
+                    z[ln, :] = z0
+                buf = np.empty((rows, L))
+                xi = np.empty(n_draws)
+                work = np.empty(d)
+                r = 0
+                if n_rec > 0 and rec_steps[0] == 0:
+                    for ln in range(L):
+                        out[0, lo + ln, :] = z[ln]
+                    r = 1
+                for k in range(steps):
+                    fill(draw_kind, k0, k1, path0 + lo, k, 0, buf)
+                    for ln in range(L):
+                        for i in range(n_draws):
+                            xi[i] = buf[i, ln]
+                        step(z[ln], params, xi, eta_k[k], sigma, work)
+                    if r < n_rec and rec_steps[r] == k + 1:
+                        for ln in range(L):
+                            out[r, lo + ln, :] = z[ln]
+                        r += 1
+        return kernel
+
+    fill1 = _rng.fill_draws  # older generator: one path at a time (njit)
+
+    @numba.njit(cache=True, parallel=True)
+    def kernel1(z0, params, sigma, eta_k, rec_steps, k0, k1, path0, n_draws, draw_kind, out):
+        n_paths = out.shape[1]
+        d = z0.shape[0]
+        steps = eta_k.shape[0]
+        n_rec = rec_steps.shape[0]
+        for ip in numba.prange(n_paths):
+            z = z0.copy()
+            xi = np.empty(n_draws)
+            work = np.empty(d)
+            r = 0
+            if n_rec > 0 and rec_steps[0] == 0:
+                out[0, ip, :] = z
+                r = 1
+            for k in range(steps):
+                fill1(draw_kind, k0, k1, path0 + ip, k, 0, xi)
+                step(z, params, xi, eta_k[k], sigma, work)
+                if r < n_rec and rec_steps[r] == k + 1:
+                    out[r, ip, :] = z
+                    r += 1
+    return kernel1
+
+
+def coupled_slow_sde(problem, x0, *, eta: float, steps: int, paths: int, sigma: float,
+                     seed: int = 0, record=None, lr=None, path_offset: int = 0) -> np.ndarray:
+    """Euler scheme (dt = η²) of the slow SDE, driven by the same base draws that
+    :func:`sdeverify.simulate` gives path ``path_offset + i`` at step k for this ``seed``.
+
+    ζ_0 = Φ(x0); each step calls the problem's njit ``slow_step`` with η_k = η·λ_k
+    (``lr`` = per-step λ_k array, default 1).  Returns states (n_rec, paths, d) at the
+    ``record`` step indices (default 0 and ``steps``).  The coupling makes
+    h(Φ(x_k)) − h(ζ_k) small path by path (both see the same tangent noise), so its mean has
+    a small standard error; the scheme's own weak error is O(η²).
+    """
+    if getattr(problem, "slow_step", None) is None:
+        raise ValueError(f"{problem!r} has no njit slow_step; use solve_slow_sde instead")
+    if problem.svag_ell != 1.0:
+        raise ValueError("coupled_slow_sde does not support SVAG problems")
+    eta = finite_float("eta", eta, low=0.0, low_open=True)
+    steps = positive_int("steps", steps)
+    paths = positive_int("paths", paths)
+    sigma = finite_float("sigma", sigma, low=0.0)
+    path_offset = nonneg_int("path_offset", path_offset)
+    seed = nonneg_int("seed", seed)
+    lam = np.ones(steps) if lr is None else np.asarray(lr, dtype=np.float64)[:steps]
+    if lam.shape != (steps,):
+        raise ValueError(f"lr must have at least {steps} entries")
+    rec = np.array([0, steps]) if record is None else np.unique(np.asarray(record, dtype=np.int64))
+    if rec[0] < 0 or rec[-1] > steps:
+        raise ValueError(f"record must hold step indices in [0, {steps}]")
+    key = problem.slow_step
+    if key not in _KERNELS:
+        _KERNELS[key] = _make_kernel(problem.slow_step)
+    kern = _KERNELS[key]
+    z0 = np.ascontiguousarray(problem.project(vector("x0", x0, problem.dim)))
+    out = np.full((rec.size, paths, problem.dim), np.nan)
+    k0, k1 = key_words(seed)
+    kern(z0, problem.params, sigma, np.ascontiguousarray(eta * lam), rec.astype(np.int64),
+         k0, k1, path_offset, problem.n_draws, problem.draw_kind, out)
+    return out
