@@ -27,7 +27,8 @@ Decision rules (95% intervals):
 * MC validation: the exact difference lies in the 99% simultaneous interval at every
   recorded step and every validated η.
 * schedules: averaged-lr order interval lies above 0; alternating raw-lr order interval lies
-  below 0.25 and its error exceeds 10× the averaged-lr error at the smallest η.
+  below 0.25 and entirely below the averaged-lr order interval.  (For warm-up + step decay
+  the raw-lr error is recorded too: it also vanishes, see ``schedule_wsd_raw_over_avg``.)
 """
 from __future__ import annotations
 
@@ -220,8 +221,8 @@ def run(*, size: str = "quick", seed: int = 0, progress=None, T: float = 1.0,
                 verdicts.append(Verdict(
                     f"{label}: SGD with raw lr does not track SGDM", "Eq 8",
                     "raw-lr error does not vanish (order ~ 0)", fr.order,
-                    bool(fr.order.high < 0.25 and err[1, -1] > 10 * err[0, -1]),
-                    "raw-lr order interval below 0.25 and raw error > 10x averaged error at the smallest eta"))
+                    bool(fr.order.high < 0.25 and fa.order.low > fr.order.high),
+                    "raw-lr order interval below 0.25 and entirely below the averaged-lr order interval"))
             else:
                 data["schedule_wsd_raw_over_avg"] = err[1] / err[0]
     params = dict(cfg, T=T, sigma0=sigma0, x0=X0.tolist(), tests=list(TESTS),
