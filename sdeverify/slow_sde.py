@@ -27,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import types
+
 import numba
 import numpy as np
 
@@ -197,70 +199,79 @@ _KERNELS: dict = {}
 _LANES = 64  # paths whose draws are generated together (any value gives the same numbers)
 
 
+def _coupled_lanes_src(z0, params, sigma, eta_k, rec_steps, k0, k1, path0, n_draws, draw_kind, out):
+    """Coupled Euler kernel (source; ``STEP`` and ``FILL`` are bound per problem): blocks of
+    ``_LANES`` paths, draws from the engine's generator for the same (seed, path, step)."""
+    n_paths = out.shape[1]
+    d = z0.shape[0]
+    steps = eta_k.shape[0]
+    n_rec = rec_steps.shape[0]
+    rows = 4 * ((n_draws + 3) // 4)
+    n_blk = (n_paths + _LANES - 1) // _LANES
+    for blk in numba.prange(n_blk):
+        lo = blk * _LANES
+        L = min(_LANES, n_paths - lo)
+        z = np.empty((L, d))
+        for ln in range(L):
+            z[ln, :] = z0
+        buf = np.empty((rows, L))
+        xi = np.empty(n_draws)
+        work = np.empty(d)
+        r = 0
+        if n_rec > 0 and rec_steps[0] == 0:
+            for ln in range(L):
+                out[0, lo + ln, :] = z[ln]
+            r = 1
+        for k in range(steps):
+            FILL(draw_kind, k0, k1, path0 + lo, k, 0, buf)
+            for ln in range(L):
+                for i in range(n_draws):
+                    xi[i] = buf[i, ln]
+                STEP(z[ln], params, xi, eta_k[k], sigma, work)
+            if r < n_rec and rec_steps[r] == k + 1:
+                for ln in range(L):
+                    out[r, lo + ln, :] = z[ln]
+                r += 1
+
+
+def _coupled_paths_src(z0, params, sigma, eta_k, rec_steps, k0, k1, path0, n_draws, draw_kind, out):
+    """The same for a generator that fills one path at a time (``FILL`` = rng.fill_draws)."""
+    n_paths = out.shape[1]
+    d = z0.shape[0]
+    steps = eta_k.shape[0]
+    n_rec = rec_steps.shape[0]
+    for ip in numba.prange(n_paths):
+        z = z0.copy()
+        xi = np.empty(n_draws)
+        work = np.empty(d)
+        r = 0
+        if n_rec > 0 and rec_steps[0] == 0:
+            out[0, ip, :] = z
+            r = 1
+        for k in range(steps):
+            FILL(draw_kind, k0, k1, path0 + ip, k, 0, xi)
+            STEP(z, params, xi, eta_k[k], sigma, work)
+            if r < n_rec and rec_steps[r] == k + 1:
+                out[r, ip, :] = z
+                r += 1
+
+
 def _make_kernel(step):
-    """Coupled Euler kernel for one problem's ``slow_step``: blocks of ``_LANES`` paths,
-    draws from the engine's generator (identical numbers for the same (seed, path, step))."""
+    """Compile the coupled kernel for one problem's ``slow_step``.  The kernel source is
+    specialised by binding ``STEP`` (not a closure), so Numba's disk cache works across
+    processes; it is used only for module-level step functions (a unique qualified name)."""
     from . import rng as _rng
     if hasattr(_rng, "fill_lanes64"):
-        fill = _rng.fill_lanes64
-
-        @numba.njit(cache=True, parallel=True)
-        def kernel(z0, params, sigma, eta_k, rec_steps, k0, k1, path0, n_draws, draw_kind, out):
-            n_paths = out.shape[1]
-            d = z0.shape[0]
-            steps = eta_k.shape[0]
-            n_rec = rec_steps.shape[0]
-            rows = 4 * ((n_draws + 3) // 4)
-            n_blk = (n_paths + _LANES - 1) // _LANES
-            for blk in numba.prange(n_blk):
-                lo = blk * _LANES
-                L = min(_LANES, n_paths - lo)
-                z = np.empty((L, d))
-                for ln in range(L):
-                    z[ln, :] = z0
-                buf = np.empty((rows, L))
-                xi = np.empty(n_draws)
-                work = np.empty(d)
-                r = 0
-                if n_rec > 0 and rec_steps[0] == 0:
-                    for ln in range(L):
-                        out[0, lo + ln, :] = z[ln]
-                    r = 1
-                for k in range(steps):
-                    fill(draw_kind, k0, k1, path0 + lo, k, 0, buf)
-                    for ln in range(L):
-                        for i in range(n_draws):
-                            xi[i] = buf[i, ln]
-                        step(z[ln], params, xi, eta_k[k], sigma, work)
-                    if r < n_rec and rec_steps[r] == k + 1:
-                        for ln in range(L):
-                            out[r, lo + ln, :] = z[ln]
-                        r += 1
-        return kernel
-
-    fill1 = _rng.fill_draws  # older generator: one path at a time (njit)
-
-    @numba.njit(cache=True, parallel=True)
-    def kernel1(z0, params, sigma, eta_k, rec_steps, k0, k1, path0, n_draws, draw_kind, out):
-        n_paths = out.shape[1]
-        d = z0.shape[0]
-        steps = eta_k.shape[0]
-        n_rec = rec_steps.shape[0]
-        for ip in numba.prange(n_paths):
-            z = z0.copy()
-            xi = np.empty(n_draws)
-            work = np.empty(d)
-            r = 0
-            if n_rec > 0 and rec_steps[0] == 0:
-                out[0, ip, :] = z
-                r = 1
-            for k in range(steps):
-                fill1(draw_kind, k0, k1, path0 + ip, k, 0, xi)
-                step(z, params, xi, eta_k[k], sigma, work)
-                if r < n_rec and rec_steps[r] == k + 1:
-                    out[r, ip, :] = z
-                    r += 1
-    return kernel1
+        src, fill = _coupled_lanes_src, _rng.fill_lanes64
+    else:
+        src, fill = _coupled_paths_src, _rng.fill_draws
+    qual = f"{getattr(step, '__module__', 'm')}.{getattr(step, '__qualname__', 'f')}"
+    cache = "<locals>" not in qual and "<lambda>" not in qual
+    name = "coupled_" + "".join(ch if ch.isalnum() else "_" for ch in qual)
+    g = dict(src.__globals__, STEP=step, FILL=fill)
+    f = types.FunctionType(src.__code__, g, name, src.__defaults__, src.__closure__)
+    f.__qualname__ = name
+    return numba.njit(cache=cache, parallel=True)(f)
 
 
 def coupled_slow_sde(problem, x0, *, eta: float, steps: int, paths: int, sigma: float,

@@ -1,0 +1,391 @@
+"""Sec. 5, Thm. 5.5: near a manifold of minimizers, SGD and SGDM run for t/η² steps with a
+fixed noise scale σ converge to the same slow SDE for Φ(x) (THEORY §8).
+
+Two problems with closed-form slow SDEs (:mod:`sdeverify.problems.manifolds`):
+
+* valley L = ½(1 + x²)y², label-noise-like normal noise s_y² = c·h and tangent noise s_x² = a:
+  the slow SDE is the OU process dx = −θx dt + σ√a dW, θ = cσ²/2 (Gaussian law known);
+  test functions h₁ = Φ(x)₀, h₂ = Φ(x)₀²;
+* sphere L = ¼(‖x‖² − 1)² in R³, Σ = I: Brownian motion on S² at rate σ²; test functions
+  h₁ = ⟨Φ(x), ζ₀⟩ (mean exp(−σ²t)), h₂ = ⟨Φ(x), ζ₀⟩² (mean 1/3 + 2/3 exp(−3σ²t)); law of
+  h₁ from the Legendre series of the heat kernel.
+
+Optimizers (common random numbers): SGD(η); SGDM(η, β = 0.9); SGDM(η, 1 − β = λη^α) with
+α = 0.5.  For each η, t/η² steps; Φ(x) at the recorded times t.
+
+Estimators.  The SGD − slow-SDE error E h(Φ(x_K)) − E h(ζ_t) is estimated as
+``mean[h(Φ(x_K)) − h(z_K)] + (E h(z_K) − E h(ζ_t))`` where z is the Euler scheme (dt = η²)
+of the slow SDE driven by the same draws (:func:`~sdeverify.slow_sde.coupled_slow_sde`,
+paired path by path) and the second term is exact (closed-form Euler moments).  SGDM − SGD
+is the paired mean of h(Φ(x_SGDM)) − h(Φ(x_SGD)).  Intervals are 95% normal intervals of
+paired means.  Distributions at the final time: one-sample Kolmogorov–Smirnov test of h₁
+against the exact slow-SDE law, and its Wasserstein-1 distance with a percentile bootstrap
+interval (basic bootstrap, since resampling biases W1 upwards; null level: the coupled Euler samples, which follow the slow SDE up to O(η²)).
+
+Distances between laws at the final time T: W1 between the samples of h₁(Φ(x_T)) and those
+of the coupled Euler scheme (paired basic bootstrap; the coupling removes the 1/√N floor an
+independent sample would put under W1, and the scheme's law is O(η²) from the slow SDE's);
+also, for reference, W1 to the exact law and the one-sample KS test against it.
+
+Decision rules (per problem; h₁ at the final time T):
+
+1. **SGD → slow SDE**: fitted order p of |error| ~ C η^p (stats.fit_order, weighted, lack of
+   fit inflates the interval) has 95% interval with lower end > 0 (the error provably
+   shrinks as η ↓).
+2. **SGDM − SGD → 0**, for β = 0.9 and for α = 0.5: the same rule on the paired difference.
+3. **same law in the limit**: the fitted order of W1(law of h₁(Φ(x_T)), slow SDE) has 95%
+   interval with lower end > 0 for all three optimizers.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from scipy import stats as st
+
+from ..optim import SGD, SGDM
+from ..problems.manifolds import Sphere, Valley
+from ..simulate import simulate
+from ..slow_sde import coupled_slow_sde
+from ..stats import Interval, bootstrap_interval, fit_order, wasserstein1
+from .base import ExperimentResult, Timer, Verdict, check_size, make_meta, tick
+
+NAME = "slow_sde"
+TITLE = "Sec 5 / Thm 5.5: SGD and SGDM converge to the same slow SDE on the manifold"
+
+SIZES = {
+    "smoke": dict(etas=(0.1, 0.08, 0.065, 0.05), paths=4096, times=(0.5, 1.0), n_boot=40),
+    "quick": dict(etas=(0.08, 0.04, 0.02, 0.01), paths=4096, times=(0.25, 0.5, 1.0), n_boot=100),
+    "full": dict(etas=(0.08, 0.056, 0.04, 0.028, 0.02, 0.014, 0.01, 0.007, 0.005), paths=10240,
+                 times=(0.25, 0.5, 1.0), n_boot=200),
+}
+PROBLEMS = ("valley", "sphere")
+OPT_LABELS = ("SGD", "SGDM b=0.9", "SGDM a=0.5")
+TEST_LABELS = {"valley": ("x", "x^2"), "sphere": ("<z,z0>", "<z,z0>^2")}
+
+
+# ---- problem set-ups -----------------------------------------------------------------------
+class _Case:
+    """A problem, its start, its test functions and the exact slow-SDE quantities."""
+
+    def __init__(self, name: str, sigma: float, c: float = 2.0, a: float = 0.25):
+        self.name, self.sigma = name, sigma
+        if name == "valley":
+            self.problem = Valley.label_noise_like(h=(1.0, 0.0, 1.0), c=c, sx2=a)
+            self.x0 = np.array([1.0, 0.0])
+        else:
+            self.problem = Sphere(3)
+            self.x0 = np.array([1.0, 0.0, 0.0])
+
+    def stat(self, Z):
+        """The scalar statistic h₁ of projected states (…, d)."""
+        return Z[..., 0]
+
+    def tests(self, Z):
+        s = self.stat(Z)
+        return np.stack([s, s * s], axis=-2)          # (…, 2, paths)
+
+    def exact(self, t):
+        t = np.asarray(t, dtype=np.float64)
+        if self.name == "valley":
+            m, v = self.problem.ou_moments(self.x0[0], t, self.sigma)
+            return np.stack([m, m * m + v])
+        return np.stack([self.problem.correlation_decay(t, self.sigma), self.problem.cos2_mean(t, self.sigma)])
+
+    def euler_exact(self, eta, steps):
+        if self.name == "valley":
+            m, v = self.problem.ou_euler_moments(self.x0[0], eta, steps, self.sigma)
+            return np.stack([m, m * m + v])
+        m1, m2 = self.problem.euler_moments(eta, steps, self.sigma)
+        return np.stack([m1, m2])
+
+    def cdf(self, t):
+        if self.name == "valley":
+            m, v = self.problem.ou_moments(self.x0[0], t, self.sigma)
+            return st.norm(m, np.sqrt(v)).cdf
+        return lambda u: self.problem.cos_cdf(u, t, self.sigma)
+
+    def support(self, t):
+        if self.name == "valley":
+            m, v = self.problem.ou_moments(self.x0[0], t, self.sigma)
+            return float(m - 9 * np.sqrt(v)), float(m + 9 * np.sqrt(v))
+        return -1.0, 1.0
+
+
+def w1_to_cdf(samples, cdf, lo: float, hi: float, n_grid: int = 4001) -> float:
+    """Wasserstein-1 distance ∫|F_n − F| between an empirical law and a continuous CDF F."""
+    s = np.sort(np.asarray(samples, dtype=np.float64))
+    lo, hi = min(lo, s[0]), max(hi, s[-1])
+    u = np.linspace(lo, hi, n_grid)
+    Fn = np.searchsorted(s, u, side="right") / s.size
+    return float(np.trapezoid(np.abs(Fn - cdf(u)), u))
+
+
+def _optimizers(eta: float, beta: float, alpha: float, lam: float):
+    return [SGD(eta, name=OPT_LABELS[0]), SGDM(eta, beta, name=OPT_LABELS[1]),
+            SGDM(eta, 1.0 - lam * eta ** alpha, name=OPT_LABELS[2])]
+
+
+def _run_case(case: _Case, cfg: dict, seed: int, progress, done: int, total: int) -> tuple[dict, int]:
+    etas, times, N = np.asarray(cfg["etas"], float), np.asarray(cfg["times"], float), cfg["paths"]
+    n_eta, n_t, n_opt = len(etas), len(times), 3
+    bias = np.zeros((n_opt, n_eta, 2, n_t))
+    bias_sem = np.zeros_like(bias)
+    diff = np.zeros_like(bias)
+    diff_sem = np.zeros_like(bias)
+    ks = np.zeros((n_opt + 1, n_eta, 2))             # (statistic, p-value); last row: Euler
+    w1 = np.zeros((n_opt + 1, n_eta, 3))             # (estimate, low, high) to the exact law
+    w1c = np.zeros((n_opt, n_eta, 3))                # to the coupled Euler samples (paired)
+    wall = np.zeros((n_eta, 2))
+    hist = None
+    T = times[-1]
+    for i, eta in enumerate(etas):
+        K = int(round(T / eta ** 2))
+        rec = np.unique(np.round(np.concatenate([[0.0], times]) / eta ** 2).astype(np.int64))
+        opts = _optimizers(eta, cfg["beta"], cfg["alpha"], cfg["lam"])
+        t0 = time.perf_counter()
+        res = simulate(case.problem, opts, case.x0, steps=K, paths=N, sigma=case.sigma, seed=seed,
+                       record=rec, observables=["loss"], store_states=True)
+        t1 = time.perf_counter()
+        Z = coupled_slow_sde(case.problem, case.x0, eta=eta, steps=K, paths=N, sigma=case.sigma,
+                             seed=seed, record=rec)
+        wall[i] = t1 - t0, time.perf_counter() - t1
+        phi = case.problem.project(res.states[:, 1:])    # (n_opt, n_t, N, d), drop t = 0
+        hz = case.tests(Z[1:])                           # (n_t, 2, N)
+        hx = case.tests(phi)                             # (n_opt, n_t, 2, N)
+        corr = case.euler_exact(eta, rec[1:]) - case.exact(rec[1:] * eta ** 2)   # (2, n_t)
+        for j in range(n_opt):
+            d = hx[j] - hz                                # (n_t, 2, N)
+            ok = np.isfinite(d)
+            for k in range(n_t):
+                for h in range(2):
+                    v = d[k, h][ok[k, h]]
+                    bias[j, i, h, k] = v.mean() + corr[h, k]
+                    bias_sem[j, i, h, k] = v.std(ddof=1) / np.sqrt(v.size)
+                    if j > 0:
+                        e = (hx[j, k, h] - hx[0, k, h])
+                        e = e[np.isfinite(e)]
+                        diff[j, i, h, k] = e.mean()
+                        diff_sem[j, i, h, k] = e.std(ddof=1) / np.sqrt(e.size)
+        # distributions at T
+        cdf, (lo, hi) = case.cdf(T), case.support(T)
+        samples = [case.stat(phi[j, -1]) for j in range(n_opt)] + [case.stat(Z[-1])]
+        for j, s in enumerate(samples):
+            s = s[np.isfinite(s)]
+            r = st.kstest(s, cdf)
+            ks[j, i] = r.statistic, r.pvalue
+            iv = bootstrap_interval(lambda x: w1_to_cdf(x, cdf, lo, hi), (s,), n_boot=cfg["n_boot"],
+                                    seed=seed + 17 * i + j)
+            # basic (reverse-percentile) bootstrap: the resampled W1 is biased upwards
+            w1[j, i] = iv.estimate, max(0.0, 2 * iv.estimate - iv.high), 2 * iv.estimate - iv.low
+        zs = case.stat(Z[-1])
+        for j in range(n_opt):
+            xy = np.column_stack([samples[j], zs])
+            xy = xy[np.all(np.isfinite(xy), axis=1)]
+            iv = bootstrap_interval(lambda a: wasserstein1(a[:, 0], a[:, 1]), (xy,), n_boot=cfg["n_boot"],
+                                    seed=seed + 31 * i + j)
+            w1c[j, i] = iv.estimate, max(0.0, 2 * iv.estimate - iv.high), 2 * iv.estimate - iv.low
+        if i == n_eta - 1:
+            edges = np.linspace(lo, hi, 61) if case.name == "sphere" else \
+                np.linspace(*(np.array([-4.5, 4.5]) * np.sqrt(case.exact(T)[1] - case.exact(T)[0] ** 2)
+                              + case.exact(T)[0]), 61)
+            hist = np.stack([np.histogram(s, bins=edges, density=True)[0] for s in samples])
+            hist_edges = edges
+            cdf_edges = cdf(edges)
+        done += 1
+        tick(progress, done, total)
+    p = case.name
+    data = {f"{p}_etas": etas, f"{p}_times": times, f"{p}_bias": bias, f"{p}_bias_sem": bias_sem,
+            f"{p}_diff": diff, f"{p}_diff_sem": diff_sem, f"{p}_ks": ks, f"{p}_w1": w1, f"{p}_w1c": w1c,
+            f"{p}_wall": wall, f"{p}_hist": hist, f"{p}_hist_edges": hist_edges,
+            f"{p}_exact_cdf_edges": cdf_edges,
+            f"{p}_exact_curve_t": np.linspace(0, T, 101),
+            f"{p}_exact_curve": case.exact(np.linspace(0, T, 101)),
+            f"{p}_exact_at_times": case.exact(times)}
+    return data, done
+
+
+def _fit(etas, err, sem):
+    """fit_order on |err| (points with err = 0 dropped); None when < 3 points remain."""
+    a = np.abs(err)
+    m = a > 0
+    if m.sum() < 3:
+        return None
+    return fit_order(np.asarray(etas)[m], a[m], np.asarray(sem)[m])
+
+
+def poly_fit(etas, err, sem, level: float = 0.95):
+    """Weighted least squares err ≈ a η + b η² (the two leading orders of a weak error);
+    returns (Interval a, Interval b) with normal intervals (scaled by √χ² when χ²/dof > 1)."""
+    etas, err, sem = (np.asarray(v, dtype=np.float64) for v in (etas, err, sem))
+    X = np.column_stack([etas, etas ** 2])
+    w = 1.0 / np.maximum(sem, 1e-300) ** 2
+    cov = np.linalg.inv(X.T @ (X * w[:, None]))
+    coef = cov @ X.T @ (w * err)
+    dof = max(etas.size - 2, 1)
+    chi2 = float(np.sum(w * (err - X @ coef) ** 2) / dof)
+    if chi2 > 1.0:
+        cov = cov * chi2
+    z = st.norm.ppf(0.5 + level / 2)
+    se = np.sqrt(np.diag(cov))
+    return tuple(Interval(float(c), float(c - z * s), float(c + z * s), level) for c, s in zip(coef, se))
+
+
+def run(*, size: str = "quick", seed: int = 0, progress=None, sigma: float = 1.0,
+        beta: float = 0.9, alpha: float = 0.5, lam: float = 0.3, problems=PROBLEMS,
+        **overrides) -> ExperimentResult:
+    """Run the Thm. 5.5 comparison; see the module docstring for the decision rules.
+
+    ``lam`` is λ in 1 − β = λη^α for the α = 0.5 family (λ = 0.3: β from 0.92 at η = 0.08
+    to 0.98 at η = 0.005).  ``overrides`` replace entries of ``SIZES[size]``.
+    """
+    size = check_size(size)
+    cfg = dict(SIZES[size], beta=beta, alpha=alpha, lam=lam, **overrides)
+    for p in problems:
+        if p not in PROBLEMS:
+            raise ValueError(f"problems must be among {PROBLEMS}, got {p!r}")
+    total = len(problems) * len(cfg["etas"])
+    data, verdicts, done = {"problems": np.array(problems)}, [], 0
+    with Timer() as timer:
+        for p in problems:
+            d, done = _run_case(_Case(p, sigma), cfg, seed, progress, done, total)
+            data.update(d)
+            etas = d[f"{p}_etas"]
+            fits = np.full((3, 2, 2, 4), np.nan)      # (opt, h, kind: 0 vs slow SDE / 1 vs SGD, [p, lo, hi, logC])
+            polys = np.full((3, 2, 2, 3), np.nan)     # SGDM/SGD − slow SDE ≈ a η + b η²: [a, b] × [est, lo, hi]
+            for j in range(3):
+                for h in range(2):
+                    for kind, (m, s) in enumerate([(d[f"{p}_bias"], d[f"{p}_bias_sem"]),
+                                                   (d[f"{p}_diff"], d[f"{p}_diff_sem"])]):
+                        if kind == 1 and j == 0:
+                            continue
+                        f = _fit(etas, m[j, :, h, -1], s[j, :, h, -1])
+                        if f is not None:
+                            fits[j, h, kind] = f.order.estimate, f.order.low, f.order.high, f.log_c
+                    a, b = poly_fit(etas, d[f"{p}_bias"][j, :, h, -1], d[f"{p}_bias_sem"][j, :, h, -1])
+                    polys[j, h, 0] = a.estimate, a.low, a.high
+                    polys[j, h, 1] = b.estimate, b.low, b.high
+            data[f"{p}_fits"], data[f"{p}_poly"] = fits, polys
+            h1 = TEST_LABELS[p][0]
+            T = cfg["times"][-1]
+            for j, kind, what in [(0, 0, "SGD - slow SDE"), (1, 1, f"SGDM(beta={beta}) - SGD"),
+                                  (2, 1, f"SGDM(1-beta={lam}*eta^{alpha}) - SGD")]:
+                f = fits[j, 0, kind]
+                ok = bool(np.isfinite(f[1]) and f[1] > 0)
+                verdicts.append(Verdict(
+                    f"{p}: {what} -> 0 as eta -> 0 (E {h1} at t={T:g})", "Thm 5.5 / THEORY §8",
+                    "error ~ C eta^p with p > 0 (convergence; no rate is claimed)",
+                    Interval(float(f[0]), float(f[1]), float(f[2])), ok,
+                    "lower end of the 95% interval of the fitted order p > 0"))
+            w1c = d[f"{p}_w1c"]
+            wf = np.full((3, 4), np.nan)               # W1 order fits: [p, lo, hi, logC]
+            for j in range(3):
+                f = _fit(etas, w1c[j, :, 0], (w1c[j, :, 2] - w1c[j, :, 1]) / (2 * 1.96))
+                if f is not None:
+                    wf[j] = f.order.estimate, f.order.low, f.order.high, f.log_c
+            data[f"{p}_w1c_fits"] = wf
+            jw = int(np.nanargmin(wf[:, 1])) if np.any(np.isfinite(wf[:, 1])) else 0
+            verdicts.append(Verdict(
+                f"{p}: law of {h1} at t={T:g} -> slow-SDE law as eta -> 0 (SGD and both SGDM)",
+                "Thm 5.5 (convergence in distribution)",
+                "W1(law under the optimizer, slow SDE) ~ C eta^p with p > 0",
+                Interval(float(wf[jw, 0]), float(wf[jw, 1]), float(wf[jw, 2])),
+                bool(np.all(wf[:, 1] > 0)),
+                "lower end of the 95% interval of the fitted order > 0 for all three optimizers "
+                f"(measured: the weakest, {OPT_LABELS[jw]}); W1 between the optimizer's samples and the "
+                "coupled Euler samples of the slow SDE (O(eta^2) from it), basic bootstrap intervals"))
+    params = dict(cfg, sigma=sigma, problems=list(problems), etas=list(cfg["etas"]),
+                  times=list(cfg["times"]), optimizers=list(OPT_LABELS))
+    return ExperimentResult(NAME, params, data, tuple(verdicts), make_meta(seed, size, timer.seconds))
+
+
+# ---- figure ---------------------------------------------------------------------------------
+def _yerr(iv):
+    """Error-bar extents from rows (estimate, low, high), clipped at 0 (a basic-bootstrap
+    interval need not contain its estimate)."""
+    return [np.clip(iv[:, 0] - iv[:, 1], 0, None), np.clip(iv[:, 2] - iv[:, 0], 0, None)]
+
+
+def plot(result: ExperimentResult, path):
+    """Per problem (rows): E h₁(Φ(x_t)) vs t; errors vs η (log-log, fits); law at η_min;
+    W1 to the exact law vs η with bootstrap intervals."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    d, prm = result.data, result.params
+    probs = [str(p) for p in d["problems"]]
+    fig, axes = plt.subplots(len(probs), 4, figsize=(21, 4.6 * len(probs)), squeeze=False)
+    cols = ("C0", "C1", "C2")
+    for row, p in zip(axes, probs):
+        etas, times = d[f"{p}_etas"], d[f"{p}_times"]
+        bias, bsem, diff, dsem = d[f"{p}_bias"], d[f"{p}_bias_sem"], d[f"{p}_diff"], d[f"{p}_diff_sem"]
+        h1 = TEST_LABELS[p][0]
+        ex = d[f"{p}_exact_at_times"]
+        # (a) means vs t at eta_max and eta_min
+        ax = row[0]
+        ax.plot(d[f"{p}_exact_curve_t"], d[f"{p}_exact_curve"][0], "k-", lw=1.2, label="slow SDE (exact)")
+        for j in range(3):
+            for i, mk, off in [(0, "s", -0.012), (len(etas) - 1, "o", 0.012)]:
+                ax.errorbar(times + off * (j + 1), ex[0] + bias[j, i, 0], yerr=1.96 * bsem[j, i, 0], fmt=mk,
+                            color=cols[j], ms=4, capsize=2, mfc="none" if mk == "s" else cols[j],
+                            label=f"{OPT_LABELS[j]}, eta={etas[i]:g}")
+        ax.set(xlabel="slow time t = k eta^2", ylabel=f"E {h1}(Phi(x_t))", title=f"{p}: means (95% intervals)")
+        ax.legend(fontsize=6.5, ncol=2)
+        # (b) errors vs eta
+        ax = row[1]
+        fits = d[f"{p}_fits"]
+        series = [(bias[0, :, 0, -1], bsem[0, :, 0, -1], fits[0, 0, 0], "C0", "o", "|SGD - slow SDE|"),
+                  (bias[1, :, 0, -1], bsem[1, :, 0, -1], fits[1, 0, 0], "C1", "o", "|SGDM b=0.9 - slow SDE|"),
+                  (bias[2, :, 0, -1], bsem[2, :, 0, -1], fits[2, 0, 0], "C2", "o", "|SGDM a=0.5 - slow SDE|"),
+                  (diff[1, :, 0, -1], dsem[1, :, 0, -1], fits[1, 0, 1], "C1", "^", "|SGDM b=0.9 - SGD|"),
+                  (diff[2, :, 0, -1], dsem[2, :, 0, -1], fits[2, 0, 1], "C2", "^", "|SGDM a=0.5 - SGD|")]
+        for m, s, f, c, mk, lab in series:
+            a = np.abs(m)
+            lo = np.clip(a - 1.96 * s, a * 1e-3, None)
+            ax.errorbar(etas, a, yerr=[a - lo, 1.96 * s], fmt=mk, color=c, ms=5, capsize=2,
+                        mfc="none" if mk == "^" else c,
+                        label=lab + (f": order {f[0]:.2f} [{f[1]:.2f}, {f[2]:.2f}]" if np.isfinite(f[0]) else ""))
+            if np.isfinite(f[0]):
+                ee = np.geomspace(etas.min(), etas.max(), 20)
+                ax.plot(ee, np.exp(f[3]) * ee ** f[0], "-" if mk == "o" else "--", color=c, lw=0.8)
+        ax.set(xscale="log", yscale="log", xlabel="eta", ylabel=f"|error| of E {h1} at t={times[-1]:g}",
+               title=f"{p}: weak errors shrink as eta -> 0")
+        ax.legend(fontsize=6.5)
+        # (c) law at eta_min
+        ax = row[2]
+        edges = d[f"{p}_hist_edges"]
+        mid = 0.5 * (edges[1:] + edges[:-1])
+        dens = np.diff(d[f"{p}_exact_cdf_edges"]) / np.diff(edges)
+        ax.plot(mid, dens, "k-", lw=2, label="slow SDE (exact)")
+        ks = d[f"{p}_ks"]
+        for j in range(3):
+            ax.step(mid, d[f"{p}_hist"][j], where="mid", color=cols[j], lw=0.9,
+                    label=f"{OPT_LABELS[j]} (KS p={ks[j, -1, 1]:.2g})")
+        ax.set(xlabel=f"{h1}(Phi(x_T))", ylabel="density",
+               title=f"{p}: law at t={times[-1]:g}, eta={etas[-1]:g}, {prm['paths']} paths")
+        ax.legend(fontsize=7)
+        # (d) W1 vs eta
+        ax = row[3]
+        w1, w1c, wf = d[f"{p}_w1"], d[f"{p}_w1c"], d[f"{p}_w1c_fits"]
+        for j in range(3):
+            f = wf[j]
+            ax.errorbar(etas, w1c[j, :, 0], yerr=_yerr(w1c[j]),
+                        fmt="o", color=cols[j], ms=4, capsize=2,
+                        label=f"{OPT_LABELS[j]} vs coupled slow SDE"
+                        + (f": order {f[0]:.2f} [{f[1]:.2f}, {f[2]:.2f}]" if np.isfinite(f[0]) else ""))
+            if np.isfinite(f[0]):
+                ee = np.geomspace(etas.min(), etas.max(), 20)
+                ax.plot(ee, np.exp(f[3]) * ee ** f[0], "-", color=cols[j], lw=0.8)
+            ax.plot(etas, w1[j, :, 0], ":", color=cols[j], lw=1, label=f"{OPT_LABELS[j]} vs exact law (indep.)")
+        ax.errorbar(etas, w1[3, :, 0], yerr=_yerr(w1[3]),
+                    fmt="x--", color="0.4", ms=4, capsize=2, lw=0.8,
+                    label="null: Euler samples vs exact law (1/sqrt(N) floor)")
+        ax.set(xscale="log", yscale="log", xlabel="eta", ylabel=f"W1 of the law of {h1} at t={times[-1]:g}",
+               title=f"{p}: Wasserstein-1 to the slow SDE (bootstrap 95%)")
+        ax.legend(fontsize=6.5)
+    fig.suptitle(f"{TITLE}  (sigma={prm['sigma']}, beta={prm['beta']}, 1-beta={prm['lam']}*eta^{prm['alpha']})",
+                 fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
