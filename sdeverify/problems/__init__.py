@@ -6,3 +6,6 @@ from .finite_sum import LinearRegression
 from .svag import SVAG
 
 __all__ = ["NGOS", "pack", "Quadratic", "ConstantGradient", "CosineWell", "LinearRegression", "SVAG"]
+from .manifolds import ManifoldProblem, Valley, Sphere
+from .diagonal_net import DiagonalNet
+__all__ += ["ManifoldProblem", "Valley", "Sphere", "DiagonalNet"]
