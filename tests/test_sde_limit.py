@@ -35,7 +35,12 @@ def test_verdict_structure(smoke):
     for prob in ("quadratic", "cosine_well"):
         for h in ("loss", "x0"):
             assert f"({prob}, h = {h})" in claims
-    assert smoke.passed, [str(v.measured) + " " + v.claim for v in smoke.verdicts if not v.passed]
+    # exact (quadratic) and "bounded away" verdicts have a negligible false-failure rate; the
+    # Monte Carlo order verdicts sit exactly on their bound (true order 1), so a 95% interval
+    # misses it ~2.5% of the time by construction: checked below at the 99.9% level instead
+    robust = [v for v in smoke.verdicts if "quadratic" in v.claim or "does not converge" in v.claim]
+    assert len(robust) == 12
+    assert all(v.passed for v in robust), [v.claim for v in robust if not v.passed]
     assert smoke.meta["size"] == "smoke" and smoke.meta["wall_time"] > 0
 
 
@@ -55,6 +60,28 @@ def test_alpha_one_first_order_mismatch(smoke):
             assert d[kin + ".order"][1] > 0
     mismatch = [v for v in smoke.verdicts if "does not converge" in v.claim]
     assert len(mismatch) == 4 and all(v.passed for v in mismatch)
+
+
+def widened(order, level_z=3.29):
+    """(low, high) of an order interval widened from 95% to 99.9% (z 1.96 -> 3.29)."""
+    est, low, high = order
+    f = level_z / 1.96
+    return est - f * (est - low), est + f * (high - est)
+
+
+def check_monte_carlo_orders(result):
+    """CosineWell SGD and kinetic α = 1 orders: consistent with ≥ 1 (and > 0 for the kinetic
+    series) at the 99.9% level."""
+    for s in ("sgd", "sgdm_a1_kinetic"):
+        for h in ("loss", "x0"):
+            low, high = widened(result.data[f"cosine_well.{s}.{h}.order"])
+            assert high >= 1.0, (s, h, result.data[f"cosine_well.{s}.{h}.order"])
+            if s == "sgdm_a1_kinetic":
+                assert low > 0, (s, h)
+
+
+def test_monte_carlo_orders(smoke):
+    check_monte_carlo_orders(smoke)
 
 
 def test_exact_quadratic_orders(smoke):
@@ -89,10 +116,15 @@ def test_parameter_validation():
 if __name__ == "__main__":  # false-failure sweep: python tests/test_sde_limit.py 100
     import sys
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 100
-    bad = {}
+    bad, mc = {}, []
     for seed in range(n):
         r = sde_limit.run(size="smoke", seed=seed)
         for v in r.verdicts:
             if not v.passed:
                 bad.setdefault(v.claim, []).append(seed)
-    print(f"{n} seeds; failing verdicts: {bad or 'none'}")
+        try:
+            check_monte_carlo_orders(r)
+        except AssertionError:
+            mc.append(seed)
+    print(f"{n} seeds; failing verdicts (95% rules): {bad or 'none'}")
+    print(f"check_monte_carlo_orders (99.9%) failed for seeds: {mc or 'none'}")

@@ -56,11 +56,11 @@ KAPPA_MAX = 0.1
 _SIZES = {
     # numbers of steps N = T/η of the two grids; paths and sub-steps of the Monte Carlo part
     "smoke": dict(quad_n_steps=tuple(10 * 2 ** j for j in range(8)),
-                  cos_n_steps=(20, 40, 80), paths=2048, substeps=2),
+                  cos_n_steps=(10, 20, 40, 80, 160), paths=2048, substeps=2),
     "quick": dict(quad_n_steps=tuple(10 * 2 ** j for j in range(9)),
                   cos_n_steps=(10, 20, 40, 80, 160), paths=8192, substeps=4),
     "full": dict(quad_n_steps=tuple(10 * 2 ** j for j in range(11)),
-                 cos_n_steps=tuple(int(round(10 * 100 ** (i / 7))) for i in range(8)),
+                 cos_n_steps=(10, 25, 60, 150, 250, 400, 630, 1000),
                  paths=32768, substeps=4),
 }
 _DEFAULTS = dict(T=2.0, sigma0=1.0, rho=2.0, beta0=0.9, lam_half=1.0, kappa_max=KAPPA_MAX,
