@@ -10,3 +10,13 @@ BLOCK: int = 256
 
 #: Default number of recorded steps (evenly spaced, the initial point included).
 DEFAULT_RECORDS: int = 16
+
+#: Paths advanced together inside a block by the CPU engine: the draws of one step are
+#: generated for all lanes at once, vectorised over SIMD lanes.  Must divide ``BLOCK``;
+#: 32 measured best on AVX-512 (benchmarks/RESULTS.md).  Changing it never changes results.
+LANES: int = 64
+
+#: Problems with at most this many parameters get them copied to the stack inside the CPU
+#: kernel (and one compiled specialisation per parameter count), which lets LLVM hoist their
+#: loads out of the SIMD loop; larger parameter vectors are read in place.
+STACK_PARAMS: int = 512

@@ -25,7 +25,7 @@ class DivergenceError(RuntimeError):
 def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0, *, steps: int, paths: int,
              sigma: float, seed: int = 0, record=None, observables=None, backend: str = "cpu",
              store_states: bool = False, path_offset: int = 0,
-             on_divergence: str = "warn") -> SimulationResult:
+             on_divergence: str = "warn", dtype: str = "float64") -> SimulationResult:
     """Simulate ``paths`` independent trajectories of each optimizer on ``problem``.
 
     All optimizers share the oracle noise of each (path, step) (common random numbers); the
@@ -47,14 +47,20 @@ def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0, *, steps: int, 
     store_states : also keep x at every recorded step, (n_opt, n_rec, paths, d).
     on_divergence : "warn" (default), "raise" or "ignore" when iterates become non-finite;
         diverged paths are always excluded from the statistics from that step on.
+    dtype : "float64" (default) or "float32" (``backend="cpu"`` only): precision of the
+        states, momenta and draws; statistics always accumulate in float64.  Accuracy of
+        float32 is measured in benchmarks/RESULTS.md.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if on_divergence not in ("warn", "raise", "ignore"):
         raise ValueError(f"on_divergence must be 'warn', 'raise' or 'ignore', got {on_divergence!r}")
+    if dtype != "float64" and backend != "cpu":
+        raise ValueError(f"dtype={dtype!r} is supported by backend='cpu' only; the {backend!r} "
+                         "backend runs in float64")
     spec = make_spec(problem, optimizers, x0, steps=steps, paths=paths, sigma=sigma, seed=seed,
                      record=record, observables=observables, store_states=store_states,
-                     path_offset=path_offset)
+                     path_offset=path_offset, dtype=dtype)
     t0 = time.perf_counter()
     if backend == "cpu":
         from .engine import cpu as engine
@@ -67,7 +73,7 @@ def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0, *, steps: int, 
     meta = {"problem": problem.name, "dim": problem.dim, "noise_dist": problem.noise_dist,
             "svag_ell": problem.svag_ell, "sigma": spec.sigma, "steps_total": spec.steps,
             "paths": spec.paths, "path_offset": spec.path_offset, "seed": spec.seed,
-            "backend": backend, "wall_time": wall, "x0": spec.x0.tolist(),
+            "backend": backend, "dtype": spec.dtype, "wall_time": wall, "x0": spec.x0.tolist(),
             "optimizer_specs": [repr(o) for o in (optimizers if isinstance(optimizers, (list, tuple)) else [optimizers])],
             "versions": versions()}
     res = SimulationResult(tuple(spec.names), tuple(spec.obs_names), spec.record,

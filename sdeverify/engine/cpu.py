@@ -1,39 +1,109 @@
-"""The Numba CPU engine: one generic kernel, specialised (and cached) per problem functions.
+"""The Numba CPU engine: one generic kernel factory, specialised (and cached) per problem
+functions, observables, dtype and dimension.
 
-Work is split over threads in blocks of ``config.BLOCK`` consecutive paths (``prange``);
-inside a block each path runs all its steps with its state in a few small buffers allocated
-once per block — nothing is allocated in the step loop, and the observables are folded into
-the block's (count, mean, M2) accumulators in place.  All optimizers of a call share the
-draws of each (path, step): common random numbers.
+Work is split over threads in blocks of ``config.BLOCK`` consecutive paths (``prange``).
+Inside a block, ``config.LANES`` consecutive paths (the *lanes*) advance together, one step
+at a time, with their states laid out lane-minor (``x[opt, i, lane]``):
+
+1. the draws of the step for all lanes come from :func:`sdeverify.rng.fill_lanes64` /
+   ``fill_lanes32``: Philox and the branch-free Box–Muller transform, vectorised over lanes;
+2. one loop over the lanes applies each optimizer's update.  The problem's ``grad`` and
+   ``noise`` are inlined into that loop and work on small stack arrays of compile-time size
+   ``d``, so LLVM unrolls their loops over coordinates, promotes the stack arrays to
+   registers and vectorises the lane loop: SIMD over paths, for any problem written as plain
+   loops (a problem that calls libm, e.g. ``np.sin``, still runs, lane by lane).
+
+Nothing is allocated in the step loop (buffers are allocated once per block), and the
+observables are folded into the block's (count, mean, M2) accumulators in place, in path
+order, so the statistics are bitwise those of a path-by-path loop: identical for any thread
+count and any split into shards.  All optimizers of a call share the draws of each
+(path, step): common random numbers.
+
+Per step and optimizer, exactly as the reference engine (``a, b, γ`` from
+:mod:`sdeverify.optim`)::
+
+    g = grad(x) + σ v(x, ξ)          (SVAG: (grad(x) + σ r1 v(x, ξ¹)) + σ r2 v(x, ξ²))
+    m = a m + b g;   x = x − γ m;    a path whose Σ_i x_i is no longer finite stops
+                                     (x, m frozen, ``div_step`` = k + 1).
+
+(A stopped lane still runs through the vector loop with ``x0`` as its input; its result is
+discarded.)  ``dtype="float32"``: x, m, g and the draws in float32, coefficients cast to
+float32, problem parameters stay float64, statistics accumulate in float64.
+
+Compiled kernels are cached on disk (``cache=True`` semantics) under a key made of the
+bytecode of the kernel and of the problem / observable functions, so a new process starts
+without compiling.  As with Numba's own cache, a change in a *helper* called by a problem
+function (not the function itself) is not detected: clear ``__pycache__`` after such edits.
 """
 from __future__ import annotations
 
+import hashlib
+import types as pytypes
+
 import numba
 import numpy as np
+from numba import types
+from numba.core import caching, cgutils
+from numba.extending import intrinsic
 
-from .. import config
+from .. import config, rng
 from ..observables import LOSS, SQNORM, USER0, user_evaluator
-from ..rng import fill_draws
 
 BLOCK = config.BLOCK
+LANES = config.LANES
+assert BLOCK % LANES == 0, "config.LANES must divide config.BLOCK"
 _KERNELS: dict = {}
 
 
-def _make_kernel(grad, noise, loss, user_eval):
-    @numba.njit(cache=True, inline="always")
+@intrinsic
+def _stack_empty(typingctx, n, dtype):
+    """A 1-d C-contiguous array of compile-time length ``n`` on the stack (no allocation, no
+    reference counting).  After inlining, LLVM promotes it to registers."""
+    if not isinstance(n, types.IntegerLiteral) or not isinstance(dtype, (types.NumberClass, types.DType)):
+        return None
+    dt, size = dtype.dtype, n.literal_value
+    arrty = types.Array(dt, 1, "C")
+
+    def codegen(context, builder, sig, args):
+        lty = context.get_data_type(dt)
+        ptr = cgutils.alloca_once(builder, lty, size=max(size, 1))
+        ary = context.make_array(arrty)(context, builder)
+        item = context.get_abi_sizeof(lty)
+        context.populate_array(ary, data=ptr, shape=[context.get_constant(types.intp, size)],
+                               strides=[context.get_constant(types.intp, item)],
+                               itemsize=context.get_constant(types.intp, item), meminfo=None)
+        return ary._getvalue()
+
+    return arrty(n, dtype), codegen
+
+
+def _inline(f):
+    """``f`` recompiled to be inlined (Numba IR level) into the kernel."""
+    return numba.njit(inline="always", error_model="numpy")(f.py_func)
+
+
+def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: int):
+    ftype = np.float32 if dtype == "float32" else np.float64
+    zero = ftype(0.0)
+    fill = rng.fill_lanes(dtype)
+    ROWS = rng.n_rows(ND)
+    L = LANES
+    grad_, noise_, loss_ = _inline(grad), _inline(noise), _inline(loss)
+
+    @numba.njit(inline="always")
     def observe(code, x, params):
         if code >= 0:
-            return x[code]
+            return np.float64(x[code])
         if code == LOSS:
-            return loss(x, params)
+            return np.float64(loss_(x, params))
         if code == SQNORM:
             s = 0.0
             for i in range(x.shape[0]):
-                s += x[i] * x[i]
+                s += np.float64(x[i]) * np.float64(x[i])
             return s
-        return user_eval(USER0 - code, x)
+        return np.float64(user_eval(USER0 - code, x))
 
-    @numba.njit(cache=True, inline="always")
+    @numba.njit(inline="always")
     def welford(acc, v):
         c = acc[0] + 1.0
         delta = v - acc[1]
@@ -42,110 +112,207 @@ def _make_kernel(grad, noise, loss, user_eval):
         acc[1] = mean
         acc[2] += delta * (v - mean)
 
-    @numba.njit(cache=True, inline="always")
-    def record(stats, diffs, vals, states, store, x, alive, params, codes, r, ip):
-        for j in range(x.shape[0]):
-            if not alive[j]:
-                continue
-            if store:
-                for i in range(x.shape[1]):
-                    states[j, r, ip, i] = x[j, i]
-            for o in range(codes.shape[0]):
-                vals[j, o] = observe(codes[o], x[j], params)
-                welford(stats[j, r, o], vals[j, o])
-                if alive[0]:
-                    welford(diffs[j, r, o], vals[j, o] - vals[0, o])
+    @numba.njit(inline="always")
+    def record(stats, diffs, vals, states, store, X, alive, xr, params, codes, r, p0, nl):
+        """Fold lanes 0..nl-1 (paths p0..p0+nl-1, in order) into the accumulators of slot r."""
+        for ln in range(nl):
+            for j in range(X.shape[0]):
+                if not alive[j, ln]:
+                    continue
+                for i in range(D):
+                    xr[i] = X[j, i, ln]
+                if store:
+                    for i in range(D):
+                        states[j, r, p0 + ln, i] = xr[i]
+                for o in range(codes.shape[0]):
+                    vals[j, o] = observe(codes[o], xr, params)
+                    welford(stats[j, r, o], vals[j, o])
+                    if alive[0, ln]:
+                        welford(diffs[j, r, o], vals[j, o] - vals[0, o])
 
-    @numba.njit(cache=True, parallel=True)
     def kernel(x0, m0, params, sigma, A, B, G, rec_steps, codes, k0, k1, path0, n_paths,
-               n_draws, draw_kind, r1, r2, n_calls, block_stats, block_diff, x_final, m_final,
+               draw_kind, r1, r2, n_calls, block_stats, block_diff, x_final, m_final,
                div_step, states, store):
         n_opt, steps = A.shape
-        d = x0.shape[0]
         n_rec = rec_steps.shape[0]
         n_blocks = (n_paths + BLOCK - 1) // BLOCK
+        sr1 = sigma * r1
+        sr2 = sigma * r2
         for blk in numba.prange(n_blocks):
-            x = np.empty((n_opt, d))
-            m = np.empty((n_opt, d))
-            g = np.empty(d)
-            v = np.empty(d)
-            xi = np.empty(n_draws * n_calls)
-            xi1 = xi[:n_draws]
-            xi2 = xi[n_draws:]
-            alive = np.empty(n_opt, dtype=np.bool_)
+            X = np.empty((n_opt, D, L), dtype=ftype)
+            M = np.empty((n_opt, D, L), dtype=ftype)
+            Z1 = np.empty((ROWS, L), dtype=ftype)
+            Z2 = np.empty((ROWS if n_calls == 2 else 4, L), dtype=ftype)
+            alive = np.empty((n_opt, L), dtype=np.bool_)
+            dstep = np.empty((n_opt, L), dtype=np.int64)
+            vals = np.empty((n_opt, codes.shape[0]))
+            xr = np.empty(D, dtype=ftype)
+            xs = _stack_empty(D, ftype)
+            xo = _stack_empty(D, ftype)
+            xinit = _stack_empty(D, ftype)       # x0 on the stack: provably not aliased by X
+            for i in range(D):
+                xinit[i] = x0[i]
+            if NP > 0:       # the parameters on the stack too: their loads leave the lane loop
+                prm = _stack_empty(NP, np.float64)
+                for i in range(NP):
+                    prm[i] = params[i]
+            else:
+                prm = params
+            gs = _stack_empty(D, ftype)
+            vs = _stack_empty(D, ftype)
+            ws = _stack_empty(D, ftype)
+            zs = _stack_empty(ND, ftype)
             stats = block_stats[blk]
             diffs = block_diff[blk]
-            vals = np.empty((n_opt, codes.shape[0]))
-            for ip in range(blk * BLOCK, min((blk + 1) * BLOCK, n_paths)):
-                gp = path0 + ip
+            hi = min((blk + 1) * BLOCK, n_paths)
+            for p0 in range(blk * BLOCK, hi, L):
+                nl = min(L, hi - p0)
                 for j in range(n_opt):
-                    alive[j] = True
-                    div_step[j, ip] = -1
-                    for i in range(d):
-                        x[j, i] = x0[i]
-                        m[j, i] = m0[j, i]
+                    for i in range(D):
+                        for ln in range(L):
+                            X[j, i, ln] = x0[i]
+                            M[j, i, ln] = m0[j, i]
+                    for ln in range(L):
+                        alive[j, ln] = True
+                        dstep[j, ln] = -1
                 r = 0
                 if n_rec > 0 and rec_steps[0] == 0:
-                    record(stats, diffs, vals, states, store, x, alive, params, codes, 0, ip)
+                    record(stats, diffs, vals, states, store, X, alive, xr, params, codes, 0, p0, nl)
                     r = 1
                 for k in range(steps):
-                    fill_draws(draw_kind, k0, k1, gp, k, 0, xi1)
+                    fill(draw_kind, k0, k1, path0 + p0, k, 0, Z1)
                     if n_calls == 2:
-                        fill_draws(draw_kind, k0, k1, gp, k, 1, xi2)
+                        fill(draw_kind, k0, k1, path0 + p0, k, 1, Z2)
                     for j in range(n_opt):
-                        if not alive[j]:
-                            continue
-                        xj = x[j]
-                        mj = m[j]
-                        grad(xj, params, g)
-                        noise(xj, params, xi1, v)
-                        if n_calls == 2:
-                            for i in range(d):
-                                g[i] += sigma * r1 * v[i]
-                            noise(xj, params, xi2, v)
-                            for i in range(d):
-                                g[i] += sigma * r2 * v[i]
-                        else:
-                            for i in range(d):
-                                g[i] += sigma * v[i]
                         a = A[j, k]
                         b = B[j, k]
                         lr = G[j, k]
-                        s = 0.0
-                        for i in range(d):
-                            mj[i] = a * mj[i] + b * g[i]
-                            xj[i] -= lr * mj[i]
-                            s += xj[i]
-                        if not np.isfinite(s):
-                            alive[j] = False
-                            div_step[j, ip] = k + 1
+                        if n_calls == 1:
+                            for ln in range(L):          # the SIMD loop (over paths)
+                                al = alive[j, ln]
+                                for i in range(D):
+                                    xo[i] = X[j, i, ln]
+                                    xs[i] = xo[i] if al else xinit[i]
+                                for i in range(ND):
+                                    zs[i] = Z1[i, ln]
+                                grad_(xs, prm, gs)
+                                noise_(xs, prm, zs, vs)
+                                s = zero
+                                for i in range(D):
+                                    mi = a * M[j, i, ln] + b * (gs[i] + sigma * vs[i])
+                                    xi = xs[i] - lr * mi
+                                    s += xi
+                                    M[j, i, ln] = mi if al else M[j, i, ln]
+                                    X[j, i, ln] = xi if al else xo[i]
+                                fin = np.isfinite(s)
+                                dstep[j, ln] = k + 1 if (al and not fin) else dstep[j, ln]
+                                alive[j, ln] = al and fin
+                        else:                            # SVAG: two oracle calls
+                            for ln in range(L):
+                                al = alive[j, ln]
+                                for i in range(D):
+                                    xo[i] = X[j, i, ln]
+                                    xs[i] = xo[i] if al else xinit[i]
+                                for i in range(ND):
+                                    zs[i] = Z1[i, ln]
+                                grad_(xs, prm, gs)
+                                noise_(xs, prm, zs, vs)
+                                for i in range(ND):
+                                    zs[i] = Z2[i, ln]
+                                noise_(xs, prm, zs, ws)
+                                s = zero
+                                for i in range(D):
+                                    gi = (gs[i] + sr1 * vs[i]) + sr2 * ws[i]
+                                    mi = a * M[j, i, ln] + b * gi
+                                    xi = xs[i] - lr * mi
+                                    s += xi
+                                    M[j, i, ln] = mi if al else M[j, i, ln]
+                                    X[j, i, ln] = xi if al else xo[i]
+                                fin = np.isfinite(s)
+                                dstep[j, ln] = k + 1 if (al and not fin) else dstep[j, ln]
+                                alive[j, ln] = al and fin
                     if r < n_rec and rec_steps[r] == k + 1:
-                        record(stats, diffs, vals, states, store, x, alive, params, codes, r, ip)
+                        record(stats, diffs, vals, states, store, X, alive, xr, params, codes, r, p0, nl)
                         r += 1
-                for j in range(n_opt):
-                    for i in range(d):
-                        x_final[j, ip, i] = x[j, i]
-                        m_final[j, ip, i] = m[j, i]
+                for ln in range(nl):
+                    for j in range(n_opt):
+                        div_step[j, p0 + ln] = dstep[j, ln]
+                        for i in range(D):
+                            x_final[j, p0 + ln, i] = X[j, i, ln]
+                            m_final[j, p0 + ln, i] = M[j, i, ln]
 
-    return kernel
+    disp = numba.njit(parallel=True, error_model="numpy")(kernel)
+    key = "|".join([_fingerprint(f) for f in (grad, noise, loss, user_eval)] + [dtype, str(D), str(ND), str(NP), str(L)])
+    _enable_cache(disp, key)
+    return disp
 
 
-def get_kernel(problem, user_funcs: tuple):
-    """The kernel for this problem's functions and these user observables (built once)."""
-    key = (problem.grad, problem.noise, problem.loss, tuple(id(f) for f in user_funcs))
+# ---- a disk cache whose key is stable across processes ---------------------------------------
+def _code_hash(code, h) -> None:
+    h.update(code.co_code)
+    h.update(repr(code.co_names).encode())
+    for c in code.co_consts:
+        if isinstance(c, pytypes.CodeType):
+            _code_hash(c, h)
+        else:
+            h.update(repr(c).encode())
+
+
+def _fingerprint(f) -> str:
+    """Module, name and bytecode hash of a (compiled) function and of the functions and
+    values it closes over: stable across processes, unlike the pickled dispatcher."""
+    py = getattr(f, "py_func", f)
+    if not isinstance(py, pytypes.FunctionType):
+        return repr(py)
+    h = hashlib.sha256()
+    _code_hash(py.__code__, h)
+    for cell in py.__closure__ or ():
+        v = cell.cell_contents
+        h.update(_fingerprint(v).encode() if callable(v) else repr(v).encode())
+    return f"{py.__module__}.{py.__qualname__}:{h.hexdigest()[:16]}"
+
+
+class _KernelCache(caching.FunctionCache):
+    def __init__(self, py_func, key: str):
+        super().__init__(py_func)
+        self._stable_key = hashlib.sha256(key.encode()).hexdigest()
+
+    def _index_key(self, sig, codegen):
+        code = hashlib.sha256(self._py_func.__code__.co_code).hexdigest()
+        return (sig, codegen.magic_tuple(), (code, self._stable_key))
+
+
+def _enable_cache(disp, key: str) -> None:
+    try:
+        disp._cache = _KernelCache(disp.py_func, key)
+    except Exception:    # no writable cache location: compile every process, as Numba does
+        pass
+
+
+def get_kernel(problem, user_funcs: tuple, dtype: str = "float64"):
+    """The kernel for this problem's functions, these user observables, this dtype and this
+    dimension (built once per process; compiled once per machine thanks to the disk cache)."""
+    n_par = problem.params.shape[0]
+    n_par = n_par if n_par <= config.STACK_PARAMS else 0
+    key = (problem.grad, problem.noise, problem.loss, tuple(id(f) for f in user_funcs), dtype,
+           problem.dim, problem.n_draws, n_par)
     if key not in _KERNELS:
         _KERNELS[key] = _make_kernel(problem.grad, problem.noise, problem.loss,
-                                     user_evaluator(user_funcs))
+                                     user_evaluator(user_funcs), dtype, problem.dim,
+                                     problem.n_draws, n_par)
     return _KERNELS[key]
 
 
 def run(spec) -> dict:
     """Run a validated :class:`~sdeverify.engine.spec.RunSpec` on the CPU."""
-    kernel = get_kernel(spec.problem, spec.user_funcs)
+    dtype = getattr(spec, "dtype", "float64")
+    ft = np.dtype(dtype).type
+    kernel = get_kernel(spec.problem, spec.user_funcs, dtype)
     out = spec.allocate()
-    kernel(spec.x0, spec.m0, spec.problem.params, spec.sigma, spec.A, spec.B, spec.G,
-           spec.record, spec.codes, spec.k0, spec.k1, spec.path_offset, spec.paths,
-           spec.problem.n_draws, spec.problem.draw_kind, spec.r1, spec.r2, spec.n_calls,
-           out["block_stats"], out["block_diff"], out["x_final"], out["m_final"], out["div_step"],
-           out["states"], spec.store_states)
+    cast = lambda a: np.ascontiguousarray(a, dtype=ft)
+    kernel(cast(spec.x0), cast(spec.m0), spec.problem.params, ft(spec.sigma), cast(spec.A),
+           cast(spec.B), cast(spec.G), spec.record, spec.codes, spec.k0, spec.k1,
+           spec.path_offset, spec.paths, spec.problem.draw_kind, ft(spec.r1), ft(spec.r2),
+           spec.n_calls, out["block_stats"], out["block_diff"], out["x_final"], out["m_final"],
+           out["div_step"], out["states"], spec.store_states)
     return out

@@ -31,6 +31,7 @@ class RunSpec:
     codes: np.ndarray
     user_funcs: tuple
     store_states: bool
+    dtype: str = "float64"  # "float64" or "float32": state and draw precision (CPU engine)
 
     @property
     def k0(self):
@@ -64,15 +65,15 @@ class RunSpec:
             "block_stats": np.zeros((self.n_blocks, n_opt, n_rec, self.codes.shape[0], 3)),
             # statistics of h(x_j) − h(x_0) per path (paired with optimizer 0, CRN)
             "block_diff": np.zeros((self.n_blocks, n_opt, n_rec, self.codes.shape[0], 3)),
-            "x_final": np.empty((n_opt, self.paths, d)),
-            "m_final": np.empty((n_opt, self.paths, d)),
+            "x_final": np.empty((n_opt, self.paths, d), dtype=self.dtype),
+            "m_final": np.empty((n_opt, self.paths, d), dtype=self.dtype),
             "div_step": np.empty((n_opt, self.paths), dtype=np.int64),
             "states": states,
         }
 
 
 def make_spec(problem, optimizers, x0, *, steps, paths, sigma, seed=0, record=None,
-              observables=None, store_states=False, path_offset=0) -> RunSpec:
+              observables=None, store_states=False, path_offset=0, dtype="float64") -> RunSpec:
     """Validate every argument of :func:`sdeverify.simulate` and build a :class:`RunSpec`."""
     if not isinstance(problem, NGOS):
         raise ValueError(f"problem must be an NGOS problem (sdeverify.problems), got {problem!r}")
@@ -83,6 +84,8 @@ def make_spec(problem, optimizers, x0, *, steps, paths, sigma, seed=0, record=No
         raise ValueError(f"path_offset must be a multiple of the block size {config.BLOCK} "
                          f"so that shards merge exactly, got {path_offset}")
     seed = nonneg_int("seed", seed)
+    if dtype not in ("float64", "float32"):
+        raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
     if seed >= 2 ** 64:
         raise ValueError(f"seed must be in [0, 2**64), got {seed}")
     sigma = finite_float("sigma", sigma, low=0.0)
@@ -111,4 +114,4 @@ def make_spec(problem, optimizers, x0, *, steps, paths, sigma, seed=0, record=No
     stack = lambda attr: np.ascontiguousarray(np.stack([getattr(c, attr) for c in coefs]))
     return RunSpec(problem, names, x0, stack("m0"), stack("a"), stack("b"), stack("gamma"),
                    sigma, steps, paths, path_offset, seed, record, obs_names, codes, funcs,
-                   bool(store_states))
+                   bool(store_states), dtype)
