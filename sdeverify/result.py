@@ -75,7 +75,8 @@ class SimulationResult:
 
     @property
     def mean(self) -> np.ndarray:
-        return self._merged[..., 1]
+        """Mean over non-diverged paths; NaN where no path is left (never a silent 0)."""
+        return np.where(self.count > 0, self._merged[..., 1], np.nan)
 
     @property
     def var(self) -> np.ndarray:
