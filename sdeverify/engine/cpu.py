@@ -82,7 +82,7 @@ def _inline(f):
     return numba.njit(inline="always", error_model="numpy")(f.py_func)
 
 
-def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: int):
+def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: int, NC: int):
     ftype = np.float32 if dtype == "float32" else np.float64
     zero = ftype(0.0)
     fill = rng.fill_lanes(dtype)
@@ -112,7 +112,7 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: 
         acc[1] = mean
         acc[2] += delta * (v - mean)
 
-    @numba.njit(inline="always")
+    @numba.njit
     def record(stats, diffs, vals, states, store, X, alive, xr, params, codes, r, p0, nl):
         """Fold lanes 0..nl-1 (paths p0..p0+nl-1, in order) into the accumulators of slot r."""
         for ln in range(nl):
@@ -131,7 +131,7 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: 
                         welford(diffs[j, r, o], vals[j, o] - vals[0, o])
 
     def kernel(x0, m0, params, sigma, A, B, G, rec_steps, codes, k0, k1, path0, n_paths,
-               draw_kind, r1, r2, n_calls, block_stats, block_diff, x_final, m_final,
+               draw_kind, r1, r2, block_stats, block_diff, x_final, m_final,
                div_step, states, store):
         n_opt, steps = A.shape
         n_rec = rec_steps.shape[0]
@@ -142,7 +142,7 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: 
             X = np.empty((n_opt, D, L), dtype=ftype)
             M = np.empty((n_opt, D, L), dtype=ftype)
             Z1 = np.empty((ROWS, L), dtype=ftype)
-            Z2 = np.empty((ROWS if n_calls == 2 else 4, L), dtype=ftype)
+            Z2 = np.empty((ROWS if NC == 2 else 4, L), dtype=ftype)
             alive = np.empty((n_opt, L), dtype=np.bool_)
             dstep = np.empty((n_opt, L), dtype=np.int64)
             vals = np.empty((n_opt, codes.shape[0]))
@@ -181,13 +181,13 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: 
                     r = 1
                 for k in range(steps):
                     fill(draw_kind, k0, k1, path0 + p0, k, 0, Z1)
-                    if n_calls == 2:
+                    if NC == 2:
                         fill(draw_kind, k0, k1, path0 + p0, k, 1, Z2)
                     for j in range(n_opt):
                         a = A[j, k]
                         b = B[j, k]
                         lr = G[j, k]
-                        if n_calls == 1:
+                        if NC == 1:
                             for ln in range(L):          # the SIMD loop (over paths)
                                 al = alive[j, ln]
                                 for i in range(D):
@@ -242,7 +242,7 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: 
                             m_final[j, p0 + ln, i] = M[j, i, ln]
 
     disp = numba.njit(parallel=True, error_model="numpy")(kernel)
-    key = "|".join([_fingerprint(f) for f in (grad, noise, loss, user_eval)] + [dtype, str(D), str(ND), str(NP), str(L)])
+    key = "|".join([_fingerprint(f) for f in (grad, noise, loss, user_eval)] + [dtype, str(D), str(ND), str(NP), str(NC), str(L)])
     _enable_cache(disp, key)
     return disp
 
@@ -289,17 +289,17 @@ def _enable_cache(disp, key: str) -> None:
         pass
 
 
-def get_kernel(problem, user_funcs: tuple, dtype: str = "float64"):
+def get_kernel(problem, user_funcs: tuple, dtype: str = "float64", n_calls: int = 1):
     """The kernel for this problem's functions, these user observables, this dtype and this
     dimension (built once per process; compiled once per machine thanks to the disk cache)."""
     n_par = problem.params.shape[0]
     n_par = n_par if n_par <= config.STACK_PARAMS else 0
     key = (problem.grad, problem.noise, problem.loss, tuple(id(f) for f in user_funcs), dtype,
-           problem.dim, problem.n_draws, n_par)
+           problem.dim, problem.n_draws, n_par, n_calls)
     if key not in _KERNELS:
         _KERNELS[key] = _make_kernel(problem.grad, problem.noise, problem.loss,
                                      user_evaluator(user_funcs), dtype, problem.dim,
-                                     problem.n_draws, n_par)
+                                     problem.n_draws, n_par, n_calls)
     return _KERNELS[key]
 
 
@@ -307,12 +307,12 @@ def run(spec) -> dict:
     """Run a validated :class:`~sdeverify.engine.spec.RunSpec` on the CPU."""
     dtype = getattr(spec, "dtype", "float64")
     ft = np.dtype(dtype).type
-    kernel = get_kernel(spec.problem, spec.user_funcs, dtype)
+    kernel = get_kernel(spec.problem, spec.user_funcs, dtype, spec.n_calls)
     out = spec.allocate()
     cast = lambda a: np.ascontiguousarray(a, dtype=ft)
     kernel(cast(spec.x0), cast(spec.m0), spec.problem.params, ft(spec.sigma), cast(spec.A),
            cast(spec.B), cast(spec.G), spec.record, spec.codes, spec.k0, spec.k1,
            spec.path_offset, spec.paths, spec.problem.draw_kind, ft(spec.r1), ft(spec.r2),
-           spec.n_calls, out["block_stats"], out["block_diff"], out["x_final"], out["m_final"],
+           out["block_stats"], out["block_diff"], out["x_final"], out["m_final"],
            out["div_step"], out["states"], spec.store_states)
     return out
