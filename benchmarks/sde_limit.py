@@ -61,7 +61,7 @@ def main(argv=None) -> int:
                 print(f"  {s:<22}{h:<6}{_fmt(d[k + '.order']):<26}{_fmt(d[k + '.order_all']):<26}{err}")
     if "cosine_well.em_bias" in d:
         print("\ncosine_well: max |E_h - E_2h| of the fine EM reference per eta (bias removed by "
-              "extrapolation):", np.array2string(np.asarray(d["cosine_well.em_bias"]), precision=2))
+              "extrapolation):", " ".join(f"{b:.2g}" for b in np.asarray(d["cosine_well.em_bias"])))
     print("\nverdicts:")
     for v in res.verdicts:
         print(f"  {'PASS' if v.passed else 'FAIL'}  {v.measured}  {v.claim}")

@@ -1,7 +1,10 @@
 """The sde_limit experiment at smoke size: verdict structure, the α = 1 mismatch, save/plot.
 
-The smoke run's Monte Carlo verdicts (CosineWell, 2048 paths) were rerun under seeds 0..99
-when written: all 16 verdicts passed for every seed (the quadratic ones are exact).
+Seed sweep (``python tests/test_sde_limit.py 100``, seeds 0..99, when written): the exact
+quadratic verdicts and the four "bounded away" verdicts passed for every seed; the CosineWell
+Monte Carlo order verdicts, whose truth sits on their bound (order 1), failed their 95% rule
+for 2–3 seeds in 100 each, as a 95% interval must — so the test asserts those at the 99.9%
+level instead (``check_monte_carlo_orders``: 0/100 failures).
 """
 import numpy as np
 import pytest
