@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import types
+import warnings
 
 import numba
 import numpy as np
@@ -308,6 +309,8 @@ def coupled_slow_sde(problem, x0, *, eta: float, steps: int, paths: int, sigma: 
     z0 = np.ascontiguousarray(problem.project(vector("x0", x0, problem.dim)))
     out = np.full((rec.size, paths, problem.dim), np.nan)
     k0, k1 = key_words(seed)
-    kern(z0, problem.params, sigma, np.ascontiguousarray(eta * lam), rec.astype(np.int64),
-         k0, k1, path_offset, problem.n_draws, problem.draw_kind, out)
+    with warnings.catch_warnings():   # the specialised kernel has no source file of its own
+        warnings.simplefilter("ignore", numba.NumbaDebugInfoWarning)
+        kern(z0, problem.params, sigma, np.ascontiguousarray(eta * lam), rec.astype(np.int64),
+             k0, k1, path_offset, problem.n_draws, problem.draw_kind, out)
     return out

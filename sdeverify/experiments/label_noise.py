@@ -3,7 +3,7 @@ same path — the slow SDE's, which for label noise is a deterministic flow on �
 
 Problem (:class:`~sdeverify.problems.diagonal_net.DiagonalNet`): n = 5 Gaussian samples in
 D = 10 dimensions, a planted 2-sparse β*, w = (u, v), β = u⊙u − v⊙v, label noise of scale
-σ (Σ = ∇²L on Γ).  Start: ζ₀ = Φ(u = v = 1), a dense interpolating solution of sharpness
+σ = 1.25 (Σ = ∇²L on Γ).  Start: ζ₀ = Φ(u = v = 1), a dense interpolating solution of sharpness
 tr ∇²L ≈ 68.  The slow SDE has no diffusion (Σ_∥ = 0) and drift −(σ²/4) P ∇tr∇²L: it is solved
 by RK4 with projection (:func:`~sdeverify.slow_sde.solve_slow_ode`).
 
@@ -38,7 +38,7 @@ NAME = "label_noise"
 TITLE = "Sec 5: label-noise SGD and SGDM reduce sharpness along the same slow path"
 
 SIZES = {
-    "smoke": dict(etas=(0.04, 0.03, 0.02), paths=128, T=0.5, n_times=6),
+    "smoke": dict(etas=(0.04, 0.028, 0.02, 0.014), paths=128, T=0.5, n_times=6),
     "quick": dict(etas=(0.04, 0.028, 0.02, 0.014, 0.01), paths=256, T=1.0, n_times=11),
     "full": dict(etas=(0.04, 0.028, 0.02, 0.014, 0.01, 0.007, 0.005), paths=1024, T=1.0, n_times=21),
 }
@@ -50,7 +50,7 @@ def _optimizers(eta, beta, alpha, lam):
             SGDM(eta, 1.0 - lam * eta ** alpha, name=OPT_LABELS[2])]
 
 
-def run(*, size: str = "quick", seed: int = 0, progress=None, sigma: float = 1.0,
+def run(*, size: str = "quick", seed: int = 0, progress=None, sigma: float = 1.25,
         beta: float = 0.9, alpha: float = 0.5, lam: float = 0.3, init_scale: float = 1.0,
         n: int = 5, D: int = 10, sparsity: int = 2, data_seed: int = 0,
         **overrides) -> ExperimentResult:
@@ -173,6 +173,10 @@ def plot(result: ExperimentResult, path):
         a.plot(ee, np.exp(f[3]) * ee ** f[0], "-", color=cols[j], lw=0.8)
     a.set(xscale="log", yscale="log", xlabel="eta", ylabel="max_t |E S(t) - S_slow(t)|",
           title="distance to the slow flow shrinks as eta -> 0")
+    from matplotlib.ticker import FixedLocator, NullLocator
+    a.xaxis.set_major_locator(FixedLocator(etas))
+    a.xaxis.set_minor_locator(NullLocator())
+    a.set_xticklabels([f"{e:g}" for e in etas], rotation=45, fontsize=7)
     a.legend(fontsize=7)
     # (c) off-support mass
     a = ax[2]

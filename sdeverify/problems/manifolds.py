@@ -469,15 +469,17 @@ class Sphere(ManifoldProblem):
         ζ ← (ζ + w)/‖ζ + w‖, w = −ησs Pξ (tangent, |w|² = η²σ²s² χ²_{d−1}):
         E u' = ρ u with ρ = E(1 + |w|²)^{−1/2};  E u'² = A u² + B (1 − u²) with
         A = E 1/(1 + |w|²), B = E |w|²/((d − 1)(1 + |w|²)).  Differs from the slow SDE by O(η²)."""
-        from scipy import integrate
-        from scipy.stats import chi2
+        from scipy.special import gammaln, roots_genlaguerre
         k = self.dim - 1
         c = (eta * sigma * self.noise_std) ** 2
-        pdf = chi2(k).pdf
-        ex = lambda f: integrate.quad(lambda q: f(q) * pdf(q), 0.0, np.inf, epsabs=1e-15, epsrel=1e-13, limit=200)[0]
-        rho = ex(lambda q: 1.0 / np.sqrt(1.0 + c * q))
-        A = ex(lambda q: 1.0 / (1.0 + c * q))
-        B = ex(lambda q: c * q / (k * (1.0 + c * q)))
+        # q ~ χ²_k: E f(q) = Σ w_i f(2 y_i) / Γ(k/2) with generalised Gauss–Laguerre nodes
+        # (weight y^{k/2−1} e^{−y}); the integrands are analytic far beyond [0, ∞) for small c.
+        y, w = roots_genlaguerre(80, k / 2.0 - 1.0)
+        w = w / np.exp(gammaln(k / 2.0))
+        q = 2.0 * y
+        rho = float(np.sum(w / np.sqrt(1.0 + c * q)))
+        A = float(np.sum(w / (1.0 + c * q)))
+        B = float(np.sum(w * c * q / (k * (1.0 + c * q))))
         K = np.asarray(steps, dtype=np.float64)
         m1 = rho ** K
         lam = A - B                       # m2_{k+1} = B + (A − B) m2_k, m2_0 = 1
