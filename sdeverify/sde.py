@@ -233,6 +233,10 @@ def solve(sde: FirstOrderSDE | KineticSDE, x0, *, T: float, h: float, paths: int
     docstring) and, when ``extrapolate``, Talay–Tubaro extrapolation with the step-2h scheme
     on the same Brownian increments.  ``times`` must lie on the step-2h grid (step-h grid
     without extrapolation); default: 17 evenly spaced times in [0, T].
+
+    The increments follow the problem's ``noise_dist``: Gaussian gives EM proper; Rademacher
+    gives the weak EM scheme with two-point increments (same weak order 1, and the step-2h
+    scheme then sums two of them, still a valid weak order-1 scheme for the extrapolation).
     """
     T = finite_float("T", T, low=0.0, low_open=True)
     h = finite_float("h", h, low=0.0, low_open=True)
