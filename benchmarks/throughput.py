@@ -171,8 +171,12 @@ def run_bound(paths, steps, d=D, dtype="float64"):
 
 
 # ---- timing ------------------------------------------------------------------------------------
+WAIT_IDLE = 0.0
+
+
 def timed(fn, repeats):
     fn()                                            # warm-up (compile, caches)
+    wait_idle(WAIT_IDLE)
     ts = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -191,6 +195,35 @@ def fmt(r):
 
 def load():
     return os.getloadavg()[0]
+
+
+def _cpu_times():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return v[3] + v[4], sum(v)          # idle + iowait, total
+
+
+def busy_fraction(dt=1.0):
+    """Fraction of all CPUs busy (other processes included) over ``dt`` seconds (Linux)."""
+    try:
+        i0, t0 = _cpu_times()
+        time.sleep(dt)
+        i1, t1 = _cpu_times()
+        return 1.0 - (i1 - i0) / max(t1 - t0, 1)
+    except OSError:
+        return float("nan")
+
+
+def wait_idle(limit_s):
+    """On a shared machine: wait (up to limit_s) until other processes use < 10% of the CPUs."""
+    if limit_s <= 0:
+        return
+    t = time.time()
+    while time.time() - t < limit_s:
+        b = busy_fraction()
+        if b < 0.1:
+            return
+    print(f"  (machine still {100 * busy_fraction():.0f}% busy after {limit_s} s: timing anyway)")
 
 
 # ---- sections ----------------------------------------------------------------------------------
@@ -389,7 +422,12 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="steps / 8 for NumPy and JAX")
     ap.add_argument("--only", default=",".join(SECTIONS), help="comma list of " + ", ".join(SECTIONS))
     ap.add_argument("--json", default=None, help="also write the numbers to this file")
+    ap.add_argument("--wait-idle", type=float, default=0.0,
+                    help="shared machines: before each timing, wait up to this many seconds "
+                         "for the other processes to leave the CPUs idle")
     args = ap.parse_args(argv)
+    global WAIT_IDLE
+    WAIT_IDLE = args.wait_idle
     try:
         import jax
         jv = jax.__version__

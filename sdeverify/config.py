@@ -11,9 +11,10 @@ BLOCK: int = 256
 #: Default number of recorded steps (evenly spaced, the initial point included).
 DEFAULT_RECORDS: int = 16
 
-#: Paths advanced together inside a block by the CPU engine: the draws of one step are
-#: generated for all lanes at once, vectorised over SIMD lanes.  Must divide ``BLOCK``;
-#: 32 measured best on AVX-512 (benchmarks/RESULTS.md).  Changing it never changes results.
+#: Paths advanced together inside a block by the CPU engine (the "lanes"): the draws of one
+#: step are generated for all lanes at once and the update loop runs over lanes, both
+#: vectorised over SIMD lanes.  Must divide ``BLOCK``; 64 measured best on AVX-512 (32: -9%,
+#: 128: -4%, float64, benchmarks/RESULTS.md).  Changing it never changes results.
 LANES: int = 64
 
 #: Problems with at most this many parameters get them copied to the stack inside the CPU
