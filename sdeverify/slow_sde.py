@@ -9,12 +9,14 @@ Near a manifold Γ of minimizers, with the noise scale σ held fixed and time t 
 with Σ_∥ = PΣP, Σ_⊥ = (I−P)Σ(I−P), 𝓛_A(Σ) the solution X of AX + XA = Σ on the normal
 space, ∂²(∇L)[M] = Σ_ij M_ij ∂_i∂_j∇L, and λ_t the learning-rate schedule (η_k = η λ_{kη²}).
 
-Three entry points:
+Entry points:
 
 * :func:`slow_coefficients` — drift and diffusion from the pieces a
   :class:`~sdeverify.problems.manifolds.ManifoldProblem` provides (generic formula);
 * :func:`solve_slow_sde` — ambient Euler–Maruyama with projection back to Γ by Φ after each
   step (weak order 1 in dt), independent Gaussian increments, any ManifoldProblem;
+* :func:`solve_slow_ode` — the deterministic case (Σ_∥ = 0, e.g. label noise): RK4 with
+  projection, order 4;
 * :func:`coupled_slow_sde` — the same Euler scheme with dt = η², driven by the *engine's own
   draws* for each (path, step) (counter-based RNG, :mod:`sdeverify.rng`): its paths are
   coupled path by path to the SGD/SGDM paths of :func:`sdeverify.simulate` with the same
@@ -24,11 +26,10 @@ Three entry points:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 import types
 import warnings
+from dataclasses import dataclass
+from typing import Callable
 
 import numba
 import numpy as np
