@@ -1,0 +1,36 @@
+"""Run by tests/test_cuda.py in a subprocess with NUMBA_ENABLE_CUDASIM=1 (the simulator must
+be chosen before Numba is imported).  Prints one line per case; exits 1 on any mismatch."""
+import sys
+
+import numpy as np
+
+import sdeverify as sv
+from sdeverify.engine import cuda as cuda_engine
+from sdeverify.problems import SVAG, CosineWell, LinearRegression, Quadratic
+
+cuda_engine.THREADS_PER_BLOCK = 16      # tiny blocks: 40 paths span 3 thread blocks
+bad = 0
+cases = [Quadratic(np.diag([1.0, 2.0]), center=[1, 0]), CosineWell(3, noise_dist="rademacher"),
+         SVAG(CosineWell(2), 3.0), LinearRegression.generate(n=16, d=2, batch_size=3)]
+for P in cases:
+    kw = dict(steps=6, paths=40, sigma=1.0, seed=3, record=[0, 2, 6],
+              observables=["loss", "sqnorm", "x0"], store_states=True)
+    opts = [sv.SGD(0.05), sv.SGDM(0.05, 0.9), sv.HeavyBall(0.01, 0.8, 0.3)]
+    g = sv.simulate(P, opts, np.full(P.dim, 0.5), backend="cuda", **kw)
+    c = sv.simulate(P, opts, np.full(P.dim, 0.5), backend="cpu", **kw)
+    dev = max(np.abs(g.x_final - c.x_final).max(), np.abs(g.states - c.states).max(),
+              np.nanmax(np.abs(g.mean - c.mean)), np.abs(g.paired(1, "loss")[0] - c.paired(1, "loss")[0]).max())
+    ok = dev <= 1e-12 and np.array_equal(g.count, c.count)
+    bad += not ok
+    print(f"{P.name}: max deviation cuda-sim vs cpu {dev:.3g} {'ok' if ok else 'MISMATCH'}")
+# divergence is detected and reported on the GPU path too
+import warnings
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    r = sv.simulate(Quadratic(np.diag([1.0, 20.0])), [sv.SGD(1.25)], [1.0, 1.0], steps=300, paths=20,
+                    sigma=0.1, backend="cuda")
+div = r.divergence
+ok = bool(div) and div[0].fraction == 1.0 and any(issubclass(x.category, sv.DivergenceWarning) for x in w)
+bad += not ok
+print(f"divergence reported: {'ok' if ok else 'MISSING'}")
+sys.exit(1 if bad else 0)
