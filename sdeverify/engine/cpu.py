@@ -130,6 +130,77 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: 
                     if alive[0, ln]:
                         welford(diffs[j, r, o], vals[j, o] - vals[0, o])
 
+    @numba.njit(inline="always")
+    def fused_step(a, b, lr, X, M, alive, dstep, k, Z1, Z2, Gb, S, xs, xo, gs, vs, ws, zs,
+                   xinit, prm, sigma, sr1, sr2):
+        """One optimizer, one step, all lanes; oracle and update in one loop over lanes (the
+        whole body unrolls over coordinates when d is small, and LLVM vectorises over lanes)."""
+        for ln in range(L):
+            al = alive[ln]
+            for i in range(D):
+                xo[i] = X[i, ln]
+                xs[i] = xo[i] if al else xinit[i]
+            for i in range(ND):
+                zs[i] = Z1[i, ln]
+            grad_(xs, prm, gs)
+            noise_(xs, prm, zs, vs)
+            if NC == 2:                                  # SVAG: a second oracle call
+                for i in range(D):
+                    gs[i] = gs[i] + sr1 * vs[i]
+                for i in range(ND):
+                    zs[i] = Z2[i, ln]
+                noise_(xs, prm, zs, vs)
+            s = zero
+            for i in range(D):
+                mi = a * M[i, ln] + b * (gs[i] + (sigma if NC == 1 else sr2) * vs[i])
+                xi = xs[i] - lr * mi
+                s += xi
+                M[i, ln] = mi if al else M[i, ln]
+                X[i, ln] = xi if al else xo[i]
+            fin = np.isfinite(s)
+            dstep[ln] = k + 1 if (al and not fin) else dstep[ln]
+            alive[ln] = al and fin
+
+    @numba.njit(inline="always")
+    def split_step(a, b, lr, X, M, alive, dstep, k, Z1, Z2, Gb, S, xs, xo, gs, vs, ws, zs,
+                   xinit, prm, sigma, sr1, sr2):
+        """The same step in two loops over lanes, (a) the oracle into ``Gb[:, lane]``, (b) the
+        update with the lanes innermost, so that (b) vectorises for any d."""
+        for ln in range(L):
+            for i in range(D):
+                xs[i] = X[i, ln] if alive[ln] else xinit[i]
+            for i in range(ND):
+                zs[i] = Z1[i, ln]
+            grad_(xs, prm, gs)
+            noise_(xs, prm, zs, vs)
+            if NC == 1:
+                for i in range(D):
+                    Gb[i, ln] = gs[i] + sigma * vs[i]
+            else:                                        # SVAG: a second oracle call
+                for i in range(ND):
+                    zs[i] = Z2[i, ln]
+                noise_(xs, prm, zs, ws)
+                for i in range(D):
+                    Gb[i, ln] = (gs[i] + sr1 * vs[i]) + sr2 * ws[i]
+        for ln in range(L):
+            S[ln] = zero
+        for i in range(D):
+            for ln in range(L):
+                al = alive[ln]
+                x = X[i, ln]
+                mi = a * M[i, ln] + b * Gb[i, ln]
+                xi = x - lr * mi
+                S[ln] += xi
+                M[i, ln] = mi if al else M[i, ln]
+                X[i, ln] = xi if al else x
+        for ln in range(L):
+            al = alive[ln]
+            fin = np.isfinite(S[ln])
+            dstep[ln] = k + 1 if (al and not fin) else dstep[ln]
+            alive[ln] = al and fin
+
+    lane_step = fused_step if D <= config.FUSE_MAX_DIM else split_step
+
     def kernel(x0, m0, params, sigma, A, B, G, rec_steps, codes, k0, k1, path0, n_paths,
                draw_kind, r1, r2, block_stats, block_diff, x_final, m_final,
                div_step, states, store):
@@ -147,6 +218,8 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: 
             dstep = np.empty((n_opt, L), dtype=np.int64)
             vals = np.empty((n_opt, codes.shape[0]))
             xr = np.empty(D, dtype=ftype)
+            Gb = np.empty((D, L), dtype=ftype)
+            S = _stack_empty(L, ftype)
             xs = _stack_empty(D, ftype)
             xo = _stack_empty(D, ftype)
             xinit = _stack_empty(D, ftype)       # x0 on the stack: provably not aliased by X
@@ -187,50 +260,8 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: 
                         a = A[j, k]
                         b = B[j, k]
                         lr = G[j, k]
-                        if NC == 1:
-                            for ln in range(L):          # the SIMD loop (over paths)
-                                al = alive[j, ln]
-                                for i in range(D):
-                                    xo[i] = X[j, i, ln]
-                                    xs[i] = xo[i] if al else xinit[i]
-                                for i in range(ND):
-                                    zs[i] = Z1[i, ln]
-                                grad_(xs, prm, gs)
-                                noise_(xs, prm, zs, vs)
-                                s = zero
-                                for i in range(D):
-                                    mi = a * M[j, i, ln] + b * (gs[i] + sigma * vs[i])
-                                    xi = xs[i] - lr * mi
-                                    s += xi
-                                    M[j, i, ln] = mi if al else M[j, i, ln]
-                                    X[j, i, ln] = xi if al else xo[i]
-                                fin = np.isfinite(s)
-                                dstep[j, ln] = k + 1 if (al and not fin) else dstep[j, ln]
-                                alive[j, ln] = al and fin
-                        else:                            # SVAG: two oracle calls
-                            for ln in range(L):
-                                al = alive[j, ln]
-                                for i in range(D):
-                                    xo[i] = X[j, i, ln]
-                                    xs[i] = xo[i] if al else xinit[i]
-                                for i in range(ND):
-                                    zs[i] = Z1[i, ln]
-                                grad_(xs, prm, gs)
-                                noise_(xs, prm, zs, vs)
-                                for i in range(ND):
-                                    zs[i] = Z2[i, ln]
-                                noise_(xs, prm, zs, ws)
-                                s = zero
-                                for i in range(D):
-                                    gi = (gs[i] + sr1 * vs[i]) + sr2 * ws[i]
-                                    mi = a * M[j, i, ln] + b * gi
-                                    xi = xs[i] - lr * mi
-                                    s += xi
-                                    M[j, i, ln] = mi if al else M[j, i, ln]
-                                    X[j, i, ln] = xi if al else xo[i]
-                                fin = np.isfinite(s)
-                                dstep[j, ln] = k + 1 if (al and not fin) else dstep[j, ln]
-                                alive[j, ln] = al and fin
+                        lane_step(a, b, lr, X[j], M[j], alive[j], dstep[j], k, Z1, Z2, Gb, S,
+                                  xs, xo, gs, vs, ws, zs, xinit, prm, sigma, sr1, sr2)
                     if r < n_rec and rec_steps[r] == k + 1:
                         record(stats, diffs, vals, states, store, X, alive, xr, params, codes, r, p0, nl)
                         r += 1
