@@ -177,12 +177,13 @@ WAIT_IDLE = 0.0
 def timed(fn, repeats):
     fn()                                            # warm-up (compile, caches)
     wait_idle(WAIT_IDLE)
-    ts = []
+    ts, cs = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
         ts.append(time.perf_counter() - t)
-    return float(np.median(ts)), [float(t) for t in ts]
+        cs.append(time.process_time() - c)
+    return float(np.median(ts)), float(np.median(cs))
 
 
 def rate(paths, steps, d, t):
@@ -231,33 +232,33 @@ def section_main(args, res):
     """The reference workload, every implementation side by side."""
     steps_slow = STEPS // 8 if args.quick else STEPS
     rows = {}
+
+    def add(name, fn, steps, repeats=args.repeats, count=None):
+        t, c = timed(fn, repeats)
+        rows[name] = ((count or PATHS * steps * D) / t, t, c, steps)
+
     for dtype in ("float64", "float32"):
-        t, ts = timed(lambda: run_ours(PATHS, STEPS, dtype=dtype), args.repeats)
-        rows[f"sdeverify cpu {dtype}"] = (rate(PATHS, STEPS, D, t), t, STEPS)
-        t, ts = timed(lambda: run_bound(PATHS, STEPS, dtype=dtype), args.repeats)
-        rows[f"RNG bound {dtype}"] = (rate(PATHS, STEPS, D, t), t, STEPS)
+        add(f"sdeverify cpu {dtype}", lambda: run_ours(PATHS, STEPS, dtype=dtype), STEPS)
+        add(f"RNG bound {dtype}", lambda: run_bound(PATHS, STEPS, dtype=dtype), STEPS)
     dense = Quadratic(np.diag(curvatures(D)))
-    t, _ = timed(lambda: run_ours(PATHS, STEPS, problem=dense), args.repeats)
-    rows["sdeverify cpu float64, dense Quadratic"] = (rate(PATHS, STEPS, D, t), t, STEPS)
-    t, _ = timed(lambda: run_numpy(PATHS, steps_slow), max(1, args.repeats // 2))
-    rows["NumPy vectorised float64"] = (rate(PATHS, steps_slow, D, t), t, steps_slow)
+    add("sdeverify cpu float64, dense Quadratic", lambda: run_ours(PATHS, STEPS, problem=dense), STEPS)
+    slow = max(1, args.repeats // 2)
+    add("NumPy vectorised float64", lambda: run_numpy(PATHS, steps_slow), steps_slow, slow)
     jx = make_jax(PATHS, steps_slow)
     if jx is None:
         print("JAX not installed (pip install -e .[bench]): JAX skipped")
     else:
-        t, _ = timed(jx, max(1, args.repeats // 2))
-        rows["JAX jit+scan float64"] = (rate(PATHS, steps_slow, D, t), t, steps_slow)
-        jx32 = make_jax(PATHS, steps_slow, dtype="float32")
-        t, _ = timed(jx32, max(1, args.repeats // 2))
-        rows["JAX jit+scan float32"] = (rate(PATHS, steps_slow, D, t), t, steps_slow)
+        add("JAX jit+scan float64", jx, steps_slow, slow)
+        add("JAX jit+scan float32", make_jax(PATHS, steps_slow, dtype="float32"), steps_slow, slow)
     gen = np.random.Generator(np.random.PCG64(0))
     buf = np.empty(2 ** 22)
-    t, _ = timed(lambda: gen.standard_normal(out=buf), args.repeats)
-    rows["NumPy PCG64 normals alone (1 thread), normals/s"] = (buf.size / t, t, 0)
+    add("NumPy PCG64 normals alone (1 thread), normals/s", lambda: gen.standard_normal(out=buf), 0,
+        count=buf.size)
     print(f"\n== reference workload: d={D} diagonal quadratic, SGD + SGDM(β={BETA}) coupled, "
           f"{PATHS} paths × {STEPS} steps, {N_REC} records, {numba.get_num_threads()} threads ==")
-    for name, (r, t, st) in rows.items():
-        print(f"{name:48s} {fmt(r)} path·dim·steps/s   ({t:.3f} s for {st} steps)")
+    print(f"{'':48s} {'per second':>10s}   median wall / CPU time")
+    for name, (r, t, c, st) in rows.items():
+        print(f"{name:48s} {fmt(r)}   {t:7.3f} s / {c:7.3f} s  ({st} steps)")
     ours, ours32 = rows["sdeverify cpu float64"][0], rows["sdeverify cpu float32"][0]
     ratios = {"ours/NumPy": ours / rows["NumPy vectorised float64"][0],
               "ours/RNG bound (float64)": ours / rows["RNG bound float64"][0],
@@ -268,38 +269,62 @@ def section_main(args, res):
         ratios["ours f32/JAX f32"] = ours32 / rows["JAX jit+scan float32"][0]
     for k, v in ratios.items():
         print(f"{k:48s} {v:8.2f}")
-    res["main"] = {"rows": {k: {"rate": r, "seconds": t, "steps": st} for k, (r, t, st) in rows.items()},
+    res["main"] = {"rows": {k: {"rate": r, "wall": t, "cpu": c, "steps": st}
+                            for k, (r, t, c, st) in rows.items()},
                    "ratios": ratios, "load": load()}
 
 
 def section_accuracy(args, res):
-    """float32 vs float64 on the reference workload (same draws up to rounding)."""
+    """float32 vs float64 on the reference workload (same Philox words, float32 arithmetic)."""
     r64, r32 = run_ours(PATHS, STEPS), run_ours(PATHS, STEPS, dtype="float32")
     rel = np.abs(r32.mean - r64.mean) / np.abs(r64.mean)
     sem_rel = r64.sem / np.abs(r64.mean)
-    print(f"\n== float32 accuracy (reference workload) ==\nmax relative error of mean loss "
-          f"{rel[..., 0].max():.2e}, of mean sqnorm {rel[..., 1].max():.2e}; "
-          f"Monte Carlo relative sem {sem_rel.min():.2e}..{sem_rel.max():.2e}")
+    dx = np.abs(r32.x_final.astype(np.float64) - r64.x_final)
+    per_path = float(dx.max() / np.abs(r64.x_final).max())
+    print(f"\n== float32 accuracy (reference workload) ==\n"
+          f"relative error of the mean: loss {rel[..., 0].max():.1e}, sqnorm {rel[..., 1].max():.1e} "
+          f"(Monte Carlo relative sem {sem_rel.min():.1e} or more); "
+          f"final states: max |x32 - x64| = {per_path:.1e} max |x64|")
     res["accuracy"] = {"rel_err_loss": float(rel[..., 0].max()), "rel_err_sqnorm": float(rel[..., 1].max()),
-                       "rel_sem_min": float(sem_rel.min())}
+                       "rel_sem_min": float(sem_rel.min()), "state_err": per_path}
 
 
 def section_threads(args, res):
-    """Parallel efficiency: 1 vs 2 threads."""
+    """Parallel efficiency: 1 vs 2 threads (runs interleaved, so that a change in the
+    background load hits both).  Wall efficiency T1 / (2 T2) is the target; the CPU-time
+    efficiency CPU1 / CPU2 (total CPU seconds for the same work) is robust to other
+    processes sharing the machine and measures the parallel overhead alone.  "CPUs busy
+    between runs" is what other processes use while we sleep (0% on a dedicated machine)."""
     n = numba.get_num_threads()
+    print(f"\n== parallel efficiency, {PATHS} paths × {STEPS // 2} steps: T1 / (2 T2) ==")
     out = {}
     for name, fn in [("sdeverify cpu float64", lambda: run_ours(PATHS, STEPS // 2)),
                      ("sdeverify cpu float32", lambda: run_ours(PATHS, STEPS // 2, dtype="float32")),
                      ("RNG bound float64", lambda: run_bound(PATHS, STEPS // 2))]:
-        ts = {}
+        ts, cs = {1: [], 2: []}, {1: [], 2: []}
         for t_ in (1, 2):
             numba.set_num_threads(t_)
-            ts[t_], _ = timed(fn, args.repeats)
+            fn()
+        wait_idle(WAIT_IDLE)
+        busy = []
+        for _ in range(args.repeats):
+            for t_ in (1, 2):
+                numba.set_num_threads(t_)
+                t, c = time.perf_counter(), time.process_time()
+                fn()
+                ts[t_].append(time.perf_counter() - t)
+                cs[t_].append(time.process_time() - c)
+            busy.append(busy_fraction(0.5))
         numba.set_num_threads(n)
-        eff = ts[1] / (2 * ts[2])
-        out[name] = {"t1": ts[1], "t2": ts[2], "efficiency": eff}
-        print(f"{name:30s} 1 thread {fmt(rate(PATHS, STEPS // 2, D, ts[1]))}  2 threads "
-              f"{fmt(rate(PATHS, STEPS // 2, D, ts[2]))}  efficiency {100 * eff:5.1f}%")
+        t1, t2 = float(np.median(ts[1])), float(np.median(ts[2]))
+        c1, c2 = float(np.median(cs[1])), float(np.median(cs[2]))
+        eff, ceff = t1 / (2 * t2), c1 / c2
+        out[name] = {"t1": t1, "t2": t2, "efficiency": eff, "cpu1": c1, "cpu2": c2,
+                     "cpu_efficiency": ceff, "busy_between_runs": float(np.median(busy))}
+        print(f"{name:24s} 1 thread {fmt(rate(PATHS, STEPS // 2, D, t1))}  2 threads "
+              f"{fmt(rate(PATHS, STEPS // 2, D, t2))}  wall efficiency {100 * eff:5.1f}%   "
+              f"CPU-time efficiency {100 * ceff:5.1f}%   (CPUs busy between runs: "
+              f"{100 * np.median(busy):.0f}%)")
     res["threads"] = out
 
 
@@ -327,28 +352,36 @@ def section_scaling(args, res):
 
 
 _MEM_SNIPPET = """
-import resource, sys, numpy as np
+import sys
 sys.path.insert(0, {bench!r})
 import throughput as T
-T.{fn}(256, 64)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+T.{fn}(256, 64)                                   # warm-up: imports, cache load, compile
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+open("/proc/self/clear_refs", "w").write("5")     # reset the peak (VmHWM) to the current RSS
+base = status("VmRSS")
 T.{fn}({paths}, {steps})
-print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(base, status("VmHWM"))
 """
 
 
 def section_memory(args, res):
-    """Peak resident memory (fresh process per run): must not grow with the number of steps."""
-    print(f"\n== peak memory, {PATHS} paths (fresh process each; MiB) ==")
+    """Peak resident memory of one run (fresh process each, Linux): must not grow with the
+    number of steps.  Peak minus the resident size just before the run."""
+    print(f"\n== peak memory of one run, {PATHS} paths, d={D} (fresh process each; MiB) ==")
     out = []
     for fn in ("run_ours", "run_numpy"):
         for st in (256, 1024, 4096) if fn == "run_ours" else (256, 1024):
             code = _MEM_SNIPPET.format(bench=str(ROOT / "benchmarks"), fn=fn, paths=PATHS, steps=st)
-            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-            base, peak = (int(v) / 1024 for v in r.stdout.split())
+            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+            if r.returncode:
+                print(f"{fn}: memory measurement unavailable ({r.stderr.strip().splitlines()[-1]})")
+                return
+            base, peak = (float(v) for v in r.stdout.split())
             out.append((fn, st, base, peak))
-            print(f"{fn:10s} steps {st:5d}: peak {peak:7.1f} MiB (after warm-up {base:7.1f}, "
-                  f"run adds {peak - base:6.1f})")
+            print(f"{fn:10s} steps {st:5d}: run adds {peak - base:7.1f} MiB to {base:7.1f} MiB resident")
     res["memory"] = out
 
 
