@@ -1,10 +1,10 @@
 """The sde_limit experiment at smoke size: verdict structure, the α = 1 mismatch, save/plot.
 
-Seed sweep (``python tests/test_sde_limit.py 100``, seeds 0..99, when written): the exact
-quadratic verdicts and the four "bounded away" verdicts passed for every seed; the CosineWell
-Monte Carlo order verdicts, whose truth sits on their bound (order 1), failed their 95% rule
-for 2–3 seeds in 100 each, as a 95% interval must — so the test asserts those at the 99.9%
-level instead (``check_monte_carlo_orders``: 0/100 failures).
+Seed sweep (``python tests/test_sde_limit.py 100``, seeds 0..99, when written): all 16
+verdicts passed for every seed, and so did ``check_monte_carlo_orders`` (99.9% level).  The
+CosineWell order verdicts sit on their bound (true order 1); they are robust because the fit
+uses the conservative per-point error of ``sde_limit.run`` (see its docstring) — with the
+plain standard error at the maximising k they failed 1–4 seeds in 100 each.
 """
 import numpy as np
 import pytest
@@ -38,12 +38,7 @@ def test_verdict_structure(smoke):
     for prob in ("quadratic", "cosine_well"):
         for h in ("loss", "x0"):
             assert f"({prob}, h = {h})" in claims
-    # exact (quadratic) and "bounded away" verdicts have a negligible false-failure rate; the
-    # Monte Carlo order verdicts sit exactly on their bound (true order 1), so a 95% interval
-    # misses it ~2.5% of the time by construction: checked below at the 99.9% level instead
-    robust = [v for v in smoke.verdicts if "quadratic" in v.claim or "does not converge" in v.claim]
-    assert len(robust) == 12
-    assert all(v.passed for v in robust), [v.claim for v in robust if not v.passed]
+    assert smoke.passed, [str(v.measured) + " " + v.claim for v in smoke.verdicts if not v.passed]
     assert smoke.meta["size"] == "smoke" and smoke.meta["wall_time"] > 0
 
 
