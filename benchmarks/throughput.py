@@ -172,18 +172,47 @@ def run_bound(paths, steps, d=D, dtype="float64"):
 
 # ---- timing ------------------------------------------------------------------------------------
 WAIT_IDLE = 0.0
+QUIET = 0.05            # a run is "quiet" when other processes used < 5% of the CPUs during it
+HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _busy_seconds():
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return (sum(v) - v[3] - v[4]) / HZ
+    except OSError:
+        return float("nan")
+
+
+def measure(fn):
+    """(wall s, our CPU s, share of all CPUs used by *other* processes meanwhile)."""
+    b, c, t = _busy_seconds(), time.process_time(), time.perf_counter()
+    fn()
+    t, c = time.perf_counter() - t, time.process_time() - c
+    others = max(0.0, _busy_seconds() - b - c) / (t * (os.cpu_count() or 1))
+    return t, c, others
+
+
+class Timing:
+    """Repeated runs: medians of wall and CPU time, and of the wall time of the quiet runs."""
+
+    def __init__(self, runs):
+        self.runs = runs
+        t, c, o = (np.array(x) for x in zip(*runs))
+        self.wall, self.cpu, self.others = float(np.median(t)), float(np.median(c)), float(np.median(o))
+        self.n_quiet = int(np.sum(o < QUIET))
+        self.quiet = float(np.median(t[o < QUIET])) if self.n_quiet else None
+
+    def as_dict(self):
+        return {"wall": self.wall, "cpu": self.cpu, "others": self.others, "quiet": self.quiet,
+                "n_quiet": self.n_quiet, "runs": self.runs}
 
 
 def timed(fn, repeats):
     fn()                                            # warm-up (compile, caches)
     wait_idle(WAIT_IDLE)
-    ts, cs = [], []
-    for _ in range(repeats):
-        t, c = time.perf_counter(), time.process_time()
-        fn()
-        ts.append(time.perf_counter() - t)
-        cs.append(time.process_time() - c)
-    return float(np.median(ts)), float(np.median(cs))
+    return Timing([measure(fn) for _ in range(repeats)])
 
 
 def rate(paths, steps, d, t):
@@ -234,8 +263,7 @@ def section_main(args, res):
     rows = {}
 
     def add(name, fn, steps, repeats=args.repeats, count=None):
-        t, c = timed(fn, repeats)
-        rows[name] = ((count or PATHS * steps * D) / t, t, c, steps)
+        rows[name] = (count or PATHS * steps * D, timed(fn, repeats), steps)
 
     for dtype in ("float64", "float32"):
         add(f"sdeverify cpu {dtype}", lambda: run_ours(PATHS, STEPS, dtype=dtype), STEPS)
@@ -252,26 +280,30 @@ def section_main(args, res):
         add("JAX jit+scan float32", make_jax(PATHS, steps_slow, dtype="float32"), steps_slow, slow)
     gen = np.random.Generator(np.random.PCG64(0))
     buf = np.empty(2 ** 22)
-    add("NumPy PCG64 normals alone (1 thread), normals/s", lambda: gen.standard_normal(out=buf), 0,
+    add("NumPy PCG64 normals alone (normals/s)", lambda: gen.standard_normal(out=buf), 0,
         count=buf.size)
     print(f"\n== reference workload: d={D} diagonal quadratic, SGD + SGDM(β={BETA}) coupled, "
           f"{PATHS} paths × {STEPS} steps, {N_REC} records, {numba.get_num_threads()} threads ==")
-    print(f"{'':48s} {'per second':>10s}   median wall / CPU time")
-    for name, (r, t, c, st) in rows.items():
-        print(f"{name:48s} {fmt(r)}   {t:7.3f} s / {c:7.3f} s  ({st} steps)")
-    ours, ours32 = rows["sdeverify cpu float64"][0], rows["sdeverify cpu float32"][0]
-    ratios = {"ours/NumPy": ours / rows["NumPy vectorised float64"][0],
-              "ours/RNG bound (float64)": ours / rows["RNG bound float64"][0],
-              "ours f32/RNG bound f32": ours32 / rows["RNG bound float32"][0],
-              "ours f32/ours f64": ours32 / ours}
+    print("path·dim·steps per second of wall time (median; and median over the quiet runs, when "
+          "other processes used < 5% of the CPUs), per CPU-second (robust to sharing), and the "
+          "share of the CPUs other processes used during the runs")
+    print(f"{'':42s} {'wall':>9s} {'quiet wall':>11s} {'per CPU-s':>10s} {'others':>7s}")
+    for name, (work, tm, st) in rows.items():
+        q = f"{work / tm.quiet / 1e6:9.1f} M ({tm.n_quiet})" if tm.quiet else f"{'-':>11s}    "
+        print(f"{name:42s} {work / tm.wall / 1e6:7.1f} M {q} {work / tm.cpu / 1e6:8.1f} M "
+              f"{100 * tm.others:6.0f}%")
+    per_cpu = {k: work / tm.cpu for k, (work, tm, st) in rows.items()}
+    ratios = {"per CPU-s: ours f64 / NumPy": per_cpu["sdeverify cpu float64"] / per_cpu["NumPy vectorised float64"],
+              "per CPU-s: ours f64 / RNG bound f64": per_cpu["sdeverify cpu float64"] / per_cpu["RNG bound float64"],
+              "per CPU-s: ours f32 / RNG bound f32": per_cpu["sdeverify cpu float32"] / per_cpu["RNG bound float32"],
+              "per CPU-s: ours f32 / ours f64": per_cpu["sdeverify cpu float32"] / per_cpu["sdeverify cpu float64"]}
     if "JAX jit+scan float64" in rows:
-        ratios["ours/JAX"] = ours / rows["JAX jit+scan float64"][0]
-        ratios["ours f32/JAX f32"] = ours32 / rows["JAX jit+scan float32"][0]
+        ratios["per CPU-s: ours f64 / JAX f64"] = per_cpu["sdeverify cpu float64"] / per_cpu["JAX jit+scan float64"]
+        ratios["per CPU-s: ours f32 / JAX f32"] = per_cpu["sdeverify cpu float32"] / per_cpu["JAX jit+scan float32"]
     for k, v in ratios.items():
-        print(f"{k:48s} {v:8.2f}")
-    res["main"] = {"rows": {k: {"rate": r, "wall": t, "cpu": c, "steps": st}
-                            for k, (r, t, c, st) in rows.items()},
-                   "ratios": ratios, "load": load()}
+        print(f"{k:42s} {v:8.2f}")
+    res["main"] = {"rows": {k: dict(work=w, steps=st, **tm.as_dict()) for k, (w, tm, st) in rows.items()},
+                   "ratios": ratios, "per_cpu": per_cpu}
 
 
 def section_accuracy(args, res):
@@ -290,64 +322,67 @@ def section_accuracy(args, res):
 
 
 def section_threads(args, res):
-    """Parallel efficiency: 1 vs 2 threads (runs interleaved, so that a change in the
-    background load hits both).  Wall efficiency T1 / (2 T2) is the target; the CPU-time
-    efficiency CPU1 / CPU2 (total CPU seconds for the same work) is robust to other
-    processes sharing the machine and measures the parallel overhead alone.  "CPUs busy
-    between runs" is what other processes use while we sleep (0% on a dedicated machine)."""
+    """Parallel efficiency T1 / (2 T2), 1 vs 2 threads, runs interleaved.  On a shared machine
+    only pairs of quiet runs count for the wall efficiency; the CPU-time efficiency
+    CPU1 / CPU2 (CPU seconds for the same work) is robust to sharing and measures the
+    parallel overhead alone."""
     n = numba.get_num_threads()
-    print(f"\n== parallel efficiency, {PATHS} paths × {STEPS // 2} steps: T1 / (2 T2) ==")
+    work = PATHS * (STEPS // 2) * D
+    print(f"\n== parallel efficiency, {PATHS} paths × {STEPS // 2} steps ==")
     out = {}
     for name, fn in [("sdeverify cpu float64", lambda: run_ours(PATHS, STEPS // 2)),
                      ("sdeverify cpu float32", lambda: run_ours(PATHS, STEPS // 2, dtype="float32")),
                      ("RNG bound float64", lambda: run_bound(PATHS, STEPS // 2))]:
-        ts, cs = {1: [], 2: []}, {1: [], 2: []}
         for t_ in (1, 2):
             numba.set_num_threads(t_)
             fn()
         wait_idle(WAIT_IDLE)
-        busy = []
-        for _ in range(args.repeats):
-            for t_ in (1, 2):
-                numba.set_num_threads(t_)
-                t, c = time.perf_counter(), time.process_time()
-                fn()
-                ts[t_].append(time.perf_counter() - t)
-                cs[t_].append(time.process_time() - c)
-            busy.append(busy_fraction(0.5))
+        pairs = []
+        for _ in range(args.repeats * 2):
+            numba.set_num_threads(1)
+            m1 = measure(fn)
+            numba.set_num_threads(2)
+            m2 = measure(fn)
+            pairs.append((m1, m2))
         numba.set_num_threads(n)
-        t1, t2 = float(np.median(ts[1])), float(np.median(ts[2]))
-        c1, c2 = float(np.median(cs[1])), float(np.median(cs[2]))
-        eff, ceff = t1 / (2 * t2), c1 / c2
-        out[name] = {"t1": t1, "t2": t2, "efficiency": eff, "cpu1": c1, "cpu2": c2,
-                     "cpu_efficiency": ceff, "busy_between_runs": float(np.median(busy))}
-        print(f"{name:24s} 1 thread {fmt(rate(PATHS, STEPS // 2, D, t1))}  2 threads "
-              f"{fmt(rate(PATHS, STEPS // 2, D, t2))}  wall efficiency {100 * eff:5.1f}%   "
-              f"CPU-time efficiency {100 * ceff:5.1f}%   (CPUs busy between runs: "
-              f"{100 * np.median(busy):.0f}%)")
+        quiet = [(a, b) for a, b in pairs if a[2] < QUIET and b[2] < QUIET]
+        ceff = float(np.median([a[1] / b[1] for a, b in pairs]))
+        weff = float(np.median([a[0] / (2 * b[0]) for a, b in quiet])) if quiet else None
+        t1 = float(np.median([a[0] for a, b in (quiet or pairs)]))
+        t2 = float(np.median([b[0] for a, b in (quiet or pairs)]))
+        out[name] = {"wall_efficiency_quiet": weff, "n_quiet_pairs": len(quiet),
+                     "cpu_efficiency": ceff, "t1": t1, "t2": t2, "pairs": pairs}
+        w = f"{100 * weff:5.1f}% ({len(quiet)} quiet pairs)" if weff else "  n/a (no quiet pair)"
+        print(f"{name:24s} 1 thread {work / t1 / 1e6:7.1f} M  2 threads {work / t2 / 1e6:7.1f} M "
+              f"{'(quiet)' if quiet else '(shared)'}  wall efficiency {w}   "
+              f"CPU-time efficiency {100 * ceff:5.1f}%")
     res["threads"] = out
 
 
 def section_scaling(args, res):
-    """How time grows with paths, steps and d (ours, float64)."""
+    """How time grows with paths, steps and d (ours, float64, all threads)."""
     out = {"paths": [], "steps": [], "d": []}
-    print("\n== scaling (sdeverify cpu float64) ==")
+    print("\n== scaling (sdeverify cpu float64): wall s, CPU s, wall rate, per CPU-s rate ==")
+
+    def show(p, st, d, tm, extra=""):
+        w = p * st * d
+        print(f"paths {p:7d}  steps {st:5d}  d {d:3d}: {tm.wall:7.3f} s {tm.cpu:7.3f} s "
+              f"{w / tm.wall / 1e6:7.1f} M {w / tm.cpu / 1e6:7.1f} M  others {100 * tm.others:3.0f}%{extra}")
+
     for p in [2 ** 10, 2 ** 12, 2 ** 14, 2 ** 16, 2 ** 18]:
-        st = 256
-        t, _ = timed(lambda: run_ours(p, st), args.repeats)
-        out["paths"].append((p, t))
-        print(f"paths {p:7d}  steps {st:5d}  d {D:3d}: {t:7.3f} s  {fmt(rate(p, st, D, t))}")
+        tm = timed(lambda: run_ours(p, 256), args.repeats)
+        out["paths"].append((p, tm.as_dict()))
+        show(p, 256, D, tm)
     for st in [128, 512, 2048, 4096]:
-        t, _ = timed(lambda: run_ours(PATHS, st), max(1, args.repeats // 2))
-        out["steps"].append((st, t))
-        print(f"paths {PATHS:7d}  steps {st:5d}  d {D:3d}: {t:7.3f} s  {fmt(rate(PATHS, st, D, t))}")
+        tm = timed(lambda: run_ours(PATHS, st), max(1, args.repeats // 2))
+        out["steps"].append((st, tm.as_dict()))
+        show(PATHS, st, D, tm)
     for d in [2, 4, 8, 16, 32]:
-        st = 256
-        t, _ = timed(lambda: run_ours(PATHS, st, d=d), args.repeats)
-        tb, _ = timed(lambda: run_bound(PATHS, st, d=d), args.repeats)
-        out["d"].append((d, t, tb))
-        print(f"paths {PATHS:7d}  steps {st:5d}  d {d:3d}: {t:7.3f} s  {fmt(rate(PATHS, st, d, t))}"
-              f"   (RNG bound {fmt(rate(PATHS, st, d, tb))}, ratio {tb / t:.2f})")
+        tm = timed(lambda: run_ours(PATHS, 256, d=d), args.repeats)
+        tb = timed(lambda: run_bound(PATHS, 256, d=d), args.repeats)
+        out["d"].append((d, tm.as_dict(), tb.as_dict()))
+        show(PATHS, 256, d, tm, f"   RNG bound per CPU-s {PATHS * 256 * d / tb.cpu / 1e6:7.1f} M, "
+                                f"ours / bound {tb.cpu / tm.cpu:.2f}")
     res["scaling"] = out
 
 
@@ -423,25 +458,33 @@ def section_figure(args, res):
     jaxes = {}
     if make_jax(256, 64) is not None:
         impls["JAX jit+scan"] = lambda p: jaxes.setdefault(p, make_jax(p, st))()
-    curves = {}
+    curves, cpu_curves = {}, {}
+    print(f"\n== throughput vs paths ({st} steps): wall rate / per CPU-s rate, M/s ==")
+    print(f"{'paths':20s} " + " ".join(f"{p:>15d}" for p in grid))
     for name, fn in impls.items():
-        curves[name] = [rate(p, st, D, timed(lambda: fn(p), 3)[0]) for p in grid]
-        print(f"{name:20s} " + " ".join(f"{r / 1e6:7.1f}" for r in curves[name]) + "  M/s")
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for name, ys in curves.items():
-        ax.loglog(grid, ys, "o-" if "sdeverify" in name else "s--", label=name)
-    ax.set_xlabel("paths")
-    ax.set_ylabel("path·dim·steps / s")
-    ax.set_title(f"d={D} diagonal quadratic, SGD+SGDM coupled, {st} steps, "
-                 f"{numba.get_num_threads()} threads", fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+        tms = [timed(lambda: fn(p), 3) for p in grid]
+        curves[name] = [p * st * D / tm.wall for p, tm in zip(grid, tms)]
+        cpu_curves[name] = [p * st * D / tm.cpu for p, tm in zip(grid, tms)]
+        print(f"{name:20s} " + " ".join(f"{a / 1e6:7.1f}/{b / 1e6:7.1f}"
+                                        for a, b in zip(curves[name], cpu_curves[name])))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    for ax, cs, lab in ((axes[0], curves, "per second of wall time"),
+                        (axes[1], cpu_curves, "per CPU-second")):
+        for name, ys in cs.items():
+            ax.loglog(grid, ys, "o-" if "sdeverify" in name else "s--", label=name)
+        ax.set_xlabel("paths")
+        ax.set_title(f"path·dim·steps {lab}", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("throughput")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(f"d={D} diagonal quadratic, SGD+SGDM coupled, {st} steps, "
+                 f"{numba.get_num_threads()} threads, shared 2-core AMD EPYC (Zen 4)", fontsize=9)
     fig.tight_layout()
     path = ROOT / "figures" / "throughput.png"
     path.parent.mkdir(exist_ok=True)
     fig.savefig(path, dpi=120)
     print(f"wrote {path}")
-    res["figure"] = {"paths": grid, "steps": st, "curves": curves}
+    res["figure"] = {"paths": grid, "steps": st, "wall": curves, "per_cpu": cpu_curves}
 
 
 SECTIONS = {"compile": section_compile, "main": section_main, "accuracy": section_accuracy,
@@ -466,8 +509,15 @@ def main(argv=None):
         jv = jax.__version__
     except ImportError:
         jv = "not installed"
-    info = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs",
-            "cpu": numba.config.CPU_NAME or "", "python": platform.python_version(),
+    import llvmlite.binding as llvm
+    model = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"machine": f"{model}, {os.cpu_count()} logical CPUs",
+            "cpu": llvm.get_host_cpu_name(), "python": platform.python_version(),
             "numpy": np.__version__, "numba": numba.__version__, "jax": jv,
             "threads": numba.get_num_threads(), "lanes": config.LANES, "block": config.BLOCK,
             "load_at_start": load()}
