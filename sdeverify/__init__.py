@@ -6,10 +6,10 @@ Public API (stable): :func:`simulate`, :class:`SGD`, :class:`SGDM`, :class:`Heav
 """
 __version__ = "0.1.0"
 
-from . import problems, schedules
+from . import problems, schedules, sde, stats, theory
 from .optim import SGD, SGDM, HeavyBall, heavy_ball_to_sgdm
 from .result import SimulationResult
 from .simulate import DivergenceError, DivergenceWarning, simulate
 
 __all__ = ["simulate", "SGD", "SGDM", "HeavyBall", "heavy_ball_to_sgdm", "problems",
-           "schedules", "SimulationResult", "DivergenceWarning", "DivergenceError"]
+           "schedules", "sde", "stats", "theory", "SimulationResult", "DivergenceWarning", "DivergenceError"]
