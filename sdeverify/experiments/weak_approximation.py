@@ -22,8 +22,10 @@ by the averaged schedule η̄_k should track SGDM; for the alternating schedule 
 Decision rules (95% intervals):
 * α < 1: consistent with Thm 4.5 iff the upper end of the fitted order's interval is ≥ (1−α)/2
   (the theorem is an upper bound on the error); the measured order is reported next to it.
-* α = 1: "not a weak approximation" iff the fitted order's interval lies below 0.25 and the
-  error at the smallest η is > 0 (lower interval end): the error does not vanish.
+* α = 1: "not a weak approximation" iff the error at the smallest η (lower end of its
+  interval) is at least half the error at the largest η (upper end): over the η range used
+  any decay of order ≥ log 2 / log(η_max/η_min) would fail this.  The measured value is the
+  ratio; the fitted order is reported in the rule text.
 * MC validation: the exact difference lies in the 99% simultaneous interval at every
   recorded step and every validated η.
 * schedules: averaged-lr order interval lies above 0; alternating raw-lr order interval lies
@@ -47,7 +49,7 @@ TITLE = "Thm 4.5: SGDM vs SGD with averaged lr, weak error vs eta for alpha in [
 
 TESTS = ("loss", "x0")
 SIZES = {
-    "smoke": dict(exact_etas=2.0 ** -np.arange(3, 13), mc_etas=2.0 ** -np.arange(3, 7),
+    "smoke": dict(exact_etas=2.0 ** -np.arange(3, 13), mc_etas=2.0 ** -np.arange(3, 9),
                   alphas=(0.0, 0.5, 1.0), paths=4000, validate_etas=(2.0 ** -4,), records=16),
     "quick": dict(exact_etas=2.0 ** -np.arange(3, 15), mc_etas=2.0 ** -np.arange(3, 11),
                   alphas=(0.0, 0.25, 0.5, 0.75, 1.0), paths=20000,
@@ -169,13 +171,17 @@ def run(*, size: str = "quick", seed: int = 0, progress=None, T: float = 1.0,
                             f"order >= (1-alpha)/2 = {p:g}", f.order, f.order.high >= p,
                             "upper end of the 95% interval of the fitted order >= (1-alpha)/2"))
                     else:
-                        smallest = exact[ai, hi, -1] if kind.endswith("exact") else mc[ai, hi, -1, 1]
+                        if kind.endswith("exact"):
+                            small, large = exact[ai, hi, -1], exact[ai, hi, 0]
+                        else:
+                            small, large = mc[ai, hi, -1, 1], mc[ai, hi, 0, 2]
                         verdicts.append(Verdict(
                             f"alpha=1 error does not vanish, h={h}, {kind}", "Thm 4.5 / Sec 4",
-                            "order ~ 0 (no weak approximation at alpha = 1)", f.order,
-                            bool(f.order.high < 0.25 and smallest > 0),
-                            "95% interval of the fitted order below 0.25 and error at the "
-                            "smallest eta > 0 (lower interval end)"))
+                            "error at the smallest eta ~ error at the largest (order ~ 0)",
+                            Interval(float(small / large), float(small / large), float(small / large)),
+                            bool(small >= 0.5 * large),
+                            "lower end of the error's interval at the smallest eta >= 0.5 x upper end "
+                            f"at the largest eta (a decay of order >= {np.log(2) / np.log(ee[0] / ee[-1] if kind.endswith('exact') else me[0] / me[-1]):.2f} would fail); fitted order {f.order}"))
         # Monte Carlo estimator validated against the exact error on the quadratic
         for vi, eta in enumerate(cfg["validate_etas"]):
             sgdm, sgd, _, steps = pair(eta, 0.0, T)
