@@ -132,3 +132,14 @@ def merge_pair(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         mean = np.where(nb == 0, ma, np.where(na == 0, mb, ma + delta * frac))
         m2 = np.where(nb == 0, sa, np.where(na == 0, sb, sa + sb + delta * delta * na * frac))
     return np.stack([n, mean, m2], axis=-1)
+
+
+@numba.njit(inline="always", cache=True)
+def welford(acc, v):
+    """Fold value ``v`` into the accumulator ``acc = (count, mean, M2)`` in place (Welford)."""
+    c = acc[0] + 1.0
+    delta = v - acc[1]
+    mean = acc[1] + delta / c
+    acc[0] = c
+    acc[1] = mean
+    acc[2] += delta * (v - mean)

@@ -12,6 +12,8 @@ import pytest
 from scipy import stats as st
 
 import sdeverify as sv
+from harness import check_experiment_smoke
+
 from sdeverify.experiments import base, get
 from sdeverify.problems import DiagonalNet, Sphere, Valley
 from sdeverify.slow_sde import coupled_slow_sde, solve_slow_ode, solve_slow_sde
@@ -164,14 +166,4 @@ def test_experiment_smoke(name, kw, tmp_path):
     size: slow_sde 1/30 seeds with both problems (seed 25: the sphere's KS test, p = 8e-4;
     the valley, run here, 0/30); label_noise 0/40.  At quick size: slow_sde 0/32,
     label_noise 0/32."""
-    mod = get(name)
-    calls = []
-    res = mod.run(size="smoke", seed=0, progress=lambda d, t: calls.append((d, t)), **kw)
-    failed = [v for v in res.verdicts if not v.passed]
-    assert not failed, failed
-    assert calls and calls[-1][0] == calls[-1][1]
-    res.save(tmp_path)
-    back = base.ExperimentResult.load(tmp_path, name)
-    assert back.verdicts == res.verdicts and set(back.data) == set(res.data)
-    png = mod.plot(back, tmp_path / f"{name}.png")
-    assert png.stat().st_size > 10_000
+    res = check_experiment_smoke(name, tmp_path, **kw)

@@ -25,7 +25,7 @@ import numba
 import numpy as np
 
 from .. import config, rng
-from ..observables import LOSS, SQNORM, USER0
+from ..observables import LOSS, SQNORM, USER0, welford
 
 try:  # a module global, so that the CUDA simulator can swap it inside kernels
     from numba import cuda
@@ -205,16 +205,10 @@ def fold(vals, block_stats, block_diff, block):
                     v = vals[j, r, o, ip]
                     if np.isnan(v):
                         continue
-                    for acc, val in ((block_stats[blk, j, r, o], v),
-                                     (block_diff[blk, j, r, o], v - vals[0, r, o, ip])):
-                        if np.isnan(val):
-                            continue
-                        c = acc[0] + 1.0
-                        delta = val - acc[1]
-                        mean = acc[1] + delta / c
-                        acc[0] = c
-                        acc[1] = mean
-                        acc[2] += delta * (val - mean)
+                    welford(block_stats[blk, j, r, o], v)
+                    dv = v - vals[0, r, o, ip]
+                    if not np.isnan(dv):
+                        welford(block_diff[blk, j, r, o], dv)
 
 
 def run(spec) -> dict:

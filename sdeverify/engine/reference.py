@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import config
-from ..observables import evaluate_py
+from ..observables import evaluate_py, welford
 from ..rng import draws_numpy
 
 
@@ -28,13 +28,6 @@ def run(spec) -> dict:
     v = np.empty(d)
     rec_slot = {int(s): r for r, s in enumerate(spec.record)}
 
-    def welford(acc, val):
-        c = acc[0] + 1.0
-        delta = val - acc[1]
-        mean = acc[1] + delta / c
-        acc[:2] = c, mean
-        acc[2] += delta * (val - mean)
-
     def record(r):
         vals = np.empty((n_opt, spec.codes.shape[0]))
         for ip in range(spec.paths):
@@ -47,9 +40,9 @@ def run(spec) -> dict:
                 for o, code in enumerate(spec.codes):
                     vals[j, o] = evaluate_py(int(code), x[ip, j],
                                              lambda: loss(x[ip, j], p.params), spec.user_funcs)
-                    welford(out["block_stats"][blk, j, r, o], vals[j, o])
+                    welford.py_func(out["block_stats"][blk, j, r, o], vals[j, o])
                     if alive[ip, 0]:
-                        welford(out["block_diff"][blk, j, r, o], vals[j, o] - vals[0, o])
+                        welford.py_func(out["block_diff"][blk, j, r, o], vals[j, o] - vals[0, o])
 
     if 0 in rec_slot:
         record(rec_slot[0])
