@@ -13,8 +13,6 @@ from scipy import stats as st
 
 import sdeverify as sv
 from harness import check_experiment_smoke
-
-
 from sdeverify.problems import DiagonalNet, Sphere, Valley
 from sdeverify.slow_sde import coupled_slow_sde, solve_slow_ode, solve_slow_sde
 
