@@ -104,13 +104,14 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: 
         return np.float64(user_eval(USER0 - code, x))
 
     @numba.njit(inline="always")
-    def welford(acc, v):
-        c = acc[0] + 1.0
-        delta = v - acc[1]
-        mean = acc[1] + delta / c
-        acc[0] = c
-        acc[1] = mean
-        acc[2] += delta * (v - mean)
+    def welford(acc, j, r, o, v):
+        """Fold v into acc[j, r, o] = (count, mean, M2) (indices, not a view: no refcounts)."""
+        c = acc[j, r, o, 0] + 1.0
+        delta = v - acc[j, r, o, 1]
+        mean = acc[j, r, o, 1] + delta / c
+        acc[j, r, o, 0] = c
+        acc[j, r, o, 1] = mean
+        acc[j, r, o, 2] += delta * (v - mean)
 
     @numba.njit
     def record(stats, diffs, vals, states, store, X, alive, xr, params, codes, r, p0, nl):
@@ -126,9 +127,9 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: 
                         states[j, r, p0 + ln, i] = xr[i]
                 for o in range(codes.shape[0]):
                     vals[j, o] = observe(codes[o], xr, params)
-                    welford(stats[j, r, o], vals[j, o])
+                    welford(stats, j, r, o, vals[j, o])
                     if alive[0, ln]:
-                        welford(diffs[j, r, o], vals[j, o] - vals[0, o])
+                        welford(diffs, j, r, o, vals[j, o] - vals[0, o])
 
     @numba.njit(inline="always")
     def fused_step(a, b, lr, X, M, alive, dstep, k, Z1, Z2, Gb, S, xs, xo, gs, vs, ws, zs,
