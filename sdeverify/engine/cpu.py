@@ -287,7 +287,23 @@ def _code_hash(code, h) -> None:
         if isinstance(c, pytypes.CodeType):
             _code_hash(c, h)
         else:
-            h.update(repr(c).encode())
+            h.update(_value_key(c))
+
+
+def _value_key(v) -> bytes:
+    """Bytes that identify a constant or closure value (content, not identity)."""
+    if callable(v):
+        return _fingerprint(v).encode()
+    if isinstance(v, np.ndarray):
+        return repr((v.dtype.str, v.shape)).encode() + np.ascontiguousarray(v).tobytes()
+    if isinstance(v, (frozenset, set)):
+        return repr(sorted(_value_key(x) for x in v)).encode()
+    if isinstance(v, tuple):
+        return b"(" + b",".join(_value_key(x) for x in v) + b")"
+    if v is None or isinstance(v, (bool, int, float, complex, str, bytes, np.generic)):
+        return repr(v).encode()
+    from numba.core.serialize import dumps     # anything else: as Numba does (may miss, never stale)
+    return dumps(v)
 
 
 def _fingerprint(f) -> str:
@@ -299,8 +315,7 @@ def _fingerprint(f) -> str:
     h = hashlib.sha256()
     _code_hash(py.__code__, h)
     for cell in py.__closure__ or ():
-        v = cell.cell_contents
-        h.update(_fingerprint(v).encode() if callable(v) else repr(v).encode())
+        h.update(_value_key(cell.cell_contents))
     return f"{py.__module__}.{py.__qualname__}:{h.hexdigest()[:16]}"
 
 
