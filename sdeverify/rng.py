@@ -254,6 +254,9 @@ def _fill_lanes_src(kind, k0, k1, path0, step, stream, out):
 
 
 def _specialise(fn, name, **glb):
+    """A copy of the plain-Python function ``fn`` whose globals are overridden by ``glb``:
+    how one source becomes the CPU, NumPy and CUDA versions (swap ``_select``, ``_clz64``,
+    ``_sqrt``; e.g. ``cuda.jit(device=True)(specialise(normal_pair64_py, ..., _clz64=...))``)."""
     g = dict(fn.__globals__)
     g.update(glb)
     f = types.FunctionType(fn.__code__, g, name, fn.__defaults__, fn.__closure__)
@@ -261,6 +264,8 @@ def _specialise(fn, name, **glb):
     f.__doc__ = fn.__doc__
     return f
 
+
+specialise = _specialise
 
 fill_lanes64 = numba.njit(**_JIT)(_specialise(
     _fill_lanes_src, "fill_lanes64", NORMAL_PAIR=normal_pair64, UNIFORM_=uniform64,
