@@ -63,7 +63,7 @@ def cmd_simulate(args) -> int:
         for off in range(0, args.paths, shard):
             parts.append(simulate(problem, opts, x0, steps=args.steps, paths=min(shard, args.paths - off),
                                   sigma=args.sigma, seed=args.seed, record=record,
-                                  backend=args.backend, path_offset=off,
+                                  backend=args.backend, path_offset=off, dtype=args.dtype,
                                   observables=["loss", "sqnorm"] + [f"x{i}" for i in range(min(problem.dim, 2))]))
             update(off + parts[-1].paths)
     res = parts[0].merge(*parts[1:]) if len(parts) > 1 else parts[0]
@@ -187,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--record", type=int, default=config.DEFAULT_RECORDS, help="number of recorded steps")
     s.add_argument("--seed", type=int, default=0, help="random seed")
     s.add_argument("--backend", choices=("cpu", "numpy", "cuda"), default="cpu")
+    s.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                   help="state/draw precision (float32: cpu backend only; see simulate's docstring)")
     s.add_argument("--out", default=None, help="folder for simulation.json / simulation.npz")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_simulate)

@@ -59,7 +59,7 @@ def _device_rng():
 
     dev = cuda.jit(device=True)
     prim = dict(_select=dev(select), _clz64=dev(clz64), _sqrt=math.sqrt)
-    spec = lambda f, name: dev(rng._specialise(f, name, **prim))
+    spec = lambda f, name: dev(rng.specialise(f, name, **prim))
     return (dev(rng.philox4x32_py), spec(rng.normal_pair64_py, "normal_pair64_cuda"),
             spec(rng.uniform64_py, "uniform64_cuda"), spec(rng.rademacher64_py, "rademacher64_cuda"))
 
