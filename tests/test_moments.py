@@ -2,8 +2,8 @@
 
 Rule: every compared quantity (mean of loss, ‖x‖², x0 at 3 recorded steps, per optimizer)
 must lie within z_B·sem of the exact value, with z_B the Bonferroni quantile for a
-family-wise level of 99.9%.  Measured during development: 0 failures over 200 seeds of the
-whole parametrised set (expected ≤ 0.1% per case).
+family-wise level of 99.9%.  Measured: 1 failure in 400 case-runs (seeds 100–199 × the 4
+cases), consistent with the nominal ≤ 0.1% per case; the fixed seed used here passes.
 """
 import numpy as np
 import pytest
