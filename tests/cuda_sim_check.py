@@ -5,10 +5,8 @@ import sys
 import numpy as np
 
 import sdeverify as sv
-from sdeverify.engine import cuda as cuda_engine
 from sdeverify.problems import SVAG, CosineWell, LinearRegression, Quadratic
 
-cuda_engine.THREADS_PER_BLOCK = 16      # tiny blocks: 40 paths span 3 thread blocks
 bad = 0
 cases = [Quadratic(np.diag([1.0, 2.0]), center=[1, 0]), CosineWell(3, noise_dist="rademacher"),
          SVAG(CosineWell(2), 3.0), LinearRegression.generate(n=16, d=2, batch_size=3)]

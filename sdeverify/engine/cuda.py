@@ -33,6 +33,13 @@ except Exception:  # pragma: no cover - depends on the install
     cuda = None
 
 THREADS_PER_BLOCK = 128
+#: Threads per block under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``).  The simulator
+#: runs the threads of a block as concurrent Python threads that share module globals; a
+#: floating-point warning raised in one (e.g. overflow on a diverging path) inserts
+#: ``__warningregistry__`` into those globals while another thread iterates them, which
+#: crashes the launch at random.  Blocks run one after another, so one thread per block makes
+#: the simulated launch serial and deterministic.
+SIM_THREADS_PER_BLOCK = 1
 _KERNELS: dict = {}
 
 
@@ -228,8 +235,9 @@ def run(spec) -> dict:
     d_div = cuda.device_array(out["div_step"].shape, dtype=np.int64)
     states = out["states"] if spec.store_states else np.zeros((1, 1, 1, 1))
     d_states = cuda.to_device(states)
-    blocks = (spec.paths + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
-    kernel[blocks, THREADS_PER_BLOCK](
+    tpb = SIM_THREADS_PER_BLOCK if numba.config.ENABLE_CUDASIM else THREADS_PER_BLOCK
+    blocks = (spec.paths + tpb - 1) // tpb
+    kernel[blocks, tpb](
         cuda.to_device(spec.x0), cuda.to_device(spec.m0), cuda.to_device(spec.problem.params),
         spec.sigma, cuda.to_device(spec.A), cuda.to_device(spec.B), cuda.to_device(spec.G),
         cuda.to_device(spec.record), cuda.to_device(spec.codes), spec.k0, spec.k1,
