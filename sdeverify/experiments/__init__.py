@@ -16,6 +16,7 @@ EXPERIMENTS: dict[str, str] = {
     "sde_limit": "sdeverify.experiments.sde_limit",
     "slow_sde": "sdeverify.experiments.slow_sde",
     "label_noise": "sdeverify.experiments.label_noise",
+    "svag": "sdeverify.experiments.svag",
 }
 
 
