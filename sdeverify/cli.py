@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import config
+from .experiments import EXPERIMENTS
 
 PROBLEMS = ("quadratic", "cosine", "linreg", "constant")
 
@@ -169,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("simulate", help="simulate coupled SGD/SGDM ensembles and summarise",
                        description="Simulate ensembles of optimizers sharing the oracle noise "
-                                   "(common random numbers) and print mean ± 95%% intervals.")
+                                   "(common random numbers) and print mean ± 95% intervals.")
     s.add_argument("--problem", choices=PROBLEMS, default="quadratic", help="NGOS problem (default quadratic)")
     s.add_argument("--dim", type=int, default=8, help="dimension d (default 8)")
     s.add_argument("--curvature", type=float, default=4.0, help="quadratic: largest Hessian eigenvalue (default 4)")
@@ -193,12 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_simulate)
 
-    r = sub.add_parser("run", help="run one experiment (see `sdeverify list`)")
-    r.add_argument("name", help="experiment name")
-    r.add_argument("--size", choices=("smoke", "quick", "full"), default="quick")
-    r.add_argument("--seed", type=int, default=0)
+    r = sub.add_parser("run", help="run one experiment (see `sdeverify list`)",
+                       description="Run one registered experiment, print its verdict table and "
+                                   "write NAME.json/.npz/.png; exit 1 if a verdict fails.")
+    r.add_argument("name", help="experiment name, one of: " + ", ".join(EXPERIMENTS))
+    r.add_argument("--size", choices=("smoke", "quick", "full"), default="quick",
+                   help="smoke: seconds (CI); quick: part of `check --quick` (default); "
+                        "full: paper quality")
+    r.add_argument("--seed", type=int, default=0, help="seed of the random streams (default 0)")
     r.add_argument("--out", default="sdeverify-out", help="folder for NAME.json/.npz/.png")
-    r.add_argument("--quiet", action="store_true")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("check", help="run every registered check of the paper's claims",
@@ -211,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--smoke", action="store_true", help="seconds per check (CI)")
     c.add_argument("--only", default=None, help="comma list of check names")
     c.add_argument("--out", default="sdeverify-out", help="output folder (default sdeverify-out)")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=int, default=0, help="seed of the random streams (default 0)")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=cmd_check)
 
