@@ -17,6 +17,7 @@ EXPERIMENTS: dict[str, str] = {
     "slow_sde": "sdeverify.experiments.slow_sde",
     "label_noise": "sdeverify.experiments.label_noise",
     "svag": "sdeverify.experiments.svag",
+    "batch_size": "sdeverify.experiments.batch_size",
 }
 
 

@@ -1,0 +1,58 @@
+"""Batch-size sweep (Fig 1 analogue): reduced-size run, verdict negative controls, and the
+``max_batch`` option that lets every batch size share one compiled kernel."""
+import numpy as np
+import pytest
+
+import sdeverify as sv
+from harness import check_experiment_smoke
+from sdeverify.experiments import batch_size as BS
+from sdeverify.problems import LinearRegression
+
+
+def test_batch_size_smoke(tmp_path):
+    """Every verdict passes at smoke size, seed 0.  False-failure sweep: 0 failures of the
+    2 verdicts at smoke size over seeds 0–99 and at quick size over seeds 0–19."""
+    res = check_experiment_smoke("batch_size", tmp_path)
+    d = res.data
+    # linear scaling: the same time horizon for every B; SGDM's loss is flat in B (within 5%)
+    np.testing.assert_allclose(d["etas"] * d["steps"], BS.HORIZON, rtol=0.02)
+    assert np.ptp(d["loss"][:, 1]) < 0.05 * d["loss"][:, 1].mean()
+
+
+def test_max_batch_only_reserves_draws():
+    """The first B draws are the same whatever the reserve: identical paths, bitwise."""
+    a = LinearRegression.generate(n=32, d=2, batch_size=3, seed=1)
+    b = LinearRegression(a.features, a.targets, 3, max_batch=8)
+    assert b.n_draws == 8 and a.n_draws == 3
+    kw = dict(steps=50, paths=300, sigma=1.0, seed=2, store_states=True)
+    opts = [sv.SGD(0.1), sv.SGDM(0.1, 0.9)]
+    ra, rb = sv.simulate(a, opts, [0.0, 0.0], **kw), sv.simulate(b, opts, [0.0, 0.0], **kw)
+    assert np.array_equal(ra.states, rb.states)
+    with pytest.raises(ValueError, match="max_batch"):
+        LinearRegression(a.features, a.targets, 3, max_batch=2)
+
+
+def _verdicts(gap, sem, loss_sgd=0.14):
+    Bs = (1, 2, 4, 8, 16, 32, 64)
+    etas = 0.03 * np.array(Bs)
+    loss = np.column_stack([np.full(7, loss_sgd), np.full(7, loss_sgd)])
+    mask = (np.array(Bs) >= BS.FIT_MIN_B) & (np.array(Bs) < 64)
+    return BS._verdicts(Bs, etas, np.asarray(gap, float), np.full(7, sem), loss, mask)
+
+
+def test_verdicts_pass_on_the_predicted_pattern_and_fail_otherwise():
+    good = _verdicts([7e-5, 2e-4, 4e-4, 8e-4, 1.6e-3, 4e-3, 0.05], 2e-5)
+    assert [v.passed for v in good] == [True, True]
+    no_gap_at_large_b = _verdicts([7e-5, 2e-4, 4e-4, 8e-4, 1.6e-3, 4e-3, 1e-5], 2e-5)
+    assert not no_gap_at_large_b[0].passed
+    gap_grows_as_b_shrinks = _verdicts([7e-3, 6e-3, 5e-3, 4e-3, 3e-3, 2e-3, 0.05], 2e-5)
+    assert not gap_grows_as_b_shrinks[1].passed
+    not_comparable_at_b1 = _verdicts([5e-3, 2e-4, 4e-4, 8e-4, 1.6e-3, 4e-3, 0.05], 2e-5)
+    assert not not_comparable_at_b1[1].passed
+
+
+def test_run_rejects_bad_batches():
+    with pytest.raises(ValueError, match="batches"):
+        BS.run(size="smoke", batches=(1, 2, 4))
+    with pytest.raises(ValueError, match="batches"):
+        BS.run(size="smoke", batches=(1, 4, 2, 8, 16))
