@@ -59,7 +59,7 @@ def data(seed: int = 0, max_batch: int = 64) -> LinearRegression:
 def run(*, size: str = "quick", seed: int = 0, progress=None, **overrides) -> ExperimentResult:
     """Run the batch-size sweep; see the module docstring for the set-up and the rules.
 
-    False failures: 0 of the 3 verdicts failed at smoke size over seeds 0–99 and at quick size
+    False failures: neither verdict failed at smoke size over seeds 0–99 nor at quick size
     over seeds 0–19 (the effects are ≥ 5 standard errors from their thresholds).
     """
     size = check_size(size)
