@@ -110,6 +110,23 @@ def make_meta(seed: int, size: str, seconds: float) -> dict:
     return {"seed": seed, "size": size, "wall_time": seconds, "versions": versions()}
 
 
+def subplots(ncols: int, figsize: tuple[float, float]):
+    """A headless (Agg) matplotlib figure with ``ncols`` panels: (fig, axes)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt.subplots(1, ncols, figsize=figsize)
+
+
+def save_figure(fig, path) -> Path:
+    """Lay out, write (PNG, 110 dpi) and close ``fig``; returns the path."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
 def tick(progress: Progress, done: int, total: int) -> None:
     if progress is not None:
         progress(done, total)

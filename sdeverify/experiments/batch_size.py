@@ -34,7 +34,8 @@ from ..optim import SGD, SGDM
 from ..problems import LinearRegression
 from ..simulate import simulate
 from ..stats import Interval, fit_order, mean_interval, z_value
-from .base import ExperimentResult, Timer, Verdict, check_size, make_meta, tick
+from .base import (ExperimentResult, Timer, Verdict, check_size, make_meta, save_figure,
+                   subplots, tick)
 
 NAME = "batch_size"
 TITLE = "Sec 6 / Fig 1 analogue: batch-size sweep, linear lr scaling, real minibatch noise"
@@ -124,12 +125,9 @@ def _verdicts(Bs, etas, gap, gap_sem, loss, fit_mask) -> list[Verdict]:
 
 
 def plot(result: ExperimentResult, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     d = result.data
     Bs, z = d["batches"], z_value(0.95)
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, ax = subplots(2, (11, 4.2))
     for j, name in enumerate(("SGD", f"SGDM b={result.params['beta']}")):
         ax[0].errorbar(Bs, d["loss"][:, j] - d["loss_min"], yerr=z * d["loss_sem"][:, j],
                        fmt="s--" if j == 0 else "o-", capsize=2, label=name)
@@ -151,7 +149,4 @@ def plot(result: ExperimentResult, path):
     ax[1].set(xscale="log", yscale="log", xlabel="eta_B", ylabel="loss gap (95% CI)",
               title="SGDM ahead at large batch, gap -> 0 at small batch")
     ax[1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

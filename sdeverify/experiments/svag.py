@@ -45,7 +45,8 @@ from ..optim import SGD, SGDM
 from ..problems import SVAG, CosineWell, Quadratic
 from ..simulate import simulate
 from ..stats import Interval, fit_order, mean_interval, z_value
-from .base import ExperimentResult, Timer, Verdict, check_size, make_meta, tick
+from .base import (ExperimentResult, Timer, Verdict, check_size, make_meta, save_figure,
+                   subplots, tick)
 
 NAME = "svag"
 TITLE = "Sec 6 / Def 6.1: SGDM beats SGD at large lr; SVAG closes the gap; stability thresholds"
@@ -247,13 +248,10 @@ def run(*, size: str = "quick", seed: int = 0, progress=None, **overrides) -> Ex
 
 
 def plot(result: ExperimentResult, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     d = result.data
     ells = d["ells"]
     z = z_value(0.95)
-    fig, ax = plt.subplots(1, 3, figsize=(15, 4.3))
+    fig, ax = subplots(3, (15, 4.3))
     for pi, label in enumerate(("quadratic", "cosine_well")):
         L, S = d[f"{label}.loss"], d[f"{label}.loss_sem"]
         for j, name in enumerate(("SGD", f"SGDM b={result.params['beta']}")):
@@ -289,7 +287,4 @@ def plot(result: ExperimentResult, path):
     ax[2].set(xscale="log", yscale="log", xlabel="eta * h", ylabel="spectral radius",
               title="stability: runs at 0.97x (o, stable) / 1.03x (x, diverged)")
     ax[2].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
