@@ -100,6 +100,21 @@ def _lam(lr: Callable | float | None, t: float) -> float:
     return float(lr)
 
 
+def _time_grid(problem, zeta0, t, dt, sigma, record):
+    """Validate (t, dt, σ, ζ₀); dt shrunk so that t/dt steps land on t; the recorded step
+    indices (default: 11 evenly spaced times in [0, t])."""
+    t = finite_float("t", t, low=0.0, low_open=True)
+    dt = finite_float("dt", dt, low=0.0, low_open=True)
+    sigma = finite_float("sigma", sigma, low=0.0)
+    zeta0 = vector("zeta0", zeta0, problem.dim)
+    n_steps = int(np.ceil(t / dt - 1e-9))
+    dt = t / n_steps
+    if record is None:
+        record = np.linspace(0.0, t, 11)
+    rec = np.unique(np.clip(np.round(np.asarray(record, dtype=np.float64) / dt).astype(int), 0, n_steps))
+    return t, dt, sigma, zeta0, n_steps, rec
+
+
 def solve_slow_sde(problem, zeta0, *, t: float, dt: float, paths: int, sigma: float,
                    seed: int = 0, lr: Callable | float | None = None, record=None,
                    closed_form: bool = True) -> SlowPath:
@@ -115,16 +130,8 @@ def solve_slow_sde(problem, zeta0, *, t: float, dt: float, paths: int, sigma: fl
     ``record`` are the output times (default 11 evenly spaced in [0, t]).
     Noise: a NumPy Generator seeded with ``seed`` (independent of the engines' draws).
     """
-    t = finite_float("t", t, low=0.0, low_open=True)
-    dt = finite_float("dt", dt, low=0.0, low_open=True)
     paths = positive_int("paths", paths)
-    sigma = finite_float("sigma", sigma, low=0.0)
-    zeta0 = vector("zeta0", zeta0, problem.dim)
-    n_steps = int(np.ceil(t / dt - 1e-9))
-    dt = t / n_steps
-    if record is None:
-        record = np.linspace(0.0, t, 11)
-    rec = np.unique(np.clip(np.round(np.asarray(record, dtype=np.float64) / dt).astype(int), 0, n_steps))
+    t, dt, sigma, zeta0, n_steps, rec = _time_grid(problem, zeta0, t, dt, sigma, record)
     g = np.random.default_rng(seed)
     Z = np.tile(problem.project(zeta0), (paths, 1))
     out = np.empty((rec.size, paths, problem.dim))
@@ -158,15 +165,7 @@ def solve_slow_ode(problem, zeta0, *, t: float, dt: float, sigma: float,
     dζ/dt = λ_t² b(ζ), integrated by classical RK4 on the field x ↦ λ² b(Φ(x)) (tangent to Γ
     on Γ, so Γ is invariant), with a projection Φ after each step.  Global error O(dt⁴).
     Returns a :class:`SlowPath` with one path."""
-    t = finite_float("t", t, low=0.0, low_open=True)
-    dt = finite_float("dt", dt, low=0.0, low_open=True)
-    sigma = finite_float("sigma", sigma, low=0.0)
-    zeta0 = vector("zeta0", zeta0, problem.dim)
-    n_steps = int(np.ceil(t / dt - 1e-9))
-    dt = t / n_steps
-    if record is None:
-        record = np.linspace(0.0, t, 11)
-    rec = np.unique(np.clip(np.round(np.asarray(record, dtype=np.float64) / dt).astype(int), 0, n_steps))
+    t, dt, sigma, zeta0, n_steps, rec = _time_grid(problem, zeta0, t, dt, sigma, record)
 
     def field(x, s):
         z = problem.project(x)
