@@ -128,9 +128,18 @@ def cmd_check(args) -> int:
     out = Path(args.out)
     rows, summary, t0 = [], [], time.perf_counter()
     for i, name in enumerate(names):
-        print(f"[{i + 1}/{len(names)}] {name} ({size}) ...", file=sys.stderr, flush=True)
+        res = _reusable(name, size, args.seed, out) if args.resume else None
+        if res is not None:
+            print(f"[{i + 1}/{len(names)}] {name} ({size}): reusing {out / name}.json", file=sys.stderr,
+                  flush=True)
+            fig = out / f"{name}.png"
+            if not fig.exists():
+                fig = experiments.get(name).plot(res, fig)
+        else:
+            print(f"[{i + 1}/{len(names)}] {name} ({size}) ...", file=sys.stderr, flush=True)
         try:
-            res, fig = _run_one(name, size, args.seed, out, args.quiet)
+            if res is None:
+                res, fig = _run_one(name, size, args.seed, out, args.quiet)
         except Exception as exc:  # a crashing check is a failed check, reported, not hidden
             rows.append([name, "-", "-", f"ERROR: {type(exc).__name__}: {exc}", "FAIL"])
             summary.append({"name": name, "passed": False, "error": f"{type(exc).__name__}: {exc}"})
@@ -152,6 +161,24 @@ def cmd_check(args) -> int:
     print(f"\n{n_pass} passed, {len(rows) - n_pass} failed  ({len(names)} checks, {size}, "
           f"{wall:.0f} s; results in {out}/)")
     return 0 if passed else 1
+
+
+def _reusable(name: str, size: str, seed: int, out: Path):
+    """A finished result of this check in ``out`` from the same size, seed and package
+    versions (``check --resume``), or None.  ``NAME.json`` is written after ``NAME.npz``, both
+    atomically, so a JSON file on disk means a complete result."""
+    from .experiments.base import ExperimentResult
+    from .result import versions
+    if not (out / f"{name}.json").exists():
+        return None
+    try:
+        res = ExperimentResult.load(out, name)
+    except Exception:   # unreadable or from an incompatible layout: run it again
+        return None
+    meta = res.meta
+    if meta.get("size") != size or meta.get("seed") != seed or meta.get("versions") != versions():
+        return None
+    return res
 
 
 def cmd_list(args) -> int:
@@ -217,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--only", default=None, help="comma list of check names")
     c.add_argument("--out", default="sdeverify-out", help="output folder (default sdeverify-out)")
     c.add_argument("--seed", type=int, default=0, help="seed of the random streams (default 0)")
+    c.add_argument("--resume", action="store_true",
+                   help="reuse results already in --out from the same size, seed and package "
+                        "versions (continue an interrupted run)")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=cmd_check)
 
