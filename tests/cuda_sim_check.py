@@ -5,12 +5,19 @@ import sys
 import numpy as np
 
 import sdeverify as sv
+from sdeverify.engine import cuda as cuda_engine
 from sdeverify.problems import SVAG, CosineWell, LinearRegression, Quadratic
 
 bad = 0
-cases = [Quadratic(np.diag([1.0, 2.0]), center=[1, 0]), CosineWell(3, noise_dist="rademacher"),
-         SVAG(CosineWell(2), 3.0), LinearRegression.generate(n=16, d=2, batch_size=3)]
-for P in cases:
+# (problem, threads per simulated block): 1 (the engine's simulator default, serial) puts the
+# 40 paths in 40 blocks; 16 gives multi-thread blocks (3, the last one partial) so the
+# thread/block index arithmetic and the bounds check are exercised too.  Only non-diverging
+# cases use 16: the simulator's threads race on module globals when a warning is raised.
+cases = [(Quadratic(np.diag([1.0, 2.0]), center=[1, 0]), 1), (Quadratic(np.diag([1.0, 2.0])), 16),
+         (CosineWell(3, noise_dist="rademacher"), 1), (SVAG(CosineWell(2), 3.0), 1),
+         (LinearRegression.generate(n=16, d=2, batch_size=3), 1)]
+for P, tpb in cases:
+    cuda_engine.SIM_THREADS_PER_BLOCK = tpb
     kw = dict(steps=6, paths=40, sigma=1.0, seed=3, record=[0, 2, 6],
               observables=["loss", "sqnorm", "x0"], store_states=True)
     opts = [sv.SGD(0.05), sv.SGDM(0.05, 0.9), sv.HeavyBall(0.01, 0.8, 0.3)]
@@ -20,7 +27,9 @@ for P in cases:
               np.nanmax(np.abs(g.mean - c.mean)), np.abs(g.paired(1, "loss")[0] - c.paired(1, "loss")[0]).max())
     ok = dev <= 1e-12 and np.array_equal(g.count, c.count)
     bad += not ok
-    print(f"{P.name}: max deviation cuda-sim vs cpu {dev:.3g} {'ok' if ok else 'MISMATCH'}")
+    print(f"{P.name} ({tpb} threads/block): max deviation cuda-sim vs cpu {dev:.3g} "
+          f"{'ok' if ok else 'MISMATCH'}")
+cuda_engine.SIM_THREADS_PER_BLOCK = 1
 # divergence is detected and reported on the GPU path too
 import warnings
 with warnings.catch_warnings(record=True) as w:
