@@ -123,10 +123,10 @@ def test_svag_keeps_mean_and_multiplies_variance():
     """Def. 6.1: r1 + r2 = 1, r1² + r2² = ℓ.  One step from x0 on a constant-gradient problem:
     mean −ηc, variance ℓη²σ² (rule: within 4.4 sem / 4.4 sd of the variance estimate)."""
     ell = 4.0
-    P = SVAG(sv.problems.ConstantGradient([1.0]), ell)
+    P = SVAG(sv.problems.ConstantGradient([1.0, 0.0]), ell)   # d = 2: the svag check's kernel
     r1, r2 = P.svag_coefficients
     assert r1 + r2 == pytest.approx(1.0) and r1 ** 2 + r2 ** 2 == pytest.approx(ell)
-    res = sv.simulate(P, [sv.SGD(0.1)], [0.0], steps=1, paths=40000, sigma=1.0, record=[1],
+    res = sv.simulate(P, [sv.SGD(0.1)], [0.0, 0.0], steps=1, paths=40000, sigma=1.0, record=[1],
                       observables=["x0"])
     z = stats.z_value(1 - 1e-5)
     assert abs(res.mean[0, -1, 0] + 0.1) < z * res.sem[0, -1, 0]
