@@ -1,0 +1,21 @@
+"""Heavy-batch training of real networks, torch-free (the paper's Sec 6 experiments).
+
+Many replicas × optimizers of one MLP train in one launch on the NumPy reference, the Numba
+CPU backend or numba.cuda, with common initial weights and minibatches per replica so that
+optimizer differences are paired::
+
+    from sdeverify import SGD, SGDM
+    from sdeverify.train import MLP, fit, teacher_student
+    data = teacher_student(n=4096, dim=32, classes=10)
+    res = fit(MLP([32, 128, 10]), data, [SGD(0.5), SGDM(0.5, 0.9)], batch_size=512,
+              epochs=5, replicas=8)
+    print(res.summary())
+"""
+from .datasets import Dataset, cifar10, digits, from_arrays, teacher_student
+from .fit import fit, svag_weights
+from .lr import goyal_multiplier, linear_scaling
+from .models import MLP
+from .result import METRICS, TrainResult
+
+__all__ = ["MLP", "Dataset", "teacher_student", "digits", "from_arrays", "cifar10", "fit",
+           "TrainResult", "METRICS", "goyal_multiplier", "linear_scaling", "svag_weights"]

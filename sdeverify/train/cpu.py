@@ -1,0 +1,242 @@
+"""The Numba CPU trainer: the backend contract of :mod:`sdeverify.train.reference`, compiled.
+
+One compiled kernel serves every MLP (widths, activation and loss are run-time arguments),
+per dtype (float64, float32).  Each model's forward and backward pass is a chain of GEMMs
+on contiguous slices of one flat work buffer; ``np.dot`` inside ``@njit`` calls the BLAS
+that SciPy ships (``dgemm``/``sgemm``, which uses both cores on large products), and the
+bias, activation, softmax-cross-entropy gradient, bias-gradient and optimizer update loops
+are fused around them.  All S steps of all models run inside one call: no Python per step.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .models import ACTIVATIONS, LOSSES, MLP
+
+_JIT = dict(cache=True, error_model="numpy", nogil=True)
+RELU, TANH = ACTIVATIONS["relu"], ACTIVATIONS["tanh"]
+CE, SQ = LOSSES["cross_entropy"], LOSSES["squared"]
+
+
+@numba.njit(**_JIT)
+def _work_size(sizes, B):
+    """Length of the activation buffer: B·(sum of all layer widths)."""
+    return B * np.sum(sizes)
+
+
+@numba.njit(**_JIT)
+def _loss_rows(Z, y, rows, loss_kind, dZ, scale):
+    """Per-batch data-loss sum and number of correct rows; writes scale·∂loss_i/∂Z into dZ."""
+    B, C = Z.shape
+    total = 0.0
+    correct = 0.0
+    for i in range(B):
+        t = y[rows[i]]
+        zmax = Z[i, 0]
+        arg = 0
+        for c in range(1, C):
+            if Z[i, c] > zmax:
+                zmax = Z[i, c]
+                arg = c
+        if arg == t:
+            correct += 1.0
+        if loss_kind == CE:
+            s = 0.0
+            for c in range(C):
+                e = np.exp(Z[i, c] - zmax)
+                dZ[i, c] = e
+                s += e
+            total += np.log(s) + zmax - Z[i, t]
+            for c in range(C):
+                dZ[i, c] = dZ[i, c] / s
+            dZ[i, t] -= 1.0
+        else:
+            for c in range(C):
+                r = Z[i, c] - (1.0 if c == t else 0.0)
+                dZ[i, c] = r
+                total += 0.5 * r * r
+        for c in range(C):
+            dZ[i, c] *= scale
+    return total, correct
+
+
+@numba.njit(**_JIT)
+def _pass(X, y, rows, w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g, need_grad):
+    """Forward (and, if ``need_grad``, backward) pass of one model on the rows ``rows``.
+
+    ``buf`` holds the activations A_0 … A_{L-1} and the logits; ``d1``/``d2`` alternate as the
+    back-propagated ∂/∂Z; the gradient of the *mean* data loss is written into ``g``.
+    Returns ``(loss_sum, correct)`` over the rows."""
+    B = rows.shape[0]
+    L = sizes.shape[0] - 1
+    d0 = sizes[0]
+    A0 = buf[0:B * d0].reshape(B, d0)
+    for i in range(B):
+        A0[i, :] = X[rows[i], :]
+    a_off = np.empty(L + 1, dtype=np.int64)
+    a_off[0] = 0
+    off = B * d0
+    for l in range(L):
+        ni, no = sizes[l], sizes[l + 1]
+        A = buf[a_off[l]:a_off[l] + B * ni].reshape(B, ni)
+        Wl = w[w_off[l]:w_off[l] + ni * no].reshape(ni, no)
+        Z = buf[off:off + B * no].reshape(B, no)
+        np.dot(A, Wl, Z)
+        bl = w[b_off[l]:b_off[l] + no]
+        last = l == L - 1
+        for i in range(B):
+            for c in range(no):
+                z = Z[i, c] + bl[c]
+                if not last:
+                    if act == RELU:
+                        z = z if z > 0.0 else 0.0
+                    else:
+                        z = np.tanh(z)
+                Z[i, c] = z
+        a_off[l + 1] = off
+        off += B * no
+    C = sizes[L]
+    Zl = buf[a_off[L]:a_off[L] + B * C].reshape(B, C)
+    dZ = d1[0:B * C].reshape(B, C)
+    total, correct = _loss_rows(Zl, y, rows, loss_kind, dZ, 1.0 / B)
+    if need_grad:
+        cur, other = d1, d2
+        for l in range(L - 1, -1, -1):
+            ni, no = sizes[l], sizes[l + 1]
+            dZ = cur[0:B * no].reshape(B, no)
+            A = buf[a_off[l]:a_off[l] + B * ni].reshape(B, ni)
+            gW = g[w_off[l]:w_off[l] + ni * no].reshape(ni, no)
+            np.dot(A.T, dZ, gW)
+            gb = g[b_off[l]:b_off[l] + no]
+            gb[:] = 0.0
+            for i in range(B):
+                for c in range(no):
+                    gb[c] += dZ[i, c]
+            if l > 0:
+                Wl = w[w_off[l]:w_off[l] + ni * no].reshape(ni, no)
+                dA = other[0:B * ni].reshape(B, ni)
+                np.dot(dZ, Wl.T, dA)
+                for i in range(B):
+                    for c in range(ni):
+                        a = A[i, c]
+                        if act == RELU:
+                            dA[i, c] = dA[i, c] if a > 0.0 else 0.0
+                        else:
+                            dA[i, c] = dA[i, c] * (1.0 - a * a)
+                cur, other = other, cur
+    return total, correct
+
+
+@numba.njit(**_JIT)
+def _train(X, y, idx0, idx1, slots, W, Mom, a, b, gamma, r0, r1, wd, R, sizes, w_off, b_off,
+           act, loss_kind, out_loss):
+    S, _, B = idx0.shape
+    M, P = W.shape
+    maxw = np.max(sizes)
+    buf = np.empty(_work_size(sizes, B), dtype=W.dtype)
+    d1 = np.empty(B * maxw, dtype=W.dtype)
+    d2 = np.empty(B * maxw, dtype=W.dtype)
+    g0 = np.empty(P, dtype=W.dtype)
+    g1 = np.empty(P, dtype=W.dtype)
+    for s in range(S):
+        for m in range(M):
+            j = m // R
+            rr = m % R
+            w = W[m]
+            tot, _ = _pass(X, y, idx0[s, rr], w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g0, True)
+            out_loss[s, m] = tot / B
+            two = slots == 2 and r1 != 0.0
+            if two:
+                _pass(X, y, idx1[s, rr], w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g1, True)
+            aa, bb, gg = a[j, s], b[j, s], gamma[j, s]
+            mom = Mom[m]
+            for p in range(P):
+                gp = r0 * g0[p]
+                if two:
+                    gp = gp + r1 * g1[p]
+                gp = gp + wd * w[p]
+                mp = aa * mom[p] + bb * gp
+                mom[p] = mp
+                w[p] = w[p] - gg * mp
+
+
+@numba.njit(**_JIT)
+def _evaluate(X, y, W, sizes, w_off, b_off, act, loss_kind, chunk, loss_sum, correct):
+    n = X.shape[0]
+    M, P = W.shape
+    maxw = np.max(sizes)
+    buf = np.empty(_work_size(sizes, chunk), dtype=W.dtype)
+    d1 = np.empty(chunk * maxw, dtype=W.dtype)
+    g = np.empty(1, dtype=W.dtype)
+    rows_all = np.arange(n)
+    for m in range(M):
+        for i0 in range(0, n, chunk):
+            rows = rows_all[i0:min(n, i0 + chunk)]
+            tot, cor = _pass(X, y, rows, W[m], sizes, w_off, b_off, act, loss_kind, buf, d1, d1, g, False)
+            loss_sum[m] += tot
+            correct[m] += cor
+
+
+@numba.njit(**_JIT)
+def _gradients(X, y, W, sizes, w_off, b_off, act, loss_kind, wd, G):
+    n = X.shape[0]
+    M, P = W.shape
+    maxw = np.max(sizes)
+    buf = np.empty(_work_size(sizes, n), dtype=W.dtype)
+    d1 = np.empty(n * maxw, dtype=W.dtype)
+    d2 = np.empty(n * maxw, dtype=W.dtype)
+    rows = np.arange(n)
+    for m in range(M):
+        _pass(X, y, rows, W[m], sizes, w_off, b_off, act, loss_kind, buf, d1, d2, G[m], True)
+        for p in range(P):
+            G[m, p] = G[m, p] + wd * W[m, p]
+
+
+class Trainer:
+    """Numba CPU backend (contract: :mod:`sdeverify.train.reference`)."""
+
+    def __init__(self, model: MLP, X: np.ndarray, y: np.ndarray, n_opt: int, n_rep: int,
+                 dtype: str = "float64"):
+        self.model, self.dtype = model, np.dtype(dtype)
+        self.X = np.ascontiguousarray(X, dtype=self.dtype)
+        self.y = np.ascontiguousarray(y, dtype=np.int64)
+        self.J, self.R = n_opt, n_rep
+        self.sizes, self.w_off, self.b_off = model.layout()
+        self.act, self.loss_kind = ACTIVATIONS[model.activation], LOSSES[model.loss]
+        self.W = self.Mom = None
+
+    def set_state(self, W, Mom) -> None:
+        self.W = np.array(W, dtype=self.dtype, order="C")
+        self.Mom = np.array(Mom, dtype=self.dtype, order="C")
+
+    def get_state(self):
+        return self.W.copy(), self.Mom.copy()
+
+    def train(self, idx, a, b, gamma, r) -> np.ndarray:
+        S = idx[0].shape[0]
+        out = np.empty((S, self.W.shape[0]))
+        t = self.dtype.type
+        idx1 = idx[1] if len(idx) > 1 else idx[0]
+        _train(self.X, self.y, np.ascontiguousarray(idx[0]), np.ascontiguousarray(idx1), len(idx),
+               self.W, self.Mom, np.ascontiguousarray(a, dtype=self.dtype),
+               np.ascontiguousarray(b, dtype=self.dtype), np.ascontiguousarray(gamma, dtype=self.dtype),
+               t(r[0]), t(r[1] if len(r) > 1 else 0.0), t(self.model.weight_decay), self.R,
+               self.sizes, self.w_off, self.b_off, self.act, self.loss_kind, out)
+        return out
+
+    def evaluate(self, X, y, chunk: int = 1024):
+        M = self.W.shape[0]
+        loss_sum, correct = np.zeros(M), np.zeros(M)
+        _evaluate(np.ascontiguousarray(X, dtype=self.dtype), np.ascontiguousarray(y, dtype=np.int64),
+                  self.W, self.sizes, self.w_off, self.b_off, self.act, self.loss_kind,
+                  min(chunk, len(X)), loss_sum, correct)
+        return loss_sum, correct
+
+    def gradients(self, W, X, y):
+        W = np.ascontiguousarray(W, dtype=self.dtype)
+        G = np.empty_like(W)
+        _gradients(np.ascontiguousarray(X, dtype=self.dtype), np.ascontiguousarray(y, dtype=np.int64),
+                   W, self.sizes, self.w_off, self.b_off, self.act, self.loss_kind,
+                   self.dtype.type(self.model.weight_decay), G)
+        return G

@@ -1,0 +1,146 @@
+"""The NumPy reference trainer: plain, readable, the oracle of the tests.
+
+Backend contract (every trainer backend implements it; model ``m = j·R + r`` is optimizer
+``j`` on replica ``r``, and all models of a replica share its minibatches):
+
+* ``Trainer(model, X, y, n_opt, n_rep, dtype)`` — ``X (n, d)``, ``y (n,)`` the training set;
+* ``set_state(W, Mom)`` / ``get_state() -> (W, Mom)`` — flat parameters and momentum
+  buffers, ``(M, P)`` host arrays;
+* ``train(idx, a, b, gamma, r) -> batch_loss`` — ``len(idx)`` minibatch slots (1, or 2 for
+  SVAG), each ``(S, R, B)`` int64 row indices; per-optimizer coefficients ``a, b, gamma``
+  of shape ``(J, S)``; slot weights ``r``.  For each of the S steps and every model:
+
+      g = Σ_s r_s ∇L(w; batch_s) + λ w,   m ← a m + b g,   w ← w − γ m
+
+  (the (a, b, γ) form of every optimizer, :mod:`sdeverify.optim`); returns the data loss of
+  slot 0's batch *before* each step, ``(S, M)`` float64;
+* ``evaluate(X, y) -> (loss_sum, correct)`` — summed data loss and number of correct
+  predictions of every model on ``(X, y)``, ``(M,)`` float64 each;
+* ``gradients(W, X, y) -> G`` — the gradient (λ w included) of the mean loss over ``(X, y)``
+  at parameters ``W (M, P)``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .models import MLP
+
+
+def forward(model: MLP, W: np.ndarray, A0: np.ndarray) -> list[np.ndarray]:
+    """Activations ``[A_0, A_1, …, Z_L]`` of a stack of models: ``W (M, P)``, ``A0 (M, B, d)``;
+    the last entry is the logits."""
+    acts = [A0]
+    layers = model.unflatten(W)
+    for l, (Wl, bl) in enumerate(layers):
+        Z = np.matmul(acts[-1], Wl) + bl[:, None, :]
+        if l < len(layers) - 1:
+            Z = np.maximum(Z, 0.0) if model.activation == "relu" else np.tanh(Z)
+        acts.append(Z)
+    return acts
+
+
+def loss_terms(model: MLP, Z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-sample losses ``(M, B)``, correctness ``(M, B)`` and ∂(per-sample loss)/∂Z."""
+    M, B, C = Z.shape
+    onehot = np.zeros_like(Z)
+    np.put_along_axis(onehot, y[..., None], 1.0, axis=2)
+    correct = (np.argmax(Z, axis=2) == y).astype(np.float64)
+    if model.loss == "cross_entropy":
+        zmax = Z.max(axis=2, keepdims=True)
+        e = np.exp(Z - zmax)
+        s = e.sum(axis=2, keepdims=True)
+        lse = np.log(s) + zmax
+        losses = (lse[..., 0] - np.take_along_axis(Z, y[..., None], axis=2)[..., 0])
+        dZ = e / s - onehot
+    else:
+        r = Z - onehot
+        losses = 0.5 * np.sum(r * r, axis=2)
+        dZ = r
+    return losses, correct, dZ
+
+
+def loss_and_grad(model: MLP, W: np.ndarray, X: np.ndarray, y: np.ndarray,
+                  decay: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Mean data loss ``(M,)`` and its gradient ``(M, P)`` (plus λw when ``decay``) for
+    inputs ``X (M, B, d)`` and labels ``y (M, B)``."""
+    acts = forward(model, W, X)
+    losses, _, dZ = loss_terms(model, acts[-1], y)
+    B = X.shape[1]
+    dZ = dZ / B
+    G = np.zeros_like(W)
+    grads = model.unflatten(G)
+    layers = model.unflatten(W)
+    for l in range(model.n_layers - 1, -1, -1):
+        gW, gb = grads[l]
+        gW[...] = np.matmul(np.swapaxes(acts[l], 1, 2), dZ)
+        gb[...] = dZ.sum(axis=1)
+        if l > 0:
+            dA = np.matmul(dZ, np.swapaxes(layers[l][0], 1, 2))
+            A = acts[l]
+            dZ = dA * (A > 0) if model.activation == "relu" else dA * (1.0 - A * A)
+    if decay:
+        G += model.weight_decay * W
+    return losses.mean(axis=1), G
+
+
+class Trainer:
+    """NumPy reference backend (see the module docstring for the contract)."""
+
+    def __init__(self, model: MLP, X: np.ndarray, y: np.ndarray, n_opt: int, n_rep: int,
+                 dtype: str = "float64"):
+        self.model, self.dtype = model, np.dtype(dtype)
+        self.X = np.ascontiguousarray(X, dtype=self.dtype)
+        self.y = np.ascontiguousarray(y, dtype=np.int64)
+        self.J, self.R = n_opt, n_rep
+        self.W = self.Mom = None
+
+    def set_state(self, W, Mom) -> None:
+        self.W = np.array(W, dtype=self.dtype)
+        self.Mom = np.array(Mom, dtype=self.dtype)
+
+    def get_state(self):
+        return self.W.copy(), self.Mom.copy()
+
+    def _rows(self, idx_step: np.ndarray) -> np.ndarray:
+        return np.tile(idx_step, (self.J, 1))              # (M, B): model j*R + r -> replica r
+
+    def train(self, idx, a, b, gamma, r) -> np.ndarray:
+        S = idx[0].shape[0]
+        M = self.J * self.R
+        out = np.empty((S, M))
+        jj = np.repeat(np.arange(self.J), self.R)
+        dt = self.dtype.type
+        for s in range(S):
+            g = np.zeros_like(self.W)
+            for slot in range(len(idx)):
+                if r[slot] == 0.0:
+                    continue
+                rows = self._rows(idx[slot][s])
+                loss, G = loss_and_grad(self.model, self.W, self.X[rows], self.y[rows], decay=False)
+                g += dt(r[slot]) * G
+                if slot == 0:
+                    out[s] = loss
+            g += dt(self.model.weight_decay) * self.W
+            self.Mom = a[jj, s, None].astype(self.dtype) * self.Mom + b[jj, s, None].astype(self.dtype) * g
+            self.W = self.W - gamma[jj, s, None].astype(self.dtype) * self.Mom
+        return out
+
+    def evaluate(self, X, y, chunk: int = 1024):
+        M = self.J * self.R
+        loss_sum, correct = np.zeros(M), np.zeros(M)
+        X = np.asarray(X, dtype=self.dtype)
+        for i in range(0, X.shape[0], chunk):
+            xb, yb = X[i:i + chunk], np.asarray(y[i:i + chunk], dtype=np.int64)
+            acts = forward(self.model, self.W, np.broadcast_to(xb, (M,) + xb.shape))
+            losses, corr, _ = loss_terms(self.model, acts[-1], np.broadcast_to(yb, (M,) + yb.shape))
+            loss_sum += losses.sum(axis=1)
+            correct += corr.sum(axis=1)
+        return loss_sum, correct
+
+    def gradients(self, W, X, y):
+        W = np.asarray(W, dtype=self.dtype)
+        X = np.asarray(X, dtype=self.dtype)
+        M = W.shape[0]
+        _, G = loss_and_grad(self.model, W, np.broadcast_to(X, (M,) + X.shape),
+                             np.broadcast_to(np.asarray(y, dtype=np.int64), (M, X.shape[0])))
+        return G
