@@ -29,13 +29,13 @@ class BatchSampler:
                  sampling: str = "shuffle", slots: int = 1):
         if sampling not in SAMPLING:
             raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}")
-        if slots * batch > n:
+        if sampling == "shuffle" and slots * batch > n:
             raise ValueError(f"batch_size={batch} (x{slots} minibatches per step) is larger than "
                              f"the training set ({n} samples)")
         self.seed, self.n, self.batch, self.slots = int(seed), int(n), int(batch), int(slots)
         self.replicas = np.asarray(replicas, dtype=np.int64)
         self.sampling = sampling
-        self.steps_per_epoch = n // (slots * batch)
+        self.steps_per_epoch = max(1, n // (slots * batch))
         self._perm_epoch, self._perm = -1, None
 
     def _epoch(self, e: int) -> np.ndarray:

@@ -165,18 +165,24 @@ def fit(model: MLP, data: Dataset, optimizers: Sequence[Any] | Any, *, batch_siz
     values = np.full((J, len(ev), R, len(metrics)), np.nan)
     batch_loss = np.empty((J, R, total))
     k = 0
+
+    def train_until(k_end: int) -> int:
+        kk = k
+        while kk < k_end:                    # segments of bounded index memory
+            k1 = min(k_end, kk + max(1, 2 ** 24 // (R * batch_size * slots)))
+            idx = sampler.indices(kk, k1)
+            bl = tr.train(idx, a[:, kk:k1], b[:, kk:k1], gamma[:, kk:k1], r)
+            batch_loss[:, :, kk:k1] = bl.T.reshape(J, R, k1 - kk)
+            kk = k1
+        return kk
+
     for e, step in enumerate(ev):
-        k_end = int(step) * ell
-        while k < k_end:                     # train in segments of bounded memory
-            k1 = min(k_end, k + max(1, 2 ** 24 // (R * batch_size * slots)))
-            idx = sampler.indices(k, k1)
-            bl = tr.train(idx, a[:, k:k1], b[:, k:k1], gamma[:, k:k1], r)
-            batch_loss[:, :, k:k1] = bl.T.reshape(J, R, k1 - k)
-            k = k1
+        k = train_until(int(step) * ell)
         values[:, e] = _evaluate(tr, model, data, metrics, Xe, ye, seed, reps, sharpness_samples,
                                  sharpness_iters, dtype).reshape(J, R, len(metrics))
         if progress is not None:
             progress(e + 1, len(ev))
+    k = train_until(total)                   # the run always has all its steps
     div = _divergence(batch_loss, values, metrics, ev * ell)
     weights = tr.get_state()[0].reshape(J, R, P) if keep_weights else None
     meta = dict(spec["meta"], eval_steps=ev.tolist(), wall_time=time.perf_counter() - t_start,
