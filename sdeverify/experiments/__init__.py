@@ -9,6 +9,8 @@ from types import ModuleType
 
 #: name -> module path, in the order ``sdeverify check`` runs them
 EXPERIMENTS: dict[str, str] = {
+    # self-checks of the generator and the intervals first: every later verdict relies on them
+    "instruments": "sdeverify.experiments.instruments",
     "hb_equivalence": "sdeverify.experiments.hb_equivalence",
     "descent_lemma": "sdeverify.experiments.descent_lemma",
     "variance_reduction": "sdeverify.experiments.variance_reduction",

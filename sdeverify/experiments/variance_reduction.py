@@ -1,6 +1,6 @@
 """Sec. 4.1 warm-up: momentum reduces the per-step variance, not the endpoint distribution.
 
-Gradients g_k ~ N(c, σ²I) i.i.d. (``ConstantGradient``); SGD with lr η and SGDM with (η, β)
+Gradients g_k ~ N(c, σ²I) i.i.d. (``ConstantGradient``; σ = 1.5 by default, ≠ 1 so that σ and σ² differ); SGD with lr η and SGDM with (η, β)
 share the draws.  Checked against the closed forms of THEORY §5 (derived):
 
 * per-step update variance  Var(x_{k+1} − x_k): SGD η²σ², SGDM η²σ²(1−β)²(1−β^{2(k+1)})/(1−β²);
@@ -41,7 +41,7 @@ def _var_interval(s2: float, n: float, level: float) -> Interval:
     return Interval(s2, (n - 1) * s2 / st.chi2.ppf(1 - a, n - 1), (n - 1) * s2 / st.chi2.ppf(a, n - 1), level)
 
 
-def run(*, size: str = "quick", seed: int = 0, progress=None, eta: float = 0.1, sigma: float = 1.0,
+def run(*, size: str = "quick", seed: int = 0, progress=None, eta: float = 0.1, sigma: float = 1.5,
         c: float = 0.2, **overrides) -> ExperimentResult:
     """Run the Sec. 4.1 comparison; see the module docstring for the rules."""
     size = check_size(size)

@@ -1,0 +1,264 @@
+"""Self-checks of the instruments every other verdict relies on: the generator and the intervals.
+
+Runs first in ``sdeverify check``.  A generator whose variance is 1.01, or standard errors
+that are √2 too small, would let every later verdict pass or fail for the wrong reason; the
+checks here are what would catch them.
+
+**Generator, as the engine uses it.**  ``ConstantGradient`` with zero gradient in d = 2
+(the kernel of the 2-d quadratics used by the later checks), SGD with lr 1 and noise scale
+σ = 1.7: every step moves x by −σ ξ, so ``z = (x_k − x_{k+1}) / σ`` recovers the draws the
+engine applied, *including* the engine's use of σ (σ² instead of σ would give Var z = σ²).
+N paths × S steps × 2 coordinates ≥ 10⁷ draws (both outputs of the Box–Muller pair) are
+tested against N(0, 1):
+
+* mean = 0, variance = 1, skewness = 0, excess kurtosis = 0 (normal-theory z-tests:
+  sd √(1/n), √(2/n), √(6/n), √(24/n));
+* Kolmogorov–Smirnov against the N(0, 1) CDF;
+* independence: correlation of consecutive steps of a path, of the two coordinates of one
+  draw (the Box–Muller pair) and of neighbouring paths (each √n·r ~ N(0, 1)).
+
+Power (stated in each verdict's rule, computed from n): with n = 10⁷ a variance error of
+0.5% is 11 standard errors, a mean bias of 0.002 is 6; the KS test detects any CDF error
+larger than its critical distance (≈ 6e-4 at n = 10⁷).
+
+**Intervals, as the checks use them.**  Replications with a known answer, coverage counted:
+
+* ``SimulationResult.sem`` and :func:`~sdeverify.stats.mean_interval`: R independent
+  replications (disjoint path ranges) of SGD on the 2-d quadratic, E x₀ and E L at step K
+  against their exact values (:func:`sdeverify.theory.quadratic_moments`);
+* ``SimulationResult.paired`` (common random numbers): E[x₀(SGDM) − x₀(SGD)] likewise;
+* :func:`~sdeverify.stats.fit_order`: R synthetic error curves C η^p (1 + s ε), ε ~ N(0, 1),
+  with known p, fitted with their standard errors (the setting of the Monte Carlo order fits).
+  Its interval is inflated by the reduced χ² whenever that exceeds 1, so its coverage is
+  above nominal by design (0.967 measured here); the rule asks for a coverage in
+  [0.95, 0.985] (an interval √2 too narrow covers 0.896, √2 too wide 0.996).
+
+Decision rules.  Every test of this module is one member of a family with family-wise level
+1 − 10⁻³ (Bonferroni over the M tests): a normal-theory statistic passes iff |z| ≤ z_B; the
+KS distance iff D ≤ D_B; a coverage count iff the nominal 0.95 lies inside the two-sided
+Clopper–Pearson interval at level 1 − 10⁻³/M (for fit_order: meets the band above).  With R = 1000 that interval is about
+[0.923, 0.975]: intervals √2 too narrow (coverage 0.834) or √2 too wide (0.994) fail.
+False failures: ≤ 10⁻³ per run by construction; measured rate in paper_checks.md.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats as st
+
+from .. import theory
+from ..optim import SGD, SGDM
+from ..problems import ConstantGradient, Quadratic
+from ..simulate import simulate
+from ..stats import Interval, fit_order, mean_interval, z_value
+from .base import ExperimentResult, Timer, Verdict, check_size, make_meta, tick
+
+NAME = "instruments"
+TITLE = "Self-checks: the engine's generator against N(0,1); coverage of the intervals"
+
+SIZES = {"smoke": dict(gen_paths=2 ** 20, gen_steps=5, reps=1000, rep_paths=256, fit_reps=2000),
+         "quick": dict(gen_paths=2 ** 20, gen_steps=5, reps=1000, rep_paths=512, fit_reps=4000),
+         "full": dict(gen_paths=2 ** 22, gen_steps=6, reps=4000, rep_paths=1024, fit_reps=20000)}
+#: family-wise false-failure level of all the verdicts of this module together
+FAMILY_ALPHA = 1e-3
+SIGMA = 1.7
+NOMINAL = 0.95
+N_GEN_TESTS, N_COV_TESTS = 8, 4
+#: fit_order inflates its interval by the reduced χ² when it exceeds 1, so its coverage is
+#: above nominal by design (measured 0.967 on the synthetic curves below, 8000 replications);
+#: the band's upper end lies between that and the 0.996 of an interval √2 too wide.
+FIT_ORDER_BAND = (0.95, 0.985)
+
+
+def quadratic() -> Quadratic:
+    """The 2-d quadratic of the Thm 4.5 check (same kernel), noise with correlated coordinates."""
+    return Quadratic(np.diag([1.0, 3.0]), noise_cov=np.array([[1.0, 0.3], [0.3, 0.5]]))
+
+
+def engine_draws(paths: int, steps: int, seed: int, sigma: float = SIGMA) -> np.ndarray:
+    """The standard normals the CPU engine applies, recovered from SGD(lr = 1) on a zero
+    gradient: array (steps, paths, 2)."""
+    P = ConstantGradient([0.0, 0.0])
+    res = simulate(P, [SGD(1.0)], [0.0, 0.0], steps=steps, paths=paths, sigma=sigma, seed=seed,
+                   record=np.arange(steps + 1), observables=["x0"], store_states=True)
+    x = res.states[0]                                   # (steps + 1, paths, 2)
+    return (x[:-1] - x[1:]) / sigma
+
+
+def _z_verdict(claim: str, est: float, pred: float, sd: float, zb: float, power: str) -> Verdict:
+    z = (est - pred) / sd
+    level = 1 - FAMILY_ALPHA / (N_GEN_TESTS + N_COV_TESTS)
+    iv = Interval(float(est), float(est - zb * sd), float(est + zb * sd), level)
+    return Verdict(claim, "instrument (method)", f"{pred:g} (inside the {level:.5g} CI)", iv,
+                   bool(abs(z) <= zb),
+                   f"|z| = {abs(z):.2f} <= {zb:.2f} (Bonferroni share of family-wise 1e-3); {power}")
+
+
+def generator_verdicts(z: np.ndarray) -> tuple[list[Verdict], dict]:
+    """Moments, KS and independence of the draws ``z`` (steps, paths, 2); rules in the module doc."""
+    n = z.size
+    zb = z_value(1 - FAMILY_ALPHA / (N_GEN_TESTS + N_COV_TESTS))
+    flat = z.ravel()
+    m = float(flat.mean())
+    c = flat - m
+    c2 = c * c
+    v = float(np.mean(c2))
+    skew = float(np.mean(c2 * c) / v ** 1.5)
+    kurt = float(np.mean(c2 * c2) / v ** 2 - 3.0)
+    del c, c2
+    sd_var = np.sqrt(2.0 / n)
+    pw = lambda shift, sd: float(st.norm.cdf(shift / sd - zb))  # power of a one-sided shift
+    out = [
+        _z_verdict(f"engine draws (sigma = {SIGMA}) have mean 0, n = {n}", m, 0.0, np.sqrt(1.0 / n), zb,
+                   f"power {pw(0.002, np.sqrt(1 / n)):.3f} against a mean bias of 0.002"),
+        _z_verdict(f"engine draws have variance 1 (sigma applied once, not squared), n = {n}", v, 1.0,
+                   sd_var, zb, f"power {pw(0.005, sd_var):.4f} against a 0.5% variance error"),
+        _z_verdict(f"engine draws have skewness 0, n = {n}", skew, 0.0, np.sqrt(6.0 / n), zb,
+                   f"power {pw(0.01, np.sqrt(6 / n)):.3f} against skewness 0.01"),
+        _z_verdict(f"engine draws have excess kurtosis 0, n = {n}", kurt, 0.0, np.sqrt(24.0 / n), zb,
+                   f"power {pw(0.02, np.sqrt(24 / n)):.3f} against excess kurtosis 0.02"),
+    ]
+    # KS against N(0, 1): D_B is the asymptotic critical distance at the Bonferroni level
+    d_ks, p_ks = st.kstest(flat, "norm")
+    alpha_i = FAMILY_ALPHA / (N_GEN_TESTS + N_COV_TESTS)
+    d_crit = float(st.kstwobign.isf(alpha_i) / np.sqrt(n))
+    # a variance error of 0.5% moves the CDF by at most 0.0025·φ(1) ≈ 6.0e-4 (at |x| = 1)
+    shift = 0.0025 * st.norm.pdf(1.0)
+    out.append(Verdict(f"engine draws ~ N(0, 1): Kolmogorov-Smirnov, n = {n}", "instrument (method)",
+                       f"D <= critical {d_crit:.3g} (high end)", Interval(float(d_ks), 0.0, d_crit),
+                       bool(d_ks <= d_crit),
+                       f"KS distance <= its critical value at level {alpha_i:.2g} (p = {p_ks:.3g}); "
+                       f"a 0.5% variance error shifts the CDF by {shift:.2g} "
+                       f"({shift / d_crit:.2f} x critical)"))
+    # independence: neighbouring steps, the two coordinates, neighbouring paths
+    pairs = {"consecutive steps of a path": (z[:-1, :, 0], z[1:, :, 0]),
+             "the two coordinates of one draw (Box-Muller pair)": (z[..., 0], z[..., 1]),
+             "neighbouring paths": (z[:, :-1, 0], z[:, 1:, 0])}
+    for name, (a, b) in pairs.items():
+        a, b = a.ravel(), b.ravel()
+        r = float(np.corrcoef(a, b)[0, 1])
+        sd = 1.0 / np.sqrt(a.size)
+        out.append(_z_verdict(f"engine draws independent: correlation of {name}", r, 0.0, sd, zb,
+                              f"power {pw(0.003, sd):.3f} against a correlation of 0.003"))
+    data = {"gen_mean": m, "gen_var": v, "gen_skew": skew, "gen_kurt": kurt, "gen_ks": float(d_ks),
+            "gen_ks_p": float(p_ks), "gen_n": n,
+            "gen_hist": np.histogram(flat, bins=np.linspace(-5, 5, 101))[0]}
+    return out, data
+
+
+def _cp_interval(k, R: int, level: float):
+    """Two-sided Clopper-Pearson interval(s) for k successes out of R (k may be an array)."""
+    k = np.asarray(k, dtype=np.float64)
+    a = (1.0 - level) / 2.0
+    with np.errstate(invalid="ignore"):
+        low = np.where(k > 0, st.beta.ppf(a, k, R - k + 1), 0.0)
+        high = np.where(k < R, st.beta.ppf(1 - a, k + 1, R - k), 1.0)
+    return low, high
+
+
+def _coverage_verdict(claim: str, covered: np.ndarray, band: tuple[float, float]) -> Verdict:
+    """Pass iff the Clopper-Pearson interval of the coverage meets ``band`` (the nominal
+    coverage, or a range for a deliberately conservative procedure)."""
+    R = covered.size
+    k = int(covered.sum())
+    level = 1 - FAMILY_ALPHA / (N_GEN_TESTS + N_COV_TESTS)
+    low, high = (float(v) for v in _cp_interval(k, R, level))
+    iv = Interval(k / R, low, high, level)
+    # power: probability that an interval sqrt(2) too narrow / too wide fails this rule
+    ks = np.arange(R + 1)
+    lo_all, hi_all = _cp_interval(ks, R, level)
+    fails = (hi_all < band[0]) | (lo_all > band[1])
+    z = z_value(NOMINAL)
+    pw = [float(st.binom.pmf(ks[fails], R, 2 * st.norm.cdf(z * f) - 1).sum()) for f in (2 ** -0.5, 2 ** 0.5)]
+    target = f"{band[0]:g}" if band[0] == band[1] else f"in [{band[0]:g}, {band[1]:g}]"
+    return Verdict(claim, "instrument (method)", f"coverage {target} (vs the {level:.5g} CI)",
+                   iv, bool(high >= band[0] and low <= band[1]),
+                   f"{k}/{R} nominal-95% intervals cover the known value; pass iff the "
+                   f"Clopper-Pearson interval at level {level:.5g} meets {target} (power for a "
+                   f"normal estimate: {pw[0]:.3f} vs sqrt(2) too narrow, {pw[1]:.3f} vs sqrt(2) too wide)")
+
+
+def coverage_runs(reps: int, paths: int, seed: int, steps: int = 12, eta: float = 0.15,
+                  beta: float = 0.8) -> dict:
+    """R replications (disjoint path ranges) of SGD and SGDM on the quadratic: 0/1 coverage of
+    the nominal 95% intervals of E x₀, E L (SGD) and of the paired E[x₀(SGDM) − x₀(SGD)]."""
+    P = quadratic()
+    x0 = np.array([1.0, -0.5])
+    sigma = SIGMA
+    opts = [SGD(eta), SGDM(eta, beta)]
+    ex = [theory.quadratic_moments(P, o, x0, steps=steps, sigma=sigma) for o in opts]
+    truth = {"x0": ex[0].expect(P, "x0")[-1], "loss": ex[0].expect(P, "loss")[-1],
+             "diff": ex[1].expect(P, "x0")[-1] - ex[0].expect(P, "x0")[-1]}
+    cov = {k: np.empty(reps, dtype=bool) for k in truth}
+    for r in range(reps):
+        res = simulate(P, opts, x0, steps=steps, paths=paths, sigma=sigma, seed=seed,
+                       record=[steps], observables=["x0", "loss"], path_offset=r * paths)
+        for h in ("x0", "loss"):
+            m, s = res.series(0, h)
+            cov[h][r] = mean_interval(m[-1], s[-1]).contains(truth[h])
+        m, s = res.paired(1, "x0")
+        cov["diff"][r] = mean_interval(m[-1], s[-1]).contains(truth["diff"])
+    return cov
+
+
+def fit_order_coverage(reps: int, seed: int, p: float = 1.0, rel: float = 0.05) -> np.ndarray:
+    """0/1 coverage of fit_order's 95% interval of the order on R synthetic curves
+    err_i = C η_i^p (1 + rel·ε_i) with standard errors rel·C η_i^p (the Monte Carlo setting)."""
+    g = np.random.default_rng([seed, 4242])
+    eta = 2.0 ** -np.arange(3, 9)
+    true = 0.7 * eta ** p
+    out = np.empty(reps, dtype=bool)
+    for r in range(reps):
+        err = true * (1.0 + rel * g.standard_normal(eta.size))
+        out[r] = fit_order(eta, err, rel * true).order.contains(p)
+    return out
+
+
+def run(*, size: str = "quick", seed: int = 0, progress=None, **overrides) -> ExperimentResult:
+    """Generator and interval self-checks; rules in the module docstring."""
+    size = check_size(size)
+    cfg = dict(SIZES[size], **overrides)
+    verdicts, data = [], {}
+    with Timer() as t:
+        z = engine_draws(cfg["gen_paths"], cfg["gen_steps"], seed + 99)
+        vs, d = generator_verdicts(z)
+        del z
+        verdicts += vs
+        data.update(d)
+        tick(progress, 1, 3)
+        cov = coverage_runs(cfg["reps"], cfg["rep_paths"], seed + 7)
+        labels = {"x0": "SimulationResult.sem: 95% interval of E x0 (SGD, quadratic) covers the exact mean",
+                  "loss": "SimulationResult.sem: 95% interval of E L (SGD, quadratic) covers the exact mean",
+                  "diff": "SimulationResult.paired: 95% interval of E[x0(SGDM) - x0(SGD)] covers the exact value"}
+        for k, lab in labels.items():
+            verdicts.append(_coverage_verdict(lab, cov[k], (NOMINAL, NOMINAL)))
+            data[f"coverage_{k}"] = cov[k]
+        tick(progress, 2, 3)
+        fc = fit_order_coverage(cfg["fit_reps"], seed)
+        verdicts.append(_coverage_verdict(
+            "stats.fit_order: 95% interval of the order covers the true order (synthetic curves)",
+            fc, FIT_ORDER_BAND))
+        data["coverage_fit_order"] = fc
+        tick(progress, 3, 3)
+    return ExperimentResult(NAME, dict(cfg, sigma=SIGMA, family_alpha=FAMILY_ALPHA), data,
+                            tuple(verdicts), make_meta(seed, size, t.seconds))
+
+
+def plot(result: ExperimentResult, path):
+    from .base import save_figure, subplots
+    d = result.data
+    fig, ax = subplots(2, (11, 4))
+    edges = np.linspace(-5, 5, 101)
+    mid = 0.5 * (edges[1:] + edges[:-1])
+    n = float(d["gen_n"])
+    expected = n * np.diff(st.norm.cdf(edges))
+    ax[0].semilogy(mid, np.maximum(d["gen_hist"], 0.5), ".", label="engine draws")
+    ax[0].semilogy(mid, expected, "-", lw=1, label="N(0, 1)")
+    ax[0].set(xlabel="z", ylabel="count", title=f"generator, n = {int(n)} (KS D = {float(d['gen_ks']):.2g})")
+    ax[0].legend(fontsize=8)
+    names = ["x0", "loss", "diff", "fit_order"]
+    cov = [float(np.mean(d[f"coverage_{k}"])) for k in names]
+    ax[1].bar(names, cov)
+    ax[1].axhline(NOMINAL, color="k", ls="--", label="nominal 0.95")
+    ax[1].set(ylim=(0.8, 1.0), ylabel="coverage", title="coverage of the 95% intervals")
+    ax[1].legend(fontsize=8)
+    return save_figure(fig, path)
