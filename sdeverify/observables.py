@@ -15,12 +15,19 @@ and of how the paths were split into shards.
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Callable
 
 import numba
 import numpy as np
 
 LOSS, SQNORM = -1, -2
+
+
+class UserFunctionError(ValueError):
+    """A user-supplied function (problem function or observable) has the wrong signature,
+    raised an exception, or reads beyond its inputs; the message names the function."""
+
 USER0 = -3  # user function u has code USER0 - u
 
 
@@ -36,6 +43,8 @@ def parse(observables, dim: int) -> tuple[list[str], np.ndarray, tuple[Callable,
             items.append((o, o) if isinstance(o, str) else (getattr(o, "__name__", "h"), o))
     names, codes, funcs = [], [], []
     for name, o in items:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"observable names must be non-empty strings, got {name!r}")
         if isinstance(o, str):
             if o == "loss":
                 code = LOSS
@@ -70,22 +79,28 @@ def _no_user(u, x):
     return np.nan
 
 
-def _chain(prev, f, index):
-    @numba.njit(cache=True)
+def _chain(prev, f, index, tag):
     def ev(u, x):
         if u == index:
             return f(x)
         return prev(u, x)
-    return ev
+    # a name unique to the chain: compiled functions of one name are linked as one
+    # definition (see sdeverify.engine.cpu._unique_names)
+    ev.__name__ = f"ev_{tag}"
+    ev.__qualname__ = f"_chain.<locals>.ev_{tag}"
+    return numba.njit(cache=True)(ev)
 
 
 def user_evaluator(funcs: tuple) -> Callable:
     """One njit function ``ev(u, x)`` that returns ``funcs[u](x)`` (compiled once per tuple)."""
     key = tuple(id(f) for f in funcs)
     if key not in _USER_EVAL_CACHE:
+        from .engine.cpu import _fingerprint     # (engine.cpu imports this module)
         ev = _no_user
+        h = hashlib.sha256()
         for i, f in enumerate(funcs):
-            ev = _chain(ev, f, i)
+            h.update(_fingerprint(f).encode())
+            ev = _chain(ev, f, i, f"{i}_{h.hexdigest()[:16]}")
         _USER_EVAL_CACHE[key] = (funcs, ev)
     return _USER_EVAL_CACHE[key][1]
 

@@ -1,9 +1,32 @@
-"""Immutable simulation results, their statistics, merging of shards, and atomic save/load."""
+"""Immutable simulation results, their statistics, merging of shards, and atomic save/load.
+
+**File format** (:meth:`SimulationResult.save`, written by :func:`save_pair`).  A result
+saved as ``DIR/NAME`` is two files that form one unit:
+
+* ``DIR/NAME.<h>.npz`` — the arrays (``steps``, ``block_stats``, ``block_diff``,
+  ``block_bad``, ``x_final``, ``m_final``, ``div_step``, optionally ``states``) and a
+  ``labels`` entry (JSON text: optimizers, observables, recorded steps); ``<h>`` is the first
+  16 hex digits of the SHA-256 of the file's bytes;
+* ``DIR/NAME.json`` — readable metadata and final statistics, ``"format"``, ``"npz"`` (the
+  file name above) and ``"npz_sha256"`` (its full hash).
+
+Save writes the ``.npz`` under its content name (a new name: the old pair is untouched),
+then replaces ``NAME.json`` atomically — the commit point — and only then deletes the
+previous ``NAME.*.npz``; temporaries left by a killed save are deleted by the next save.  A
+crash at any moment therefore leaves the old pair or the new pair.  :meth:`load` checks that
+the ``.npz`` is the one the ``.json`` names (hash), that its labels equal the JSON's and that
+every array has the shape the labels imply, and raises :class:`ResultFileError` (a
+``ValueError``) saying what does not match.  Files of the earlier layout (``NAME.npz``
+without a hash) still load, with the label and shape checks.
+"""
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import platform
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +34,14 @@ from typing import Any
 
 import numpy as np
 
+from . import config
 from .observables import merge_blocks
+
+FORMAT = "sdeverify.SimulationResult/2"
+
+
+class ResultFileError(ValueError):
+    """A saved result is missing, unreadable, or its files do not belong together."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +58,19 @@ class Divergence:
 
 
 @dataclass(frozen=True)
+class NonFinite:
+    """Values of one observable of one optimizer that were NaN or ±inf (never averaged in)."""
+    optimizer: str
+    observable: str
+    count: int
+    first_step: int
+
+    def __str__(self) -> str:
+        return (f"{self.optimizer}: {self.count} non-finite values of {self.observable!r}, "
+                f"first at step {self.first_step}")
+
+
+@dataclass(frozen=True)
 class SimulationResult:
     """What :func:`sdeverify.simulate` returns.
 
@@ -35,6 +78,8 @@ class SimulationResult:
     of (non-diverged) paths of observable ``o`` for optimizer ``j`` at recorded step
     ``steps[r]``.  ``block_stats`` keeps the per-block (count, mean, M2) so that shards merge
     exactly (:meth:`merge`).  ``x_final``/``m_final``: (n_opt, paths, d) final states.
+    ``block_bad[..., 0]`` / ``[..., 1]``: per block, observable values that were not finite /
+    whose function raised (neither is in the statistics; see :attr:`nonfinite`).
     """
     optimizers: tuple
     observables: tuple
@@ -46,6 +91,7 @@ class SimulationResult:
     div_step: np.ndarray
     states: np.ndarray | None
     meta: dict = field(default_factory=dict)
+    block_bad: np.ndarray | None = None
 
     # ---- statistics ----------------------------------------------------------------------
     @property
@@ -114,6 +160,34 @@ class SimulationResult:
                                       float(bad.mean()), int(bad.sum())))
         return out
 
+    @property
+    def nonfinite(self) -> np.ndarray:
+        """(n_opt, n_rec, n_obs) counts of observable values that were NaN or ±inf at a
+        recorded step on a non-diverged path (excluded from ``mean``/``count``)."""
+        if self.block_bad is None:
+            return np.zeros(self.block_stats.shape[1:4], dtype=np.int64)
+        return self.block_bad[..., 0].sum(axis=0).astype(np.int64)
+
+    @property
+    def nonfinite_observables(self) -> list[NonFinite]:
+        """One entry per (optimizer, observable) with non-finite values (empty when none)."""
+        bad = self.nonfinite
+        out = []
+        for j, name in enumerate(self.optimizers):
+            for o, obs in enumerate(self.observables):
+                per_step = bad[j, :, o]
+                if per_step.any():
+                    out.append(NonFinite(name, obs, int(per_step.sum()),
+                                         int(self.steps[int(np.argmax(per_step > 0))])))
+        return out
+
+    def issues(self) -> list[str]:
+        """Every divergence and non-finite observable, one line each (empty: a clean run)."""
+        bound = self.meta.get("divergence_bound")
+        rule = "" if bound is None else f" (|x_i| > {bound:.3g} or not finite)"
+        return ([f"diverged{rule}: {d}" for d in self.divergence]
+                + [f"non-finite observable: {n}" for n in self.nonfinite_observables])
+
     def summary(self) -> str:
         """A plain-text table: final mean ± 1.96·sem of each observable per optimizer."""
         w = max(len(n) for n in self.optimizers)
@@ -125,12 +199,25 @@ class SimulationResult:
         lines.append(f"(at step {int(self.steps[-1])}, {self.paths} paths, 95% intervals)")
         for d in self.divergence:
             lines.append(f"DIVERGED {d}")
+        for n in self.nonfinite_observables:
+            lines.append(f"NON-FINITE {n}")
+        if self.divergence:
+            bound = self.meta.get("divergence_bound")
+            lines.append("(a path diverges when some |x_i| exceeds "
+                         + (f"{bound:.3g}" if bound is not None else "the divergence bound")
+                         + " or is not finite; diverged paths are excluded)")
         return "\n".join(lines)
 
     # ---- shards ---------------------------------------------------------------------------
     def merge(self, *others: "SimulationResult") -> "SimulationResult":
-        """Merge shards (runs with the same spec and consecutive ``path_offset``s) exactly."""
+        """Merge shards (runs with the same spec and consecutive ``path_offset``s) exactly.
+
+        Every shard carries ``meta["fingerprint"]`` (problem and its parameters and
+        functions, optimizers with their schedules, x0, σ, steps, record, observables, dtype,
+        seed, divergence bound, engine, version); any difference is refused, naming the field.
+        """
         parts = sorted((self,) + others, key=lambda r: r.meta.get("path_offset", 0))
+        _same_simulation(parts)
         pos = parts[0].meta.get("path_offset", 0)
         for r in parts:
             if r.optimizers != self.optimizers or r.observables != self.observables \
@@ -145,39 +232,186 @@ class SimulationResult:
             states = np.concatenate([r.states for r in parts], axis=2)
         meta = dict(parts[0].meta, paths=pos - parts[0].meta.get("path_offset", 0),
                     wall_time=sum(r.meta.get("wall_time", 0.0) for r in parts))
+        bad = None
+        if all(r.block_bad is not None for r in parts):
+            bad = np.concatenate([r.block_bad for r in parts])
         return SimulationResult(self.optimizers, self.observables, self.steps,
                                 np.concatenate([r.block_stats for r in parts]),
                                 np.concatenate([r.block_diff for r in parts]),
                                 np.concatenate([r.x_final for r in parts], axis=1),
                                 np.concatenate([r.m_final for r in parts], axis=1),
-                                np.concatenate([r.div_step for r in parts], axis=1), states, meta)
+                                np.concatenate([r.div_step for r in parts], axis=1), states, meta,
+                                bad)
 
     # ---- persistence ----------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write ``path.json`` (metadata and statistics) and ``path.npz`` (arrays), atomically."""
-        path = Path(path)
+        """Write ``path.json`` and ``path.<hash>.npz`` as one unit (module docstring: a
+        crash at any moment leaves the old or the new pair); returns the JSON path."""
         arrays = {"steps": self.steps, "block_stats": self.block_stats,
                   "block_diff": self.block_diff, "x_final": self.x_final,
                   "m_final": self.m_final, "div_step": self.div_step}
+        if self.block_bad is not None:
+            arrays["block_bad"] = self.block_bad
         if self.states is not None:
             arrays["states"] = self.states
-        atomic_write_npz(path.with_suffix(".npz"), arrays)
-        doc = {"optimizers": list(self.optimizers), "observables": list(self.observables),
-               "steps": self.steps.tolist(), "mean": self.mean.tolist(), "sem": self.sem.tolist(),
+        doc = {"format": FORMAT, "optimizers": list(self.optimizers),
+               "observables": list(self.observables), "steps": self.steps.tolist(),
+               "mean": self.mean.tolist(), "sem": self.sem.tolist(),
                "count": self.count.tolist(), "divergence": [vars(d) for d in self.divergence],
-               "meta": self.meta}
-        atomic_write_text(path.with_suffix(".json"), json.dumps(doc, indent=1, default=_jsonable))
-        return path.with_suffix(".json")
+               "nonfinite": [vars(n) for n in self.nonfinite_observables], "meta": self.meta}
+        return save_pair(path, doc, arrays, labels=("optimizers", "observables", "steps"))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SimulationResult":
-        path = Path(path)
-        doc = json.loads(path.with_suffix(".json").read_text())
-        with np.load(path.with_suffix(".npz")) as z:
+        """Load a result written by :meth:`save`, verifying that its two files belong
+        together and that every array has the shape its labels imply
+        (:class:`ResultFileError` otherwise)."""
+        doc, arrays, where = load_pair(path, labels=("optimizers", "observables", "steps"))
+        need = ("steps", "block_stats", "block_diff", "x_final", "m_final", "div_step")
+        missing = [k for k in need if k not in arrays]
+        if missing:
+            raise ResultFileError(f"{where}: arrays {missing} are missing")
+        n_opt, n_obs = len(doc["optimizers"]), len(doc["observables"])
+        n_rec = len(doc["steps"])
+        if not np.array_equal(arrays["steps"], np.asarray(doc["steps"], dtype=arrays["steps"].dtype)):
+            raise ResultFileError(f"{where}: the recorded steps of the .npz differ from the .json's")
+        paths = arrays["x_final"].shape[1] if arrays["x_final"].ndim == 3 else -1
+        n_blocks = -(-paths // config.BLOCK) if paths > 0 else -1
+        d = arrays["x_final"].shape[2] if arrays["x_final"].ndim == 3 else -1
+        expect = {"block_stats": (n_blocks, n_opt, n_rec, n_obs, 3),
+                  "block_diff": (n_blocks, n_opt, n_rec, n_obs, 3),
+                  "block_bad": (n_blocks, n_opt, n_rec, n_obs, 2),
+                  "x_final": (n_opt, paths, d), "m_final": (n_opt, paths, d),
+                  "div_step": (n_opt, paths), "states": (n_opt, n_rec, paths, d)}
+        for k, shape in expect.items():
+            if k in arrays and arrays[k].shape != shape:
+                raise ResultFileError(f"{where}: array {k!r} has shape {arrays[k].shape}, but "
+                                      f"the labels ({n_opt} optimizers, {n_rec} recorded steps, "
+                                      f"{n_obs} observables, {paths} paths) imply {shape}")
+        meta = doc.get("meta", {})
+        if "paths" in meta and meta["paths"] != paths:
+            raise ResultFileError(f"{where}: the .json says {meta['paths']} paths, the .npz "
+                                  f"holds {paths}")
+        res = cls(tuple(doc["optimizers"]), tuple(doc["observables"]), arrays["steps"],
+                  arrays["block_stats"], arrays["block_diff"], arrays["x_final"],
+                  arrays["m_final"], arrays["div_step"], arrays.get("states"), meta,
+                  arrays.get("block_bad"))
+        if "count" in doc and not np.array_equal(res.count, np.asarray(doc["count"], dtype=float)):
+            raise ResultFileError(f"{where}: the counts in the .json do not match the .npz's "
+                                  "statistics (files from different results)")
+        return res
+
+
+def _same_simulation(parts) -> None:
+    """ValueError naming the first field in which two shards' fingerprints differ."""
+    ref = parts[0]
+    for r in parts:
+        if r.optimizers != ref.optimizers or r.observables != ref.observables \
+                or not np.array_equal(r.steps, ref.steps) or r.meta.get("seed") != ref.meta.get("seed"):
+            raise ValueError("only shards of the same simulation (optimizers, observables, "
+                             "record, seed) can be merged")
+    fps = [r.meta.get("fingerprint") for r in parts]
+    if any(fp is None for fp in fps):
+        raise ValueError("cannot merge: a shard has no fingerprint (made by an older sdeverify "
+                         "or by hand), so it cannot be checked to be the same simulation")
+    for i, fp in enumerate(fps[1:], 1):
+        for key in sorted(set(fps[0]) | set(fp)):
+            if fps[0].get(key) != fp.get(key):
+                raise ValueError(
+                    f"cannot merge shards of different simulations: they differ in {key} "
+                    f"({fps[0].get(key)!r} at path_offset {parts[0].meta.get('path_offset')} vs "
+                    f"{fp.get(key)!r} at path_offset {parts[i].meta.get('path_offset')})")
+
+
+# ---- one JSON + one NPZ, saved and loaded as a unit -------------------------------------------
+def _hashed_npz_name(stem: str, digest: str) -> str:
+    return f"{stem}.{digest[:16]}.npz"
+
+
+def save_pair(path: str | os.PathLike, doc: dict, arrays: dict, *,
+              labels: tuple = ()) -> Path:
+    """Save ``doc`` as ``path.json`` and ``arrays`` as ``path.<hash>.npz``, as one unit (see
+    the module docstring); ``labels`` names entries of ``doc`` copied into the ``.npz`` too,
+    so that :func:`load_pair` can check them.  Returns the JSON path."""
+    json_path = Path(path).with_suffix(".json")
+    folder, stem = json_path.parent, json_path.stem
+    folder.mkdir(parents=True, exist_ok=True)
+    _remove_temporaries(folder, stem)
+    arrays = dict(arrays)
+    arrays["labels"] = np.array(json.dumps({k: doc[k] for k in labels}, default=_jsonable))
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    data = buf.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    npz_name = _hashed_npz_name(stem, digest)
+    _atomic_write(folder / npz_name, lambda f: f.write(data), "wb", suffix=".npz")
+    doc = dict(doc, npz=npz_name, npz_sha256=digest)
+    atomic_write_text(json_path, json.dumps(doc, indent=1, default=_jsonable))   # commit
+    pattern = re.compile(re.escape(stem) + r"\.[0-9a-f]{16}\.npz")
+    for old in folder.iterdir():
+        if old.name != npz_name and pattern.fullmatch(old.name):
+            try:
+                old.unlink()
+            except OSError:
+                pass
+    return json_path
+
+
+def load_pair(path: str | os.PathLike, *, labels: tuple = ()) -> tuple[dict, dict, str]:
+    """``(doc, arrays, where)`` of a pair written by :func:`save_pair` (or of the earlier
+    ``path.json`` + ``path.npz`` layout), after checking that they belong together."""
+    json_path = Path(path).with_suffix(".json")
+    where = str(json_path)
+    try:
+        doc = json.loads(json_path.read_text())
+    except FileNotFoundError:
+        raise ResultFileError(f"{where}: no such result file") from None
+    except (OSError, ValueError) as exc:
+        raise ResultFileError(f"{where}: unreadable ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ResultFileError(f"{where}: not a saved result")
+    if "npz" in doc:
+        npz_path = json_path.parent / str(doc["npz"])
+        try:
+            data = npz_path.read_bytes()
+        except OSError:
+            raise ResultFileError(f"{where} names {doc['npz']}, which is missing") from None
+        if hashlib.sha256(data).hexdigest() != doc.get("npz_sha256"):
+            raise ResultFileError(f"{npz_path} does not match the hash recorded in {where} "
+                                  "(modified or from another result)")
+        source = io.BytesIO(data)
+    else:                                            # earlier layout: NAME.json + NAME.npz
+        source = json_path.with_suffix(".npz")
+        if not source.exists():
+            raise ResultFileError(f"{where}: its arrays file {source.name} is missing")
+    try:
+        with np.load(source, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-        return cls(tuple(doc["optimizers"]), tuple(doc["observables"]), arrays["steps"],
-                   arrays["block_stats"], arrays["block_diff"], arrays["x_final"], arrays["m_final"],
-                   arrays["div_step"], arrays.get("states"), doc["meta"])
+    except Exception as exc:
+        raise ResultFileError(f"{where}: its .npz is unreadable ({exc})") from None
+    if "labels" in arrays:
+        stored = json.loads(str(arrays.pop("labels")))
+        for k in labels:
+            if k in stored and json.loads(json.dumps(doc.get(k), default=_jsonable)) != stored[k]:
+                raise ResultFileError(f"{where}: the {k} of the .json ({doc.get(k)!r}) differ "
+                                      f"from those stored with the arrays ({stored[k]!r})")
+    missing = [k for k in labels if k not in doc]
+    if missing:
+        raise ResultFileError(f"{where}: fields {missing} are missing")
+    return doc, arrays, where
+
+
+def _remove_temporaries(folder: Path, stem: str) -> None:
+    """Delete temporaries of earlier saves of this result that were killed mid-write."""
+    for tmp in folder.glob(glob_escape(f".{stem}.") + "*"):    # mkstemp names: .NAME.json.*
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def _jsonable(o: Any):
@@ -203,6 +437,21 @@ def _atomic_write(path: Path, write, mode: str, suffix: str = "") -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable (best effort: not every platform can open a directory)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

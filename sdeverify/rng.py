@@ -3,10 +3,19 @@ Box–Muller transform.
 
 Every draw is a pure function of ``(seed, path, step, stream, index)``:
 
-    counter = (index // 4, step, path, stream),   key = (seed_lo, seed_hi)
+    counter = (index // 4, step, path mod 2**32, stream + 2**16 · (path // 2**32)),
+    key = (seed_lo, seed_hi)
 
 and the four 32-bit words ``w0..w3`` of ``philox4x32(counter, key)`` give draws
-``4 (index // 4) + 0..3``.  Kinds:
+``4 (index // 4) + 0..3``.
+
+Path indices are 64-bit: the low 32 bits of the path are counter word 2, the high bits go
+into the spare upper half of the stream word (the engines use streams 0 and 1 only).  For
+paths below 2**32 the stream word is the stream itself, so every stream of earlier versions
+is bitwise unchanged.  Distinct ``(path, stream)`` never share a counter as long as
+``stream < 2**16`` (:data:`MAX_STREAM`) and ``path < 2**48`` (:data:`MAX_PATH`); the
+engines reject larger path ranges and :func:`draws_numpy` rejects the combinations outside
+that range (a stream ≥ 2**16 is still accepted with paths below 2**32, as before).  Kinds:
 
 * uniform:    ``u = (w + 1/2) 2**-32`` in (0, 1)  (float32: the top 24 bits, ``(w>>8 + 1/2) 2**-24``);
 * rademacher: ``+1`` if the top bit of ``w`` is set, else ``-1``;
@@ -54,6 +63,10 @@ PHILOX_W1 = np.uint64(0xBB67AE85)
 INV_2_32 = 2.3283064365386963e-10  # 2**-32
 HALF = 0.5
 
+#: largest path index + 1 (and stream + 1) for which draws are guaranteed distinct (module doc)
+MAX_PATH = 2 ** 48
+MAX_STREAM = 2 ** 16
+
 #: draw kinds understood by the engines
 NORMAL, RADEMACHER, UNIFORM = 0, 1, 2
 DRAW_KINDS = {"normal": NORMAL, "gaussian": NORMAL, "rademacher": RADEMACHER, "uniform": UNIFORM}
@@ -61,7 +74,7 @@ DTYPES = {"float64": np.float64, "float32": np.float32}
 
 _JIT = dict(cache=True, error_model="numpy")      # numpy error model: no ZeroDivision branches
 _U0, _U1, _U10, _U30, _U31 = (np.uint64(i) for i in (0, 1, 10, 30, 31))
-_U2, _U8, _U9 = np.uint64(2), np.uint64(8), np.uint64(9)
+_U2, _U8, _U9, _U16 = np.uint64(2), np.uint64(8), np.uint64(9), np.uint64(16)
 _TOP = np.uint64(0x80000000)
 _LOW30 = np.uint64(0x3FFFFFFF)
 _LOW24 = np.uint64(0xFFFFFF)
@@ -230,12 +243,14 @@ def _fill_lanes_src(kind, k0, k1, path0, step, stream, out):
     must be a multiple of 4.  The loop over lanes (paths) is what LLVM vectorises."""
     rows, lanes = out.shape
     c1 = np.uint64(step) & MASK32
-    c3 = np.uint64(stream) & MASK32
+    sw = np.uint64(stream) & MASK32
     p0 = np.uint64(path0)
     if kind == NORMAL:
         for b in range(rows // 4):
             for ln in range(lanes):
-                w0, w1, w2, w3 = philox4x32(np.uint64(b), c1, (p0 + np.uint64(ln)) & MASK32, c3, k0, k1)
+                p = p0 + np.uint64(ln)
+                w0, w1, w2, w3 = philox4x32(np.uint64(b), c1, p & MASK32,
+                                            (sw + ((p >> SHIFT32) << _U16)) & MASK32, k0, k1)
                 z0, z1 = NORMAL_PAIR(w0, w1)
                 z2, z3 = NORMAL_PAIR(w2, w3)
                 out[4 * b, ln] = z0
@@ -246,7 +261,9 @@ def _fill_lanes_src(kind, k0, k1, path0, step, stream, out):
         rad = kind == RADEMACHER
         for b in range(rows // 4):
             for ln in range(lanes):
-                w0, w1, w2, w3 = philox4x32(np.uint64(b), c1, (p0 + np.uint64(ln)) & MASK32, c3, k0, k1)
+                p = p0 + np.uint64(ln)
+                w0, w1, w2, w3 = philox4x32(np.uint64(b), c1, p & MASK32,
+                                            (sw + ((p >> SHIFT32) << _U16)) & MASK32, k0, k1)
                 out[4 * b, ln] = _select(rad, RADEMACHER_(w0), UNIFORM_(w0))
                 out[4 * b + 1, ln] = _select(rad, RADEMACHER_(w1), UNIFORM_(w1))
                 out[4 * b + 2, ln] = _select(rad, RADEMACHER_(w2), UNIFORM_(w2))
@@ -307,19 +324,47 @@ _np_rademacher64 = _specialise(rademacher64_py, "rademacher64_np", **_NP)
 _np_rademacher32 = _specialise(rademacher32_py, "rademacher32_np", **_NP)
 
 
+def stream_word(paths: np.ndarray, stream: int) -> np.ndarray:
+    """Counter word 3 for these (uint64) paths: ``stream + 2**16 (path >> 32)`` mod 2**32
+    (the stream itself below path 2**32; module doc)."""
+    paths = np.asarray(paths, dtype=np.uint64)
+    return (np.uint64(int(stream) & 0xFFFFFFFF) + ((paths >> SHIFT32) << _U16)) & MASK32
+
+
+def check_path_range(paths: np.ndarray, stream: int) -> None:
+    """ValueError unless every (path, stream) has a counter of its own (see module doc)."""
+    paths = np.asarray(paths)
+    if paths.size == 0:
+        return
+    if paths.dtype.kind not in "iu" or int(paths.min()) < 0:
+        raise ValueError("paths must be non-negative integers")
+    top = int(paths.max())
+    if top >= MAX_PATH:
+        raise ValueError(f"path indices must be < 2**48 = {MAX_PATH}, got {top}")
+    if not 0 <= int(stream) < 2 ** 32:
+        raise ValueError(f"stream must be in [0, 2**32), got {stream}")
+    if top >= 2 ** 32 and int(stream) >= MAX_STREAM:
+        raise ValueError(f"paths >= 2**32 need stream < 2**16 = {MAX_STREAM} (the high bits of "
+                         f"the path share the stream word), got stream {stream}")
+
+
 def draws_numpy(kind: int, seed: int, paths: np.ndarray, step: int, stream: int, n: int,
                 dtype="float64") -> np.ndarray:
     """Reference (NumPy-vectorised) draws, shape ``(len(paths), n)``; bitwise the same values
-    as the compiled engines."""
+    as the compiled engines.  ``paths`` are 64-bit path indices < 2**48 (module doc)."""
     f32 = np.dtype(dtype) == np.float32
     k0, k1 = key_words(seed)
-    paths = np.asarray(paths, dtype=np.uint64).reshape(-1)
+    paths = np.asarray(paths).reshape(-1)
+    if paths.dtype.kind not in "iu":
+        paths = paths.astype(np.int64)
+    check_path_range(paths, stream)
+    paths = paths.astype(np.uint64)
     nblk = (n + 3) // 4
     with np.errstate(over="ignore"):
         c0 = np.broadcast_to(np.arange(nblk, dtype=np.uint64)[None, :], (paths.shape[0], nblk)).copy()
         c1 = np.full_like(c0, np.uint64(step) & MASK32)
         c2 = np.broadcast_to((paths & MASK32)[:, None], c0.shape).copy()
-        c3 = np.full_like(c0, np.uint64(stream) & MASK32)
+        c3 = np.broadcast_to(stream_word(paths, stream)[:, None], c0.shape).copy()
         w = philox4x32_py(c0, c1, c2, c3, k0, k1)
     if kind == NORMAL:
         pair = _np_normal32 if f32 else _np_normal64

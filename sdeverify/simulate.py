@@ -7,7 +7,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .engine.probe import probe
 from .engine.spec import make_spec
+from .observables import UserFunctionError
 from .problems.base import NGOS
 from .result import SimulationResult, versions
 
@@ -15,7 +17,8 @@ BACKENDS = ("cpu", "numpy", "cuda")
 
 
 class DivergenceWarning(RuntimeWarning):
-    """Some paths' iterates became non-finite; they are excluded from the statistics."""
+    """Some paths diverged (or observables were not finite); they are excluded from the
+    statistics, and counted in ``res.divergence`` / ``res.nonfinite_observables``."""
 
 
 class DivergenceError(RuntimeError):
@@ -25,8 +28,24 @@ class DivergenceError(RuntimeError):
 def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0, *, steps: int, paths: int,
              sigma: float, seed: int = 0, record=None, observables=None, backend: str = "cpu",
              store_states: bool = False, path_offset: int = 0,
-             on_divergence: str = "warn", dtype: str = "float64") -> SimulationResult:
+             on_divergence: str = "warn", dtype: str = "float64",
+             divergence_bound: float | None = None) -> SimulationResult:
     """Simulate ``paths`` independent trajectories of each optimizer on ``problem``.
+
+    **Divergence rule.**  A path of an optimizer *diverges* at the first step k whose iterate
+    has a coordinate with |x_k,i| > ``divergence_bound`` or that is not finite.  The default
+    bound is ``config.DIVERGENCE_FACTOR · max(1, max_i |x0_i|)`` = 1e8 · max(1, ‖x0‖∞): a
+    run that has moved 10⁸ times its own starting scale away is a blow-up, and an unstable
+    linear mode (|x| ∝ ρᵏ) crosses it after log(1e8)/log ρ steps, long before float overflow
+    (ρ = 2: step ~27 instead of ~1000).  The checks of ``sdeverify check`` stay far below it
+    (measured, see ``config.DIVERGENCE_FACTOR``).  A diverged path is frozen and excluded
+    from every statistic from step k on; ``res.divergence`` lists, per optimizer, how many
+    paths diverged and the first step.  Independently, an observable value (the loss, a
+    user function) that is NaN or ±inf is never averaged in: it is counted in
+    ``res.nonfinite`` / ``res.nonfinite_observables``.  Both are reported by
+    ``on_divergence``: a :class:`DivergenceWarning` ("warn"), a :class:`DivergenceError`
+    ("raise"), or nothing ("ignore"; still in the result and its ``summary()``).  Pass
+    ``divergence_bound=np.inf`` to flag only non-finite iterates (overflow).
 
     All optimizers share the oracle noise of each (path, step) (common random numbers); the
     draws are a pure function of (seed, global path index, step), so any split into shards
@@ -45,8 +64,10 @@ def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0, *, steps: int, 
     observables : names ("loss", "sqnorm", "x<i>") and/or njit functions h(x) -> float.
     backend : "cpu" (Numba, parallel), "numpy" (reference), "cuda" (numba.cuda).
     store_states : also keep x at every recorded step, (n_opt, n_rec, paths, d).
-    on_divergence : "warn" (default), "raise" or "ignore" when iterates become non-finite;
-        diverged paths are always excluded from the statistics from that step on.
+    on_divergence : "warn" (default), "raise" or "ignore" when paths diverge or observables
+        are not finite (see the divergence rule above); such values are always excluded.
+    divergence_bound : the bound of the divergence rule (> 0, ``np.inf`` allowed); default
+        1e8 · max(1, ‖x0‖∞).
     dtype : "float64" (default) or "float32" (``backend="cpu"`` only): precision of the
         states, momenta and draws (same Philox words, float32 arithmetic); statistics always
         accumulate in float64.  float32 is ~1.3x faster.  Measured against float64 on the
@@ -66,7 +87,8 @@ def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0, *, steps: int, 
                          "backend runs in float64")
     spec = make_spec(problem, optimizers, x0, steps=steps, paths=paths, sigma=sigma, seed=seed,
                      record=record, observables=observables, store_states=store_states,
-                     path_offset=path_offset, dtype=dtype)
+                     path_offset=path_offset, dtype=dtype, divergence_bound=divergence_bound)
+    probe(problem, spec.user_funcs, spec.x0, spec.dtype, spec.seed)
     t0 = time.perf_counter()
     if backend == "cpu":
         from .engine import cpu as engine
@@ -74,22 +96,49 @@ def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0, *, steps: int, 
         from .engine import reference as engine
     else:
         from .engine import cuda as engine
-    out = engine.run(spec)
+    try:
+        out = engine.run(spec)
+    except UserFunctionError:
+        raise
+    except Exception as exc:
+        if backend != "numpy" or isinstance(exc, (MemoryError, KeyboardInterrupt)):
+            raise
+        raise UserFunctionError(f"a function of problem {problem.name!r} raised "
+                                f"{type(exc).__name__}: {exc}") from exc
     wall = time.perf_counter() - t0
+    raised = out["block_bad"][..., 1].sum(axis=0)
+    if raised.any():
+        j, r, o = (int(i) for i in np.argwhere(raised > 0)[0])
+        funcs = {n: f for n, f in zip(spec.obs_names, _user_iter(spec))}
+        who = spec.obs_names[o]
+        fn = funcs.get(who)
+        raise UserFunctionError(
+            f"observable {who!r}" + (f" ({fn.py_func.__module__}.{fn.py_func.__qualname__})" if fn else "")
+            + f" raised an exception at {int(raised[:, :, o].sum())} evaluations, first for "
+            f"optimizer {spec.names[j]!r} at recorded step {int(spec.record[r])}; run with "
+            "backend='numpy' to see the Python traceback")
     meta = {"problem": problem.name, "dim": problem.dim, "noise_dist": problem.noise_dist,
             "svag_ell": problem.svag_ell, "sigma": spec.sigma, "steps_total": spec.steps,
             "paths": spec.paths, "path_offset": spec.path_offset, "seed": spec.seed,
             "backend": backend, "dtype": spec.dtype, "wall_time": wall, "x0": spec.x0.tolist(),
             "optimizer_specs": [repr(o) for o in (optimizers if isinstance(optimizers, (list, tuple)) else [optimizers])],
+            "divergence_bound": spec.bound, "fingerprint": spec.fingerprint(backend),
             "versions": versions()}
     res = SimulationResult(tuple(spec.names), tuple(spec.obs_names), spec.record,
                            out["block_stats"], out["block_diff"], out["x_final"], out["m_final"], out["div_step"],
-                           out["states"] if spec.store_states else None, meta)
-    div = res.divergence
-    if div and on_divergence != "ignore":
-        msg = "non-finite iterates: " + "; ".join(str(d) for d in div) + \
-              " (excluded from the statistics from that step on)"
+                           out["states"] if spec.store_states else None, meta, out["block_bad"])
+    issues = res.issues()
+    if issues and on_divergence != "ignore":
+        msg = "; ".join(issues) + " (excluded from the statistics)"
         if on_divergence == "raise":
             raise DivergenceError(msg)
         warnings.warn(msg, DivergenceWarning, stacklevel=2)
     return res
+
+
+def _user_iter(spec):
+    """The function behind each observable name (None for "sqnorm" and coordinates)."""
+    from .observables import LOSS, USER0
+    for code in spec.codes:
+        yield (spec.user_funcs[USER0 - int(code)] if code <= USER0 else
+               spec.problem.loss if code == LOSS else None)

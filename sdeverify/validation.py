@@ -25,20 +25,48 @@ def nonneg_int(name: str, value: Any) -> int:
 
 
 def finite_float(name: str, value: Any, *, low: float | None = None, high: float | None = None,
-                 low_open: bool = False, high_open: bool = False) -> float:
-    """A finite float in the given (closed unless *_open) range."""
+                 low_open: bool = False, high_open: bool = False, allow_inf: bool = False) -> float:
+    """A finite float in the given (closed unless *_open) range (``allow_inf``: ±inf too)."""
+    if isinstance(value, (str, bytes)) or (isinstance(value, np.ndarray) and value.ndim > 0):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a finite number, got {value!r}") from None
     rng = _range_text(low, high, low_open, high_open)
-    if not np.isfinite(v):
+    if np.isnan(v) or (np.isinf(v) and not allow_inf):
         raise ValueError(f"{name} must be a finite number{rng}, got {v}")
     if low is not None and (v < low or (low_open and v == low)):
         raise ValueError(f"{name} must be in {rng.strip()}, got {v}")
     if high is not None and (v > high or (high_open and v == high)):
         raise ValueError(f"{name} must be in {rng.strip()}, got {v}")
     return v
+
+
+def name_string(what: str, value: Any) -> str:
+    """A non-empty label (optimizer, problem or observable name)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
+    return value
+
+
+def finite_array(name: str, value: Any, *, low: float | None = None) -> np.ndarray:
+    """A non-empty, finite 1-D float64 array (a scalar becomes length 1), entries >= low."""
+    try:
+        arr = np.atleast_1d(np.asarray(value, dtype=np.float64))
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number or a 1-D array of numbers, got {value!r}") from None
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a number or a 1-D array, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"{name} must not be empty")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite; entry {int(np.argmin(np.isfinite(arr)))} is "
+                         f"{arr[np.argmin(np.isfinite(arr))]}")
+    if low is not None and np.any(arr < low):
+        k = int(np.argmax(arr < low))
+        raise ValueError(f"{name} must be >= {low:g}; entry {k} is {arr[k]}")
+    return arr
 
 
 def _range_text(low, high, low_open, high_open) -> str:

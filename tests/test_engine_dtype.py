@@ -54,14 +54,22 @@ def test_float32_identical_for_any_thread_count_and_shards():
 
 
 def test_float32_divergence_is_detected():
-    """Along curvature 2, x_{k+1} ≈ −4 x_k: float32 overflows (≈ 3e38) after ~64 steps,
-    float64 (≈ 2e308) only after ~512."""
-    kw = dict(steps=100, paths=50, sigma=1.0)
+    """Along curvature 2, x_{k+1} ≈ −4 x_k.  With the bound off (overflow only), float32
+    overflows (≈ 3e38) after ~64 steps, float64 (≈ 2e308) only after ~512; with the default
+    bound 1e8 both are flagged at the same step, ~log(1e8)/log 4 ≈ 13."""
+    kw = dict(steps=100, paths=50, sigma=1.0, divergence_bound=np.inf)
     with pytest.warns(sv.DivergenceWarning):
         res = sv.simulate(QUAD, [sv.SGD(2.5)], np.ones(QUAD.dim), dtype="float32", **kw)
     assert np.all((res.div_step[0] >= 60) & (res.div_step[0] <= 70))
     res64 = sv.simulate(QUAD, [sv.SGD(2.5)], np.ones(QUAD.dim), dtype="float64", **kw)
     assert np.all(res64.div_step[0] == -1)
+    kw.pop("divergence_bound")
+    with pytest.warns(sv.DivergenceWarning):
+        r32 = sv.simulate(QUAD, [sv.SGD(2.5)], np.ones(QUAD.dim), dtype="float32", **kw)
+    with pytest.warns(sv.DivergenceWarning):
+        r64 = sv.simulate(QUAD, [sv.SGD(2.5)], np.ones(QUAD.dim), dtype="float64", **kw)
+    assert np.all((r64.div_step[0] >= 11) & (r64.div_step[0] <= 16))
+    assert np.array_equal(r32.div_step, r64.div_step)
 
 
 def test_dtype_validation():

@@ -16,15 +16,18 @@ at a time, with their states laid out lane-minor (``x[opt, i, lane]``):
 Nothing is allocated in the step loop (buffers are allocated once per block), and the
 observables are folded into the block's (count, mean, M2) accumulators in place, in path
 order, so the statistics are bitwise those of a path-by-path loop: identical for any thread
-count and any split into shards.  All optimizers of a call share the draws of each
+count and any split into shards.  A non-finite observable value is not folded in but counted
+(``block_bad[..., 0]``); a loss or user observable that raises is caught and counted too
+(``block_bad[..., 1]``: compiled code cannot carry the exception out of a parallel loop).  All optimizers of a call share the draws of each
 (path, step): common random numbers.
 
 Per step and optimizer, exactly as the reference engine (``a, b, γ`` from
 :mod:`sdeverify.optim`)::
 
     g = grad(x) + σ v(x, ξ)          (SVAG: (grad(x) + σ r1 v(x, ξ¹)) + σ r2 v(x, ξ²))
-    m = a m + b g;   x = x − γ m;    a path whose Σ_i x_i is no longer finite stops
-                                     (x, m frozen, ``div_step`` = k + 1).
+    m = a m + b g;   x = x − γ m;    a path with some |x_i| > bound (or x_i not finite)
+                                     stops (x, m frozen, ``div_step`` = k + 1); ``bound``
+                                     is the spec's divergence bound (see ``simulate``).
 
 (A stopped lane still runs through the vector loop with ``x0`` as its input; its result is
 discarded.)  ``dtype="float32"``: x, m, g and the draws in float32, coefficients cast to
@@ -85,23 +88,35 @@ def _inline(f):
 def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: int, NC: int):
     ftype = np.float32 if dtype == "float32" else np.float64
     zero = ftype(0.0)
+    one = ftype(1.0)
     fill = rng.fill_lanes(dtype)
     ROWS = rng.n_rows(ND)
     L = LANES
     grad_, noise_, loss_ = _inline(grad), _inline(noise), _inline(loss)
+    key = "|".join([_fingerprint(f) for f in (grad, noise, loss, user_eval)] + [dtype, str(D), str(ND), str(NP), str(NC), str(L)])
+    unique = _unique_names(hashlib.sha256(key.encode()).hexdigest()[:16])
+
+    @numba.njit
+    @unique
+    def guarded(code, x, params):
+        """Loss or user observable; (value, raised) — the exception itself cannot leave."""
+        try:
+            if code == LOSS:
+                return np.float64(loss_(x, params)), False
+            return np.float64(user_eval(USER0 - code, x)), False
+        except Exception:
+            return np.nan, True
 
     @numba.njit(inline="always")
     def observe(code, x, params):
         if code >= 0:
-            return np.float64(x[code])
-        if code == LOSS:
-            return np.float64(loss_(x, params))
+            return np.float64(x[code]), False
         if code == SQNORM:
             s = 0.0
             for i in range(x.shape[0]):
                 s += np.float64(x[i]) * np.float64(x[i])
-            return s
-        return np.float64(user_eval(USER0 - code, x))
+            return s, False
+        return guarded(code, x, params)
 
     @numba.njit(inline="always")
     def welford(acc, j, r, o, v):
@@ -114,8 +129,10 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: 
         acc[j, r, o, 2] += delta * (v - mean)
 
     @numba.njit
-    def record(stats, diffs, vals, states, store, X, alive, xr, params, codes, r, p0, nl):
-        """Fold lanes 0..nl-1 (paths p0..p0+nl-1, in order) into the accumulators of slot r."""
+    @unique
+    def record(stats, diffs, bad, vals, states, store, X, alive, xr, params, codes, r, p0, nl):
+        """Fold lanes 0..nl-1 (paths p0..p0+nl-1, in order) into the accumulators of slot r;
+        non-finite values are counted in ``bad[j, r, o, 0]``, raised ones in ``[..., 1]``."""
         for ln in range(nl):
             for j in range(X.shape[0]):
                 if not alive[j, ln]:
@@ -126,14 +143,20 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: 
                     for i in range(D):
                         states[j, r, p0 + ln, i] = xr[i]
                 for o in range(codes.shape[0]):
-                    vals[j, o] = observe(codes[o], xr, params)
-                    welford(stats, j, r, o, vals[j, o])
-                    if alive[0, ln]:
-                        welford(diffs, j, r, o, vals[j, o] - vals[0, o])
+                    v, raised = observe(codes[o], xr, params)
+                    vals[j, o] = v
+                    if raised:
+                        bad[j, r, o, 1] += 1.0
+                    elif not np.isfinite(v):
+                        bad[j, r, o, 0] += 1.0
+                    else:
+                        welford(stats, j, r, o, v)
+                        if alive[0, ln] and np.isfinite(vals[0, o]):
+                            welford(diffs, j, r, o, v - vals[0, o])
 
     @numba.njit(inline="always")
     def fused_step(a, b, lr, X, M, alive, dstep, k, Z1, Z2, Gb, S, xs, xo, gs, vs, ws, zs,
-                   xinit, prm, sigma, sr1, sr2):
+                   xinit, prm, sigma, sr1, sr2, bound):
         """One optimizer, one step, all lanes; oracle and update in one loop over lanes (the
         whole body unrolls over coordinates when d is small, and LLVM vectorises over lanes)."""
         for ln in range(L):
@@ -155,16 +178,16 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: 
             for i in range(D):
                 mi = a * M[i, ln] + b * (gs[i] + (sigma if NC == 1 else sr2) * vs[i])
                 xi = xs[i] - lr * mi
-                s += xi
+                s += zero if abs(xi) <= bound else one      # NaN and inf count as out of bounds
                 M[i, ln] = mi if al else M[i, ln]
                 X[i, ln] = xi if al else xo[i]
-            fin = np.isfinite(s)
+            fin = s == zero
             dstep[ln] = k + 1 if (al and not fin) else dstep[ln]
             alive[ln] = al and fin
 
     @numba.njit(inline="always")
     def split_step(a, b, lr, X, M, alive, dstep, k, Z1, Z2, Gb, S, xs, xo, gs, vs, ws, zs,
-                   xinit, prm, sigma, sr1, sr2):
+                   xinit, prm, sigma, sr1, sr2, bound):
         """The same step in two loops over lanes, (a) the oracle into ``Gb[:, lane]``, (b) the
         update with the lanes innermost, so that (b) vectorises for any d."""
         for ln in range(L):
@@ -191,19 +214,19 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: 
                 x = X[i, ln]
                 mi = a * M[i, ln] + b * Gb[i, ln]
                 xi = x - lr * mi
-                S[ln] += xi
+                S[ln] += zero if abs(xi) <= bound else one  # NaN and inf count as out of bounds
                 M[i, ln] = mi if al else M[i, ln]
                 X[i, ln] = xi if al else x
         for ln in range(L):
             al = alive[ln]
-            fin = np.isfinite(S[ln])
+            fin = S[ln] == zero
             dstep[ln] = k + 1 if (al and not fin) else dstep[ln]
             alive[ln] = al and fin
 
     lane_step = fused_step if D <= config.FUSE_MAX_DIM else split_step
 
     def kernel(x0, m0, params, sigma, A, B, G, rec_steps, codes, k0, k1, path0, n_paths,
-               draw_kind, r1, r2, block_stats, block_diff, x_final, m_final,
+               draw_kind, r1, r2, bound, block_stats, block_diff, block_bad, x_final, m_final,
                div_step, states, store):
         n_opt, steps = A.shape
         n_rec = rec_steps.shape[0]
@@ -238,6 +261,7 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: 
             zs = _stack_empty(ND, ftype)
             stats = block_stats[blk]
             diffs = block_diff[blk]
+            bad = block_bad[blk]
             hi = min((blk + 1) * BLOCK, n_paths)
             for p0 in range(blk * BLOCK, hi, L):
                 nl = min(L, hi - p0)
@@ -251,7 +275,7 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: 
                         dstep[j, ln] = -1
                 r = 0
                 if n_rec > 0 and rec_steps[0] == 0:
-                    record(stats, diffs, vals, states, store, X, alive, xr, params, codes, 0, p0, nl)
+                    record(stats, diffs, bad, vals, states, store, X, alive, xr, params, codes, 0, p0, nl)
                     r = 1
                 for k in range(steps):
                     fill(draw_kind, k0, k1, path0 + p0, k, 0, Z1)
@@ -262,9 +286,9 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: 
                         b = B[j, k]
                         lr = G[j, k]
                         lane_step(a, b, lr, X[j], M[j], alive[j], dstep[j], k, Z1, Z2, Gb, S,
-                                  xs, xo, gs, vs, ws, zs, xinit, prm, sigma, sr1, sr2)
+                                  xs, xo, gs, vs, ws, zs, xinit, prm, sigma, sr1, sr2, bound)
                     if r < n_rec and rec_steps[r] == k + 1:
-                        record(stats, diffs, vals, states, store, X, alive, xr, params, codes, r, p0, nl)
+                        record(stats, diffs, bad, vals, states, store, X, alive, xr, params, codes, r, p0, nl)
                         r += 1
                 for ln in range(nl):
                     for j in range(n_opt):
@@ -273,10 +297,25 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: 
                             x_final[j, p0 + ln, i] = X[j, i, ln]
                             m_final[j, p0 + ln, i] = M[j, i, ln]
 
-    disp = numba.njit(parallel=True, error_model="numpy")(kernel)
-    key = "|".join([_fingerprint(f) for f in (grad, noise, loss, user_eval)] + [dtype, str(D), str(ND), str(NP), str(NC), str(L)])
+    disp = numba.njit(parallel=True, error_model="numpy")(unique(kernel))
     _enable_cache(disp, key)
     return disp
+
+
+def _unique_names(tag: str):
+    """A decorator giving a function a qualified name unique to this kernel's key.
+
+    Numba names compiled functions by qualified name and a per-process counter, and links
+    the non-inlined ones with "one definition" semantics.  Kernels of different problems
+    loaded from the disk cache may have been compiled in different processes, where the same
+    closure (``record``, ``guarded``) got the same name and counter: the process would then
+    run one kernel's copy inside the other (seen: the loss of one problem evaluated inside the
+    kernel of another).  Names that carry the key's hash cannot collide."""
+    def rename(fn):
+        fn.__name__ = f"{fn.__name__}_{tag}"
+        fn.__qualname__ = f"{fn.__qualname__}_{tag}"
+        return fn
+    return rename
 
 
 # ---- a disk cache whose key is stable across processes ---------------------------------------
@@ -360,6 +399,7 @@ def run(spec) -> dict:
     kernel(cast(spec.x0), cast(spec.m0), spec.problem.params, ft(spec.sigma), cast(spec.A),
            cast(spec.B), cast(spec.G), spec.record, spec.codes, spec.k0, spec.k1,
            spec.path_offset, spec.paths, spec.problem.draw_kind, ft(spec.r1), ft(spec.r2),
-           out["block_stats"], out["block_diff"], out["x_final"], out["m_final"],
+           ft(spec.bound), out["block_stats"], out["block_diff"], out["block_bad"],
+           out["x_final"], out["m_final"],
            out["div_step"], out["states"], spec.store_states)
     return out

@@ -9,6 +9,11 @@ accumulators in path order â€” the same canonical reduction as the CPU engine â€
 merge with CPU shards and agree with the CPU engine up to floating-point rounding (the GPU
 contracts multiply-adds into FMAs).
 
+Divergence: a path stops at the first step where some |x_i| exceeds the spec's bound or is
+not finite, as on the CPU.  An observable that raises on the device cannot be caught there
+(CUDA has no exceptions); :func:`sdeverify.engine.probe.probe` runs every function once at
+x0 on the host first.
+
 Limits: float64 only; problem, noise, loss and observable functions must be written with
 scalar loops and ``math``/``numpy`` scalar functions (as the built-in problems are), since
 ``cuda.jit`` compiles their Python source; memory for observable values is
@@ -43,12 +48,16 @@ SIM_THREADS_PER_BLOCK = 1
 _KERNELS: dict = {}
 
 
+class CudaUnavailable(RuntimeError):
+    """backend='cuda' was asked for but no usable GPU, driver or numba.cuda is present."""
+
+
 def _cuda():
     if cuda is None:  # pragma: no cover - depends on the install
-        raise RuntimeError("backend='cuda' needs numba's CUDA support: "
+        raise CudaUnavailable("backend='cuda' needs numba's CUDA support: "
                            "pip install 'sdeverify[cuda]'")
     if not cuda.is_available():
-        raise RuntimeError("backend='cuda': no usable CUDA GPU or driver found "
+        raise CudaUnavailable("backend='cuda': no usable CUDA GPU or driver found "
                            "(set NUMBA_ENABLE_CUDASIM=1 to run on Numba's CUDA simulator)")
     return cuda
 
@@ -103,11 +112,14 @@ def _make_kernel(problem, user_funcs, n_opt: int, n_calls: int):
     MASK32 = rng.MASK32
     f64 = numba.float64
 
+    U16, U32 = np.uint64(16), np.uint64(32)
+
     @cuda.jit(device=True)
     def draws(kind, k0, k1, path, step, stream, z):
         c1 = np.uint64(step) & MASK32
-        c2 = np.uint64(path) & MASK32
-        c3 = np.uint64(stream) & MASK32
+        p = np.uint64(path)
+        c2 = p & MASK32
+        c3 = ((np.uint64(stream) & MASK32) + ((p >> U32) << U16)) & MASK32   # rng module doc
         for b in range(ROWS // 4):
             w0, w1, w2, w3 = philox(np.uint64(b), c1, c2, c3, k0, k1)
             if kind == NORMAL:
@@ -135,7 +147,7 @@ def _make_kernel(problem, user_funcs, n_opt: int, n_calls: int):
 
     @cuda.jit
     def kernel(x0, m0, params, sigma, A, B, G, rec_steps, codes, k0, k1, path0, n_paths,
-               kind, r1, r2, vals, x_final, m_final, div_step, states, store):
+               kind, r1, r2, bound, vals, x_final, m_final, div_step, states, store):
         ip = cuda.grid(1)
         if ip >= n_paths:
             return
@@ -175,12 +187,13 @@ def _make_kernel(problem, user_funcs, n_opt: int, n_calls: int):
                     else:
                         for i in range(D):
                             g[i] += sigma * v[i]
-                    s = 0.0
+                    out = False
                     for i in range(D):
                         m[j, i] = A[j, k] * m[j, i] + B[j, k] * g[i]
                         x[j, i] -= G[j, k] * m[j, i]
-                        s += x[j, i]
-                    if not math.isfinite(s):
+                        if not abs(x[j, i]) <= bound:     # NaN and inf included
+                            out = True
+                    if out:
                         alive[j] = False
                         div_step[j, ip] = k + 1
             if r < n_rec and rec_steps[r] == k + 1:
@@ -200,22 +213,30 @@ def _make_kernel(problem, user_funcs, n_opt: int, n_calls: int):
 
 
 @numba.njit(cache=True)
-def fold(vals, block_stats, block_diff, block):
-    """Welford per block of paths, in path order, from per-path values (NaN = diverged):
-    the canonical reduction of the CPU engine."""
+def fold(vals, div_step, rec_steps, block_stats, block_diff, block_bad, block):
+    """Welford per block of paths, in path order, from per-path values: the canonical
+    reduction of the CPU engine.  A path counts at recorded step s while it has not diverged
+    (``div_step`` < 0 or > s); its non-finite values are counted in ``block_bad``."""
     n_opt, n_rec, n_obs, n_paths = vals.shape
     for ip in range(n_paths):
         blk = ip // block
         for r in range(n_rec):
+            s = rec_steps[r]
             for j in range(n_opt):
+                dj = div_step[j, ip]
+                if dj >= 0 and dj <= s:
+                    continue
+                d0 = div_step[0, ip]
+                alive0 = d0 < 0 or d0 > s
                 for o in range(n_obs):
                     v = vals[j, r, o, ip]
-                    if np.isnan(v):
+                    if not np.isfinite(v):
+                        block_bad[blk, j, r, o, 0] += 1.0
                         continue
                     welford(block_stats[blk, j, r, o], v)
-                    dv = v - vals[0, r, o, ip]
-                    if not np.isnan(dv):
-                        welford(block_diff[blk, j, r, o], dv)
+                    v0 = vals[0, r, o, ip]
+                    if alive0 and np.isfinite(v0):
+                        welford(block_diff[blk, j, r, o], v - v0)
 
 
 def run(spec) -> dict:
@@ -241,7 +262,7 @@ def run(spec) -> dict:
         cuda.to_device(spec.x0), cuda.to_device(spec.m0), cuda.to_device(spec.problem.params),
         spec.sigma, cuda.to_device(spec.A), cuda.to_device(spec.B), cuda.to_device(spec.G),
         cuda.to_device(spec.record), cuda.to_device(spec.codes), spec.k0, spec.k1,
-        spec.path_offset, spec.paths, spec.problem.draw_kind, spec.r1, spec.r2,
+        spec.path_offset, spec.paths, spec.problem.draw_kind, spec.r1, spec.r2, spec.bound,
         d_vals, d_x, d_m, d_div, d_states, spec.store_states)
     vals = d_vals.copy_to_host()
     out["x_final"][:] = d_x.copy_to_host()
@@ -249,5 +270,6 @@ def run(spec) -> dict:
     out["div_step"][:] = d_div.copy_to_host()
     if spec.store_states:
         out["states"][:] = d_states.copy_to_host()
-    fold(vals, out["block_stats"], out["block_diff"], config.BLOCK)
+    fold(vals, out["div_step"], spec.record, out["block_stats"], out["block_diff"],
+         out["block_bad"], config.BLOCK)
     return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import config
-from ..observables import evaluate_py, welford
+from ..observables import UserFunctionError, evaluate_py, welford
 from ..rng import draws_numpy
 
 
@@ -38,11 +38,21 @@ def run(spec) -> dict:
                 if spec.store_states:
                     out["states"][j, r, ip] = x[ip, j]
                 for o, code in enumerate(spec.codes):
-                    vals[j, o] = evaluate_py(int(code), x[ip, j],
-                                             lambda: loss(x[ip, j], p.params), spec.user_funcs)
-                    welford.py_func(out["block_stats"][blk, j, r, o], vals[j, o])
-                    if alive[ip, 0]:
-                        welford.py_func(out["block_diff"][blk, j, r, o], vals[j, o] - vals[0, o])
+                    try:
+                        v = evaluate_py(int(code), x[ip, j],
+                                        lambda: loss(x[ip, j], p.params), spec.user_funcs)
+                    except Exception as exc:
+                        raise UserFunctionError(
+                            f"observable {spec.obs_names[o]!r} raised {type(exc).__name__}: {exc} "
+                            f"(optimizer {spec.names[j]!r}, path {spec.path_offset + ip}, "
+                            f"step {int(spec.record[r])})") from exc
+                    vals[j, o] = v
+                    if not np.isfinite(v):
+                        out["block_bad"][blk, j, r, o, 0] += 1.0
+                        continue
+                    welford.py_func(out["block_stats"][blk, j, r, o], v)
+                    if alive[ip, 0] and np.isfinite(vals[0, o]):
+                        welford.py_func(out["block_diff"][blk, j, r, o], v - vals[0, o])
 
     if 0 in rec_slot:
         record(rec_slot[0])
@@ -63,7 +73,7 @@ def run(spec) -> dict:
                     g += spec.sigma * spec.r2 * v
                 m[ip, j] = spec.A[j, k] * m[ip, j] + spec.B[j, k] * g
                 x[ip, j] -= spec.G[j, k] * m[ip, j]
-                if not np.all(np.isfinite(x[ip, j])):
+                if not np.all(np.abs(x[ip, j]) <= spec.bound):   # NaN, inf included
                     alive[ip, j] = False
                     out["div_step"][j, ip] = k + 1
         if k + 1 in rec_slot:
