@@ -164,8 +164,12 @@ def richardson_order(x, err) -> Interval:
     shrinks by the factor r per grid point; Richardson extrapolation of the last two gives
     p̂ = p_n + (p_n − p_{n−1}) r/(1 − r).  The interval is p̂ ± 2·max(|Δ_n|, |Δ_{n−1}|)·r/(1 − r)
     with Δ_j = p_j − p_{j−1}: twice the largest of the last two corrections, so that a
-    pre-asymptotic grid gives a wide interval rather than a wrong verdict.  ``x`` must be a
-    geometric grid (any order) with at least 4 points; the smallest x are used.
+    slowly converging grid gives a wide interval.  Valid in the asymptotic regime, where the
+    corrections shrink by ≈ r per grid point; far from it (local orders still drifting by
+    more than r per point) the extrapolation is not trustworthy, so callers restrict the
+    grid to the asymptotic range (the checks: κ ≤ 0.1).  ``x`` must be a
+    geometric grid (any order) with at least 4 points; the smallest x are used.  The returned
+    interval's ``level`` is 0: it is a deterministic error estimate, not a confidence interval.
     """
     x = np.asarray(x, dtype=np.float64).ravel()
     err = np.asarray(err, dtype=np.float64).ravel()
@@ -182,7 +186,7 @@ def richardson_order(x, err) -> Interval:
     d_n, d_prev = p[-1] - p[-2], p[-2] - p[-3]
     est = float(p[-1] + d_n * f)
     hw = float(2.0 * max(abs(d_n), abs(d_prev)) * f)
-    return Interval(est, est - hw, est + hw, level=float("nan"))
+    return Interval(est, est - hw, est + hw, level=0.0)   # level 0: an error estimate, not a CI
 
 
 def consistent_with_order_at_least(fit: OrderFit, p: float) -> bool:

@@ -28,8 +28,10 @@ Decision rules (95% intervals):
   ratio; the fitted order is reported in the rule text.
 * MC validation: the exact difference lies in the 99% simultaneous interval at every
   recorded step and every validated η.
-* time-varying β_k (alternating 0.8, 0.95, constant lr; exact): the averaged-lr order's
-  interval lies above 0.5 (Eq 8 reads β_{k+1}; any constant β hides how it is read).
+* time-varying β_k (alternating 0.8, 0.95, constant lr; exact; error = max over both test
+  functions): the averaged-lr order's interval lies above 0.5 (Eq 8 reads β_{k+1}; any
+  constant β hides how it is read — reading β_k shifts the mean of η̄ by 1.6% and leaves an
+  x₀ error flat at ≈ 0.018).
 * schedules: averaged-lr order interval lies above 0; alternating raw-lr order interval lies
   below 0.25 and entirely below the averaged-lr order interval.  (For warm-up + step decay
   the raw-lr error is recorded too: it also vanishes, see ``schedule_wsd_raw_over_avg``.)
@@ -226,13 +228,13 @@ def run(*, size: str = "quick", seed: int = 0, progress=None, T: float = 1.0,
         for ei, eta in enumerate(ee):
             sgdm, sgd_avg, sgd_const, steps = beta_varying_pair(eta, T)
             sigma = sigma0 / np.sqrt(eta)
-            err[0, ei] = exact_errors(Pq, sgdm, sgd_avg, steps, sigma)[0]
-            err[1, ei] = exact_errors(Pq, sgdm, sgd_const, steps, sigma)[0]
+            err[0, ei] = max(exact_errors(Pq, sgdm, sgd_avg, steps, sigma))
+            err[1, ei] = max(exact_errors(Pq, sgdm, sgd_const, steps, sigma))
         fb = tail_fit(ee, err[0])
         data["schedule_beta_err"] = err
         data["schedule_beta_fit"] = np.array([fb.order.estimate, fb.order.low, fb.order.high, fb.log_c])
         verdicts.append(Verdict(
-            "time-varying beta_k (0.8, 0.95 alternating): SGD with averaged lr tracks SGDM",
+            "time-varying beta_k (0.8, 0.95 alternating): SGD with averaged lr tracks SGDM (max over h)",
             "Thm 4.5 / Def 4.1 / Eq 8", "averaged-lr error -> 0 (order ~ 1)", fb.order,
             bool(fb.order.low > 0.5),
             "lower end of the fitted order's 95% interval > 0.5 (an averaged lr that used beta_k "

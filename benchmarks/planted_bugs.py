@@ -1,0 +1,227 @@
+"""Plant realistic one-line bugs in a temporary COPY of the package and run the main job.
+
+    python benchmarks/planted_bugs.py [--sizes smoke,quick] [--bugs ID,ID] [--source DIR]
+
+For each bug: copy ``sdeverify/`` into a work folder (never the working tree), replace one
+line (the patch must match exactly once, else the bug is reported as *not applicable*), run
+``python -m sdeverify.cli check --SIZE`` with ``PYTHONPATH`` pointing at the copy, and record
+whether the job failed (exit status 1) and which verdicts failed.  Then the file is restored.
+
+Smoke runs use every check; quick runs use the checks listed in the bug's ``quick_only``
+(``--only``, to keep the sweep affordable: say so when quoting quick results) plus
+``instruments``; ``--quick-all`` runs every check at quick size too.
+
+Numba's disk cache does not notice a changed *helper* of a compiled kernel defined in another
+file, so bugs in files whose ``numba.njit`` functions are inlined into other files' kernels
+(``COLD``) run in a fresh copy with an empty cache (about 2 minutes of compilation each);
+the others share one warm copy.
+
+This list is the one *the repository* knows about; a reviewer drawing a fresh set should not
+reuse it (the checks are meant to have general power, not to detect these lines).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+#: files whose njit functions are compiled into kernels defined elsewhere
+COLD = ("rng.py", "observables.py", "problems/")
+
+
+@dataclass
+class Bug:
+    id: str
+    kind: str           # which blind spot of issue 15 it belongs to
+    file: str           # relative to the package folder
+    old: str
+    new: str
+    what: str
+    quick_only: tuple = ()
+    count: int = 1      # which occurrence must be replaced (first by default)
+    extra: dict = field(default_factory=dict)
+
+
+BUGS = [
+    Bug("hb-first-step", "2 shared code", "optim.py",
+        "            b[0] = 1.0\n", "            b[0] = 1.0 - tau\n",
+        "HeavyBall damps the first step too (torch uses buf = g on the first step)",
+        ("hb_equivalence",)),
+    Bug("sgdm-no-ema", "coefficient", "optim.py",
+        "        return Coefficients(beta, 1.0 - beta, lr, m0)",
+        "        return Coefficients(beta, np.ones(steps), lr, m0)",
+        "SGDM update m = beta m + g (heavy-ball buffer) instead of the EMA (1 - beta) g",
+        ("hb_equivalence", "weak_approximation")),
+    Bug("avg-lr-beta-k", "3 hidden by constant beta", "schedules.py",
+        "    b_next = np.append(beta[1:], beta[-1])", "    b_next = beta.copy()",
+        "averaged lr (Eq 8) reads beta_k where it needs beta_(k+1)",
+        ("weak_approximation",)),
+    Bug("sigma-squared", "3 hidden by sigma = 1", "simulate.py",
+        "sigma=sigma, seed=seed", "sigma=sigma ** 2, seed=seed",
+        "simulate passes sigma^2 to the engine as the noise scale",
+        ("variance_reduction", "descent_lemma")),
+    Bug("rng-var-1.01", "4 instruments", "rng.py",
+        "    r = _sqrt(-2.0 * lnu)", "    r = _sqrt(-2.02 * lnu)",
+        "Box-Muller radius sqrt(-2.02 ln U): normal draws with variance 1.01",
+        ("variance_reduction",)),
+    Bug("rng-quadrant", "4 instruments", "rng.py",
+        "    b = _select(q >= _U2, -b, b)", "    b = _select(q > _U2, -b, b)",
+        "Box-Muller sine branch misses the sign flip in one quadrant (biased second draw)",
+        ("variance_reduction",)),
+    Bug("sem-sqrt2", "4 instruments", "result.py",
+        "            return np.sqrt(self.var / self.count)",
+        "            return np.sqrt(self.var / (2.0 * self.count))",
+        "standard errors sqrt(2) too small", ("variance_reduction",)),
+    Bug("one-sided-quantile", "4 instruments (wrong statistic)", "stats.py",
+        "    z = z_value(level)\n    return Interval(float(mean)",
+        "    z = z_value(level, tails=1)\n    return Interval(float(mean)",
+        "mean_interval uses the one-sided quantile 1.645 for a two-sided 95% interval",
+        ("variance_reduction",)),
+    Bug("fit-weights-sd", "1 orders (wrong statistic)", "stats.py",
+        "        w = 1.0 / np.maximum(rel, 1e-300) ** 2",
+        "        w = 1.0 / np.maximum(rel, 1e-300)",
+        "fit_order weights points by 1/sd instead of 1/variance", ("sde_limit",)),
+    Bug("kinetic-no-friction", "dropped drift term", "sde.py",
+        "        F = np.block([[Z, -l * I], [rho * H, -rho * I]])",
+        "        F = np.block([[Z, -l * I], [rho * H, Z]])",
+        "kinetic SDE moments drop the friction -rho M of dM", ("sde_limit",)),
+    Bug("theory-sigma", "3 hidden by sigma = 1", "theory.py",
+        "    SS = sigma ** 2 * (S @ S.T)", "    SS = sigma * (S @ S.T)",
+        "exact quadratic moments use sigma instead of sigma^2", ("weak_approximation", "svag")),
+    Bug("slow-drop-t1", "5 formula only in tests", "slow_sde.py",
+        "    return -0.5 * t1 - 0.5 * t2, sigma * P @ S", "    return -0.5 * t2, sigma * P @ S",
+        "general slow-SDE drift drops the -1/2 H^+ d2(grad L)[Sigma_par] term", ("slow_sde",)),
+    Bug("slow-sigma", "5 formula only in tests", "slow_sde.py",
+        "    Sig = sigma ** 2 * S @ np.swapaxes(S, -1, -2)", "    Sig = sigma * S @ np.swapaxes(S, -1, -2)",
+        "general slow-SDE drift scales the noise covariance by sigma, not sigma^2", ("slow_sde",)),
+    Bug("svag-r", "coefficient", "problems/base.py",
+        "        s = np.sqrt(2.0 * self.svag_ell - 1.0)", "        s = np.sqrt(2.0 * self.svag_ell)",
+        "SVAG coefficients r1, r2 from sqrt(2 l) instead of sqrt(2 l - 1)", ("svag",)),
+    Bug("var-closed-form-off-by-one", "off-by-one", "theory.py",
+        "(1 - beta ** (2 * (k + 1))) / (1 - beta ** 2)", "(1 - beta ** (2 * k)) / (1 - beta ** 2)",
+        "update-variance closed form off by one step", ("variance_reduction",)),
+]
+
+
+def _is_cold(bug: Bug, source: Path) -> bool:
+    in_cold = any(bug.file == c or bug.file.startswith(c) for c in COLD)
+    return in_cold and "njit" in (source / bug.file).read_text()
+
+
+def _patch(path: Path, bug: Bug) -> str | None:
+    text = path.read_text()
+    n = text.count(bug.old)
+    if n < bug.count:
+        return f"patch not applicable: {bug.old!r} found {n} times in {bug.file}"
+    head, sep, tail = text.partition(bug.old) if bug.count == 1 else (None, None, None)
+    if bug.count != 1:
+        parts = text.split(bug.old)
+        text = bug.old.join(parts[:bug.count]) + bug.new + bug.old.join(parts[bug.count:])
+    else:
+        text = head + bug.new + tail
+    path.write_text(text)
+    return None
+
+
+def _copy(source: Path, dest: Path) -> None:
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(source, dest / "sdeverify", ignore=shutil.ignore_patterns("__pycache__", "*.nbi", "*.nbc"))
+
+
+def _run(root: Path, size: str, only, out: Path, timeout: int) -> dict:
+    cmd = [sys.executable, "-m", "sdeverify.cli", "check", f"--{size}", "--out", str(out), "--quiet"]
+    if only:
+        cmd += ["--only", ",".join(only)]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    t0 = time.perf_counter()
+    try:
+        r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+        rc, tail = r.returncode, (r.stdout + r.stderr)[-2000:]
+    except subprocess.TimeoutExpired:
+        rc, tail = -1, "timeout"
+    failed = []
+    try:
+        summ = json.loads((out / "summary.json").read_text())
+        for c in summ["checks"]:
+            if c.get("error"):
+                failed.append(f"{c['name']}: ERROR {c['error'][:120]}")
+            for v in c.get("verdicts", []):
+                if not v["passed"]:
+                    failed.append(f"{c['name']}: {v['claim']}")
+    except (OSError, ValueError, KeyError):
+        pass
+    return {"rc": rc, "caught": rc == 1, "failed": failed, "seconds": time.perf_counter() - t0,
+            "tail": tail if rc not in (0, 1) else ""}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="smoke", help="comma list of smoke, quick")
+    ap.add_argument("--bugs", default=None, help="comma list of bug ids (default: all)")
+    ap.add_argument("--source", default=str(REPO / "sdeverify"), help="package folder to copy")
+    ap.add_argument("--work", default=None, help="work folder (default: a temporary one)")
+    ap.add_argument("--quick-all", action="store_true", help="quick runs use every check")
+    ap.add_argument("--baseline", action="store_true", help="also run the unpatched copy")
+    ap.add_argument("--timeout", type=int, default=1800)
+    ap.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "planted_bugs.json"))
+    args = ap.parse_args(argv)
+    source = Path(args.source).resolve()
+    bugs = BUGS if not args.bugs else [b for b in BUGS if b.id in args.bugs.split(",")]
+    work = Path(args.work or tempfile.mkdtemp(prefix="sdeverify-planted-"))
+    work.mkdir(parents=True, exist_ok=True)
+    warm = work / "warm"
+    if not (warm / "sdeverify").exists():
+        _copy(source, warm)
+    results = []
+    jobs = [("baseline", None)] if args.baseline else []
+    jobs += [(b.id, b) for b in bugs]
+    for size in args.sizes.split(","):
+        for name, bug in jobs:
+            only = None
+            if size != "smoke" and bug is not None and not args.quick_all:
+                only = ("instruments",) + tuple(bug.quick_only)
+            root = warm
+            if bug is not None and _is_cold(bug, source):
+                root = work / f"cold-{bug.id}"
+                _copy(source, root)
+            target = None if bug is None else root / "sdeverify" / bug.file
+            problem = None
+            if target is not None:
+                shutil.copy2(source / bug.file, target)
+                problem = _patch(target, bug)
+            if problem:
+                res = {"rc": None, "caught": None, "failed": [], "seconds": 0.0, "tail": problem}
+            else:
+                res = _run(root, size, only, work / f"out-{name}-{size}", args.timeout)
+            if target is not None:
+                shutil.copy2(source / bug.file, target)
+            if root != warm:
+                shutil.rmtree(root, ignore_errors=True)
+            row = {"bug": name, "size": size, "only": list(only) if only else None,
+                   "kind": bug.kind if bug else "-", "file": bug.file if bug else "-",
+                   "what": bug.what if bug else "unpatched", **res}
+            results.append(row)
+            status = {True: "CAUGHT", False: "missed", None: "n/a"}[res["caught"]]
+            print(f"{size:5s} {name:28s} {status:7s} {res['seconds']:6.0f} s  "
+                  f"{'; '.join(res['failed'][:3])[:160]} {res['tail'][-200:] if res['tail'] else ''}",
+                  flush=True)
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(results, indent=1))
+    for size in args.sizes.split(","):
+        rows = [r for r in results if r["size"] == size and r["bug"] != "baseline" and r["caught"] is not None]
+        if rows:
+            print(f"{size}: caught {sum(r['caught'] for r in rows)}/{len(rows)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

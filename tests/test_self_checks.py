@@ -1,0 +1,138 @@
+"""The main job's self-checks and independent references can fail: negative controls with the
+kinds of bugs they exist to catch (issue 15).  Each case is a few seconds."""
+import numpy as np
+import pytest
+
+from sdeverify.experiments import hb_equivalence as hb
+from sdeverify.experiments import instruments as ins
+from sdeverify.experiments import slow_sde as ss
+from sdeverify.experiments import weak_approximation as wa
+from sdeverify import optim
+from sdeverify.problems import CosineWell
+
+
+def _normals(scale=1.0, shift=0.0, rho=0.0, seed=0):
+    g = np.random.default_rng(seed)
+    z = g.standard_normal((5, 100_000, 2))
+    z[..., 1] = rho * z[..., 0] + np.sqrt(1 - rho ** 2) * z[..., 1]
+    return shift + scale * z
+
+
+def _failed(verdicts):
+    return [v.claim for v in verdicts if not v.passed]
+
+
+def test_generator_checks_pass_on_good_draws_and_fail_on_bad_ones():
+    vs, _ = ins.generator_verdicts(_normals())
+    assert not _failed(vs)
+    assert any("variance 1" in c for c in _failed(ins.generator_verdicts(_normals(scale=1.01))[0]))
+    assert any("mean 0" in c for c in _failed(ins.generator_verdicts(_normals(shift=0.01))[0]))
+    assert any("Box-Muller pair" in c for c in _failed(ins.generator_verdicts(_normals(rho=0.02))[0]))
+    heavy = _normals()
+    heavy[0] = np.random.default_rng(1).standard_t(30, heavy[0].shape)   # excess kurtosis 0.23
+    assert any("kurtosis" in c for c in _failed(ins.generator_verdicts(heavy)[0]))
+
+
+def test_engine_draws_are_standard_normal_and_scaled_by_sigma():
+    z = ins.engine_draws(4096, 3, seed=5, sigma=2.5)
+    assert z.shape == (3, 4096, 2)
+    assert abs(z.var() - 1.0) < 0.05          # sigma applied once: Var z = 1, not 2.5²
+
+
+@pytest.mark.parametrize("p, ok", [(0.95, True), (0.834, False), (0.994, False)])
+def test_coverage_rule_detects_intervals_sqrt2_too_narrow_or_wide(p, ok):
+    covered = np.random.default_rng(3).random(1000) < p
+    v = ins._coverage_verdict("c", covered, (ins.NOMINAL, ins.NOMINAL))
+    assert v.passed is ok
+
+
+def test_coverage_runs_fail_when_standard_errors_are_too_small(monkeypatch):
+    from sdeverify.result import SimulationResult
+    cov = ins.coverage_runs(150, 256, seed=1)
+    assert all(abs(c.mean() - 0.95) < 0.06 for c in cov.values())
+    orig = SimulationResult.sem
+    monkeypatch.setattr(SimulationResult, "sem", property(lambda self: orig.fget(self) / np.sqrt(2)))
+    bad = ins.coverage_runs(150, 256, seed=1)
+    assert bad["x0"].mean() < 0.9 and bad["loss"].mean() < 0.9
+
+
+def test_fit_order_coverage_band(monkeypatch):
+    assert ins.FIT_ORDER_BAND[0] <= ins.fit_order_coverage(1500, seed=0).mean() <= ins.FIT_ORDER_BAND[1]
+    orig = ins.fit_order
+    # (standard errors given too small are *not* such a bug: the reduced-χ² inflation
+    # restores the width; an interval that is itself too narrow is)
+    def narrow(eta, err, sem=None, level=0.95):
+        f = orig(eta, err, sem, level)
+        o, h = f.order, (f.order.high - f.order.low) / 2 / np.sqrt(2)
+        return type(f)(type(o)(o.estimate, o.estimate - h, o.estimate + h), f.log_c, f.chi2_dof, f.n_points)
+    monkeypatch.setattr(ins, "fit_order", narrow)
+    v = ins._coverage_verdict("f", ins.fit_order_coverage(1500, seed=0), ins.FIT_ORDER_BAND)
+    assert not v.passed
+
+
+def test_transcriptions_catch_a_coefficient_bug_the_crn_comparison_shares(monkeypatch):
+    """A HeavyBall that damps its first step is wrong on both sides of the HB-vs-converted
+    comparison (the converter reads HeavyBall.coefficients), but not in the transcription."""
+    P = CosineWell(2)
+    vs, devs = hb.reference_verdicts(P, 60, np.random.default_rng(0))
+    assert not _failed(vs)
+    orig = optim.HeavyBall.coefficients
+
+    def damped_first_step(self, steps, dim):
+        c = orig(self, steps, dim)
+        c.b[0] = 1.0 - float(self.dampening)
+        return c
+    monkeypatch.setattr(optim.HeavyBall, "coefficients", damped_first_step)
+    eta, beta, _ = optim.heavy_ball_to_sgdm(0.01, 0.9, 0.5, steps=60)
+    crn = hb._engine_path(P, optim.HeavyBall(0.01, 0.9, 0.5), np.array([1.0, -0.5]), 60)
+    conv = hb._engine_path(P, optim.SGDM(eta, beta), np.array([1.0, -0.5]), 60)
+    assert hb._rel_dev(crn, conv) < 1e-12                  # the shared-code comparison is blind
+    bad = _failed(hb.reference_verdicts(P, 60, np.random.default_rng(0))[0])
+    assert any("engine HeavyBall" in c for c in bad) and any("converted" in c for c in bad)
+
+
+def test_time_varying_beta_catches_averaged_lr_reading_beta_k(monkeypatch):
+    etas = 2.0 ** -np.arange(4, 11)
+    P = wa.quadratic_problem()
+
+    def order():
+        err = []
+        for eta in etas:
+            sgdm, sgd, _, steps = wa.beta_varying_pair(eta, 1.0)
+            err.append(max(wa.exact_errors(P, sgdm, sgd, steps, 0.5 / np.sqrt(eta))))
+        return wa.tail_fit(etas, np.array(err)).order
+    assert order().low > 0.5
+
+    def beta_k(lr, beta):
+        lr, beta = np.asarray(lr, float), np.asarray(beta, float)
+        A = np.empty(lr.size + 1)
+        A[-1] = lr[-1] / (1 - beta[-1])
+        for k in range(lr.size - 1, -1, -1):
+            A[k] = lr[k] + beta[k] * A[k + 1]
+        return (1 - beta) * A[:-1]
+    monkeypatch.setattr(wa, "averaged_lr", beta_k)
+    assert order().low <= 0.5
+
+
+def test_slow_sde_general_formula_verdicts_fail_without_a_term(monkeypatch):
+    vs, _ = ss.general_formula_verdicts(1.25, 0, 2000)
+    assert not _failed(vs)
+    orig = ss.slow_coefficients
+
+    def drop_t1(problem, zeta, sigma):
+        b, D = orig(problem, zeta, sigma)
+        # keep only the tangential part: drops the −½H⁺∂²(∇L)[Σ_∥] term on the sphere
+        P = problem.tangent_projector(zeta)
+        return np.einsum("...ij,...j->...i", P, b), D
+    import sdeverify.slow_sde as slow_mod
+    monkeypatch.setattr(ss, "slow_coefficients", drop_t1)
+    monkeypatch.setattr(slow_mod, "slow_coefficients", drop_t1)
+    assert _failed(ss.general_formula_verdicts(1.25, 0, 2000)[0])
+
+    def half(problem, zeta, sigma):
+        b, D = orig(problem, zeta, sigma)
+        return 0.5 * b, D
+    monkeypatch.setattr(ss, "slow_coefficients", half)
+    monkeypatch.setattr(slow_mod, "slow_coefficients", half)
+    bad = _failed(ss.general_formula_verdicts(1.25, 0, 2000)[0])
+    assert len(bad) == 2                      # the comparison and the general-path run
