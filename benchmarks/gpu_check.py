@@ -1,16 +1,34 @@
-"""Real-GPU check and timing of the numba.cuda engine (run on a machine with an NVIDIA GPU).
+"""Real-GPU check and timing of the numba.cuda engine and trainer (one short run on an NVIDIA GPU).
 
-    python benchmarks/gpu_check.py [--paths 1048576] [--steps 1024]
+    PYTHONPATH=. python3 benchmarks/gpu_check.py            # the real run: ~2-3 minutes on an H200
+    PYTHONPATH=. python3 benchmarks/gpu_check.py --tiny     # every path, tiny sizes, on Numba's
+                                                             # CUDA simulator (no GPU needed)
 
-1. correctness: CUDA vs CPU engine on 4096 paths of every built-in problem (max deviation;
-   expected ~1e-13: the GPU contracts multiply-adds into FMAs, the CPU engine does not);
-2. timing: the reference workload (d = 8 diagonal quadratic, SGD + SGDM(0.9) coupled,
-   16 recorded steps) on the GPU, median of 3 after a warm-up, with the card's name, next to
-   the CPU engine on this host's cores.  Prints path·dim·steps/s for both and the ratio.
+1. engine: CUDA vs CPU engine on 4096 paths of every built-in problem (max deviation; expected
+   ~1e-13: the GPU contracts multiply-adds into FMAs, the CPU engine does not), then the
+   reference workload (d = 8 diagonal quadratic, SGD + SGDM(0.9) coupled) on the GPU next to
+   the CPU engine on this host's cores, in path·dim·steps/s;
+2. trainer agreement: :class:`sdeverify.train.cuda.Trainer` vs the CPU trainer
+   (``sdeverify.train.cpu`` when it exists, else the NumPy reference) after 50 steps in
+   float64: batch losses, weights, momentum, evaluation, full-batch gradients (max relative
+   deviation; the run fails above 1e-9);
+3. trainer speed, float32: ``Trainer.train`` on MLP 1024-1024-1024-10 at batch 4096 (one
+   model) and 64-256-256-10 at batch 256 × 64 replicas, as samples·models/s and GFLOP/s
+   (``MLP.flops_per_sample``), against the card's FP32 peak (SM count × FP32 lanes per SM for
+   its compute capability × 2 × SM clock, the derivation printed), next to torch CUDA (a Python
+   loop over replicas, ``torch.optim.SGD(momentum=0.9)``, TF32 off) and CuPy's float32 matmul,
+   each when importable;
+4. GEMM tile sweep: the trainer's forward GEMM kernel alone, 4096×1024 by 1024×1024, for a few
+   tile shapes (GFLOP/s, and its agreement with NumPy), to choose ``GPU_TILES``.
+
+Exits 1 if an agreement check fails.  With ``--tiny`` the sizes shrink so that every code path
+that does not need a real GPU runs on the simulator in a few minutes on one core.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,8 +36,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import sdeverify as sv  # noqa: E402
-from sdeverify.problems import SVAG, CosineWell, LinearRegression, Quadratic  # noqa: E402
+
+#: FP32 lanes ("CUDA cores") per SM by compute capability (CUDA C Programming Guide,
+#: arithmetic instruction throughput table); (major, None) covers the whole major version.
+FP32_LANES = {(6, 0): 64, (7, None): 64, (8, 0): 64, (8, None): 128, (9, 0): 128,
+              (10, None): 128, (12, None): 128, (5, None): 128, (6, None): 128}
 
 
 def median_time(f, repeats=3):
@@ -32,33 +53,293 @@ def median_time(f, repeats=3):
     return float(np.median(ts))
 
 
-def main() -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("--paths", type=int, default=2 ** 20)
-    p.add_argument("--steps", type=int, default=1024)
-    args = p.parse_args()
-    from numba import cuda
-    print("device:", cuda.get_current_device().name.decode() if hasattr(cuda.get_current_device().name, "decode")
-          else cuda.get_current_device().name)
+def rel(u, v) -> float:
+    u, v = np.asarray(u, dtype=np.float64), np.asarray(v, dtype=np.float64)
+    return float(np.max(np.abs(u - v)) / max(np.max(np.abs(v)), 1e-300))
+
+
+# ---- 1. engine ------------------------------------------------------------------------------
+def engine_check(tiny: bool) -> float:
+    import sdeverify as sv
+    from sdeverify.problems import SVAG, CosineWell, LinearRegression, Quadratic
     worst = 0.0
+    n_paths, n_steps = (16, 8) if tiny else (4096, 200)
     for P in (Quadratic(np.diag([1.0, 2.0, 3.0]), center=[1, 0, -1]), CosineWell(4),
               SVAG(CosineWell(2), 4.0), LinearRegression.generate(n=64, d=3, batch_size=4)):
-        kw = dict(steps=200, paths=4096, sigma=1.0, seed=1, observables=["loss", "sqnorm"])
+        kw = dict(steps=n_steps, paths=n_paths, sigma=1.0, seed=1, observables=["loss", "sqnorm"])
         opts = [sv.SGD(0.02), sv.SGDM(0.02, 0.9)]
         g = sv.simulate(P, opts, np.full(P.dim, 0.5), backend="cuda", **kw)
         c = sv.simulate(P, opts, np.full(P.dim, 0.5), backend="cpu", **kw)
         dev = float(np.max(np.abs(g.x_final - c.x_final) / (1 + np.abs(c.x_final))))
         worst = max(worst, dev)
-        print(f"{P.name:28s} max rel. deviation GPU vs CPU: {dev:.3g}")
+        print(f"engine {P.name:28s} max rel. deviation GPU vs CPU: {dev:.3g}")
     P = Quadratic(np.diag(np.linspace(1.0, 4.0, 8)))
     opts = [sv.SGD(0.01), sv.SGDM(0.01, 0.9)]
-    work = args.paths * 8 * args.steps
-    for backend, paths in (("cuda", args.paths), ("cpu", min(args.paths, 2 ** 16))):
-        t = median_time(lambda: sv.simulate(P, opts, np.ones(8), steps=args.steps, paths=paths,
+    paths, steps = (32, 8) if tiny else (2 ** 20, 1024)
+    for backend, p in (("cuda", paths), ("cpu", min(paths, 2 ** 16))):
+        t = median_time(lambda: sv.simulate(P, opts, np.ones(8), steps=steps, paths=p,
                                             sigma=1.0, backend=backend))
-        print(f"{backend}: {paths} paths x {args.steps} steps x d=8: {t:.3f} s, "
-              f"{paths * 8 * args.steps / t / 1e6:.0f} M path*dim*steps/s")
-    return 0 if worst < 1e-9 else 1
+        print(f"engine {backend}: {p} paths x {steps} steps x d=8: {t:.3f} s, "
+              f"{p * 8 * steps / t / 1e6:.1f} M path*dim*steps/s")
+    return worst
+
+
+# ---- 2. trainer agreement -------------------------------------------------------------------
+def synthetic(n: int, d: int, C: int, seed: int = 0, dtype=np.float64):
+    """Inputs and labels of a random linear teacher (learnable, so training makes progress)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)).astype(dtype)
+    y = np.argmax(X @ rng.normal(size=(d, C)), axis=1).astype(np.int64)
+    return X, y
+
+
+def coefficients(steps: int):
+    import sdeverify as sv
+    co = [o.coefficients(steps, 1) for o in (sv.SGD(0.05), sv.SGDM(0.05, 0.9))]
+    return tuple(np.stack([getattr(c, f) for c in co]) for f in ("a", "b", "gamma"))
+
+
+def trainer_agreement(tiny: bool) -> float:
+    from sdeverify.train import cuda as tc
+    from sdeverify.train.batches import BatchSampler
+    from sdeverify.train.models import MLP
+    try:
+        from sdeverify.train.cpu import Trainer as CPUTrainer
+        oracle = "sdeverify.train.cpu"
+    except ImportError:
+        from sdeverify.train.reference import Trainer as CPUTrainer
+        oracle = "sdeverify.train.reference (NumPy)"
+    if tiny:
+        cases = [(MLP([5, 7, 6, 3], "relu", "cross_entropy", 1e-3), 1, [1.0]),
+                 (MLP([5, 6, 7, 4], "tanh", "squared", 1e-3), 2, [1.366, -0.366])]
+        n, B, R, S = 30, 9, 2, 4
+    else:
+        cases = [(MLP([20, 48, 40, 10], "relu", "cross_entropy", 1e-3), 1, [1.0]),
+                 (MLP([20, 36, 52, 10], "tanh", "squared", 1e-3), 2, [1.366, -0.366])]
+        n, B, R, S = 1024, 64, 3, 50
+    a, b, g = coefficients(S)
+    worst = 0.0
+    for model, slots, r in cases:
+        X, y = synthetic(n, model.n_inputs, model.n_classes)
+        W0 = np.tile(model.init(1, R), (2, 1))
+        Mom0 = np.zeros_like(W0)
+        idx = BatchSampler(2, n, B, np.arange(R), "shuffle", slots).indices(0, S)
+        res = []
+        for T in (CPUTrainer, tc.Trainer):
+            tr = T(model, X, y, 2, R, "float64")
+            tr.set_state(W0, Mom0)
+            L = tr.train(idx, a, b, g, r)
+            W, Mom = tr.get_state()
+            res.append((L, W, Mom, tr.evaluate(X, y)[0], tr.gradients(W, X[:200], y[:200])))
+        devs = [rel(u, v) for u, v in zip(res[1], res[0])]
+        worst = max(worst, max(devs))
+        print(f"trainer {model.describe()}, 2 opt x {R} rep, batch {B}, {slots} slot(s), {S} steps: "
+              f"max rel. deviation CUDA vs {oracle} (loss, W, mom, eval, grad) = "
+              + ", ".join(f"{d:.2g}" for d in devs))
+    return worst
+
+
+# ---- 3. trainer speed -----------------------------------------------------------------------
+def fp32_peak(tiny: bool):
+    """(FLOP/s, derivation text) of the current device, or (None, reason)."""
+    from numba import cuda
+    if tiny:
+        return None, "simulator: no peak"
+    dev = cuda.get_current_device()
+    cc = tuple(dev.compute_capability)
+    lanes = FP32_LANES.get(cc, FP32_LANES.get((cc[0], None)))
+    sms = dev.MULTIPROCESSOR_COUNT
+    try:
+        clock_hz = dev.CLOCK_RATE * 1e3                       # attribute in kHz
+        src = "CU_DEVICE_ATTRIBUTE_CLOCK_RATE"
+    except Exception:
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=clocks.max.sm", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=30).stdout
+            clock_hz, src = float(out.split()[0]) * 1e6, "nvidia-smi clocks.max.sm"
+        except Exception as e:
+            return None, f"no SM clock ({e})"
+    if lanes is None:
+        return None, f"FP32 lanes per SM unknown for compute capability {cc}"
+    peak = sms * lanes * 2 * clock_hz
+    return peak, (f"{sms} SMs x {lanes} FP32 lanes/SM (cc {cc[0]}.{cc[1]}) x 2 FLOP/FMA x "
+                  f"{clock_hz / 1e9:.3f} GHz ({src}) = {peak / 1e12:.1f} TFLOP/s")
+
+
+def time_ours(model, B: int, R: int, S: int, X, y) -> float:
+    from sdeverify.train import cuda as tc
+    tr = tc.Trainer(model, X, y, 1, R, "float32")
+    tr.set_state(model.init(0, R), np.zeros((R, model.n_params)))
+    rng = np.random.default_rng(1)
+    idx = [rng.integers(0, X.shape[0], (S, R, B))]
+    a, b, g = (np.full((1, S), v) for v in (0.9, 1.0, 0.01))
+    tr.train([idx[0][:1]], a[:, :1], b[:, :1], g[:, :1], [1.0])       # compile
+    t = median_time(lambda: tr.train(idx, a, b, g, [1.0]))
+    L = tr.train(idx, a, b, g, [1.0])
+    if not np.all(np.isfinite(L)):
+        print("  WARNING: non-finite batch losses in the timing run")
+    return t
+
+
+def time_torch(model, B: int, R: int, S: int, X, y, device: str) -> float:
+    import torch
+    import torch.nn.functional as F
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    w = model.widths
+
+    def net():
+        layers = []
+        for l in range(len(w) - 1):
+            layers.append(torch.nn.Linear(w[l], w[l + 1]))
+            if l < len(w) - 2:
+                layers.append(torch.nn.ReLU())
+        return torch.nn.Sequential(*layers).to(device)
+
+    nets = [net() for _ in range(R)]
+    opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in nets]
+    Xt = torch.tensor(X, device=device)
+    yt = torch.tensor(y, device=device)
+    idx = torch.randint(0, X.shape[0], (S, R, B), device=device)
+
+    def run():
+        for s in range(S):
+            for r in range(R):
+                rows = idx[s, r]
+                loss = F.cross_entropy(nets[r](Xt[rows]), yt[rows])
+                opts[r].zero_grad(set_to_none=True)
+                loss.backward()
+                opts[r].step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return median_time(run)
+
+
+def cupy_rate(tiny: bool) -> str:
+    try:
+        import cupy as cp
+    except Exception as e:
+        return f"CuPy not importable ({type(e).__name__})"
+    out = []
+    for shape_a, shape_b in (((4096, 1024), (1024, 1024)), ((64, 256, 256), (64, 256, 256))):
+        a = cp.random.rand(*shape_a, dtype=cp.float32)
+        b = cp.random.rand(*shape_b, dtype=cp.float32)
+        flop = 2 * np.prod(shape_a) * shape_b[-1]
+        cp.matmul(a, b)
+        cp.cuda.Device().synchronize()
+        t0 = time.perf_counter()
+        for _ in range(20):
+            cp.matmul(a, b)
+        cp.cuda.Device().synchronize()
+        out.append(f"{'x'.join(map(str, shape_a))} @ {'x'.join(map(str, shape_b))}: "
+                   f"{20 * flop / (time.perf_counter() - t0) / 1e9:.0f} GFLOP/s")
+    return "CuPy float32 matmul: " + "; ".join(out)
+
+
+def trainer_speed(tiny: bool) -> None:
+    from numba import cuda
+
+    from sdeverify.train.models import MLP
+    dev = cuda.get_current_device()
+    name = dev.name.decode() if isinstance(dev.name, bytes) else dev.name
+    peak, how = fp32_peak(tiny)
+    print(f"device: {name}; FP32 peak: {how}")
+    if tiny:
+        work = [(MLP([8, 8, 8, 3]), 8, 1, 2, 64), (MLP([4, 8, 8, 3]), 4, 4, 2, 32)]
+    else:
+        work = [(MLP([1024, 1024, 1024, 10]), 4096, 1, 20, 16384),
+                (MLP([64, 256, 256, 10]), 256, 64, 20, 16384)]
+    try:
+        import torch
+        torch_dev = "cuda" if torch.cuda.is_available() else ("cpu" if tiny else None)
+    except Exception as e:
+        torch_dev, why = None, f"torch not importable ({type(e).__name__})"
+    else:
+        why = "torch sees no GPU"
+    for model, B, R, S, n in work:
+        X, y = synthetic(n, model.n_inputs, model.n_classes, dtype=np.float32)
+        flop = model.flops_per_sample() * B * R * S
+        t = time_ours(model, B, R, S, X, y)
+        frac = f", {flop / t / peak:.1%} of FP32 peak" if peak else ""
+        print(f"trainer {model.describe()}, batch {B} x {R} replica(s), {S} steps, float32: "
+              f"{t / S * 1e3:.3f} ms/step, {B * R * S / t:.4g} samples*models/s, "
+              f"{flop / t / 1e9:.1f} GFLOP/s{frac}")
+        if torch_dev is None:
+            print(f"  torch: {why}")
+        else:
+            tt = time_torch(model, B, R, S, X, y, torch_dev)
+            print(f"  torch ({torch_dev}, loop over {R} replica(s), SGD momentum 0.9, TF32 off): "
+                  f"{tt / S * 1e3:.3f} ms/step, {B * R * S / tt:.4g} samples*models/s, "
+                  f"{flop / tt / 1e9:.1f} GFLOP/s; ours is {tt / t:.2f}x torch")
+    print(cupy_rate(tiny))
+
+
+# ---- 4. GEMM tile sweep ---------------------------------------------------------------------
+def gemm_sweep(tiny: bool) -> float:
+    from numba import cuda
+
+    from sdeverify.train import cuda as tc
+    if tiny:
+        nm, nn, nk, reps = 9, 7, 10, 1
+        tiles = [(tc.SIM_TILES["big"], 128), (tc.SIM_TILES["small"], None), ((8, 4, 4, 4, 2), None)]
+    else:
+        nm, nn, nk, reps = 4096, 1024, 1024, 20
+        tiles = [(tc.GPU_TILES["big"], 128), (tc.GPU_TILES["big"], None), ((128, 128, 16, 8, 8), 128),
+                 (tc.GPU_TILES["small"], None), ((128, 64, 8, 8, 4), None), ((64, 64, 8, 4, 4), None)]
+    rng = np.random.default_rng(3)
+    A = rng.normal(size=(nm, nk)).astype(np.float32)
+    W = rng.normal(size=(nk * nn + nn,)).astype(np.float32)
+    ref = A.astype(np.float64) @ W[:nk * nn].reshape(nk, nn) + W[nk * nn:]
+    ref = np.maximum(ref, 0.0)
+    dA, dW = cuda.to_device(A.ravel()), cuda.to_device(W)
+    dC = cuda.device_array(nm * nn, dtype=np.float32)
+    worst = 0.0
+    for tile, regs in tiles:
+        k = tc.make_gemm(np.dtype(np.float32), tile, False, False, tc.EPI_BIAS_ACT, tc.RELU, regs)
+        grid = ((nn + tile[1] - 1) // tile[1], (nm + tile[0] - 1) // tile[0], 1)
+
+        def launch():
+            k[grid, k.threads, 0, k.shared_bytes](dA, 0, 0, 1, nk, dW, 0, 0, nn, dC, 0, 0, nn, dW, nk * nn, 0,
+                               nm, nn, nk, -1, 0)
+        launch()
+        cuda.synchronize()
+        err = float(np.max(np.abs(dC.copy_to_host().reshape(nm, nn) - ref)) / np.max(np.abs(ref)))
+        worst = max(worst, err)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            launch()
+        cuda.synchronize()
+        t = (time.perf_counter() - t0) / reps
+        print(f"gemm tile {tile} (BM, BN, BK, TM, TN), max_registers {regs}, {nm}x{nk} @ {nk}x{nn} + bias, ReLU: "
+              f"{2 * nm * nn * nk / t / 1e9:.1f} GFLOP/s, max rel. error vs float64 {err:.2g}")
+    return worst
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tiny", action="store_true",
+                   help="tiny sizes on Numba's CUDA simulator (sets NUMBA_ENABLE_CUDASIM=1)")
+    p.add_argument("--skip-engine", action="store_true", help="skip part 1 (the SDE engine)")
+    args = p.parse_args()
+    if args.tiny:
+        os.environ["NUMBA_ENABLE_CUDASIM"] = "1"   # before Numba is imported
+        sys.setswitchinterval(1e-5)                # the simulator's threads meet at barriers
+    os.environ.setdefault("NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS", "0")
+    t0 = time.perf_counter()
+    bad = []
+    if not args.skip_engine:
+        dev = engine_check(args.tiny)
+        if not dev < 1e-9:
+            bad.append(f"engine deviation {dev:.3g}")
+    dev = trainer_agreement(args.tiny)
+    if not dev < 1e-9:
+        bad.append(f"trainer deviation {dev:.3g}")
+    trainer_speed(args.tiny)
+    err = gemm_sweep(args.tiny)
+    if not err < 1e-4:
+        bad.append(f"gemm error {err:.3g}")
+    print(f"total {time.perf_counter() - t0:.1f} s; " + ("FAILED: " + "; ".join(bad) if bad else "all agreement checks passed"))
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
