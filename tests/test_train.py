@@ -319,3 +319,36 @@ def test_teacher_student_is_learnable_and_deterministic():
               metrics=("test_acc",))
     acc0, acc1 = res.series(0, "test_acc")[0][[0, -1]]
     assert acc1 > acc0 + 0.3 and acc1 > 0.7
+
+
+def test_results_do_not_depend_on_the_thread_count(data):
+    import numba
+    m = MLP([5, 8, 3])
+    kw = dict(batch_size=16, steps=10, replicas=3, seed=4, metrics=("train_loss", "test_acc"))
+    n = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = fit(m, data, [sv.SGD(0.2), sv.SGDM(0.2, 0.9)], **kw)
+    finally:
+        numba.set_num_threads(n)
+    many = fit(m, data, [sv.SGD(0.2), sv.SGDM(0.2, 0.9)], **kw)
+    np.testing.assert_array_equal(one.values, many.values)
+    np.testing.assert_array_equal(one.batch_loss, many.batch_loss)
+
+
+def test_sharpness_finds_the_top_eigenvalue_not_the_largest_magnitude():
+    """tanh network at a random point: the Lanczos estimate agrees with the top eigenvalue
+    of the Hessian assembled column by column from exact-gradient differences."""
+    d = teacher_student(n=64, dim=3, classes=2, hidden=4, seed=1)
+    m = MLP([3, 4, 2], "tanh", "squared")
+    res = fit(m, d, sv.SGD(0.0), batch_size=8, steps=1, metrics=("sharpness",), eval_steps=[0],
+              sharpness_samples=40, sharpness_iters=m.n_params, seed=2)
+    W = m.init(2, 1)
+    X, y = np.broadcast_to(d.X_train[:40], (1, 40, 3)), np.broadcast_to(d.y_train[:40], (1, 40))
+    H = np.empty((m.n_params, m.n_params))
+    for p in range(m.n_params):
+        e = np.zeros_like(W)
+        e[0, p] = 1e-5
+        H[p] = (reference.loss_and_grad(m, W + e, X, y)[1] - reference.loss_and_grad(m, W - e, X, y)[1])[0] / 2e-5
+    ev = np.linalg.eigvalsh((H + H.T) / 2)
+    np.testing.assert_allclose(res.values[0, 0, 0, 0], ev.max(), rtol=1e-4)

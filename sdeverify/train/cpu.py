@@ -6,12 +6,21 @@ on contiguous slices of one flat work buffer; ``np.dot`` inside ``@njit`` calls 
 that SciPy ships (``dgemm``/``sgemm``, which uses both cores on large products), and the
 bias, activation, softmax-cross-entropy gradient, bias-gradient and optimizer update loops
 are fused around them.  All S steps of all models run inside one call: no Python per step.
+
+Parallelism: models (replica × optimizer) are independent, so the cores split the models
+(a static split: results are bitwise the same for any thread count) and each runs its
+models' whole step loop, with OpenBLAS held to one thread meanwhile
+(:mod:`sdeverify.train.blas_threads`).  With fewer models than cores, one thread runs them
+and BLAS uses its own threads.
 """
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 import numba
 import numpy as np
 
+from .blas_threads import single_threaded
 from .models import ACTIVATIONS, LOSSES, MLP
 
 _JIT = dict(cache=True, error_model="numpy", nogil=True)
@@ -129,68 +138,93 @@ def _pass(X, y, rows, w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g, ne
 
 
 @numba.njit(**_JIT)
+def _chunk(t, T, M):
+    """Models of thread chunk t: a static split, so results do not depend on T."""
+    return t * M // T, (t + 1) * M // T
+
+
+@numba.njit(parallel=True, **_JIT)
 def _train(X, y, idx0, idx1, slots, W, Mom, a, b, gamma, r0, r1, wd, R, sizes, w_off, b_off,
-           act, loss_kind, out_loss):
+           act, loss_kind, out_loss, T):
+    """All S steps of all models; models are independent, so each of the T threads runs
+    the whole step loop for its chunk of models (one parallel region per call)."""
     S, _, B = idx0.shape
     M, P = W.shape
     maxw = np.max(sizes)
-    buf = np.empty(_work_size(sizes, B), dtype=W.dtype)
-    d1 = np.empty(B * maxw, dtype=W.dtype)
-    d2 = np.empty(B * maxw, dtype=W.dtype)
-    g0 = np.empty(P, dtype=W.dtype)
-    g1 = np.empty(P, dtype=W.dtype)
-    for s in range(S):
-        for m in range(M):
-            j = m // R
-            rr = m % R
-            w = W[m]
-            tot, _ = _pass(X, y, idx0[s, rr], w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g0, True)
-            out_loss[s, m] = tot / B
-            two = slots == 2 and r1 != 0.0
-            if two:
-                _pass(X, y, idx1[s, rr], w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g1, True)
-            aa, bb, gg = a[j, s], b[j, s], gamma[j, s]
-            mom = Mom[m]
-            for p in range(P):
-                gp = r0 * g0[p]
+    two = slots == 2 and r1 != 0.0
+    for t in numba.prange(T):
+        buf = np.empty(_work_size(sizes, B), dtype=W.dtype)
+        d1 = np.empty(B * maxw, dtype=W.dtype)
+        d2 = np.empty(B * maxw, dtype=W.dtype)
+        g0 = np.empty(P, dtype=W.dtype)
+        g1 = np.empty(P, dtype=W.dtype)
+        m0, m1 = _chunk(t, T, M)
+        for s in range(S):
+            for m in range(m0, m1):
+                j = m // R
+                rr = m % R
+                w = W[m]
+                tot, _ = _pass(X, y, idx0[s, rr], w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g0, True)
+                out_loss[s, m] = tot / B
                 if two:
-                    gp = gp + r1 * g1[p]
-                gp = gp + wd * w[p]
-                mp = aa * mom[p] + bb * gp
-                mom[p] = mp
-                w[p] = w[p] - gg * mp
+                    _pass(X, y, idx1[s, rr], w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g1, True)
+                _update(w, Mom[m], g0, g1, two, r0, r1, wd, a[j, s], b[j, s], gamma[j, s])
 
 
 @numba.njit(**_JIT)
-def _evaluate(X, y, W, sizes, w_off, b_off, act, loss_kind, chunk, loss_sum, correct):
+def _update(w, mom, g0, g1, two, r0, r1, wd, aa, bb, gg):
+    """g = r₀ g⁽⁰⁾ (+ r₁ g⁽¹⁾) + λ w;  m ← a m + b g;  w ← w − γ m."""
+    for p in range(w.shape[0]):
+        gp = r0 * g0[p]
+        if two:
+            gp = gp + r1 * g1[p]
+        gp = gp + wd * w[p]
+        mp = aa * mom[p] + bb * gp
+        mom[p] = mp
+        w[p] = w[p] - gg * mp
+
+
+@numba.njit(parallel=True, **_JIT)
+def _evaluate(X, y, W, sizes, w_off, b_off, act, loss_kind, chunk, loss_sum, correct, T):
     n = X.shape[0]
     M, P = W.shape
     maxw = np.max(sizes)
-    buf = np.empty(_work_size(sizes, chunk), dtype=W.dtype)
-    d1 = np.empty(chunk * maxw, dtype=W.dtype)
-    g = np.empty(1, dtype=W.dtype)
-    rows_all = np.arange(n)
-    for m in range(M):
-        for i0 in range(0, n, chunk):
-            rows = rows_all[i0:min(n, i0 + chunk)]
-            tot, cor = _pass(X, y, rows, W[m], sizes, w_off, b_off, act, loss_kind, buf, d1, d1, g, False)
-            loss_sum[m] += tot
-            correct[m] += cor
+    for t in numba.prange(T):
+        buf = np.empty(_work_size(sizes, chunk), dtype=W.dtype)
+        d1 = np.empty(chunk * maxw, dtype=W.dtype)
+        g = np.empty(1, dtype=W.dtype)
+        rows_all = np.arange(n)
+        m0, m1 = _chunk(t, T, M)
+        for m in range(m0, m1):
+            for i0 in range(0, n, chunk):
+                rows = rows_all[i0:min(n, i0 + chunk)]
+                tot, cor = _pass(X, y, rows, W[m], sizes, w_off, b_off, act, loss_kind, buf, d1, d1, g, False)
+                loss_sum[m] += tot
+                correct[m] += cor
 
 
-@numba.njit(**_JIT)
-def _gradients(X, y, W, sizes, w_off, b_off, act, loss_kind, wd, G):
+@numba.njit(parallel=True, **_JIT)
+def _gradients(X, y, W, sizes, w_off, b_off, act, loss_kind, wd, G, T):
     n = X.shape[0]
     M, P = W.shape
     maxw = np.max(sizes)
-    buf = np.empty(_work_size(sizes, n), dtype=W.dtype)
-    d1 = np.empty(n * maxw, dtype=W.dtype)
-    d2 = np.empty(n * maxw, dtype=W.dtype)
-    rows = np.arange(n)
-    for m in range(M):
-        _pass(X, y, rows, W[m], sizes, w_off, b_off, act, loss_kind, buf, d1, d2, G[m], True)
-        for p in range(P):
-            G[m, p] = G[m, p] + wd * W[m, p]
+    for t in numba.prange(T):
+        buf = np.empty(_work_size(sizes, n), dtype=W.dtype)
+        d1 = np.empty(n * maxw, dtype=W.dtype)
+        d2 = np.empty(n * maxw, dtype=W.dtype)
+        rows = np.arange(n)
+        m0, m1 = _chunk(t, T, M)
+        for m in range(m0, m1):
+            _pass(X, y, rows, W[m], sizes, w_off, b_off, act, loss_kind, buf, d1, d2, G[m], True)
+            for p in range(P):
+                G[m, p] = G[m, p] + wd * W[m, p]
+
+
+def _threads(M: int) -> tuple[int, object]:
+    """Numba threads over models (BLAS single-threaded), or one thread with BLAS's own
+    threads when there are fewer models than cores."""
+    T = min(numba.get_num_threads(), M)
+    return (T, single_threaded()) if T > 1 else (1, nullcontext())
 
 
 class Trainer:
@@ -218,25 +252,31 @@ class Trainer:
         out = np.empty((S, self.W.shape[0]))
         t = self.dtype.type
         idx1 = idx[1] if len(idx) > 1 else idx[0]
-        _train(self.X, self.y, np.ascontiguousarray(idx[0]), np.ascontiguousarray(idx1), len(idx),
+        T, blas = _threads(self.W.shape[0])
+        with blas:
+            _train(self.X, self.y, np.ascontiguousarray(idx[0]), np.ascontiguousarray(idx1), len(idx),
                self.W, self.Mom, np.ascontiguousarray(a, dtype=self.dtype),
                np.ascontiguousarray(b, dtype=self.dtype), np.ascontiguousarray(gamma, dtype=self.dtype),
                t(r[0]), t(r[1] if len(r) > 1 else 0.0), t(self.model.weight_decay), self.R,
-               self.sizes, self.w_off, self.b_off, self.act, self.loss_kind, out)
+               self.sizes, self.w_off, self.b_off, self.act, self.loss_kind, out, T)
         return out
 
     def evaluate(self, X, y, chunk: int = 1024):
         M = self.W.shape[0]
         loss_sum, correct = np.zeros(M), np.zeros(M)
-        _evaluate(np.ascontiguousarray(X, dtype=self.dtype), np.ascontiguousarray(y, dtype=np.int64),
-                  self.W, self.sizes, self.w_off, self.b_off, self.act, self.loss_kind,
-                  min(chunk, len(X)), loss_sum, correct)
+        T, blas = _threads(M)
+        with blas:
+            _evaluate(np.ascontiguousarray(X, dtype=self.dtype), np.ascontiguousarray(y, dtype=np.int64),
+                      self.W, self.sizes, self.w_off, self.b_off, self.act, self.loss_kind,
+                      min(chunk, len(X)), loss_sum, correct, T)
         return loss_sum, correct
 
     def gradients(self, W, X, y):
         W = np.ascontiguousarray(W, dtype=self.dtype)
         G = np.empty_like(W)
-        _gradients(np.ascontiguousarray(X, dtype=self.dtype), np.ascontiguousarray(y, dtype=np.int64),
-                   W, self.sizes, self.w_off, self.b_off, self.act, self.loss_kind,
-                   self.dtype.type(self.model.weight_decay), G)
+        T, blas = _threads(W.shape[0])
+        with blas:
+            _gradients(np.ascontiguousarray(X, dtype=self.dtype), np.ascontiguousarray(y, dtype=np.int64),
+                       W, self.sizes, self.w_off, self.b_off, self.act, self.loss_kind,
+                       self.dtype.type(self.model.weight_decay), G, T)
         return G

@@ -1,0 +1,90 @@
+"""Shared set-up of the checks on trained networks (``train_batch_size``, ``train_svag``).
+
+The paper's Sec 6 experiments (ResNet-50 on ImageNet, ResNet-32 on CIFAR-10) scaled down to
+what two CPU cores train in a minute: a generated teacher–student classification set
+(:func:`sdeverify.train.teacher_student`: 8192 samples, 32 features, 10 classes, a random
+tanh teacher, 10% label noise; 25% held out as the test set), an MLP 32-128-10 (ReLU,
+softmax cross-entropy), the same number of epochs at every batch size, Goyal et al.'s
+recipe (linear lr scaling η_B = η_base·B/128, linear warm-up over the first 10% of the
+steps, ×0.1 at 50% and 75%), β = 0.9, and SGD with the *same* η (EMA form: the averaged lr of
+a constant-β schedule is η, Eq. 8).  The SGDM lr at each B is the best of a small grid by
+mean accuracy on a validation split carved out of the training set (never the test set).
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats as _st
+
+from ..optim import SGD, SGDM
+from ..stats import Interval
+from ..train import MLP, fit, goyal_multiplier, teacher_student
+
+BETA = 0.9
+BASE_BATCH = 128
+LR_GRID = (0.2, 0.8, 3.2)          # η_base; the lr at batch B is η_base·B/128
+METRICS = ("train_loss", "test_loss", "test_acc")
+
+
+def dataset(n: int = 8192):
+    return teacher_student(n=n, dim=32, classes=10, hidden=64, label_noise=0.1, seed=0)
+
+
+def model() -> MLP:
+    return MLP([32, 128, 10], "relu", "cross_entropy")
+
+
+def steps_for(data, batch: int, epochs: int) -> int:
+    return epochs * (data.n_train // batch)
+
+
+def schedule(steps: int) -> np.ndarray:
+    return goyal_multiplier(steps, max(1, steps // 10), (0.5, 0.75), 0.1)
+
+
+def pair(lr: float, beta: float = BETA) -> list:
+    return [SGD(lr, name="SGD"), SGDM(lr, beta, name="SGDM")]
+
+
+def train(data, batch, lr, epochs, replicas, seed, *, opts=None, svag=1, metrics=METRICS,
+          eval_steps=None, backend="cpu", **kw):
+    steps = steps_for(data, batch, epochs)
+    return fit(model(), data, opts if opts is not None else pair(lr), batch_size=batch,
+               steps=steps, replicas=replicas, seed=seed, lr_schedule=schedule(steps), svag=svag,
+               metrics=metrics, eval_steps=[steps] if eval_steps is None else eval_steps,
+               on_divergence="ignore", backend=backend, **kw)
+
+
+def select_lr(data, batch, epochs, replicas, seed, backend="cpu") -> tuple[float, np.ndarray]:
+    """The SGDM lr of ``LR_GRID`` (scaled by B/128) with the best mean validation accuracy;
+    returns (lr, validation accuracies per grid point).  Diverged replicas count as chance."""
+    val = data.split_validation(0.2, seed=1)
+    accs = []
+    for base in LR_GRID:
+        lr = base * batch / BASE_BATCH
+        r = train(val, batch, lr, epochs, replicas, seed + 7919, opts=[SGDM(lr, BETA, name="SGDM")],
+                  metrics=("test_acc",), backend=backend)
+        v = np.where(r.valid[0, -1], r.values[0, -1, :, 0], 1.0 / data.n_classes)
+        accs.append(float(np.mean(v)))
+    best = int(np.argmax(accs))
+    return LR_GRID[best] * batch / BASE_BATCH, np.array(accs)
+
+
+def t_interval(samples, level: float = 0.95) -> Interval:
+    """Student-t interval of the mean of i.i.d. per-replica samples (few replicas: t, not z).
+    A non-finite sample (a diverged replica) makes the interval NaN — never averaged in."""
+    x = np.asarray(samples, dtype=np.float64)
+    n = x.size
+    m = float(np.mean(x))
+    if n < 2 or not np.all(np.isfinite(x)):
+        return Interval(m, float("nan"), float("nan"), level)
+    half = float(_st.t.ppf(0.5 + level / 2, n - 1) * np.std(x, ddof=1) / np.sqrt(n))
+    return Interval(m, m - half, m + half, level)
+
+
+def final_accuracy(res, optimizer, n_classes: int = 10) -> tuple[np.ndarray, int]:
+    """Per-replica test accuracy at the last evaluation, and the number of replicas that
+    diverged: a diverged network is scored at chance, 1/n_classes (counted and reported,
+    never hidden in an average of NaNs)."""
+    v = res.values_of(optimizer, "test_acc")[-1]
+    bad = ~np.isfinite(v)
+    return np.where(bad, 1.0 / n_classes, v), int(bad.sum())
