@@ -6,8 +6,8 @@ from harness import check_experiment_smoke
 from sdeverify.experiments import get
 
 
-@pytest.mark.parametrize("name", ["hb_equivalence", "descent_lemma", "variance_reduction",
-                                  "weak_approximation"])
+@pytest.mark.parametrize("name", ["instruments", "hb_equivalence", "descent_lemma",
+                                  "variance_reduction", "weak_approximation"])
 def test_experiment_smoke(name, tmp_path):
     """Measured false-failure rate of the verdicts at smoke size: 0/20 seeds for each of the
     four (weak_approximation 0/30); at quick size 0/6 seeds each."""

@@ -13,7 +13,7 @@ from sdeverify.problems import CosineWell
 
 def _normals(scale=1.0, shift=0.0, rho=0.0, seed=0):
     g = np.random.default_rng(seed)
-    z = g.standard_normal((5, 100_000, 2))
+    z = g.standard_normal((5, 40_000, 2))
     z[..., 1] = rho * z[..., 0] + np.sqrt(1 - rho ** 2) * z[..., 1]
     return shift + scale * z
 
@@ -25,9 +25,9 @@ def _failed(verdicts):
 def test_generator_checks_pass_on_good_draws_and_fail_on_bad_ones():
     vs, _ = ins.generator_verdicts(_normals())
     assert not _failed(vs)
-    assert any("variance 1" in c for c in _failed(ins.generator_verdicts(_normals(scale=1.01))[0]))
-    assert any("mean 0" in c for c in _failed(ins.generator_verdicts(_normals(shift=0.01))[0]))
-    assert any("Box-Muller pair" in c for c in _failed(ins.generator_verdicts(_normals(rho=0.02))[0]))
+    assert any("variance 1" in c for c in _failed(ins.generator_verdicts(_normals(scale=1.02))[0]))
+    assert any("mean 0" in c for c in _failed(ins.generator_verdicts(_normals(shift=0.015))[0]))
+    assert any("Box-Muller pair" in c for c in _failed(ins.generator_verdicts(_normals(rho=0.03))[0]))
     heavy = _normals()
     heavy[0] = np.random.default_rng(1).standard_t(30, heavy[0].shape)   # excess kurtosis 0.23
     assert any("kurtosis" in c for c in _failed(ins.generator_verdicts(heavy)[0]))

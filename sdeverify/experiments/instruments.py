@@ -15,7 +15,10 @@ tested against N(0, 1):
   sd √(1/n), √(2/n), √(6/n), √(24/n));
 * Kolmogorov–Smirnov against the N(0, 1) CDF;
 * independence: correlation of consecutive steps of a path, of the two coordinates of one
-  draw (the Box–Muller pair) and of neighbouring paths (each √n·r ~ N(0, 1)).
+  draw (the Box–Muller pair) and of neighbouring paths (each √n·r ~ N(0, 1));
+* the other draw kinds, from :func:`sdeverify.rng.draws_numpy` (bitwise the engines' values):
+  uniform (the minibatch indices of ``LinearRegression``) KS against U(0, 1), Rademacher
+  mean 0 with values ±1.
 
 Power (stated in each verdict's rule, computed from n): with n = 10⁷ a variance error of
 0.5% is 11 standard errors, a mean bias of 0.002 is 6; the KS test detects any CDF error
@@ -24,14 +27,19 @@ larger than its critical distance (≈ 6e-4 at n = 10⁷).
 **Intervals, as the checks use them.**  Replications with a known answer, coverage counted:
 
 * ``SimulationResult.sem`` and :func:`~sdeverify.stats.mean_interval`: R independent
-  replications (disjoint path ranges) of SGD on the 2-d quadratic, E x₀ and E L at step K
+  replications (disjoint path ranges of 3 blocks each, so that the block merge is
+  exercised) of SGD on the 2-d quadratic, E x₀ and E L at step K
   against their exact values (:func:`sdeverify.theory.quadratic_moments`);
 * ``SimulationResult.paired`` (common random numbers): E[x₀(SGDM) − x₀(SGD)] likewise;
 * :func:`~sdeverify.stats.fit_order`: R synthetic error curves C η^p (1 + s ε), ε ~ N(0, 1),
   with known p, fitted with their standard errors (the setting of the Monte Carlo order fits).
   Its interval is inflated by the reduced χ² whenever that exceeds 1, so its coverage is
   above nominal by design (0.967 measured here); the rule asks for a coverage in
-  [0.95, 0.985] (an interval √2 too narrow covers 0.896, √2 too wide 0.996).
+  [0.95, 0.985] (an interval √2 too narrow covers 0.896, √2 too wide 0.996);
+* :func:`~sdeverify.stats.max_abs_interval` (the simultaneous interval of the weak-error
+  maxima): K = 16 equal means, coverage ≈ (1 − 0.025/16)^16 ≈ 0.975 by its Bonferroni
+  construction; rule: inside [0.95, 0.99] (without the Bonferroni step it covers ≈ 0.67,
+  with a √2 too wide interval ≈ 1.000).
 
 Decision rules.  Every test of this module is one member of a family with family-wise level
 1 − 10⁻³ (Bonferroni over the M tests): a normal-theory statistic passes iff |z| ≤ z_B; the
@@ -45,28 +53,36 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats as st
 
-from .. import theory
+from .. import rng, theory
 from ..optim import SGD, SGDM
 from ..problems import ConstantGradient, Quadratic
 from ..simulate import simulate
-from ..stats import Interval, fit_order, mean_interval, z_value
+from ..stats import Interval, fit_order, max_abs_interval, mean_interval, z_value
 from .base import ExperimentResult, Timer, Verdict, check_size, make_meta, tick
 
 NAME = "instruments"
 TITLE = "Self-checks: the engine's generator against N(0,1); coverage of the intervals"
 
-SIZES = {"smoke": dict(gen_paths=2 ** 20, gen_steps=5, reps=1000, rep_paths=256, fit_reps=2000),
-         "quick": dict(gen_paths=2 ** 20, gen_steps=5, reps=1000, rep_paths=512, fit_reps=4000),
-         "full": dict(gen_paths=2 ** 22, gen_steps=6, reps=4000, rep_paths=1024, fit_reps=20000)}
+SIZES = {"smoke": dict(gen_paths=2 ** 20, gen_steps=5, other_draws=2 ** 20, reps=1000, rep_paths=768,
+                       fit_reps=2000),
+         "quick": dict(gen_paths=2 ** 20, gen_steps=5, other_draws=2 ** 20, reps=1000, rep_paths=768,
+                       fit_reps=4000),
+         "full": dict(gen_paths=2 ** 22, gen_steps=6, other_draws=2 ** 22, reps=4000, rep_paths=1024,
+                      fit_reps=20000)}
 #: family-wise false-failure level of all the verdicts of this module together
 FAMILY_ALPHA = 1e-3
 SIGMA = 1.7
 NOMINAL = 0.95
-N_GEN_TESTS, N_COV_TESTS = 8, 4
+N_GEN_TESTS, N_COV_TESTS = 10, 5
 #: fit_order inflates its interval by the reduced χ² when it exceeds 1, so its coverage is
 #: above nominal by design (measured 0.967 on the synthetic curves below, 8000 replications);
 #: the band's upper end lies between that and the 0.996 of an interval √2 too wide.
 FIT_ORDER_BAND = (0.95, 0.985)
+#: max_abs_interval (Bonferroni over K) on K equal means: coverage ≈ (1 − α/2K)^K ≈ 0.975
+#: (analytic, K = 16); without the Bonferroni correction it would be ≈ 0.67, with an interval
+#: √2 too wide ≈ 1.000
+MAX_ABS_K = 16
+MAX_ABS_BAND = (0.95, 0.99)
 
 
 def quadratic() -> Quadratic:
@@ -155,9 +171,50 @@ def _cp_interval(k, R: int, level: float):
     return low, high
 
 
-def _coverage_verdict(claim: str, covered: np.ndarray, band: tuple[float, float]) -> Verdict:
+def other_draw_verdicts(n: int, seed: int) -> tuple[list[Verdict], dict]:
+    """Uniform (the minibatch index draws of ``LinearRegression``) and Rademacher draws, from
+    :func:`sdeverify.rng.draws_numpy` (bitwise the engine's values): KS against U(0, 1) and
+    the Rademacher mean, at the same Bonferroni share as the normal tests."""
+    alpha_i = FAMILY_ALPHA / (N_GEN_TESTS + N_COV_TESTS)
+    paths = np.arange(n // 4)
+    u = rng.draws_numpy(rng.UNIFORM, seed, paths, 3, 0, 4).ravel()
+    d_u, p_u = st.kstest(u, "uniform")
+    d_crit = float(st.kstwobign.isf(alpha_i) / np.sqrt(u.size))
+    r = rng.draws_numpy(rng.RADEMACHER, seed, paths, 3, 0, 4).ravel()
+    zb = z_value(1 - alpha_i)
+    out = [Verdict(f"uniform draws ~ U(0, 1): Kolmogorov-Smirnov, n = {u.size}", "instrument (method)",
+                   f"D <= critical {d_crit:.3g} (high end)", Interval(float(d_u), 0.0, d_crit),
+                   bool(d_u <= d_crit and np.all((u > 0) & (u < 1))),
+                   f"KS distance <= its critical value at level {alpha_i:.2g} (p = {p_u:.3g}), all in (0, 1)"),
+           _z_verdict(f"Rademacher draws have mean 0 (values +-1), n = {r.size}", float(r.mean()), 0.0,
+                      1.0 / np.sqrt(r.size), zb, f"values {sorted(set(np.unique(r).tolist()))}")]
+    out[1] = Verdict(out[1].claim, out[1].reference, out[1].prediction, out[1].measured,
+                     out[1].passed and bool(np.all(np.abs(r) == 1.0)), out[1].rule)
+    return out, {"uniform_ks": float(d_u), "rademacher_mean": float(r.mean())}
+
+
+def _normal_alt() -> tuple[float, float]:
+    """Coverage of a nominal-95% normal interval √2 too narrow / √2 too wide."""
+    z = z_value(NOMINAL)
+    return tuple(float(2 * st.norm.cdf(z * f) - 1) for f in (2 ** -0.5, 2 ** 0.5))
+
+
+def _max_abs_alt() -> tuple[float, float]:
+    """Coverage of max_abs_interval on K equal means with its half-widths scaled by 1/√2, √2:
+    (1 − q)^K with q the one-sided tail beyond the scaled Bonferroni quantile."""
+    zb = z_value(1 - (1 - NOMINAL) / MAX_ABS_K)
+    return tuple(float(st.norm.cdf(f * zb) ** MAX_ABS_K) for f in (2 ** -0.5, 2 ** 0.5))
+
+
+#: fit_order on the synthetic curves with its interval scaled by 1/√2, √2 (measured, 8000 reps)
+FIT_ORDER_ALT = (0.896, 0.9965)
+
+
+def _coverage_verdict(claim: str, covered: np.ndarray, band: tuple[float, float],
+                      alt: tuple[float, float] | None = None) -> Verdict:
     """Pass iff the Clopper-Pearson interval of the coverage meets ``band`` (the nominal
-    coverage, or a range for a deliberately conservative procedure)."""
+    coverage, or a range for a deliberately conservative procedure).  ``alt``: the coverages
+    of the same procedure with intervals √2 too narrow / too wide, for the stated power."""
     R = covered.size
     k = int(covered.sum())
     level = 1 - FAMILY_ALPHA / (N_GEN_TESTS + N_COV_TESTS)
@@ -167,14 +224,13 @@ def _coverage_verdict(claim: str, covered: np.ndarray, band: tuple[float, float]
     ks = np.arange(R + 1)
     lo_all, hi_all = _cp_interval(ks, R, level)
     fails = (hi_all < band[0]) | (lo_all > band[1])
-    z = z_value(NOMINAL)
-    pw = [float(st.binom.pmf(ks[fails], R, 2 * st.norm.cdf(z * f) - 1).sum()) for f in (2 ** -0.5, 2 ** 0.5)]
+    pw = [float(st.binom.pmf(ks[fails], R, p).sum()) for p in (alt or _normal_alt())]
     target = f"{band[0]:g}" if band[0] == band[1] else f"in [{band[0]:g}, {band[1]:g}]"
     return Verdict(claim, "instrument (method)", f"coverage {target} (vs the {level:.5g} CI)",
                    iv, bool(high >= band[0] and low <= band[1]),
                    f"{k}/{R} nominal-95% intervals cover the known value; pass iff the "
-                   f"Clopper-Pearson interval at level {level:.5g} meets {target} (power for a "
-                   f"normal estimate: {pw[0]:.3f} vs sqrt(2) too narrow, {pw[1]:.3f} vs sqrt(2) too wide)")
+                   f"Clopper-Pearson interval at level {level:.5g} meets {target} (power: {pw[0]:.3f} "
+                   f"vs intervals sqrt(2) too narrow, {pw[1]:.3f} vs sqrt(2) too wide)")
 
 
 def coverage_runs(reps: int, paths: int, seed: int, steps: int = 12, eta: float = 0.15,
@@ -213,6 +269,18 @@ def fit_order_coverage(reps: int, seed: int, p: float = 1.0, rel: float = 0.05) 
     return out
 
 
+def max_abs_coverage(reps: int, seed: int) -> np.ndarray:
+    """0/1 coverage of :func:`~sdeverify.stats.max_abs_interval` for max_k |μ_k| with K equal
+    μ_k = 1 estimated by m_k ~ N(1, s_k²), s_k known (the setting of the weak-error maxima)."""
+    g = np.random.default_rng([seed, 4343])
+    sems = np.linspace(0.05, 0.1, MAX_ABS_K)
+    out = np.empty(reps, dtype=bool)
+    for r in range(reps):
+        m = 1.0 + sems * g.standard_normal(MAX_ABS_K)
+        out[r] = max_abs_interval(m, sems).contains(1.0)
+    return out
+
+
 def run(*, size: str = "quick", seed: int = 0, progress=None, **overrides) -> ExperimentResult:
     """Generator and interval self-checks; rules in the module docstring."""
     size = check_size(size)
@@ -222,6 +290,9 @@ def run(*, size: str = "quick", seed: int = 0, progress=None, **overrides) -> Ex
         z = engine_draws(cfg["gen_paths"], cfg["gen_steps"], seed + 99)
         vs, d = generator_verdicts(z)
         del z
+        verdicts += vs
+        data.update(d)
+        vs, d = other_draw_verdicts(cfg["other_draws"], seed + 98)
         verdicts += vs
         data.update(d)
         tick(progress, 1, 3)
@@ -236,8 +307,13 @@ def run(*, size: str = "quick", seed: int = 0, progress=None, **overrides) -> Ex
         fc = fit_order_coverage(cfg["fit_reps"], seed)
         verdicts.append(_coverage_verdict(
             "stats.fit_order: 95% interval of the order covers the true order (synthetic curves)",
-            fc, FIT_ORDER_BAND))
+            fc, FIT_ORDER_BAND, FIT_ORDER_ALT))
         data["coverage_fit_order"] = fc
+        mc = max_abs_coverage(cfg["fit_reps"], seed)
+        verdicts.append(_coverage_verdict(
+            f"stats.max_abs_interval: 95% interval of max_k |mu_k| covers it (K = {MAX_ABS_K} equal means)",
+            mc, MAX_ABS_BAND, _max_abs_alt()))
+        data["coverage_max_abs"] = mc
         tick(progress, 3, 3)
     return ExperimentResult(NAME, dict(cfg, sigma=SIGMA, family_alpha=FAMILY_ALPHA), data,
                             tuple(verdicts), make_meta(seed, size, t.seconds))
@@ -255,7 +331,7 @@ def plot(result: ExperimentResult, path):
     ax[0].semilogy(mid, expected, "-", lw=1, label="N(0, 1)")
     ax[0].set(xlabel="z", ylabel="count", title=f"generator, n = {int(n)} (KS D = {float(d['gen_ks']):.2g})")
     ax[0].legend(fontsize=8)
-    names = ["x0", "loss", "diff", "fit_order"]
+    names = ["x0", "loss", "diff", "fit_order", "max_abs"]
     cov = [float(np.mean(d[f"coverage_{k}"])) for k in names]
     ax[1].bar(names, cov)
     ax[1].axhline(NOMINAL, color="k", ls="--", label="nominal 0.95")
