@@ -3,7 +3,9 @@
     python benchmarks/false_failures.py NAME [--size smoke] [--seeds 0:100] [--json PATH]
 
 Prints, per verdict claim, how many seeds failed it, and the number of seeds on which the
-check as a whole failed.  Runs in-process (kernels compile once).
+check as a whole failed.  Runs in-process (kernels compile once).  NAME is a registered
+check, or one of :data:`PARTS` — the verdicts of one part of a check at its smoke size,
+for parts that are cheap to rerun alone.
 """
 from __future__ import annotations
 
@@ -15,6 +17,30 @@ from collections import Counter
 from pathlib import Path
 
 
+def _part_batch_oracle(seed):
+    from sdeverify.experiments import batch_size as b
+    return b.oracle_verdicts(b.data(max_batch=64), 64, b.SIZES["smoke"]["oracle_paths"], seed + 500)[0]
+
+
+def _part_slow_general(seed):
+    from sdeverify.experiments import slow_sde as s
+    return s.general_formula_verdicts(1.25, seed, s.SIZES["smoke"]["paths"])[0]
+
+
+#: cheap parts of checks, rerun alone: name -> seed -> verdicts
+PARTS = {"batch_size.oracle": _part_batch_oracle, "slow_sde.general": _part_slow_general}
+
+
+class _Part:
+    def __init__(self, f):
+        self.f = f
+
+    def run(self, size, seed):
+        class R:
+            verdicts = tuple(self.f(seed))
+        return R()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("name")
@@ -24,7 +50,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from sdeverify.experiments import get
     a, b = (int(v) for v in args.seeds.split(":"))
-    mod = get(args.name)
+    mod = _Part(PARTS[args.name]) if args.name in PARTS else get(args.name)
     fails, bad_seeds, t0 = Counter(), [], time.perf_counter()
     n_verdicts = 0
     for seed in range(a, b):

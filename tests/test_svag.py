@@ -62,3 +62,16 @@ def test_run_rejects_bad_ells():
         svag.run(size="smoke", ells=(2, 4, 8, 16))
     with pytest.raises(ValueError, match="size"):
         svag.run(size="huge")
+
+
+def test_gap_order_is_two_sided_on_the_quadratic():
+    """Negative control (issue 15): exact gaps that vanish like 1/l² (an oracle that made the
+    gap close too fast) fail the quadratic's "order 1 in 1/l" verdict, though the Monte Carlo
+    gaps match them and the order interval lies above 0."""
+    ells = (1, 2, 4, 8, 16)
+    sem = np.full(5, 1e-5)
+    for p, ok in ((1.0, True), (2.0, False)):
+        ex = 0.1 / np.array(ells, float) ** p * (1 + 0.1 / np.array(ells, float))
+        g = {"gap": ex.copy(), "gap_sem": sem, "gap_exact": ex}
+        v = svag._gap_verdicts("ctrl", ells, g, exact=True)
+        assert v[0].passed and v[1].passed is ok
