@@ -53,8 +53,10 @@ except Exception:  # pragma: no cover - depends on the install
 #: GEMM tiles ``(BM, BN, BK, TM, TN)``: a block computes a BM×BN output tile in BK-deep
 #: k-slices staged in shared memory; each of its (BM/TM)·(BN/TN) threads owns TM×TN outputs.
 GPU_TILES = {"big": (128, 128, 8, 8, 8), "small": (64, 64, 16, 4, 4)}
-#: Register cap of the float32 big-tile kernel: 128 fits two 256-thread blocks per
-#: multiprocessor (ptxas for sm_90: 144 registers uncapped, 4 bytes of spill at 128).
+#: Register cap of the float32 big-tile kernels: 128 fits two 256-thread blocks per
+#: multiprocessor (ptxas 13 for sm_90: 122-152 registers uncapped; at 128 no spills, except
+#: 16 bytes in the weight-gradient variant).  Not yet measured against no cap on a GPU:
+#: benchmarks/gpu_check.py times both.
 GPU_MAX_REGISTERS = {"big": 128, "small": None}
 SIM_TILES = {"big": (8, 8, 4, 4, 4), "small": (4, 4, 4, 2, 2)}
 #: The big tile is used when both output dimensions of a product are at least this.
@@ -111,6 +113,7 @@ def make_gemm(dtype: np.dtype, tile: tuple, trans_a: bool, trans_b: bool, epilog
     B0 = BK * BMP                      # the B tile's start in the shared buffer
     DT, NPDT = _numba_dtype(dtype), np.dtype(dtype).type
     ZERO, ONE = NPDT(0.0), NPDT(1.0)
+    U = numba.uint64   # unsigned indices: Numba adds no negative-index wraparound code
 
     opts = {} if max_registers is None or numba.config.ENABLE_CUDASIM else {"max_registers": max_registers}
 
@@ -145,10 +148,10 @@ def make_gemm(dtype: np.dtype, tile: tuple, trans_a: bool, trans_b: bool, epilog
                     if i == ones_row:
                         v = ONE
                     elif trans_a:
-                        v = a[abase + k * lda + i]
+                        v = a[U(abase + k * lda + i)]
                     else:
-                        v = a[abase + i * lda + k]
-                sh[kk * BMP + ii] = v
+                        v = a[U(abase + i * lda + k)]
+                sh[U(kk * BMP + ii)] = v
             for it in range(LOADS_B):
                 q = t + it * NT
                 if trans_b:
@@ -159,16 +162,16 @@ def make_gemm(dtype: np.dtype, tile: tuple, trans_a: bool, trans_b: bool, epilog
                 v = ZERO
                 if j < nn and k < nk:
                     if trans_b:
-                        v = b[bbase + j * ldb + k]
+                        v = b[U(bbase + j * ldb + k)]
                     else:
-                        v = b[bbase + k * ldb + j]
-                sh[B0 + kk * BNP + jj] = v
+                        v = b[U(bbase + k * ldb + j)]
+                sh[U(B0 + kk * BNP + jj)] = v
             cuda.syncthreads()
             for kk in range(BK):
                 for ii in range(TM):
-                    ar[ii] = sh[kk * BMP + ty + ii * TY]
+                    ar[ii] = sh[U(kk * BMP + ty + ii * TY)]
                 for jj in range(TN):
-                    br[jj] = sh[B0 + kk * BNP + tx + jj * TX]
+                    br[jj] = sh[U(B0 + kk * BNP + tx + jj * TX)]
                 for ii in range(TM):
                     for jj in range(TN):
                         acc[ii, jj] += ar[ii] * br[jj]
@@ -183,20 +186,20 @@ def make_gemm(dtype: np.dtype, tile: tuple, trans_a: bool, trans_b: bool, epilog
                     if j < nn:
                         v = acc[ii, jj]
                         if epilogue == EPI_BIAS_ACT:
-                            v += e[ebase + j]
+                            v += e[U(ebase + j)]
                             if act == RELU:
                                 if not v > ZERO:
                                     v = ZERO
                         elif epilogue == EPI_DERIV:
-                            d = e[ebase + i * ldc + j]
+                            d = e[U(ebase + i * ldc + j)]
                             if act == RELU:
                                 if not d > ZERO:
                                     v = ZERO
                             else:
                                 v = v * (ONE - d * d)
                         if accumulate:
-                            v += c[cbase + i * ldc + j]
-                        c[cbase + i * ldc + j] = v
+                            v += c[U(cbase + i * ldc + j)]
+                        c[U(cbase + i * ldc + j)] = v
         if epilogue == EPI_BIAS_ACT and act == TANH:
             # a second pass over this thread's own outputs: tanh inside the loop above stops
             # its unrolling, which would move ``acc`` from registers to local memory
@@ -205,7 +208,7 @@ def make_gemm(dtype: np.dtype, tile: tuple, trans_a: bool, trans_b: bool, epilog
                 for jj in range(TN):
                     j = j0 + tx + jj * TX
                     if i < nm and j < nn:
-                        c[cbase + i * ldc + j] = math.tanh(c[cbase + i * ldc + j])
+                        c[U(cbase + i * ldc + j)] = math.tanh(c[U(cbase + i * ldc + j)])
 
     gemm.threads = NT
     gemm.shared_bytes = (BK * BMP + BK * BNP) * np.dtype(dtype).itemsize
