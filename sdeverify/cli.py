@@ -1,13 +1,17 @@
 """Command line: ``sdeverify simulate | run NAME | check | list``.
 
 The CLI is thin: every subcommand builds parameters, calls a library function and prints or
-saves what it returns.
+saves what it returns.  Errors a user can fix (a bad flag value, an unwritable ``--out``, no
+GPU for ``--backend cuda``, a run too large for the memory) end with exit status 2 and one
+line ``sdeverify: error: ...`` on stderr, before any work starts; a failed check exits 1.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,16 +51,62 @@ def _optimizers(args):
     return out
 
 
+def _writable_folder(flag: str, folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and prove it writable (create and delete a file in it),
+    so that a run never fails at the very end, after the work, on its output."""
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".sdeverify-write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"{flag} {str(folder)!r} is not a writable folder "
+                         f"({exc.strerror or exc})") from None
+    return path
+
+
+def _check_simulate_args(args) -> None:
+    """Every flag of ``simulate`` against its range, before anything is built or run."""
+    from .engine.spec import _check_memory, memory_estimate
+    from .validation import finite_float, nonneg_int, positive_int
+    for flag in ("dim", "paths", "steps", "record", "batch_size"):
+        positive_int("--" + flag.replace("_", "-"), getattr(args, flag))
+    if nonneg_int("--seed", args.seed) >= 2 ** 64:
+        raise ValueError(f"--seed must be in [0, 2**64), got {args.seed}")
+    finite_float("--lr", args.lr, low=0.0)
+    finite_float("--beta", args.beta, low=0.0, high=1.0, high_open=True)
+    finite_float("--dampening", args.dampening, low=0.0, high=1.0)
+    finite_float("--sigma", args.sigma, low=0.0)
+    finite_float("--x0", args.x0)
+    finite_float("--curvature", args.curvature, low=0.0)
+    finite_float("--svag", args.svag, low=1.0)
+    n_opt = len(_optimizers(args))
+    _check_memory(memory_estimate(n_opt=n_opt, steps=args.steps, paths=args.paths,
+                                  dim=args.dim, n_rec=min(args.record, args.steps) + 1, n_obs=4,
+                                  store_states=False,
+                                  itemsize=4 if args.dtype == "float32" else 8),
+                  f"--paths {args.paths} --steps {args.steps} --record {args.record}")
+    if args.backend == "cuda":
+        from .engine.cuda import _cuda
+        _cuda()                                   # CudaUnavailable: one line, exit 2
+    if args.out:
+        _writable_folder("--out", args.out)
+
+
 def cmd_simulate(args) -> int:
     from .progress import bar
     from .simulate import simulate
+    _check_simulate_args(args)
     problem = _problem(args)
     if args.svag != 1.0:
         from .problems import SVAG
         problem = SVAG(problem, args.svag)
     opts = _optimizers(args)
     x0 = np.full(problem.dim, args.x0)
-    record = np.unique(np.linspace(0, args.steps, args.record + 1).round().astype(int))
+    # at most steps + 1 distinct recorded steps, whatever --record says
+    n_rec = min(args.record, args.steps)
+    record = np.unique(np.linspace(0, args.steps, n_rec + 1).round().astype(np.int64))
     shard = max(config.BLOCK, (args.paths // 20) // config.BLOCK * config.BLOCK)
     parts = []
     t0 = time.perf_counter()
@@ -73,7 +123,7 @@ def cmd_simulate(args) -> int:
     print(res.summary())
     if args.out:
         path = res.save(Path(args.out) / "simulation")
-        print(f"wrote {path} and {path.with_suffix('.npz')}")
+        print(f"wrote {path} and {path.parent / json.loads(path.read_text())['npz']}")
     return 0
 
 
@@ -106,7 +156,10 @@ def _print_table(rows: list[list[str]]) -> None:
 
 
 def cmd_run(args) -> int:
-    out = Path(args.out) if args.out else None
+    from . import experiments
+    experiments.get(args.name)
+    _check_seed(args.seed)
+    out = _writable_folder("--out", args.out) if args.out else None
     res, fig = _run_one(args.name, args.size, args.seed, out, args.quiet)
     _print_table(_verdict_rows(res))
     print(f"{args.name}: {'PASS' if res.passed else 'FAIL'} in {res.meta.get('wall_time', 0):.1f} s")
@@ -120,12 +173,15 @@ def cmd_check(args) -> int:
     from .result import atomic_write_text
     size = "full" if args.full else ("smoke" if args.smoke else "quick")
     names = experiments.available()
-    if args.only:
+    _check_seed(args.seed)
+    if args.only is not None:
         wanted = [n.strip() for n in args.only.split(",")]
+        if not any(wanted):
+            raise ValueError("--only must name at least one check (see `sdeverify list`)")
         for n in wanted:
             experiments.get(n)
         names = [n for n in names if n in wanted]
-    out = Path(args.out)
+    out = _writable_folder("--out", args.out)
     rows, summary, t0 = [], [], time.perf_counter()
     for i, name in enumerate(names):
         res = _reusable(name, size, args.seed, out) if args.resume else None
@@ -181,6 +237,12 @@ def _reusable(name: str, size: str, seed: int, out: Path):
     return res
 
 
+def _check_seed(seed: int) -> None:
+    from .validation import nonneg_int
+    if nonneg_int("--seed", seed) >= 2 ** 64:
+        raise ValueError(f"--seed must be in [0, 2**64), got {seed}")
+
+
 def cmd_list(args) -> int:
     from . import experiments
     for name in experiments.available():
@@ -189,11 +251,18 @@ def cmd_list(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (``sdeverify simulate: error: ...``), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sdeverify", description=(
+    p = _Parser(prog="sdeverify", description=(
         "Numerical checks of 'The Marginal Value of Momentum for Small Learning Rate SGD' "
         "(ICLR 2024): ensembles of SGD/SGDM on noisy-gradient problems, weak errors, SDE limits."))
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("simulate", help="simulate coupled SGD/SGDM ensembles and summarise",
                        description="Simulate ensembles of optimizers sharing the oracle noise "
@@ -212,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--x0", type=float, default=1.0, help="initial value of every coordinate")
     s.add_argument("--paths", type=int, default=4096, help="number of paths")
     s.add_argument("--steps", type=int, default=1000, help="number of steps")
-    s.add_argument("--record", type=int, default=config.DEFAULT_RECORDS, help="number of recorded steps")
+    s.add_argument("--record", type=int, default=config.DEFAULT_RECORDS, help="number of recorded steps (at most --steps)")
     s.add_argument("--seed", type=int, default=0, help="random seed")
     s.add_argument("--backend", choices=("cpu", "numpy", "cuda"), default="cpu")
     s.add_argument("--dtype", choices=("float64", "float32"), default="float64",
@@ -259,9 +328,21 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as exc:
-        print(f"sdeverify: error: {exc}", file=sys.stderr)
+    except (ValueError, RuntimeError) as exc:   # UserFunctionError, ResultFileError are ValueErrors
+        if isinstance(exc, RuntimeError) and type(exc).__name__ != "CudaUnavailable":
+            raise
+        print(f"sdeverify: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:                           # e.g. the disk filled up while saving
+        print(f"sdeverify: error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sdeverify: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 if __name__ == "__main__":

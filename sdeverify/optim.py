@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .validation import finite_float, schedule, vector
+from .validation import finite_array, finite_float, name_string, positive_int, schedule, vector
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,9 @@ class SGD:
     """SGD (Def. 3.2): x_{k+1} = x_k − η_k g_k.  ``lr`` is a float or a per-step array."""
     lr: Any
     name: str = "SGD"
+
+    def __post_init__(self) -> None:
+        name_string("name", self.name)
 
     def coefficients(self, steps: int, dim: int) -> Coefficients:
         lr = schedule("lr", self.lr, steps, low=0.0)
@@ -53,6 +56,9 @@ class SGDM:
     beta: Any
     m0: Any = None
     name: str = "SGDM"
+
+    def __post_init__(self) -> None:
+        name_string("name", self.name)
 
     def coefficients(self, steps: int, dim: int) -> Coefficients:
         lr = schedule("lr", self.lr, steps, low=0.0)
@@ -77,6 +83,9 @@ class HeavyBall:
     dampening: float = 0.0
     buffer: Any = None
     name: str = "HeavyBall"
+
+    def __post_init__(self) -> None:
+        name_string("name", self.name)
 
     def coefficients(self, steps: int, dim: int) -> Coefficients:
         lr = schedule("lr", self.lr, steps, low=0.0)
@@ -108,6 +117,12 @@ def heavy_ball_to_sgdm(lr, momentum, dampening: float = 0.0, *, steps: int,
     from m_0 = c_0 u_0.  SGDM(eta, beta) then produces the same iterates as
     HeavyBall(lr, momentum, dampening) for the same gradients.
     """
+    steps = positive_int("steps", steps)
+    for name, v in (("lr", lr), ("momentum", momentum)):
+        finite_array(name, v, low=0.0)            # not empty, finite, >= 0 (clear messages)
+    dampening = finite_float("dampening", dampening, low=0.0, high=1.0)
+    if c0 is not None:
+        c0 = finite_float("c0", c0, low=0.0, low_open=True, allow_inf=True)
     hb = HeavyBall(lr, momentum, dampening, buffer=None if buffer_empty else np.zeros(1))
     coef = hb.coefficients(steps, 1)
     mu, b, gamma = coef.a, coef.b, coef.gamma

@@ -315,12 +315,14 @@ def _same_simulation(parts) -> None:
         raise ValueError("cannot merge: a shard has no fingerprint (made by an older sdeverify "
                          "or by hand), so it cannot be checked to be the same simulation")
     for i, fp in enumerate(fps[1:], 1):
-        for key in sorted(set(fps[0]) | set(fp)):
-            if fps[0].get(key) != fp.get(key):
-                raise ValueError(
-                    f"cannot merge shards of different simulations: they differ in {key} "
-                    f"({fps[0].get(key)!r} at path_offset {parts[0].meta.get('path_offset')} vs "
-                    f"{fp.get(key)!r} at path_offset {parts[i].meta.get('path_offset')})")
+        keys = list(fps[0]) + [k for k in fp if k not in fps[0]]
+        diff = [k for k in keys if fps[0].get(k) != fp.get(k)]
+        if diff:
+            where = (f"path_offset {parts[0].meta.get('path_offset')} vs "
+                     f"{parts[i].meta.get('path_offset')}")
+            raise ValueError("cannot merge shards of different simulations: they differ in "
+                             + "; ".join(f"{k} ({fps[0].get(k)!r} vs {fp.get(k)!r})" for k in diff)
+                             + f" ({where})")
 
 
 # ---- one JSON + one NPZ, saved and loaded as a unit -------------------------------------------
@@ -428,6 +430,7 @@ def _atomic_write(path: Path, write, mode: str, suffix: str = "") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())          # as open() would create it (mkstemp: 0600)
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
@@ -438,6 +441,18 @@ def _atomic_write(path: Path, write, mode: str, suffix: str = "") -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would, for all threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .validation import finite_float, nonneg_int, positive_int, schedule
+from .validation import finite_array, finite_float, nonneg_int, positive_int, schedule
 
 
 def constant(value: float, steps: int) -> np.ndarray:
@@ -77,13 +77,14 @@ def averaged_lr(lr, beta, *, tail: str = "constant") -> np.ndarray:
     ``tail="constant"`` extends the schedule past its end with its last (η, β) (infinite
     horizon: a constant schedule gives η̄ ≡ η); ``tail="truncate"`` sets A_K = 0.
     """
-    lr = np.atleast_1d(np.asarray(lr, dtype=np.float64))
-    beta = np.asarray(beta, dtype=np.float64)
-    beta = np.full(lr.shape, float(beta)) if beta.ndim == 0 else beta
+    lr = finite_array("lr", lr, low=0.0)
+    beta = finite_array("beta", beta, low=0.0)
+    beta = np.full(lr.shape, float(beta[0])) if beta.size == 1 else beta
     if beta.shape != lr.shape:
         raise ValueError(f"beta has {beta.shape[0]} entries but lr has {lr.shape[0]}")
-    if np.any((beta < 0) | (beta >= 1)):
-        raise ValueError("beta must be in [0, 1)")
+    if np.any(beta >= 1):
+        k = int(np.argmax(beta >= 1))
+        raise ValueError(f"beta must be in [0, 1); entry {k} is {beta[k]}")
     if tail not in ("constant", "truncate"):
         raise ValueError(f"tail must be 'constant' or 'truncate', got {tail!r}")
     K = lr.shape[0]

@@ -1,7 +1,9 @@
 """Run by tests/test_cuda.py in a subprocess with NUMBA_ENABLE_CUDASIM=1 (the simulator must
 be chosen before Numba is imported).  Prints one line per case; exits 1 on any mismatch."""
+import math
 import sys
 
+import numba
 import numpy as np
 
 import sdeverify as sv
@@ -40,4 +42,31 @@ div = r.divergence
 ok = bool(div) and div[0].fraction == 1.0 and any(issubclass(x.category, sv.DivergenceWarning) for x in w)
 bad += not ok
 print(f"divergence reported: {'ok' if ok else 'MISSING'}")
+# 64-bit path indices: a shard at 2**32 draws what the CPU engine draws there, not path 0's
+P = Quadratic(np.diag([1.0, 2.0]))
+kw = dict(steps=4, paths=6, sigma=1.0, seed=3, record=[4], store_states=True)
+g = sv.simulate(P, [sv.SGD(0.1)], [0.5, 0.5], backend="cuda", path_offset=2 ** 32 + 256, **kw)
+c = sv.simulate(P, [sv.SGD(0.1)], [0.5, 0.5], backend="cpu", path_offset=2 ** 32 + 256, **kw)
+c0 = sv.simulate(P, [sv.SGD(0.1)], [0.5, 0.5], backend="cpu", path_offset=256, **kw)
+dev = np.abs(g.states - c.states).max()
+ok = dev <= 1e-12 and not np.any(c0.states == g.states)
+bad += not ok
+print(f"paths beyond 2**32: deviation {dev:.3g}, distinct from the low paths {'ok' if ok else 'MISMATCH'}")
+
+
+# the divergence bound and non-finite observables: the same paths, steps and counts as the CPU
+@numba.njit
+def log_x0(x):
+    return math.log(x[0]) if x[0] > 0 else math.nan
+
+
+kw = dict(steps=30, paths=12, sigma=0.5, seed=1, record=[0, 10, 30], divergence_bound=50.0,
+          observables=["x0", log_x0], on_divergence="ignore")
+opts = [sv.SGD(2.2), sv.SGD(0.5)]
+g = sv.simulate(Quadratic(np.eye(2)), opts, [1.0, 1.0], backend="cuda", **kw)
+c = sv.simulate(Quadratic(np.eye(2)), opts, [1.0, 1.0], backend="cpu", **kw)
+ok = (np.array_equal(g.div_step, c.div_step) and np.array_equal(g.nonfinite, c.nonfinite)
+      and np.array_equal(g.count, c.count) and bool(g.divergence) and g.nonfinite.sum() > 0)
+bad += not ok
+print(f"divergence bound and non-finite counts as on the CPU: {'ok' if ok else 'MISMATCH'}")
 sys.exit(1 if bad else 0)

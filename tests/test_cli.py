@@ -4,7 +4,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
+import sdeverify as sv
 from sdeverify import experiments
 from sdeverify.cli import main
 
@@ -67,3 +69,69 @@ def test_check_resume_reuses_finished_results(tmp_path, capsys):
     assert again["complete"] and again["checks"][0]["verdicts"] == first["checks"][0]["verdicts"]
     assert main(argv[:-1] + ["--seed", "1", "--quiet", "--resume"]) == 0
     assert "reusing" not in capsys.readouterr().err
+
+
+def _one_line_error(capsys, argv):
+    try:
+        rc = main(argv)
+    except SystemExit as exc:                # argparse's own errors
+        rc = exc.code
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    return rc, lines, err
+
+
+def test_every_bad_flag_exits_2_with_one_line_and_no_traceback(capsys):
+    """`--paths 0` used to end in an IndexError traceback."""
+    for flags, word in [(["--paths", "0"], "--paths"), (["--steps", "-1"], "--steps"),
+                        (["--dim", "0"], "--dim"), (["--record", "0"], "--record"),
+                        (["--lr", "nan"], "--lr"), (["--sigma", "-1"], "--sigma"),
+                        (["--x0", "inf"], "--x0"), (["--seed", "-1"], "--seed"),
+                        (["--svag", "0.5"], "--svag"), (["--dampening", "2"], "--dampening"),
+                        (["--batch-size", "0"], "--batch-size"), (["--curvature", "nan"], "--curvature"),
+                        (["--optimizers", "sgd,adam"], "adam"), (["--paths", "many"], "--paths"),
+                        (["--problem", "rosenbrock"], "--problem"),
+                        (["--paths", str(2 ** 50)], "GiB")]:
+        rc, lines, err = _one_line_error(capsys, ["simulate", "--quiet", *flags])
+        assert rc == 2 and len(lines) == 1 and word in lines[0], (flags, err)
+        assert "Traceback" not in err
+    for argv, word in [(["check", "--only", "nope"], "nope"), (["check", "--only", ""], "--only"),
+                       (["check", "--seed", "-2"], "--seed"), (["run", "nope"], "nope")]:
+        rc, lines, err = _one_line_error(capsys, argv)
+        assert rc == 2 and len(lines) == 1 and word in lines[0], (argv, err)
+
+
+def test_unwritable_out_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    """An unwritable --out used to fail with a traceback after the work ran."""
+    import importlib
+    from sdeverify import cli
+
+    def no_work(*a, **k):
+        raise AssertionError("work started before --out was checked")
+
+    monkeypatch.setattr(importlib.import_module("sdeverify.simulate"), "simulate", no_work)
+    monkeypatch.setattr(cli, "_run_one", no_work)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for argv in (["simulate", "--quiet", "--out", str(blocker)],
+                 ["simulate", "--quiet", "--out", str(blocker / "sub")],
+                 ["check", "--smoke", "--only", "svag", "--quiet", "--out", str(blocker)],
+                 ["run", "svag", "--size", "smoke", "--quiet", "--out", str(blocker)]):
+        rc, lines, err = _one_line_error(capsys, argv)
+        assert rc == 2 and len(lines) == 1 and "--out" in lines[0] and "writable" in lines[0], err
+
+
+def test_missing_gpu_is_one_line(capsys):
+    from numba import cuda
+    if cuda.is_available():
+        pytest.skip("a GPU (or the simulator) is available here")
+    rc, lines, err = _one_line_error(capsys, ["simulate", "--quiet", "--backend", "cuda"])
+    assert rc == 2 and len(lines) == 1 and "GPU" in lines[0], err
+
+
+def test_simulate_out_names_the_hashed_arrays_file(tmp_path, capsys):
+    assert main(["simulate", "--paths", "256", "--steps", "5", "--dim", "2", "--out", str(tmp_path),
+                 "--quiet"]) == 0
+    doc = json.loads((tmp_path / "simulation.json").read_text())
+    assert doc["npz"] in capsys.readouterr().out and (tmp_path / doc["npz"]).exists()
+    assert sv.SimulationResult.load(tmp_path / "simulation").paths == 256

@@ -183,6 +183,9 @@ def make_spec(problem, optimizers, x0, *, steps, paths, sigma, seed=0, record=No
     x0 = vector("x0", x0, problem.dim)
     bound = default_bound(x0) if divergence_bound is None else \
         finite_float("divergence_bound", divergence_bound, low=0.0, low_open=True, allow_inf=True)
+    if bound <= float(np.max(np.abs(x0))):
+        raise ValueError(f"divergence_bound must exceed max_i |x0_i| = {np.max(np.abs(x0)):g} "
+                         f"(the start would count as diverged), got {bound:g}")
     bound = min(bound, float(np.finfo(dtype).max))
     if not isinstance(optimizers, (list, tuple)):
         optimizers = [optimizers]

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from .. import rng
-from ..validation import positive_int
+from ..validation import name_string, positive_int
 
 
 class NGOS:
@@ -52,7 +52,7 @@ class NGOS:
             raise ValueError(f"noise_dist must be one of {sorted(rng.DRAW_KINDS)}, got {noise_dist!r}")
         self.noise_dist = noise_dist
         self.draw_kind = rng.DRAW_KINDS[noise_dist]
-        self.name = name
+        self.name = name_string("name", name)
         # SVAG (Def. 6.1): g = r1 g1 + r2 g2 from two independent oracle calls; ell = 1 is off.
         self.svag_ell = 1.0
 

@@ -1,0 +1,356 @@
+"""No silent garbage (issue 12): divergence flagged long before overflow, non-finite and
+raising observables reported, 64-bit path streams, saved results as one unit, merges that
+refuse different simulations, user functions checked before they run.
+
+All runs use d = 2 quadratics (the kernel the checks and the other tests compile anyway) or
+the NumPy engine, so this file adds no kernel compilation to a cold CI run beyond the user
+functions defined here.
+"""
+import json
+import os
+import warnings
+
+import numba
+import numpy as np
+import pytest
+
+import sdeverify as sv
+from sdeverify import config, rng
+from sdeverify.engine.spec import memory_estimate
+from sdeverify.observables import UserFunctionError
+from sdeverify.problems import NGOS, Quadratic
+from sdeverify.result import ResultFileError, SimulationResult
+
+P = Quadratic(np.diag([0.5, 2.0]))
+EYE = Quadratic(np.eye(2))
+
+
+def _sim(problem=P, opts=(sv.SGD(0.1), sv.SGDM(0.1, 0.9)), x0=(1.0, -1.0), **kw):
+    args = dict(steps=20, paths=300, sigma=1.0, seed=5)
+    args.update(kw)
+    return sv.simulate(problem, list(opts), list(x0), **args)
+
+
+# ---- 1. divergence ---------------------------------------------------------------------------
+def test_blow_up_is_flagged_long_before_overflow():
+    """The issue's example: lr 3 on curvature 1 multiplies x by −2 each step.  The mean used
+    to be 9.3e120 with nothing reported; now every path is flagged once some |x_i| > 1e8 ·
+    max(1, |x0|∞), i.e. at step ≈ log2(1e8) ≈ 27 (noise shifts it by a step or two)."""
+    with pytest.warns(sv.DivergenceWarning, match="SGD: 256 paths"):
+        res = sv.simulate(EYE, sv.SGD(3.0), [1.0, 1.0], steps=200, paths=256, sigma=1.0)
+    (d,) = res.divergence
+    assert d.fraction == 1.0 and 22 <= d.first_step <= 30
+    assert np.all((res.div_step[0] >= 22) & (res.div_step[0] <= 32))
+    assert np.all(np.isnan(res.mean[0, -1])) and res.count[0, -1, 0] == 0
+    assert "DIVERGED SGD" in res.summary() and "1e+08" in res.summary()
+    with pytest.raises(sv.DivergenceError, match="diverged"):
+        sv.simulate(EYE, sv.SGD(3.0), [1.0, 1.0], steps=200, paths=256, sigma=1.0,
+                    on_divergence="raise")
+    # a flagged path stops at its first iterate beyond the bound: |x| in (1e8, ~2.5e8]
+    top = np.abs(res.x_final[0]).max(axis=1)
+    assert np.all((top > 1e8) & (top < 2.5e8))
+    # the bound is relative to the start: x0 = 1e3 moves it to 1e11, crossed as many steps later
+    with pytest.warns(sv.DivergenceWarning):
+        far = sv.simulate(EYE, sv.SGD(3.0), [1e3, 1e3], steps=200, paths=256, sigma=1.0)
+    top = np.abs(far.x_final[0]).max(axis=1)
+    assert np.all((top > 1e11) & (top < 2.5e11))
+    assert abs(far.divergence[0].first_step - d.first_step) <= 3
+
+
+def test_divergence_bound_is_a_parameter_and_matches_the_reference():
+    kw = dict(steps=60, paths=40, sigma=0.5, record=[0, 10, 30, 60], on_divergence="ignore")
+    a = _sim(EYE, [sv.SGD(2.2), sv.SGD(0.5)], divergence_bound=50.0, **kw)
+    b = _sim(EYE, [sv.SGD(2.2), sv.SGD(0.5)], divergence_bound=50.0, backend="numpy", **kw)
+    assert np.array_equal(a.div_step, b.div_step) and a.divergence == b.divergence
+    assert a.divergence[0].optimizer == "SGD" and a.divergence[0].fraction == 1.0
+    assert np.all(np.abs(a.x_final[1]) <= 50.0) and len(a.divergence) == 1
+    # a diverged path is out from its step on: count + diverged = paths at every recorded step
+    for r, s in enumerate(a.steps):
+        gone = ((a.div_step >= 0) & (a.div_step <= s)).sum(axis=1)
+        assert np.array_equal(a.count[:, r, 0] + gone, [40, 40])
+    with pytest.raises(ValueError, match="divergence_bound"):
+        _sim(divergence_bound=0.0)
+    with pytest.raises(ValueError, match="divergence_bound"):
+        _sim(divergence_bound=np.nan)
+
+
+def test_healthy_runs_are_not_flagged():
+    """Stable runs far from the bound (here ‖x‖ ~ 1 against 1e8) raise nothing."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = _sim(steps=200, on_divergence="raise")
+    assert not res.issues() and np.all(res.count == 300)
+
+
+@numba.njit(error_model="numpy")
+def log_x0(x):                      # NaN once x0 < 0, -inf at 0: a user observable gone bad
+    return np.log(x[0]) if x[0] > 0 else np.nan
+
+
+@numba.njit
+def fussy(x):
+    if x[0] > 1.5:
+        raise ValueError("fussy: x0 too large")
+    return x[0]
+
+
+def test_nonfinite_observables_are_counted_and_reported():
+    kw = dict(steps=30, paths=300, sigma=1.0, observables=["x0", log_x0], record=[0, 10, 30])
+    with pytest.warns(sv.DivergenceWarning, match="non-finite values of 'log_x0'"):
+        a = _sim(**kw)
+    b = _sim(backend="numpy", on_divergence="ignore", **kw)
+    bad = a.nonfinite
+    assert bad[:, 0].sum() == 0 and bad[:, -1, 1].min() > 0 and bad[:, :, 0].sum() == 0
+    assert np.array_equal(bad, b.nonfinite) and np.array_equal(a.count, b.count)
+    # excluded, not averaged: count + non-finite = paths, and the mean is that of the rest
+    assert np.all(a.count + bad == 300) and np.all(np.isfinite(a.mean))
+    (nf, *_) = a.nonfinite_observables
+    assert nf.observable == "log_x0" and nf.first_step == 10
+    assert "NON-FINITE" in a.summary()
+    with pytest.raises(sv.DivergenceError, match="log_x0"):
+        _sim(on_divergence="raise", **kw)
+
+
+def test_a_raising_observable_is_an_error_naming_it():
+    kw = dict(steps=30, paths=300, sigma=1.0, observables=["loss", fussy], x0=(1.0, 0.0))
+    with pytest.raises(UserFunctionError, match="fussy"):
+        _sim(**kw)
+    with pytest.raises(UserFunctionError, match="fussy: x0 too large"):
+        _sim(backend="numpy", **dict(kw, paths=20))
+    with pytest.raises(UserFunctionError, match="fussy.*raised at x0"):   # the probe, at x0
+        _sim(**dict(kw, x0=(2.0, 0.0)))
+
+
+# ---- 5. user functions -----------------------------------------------------------------------
+@numba.njit
+def _g(x, p, out):
+    for i in range(x.shape[0]):
+        out[i] = x[i]
+
+
+@numba.njit
+def _noise_ok(x, p, xi, out):
+    for i in range(x.shape[0]):
+        out[i] = xi[i]
+
+
+@numba.njit
+def _noise_overread(x, p, xi, out):
+    for i in range(x.shape[0]):
+        out[i] = xi[i + 5]
+
+
+@numba.njit
+def _l(x, p):
+    return 0.5 * np.sum(x * x)
+
+
+@numba.njit
+def two_args(x, p):
+    return x[0]
+
+
+@numba.njit
+def returns_array(x):
+    return x * 2.0
+
+
+def test_noise_reading_beyond_n_draws_is_refused():
+    """Used to lose every path silently (count 0, mean NaN, nothing reported)."""
+    bad = NGOS(dim=2, grad=_g, noise=_noise_overread, loss=_l, n_draws=2, name="overread")
+    with pytest.raises(UserFunctionError, match="noise function .*_noise_overread.*n_draws"):
+        sv.simulate(bad, sv.SGD(0.1), [1.0, 1.0], steps=5, paths=10, sigma=1.0)
+    short = NGOS(dim=2, grad=_g, noise=_noise_ok, loss=_l, n_draws=1, name="short")
+    with pytest.raises(UserFunctionError, match="reads beyond"):
+        sv.simulate(short, sv.SGD(0.1), [1.0, 1.0], steps=5, paths=10, sigma=1.0)
+
+
+def test_wrong_signatures_name_the_function_and_the_expected_signature():
+    with pytest.raises(UserFunctionError, match=r"observable function .*two_args.*h\(x\) -> float"):
+        _sim(observables=[two_args])
+    with pytest.raises(UserFunctionError, match="returns_array.*not a float|returns_array.*h\\(x\\)"):
+        _sim(observables=[returns_array])
+    wrong = NGOS(dim=2, grad=two_args, noise=_noise_ok, loss=_l, name="wrong")
+    with pytest.raises(UserFunctionError, match=r"grad function .*two_args.*grad\(x, p, out\)"):
+        sv.simulate(wrong, sv.SGD(0.1), [1.0, 1.0], steps=5, paths=10, sigma=1.0)
+
+
+def test_names_must_be_non_empty_strings():
+    for make in (lambda: sv.SGD(0.1, name=""), lambda: sv.SGDM(0.1, 0.9, name=" "),
+                 lambda: sv.HeavyBall(0.1, 0.9, name=3),
+                 lambda: NGOS(dim=2, grad=_g, noise=_noise_ok, loss=_l, name="")):
+        with pytest.raises(ValueError, match="non-empty string"):
+            make()
+    with pytest.raises(ValueError, match="observable names"):
+        _sim(observables={"": "loss"})
+
+
+def test_schedule_helpers_reject_bad_input():
+    from sdeverify.schedules import averaged_lr
+    for args, match in [(([], 0.9), "lr must not be empty"), (([0.1, np.nan], 0.9), "lr must be finite"),
+                        (([0.1, -0.1], 0.9), "lr must be >= 0"), ((0.1, [np.inf]), "beta must be finite"),
+                        ((0.1, -0.5), "beta must be >= 0"), (([0.1, 0.1], [0.5, 1.0]), "beta must be in")]:
+        with pytest.raises(ValueError, match=match):
+            averaged_lr(*args)
+    for kw, match in [(dict(lr=[], momentum=0.9), "lr must not be empty"),
+                      (dict(lr=0.1, momentum=np.nan), "momentum must be finite"),
+                      (dict(lr=-0.1, momentum=0.9), "lr must be >= 0"),
+                      (dict(lr=0.1, momentum=0.9, dampening=np.inf), "dampening"),
+                      (dict(lr=0.1, momentum=0.9, c0=-1.0), "c0")]:
+        with pytest.raises(ValueError, match=match):
+            sv.heavy_ball_to_sgdm(steps=5, **kw)
+
+
+def test_runs_too_large_for_memory_fail_up_front_with_the_estimate():
+    with pytest.raises(ValueError, match=r"needs about .* GiB of memory"):
+        _sim(paths=2 ** 47)
+    with pytest.raises(ValueError, match=r"needs about .* GiB"):
+        _sim(steps=10 ** 13)
+    with pytest.raises(ValueError, match="record"):
+        _sim(record=[0, 2 ** 40])
+    est = memory_estimate(n_opt=2, steps=20, paths=300, dim=2, n_rec=17, n_obs=2, store_states=False)
+    assert 0 < est < 2 ** 22
+
+
+# ---- 2. streams ------------------------------------------------------------------------------
+def test_path_indices_are_64_bit():
+    """path_offset = 2**32 used to repeat path 0's draws bitwise."""
+    kw = dict(steps=5, paths=256, store_states=True, record=[5])
+    base = _sim(**kw)
+    for off in (2 ** 32, 2 ** 33, 2 ** 40 + 2 ** 32, 2 ** 48 - 256):
+        hi = _sim(path_offset=off, **kw)
+        assert not np.any(hi.states == base.states), off
+    a, b = _sim(path_offset=2 ** 32, **kw), _sim(path_offset=2 ** 32 + 256, **kw)
+    assert not np.any(a.states == b.states)
+    ref = _sim(path_offset=2 ** 32, backend="numpy", **dict(kw, paths=20))
+    np.testing.assert_allclose(ref.states, a.states[:, :, :20], rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="2\\*\\*48"):
+        _sim(path_offset=2 ** 48, paths=1)
+
+
+def test_streams_below_2_32_are_unchanged_and_the_layout_is_as_documented():
+    """Word 3 of the counter is the stream itself below path 2**32 (every earlier stream is
+    bitwise unchanged) and stream + 2**16 (path >> 32) above."""
+    k0, k1 = rng.key_words(77)
+    for path, stream in [(5, 1), (2 ** 32 - 1, 70000), (2 ** 32 + 5, 1), (3 * 2 ** 32 + 9, 0)]:
+        got = rng.draws_numpy(rng.UNIFORM, 77, np.array([path]), 3, stream, 4)[0]
+        c3 = (stream + ((path >> 32) << 16)) & 0xFFFFFFFF
+        w = rng.philox4x32(np.uint64(0), np.uint64(3), np.uint64(path & 0xFFFFFFFF),
+                           np.uint64(c3), k0, k1)
+        assert np.array_equal(got, [(int(v) + 0.5) * 2.0 ** -32 for v in w])
+    with pytest.raises(ValueError, match="stream < 2\\*\\*16"):
+        rng.draws_numpy(rng.NORMAL, 0, np.array([2 ** 32]), 0, 2 ** 16, 4)
+    with pytest.raises(ValueError, match="2\\*\\*48"):
+        rng.draws_numpy(rng.NORMAL, 0, np.array([2 ** 48]), 0, 0, 4)
+
+
+# ---- 3. files --------------------------------------------------------------------------------
+def _pair_files(folder, stem="r"):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_save_is_one_unit_and_load_checks_the_pairing(tmp_path):
+    a = _sim(seed=1)
+    path = a.save(tmp_path / "r")
+    doc = json.loads(path.read_text())
+    assert doc["npz"].startswith("r.") and (tmp_path / doc["npz"]).exists()
+    assert _pair_files(tmp_path) == sorted(["r.json", doc["npz"]])
+    back = SimulationResult.load(tmp_path / "r")
+    assert np.array_equal(back.mean, a.mean) and back.meta["fingerprint"] == a.meta["fingerprint"]
+    # a second save replaces the pair; nothing of the first is left
+    b = _sim(seed=2, opts=[sv.SGDM(0.1, 0.5, name="other")], observables=["x0"])
+    b.save(tmp_path / "r")
+    assert len(_pair_files(tmp_path)) == 2
+    assert SimulationResult.load(tmp_path / "r").optimizers == ("other",)
+    # a .json next to another result's arrays: refused, saying why
+    a.save(tmp_path / "s")
+    s_doc = json.loads((tmp_path / "s.json").read_text())
+    r_doc = json.loads((tmp_path / "r.json").read_text())
+    (tmp_path / "s.json").write_text(json.dumps(dict(s_doc, npz=r_doc["npz"])))
+    with pytest.raises(ResultFileError, match="hash"):
+        SimulationResult.load(tmp_path / "s")
+    (tmp_path / "s.json").write_text(json.dumps(dict(s_doc, npz=r_doc["npz"],
+                                                     npz_sha256=r_doc["npz_sha256"])))
+    with pytest.raises(ResultFileError, match="optimizers|steps|shape"):
+        SimulationResult.load(tmp_path / "s")
+    with pytest.raises(ResultFileError, match="no such result"):
+        SimulationResult.load(tmp_path / "missing")
+
+
+def test_earlier_layout_loads_with_its_labels_checked(tmp_path):
+    a = _sim(seed=1)
+    a.save(tmp_path / "r")
+    doc = json.loads((tmp_path / "r.json").read_text())
+    os.replace(tmp_path / doc.pop("npz"), tmp_path / "r.npz")
+    doc.pop("npz_sha256")
+    (tmp_path / "r.json").write_text(json.dumps(doc))
+    assert np.array_equal(SimulationResult.load(tmp_path / "r").mean, a.mean)
+    other = _sim(seed=1, opts=[sv.SGD(0.1, name="X")])
+    other.save(tmp_path / "o")
+    o_doc = json.loads((tmp_path / "o.json").read_text())
+    os.replace(tmp_path / o_doc["npz"], tmp_path / "r.npz")          # wrong arrays, old layout
+    with pytest.raises(ResultFileError):
+        SimulationResult.load(tmp_path / "r")
+
+
+@pytest.mark.parametrize("kill_at", [1, 2])
+def test_a_save_killed_at_any_moment_leaves_a_loadable_correct_pair(tmp_path, monkeypatch, kill_at):
+    """Kill the save at its 1st rename (the .npz) or its 2nd (the .json, the commit point):
+    the old pair loads, correctly paired; the next save cleans up and succeeds."""
+    old, new = _sim(seed=1), _sim(seed=2, opts=[sv.SGD(0.2, name="new")])
+    old.save(tmp_path / "r")
+    real, calls = os.replace, []
+
+    def dying(src, dst):
+        calls.append(dst)
+        if len(calls) == kill_at:
+            raise KeyboardInterrupt("killed")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", dying)
+    with pytest.raises(KeyboardInterrupt):
+        new.save(tmp_path / "r")
+    monkeypatch.setattr(os, "replace", real)
+    back = SimulationResult.load(tmp_path / "r")
+    assert back.optimizers == old.optimizers and np.array_equal(back.x_final, old.x_final)
+    # a kill -9 leaves temporaries behind: simulate one, then the next save removes them
+    (tmp_path / ".r.json.killed").write_text("partial")
+    new.save(tmp_path / "r")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert len(_pair_files(tmp_path)) == 2
+    assert SimulationResult.load(tmp_path / "r").optimizers == ("new",)
+
+
+def test_a_kill_after_the_commit_leaves_the_new_pair(tmp_path, monkeypatch):
+    old, new = _sim(seed=1), _sim(seed=2, opts=[sv.SGD(0.2, name="new")])
+    old.save(tmp_path / "r")
+    monkeypatch.setattr("pathlib.Path.unlink", lambda self, *a, **k: (_ for _ in ()).throw(OSError("killed")))
+    new.save(tmp_path / "r")                     # removing the old .npz fails: harmless
+    monkeypatch.undo()
+    assert SimulationResult.load(tmp_path / "r").optimizers == ("new",)
+
+
+# ---- 4. merges -------------------------------------------------------------------------------
+@pytest.mark.parametrize("change,field", [
+    (dict(sigma=0.5), "sigma"), (dict(opts=[sv.SGD(0.2), sv.SGDM(0.1, 0.9)]), "optimizers"),
+    (dict(opts=[sv.SGD(0.1), sv.SGDM(0.1, 0.8)]), "optimizers"),
+    (dict(problem=Quadratic(np.diag([0.5, 2.1]))), "problem"), (dict(x0=(1.0, -0.5)), "x0"),
+    (dict(steps=21, record=[0, 20]), "steps"), (dict(dtype="float32"), "dtype"),
+    (dict(divergence_bound=1e3), "divergence_bound"),
+])
+def test_merge_refuses_shards_of_different_simulations(change, field):
+    kw = dict(paths=256, record=[0, 20])
+    a = _sim(**kw)
+    b = _sim(path_offset=256, **dict(kw, **change))
+    with pytest.raises(ValueError, match=f"differ in (.*; )?{field} "):
+        a.merge(b)
+    same = _sim(path_offset=256, **kw)
+    merged = a.merge(same)
+    assert merged.paths == 512 and merged.meta["fingerprint"] == a.meta["fingerprint"]
+
+
+def test_merge_refuses_shards_without_fingerprint():
+    a, b = _sim(paths=256), _sim(paths=256, path_offset=256)
+    b.meta.pop("fingerprint")
+    with pytest.raises(ValueError, match="no fingerprint"):
+        a.merge(b)
