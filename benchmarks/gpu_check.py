@@ -284,42 +284,54 @@ def trainer_speed(tiny: bool) -> None:
 
 # ---- 4. GEMM tile sweep ---------------------------------------------------------------------
 def gemm_sweep(tiny: bool) -> float:
+    """Forward ``relu(A W + b)`` and weight-gradient ``[A, 1]ᵀ D`` products of the trainer's
+    GEMM kernel alone, one model, for several tiles; returns the worst relative error."""
     from numba import cuda
 
     from sdeverify.train import cuda as tc
     if tiny:
-        nm, nn, nk, reps = 9, 7, 10, 1
+        nb, nin, nout, reps = 9, 10, 7, 1
         tiles = [(tc.SIM_TILES["big"], 128), (tc.SIM_TILES["small"], None), ((8, 4, 4, 4, 2), None)]
     else:
-        nm, nn, nk, reps = 4096, 1024, 1024, 20
+        nb, nin, nout, reps = 4096, 1024, 1024, 10
         tiles = [(tc.GPU_TILES["big"], 128), (tc.GPU_TILES["big"], None), ((128, 128, 16, 8, 8), 128),
                  (tc.GPU_TILES["small"], None), ((128, 64, 8, 8, 4), None), ((64, 64, 8, 4, 4), None)]
     rng = np.random.default_rng(3)
-    A = rng.normal(size=(nm, nk)).astype(np.float32)
-    W = rng.normal(size=(nk * nn + nn,)).astype(np.float32)
-    ref = A.astype(np.float64) @ W[:nk * nn].reshape(nk, nn) + W[nk * nn:]
-    ref = np.maximum(ref, 0.0)
-    dA, dW = cuda.to_device(A.ravel()), cuda.to_device(W)
-    dC = cuda.device_array(nm * nn, dtype=np.float32)
+    A = rng.normal(size=(nb, nin)).astype(np.float32)
+    D = rng.normal(size=(nb, nout)).astype(np.float32)
+    W = rng.normal(size=(nin * nout + nout,)).astype(np.float32)
+    A64 = A.astype(np.float64)
+    ref_f = np.maximum(A64 @ W[:nin * nout].reshape(nin, nout) + W[nin * nout:], 0.0)
+    ref_w = np.concatenate([A64, np.ones((nb, 1))], axis=1).T @ D
+    dA, dD, dW = cuda.to_device(A.ravel()), cuda.to_device(D.ravel()), cuda.to_device(W)
+    dC = cuda.device_array(max(nb * nout, (nin + 1) * nout), dtype=np.float32)
+    # (label, transposes, epilogue, act, nm, nn, nk, args after the kernel's (a .. sez) head, ref)
+    products = [("forward relu(A W + b)", False, False, tc.EPI_BIAS_ACT, tc.RELU, nb, nout, nin,
+                 (dA, 0, 0, 1, nin, dW, 0, 0, nout, dC, 0, 0, nout, dW, nin * nout, 0), ref_f),
+                ("weight gradient [A, 1]^T D", True, False, tc.EPI_NONE, tc.IDENTITY, nin + 1, nout, nb,
+                 (dA, 0, 0, 1, nin, dD, 0, 0, nout, dC, 0, 0, nout, dC, 0, 0), ref_w)]
     worst = 0.0
-    for tile, regs in tiles:
-        k = tc.make_gemm(np.dtype(np.float32), tile, False, False, tc.EPI_BIAS_ACT, tc.RELU, regs)
-        grid = ((nn + tile[1] - 1) // tile[1], (nm + tile[0] - 1) // tile[0], 1)
+    for label, ta, tb, epi, act, nm, nn, nk, head, ref in products:
+        for tile, regs in tiles:
+            k = tc.make_gemm(np.dtype(np.float32), tile, ta, tb, epi, act, regs)
+            grid = ((nn + tile[1] - 1) // tile[1], (nm + tile[0] - 1) // tile[0], 1)
+            ones = nin if ta else -1
 
-        def launch():
-            k[grid, k.threads, 0, k.shared_bytes](dA, 0, 0, 1, nk, dW, 0, 0, nn, dC, 0, 0, nn, dW, nk * nn, 0,
-                               nm, nn, nk, -1, 0)
-        launch()
-        cuda.synchronize()
-        err = float(np.max(np.abs(dC.copy_to_host().reshape(nm, nn) - ref)) / np.max(np.abs(ref)))
-        worst = max(worst, err)
-        t0 = time.perf_counter()
-        for _ in range(reps):
+            def launch():
+                k[grid, k.threads, 0, k.shared_bytes](*head, nm, nn, nk, ones, 0)
             launch()
-        cuda.synchronize()
-        t = (time.perf_counter() - t0) / reps
-        print(f"gemm tile {tile} (BM, BN, BK, TM, TN), max_registers {regs}, {nm}x{nk} @ {nk}x{nn} + bias, ReLU: "
-              f"{2 * nm * nn * nk / t / 1e9:.1f} GFLOP/s, max rel. error vs float64 {err:.2g}")
+            cuda.synchronize()
+            got = dC.copy_to_host()[:nm * nn].reshape(nm, nn)
+            err = float(np.max(np.abs(got - ref)) / np.max(np.abs(ref)))
+            worst = max(worst, err)
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                launch()
+            cuda.synchronize()
+            t = (time.perf_counter() - t0) / reps
+            print(f"gemm {label}, {nm}x{nn} (K={nk}), tile {tile} (BM, BN, BK, TM, TN), "
+                  f"max_registers {regs}, {grid[0] * grid[1]} blocks: {2 * nm * nn * nk / t / 1e9:.1f} "
+                  f"GFLOP/s, max rel. error vs float64 {err:.2g}")
     return worst
 
 

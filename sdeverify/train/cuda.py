@@ -1,5 +1,8 @@
 """The numba.cuda trainer: data and every model's weights resident on the GPU.
 
+The heavy-batch backend of the paper's Sec. 6 experiments (many replicas × optimizers of one
+MLP trained in one launch; SGD and SGDM of Defs. 3.2-3.3, SVAG's two-minibatch step).
+
 Implements the backend contract of :mod:`sdeverify.train.reference` (read its docstring): model
 ``m = j·R + r`` is optimizer ``j`` on replica ``r``; one :meth:`Trainer.train` call uploads the
 S steps' minibatch indices and coefficients once, runs all S steps on the device and copies the
@@ -25,9 +28,11 @@ S steps' minibatch indices and coefficients once, runs all S steps on the device
   :mod:`sdeverify.optim`).
 
 Tile sizes are compile-time constants of the kernel factory: 128×128 and 64×64 output tiles
-(8×8 and 4×4 per thread) on a GPU, the larger one when both output dimensions reach 128; 8×8
-and 4×4 (2×2 per thread) under Numba's CUDA simulator, so the tiny simulated tests span several
-blocks, partial tiles and both kernels.  float32 by default (the GPU's fast path), float64 on
+(8×8 and 4×4 per thread) on a GPU, the larger one when both output dimensions reach 128 and
+it still fills every multiprocessor; 8×8 and 4×4 tiles (4×4 and 2×2 per thread) under Numba's
+CUDA simulator, so the tiny simulated tests span several blocks, partial tiles and both
+kernels.  Non-finite values propagate (NaN weights give NaN losses, which the caller reports);
+the simulator, though, must only see finite data (see ``SIM_TPB``).  float32 by default (the GPU's fast path), float64 on
 request; the GPU contracts multiply-adds into FMAs and sums in another order than NumPy, so it
 agrees with the reference trainer up to rounding.
 
@@ -59,7 +64,8 @@ GPU_TILES = {"big": (128, 128, 8, 8, 8), "small": (64, 64, 16, 4, 4)}
 #: benchmarks/gpu_check.py times both.
 GPU_MAX_REGISTERS = {"big": 128, "small": None}
 SIM_TILES = {"big": (8, 8, 4, 4, 4), "small": (4, 4, 4, 2, 2)}
-#: The big tile is used when both output dimensions of a product are at least this.
+#: The big tile is used when both output dimensions of a product are at least this and it
+#: gives at least one block per multiprocessor (else the small tile keeps more of them busy).
 GPU_BIG_MIN, SIM_BIG_MIN = 128, 6
 #: Threads per block of the element-wise kernels (gather, loss, reduction, update).  Under the
 #: simulator a block's threads are Python threads sharing module globals: keep them few (see
@@ -354,6 +360,8 @@ class Trainer:
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         self.J, self.R = positive_int("n_opt", n_opt), positive_int("n_rep", n_rep)
         self.M = self.J * self.R
+        if self.M > 65535:   # models index a grid dimension, limited to 65535 blocks
+            raise ValueError(f"n_opt * n_rep must be <= 65535 on the GPU, got {self.M}")
         X = np.ascontiguousarray(X, dtype=self.dtype)
         y = np.ascontiguousarray(y, dtype=np.int64)
         self._check_data(X, y, "X", "y")
@@ -362,6 +370,7 @@ class Trainer:
         sim = bool(numba.config.ENABLE_CUDASIM)
         self.tiles = SIM_TILES if sim else GPU_TILES
         self.big_min = SIM_BIG_MIN if sim else GPU_BIG_MIN
+        self.n_sm = 1 if sim else cuda.get_current_device().MULTIPROCESSOR_COUNT
         self.tpb = SIM_TPB if sim else GPU_TPB
         self.act = {"relu": RELU, "tanh": TANH}[model.activation]
         sizes, w_off, b_off = model.layout()
@@ -405,7 +414,9 @@ class Trainer:
         return self._ws[(M, nb)]
 
     def _gemm(self, ta: bool, tb: bool, epi: int, act: int, nm: int, nn: int, models: int, *args):
-        size = "big" if min(nm, nn) >= self.big_min else "small"
+        BM, BN = self.tiles["big"][:2]
+        big_blocks = -(-nm // BM) * -(-nn // BN) * models
+        size = "big" if min(nm, nn) >= self.big_min and big_blocks >= self.n_sm else "small"
         tile = self.tiles[size]
         regs = GPU_MAX_REGISTERS[size] if self.dtype == np.float32 else None
         k = _cached(("gemm", self.dtype.str, tile, ta, tb, epi, act, regs),
