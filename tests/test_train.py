@@ -352,3 +352,17 @@ def test_sharpness_finds_the_top_eigenvalue_not_the_largest_magnitude():
         H[p] = (reference.loss_and_grad(m, W + e, X, y)[1] - reference.loss_and_grad(m, W - e, X, y)[1])[0] / 2e-5
     ev = np.linalg.eigvalsh((H + H.T) / 2)
     np.testing.assert_allclose(res.values[0, 0, 0, 0], ev.max(), rtol=1e-4)
+
+
+@pytest.mark.parametrize("act,loss", SMALL)
+def test_exact_hvp_matches_differences_of_gradients(act, loss, data):
+    """The R-operator HVP against central differences of the hand-written gradient (away
+    from ReLU kinks: a random direction and a small step)."""
+    m = MLP([5, 7, 6, 3], act, loss, weight_decay=0.02)
+    W = m.init(3, 2) + 0.03
+    X = np.broadcast_to(data.X_train[:17], (2, 17, 5))
+    y = np.broadcast_to(data.y_train[:17], (2, 17))
+    V = np.random.default_rng(1).normal(size=W.shape)
+    h = 1e-6
+    fd = (reference.loss_and_grad(m, W + h * V, X, y)[1] - reference.loss_and_grad(m, W - h * V, X, y)[1]) / (2 * h)
+    np.testing.assert_allclose(reference.hvp(m, W, X, y, V), fd, rtol=1e-5, atol=1e-7)

@@ -113,8 +113,8 @@ def fit(model: MLP, data: Dataset, optimizers: Sequence[Any] | Any, *, batch_siz
         rows), ``test_loss``, ``test_acc`` (whole test set), ``grad_sqnorm`` and
         ``noise_trace`` (|∇L|² and tr Σ of the per-sample gradient covariance, estimated from
         8 chunks of the ``eval_samples`` rows; their ratio is the gradient-noise scale) and
-        ``sharpness`` (top Hessian eigenvalue by ``sharpness_iters`` Lanczos steps on
-        central-difference Hessian–vector products on the first ``sharpness_samples`` rows;
+        ``sharpness`` (top Hessian eigenvalue by ``sharpness_iters`` Lanczos steps on exact
+        Hessian–vector products on the first ``sharpness_samples`` rows;
         compare with the stability edges 2/η of SGD and 2(1+β)/((1−β)η) of EMA SGDM).
     backend : "cpu" (Numba), "numpy" (reference) or "cuda" (numba.cuda).
     dtype : "float64" or "float32".
@@ -267,25 +267,26 @@ def gradient_noise(tr, X, y, chunks: int = NOISE_CHUNKS) -> tuple[np.ndarray, np
 
 def sharpness(tr, X, y, seed, reps, iters: int, dtype) -> np.ndarray:
     """Top (largest algebraic) Hessian eigenvalue of the training objective on ``(X, y)``
-    per model, by ``iters`` Lanczos steps on Hessian–vector products
-    H v ≈ (∇L(w + εv) − ∇L(w − εv)) / 2ε, ε = ε_mach^(1/3)·max(1, ‖w‖), started from a
-    Philox vector keyed by the replica; returns the largest Ritz value.  (Plain Lanczos,
-    no reorthogonalisation: memory O(models × params); lost orthogonality only duplicates
-    converged Ritz values, it does not bias the largest one.)"""
+    per model, by ``iters`` Lanczos steps on exact Hessian–vector products
+    (:func:`sdeverify.train.reference.hvp`, Pearlmutter's R-operator, float64 on the host
+    whatever the backend), started from a Philox vector keyed by the replica; returns the
+    largest Ritz value.  (Plain Lanczos, no reorthogonalisation: memory O(models × params);
+    lost orthogonality only duplicates converged Ritz values, it does not bias the largest.)"""
+    from .reference import hvp
     W, _ = tr.get_state()
     W = W.astype(np.float64)
     M, P = W.shape
     q = rng.draws_numpy(rng.NORMAL, seed, np.tile(reps, M // len(reps)), 0, STREAM_PROBE, P)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
-    eps = np.finfo(dtype).eps ** (1.0 / 3.0) * np.maximum(1.0, np.linalg.norm(W, axis=1))[:, None]
+    Xs = np.broadcast_to(np.asarray(X, dtype=np.float64), (M,) + X.shape)
+    ys = np.broadcast_to(np.asarray(y, dtype=np.int64), (M, X.shape[0]))
     alpha, beta = np.zeros((M, iters)), np.zeros((M, iters))
     q_prev = np.zeros_like(q)
     b_prev = np.zeros(M)
     alive = np.ones(M, dtype=bool)
     steps = np.zeros(M, dtype=np.int64)
     for k in range(iters):
-        hv = (tr.gradients(W + eps * q, X, y).astype(np.float64)
-              - tr.gradients(W - eps * q, X, y).astype(np.float64)) / (2.0 * eps)
+        hv = hvp(tr.model, W, Xs, ys, q)
         a = np.sum(q * hv, axis=1)
         r = hv - a[:, None] * q - b_prev[:, None] * q_prev
         b = np.linalg.norm(r, axis=1)
