@@ -5,7 +5,7 @@ saved as ``DIR/NAME`` is two files that form one unit:
 
 * ``DIR/NAME.<h>.npz`` — the arrays (``steps``, ``block_stats``, ``block_diff``,
   ``block_bad``, ``x_final``, ``m_final``, ``div_step``, optionally ``states``) and a
-  ``labels`` entry (JSON text: optimizers, observables, recorded steps); ``<h>`` is the first
+  ``__labels__`` entry (JSON text: optimizers, observables, recorded steps); ``<h>`` is the first
   16 hex digits of the SHA-256 of the file's bytes;
 * ``DIR/NAME.json`` — readable metadata and final statistics, ``"format"``, ``"npz"`` (the
   file name above) and ``"npz_sha256"`` (its full hash).
@@ -38,6 +38,7 @@ from . import config
 from .observables import merge_blocks
 
 FORMAT = "sdeverify.SimulationResult/2"
+LABELS = "__labels__"          # the entry of a saved .npz that repeats the .json's labels
 
 
 class ResultFileError(ValueError):
@@ -340,7 +341,9 @@ def save_pair(path: str | os.PathLike, doc: dict, arrays: dict, *,
     folder.mkdir(parents=True, exist_ok=True)
     _remove_temporaries(folder, stem)
     arrays = dict(arrays)
-    arrays["labels"] = np.array(json.dumps({k: doc[k] for k in labels}, default=_jsonable))
+    if LABELS in arrays:
+        raise ValueError(f"{LABELS!r} is reserved in saved arrays")
+    arrays[LABELS] = np.array(json.dumps({k: doc[k] for k in labels}, default=_jsonable))
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     data = buf.getvalue()
@@ -391,8 +394,8 @@ def load_pair(path: str | os.PathLike, *, labels: tuple = ()) -> tuple[dict, dic
             arrays = {k: z[k] for k in z.files}
     except Exception as exc:
         raise ResultFileError(f"{where}: its .npz is unreadable ({exc})") from None
-    if "labels" in arrays:
-        stored = json.loads(str(arrays.pop("labels")))
+    if LABELS in arrays:
+        stored = json.loads(str(arrays.pop(LABELS)))
         for k in labels:
             if k in stored and json.loads(json.dumps(doc.get(k), default=_jsonable)) != stored[k]:
                 raise ResultFileError(f"{where}: the {k} of the .json ({doc.get(k)!r}) differ "
