@@ -294,7 +294,7 @@ def gemm_sweep(tiny: bool) -> float:
         tiles = [(tc.SIM_TILES["big"], 128), (tc.SIM_TILES["small"], None), ((8, 4, 4, 4, 2), None)]
     else:
         nb, nin, nout, reps = 4096, 1024, 1024, 10
-        tiles = [(tc.GPU_TILES["big"], 128), (tc.GPU_TILES["big"], None), ((128, 128, 16, 8, 8), 128),
+        tiles = [(tc.GPU_TILES["big"], None), (tc.GPU_TILES["big"], 128), ((128, 128, 16, 8, 8), None),
                  (tc.GPU_TILES["small"], None), ((128, 64, 8, 8, 4), None), ((64, 64, 8, 4, 4), None)]
     rng = np.random.default_rng(3)
     A = rng.normal(size=(nb, nin)).astype(np.float32)

@@ -95,4 +95,13 @@ except ValueError as e:
 ok = errors == 4
 bad += not ok
 print(f"bad input raises a ValueError naming it: {errors}/4 {'ok' if ok else 'MISSING'}")
+
+# tied logits (all-zero weights): the prediction is the first maximal class, as np.argmax
+X, y = np.ones((5, 3)), np.array([0, 1, 1, 0, 1])
+ref = reference.Trainer(model, X, y, 1, 2, "float64")
+ref.set_state(np.zeros((2, model.n_params)), np.zeros((2, model.n_params)))
+got, want = tr.evaluate(X, y), ref.evaluate(X, y)
+ok = np.array_equal(got[1], want[1]) and rel(got[0], want[0]) <= TOL
+bad += not ok
+print(f"tied logits: correct {got[1]} vs reference {want[1]} {'ok' if ok else 'MISMATCH'}")
 sys.exit(1 if bad else 0)

@@ -58,11 +58,11 @@ except Exception:  # pragma: no cover - depends on the install
 #: GEMM tiles ``(BM, BN, BK, TM, TN)``: a block computes a BM×BN output tile in BK-deep
 #: k-slices staged in shared memory; each of its (BM/TM)·(BN/TN) threads owns TM×TN outputs.
 GPU_TILES = {"big": (128, 128, 8, 8, 8), "small": (64, 64, 16, 4, 4)}
-#: Register cap of the float32 big-tile kernels: 128 fits two 256-thread blocks per
-#: multiprocessor (ptxas 13 for sm_90: 122-152 registers uncapped; at 128 no spills, except
-#: 16 bytes in the weight-gradient variant).  Not yet measured against no cap on a GPU:
-#: benchmarks/gpu_check.py times both.
-GPU_MAX_REGISTERS = {"big": 128, "small": None}
+#: Register caps of the float32 kernels (None: the compiler's choice).  ptxas 13 for sm_90 gives
+#: the big tile 132-160 registers (one 256-thread block per multiprocessor) and no spills; a cap
+#: of 128 (two blocks) spills 8-36 bytes.  Not yet measured on a GPU: benchmarks/gpu_check.py
+#: times both.
+GPU_MAX_REGISTERS = {"big": None, "small": None}
 SIM_TILES = {"big": (8, 8, 4, 4, 4), "small": (4, 4, 4, 2, 2)}
 #: The big tile is used when both output dimensions of a product are at least this and it
 #: gives at least one block per multiprocessor (else the small tile keeps more of them busy).
@@ -74,6 +74,8 @@ GPU_BIG_MIN, SIM_BIG_MIN = 128, 6
 GPU_TPB, SIM_TPB = 128, 4
 #: Largest activation buffer (elements) of one evaluation chunk.
 EVAL_ELEMENTS = 1 << 25
+#: Evaluation sets kept on the device (e.g. a training subset and the test set).
+EVAL_SETS = 4
 
 # Shared memory is *dynamic* (``cuda.shared.array(0, …)``, size given at launch) in every kernel
 # here: Numba's simulator allocates a static shared array on the first thread's call with an
@@ -130,6 +132,8 @@ def make_gemm(dtype: np.dtype, tile: tuple, trans_a: bool, trans_b: bool, epilog
         acc = cuda.local.array((TM, TN), DT)
         ar = cuda.local.array(TM, DT)
         br = cuda.local.array(TN, DT)
+        pa = cuda.local.array(LOADS_A, DT)
+        pb = cuda.local.array(LOADS_B, DT)
         z = cuda.blockIdx.z
         t = cuda.threadIdx.x
         tx = t % TX
@@ -141,47 +145,62 @@ def make_gemm(dtype: np.dtype, tile: tuple, trans_a: bool, trans_b: bool, epilog
         for ii in range(TM):
             for jj in range(TN):
                 acc[ii, jj] = ZERO
-        for k0 in range(0, nk, BK):
-            for it in range(LOADS_A):       # consecutive threads read consecutive addresses
-                q = t + it * NT
-                if trans_a:
-                    ii, kk = q % BM, q // BM
-                else:
-                    ii, kk = q // BK, q % BK
-                i, k = i0 + ii, k0 + kk
-                v = ZERO
-                if i < nm and k < nk:
-                    if i == ones_row:
-                        v = ONE
-                    elif trans_a:
-                        v = a[U(abase + k * lda + i)]
+        # Software pipelining: tile k0's global loads go to registers (pa, pb) before the
+        # previous tile is multiplied out of shared memory, hiding their latency.
+        for k0 in range(0, nk + BK, BK):
+            if k0 > 0:                      # (a block-uniform branch: barriers are safe)
+                for it in range(LOADS_A):
+                    q = t + it * NT
+                    if trans_a:
+                        sh[U((q // BM) * BMP + q % BM)] = pa[it]
                     else:
-                        v = a[U(abase + i * lda + k)]
-                sh[U(kk * BMP + ii)] = v
-            for it in range(LOADS_B):
-                q = t + it * NT
-                if trans_b:
-                    jj, kk = q // BK, q % BK
-                else:
-                    jj, kk = q % BN, q // BN
-                j, k = j0 + jj, k0 + kk
-                v = ZERO
-                if j < nn and k < nk:
+                        sh[U((q % BK) * BMP + q // BK)] = pa[it]
+                for it in range(LOADS_B):
+                    q = t + it * NT
                     if trans_b:
-                        v = b[U(bbase + j * ldb + k)]
+                        sh[U(B0 + (q % BK) * BNP + q // BK)] = pb[it]
                     else:
-                        v = b[U(bbase + k * ldb + j)]
-                sh[U(B0 + kk * BNP + jj)] = v
-            cuda.syncthreads()
-            for kk in range(BK):
-                for ii in range(TM):
-                    ar[ii] = sh[U(kk * BMP + ty + ii * TY)]
-                for jj in range(TN):
-                    br[jj] = sh[U(B0 + kk * BNP + tx + jj * TX)]
-                for ii in range(TM):
+                        sh[U(B0 + (q // BN) * BNP + q % BN)] = pb[it]
+                cuda.syncthreads()
+            if k0 < nk:
+                for it in range(LOADS_A):   # consecutive threads read consecutive addresses
+                    q = t + it * NT
+                    if trans_a:
+                        i, k = i0 + q % BM, k0 + q // BM
+                    else:
+                        i, k = i0 + q // BK, k0 + q % BK
+                    v = ZERO
+                    if i < nm and k < nk:
+                        if i == ones_row:
+                            v = ONE
+                        elif trans_a:
+                            v = a[U(abase + k * lda + i)]
+                        else:
+                            v = a[U(abase + i * lda + k)]
+                    pa[it] = v
+                for it in range(LOADS_B):
+                    q = t + it * NT
+                    if trans_b:
+                        j, k = j0 + q // BK, k0 + q % BK
+                    else:
+                        j, k = j0 + q % BN, k0 + q // BN
+                    v = ZERO
+                    if j < nn and k < nk:
+                        if trans_b:
+                            v = b[U(bbase + j * ldb + k)]
+                        else:
+                            v = b[U(bbase + k * ldb + j)]
+                    pb[it] = v
+            if k0 > 0:
+                for kk in range(BK):
+                    for ii in range(TM):
+                        ar[ii] = sh[U(kk * BMP + ty + ii * TY)]
                     for jj in range(TN):
-                        acc[ii, jj] += ar[ii] * br[jj]
-            cuda.syncthreads()
+                        br[jj] = sh[U(B0 + kk * BNP + tx + jj * TX)]
+                    for ii in range(TM):
+                        for jj in range(TN):
+                            acc[ii, jj] += ar[ii] * br[jj]
+                cuda.syncthreads()
         cbase = offc + z * scz
         ebase = offe + z * sez
         for ii in range(TM):
@@ -381,7 +400,7 @@ class Trainer:
             ("pointwise",) + key, lambda: make_pointwise(self.dtype, LOSSES[model.loss], self.tpb))
         self.W = self.Mom = None
         self._ws: dict = {}
-        self._eval_cache = None
+        self._eval_cache: dict = {}
 
     def _check_data(self, X: np.ndarray, y: np.ndarray, xname: str, yname: str) -> None:
         d, C = self.model.n_inputs, self.model.n_classes
@@ -522,14 +541,20 @@ class Trainer:
         return out.copy_to_host().reshape(S, M)
 
     def _device_data(self, X, y):
-        """Device copies of an evaluation set (the last one is kept: evaluations repeat)."""
-        if self._eval_cache is not None and self._eval_cache[0] is X and self._eval_cache[1] is y:
-            return self._eval_cache[2:]
+        """Device copies of an evaluation set.  The last ``EVAL_SETS`` sets are kept, by the
+        identity of the ``X`` and ``y`` objects (a run evaluates the same arrays again and
+        again; they must not be modified in place in between)."""
+        key = (id(X), id(y))
+        if key in self._eval_cache:
+            return self._eval_cache[key][2:]
         Xc = np.ascontiguousarray(X, dtype=self.dtype)
         yc = np.ascontiguousarray(y, dtype=np.int64)
         self._check_data(Xc, yc, "X", "y")
-        self._eval_cache = (X, y, cuda.to_device(Xc.ravel()), cuda.to_device(yc), Xc.shape[0])
-        return self._eval_cache[2:]
+        if len(self._eval_cache) >= EVAL_SETS:
+            self._eval_cache.pop(next(iter(self._eval_cache)))
+        # X and y are kept alive with their copies, so that their ids are not reused
+        self._eval_cache[key] = (X, y, cuda.to_device(Xc.ravel()), cuda.to_device(yc), Xc.shape[0])
+        return self._eval_cache[key][2:]
 
     def _chunk(self, M: int, n: int) -> int:
         return max(1, min(n, EVAL_ELEMENTS // (M * max(self.model.widths[1:]))))
