@@ -140,7 +140,7 @@ def generator_verdicts(z: np.ndarray) -> tuple[list[Verdict], dict]:
     # a variance error of 0.5% moves the CDF by at most 0.0025·φ(1) ≈ 6.0e-4 (at |x| = 1)
     shift = 0.0025 * st.norm.pdf(1.0)
     out.append(Verdict(f"engine draws ~ N(0, 1): Kolmogorov-Smirnov, n = {n}", "instrument (method)",
-                       f"D <= critical {d_crit:.3g} (high end)", Interval(float(d_ks), 0.0, d_crit),
+                       f"D <= critical {d_crit:.3g} (high end)", Interval(float(d_ks), 0.0, d_crit, 1 - alpha_i),
                        bool(d_ks <= d_crit),
                        f"KS distance <= its critical value at level {alpha_i:.2g} (p = {p_ks:.3g}); "
                        f"a 0.5% variance error shifts the CDF by {shift:.2g} "
@@ -183,7 +183,7 @@ def other_draw_verdicts(n: int, seed: int) -> tuple[list[Verdict], dict]:
     r = rng.draws_numpy(rng.RADEMACHER, seed, paths, 3, 0, 4).ravel()
     zb = z_value(1 - alpha_i)
     out = [Verdict(f"uniform draws ~ U(0, 1): Kolmogorov-Smirnov, n = {u.size}", "instrument (method)",
-                   f"D <= critical {d_crit:.3g} (high end)", Interval(float(d_u), 0.0, d_crit),
+                   f"D <= critical {d_crit:.3g} (high end)", Interval(float(d_u), 0.0, d_crit, 1 - alpha_i),
                    bool(d_u <= d_crit and np.all((u > 0) & (u < 1))),
                    f"KS distance <= its critical value at level {alpha_i:.2g} (p = {p_u:.3g}), all in (0, 1)"),
            _z_verdict(f"Rademacher draws have mean 0 (values +-1), n = {r.size}", float(r.mean()), 0.0,
