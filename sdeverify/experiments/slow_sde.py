@@ -35,7 +35,8 @@ Decision rules (per problem; h₁ at the final time T):
    shrinks as η ↓).
 2. **SGDM − SGD → 0**, for β = 0.9 and for α = 0.5: the same rule on the paired difference.
 3. **same law at η_min**: the one-sample Kolmogorov–Smirnov test of h₁(Φ(x_T)) against the
-   exact slow-SDE law does not reject at level 0.01 (Bonferroni over the three optimizers)
+   exact slow-SDE law does not reject at level 0.001 (Bonferroni over the three optimizers;
+   0.01 until issue 15, which measured 1 false failure in 30 seeds)
    at the smallest η.  (The fitted orders of W1 to the coupled slow SDE are reported in
    ``data`` and the figure, not used as a rule: at quick size their intervals are too wide
    on the sphere.)
@@ -357,7 +358,7 @@ def run(*, size: str = "quick", seed: int = 0, progress=None, sigma: float = 1.2
             data[f"{p}_w1c_fits"] = wf
             ks = d[f"{p}_ks"]
             pmin = float(ks[:3, -1, 1].min())
-            alpha_ks = 0.01 / 3
+            alpha_ks = 0.001 / 3      # was 0.01/3 (1/30 false failures at smoke); issue 15's budget
             w1 = d[f"{p}_w1"]
             jw = int(np.argmax(w1[:3, -1, 0]))
             verdicts.append(Verdict(
@@ -366,7 +367,7 @@ def run(*, size: str = "quick", seed: int = 0, progress=None, sigma: float = 1.2
                 "one-sample KS test against the exact slow-SDE law does not reject",
                 Interval(float(w1[jw, -1, 0]), float(w1[jw, -1, 1]), float(w1[jw, -1, 2])),
                 pmin >= alpha_ks,
-                f"min KS p-value {pmin:.3g} >= {alpha_ks:.3g} (0.01, Bonferroni over 3 optimizers); "
+                f"min KS p-value {pmin:.3g} >= {alpha_ks:.3g} (0.001, Bonferroni over 3 optimizers); "
                 f"measured = largest W1 to the exact law ({OPT_LABELS[jw]}), basic bootstrap 95%; "
                 f"null (coupled Euler samples) W1 {w1[3, -1, 0]:.3g}"))
         gv, gd = general_formula_verdicts(sigma, seed, cfg["paths"])

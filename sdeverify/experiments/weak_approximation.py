@@ -26,7 +26,7 @@ Decision rules (95% intervals):
   interval) is at least half the error at the largest η (upper end): over the η range used
   any decay of order ≥ log 2 / log(η_max/η_min) would fail this.  The measured value is the
   ratio; the fitted order is reported in the rule text.
-* MC validation: the exact difference lies in the 99% simultaneous interval at every
+* MC validation: the exact difference lies in the 99.9% simultaneous interval at every
   recorded step and every validated η.
 * time-varying β_k (alternating 0.8, 0.95, constant lr; exact; error = max over both test
   functions): the averaged-lr order's interval lies above 0.5 (Eq 8 reads β_{k+1}; any
@@ -206,19 +206,20 @@ def run(*, size: str = "quick", seed: int = 0, progress=None, T: float = 1.0,
             sgdm, sgd, _, steps = pair(eta, 0.0, T)
             sigma = sigma0 / np.sqrt(eta)
             r = mc_error(Pq, sgdm, sgd, steps, sigma, cfg["paths"], seed + 77 + vi,
-                         cfg["records"], level=0.99)
+                         cfg["records"], level=0.999)
             worst, ok = 0.0, True
             for h in TESTS:
                 iv, mean, sem, rec = r[h]
                 ex = (theory.quadratic_moments(Pq, sgdm, X0, steps=steps, sigma=sigma).expect(Pq, h)
                       - theory.quadratic_moments(Pq, sgd, X0, steps=steps, sigma=sigma).expect(Pq, h))[rec]
-                zb = z_value(1 - 0.01 / (len(rec) - 1) / len(TESTS))
+                zb = z_value(1 - 0.001 / (len(rec) - 1) / len(TESTS))   # 99.9% (was 99%: issue 15's
+                # budget of < 1% false failures per run of the main job)
                 dev = np.abs(mean[1:] - ex[1:]) / sem[1:]
                 worst = max(worst, float(dev.max()))
                 ok &= bool(np.all(dev <= zb))
             verdicts.append(Verdict(
                 f"MC weak-error estimator matches exact moments, eta=2^{np.log2(eta):.0f}",
-                "Thm 4.5 (method)", "exact E h(x_k) - E h(y_k) inside simultaneous 99% CI",
+                "Thm 4.5 (method)", "exact E h(x_k) - E h(y_k) inside simultaneous 99.9% CI",
                 Interval(worst, 0.0, float(zb)), ok,
                 "max_k |MC - exact| / sem (estimate) <= Bonferroni z (high end)"))
             done += 1
