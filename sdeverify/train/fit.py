@@ -18,6 +18,7 @@ from ..result import versions
 from ..simulate import DivergenceError, DivergenceWarning
 from ..validation import nonneg_int, positive_int
 from .batches import SAMPLING, BatchSampler
+from .blas_threads import single_threaded
 from .datasets import Dataset
 from .models import MLP, STREAM_PROBE
 from .result import METRICS, TrainResult
@@ -278,15 +279,22 @@ def sharpness(tr, X, y, seed, reps, iters: int, dtype) -> np.ndarray:
     M, P = W.shape
     q = rng.draws_numpy(rng.NORMAL, seed, np.tile(reps, M // len(reps)), 0, STREAM_PROBE, P)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
-    Xs = np.broadcast_to(np.asarray(X, dtype=np.float64), (M,) + X.shape)
-    ys = np.broadcast_to(np.asarray(y, dtype=np.int64), (M, X.shape[0]))
+    Xs = np.ascontiguousarray(np.broadcast_to(np.asarray(X, dtype=np.float64), (M,) + X.shape))
+    ys = np.ascontiguousarray(np.broadcast_to(np.asarray(y, dtype=np.int64), (M, X.shape[0])))
+    with single_threaded():      # many small products: OpenBLAS threads only contend
+        return _lanczos_top(lambda v: hvp(tr.model, W, Xs, ys, v), q, iters)
+
+
+def _lanczos_top(hvp_of, q: np.ndarray, iters: int) -> np.ndarray:
+    """Largest Ritz value per row of ``iters`` plain Lanczos steps from unit vectors ``q``."""
+    M = q.shape[0]
     alpha, beta = np.zeros((M, iters)), np.zeros((M, iters))
     q_prev = np.zeros_like(q)
     b_prev = np.zeros(M)
     alive = np.ones(M, dtype=bool)
     steps = np.zeros(M, dtype=np.int64)
     for k in range(iters):
-        hv = hvp(tr.model, W, Xs, ys, q)
+        hv = hvp_of(q)
         a = np.sum(q * hv, axis=1)
         r = hv - a[:, None] * q - b_prev[:, None] * q_prev
         b = np.linalg.norm(r, axis=1)
