@@ -136,3 +136,13 @@ def test_slow_sde_general_formula_verdicts_fail_without_a_term(monkeypatch):
     monkeypatch.setattr(slow_mod, "slow_coefficients", half)
     bad = _failed(ss.general_formula_verdicts(1.25, 0, 2000)[0])
     assert len(bad) == 2                      # the comparison and the general-path run
+
+
+def test_schedule_definitions_catch_an_off_by_one(monkeypatch):
+    from sdeverify import schedules
+    vs, _ = hb.schedule_verdicts(np.random.default_rng(1))
+    assert not _failed(vs)
+    real = schedules.warmup
+    monkeypatch.setattr(schedules, "warmup", lambda lr, steps, w: np.roll(real(lr, steps, w), 1))
+    bad = _failed(hb.schedule_verdicts(np.random.default_rng(1))[0])
+    assert any("warmup" in c for c in bad) and any("cosine" not in c for c in bad)

@@ -26,6 +26,16 @@ see ∇L(x_k) exactly; the coefficients multiply noise and gradient alike):
   (float64, gradients set by hand); without PyTorch that verdict is not issued.
 
 Rule: max relative deviation ≤ 1e-9 over all steps, as above.
+
+**Schedules (Def 4.1, Eq 8).**  The library schedules in :mod:`sdeverify.schedules` are
+compared with direct transcriptions of their definitions, written here: the averaged learning
+rate as the explicit double sum η̄_k = (1 − β_k) Σ_{j ≥ k} η_j Π_{i=k+1..j} β_i (the total
+displacement caused by g_k, truncated at the horizon) with a random time-varying β_k — no
+recursion, so a wrong index in the recursion shows; ``step_decay`` as lr·factor^#(milestones
+≤ k) (torch MultiStepLR); ``warmup`` as lr·min(1, (k + 1)/w); ``cosine`` as warm-up then
+lr_min + ½(lr − lr_min)(1 + cos(π i/n)); ``scaled_family`` as (η·shape_k, 1 − λη^α);
+``svag_schedule`` as each η_k repeated ℓ times divided by ℓ.  Rule: max relative deviation
+≤ 1e-12.
 """
 from __future__ import annotations
 
@@ -139,6 +149,47 @@ def reference_verdicts(P, K: int, g: np.random.Generator) -> tuple[list, dict]:
     return out, devs
 
 
+def schedule_references(g: np.random.Generator) -> dict:
+    """(library value, transcribed definition) for each schedule (module docstring)."""
+    from .. import schedules as S
+    K = 60
+    lr = g.uniform(0.01, 0.1, K)
+    beta = g.uniform(0.5, 0.95, K)
+    displacement = np.array([(1 - beta[k]) * sum(lr[j] * np.prod(beta[k + 1:j + 1]) for j in range(k, K))
+                             for k in range(K)])
+    ks = np.arange(K)
+    miles = (7, 23, 41)
+    decay = 0.3 * 0.2 ** np.array([sum(m <= k for m in miles) for k in ks])
+    warm = 0.3 * np.minimum(1.0, (ks + 1) / 9)
+    n = K - 5
+    cos_ref = np.concatenate([0.3 * (np.arange(5) + 1) / 5,
+                              0.01 + 0.5 * (0.3 - 0.01) * (1 + np.cos(np.pi * np.arange(n) / n))])
+    shape = g.uniform(0.5, 1.5, K)
+    fam_lr, fam_beta = S.scaled_family(0.04, 0.5, 0.7, K, shape)
+    return {
+        "averaged_lr (Eq 8), random beta_k, truncated tail": (S.averaged_lr(lr, beta, tail="truncate"), displacement),
+        "step_decay (torch MultiStepLR)": (S.step_decay(0.3, K, miles, 0.2), decay),
+        "warmup (linear, lr/w .. lr)": (S.warmup(0.3, K, 9), warm),
+        "cosine (5 warm-up steps, lr_min 0.01)": (S.cosine(0.3, K, 0.01, 5), cos_ref),
+        "scaled_family (Def 4.1: eta*shape_k, 1 - lam*eta^alpha)":
+            (np.concatenate([fam_lr, fam_beta]), np.concatenate([0.04 * shape, np.full(K, 1 - 0.7 * 0.04 ** 0.5)])),
+        "svag_schedule (Def 6.1: l steps of eta_k/l)": (S.svag_schedule(lr, 3, K), np.repeat(lr / 3, 3)),
+    }
+
+
+def schedule_verdicts(g: np.random.Generator) -> tuple[list, dict]:
+    out, devs = [], {}
+    for name, (lib, ref) in schedule_references(g).items():
+        lib, ref = np.asarray(lib, float), np.asarray(ref, float)
+        dev = float(np.max(np.abs(lib - ref) / np.maximum(np.abs(ref), 1e-300))) if lib.shape == ref.shape \
+            else float("inf")
+        devs[name] = dev
+        out.append(Verdict(f"schedule == its definition: {name}", "Def 4.1 / Eq 8 / Def 6.1",
+                           "identical values (max rel. dev <= 1e-12)", Interval(dev, 0.0, dev),
+                           dev <= 1e-12, "library schedule vs direct transcription of its definition"))
+    return out, devs
+
+
 def run(*, size: str = "quick", seed: int = 0, progress=None, **overrides) -> ExperimentResult:
     size = check_size(size)
     cfg = dict(SIZES[size], **overrides)
@@ -173,8 +224,11 @@ def run(*, size: str = "quick", seed: int = 0, progress=None, **overrides) -> Ex
         tick(progress, len(cases) + 1, len(cases) + 1)
         ref_verdicts, ref_devs = reference_verdicts(P, min(K, 400), g)
         verdicts += ref_verdicts
+        sched_verdicts, sched_devs = schedule_verdicts(g)
+        verdicts += sched_verdicts
     data = {"cases": np.array(list(cases)), "max_rel_dev": np.array(devs), "naive_dev": np.array(dn),
-            "reference_cases": np.array(list(ref_devs)), "reference_dev": np.array(list(ref_devs.values()))}
+            "reference_cases": np.array(list(ref_devs)), "reference_dev": np.array(list(ref_devs.values())),
+            "schedule_cases": np.array(list(sched_devs)), "schedule_dev": np.array(list(sched_devs.values()))}
     return ExperimentResult(NAME, cfg, data, tuple(verdicts), make_meta(seed, size, t.seconds))
 
 
