@@ -3,6 +3,8 @@
     PYTHONPATH=. python3 benchmarks/gpu_check.py            # the real run: ~2-3 minutes on an H200
     PYTHONPATH=. python3 benchmarks/gpu_check.py --tiny     # every path, tiny sizes, on Numba's
                                                              # CUDA simulator (no GPU needed)
+    PYTHONPATH=. python3 benchmarks/gpu_check.py --ptx      # compile the trainer's kernels for
+                                                             # sm_90 (needs NVVM, not a GPU)
 
 1. engine: CUDA vs CPU engine on 4096 paths of every built-in problem (max deviation; expected
    ~1e-13: the GPU contracts multiply-adds into FMAs, the CPU engine does not), then the
@@ -335,12 +337,71 @@ def gemm_sweep(tiny: bool) -> float:
     return worst
 
 
+# ---- --ptx: compile without a GPU ------------------------------------------------------------
+def ptx_report(cc=(9, 0)) -> int:
+    """Compile every trainer kernel to PTX for compute capability ``cc`` (no GPU needed, only
+    NVVM: e.g. pip packages nvidia-cuda-nvrtc, nvidia-nvvm, nvidia-cuda-nvcc with their lib
+    folder on LD_LIBRARY_PATH) and, where ``ptxas`` is on PATH, print registers and spills."""
+    import shutil
+    import tempfile
+
+    from numba import cuda
+    from numba import types as T
+
+    from sdeverify.train import cuda as tc
+    ptxas = shutil.which("ptxas")
+    I, F64 = T.int64, T.float64
+
+    def arr(t):
+        return T.Array(t, 1, "C")
+
+    def report(name, kernel, sig, regs=None):
+        ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=cc)
+        line = f"{name}: PTX ok ({len(ptx.splitlines())} lines)"
+        if ptxas:
+            with tempfile.TemporaryDirectory() as d:
+                src = Path(d) / "k.ptx"
+                src.write_text(ptx)
+                cmd = [ptxas, f"-arch=sm_{cc[0]}{cc[1]}", "-v", str(src), "-o", str(Path(d) / "k.cubin")]
+                if regs:
+                    cmd.insert(1, f"-maxrregcount={regs}")
+                out = subprocess.run(cmd, capture_output=True, text=True).stderr
+                line += "; " + " | ".join(l.split("info    : ")[-1].strip() for l in out.splitlines()
+                                          if "registers" in l or "spill" in l)
+        print(line)
+
+    for dt in (np.dtype(np.float32), np.dtype(np.float64)):
+        D = tc._numba_dtype(dt)
+        A = arr(D)
+        gemm_sig = (A, I, I, I, I, A, I, I, I, A, I, I, I, A, I, I, I, I, I, I, I)
+        for size, tile in tc.GPU_TILES.items():
+            regs = tc.GPU_MAX_REGISTERS[size] if dt == np.float32 else None
+            for label, ta, tb, epi, act in (("forward relu", False, False, tc.EPI_BIAS_ACT, tc.RELU),
+                                            ("forward tanh", False, False, tc.EPI_BIAS_ACT, tc.TANH),
+                                            ("weight grad", True, False, tc.EPI_NONE, tc.IDENTITY),
+                                            ("input grad", False, True, tc.EPI_DERIV, tc.TANH)):
+                report(f"{dt.name} gemm {size} {tile} {label}",
+                       tc.make_gemm(dt, tile, ta, tb, epi, act, regs), gemm_sig, regs)
+        sigs = ((A, arr(I), arr(I), I, I, I, A, arr(I)),
+                (A, I, arr(I), I, I, I, I, D, A, I, arr(F64), arr(F64)),
+                (arr(F64), arr(F64), I, F64, arr(F64), I, arr(F64), I, I),
+                (A, A, A, I, D, D, D, A, A, A, I, I, I, I, I))
+        for name, k, sig in zip(("gather", "loss_grad", "reduce", "update"),
+                                tc.make_pointwise(dt, 0, tc.GPU_TPB), sigs):
+            report(f"{dt.name} {name}", k, sig)
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tiny", action="store_true",
                    help="tiny sizes on Numba's CUDA simulator (sets NUMBA_ENABLE_CUDASIM=1)")
     p.add_argument("--skip-engine", action="store_true", help="skip part 1 (the SDE engine)")
+    p.add_argument("--ptx", action="store_true",
+                   help="only compile the trainer's kernels to PTX for sm_90 (no GPU needed)")
     args = p.parse_args()
+    if args.ptx:
+        return ptx_report()
     if args.tiny:
         os.environ["NUMBA_ENABLE_CUDASIM"] = "1"   # before Numba is imported
         sys.setswitchinterval(1e-5)                # the simulator's threads meet at barriers

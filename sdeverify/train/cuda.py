@@ -401,6 +401,7 @@ class Trainer:
         self.W = self.Mom = None
         self._ws: dict = {}
         self._eval_cache: dict = {}
+        self._train_bufs: tuple = (None,)   # ((R, B, slots), gathered rows, labels, G, scratch)
 
     def _check_data(self, X: np.ndarray, y: np.ndarray, xname: str, yname: str) -> None:
         d, C = self.model.n_inputs, self.model.n_classes
@@ -516,7 +517,7 @@ class Trainer:
         lam = dt(self.model.weight_decay)
         M, P, d, tpb = self.M, self.P, self.model.n_inputs, self.tpb
         ws = self._workspace(M, B)
-        if getattr(self, "_train_bufs", (None,))[0] != (R, B, n_slots):
+        if self._train_bufs[0] != (R, B, n_slots):
             self._train_bufs = ((R, B, n_slots), cuda.device_array(R * B * d, dtype=self.dtype),
                                 cuda.device_array(R * B, dtype=np.int64),
                                 cuda.device_array(n_slots * M * P, dtype=self.dtype),
