@@ -10,10 +10,10 @@
    ~1e-13: the GPU contracts multiply-adds into FMAs, the CPU engine does not), then the
    reference workload (d = 8 diagonal quadratic, SGD + SGDM(0.9) coupled) on the GPU next to
    the CPU engine on this host's cores, in path·dim·steps/s;
-2. trainer agreement: :class:`sdeverify.train.cuda.Trainer` vs the CPU trainer
-   (``sdeverify.train.cpu`` when it exists, else the NumPy reference) after 50 steps in
-   float64: batch losses, weights, momentum, evaluation, full-batch gradients (max relative
-   deviation; the run fails above 1e-9);
+2. trainer agreement: :class:`sdeverify.train.cuda.Trainer` vs a CPU trainer (the NumPy
+   reference, or with ``--oracle cpu`` the Numba backend, whose cold compile costs ~30-60 s)
+   after 50 steps in float64: batch losses, weights, momentum, evaluation, full-batch
+   gradients (max relative deviation; the run fails above 1e-9);
 3. trainer speed, float32: ``Trainer.train`` on MLP 1024-1024-1024-10 at batch 4096 (one
    model) and 64-256-256-10 at batch 256 × 64 replicas, as samples·models/s and GFLOP/s
    (``MLP.flops_per_sample``), against the card's FP32 peak (SM count × FP32 lanes per SM for
@@ -101,16 +101,15 @@ def coefficients(steps: int):
     return tuple(np.stack([getattr(c, f) for c in co]) for f in ("a", "b", "gamma"))
 
 
-def trainer_agreement(tiny: bool) -> float:
+def trainer_agreement(tiny: bool, oracle: str) -> float:
     from sdeverify.train import cuda as tc
     from sdeverify.train.batches import BatchSampler
     from sdeverify.train.models import MLP
-    try:
+    if oracle == "cpu":
         from sdeverify.train.cpu import Trainer as CPUTrainer
-        oracle = "sdeverify.train.cpu"
-    except ImportError:
+    else:
         from sdeverify.train.reference import Trainer as CPUTrainer
-        oracle = "sdeverify.train.reference (NumPy)"
+    oracle = {"cpu": "sdeverify.train.cpu", "numpy": "sdeverify.train.reference (NumPy)"}[oracle]
     if tiny:
         cases = [(MLP([5, 7, 6, 3], "relu", "cross_entropy", 1e-3), 1, [1.0]),
                  (MLP([5, 6, 7, 4], "tanh", "squared", 1e-3), 2, [1.366, -0.366])]
@@ -397,6 +396,9 @@ def main() -> int:
     p.add_argument("--tiny", action="store_true",
                    help="tiny sizes on Numba's CUDA simulator (sets NUMBA_ENABLE_CUDASIM=1)")
     p.add_argument("--skip-engine", action="store_true", help="skip part 1 (the SDE engine)")
+    p.add_argument("--oracle", choices=("numpy", "cpu"), default="numpy",
+                   help="CPU trainer the CUDA trainer is compared with: the NumPy reference "
+                        "(default: no compile time) or the Numba CPU backend (~30-60 s to compile)")
     p.add_argument("--ptx", action="store_true",
                    help="only compile the trainer's kernels to PTX for sm_90 (no GPU needed)")
     args = p.parse_args()
@@ -412,7 +414,7 @@ def main() -> int:
         dev = engine_check(args.tiny)
         if not dev < 1e-9:
             bad.append(f"engine deviation {dev:.3g}")
-    dev = trainer_agreement(args.tiny)
+    dev = trainer_agreement(args.tiny, args.oracle)
     if not dev < 1e-9:
         bad.append(f"trainer deviation {dev:.3g}")
     trainer_speed(args.tiny)
