@@ -39,7 +39,7 @@ TITLE = "Sec 6 / Fig 1 on a trained MLP: batch-size sweep, linear lr scaling, SG
 
 SIZES = {"smoke": dict(batches=(16, 128, 1024), epochs=6, replicas=8, select_replicas=1, n=4096),
          "quick": dict(batches=(8, 32, 128, 512, 2048), epochs=10, replicas=16, select_replicas=2, n=8192),
-         "full": dict(batches=(8, 32, 128, 512, 2048), epochs=20, replicas=32, select_replicas=4, n=8192)}
+         "full": dict(batches=(8, 32, 128, 512, 2048), epochs=10, replicas=32, select_replicas=4, n=8192)}
 MARGIN = 0.01
 SHARP_EVALS = 6
 
