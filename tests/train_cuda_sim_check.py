@@ -104,4 +104,19 @@ got, want = tr.evaluate(X, y), ref.evaluate(X, y)
 ok = np.array_equal(got[1], want[1]) and rel(got[0], want[0]) <= TOL
 bad += not ok
 print(f"tied logits: correct {got[1]} vs reference {want[1]} {'ok' if ok else 'MISMATCH'}")
+
+# fit() end to end on the cuda backend (float64): the same evaluations as the NumPy reference
+import sdeverify as sv  # noqa: E402
+from sdeverify.train import fit, teacher_student  # noqa: E402
+data = teacher_student(n=48, dim=4, classes=3, hidden=5, seed=1)
+kw = dict(batch_size=6, steps=4, replicas=2, seed=3, eval_every=2, svag=2, dtype="float64",
+          metrics=("train_loss", "train_acc", "test_loss", "test_acc", "grad_sqnorm", "noise_trace"),
+          eval_samples=16)
+opts = [sv.SGD(0.1), sv.SGDM(0.1, 0.8)]
+got = fit(MLP([4, 5, 3]), data, opts, backend="cuda", **kw)
+want = fit(MLP([4, 5, 3]), data, opts, backend="numpy", **kw)
+dev = rel(got.values, want.values)
+ok = dev <= 1e-10 and np.array_equal(got.div_step, want.div_step)
+bad += not ok
+print(f"fit(backend='cuda') vs numpy: max rel. deviation {dev:.3g} {'ok' if ok else 'MISMATCH'}")
 sys.exit(1 if bad else 0)
