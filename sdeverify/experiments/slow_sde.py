@@ -51,7 +51,7 @@ Decision rules (per problem; h₁ at the final time T):
    :func:`~sdeverify.slow_sde.solve_slow_sde` with ``closed_form=False`` (the generic
    formula at every step), dt = 0.01, t = 1; mean and variance of x_t against the exact
    moments of that Euler scheme (``Valley.ou_euler_moments``), two-sided z-tests at
-   family-wise 99.9%.
+   family-wise 99.99% (a dropped or mis-scaled drift term moves the mean by > 20 sd).
 """
 from __future__ import annotations
 
@@ -250,6 +250,11 @@ def poly_fit(etas, err, sem, level: float = 0.95):
     return tuple(Interval(float(c), float(c - z * s), float(c + z * s), level) for c, s in zip(coef, se))
 
 
+#: family-wise false-failure level of the general-path run (mean and variance z-tests); at
+#: 1e-3 one seed in 100 failed (seed 85, mean z = 3.95): 1e-4 keeps the main job's budget
+GENERAL_PATH_ALPHA = 1e-4
+
+
 #: problems on which the general slow-SDE drift is compared with the closed forms
 def general_formula_problems() -> dict:
     return {"valley of this check": Valley.label_noise_like(h=(1.0, 0.0, 1.0), c=2.0, sx2=0.25),
@@ -286,7 +291,7 @@ def general_formula_verdicts(sigma: float, seed: int, paths: int) -> tuple[list,
                           record=[t], closed_form=False)
     x = path.states[-1, :, 0]
     mean_e, var_e = P.ou_euler_moments(1.0, np.sqrt(dt), round(t / dt), sigma)
-    zb = z_value(1 - 0.001 / 2)
+    zb = z_value(1 - GENERAL_PATH_ALPHA / 2)
     n = x.size
     zm = (x.mean() - mean_e) / np.sqrt(var_e / n)
     v = x.var(ddof=1)
@@ -296,10 +301,11 @@ def general_formula_verdicts(sigma: float, seed: int, paths: int) -> tuple[list,
     out.append(Verdict(
         f"valley slow SDE solved with the general drift formula: E x_t, Var x_t at t = {t:g}",
         "Thm 5.5 / THEORY §8", f"Euler-scheme moments: mean {float(mean_e):.4g}, variance {float(var_e):.4g}",
-        Interval(float(x.mean()), float(x.mean() - half), float(x.mean() + half), 0.9995),
+        Interval(float(x.mean()), float(x.mean() - half), float(x.mean() + half), 1 - GENERAL_PATH_ALPHA / 2),
         bool(abs(zm) <= zb and abs(zv) <= zb),
         f"{n} paths, dt = {dt:g}: |z| of the mean {abs(zm):.2f} and of the variance {abs(zv):.2f} "
-        f"<= {zb:.2f} (family-wise 99.9%); measured = mean with its 99.95% interval"))
+        f"<= {zb:.2f} (family-wise {1 - GENERAL_PATH_ALPHA:.2%}); measured = mean with its "
+        f"{1 - GENERAL_PATH_ALPHA / 2:.3%} interval"))
     return out, data
 
 
