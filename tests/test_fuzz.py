@@ -175,8 +175,8 @@ FLAGS = {
 }
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-@given(chosen=st.dictionaries(st.sampled_from(sorted(FLAGS)), st.just(None), max_size=7),
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@given(chosen=st.dictionaries(st.sampled_from(sorted(FLAGS)), st.just(None), max_size=4),
        data=st.data())
 def test_cli_simulate_exits_0_or_2_with_one_line(chosen, data, tmp_path_factory):
     argv = ["simulate", "--quiet", "--dim", "2", "--paths", "256", "--steps", "10"]

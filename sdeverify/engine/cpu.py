@@ -25,9 +25,11 @@ Per step and optimizer, exactly as the reference engine (``a, b, γ`` from
 :mod:`sdeverify.optim`)::
 
     g = grad(x) + σ v(x, ξ)          (SVAG: (grad(x) + σ r1 v(x, ξ¹)) + σ r2 v(x, ξ²))
-    m = a m + b g;   x = x − γ m;    a path with some |x_i| > bound (or x_i not finite)
-                                     stops (x, m frozen, ``div_step`` = k + 1); ``bound``
-                                     is the spec's divergence bound (see ``simulate``).
+    m = a m + b g;   x = x − γ m;    a path whose Σ_i x_i is no longer finite, or (in a
+                                     pass of its own after the step, which keeps the update
+                                     loop vectorised) with some |x_i| > bound, stops (x, m
+                                     frozen, ``div_step`` = k + 1); ``bound`` is the spec's
+                                     divergence bound (see ``simulate``).
 
 (A stopped lane still runs through the vector loop with ``x0`` as its input; its result is
 discarded.)  ``dtype="float32"``: x, m, g and the draws in float32, coefficients cast to
@@ -156,7 +158,7 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: 
 
     @numba.njit(inline="always")
     def fused_step(a, b, lr, X, M, alive, dstep, k, Z1, Z2, Gb, S, xs, xo, gs, vs, ws, zs,
-                   xinit, prm, sigma, sr1, sr2, bound):
+                   xinit, prm, sigma, sr1, sr2):
         """One optimizer, one step, all lanes; oracle and update in one loop over lanes (the
         whole body unrolls over coordinates when d is small, and LLVM vectorises over lanes)."""
         for ln in range(L):
@@ -178,16 +180,16 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: 
             for i in range(D):
                 mi = a * M[i, ln] + b * (gs[i] + (sigma if NC == 1 else sr2) * vs[i])
                 xi = xs[i] - lr * mi
-                s += zero if abs(xi) <= bound else one      # NaN and inf count as out of bounds
+                s += xi
                 M[i, ln] = mi if al else M[i, ln]
                 X[i, ln] = xi if al else xo[i]
-            fin = s == zero
+            fin = np.isfinite(s)
             dstep[ln] = k + 1 if (al and not fin) else dstep[ln]
             alive[ln] = al and fin
 
     @numba.njit(inline="always")
     def split_step(a, b, lr, X, M, alive, dstep, k, Z1, Z2, Gb, S, xs, xo, gs, vs, ws, zs,
-                   xinit, prm, sigma, sr1, sr2, bound):
+                   xinit, prm, sigma, sr1, sr2):
         """The same step in two loops over lanes, (a) the oracle into ``Gb[:, lane]``, (b) the
         update with the lanes innermost, so that (b) vectorises for any d."""
         for ln in range(L):
@@ -214,14 +216,30 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: 
                 x = X[i, ln]
                 mi = a * M[i, ln] + b * Gb[i, ln]
                 xi = x - lr * mi
-                S[ln] += zero if abs(xi) <= bound else one  # NaN and inf count as out of bounds
+                S[ln] += xi
                 M[i, ln] = mi if al else M[i, ln]
                 X[i, ln] = xi if al else x
         for ln in range(L):
             al = alive[ln]
-            fin = S[ln] == zero
+            fin = np.isfinite(S[ln])
             dstep[ln] = k + 1 if (al and not fin) else dstep[ln]
             alive[ln] = al and fin
+
+    @numba.njit(inline="always")
+    def bound_check(X, alive, dstep, k, S, bound):
+        """The divergence bound, in a pass of its own after the step (a test inside the
+        update loop stops LLVM from vectorising it): a lane still alive with some
+        |x_i| > bound stops at this step.  Non-finite x is caught by the step itself."""
+        for ln in range(L):
+            S[ln] = zero
+        for i in range(D):
+            for ln in range(L):
+                a = abs(X[i, ln])
+                S[ln] = a if a > S[ln] else S[ln]
+        for ln in range(L):
+            over = S[ln] > bound
+            dstep[ln] = k + 1 if (alive[ln] and over) else dstep[ln]
+            alive[ln] = alive[ln] and not over
 
     lane_step = fused_step if D <= config.FUSE_MAX_DIM else split_step
 
@@ -286,7 +304,8 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: 
                         b = B[j, k]
                         lr = G[j, k]
                         lane_step(a, b, lr, X[j], M[j], alive[j], dstep[j], k, Z1, Z2, Gb, S,
-                                  xs, xo, gs, vs, ws, zs, xinit, prm, sigma, sr1, sr2, bound)
+                                  xs, xo, gs, vs, ws, zs, xinit, prm, sigma, sr1, sr2)
+                        bound_check(X[j], alive[j], dstep[j], k, S, bound)
                     if r < n_rec and rec_steps[r] == k + 1:
                         record(stats, diffs, bad, vals, states, store, X, alive, xr, params, codes, r, p0, nl)
                         r += 1
