@@ -89,18 +89,21 @@ def log_x0(x):                      # NaN once x0 < 0, -inf at 0: a user observa
 
 @numba.njit
 def fussy(x):
-    if x[0] > 1.5:
-        raise ValueError("fussy: x0 too large")
-    return x[0]
+    if x[1] > 5.0:
+        raise ValueError("fussy: x1 too large")
+    return x[1]
+
+
+USER = ["x0", log_x0, fussy]        # one tuple of user functions: one kernel for both tests
 
 
 def test_nonfinite_observables_are_counted_and_reported():
-    kw = dict(steps=30, paths=300, sigma=1.0, observables=["x0", log_x0], record=[0, 10, 30])
+    kw = dict(steps=30, paths=300, sigma=1.0, observables=USER, record=[0, 10, 30])
     with pytest.warns(sv.DivergenceWarning, match="non-finite values of 'log_x0'"):
         a = _sim(**kw)
     b = _sim(backend="numpy", on_divergence="ignore", **kw)
     bad = a.nonfinite
-    assert bad[:, 0].sum() == 0 and bad[:, -1, 1].min() > 0 and bad[:, :, 0].sum() == 0
+    assert bad[:, 0].sum() == 0 and bad[:, -1, 1].min() > 0 and bad[:, :, [0, 2]].sum() == 0
     assert np.array_equal(bad, b.nonfinite) and np.array_equal(a.count, b.count)
     # excluded, not averaged: count + non-finite = paths, and the mean is that of the rest
     assert np.all(a.count + bad == 300) and np.all(np.isfinite(a.mean))
@@ -112,13 +115,13 @@ def test_nonfinite_observables_are_counted_and_reported():
 
 
 def test_a_raising_observable_is_an_error_naming_it():
-    kw = dict(steps=30, paths=300, sigma=1.0, observables=["loss", fussy], x0=(1.0, 0.0))
-    with pytest.raises(UserFunctionError, match="fussy"):
+    kw = dict(steps=30, paths=300, sigma=30.0, observables=USER, x0=(1.0, 4.5))
+    with pytest.raises(UserFunctionError, match="observable 'fussy'.*test_reliability.fussy"):
         _sim(**kw)
-    with pytest.raises(UserFunctionError, match="fussy: x0 too large"):
+    with pytest.raises(UserFunctionError, match="fussy: x1 too large"):
         _sim(backend="numpy", **dict(kw, paths=20))
     with pytest.raises(UserFunctionError, match="fussy.*raised at x0"):   # the probe, at x0
-        _sim(**dict(kw, x0=(2.0, 0.0)))
+        _sim(**dict(kw, x0=(1.0, 6.0)))
 
 
 # ---- 5. user functions -----------------------------------------------------------------------
