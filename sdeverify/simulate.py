@@ -50,7 +50,16 @@ def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0, *, steps: int, 
 
     All optimizers share the oracle noise of each (path, step) (common random numbers); the
     draws are a pure function of (seed, global path index, step), so any split into shards
-    (``path_offset``, a multiple of ``config.BLOCK``) merges into the identical result.
+    (``path_offset``, a multiple of ``config.BLOCK``; path indices are 64-bit, up to
+    ``path_offset + paths <= 2**48``) merges into the identical result
+    (:meth:`SimulationResult.merge`, which refuses shards of different simulations).
+
+    Before anything runs, every argument is validated (``ValueError`` naming it), the memory
+    the run needs is compared with what the machine has (``ValueError`` with the estimate),
+    and the problem's functions and the observables are called once at x0
+    (:mod:`sdeverify.engine.probe`: a wrong signature, an exception or a read past the
+    ``n_draws`` draws is a :class:`~sdeverify.observables.UserFunctionError` naming the
+    function).  An observable that raises during the run is an error too.
 
     Parameters
     ----------
