@@ -78,7 +78,7 @@ _SIZES = {
                  cos_n_steps=(10, 25, 60, 150, 250, 400, 630, 1000),
                  paths=32768, substeps=4),
 }
-_DEFAULTS = dict(T=2.0, sigma0=1.0, rho=2.0, beta0=0.9, lam_half=1.0, kappa_max=KAPPA_MAX,
+_DEFAULTS = dict(T=2.0, sigma0=0.8, rho=2.0, beta0=0.9, lam_half=1.0, kappa_max=KAPPA_MAX,
                  test_functions=("loss", "x0"),
                  quad_hessian=((1.0, 0.3), (0.3, 0.5)), quad_noise=((1.0, 0.2), (0.2, 0.5)),
                  quad_center=(0.5, -0.5), quad_x0=(2.0, 1.0),
@@ -178,7 +178,7 @@ def run(*, size: str = "quick", seed: int = 0, progress=None, **overrides) -> Ex
 
     Parameters (``overrides``): ``quad_n_steps`` / ``cos_n_steps`` (the two grids of
     N = T/η; the exact quadratic grid reaches smaller η than the Monte Carlo one), ``T`` (2),
-    ``sigma0`` (1), ``rho`` (2: 1 − β = ρη at α = 1; kinetic SDE with the same ρ), ``beta0``
+    ``sigma0`` (0.8; 1 until issue 15 — σ₀ = 1 cannot tell σ₀ from σ₀²), ``rho`` (2: 1 − β = ρη at α = 1; kinetic SDE with the same ρ), ``beta0``
     (0.9, α = 0), ``lam_half`` (1: 1 − β = lam_half·η^{1/2} at α = 0.5), ``kappa_max`` (0.1),
     ``paths``, ``substeps`` (r: the Monte Carlo SDE reference runs EM at η/r and 2η/r with
     extrapolation), ``test_functions`` (("loss", "x0")), the problems' ``quad_*``/``cos_*``.
