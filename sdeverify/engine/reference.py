@@ -1,4 +1,5 @@
-"""The slow, obviously-right NumPy reference engine (DESIGN principle 4).
+"""The slow, obviously-right NumPy reference engine: an independent implementation that the
+compiled engines are checked against.
 
 Same maths as the compiled engines, written as plain loops: draws from the NumPy twin of the
 counter-based generator, the problem's functions run as plain Python (``py_func``), the

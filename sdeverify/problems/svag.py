@@ -4,7 +4,7 @@
 
 from two independent oracle outputs at the same x.  r₁ + r₂ = 1 keeps the mean, r₁² + r₂² = ℓ
 multiplies the noise variance by ℓ.  Run with lr η/ℓ for ℓ× the steps
-(:func:`sdeverify.optim.svag_schedule`) to approach the SDE of THEORY §7 as ℓ → ∞.
+(:func:`sdeverify.schedules.svag_schedule`) to approach the SDE of THEORY §7 as ℓ → ∞.
 The engines implement the transform: the second call uses draw stream 1.
 """
 from __future__ import annotations
