@@ -127,10 +127,16 @@ def cmd_simulate(args) -> int:
     return 0
 
 
-def _run_one(name: str, size: str, seed: int, out: Path | None, quiet: bool, overrides=None):
+def _run_one(name: str, size: str, seed: int, out: Path | None, quiet: bool, overrides=None,
+             backend: str = "cpu"):
+    import inspect
+
     from . import experiments
     from .progress import bar
     mod = experiments.get(name)
+    overrides = dict(overrides or {})
+    if backend != "cpu" and "backend" in inspect.signature(mod.run).parameters:
+        overrides["backend"] = backend       # the trained-network checks train on the GPU
     with bar(1, name, quiet=quiet) as update:
         res = mod.run(size=size, seed=seed, progress=update, **(overrides or {}))
     fig = None
@@ -160,7 +166,8 @@ def cmd_run(args) -> int:
     experiments.get(args.name)
     _check_seed(args.seed)
     out = _writable_folder("--out", args.out) if args.out else None
-    res, fig = _run_one(args.name, args.size, args.seed, out, args.quiet)
+    _check_backend(args.backend)
+    res, fig = _run_one(args.name, args.size, args.seed, out, args.quiet, backend=args.backend)
     _print_table(_verdict_rows(res))
     print(f"{args.name}: {'PASS' if res.passed else 'FAIL'} in {res.meta.get('wall_time', 0):.1f} s")
     if out is not None:
@@ -182,6 +189,7 @@ def cmd_check(args) -> int:
             experiments.get(n)
         names = [n for n in names if n in wanted]
     out = _writable_folder("--out", args.out)
+    _check_backend(args.backend)
     rows, summary, t0 = [], [], time.perf_counter()
     for i, name in enumerate(names):
         res = _reusable(name, size, args.seed, out) if args.resume else None
@@ -195,7 +203,7 @@ def cmd_check(args) -> int:
             print(f"[{i + 1}/{len(names)}] {name} ({size}) ...", file=sys.stderr, flush=True)
         try:
             if res is None:
-                res, fig = _run_one(name, size, args.seed, out, args.quiet)
+                res, fig = _run_one(name, size, args.seed, out, args.quiet, backend=args.backend)
         except Exception as exc:  # a crashing check is a failed check, reported, not hidden
             rows.append([name, "-", "-", f"ERROR: {type(exc).__name__}: {exc}", "FAIL"])
             summary.append({"name": name, "passed": False, "error": f"{type(exc).__name__}: {exc}"})
@@ -235,6 +243,13 @@ def _reusable(name: str, size: str, seed: int, out: Path):
     if meta.get("size") != size or meta.get("seed") != seed or meta.get("versions") != versions():
         return None
     return res
+
+
+def _check_backend(backend: str) -> None:
+    """``--backend cuda`` needs a usable GPU (or the CUDA simulator): say so before any work."""
+    if backend == "cuda":
+        from .engine.cuda import _cuda
+        _cuda()
 
 
 def _check_seed(seed: int) -> None:
@@ -300,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="seed of the random streams (default 0)")
     r.add_argument("--out", default="sdeverify-out", help="folder for NAME.json/.npz/.png")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--backend", choices=("cpu", "cuda"), default="cpu",
+                   help="where the trained-network checks (train_*) train: cpu (default) or cuda "
+                        "(numba.cuda, needs a GPU); the other checks always run on the CPU")
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("check", help="run every registered check of the paper's claims",
@@ -317,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reuse results already in --out from the same size, seed and package "
                         "versions (continue an interrupted run)")
     c.add_argument("--quiet", action="store_true")
+    c.add_argument("--backend", choices=("cpu", "cuda"), default="cpu",
+                   help="where the trained-network checks (train_*) train: cpu (default) or cuda "
+                        "(numba.cuda, needs a GPU, e.g. with --full); the other checks run on the CPU")
     c.set_defaults(func=cmd_check)
 
     ls = sub.add_parser("list", help="list the registered checks")
