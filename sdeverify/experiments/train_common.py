@@ -7,8 +7,9 @@ tanh teacher, 10% label noise; 25% held out as the test set), an MLP 32-128-10 (
 softmax cross-entropy), the same number of epochs at every batch size, Goyal et al.'s
 recipe (linear lr scaling η_B = η_base·B/128, linear warm-up over the first 10% of the
 steps, ×0.1 at 50% and 75%), β = 0.9, and SGD with the *same* η (EMA form: the averaged lr of
-a constant-β schedule is η, Eq. 8).  The SGDM lr at each B is the best of a small grid by
-mean accuracy on a validation split carved out of the training set (never the test set).
+a constant-β schedule is η, Eq. 8).  The SGDM lr at each B is chosen from a small grid by
+mean accuracy on a validation split carved out of the training set (never the test set):
+the smallest lr within 0.5 points of the best.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from ..train import MLP, fit, goyal_multiplier, teacher_student
 BETA = 0.9
 BASE_BATCH = 128
 LR_GRID = (0.2, 0.8, 3.2)          # η_base; the lr at batch B is η_base·B/128
+SELECT_TOL = 0.005                 # validation accuracies within 0.5 points count as tied
 METRICS = ("train_loss", "test_loss", "test_acc")
 
 
@@ -55,8 +57,10 @@ def train(data, batch, lr, epochs, replicas, seed, *, opts=None, svag=1, metrics
 
 
 def select_lr(data, batch, epochs, replicas, seed, backend="cpu") -> tuple[float, np.ndarray]:
-    """The SGDM lr of ``LR_GRID`` (scaled by B/128) with the best mean validation accuracy;
-    returns (lr, validation accuracies per grid point).  Diverged replicas count as chance."""
+    """The SGDM lr of ``LR_GRID`` (scaled by B/128) by mean validation accuracy: the smallest
+    lr within ``SELECT_TOL`` (0.5 points) of the best — near-ties go to the smaller, more
+    stable lr, so selection noise between indistinguishable lrs does not decide the regime.
+    Returns (lr, validation accuracies per grid point).  Diverged replicas count as chance."""
     val = data.split_validation(0.2, seed=1)
     accs = []
     for base in LR_GRID:
@@ -65,8 +69,9 @@ def select_lr(data, batch, epochs, replicas, seed, backend="cpu") -> tuple[float
                   metrics=("test_acc",), backend=backend)
         v = np.where(r.valid[0, -1], r.values[0, -1, :, 0], 1.0 / data.n_classes)
         accs.append(float(np.mean(v)))
-    best = int(np.argmax(accs))
-    return LR_GRID[best] * batch / BASE_BATCH, np.array(accs)
+    accs = np.array(accs)
+    best = int(np.flatnonzero(accs >= accs.max() - SELECT_TOL)[0])
+    return LR_GRID[best] * batch / BASE_BATCH, accs
 
 
 def t_interval(samples, level: float = 0.95) -> Interval:
