@@ -280,7 +280,7 @@ def general_formula_verdicts(sigma: float, seed: int, paths: int) -> tuple[list,
     dev = max(worst.values())
     data["general_vs_closed_form"] = np.array(list(worst.values()))
     out.append(Verdict("slow-SDE drift: general formula (Thm 5.5) == closed forms on the manifold",
-                       "Thm 5.5 / THEORY §8", "identical drift (max |b_gen - b_closed| / (1 + max|b|) <= 1e-9)",
+                       "Thm 5.5", "identical drift (max |b_gen - b_closed| / (1 + max|b|) <= 1e-9)",
                        Interval(dev, 0.0, dev), bool(dev <= 1e-9),
                        "at 64 random points of Γ per problem, sigma = "
                        f"{sigma:g}: " + "; ".join(f"{k}: {v:.2g}" for k, v in worst.items())))
@@ -300,7 +300,7 @@ def general_formula_verdicts(sigma: float, seed: int, paths: int) -> tuple[list,
     half = zb * np.sqrt(var_e / n)
     out.append(Verdict(
         f"valley slow SDE solved with the general drift formula: E x_t, Var x_t at t = {t:g}",
-        "Thm 5.5 / THEORY §8", f"Euler-scheme moments: mean {float(mean_e):.4g}, variance {float(var_e):.4g}",
+        "Thm 5.5", f"Euler-scheme moments: mean {float(mean_e):.4g}, variance {float(var_e):.4g}",
         Interval(float(x.mean()), float(x.mean() - half), float(x.mean() + half), 1 - GENERAL_PATH_ALPHA / 2),
         bool(abs(zm) <= zb and abs(zv) <= zb),
         f"{n} paths, dt = {dt:g}: |z| of the mean {abs(zm):.2f} and of the variance {abs(zv):.2f} "
