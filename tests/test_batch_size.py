@@ -65,12 +65,12 @@ def test_run_rejects_bad_batches():
 
 def test_oracle_verdicts_pass_and_fail_for_a_wrong_batch(monkeypatch):
     """The minibatch oracle's mean and covariance against NumPy references; negative control:
-    an oracle that averages B + 1 indices (covariance Σ₁/(B+1)) fails the covariance verdict."""
+    an oracle that averages B/2 indices (covariance 2Σ₁/B) fails the covariance verdict."""
     P0 = BS.data(max_batch=64)
     v, _ = BS.oracle_verdicts(P0, 64, 2 ** 15, seed=3)
     assert all(x.passed for x in v), [x.rule for x in v]
     real = BS.LinearRegression
     monkeypatch.setattr(BS, "LinearRegression",
-                        lambda A, y, B, max_batch=None: real(A, y, B + 1, max_batch=max_batch))
+                        lambda A, y, B, max_batch=None: real(A, y, B // 2, max_batch=max_batch))
     v, _ = BS.oracle_verdicts(P0, 64, 2 ** 15, seed=3)
     assert v[0].passed and not v[1].passed

@@ -25,7 +25,7 @@ Decision rules:
   (the smallest B and B_max are left out: the first is not resolved at smoke size, the second
   sits at the edge of stability) — and at the smallest B the relative gap is small: the
   upper end of the 99.9% interval of gap / E L(SGD) is below 1%.
-* *The minibatch oracle is an NGOS (Def 3.1)*: one SGD step with lr 1 from a fixed x (B = 4,
+* *The minibatch oracle is an NGOS (Def 3.1)*: one SGD step with lr 1 from a fixed x (B = 64,
   the sweep's kernel) recovers N oracle outputs g = x₀ − x₁; their mean must equal the
   full-batch gradient Aᵀ(Ax − y)/n and their per-coordinate variances the diagonal of
   Σ₁(x)/B, both computed here from the data in NumPy (not from the problem's packed Q, r or
@@ -108,7 +108,7 @@ def run(*, size: str = "quick", seed: int = 0, progress=None, **overrides) -> Ex
     return ExperimentResult(NAME, params, out, tuple(verdicts), make_meta(seed, size, t.seconds))
 
 
-ORACLE_B = 4
+ORACLE_B = 64
 #: family-wise false-failure level of the two oracle verdicts (2d z-tests)
 ORACLE_ALPHA = 1e-4
 
