@@ -146,13 +146,24 @@ def _run_one(name: str, size: str, seed: int, out: Path | None, quiet: bool, ove
     return res, fig
 
 
+def _measured(iv) -> str:
+    """The estimate and its interval, with the interval's level when it is not 95% (a level
+    of 0 marks an error estimate, e.g. Richardson's, not a confidence interval)."""
+    level = getattr(iv, "level", 0.95)
+    if level == 0.95:
+        return str(iv)
+    if not level:
+        return f"{iv} (error estimate)"
+    return f"{iv} ({100 * level:.4g}%)"
+
+
 def _verdict_rows(res) -> list[list[str]]:
-    return [[v.claim, v.reference, v.prediction, str(v.measured), "PASS" if v.passed else "FAIL"]
+    return [[v.claim, v.reference, v.prediction, _measured(v.measured), "PASS" if v.passed else "FAIL"]
             for v in res.verdicts]
 
 
 def _print_table(rows: list[list[str]]) -> None:
-    head = ["claim", "paper", "prediction", "measured [95% CI]", "verdict"]
+    head = ["claim", "paper", "prediction", "measured [CI, 95% unless marked]", "verdict"]
     rows = [head] + rows
     w = [min(max(len(r[i]) for r in rows), 60) for i in range(len(head))]
     for i, r in enumerate(rows):

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..result import atomic_write_npz, atomic_write_text, versions
+from ..result import load_pair, save_pair, versions
 from ..stats import Interval
 
 SIZES = ("smoke", "quick", "full")
@@ -62,23 +62,25 @@ class ExperimentResult:
         return all(v.passed for v in self.verdicts)
 
     def save(self, folder: str | Path) -> Path:
-        """Write ``NAME.json`` and ``NAME.npz`` into ``folder`` atomically; returns the JSON path."""
-        folder = Path(folder)
+        """Write ``NAME.json`` and ``NAME.<content hash>.npz`` into ``folder`` as one unit
+        (:func:`sdeverify.result.save_pair`: a crash at any moment leaves the old or the new
+        pair, never a mix); returns the JSON path."""
         arrays = {k: np.asarray(v) for k, v in self.data.items()}
-        atomic_write_npz(folder / f"{self.name}.npz", arrays)
         doc = {"name": self.name, "params": self.params, "meta": self.meta,
                "verdicts": [v.as_dict() for v in self.verdicts], "passed": self.passed,
                "data_keys": sorted(arrays)}
-        path = folder / f"{self.name}.json"
-        atomic_write_text(path, json.dumps(doc, indent=1, default=_jsonable))
+        path = save_pair(Path(folder) / self.name, json.loads(json.dumps(doc, default=_jsonable)),
+                         arrays, labels=("name", "data_keys"))
+        stale = Path(folder) / f"{self.name}.npz"          # the earlier, unhashed layout
+        if stale.exists():
+            stale.unlink()
         return path
 
     @classmethod
     def load(cls, folder: str | Path, name: str) -> "ExperimentResult":
-        folder = Path(folder)
-        doc = json.loads((folder / f"{name}.json").read_text())
-        with np.load(folder / f"{name}.npz", allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
+        """Load a saved result, checking that its ``.json`` and ``.npz`` belong together
+        (also reads the earlier ``NAME.json`` + ``NAME.npz`` layout)."""
+        doc, data, _ = load_pair(Path(folder) / name, labels=("name", "data_keys"))
         return cls(doc["name"], doc["params"], data,
                    tuple(Verdict.from_dict(v) for v in doc["verdicts"]), doc["meta"])
 
