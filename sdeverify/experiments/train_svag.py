@@ -32,7 +32,7 @@ from .base import (ExperimentResult, Timer, Verdict, check_size, make_meta, save
 NAME = "train_svag"
 TITLE = "Sec 6 / Fig 2 on a trained MLP: SVAG closes the SGD-SGDM gap at large batch"
 
-SIZES = {"smoke": dict(batch=512, ells=(1, 2, 4, 8), epochs=6, replicas=6, select_replicas=1, n=2048),
+SIZES = {"smoke": dict(batch=1024, ells=(1, 2, 4, 8), epochs=6, replicas=8, select_replicas=1, n=4096),
          "quick": dict(batch=1024, ells=(1, 2, 4, 8), epochs=6, replicas=12, select_replicas=2, n=4096),
          "full": dict(batch=1024, ells=(1, 2, 4, 8, 16), epochs=6, replicas=32, select_replicas=4, n=4096)}
 SHRINK = 0.25
