@@ -40,8 +40,8 @@ NAME = "train_batch_size"
 TITLE = "Sec 6 / Fig 1 on a trained MLP: batch-size sweep, linear lr scaling, SGD vs SGDM"
 
 SIZES = {"smoke": dict(batches=(16, 128, 1024), epochs=6, replicas=16, select_replicas=1, n=4096),
-         "quick": dict(batches=(8, 32, 128, 512, 2048), epochs=10, replicas=16, select_replicas=2, n=8192),
-         "full": dict(batches=(8, 32, 128, 512, 2048), epochs=10, replicas=32, select_replicas=4, n=8192)}
+         "quick": dict(batches=(8, 32, 128, 512, 2048), epochs=10, replicas=32, select_replicas=3, n=8192),
+         "full": dict(batches=(8, 32, 128, 512, 2048), epochs=10, replicas=64, select_replicas=4, n=8192)}
 CONTROL_LR_FACTOR = 16
 SHARP_EVALS = 6
 
