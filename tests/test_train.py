@@ -366,3 +366,15 @@ def test_exact_hvp_matches_differences_of_gradients(act, loss, data):
     h = 1e-6
     fd = (reference.loss_and_grad(m, W + h * V, X, y)[1] - reference.loss_and_grad(m, W - h * V, X, y)[1]) / (2 * h)
     np.testing.assert_allclose(reference.hvp(m, W, X, y, V), fd, rtol=1e-5, atol=1e-7)
+
+
+def test_train_checks_validate_overrides_and_data():
+    from sdeverify.experiments import train_batch_size, train_common, train_svag
+    for mod in (train_batch_size, train_svag):
+        with pytest.raises(ValueError, match="unknown overrides"):
+            mod.run(size="smoke", replica=3)
+    small = teacher_student(n=200, dim=4, classes=3)
+    with pytest.raises(ValueError, match="fewer than 3 of the batch sizes"):
+        train_common.usable_batches(small, (8, 32, 128))
+    assert train_common.usable_batches(small, (2, 4, 8, 128)) == (2, 4, 8)
+    assert train_common.model(small).widths == (4, 128, 3)

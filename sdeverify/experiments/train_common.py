@@ -18,7 +18,7 @@ from scipy import stats as _st
 
 from ..optim import SGD, SGDM
 from ..stats import Interval
-from ..train import MLP, fit, goyal_multiplier, teacher_student
+from ..train import MLP, cifar10, digits, fit, goyal_multiplier, teacher_student
 
 BETA = 0.9
 BASE_BATCH = 128
@@ -27,12 +27,32 @@ SELECT_TOL = 0.005                 # validation accuracies within 0.5 points cou
 METRICS = ("train_loss", "test_loss", "test_acc")
 
 
-def dataset(n: int = 8192):
-    return teacher_student(n=n, dim=32, classes=10, hidden=64, label_noise=0.1, seed=0)
+def dataset(n: int = 8192, source: str = "teacher_student"):
+    """The checks' data: ``"teacher_student"`` (default, n samples), ``"digits"``
+    (scikit-learn's 8×8 digits, needs ``sdeverify[data]``) or the path of a CIFAR-10
+    python-version folder (the official train/test split)."""
+    if source == "teacher_student":
+        return teacher_student(n=n, dim=32, classes=10, hidden=64, label_noise=0.1, seed=0)
+    if source == "digits":
+        return digits()
+    return cifar10(source)
 
 
-def model() -> MLP:
-    return MLP([32, 128, 10], "relu", "cross_entropy")
+def model(data=None) -> MLP:
+    """MLP (inputs)-128-(classes), ReLU, softmax cross-entropy (32-128-10 on the default data)."""
+    d_in, k = (32, 10) if data is None else (data.n_features, data.n_classes)
+    return MLP([d_in, 128, k], "relu", "cross_entropy")
+
+
+def usable_batches(data, batches) -> tuple:
+    """The batch sizes that fit three times into the training part of the validation split
+    (the lr selection trains on it); the default data fits the whole default grid."""
+    n = data.split_validation(0.2, seed=1).n_train
+    keep = tuple(b for b in batches if 3 * b <= n)
+    if len(keep) < 3:
+        raise ValueError(f"data {data.name!r} ({n} training samples after the validation split) "
+                         f"fits fewer than 3 of the batch sizes {tuple(batches)} (need 3·B <= {n})")
+    return keep
 
 
 def steps_for(data, batch: int, epochs: int) -> int:
@@ -50,7 +70,7 @@ def pair(lr: float, beta: float = BETA) -> list:
 def train(data, batch, lr, epochs, replicas, seed, *, opts=None, svag=1, metrics=METRICS,
           eval_steps=None, backend="cpu", **kw):
     steps = steps_for(data, batch, epochs)
-    return fit(model(), data, opts if opts is not None else pair(lr), batch_size=batch,
+    return fit(model(data), data, opts if opts is not None else pair(lr), batch_size=batch,
                steps=steps, replicas=replicas, seed=seed, lr_schedule=schedule(steps), svag=svag,
                metrics=metrics, eval_steps=[steps] if eval_steps is None else eval_steps,
                on_divergence="ignore", backend=backend, **kw)

@@ -32,9 +32,9 @@ from .base import (ExperimentResult, Timer, Verdict, check_size, make_meta, save
 NAME = "train_svag"
 TITLE = "Sec 6 / Fig 2 on a trained MLP: SVAG closes the SGD-SGDM gap at large batch"
 
-SIZES = {"smoke": dict(batch=1024, ells=(1, 2, 4, 8), epochs=6, replicas=8, select_replicas=1, n=4096),
-         "quick": dict(batch=1024, ells=(1, 2, 4, 8), epochs=6, replicas=12, select_replicas=2, n=4096),
-         "full": dict(batch=1024, ells=(1, 2, 4, 8, 16), epochs=6, replicas=32, select_replicas=4, n=4096)}
+SIZES = {"smoke": dict(batch=1024, ells=(1, 2, 4, 8), epochs=6, replicas=8, select_replicas=1, n=4096, data="teacher_student"),
+         "quick": dict(batch=1024, ells=(1, 2, 4, 8), epochs=6, replicas=12, select_replicas=2, n=4096, data="teacher_student"),
+         "full": dict(batch=1024, ells=(1, 2, 4, 8, 16), epochs=6, replicas=32, select_replicas=4, n=4096, data="teacher_student")}
 SHRINK = 0.25
 
 
@@ -49,7 +49,7 @@ def run(*, size: str = "quick", seed: int = 0, progress=None, backend: str = "cp
     ells = tuple(int(e) for e in cfg["ells"])
     if ells[0] != 1 or 8 not in ells or list(ells) != sorted(set(ells)):
         raise ValueError(f"ells must be increasing, start at 1 and include 8, got {ells}")
-    data = tc.dataset(cfg["n"])
+    data = tc.dataset(cfg["n"], cfg["data"])
     B, E, R = int(cfg["batch"]), cfg["epochs"], cfg["replicas"]
     n = len(ells)
     out = {k: np.empty((n, R)) for k in ("acc_sgd", "acc_sgdm", "loss_sgd", "loss_sgdm")}
@@ -70,7 +70,7 @@ def run(*, size: str = "quick", seed: int = 0, progress=None, backend: str = "cp
         verdicts = _verdicts(ells, out, lr)
     out.update(ells=np.array(ells), lr=lr, val_acc=val)
     params = dict(cfg, ells=list(ells), beta=tc.BETA, lr_grid=list(tc.LR_GRID), shrink=SHRINK,
-                  backend=backend, model=tc.model().describe(), data=data.name)
+                  backend=backend, model=tc.model(data).describe(), data_name=data.name)
     return ExperimentResult(NAME, params, out, tuple(verdicts), make_meta(seed, size, t.seconds))
 
 
