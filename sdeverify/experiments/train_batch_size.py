@@ -144,19 +144,11 @@ def plot(result: ExperimentResult, path):
     d = result.data
     Bs = d["batches"]
     fig, ax = subplots(3, (15, 4.2))
-    for key, lab, fmt in (("acc_sgd", "SGD", "s--"), ("acc_sgdm", f"SGDM b={result.params['beta']}", "o-")):
-        ivs = [tc.t_interval(v) for v in d[key]]
-        m = np.array([iv.estimate for iv in ivs])
-        ax[0].errorbar(Bs, m, yerr=[m - [iv.low for iv in ivs], [iv.high for iv in ivs] - m],
-                       fmt=fmt, capsize=2, label=lab)
+    tc.plot_accuracies(ax[0], Bs, d, result.params["beta"])
     ax[0].set(xscale="log", xlabel="batch size B (lr scaled linearly)", ylabel="test accuracy (95% CI)",
               title=f"{result.params['epochs']} epochs at every B")
-    ax[0].legend(fontsize=8)
-    gaps = [tc.t_interval(d["acc_sgdm"][i] - d["acc_sgd"][i]) for i in range(len(Bs))]
-    g = np.array([iv.estimate for iv in gaps])
-    ax[1].errorbar(Bs, g, yerr=[g - [iv.low for iv in gaps], [iv.high for iv in gaps] - g], fmt="o-", capsize=2)
+    tc.plot_gaps(ax[1], Bs, d)
     ax[1].axhspan(-float(d["margin"]), float(d["margin"]), color="0.9", label="equivalence margin")
-    ax[1].axhline(0, color="k", lw=0.6)
     ax[1].set(xscale="log", xlabel="batch size B", ylabel="acc(SGDM) - acc(SGD), paired (95% CI)",
               title="SGDM ahead at large batch only")
     ax[1].legend(fontsize=8)

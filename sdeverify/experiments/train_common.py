@@ -113,3 +113,22 @@ def final_accuracy(res, optimizer, n_classes: int = 10) -> tuple[np.ndarray, int
     v = res.values_of(optimizer, "test_acc")[-1]
     bad = ~np.isfinite(v)
     return np.where(bad, 1.0 / n_classes, v), int(bad.sum())
+
+
+def plot_accuracies(ax, xs, data: dict, beta: float) -> None:
+    """Test accuracy (95% t-intervals) of SGD and SGDM against ``xs`` (B or ℓ)."""
+    for key, lab, fmt in (("acc_sgd", "SGD", "s--"), ("acc_sgdm", f"SGDM b={beta}", "o-")):
+        _errorbar(ax, xs, [t_interval(v) for v in data[key]], fmt=fmt, label=lab)
+    ax.legend(fontsize=8)
+
+
+def plot_gaps(ax, xs, data: dict) -> None:
+    """The paired gap acc(SGDM) − acc(SGD) (95% t-intervals) against ``xs``."""
+    _errorbar(ax, xs, [t_interval(data["acc_sgdm"][i] - data["acc_sgd"][i]) for i in range(len(xs))],
+              fmt="o-")
+    ax.axhline(0, color="k", lw=0.6)
+
+
+def _errorbar(ax, xs, ivs, **kw) -> None:
+    m = np.array([iv.estimate for iv in ivs])
+    ax.errorbar(xs, m, yerr=[m - [iv.low for iv in ivs], [iv.high for iv in ivs] - m], capsize=2, **kw)

@@ -110,18 +110,10 @@ def plot(result: ExperimentResult, path):
     d = result.data
     ells = d["ells"]
     fig, ax = subplots(2, (10.5, 4.2))
-    for key, lab, fmt in (("acc_sgd", "SGD", "s--"), ("acc_sgdm", f"SGDM b={result.params['beta']}", "o-")):
-        ivs = [tc.t_interval(v) for v in d[key]]
-        m = np.array([iv.estimate for iv in ivs])
-        ax[0].errorbar(ells, m, yerr=[m - [iv.low for iv in ivs], [iv.high for iv in ivs] - m],
-                       fmt=fmt, capsize=2, label=lab)
+    tc.plot_accuracies(ax[0], ells, d, result.params["beta"])
     ax[0].set(xscale="log", xlabel="SVAG l (lr/l, l x steps)", ylabel="test accuracy (95% CI)",
               title=f"B={result.params['batch']}, lr {float(d['lr']):.3g}")
-    ax[0].legend(fontsize=8)
-    gaps = [tc.t_interval(d["acc_sgdm"][i] - d["acc_sgd"][i]) for i in range(len(ells))]
-    g = np.array([iv.estimate for iv in gaps])
-    ax[1].errorbar(ells, g, yerr=[g - [iv.low for iv in gaps], [iv.high for iv in gaps] - g], fmt="o-", capsize=2)
-    ax[1].axhline(0, color="k", lw=0.6)
+    tc.plot_gaps(ax[1], ells, d)
     ax[1].set(xscale="log", xlabel="SVAG l", ylabel="acc(SGDM) - acc(SGD), paired (95% CI)",
               title="the gap closes as l grows")
     return save_figure(fig, path)

@@ -22,6 +22,7 @@ import numpy as np
 
 from .blas_threads import single_threaded
 from .models import ACTIVATIONS, LOSSES, MLP
+from .reference import HostTrainer
 
 _JIT = dict(cache=True, error_model="numpy", nogil=True)
 RELU, TANH = ACTIVATIONS["relu"], ACTIVATIONS["tanh"]
@@ -227,25 +228,14 @@ def _threads(M: int) -> tuple[int, object]:
     return (T, single_threaded()) if T > 1 else (1, nullcontext())
 
 
-class Trainer:
+class Trainer(HostTrainer):
     """Numba CPU backend (contract: :mod:`sdeverify.train.reference`)."""
 
     def __init__(self, model: MLP, X: np.ndarray, y: np.ndarray, n_opt: int, n_rep: int,
                  dtype: str = "float64"):
-        self.model, self.dtype = model, np.dtype(dtype)
-        self.X = np.ascontiguousarray(X, dtype=self.dtype)
-        self.y = np.ascontiguousarray(y, dtype=np.int64)
-        self.J, self.R = n_opt, n_rep
+        super().__init__(model, X, y, n_opt, n_rep, dtype)
         self.sizes, self.w_off, self.b_off = model.layout()
         self.act, self.loss_kind = ACTIVATIONS[model.activation], LOSSES[model.loss]
-        self.W = self.Mom = None
-
-    def set_state(self, W, Mom) -> None:
-        self.W = np.array(W, dtype=self.dtype, order="C")
-        self.Mom = np.array(Mom, dtype=self.dtype, order="C")
-
-    def get_state(self):
-        return self.W.copy(), self.Mom.copy()
 
     def train(self, idx, a, b, gamma, r) -> np.ndarray:
         S = idx[0].shape[0]

@@ -83,8 +83,8 @@ def loss_and_grad(model: MLP, W: np.ndarray, X: np.ndarray, y: np.ndarray,
     return losses.mean(axis=1), G
 
 
-class Trainer:
-    """NumPy reference backend (see the module docstring for the contract)."""
+class HostTrainer:
+    """What the host-memory backends share: the training set and the (M, P) state arrays."""
 
     def __init__(self, model: MLP, X: np.ndarray, y: np.ndarray, n_opt: int, n_rep: int,
                  dtype: str = "float64"):
@@ -95,11 +95,15 @@ class Trainer:
         self.W = self.Mom = None
 
     def set_state(self, W, Mom) -> None:
-        self.W = np.array(W, dtype=self.dtype)
-        self.Mom = np.array(Mom, dtype=self.dtype)
+        self.W = np.array(W, dtype=self.dtype, order="C")
+        self.Mom = np.array(Mom, dtype=self.dtype, order="C")
 
     def get_state(self):
         return self.W.copy(), self.Mom.copy()
+
+
+class Trainer(HostTrainer):
+    """NumPy reference backend (see the module docstring for the contract)."""
 
     def _rows(self, idx_step: np.ndarray) -> np.ndarray:
         return np.tile(idx_step, (self.J, 1))              # (M, B): model j*R + r -> replica r
