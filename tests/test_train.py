@@ -378,3 +378,21 @@ def test_train_checks_validate_overrides_and_data():
         train_common.usable_batches(small, (8, 32, 128))
     assert train_common.usable_batches(small, (2, 4, 8, 128)) == (2, 4, 8)
     assert train_common.model(small).widths == (4, 128, 3)
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+def test_cpu_backend_large_batch_matches_the_reference(act):
+    """A large batch (GEMMs past the small-matrix paths of BLAS) agrees as well."""
+    d = teacher_student(n=1600, dim=5, classes=3, hidden=6, seed=4)
+    m = MLP([5, 9, 7, 3], act, weight_decay=0.01)
+    B = 549
+    W0, M0 = _stack(m, 2, 1)
+    idx = BatchSampler(2, d.n_train, B, np.arange(2), "replacement").indices(0, 5)
+    c = sv.SGDM(0.1, 0.9).coefficients(5, m.n_params)
+    outs = []
+    for T in (reference.Trainer, cpu.Trainer):
+        t = T(m, d.X_train, d.y_train, 1, 2)
+        t.set_state(W0, M0)
+        outs.append((t.train(idx, c.a[None], c.b[None], c.gamma[None], np.array([1.0])), t.W))
+    np.testing.assert_allclose(outs[1][0], outs[0][0], rtol=1e-12)
+    assert np.max(np.abs(outs[1][1] - outs[0][1]) / (1 + np.abs(outs[0][1]))) <= 1e-12
