@@ -373,10 +373,14 @@ def test_train_checks_validate_overrides_and_data():
     for mod in (train_batch_size, train_svag):
         with pytest.raises(ValueError, match="unknown overrides"):
             mod.run(size="smoke", replica=3)
-    small = teacher_student(n=200, dim=4, classes=3)
+    small = teacher_student(n=200, dim=4, classes=3)          # 120 samples after both splits
     with pytest.raises(ValueError, match="fewer than 3 of the batch sizes"):
-        train_common.usable_batches(small, (8, 32, 128))
-    assert train_common.usable_batches(small, (2, 4, 8, 128)) == (2, 4, 8)
+        train_common.usable_batches(small, (8, 64, 128))
+    assert train_common.usable_batches(small, (2, 4, 60, 61)) == (2, 4, 60)
+    for size in ("smoke", "quick", "full"):                   # the default grid always fits whole
+        cfg = train_batch_size.SIZES[size]
+        data = train_common.dataset(cfg["n"])
+        assert train_common.usable_batches(data, cfg["batches"]) == cfg["batches"]
     assert train_common.model(small).widths == (4, 128, 3)
 
 
