@@ -55,16 +55,16 @@ def test_bad_input_exits_2(capsys):
 def test_check_resume_reuses_finished_results(tmp_path, capsys):
     """`check --resume` reuses a finished check's result (same size/seed/versions) and reruns
     one whose files are missing or whose seed differs."""
-    argv = ["check", "--smoke", "--only", "svag,batch_size", "--out", str(tmp_path), "--quiet"]
+    argv = ["check", "--smoke", "--only", "descent_lemma,variance_reduction", "--out", str(tmp_path), "--quiet"]
     assert main(argv) == 0
     first = json.loads((tmp_path / "summary.json").read_text())
-    (tmp_path / "batch_size.json").unlink()                    # as if interrupted during it
-    (tmp_path / "svag.png").unlink()
+    (tmp_path / "variance_reduction.json").unlink()            # as if interrupted during it
+    (tmp_path / "descent_lemma.png").unlink()
     capsys.readouterr()
     assert main(argv + ["--resume"]) == 0
     err = capsys.readouterr().err
-    assert "svag (smoke): reusing" in err and "batch_size (smoke) ..." in err
-    assert (tmp_path / "svag.png").exists() and (tmp_path / "batch_size.json").exists()
+    assert "descent_lemma (smoke): reusing" in err and "variance_reduction (smoke) ..." in err
+    assert (tmp_path / "descent_lemma.png").exists() and (tmp_path / "variance_reduction.json").exists()
     again = json.loads((tmp_path / "summary.json").read_text())
     assert again["complete"] and again["checks"][0]["verdicts"] == first["checks"][0]["verdicts"]
     assert main(argv[:-1] + ["--seed", "1", "--quiet", "--resume"]) == 0
