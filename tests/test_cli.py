@@ -135,3 +135,11 @@ def test_simulate_out_names_the_hashed_arrays_file(tmp_path, capsys):
     doc = json.loads((tmp_path / "simulation.json").read_text())
     assert doc["npz"] in capsys.readouterr().out and (tmp_path / doc["npz"]).exists()
     assert sv.SimulationResult.load(tmp_path / "simulation").paths == 256
+
+
+def test_python_dash_m_works_like_the_script():
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "sdeverify", "list"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and "train_svag" in r.stdout, r.stdout + r.stderr
