@@ -24,7 +24,6 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -79,17 +78,23 @@ def gemm(widths, B):
     return (lambda: [np.matmul(A, Wm, out=out) for _ in range(8)]), 8 * 2 * B * w * w
 
 
+def torch_mlp(widths):
+    """The same MLP in torch (Linear + ReLU)."""
+    import torch
+    layers = []
+    for l in range(len(widths) - 1):
+        layers.append(torch.nn.Linear(widths[l], widths[l + 1]))
+        if l < len(widths) - 2:
+            layers.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*layers)
+
+
 def torch_loop(widths, B, R, S):
     import torch
     torch.manual_seed(0)
     nets = []
     for _ in range(R):
-        layers = []
-        for l in range(len(widths) - 1):
-            layers.append(torch.nn.Linear(widths[l], widths[l + 1]))
-            if l < len(widths) - 2:
-                layers.append(torch.nn.ReLU())
-        net = torch.nn.Sequential(*layers)
+        net = torch_mlp(widths)
         nets.append((net, torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)))
     X = torch.randn(N_DATA, widths[0])
     y = torch.randint(0, widths[-1], (N_DATA,))
@@ -109,12 +114,7 @@ def torch_loop(widths, B, R, S):
 def torch_vmap(widths, B, R, S):
     import torch
     from torch.func import functional_call, grad, vmap
-    layers = []
-    for l in range(len(widths) - 1):
-        layers.append(torch.nn.Linear(widths[l], widths[l + 1]))
-        if l < len(widths) - 2:
-            layers.append(torch.nn.ReLU())
-    net = torch.nn.Sequential(*layers)
+    net = torch_mlp(widths)
     params = {k: torch.stack([v.detach().clone() for _ in range(R)]) for k, v in net.named_parameters()}
     mom = {k: torch.zeros_like(v) for k, v in params.items()}
     X = torch.randn(N_DATA, widths[0])

@@ -106,7 +106,6 @@ bad += not ok
 print(f"tied logits: correct {got[1]} vs reference {want[1]} {'ok' if ok else 'MISMATCH'}")
 
 # fit() end to end on the cuda backend (float64): the same evaluations as the NumPy reference
-import sdeverify as sv  # noqa: E402
 from sdeverify.train import fit, teacher_student  # noqa: E402
 data = teacher_student(n=48, dim=4, classes=3, hidden=5, seed=1)
 kw = dict(batch_size=6, steps=4, replicas=2, seed=3, eval_every=2, svag=2, dtype="float64",

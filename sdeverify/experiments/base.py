@@ -99,6 +99,16 @@ def check_size(size: str) -> str:
     return size
 
 
+def size_config(sizes: dict, size: str, overrides: dict) -> dict:
+    """The configuration of ``size`` with ``overrides`` applied; an unknown override key is
+    an error naming the valid ones (a typo must not be silently ignored)."""
+    size = check_size(size)
+    unknown = set(overrides) - set(sizes[size])
+    if unknown:
+        raise ValueError(f"unknown overrides {sorted(unknown)}; valid: {sorted(sizes[size])}")
+    return dict(sizes[size], **overrides)
+
+
 class Timer:
     def __enter__(self):
         self.t0 = time.perf_counter()

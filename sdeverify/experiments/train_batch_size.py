@@ -36,7 +36,7 @@ import numpy as np
 
 from ..optim import SGD, SGDM
 from . import train_common as tc
-from .base import (ExperimentResult, Timer, Verdict, check_size, make_meta, save_figure,
+from .base import (ExperimentResult, Timer, Verdict, make_meta, save_figure, size_config,
                    subplots, tick)
 
 NAME = "train_batch_size"
@@ -52,11 +52,7 @@ SHARP_EVALS = 6
 def run(*, size: str = "quick", seed: int = 0, progress=None, backend: str = "cpu",
         **overrides) -> ExperimentResult:
     """Run the sweep; see the module docstring for the set-up and the rules."""
-    size = check_size(size)
-    unknown = set(overrides) - set(SIZES[size])
-    if unknown:
-        raise ValueError(f"unknown overrides {sorted(unknown)}; valid: {sorted(SIZES[size])}")
-    cfg = dict(SIZES[size], **overrides)
+    cfg = size_config(SIZES, size, overrides)
     Bs = tuple(int(b) for b in cfg["batches"])
     if len(Bs) < 3 or list(Bs) != sorted(set(Bs)):
         raise ValueError(f"batches must be at least 3 increasing sizes, got {Bs}")

@@ -26,7 +26,7 @@ import numpy as np
 from ..optim import SGD, SGDM
 from ..stats import fit_order
 from . import train_common as tc
-from .base import (ExperimentResult, Timer, Verdict, check_size, make_meta, save_figure,
+from .base import (ExperimentResult, Timer, Verdict, make_meta, save_figure, size_config,
                    subplots, tick)
 
 NAME = "train_svag"
@@ -41,11 +41,7 @@ SHRINK = 0.25
 def run(*, size: str = "quick", seed: int = 0, progress=None, backend: str = "cpu",
         **overrides) -> ExperimentResult:
     """Run the ℓ-sweep; see the module docstring for the set-up and the rules."""
-    size = check_size(size)
-    unknown = set(overrides) - set(SIZES[size])
-    if unknown:
-        raise ValueError(f"unknown overrides {sorted(unknown)}; valid: {sorted(SIZES[size])}")
-    cfg = dict(SIZES[size], **overrides)
+    cfg = size_config(SIZES, size, overrides)
     ells = tuple(int(e) for e in cfg["ells"])
     if ells[0] != 1 or 8 not in ells or list(ells) != sorted(set(ells)):
         raise ValueError(f"ells must be increasing, start at 1 and include 8, got {ells}")

@@ -243,7 +243,7 @@ def make_gemm(dtype: np.dtype, tile: tuple, trans_a: bool, trans_b: bool, epilog
 
 def make_pointwise(dtype: np.dtype, loss: int, tpb: int):
     """The element-wise kernels: ``(gather, loss_grad, reduce, update)``."""
-    DT, NPDT = _numba_dtype(dtype), np.dtype(dtype).type
+    NPDT = np.dtype(dtype).type
     ZERO, ONE = NPDT(0.0), NPDT(1.0)
     CE = loss == LOSSES["cross_entropy"]
 

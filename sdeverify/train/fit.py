@@ -180,7 +180,7 @@ def fit(model: MLP, data: Dataset, optimizers: Sequence[Any] | Any, *, batch_siz
     for e, step in enumerate(ev):
         k = train_until(int(step) * ell)
         values[:, e] = _evaluate(tr, model, data, metrics, Xe, ye, seed, reps, sharpness_samples,
-                                 sharpness_iters, dtype).reshape(J, R, len(metrics))
+                                 sharpness_iters).reshape(J, R, len(metrics))
         if progress is not None:
             progress(e + 1, len(ev))
     k = train_until(total)                   # the run always has all its steps
@@ -220,7 +220,7 @@ def _divergence(batch_loss, values, metrics, ev_total) -> np.ndarray:
     return div
 
 
-def _evaluate(tr, model, data, metrics, Xe, ye, seed, reps, n_sharp, iters, dtype) -> np.ndarray:
+def _evaluate(tr, model, data, metrics, Xe, ye, seed, reps, n_sharp, iters) -> np.ndarray:
     """Metrics of every model, ``(M, n_metrics)``."""
     M = tr.J * tr.R
     out = np.full((M, len(metrics)), np.nan)
@@ -247,7 +247,7 @@ def _evaluate(tr, model, data, metrics, Xe, ye, seed, reps, n_sharp, iters, dtyp
         if "sharpness" in col:
             n = min(n_sharp, data.n_train)
             out[:, col["sharpness"]] = sharpness(tr, data.X_train[:n], data.y_train[:n], seed,
-                                                 reps, iters, dtype)
+                                                 reps, iters)
     return out
 
 
@@ -266,7 +266,7 @@ def gradient_noise(tr, X, y, chunks: int = NOISE_CHUNKS) -> tuple[np.ndarray, np
     return np.sum(gbar ** 2, axis=1) - tr_sigma / (chunks * c), tr_sigma
 
 
-def sharpness(tr, X, y, seed, reps, iters: int, dtype) -> np.ndarray:
+def sharpness(tr, X, y, seed, reps, iters: int) -> np.ndarray:
     """Top (largest algebraic) Hessian eigenvalue of the training objective on ``(X, y)``
     per model, by ``iters`` Lanczos steps on exact Hessian–vector products
     (:func:`sdeverify.train.reference.hvp`, Pearlmutter's R-operator, float64 on the host
