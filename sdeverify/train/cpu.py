@@ -20,6 +20,7 @@ from contextlib import nullcontext
 import numba
 import numpy as np
 
+from .blas import gemm
 from .blas_threads import single_threaded
 from .models import ACTIVATIONS, LOSSES, MLP
 from .reference import HostTrainer
@@ -72,68 +73,97 @@ def _loss_rows(Z, y, rows, loss_kind, dZ, scale):
 
 
 @numba.njit(**_JIT)
-def _pass(X, y, rows, w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g, need_grad):
-    """Forward (and, if ``need_grad``, backward) pass of one model on the rows ``rows``.
+def _pass(X, y, rows, w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g, need_grad, rb):
+    """Forward (and, if ``need_grad``, backward) pass of one model on the rows ``rows``, in
+    row blocks of ``rb`` rows so that each block's activations stay in cache.
 
-    ``buf`` holds the activations A_0 … A_{L-1} and the logits; ``d1``/``d2`` alternate as the
-    back-propagated ∂/∂Z; the gradient of the *mean* data loss is written into ``g``.
+    ``buf`` holds one block's activations A_0 … A_{L-1} and logits; ``d1``/``d2`` alternate
+    as the back-propagated ∂/∂Z; the gradient of the *mean* data loss over all rows is
+    accumulated block by block into ``g`` (weights by ``gemm`` with β = 1).
     Returns ``(loss_sum, correct)`` over the rows."""
     B = rows.shape[0]
     L = sizes.shape[0] - 1
+    total = 0.0
+    correct = 0.0
+    for r0 in range(0, B, rb):
+        r1 = min(B, r0 + rb)
+        tot, cor = _block(X, y, rows[r0:r1], w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2,
+                          g, need_grad, r0 == 0, 1.0 / B)
+        total += tot
+        correct += cor
+    return total, correct
+
+
+@numba.njit(**_JIT)
+def _block(X, y, rows, w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g, need_grad, first,
+           scale):
+    """One row block of :func:`_pass`; ``first`` overwrites ``g``, later blocks add to it."""
+    nb = rows.shape[0]
+    L = sizes.shape[0] - 1
     d0 = sizes[0]
-    A0 = buf[0:B * d0].reshape(B, d0)
-    for i in range(B):
+    A0 = buf[0:nb * d0].reshape(nb, d0)
+    for i in range(nb):
         A0[i, :] = X[rows[i], :]
     a_off = np.empty(L + 1, dtype=np.int64)
     a_off[0] = 0
-    off = B * d0
+    off = nb * d0
     for l in range(L):
         ni, no = sizes[l], sizes[l + 1]
-        A = buf[a_off[l]:a_off[l] + B * ni].reshape(B, ni)
-        Wl = w[w_off[l]:w_off[l] + ni * no].reshape(ni, no)
-        Z = buf[off:off + B * no].reshape(B, no)
-        np.dot(A, Wl, Z)
+        gemm(False, False, nb, no, ni, 1.0, buf[a_off[l]:], ni, w[w_off[l]:], no, 0.0, buf[off:], no)
+        Z = buf[off:off + nb * no].reshape(nb, no)
         bl = w[b_off[l]:b_off[l] + no]
-        last = l == L - 1
-        for i in range(B):
-            for c in range(no):
-                z = Z[i, c] + bl[c]
-                if not last:
-                    if act == RELU:
-                        z = z if z > 0.0 else 0.0
-                    else:
-                        z = np.tanh(z)
-                Z[i, c] = z
+        if l == L - 1:
+            for i in range(nb):
+                for c in range(no):
+                    Z[i, c] += bl[c]
+        elif act == RELU:
+            for i in range(nb):
+                for c in range(no):
+                    z = Z[i, c] + bl[c]
+                    Z[i, c] = z if z > 0.0 else 0.0
+        else:
+            for i in range(nb):
+                for c in range(no):
+                    Z[i, c] = np.tanh(Z[i, c] + bl[c])
         a_off[l + 1] = off
-        off += B * no
+        off += nb * no
     C = sizes[L]
-    Zl = buf[a_off[L]:a_off[L] + B * C].reshape(B, C)
-    dZ = d1[0:B * C].reshape(B, C)
-    total, correct = _loss_rows(Zl, y, rows, loss_kind, dZ, 1.0 / B)
+    Zl = buf[a_off[L]:a_off[L] + nb * C].reshape(nb, C)
+    dZ = d1[0:nb * C].reshape(nb, C)
+    total, correct = _loss_rows(Zl, y, rows, loss_kind, dZ, scale)
     if need_grad:
+        beta = 0.0 if first else 1.0
+        gb = g[b_off[L - 1]:b_off[L - 1] + C]
+        if first:
+            gb[:] = 0.0
+        for i in range(nb):
+            for c in range(C):
+                gb[c] += dZ[i, c]
         cur, other = d1, d2
         for l in range(L - 1, -1, -1):
             ni, no = sizes[l], sizes[l + 1]
-            dZ = cur[0:B * no].reshape(B, no)
-            A = buf[a_off[l]:a_off[l] + B * ni].reshape(B, ni)
-            gW = g[w_off[l]:w_off[l] + ni * no].reshape(ni, no)
-            np.dot(A.T, dZ, gW)
-            gb = g[b_off[l]:b_off[l] + no]
-            gb[:] = 0.0
-            for i in range(B):
-                for c in range(no):
-                    gb[c] += dZ[i, c]
+            # gW_l (+)= A_lᵀ dZ_l
+            gemm(True, False, ni, no, nb, 1.0, buf[a_off[l]:], ni, cur, no, beta, g[w_off[l]:], no)
             if l > 0:
-                Wl = w[w_off[l]:w_off[l] + ni * no].reshape(ni, no)
-                dA = other[0:B * ni].reshape(B, ni)
-                np.dot(dZ, Wl.T, dA)
-                for i in range(B):
-                    for c in range(ni):
-                        a = A[i, c]
-                        if act == RELU:
-                            dA[i, c] = dA[i, c] if a > 0.0 else 0.0
-                        else:
-                            dA[i, c] = dA[i, c] * (1.0 - a * a)
+                # dA = dZ_l W_lᵀ, then dZ_{l-1} = dA ⊙ act'(A) and its bias gradient, one pass
+                gemm(False, True, nb, ni, no, 1.0, cur, no, w[w_off[l]:], no, 0.0, other, ni)
+                A = buf[a_off[l]:a_off[l] + nb * ni].reshape(nb, ni)
+                dA = other[0:nb * ni].reshape(nb, ni)
+                gb = g[b_off[l - 1]:b_off[l - 1] + ni]
+                if first:
+                    gb[:] = 0.0
+                if act == RELU:
+                    for i in range(nb):
+                        for c in range(ni):
+                            v = dA[i, c] if A[i, c] > 0.0 else 0.0
+                            dA[i, c] = v
+                            gb[c] += v
+                else:
+                    for i in range(nb):
+                        for c in range(ni):
+                            v = dA[i, c] * (1.0 - A[i, c] * A[i, c])
+                            dA[i, c] = v
+                            gb[c] += v
                 cur, other = other, cur
     return total, correct
 
@@ -146,17 +176,18 @@ def _chunk(t, T, M):
 
 @numba.njit(parallel=True, **_JIT)
 def _train(X, y, idx0, idx1, slots, W, Mom, a, b, gamma, r0, r1, wd, R, sizes, w_off, b_off,
-           act, loss_kind, out_loss, T):
+           act, loss_kind, out_loss, T, rb):
     """All S steps of all models; models are independent, so each of the T threads runs
     the whole step loop for its chunk of models (one parallel region per call)."""
     S, _, B = idx0.shape
     M, P = W.shape
     maxw = np.max(sizes)
     two = slots == 2 and r1 != 0.0
+    nb = min(B, rb)
     for t in numba.prange(T):
-        buf = np.empty(_work_size(sizes, B), dtype=W.dtype)
-        d1 = np.empty(B * maxw, dtype=W.dtype)
-        d2 = np.empty(B * maxw, dtype=W.dtype)
+        buf = np.empty(_work_size(sizes, nb), dtype=W.dtype)
+        d1 = np.empty(nb * maxw, dtype=W.dtype)
+        d2 = np.empty(nb * maxw, dtype=W.dtype)
         g0 = np.empty(P, dtype=W.dtype)
         g1 = np.empty(P, dtype=W.dtype)
         m0, m1 = _chunk(t, T, M)
@@ -165,10 +196,10 @@ def _train(X, y, idx0, idx1, slots, W, Mom, a, b, gamma, r0, r1, wd, R, sizes, w
                 j = m // R
                 rr = m % R
                 w = W[m]
-                tot, _ = _pass(X, y, idx0[s, rr], w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g0, True)
+                tot, _ = _pass(X, y, idx0[s, rr], w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g0, True, rb)
                 out_loss[s, m] = tot / B
                 if two:
-                    _pass(X, y, idx1[s, rr], w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g1, True)
+                    _pass(X, y, idx1[s, rr], w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g1, True, rb)
                 _update(w, Mom[m], g0, g1, two, r0, r1, wd, a[j, s], b[j, s], gamma[j, s])
 
 
@@ -186,37 +217,38 @@ def _update(w, mom, g0, g1, two, r0, r1, wd, aa, bb, gg):
 
 
 @numba.njit(parallel=True, **_JIT)
-def _evaluate(X, y, W, sizes, w_off, b_off, act, loss_kind, chunk, loss_sum, correct, T):
+def _evaluate(X, y, W, sizes, w_off, b_off, act, loss_kind, chunk, loss_sum, correct, T, rb):
     n = X.shape[0]
     M, P = W.shape
     maxw = np.max(sizes)
     for t in numba.prange(T):
-        buf = np.empty(_work_size(sizes, chunk), dtype=W.dtype)
-        d1 = np.empty(chunk * maxw, dtype=W.dtype)
+        buf = np.empty(_work_size(sizes, min(chunk, rb)), dtype=W.dtype)
+        d1 = np.empty(min(chunk, rb) * maxw, dtype=W.dtype)
         g = np.empty(1, dtype=W.dtype)
         rows_all = np.arange(n)
         m0, m1 = _chunk(t, T, M)
         for m in range(m0, m1):
             for i0 in range(0, n, chunk):
                 rows = rows_all[i0:min(n, i0 + chunk)]
-                tot, cor = _pass(X, y, rows, W[m], sizes, w_off, b_off, act, loss_kind, buf, d1, d1, g, False)
+                tot, cor = _pass(X, y, rows, W[m], sizes, w_off, b_off, act, loss_kind, buf, d1, d1, g, False, rb)
                 loss_sum[m] += tot
                 correct[m] += cor
 
 
 @numba.njit(parallel=True, **_JIT)
-def _gradients(X, y, W, sizes, w_off, b_off, act, loss_kind, wd, G, T):
+def _gradients(X, y, W, sizes, w_off, b_off, act, loss_kind, wd, G, T, rb):
     n = X.shape[0]
     M, P = W.shape
     maxw = np.max(sizes)
     for t in numba.prange(T):
-        buf = np.empty(_work_size(sizes, n), dtype=W.dtype)
-        d1 = np.empty(n * maxw, dtype=W.dtype)
-        d2 = np.empty(n * maxw, dtype=W.dtype)
+        nb = min(n, rb)
+        buf = np.empty(_work_size(sizes, nb), dtype=W.dtype)
+        d1 = np.empty(nb * maxw, dtype=W.dtype)
+        d2 = np.empty(nb * maxw, dtype=W.dtype)
         rows = np.arange(n)
         m0, m1 = _chunk(t, T, M)
         for m in range(m0, m1):
-            _pass(X, y, rows, W[m], sizes, w_off, b_off, act, loss_kind, buf, d1, d2, G[m], True)
+            _pass(X, y, rows, W[m], sizes, w_off, b_off, act, loss_kind, buf, d1, d2, G[m], True, rb)
             for p in range(P):
                 G[m, p] = G[m, p] + wd * W[m, p]
 
@@ -230,6 +262,9 @@ def _threads(M: int) -> tuple[int, object]:
 
 class Trainer(HostTrainer):
     """Numba CPU backend (contract: :mod:`sdeverify.train.reference`)."""
+
+    #: rows per block of the forward/backward pass (see :func:`_pass`)
+    block_rows: int = 256
 
     def __init__(self, model: MLP, X: np.ndarray, y: np.ndarray, n_opt: int, n_rep: int,
                  dtype: str = "float64"):
@@ -248,7 +283,7 @@ class Trainer(HostTrainer):
                self.W, self.Mom, np.ascontiguousarray(a, dtype=self.dtype),
                np.ascontiguousarray(b, dtype=self.dtype), np.ascontiguousarray(gamma, dtype=self.dtype),
                t(r[0]), t(r[1] if len(r) > 1 else 0.0), t(self.model.weight_decay), self.R,
-               self.sizes, self.w_off, self.b_off, self.act, self.loss_kind, out, T)
+               self.sizes, self.w_off, self.b_off, self.act, self.loss_kind, out, T, self.block_rows)
         return out
 
     def evaluate(self, X, y, chunk: int = 1024):
@@ -258,7 +293,7 @@ class Trainer(HostTrainer):
         with blas:
             _evaluate(np.ascontiguousarray(X, dtype=self.dtype), np.ascontiguousarray(y, dtype=np.int64),
                       self.W, self.sizes, self.w_off, self.b_off, self.act, self.loss_kind,
-                      min(chunk, len(X)), loss_sum, correct, T)
+                      min(chunk, len(X)), loss_sum, correct, T, self.block_rows)
         return loss_sum, correct
 
     def gradients(self, W, X, y):
@@ -268,5 +303,5 @@ class Trainer(HostTrainer):
         with blas:
             _gradients(np.ascontiguousarray(X, dtype=self.dtype), np.ascontiguousarray(y, dtype=np.int64),
                        W, self.sizes, self.w_off, self.b_off, self.act, self.loss_kind,
-                       self.dtype.type(self.model.weight_decay), G, T)
+                       self.dtype.type(self.model.weight_decay), G, T, self.block_rows)
         return G
