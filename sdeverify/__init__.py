@@ -2,7 +2,9 @@
 Rate SGD" (Wang, Malladi, Wang, Lyu, Li, ICLR 2024).
 
 Public API (stable): :func:`simulate`, :class:`SGD`, :class:`SGDM`, :class:`HeavyBall`,
-:mod:`problems`, :mod:`schedules`.
+:mod:`problems`, :mod:`schedules`, :func:`load_check` (a check run's results as tables),
+:mod:`sdeverify.testing` (statistical assertions and Hypothesis strategies for your own
+property tests), :mod:`sdeverify.train` (training real networks).
 """
 __version__ = "0.1.0"
 
@@ -12,4 +14,12 @@ from .result import SimulationResult
 from .simulate import DivergenceError, DivergenceWarning, simulate
 
 __all__ = ["simulate", "SGD", "SGDM", "HeavyBall", "heavy_ball_to_sgdm", "problems",
-           "schedules", "sde", "stats", "theory", "SimulationResult", "DivergenceWarning", "DivergenceError"]
+           "schedules", "sde", "stats", "theory", "SimulationResult", "DivergenceWarning", "DivergenceError",
+           "load_check"]
+
+
+def __getattr__(name: str):
+    if name == "load_check":          # imported on first use: it pulls in the experiments
+        from .checkrun import load_check
+        return load_check
+    raise AttributeError(f"module 'sdeverify' has no attribute {name!r}")

@@ -128,7 +128,8 @@ def cmd_simulate(args) -> int:
 
 
 def _run_one(name: str, size: str, seed: int, out: Path | None, quiet: bool, overrides=None,
-             backend: str = "cpu"):
+             backend: str = "cpu", cluster=None, resume: bool = False):
+    import contextlib
     import inspect
 
     from . import experiments
@@ -137,7 +138,12 @@ def _run_one(name: str, size: str, seed: int, out: Path | None, quiet: bool, ove
     overrides = dict(overrides or {})
     if backend != "cpu" and "backend" in inspect.signature(mod.run).parameters:
         overrides["backend"] = backend       # the trained-network checks train on the GPU
-    with bar(1, name, quiet=quiet) as update:
+    on_cluster = contextlib.nullcontext()
+    if cluster is not None:                  # every simulate/fit call of the check goes there
+        from .distributed import use
+        on_cluster = use(cluster, points_dir=None if out is None else out / "points" / name,
+                         resume=resume)
+    with bar(1, name, quiet=quiet) as update, on_cluster:
         res = mod.run(size=size, seed=seed, progress=update, **(overrides or {}))
     fig = None
     if out is not None:
@@ -146,28 +152,39 @@ def _run_one(name: str, size: str, seed: int, out: Path | None, quiet: bool, ove
     return res, fig
 
 
-def _measured(iv) -> str:
-    """The estimate and its interval, with the interval's level when it is not 95% (a level
-    of 0 marks an error estimate, e.g. Richardson's, not a confidence interval)."""
-    level = getattr(iv, "level", 0.95)
-    if level == 0.95:
-        return str(iv)
-    if not level:
-        return f"{iv} (error estimate)"
-    return f"{iv} ({100 * level:.4g}%)"
-
-
 def _verdict_rows(res) -> list[list[str]]:
-    return [[v.claim, v.reference, v.prediction, _measured(v.measured), "PASS" if v.passed else "FAIL"]
+    from .verdict import describe
+    return [[v.claim, v.reference, v.prediction, describe(v), "PASS" if v.passed else "FAIL"]
             for v in res.verdicts]
 
 
+TABLE_HEAD = ["claim", "paper", "prediction", "measured", "verdict"]
+
+
+def _column_widths(rows: list[list[str]], width: int) -> list[int]:
+    """Column widths that fit ``width`` characters: the reference and the measurement get up
+    to 24 and 44, the claim and the prediction share the rest (at least 16 each)."""
+    natural = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    w = [natural[0], min(natural[1], 24), natural[2], min(natural[3], 44), natural[4]]
+    room = width - 2 * (len(w) - 1) - w[1] - w[3] - w[4]
+    if w[0] + w[2] > room:
+        room = max(room, 32)
+        w[2] = min(natural[2], max(16, int(room * natural[2] / (natural[0] + natural[2]))))
+        w[0] = max(16, room - w[2])
+    return w
+
+
 def _print_table(rows: list[list[str]]) -> None:
-    head = ["claim", "paper", "prediction", "measured [CI, 95% unless marked]", "verdict"]
-    rows = [head] + rows
-    w = [min(max(len(r[i]) for r in rows), 60) for i in range(len(head))]
+    """The verdict table, every cell wrapped (never cut) to fit the terminal's width."""
+    import shutil
+    import textwrap
+    rows = [TABLE_HEAD] + rows
+    w = _column_widths(rows, shutil.get_terminal_size((160, 24)).columns)
     for i, r in enumerate(rows):
-        print("  ".join(c[:60].ljust(w[j]) for j, c in enumerate(r)))
+        cells = [textwrap.wrap(c, w[j]) or [""] for j, c in enumerate(r)]
+        for k in range(max(len(c) for c in cells)):
+            print("  ".join((c[k] if k < len(c) else "").ljust(w[j])
+                            for j, c in enumerate(cells)).rstrip())
         if i == 0:
             print("  ".join("-" * x for x in w))
 
@@ -178,7 +195,9 @@ def cmd_run(args) -> int:
     _check_seed(args.seed)
     out = _writable_folder("--out", args.out) if args.out else None
     _check_backend(args.backend)
-    res, fig = _run_one(args.name, args.size, args.seed, out, args.quiet, backend=args.backend)
+    client = _start_cluster(args)
+    res, fig = _run_one(args.name, args.size, args.seed, out, args.quiet, backend=args.backend,
+                        cluster=client)
     _print_table(_verdict_rows(res))
     print(f"{args.name}: {'PASS' if res.passed else 'FAIL'} in {res.meta.get('wall_time', 0):.1f} s")
     if out is not None:
@@ -201,6 +220,7 @@ def cmd_check(args) -> int:
         names = [n for n in names if n in wanted]
     out = _writable_folder("--out", args.out)
     _check_backend(args.backend)
+    client = _start_cluster(args)
     rows, summary, t0 = [], [], time.perf_counter()
     for i, name in enumerate(names):
         res = _reusable(name, size, args.seed, out) if args.resume else None
@@ -214,7 +234,8 @@ def cmd_check(args) -> int:
             print(f"[{i + 1}/{len(names)}] {name} ({size}) ...", file=sys.stderr, flush=True)
         try:
             if res is None:
-                res, fig = _run_one(name, size, args.seed, out, args.quiet, backend=args.backend)
+                res, fig = _run_one(name, size, args.seed, out, args.quiet, backend=args.backend,
+                                    cluster=client, resume=args.resume)
         except Exception as exc:  # a crashing check is a failed check, reported, not hidden
             rows.append([name, "-", "-", f"ERROR: {type(exc).__name__}: {exc}", "FAIL"])
             summary.append({"name": name, "passed": False, "error": f"{type(exc).__name__}: {exc}"})
@@ -233,9 +254,34 @@ def cmd_check(args) -> int:
          "passed": passed, "wall_time": wall}, indent=1))
     _print_table(rows)
     n_pass = sum(r[-1] == "PASS" for r in rows)
+    report = _write_report(out)
     print(f"\n{n_pass} passed, {len(rows) - n_pass} failed  ({len(names)} checks, {size}, "
-          f"{wall:.0f} s; results in {out}/)")
+          f"{wall:.0f} s; results in {out}/" + (f", report {report}" if report else "") + ")")
     return 0 if passed else 1
+
+
+def _write_report(out: Path) -> Path | None:
+    """report.html of a check run; a failure to write it is reported, not fatal (the
+    results are saved; `sdeverify report DIR` rebuilds it)."""
+    from .report import write_report
+    try:
+        return write_report(out)
+    except Exception as exc:
+        print(f"sdeverify: warning: report.html not written: {type(exc).__name__}: {_one_line(exc)}",
+              file=sys.stderr)
+        return None
+
+
+def cmd_report(args) -> int:
+    from .checkrun import load_check
+    from .report import write_report
+    folder = Path(args.folder)
+    path = write_report(folder, args.html)
+    run = load_check(folder)
+    n = sum(len(r.verdicts) for r in run.results.values())
+    print(f"wrote {path} ({len(run.results)} checks, {n} verdicts, "
+          f"{'PASS' if run.passed else 'FAIL'})")
+    return 0
 
 
 def _reusable(name: str, size: str, seed: int, out: Path):
@@ -254,6 +300,40 @@ def _reusable(name: str, size: str, seed: int, out: Path):
     if meta.get("size") != size or meta.get("seed") != seed or meta.get("versions") != versions():
         return None
     return res
+
+
+def _start_cluster(args):
+    """The Dask client of ``--workers N`` / ``--scheduler ADDR`` (started here, after every
+    other flag was checked; closed by :func:`main`), or None without either flag."""
+    cluster = getattr(args, "cluster", None)
+    if cluster is None:
+        return None
+    client = cluster.start()
+    print(f"sdeverify: running on {cluster.describe()}", file=sys.stderr, flush=True)
+    return client
+
+
+def _cluster_flags(p) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="run every simulation and training on a local Dask cluster of N worker "
+                        "processes, 1 thread each (pip install 'sdeverify[dist]'); finished "
+                        "points are saved under OUT/points/")
+    g.add_argument("--scheduler", default=None, metavar="ADDR",
+                   help="run on the Dask cluster whose scheduler is at ADDR (tcp://HOST:PORT)")
+
+
+def _cluster_of(args):
+    """A :class:`sdeverify.distributed.Cluster` for the flags (checked now, started later by
+    :func:`_start_cluster`), or a null context; stored as ``args.cluster``."""
+    import contextlib
+    workers, scheduler = getattr(args, "workers", None), getattr(args, "scheduler", None)
+    if workers is None and scheduler is None:
+        args.cluster = None
+        return contextlib.nullcontext()
+    from .distributed import Cluster
+    args.cluster = Cluster(workers=workers, scheduler=scheduler)
+    return args.cluster
 
 
 def _check_backend(backend: str) -> None:
@@ -329,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--backend", choices=("cpu", "cuda"), default="cpu",
                    help="where the trained-network checks (train_*) train: cpu (default) or cuda "
                         "(numba.cuda, needs a GPU); the other checks always run on the CPU")
+    _cluster_flags(r)
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("check", help="run every registered check of the paper's claims",
@@ -344,12 +425,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0, help="seed of the random streams (default 0)")
     c.add_argument("--resume", action="store_true",
                    help="reuse results already in --out from the same size, seed and package "
-                        "versions (continue an interrupted run)")
+                        "versions (continue an interrupted run; with --workers/--scheduler also "
+                        "the finished points of an interrupted check, OUT/points/)")
     c.add_argument("--quiet", action="store_true")
     c.add_argument("--backend", choices=("cpu", "cuda"), default="cpu",
                    help="where the trained-network checks (train_*) train: cpu (default) or cuda "
                         "(numba.cuda, needs a GPU, e.g. with --full); the other checks run on the CPU")
+    _cluster_flags(c)
     c.set_defaults(func=cmd_check)
+
+    rp = sub.add_parser("report", help="rebuild DIR/report.html from a check's saved results",
+                        description="Write one self-contained HTML page (verdict table with "
+                                    "intervals, every figure inline) from the results that "
+                                    "`sdeverify check --out DIR` saved.")
+    rp.add_argument("folder", help="the --out folder of a check run")
+    rp.add_argument("--html", default=None, help="output file (default DIR/report.html)")
+    rp.set_defaults(func=cmd_report)
 
     ls = sub.add_parser("list", help="list the registered checks")
     ls.set_defaults(func=cmd_list)
@@ -359,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with _cluster_of(args):
+            return args.func(args)
     except (ValueError, RuntimeError) as exc:   # UserFunctionError, ResultFileError are ValueErrors
         if isinstance(exc, RuntimeError) and type(exc).__name__ != "CudaUnavailable":
             raise

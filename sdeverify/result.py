@@ -146,6 +146,19 @@ class SimulationResult:
         j, o = self._index(optimizer, observable)
         return self.mean[j, :, o], self.sem[j, :, o]
 
+    def to_dataframe(self):
+        """Tidy :class:`pandas.DataFrame`: one row per (optimizer, step, observable) with
+        ``mean``, ``sem`` and ``count`` (non-diverged paths).  Needs pandas
+        (``pip install 'sdeverify[analysis]'``)."""
+        from .tables import simulation_frame
+        return simulation_frame(self)
+
+    def to_xarray(self):
+        """:class:`xarray.Dataset` with ``mean``, ``sem``, ``count`` over optimizer × step ×
+        observable, metadata as attributes.  Needs xarray (``pip install 'sdeverify[analysis]'``)."""
+        from .tables import simulation_dataset
+        return simulation_dataset(self)
+
     @property
     def paths(self) -> int:
         return int(self.x_final.shape[1])

@@ -1,15 +1,16 @@
 """Exact moments of linear-Gaussian SGD/SGDM on quadratics against the simulated ensemble.
 
-Rule: every compared quantity (mean of loss, ‖x‖², x0 at 3 recorded steps, per optimizer)
-must lie within z_B·sem of the exact value, with z_B the Bonferroni quantile for a
-family-wise level of 99.9%.  Measured: 1 failure in 400 case-runs (seeds 100–199 × the 4
+Rule (``sdeverify.testing.assert_mean``): every compared quantity (mean of loss, ‖x‖², x0 at
+3 recorded steps, per optimizer) must lie within z_B·sem of the exact value, with z_B the
+Bonferroni quantile for a family-wise level of 99.9%.  Measured: 1 failure in 400 case-runs (seeds 100–199 × the 4
 cases), consistent with the nominal ≤ 0.1% per case; the fixed seed used here passes.
 """
 import numpy as np
 import pytest
 
 import sdeverify as sv
-from sdeverify import stats, theory
+from sdeverify import theory
+from sdeverify.testing import assert_mean
 
 CASES = [  # (eta, beta, sigma, d)
     (0.1, 0.9, 0.7, 2),
@@ -35,14 +36,11 @@ def test_ensemble_matches_exact_moments(eta, beta, sigma, d, seed=11):
     obs = ["loss", "sqnorm", "x0"]
     res = sv.simulate(P, opts, np.ones(d), steps=60, paths=20000, sigma=sigma, seed=seed,
                       record=rec, observables=obs)
-    z = stats.z_value(1 - 0.001 / (len(opts) * len(obs) * 2))
     for j, opt in enumerate(opts):
         mom = theory.quadratic_moments(P, opt, np.ones(d), steps=60, sigma=sigma)
-        for o in obs:
-            exact = mom.expect(P, o)[rec]
-            mean, sem = res.series(j, o)
-            assert np.all(np.abs(mean[1:] - exact[1:]) <= z * sem[1:]), (opt, o, mean, exact, sem)
-            assert mean[0] == pytest.approx(exact[0], abs=1e-12)
+        for o in obs:   # family-wise 99.9% over the optimizers and observables (Bonferroni)
+            assert_mean(res, mom.expect(P, o)[rec], optimizer=j, observable=o,
+                        alpha=0.001 / (len(opts) * len(obs)))
 
 
 def test_exact_moments_detect_a_wrong_model():
@@ -61,7 +59,5 @@ def test_rademacher_noise_has_the_same_moments():
     res = sv.simulate(P, [sv.SGDM(0.1, 0.9)], np.ones(2), steps=40, paths=20000, sigma=1.0,
                       seed=5, record=[40], observables=["loss", "sqnorm"])
     mom = theory.quadratic_moments(P, sv.SGDM(0.1, 0.9), np.ones(2), steps=40, sigma=1.0)
-    z = stats.z_value(1 - 0.001 / 2)
     for o in ("loss", "sqnorm"):
-        mean, sem = res.series(0, o)
-        assert abs(mean[-1] - mom.expect(P, o)[-1]) <= z * sem[-1]
+        assert_mean(res, mom.expect(P, o)[[40]], observable=o, alpha=0.001 / 2)

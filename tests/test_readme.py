@@ -17,6 +17,12 @@ def test_readme_has_examples():
 def test_readme_example_runs(index, capsys):
     ns: dict = {"__name__": f"readme_example_{index}"}
     exec(compile(BLOCKS[index], f"README.md[python block {index}]", "exec"), ns)
+    tests = [f for name, f in ns.items() if name.startswith("test_") and callable(f)]
+    for test in tests:                             # a property-test example: run it
+        test()
+    if "res" not in ns:
+        assert tests, "a README example must define `res` or a test_ function"
+        return
     res = ns["res"]
     assert not res.divergence
     if hasattr(res, "paths"):                      # a SimulationResult

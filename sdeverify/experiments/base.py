@@ -23,30 +23,11 @@ from typing import Any, Callable
 import numpy as np
 
 from ..result import load_pair, save_pair, versions
-from ..stats import Interval
+from ..stats import Interval  # noqa: F401  (re-exported: experiments import it from here)
+from ..verdict import Value, Verdict  # noqa: F401
 
 SIZES = ("smoke", "quick", "full")
 Progress = Callable[[int, int], None] | None
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One claim of the paper, checked: the prediction, the measurement and the rule."""
-    claim: str
-    reference: str
-    prediction: str
-    measured: Interval
-    passed: bool
-    rule: str
-
-    def as_dict(self) -> dict:
-        return {"claim": self.claim, "reference": self.reference, "prediction": self.prediction,
-                "measured": self.measured.as_dict(), "passed": self.passed, "rule": self.rule}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Verdict":
-        return cls(d["claim"], d["reference"], d["prediction"], Interval(**d["measured"]),
-                   bool(d["passed"]), d["rule"])
 
 
 @dataclass(frozen=True)

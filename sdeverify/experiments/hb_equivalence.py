@@ -49,8 +49,8 @@ import numpy as np
 from ..optim import SGD, SGDM, HeavyBall, heavy_ball_to_sgdm
 from ..problems import CosineWell
 from ..simulate import simulate
-from ..stats import Interval
-from .base import ExperimentResult, Timer, Verdict, check_size, make_meta, tick
+
+from .base import ExperimentResult, Timer, Value, Verdict, check_size, make_meta, tick
 
 NAME = "hb_equivalence"
 TITLE = "Def 3.3/A.1, Lemma A.2: heavy-ball (torch) == EMA SGDM with converted schedule"
@@ -148,9 +148,9 @@ def reference_verdicts(P, K: int, g: np.random.Generator) -> tuple[list, dict]:
         dev = _rel_dev(a, ref)
         devs[name] = dev
         out.append(Verdict(name, "Def 3.2 / 3.3 / A.1 (independent reference)",
-                           f"identical iterates (max rel. dev <= {TOL:g})", Interval(dev, 0.0, dev),
+                           f"identical iterates (max rel. dev <= {TOL:g})", Value(dev),
                            dev <= TOL, f"noise-free, max over {K} steps and coords of "
-                                       f"|x - x_ref|/(1+|x_ref|) <= {TOL:g}"))
+                                       f"|x - x_ref|/(1+|x_ref|) <= {TOL:g}", TOL))
     return out, devs
 
 
@@ -162,8 +162,8 @@ def backend_verdict(P) -> tuple[Verdict, float]:
     b = simulate(P, opts, [1.0, -0.5], backend="numpy", **kw)
     dev = _rel_dev(a.states, b.states)
     return Verdict("CPU engine == NumPy reference backend (SGD, SGDM, HeavyBall; sigma = 1.3)",
-                   "engine (method)", "identical paths (max rel. dev <= 1e-12)", Interval(dev, 0.0, dev),
-                   dev <= 1e-12, "64 paths x 50 steps with noise, all states compared"), dev
+                   "engine (method)", "identical paths (max rel. dev <= 1e-12)", Value(dev),
+                   dev <= 1e-12, "64 paths x 50 steps with noise, all states compared", 1e-12), dev
 
 
 def schedule_references(g: np.random.Generator) -> dict:
@@ -202,8 +202,9 @@ def schedule_verdicts(g: np.random.Generator) -> tuple[list, dict]:
             else float("inf")
         devs[name] = dev
         out.append(Verdict(f"schedule == its definition: {name}", "Def 4.1 / Eq 8 / Def 6.1",
-                           "identical values (max rel. dev <= 1e-12)", Interval(dev, 0.0, dev),
-                           dev <= 1e-12, "library schedule vs direct transcription of its definition"))
+                           "identical values (max rel. dev <= 1e-12)", Value(dev),
+                           dev <= 1e-12, "library schedule vs direct transcription of its definition",
+                           1e-12))
     return out, devs
 
 
@@ -227,17 +228,18 @@ def run(*, size: str = "quick", seed: int = 0, progress=None, **overrides) -> Ex
                            paths=N, sigma=1.0, seed=seed, record=rec, store_states=True)
             dev = _max_rel_dev(res)
             devs.append(dev)
-            verdicts.append(Verdict(f"heavy-ball == converted SGDM, {name}", "Lemma A.2 / THEORY 2",
+            verdicts.append(Verdict(f"heavy-ball == converted SGDM, {name}", "Lemma A.2 / THEORY §2",
                                     f"identical iterates (max rel. dev <= {TOL:g})",
-                                    Interval(dev, 0.0, dev), dev <= TOL,
-                                    f"max |x_HB - x_SGDM|/(1+|x|) over paths, steps, coords <= {TOL:g}"))
+                                    Value(dev), dev <= TOL,
+                                    f"max |x_HB - x_SGDM|/(1+|x|) over paths, steps, coords <= {TOL:g}",
+                                    TOL))
             tick(progress, i + 1, len(cases) + 1)
         naive = simulate(P, [HeavyBall(0.01, 0.9, 0.5), SGDM(0.01 / 0.1, 0.9)], [1.0, -0.5],
                          steps=K, paths=N, sigma=1.0, seed=seed, record=rec, store_states=True)
         dn = _max_rel_dev(naive)
         verdicts.append(Verdict("negative control: naive eta = gamma/(1-mu) ignores dampening",
-                                "THEORY 2", "detectably different (> 1e-3)", Interval(dn, 0.0, dn),
-                                dn > 1e-3, "max rel. deviation > 1e-3"))
+                                "THEORY §2", "detectably different (> 1e-3)", Value(dn),
+                                dn > 1e-3, "max rel. deviation > 1e-3", 1e-3))
         tick(progress, len(cases) + 1, len(cases) + 1)
         ref_verdicts, ref_devs = reference_verdicts(P, min(K, 400), g)
         verdicts += ref_verdicts

@@ -58,7 +58,7 @@ from ..optim import SGD, SGDM
 from ..problems import ConstantGradient, Quadratic
 from ..simulate import simulate
 from ..stats import Interval, fit_order, max_abs_interval, mean_interval, z_value
-from .base import ExperimentResult, Timer, Verdict, check_size, make_meta, tick
+from .base import ExperimentResult, Timer, Value, Verdict, check_size, make_meta, tick
 
 NAME = "instruments"
 TITLE = "Self-checks: the engine's generator against N(0,1); coverage of the intervals"
@@ -140,11 +140,11 @@ def generator_verdicts(z: np.ndarray) -> tuple[list[Verdict], dict]:
     # a variance error of 0.5% moves the CDF by at most 0.0025·φ(1) ≈ 6.0e-4 (at |x| = 1)
     shift = 0.0025 * st.norm.pdf(1.0)
     out.append(Verdict(f"engine draws ~ N(0, 1): Kolmogorov-Smirnov, n = {n}", "instrument (method)",
-                       f"D <= critical {d_crit:.3g} (high end)", Interval(float(d_ks), 0.0, d_crit, 1 - alpha_i),
+                       f"D <= critical {d_crit:.3g}", Value(float(d_ks)),
                        bool(d_ks <= d_crit),
                        f"KS distance <= its critical value at level {alpha_i:.2g} (p = {p_ks:.3g}); "
                        f"a 0.5% variance error shifts the CDF by {shift:.2g} "
-                       f"({shift / d_crit:.2f} x critical)"))
+                       f"({shift / d_crit:.2f} x critical)", d_crit))
     # independence: neighbouring steps, the two coordinates, neighbouring paths
     pairs = {"consecutive steps of a path": (z[:-1, :, 0], z[1:, :, 0]),
              "the two coordinates of one draw (Box-Muller pair)": (z[..., 0], z[..., 1]),
@@ -183,13 +183,14 @@ def other_draw_verdicts(n: int, seed: int) -> tuple[list[Verdict], dict]:
     r = rng.draws_numpy(rng.RADEMACHER, seed, paths, 3, 0, 4).ravel()
     zb = z_value(1 - alpha_i)
     out = [Verdict(f"uniform draws ~ U(0, 1): Kolmogorov-Smirnov, n = {u.size}", "instrument (method)",
-                   f"D <= critical {d_crit:.3g} (high end)", Interval(float(d_u), 0.0, d_crit, 1 - alpha_i),
+                   f"D <= critical {d_crit:.3g}", Value(float(d_u)),
                    bool(d_u <= d_crit and np.all((u > 0) & (u < 1))),
-                   f"KS distance <= its critical value at level {alpha_i:.2g} (p = {p_u:.3g}), all in (0, 1)"),
+                   f"KS distance <= its critical value at level {alpha_i:.2g} (p = {p_u:.3g}), all in (0, 1)",
+                   d_crit),
            _z_verdict(f"Rademacher draws have mean 0 (values +-1), n = {r.size}", float(r.mean()), 0.0,
                       1.0 / np.sqrt(r.size), zb, f"values {sorted(set(np.unique(r).tolist()))}")]
     out[1] = Verdict(out[1].claim, out[1].reference, out[1].prediction, out[1].measured,
-                     out[1].passed and bool(np.all(np.abs(r) == 1.0)), out[1].rule)
+                     out[1].passed and bool(np.all(np.abs(r) == 1.0)), out[1].rule, out[1].threshold)
     return out, {"uniform_ks": float(d_u), "rademacher_mean": float(r.mean())}
 
 

@@ -49,7 +49,7 @@ from ..optim import SGD, SGDM
 from ..problems import SVAG, CosineWell, Quadratic
 from ..simulate import simulate
 from ..stats import Interval, fit_order, mean_interval, richardson_order, z_value
-from .base import (ExperimentResult, Timer, Verdict, check_size, make_meta, save_figure,
+from .base import (ExperimentResult, Timer, Value, Verdict, check_size, make_meta, save_figure,
                    subplots, tick)
 
 NAME = "svag"
@@ -205,9 +205,9 @@ def _stability(paths: int, seed: int) -> tuple[dict, list[Verdict]]:
         verdicts.append(Verdict(
             f"{who} is stable iff eta*h < {th:.4g}", "THEORY §9 (derived)",
             "eta*h threshold 2" if beta == 0.0 else "eta*h threshold 2(1+b)/(1-b)",
-            Interval(th, BRACKET[0] * th, BRACKET[1] * th, 1.0), bool(lo == 0.0 and hi == 1.0),
-            f"{K} steps: diverged fraction {lo:.3g} at {BRACKET[0]}x threshold (must be 0) and "
-            f"{hi:.3g} at {BRACKET[1]}x (must be 1); bracket shown as the interval"))
+            Value((float(lo), float(hi))), bool(lo == 0.0 and hi == 1.0),
+            f"{K} steps: diverged fractions (shown) at {BRACKET[0]}x the threshold (must be 0) "
+            f"and at {BRACKET[1]}x (must be 1)"))
     # between the thresholds: SGD diverges, SGDM does not; SVAG l = 2 rescues SGD
     eta = BETWEEN / h
     K2 = int(np.ceil(1000.0 / np.log(spectral_radius(BETWEEN, 0.0))))
@@ -223,9 +223,9 @@ def _stability(paths: int, seed: int) -> tuple[dict, list[Verdict]]:
         f"at eta*h_max = {BETWEEN}, SGD diverges, SGDM (b={BETA}) does not, and SVAG l=2 "
         "makes SGD stable", "THEORY §9 (derived), Def 6.1",
         "diverged fractions: SGD 1, SGDM 0, SGD+SVAG(2) 0",
-        Interval(between[0], between[0], between[0], 1.0), bool(ok),
-        f"diverged fractions over {paths} paths: SGD {between[0]:.3g} (must be 1; shown as the "
-        f"measurement), SGDM {between[1]:.3g} (must be 0), SGD+SVAG(2) {between[2]:.3g} (must be 0)"))
+        Value(tuple(float(f) for f in between)), bool(ok),
+        f"diverged fractions over {paths} paths (shown in this order): SGD must be 1, SGDM 0, "
+        "SGD+SVAG(2) 0"))
     data = {"stab_rows": np.array(rows), "stab_frac": frac, "stab_steps": K,
             "between_frac": between, "between_steps": K2}
     return data, verdicts

@@ -73,6 +73,19 @@ class TrainResult:
         j, k = self._idx(optimizer, metric)
         return np.where(self.valid[j], self.values[j, :, :, k], np.nan)
 
+    def to_dataframe(self, per_replica: bool = False):
+        """Tidy :class:`pandas.DataFrame`: per (optimizer, step, metric) ``mean``, ``sem``,
+        ``count`` across non-diverged replicas, or with ``per_replica=True`` one ``value``
+        per (optimizer, step, replica, metric).  Needs pandas (``sdeverify[analysis]``)."""
+        from ..tables import train_frame
+        return train_frame(self, per_replica)
+
+    def to_xarray(self):
+        """:class:`xarray.Dataset`: ``value`` over optimizer × step × replica × metric and
+        ``mean``/``sem``/``count`` over optimizer × step × metric.  Needs xarray."""
+        from ..tables import train_dataset
+        return train_dataset(self)
+
     def series(self, optimizer, metric) -> tuple[np.ndarray, np.ndarray]:
         """(mean, sem) across non-diverged replicas, per evaluation."""
         v = self.values_of(optimizer, metric)
