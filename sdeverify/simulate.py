@@ -29,7 +29,7 @@ def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0, *, steps: int, 
              sigma: float, seed: int = 0, record=None, observables=None, backend: str = "cpu",
              store_states: bool = False, path_offset: int = 0,
              on_divergence: str = "warn", dtype: str = "float64",
-             divergence_bound: float | None = None) -> SimulationResult:
+             divergence_bound: float | None = None, executor=None) -> SimulationResult:
     """Simulate ``paths`` independent trajectories of each optimizer on ``problem``.
 
     **Divergence rule.**  A path of an optimizer *diverges* at the first step k whose iterate
@@ -87,7 +87,22 @@ def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0, *, steps: int, 
         below ~1e-6 |x| (float32 resolves 6e-8 relative: such steps are rounded away), e.g.
         noiseless or tiny-σ runs over O(1/η²) steps, and whenever bitwise agreement with the
         "numpy" backend matters.  Overflow (divergence) happens at 3e38 instead of 2e308.
+    executor : a ``distributed.Client`` (``pip install 'sdeverify[dist]'``): the paths are cut
+        into shards (multiples of ``config.BLOCK``) that run on its workers and are merged —
+        bitwise the result of the local call (:mod:`sdeverify.distributed`).  Default None:
+        run here, unless inside ``sdeverify.distributed.use(client)``, which sends every call.
     """
+    if executor is None:
+        from .distributed import active
+        executor = active()
+    if executor is not None:
+        from . import distributed
+        return distributed.simulate(problem, optimizers, x0, executor=executor, steps=steps,
+                                    paths=paths, sigma=sigma, seed=seed, record=record,
+                                    observables=observables, backend=backend,
+                                    store_states=store_states, path_offset=path_offset,
+                                    on_divergence=on_divergence, dtype=dtype,
+                                    divergence_bound=divergence_bound)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if on_divergence not in ("warn", "raise", "ignore"):
@@ -137,13 +152,18 @@ def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0, *, steps: int, 
     res = SimulationResult(tuple(spec.names), tuple(spec.obs_names), spec.record,
                            out["block_stats"], out["block_diff"], out["x_final"], out["m_final"], out["div_step"],
                            out["states"] if spec.store_states else None, meta, out["block_bad"])
+    report_divergence(res, on_divergence, stacklevel=3)
+    return res
+
+
+def report_divergence(res: SimulationResult, on_divergence: str, stacklevel: int = 2) -> None:
+    """Warn about (or raise for) diverged paths and non-finite observables of ``res``."""
     issues = res.issues()
     if issues and on_divergence != "ignore":
         msg = "; ".join(issues) + " (excluded from the statistics)"
         if on_divergence == "raise":
             raise DivergenceError(msg)
-        warnings.warn(msg, DivergenceWarning, stacklevel=2)
-    return res
+        warnings.warn(msg, DivergenceWarning, stacklevel=stacklevel)
 
 
 def _user_iter(spec):

@@ -86,8 +86,8 @@ def fit(model: MLP, data: Dataset, optimizers: Sequence[Any] | Any, *, batch_siz
         metrics: Sequence[str] = DEFAULT_METRICS, eval_samples: int = 2048,
         sharpness_samples: int = 1024, sharpness_iters: int = 20, backend: str = "cpu",
         dtype: str = "float64", replica_offset: int = 0, on_divergence: str = "warn",
-        keep_weights: bool = False, progress: Callable[[int, int], None] | None = None
-        ) -> TrainResult:
+        keep_weights: bool = False, progress: Callable[[int, int], None] | None = None,
+        executor=None) -> TrainResult:
     """Train ``replicas`` independent runs of ``model`` on ``data`` with every optimizer.
 
     Parameters
@@ -125,11 +125,27 @@ def fit(model: MLP, data: Dataset, optimizers: Sequence[Any] | Any, *, batch_siz
         step-0 loss), or at an evaluation whose loss is non-finite; it is excluded from all
         statistics from then on.
     keep_weights : keep the final flat weights ``(n_opt, replicas, P)``.
+    executor : a ``distributed.Client`` (``pip install 'sdeverify[dist]'``): the replicas
+        are cut into shards that train on its workers and are merged exactly
+        (:mod:`sdeverify.distributed`; ``progress`` is then not called).  Default None: train
+        here, unless inside ``sdeverify.distributed.use(client)``, which sends every call.
 
     Returns
     -------
     TrainResult
     """
+    if executor is None:
+        from ..distributed import active
+        executor = active()
+    if executor is not None:
+        from .. import distributed
+        return distributed.fit(
+            model, data, optimizers, executor=executor, batch_size=batch_size, steps=steps,
+            epochs=epochs, replicas=replicas, seed=seed, lr_schedule=lr_schedule, svag=svag,
+            sampling=sampling, eval_every=eval_every, eval_steps=eval_steps, metrics=metrics,
+            eval_samples=eval_samples, sharpness_samples=sharpness_samples,
+            sharpness_iters=sharpness_iters, backend=backend, dtype=dtype,
+            replica_offset=replica_offset, on_divergence=on_divergence, keep_weights=keep_weights)
     t_start = time.perf_counter()
     spec = _validate(model, data, optimizers, batch_size, steps, epochs, replicas, seed, svag,
                      sampling, metrics, eval_samples, sharpness_samples, sharpness_iters, backend,
@@ -190,13 +206,18 @@ def fit(model: MLP, data: Dataset, optimizers: Sequence[Any] | Any, *, batch_siz
                 versions=versions())
     res = TrainResult(tuple(o.name for o in opts), tuple(metrics), ev, values, batch_loss, div,
                       weights, meta)
+    report_divergence(res, on_divergence, stacklevel=3)
+    return res
+
+
+def report_divergence(res: TrainResult, on_divergence: str, stacklevel: int = 2) -> None:
+    """Warn about (or raise for) diverged replicas of ``res``."""
     if res.divergence and on_divergence != "ignore":
         msg = "training diverged: " + "; ".join(map(str, res.divergence)) + \
               " (excluded from the statistics from then on)"
         if on_divergence == "raise":
             raise DivergenceError(msg)
-        warnings.warn(msg, DivergenceWarning, stacklevel=2)
-    return res
+        warnings.warn(msg, DivergenceWarning, stacklevel=stacklevel)
 
 
 def _divergence(batch_loss, values, metrics, ev_total) -> np.ndarray:

@@ -1,0 +1,220 @@
+"""Distributed runs on a real Dask ``LocalCluster`` (2 worker processes with nannies):
+bitwise equality with local runs, saved points and resume, a killed worker, a failing point,
+the CLI flags.  The workers run the d = 2 ``Quadratic`` with SGD/SGDM in float64 and default
+observables, the kernel the rest of the suite (and the checks) already compile."""
+import os
+import signal
+import threading
+import time
+
+import numba
+import numpy as np
+import pytest
+
+pytest.importorskip("distributed")
+
+import sdeverify as sv
+from sdeverify import config
+from sdeverify import distributed as D
+from sdeverify.cli import main
+from sdeverify.problems import NGOS, Quadratic
+from sdeverify.train import MLP, fit, teacher_student
+
+P = Quadratic(np.diag([0.5, 2.0]))
+OPTS = [sv.SGD(0.05), sv.SGDM(0.05, 0.9)]
+X0 = [1.0, -0.5]
+SIM_ARRAYS = ("block_stats", "block_diff", "block_bad", "x_final", "m_final", "div_step",
+              "mean", "sem", "count")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with D.Cluster(workers=2) as c:
+        c.start()
+        yield c
+
+
+@pytest.fixture()
+def client(cluster):
+    return cluster.client
+
+
+def _same_sim(a, b) -> None:
+    for k in SIM_ARRAYS:
+        assert np.array_equal(getattr(a, k), getattr(b, k)), k
+    assert a.meta["fingerprint"] == b.meta["fingerprint"] and a.paths == b.paths
+
+
+def test_simulate_on_workers_is_bitwise_local(client):
+    kw = dict(steps=60, paths=5 * config.BLOCK + 17, sigma=1.0, seed=7)
+    local = sv.simulate(P, OPTS, X0, **kw)
+    far = D.simulate(P, OPTS, X0, executor=client, shard_paths=2 * config.BLOCK, **kw)
+    _same_sim(far, local)
+    assert D.plan_shards(kw["paths"], 1.0, 2, block=config.BLOCK, size=2 * config.BLOCK) == \
+        [(0, 512), (512, 512), (1024, 273)]
+    # path_offset, and sv.simulate(executor=...) with the default shard size
+    off = sv.simulate(P, OPTS, X0, executor=client, **dict(kw, path_offset=config.BLOCK))
+    _same_sim(off, sv.simulate(P, OPTS, X0, **dict(kw, path_offset=config.BLOCK)))
+
+
+def test_fit_on_workers_is_bitwise_local(client):
+    data = teacher_student(n=96, dim=5, classes=3, hidden=8, seed=3)
+    kw = dict(batch_size=16, steps=24, seed=11, eval_every=8, replicas=5,
+              metrics=("train_loss", "test_acc"), lr_schedule=lambda n: np.linspace(1.0, 0.5, n))
+    m = MLP([5, 8, 3])
+    local = fit(m, data, OPTS, **kw)
+    far = D.fit(m, data, OPTS, executor=client, shard_replicas=2, **kw)
+    for k in ("values", "batch_loss", "div_step", "eval_steps"):
+        assert np.array_equal(getattr(far, k), getattr(local, k)), k
+    assert far.meta["fingerprint"] == local.meta["fingerprint"] and far.replicas == 5
+
+
+def _sweep(etas, fail_after=None):
+    """An experiment's sweep as the checks write it: plain sv.simulate calls."""
+    out = []
+    for i, eta in enumerate(etas):
+        if fail_after is not None and i == fail_after:
+            raise RuntimeError("interrupted")
+        out.append(sv.simulate(P, [sv.SGD(eta), sv.SGDM(eta, 0.9)], X0, steps=40, paths=600,
+                               sigma=1.0, seed=1))
+    return out
+
+
+def test_points_saved_and_resumed(client, tmp_path):
+    etas = [0.1, 0.05, 0.025, 0.0125]
+    with pytest.raises(RuntimeError, match="interrupted"), \
+            D.use(client, points_dir=tmp_path) as s:
+        _sweep(etas, fail_after=3)
+    assert s.computed == 3 and len(list(tmp_path.glob("simulate-*.json"))) == 3
+    victim = sorted(tmp_path.glob("simulate-*.json"))[0]
+    victim.unlink()                                    # a lost point
+    with D.use(client, points_dir=tmp_path, resume=True) as s:
+        resumed = _sweep(etas)
+    assert (s.reused, s.computed) == (2, 2)
+    for r, ref in zip(resumed, _sweep(etas)):          # the last call runs locally
+        _same_sim(r, ref)
+    with D.use(client, points_dir=tmp_path, resume=True) as s:
+        _sweep(etas)
+        sv.simulate(P, OPTS, X0, steps=40, paths=600, sigma=1.5, seed=1)   # a new point
+    assert (s.reused, s.computed) == (4, 1)
+    with D.use(client, points_dir=tmp_path, resume=False) as s:         # no --resume: recompute
+        _sweep(etas[:1])
+    assert (s.reused, s.computed) == (0, 1)
+
+
+def test_point_key_covers_every_input():
+    base = dict(problem=P, optimizers=OPTS, x0=X0, steps=40, paths=600, sigma=1.0, seed=1)
+    key = D.simulate_point(**base).key
+    assert D.simulate_point(**base).key == key
+    variants = [dict(problem=Quadratic(np.diag([0.5, 2.0 + 1e-12]))),
+                dict(problem=Quadratic(np.diag([0.5, 2.0]), noise_dist="rademacher")),
+                dict(optimizers=[sv.SGD(0.05), sv.SGDM(0.05, 0.9000001)]),
+                dict(optimizers=[sv.SGD(np.full(40, 0.05)), sv.SGDM(np.r_[np.full(39, 0.05), 0.04], 0.9)]),
+                dict(x0=[1.0, -0.4]), dict(steps=41), dict(paths=601), dict(sigma=1.01),
+                dict(seed=2), dict(record=[0, 40]), dict(observables=["loss"]),
+                dict(dtype="float32"), dict(backend="numpy"), dict(path_offset=256),
+                dict(store_states=True), dict(divergence_bound=1e6)]
+    keys = {D.simulate_point(**dict(base, **v)).key for v in variants}
+    assert key not in keys and len(keys) == len(variants)
+
+
+def test_worker_killed_mid_sweep_loses_nothing(client, tmp_path):
+    calls = [dict(problem=P, optimizers=[sv.SGD(eta), sv.SGDM(eta, 0.9)], x0=X0, steps=5000,
+                  paths=8 * config.BLOCK, sigma=1.0, seed=5, shard_paths=4 * config.BLOCK)
+             for eta in (0.1, 0.08, 0.06, 0.04, 0.03, 0.02, 0.015, 0.01)]
+    pids = client.run(os.getpid)
+    victim = max(pids.values())
+    killed = {}
+
+    def kill_after_first_point():
+        while not list(tmp_path.glob("simulate-*.json")):
+            time.sleep(0.005)
+        killed["points_done"] = len(list(tmp_path.glob("simulate-*.json")))
+        os.kill(victim, signal.SIGKILL)
+
+    t = threading.Thread(target=kill_after_first_point, daemon=True)
+    t.start()
+    with D.use(client, points_dir=tmp_path) as s:
+        out = D.sweep(calls, s, raise_errors=True)
+    t.join(5)
+    assert killed and killed["points_done"] < len(calls)
+    assert victim not in client.run(os.getpid).values()        # it was killed, and replaced
+    for c, r in zip(calls, out):
+        c = {k: v for k, v in c.items() if k != "shard_paths"}
+        _same_sim(r, sv.simulate(**c))
+
+
+@numba.njit
+def _grad_raising(x, p, out):
+    if p[0] < 0.0:
+        raise ValueError("negative curvature parameter")
+    for i in range(x.shape[0]):
+        out[i] = p[0] * x[i]
+
+
+@numba.njit
+def _noise(x, p, xi, out):
+    for i in range(x.shape[0]):
+        out[i] = xi[i]
+
+
+@numba.njit
+def _loss(x, p):
+    return 0.5 * p[0] * np.sum(x * x)
+
+
+def test_failing_point_is_reported_and_others_finish(client):
+    """A user problem defined here (not importable on the workers: Numba pickles its
+    functions by value) whose gradient raises for one parameter value."""
+    bad = NGOS(dim=2, grad=_grad_raising, noise=_noise, loss=_loss, params=[-1.0], name="c=-1.0")
+    calls = [dict(problem=p, optimizers=OPTS, x0=X0, steps=20, paths=300, sigma=1.0)
+             for p in (P, bad, P)]
+    out = D.sweep(calls, client)
+    assert isinstance(out[1], D.PointError)
+    assert "c=-1.0" in str(out[1]) and "negative curvature parameter" in str(out[1])
+    for i in (0, 2):
+        _same_sim(out[i], sv.simulate(**calls[i]))
+    with pytest.raises(D.PointError, match="c=-1.0"):
+        D.simulate(executor=client, **calls[1])
+
+
+def test_unpicklable_spec_is_a_clear_error(client):
+    q = Quadratic(np.eye(2))
+    q.lock = threading.Lock()
+    with pytest.raises(ValueError, match="cannot be sent to workers"):
+        D.simulate(q, OPTS, X0, executor=client, steps=5, paths=10, sigma=1.0)
+
+
+def test_cli_check_on_a_running_cluster_matches_local(client, tmp_path, capsys):
+    from sdeverify.experiments.base import ExperimentResult
+    args = ["check", "--smoke", "--only", "descent_lemma", "--quiet"]
+    assert main(args + ["--out", str(tmp_path / "local")]) == 0
+    assert main(args + ["--out", str(tmp_path / "far"), "--scheduler", client.scheduler.address]) == 0
+    assert "running on the Dask scheduler at" in capsys.readouterr().err
+    a = ExperimentResult.load(tmp_path / "local", "descent_lemma")
+    b = ExperimentResult.load(tmp_path / "far", "descent_lemma")
+    assert sorted(a.data) == sorted(b.data)
+    for k in a.data:
+        assert np.array_equal(np.asarray(a.data[k]), np.asarray(b.data[k]), equal_nan=True), k
+    assert list((tmp_path / "far" / "points" / "descent_lemma").glob("simulate-*.json"))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--workers", "0"], "--workers must be"),
+    (["--scheduler", "not an address"], "--scheduler must be an address"),
+    (["--scheduler", "tcp://127.0.0.1:9"], "--scheduler tcp://127.0.0.1:9: cannot connect"),
+])
+def test_cli_bad_cluster_flags_exit_2(flags, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(D, "CONNECT_TIMEOUT", 1.0)
+    assert main(["check", "--smoke", "--only", "descent_lemma", "--out", str(tmp_path)] + flags) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+
+
+def test_missing_dask_says_how_to_install(monkeypatch, tmp_path, capsys):
+    import sys
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(ImportError, match=r"pip install 'sdeverify\[dist\]'"):
+        D._dask()
+    assert main(["run", "descent_lemma", "--size", "smoke", "--out", str(tmp_path), "--workers", "2"]) == 2
+    assert "pip install 'sdeverify[dist]'" in capsys.readouterr().err
