@@ -8,12 +8,16 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .validation import finite_array, finite_float, nonneg_int, positive_int, schedule
 
+__all__ = ["constant", "step_decay", "warmup", "cosine", "scaled_family", "averaged_lr",
+           "svag_schedule"]
+
 
 def constant(value: float, steps: int) -> np.ndarray:
-    """``value`` at every step."""
+    """``value`` at every step, shape (steps,)."""
     return np.full(positive_int("steps", steps), finite_float("value", value))
 
 
@@ -53,10 +57,12 @@ def cosine(lr: float, steps: int, lr_min: float = 0.0, warmup_steps: int = 0) ->
 
 
 def scaled_family(eta: float, alpha: float, lam: float, steps: int,
-                  shape: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """A schedule scaled by η with index α (Def. 4.1): η_k = η·shape_k, 1 − β_k = λ η^α.
+                  shape: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A schedule scaled by η with index α (Def. 4.1, docs/theory.md §3): η_k = η·shape_k,
+    1 − β_k = λ η^α.
 
-    Returns ``(lr, beta)``.  Requires λη^α ≤ 1 so that β ∈ [0, 1).
+    Returns ``(lr, beta)``, each (steps,).  ``shape``: a scalar or (steps,) profile ≥ 0
+    (ones when omitted).  Requires λη^α ≤ 1 so that β ∈ [0, 1).
     """
     eta = finite_float("eta", eta, low=0.0, low_open=True)
     alpha = finite_float("alpha", alpha, low=0.0, high=1.0)
@@ -69,8 +75,9 @@ def scaled_family(eta: float, alpha: float, lam: float, steps: int,
     return lr, np.full(steps, 1.0 - one_minus_beta)
 
 
-def averaged_lr(lr, beta, *, tail: str = "constant") -> np.ndarray:
-    """Averaged learning rate of Eq. 8: the total displacement caused by gradient g_k.
+def averaged_lr(lr: ArrayLike, beta: ArrayLike, *, tail: str = "constant") -> np.ndarray:
+    """Averaged learning rate of Eq. 8 (docs/theory.md §4): the total displacement caused by
+    gradient g_k; shape of ``lr``.  ``beta``: one value or one per step.
 
         A_k = η_k + β_{k+1} A_{k+1},   η̄_k = (1 − β_k) A_k.
 
@@ -96,8 +103,9 @@ def averaged_lr(lr, beta, *, tail: str = "constant") -> np.ndarray:
     return (1.0 - beta) * A[:K]
 
 
-def svag_schedule(lr, ell: int, steps: int) -> np.ndarray:
-    """SVAG's lr (Def. 6.1): each step's η_k becomes ℓ steps of η_k/ℓ (ℓ·steps in all)."""
+def svag_schedule(lr: ArrayLike, ell: int, steps: int) -> np.ndarray:
+    """SVAG's lr (Def. 6.1, docs/theory.md §9): each step's η_k becomes ℓ steps of η_k/ℓ,
+    shape (ℓ·steps,).  ``lr``: a scalar or (steps,) schedule."""
     ell = positive_int("ell", ell)
     arr = schedule("lr", lr, positive_int("steps", steps), low=0.0)
     return np.repeat(arr / ell, ell)

@@ -55,9 +55,10 @@ and Van Loan's block exponential for the Lyapunov integral ∫ e^{Fs} G Gᵀ e^{
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.integrate import solve_ivp
 from scipy.linalg import expm
 
@@ -169,6 +170,8 @@ class Embedded:
             object.__setattr__(self, "name", getattr(self.optimizer, "name", "scheme"))
 
     def coefficients(self, steps: int, dim: int) -> Coefficients:
+        """Per-fine-step (a, b, γ) of length ``steps`` (a multiple of r): the coarse scheme's
+        ``steps // r`` coefficients spread as (a_n, b_n/r, 0), (1, b_n/r, 0), …, (1, b_n/r, γ_n)."""
         r = self.substeps
         if steps % r:
             raise ValueError(f"steps ({steps}) must be a multiple of substeps ({r})")
@@ -211,6 +214,7 @@ class SDESolution:
     result: SimulationResult = field(repr=False)
 
     def series(self, observable: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean, sem)`` of one observable over ``times``, each (n_times,)."""
         o = self.observables.index(observable)
         return self.mean[:, o], self.sem[:, o]
 
@@ -226,8 +230,9 @@ def _reference(sde, h: float, steps: int, extrapolate: bool):
     return opts, sigma
 
 
-def solve(sde: FirstOrderSDE | KineticSDE, x0, *, T: float, h: float, paths: int,
-          seed: int = 0, times: Sequence[float] | None = None, observables=None,
+def solve(sde: FirstOrderSDE | KineticSDE, x0: ArrayLike, *, T: float, h: float, paths: int,
+          seed: int = 0, times: Sequence[float] | None = None,
+          observables: Sequence[str | Callable] | Mapping[str, str | Callable] | None = None,
           extrapolate: bool = True, backend: str = "cpu", path_offset: int = 0) -> SDESolution:
     """E h(X_t) by Euler–Maruyama with step h (run as the engine's SGD/SGDM, see the module
     docstring) and, when ``extrapolate``, Talay–Tubaro extrapolation with the step-2h scheme
@@ -237,6 +242,27 @@ def solve(sde: FirstOrderSDE | KineticSDE, x0, *, T: float, h: float, paths: int
     The increments follow the problem's ``noise_dist``: Gaussian gives EM proper; Rademacher
     gives the weak EM scheme with two-point increments (same weak order 1, and the step-2h
     scheme then sums two of them, still a valid weak order-1 scheme for the extrapolation).
+    The SDEs are those of docs/theory.md §7.
+
+    Parameters
+    ----------
+    sde : the equation (its ``problem`` is the NGOS whose ∇L and Σ enter).
+    x0 : (d,) deterministic X_0.
+    T : horizon; ``T / h`` must be an integer (even with ``extrapolate``).
+    h : Euler–Maruyama step.
+    paths : number of Monte Carlo paths.
+    seed : seed of the counter-based generator (as :func:`sdeverify.simulate`).
+    times : times at which E h(X_t) is wanted (see above).
+    observables : as :func:`sdeverify.simulate` (names "loss", "sqnorm", "x<i>" and/or njit
+        functions h(x) -> float); default loss and ‖x‖².
+    extrapolate : Talay–Tubaro extrapolation (bias O(h²) instead of O(h)).
+    backend : engine backend ("cpu", "numpy", "cuda", …).
+    path_offset : global index of the first path (shards merge exactly).
+
+    Returns
+    -------
+    SDESolution
+        ``times`` (n_t,), ``mean``/``sem`` (n_t, n_obs), ``em_bias`` and the raw result.
     """
     T = finite_float("T", T, low=0.0, low_open=True)
     h = finite_float("h", h, low=0.0, low_open=True)
@@ -295,20 +321,23 @@ class WeakError:
         o = observable if isinstance(observable, int) else self.observables.index(observable)
         return j, o
 
-    def max_error(self, optimizer, observable, level: float = 0.95) -> Interval:
+    def max_error(self, optimizer: int | str, observable: int | str,
+                  level: float = 0.95) -> Interval:
         """max over the recorded k of |E h(x_k) − E h(X_{kη})|, simultaneous (Bonferroni)
         interval (:func:`sdeverify.stats.max_abs_interval`)."""
         j, o = self._idx(optimizer, observable)
         return max_abs_interval(self.diff[j, :, o], self.sem[j, :, o], level)
 
-    def sem_at_max(self, optimizer, observable) -> float:
+    def sem_at_max(self, optimizer: int | str, observable: int | str) -> float:
         """Standard error of the recorded difference with the largest |mean|."""
         j, o = self._idx(optimizer, observable)
         return float(self.sem[j, np.argmax(np.abs(self.diff[j, :, o])), o])
 
 
-def weak_error(sde: FirstOrderSDE | KineticSDE, optimizers, x0, *, eta: float, T: float,
-               paths: int, substeps: int = 4, seed: int = 0, record=None, observables=None,
+def weak_error(sde: FirstOrderSDE | KineticSDE, optimizers: Sequence[Any] | Any, x0: ArrayLike, *,
+               eta: float, T: float, paths: int, substeps: int = 4, seed: int = 0,
+               record: ArrayLike | None = None,
+               observables: Sequence[str | Callable] | Mapping[str, str | Callable] | None = None,
                extrapolate: bool = True, backend: str = "cpu", path_offset: int = 0) -> WeakError:
     """Weak error of discrete schemes with step η (and noise scale σ₀ η^{-1/2}) against the
     SDE, by Monte Carlo with common random numbers.
@@ -322,7 +351,31 @@ def weak_error(sde: FirstOrderSDE | KineticSDE, optimizers, x0, *, eta: float, T
         diff_j(k) = E h(x_k^j) − [2 E h(X^h_{kη}) − E h(X^{2h}_{kη})]
 
     is a sum of two paired (CRN) differences; its sem is bounded by the sum of theirs.  The
-    noise of the embedded schemes is Gaussian (see :class:`Embedded`).
+    noise of the embedded schemes is Gaussian (see :class:`Embedded`).  The SDEs are those of
+    docs/theory.md §7; SGD and SGDM are order-1 weak approximations of them (Thm. 4.5,
+    docs/theory.md §6).
+
+    Parameters
+    ----------
+    sde : the equation (its ``problem`` is the NGOS).
+    optimizers : one optimizer or a list, each as if run with step η (SGD, SGDM, HeavyBall
+        or any object with ``coefficients(steps, dim)``).
+    x0 : (d,) deterministic starting point.
+    eta : the schemes' step η; ``T / eta`` must be an integer.
+    T : horizon.
+    paths : number of Monte Carlo paths.
+    substeps : fine EM steps per η-step (even with ``extrapolate``).
+    seed : seed of the counter-based generator.
+    record : η-step indices in [0, T/η] at which to compare; default 33 evenly spaced.
+    observables : as :func:`sdeverify.simulate`; default loss and ‖x‖².
+    extrapolate : Talay–Tubaro extrapolation of the reference.
+    backend : engine backend ("cpu", "numpy", "cuda", …).
+    path_offset : global index of the first path (shards merge exactly).
+
+    Returns
+    -------
+    WeakError
+        ``diff``/``sem`` (n_opt, n_rec, n_obs), the reference E h(X_t) and diagnostics.
     """
     eta = finite_float("eta", eta, low=0.0, low_open=True)
     T = finite_float("T", T, low=0.0, low_open=True)
@@ -448,15 +501,15 @@ def _linear_moments(system: Callable[[float], tuple], z0: np.ndarray, C0: np.nda
     return means, 0.5 * (covs + covs.transpose(0, 2, 1))
 
 
-def ou_moments(problem: Quadratic, sigma0: float, x0, times, *, lam=1.0
-               ) -> tuple[np.ndarray, np.ndarray]:
+def ou_moments(problem: Quadratic, sigma0: float, x0: ArrayLike, times: ArrayLike, *,
+               lam: float | Callable[[float], float] = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Exact mean (n_t, d) and covariance (n_t, d, d) of the first-order SDE on a quadratic
     L = ½(x − c)ᵀH(x − c) + bᵀx (an Ornstein–Uhlenbeck process), X_0 = x0:
 
         dX = −λ_t (H X − H c + b) dt + λ_t σ₀ S dW,    S Sᵀ = Σ.
 
     Constant λ: μ_t, C_t from the matrix exponential and Van Loan's integral (exact);
-    callable λ: moment ODEs.
+    callable λ: moment ODEs.  ``times``: sorted times ≥ 0 (docs/theory.md §7).
     """
     q = _quadratic(problem)
     sigma0 = finite_float("sigma0", sigma0, low=0.0)
@@ -472,12 +525,15 @@ def ou_moments(problem: Quadratic, sigma0: float, x0, times, *, lam=1.0
                            constant=not callable(lam))
 
 
-def kinetic_moments(problem: Quadratic, sigma0: float, rho: float, x0, times, *, lam=1.0,
-                    m0=None) -> tuple[np.ndarray, np.ndarray]:
+def kinetic_moments(problem: Quadratic, sigma0: float, rho: float, x0: ArrayLike,
+                    times: ArrayLike, *, lam: float | Callable[[float], float] = 1.0,
+                    m0: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact mean (n_t, 2d) and covariance (n_t, 2d, 2d) of Z = (X, M) for the kinetic SDE
     on a quadratic, a linear SDE dZ = (F Z + f) dt + G dW with
 
         F = [[0, −λ I], [ρH, −ρI]],   f = [0, ρ(b − Hc)],   G Gᵀ = [[0, 0], [0, ρ²σ₀²Σ]].
+
+    ``times``: sorted times ≥ 0; ``m0``: M_0 (zero by default) (docs/theory.md §7).
     """
     q = _quadratic(problem)
     sigma0 = finite_float("sigma0", sigma0, low=0.0)
@@ -499,10 +555,12 @@ def kinetic_moments(problem: Quadratic, sigma0: float, rho: float, x0, times, *,
                            constant=not callable(lam))
 
 
-def quadratic_expectation(problem: Quadratic, mean, cov, observable: str) -> np.ndarray:
+def quadratic_expectation(problem: Quadratic, mean: ArrayLike, cov: ArrayLike,
+                          observable: str) -> np.ndarray:
     """E h(X) from the mean (n, d) and covariance (n, d, d) of X (exact: h is at most
     quadratic): "loss" ½(μ−c)ᵀH(μ−c) + ½tr(HC) + bᵀμ, "sqnorm" ‖μ‖² + tr C, "x<i>" μ_i.
-    Only the first d = problem.dim coordinates are used (so (X, M) moments can be passed)."""
+    Only the first d = problem.dim coordinates are used (so (X, M) moments can be passed).
+    Returns shape (n,)."""
     q = _quadratic(problem)
     d = q.dim
     mu = np.atleast_2d(np.asarray(mean, dtype=np.float64))[:, :d]
@@ -519,7 +577,8 @@ def quadratic_expectation(problem: Quadratic, mean, cov, observable: str) -> np.
                      f"got {observable!r}")
 
 
-def exact_expectation(sde: FirstOrderSDE | KineticSDE, x0, times, observables) -> np.ndarray:
+def exact_expectation(sde: FirstOrderSDE | KineticSDE, x0: ArrayLike, times: ArrayLike,
+                      observables: str | Sequence[str]) -> np.ndarray:
     """E h(X_t), shape (n_times, n_obs), for either SDE on a :class:`Quadratic` — no Monte Carlo."""
     if isinstance(sde, KineticSDE):
         mean, cov = kinetic_moments(sde.problem, sde.sigma0, sde.rho, x0, times, lam=sde.lam,

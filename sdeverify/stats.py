@@ -17,9 +17,16 @@ Decision rules used by the checks (each check's docstring says which it applies)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import stats as _st
+
+__all__ = ["z_value", "Interval", "mean_interval", "sample_interval", "paired_difference",
+           "max_abs_interval", "OrderFit", "fit_order", "local_orders", "richardson_order",
+           "consistent_with_order_at_least", "ks_two_sample", "wasserstein1",
+           "bootstrap_interval"]
 
 
 def z_value(level: float = 0.95, *, tails: int = 2) -> float:
@@ -38,16 +45,19 @@ class Interval:
     level: float = 0.95
 
     def contains(self, value: float) -> bool:
+        """Whether ``low <= value <= high`` (the rule "contains(prediction)")."""
         return bool(self.low <= value <= self.high)
 
     @property
     def half_width(self) -> float:
+        """(high − low) / 2."""
         return 0.5 * (self.high - self.low)
 
     def __str__(self) -> str:
         return f"{self.estimate:.4g} [{self.low:.4g}, {self.high:.4g}]"
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, float]:
+        """``{"estimate", "low", "high", "level"}`` as plain floats (for JSON)."""
         return {"estimate": self.estimate, "low": self.low, "high": self.high, "level": self.level}
 
 
@@ -57,15 +67,16 @@ def mean_interval(mean: float, sem: float, level: float = 0.95) -> Interval:
     return Interval(float(mean), float(mean - z * sem), float(mean + z * sem), level)
 
 
-def sample_interval(samples, level: float = 0.95) -> Interval:
-    """Interval for the mean of i.i.d. samples."""
+def sample_interval(samples: ArrayLike, level: float = 0.95) -> Interval:
+    """Interval for the mean of i.i.d. samples (any shape, flattened; at least 2):
+    mean ± z·s/√n (:func:`mean_interval`)."""
     x = np.asarray(samples, dtype=np.float64).ravel()
     if x.size < 2:
         raise ValueError("need at least 2 samples for an interval")
     return mean_interval(x.mean(), x.std(ddof=1) / np.sqrt(x.size), level)
 
 
-def paired_difference(a, b, level: float = 0.95) -> Interval:
+def paired_difference(a: ArrayLike, b: ArrayLike, level: float = 0.95) -> Interval:
     """Interval for E[a − b] from paired samples (common random numbers): the variance used
     is that of the per-path difference, which is what makes CRN estimates sharp."""
     a = np.asarray(a, dtype=np.float64).ravel()
@@ -75,7 +86,7 @@ def paired_difference(a, b, level: float = 0.95) -> Interval:
     return sample_interval(a - b, level)
 
 
-def max_abs_interval(means, sems, level: float = 0.95) -> Interval:
+def max_abs_interval(means: ArrayLike, sems: ArrayLike, level: float = 0.95) -> Interval:
     """Interval for max_k |μ_k| from K estimates m_k ± sem_k (simultaneous, Bonferroni).
 
     With z_B the two-sided quantile at level 1 − (1 − level)/K, every μ_k lies in
@@ -99,22 +110,40 @@ class OrderFit:
     chi2_dof: float
     n_points: int
 
-    def predict(self, eta) -> np.ndarray:
+    def predict(self, eta: ArrayLike) -> np.ndarray:
+        """The fitted power law C·η^order at ``eta`` (same shape as ``eta``)."""
         return np.exp(self.log_c) * np.asarray(eta, dtype=np.float64) ** self.order.estimate
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
+        """The fit as plain numbers (``order`` as :meth:`Interval.as_dict`), for JSON."""
         return {"order": self.order.as_dict(), "log_c": self.log_c, "chi2_dof": self.chi2_dof,
                 "n_points": self.n_points}
 
 
-def fit_order(eta, err, err_sem=None, level: float = 0.95) -> OrderFit:
-    """Weighted least squares of log err on log η.
+def fit_order(eta: ArrayLike, err: ArrayLike, err_sem: ArrayLike | None = None,
+              level: float = 0.95) -> OrderFit:
+    """Fit err ≈ C·η^p by weighted least squares of log err on log η, with an interval for p.
 
+    The estimated order is what the weak-approximation checks compare with the order of
+    Thm. 4.5 (docs/theory.md §6) under the decision rules of this module's docstring.
     Each point's weight is 1/Var(log err) ≈ (err/sem)² (delta method); without ``err_sem``
     (exact errors) the fit is unweighted.  When the reduced χ² exceeds 1 (the power law does
     not fit within the Monte Carlo error, e.g. higher-order terms at large η) the covariance
     is inflated by it and a Student-t quantile with n − 2 degrees of freedom is used, so the
     interval reflects both Monte Carlo error and lack of fit.
+
+    Parameters
+    ----------
+    eta : (n,) positive step sizes (any order), n ≥ 3.
+    err : (n,) positive errors measured at ``eta``.
+    err_sem : (n,) standard errors of ``err`` (Monte Carlo), or None for exact errors.
+    level : confidence level of the order's interval.
+
+    Returns
+    -------
+    OrderFit
+        ``order`` (an :class:`Interval` for p), ``log_c``, the reduced χ² and the number of
+        points.
     """
     eta = np.asarray(eta, dtype=np.float64).ravel()
     err = np.asarray(err, dtype=np.float64).ravel()
@@ -148,8 +177,8 @@ def fit_order(eta, err, err_sem=None, level: float = 0.95) -> OrderFit:
     return OrderFit(order, float(beta[0]), chi2, int(eta.size))
 
 
-def local_orders(x, err) -> np.ndarray:
-    """Local orders log(e_i/e_{i+1}) / log(x_i/x_{i+1}) between consecutive grid points."""
+def local_orders(x: ArrayLike, err: ArrayLike) -> np.ndarray:
+    """Local orders log(e_i/e_{i+1}) / log(x_i/x_{i+1}) between consecutive grid points, shape (n − 1,)."""
     x = np.asarray(x, dtype=np.float64).ravel()
     err = np.asarray(err, dtype=np.float64).ravel()
     if x.size != err.size or x.size < 2 or np.any(x <= 0) or np.any(err <= 0):
@@ -157,7 +186,7 @@ def local_orders(x, err) -> np.ndarray:
     return np.log(err[:-1] / err[1:]) / np.log(x[:-1] / x[1:])
 
 
-def richardson_order(x, err) -> Interval:
+def richardson_order(x: ArrayLike, err: ArrayLike) -> Interval:
     """The asymptotic order of *exact* (Monte-Carlo-free) errors e(x) = C x^p (1 + D x + …).
 
     The local order between x_{i} and x_{i+1} = r x_i is p_i = p + O(x_i), so its error
@@ -194,20 +223,21 @@ def consistent_with_order_at_least(fit: OrderFit, p: float) -> bool:
     return bool(fit.order.high >= p)
 
 
-def ks_two_sample(a, b) -> tuple[float, float]:
+def ks_two_sample(a: ArrayLike, b: ArrayLike) -> tuple[float, float]:
     """Two-sample Kolmogorov–Smirnov statistic and p-value."""
     r = _st.ks_2samp(np.ravel(a), np.ravel(b))
     return float(r.statistic), float(r.pvalue)
 
 
-def wasserstein1(a, b) -> float:
+def wasserstein1(a: ArrayLike, b: ArrayLike) -> float:
     """Wasserstein-1 distance between two empirical 1-D distributions."""
     return float(_st.wasserstein_distance(np.ravel(a), np.ravel(b)))
 
 
-def bootstrap_interval(stat, samples: tuple, n_boot: int = 200, level: float = 0.95,
-                       seed: int = 0) -> Interval:
-    """Percentile bootstrap interval of ``stat(*samples)``, resampling each sample."""
+def bootstrap_interval(stat: Callable[..., float], samples: Sequence[np.ndarray],
+                       n_boot: int = 200, level: float = 0.95, seed: int = 0) -> Interval:
+    """Percentile bootstrap interval of ``stat(*samples)``, resampling each sample (an array
+    indexed along its first axis) with replacement, ``n_boot`` times."""
     g = np.random.default_rng(seed)
     est = float(stat(*samples))
     vals = np.empty(n_boot)

@@ -12,10 +12,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .problems.quadratic import Quadratic
+
+__all__ = ["Moments", "quadratic_moments", "update_variance_sgd", "update_variance_sgdm",
+           "endpoint_variance_sgd", "endpoint_variance_sgdm", "endpoint_mean_bias_sgdm",
+           "descent_lemma_terms", "stability_threshold"]
 
 
 @dataclass(frozen=True)
@@ -39,13 +45,32 @@ class Moments:
         raise ValueError(f"exact moments support 'loss', 'sqnorm' and 'x<i>', got {observable!r}")
 
 
-def quadratic_moments(problem: Quadratic, optimizer, x0, *, steps: int, sigma: float) -> Moments:
+def quadratic_moments(problem: Quadratic, optimizer: Any, x0: ArrayLike, *, steps: int,
+                      sigma: float) -> Moments:
     """Exact moments of an optimizer (SGD, SGDM, HeavyBall) on a :class:`Quadratic`.
 
-    With g = H(x − c) + b + σSξ and the update m' = a m + b_k g, x' = x − γ m', the state
+    The reference of the Monte-Carlo-free weak error of Thm. 4.5 on a quadratic
+    (docs/theory.md §6); the update is the EMA form of docs/theory.md §2.  With g = H(x − c) + b + σSξ and the update m' = a m + b_k g, x' = x − γ m', the state
     z = (x, m) follows z' = M_k z + u_k + N_k ξ, so
 
         E z' = M_k E z + u_k,     Cov z' = M_k Cov z M_kᵀ + N_k N_kᵀ.
+
+    Exact whatever the noise law (only its covariance enters), because the iterates are
+    linear in the noise.
+
+    Parameters
+    ----------
+    problem : the quadratic (H, Σ = S Sᵀ, c, b).
+    optimizer : an engine optimizer (anything with ``coefficients(steps, dim)``, e.g.
+        :class:`sdeverify.SGD`, :class:`sdeverify.SGDM`, :class:`sdeverify.HeavyBall`).
+    x0 : (d,) deterministic starting point.
+    steps : number of steps K.
+    sigma : noise scale σ (the oracle returns ∇L + σ S ξ).
+
+    Returns
+    -------
+    Moments
+        ``mean`` (K + 1, d) and ``cov`` (K + 1, d, d) of x_0 … x_K.
     """
     if not isinstance(problem, Quadratic):
         raise ValueError("quadratic_moments needs a Quadratic problem")
@@ -82,32 +107,35 @@ def quadratic_moments(problem: Quadratic, optimizer, x0, *, steps: int, sigma: f
 
 # ---- Sec. 4.1: variance reduction with i.i.d. gradients (THEORY §5, derived) -------------
 
-def update_variance_sgd(eta: float, sigma: float, k) -> np.ndarray:
-    """Var of one coordinate of x_{k+1} − x_k for SGD: η²σ² at every k."""
+def update_variance_sgd(eta: float, sigma: float, k: ArrayLike) -> np.ndarray:
+    """Var of one coordinate of x_{k+1} − x_k for SGD: η²σ² at every k (docs/theory.md §5);
+    shape of ``k``."""
     return np.full(np.shape(k), eta ** 2 * sigma ** 2)
 
 
-def update_variance_sgdm(eta: float, beta: float, sigma: float, k) -> np.ndarray:
-    """Var of x_{k+1} − x_k for SGDM with m_0 deterministic: η²σ²(1−β)²(1−β^{2(k+1)})/(1−β²)."""
+def update_variance_sgdm(eta: float, beta: float, sigma: float, k: ArrayLike) -> np.ndarray:
+    """Var of x_{k+1} − x_k for SGDM with m_0 deterministic: η²σ²(1−β)²(1−β^{2(k+1)})/(1−β²)
+    (docs/theory.md §5); shape of ``k``."""
     k = np.asarray(k, dtype=np.float64)
     return eta ** 2 * sigma ** 2 * (1 - beta) ** 2 * (1 - beta ** (2 * (k + 1))) / (1 - beta ** 2)
 
 
-def endpoint_variance_sgd(eta: float, sigma: float, k) -> np.ndarray:
-    """Var of x_k for SGD: kη²σ²."""
+def endpoint_variance_sgd(eta: float, sigma: float, k: ArrayLike) -> np.ndarray:
+    """Var of x_k for SGD: kη²σ² (docs/theory.md §5); shape of ``k``."""
     return np.asarray(k, dtype=np.float64) * eta ** 2 * sigma ** 2
 
 
-def endpoint_variance_sgdm(eta: float, beta: float, sigma: float, k) -> np.ndarray:
-    """Var of x_k for SGDM: η²σ²[k − 2β(1−β^k)/(1−β) + β²(1−β^{2k})/(1−β²)]."""
+def endpoint_variance_sgdm(eta: float, beta: float, sigma: float, k: ArrayLike) -> np.ndarray:
+    """Var of x_k for SGDM: η²σ²[k − 2β(1−β^k)/(1−β) + β²(1−β^{2k})/(1−β²)]
+    (docs/theory.md §5); shape of ``k``."""
     k = np.asarray(k, dtype=np.float64)
     return eta ** 2 * sigma ** 2 * (k - 2 * beta * (1 - beta ** k) / (1 - beta)
                                     + beta ** 2 * (1 - beta ** (2 * k)) / (1 - beta ** 2))
 
 
-def endpoint_mean_bias_sgdm(eta: float, beta: float, c: float, k) -> np.ndarray:
+def endpoint_mean_bias_sgdm(eta: float, beta: float, c: float, k: ArrayLike) -> np.ndarray:
     """Extra displacement of E x_k for SGDM started from m_0 = 0 rather than c:
-    +ηcβ(1−β^k)/(1−β) (SGDM lags behind SGD by this much)."""
+    +ηcβ(1−β^k)/(1−β) (SGDM lags behind SGD by this much; docs/theory.md §5); shape of ``k``."""
     k = np.asarray(k, dtype=np.float64)
     return eta * c * beta * (1 - beta ** k) / (1 - beta)
 
@@ -116,7 +144,8 @@ def endpoint_mean_bias_sgdm(eta: float, beta: float, c: float, k) -> np.ndarray:
 
 def descent_lemma_terms(grad: np.ndarray, hess: np.ndarray, noise_cov: np.ndarray,
                         eta: float, sigma: float) -> tuple[float, float, float]:
-    """The three terms of Lemma 3.4: (−η‖∇L‖², (η²/2)∇Lᵀ∇²L∇L, (η²σ²/2) tr(∇²L Σ))."""
+    """The three terms of Lemma 3.4 (docs/theory.md §3) at one point, from ∇L (d,), ∇²L (d, d)
+    and Σ (d, d): (−η‖∇L‖², (η²/2)∇Lᵀ∇²L∇L, (η²σ²/2) tr(∇²L Σ))."""
     return (-eta * float(grad @ grad), 0.5 * eta ** 2 * float(grad @ hess @ grad),
             0.5 * eta ** 2 * sigma ** 2 * float(np.trace(hess @ noise_cov)))
 

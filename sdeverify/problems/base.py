@@ -17,13 +17,18 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .. import rng
 from ..validation import name_string, positive_int
 
+__all__ = ["NGOS", "pack"]
+
 
 class NGOS:
     """A noisy gradient oracle (Def. 3.1), the user-facing route for custom problems.
+
+    See docs/theory.md §1 for the oracle's definition.
 
     Parameters
     ----------
@@ -36,7 +41,7 @@ class NGOS:
     """
 
     def __init__(self, *, dim: int, grad: Callable, noise: Callable, loss: Callable,
-                 params=None, n_draws: int | None = None, noise_dist: str = "normal",
+                 params: ArrayLike | None = None, n_draws: int | None = None, noise_dist: str = "normal",
                  name: str = "custom") -> None:
         self.dim = positive_int("dim", dim)
         for fname, f in (("grad", grad), ("noise", noise), ("loss", loss)):
@@ -65,19 +70,21 @@ class NGOS:
         return 0.5 * (1.0 + s), 0.5 * (1.0 - s)
 
     # NumPy conveniences (used by tests, theory and the reference backend)
-    def gradient(self, x) -> np.ndarray:
+    def gradient(self, x: ArrayLike) -> np.ndarray:
+        """∇L(x), (d,), from the problem's ``grad`` function (no noise)."""
         out = np.empty(self.dim)
         self.grad(np.asarray(x, dtype=np.float64), self.params, out)
         return out
 
-    def value(self, x) -> float:
+    def value(self, x: ArrayLike) -> float:
+        """L(x), from the problem's ``loss`` function."""
         return float(self.loss(np.asarray(x, dtype=np.float64), self.params))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, noise={self.noise_dist})"
 
 
-def pack(*arrays) -> np.ndarray:
+def pack(*arrays: ArrayLike) -> np.ndarray:
     """Concatenate scalars/arrays into one flat float64 parameter vector."""
     return np.ascontiguousarray(np.concatenate([np.atleast_1d(np.asarray(a, dtype=np.float64)).ravel()
                                                 for a in arrays]))

@@ -33,10 +33,13 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..validation import finite_float, positive_int
 from .base import pack
 from .manifolds import ManifoldProblem
+
+__all__ = ["DiagonalNet"]
 
 
 @numba.njit(cache=True)
@@ -185,10 +188,18 @@ class DiagonalNet(ManifoldProblem):
     """``DiagonalNet(features, targets)`` or ``DiagonalNet.generate(n, D, sparsity, seed)``.
 
     State w = (u, v) ∈ R^{2D}; β = u⊙u − v⊙v is the regression vector.  See the module
-    docstring for the loss, the label-noise oracle and the manifold pieces.
+    docstring for the loss, the label-noise oracle and the manifold pieces; the slow SDE is
+    that of Thm. 5.5 (docs/theory.md §8).
+
+    Parameters
+    ----------
+    features : (n, D) matrix A, n < D.
+    targets : (n,) labels y.
+    name : label used in results and plots.
     """
 
-    def __init__(self, features, targets, *, name: str = "diagonal_net") -> None:
+    def __init__(self, features: ArrayLike, targets: ArrayLike, *,
+                 name: str = "diagonal_net") -> None:
         A = np.asarray(features, dtype=np.float64)
         y = np.asarray(targets, dtype=np.float64)
         if A.ndim != 2:
@@ -227,18 +238,21 @@ class DiagonalNet(ManifoldProblem):
         return out
 
     # helpers -----------------------------------------------------------------------------
-    def split(self, w):
+    def split(self, w: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+        """(u, v), each (…, D), from w = (u, v) (…, 2D)."""
         w = np.asarray(w, dtype=np.float64)
         return w[..., :self.D], w[..., self.D:]
 
-    def beta(self, w) -> np.ndarray:
+    def beta(self, w: ArrayLike) -> np.ndarray:
+        """The regression vector β = u⊙u − v⊙v, (…, D)."""
         u, v = self.split(w)
         return u * u - v * v
 
-    def residual(self, w) -> np.ndarray:
+    def residual(self, w: ArrayLike) -> np.ndarray:
+        """r = Aβ − y, (…, n)."""
         return self.beta(w) @ self.features.T - self.targets
 
-    def jacobian(self, w) -> np.ndarray:
+    def jacobian(self, w: ArrayLike) -> np.ndarray:
         """J (…, n, 2D): rows ∇f_j = (2u⊙a_j, −2v⊙a_j)."""
         u, v = self.split(w)
         A = self.features
@@ -249,28 +263,32 @@ class DiagonalNet(ManifoldProblem):
         return np.concatenate([2.0 * self.features, -2.0 * self.features], axis=-1)
 
     # manifold pieces ------------------------------------------------------------------------
-    def project(self, x, tol: float = 1e-13, max_iter: int = 100) -> np.ndarray:
-        """Φ(w): the limit of gradient flow, via the dual Newton solve (module docstring)."""
+    def project(self, x: ArrayLike, tol: float = 1e-13, max_iter: int = 100) -> np.ndarray:
+        """Φ(w): the limit of gradient flow, via the dual Newton solve (module docstring);
+        shape of ``x`` ((2D,) or (N, 2D))."""
         x = np.asarray(x, dtype=np.float64)
         X = np.ascontiguousarray(x.reshape(-1, self.dim))
         out = np.empty_like(X)
         dn_project(X, self.params, tol, max_iter, out)
         return out.reshape(x.shape)
 
-    def gradient_flow(self, w, t_max: float = 200.0, rtol: float = 1e-12) -> np.ndarray:
-        """Φ(w) by integrating ẇ = −∇L(w) numerically (scipy LSODA/Radau) to ``t_max``."""
+    def gradient_flow(self, w: ArrayLike, t_max: float = 200.0, rtol: float = 1e-12) -> np.ndarray:
+        """Φ(w) by integrating ẇ = −∇L(w) numerically (scipy LSODA/Radau) to ``t_max``; one
+        point (2D,)."""
         from scipy.integrate import solve_ivp
         w = np.asarray(w, dtype=np.float64)
         sol = solve_ivp(lambda t, z: -self.gradient(z), (0.0, t_max), w, method="LSODA",
                         rtol=rtol, atol=1e-14)
         return sol.y[:, -1]
 
-    def tangent_projector(self, zeta) -> np.ndarray:
+    def tangent_projector(self, zeta: ArrayLike) -> np.ndarray:
+        """P = I − Jᵀ(JJᵀ)⁻¹J, (2D, 2D) or (N, 2D, 2D)."""
         J = self.jacobian(zeta)
         G = J @ np.swapaxes(J, -1, -2)
         return np.eye(self.dim) - np.swapaxes(J, -1, -2) @ np.linalg.solve(G, J)
 
-    def hessian_at(self, x) -> np.ndarray:
+    def hessian_at(self, x: ArrayLike) -> np.ndarray:
+        """∇²L = (JᵀJ + Σ_j r_j H_j)/n, (2D, 2D) or (N, 2D, 2D)."""
         x = np.asarray(x, dtype=np.float64)
         J = self.jacobian(x)
         r = self.residual(x)
@@ -280,11 +298,12 @@ class DiagonalNet(ManifoldProblem):
         H[..., idx, idx] += diag
         return H / self.n
 
-    def noise_sqrt_at(self, x) -> np.ndarray:
+    def noise_sqrt_at(self, x: ArrayLike) -> np.ndarray:
         """S = −Jᵀ/√n, an (2D × n) factor (S Sᵀ = Σ; not square)."""
         return -np.swapaxes(self.jacobian(x), -1, -2) / np.sqrt(self.n)
 
-    def third_contraction(self, x, M) -> np.ndarray:
+    def third_contraction(self, x: ArrayLike, M: ArrayLike) -> np.ndarray:
+        """∂²(∇L)[M] = (1/n) Σ_j [tr(M H_j) ∇f_j + 2 H_j M ∇f_j], (2D,) or (N, 2D)."""
         x = np.asarray(x, dtype=np.float64)
         M = np.asarray(M, dtype=np.float64)
         J = self.jacobian(x)                       # (…, n, 2D)
@@ -294,18 +313,19 @@ class DiagonalNet(ManifoldProblem):
         out = np.einsum("...j,...jk->...k", trMH, J) + 2.0 * np.einsum("jk,...jk->...k", Hd, MJ)
         return out / self.n
 
-    def sharpness(self, zeta) -> np.ndarray:
+    def sharpness(self, zeta: ArrayLike) -> np.ndarray:
+        """tr(JᵀJ/n) = (4/n) Σ_ij a_ji² (u_i² + v_i²) (= tr ∇²L on Γ); scalar or (N,)."""
         u, v = self.split(zeta)
         return (4.0 / self.n) * ((u * u + v * v) @ (self.features ** 2).T).sum(axis=-1)
 
-    def sharpness_gradient(self, zeta) -> np.ndarray:
+    def sharpness_gradient(self, zeta: ArrayLike) -> np.ndarray:
         """∇ tr(JᵀJ/n) = (8/n) (u⊙Σ_j a_j², v⊙Σ_j a_j²)."""
         u, v = self.split(zeta)
         c = (8.0 / self.n) * np.sum(self.features ** 2, axis=0)
         return np.concatenate([u * c, v * c], axis=-1)
 
-    def slow_drift(self, zeta, sigma: float) -> np.ndarray:
-        """Closed form for label noise (Σ = ∇²L on Γ): b = −(σ²/4) P ∇ tr ∇²L."""
+    def slow_drift(self, zeta: ArrayLike, sigma: float) -> np.ndarray:
+        """Closed form for label noise (Σ = ∇²L on Γ, THEORY §8): b = −(σ²/4) P ∇ tr ∇²L."""
         zeta = np.asarray(zeta, dtype=np.float64)
         P = self.tangent_projector(zeta)
         return -0.25 * sigma ** 2 * np.einsum("...ij,...j->...i", P, self.sharpness_gradient(zeta))

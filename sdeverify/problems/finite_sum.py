@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..validation import positive_int
 from .base import NGOS, pack
+
+__all__ = ["LinearRegression"]
 
 
 @numba.njit(cache=True)
@@ -75,9 +78,20 @@ class LinearRegression(NGOS):
     The engine compiles one kernel per number of base draws per step; ``max_batch`` (≥ B)
     reserves draws for batches up to that size, so that a sweep over B shares one compiled
     kernel (the first B draws are used; the rest cost generator time only).
+
+    An NGOS (Def. 3.1, docs/theory.md §1) whose noise is real minibatch sampling: the
+    batch-size model of docs/theory.md §10.
+
+    Parameters
+    ----------
+    features : (n, d) matrix A.
+    targets : (n,) vector y.
+    batch_size : B, indices drawn (with replacement) per oracle call.
+    max_batch : draws reserved per call (≥ B); default B.
     """
 
-    def __init__(self, features, targets, batch_size: int, *, max_batch: int | None = None) -> None:
+    def __init__(self, features: ArrayLike, targets: ArrayLike, batch_size: int, *,
+                 max_batch: int | None = None) -> None:
         A = np.asarray(features, dtype=np.float64)
         y = np.asarray(targets, dtype=np.float64)
         if A.ndim != 2:
@@ -109,14 +123,16 @@ class LinearRegression(NGOS):
         x_star = g.standard_normal(d)
         return cls(A, A @ x_star + noise * g.standard_normal(n), batch_size, max_batch=max_batch)
 
-    def hessian_at(self, x) -> np.ndarray:
+    def hessian_at(self, x: ArrayLike) -> np.ndarray:
+        """∇²L(x) = Q = AᵀA/n, (d, d) (constant)."""
         return self.Q.copy()
 
-    def per_sample_cov(self, x) -> np.ndarray:
-        """Σ₁(x) = Cov_j[a_j(a_jᵀx − y_j)] over a uniform index j; the oracle's is Σ₁/B."""
+    def per_sample_cov(self, x: ArrayLike) -> np.ndarray:
+        """Σ₁(x) = Cov_j[a_j(a_jᵀx − y_j)] over a uniform index j, (d, d); the oracle's is Σ₁/B."""
         gj = self.features * (self.features @ x - self.targets)[:, None]
         c = gj - gj.mean(axis=0)
         return c.T @ c / gj.shape[0]
 
-    def noise_cov_at(self, x) -> np.ndarray:
+    def noise_cov_at(self, x: ArrayLike) -> np.ndarray:
+        """Σ(x) = Σ₁(x)/B, (d, d): the covariance of the minibatch gradient's deviation."""
         return self.per_sample_cov(np.asarray(x, dtype=np.float64)) / self.batch_size

@@ -25,16 +25,19 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numpy.typing import ArrayLike
 
-from ..validation import finite_float, positive_int, vector
+from ..validation import finite_float, positive_int
 from .base import NGOS, pack
+
+__all__ = ["ManifoldProblem", "Valley", "Sphere"]
 
 
 # --------------------------------------------------------------------------------------------
 # base class
 # --------------------------------------------------------------------------------------------
 class ManifoldProblem(NGOS):
-    """An NGOS whose minimizers form a smooth manifold Γ (Assumption 5.1).
+    """An NGOS whose minimizers form a smooth manifold Γ (Assumption 5.1, docs/theory.md §8).
 
     Subclasses implement the methods listed in the module docstring; the generic slow-SDE
     coefficients of :mod:`sdeverify.slow_sde` are built from them alone.
@@ -47,42 +50,49 @@ class ManifoldProblem(NGOS):
     manifold_dim: int
     slow_step = None
 
-    def project(self, x) -> np.ndarray:  # pragma: no cover - abstract
+    def project(self, x: ArrayLike) -> np.ndarray:  # pragma: no cover - abstract
+        """Φ(x), the limit of gradient flow started at x; (d,) or (N, d) like ``x``."""
         raise NotImplementedError
 
-    def tangent_projector(self, zeta) -> np.ndarray:  # pragma: no cover - abstract
+    def tangent_projector(self, zeta: ArrayLike) -> np.ndarray:  # pragma: no cover - abstract
+        """P_ζ, the orthogonal projector onto T_ζΓ; (d, d) or (N, d, d)."""
         raise NotImplementedError
 
-    def hessian_at(self, x) -> np.ndarray:  # pragma: no cover - abstract
+    def hessian_at(self, x: ArrayLike) -> np.ndarray:  # pragma: no cover - abstract
+        """∇²L(x), (d, d) or (N, d, d)."""
         raise NotImplementedError
 
-    def noise_sqrt_at(self, x) -> np.ndarray:  # pragma: no cover - abstract
+    def noise_sqrt_at(self, x: ArrayLike) -> np.ndarray:  # pragma: no cover - abstract
+        """S(x) with S Sᵀ = Σ(x), (d, n_draws) or (N, d, n_draws)."""
         raise NotImplementedError
 
-    def third_contraction(self, x, M) -> np.ndarray:  # pragma: no cover - abstract
+    def third_contraction(self, x: ArrayLike, M: ArrayLike) -> np.ndarray:  # pragma: no cover - abstract
+        """∂²(∇L)(x)[M] = Σ_jk M_jk ∂_j∂_k ∇L(x) for M (d, d); (d,) or (N, d)."""
         raise NotImplementedError
 
-    def noise_cov_at(self, x) -> np.ndarray:
+    def noise_cov_at(self, x: ArrayLike) -> np.ndarray:
+        """Σ(x) = S(x) S(x)ᵀ, (d, d) or (N, d, d)."""
         S = self.noise_sqrt_at(x)
         return S @ np.swapaxes(S, -1, -2)
 
-    def sharpness(self, zeta) -> np.ndarray:
-        """tr ∇²L(ζ) (the quantity label noise minimizes on Γ)."""
+    def sharpness(self, zeta: ArrayLike) -> np.ndarray:
+        """tr ∇²L(ζ) (the quantity label noise minimizes on Γ); scalar or (N,)."""
         return np.trace(self.hessian_at(zeta), axis1=-2, axis2=-1)
 
-    def distance_to_manifold(self, x) -> np.ndarray:
-        """‖x − Φ(x)‖ (not the Euclidean distance to Γ, but equivalent near Γ)."""
+    def distance_to_manifold(self, x: ArrayLike) -> np.ndarray:
+        """‖x − Φ(x)‖ (not the Euclidean distance to Γ, but equivalent near Γ); scalar or (N,)."""
         x = np.asarray(x, dtype=np.float64)
         return np.linalg.norm(x - self.project(x), axis=-1)
 
-    def slow_drift(self, zeta, sigma: float) -> np.ndarray:
+    def slow_drift(self, zeta: ArrayLike, sigma: float) -> np.ndarray:
         """Drift of the slow SDE at ζ ∈ Γ (generic formula of THEORY §8; subclasses may give
         a closed form).  See :func:`sdeverify.slow_sde.slow_coefficients`."""
         from ..slow_sde import slow_coefficients
         return slow_coefficients(self, zeta, sigma)[0]
 
-    def slow_diffusion(self, zeta, sigma: float) -> np.ndarray:
-        """Diffusion matrix D(ζ) of the slow SDE (dζ = D dW + b dt): σ P_ζ S(ζ)."""
+    def slow_diffusion(self, zeta: ArrayLike, sigma: float) -> np.ndarray:
+        """Diffusion matrix D(ζ) of the slow SDE (dζ = D dW + b dt): σ P_ζ S(ζ), (d, n_draws)
+        or (N, d, n_draws) (THEORY §8)."""
         zeta = np.asarray(zeta, dtype=np.float64)
         return sigma * self.tangent_projector(zeta) @ self.noise_sqrt_at(zeta)
 
@@ -197,10 +207,18 @@ class Valley(ManifoldProblem):
     Γ); P = e_0 e_0ᵀ; slow SDE (σ² multiplying Σ)
 
         dx = σ s_x(x) dW − σ² m s_y²(x) h'(x) / (4 h(x)) dt.
+
+    Parameters
+    ----------
+    h : coefficients of h(x) (increasing powers).
+    sx2 : coefficients of the tangent noise variance s_x²(x).
+    sy2 : coefficients of the normal noise variance s_y²(x).
+    m : number of normal coordinates y.
+    name : label used in results and plots.
     """
 
-    def __init__(self, h=(1.0, 0.0, 1.0), sx2=(0.0,), sy2=(1.0,), m: int = 1, *,
-                 name: str = "valley") -> None:
+    def __init__(self, h: ArrayLike = (1.0, 0.0, 1.0), sx2: ArrayLike = (0.0,),
+                 sy2: ArrayLike = (1.0,), m: int = 1, *, name: str = "valley") -> None:
         self.h = _coeffs("h", h)
         self.sx2 = _coeffs("sx2", sx2)
         self.sy2 = _coeffs("sy2", sy2)
@@ -214,30 +232,37 @@ class Valley(ManifoldProblem):
         self._d2h = np.polynomial.polynomial.polyder(self._dh) if self.h.size > 1 else np.zeros(1)
 
     @classmethod
-    def label_noise_like(cls, h=(1.0, 0.0, 1.0), c: float = 1.0, sx2: float = 0.0, m: int = 1,
-                         **kw) -> "Valley":
+    def label_noise_like(cls, h: ArrayLike = (1.0, 0.0, 1.0), c: float = 1.0, sx2: float = 0.0,
+                         m: int = 1, **kw) -> "Valley":
         """The valley with s_y² = c·h(x) (label-noise-like) and constant s_x²."""
         c = finite_float("c", c, low=0.0)
         return cls(h=h, sx2=(finite_float("sx2", sx2, low=0.0),), sy2=c * _coeffs("h", h), m=m, **kw)
 
     # polynomials ----------------------------------------------------------------------------
-    def h_at(self, x):
+    def h_at(self, x: ArrayLike) -> np.ndarray | float:
+        """h(x), elementwise over the along-Γ coordinate x (shape of ``x``)."""
         return np.polynomial.polynomial.polyval(x, self.h)
 
-    def dh_at(self, x):
+    def dh_at(self, x: ArrayLike) -> np.ndarray | float:
+        """h′(x), shape of ``x``."""
         return np.polynomial.polynomial.polyval(x, self._dh)
 
-    def d2h_at(self, x):
+    def d2h_at(self, x: ArrayLike) -> np.ndarray | float:
+        """h″(x), shape of ``x``."""
         return np.polynomial.polynomial.polyval(x, self._d2h)
 
-    def sx2_at(self, x):
+    def sx2_at(self, x: ArrayLike) -> np.ndarray | float:
+        """Tangent noise variance s_x²(x), shape of ``x``."""
         return np.polynomial.polynomial.polyval(x, self.sx2)
 
-    def sy2_at(self, x):
+    def sy2_at(self, x: ArrayLike) -> np.ndarray | float:
+        """Normal noise variance s_y²(x), shape of ``x``."""
         return np.polynomial.polynomial.polyval(x, self.sy2)
 
     # manifold pieces ------------------------------------------------------------------------
-    def project(self, x, n_sub: int = 16) -> np.ndarray:
+    def project(self, x: ArrayLike, n_sub: int = 16) -> np.ndarray:
+        """Φ(x, y) = (x∞, 0): dx/ds = h′/(4h) integrated from s = |y|² to 0 by ``n_sub`` RK4
+        steps; shape of ``x`` ((d,) or (N, d))."""
         x = np.asarray(x, dtype=np.float64)
         X = np.ascontiguousarray(x.reshape(-1, self.dim))
         out = np.empty(X.shape[0])
@@ -246,13 +271,15 @@ class Valley(ManifoldProblem):
         Z[:, 0] = out
         return Z.reshape(x.shape)
 
-    def tangent_projector(self, zeta) -> np.ndarray:
+    def tangent_projector(self, zeta: ArrayLike) -> np.ndarray:
+        """P = e_0 e_0ᵀ, (d, d) or (N, d, d)."""
         zeta = np.asarray(zeta, dtype=np.float64)
         P = np.zeros(zeta.shape[:-1] + (self.dim, self.dim))
         P[..., 0, 0] = 1.0
         return P
 
-    def hessian_at(self, x) -> np.ndarray:
+    def hessian_at(self, x: ArrayLike) -> np.ndarray:
+        """∇²L(x, y), (d, d) or (N, d, d)."""
         x = np.asarray(x, dtype=np.float64)
         X, y = x[..., 0], x[..., 1:]
         H = np.zeros(x.shape[:-1] + (self.dim, self.dim))
@@ -263,7 +290,8 @@ class Valley(ManifoldProblem):
         H[..., idx, idx] = self.h_at(X)[..., None]
         return H
 
-    def noise_sqrt_at(self, x) -> np.ndarray:
+    def noise_sqrt_at(self, x: ArrayLike) -> np.ndarray:
+        """S = diag(s_x, s_y, …, s_y), (d, d) or (N, d, d)."""
         x = np.asarray(x, dtype=np.float64)
         X = x[..., 0]
         S = np.zeros(x.shape[:-1] + (self.dim, self.dim))
@@ -272,7 +300,7 @@ class Valley(ManifoldProblem):
         S[..., idx, idx] = np.sqrt(np.maximum(self.sy2_at(X), 0.0))[..., None]
         return S
 
-    def third_contraction(self, x, M) -> np.ndarray:
+    def third_contraction(self, x: ArrayLike, M: ArrayLike) -> np.ndarray:
         """∂²(∇L)[M] for L = ½ h(x)|y|²: the third derivatives are
         ∂xxx = ½h'''|y|², ∂xxy_i = h'' y_i, ∂xy_iy_j = h' δ_ij (all others 0)."""
         x = np.asarray(x, dtype=np.float64)
@@ -293,7 +321,7 @@ class Valley(ManifoldProblem):
         out[..., 1:] = Mxx[..., None] * d2h[..., None] * y + 2.0 * dh[..., None] * Mxy
         return out
 
-    def slow_drift(self, zeta, sigma: float) -> np.ndarray:
+    def slow_drift(self, zeta: ArrayLike, sigma: float) -> np.ndarray:
         """Closed form (THEORY §8): b = −σ² m s_y² h′ / (4h) along x (zero normal part)."""
         zeta = np.asarray(zeta, dtype=np.float64)
         X = zeta[..., 0]
@@ -301,7 +329,7 @@ class Valley(ManifoldProblem):
         out[..., 0] = -sigma ** 2 * self.m * self.sy2_at(X) * self.dh_at(X) / (4.0 * self.h_at(X))
         return out
 
-    def label_noise_ou(self):
+    def label_noise_ou(self) -> tuple[float, float, float] | None:
         """For h = 1 + q x², s_y² = c h, s_x² = a (constants): the slow SDE is the OU process
         dx = −θ x dt + σ√a dW with θ = c q m σ²/2.  Returns (c, q, a) or None."""
         h = np.trim_zeros(self.h, "b")
@@ -312,9 +340,10 @@ class Valley(ManifoldProblem):
             return None
         return float(sy[0]), float(h[2]), float(self.sx2[0])
 
-    def ou_moments(self, x0: float, t, sigma: float):
+    def ou_moments(self, x0: float, t: ArrayLike, sigma: float) -> tuple[np.ndarray, np.ndarray]:
         """Exact mean and variance of x(t) under the slow SDE when :meth:`label_noise_ou`
-        applies: mean x0 e^{−θt}, variance σ² a (1 − e^{−2θt}) / (2θ)."""
+        applies: mean x0 e^{−θt}, variance σ² a (1 − e^{−2θt}) / (2θ); each of the shape of
+        ``t`` (THEORY §8)."""
         c = self.label_noise_ou()
         if c is None:
             raise ValueError("ou_moments needs h = 1 + q x², s_y² = c·h and constant s_x²")
@@ -326,11 +355,13 @@ class Valley(ManifoldProblem):
             else sigma ** 2 * a * t
         return mean, var
 
-    def ou_euler_moments(self, x0: float, eta: float, steps, sigma: float):
+    def ou_euler_moments(self, x0: float, eta: float, steps: ArrayLike,
+                         sigma: float) -> tuple[np.ndarray, np.ndarray]:
         """Exact mean and variance after ``steps`` steps of the coupled Euler scheme
         (:func:`sdeverify.slow_sde.coupled_slow_sde`, dt = η²) of the OU slow SDE:
         X_{k+1} = ρ X_k − ησ√a ξ_k, ρ = 1 − θη², so mean ρ^K x0 and variance
-        η²σ²a (1 − ρ^{2K}) / (1 − ρ²).  Its difference from :meth:`ou_moments` is O(η²)."""
+        η²σ²a (1 − ρ^{2K}) / (1 − ρ²), each of the shape of ``steps``.  Its difference from
+        :meth:`ou_moments` is O(η²)."""
         c = self.label_noise_ou()
         if c is None:
             raise ValueError("ou_euler_moments needs h = 1 + q x², s_y² = c·h and constant s_x²")
@@ -395,6 +426,12 @@ class Sphere(ManifoldProblem):
     Φ(x) = x/‖x‖ exactly (gradient flow is radial), P = I − ζζᵀ, ∇²L(ζ) = 2ζζᵀ on Γ.
     Slow SDE: Brownian motion on the sphere with rate σ²s², so
     E⟨ζ_t, ζ_0⟩ = exp(−(d − 1) σ² s² t / 2) (THEORY §8).
+
+    Parameters
+    ----------
+    dim : dimension d ≥ 2 (Γ = S^{d−1}).
+    noise_std : s ≥ 0, the noise standard deviation per coordinate.
+    name : label used in results and plots.
     """
 
     def __init__(self, dim: int = 3, noise_std: float = 1.0, *, name: str = "sphere") -> None:
@@ -408,49 +445,53 @@ class Sphere(ManifoldProblem):
                          params=np.array([self.noise_std]), n_draws=dim, noise_dist="normal",
                          name=name)
 
-    def project(self, x) -> np.ndarray:
+    def project(self, x: ArrayLike) -> np.ndarray:
+        """Φ(x) = x/‖x‖, shape of ``x``."""
         x = np.asarray(x, dtype=np.float64)
         return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
-    def tangent_projector(self, zeta) -> np.ndarray:
+    def tangent_projector(self, zeta: ArrayLike) -> np.ndarray:
+        """P = I − ζζᵀ, (d, d) or (N, d, d)."""
         z = np.asarray(zeta, dtype=np.float64)
         return np.eye(self.dim) - z[..., :, None] * z[..., None, :]
 
-    def hessian_at(self, x) -> np.ndarray:
+    def hessian_at(self, x: ArrayLike) -> np.ndarray:
+        """∇²L(x) = (‖x‖² − 1) I + 2xxᵀ, (d, d) or (N, d, d)."""
         x = np.asarray(x, dtype=np.float64)
         r2 = np.sum(x * x, axis=-1)
         return (r2 - 1.0)[..., None, None] * np.eye(self.dim) + 2.0 * x[..., :, None] * x[..., None, :]
 
-    def noise_sqrt_at(self, x) -> np.ndarray:
+    def noise_sqrt_at(self, x: ArrayLike) -> np.ndarray:
+        """S = s I, (d, d) or (N, d, d)."""
         x = np.asarray(x, dtype=np.float64)
         return np.broadcast_to(self.noise_std * np.eye(self.dim), x.shape[:-1] + (self.dim, self.dim)).copy()
 
-    def third_contraction(self, x, M) -> np.ndarray:
+    def third_contraction(self, x: ArrayLike, M: ArrayLike) -> np.ndarray:
         """∂_i∂_j∂_k L = 2(δ_ij x_k + δ_ik x_j + δ_jk x_i) ⇒ ∂²(∇L)[M] = 2((M + Mᵀ)x + tr(M) x)."""
         x = np.asarray(x, dtype=np.float64)
         M = np.asarray(M, dtype=np.float64)
         Ms = M + np.swapaxes(M, -1, -2)
         return 2.0 * (np.einsum("...ij,...j->...i", Ms, x) + np.trace(M, axis1=-2, axis2=-1)[..., None] * x)
 
-    def slow_drift(self, zeta, sigma: float) -> np.ndarray:
+    def slow_drift(self, zeta: ArrayLike, sigma: float) -> np.ndarray:
         """Closed form: −σ² s² (d − 1)/2 · ζ (the Itô term of Brownian motion on the sphere)."""
         zeta = np.asarray(zeta, dtype=np.float64)
         return -0.5 * sigma ** 2 * self.noise_std ** 2 * (self.dim - 1) * zeta
 
-    def correlation_decay(self, t, sigma: float) -> np.ndarray:
-        """E⟨ζ_t, ζ_0⟩ = exp(−(d − 1) σ² s² t / 2)."""
+    def correlation_decay(self, t: ArrayLike, sigma: float) -> np.ndarray:
+        """E⟨ζ_t, ζ_0⟩ = exp(−(d − 1) σ² s² t / 2) (THEORY §8), shape of ``t``."""
         return np.exp(-0.5 * (self.dim - 1) * sigma ** 2 * self.noise_std ** 2 * np.asarray(t, dtype=np.float64))
 
-    def cos2_mean(self, t, sigma: float) -> np.ndarray:
+    def cos2_mean(self, t: ArrayLike, sigma: float) -> np.ndarray:
         """E⟨ζ_t, ζ_0⟩² = 1/d + (1 − 1/d) exp(−d σ² s² t) (degree-2 spherical harmonics:
-        eigenvalue 2d of −Δ, generator ½σ²s²Δ)."""
+        eigenvalue 2d of −Δ, generator ½σ²s²Δ); shape of ``t``."""
         d = self.dim
         return 1.0 / d + (1.0 - 1.0 / d) * np.exp(-d * sigma ** 2 * self.noise_std ** 2 * np.asarray(t, dtype=np.float64))
 
-    def cos_cdf(self, u, t, sigma: float, n_terms: int = 400) -> np.ndarray:
+    def cos_cdf(self, u: ArrayLike, t: float, sigma: float, n_terms: int = 400) -> np.ndarray:
         """CDF of ⟨ζ_t, ζ_0⟩ for Brownian motion on S² (d = 3 only), from the Legendre series
         of the heat kernel: p(u) = Σ_l (2l+1)/2 P_l(u) e^{−l(l+1)σ²s²t/2}, and
-        ∫_{−1}^{u} P_l = (P_{l+1}(u) − P_{l−1}(u)) / (2l + 1)."""
+        ∫_{−1}^{u} P_l = (P_{l+1}(u) − P_{l−1}(u)) / (2l + 1).  Shape of ``u``."""
         if self.dim != 3:
             raise ValueError("cos_cdf is implemented for d = 3 only")
         from scipy.special import eval_legendre
@@ -464,11 +505,13 @@ class Sphere(ManifoldProblem):
             out = out + 0.5 * w * (eval_legendre(l + 1, u) - eval_legendre(l - 1, u))
         return np.clip(out, 0.0, 1.0)
 
-    def euler_moments(self, eta: float, steps, sigma: float):
+    def euler_moments(self, eta: float, steps: ArrayLike,
+                      sigma: float) -> tuple[np.ndarray, np.ndarray]:
         """Exact E⟨ζ_K, ζ_0⟩ and E⟨ζ_K, ζ_0⟩² for the coupled Euler scheme
         ζ ← (ζ + w)/‖ζ + w‖, w = −ησs Pξ (tangent, |w|² = η²σ²s² χ²_{d−1}):
         E u' = ρ u with ρ = E(1 + |w|²)^{−1/2};  E u'² = A u² + B (1 − u²) with
-        A = E 1/(1 + |w|²), B = E |w|²/((d − 1)(1 + |w|²)).  Differs from the slow SDE by O(η²)."""
+        A = E 1/(1 + |w|²), B = E |w|²/((d − 1)(1 + |w|²)).  Differs from the slow SDE by O(η²).
+        Each of the shape of ``steps``."""
         from scipy.special import gammaln, roots_genlaguerre
         k = self.dim - 1
         c = (eta * sigma * self.noise_std) ** 2

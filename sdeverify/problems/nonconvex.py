@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..validation import finite_float, positive_int
 from .base import NGOS
+
+__all__ = ["CosineWell"]
 
 
 @numba.njit(cache=True)
@@ -41,7 +44,18 @@ def cos_loss(x, p):
 
 
 class CosineWell(NGOS):
-    """``CosineWell(dim, amplitude=2.0, noise_dist="normal")``: see the module docstring."""
+    """``CosineWell(dim, amplitude=2.0, noise_dist="normal")``: see the module docstring.
+
+    L(x) = Σ_i [½ x_i² + a cos x_i] with Σ(x) = diag(1 + sin² x_i): a non-convex NGOS
+    (Def. 3.1) with state-dependent noise, used for the weak-approximation checks of
+    Thm. 4.5 (docs/theory.md §6) beyond quadratics.
+
+    Parameters
+    ----------
+    dim : dimension d.
+    amplitude : a ≥ 0 (a double well per coordinate when a > 1).
+    noise_dist : "normal" or "rademacher".
+    """
 
     def __init__(self, dim: int = 2, amplitude: float = 2.0, *, noise_dist: str = "normal") -> None:
         dim = positive_int("dim", dim)
@@ -52,12 +66,14 @@ class CosineWell(NGOS):
                          params=np.array([self.amplitude]), n_draws=dim,
                          noise_dist=noise_dist, name="cosine_well")
 
-    def hessian_at(self, x) -> np.ndarray:
+    def hessian_at(self, x: ArrayLike) -> np.ndarray:
+        """∇²L(x) = diag(1 − a cos x_i), (d, d)."""
         return np.diag(1.0 - self.amplitude * np.cos(np.asarray(x, dtype=np.float64)))
 
-    def noise_cov_at(self, x) -> np.ndarray:
+    def noise_cov_at(self, x: ArrayLike) -> np.ndarray:
+        """Σ(x) = diag(1 + sin² x_i), (d, d)."""
         return np.diag(1.0 + np.sin(np.asarray(x, dtype=np.float64)) ** 2)
 
-    def third_derivative(self, x) -> np.ndarray:
-        """Diagonal of ∂³L: a sin x_i (all mixed third derivatives vanish)."""
+    def third_derivative(self, x: ArrayLike) -> np.ndarray:
+        """Diagonal of ∂³L: a sin x_i, (d,) (all mixed third derivatives vanish)."""
         return self.amplitude * np.sin(np.asarray(x, dtype=np.float64))

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..validation import psd_sqrt, square_matrix, vector
 from .base import NGOS, pack
+
+__all__ = ["Quadratic", "ConstantGradient"]
 
 
 @numba.njit(cache=True)
@@ -56,14 +59,22 @@ def quad_loss(x, p):
 class Quadratic(NGOS):
     """``Quadratic(hessian, noise_cov=None, center=None)``: L(x) = ½(x−c)ᵀH(x−c) + bᵀx.
 
+    An NGOS (Def. 3.1, docs/theory.md §1) with constant noise covariance Σ; SGD and SGDM on
+    it have exact moment recursions (:func:`sdeverify.theory.quadratic_moments`) and its SDE
+    limits are Ornstein–Uhlenbeck processes (:func:`sdeverify.sde.ou_moments`).
+
+    Parameters
+    ----------
     hessian : symmetric PSD (d, d) matrix H.
     noise_cov : PSD (d, d) matrix Σ (identity when omitted); its square root is computed once.
-    center : minimiser c (zero when omitted).
-    linear : optional linear term b (used by :func:`ConstantGradient`).
+    center : (d,) minimiser c (zero when omitted).
+    linear : optional (d,) linear term b (used by :func:`ConstantGradient`).
     noise_dist : "normal" or "rademacher" — both give noise with covariance Σ.
+    name : label used in results and plots.
     """
 
-    def __init__(self, hessian, noise_cov=None, center=None, *, linear=None,
+    def __init__(self, hessian: ArrayLike, noise_cov: ArrayLike | None = None,
+                 center: ArrayLike | None = None, *, linear: ArrayLike | None = None,
                  noise_dist: str = "normal", name: str = "quadratic") -> None:
         H = square_matrix("hessian", hessian, psd=True)
         d = H.shape[0]
@@ -78,15 +89,31 @@ class Quadratic(NGOS):
                          params=pack(H, self.noise_sqrt, c, b), n_draws=d,
                          noise_dist=noise_dist, name=name)
 
-    def hessian_at(self, x) -> np.ndarray:
+    def hessian_at(self, x: ArrayLike) -> np.ndarray:
+        """∇²L(x) = H, (d, d) (constant)."""
         return self.hessian.copy()
 
-    def noise_cov_at(self, x) -> np.ndarray:
+    def noise_cov_at(self, x: ArrayLike) -> np.ndarray:
+        """Σ(x) = Σ, (d, d) (constant)."""
         return self.noise_cov.copy()
 
 
-def ConstantGradient(c, noise_cov=None, *, noise_dist: str = "normal") -> Quadratic:
-    """L(x) = cᵀx: the oracle returns g ~ c + σ·noise, independent of x (Sec. 4.1 warm-up)."""
+def ConstantGradient(c: ArrayLike, noise_cov: ArrayLike | None = None, *,
+                     noise_dist: str = "normal") -> Quadratic:
+    """L(x) = cᵀx: the oracle returns g ~ c + σ·noise, independent of x (Sec. 4.1 warm-up,
+    docs/theory.md §5).
+
+    Parameters
+    ----------
+    c : (d,) the constant gradient.
+    noise_cov : PSD (d, d) noise covariance Σ (identity when omitted).
+    noise_dist : "normal" or "rademacher".
+
+    Returns
+    -------
+    Quadratic
+        with H = 0 and linear term b = c.
+    """
     c = vector("c", c)
     return Quadratic(np.zeros((c.size, c.size)), noise_cov, linear=c, noise_dist=noise_dist,
                      name="constant_gradient")

@@ -14,9 +14,12 @@ import copy
 from ..validation import finite_float
 from .base import NGOS
 
+__all__ = ["SVAG"]
+
 
 def SVAG(problem: NGOS, ell: float) -> NGOS:
-    """Return a copy of ``problem`` whose oracle is the SVAG combination with parameter ``ell``."""
+    """Return a copy of ``problem`` whose oracle is the SVAG combination with parameter
+    ``ell`` ≥ 1 (Def. 6.1, docs/theory.md §9): same mean, noise variance × ℓ."""
     if not isinstance(problem, NGOS):
         raise ValueError(f"problem must be an NGOS problem, got {problem!r}")
     ell = finite_float("ell", ell, low=1.0)

@@ -7,14 +7,19 @@ per-feature mean and standard deviation (features with zero spread are left cent
 """
 from __future__ import annotations
 
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .. import rng
 from ..validation import finite_float, nonneg_int, positive_int
+
+__all__ = ["Dataset", "from_arrays", "teacher_student", "digits", "cifar10", "CIFAR10_TRAIN",
+           "CIFAR10_TEST"]
 
 STREAM_X, STREAM_TEACHER, STREAM_LABEL, STREAM_SPLIT = 21, 22, 23, 24
 
@@ -40,10 +45,12 @@ class Dataset:
 
     @property
     def n_train(self) -> int:
+        """Number of training rows."""
         return int(self.X_train.shape[0])
 
     @property
     def n_features(self) -> int:
+        """Number of features (columns of ``X_train``)."""
         return int(self.X_train.shape[1])
 
     def fingerprint(self) -> str:
@@ -93,10 +100,27 @@ def _standardise(X_train, X_test):
     return (X_train - mu) / sd, (X_test - mu) / sd
 
 
-def from_arrays(X, y, *, test_fraction: float = 0.2, seed: int = 0, standardize: bool = True,
-                n_classes: int | None = None, name: str = "arrays") -> Dataset:
+def from_arrays(X: ArrayLike, y: ArrayLike, *, test_fraction: float = 0.2, seed: int = 0,
+                standardize: bool = True, n_classes: int | None = None,
+                name: str = "arrays") -> Dataset:
     """Your own data: ``X (n, d)`` features, ``y (n,)`` integer labels.  A fixed random
-    ``test_fraction`` of the rows (a Philox permutation keyed by ``seed``) is held out."""
+    ``test_fraction`` of the rows (a Philox permutation keyed by ``seed``) is held out.
+
+    Parameters
+    ----------
+    X : (n, d) finite features.
+    y : (n,) integer class labels in [0, n_classes) (integral floats are accepted).
+    test_fraction : fraction of rows held out as the test split, in (0, 1).
+    seed : key of the split permutation.
+    standardize : standardise features with the training split's mean and std.
+    n_classes : number of classes; default ``max(y) + 1`` (at least 2).
+    name : label used in results.
+
+    Returns
+    -------
+    Dataset
+        float64 features and int64 labels of the two splits.
+    """
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y)
     if y.dtype.kind == "f" and y.size and np.all(y == np.round(y)):
@@ -166,12 +190,25 @@ CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST = "test_batch"
 
 
-def cifar10(folder, *, n_train: int | None = None, n_test: int | None = None) -> Dataset:
+def cifar10(folder: str | os.PathLike, *, n_train: int | None = None,
+            n_test: int | None = None) -> Dataset:
     """CIFAR-10 from the official "python version" folder (``cifar-10-batches-py``: pickled
     ``data_batch_1`` … ``data_batch_5`` and ``test_batch``, each a dict with ``b"data"``
     (N×3072 uint8, channel-major 32×32 images) and ``b"labels"``).  Uses the official split,
     flattened to 3072 features and standardised per feature; ``n_train``/``n_test`` keep the
-    first rows only (for quick runs)."""
+    first rows only (for quick runs).
+
+    Parameters
+    ----------
+    folder : the extracted ``cifar-10-batches-py`` directory (no download is attempted).
+    n_train : keep the first ``n_train`` of the 50 000 training images (all by default).
+    n_test : keep the first ``n_test`` of the 10 000 test images (all by default).
+
+    Returns
+    -------
+    Dataset
+        (n_train, 3072) / (n_test, 3072) standardised features, labels in [0, 10).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"folder must be the extracted 'cifar-10-batches-py' directory, "

@@ -13,6 +13,8 @@ import numpy as np
 from .. import schedules
 from ..validation import finite_float, nonneg_int, positive_int
 
+__all__ = ["linear_scaling", "goyal_multiplier"]
+
 
 def linear_scaling(lr_base: float, batch_size: int, base_batch: int = 256) -> float:
     """``lr_base · batch_size / base_batch`` (Goyal et al. 2017's linear scaling rule)."""

@@ -20,6 +20,9 @@ import numpy as np
 from .. import rng
 from ..validation import finite_float, positive_int
 
+__all__ = ["MLP", "ACTIVATIONS", "LOSSES", "STREAM_INIT", "STREAM_BATCH", "STREAM_BATCH2",
+           "STREAM_SHUFFLE", "STREAM_PROBE"]
+
 ACTIVATIONS = {"relu": 0, "tanh": 1}
 LOSSES = {"cross_entropy": 0, "squared": 1}
 
@@ -39,6 +42,13 @@ class MLP:
 
     ``weight_decay`` λ ≥ 0 adds λ·w to every parameter's gradient (``torch.optim.SGD``'s
     ``weight_decay``); reported losses are data losses, without the λ‖w‖²/2 term.
+
+    Parameters
+    ----------
+    widths : layer sizes (input features, hidden widths…, classes), at least 2.
+    activation : "relu" (He init) or "tanh" (Glorot init).
+    loss : "cross_entropy" or "squared".
+    weight_decay : λ ≥ 0.
     """
     widths: tuple
     activation: str = "relu"
@@ -65,14 +75,17 @@ class MLP:
     # ---- layout -------------------------------------------------------------------------
     @property
     def n_layers(self) -> int:
+        """Number of weight layers, ``len(widths) − 1``."""
         return len(self.widths) - 1
 
     @property
     def n_inputs(self) -> int:
+        """Input features, ``widths[0]``."""
         return self.widths[0]
 
     @property
     def n_classes(self) -> int:
+        """Output logits (classes), ``widths[-1]``."""
         return self.widths[-1]
 
     def layout(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -91,6 +104,7 @@ class MLP:
 
     @property
     def n_params(self) -> int:
+        """Length of the flat parameter vector: Σ_l (w_l·w_{l+1} + w_{l+1})."""
         w = self.widths
         return int(sum(w[l] * w[l + 1] + w[l + 1] for l in range(self.n_layers)))
 
@@ -128,4 +142,5 @@ class MLP:
         return p.astype(dtype)
 
     def describe(self) -> str:
+        """A one-line label, e.g. ``MLP(32-128-10, relu, cross_entropy, wd=0)``."""
         return f"MLP({'-'.join(map(str, self.widths))}, {self.activation}, {self.loss}, wd={self.weight_decay:g})"

@@ -6,10 +6,17 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..result import atomic_write_npz, atomic_write_text
+
+if TYPE_CHECKING:  # optional extras, imported lazily by to_dataframe / to_xarray
+    import pandas
+    import xarray
+
+__all__ = ["METRICS", "TrainDivergence", "TrainResult"]
 
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "grad_sqnorm", "noise_trace",
            "sharpness")
@@ -51,6 +58,7 @@ class TrainResult:
     # ---- statistics --------------------------------------------------------------------
     @property
     def replicas(self) -> int:
+        """Number of replicas (seeds) per optimizer."""
         return int(self.values.shape[2])
 
     def _idx(self, optimizer, metric) -> tuple[int, int]:
@@ -66,47 +74,51 @@ class TrainResult:
 
     @property
     def eval_steps_total(self) -> np.ndarray:
+        """``eval_steps`` in engine steps (× ℓ for a SVAG run), (n_eval,)."""
         return self.eval_steps * int(self.meta.get("svag", 1))
 
-    def values_of(self, optimizer, metric) -> np.ndarray:
+    def values_of(self, optimizer: int | str, metric: int | str) -> np.ndarray:
         """Per-replica values ``(n_eval, replicas)``, NaN where the replica had diverged."""
         j, k = self._idx(optimizer, metric)
         return np.where(self.valid[j], self.values[j, :, :, k], np.nan)
 
-    def to_dataframe(self, per_replica: bool = False):
+    def to_dataframe(self, per_replica: bool = False) -> pandas.DataFrame:
         """Tidy :class:`pandas.DataFrame`: per (optimizer, step, metric) ``mean``, ``sem``,
         ``count`` across non-diverged replicas, or with ``per_replica=True`` one ``value``
         per (optimizer, step, replica, metric).  Needs pandas (``sdeverify[analysis]``)."""
         from ..tables import train_frame
         return train_frame(self, per_replica)
 
-    def to_xarray(self):
+    def to_xarray(self) -> xarray.Dataset:
         """:class:`xarray.Dataset`: ``value`` over optimizer × step × replica × metric and
         ``mean``/``sem``/``count`` over optimizer × step × metric.  Needs xarray."""
         from ..tables import train_dataset
         return train_dataset(self)
 
-    def series(self, optimizer, metric) -> tuple[np.ndarray, np.ndarray]:
-        """(mean, sem) across non-diverged replicas, per evaluation."""
+    def series(self, optimizer: int | str, metric: int | str) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, sem) across non-diverged replicas, per evaluation, each (n_eval,)."""
         v = self.values_of(optimizer, metric)
         return _mean_sem(v)
 
-    def paired(self, optimizer, metric, baseline=0) -> tuple[np.ndarray, np.ndarray]:
+    def paired(self, optimizer: int | str, metric: int | str,
+               baseline: int | str = 0) -> tuple[np.ndarray, np.ndarray]:
         """(mean, sem) per evaluation of the replica-by-replica difference optimizer −
         baseline (common initial weights and batches: a paired comparison); replicas where
         either diverged are excluded."""
         return _mean_sem(self.values_of(optimizer, metric) - self.values_of(baseline, metric))
 
-    def count(self, optimizer, metric=0) -> np.ndarray:
+    def count(self, optimizer: int | str, metric: int | str = 0) -> np.ndarray:
+        """Non-diverged replicas (finite values of ``metric``) per evaluation, (n_eval,)."""
         return np.sum(np.isfinite(self.values_of(optimizer, metric)), axis=1)
 
-    def noise_scale(self, optimizer) -> np.ndarray:
+    def noise_scale(self, optimizer: int | str) -> np.ndarray:
         """Gradient-noise scale tr Σ / |∇L|² per evaluation (ratio of the replica means of
         ``noise_trace`` and ``grad_sqnorm``; McCandlish et al. 2018's B_simple)."""
         return self.series(optimizer, "noise_trace")[0] / self.series(optimizer, "grad_sqnorm")[0]
 
     @property
     def divergence(self) -> list[TrainDivergence]:
+        """One :class:`TrainDivergence` per optimizer with diverged replicas (empty if none)."""
         out = []
         for j, name in enumerate(self.optimizers):
             bad = self.div_step[j] >= 0
@@ -173,6 +185,7 @@ class TrainResult:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainResult":
+        """Read a result written by :meth:`save` (``path.npz``; the suffix may be omitted)."""
         path = Path(path).with_suffix(".npz")
         with np.load(path, allow_pickle=False) as z:
             a = {k: z[k] for k in z.files}
