@@ -466,32 +466,34 @@ def run_points(points: Sequence[Point], executor, *, raise_errors: bool = True) 
             out[i] = got
         else:
             pending[i] = _submit(executor, p)
-    order = list(pending)
-    if _is_dask(ex) and len(order) > 1:      # collect points in the order they complete
-        dist = _dask()
-        where = {id(f): i for i, fs in pending.items() for f in fs}   # equal points share keys
-        left = {i: len(fs) for i, fs in pending.items()}
-        order = []
-        for f in dist.as_completed([f for fs in pending.values() for f in fs]):
-            i = where[id(f)]
-            left[i] -= 1
-            if left[i] == 0:
-                order.append(i)
-    for i in order:
-        p = points[i]
+
+    def finish(i: int) -> None:
         try:
-            res = _collect(p, pending[i])
+            res = _collect(points[i], pending[i])
         except PointError as exc:
             out[i] = exc
-            continue
+            return
         if session is not None:
             session.computed += 1
-            res = _save_point(session, p, res)
+            res = _save_point(session, points[i], res)
         out[i] = res
         for f in pending[i]:
             release = getattr(f, "release", None)
             if release is not None:
                 release()
+
+    if _is_dask(ex) and len(pending) > 1:    # finish (and save) points as they complete
+        dist = _dask()
+        where = {id(f): i for i, fs in pending.items() for f in fs}   # equal points share keys
+        left = {i: len(fs) for i, fs in pending.items()}
+        for f in dist.as_completed([f for fs in pending.values() for f in fs]):
+            i = where[id(f)]
+            left[i] -= 1
+            if left[i] == 0:
+                finish(i)
+    else:
+        for i in pending:
+            finish(i)
     results = []
     for p, r in zip(points, out):
         if isinstance(r, PointError):
