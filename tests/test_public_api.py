@@ -88,13 +88,18 @@ def _own_doc(obj) -> str:
 
 
 def _type_hint_error(fn) -> str | None:
-    """None if the annotations of ``fn`` resolve, else the error (optional extras excepted)."""
+    """None if the annotations of ``fn`` resolve, else the error (optional extras excepted).
+
+    Names are looked up in the module that ``fn.__module__`` names: decorators such as
+    Hypothesis's ``st.composite`` return a wrapper whose own globals are not that module's."""
     localns = {}
     for name in OPTIONAL_TYPE_MODULES:
         if name in sys.modules:
             localns[name] = sys.modules[name]
+    home = sys.modules.get(getattr(fn, "__module__", None) or "")
+    globalns = vars(home) if home is not None else None
     try:
-        typing.get_type_hints(fn, localns=localns)
+        typing.get_type_hints(fn, globalns=globalns, localns=localns)
     except NameError as e:
         if getattr(e, "name", None) in OPTIONAL_TYPE_MODULES:
             return None
@@ -172,7 +177,7 @@ def module_problems(module: types.ModuleType, package: str = "sdeverify") -> dic
         elif inspect.isfunction(obj):
             probs = function_problems(obj)
             if probs:
-                out[f"{obj.__module__}.{obj.__qualname__}"] = probs
+                out[f"{obj.__module__}.{obj.__name__}"] = probs
     return out
 
 
