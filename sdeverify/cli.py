@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import config
+from .engine import backends, get_backend
 from .experiments import EXPERIMENTS
 
 PROBLEMS = ("quadratic", "cosine", "linreg", "constant")
@@ -87,9 +88,7 @@ def _check_simulate_args(args) -> None:
                                   store_states=False,
                                   itemsize=4 if args.dtype == "float32" else 8),
                   f"--paths {args.paths} --steps {args.steps} --record {args.record}")
-    if args.backend == "cuda":
-        from .engine.cuda import _cuda
-        _cuda()                                   # CudaUnavailable: one line, exit 2
+    get_backend(args.backend).require()           # e.g. CudaUnavailable: one line, exit 2
     if args.out:
         _writable_folder("--out", args.out)
 
@@ -338,9 +337,7 @@ def _cluster_of(args):
 
 def _check_backend(backend: str) -> None:
     """``--backend cuda`` needs a usable GPU (or the CUDA simulator): say so before any work."""
-    if backend == "cuda":
-        from .engine.cuda import _cuda
-        _cuda()
+    get_backend(backend).require()
 
 
 def _check_seed(seed: int) -> None:
@@ -389,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=1000, help="number of steps")
     s.add_argument("--record", type=int, default=config.DEFAULT_RECORDS, help="number of recorded steps (at most --steps)")
     s.add_argument("--seed", type=int, default=0, help="random seed")
-    s.add_argument("--backend", choices=("cpu", "numpy", "cuda"), default="cpu")
+    s.add_argument("--backend", choices=backends(), default="cpu")
     s.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="state/draw precision (float32: cpu backend only; see simulate's docstring)")
     s.add_argument("--out", default=None, help="folder for simulation.json / simulation.npz")

@@ -10,11 +10,15 @@ Every optimizer the engines run is the same two-line update with per-step coeffi
 
 so no optimizer needs a kernel of its own.  :func:`heavy_ball_to_sgdm` converts HeavyBall
 schedules to the EMA form exactly (THEORY §2, Lemma A.2).
+
+A new optimizer is any object satisfying :class:`OptimizerScheme`: a ``coefficients(steps,
+dim)`` method returning :class:`Coefficients` (and, optionally, a ``name``).
+:func:`check_scheme` is what :func:`sdeverify.simulate` runs on each one.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -23,10 +27,61 @@ from .validation import finite_array, finite_float, name_string, positive_int, s
 
 @dataclass(frozen=True)
 class Coefficients:
+    """Per-step coefficients of m_{k+1} = a_k m_k + b_k g_k, x_{k+1} = x_k − γ_k m_{k+1}:
+    ``a``, ``b``, ``gamma`` of shape (steps,), and the initial buffer ``m0`` of shape (dim,)."""
     a: np.ndarray
     b: np.ndarray
     gamma: np.ndarray
     m0: np.ndarray
+
+    def check(self, steps: int, dim: int, who: str = "optimizer") -> "Coefficients":
+        """``ValueError`` naming ``who`` and the field unless a, b, γ are finite arrays of
+        shape (steps,) and m0 a finite array of shape (dim,); returns self."""
+        for field_name, shape in (("a", (steps,)), ("b", (steps,)), ("gamma", (steps,)),
+                                  ("m0", (dim,))):
+            v = getattr(self, field_name)
+            if not isinstance(v, np.ndarray) or v.shape != shape or v.dtype.kind not in "iuf":
+                got = f"shape {v.shape}, dtype {v.dtype}" if isinstance(v, np.ndarray) else repr(v)
+                raise ValueError(f"{who}: coefficients({steps}, {dim}).{field_name} must be a real "
+                                 f"array of shape {shape}, got {got}")
+            if not np.all(np.isfinite(v)):
+                raise ValueError(f"{who}: coefficients({steps}, {dim}).{field_name} must be finite")
+        return self
+
+
+@runtime_checkable
+class OptimizerScheme(Protocol):
+    """What :func:`sdeverify.simulate` needs from an optimizer.
+
+    ``coefficients(steps, dim) -> Coefficients``: the per-step (a_k, b_k, γ_k) of the update
+    m_{k+1} = a_k m_k + b_k g_k, x_{k+1} = x_k − γ_k m_{k+1} for a run of ``steps`` steps in
+    dimension ``dim``, and the initial buffer m_0 (validated by :meth:`Coefficients.check`).
+    Optionally a ``name`` attribute (a non-empty string; default: the class name) that labels
+    the optimizer in results.  :class:`SGD`, :class:`SGDM`, :class:`HeavyBall` and
+    :class:`sdeverify.sde.Embedded` are schemes; so is any object with such a method.
+    """
+
+    def coefficients(self, steps: int, dim: int) -> Coefficients: ...
+
+
+def check_scheme(opt: Any, what: str = "optimizers") -> str:
+    """The label of ``opt`` (its ``name``, else its class name) if it is an
+    :class:`OptimizerScheme`; ``ValueError`` naming what is missing otherwise."""
+    if not isinstance(opt, OptimizerScheme) or not callable(getattr(opt, "coefficients", None)):
+        raise ValueError(f"{what} must be optimizer schemes (SGD, SGDM, HeavyBall, or an object "
+                         f"with a method coefficients(steps, dim) -> sdeverify.optim.Coefficients); "
+                         f"{opt!r} has no coefficients method")
+    return name_string("optimizer name", getattr(opt, "name", type(opt).__name__))
+
+
+def scheme_coefficients(opt: OptimizerScheme, steps: int, dim: int, who: str) -> Coefficients:
+    """``opt.coefficients(steps, dim)``, checked (:meth:`Coefficients.check`); ``who`` names
+    the optimizer in the ``ValueError``."""
+    c = opt.coefficients(steps, dim)
+    if not isinstance(c, Coefficients):
+        raise ValueError(f"{who}: coefficients({steps}, {dim}) must return "
+                         f"sdeverify.optim.Coefficients, got {type(c).__name__}")
+    return c.check(steps, dim, who)
 
 
 @dataclass(frozen=True)

@@ -137,9 +137,7 @@ class SimulationResult:
             return np.sqrt(self.var / self.count)
 
     def _index(self, optimizer: str | int, observable: str | int) -> tuple[int, int]:
-        j = optimizer if isinstance(optimizer, int) else self.optimizers.index(optimizer)
-        o = observable if isinstance(observable, int) else self.observables.index(observable)
-        return j, o
+        return index_pair(self.optimizers, self.observables, optimizer, observable)
 
     def series(self, optimizer: str | int, observable: str | int) -> tuple[np.ndarray, np.ndarray]:
         """(mean, sem) over the recorded steps for one optimizer and observable."""
@@ -356,7 +354,7 @@ def save_pair(path: str | os.PathLike, doc: dict, arrays: dict, *,
     arrays = dict(arrays)
     if LABELS in arrays:
         raise ValueError(f"{LABELS!r} is reserved in saved arrays")
-    arrays[LABELS] = np.array(json.dumps({k: doc[k] for k in labels}, default=_jsonable))
+    arrays[LABELS] = np.array(json.dumps({k: doc[k] for k in labels}, default=jsonable))
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     data = buf.getvalue()
@@ -364,7 +362,7 @@ def save_pair(path: str | os.PathLike, doc: dict, arrays: dict, *,
     npz_name = _hashed_npz_name(stem, digest)
     _atomic_write(folder / npz_name, lambda f: f.write(data), "wb", suffix=".npz")
     doc = dict(doc, npz=npz_name, npz_sha256=digest)
-    atomic_write_text(json_path, json.dumps(doc, indent=1, default=_jsonable))   # commit
+    atomic_write_text(json_path, json.dumps(doc, indent=1, default=jsonable))   # commit
     pattern = re.compile(re.escape(stem) + r"\.[0-9a-f]{16}\.npz")
     for old in folder.iterdir():
         if old.name != npz_name and pattern.fullmatch(old.name):
@@ -410,7 +408,7 @@ def load_pair(path: str | os.PathLike, *, labels: tuple = ()) -> tuple[dict, dic
     if LABELS in arrays:
         stored = json.loads(str(arrays.pop(LABELS)))
         for k in labels:
-            if k in stored and json.loads(json.dumps(doc.get(k), default=_jsonable)) != stored[k]:
+            if k in stored and json.loads(json.dumps(doc.get(k), default=jsonable)) != stored[k]:
                 raise ResultFileError(f"{where}: the {k} of the .json ({doc.get(k)!r}) differ "
                                       f"from those stored with the arrays ({stored[k]!r})")
     missing = [k for k in labels if k not in doc]
@@ -432,10 +430,27 @@ def glob_escape(text: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", text)
 
 
-def _jsonable(o: Any):
+def index_pair(optimizers, observables, optimizer: str | int,
+               observable: str | int) -> tuple[int, int]:
+    """(j, o): the positions of ``optimizer`` and ``observable``, each given by name or by
+    position, in the name tuples of a result; ``ValueError`` listing the names otherwise."""
+    return _position("optimizer", optimizers, optimizer), _position("observable", observables, observable)
+
+
+def _position(what: str, names, key) -> int:
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        return int(key)
+    if key not in names:
+        raise ValueError(f"{what} must be one of {tuple(names)} or a position, got {key!r}")
+    return names.index(key)
+
+
+def jsonable(o: Any):
+    """``default=`` of ``json.dumps`` for results: arrays as lists, NumPy scalars as Python
+    scalars, anything else as its ``str``."""
     if isinstance(o, np.ndarray):
         return o.tolist()
-    if isinstance(o, (np.floating, np.integer)):
+    if isinstance(o, (np.floating, np.integer, np.bool_)):
         return o.item()
     return str(o)
 

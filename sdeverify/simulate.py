@@ -7,14 +7,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .engine import EngineContractError, backends, get_backend
 from .engine.probe import probe
 from .engine.spec import make_spec
 from .observables import UserFunctionError
 from .problems.base import NGOS
 from .result import SimulationResult, versions
-
-BACKENDS = ("cpu", "numpy", "cuda")
-
 
 class DivergenceWarning(RuntimeWarning):
     """Some paths diverged (or observables were not finite); they are excluded from the
@@ -72,7 +70,8 @@ def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0, *, steps: int, 
     record : step indices (0..steps) at which observables are accumulated; default 17 evenly
         spaced steps including 0 and ``steps``.
     observables : names ("loss", "sqnorm", "x<i>") and/or njit functions h(x) -> float.
-    backend : "cpu" (Numba, parallel), "numpy" (reference), "cuda" (numba.cuda).
+    backend : "cpu" (Numba, parallel), "numpy" (reference), "cuda" (numba.cuda), or any
+        other name registered with :func:`sdeverify.engine.register_backend`.
     store_states : also keep x at every recorded step, (n_opt, n_rec, paths, d).
     on_divergence : "warn" (default), "raise" or "ignore" when paths diverge or observables
         are not finite (see the divergence rule above); such values are always excluded.
@@ -103,35 +102,30 @@ def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0, *, steps: int, 
                                     store_states=store_states, path_offset=path_offset,
                                     on_divergence=on_divergence, dtype=dtype,
                                     divergence_bound=divergence_bound)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    engine = get_backend(backend)            # ValueError naming the registered backends
     if on_divergence not in ("warn", "raise", "ignore"):
         raise ValueError(f"on_divergence must be 'warn', 'raise' or 'ignore', got {on_divergence!r}")
-    if dtype != "float64" and backend != "cpu":
-        raise ValueError(f"dtype={dtype!r} is supported by backend='cpu' only; the {backend!r} "
-                         "backend runs in float64")
+    if dtype in ("float64", "float32") and dtype not in engine.dtypes:
+        able = [b for b in backends() if dtype in get_backend(b).dtypes]
+        raise ValueError(f"dtype={dtype!r} is supported by backend="
+                         + (repr(able[0]) if len(able) == 1 else str(tuple(able)))
+                         + f" only; the {backend!r} backend runs in {' or '.join(engine.dtypes)}")
     spec = make_spec(problem, optimizers, x0, steps=steps, paths=paths, sigma=sigma, seed=seed,
                      record=record, observables=observables, store_states=store_states,
                      path_offset=path_offset, dtype=dtype, divergence_bound=divergence_bound)
     probe(problem, spec.user_funcs, spec.x0, spec.dtype, spec.seed)
     t0 = time.perf_counter()
-    if backend == "cpu":
-        from .engine import cpu as engine
-    elif backend == "numpy":
-        from .engine import reference as engine
-    else:
-        from .engine import cuda as engine
     try:
         out = engine.run(spec)
-    except UserFunctionError:
+    except (UserFunctionError, EngineContractError):
         raise
     except Exception as exc:
-        if backend != "numpy" or isinstance(exc, (MemoryError, KeyboardInterrupt)):
+        if not engine.python_functions or isinstance(exc, (MemoryError, KeyboardInterrupt)):
             raise
         raise UserFunctionError(f"a function of problem {problem.name!r} raised "
                                 f"{type(exc).__name__}: {exc}") from exc
     wall = time.perf_counter() - t0
-    raised = out["block_bad"][..., 1].sum(axis=0)
+    raised = out.block_bad[..., 1].sum(axis=0)
     if raised.any():
         j, r, o = (int(i) for i in np.argwhere(raised > 0)[0])
         funcs = {n: f for n, f in zip(spec.obs_names, _user_iter(spec))}
@@ -150,8 +144,8 @@ def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0, *, steps: int, 
             "divergence_bound": spec.bound, "fingerprint": spec.fingerprint(backend),
             "versions": versions()}
     res = SimulationResult(tuple(spec.names), tuple(spec.obs_names), spec.record,
-                           out["block_stats"], out["block_diff"], out["x_final"], out["m_final"], out["div_step"],
-                           out["states"] if spec.store_states else None, meta, out["block_bad"])
+                           out.block_stats, out.block_diff, out.x_final, out.m_final, out.div_step,
+                           out.states if spec.store_states else None, meta, out.block_bad)
     report_divergence(res, on_divergence, stacklevel=3)
     return res
 

@@ -34,7 +34,8 @@ from typing import Callable
 import numba
 import numpy as np
 
-from .rng import key_words
+from . import config, rng
+from .engine.cache import enable_disk_cache, fingerprint
 from .validation import finite_float, nonneg_int, positive_int, vector
 
 
@@ -197,21 +198,26 @@ def solve_slow_ode(problem, zeta0, *, t: float, dt: float, sigma: float,
 # coupled solver (the engine's draws)
 # --------------------------------------------------------------------------------------------
 _KERNELS: dict = {}
-_LANES = 64  # paths whose draws are generated together (any value gives the same numbers)
 
 
-def _coupled_lanes_src(z0, params, sigma, eta_k, rec_steps, k0, k1, path0, n_draws, draw_kind, out):
-    """Coupled Euler kernel (source; ``STEP`` and ``FILL`` are bound per problem): blocks of
-    ``_LANES`` paths, draws from the engine's generator for the same (seed, path, step)."""
+def _coupled_lanes_src(z0, params, sigma, eta_k, rec_steps, k0, k1, path0, n_draws, rows,
+                       draw_kind, out):
+    """Coupled Euler kernel (source; ``STEP``, ``FILL`` and ``LANES`` are bound by
+    :func:`_make_kernel`).  Groups of ``LANES`` paths (``config.LANES``, as in the CPU
+    engine; any value gives the same numbers) run in parallel; the draws of a step come from
+    the engine's lanes generator (``FILL`` = :func:`sdeverify.rng.fill_lanes64`, into a
+    (``rows``, LANES) buffer, ``rows`` = :func:`sdeverify.rng.n_rows` of ``n_draws``) for the
+    same (seed, path, step, stream 0) as :func:`sdeverify.simulate`.  ``STEP(z, params, xi,
+    η_k, σ, work)`` advances one path by one Euler step in place.  Writes the states at the
+    ``rec_steps`` into ``out`` (n_rec, paths, d)."""
     n_paths = out.shape[1]
     d = z0.shape[0]
     steps = eta_k.shape[0]
     n_rec = rec_steps.shape[0]
-    rows = 4 * ((n_draws + 3) // 4)
-    n_blk = (n_paths + _LANES - 1) // _LANES
+    n_blk = (n_paths + LANES - 1) // LANES
     for blk in numba.prange(n_blk):
-        lo = blk * _LANES
-        L = min(_LANES, n_paths - lo)
+        lo = blk * LANES
+        L = min(LANES, n_paths - lo)
         z = np.empty((L, d))
         for ln in range(L):
             z[ln, :] = z0
@@ -235,44 +241,21 @@ def _coupled_lanes_src(z0, params, sigma, eta_k, rec_steps, k0, k1, path0, n_dra
                 r += 1
 
 
-def _coupled_paths_src(z0, params, sigma, eta_k, rec_steps, k0, k1, path0, n_draws, draw_kind, out):
-    """The same for a generator that fills one path at a time (``FILL`` = rng.fill_draws)."""
-    n_paths = out.shape[1]
-    d = z0.shape[0]
-    steps = eta_k.shape[0]
-    n_rec = rec_steps.shape[0]
-    for ip in numba.prange(n_paths):
-        z = z0.copy()
-        xi = np.empty(n_draws)
-        work = np.empty(d)
-        r = 0
-        if n_rec > 0 and rec_steps[0] == 0:
-            out[0, ip, :] = z
-            r = 1
-        for k in range(steps):
-            FILL(draw_kind, k0, k1, path0 + ip, k, 0, xi)
-            STEP(z, params, xi, eta_k[k], sigma, work)
-            if r < n_rec and rec_steps[r] == k + 1:
-                out[r, ip, :] = z
-                r += 1
-
-
 def _make_kernel(step):
-    """Compile the coupled kernel for one problem's ``slow_step``.  The kernel source is
-    specialised by binding ``STEP`` (not a closure), so Numba's disk cache works across
-    processes; it is used only for module-level step functions (a unique qualified name)."""
-    from . import rng as _rng
-    if hasattr(_rng, "fill_lanes64"):
-        src, fill = _coupled_lanes_src, _rng.fill_lanes64
-    else:
-        src, fill = _coupled_paths_src, _rng.fill_draws
+    """Compile the coupled kernel for one problem's ``slow_step``: the kernel source with
+    ``STEP`` bound as a global (not a closure), on the engine's disk cache
+    (:mod:`sdeverify.engine.cache`) under the fingerprint of ``step``, so that an edited
+    step function is recompiled."""
     qual = f"{getattr(step, '__module__', 'm')}.{getattr(step, '__qualname__', 'f')}"
-    cache = "<locals>" not in qual and "<lambda>" not in qual
     name = "coupled_" + "".join(ch if ch.isalnum() else "_" for ch in qual)
-    g = dict(src.__globals__, STEP=step, FILL=fill)
+    fill = rng.fill_lanes("float64")
+    src = _coupled_lanes_src
+    g = dict(src.__globals__, STEP=step, FILL=fill, LANES=config.LANES)
     f = types.FunctionType(src.__code__, g, name, src.__defaults__, src.__closure__)
     f.__qualname__ = name
-    return numba.njit(cache=cache, parallel=True)(f)
+    disp = numba.njit(parallel=True)(f)
+    enable_disk_cache(disp, "|".join([fingerprint(step), fingerprint(fill), str(config.LANES)]))
+    return disp
 
 
 def coupled_slow_sde(problem, x0, *, eta: float, steps: int, paths: int, sigma: float,
@@ -308,9 +291,10 @@ def coupled_slow_sde(problem, x0, *, eta: float, steps: int, paths: int, sigma: 
     kern = _KERNELS[key]
     z0 = np.ascontiguousarray(problem.project(vector("x0", x0, problem.dim)))
     out = np.full((rec.size, paths, problem.dim), np.nan)
-    k0, k1 = key_words(seed)
+    k0, k1 = rng.key_words(seed)
     with warnings.catch_warnings():   # the specialised kernel has no source file of its own
         warnings.simplefilter("ignore", numba.NumbaDebugInfoWarning)
         kern(z0, problem.params, sigma, np.ascontiguousarray(eta * lam), rec.astype(np.int64),
-             k0, k1, path_offset, problem.n_draws, problem.draw_kind, out)
+             k0, k1, path_offset, problem.n_draws, rng.n_rows(problem.n_draws),
+             problem.draw_kind, out)
     return out

@@ -36,28 +36,68 @@ discarded.)  ``dtype="float32"``: x, m, g and the draws in float32, coefficients
 float32, problem parameters stay float64, statistics accumulate in float64.
 
 Compiled kernels are cached on disk (``cache=True`` semantics) under a key made of the
-bytecode of the kernel and of the problem / observable functions, so a new process starts
-without compiling.  As with Numba's own cache, a change in a *helper* called by a problem
-function (not the function itself) is not detected: clear ``__pycache__`` after such edits.
+bytecode of the kernel and of the problem / observable functions (:mod:`.cache`), so a new
+process starts without compiling.
+
+The kernel factory :func:`_make_kernel` assembles four parts, each built by a function of
+its own: :func:`_recorder` (observables into the accumulators), :func:`_fused_step` and
+:func:`_split_step` (one optimizer step over the lanes; one of them is compiled, by ``d``)
+and :func:`_bound_check` (the divergence bound), called by the block loop of
+:func:`_block_kernel`.  They are Numba closures: their compile-time constants are in
+capitals and the names are short; the glossary below gives every one.
+
+Glossary (compile-time constants):
+
+=============  =================================================================================
+``D``          dimension d of x (``problem.dim``)
+``N_DRAWS``    base draws per oracle call (``problem.n_draws``); ``ROWS``: that rounded up to 4
+               (:func:`sdeverify.rng.n_rows`), the rows of a draw buffer
+``N_PARAMS``   problem parameters copied to the stack (0: read in place), see config.STACK_PARAMS
+``N_CALLS``    oracle calls per step: 1, or 2 for SVAG (Def. 6.1)
+``L``          lanes, ``config.LANES``; the last axis of every lane array
+``FTYPE``      the state dtype (``np.float64`` or ``np.float32``); ``ZERO`` its 0
+=============  =================================================================================
+
+Arrays of one block (one thread), lanes last; "(n_opt, …)" arrays are indexed by optimizer
+first, and the step functions get one optimizer's slice:
+
+=============  =================================================================================
+``X, M``       (n_opt, D, L) iterates x and momentum buffers m of the lanes
+``alive``      (n_opt, L) the lane has not diverged
+``dstep``      (n_opt, L) the step at which the lane diverged (its ``div_step``), −1 if not
+``Z1, Z2``     (ROWS, L) base draws of the step, oracle call 1 (and 2, SVAG)
+``G``          (D, L) oracle outputs g of the lanes (split step only)
+``S``          (L,) per-lane scratch: Σ_i x_i (finiteness test) or max_i |x_i| (bound)
+``x_in``       (D,) the input x of a lane's oracle call (x0 for a stopped lane)
+``x_old``      (D,) the lane's x before the step (fused step only)
+``g, v, w``    (D,) gradient, noise vector of call 1, noise vector of call 2
+``z``          (N_DRAWS,) the base draws of one lane's oracle call
+``x_start``    (D,) x0, copied to the stack (provably not aliased by X)
+``p``          the problem's float64 parameter vector (on the stack when N_PARAMS > 0)
+=============  =================================================================================
+
+Scalars of one step and optimizer: ``a, b, lr`` the coefficients a_k, b_k, γ_k of
+:mod:`sdeverify.optim`; ``sigma`` the noise scale σ, ``s1 = σ r1``, ``s2 = σ r2`` (the SVAG
+weights r1, r2 of Def. 6.1); ``k`` the step index (0-based).
 """
 from __future__ import annotations
-
-import hashlib
-import types as pytypes
 
 import numba
 import numpy as np
 from numba import types
-from numba.core import caching, cgutils
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .. import config, rng
 from ..observables import LOSS, SQNORM, USER0, user_evaluator
+from .cache import enable_disk_cache, fingerprint, key_hash, unique_names
+from .output import EngineOutput
 
 BLOCK = config.BLOCK
 LANES = config.LANES
 assert BLOCK % LANES == 0, "config.LANES must divide config.BLOCK"
 _KERNELS: dict = {}
+_fingerprint = fingerprint     # the name other modules import
 
 
 @intrinsic
@@ -87,30 +127,34 @@ def _inline(f):
     return numba.njit(inline="always", error_model="numpy")(f.py_func)
 
 
-def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: int, NC: int):
-    ftype = np.float32 if dtype == "float32" else np.float64
-    zero = ftype(0.0)
-    one = ftype(1.0)
-    fill = rng.fill_lanes(dtype)
-    ROWS = rng.n_rows(ND)
-    L = LANES
-    grad_, noise_, loss_ = _inline(grad), _inline(noise), _inline(loss)
-    key = "|".join([_fingerprint(f) for f in (grad, noise, loss, user_eval)] + [dtype, str(D), str(ND), str(NP), str(NC), str(L)])
-    unique = _unique_names(hashlib.sha256(key.encode()).hexdigest()[:16])
+# ---- the parts of the kernel -----------------------------------------------------------------
+def _recorder(loss_, user_eval, D: int, unique):
+    """``record(stats, diffs, bad, vals, states, store, X, alive, x_rec, p, codes, r, p0, nl)``:
+    fold the observables of lanes 0..nl-1 (global paths p0..p0+nl-1, in this order) at
+    recorded slot ``r`` into the block's accumulators.
+
+    ``stats``, ``diffs``: (n_opt, n_rec, n_obs, 3) float64 (count, mean, M2) of h(x_j) and of
+    h(x_j) − h(x_0) (paired with optimizer 0); ``bad``: (n_opt, n_rec, n_obs, 2) counts of
+    non-finite ``[..., 0]`` and raised ``[..., 1]`` values; ``vals``: (n_opt, n_obs) scratch;
+    ``states``: (n_opt, n_rec, paths, D) written when ``store``; ``X``, ``alive``: the lane
+    arrays; ``x_rec``: (D,) scratch; ``p``: problem parameters; ``codes``: (n_obs,) observable
+    codes (:mod:`sdeverify.observables`: ≥ 0 a coordinate, ``SQNORM``, ``LOSS``, ``USER0 − u``
+    user function u).  Values are folded in float64 whatever the state dtype."""
 
     @numba.njit
     @unique
-    def guarded(code, x, params):
+    def guarded(code, x, p):
         """Loss or user observable; (value, raised) — the exception itself cannot leave."""
         try:
             if code == LOSS:
-                return np.float64(loss_(x, params)), False
+                return np.float64(loss_(x, p)), False
             return np.float64(user_eval(USER0 - code, x)), False
         except Exception:
             return np.nan, True
 
     @numba.njit(inline="always")
-    def observe(code, x, params):
+    def observe(code, x, p):
+        """(h(x), raised) for one observable code."""
         if code >= 0:
             return np.float64(x[code]), False
         if code == SQNORM:
@@ -118,7 +162,7 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: 
             for i in range(x.shape[0]):
                 s += np.float64(x[i]) * np.float64(x[i])
             return s, False
-        return guarded(code, x, params)
+        return guarded(code, x, p)
 
     @numba.njit(inline="always")
     def welford(acc, j, r, o, v):
@@ -132,20 +176,18 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: 
 
     @numba.njit
     @unique
-    def record(stats, diffs, bad, vals, states, store, X, alive, xr, params, codes, r, p0, nl):
-        """Fold lanes 0..nl-1 (paths p0..p0+nl-1, in order) into the accumulators of slot r;
-        non-finite values are counted in ``bad[j, r, o, 0]``, raised ones in ``[..., 1]``."""
+    def record(stats, diffs, bad, vals, states, store, X, alive, x_rec, p, codes, r, p0, nl):
         for ln in range(nl):
             for j in range(X.shape[0]):
                 if not alive[j, ln]:
                     continue
                 for i in range(D):
-                    xr[i] = X[j, i, ln]
+                    x_rec[i] = X[j, i, ln]
                 if store:
                     for i in range(D):
-                        states[j, r, p0 + ln, i] = xr[i]
+                        states[j, r, p0 + ln, i] = x_rec[i]
                 for o in range(codes.shape[0]):
-                    v, raised = observe(codes[o], xr, params)
+                    v, raised = observe(codes[o], x_rec, p)
                     vals[j, o] = v
                     if raised:
                         bad[j, r, o, 1] += 1.0
@@ -156,65 +198,85 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: 
                         if alive[0, ln] and np.isfinite(vals[0, o]):
                             welford(diffs, j, r, o, v - vals[0, o])
 
+    return record
+
+
+def _fused_step(grad_, noise_, D: int, N_DRAWS: int, N_CALLS: int, L: int, ZERO):
+    """``step(a, b, lr, X, M, alive, dstep, k, Z1, Z2, x_in, x_old, g, v, z, x_start, p,
+    sigma, s1, s2)``: one optimizer, one step, all L lanes, for small D.
+
+    Per lane: g = grad(x) + σ v(x, ξ) (SVAG: (grad(x) + σ r1 v(x, ξ¹)) + σ r2 v(x, ξ²)),
+    m = a m + b g, x = x − lr m; a lane whose Σ_i x_i is not finite stops (x, m kept,
+    ``dstep`` = k + 1).  ``X``, ``M``: (D, L) and ``alive``, ``dstep``: (L,), this
+    optimizer's slices, updated in place; ``Z1``, ``Z2``: (ROWS, L) the step's draws;
+    ``x_in``, ``x_old``, ``g``, ``v``, ``z``: stack scratch (module glossary).  Oracle and
+    update run in one loop over lanes: the body unrolls over coordinates when D is small,
+    and LLVM vectorises over lanes."""
+
     @numba.njit(inline="always")
-    def fused_step(a, b, lr, X, M, alive, dstep, k, Z1, Z2, Gb, S, xs, xo, gs, vs, ws, zs,
-                   xinit, prm, sigma, sr1, sr2):
-        """One optimizer, one step, all lanes; oracle and update in one loop over lanes (the
-        whole body unrolls over coordinates when d is small, and LLVM vectorises over lanes)."""
+    def fused_step(a, b, lr, X, M, alive, dstep, k, Z1, Z2, x_in, x_old, g, v, z, x_start, p,
+                   sigma, s1, s2):
         for ln in range(L):
             al = alive[ln]
             for i in range(D):
-                xo[i] = X[i, ln]
-                xs[i] = xo[i] if al else xinit[i]
-            for i in range(ND):
-                zs[i] = Z1[i, ln]
-            grad_(xs, prm, gs)
-            noise_(xs, prm, zs, vs)
-            if NC == 2:                                  # SVAG: a second oracle call
+                x_old[i] = X[i, ln]
+                x_in[i] = x_old[i] if al else x_start[i]
+            for i in range(N_DRAWS):
+                z[i] = Z1[i, ln]
+            grad_(x_in, p, g)
+            noise_(x_in, p, z, v)
+            if N_CALLS == 2:                             # SVAG: a second oracle call
                 for i in range(D):
-                    gs[i] = gs[i] + sr1 * vs[i]
-                for i in range(ND):
-                    zs[i] = Z2[i, ln]
-                noise_(xs, prm, zs, vs)
-            s = zero
+                    g[i] = g[i] + s1 * v[i]
+                for i in range(N_DRAWS):
+                    z[i] = Z2[i, ln]
+                noise_(x_in, p, z, v)
+            s = ZERO
             for i in range(D):
-                mi = a * M[i, ln] + b * (gs[i] + (sigma if NC == 1 else sr2) * vs[i])
-                xi = xs[i] - lr * mi
+                mi = a * M[i, ln] + b * (g[i] + (sigma if N_CALLS == 1 else s2) * v[i])
+                xi = x_in[i] - lr * mi
                 s += xi
                 M[i, ln] = mi if al else M[i, ln]
-                X[i, ln] = xi if al else xo[i]
+                X[i, ln] = xi if al else x_old[i]
             fin = np.isfinite(s)
             dstep[ln] = k + 1 if (al and not fin) else dstep[ln]
             alive[ln] = al and fin
 
+    return fused_step
+
+
+def _split_step(grad_, noise_, D: int, N_DRAWS: int, N_CALLS: int, L: int, ZERO):
+    """``step(a, b, lr, X, M, alive, dstep, k, Z1, Z2, x_in, g, v, w, z, G, S, x_start, p,
+    sigma, s1, s2)``: the same step as :func:`_fused_step` in two loops over lanes, for
+    large D: (a) the oracle of every lane into ``G`` (D, L), (b) the update with the lanes
+    innermost, so that (b) vectorises for any D.  ``S`` (L,) holds Σ_i x_i per lane."""
+
     @numba.njit(inline="always")
-    def split_step(a, b, lr, X, M, alive, dstep, k, Z1, Z2, Gb, S, xs, xo, gs, vs, ws, zs,
-                   xinit, prm, sigma, sr1, sr2):
-        """The same step in two loops over lanes, (a) the oracle into ``Gb[:, lane]``, (b) the
-        update with the lanes innermost, so that (b) vectorises for any d."""
+    def split_step(a, b, lr, X, M, alive, dstep, k, Z1, Z2, x_in, g, v, w, z, G, S, x_start, p,
+                   sigma, s1, s2):
         for ln in range(L):
             for i in range(D):
-                xs[i] = X[i, ln] if alive[ln] else xinit[i]
-            for i in range(ND):
-                zs[i] = Z1[i, ln]
-            grad_(xs, prm, gs)
-            noise_(xs, prm, zs, vs)
-            if NC == 1:
+                x_in[i] = X[i, ln] if alive[ln] else x_start[i]
+            for i in range(N_DRAWS):
+                z[i] = Z1[i, ln]
+            grad_(x_in, p, g)
+            noise_(x_in, p, z, v)
+            if N_CALLS == 1:
                 for i in range(D):
-                    Gb[i, ln] = gs[i] + sigma * vs[i]
+                    G[i, ln] = g[i] + sigma * v[i]
             else:                                        # SVAG: a second oracle call
-                for i in range(ND):
-                    zs[i] = Z2[i, ln]
-                noise_(xs, prm, zs, ws)
+                for i in range(N_DRAWS):
+                    z[i] = Z2[i, ln]
+                noise_(x_in, p, z, w)
                 for i in range(D):
-                    Gb[i, ln] = (gs[i] + sr1 * vs[i]) + sr2 * ws[i]
+                    G[i, ln] = (g[i] + s1 * v[i]) + s2 * w[i]
         for ln in range(L):
-            S[ln] = zero
+            S[ln] = ZERO
         for i in range(D):
             for ln in range(L):
                 al = alive[ln]
                 x = X[i, ln]
-                mi = a * M[i, ln] + b * Gb[i, ln]
+                mi = a * M[i, ln] + b * G[i, ln]
                 xi = x - lr * mi
                 S[ln] += xi
                 M[i, ln] = mi if al else M[i, ln]
@@ -225,13 +287,19 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: 
             dstep[ln] = k + 1 if (al and not fin) else dstep[ln]
             alive[ln] = al and fin
 
+    return split_step
+
+
+def _bound_check(D: int, L: int, ZERO):
+    """``check(X, alive, dstep, k, S, bound)``: the divergence bound, in a pass of its own
+    after the step (a test inside the update loop stops LLVM from vectorising it): a lane
+    still alive with some |x_i| > ``bound`` stops at step k (``dstep`` = k + 1).  Non-finite
+    x is caught by the step itself.  ``X`` (D, L), ``alive``, ``dstep``, ``S`` (L,)."""
+
     @numba.njit(inline="always")
     def bound_check(X, alive, dstep, k, S, bound):
-        """The divergence bound, in a pass of its own after the step (a test inside the
-        update loop stops LLVM from vectorising it): a lane still alive with some
-        |x_i| > bound stops at this step.  Non-finite x is caught by the step itself."""
         for ln in range(L):
-            S[ln] = zero
+            S[ln] = ZERO
         for i in range(D):
             for ln in range(L):
                 a = abs(X[i, ln])
@@ -241,42 +309,53 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: 
             dstep[ln] = k + 1 if (alive[ln] and over) else dstep[ln]
             alive[ln] = alive[ln] and not over
 
-    lane_step = fused_step if D <= config.FUSE_MAX_DIM else split_step
+    return bound_check
 
-    def kernel(x0, m0, params, sigma, A, B, G, rec_steps, codes, k0, k1, path0, n_paths,
+
+def _block_kernel(record, fused_step, split_step, bound_check, fill, FUSED: bool, FTYPE,
+                  D: int, N_DRAWS: int, N_PARAMS: int, N_CALLS: int, L: int):
+    """The kernel (plain Python, compiled by the caller): blocks of ``config.BLOCK`` paths in
+    parallel (``prange``); in a block, groups of L lanes run all steps: draws for all lanes
+    (``fill``), then for each optimizer the step (``fused_step`` if ``FUSED`` else
+    ``split_step``: the other branch is pruned at compile time) and ``bound_check``, and at
+    recorded steps ``record``.  Its arguments are those of :func:`run` (the spec's fields,
+    cast to FTYPE where they meet the state); it fills the :class:`EngineOutput` arrays."""
+    ROWS = rng.n_rows(N_DRAWS)
+
+    def kernel(x0, m0, params, sigma, A, B, Gam, rec_steps, codes, k0, k1, path0, n_paths,
                draw_kind, r1, r2, bound, block_stats, block_diff, block_bad, x_final, m_final,
                div_step, states, store):
         n_opt, steps = A.shape
         n_rec = rec_steps.shape[0]
         n_blocks = (n_paths + BLOCK - 1) // BLOCK
-        sr1 = sigma * r1
-        sr2 = sigma * r2
+        s1 = sigma * r1
+        s2 = sigma * r2
         for blk in numba.prange(n_blocks):
-            X = np.empty((n_opt, D, L), dtype=ftype)
-            M = np.empty((n_opt, D, L), dtype=ftype)
-            Z1 = np.empty((ROWS, L), dtype=ftype)
-            Z2 = np.empty((ROWS if NC == 2 else 4, L), dtype=ftype)
+            X = np.empty((n_opt, D, L), dtype=FTYPE)
+            M = np.empty((n_opt, D, L), dtype=FTYPE)
+            Z1 = np.empty((ROWS, L), dtype=FTYPE)
+            Z2 = np.empty((ROWS if N_CALLS == 2 else 4, L), dtype=FTYPE)
             alive = np.empty((n_opt, L), dtype=np.bool_)
             dstep = np.empty((n_opt, L), dtype=np.int64)
             vals = np.empty((n_opt, codes.shape[0]))
-            xr = np.empty(D, dtype=ftype)
-            Gb = np.empty((D, L), dtype=ftype)
-            S = _stack_empty(L, ftype)
-            xs = _stack_empty(D, ftype)
-            xo = _stack_empty(D, ftype)
-            xinit = _stack_empty(D, ftype)       # x0 on the stack: provably not aliased by X
+            x_rec = np.empty(D, dtype=FTYPE)
+            G = np.empty((D, L), dtype=FTYPE)
+            S = _stack_empty(L, FTYPE)
+            x_in = _stack_empty(D, FTYPE)
+            x_old = _stack_empty(D, FTYPE)
+            x_start = _stack_empty(D, FTYPE)     # x0 on the stack: provably not aliased by X
             for i in range(D):
-                xinit[i] = x0[i]
-            if NP > 0:       # the parameters on the stack too: their loads leave the lane loop
-                prm = _stack_empty(NP, np.float64)
-                for i in range(NP):
-                    prm[i] = params[i]
+                x_start[i] = x0[i]
+            if N_PARAMS > 0:   # the parameters on the stack too: their loads leave the lane loop
+                p = _stack_empty(N_PARAMS, np.float64)
+                for i in range(N_PARAMS):
+                    p[i] = params[i]
             else:
-                prm = params
-            gs = _stack_empty(D, ftype)
-            vs = _stack_empty(D, ftype)
-            ws = _stack_empty(D, ftype)
-            zs = _stack_empty(ND, ftype)
+                p = params
+            g = _stack_empty(D, FTYPE)
+            v = _stack_empty(D, FTYPE)
+            w = _stack_empty(D, FTYPE)
+            z = _stack_empty(N_DRAWS, FTYPE)
             stats = block_stats[blk]
             diffs = block_diff[blk]
             bad = block_bad[blk]
@@ -293,21 +372,25 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: 
                         dstep[j, ln] = -1
                 r = 0
                 if n_rec > 0 and rec_steps[0] == 0:
-                    record(stats, diffs, bad, vals, states, store, X, alive, xr, params, codes, 0, p0, nl)
+                    record(stats, diffs, bad, vals, states, store, X, alive, x_rec, params, codes, 0, p0, nl)
                     r = 1
                 for k in range(steps):
                     fill(draw_kind, k0, k1, path0 + p0, k, 0, Z1)
-                    if NC == 2:
+                    if N_CALLS == 2:
                         fill(draw_kind, k0, k1, path0 + p0, k, 1, Z2)
                     for j in range(n_opt):
                         a = A[j, k]
                         b = B[j, k]
-                        lr = G[j, k]
-                        lane_step(a, b, lr, X[j], M[j], alive[j], dstep[j], k, Z1, Z2, Gb, S,
-                                  xs, xo, gs, vs, ws, zs, xinit, prm, sigma, sr1, sr2)
+                        lr = Gam[j, k]
+                        if FUSED:
+                            fused_step(a, b, lr, X[j], M[j], alive[j], dstep[j], k, Z1, Z2,
+                                       x_in, x_old, g, v, z, x_start, p, sigma, s1, s2)
+                        else:
+                            split_step(a, b, lr, X[j], M[j], alive[j], dstep[j], k, Z1, Z2,
+                                       x_in, g, v, w, z, G, S, x_start, p, sigma, s1, s2)
                         bound_check(X[j], alive[j], dstep[j], k, S, bound)
                     if r < n_rec and rec_steps[r] == k + 1:
-                        record(stats, diffs, bad, vals, states, store, X, alive, xr, params, codes, r, p0, nl)
+                        record(stats, diffs, bad, vals, states, store, X, alive, x_rec, params, codes, r, p0, nl)
                         r += 1
                 for ln in range(nl):
                     for j in range(n_opt):
@@ -316,82 +399,29 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, ND: int, NP: 
                             x_final[j, p0 + ln, i] = X[j, i, ln]
                             m_final[j, p0 + ln, i] = M[j, i, ln]
 
+    return kernel
+
+
+def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, N_DRAWS: int, N_PARAMS: int,
+                 N_CALLS: int):
+    """The compiled kernel for these problem functions (``grad``, ``noise``, ``loss``), this
+    user-observable evaluator, dtype, dimension D, draws per call, stacked parameter count
+    and oracle calls per step (module glossary), with its disk cache enabled."""
+    FTYPE = np.float32 if dtype == "float32" else np.float64
+    ZERO = FTYPE(0.0)
+    L = LANES
+    grad_, noise_, loss_ = _inline(grad), _inline(noise), _inline(loss)
+    key = "|".join([fingerprint(f) for f in (grad, noise, loss, user_eval)]
+                   + [dtype, str(D), str(N_DRAWS), str(N_PARAMS), str(N_CALLS), str(L)])
+    unique = unique_names(key_hash(key)[:16])
+    record = _recorder(loss_, user_eval, D, unique)
+    fused = _fused_step(grad_, noise_, D, N_DRAWS, N_CALLS, L, ZERO)
+    split = _split_step(grad_, noise_, D, N_DRAWS, N_CALLS, L, ZERO)
+    kernel = _block_kernel(record, fused, split, _bound_check(D, L, ZERO), rng.fill_lanes(dtype),
+                           D <= config.FUSE_MAX_DIM, FTYPE, D, N_DRAWS, N_PARAMS, N_CALLS, L)
     disp = numba.njit(parallel=True, error_model="numpy")(unique(kernel))
-    _enable_cache(disp, key)
+    enable_disk_cache(disp, key)
     return disp
-
-
-def _unique_names(tag: str):
-    """A decorator giving a function a qualified name unique to this kernel's key.
-
-    Numba names compiled functions by qualified name and a per-process counter, and links
-    the non-inlined ones with "one definition" semantics.  Kernels of different problems
-    loaded from the disk cache may have been compiled in different processes, where the same
-    closure (``record``, ``guarded``) got the same name and counter: the process would then
-    run one kernel's copy inside the other (seen: the loss of one problem evaluated inside the
-    kernel of another).  Names that carry the key's hash cannot collide."""
-    def rename(fn):
-        fn.__name__ = f"{fn.__name__}_{tag}"
-        fn.__qualname__ = f"{fn.__qualname__}_{tag}"
-        return fn
-    return rename
-
-
-# ---- a disk cache whose key is stable across processes ---------------------------------------
-def _code_hash(code, h) -> None:
-    h.update(code.co_code)
-    h.update(repr(code.co_names).encode())
-    for c in code.co_consts:
-        if isinstance(c, pytypes.CodeType):
-            _code_hash(c, h)
-        else:
-            h.update(_value_key(c))
-
-
-def _value_key(v) -> bytes:
-    """Bytes that identify a constant or closure value (content, not identity)."""
-    if callable(v):
-        return _fingerprint(v).encode()
-    if isinstance(v, np.ndarray):
-        return repr((v.dtype.str, v.shape)).encode() + np.ascontiguousarray(v).tobytes()
-    if isinstance(v, (frozenset, set)):
-        return repr(sorted(_value_key(x) for x in v)).encode()
-    if isinstance(v, tuple):
-        return b"(" + b",".join(_value_key(x) for x in v) + b")"
-    if v is None or isinstance(v, (bool, int, float, complex, str, bytes, np.generic)):
-        return repr(v).encode()
-    from numba.core.serialize import dumps     # anything else: as Numba does (may miss, never stale)
-    return dumps(v)
-
-
-def _fingerprint(f) -> str:
-    """Module, name and bytecode hash of a (compiled) function and of the functions and
-    values it closes over: stable across processes, unlike the pickled dispatcher."""
-    py = getattr(f, "py_func", f)
-    if not isinstance(py, pytypes.FunctionType):
-        return repr(py)
-    h = hashlib.sha256()
-    _code_hash(py.__code__, h)
-    for cell in py.__closure__ or ():
-        h.update(_value_key(cell.cell_contents))
-    return f"{py.__module__}.{py.__qualname__}:{h.hexdigest()[:16]}"
-
-
-class _KernelCache(caching.FunctionCache):
-    def __init__(self, py_func, key: str):
-        super().__init__(py_func)
-        self._stable_key = hashlib.sha256(key.encode()).hexdigest()
-
-    def _index_key(self, sig, codegen):
-        code = hashlib.sha256(self._py_func.__code__.co_code).hexdigest()
-        return (sig, codegen.magic_tuple(), (code, self._stable_key))
-
-
-def _enable_cache(disp, key: str) -> None:
-    try:
-        disp._cache = _KernelCache(disp.py_func, key)
-    except Exception:    # no writable cache location: compile every process, as Numba does
-        pass
 
 
 def get_kernel(problem, user_funcs: tuple, dtype: str = "float64", n_calls: int = 1):
@@ -408,17 +438,16 @@ def get_kernel(problem, user_funcs: tuple, dtype: str = "float64", n_calls: int 
     return _KERNELS[key]
 
 
-def run(spec) -> dict:
+def run(spec) -> EngineOutput:
     """Run a validated :class:`~sdeverify.engine.spec.RunSpec` on the CPU."""
     dtype = getattr(spec, "dtype", "float64")
     ft = np.dtype(dtype).type
     kernel = get_kernel(spec.problem, spec.user_funcs, dtype, spec.n_calls)
-    out = spec.allocate()
+    out = EngineOutput.allocate(spec)
     cast = lambda a: np.ascontiguousarray(a, dtype=ft)
     kernel(cast(spec.x0), cast(spec.m0), spec.problem.params, ft(spec.sigma), cast(spec.A),
            cast(spec.B), cast(spec.G), spec.record, spec.codes, spec.k0, spec.k1,
            spec.path_offset, spec.paths, spec.problem.draw_kind, ft(spec.r1), ft(spec.r2),
-           ft(spec.bound), out["block_stats"], out["block_diff"], out["block_bad"],
-           out["x_final"], out["m_final"],
-           out["div_step"], out["states"], spec.store_states)
+           ft(spec.bound), out.block_stats, out.block_diff, out.block_bad,
+           out.x_final, out.m_final, out.div_step, out.states, spec.store_states)
     return out

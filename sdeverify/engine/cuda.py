@@ -31,6 +31,7 @@ import numpy as np
 
 from .. import config, rng
 from ..observables import LOSS, SQNORM, USER0, welford
+from .output import EngineOutput
 
 try:  # a module global, so that the CUDA simulator can swap it inside kernels
     from numba import cuda
@@ -60,6 +61,11 @@ def _cuda():
         raise CudaUnavailable("backend='cuda': no usable CUDA GPU or driver found "
                            "(set NUMBA_ENABLE_CUDASIM=1 to run on Numba's CUDA simulator)")
     return cuda
+
+
+def require() -> None:
+    """Raise :class:`CudaUnavailable` (one clear line) unless a GPU, or the simulator, can run."""
+    _cuda()
 
 
 def _device_rng():
@@ -239,7 +245,7 @@ def fold(vals, div_step, rec_steps, block_stats, block_diff, block_bad, block):
                         welford(block_diff[blk, j, r, o], v - v0)
 
 
-def run(spec) -> dict:
+def run(spec) -> EngineOutput:
     """Run a validated :class:`~sdeverify.engine.spec.RunSpec` on the GPU (one thread per path)."""
     _cuda()
     n_opt = spec.A.shape[0]
@@ -248,13 +254,13 @@ def run(spec) -> dict:
     if key not in _KERNELS:
         _KERNELS[key] = _make_kernel(spec.problem, spec.user_funcs, n_opt, spec.n_calls)
     kernel = _KERNELS[key]
-    out = spec.allocate()
+    out = EngineOutput.allocate(spec)
     n_rec, n_obs = spec.record.shape[0], spec.codes.shape[0]
     d_vals = cuda.device_array((n_opt, n_rec, n_obs, spec.paths), dtype=np.float64)
-    d_x = cuda.device_array(out["x_final"].shape, dtype=np.float64)
-    d_m = cuda.device_array(out["m_final"].shape, dtype=np.float64)
-    d_div = cuda.device_array(out["div_step"].shape, dtype=np.int64)
-    states = out["states"] if spec.store_states else np.zeros((1, 1, 1, 1))
+    d_x = cuda.device_array(out.x_final.shape, dtype=np.float64)
+    d_m = cuda.device_array(out.m_final.shape, dtype=np.float64)
+    d_div = cuda.device_array(out.div_step.shape, dtype=np.int64)
+    states = out.states if spec.store_states else np.zeros((1, 1, 1, 1))
     d_states = cuda.to_device(states)
     tpb = SIM_THREADS_PER_BLOCK if numba.config.ENABLE_CUDASIM else THREADS_PER_BLOCK
     blocks = (spec.paths + tpb - 1) // tpb
@@ -265,11 +271,11 @@ def run(spec) -> dict:
         spec.path_offset, spec.paths, spec.problem.draw_kind, spec.r1, spec.r2, spec.bound,
         d_vals, d_x, d_m, d_div, d_states, spec.store_states)
     vals = d_vals.copy_to_host()
-    out["x_final"][:] = d_x.copy_to_host()
-    out["m_final"][:] = d_m.copy_to_host()
-    out["div_step"][:] = d_div.copy_to_host()
+    out.x_final[:] = d_x.copy_to_host()
+    out.m_final[:] = d_m.copy_to_host()
+    out.div_step[:] = d_div.copy_to_host()
     if spec.store_states:
-        out["states"][:] = d_states.copy_to_host()
-    fold(vals, out["div_step"], spec.record, out["block_stats"], out["block_diff"],
-         out["block_bad"], config.BLOCK)
+        out.states[:] = d_states.copy_to_host()
+    fold(vals, out.div_step, spec.record, out.block_stats, out.block_diff,
+         out.block_bad, config.BLOCK)
     return out

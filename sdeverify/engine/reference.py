@@ -13,10 +13,11 @@ import numpy as np
 from .. import config
 from ..observables import UserFunctionError, evaluate_py, welford
 from ..rng import draws_numpy
+from .output import EngineOutput
 
 
-def run(spec) -> dict:
-    out = spec.allocate()
+def run(spec) -> EngineOutput:
+    out = EngineOutput.allocate(spec)
     p = spec.problem
     grad, noise, loss = p.grad.py_func, p.noise.py_func, p.loss.py_func
     n_opt, d = spec.A.shape[0], spec.x0.shape[0]
@@ -24,7 +25,7 @@ def run(spec) -> dict:
     x = np.tile(spec.x0, (spec.paths, n_opt, 1))
     m = np.tile(spec.m0, (spec.paths, 1, 1))
     alive = np.ones((spec.paths, n_opt), dtype=bool)
-    out["div_step"][:] = -1
+    out.div_step[:] = -1
     g = np.empty(d)
     v = np.empty(d)
     rec_slot = {int(s): r for r, s in enumerate(spec.record)}
@@ -37,7 +38,7 @@ def run(spec) -> dict:
                 if not alive[ip, j]:
                     continue
                 if spec.store_states:
-                    out["states"][j, r, ip] = x[ip, j]
+                    out.states[j, r, ip] = x[ip, j]
                 for o, code in enumerate(spec.codes):
                     try:
                         v = evaluate_py(int(code), x[ip, j],
@@ -49,11 +50,11 @@ def run(spec) -> dict:
                             f"step {int(spec.record[r])})") from exc
                     vals[j, o] = v
                     if not np.isfinite(v):
-                        out["block_bad"][blk, j, r, o, 0] += 1.0
+                        out.block_bad[blk, j, r, o, 0] += 1.0
                         continue
-                    welford.py_func(out["block_stats"][blk, j, r, o], v)
+                    welford.py_func(out.block_stats[blk, j, r, o], v)
                     if alive[ip, 0] and np.isfinite(vals[0, o]):
-                        welford.py_func(out["block_diff"][blk, j, r, o], v - vals[0, o])
+                        welford.py_func(out.block_diff[blk, j, r, o], v - vals[0, o])
 
     if 0 in rec_slot:
         record(rec_slot[0])
@@ -76,9 +77,9 @@ def run(spec) -> dict:
                 x[ip, j] -= spec.G[j, k] * m[ip, j]
                 if not np.all(np.abs(x[ip, j]) <= spec.bound):   # NaN, inf included
                     alive[ip, j] = False
-                    out["div_step"][j, ip] = k + 1
+                    out.div_step[j, ip] = k + 1
         if k + 1 in rec_slot:
             record(rec_slot[k + 1])
-    out["x_final"][:] = x.transpose(1, 0, 2)
-    out["m_final"][:] = m.transpose(1, 0, 2)
+    out.x_final[:] = x.transpose(1, 0, 2)
+    out.m_final[:] = m.transpose(1, 0, 2)
     return out

@@ -16,9 +16,12 @@ import numpy as np
 
 from .. import config
 from ..observables import parse
+from ..optim import check_scheme, scheme_coefficients
 from ..problems.base import NGOS
 from ..rng import MAX_PATH, key_words
-from ..validation import finite_float, name_string, nonneg_int, positive_int, vector
+from ..validation import finite_float, nonneg_int, positive_int, vector
+from .cache import fingerprint as function_fingerprint
+from .output import EngineOutput
 
 
 @dataclass
@@ -67,31 +70,18 @@ class RunSpec:
     def n_blocks(self) -> int:
         return (self.paths + config.BLOCK - 1) // config.BLOCK
 
-    def allocate(self) -> dict:
-        n_opt, d, n_rec = self.A.shape[0], self.x0.shape[0], self.record.shape[0]
-        states = (np.full((n_opt, n_rec, self.paths, d), np.nan) if self.store_states
-                  else np.zeros((0, 0, 0, 0)))
-        return {
-            "block_stats": np.zeros((self.n_blocks, n_opt, n_rec, self.codes.shape[0], 3)),
-            # statistics of h(x_j) − h(x_0) per path (paired with optimizer 0, CRN)
-            "block_diff": np.zeros((self.n_blocks, n_opt, n_rec, self.codes.shape[0], 3)),
-            # per block: observable values that were not finite [..., 0] / raised [..., 1]
-            "block_bad": np.zeros((self.n_blocks, n_opt, n_rec, self.codes.shape[0], 2)),
-            "x_final": np.empty((n_opt, self.paths, d), dtype=self.dtype),
-            "m_final": np.empty((n_opt, self.paths, d), dtype=self.dtype),
-            "div_step": np.empty((n_opt, self.paths), dtype=np.int64),
-            "states": states,
-        }
-
+    def allocate(self) -> EngineOutput:
+        """The engine's output arrays for this spec (:meth:`EngineOutput.allocate`)."""
+        return EngineOutput.allocate(self)
 
     def fingerprint(self, backend: str) -> dict:
         """Everything that defines the simulation's numbers, one entry per field (short
         values as text, arrays and functions as content hashes); shards merge only when all
         fields agree (``paths`` and ``path_offset`` excepted)."""
         from .. import __version__
-        from .cpu import _fingerprint
+        from . import get_backend
         p = self.problem
-        funcs = ",".join(_fingerprint(f) for f in (p.grad, p.noise, p.loss))
+        funcs = ",".join(function_fingerprint(f) for f in (p.grad, p.noise, p.loss))
         return {
             "problem": f"{type(p).__name__} {p.name!r} d={p.dim} draws={p.n_draws} "
                        f"{p.noise_dist} ell={p.svag_ell!r} params={_digest(p.params)} "
@@ -103,11 +93,11 @@ class RunSpec:
             "steps": str(self.steps),
             "record": _digest(self.record),
             "observables": f"{list(self.obs_names)} "
-                           f"{_digest(','.join(_fingerprint(f) for f in self.user_funcs).encode())}",
+                           f"{_digest(','.join(function_fingerprint(f) for f in self.user_funcs).encode())}",
             "dtype": self.dtype,
             "seed": str(self.seed),
             "divergence_bound": repr(float(self.bound)),
-            "engine": "cuda (FMA-contracted)" if backend == "cuda" else "cpu/numpy (bitwise twins)",
+            "engine": get_backend(backend).numerics,
             "version": f"sdeverify {__version__}",
         }
 
@@ -209,14 +199,12 @@ def make_spec(problem, optimizers, x0, *, steps, paths, sigma, seed=0, record=No
                   f"{', store_states=True' if store_states else ''})")
     names, coefs = [], []
     for opt in optimizers:
-        if not hasattr(opt, "coefficients"):
-            raise ValueError(f"optimizers must be SGD, SGDM or HeavyBall instances, got {opt!r}")
-        name = name_string("optimizer name", getattr(opt, "name", type(opt).__name__))
+        name = check_scheme(opt)
         base, i = name, 2
         while name in names:
             name, i = f"{base}#{i}", i + 1
         names.append(name)
-        coefs.append(opt.coefficients(steps, problem.dim))
+        coefs.append(scheme_coefficients(opt, steps, problem.dim, f"optimizer {name!r}"))
     if record is None:
         record = np.unique(np.linspace(0, steps, config.DEFAULT_RECORDS + 1).round().astype(np.int64))
     else:
