@@ -129,13 +129,11 @@ def cmd_simulate(args) -> int:
 def _run_one(name: str, size: str, seed: int, out: Path | None, quiet: bool, overrides=None,
              backend: str = "cpu", cluster=None, resume: bool = False):
     import contextlib
-    import inspect
-
     from . import experiments
     from .progress import bar
     mod = experiments.get(name)
     overrides = dict(overrides or {})
-    if backend != "cpu" and "backend" in inspect.signature(mod.run).parameters:
+    if backend != "cpu" and "backend" in getattr(mod.run, "defaults", {}):
         overrides["backend"] = backend       # the trained-network checks train on the GPU
     on_cluster = contextlib.nullcontext()
     if cluster is not None:                  # every simulate/fit call of the check goes there

@@ -3,7 +3,7 @@ figures are written."""
 import pytest
 from harness import check_experiment_smoke
 
-from sdeverify.experiments import get
+from sdeverify.experiments import available, get
 
 
 @pytest.mark.parametrize("name", ["instruments", "hb_equivalence", "descent_lemma",
@@ -21,3 +21,13 @@ def test_bad_size():
         get("descent_lemma").run(size="huge")
     with pytest.raises(ValueError, match="unknown experiment"):
         get("nope")
+
+
+@pytest.mark.parametrize("name", available())
+def test_every_check_runs_through_the_one_harness(name):
+    """Every registered check is built with ``base.experiment``: its ``run`` rejects a typo'd
+    override naming the valid keys (before any work), and exposes its sizes and defaults."""
+    run = get(name).run
+    assert callable(getattr(run, "measure", None)) and set(run.sizes) == {"smoke", "quick", "full"}
+    with pytest.raises(ValueError, match=r"unknown overrides \['pathz'\]; valid: \["):
+        run(size="smoke", pathz=1)

@@ -120,7 +120,7 @@ def test_save_load_plot(smoke, tmp_path):
 
 
 def test_parameter_validation():
-    with pytest.raises(ValueError, match="unknown parameters"):
+    with pytest.raises(ValueError, match="unknown overrides"):
         sde_limit.run(size="smoke", nonsense=1)
     with pytest.raises(ValueError, match="at least 3"):
         sde_limit.run(size="smoke", cos_n_steps=(20, 40))

@@ -4,8 +4,15 @@ An experiment module exposes
 
     NAME: str
     TITLE: str
-    def run(*, size="quick", seed=0, progress=None, **overrides) -> ExperimentResult
-    def plot(result, path) -> Path          # draws from the saved data only
+    SIZES: dict                              # size -> configuration
+
+    @experiment(NAME, SIZES, defaults={...})  # the harness below: overrides, timing, metadata
+    def run(cfg, seed, progress) -> (params, data, verdicts)
+
+    def plot(result, path) -> Path           # draws from the saved data only (save_figure)
+
+so that callers see ``run(*, size="quick", seed=0, progress=None, **overrides) ->
+ExperimentResult`` and the module holds only its measurement and its judgement.
 
 ``size`` is "smoke" (seconds, used by CI), "quick" (part of ``sdeverify check --quick``,
 about a minute) or "full" (paper quality).  ``progress(done, total)`` is called as sub-runs
@@ -14,6 +21,7 @@ save atomically as JSON (+ NPZ for arrays).
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -80,14 +88,47 @@ def check_size(size: str) -> str:
     return size
 
 
-def size_config(sizes: dict, size: str, overrides: dict) -> dict:
-    """The configuration of ``size`` with ``overrides`` applied; an unknown override key is
-    an error naming the valid ones (a typo must not be silently ignored)."""
+def size_config(sizes: dict, size: str, overrides: dict, defaults: dict | None = None) -> dict:
+    """The configuration of ``size`` (``defaults`` first, then ``sizes[size]``) with
+    ``overrides`` applied; an unknown override key is an error naming the valid ones (a typo
+    must not be silently ignored)."""
     size = check_size(size)
-    unknown = set(overrides) - set(sizes[size])
+    base = dict(defaults or {}, **sizes[size])
+    unknown = set(overrides) - set(base)
     if unknown:
-        raise ValueError(f"unknown overrides {sorted(unknown)}; valid: {sorted(sizes[size])}")
-    return dict(sizes[size], **overrides)
+        raise ValueError(f"unknown overrides {sorted(unknown)}; valid: {sorted(base)}")
+    return dict(base, **overrides)
+
+
+Measure = Callable[..., tuple]
+
+
+def experiment(name: str, sizes: dict, defaults: dict | None = None) -> Callable[[Measure], Callable]:
+    """The one experiment harness: turns a check's measurement-and-judgement function
+
+        measure(cfg, seed, progress) -> (params, data, verdicts)
+
+    into the module's ``run(*, size="quick", seed=0, progress=None, **overrides)``, which
+    builds ``cfg`` from ``defaults`` and ``sizes[size]`` (an unknown override is an error
+    naming the valid keys), times the measurement, and returns the
+    :class:`ExperimentResult` with its metadata (seed, size, wall time, versions).
+    ``progress(done, total)`` is passed through for the measurement's :func:`tick` calls.
+    ``run.defaults`` / ``run.sizes`` expose the configuration (the CLI reads them).
+    """
+    defaults = dict(defaults or {})
+
+    def wrap(measure: Measure) -> Callable:
+        @functools.wraps(measure)
+        def run(*, size: str = "quick", seed: int = 0, progress: Progress = None,
+                **overrides) -> ExperimentResult:
+            cfg = size_config(sizes, size, overrides, defaults)
+            with Timer() as t:
+                params, data, verdicts = measure(cfg, seed, progress)
+            return ExperimentResult(name, params, data, tuple(verdicts),
+                                    make_meta(seed, size, t.seconds))
+        run.measure, run.defaults, run.sizes = measure, defaults, sizes
+        return run
+    return wrap
 
 
 class Timer:
@@ -103,21 +144,34 @@ def make_meta(seed: int, size: str, seconds: float) -> dict:
     return {"seed": seed, "size": size, "wall_time": seconds, "versions": versions()}
 
 
-def subplots(ncols: int, figsize: tuple[float, float]):
-    """A headless (Agg) matplotlib figure with ``ncols`` panels: (fig, axes)."""
+def subplots(ncols: int, figsize: tuple[float, float], nrows: int = 1, **kwargs):
+    """A headless (Agg) matplotlib figure with ``nrows × ncols`` panels: (fig, axes)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    return plt.subplots(1, ncols, figsize=figsize)
+    return plt.subplots(nrows, ncols, figsize=figsize, **kwargs)
 
 
-def save_figure(fig, path) -> Path:
-    """Lay out, write (PNG, 110 dpi) and close ``fig``; returns the path."""
+def save_figure(fig, path, dpi: int = 110) -> Path:
+    """Lay out, write (PNG) and close ``fig``; returns the path."""
     import matplotlib.pyplot as plt
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return Path(path)
+
+
+class Ticker:
+    """``step()`` reports one more finished sub-run of ``total`` to ``progress``."""
+
+    def __init__(self, progress: Progress, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+
+    def __call__(self) -> None:
+        self.done += 1
+        tick(self.progress, self.done, self.total)
 
 
 def tick(progress: Progress, done: int, total: int) -> None:

@@ -40,8 +40,7 @@ from ..optim import SGD, SGDM
 from ..problems import LinearRegression
 from ..simulate import simulate
 from ..stats import Interval, fit_order, mean_interval, z_value
-from .base import (ExperimentResult, Timer, Verdict, check_size, make_meta, save_figure,
-                   subplots, tick)
+from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, subplots, tick
 
 NAME = "batch_size"
 TITLE = "Sec 6 / Fig 1 analogue: batch-size sweep, linear lr scaling, real minibatch noise"
@@ -63,14 +62,13 @@ def data(seed: int = 0, max_batch: int = 64) -> LinearRegression:
                                      max_batch=max_batch)
 
 
-def run(*, size: str = "quick", seed: int = 0, progress=None, **overrides) -> ExperimentResult:
+@experiment(NAME, SIZES)
+def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     """Run the batch-size sweep; see the module docstring for the set-up and the rules.
 
     False failures: neither verdict failed at smoke size over seeds 0–99 nor at quick size
     over seeds 0–19 (the effects are ≥ 5 standard errors from their thresholds).
     """
-    size = check_size(size)
-    cfg = dict(SIZES[size], **overrides)
     Bs = tuple(int(b) for b in cfg["batches"])
     if len(Bs) < 5 or list(Bs) != sorted(set(Bs)) or Bs[0] < 1:
         raise ValueError(f"batches must be at least 5 increasing sizes >= 1, got {Bs}")
@@ -84,28 +82,27 @@ def run(*, size: str = "quick", seed: int = 0, progress=None, **overrides) -> Ex
     n = len(Bs)
     loss, loss_sem = np.empty((n, 2)), np.empty((n, 2))
     gap, gap_sem, etas, steps = np.empty(n), np.empty(n), np.empty(n), np.empty(n, dtype=np.int64)
-    with Timer() as t:
-        for i, B in enumerate(Bs):
-            P = LinearRegression(P0.features, P0.targets, B, max_batch=Bs[-1])
-            eta = eta1 * B
-            K = int(round(HORIZON / eta))
-            r = simulate(P, [SGD(eta, name="SGD"), SGDM(eta, BETA, name=f"SGDM b={BETA}")], x_star,
-                         steps=K, paths=cfg["paths"], sigma=1.0, seed=seed + 1000 * i, record=[K],
-                         observables=["loss"], on_divergence="ignore")
-            if r.divergence:
-                raise RuntimeError(f"B={B}: unexpected divergence {r.divergence}")
-            loss[i], loss_sem[i] = r.mean[:, -1, 0], r.sem[:, -1, 0]
-            d, s = r.paired(1, "loss")
-            gap[i], gap_sem[i], etas[i], steps[i] = -d[-1], s[-1], eta, K
-            tick(progress, i + 1, n)
-        verdicts = _verdicts(Bs, etas, gap, gap_sem, loss, fit_mask)
-        ov, od = oracle_verdicts(P0, Bs[-1], cfg["oracle_paths"], seed + 500)
-        verdicts += ov
+    for i, B in enumerate(Bs):
+        P = LinearRegression(P0.features, P0.targets, B, max_batch=Bs[-1])
+        eta = eta1 * B
+        K = int(round(HORIZON / eta))
+        r = simulate(P, [SGD(eta, name="SGD"), SGDM(eta, BETA, name=f"SGDM b={BETA}")], x_star,
+                     steps=K, paths=cfg["paths"], sigma=1.0, seed=seed + 1000 * i, record=[K],
+                     observables=["loss"], on_divergence="ignore")
+        if r.divergence:
+            raise RuntimeError(f"B={B}: unexpected divergence {r.divergence}")
+        loss[i], loss_sem[i] = r.mean[:, -1, 0], r.sem[:, -1, 0]
+        d, s = r.paired(1, "loss")
+        gap[i], gap_sem[i], etas[i], steps[i] = -d[-1], s[-1], eta, K
+        tick(progress, i + 1, n)
+    verdicts = _verdicts(Bs, etas, gap, gap_sem, loss, fit_mask)
+    ov, od = oracle_verdicts(P0, Bs[-1], cfg["oracle_paths"], seed + 500)
+    verdicts += ov
     out = {"batches": np.array(Bs), "etas": etas, "steps": steps, "loss": loss, "loss_sem": loss_sem,
            "gap": gap, "gap_sem": gap_sem, "loss_min": P0.value(x_star), "h_max": h_max, **od}
     params = dict(cfg, batches=list(Bs), beta=BETA, horizon=HORIZON, eta_h=ETA_H, eta1=eta1,
                   rel_tol=REL_TOL, fit_min_b=FIT_MIN_B)
-    return ExperimentResult(NAME, params, out, tuple(verdicts), make_meta(seed, size, t.seconds))
+    return params, out, verdicts
 
 
 ORACLE_B = 64

@@ -26,7 +26,7 @@ from ..optim import SGD
 from ..problems import CosineWell
 from ..simulate import simulate
 from ..stats import Interval, fit_order, sample_interval, z_value
-from .base import ExperimentResult, Timer, Verdict, check_size, make_meta, tick
+from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, subplots, tick
 
 NAME = "descent_lemma"
 TITLE = "Lemma 3.4: one-step expected loss change; remainder o(eta^2)"
@@ -43,11 +43,10 @@ POINTS = np.array([[0.7, -1.2, 2.5], [1.5, 0.4, -0.9]])
 TERMS_ALPHA = 1e-4
 
 
-def run(*, size: str = "quick", seed: int = 0, progress=None, sigma: float = 1.3,
-        **overrides) -> ExperimentResult:
+@experiment(NAME, SIZES, defaults=dict(sigma=1.3))
+def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     """Measure R(η) at each point and η; rules in the module docstring."""
-    size = check_size(size)
-    cfg = dict(SIZES[size], **overrides)
+    sigma = cfg["sigma"]
     etas, N = np.asarray(cfg["etas"]), cfg["paths"]
     P = CosineWell(3, amplitude=2.0)
     a = P.amplitude
@@ -57,75 +56,70 @@ def run(*, size: str = "quick", seed: int = 0, progress=None, sigma: float = 1.3
     lead = np.empty((len(POINTS), len(etas)))
     pieces = np.empty((len(POINTS), 2, 3))         # E[∇L·δ], E[½δᵀHδ] at the largest η: est, sem, exact
     verdicts = []
-    with Timer() as t:
-        for pi, x0 in enumerate(POINTS):
-            g, H, S = P.gradient(x0), P.hessian_at(x0), P.noise_cov_at(x0)
-            L0 = P.value(x0)
-            for ei, eta in enumerate(etas):
-                res = simulate(P, [SGD(eta)], x0, steps=1, paths=N, sigma=sigma,
-                               seed=seed + 100 * pi + ei, record=[1], observables=["loss"],
-                               store_states=True)
-                x1 = res.states[0, 0]                        # (paths, d)
-                dlt = x1 - x0
-                L1 = 0.5 * np.sum(x1 ** 2, axis=1) + a * np.sum(np.cos(x1), axis=1)
-                model = L0 + dlt @ g + 0.5 * np.einsum("pi,ij,pj->p", dlt, H, dlt)
-                r = sample_interval(L1 - model)
-                R[pi, ei] = r.estimate, r.low, r.high
-                c = sample_interval(L1 - L0)
-                change[pi, ei] = c.estimate, c.low, c.high
-                terms[pi, ei] = theory.descent_lemma_terms(g, H, S, eta, sigma)
-                if ei == 0:     # the closed-form terms themselves, against the same paths
-                    lin, quad = dlt @ g, 0.5 * np.einsum("pi,ij,pj->p", dlt, H, dlt)
-                    for k, (v, ex) in enumerate(((lin, terms[pi, 0, 0]),
-                                                 (quad, terms[pi, 0, 1] + terms[pi, 0, 2]))):
-                        pieces[pi, k] = v.mean(), v.std(ddof=1) / np.sqrt(v.size), ex
-                # Taylor prediction of R: (1/6) Σ ∂³L_i E δ_i³ + (1/24) Σ ∂⁴L_i E δ_i⁴ (+O(η⁵)),
-                # δ_i ~ N(−η g_i, η²σ²Σ_ii); CosineWell: ∂³L_i = a sin x_i, ∂⁴L_i = a cos x_i
-                mu, var = -eta * g, eta ** 2 * sigma ** 2 * np.diag(S)
-                lead[pi, ei] = (np.sum(P.third_derivative(x0) * (mu ** 3 + 3 * mu * var)) / 6.0
-                                + np.sum(a * np.cos(x0) * (mu ** 4 + 6 * mu ** 2 * var + 3 * var ** 2)) / 24.0)
-                tick(progress, pi * len(etas) + ei + 1, len(POINTS) * len(etas))
-            est = np.abs(R[pi, :, 0])
-            sem = (R[pi, :, 2] - R[pi, :, 1]) / (2 * z_value())
-            f = fit_order(etas, est, sem)
-            verdicts.append(Verdict(
-                f"remainder is o(eta^2) at x0={x0.tolist()}", "Lemma 3.4",
-                "order of |R(eta)| > 2 (leading term O(eta^3))", f.order, f.order.low > 2.0,
-                "lower end of the 95% interval of the fitted order > 2"))
-            z999 = z_value(0.999)
-            sem_last = (R[pi, -1, 2] - R[pi, -1, 1]) / (2 * z_value())
-            ok = abs(R[pi, -1, 0] - lead[pi, -1]) <= z999 * sem_last
-            verdicts.append(Verdict(
-                f"Taylor prediction of R (3rd+4th order) at smallest eta, x0={x0.tolist()}",
-                "Lemma 3.4 (Taylor)", f"R = {lead[pi, -1]:.4g}",
-                Interval(R[pi, -1, 0], R[pi, -1, 0] - z999 * sem_last, R[pi, -1, 0] + z999 * sem_last, 0.999),
-                bool(ok), "prediction inside the 99.9% interval of R at the smallest eta"))
-        zb = z_value(1 - TERMS_ALPHA / pieces[:, :, 0].size)
-        zs = (pieces[:, :, 0] - pieces[:, :, 2]) / pieces[:, :, 1]
-        i, k = np.unravel_index(int(np.argmax(np.abs(zs))), zs.shape)
-        est, se, ex = pieces[i, k]
+    for pi, x0 in enumerate(POINTS):
+        g, H, S = P.gradient(x0), P.hessian_at(x0), P.noise_cov_at(x0)
+        L0 = P.value(x0)
+        for ei, eta in enumerate(etas):
+            res = simulate(P, [SGD(eta)], x0, steps=1, paths=N, sigma=sigma,
+                           seed=seed + 100 * pi + ei, record=[1], observables=["loss"],
+                           store_states=True)
+            x1 = res.states[0, 0]                        # (paths, d)
+            dlt = x1 - x0
+            L1 = 0.5 * np.sum(x1 ** 2, axis=1) + a * np.sum(np.cos(x1), axis=1)
+            model = L0 + dlt @ g + 0.5 * np.einsum("pi,ij,pj->p", dlt, H, dlt)
+            r = sample_interval(L1 - model)
+            R[pi, ei] = r.estimate, r.low, r.high
+            c = sample_interval(L1 - L0)
+            change[pi, ei] = c.estimate, c.low, c.high
+            terms[pi, ei] = theory.descent_lemma_terms(g, H, S, eta, sigma)
+            if ei == 0:     # the closed-form terms themselves, against the same paths
+                lin, quad = dlt @ g, 0.5 * np.einsum("pi,ij,pj->p", dlt, H, dlt)
+                for k, (v, ex) in enumerate(((lin, terms[pi, 0, 0]),
+                                             (quad, terms[pi, 0, 1] + terms[pi, 0, 2]))):
+                    pieces[pi, k] = v.mean(), v.std(ddof=1) / np.sqrt(v.size), ex
+            # Taylor prediction of R: (1/6) Σ ∂³L_i E δ_i³ + (1/24) Σ ∂⁴L_i E δ_i⁴ (+O(η⁵)),
+            # δ_i ~ N(−η g_i, η²σ²Σ_ii); CosineWell: ∂³L_i = a sin x_i, ∂⁴L_i = a cos x_i
+            mu, var = -eta * g, eta ** 2 * sigma ** 2 * np.diag(S)
+            lead[pi, ei] = (np.sum(P.third_derivative(x0) * (mu ** 3 + 3 * mu * var)) / 6.0
+                            + np.sum(a * np.cos(x0) * (mu ** 4 + 6 * mu ** 2 * var + 3 * var ** 2)) / 24.0)
+            tick(progress, pi * len(etas) + ei + 1, len(POINTS) * len(etas))
+        est = np.abs(R[pi, :, 0])
+        sem = (R[pi, :, 2] - R[pi, :, 1]) / (2 * z_value())
+        f = fit_order(etas, est, sem)
         verdicts.append(Verdict(
-            f"Lemma 3.4's three terms (closed form) = E of the linear and quadratic model terms, eta={etas[0]:g}",
-            "Lemma 3.4", f"worst: {'E[grad.delta] = -eta|g|^2' if k == 0 else 'E[delta H delta/2] = eta^2/2 (gHg + sigma^2 tr(H Sigma))'}"
-            f" = {ex:.5g} (x0 = {POINTS[i].tolist()})",
-            Interval(float(est), float(est - zb * se), float(est + zb * se), 1 - TERMS_ALPHA / pieces[:, :, 0].size),
-            bool(np.all(np.abs(zs) <= zb)),
-            f"two-sided z-tests of both terms at both points, |z| max {np.abs(zs).max():.2f} <= {zb:.2f} "
-            f"(family-wise {1 - TERMS_ALPHA:.2%}); the remainder above uses the per-path model, not "
-            "these formulas"))
+            f"remainder is o(eta^2) at x0={x0.tolist()}", "Lemma 3.4",
+            "order of |R(eta)| > 2 (leading term O(eta^3))", f.order, f.order.low > 2.0,
+            "lower end of the 95% interval of the fitted order > 2"))
+        z999 = z_value(0.999)
+        sem_last = (R[pi, -1, 2] - R[pi, -1, 1]) / (2 * z_value())
+        ok = abs(R[pi, -1, 0] - lead[pi, -1]) <= z999 * sem_last
+        verdicts.append(Verdict(
+            f"Taylor prediction of R (3rd+4th order) at smallest eta, x0={x0.tolist()}",
+            "Lemma 3.4 (Taylor)", f"R = {lead[pi, -1]:.4g}",
+            Interval(R[pi, -1, 0], R[pi, -1, 0] - z999 * sem_last, R[pi, -1, 0] + z999 * sem_last, 0.999),
+            bool(ok), "prediction inside the 99.9% interval of R at the smallest eta"))
+    zb = z_value(1 - TERMS_ALPHA / pieces[:, :, 0].size)
+    zs = (pieces[:, :, 0] - pieces[:, :, 2]) / pieces[:, :, 1]
+    i, k = np.unravel_index(int(np.argmax(np.abs(zs))), zs.shape)
+    est, se, ex = pieces[i, k]
+    verdicts.append(Verdict(
+        f"Lemma 3.4's three terms (closed form) = E of the linear and quadratic model terms, eta={etas[0]:g}",
+        "Lemma 3.4", f"worst: {'E[grad.delta] = -eta|g|^2' if k == 0 else 'E[delta H delta/2] = eta^2/2 (gHg + sigma^2 tr(H Sigma))'}"
+        f" = {ex:.5g} (x0 = {POINTS[i].tolist()})",
+        Interval(float(est), float(est - zb * se), float(est + zb * se), 1 - TERMS_ALPHA / pieces[:, :, 0].size),
+        bool(np.all(np.abs(zs) <= zb)),
+        f"two-sided z-tests of both terms at both points, |z| max {np.abs(zs).max():.2f} <= {zb:.2f} "
+        f"(family-wise {1 - TERMS_ALPHA:.2%}); the remainder above uses the per-path model, not "
+        "these formulas"))
     data = {"etas": etas, "points": POINTS, "remainder": R, "change": change, "terms": terms,
             "leading_remainder": lead, "term_pieces": pieces}
-    return ExperimentResult(NAME, dict(cfg, sigma=sigma, etas=etas.tolist()), data, tuple(verdicts),
-                            make_meta(seed, size, t.seconds))
+    return dict(cfg, sigma=sigma, etas=etas.tolist()), data, verdicts
 
 
 def plot(result: ExperimentResult, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     d = result.data
     etas = d["etas"]
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, ax = subplots(2, (11, 4.2))
     for pi in range(d["points"].shape[0]):
         R = d["remainder"][pi]
         ax[0].errorbar(etas, np.abs(R[:, 0]), yerr=[R[:, 0] - R[:, 1], R[:, 2] - R[:, 0]], fmt="o",
@@ -144,7 +138,4 @@ def plot(result: ExperimentResult, path):
               title="one-step expected decrease vs formula")
     for a in ax:
         a.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

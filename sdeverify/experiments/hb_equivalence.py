@@ -50,7 +50,8 @@ from ..optim import SGD, SGDM, HeavyBall, heavy_ball_to_sgdm
 from ..problems import CosineWell
 from ..simulate import simulate
 
-from .base import ExperimentResult, Timer, Value, Verdict, check_size, make_meta, tick
+from .base import (ExperimentResult, Progress, Value, Verdict, experiment, save_figure, subplots,
+                   tick)
 
 NAME = "hb_equivalence"
 TITLE = "Def 3.3/A.1, Lemma A.2: heavy-ball (torch) == EMA SGDM with converted schedule"
@@ -208,9 +209,8 @@ def schedule_verdicts(g: np.random.Generator) -> tuple[list, dict]:
     return out, devs
 
 
-def run(*, size: str = "quick", seed: int = 0, progress=None, **overrides) -> ExperimentResult:
-    size = check_size(size)
-    cfg = dict(SIZES[size], **overrides)
+@experiment(NAME, SIZES)
+def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     K, N = cfg["steps"], cfg["paths"]
     P = CosineWell(2)
     g = np.random.default_rng(seed)
@@ -221,52 +221,45 @@ def run(*, size: str = "quick", seed: int = 0, progress=None, **overrides) -> Ex
     }
     rec = np.unique(np.linspace(0, K, 11).astype(int))
     devs, verdicts = [], []
-    with Timer() as t:
-        for i, (name, (lr, mu, tau)) in enumerate(cases.items()):
-            eta, beta, _ = heavy_ball_to_sgdm(lr, mu, tau, steps=K)
-            res = simulate(P, [HeavyBall(lr, mu, tau), SGDM(eta, beta)], [1.0, -0.5], steps=K,
-                           paths=N, sigma=1.0, seed=seed, record=rec, store_states=True)
-            dev = _max_rel_dev(res)
-            devs.append(dev)
-            verdicts.append(Verdict(f"heavy-ball == converted SGDM, {name}", "Lemma A.2 / THEORY §2",
-                                    f"identical iterates (max rel. dev <= {TOL:g})",
-                                    Value(dev), dev <= TOL,
-                                    f"max |x_HB - x_SGDM|/(1+|x|) over paths, steps, coords <= {TOL:g}",
-                                    TOL))
-            tick(progress, i + 1, len(cases) + 1)
-        naive = simulate(P, [HeavyBall(0.01, 0.9, 0.5), SGDM(0.01 / 0.1, 0.9)], [1.0, -0.5],
-                         steps=K, paths=N, sigma=1.0, seed=seed, record=rec, store_states=True)
-        dn = _max_rel_dev(naive)
-        verdicts.append(Verdict("negative control: naive eta = gamma/(1-mu) ignores dampening",
-                                "THEORY §2", "detectably different (> 1e-3)", Value(dn),
-                                dn > 1e-3, "max rel. deviation > 1e-3", 1e-3))
-        tick(progress, len(cases) + 1, len(cases) + 1)
-        ref_verdicts, ref_devs = reference_verdicts(P, min(K, 400), g)
-        verdicts += ref_verdicts
-        sched_verdicts, sched_devs = schedule_verdicts(g)
-        verdicts += sched_verdicts
-        bv, bdev = backend_verdict(P)
-        verdicts.append(bv)
+    for i, (name, (lr, mu, tau)) in enumerate(cases.items()):
+        eta, beta, _ = heavy_ball_to_sgdm(lr, mu, tau, steps=K)
+        res = simulate(P, [HeavyBall(lr, mu, tau), SGDM(eta, beta)], [1.0, -0.5], steps=K,
+                       paths=N, sigma=1.0, seed=seed, record=rec, store_states=True)
+        dev = _max_rel_dev(res)
+        devs.append(dev)
+        verdicts.append(Verdict(f"heavy-ball == converted SGDM, {name}", "Lemma A.2 / THEORY §2",
+                                f"identical iterates (max rel. dev <= {TOL:g})",
+                                Value(dev), dev <= TOL,
+                                f"max |x_HB - x_SGDM|/(1+|x|) over paths, steps, coords <= {TOL:g}",
+                                TOL))
+        tick(progress, i + 1, len(cases) + 1)
+    naive = simulate(P, [HeavyBall(0.01, 0.9, 0.5), SGDM(0.01 / 0.1, 0.9)], [1.0, -0.5],
+                     steps=K, paths=N, sigma=1.0, seed=seed, record=rec, store_states=True)
+    dn = _max_rel_dev(naive)
+    verdicts.append(Verdict("negative control: naive eta = gamma/(1-mu) ignores dampening",
+                            "THEORY §2", "detectably different (> 1e-3)", Value(dn),
+                            dn > 1e-3, "max rel. deviation > 1e-3", 1e-3))
+    tick(progress, len(cases) + 1, len(cases) + 1)
+    ref_verdicts, ref_devs = reference_verdicts(P, min(K, 400), g)
+    verdicts += ref_verdicts
+    sched_verdicts, sched_devs = schedule_verdicts(g)
+    verdicts += sched_verdicts
+    bv, bdev = backend_verdict(P)
+    verdicts.append(bv)
     data = {"cases": np.array(list(cases)), "max_rel_dev": np.array(devs), "naive_dev": np.array(dn),
             "reference_cases": np.array(list(ref_devs)), "reference_dev": np.array(list(ref_devs.values())),
             "schedule_cases": np.array(list(sched_devs)), "schedule_dev": np.array(list(sched_devs.values())),
             "backend_dev": np.array(bdev)}
-    return ExperimentResult(NAME, cfg, data, tuple(verdicts), make_meta(seed, size, t.seconds))
+    return cfg, data, verdicts
 
 
 def plot(result: ExperimentResult, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     d = result.data
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = subplots(1, (7, 3.6))
     names = list(d["cases"]) + ["naive mapping (control)"]
     vals = list(d["max_rel_dev"]) + [float(d["naive_dev"])]
     ax.barh(names, np.maximum(vals, 1e-18), color=["C0"] * len(d["cases"]) + ["C3"])
     ax.axvline(TOL, color="k", ls="--", label=f"tolerance {TOL:g}")
     ax.set(xscale="log", xlabel="max |x_HB - x_SGDM| / (1 + |x|)", title="heavy-ball vs converted SGDM")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -58,7 +58,7 @@ from ..optim import SGD, SGDM
 from ..problems import ConstantGradient, Quadratic
 from ..simulate import simulate
 from ..stats import Interval, fit_order, max_abs_interval, mean_interval, z_value
-from .base import ExperimentResult, Timer, Value, Verdict, check_size, make_meta, tick
+from .base import ExperimentResult, Progress, Value, Verdict, experiment, tick
 
 NAME = "instruments"
 TITLE = "Self-checks: the engine's generator against N(0,1); coverage of the intervals"
@@ -282,42 +282,39 @@ def max_abs_coverage(reps: int, seed: int) -> np.ndarray:
     return out
 
 
-def run(*, size: str = "quick", seed: int = 0, progress=None, **overrides) -> ExperimentResult:
+@experiment(NAME, SIZES)
+def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     """Generator and interval self-checks; rules in the module docstring."""
-    size = check_size(size)
-    cfg = dict(SIZES[size], **overrides)
     verdicts, data = [], {}
-    with Timer() as t:
-        z = engine_draws(cfg["gen_paths"], cfg["gen_steps"], seed + 99)
-        vs, d = generator_verdicts(z)
-        del z
-        verdicts += vs
-        data.update(d)
-        vs, d = other_draw_verdicts(cfg["other_draws"], seed + 98)
-        verdicts += vs
-        data.update(d)
-        tick(progress, 1, 3)
-        cov = coverage_runs(cfg["reps"], cfg["rep_paths"], seed + 7)
-        labels = {"x0": "SimulationResult.sem: 95% interval of E x0 (SGD, quadratic) covers the exact mean",
-                  "loss": "SimulationResult.sem: 95% interval of E L (SGD, quadratic) covers the exact mean",
-                  "diff": "SimulationResult.paired: 95% interval of E[x0(SGDM) - x0(SGD)] covers the exact value"}
-        for k, lab in labels.items():
-            verdicts.append(_coverage_verdict(lab, cov[k], (NOMINAL, NOMINAL)))
-            data[f"coverage_{k}"] = cov[k]
-        tick(progress, 2, 3)
-        fc = fit_order_coverage(cfg["fit_reps"], seed)
-        verdicts.append(_coverage_verdict(
-            "stats.fit_order: 95% interval of the order covers the true order (synthetic curves)",
-            fc, FIT_ORDER_BAND, FIT_ORDER_ALT))
-        data["coverage_fit_order"] = fc
-        mc = max_abs_coverage(cfg["fit_reps"], seed)
-        verdicts.append(_coverage_verdict(
-            f"stats.max_abs_interval: 95% interval of max_k |mu_k| covers it (K = {MAX_ABS_K} equal means)",
-            mc, MAX_ABS_BAND, _max_abs_alt()))
-        data["coverage_max_abs"] = mc
-        tick(progress, 3, 3)
-    return ExperimentResult(NAME, dict(cfg, sigma=SIGMA, family_alpha=FAMILY_ALPHA), data,
-                            tuple(verdicts), make_meta(seed, size, t.seconds))
+    z = engine_draws(cfg["gen_paths"], cfg["gen_steps"], seed + 99)
+    vs, d = generator_verdicts(z)
+    del z
+    verdicts += vs
+    data.update(d)
+    vs, d = other_draw_verdicts(cfg["other_draws"], seed + 98)
+    verdicts += vs
+    data.update(d)
+    tick(progress, 1, 3)
+    cov = coverage_runs(cfg["reps"], cfg["rep_paths"], seed + 7)
+    labels = {"x0": "SimulationResult.sem: 95% interval of E x0 (SGD, quadratic) covers the exact mean",
+              "loss": "SimulationResult.sem: 95% interval of E L (SGD, quadratic) covers the exact mean",
+              "diff": "SimulationResult.paired: 95% interval of E[x0(SGDM) - x0(SGD)] covers the exact value"}
+    for k, lab in labels.items():
+        verdicts.append(_coverage_verdict(lab, cov[k], (NOMINAL, NOMINAL)))
+        data[f"coverage_{k}"] = cov[k]
+    tick(progress, 2, 3)
+    fc = fit_order_coverage(cfg["fit_reps"], seed)
+    verdicts.append(_coverage_verdict(
+        "stats.fit_order: 95% interval of the order covers the true order (synthetic curves)",
+        fc, FIT_ORDER_BAND, FIT_ORDER_ALT))
+    data["coverage_fit_order"] = fc
+    mc = max_abs_coverage(cfg["fit_reps"], seed)
+    verdicts.append(_coverage_verdict(
+        f"stats.max_abs_interval: 95% interval of max_k |mu_k| covers it (K = {MAX_ABS_K} equal means)",
+        mc, MAX_ABS_BAND, _max_abs_alt()))
+    data["coverage_max_abs"] = mc
+    tick(progress, 3, 3)
+    return dict(cfg, sigma=SIGMA, family_alpha=FAMILY_ALPHA), data, verdicts
 
 
 def plot(result: ExperimentResult, path):

@@ -32,7 +32,7 @@ from ..problems.diagonal_net import DiagonalNet
 from ..simulate import simulate
 from ..slow_sde import solve_slow_ode
 from ..stats import Interval, fit_order, mean_interval
-from .base import ExperimentResult, Timer, Verdict, check_size, make_meta, tick
+from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, subplots, tick
 
 NAME = "label_noise"
 TITLE = "Sec 5: label-noise SGD and SGDM reduce sharpness along the same slow path"
@@ -50,13 +50,18 @@ def _optimizers(eta, beta, alpha, lam):
             SGDM(eta, 1.0 - lam * eta ** alpha, name=OPT_LABELS[2])]
 
 
-def run(*, size: str = "quick", seed: int = 0, progress=None, sigma: float = 1.25,
-        beta: float = 0.9, alpha: float = 0.5, lam: float = 0.3, init_scale: float = 1.0,
-        n: int = 5, D: int = 10, sparsity: int = 2, data_seed: int = 0,
-        **overrides) -> ExperimentResult:
+@experiment(NAME, SIZES, defaults=dict(sigma=1.25, beta=0.9, alpha=0.5, lam=0.3, init_scale=1.0, n=5, D=10, sparsity=2, data_seed=0))
+def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     """Run the label-noise sharpness experiment; see the module docstring for the rules."""
-    size = check_size(size)
-    cfg = dict(SIZES[size], **overrides)
+    sigma = cfg["sigma"]
+    beta = cfg["beta"]
+    alpha = cfg["alpha"]
+    lam = cfg["lam"]
+    init_scale = cfg["init_scale"]
+    n = cfg["n"]
+    D = cfg["D"]
+    sparsity = cfg["sparsity"]
+    data_seed = cfg["data_seed"]
     etas = np.asarray(cfg["etas"], dtype=np.float64)
     T, N = float(cfg["T"]), int(cfg["paths"])
     times = np.linspace(0.0, T, int(cfg["n_times"]))
@@ -71,66 +76,65 @@ def run(*, size: str = "quick", seed: int = 0, progress=None, sigma: float = 1.2
     dec = np.zeros((n_opt, n_eta, 3))                      # relative decrease (est, lo, hi)
     wall = np.zeros(n_eta)
     beta_mean = np.zeros((n_opt, n_t, D))                  # at the smallest η
-    with Timer() as timer:
-        sol = solve_slow_ode(prob, zeta0, t=T, dt=min(0.005, T / 50), sigma=sigma, record=times)
-        Z_ode = sol.states[:, 0]
-        S_ode = prob.sharpness(Z_ode)
-        off_ode = np.abs(prob.beta(Z_ode))[:, off].sum(axis=1)
-        for i, eta in enumerate(etas):
-            K = int(round(T / eta ** 2))
-            rec = np.round(times / eta ** 2).astype(np.int64)
-            t0 = time.perf_counter()
-            res = simulate(prob, _optimizers(eta, beta, alpha, lam), zeta0, steps=K, paths=N,
-                           sigma=sigma, seed=seed, record=rec, observables=["loss"], store_states=True)
-            wall[i] = time.perf_counter() - t0
-            phi = prob.project(res.states)                 # (n_opt, n_t, N, 2D)
-            S = prob.sharpness(phi)                        # (n_opt, n_t, N)
-            O = np.abs(prob.beta(phi))[..., off].sum(axis=-1)
-            S_mean[:, i] = np.nanmean(S, axis=-1)
-            S_sem[:, i] = np.nanstd(S, axis=-1, ddof=1) / np.sqrt(np.sum(np.isfinite(S), axis=-1))
-            off_mean[:, i] = np.nanmean(O, axis=-1)
-            off_sem[:, i] = np.nanstd(O, axis=-1, ddof=1) / np.sqrt(np.sum(np.isfinite(O), axis=-1))
-            for j in range(n_opt):
-                iv = mean_interval(1.0 - S_mean[j, i, -1] / S_ode[0], S_sem[j, i, -1] / S_ode[0])
-                dec[j, i] = iv.estimate, iv.low, iv.high
-            if i == n_eta - 1:
-                beta_mean = np.nanmean(prob.beta(phi), axis=2)
-            tick(progress, i + 1, n_eta)
-        # errors against the slow flow
-        err = np.abs(S_mean - S_ode[None, None, :])        # (n_opt, n_eta, n_t)
-        kmax = np.argmax(err, axis=-1)
-        e_max = np.take_along_axis(err, kmax[..., None], -1)[..., 0]
-        e_sem = np.take_along_axis(S_sem, kmax[..., None], -1)[..., 0]
-        fits = np.full((n_opt, 4), np.nan)
-        verdicts = []
+    sol = solve_slow_ode(prob, zeta0, t=T, dt=min(0.005, T / 50), sigma=sigma, record=times)
+    Z_ode = sol.states[:, 0]
+    S_ode = prob.sharpness(Z_ode)
+    off_ode = np.abs(prob.beta(Z_ode))[:, off].sum(axis=1)
+    for i, eta in enumerate(etas):
+        K = int(round(T / eta ** 2))
+        rec = np.round(times / eta ** 2).astype(np.int64)
+        t0 = time.perf_counter()
+        res = simulate(prob, _optimizers(eta, beta, alpha, lam), zeta0, steps=K, paths=N,
+                       sigma=sigma, seed=seed, record=rec, observables=["loss"], store_states=True)
+        wall[i] = time.perf_counter() - t0
+        phi = prob.project(res.states)                 # (n_opt, n_t, N, 2D)
+        S = prob.sharpness(phi)                        # (n_opt, n_t, N)
+        O = np.abs(prob.beta(phi))[..., off].sum(axis=-1)
+        S_mean[:, i] = np.nanmean(S, axis=-1)
+        S_sem[:, i] = np.nanstd(S, axis=-1, ddof=1) / np.sqrt(np.sum(np.isfinite(S), axis=-1))
+        off_mean[:, i] = np.nanmean(O, axis=-1)
+        off_sem[:, i] = np.nanstd(O, axis=-1, ddof=1) / np.sqrt(np.sum(np.isfinite(O), axis=-1))
         for j in range(n_opt):
-            f = fit_order(etas, e_max[j], e_sem[j])
-            fits[j] = f.order.estimate, f.order.low, f.order.high, f.log_c
-        jd = int(np.argmin(dec[:, -1, 1]))
+            iv = mean_interval(1.0 - S_mean[j, i, -1] / S_ode[0], S_sem[j, i, -1] / S_ode[0])
+            dec[j, i] = iv.estimate, iv.low, iv.high
+        if i == n_eta - 1:
+            beta_mean = np.nanmean(prob.beta(phi), axis=2)
+        tick(progress, i + 1, n_eta)
+    # errors against the slow flow
+    err = np.abs(S_mean - S_ode[None, None, :])        # (n_opt, n_eta, n_t)
+    kmax = np.argmax(err, axis=-1)
+    e_max = np.take_along_axis(err, kmax[..., None], -1)[..., 0]
+    e_sem = np.take_along_axis(S_sem, kmax[..., None], -1)[..., 0]
+    fits = np.full((n_opt, 4), np.nan)
+    verdicts = []
+    for j in range(n_opt):
+        f = fit_order(etas, e_max[j], e_sem[j])
+        fits[j] = f.order.estimate, f.order.low, f.order.high, f.log_c
+    jd = int(np.argmin(dec[:, -1, 1]))
+    verdicts.append(Verdict(
+        f"label noise lowers the sharpness tr Hess L on the manifold (eta={etas[-1]:g}, t={T:g})",
+        "Sec 5 (Li, Wang, Arora 2021 label-noise slow SDE)",
+        f"1 - S(T)/S(0) > 0 (slow flow: {1 - S_ode[-1] / S_ode[0]:.3f})",
+        Interval(*dec[jd, -1]), bool(np.all(dec[:, -1, 1] > 0)),
+        f"95% interval of the relative decrease above 0 for all three optimizers "
+        f"(measured: the smallest, {OPT_LABELS[jd]})"))
+    for j in range(n_opt):
         verdicts.append(Verdict(
-            f"label noise lowers the sharpness tr Hess L on the manifold (eta={etas[-1]:g}, t={T:g})",
-            "Sec 5 (Li, Wang, Arora 2021 label-noise slow SDE)",
-            f"1 - S(T)/S(0) > 0 (slow flow: {1 - S_ode[-1] / S_ode[0]:.3f})",
-            Interval(*dec[jd, -1]), bool(np.all(dec[:, -1, 1] > 0)),
-            f"95% interval of the relative decrease above 0 for all three optimizers "
-            f"(measured: the smallest, {OPT_LABELS[jd]})"))
-        for j in range(n_opt):
-            verdicts.append(Verdict(
-                f"{OPT_LABELS[j]} follows the slow flow: max_t |E S(t) - S_ode(t)| -> 0 as eta -> 0",
-                "Thm 5.5 / THEORY §8",
-                "error ~ C eta^p with p > 0",
-                Interval(*fits[j, :3]), bool(fits[j, 1] > 0),
-                "lower end of the 95% interval of the fitted order p > 0"))
-        off0 = float(np.abs(prob.beta(zeta0))[off].sum())
-        jo = int(np.argmax(off_mean[:, -1, -1]))
-        ivo = mean_interval(off_mean[jo, -1, -1], off_sem[jo, -1, -1])
-        verdicts.append(Verdict(
-            f"drift towards sparse solutions: off-support |beta| mass falls (eta={etas[-1]:g}, t={T:g})",
-            "Sec 5 (implicit bias of label noise)",
-            f"sum_(i off supp) |beta_i| below its initial {off0:.3f} (slow flow: {off_ode[-1]:.3f})",
-            ivo, bool(all(off_mean[j, -1, -1] + 1.96 * off_sem[j, -1, -1] < off0 for j in range(n_opt))),
-            f"upper end of the 95% interval below the initial value for all three optimizers "
-            f"(measured: the largest, {OPT_LABELS[jo]})"))
+            f"{OPT_LABELS[j]} follows the slow flow: max_t |E S(t) - S_ode(t)| -> 0 as eta -> 0",
+            "Thm 5.5 / THEORY §8",
+            "error ~ C eta^p with p > 0",
+            Interval(*fits[j, :3]), bool(fits[j, 1] > 0),
+            "lower end of the 95% interval of the fitted order p > 0"))
+    off0 = float(np.abs(prob.beta(zeta0))[off].sum())
+    jo = int(np.argmax(off_mean[:, -1, -1]))
+    ivo = mean_interval(off_mean[jo, -1, -1], off_sem[jo, -1, -1])
+    verdicts.append(Verdict(
+        f"drift towards sparse solutions: off-support |beta| mass falls (eta={etas[-1]:g}, t={T:g})",
+        "Sec 5 (implicit bias of label noise)",
+        f"sum_(i off supp) |beta_i| below its initial {off0:.3f} (slow flow: {off_ode[-1]:.3f})",
+        ivo, bool(all(off_mean[j, -1, -1] + 1.96 * off_sem[j, -1, -1] < off0 for j in range(n_opt))),
+        f"upper end of the 95% interval below the initial value for all three optimizers "
+        f"(measured: the largest, {OPT_LABELS[jo]})"))
     data = {"etas": etas, "times": times, "S_ode": S_ode, "off_ode": off_ode, "S_mean": S_mean,
             "S_sem": S_sem, "off_mean": off_mean, "off_sem": off_sem, "decrease": dec,
             "err_max": e_max, "err_sem": e_sem, "fits": fits, "wall": wall,
@@ -139,19 +143,16 @@ def run(*, size: str = "quick", seed: int = 0, progress=None, sigma: float = 1.2
     params = dict(cfg, etas=list(cfg["etas"]), sigma=sigma, beta=beta, alpha=alpha, lam=lam,
                   init_scale=init_scale, n=n, D=D, sparsity=sparsity, data_seed=data_seed,
                   optimizers=list(OPT_LABELS))
-    return ExperimentResult(NAME, params, data, tuple(verdicts), make_meta(seed, size, timer.seconds))
+    return params, data, verdicts
 
 
 def plot(result: ExperimentResult, path):
     """Sharpness vs slow time (all η, three optimizers, slow flow); error vs η with fits;
     off-support mass vs slow time; β along the path at the smallest η."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     d, prm = result.data, result.params
     etas, times = d["etas"], d["times"]
     cols = ("C0", "C1", "C2")
-    fig, ax = plt.subplots(1, 4, figsize=(21, 4.8))
+    fig, ax = subplots(4, (21, 4.8))
     # (a) sharpness vs t at the largest and smallest eta
     a = ax[0]
     a.plot(times, d["S_ode"], "k-", lw=2, label="slow SDE (deterministic flow)")
@@ -203,7 +204,4 @@ def plot(result: ExperimentResult, path):
     a.legend(fontsize=7)
     fig.suptitle(f"{TITLE}  (diagonal net n={prm['n']}, D={prm['D']}, sigma={prm['sigma']}, "
                  f"{prm['paths']} paths)", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

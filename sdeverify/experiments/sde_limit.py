@@ -40,7 +40,8 @@ from .. import sde
 from ..optim import SGD, SGDM
 from ..problems import CosineWell, Quadratic
 from ..stats import Interval, fit_order, richardson_order, z_value
-from .base import ExperimentResult, Timer, Verdict, check_size, make_meta, tick
+from .base import (ExperimentResult, Progress, Timer, Verdict, experiment, save_figure, subplots,
+                   tick)
 
 NAME = "sde_limit"
 TITLE = "SDE limits over O(1/η) steps: SGD/SGDM (α<1) → first-order SDE, SGDM (α=1) → kinetic SDE"
@@ -173,7 +174,8 @@ def _grid(n_steps, T: float, name: str) -> tuple[np.ndarray, np.ndarray]:
     return n, T / n
 
 
-def run(*, size: str = "quick", seed: int = 0, progress=None, **overrides) -> ExperimentResult:
+@experiment(NAME, _SIZES, defaults=_DEFAULTS)
+def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     """Weak error of SGD / SGDM against the first-order and kinetic SDEs over grids of η.
 
     Parameters (``overrides``): ``quad_n_steps`` / ``cos_n_steps`` (the two grids of
@@ -223,12 +225,7 @@ def run(*, size: str = "quick", seed: int = 0, progress=None, **overrides) -> Ex
     above make it rarer.  A single failure of one of those at one seed is weak evidence: rerun
     with another seed or a larger size.)
     """
-    size = check_size(size)
-    p = dict(_DEFAULTS, **_SIZES[size])
-    unknown = set(overrides) - set(p)
-    if unknown:
-        raise ValueError(f"unknown parameters for {NAME}: {sorted(unknown)}; known: {sorted(p)}")
-    p.update(overrides)
+    p = dict(cfg)
     p["test_functions"] = tuple(p["test_functions"])
     nq, eq = _grid(p["quad_n_steps"], p["T"], "quad_n_steps")
     nc, ec = _grid(p["cos_n_steps"], p["T"], "cos_n_steps")
@@ -243,51 +240,49 @@ def run(*, size: str = "quick", seed: int = 0, progress=None, **overrides) -> Ex
                   "test_functions": np.array(p["test_functions"]), "series": np.array(SERIES),
                   "problems": np.array(PROBLEMS)}
     verdicts = []
-    with Timer() as timer:
-        with Timer() as tq:
-            qerr, done = _quadratic_errors(quad, p, eq, progress, 0, total)
-        with Timer() as tc:
-            cerr, em_bias, done = _cosine_errors(cos, p, ec, seed, progress, done, total)
-        data["quadratic.seconds"] = tq.seconds
-        data["cosine_well.seconds"] = tc.seconds
-        data["cosine_well.em_bias"] = em_bias
-        for prob, etas in (("quadratic", eq), ("cosine_well", ec)):
-            for s in SERIES:
-                mask = _fit_mask(s, etas, p)
-                data[f"{prob}.{s}.fit_mask"] = mask
-                for h in p["test_functions"]:
-                    key = f"{prob}.{s}.{h}"
-                    if prob == "quadratic":
-                        err = qerr[s][h]
-                        low = high = err
-                        sem = None
-                    else:
-                        err, low, high, sem_k = (cerr[s][h][:, c] for c in range(4))
-                        data[key + ".sem"] = sem_k
-                        # the max over checkpoints is selected from noisy estimates: weight the
-                        # fit by its simultaneous interval, read as if it were a marginal 95% one
-                        sem = (high - err) / z_value(0.95)
-                        data[key + ".fit_sem"] = sem
-                    data[key + ".err"], data[key + ".low"], data[key + ".high"] = err, low, high
-                    fit_all = fit_order(etas, err, sem)
-                    data[key + ".order_all"] = _order_array(fit_all)
-                    data[key + ".log_c_all"] = fit_all.log_c
-                    if mask.sum() < 3:
-                        data[key + ".order"] = np.full(3, np.nan)
-                        data[key + ".log_c"] = np.nan
-                        continue
-                    fit = fit_order(etas[mask], err[mask], None if sem is None else sem[mask])
-                    data[key + ".order"] = _order_array(fit)
-                    data[key + ".log_c"] = fit.log_c
-                    two = None
-                    if s in EXACT_ORDER:
-                        two = (richardson_order(etas[mask], err[mask]) if sem is None else
-                               fit_order(etas[mask], err[mask], sem[mask], level=TWO_SIDED_LEVEL).order)
-                        data[key + ".order_two_sided"] = np.array([two.estimate, two.low, two.high])
-                    verdicts.append(_make_verdict(prob, s, h, etas, err, low, high, fit, two))
+    with Timer() as tq:
+        qerr, done = _quadratic_errors(quad, p, eq, progress, 0, total)
+    with Timer() as tc:
+        cerr, em_bias, done = _cosine_errors(cos, p, ec, seed, progress, done, total)
+    data["quadratic.seconds"] = tq.seconds
+    data["cosine_well.seconds"] = tc.seconds
+    data["cosine_well.em_bias"] = em_bias
+    for prob, etas in (("quadratic", eq), ("cosine_well", ec)):
+        for s in SERIES:
+            mask = _fit_mask(s, etas, p)
+            data[f"{prob}.{s}.fit_mask"] = mask
+            for h in p["test_functions"]:
+                key = f"{prob}.{s}.{h}"
+                if prob == "quadratic":
+                    err = qerr[s][h]
+                    low = high = err
+                    sem = None
+                else:
+                    err, low, high, sem_k = (cerr[s][h][:, c] for c in range(4))
+                    data[key + ".sem"] = sem_k
+                    # the max over checkpoints is selected from noisy estimates: weight the
+                    # fit by its simultaneous interval, read as if it were a marginal 95% one
+                    sem = (high - err) / z_value(0.95)
+                    data[key + ".fit_sem"] = sem
+                data[key + ".err"], data[key + ".low"], data[key + ".high"] = err, low, high
+                fit_all = fit_order(etas, err, sem)
+                data[key + ".order_all"] = _order_array(fit_all)
+                data[key + ".log_c_all"] = fit_all.log_c
+                if mask.sum() < 3:
+                    data[key + ".order"] = np.full(3, np.nan)
+                    data[key + ".log_c"] = np.nan
+                    continue
+                fit = fit_order(etas[mask], err[mask], None if sem is None else sem[mask])
+                data[key + ".order"] = _order_array(fit)
+                data[key + ".log_c"] = fit.log_c
+                two = None
+                if s in EXACT_ORDER:
+                    two = (richardson_order(etas[mask], err[mask]) if sem is None else
+                           fit_order(etas[mask], err[mask], sem[mask], level=TWO_SIDED_LEVEL).order)
+                    data[key + ".order_two_sided"] = np.array([two.estimate, two.low, two.high])
+                verdicts.append(_make_verdict(prob, s, h, etas, err, low, high, fit, two))
     params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items()}
-    return ExperimentResult(NAME, params, data, tuple(verdicts),
-                            make_meta(seed, size, timer.seconds))
+    return params, data, verdicts
 
 
 def _order_array(fit) -> np.ndarray:
@@ -342,9 +337,6 @@ def _make_verdict(problem, series, h, etas, err, low, high, fit, two=None) -> Ve
 def plot(result: ExperimentResult, path) -> Path:
     """Log-log weak error vs η, one panel per problem × test function, with 95% intervals
     and the fitted power laws (over the fitted range) labelled with their orders."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
     d = result.data
@@ -354,8 +346,8 @@ def plot(result: ExperimentResult, path) -> Path:
               "sgdm_a1_first_order": "C7"}
     markers = {"sgd": "o", "sgdm_a0": "s", "sgdm_a05": "^", "sgdm_a1_kinetic": "D",
                "sgdm_a1_first_order": "x"}
-    fig, axes = plt.subplots(len(probs), len(hs), figsize=(5.6 * len(hs), 4.6 * len(probs)),
-                             squeeze=False)
+    fig, axes = subplots(len(hs), (5.6 * len(hs), 4.6 * len(probs)), nrows=len(probs),
+                         squeeze=False)
     for r, prob in enumerate(probs):
         etas = np.asarray(d[f"{prob}.eta"], dtype=float)
         for c, h in enumerate(hs):
@@ -390,9 +382,4 @@ def plot(result: ExperimentResult, path) -> Path:
     fig.suptitle("Weak error against the SDE limits (THEORY §7). Thick lines: fitted C·η^p over "
                  "each series' fit range (η/(1−β) ≤ 0.1 for α < 1, ρη ≤ 0.1 for α = 1); "
                  "p with 95% interval", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=130)

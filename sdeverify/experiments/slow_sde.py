@@ -65,7 +65,8 @@ from ..problems.manifolds import Sphere, Valley
 from ..simulate import simulate
 from ..slow_sde import coupled_slow_sde, slow_coefficients, solve_slow_sde
 from ..stats import Interval, bootstrap_interval, fit_order, wasserstein1, z_value
-from .base import ExperimentResult, Timer, Value, Verdict, check_size, make_meta, tick
+from .base import (ExperimentResult, Progress, Value, Verdict, experiment, save_figure, subplots,
+                   tick)
 
 NAME = "slow_sde"
 TITLE = "Sec 5 / Thm 5.5: SGD and SGDM converge to the same slow SDE on the manifold"
@@ -309,79 +310,80 @@ def general_formula_verdicts(sigma: float, seed: int, paths: int) -> tuple[list,
     return out, data
 
 
-def run(*, size: str = "quick", seed: int = 0, progress=None, sigma: float = 1.25,
-        beta: float = 0.9, alpha: float = 0.5, lam: float = 0.3, problems=PROBLEMS,
-        **overrides) -> ExperimentResult:
+@experiment(NAME, SIZES, defaults=dict(sigma=1.25, beta=0.9, alpha=0.5, lam=0.3, problems=PROBLEMS))
+def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     """Run the Thm. 5.5 comparison; see the module docstring for the decision rules.
 
     ``lam`` is λ in 1 − β = λη^α for the α = 0.5 family (λ = 0.3: β from 0.92 at η = 0.08
     to 0.98 at η = 0.005).  ``overrides`` replace entries of ``SIZES[size]``.
     """
-    size = check_size(size)
-    cfg = dict(SIZES[size], beta=beta, alpha=alpha, lam=lam, **overrides)
+    sigma = cfg["sigma"]
+    beta = cfg["beta"]
+    alpha = cfg["alpha"]
+    lam = cfg["lam"]
+    problems = cfg["problems"]
     for p in problems:
         if p not in PROBLEMS:
             raise ValueError(f"problems must be among {PROBLEMS}, got {p!r}")
     total = len(problems) * len(cfg["etas"])
     data, verdicts, done = {"problems": np.array(problems)}, [], 0
-    with Timer() as timer:
-        for p in problems:
-            d, done = _run_case(_Case(p, sigma), cfg, seed, progress, done, total)
-            data.update(d)
-            etas = d[f"{p}_etas"]
-            fits = np.full((3, 2, 2, 4), np.nan)      # (opt, h, kind: 0 vs slow SDE / 1 vs SGD, [p, lo, hi, logC])
-            polys = np.full((3, 2, 2, 3), np.nan)     # SGDM/SGD − slow SDE ≈ a η + b η²: [a, b] × [est, lo, hi]
-            for j in range(3):
-                for h in range(2):
-                    for kind, (m, s) in enumerate([(d[f"{p}_bias"], d[f"{p}_bias_sem"]),
-                                                   (d[f"{p}_diff"], d[f"{p}_diff_sem"])]):
-                        if kind == 1 and j == 0:
-                            continue
-                        f = _fit(etas, m[j, :, h, -1], s[j, :, h, -1])
-                        if f is not None:
-                            fits[j, h, kind] = f.order.estimate, f.order.low, f.order.high, f.log_c
-                    a, b = poly_fit(etas, d[f"{p}_bias"][j, :, h, -1], d[f"{p}_bias_sem"][j, :, h, -1])
-                    polys[j, h, 0] = a.estimate, a.low, a.high
-                    polys[j, h, 1] = b.estimate, b.low, b.high
-            data[f"{p}_fits"], data[f"{p}_poly"] = fits, polys
-            h1 = TEST_LABELS[p][0]
-            T = cfg["times"][-1]
-            for j, kind, what in [(0, 0, "SGD - slow SDE"), (1, 1, f"SGDM(beta={beta}) - SGD"),
-                                  (2, 1, f"SGDM(1-beta={lam}*eta^{alpha}) - SGD")]:
-                f = fits[j, 0, kind]
-                ok = bool(np.isfinite(f[1]) and f[1] > 0)
-                verdicts.append(Verdict(
-                    f"{p}: {what} -> 0 as eta -> 0 (E {h1} at t={T:g})", "Thm 5.5 / THEORY §8",
-                    "error ~ C eta^p with p > 0 (convergence; no rate is claimed)",
-                    Interval(float(f[0]), float(f[1]), float(f[2])), ok,
-                    "lower end of the 95% interval of the fitted order p > 0"))
-            w1c = d[f"{p}_w1c"]
-            wf = np.full((3, 4), np.nan)               # W1 order fits: [p, lo, hi, logC]
-            for j in range(3):
-                f = _fit(etas, w1c[j, :, 0], (w1c[j, :, 2] - w1c[j, :, 1]) / (2 * 1.96))
-                if f is not None:
-                    wf[j] = f.order.estimate, f.order.low, f.order.high, f.log_c
-            data[f"{p}_w1c_fits"] = wf
-            ks = d[f"{p}_ks"]
-            pmin = float(ks[:3, -1, 1].min())
-            alpha_ks = 0.001 / 3      # was 0.01/3 (1/30 false failures at smoke); issue 15's budget
-            w1 = d[f"{p}_w1"]
-            jw = int(np.argmax(w1[:3, -1, 0]))
+    for p in problems:
+        d, done = _run_case(_Case(p, sigma), cfg, seed, progress, done, total)
+        data.update(d)
+        etas = d[f"{p}_etas"]
+        fits = np.full((3, 2, 2, 4), np.nan)      # (opt, h, kind: 0 vs slow SDE / 1 vs SGD, [p, lo, hi, logC])
+        polys = np.full((3, 2, 2, 3), np.nan)     # SGDM/SGD − slow SDE ≈ a η + b η²: [a, b] × [est, lo, hi]
+        for j in range(3):
+            for h in range(2):
+                for kind, (m, s) in enumerate([(d[f"{p}_bias"], d[f"{p}_bias_sem"]),
+                                               (d[f"{p}_diff"], d[f"{p}_diff_sem"])]):
+                    if kind == 1 and j == 0:
+                        continue
+                    f = _fit(etas, m[j, :, h, -1], s[j, :, h, -1])
+                    if f is not None:
+                        fits[j, h, kind] = f.order.estimate, f.order.low, f.order.high, f.log_c
+                a, b = poly_fit(etas, d[f"{p}_bias"][j, :, h, -1], d[f"{p}_bias_sem"][j, :, h, -1])
+                polys[j, h, 0] = a.estimate, a.low, a.high
+                polys[j, h, 1] = b.estimate, b.low, b.high
+        data[f"{p}_fits"], data[f"{p}_poly"] = fits, polys
+        h1 = TEST_LABELS[p][0]
+        T = cfg["times"][-1]
+        for j, kind, what in [(0, 0, "SGD - slow SDE"), (1, 1, f"SGDM(beta={beta}) - SGD"),
+                              (2, 1, f"SGDM(1-beta={lam}*eta^{alpha}) - SGD")]:
+            f = fits[j, 0, kind]
+            ok = bool(np.isfinite(f[1]) and f[1] > 0)
             verdicts.append(Verdict(
-                f"{p}: law of {h1} at t={T:g}, eta={etas[-1]:g} matches the slow SDE (SGD and both SGDM)",
-                "Thm 5.5 (convergence in distribution)",
-                "one-sample KS test against the exact slow-SDE law does not reject",
-                Interval(float(w1[jw, -1, 0]), float(w1[jw, -1, 1]), float(w1[jw, -1, 2])),
-                pmin >= alpha_ks,
-                f"min KS p-value {pmin:.3g} >= {alpha_ks:.3g} (0.001, Bonferroni over 3 optimizers); "
-                f"measured = largest W1 to the exact law ({OPT_LABELS[jw]}), basic bootstrap 95%; "
-                f"null (coupled Euler samples) W1 {w1[3, -1, 0]:.3g}"))
-        gv, gd = general_formula_verdicts(sigma, seed, cfg["paths"])
-        verdicts += gv
-        data.update(gd)
+                f"{p}: {what} -> 0 as eta -> 0 (E {h1} at t={T:g})", "Thm 5.5 / THEORY §8",
+                "error ~ C eta^p with p > 0 (convergence; no rate is claimed)",
+                Interval(float(f[0]), float(f[1]), float(f[2])), ok,
+                "lower end of the 95% interval of the fitted order p > 0"))
+        w1c = d[f"{p}_w1c"]
+        wf = np.full((3, 4), np.nan)               # W1 order fits: [p, lo, hi, logC]
+        for j in range(3):
+            f = _fit(etas, w1c[j, :, 0], (w1c[j, :, 2] - w1c[j, :, 1]) / (2 * 1.96))
+            if f is not None:
+                wf[j] = f.order.estimate, f.order.low, f.order.high, f.log_c
+        data[f"{p}_w1c_fits"] = wf
+        ks = d[f"{p}_ks"]
+        pmin = float(ks[:3, -1, 1].min())
+        alpha_ks = 0.001 / 3      # was 0.01/3 (1/30 false failures at smoke); issue 15's budget
+        w1 = d[f"{p}_w1"]
+        jw = int(np.argmax(w1[:3, -1, 0]))
+        verdicts.append(Verdict(
+            f"{p}: law of {h1} at t={T:g}, eta={etas[-1]:g} matches the slow SDE (SGD and both SGDM)",
+            "Thm 5.5 (convergence in distribution)",
+            "one-sample KS test against the exact slow-SDE law does not reject",
+            Interval(float(w1[jw, -1, 0]), float(w1[jw, -1, 1]), float(w1[jw, -1, 2])),
+            pmin >= alpha_ks,
+            f"min KS p-value {pmin:.3g} >= {alpha_ks:.3g} (0.001, Bonferroni over 3 optimizers); "
+            f"measured = largest W1 to the exact law ({OPT_LABELS[jw]}), basic bootstrap 95%; "
+            f"null (coupled Euler samples) W1 {w1[3, -1, 0]:.3g}"))
+    gv, gd = general_formula_verdicts(sigma, seed, cfg["paths"])
+    verdicts += gv
+    data.update(gd)
     params = dict(cfg, sigma=sigma, problems=list(problems), etas=list(cfg["etas"]),
                   times=list(cfg["times"]), optimizers=list(OPT_LABELS))
-    return ExperimentResult(NAME, params, data, tuple(verdicts), make_meta(seed, size, timer.seconds))
+    return params, data, verdicts
 
 
 # ---- figure ---------------------------------------------------------------------------------
@@ -401,18 +403,14 @@ def _yerr(iv):
 def plot(result: ExperimentResult, path):
     """Per problem (rows): E h₁(Φ(x_t)) − E h₁(ζ_t) vs t; errors vs η (log-log, fits); law at η_min;
     W1 to the exact law vs η with bootstrap intervals."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     d, prm = result.data, result.params
     probs = [str(p) for p in d["problems"]]
-    fig, axes = plt.subplots(len(probs), 4, figsize=(21, 4.6 * len(probs)), squeeze=False)
+    fig, axes = subplots(4, (21, 4.6 * len(probs)), nrows=len(probs), squeeze=False)
     cols = ("C0", "C1", "C2")
     for row, p in zip(axes, probs):
         etas, times = d[f"{p}_etas"], d[f"{p}_times"]
         bias, bsem, diff, dsem = d[f"{p}_bias"], d[f"{p}_bias_sem"], d[f"{p}_diff"], d[f"{p}_diff_sem"]
         h1 = TEST_LABELS[p][0]
-        ex = d[f"{p}_exact_at_times"]
         # (a) mean error vs t at eta_max and eta_min
         ax = row[0]
         ax.axhline(0.0, color="k", lw=1.2, label="slow SDE (exact)")
@@ -480,7 +478,4 @@ def plot(result: ExperimentResult, path):
         ax.legend(fontsize=6.5)
     fig.suptitle(f"{TITLE}  (sigma={prm['sigma']}, beta={prm['beta']}, 1-beta={prm['lam']}*eta^{prm['alpha']})",
                  fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

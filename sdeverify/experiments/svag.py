@@ -49,8 +49,8 @@ from ..optim import SGD, SGDM
 from ..problems import SVAG, CosineWell, Quadratic
 from ..simulate import simulate
 from ..stats import Interval, fit_order, mean_interval, richardson_order, z_value
-from .base import (ExperimentResult, Timer, Value, Verdict, check_size, make_meta, save_figure,
-                   subplots, tick)
+from .base import (ExperimentResult, Progress, Value, Verdict, experiment, save_figure, subplots,
+                   tick)
 
 NAME = "svag"
 TITLE = "Sec 6 / Def 6.1: SGDM beats SGD at large lr; SVAG closes the gap; stability thresholds"
@@ -231,7 +231,8 @@ def _stability(paths: int, seed: int) -> tuple[dict, list[Verdict]]:
     return data, verdicts
 
 
-def run(*, size: str = "quick", seed: int = 0, progress=None, **overrides) -> ExperimentResult:
+@experiment(NAME, SIZES)
+def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     """Run the SVAG / large-lr checks; see the module docstring for what and the rules.
 
     False failures: the only calibrated (true-null) test is the quadratic's "exact gap inside
@@ -240,28 +241,25 @@ def run(*, size: str = "quick", seed: int = 0, progress=None, **overrides) -> Ex
     seed 3) or overflow.  Measured:
     no verdict failed at smoke size for seeds 0–99, nor at quick size for seeds 0–19.
     """
-    size = check_size(size)
-    cfg = dict(SIZES[size], **overrides)
     ells = tuple(int(e) for e in cfg["ells"])
     if len(ells) < 4 or ells[0] != 1 or any(e < 1 for e in ells):
         raise ValueError(f"ells must start at 1 and have at least 4 values, got {ells}")
     total = 2 * len(ells) + 1
     data: dict = {"ells": np.array(ells)}
     verdicts: list[Verdict] = []
-    with Timer() as t:
-        done = 0
-        for label, P, exact in (("quadratic", quadratic_problem(), True),
-                                ("cosine_well", nonconvex_problem(), False)):
-            g, done = _gap_sweep(P, ells, cfg["paths"], seed, exact, progress, done, total)
-            verdicts += _gap_verdicts(label, ells, g, exact)
-            data.update({f"{label}.{k}": v for k, v in g.items()})
-        stab, v = _stability(cfg["stab_paths"], seed + 7)
-        verdicts += v
-        data.update(stab)
-        tick(progress, total, total)
+    done = 0
+    for label, P, exact in (("quadratic", quadratic_problem(), True),
+                            ("cosine_well", nonconvex_problem(), False)):
+        g, done = _gap_sweep(P, ells, cfg["paths"], seed, exact, progress, done, total)
+        verdicts += _gap_verdicts(label, ells, g, exact)
+        data.update({f"{label}.{k}": v for k, v in g.items()})
+    stab, v = _stability(cfg["stab_paths"], seed + 7)
+    verdicts += v
+    data.update(stab)
+    tick(progress, total, total)
     params = dict(cfg, ells=list(ells), beta=BETA, horizon=HORIZON, eta_h=ETA_H, between=BETWEEN,
                   stab_betas=list(STAB_BETAS), bracket=list(BRACKET), x0=X0.tolist())
-    return ExperimentResult(NAME, params, data, tuple(verdicts), make_meta(seed, size, t.seconds))
+    return params, data, verdicts
 
 
 def plot(result: ExperimentResult, path):

@@ -36,8 +36,7 @@ import numpy as np
 
 from ..optim import SGD, SGDM
 from . import train_common as tc
-from .base import (ExperimentResult, Timer, Verdict, make_meta, save_figure, size_config,
-                   subplots, tick)
+from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, subplots, tick
 
 NAME = "train_batch_size"
 TITLE = "Sec 6 / Fig 1 on a trained MLP: batch-size sweep, linear lr scaling, SGD vs SGDM"
@@ -49,10 +48,10 @@ CONTROL_LR_FACTOR = 16
 SHARP_EVALS = 6
 
 
-def run(*, size: str = "quick", seed: int = 0, progress=None, backend: str = "cpu",
-        **overrides) -> ExperimentResult:
+@experiment(NAME, SIZES, defaults=dict(backend='cpu'))
+def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     """Run the sweep; see the module docstring for the set-up and the rules."""
-    cfg = size_config(SIZES, size, overrides)
+    backend = cfg["backend"]
     Bs = tuple(int(b) for b in cfg["batches"])
     if len(Bs) < 3 or list(Bs) != sorted(set(Bs)):
         raise ValueError(f"batches must be at least 3 increasing sizes, got {Bs}")
@@ -63,44 +62,43 @@ def run(*, size: str = "quick", seed: int = 0, progress=None, backend: str = "cp
     out = {k: np.empty((n, R)) for k in ("acc_sgd", "acc_sgdm")}
     out.update(lr=np.empty(n), val_acc=np.empty((n, len(tc.LR_GRID))), diverged=np.zeros((n, 2), int))
     total = 2 * n + 1
-    with Timer() as t:
-        for i, B in enumerate(Bs):
-            lr, val = tc.select_lr(data, B, E, cfg["select_replicas"], seed, backend)
-            out["lr"][i], out["val_acc"][i] = lr, val
-            tick(progress, 2 * i + 1, total)
-            big = i == n - 1
-            steps = tc.steps_for(data, B, E)
-            ev = np.unique(np.linspace(0, steps, SHARP_EVALS).round().astype(int)) if big else None
-            res = tc.train(data, B, lr, E, R, seed, backend=backend, eval_steps=ev,
-                           metrics=tc.METRICS + (("sharpness",) if big else ()),
-                           sharpness_samples=512, sharpness_iters=12)
-            for j, key in enumerate(("acc_sgd", "acc_sgdm")):
-                out[key][i], out["diverged"][i, j] = tc.final_accuracy(res, j)
-            if big:
-                mult = tc.schedule(steps)
-                out["sharp_steps"] = res.eval_steps
-                out["sharp_lr"] = lr * mult[np.minimum(res.eval_steps, steps - 1)]
-                out["sharpness"] = np.stack([res.series(j, "sharpness")[0] for j in range(2)])
-                out["sharpness_sem"] = np.stack([res.series(j, "sharpness")[1] for j in range(2)])
-            tick(progress, 2 * i + 2, total)
-        # negative controls: beta = 0 at the largest batch, lr/16 SGD at the smallest
-        c_big = tc.train(data, Bs[-1], out["lr"][-1], E, R, seed, backend=backend,
-                         opts=[SGD(out["lr"][-1], name="SGD"), SGDM(out["lr"][-1], 0.0, name="SGDM b=0")])
-        c_small = tc.train(data, Bs[0], out["lr"][0], E, R, seed, backend=backend,
-                           opts=[SGD(out["lr"][0] / CONTROL_LR_FACTOR, name="SGD lr/16"),
-                                 SGDM(out["lr"][0], tc.BETA, name="SGDM")])
-        out["control_beta0"] = tc.final_accuracy(c_big, 1)[0] - tc.final_accuracy(c_big, 0)[0]
-        out["control_lr16"] = tc.final_accuracy(c_small, 1)[0] - tc.final_accuracy(c_small, 0)[0]
-        p = 0.5 * (out["acc_sgd"][0].mean() + out["acc_sgdm"][0].mean())
-        out["margin"] = float(np.sqrt(p * (1.0 - p) / data.X_test.shape[0]))
-        tick(progress, total, total)
-        verdicts = _verdicts(Bs, out)
+    for i, B in enumerate(Bs):
+        lr, val = tc.select_lr(data, B, E, cfg["select_replicas"], seed, backend)
+        out["lr"][i], out["val_acc"][i] = lr, val
+        tick(progress, 2 * i + 1, total)
+        big = i == n - 1
+        steps = tc.steps_for(data, B, E)
+        ev = np.unique(np.linspace(0, steps, SHARP_EVALS).round().astype(int)) if big else None
+        res = tc.train(data, B, lr, E, R, seed, backend=backend, eval_steps=ev,
+                       metrics=tc.METRICS + (("sharpness",) if big else ()),
+                       sharpness_samples=512, sharpness_iters=12)
+        for j, key in enumerate(("acc_sgd", "acc_sgdm")):
+            out[key][i], out["diverged"][i, j] = tc.final_accuracy(res, j)
+        if big:
+            mult = tc.schedule(steps)
+            out["sharp_steps"] = res.eval_steps
+            out["sharp_lr"] = lr * mult[np.minimum(res.eval_steps, steps - 1)]
+            out["sharpness"] = np.stack([res.series(j, "sharpness")[0] for j in range(2)])
+            out["sharpness_sem"] = np.stack([res.series(j, "sharpness")[1] for j in range(2)])
+        tick(progress, 2 * i + 2, total)
+    # negative controls: beta = 0 at the largest batch, lr/16 SGD at the smallest
+    c_big = tc.train(data, Bs[-1], out["lr"][-1], E, R, seed, backend=backend,
+                     opts=[SGD(out["lr"][-1], name="SGD"), SGDM(out["lr"][-1], 0.0, name="SGDM b=0")])
+    c_small = tc.train(data, Bs[0], out["lr"][0], E, R, seed, backend=backend,
+                       opts=[SGD(out["lr"][0] / CONTROL_LR_FACTOR, name="SGD lr/16"),
+                             SGDM(out["lr"][0], tc.BETA, name="SGDM")])
+    out["control_beta0"] = tc.final_accuracy(c_big, 1)[0] - tc.final_accuracy(c_big, 0)[0]
+    out["control_lr16"] = tc.final_accuracy(c_small, 1)[0] - tc.final_accuracy(c_small, 0)[0]
+    p = 0.5 * (out["acc_sgd"][0].mean() + out["acc_sgdm"][0].mean())
+    out["margin"] = float(np.sqrt(p * (1.0 - p) / data.X_test.shape[0]))
+    tick(progress, total, total)
+    verdicts = _verdicts(Bs, out)
     out["batches"] = np.array(Bs)
     params = dict(cfg, batches=list(Bs), beta=tc.BETA, lr_grid=list(tc.LR_GRID),
                   base_batch=tc.BASE_BATCH, select_tol=tc.SELECT_TOL,
                   control_lr_factor=CONTROL_LR_FACTOR, backend=backend,
                   model=tc.model(data).describe(), data_name=data.name)
-    return ExperimentResult(NAME, params, out, tuple(verdicts), make_meta(seed, size, t.seconds))
+    return params, out, verdicts
 
 
 def _gap(out, i):

@@ -26,8 +26,7 @@ import numpy as np
 from ..optim import SGD, SGDM
 from ..stats import fit_order
 from . import train_common as tc
-from .base import (ExperimentResult, Timer, Verdict, make_meta, save_figure, size_config,
-                   subplots, tick)
+from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, subplots, tick
 
 NAME = "train_svag"
 TITLE = "Sec 6 / Fig 2 on a trained MLP: SVAG closes the SGD-SGDM gap at large batch"
@@ -38,10 +37,10 @@ SIZES = {"smoke": dict(batch=1024, ells=(1, 2, 4, 8), epochs=6, replicas=8, sele
 SHRINK = 0.25
 
 
-def run(*, size: str = "quick", seed: int = 0, progress=None, backend: str = "cpu",
-        **overrides) -> ExperimentResult:
+@experiment(NAME, SIZES, defaults=dict(backend='cpu'))
+def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     """Run the ℓ-sweep; see the module docstring for the set-up and the rules."""
-    cfg = size_config(SIZES, size, overrides)
+    backend = cfg["backend"]
     ells = tuple(int(e) for e in cfg["ells"])
     if ells[0] != 1 or 8 not in ells or list(ells) != sorted(set(ells)):
         raise ValueError(f"ells must be increasing, start at 1 and include 8, got {ells}")
@@ -50,24 +49,23 @@ def run(*, size: str = "quick", seed: int = 0, progress=None, backend: str = "cp
     n = len(ells)
     out = {k: np.empty((n, R)) for k in ("acc_sgd", "acc_sgdm", "loss_sgd", "loss_sgdm")}
     out["diverged"] = np.zeros((n, 2), int)
-    with Timer() as t:
-        lr, val = tc.select_lr(data, B, E, cfg["select_replicas"], seed, backend)
-        tick(progress, 1, n + 2)
-        for i, ell in enumerate(ells):
-            res = tc.train(data, B, lr, E, R, seed, svag=ell, backend=backend)
-            for j, key in enumerate(("sgd", "sgdm")):
-                out[f"acc_{key}"][i], out["diverged"][i, j] = tc.final_accuracy(res, j)
-                out[f"loss_{key}"][i] = res.values_of(j, "train_loss")[-1]
-            tick(progress, i + 2, n + 2)
-        ctrl = tc.train(data, B, lr, E, R, seed, backend=backend,
-                        opts=[SGD(lr, name="SGD"), SGDM(lr, 0.0, name="SGDM b=0")])
-        out["control_beta0"] = tc.final_accuracy(ctrl, 1)[0] - tc.final_accuracy(ctrl, 0)[0]
-        tick(progress, n + 2, n + 2)
-        verdicts = _verdicts(ells, out, lr)
+    lr, val = tc.select_lr(data, B, E, cfg["select_replicas"], seed, backend)
+    tick(progress, 1, n + 2)
+    for i, ell in enumerate(ells):
+        res = tc.train(data, B, lr, E, R, seed, svag=ell, backend=backend)
+        for j, key in enumerate(("sgd", "sgdm")):
+            out[f"acc_{key}"][i], out["diverged"][i, j] = tc.final_accuracy(res, j)
+            out[f"loss_{key}"][i] = res.values_of(j, "train_loss")[-1]
+        tick(progress, i + 2, n + 2)
+    ctrl = tc.train(data, B, lr, E, R, seed, backend=backend,
+                    opts=[SGD(lr, name="SGD"), SGDM(lr, 0.0, name="SGDM b=0")])
+    out["control_beta0"] = tc.final_accuracy(ctrl, 1)[0] - tc.final_accuracy(ctrl, 0)[0]
+    tick(progress, n + 2, n + 2)
+    verdicts = _verdicts(ells, out, lr)
     out.update(ells=np.array(ells), lr=lr, val_acc=val)
     params = dict(cfg, ells=list(ells), beta=tc.BETA, lr_grid=list(tc.LR_GRID), shrink=SHRINK,
                   backend=backend, model=tc.model(data).describe(), data_name=data.name)
-    return ExperimentResult(NAME, params, out, tuple(verdicts), make_meta(seed, size, t.seconds))
+    return params, out, verdicts
 
 
 def gap_order(ells, gaps):

@@ -26,7 +26,7 @@ from ..optim import SGD, SGDM
 from ..problems import ConstantGradient
 from ..simulate import simulate
 from ..stats import Interval, mean_interval, paired_difference, z_value
-from .base import ExperimentResult, Timer, Verdict, check_size, make_meta, tick
+from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, subplots, tick
 
 NAME = "variance_reduction"
 TITLE = "Sec 4.1: momentum reduces per-step variance, endpoint variance nearly unchanged"
@@ -41,11 +41,12 @@ def _var_interval(s2: float, n: float, level: float) -> Interval:
     return Interval(s2, (n - 1) * s2 / st.chi2.ppf(1 - a, n - 1), (n - 1) * s2 / st.chi2.ppf(a, n - 1), level)
 
 
-def run(*, size: str = "quick", seed: int = 0, progress=None, eta: float = 0.1, sigma: float = 1.5,
-        c: float = 0.2, **overrides) -> ExperimentResult:
+@experiment(NAME, SIZES, defaults=dict(eta=0.1, sigma=1.5, c=0.2))
+def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     """Run the Sec. 4.1 comparison; see the module docstring for the rules."""
-    size = check_size(size)
-    cfg = dict(SIZES[size], **overrides)
+    eta = cfg["eta"]
+    sigma = cfg["sigma"]
+    c = cfg["c"]
     betas, K, N = cfg["betas"], cfg["steps"], cfg["paths"]
     ks = np.unique(np.clip(np.array([0, 1, 3, 10, 30, 100, K // 2, K - 1]), 0, K - 1))
     rec = np.unique(np.concatenate([ks, ks + 1, [K]]))
@@ -55,88 +56,84 @@ def run(*, size: str = "quick", seed: int = 0, progress=None, eta: float = 0.1, 
     data, verdicts = {"betas": np.array(betas), "ks": ks, "record": rec}, []
     n_tests = len(betas) * (2 * len(ks) + 2)
     level = 1 - 0.001 / n_tests   # family-wise 99.9%: negligible false failures (see docstring)
-    with Timer() as t:
-        # 1. per-step update variance from states at consecutive steps
-        r1 = simulate(P, opts, [0.0], steps=K, paths=N, sigma=sigma, seed=seed, record=rec,
-                      observables=["x0"], store_states=True)
-        tick(progress, 1, 3)
-        X = r1.states[:, :, :, 0]                        # (n_opt, n_rec, paths)
-        pos = {int(s): i for i, s in enumerate(rec)}
-        upd = np.stack([X[:, pos[k + 1]] - X[:, pos[k]] for k in ks], axis=1)  # (n_opt, len(ks), paths)
-        upd_var = upd.var(axis=2, ddof=1)
-        data["update_var"] = upd_var
-        data["endpoint_var"] = r1.var[:, :, 0]
-        data["endpoint_mean"] = r1.mean[:, :, 0]
-        data["endpoint_sem"] = r1.sem[:, :, 0]
-        for bi, b in enumerate(betas):
-            j = 1 + bi
-            pred = theory.update_variance_sgdm(eta, b, sigma, ks)
-            ivs = [_var_interval(upd_var[j, i], N, level) for i in range(len(ks))]
-            ok = all(iv.contains(p) for iv, p in zip(ivs, pred))
-            sgd_val = eta ** 2 * sigma ** 2
-            rejects_sgd = not ivs[-1].contains(sgd_val)
-            worst = max(range(len(ks)), key=lambda i: abs(ivs[i].estimate / pred[i] - 1))
-            ratio = ivs[-1].estimate / sgd_val
-            verdicts.append(Verdict(
-                f"per-step update variance, beta={b}", "Sec 4.1",
-                f"SGDM/SGD = (1-b)/(1+b) = {(1 - b) / (1 + b):.4g} (k large); closed form at every k",
-                Interval(ratio, ivs[-1].low / sgd_val, ivs[-1].high / sgd_val),
-                ok and rejects_sgd, f"closed form inside {level:.4%} chi2 interval at all k "
-                f"(worst rel. dev {abs(ivs[worst].estimate / pred[worst] - 1):.2%}) and SGD value rejected"))
-            kk = rec[rec > 0]
-            idx = [pos[int(k)] for k in kk]
-            pred_end = theory.endpoint_variance_sgdm(eta, b, sigma, kk)
-            ivs = [_var_interval(r1.var[j, i, 0], N, level) for i in idx]
-            ok = all(iv.contains(p) for iv, p in zip(ivs, pred_end))
-            diff_pred = theory.endpoint_variance_sgd(eta, sigma, K) - pred_end[-1]
-            verdicts.append(Verdict(
-                f"endpoint variance, beta={b}", "Sec 4.1",
-                f"Var x_K = SGD's - {diff_pred:.4g} (bounded in K) ; closed form at every k",
-                Interval(ivs[-1].estimate, ivs[-1].low, ivs[-1].high), ok,
-                f"closed form inside {level:.4%} chi2 interval at every recorded k"))
-            # m0 = 0: mean lag, paired with SGD (optimizer 0) by common random numbers
-            j0 = 1 + len(betas) + bi
-            dmean, dsem = r1.paired(j0, "x0")
-            lag_pred = theory.endpoint_mean_bias_sgdm(eta, b, c, rec)
-            z = z_value(level)
-            ok = bool(np.all(np.abs(dmean[1:] - lag_pred[1:]) <= z * dsem[1:] + 1e-12 * np.abs(lag_pred[1:])))
-            verdicts.append(Verdict(
-                f"m0=0 mean lag, beta={b}", "Sec 4.1",
-                f"E x_K(SGDM) - E x_K(SGD) = eta c b(1-b^K)/(1-b) = {lag_pred[-1]:.4g}",
-                mean_interval(dmean[-1], dsem[-1]), ok,
-                "closed form inside the paired (CRN) interval at every recorded k"))
-            data[f"lag_mean_b{bi}"], data[f"lag_sem_b{bi}"] = dmean, dsem
-        # 2. path length and loss variation from full trajectories of fewer paths
-        Np = cfg["path_paths"]
-        r2 = simulate(P, opts[: 1 + len(betas)], [0.0], steps=K, paths=Np, sigma=sigma,
-                      seed=seed + 1, record=np.arange(K + 1), observables=["x0"], store_states=True)
-        tick(progress, 2, 3)
-        traj = r2.states[:, :, :, 0]                     # (n_opt, K+1, paths)
-        path_len = np.abs(np.diff(traj, axis=1)).sum(axis=1)       # (n_opt, paths)
-        loss_var = np.abs(np.diff(c * traj, axis=1)).sum(axis=1)   # L(x) = c x
-        data["path_length"] = path_len.mean(axis=1)
-        data["loss_variation"] = loss_var.mean(axis=1)
-        data["trajectories"] = traj[:, :, :5]
-        for bi, b in enumerate(betas):
-            d = paired_difference(path_len[1 + bi], path_len[0], level=0.99)
-            ratio = data["path_length"][1 + bi] / data["path_length"][0]
-            verdicts.append(Verdict(
-                f"SGDM path is shorter, beta={b}", "Sec 4.1",
-                f"path-length ratio < 1 (noise-only limit sqrt((1-b)/(1+b)) = {np.sqrt((1 - b) / (1 + b)):.3g})",
-                Interval(ratio, 1 + d.low / data["path_length"][0], 1 + d.high / data["path_length"][0], 0.99),
-                d.high < 0, "paired 99% interval of (SGDM - SGD) path length lies below 0"))
-        tick(progress, 3, 3)
+    # 1. per-step update variance from states at consecutive steps
+    r1 = simulate(P, opts, [0.0], steps=K, paths=N, sigma=sigma, seed=seed, record=rec,
+                  observables=["x0"], store_states=True)
+    tick(progress, 1, 3)
+    X = r1.states[:, :, :, 0]                        # (n_opt, n_rec, paths)
+    pos = {int(s): i for i, s in enumerate(rec)}
+    upd = np.stack([X[:, pos[k + 1]] - X[:, pos[k]] for k in ks], axis=1)  # (n_opt, len(ks), paths)
+    upd_var = upd.var(axis=2, ddof=1)
+    data["update_var"] = upd_var
+    data["endpoint_var"] = r1.var[:, :, 0]
+    data["endpoint_mean"] = r1.mean[:, :, 0]
+    data["endpoint_sem"] = r1.sem[:, :, 0]
+    for bi, b in enumerate(betas):
+        j = 1 + bi
+        pred = theory.update_variance_sgdm(eta, b, sigma, ks)
+        ivs = [_var_interval(upd_var[j, i], N, level) for i in range(len(ks))]
+        ok = all(iv.contains(p) for iv, p in zip(ivs, pred))
+        sgd_val = eta ** 2 * sigma ** 2
+        rejects_sgd = not ivs[-1].contains(sgd_val)
+        worst = max(range(len(ks)), key=lambda i: abs(ivs[i].estimate / pred[i] - 1))
+        ratio = ivs[-1].estimate / sgd_val
+        verdicts.append(Verdict(
+            f"per-step update variance, beta={b}", "Sec 4.1",
+            f"SGDM/SGD = (1-b)/(1+b) = {(1 - b) / (1 + b):.4g} (k large); closed form at every k",
+            Interval(ratio, ivs[-1].low / sgd_val, ivs[-1].high / sgd_val, level),
+            ok and rejects_sgd, f"closed form inside {level:.4%} chi2 interval at all k "
+            f"(worst rel. dev {abs(ivs[worst].estimate / pred[worst] - 1):.2%}) and SGD value rejected"))
+        kk = rec[rec > 0]
+        idx = [pos[int(k)] for k in kk]
+        pred_end = theory.endpoint_variance_sgdm(eta, b, sigma, kk)
+        ivs = [_var_interval(r1.var[j, i, 0], N, level) for i in idx]
+        ok = all(iv.contains(p) for iv, p in zip(ivs, pred_end))
+        diff_pred = theory.endpoint_variance_sgd(eta, sigma, K) - pred_end[-1]
+        verdicts.append(Verdict(
+            f"endpoint variance, beta={b}", "Sec 4.1",
+            f"Var x_K = SGD's - {diff_pred:.4g} (bounded in K) ; closed form at every k",
+            ivs[-1], ok,
+            f"closed form inside {level:.4%} chi2 interval at every recorded k"))
+        # m0 = 0: mean lag, paired with SGD (optimizer 0) by common random numbers
+        j0 = 1 + len(betas) + bi
+        dmean, dsem = r1.paired(j0, "x0")
+        lag_pred = theory.endpoint_mean_bias_sgdm(eta, b, c, rec)
+        z = z_value(level)
+        ok = bool(np.all(np.abs(dmean[1:] - lag_pred[1:]) <= z * dsem[1:] + 1e-12 * np.abs(lag_pred[1:])))
+        verdicts.append(Verdict(
+            f"m0=0 mean lag, beta={b}", "Sec 4.1",
+            f"E x_K(SGDM) - E x_K(SGD) = eta c b(1-b^K)/(1-b) = {lag_pred[-1]:.4g}",
+            mean_interval(dmean[-1], dsem[-1]), ok,
+            "closed form inside the paired (CRN) interval at every recorded k"))
+        data[f"lag_mean_b{bi}"], data[f"lag_sem_b{bi}"] = dmean, dsem
+    # 2. path length and loss variation from full trajectories of fewer paths
+    Np = cfg["path_paths"]
+    r2 = simulate(P, opts[: 1 + len(betas)], [0.0], steps=K, paths=Np, sigma=sigma,
+                  seed=seed + 1, record=np.arange(K + 1), observables=["x0"], store_states=True)
+    tick(progress, 2, 3)
+    traj = r2.states[:, :, :, 0]                     # (n_opt, K+1, paths)
+    path_len = np.abs(np.diff(traj, axis=1)).sum(axis=1)       # (n_opt, paths)
+    loss_var = np.abs(np.diff(c * traj, axis=1)).sum(axis=1)   # L(x) = c x
+    data["path_length"] = path_len.mean(axis=1)
+    data["loss_variation"] = loss_var.mean(axis=1)
+    data["trajectories"] = traj[:, :, :5]
+    for bi, b in enumerate(betas):
+        d = paired_difference(path_len[1 + bi], path_len[0], level=0.99)
+        ratio = data["path_length"][1 + bi] / data["path_length"][0]
+        verdicts.append(Verdict(
+            f"SGDM path is shorter, beta={b}", "Sec 4.1",
+            f"path-length ratio < 1 (noise-only limit sqrt((1-b)/(1+b)) = {np.sqrt((1 - b) / (1 + b)):.3g})",
+            Interval(ratio, 1 + d.low / data["path_length"][0], 1 + d.high / data["path_length"][0], 0.99),
+            d.high < 0, "paired 99% interval of (SGDM - SGD) path length lies below 0"))
+    tick(progress, 3, 3)
     params = dict(cfg, eta=eta, sigma=sigma, c=c, betas=list(betas))
-    return ExperimentResult(NAME, params, data, tuple(verdicts), make_meta(seed, size, t.seconds))
+    return params, data, verdicts
 
 
 def plot(result: ExperimentResult, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     d, p = result.data, result.params
     eta, sigma = p["eta"], p["sigma"]
-    fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, ax = subplots(3, (15, 4.2))
     ks, rec = d["ks"], d["record"]
     kk = np.arange(0, int(rec.max()) + 1)
     ax[0].plot(ks, d["update_var"][0], "ko", label="SGD (measured)")
@@ -162,7 +159,4 @@ def plot(result: ExperimentResult, path):
         ax[2].plot(tr[j, :, 0], lw=0.8, label=f"{lab}: mean path length {d['path_length'][j]:.3g}")
     ax[2].set(xlabel="step k", ylabel="x_k (one path, shared noise)", title="smoother paths, same endpoint")
     ax[2].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import stats as _st
 
 from ..stats import fit_order
@@ -141,8 +142,9 @@ def _label(labels, k: int) -> str:
     return f"step {labels[k]}" if labels is not None and k < len(labels) else f"entry {k}"
 
 
-def assert_mean(result: Any, expected, *, optimizer: str | int = 0, observable: str | int = 0,
-                sem=None, alpha: float = 1e-3, exact_rtol: float = 1e-9) -> Outcome:
+def assert_mean(result: Any, expected: ArrayLike, *, optimizer: str | int = 0,
+                observable: str | int = 0, sem: ArrayLike | None = None, alpha: float = 1e-3,
+                exact_rtol: float = 1e-9) -> Outcome:
     """Assert that Monte Carlo means equal exact predictions at every recorded step.
 
     Parameters

@@ -51,7 +51,8 @@ def psd_matrices(draw, dim: int, eigenvalues: tuple[float, float] = (0.1, 4.0)) 
 
 
 @st.composite
-def quadratics(draw, dims=st.integers(1, 4), hessian_eigenvalues: tuple[float, float] = (0.1, 4.0),
+def quadratics(draw, dims: st.SearchStrategy[int] = st.integers(1, 4),
+               hessian_eigenvalues: tuple[float, float] = (0.1, 4.0),
                noise_eigenvalues: tuple[float, float] = (0.1, 2.0),
                noise_dists: Sequence[str] = ("normal", "rademacher")) -> Quadratic:
     """:class:`~sdeverify.problems.Quadratic` problems with random PSD Hessian, noise
@@ -64,7 +65,8 @@ def quadratics(draw, dims=st.integers(1, 4), hessian_eigenvalues: tuple[float, f
 
 
 @st.composite
-def cosine_wells(draw, dims=st.integers(1, 4), amplitudes: tuple[float, float] = (0.5, 3.0)) -> CosineWell:
+def cosine_wells(draw, dims: st.SearchStrategy[int] = st.integers(1, 4),
+                 amplitudes: tuple[float, float] = (0.5, 3.0)) -> CosineWell:
     """Non-convex :class:`~sdeverify.problems.CosineWell` problems."""
     lo, hi = _range("amplitudes", amplitudes)
     return CosineWell(draw(dims), draw(st.floats(lo, hi)))
