@@ -26,11 +26,11 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
-from ..result import load_pair, save_pair, versions
+from ..result import jsonable, load_pair, save_pair, versions
 from ..stats import Interval  # noqa: F401  (re-exported: experiments import it from here)
 from ..verdict import Value, Verdict  # noqa: F401
 
@@ -58,7 +58,7 @@ class ExperimentResult:
         doc = {"name": self.name, "params": self.params, "meta": self.meta,
                "verdicts": [v.as_dict() for v in self.verdicts], "passed": self.passed,
                "data_keys": sorted(arrays)}
-        path = save_pair(Path(folder) / self.name, json.loads(json.dumps(doc, default=_jsonable)),
+        path = save_pair(Path(folder) / self.name, json.loads(json.dumps(doc, default=jsonable)),
                          arrays, labels=("name", "data_keys"))
         stale = Path(folder) / f"{self.name}.npz"          # the earlier, unhashed layout
         if stale.exists():
@@ -72,14 +72,6 @@ class ExperimentResult:
         doc, data, _ = load_pair(Path(folder) / name, labels=("name", "data_keys"))
         return cls(doc["name"], doc["params"], data,
                    tuple(Verdict.from_dict(v) for v in doc["verdicts"]), doc["meta"])
-
-
-def _jsonable(o: Any):
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.floating, np.integer, np.bool_)):
-        return o.item()
-    return str(o)
 
 
 def check_size(size: str) -> str:
