@@ -31,3 +31,17 @@ def test_every_check_runs_through_the_one_harness(name):
     assert callable(getattr(run, "measure", None)) and set(run.sizes) == {"smoke", "quick", "full"}
     with pytest.raises(ValueError, match=r"unknown overrides \['pathz'\]; valid: \["):
         run(size="smoke", pathz=1)
+
+
+def test_false_failure_budget_is_used_and_below_one_percent():
+    """experiments/budget.py: the calibrated verdicts' shares add up to the main job's design
+    bound (< 1% per run, issue 15), and the checks take their levels from it."""
+    from sdeverify.experiments import batch_size, budget, descent_lemma, instruments, sde_limit
+    assert set(budget.ALPHA) <= set(available())
+    assert sum(budget.ALPHA.values()) <= budget.MAIN_JOB_ALPHA < 0.01
+    assert instruments.FAMILY_ALPHA == budget.ALPHA["instruments"]
+    assert descent_lemma.TAYLOR_ALPHA + descent_lemma.TERMS_ALPHA == pytest.approx(budget.ALPHA["descent_lemma"])
+    assert sde_limit.TWO_SIDED_LEVEL == 1 - budget.ALPHA["sde_limit"] / 4
+    assert batch_size.ORACLE_ALPHA == budget.ALPHA["batch_size"]
+    with pytest.raises(ValueError, match="n_tests"):
+        budget.share("svag", 0)

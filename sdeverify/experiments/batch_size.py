@@ -41,6 +41,7 @@ from ..problems import LinearRegression
 from ..simulate import simulate
 from ..stats import Interval, fit_order, mean_interval, z_value
 from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, subplots, tick
+from .budget import ALPHA
 
 NAME = "batch_size"
 TITLE = "Sec 6 / Fig 1 analogue: batch-size sweep, linear lr scaling, real minibatch noise"
@@ -107,7 +108,7 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
 
 ORACLE_B = 64
 #: family-wise false-failure level of the two oracle verdicts (2d z-tests)
-ORACLE_ALPHA = 1e-4
+ORACLE_ALPHA = ALPHA[NAME]
 
 
 def oracle_verdicts(P0: LinearRegression, max_batch: int, paths: int, seed: int) -> tuple[list, dict]:

@@ -59,6 +59,7 @@ from ..problems import ConstantGradient, Quadratic
 from ..simulate import simulate
 from ..stats import Interval, fit_order, max_abs_interval, mean_interval, z_value
 from .base import ExperimentResult, Progress, Value, Verdict, experiment, tick
+from .budget import ALPHA
 
 NAME = "instruments"
 TITLE = "Self-checks: the engine's generator against N(0,1); coverage of the intervals"
@@ -70,7 +71,7 @@ SIZES = {"smoke": dict(gen_paths=2 ** 20, gen_steps=5, other_draws=2 ** 20, reps
          "full": dict(gen_paths=2 ** 22, gen_steps=6, other_draws=2 ** 22, reps=4000, rep_paths=1024,
                       fit_reps=20000)}
 #: family-wise false-failure level of all the verdicts of this module together
-FAMILY_ALPHA = 1e-3
+FAMILY_ALPHA = ALPHA[NAME]   # the main job's budget share (experiments/budget.py)
 SIGMA = 1.7
 NOMINAL = 0.95
 N_GEN_TESTS, N_COV_TESTS = 10, 5
@@ -106,7 +107,7 @@ def _z_verdict(claim: str, est: float, pred: float, sd: float, zb: float, power:
     iv = Interval(float(est), float(est - zb * sd), float(est + zb * sd), level)
     return Verdict(claim, "instrument (method)", f"{pred:g} (inside the {level:.5g} CI)", iv,
                    bool(abs(z) <= zb),
-                   f"|z| = {abs(z):.2f} <= {zb:.2f} (Bonferroni share of family-wise 1e-3); {power}")
+                   f"|z| = {abs(z):.2f} <= {zb:.2f} (Bonferroni share of family-wise {FAMILY_ALPHA:g}); {power}")
 
 
 def generator_verdicts(z: np.ndarray) -> tuple[list[Verdict], dict]:
