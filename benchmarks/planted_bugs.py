@@ -1,6 +1,7 @@
 """Plant realistic one-line bugs in a temporary COPY of the package and run the main job.
 
     python benchmarks/planted_bugs.py [--sizes smoke,quick] [--bugs ID,ID] [--source DIR]
+                                      [--bugs-file PATH]
 
 For each bug: copy ``sdeverify/`` into a work folder (never the working tree), replace one
 line (the patch must match exactly once, else the bug is reported as *not applicable*), run
@@ -20,10 +21,14 @@ the others share one warm copy.
 
 This list is the one *the repository* knows about; a reviewer drawing a fresh set should not
 reuse it (the checks are meant to have general power, not to detect these lines).
+``--bugs-file PATH`` runs a list kept *outside* the repository instead: a Python file that
+defines ``BUGS``, a list of ``Bug(...)`` (the name ``Bug`` is predefined in it), so that a
+fresh set never enters this list; every JSON row then records the file and its SHA-256.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -138,6 +143,23 @@ BUGS = [
 ]
 
 
+def load_bugs_file(path: str) -> tuple[list, str]:
+    """``(BUGS, sha256)`` of a Python file defining ``BUGS``, a list of :class:`Bug` (the
+    name ``Bug`` is predefined in the file's namespace).  ``ValueError`` for a file without
+    such a list or with duplicate ids."""
+    p = Path(path).resolve()
+    src = p.read_text()
+    ns = {"Bug": Bug, "__name__": "planted_bugs_file", "__file__": str(p)}
+    exec(compile(src, str(p), "exec"), ns)
+    bugs = ns.get("BUGS")
+    if not isinstance(bugs, (list, tuple)) or not bugs or not all(isinstance(b, Bug) for b in bugs):
+        raise ValueError(f"--bugs-file {p}: must define BUGS, a non-empty list of Bug(...)")
+    ids = [b.id for b in bugs]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"--bugs-file {p}: bug ids must be unique, got {ids}")
+    return list(bugs), hashlib.sha256(src.encode()).hexdigest()
+
+
 def _is_cold(bug: Bug, source: Path) -> bool:
     if bug.cold is not None:
         return bug.cold
@@ -196,6 +218,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="smoke", help="comma list of smoke, quick")
     ap.add_argument("--bugs", default=None, help="comma list of bug ids (default: all)")
+    ap.add_argument("--bugs-file", default=None,
+                    help="Python file outside the repository defining BUGS = [Bug(...), ...] "
+                         "(used instead of this script's list)")
     ap.add_argument("--source", default=str(REPO / "sdeverify"), help="package folder to copy")
     ap.add_argument("--work", default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--full-set", action="store_true", help="always run every check")
@@ -204,7 +229,11 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "planted_bugs.json"))
     args = ap.parse_args(argv)
     source = Path(args.source).resolve()
-    bugs = BUGS if not args.bugs else [b for b in BUGS if b.id in args.bugs.split(",")]
+    pool, origin = BUGS, None
+    if args.bugs_file:
+        pool, digest = load_bugs_file(args.bugs_file)
+        origin = {"bugs_file": str(Path(args.bugs_file).resolve()), "bugs_file_sha256": digest}
+    bugs = pool if not args.bugs else [b for b in pool if b.id in args.bugs.split(",")]
     work = Path(args.work or tempfile.mkdtemp(prefix="sdeverify-planted-"))
     work.mkdir(parents=True, exist_ok=True)
     warm = work / "warm"
@@ -240,7 +269,7 @@ def main(argv=None) -> int:
                 shutil.rmtree(root, ignore_errors=True)
             row = {"bug": name, "size": size, "only": list(only) if only else None,
                    "kind": bug.kind if bug else "-", "file": bug.file if bug else "-",
-                   "what": bug.what if bug else "unpatched", **res}
+                   "what": bug.what if bug else "unpatched", **res, **(origin or {})}
             results.append(row)
             status = {True: "CAUGHT", False: "missed", None: "n/a"}[res["caught"]]
             print(f"{size:5s} {name:28s} {status:7s} {res['seconds']:6.0f} s  "
