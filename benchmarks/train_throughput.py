@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -36,6 +37,7 @@ from throughput import Timing, measure, wait_idle  # noqa: E402
 from sdeverify.train import MLP  # noqa: E402
 from sdeverify.train import cpu, reference  # noqa: E402
 from sdeverify.train.batches import BatchSampler  # noqa: E402
+from sdeverify.result import atomic_write_text  # noqa: E402
 
 WORKLOADS = [  # (widths, batch, replicas, steps)
     ((64, 256, 256, 10), 256, 1, 20),
@@ -149,6 +151,8 @@ def main() -> int:
     except ImportError:
         has_torch = False
     import numba
+    load0 = os.getloadavg()
+    print(f"load average (1, 5, 15 min) at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
     print(f"machine: {platform.processor() or platform.machine()}, {numba.config.NUMBA_NUM_THREADS} threads; "
           f"numpy {np.__version__}, numba {numba.__version__}" + (f", torch {torch.__version__}" if has_torch else ", torch not installed"))
     work = WORKLOADS if not args.quick else [WORKLOADS[2], WORKLOADS[5], WORKLOADS[7]]
@@ -180,8 +184,11 @@ def main() -> int:
               f"{res['cpu']['gflops']:6.1f} [{res['cpu']['samples_per_s']:8.3g}] {100 * res['cpu']['gflops'] / res['gemm_gflops']:5.0f}% | "
               f"{res['numpy']['gflops']:9.1f} | {f('torch_loop')} {f('torch_vmap')} | "
               f"{res['cpu']['gflops'] / best_torch:10.2f} {res['cpu']['timing']['others']:6.2f}", flush=True)
+    load1 = os.getloadavg()
+    print(f"load average (1, 5, 15 min) at end: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "machine": platform.platform()}, indent=1))
+        atomic_write_text(Path(args.json), json.dumps({"rows": rows, "machine": platform.platform(),
+                                                       "loadavg_start": load0, "loadavg_end": load1}, indent=1))
     if args.figure:
         _figure(rows, ROOT / "figures" / "train_throughput.png")
     return 0

@@ -1,11 +1,15 @@
 """The Numba CPU trainer: the backend contract of :mod:`sdeverify.train.reference`, compiled.
 
 One compiled kernel serves every MLP (widths, activation and loss are run-time arguments),
-per dtype (float64, float32).  Each model's forward and backward pass is a chain of GEMMs
-on contiguous slices of one flat work buffer; ``np.dot`` inside ``@njit`` calls the BLAS
-that SciPy ships (``dgemm``/``sgemm``, which uses both cores on large products), and the
-bias, activation, softmax-cross-entropy gradient, bias-gradient and optimizer update loops
-are fused around them.  All S steps of all models run inside one call: no Python per step.
+per dtype (float64, float32).  Each model's forward and backward pass runs over the batch in
+row blocks of ``Trainer.block_rows`` (256) rows: a block's activations (A_0 … logits) and
+back-propagated gradients stay in cache, so the element-wise loops around the GEMMs (bias +
+activation, softmax-cross-entropy gradient, activation derivative fused with the bias
+gradient) never stream batch-sized arrays through memory.  The GEMMs call the BLAS that
+SciPy ships (``sgemm``/``dgemm``, :mod:`sdeverify.train.blas`); the weight gradients are
+accumulated over the blocks by ``gemm`` with β = 1, with transposes passed as flags (no
+copies).  The softmax-CE gradient is row-local, so blocking is exact up to summation order.
+All S steps of all models run inside one call: no Python per step.
 
 Parallelism: models (replica × optimizer) are independent, so the cores split the models
 (a static split: results are bitwise the same for any thread count) and each runs its
@@ -73,7 +77,7 @@ def _loss_rows(Z, y, rows, loss_kind, dZ, scale):
 
 
 @numba.njit(**_JIT)
-def _pass(X, y, rows, w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g, need_grad, rb):
+def _pass(X, y, rows, w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g, need_grad, rb, scale):
     """Forward (and, if ``need_grad``, backward) pass of one model on the rows ``rows``, in
     row blocks of ``rb`` rows so that each block's activations stay in cache.
 
@@ -82,13 +86,12 @@ def _pass(X, y, rows, w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g, ne
     accumulated block by block into ``g`` (weights by ``gemm`` with β = 1).
     Returns ``(loss_sum, correct)`` over the rows."""
     B = rows.shape[0]
-    L = sizes.shape[0] - 1
     total = 0.0
     correct = 0.0
     for r0 in range(0, B, rb):
         r1 = min(B, r0 + rb)
         tot, cor = _block(X, y, rows[r0:r1], w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2,
-                          g, need_grad, r0 == 0, 1.0 / B)
+                          g, need_grad, r0 == 0, scale)
         total += tot
         correct += cor
     return total, correct
@@ -174,9 +177,31 @@ def _chunk(t, T, M):
     return t * M // T, (t + 1) * M // T
 
 
+@numba.njit(**_JIT)
+def _half(rows, k, K):
+    """Rows of part k of K: the gradient of a batch is the sum of its K parts' gradients,
+    added in order, whichever thread computes each part (so results do not depend on it)."""
+    B = rows.shape[0]
+    return rows[k * B // K:(k + 1) * B // K]
+
+
+@numba.njit(**_JIT)
+def _grad(X, y, rows, w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g, gk, rb, K):
+    """Mean-loss gradient of one model on the batch ``rows`` (into ``g``; ``gk`` is scratch)
+    as the ordered sum over its K parts; returns the loss sum."""
+    scale = 1.0 / rows.shape[0]
+    tot, _ = _pass(X, y, _half(rows, 0, K), w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g, True, rb, scale)
+    for k in range(1, K):
+        t, _ = _pass(X, y, _half(rows, k, K), w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, gk, True, rb, scale)
+        tot += t
+        for p in range(g.shape[0]):
+            g[p] += gk[p]
+    return tot
+
+
 @numba.njit(parallel=True, **_JIT)
 def _train(X, y, idx0, idx1, slots, W, Mom, a, b, gamma, r0, r1, wd, R, sizes, w_off, b_off,
-           act, loss_kind, out_loss, T, rb):
+           act, loss_kind, out_loss, T, rb, K):
     """All S steps of all models; models are independent, so each of the T threads runs
     the whole step loop for its chunk of models (one parallel region per call)."""
     S, _, B = idx0.shape
@@ -190,17 +215,63 @@ def _train(X, y, idx0, idx1, slots, W, Mom, a, b, gamma, r0, r1, wd, R, sizes, w
         d2 = np.empty(nb * maxw, dtype=W.dtype)
         g0 = np.empty(P, dtype=W.dtype)
         g1 = np.empty(P, dtype=W.dtype)
+        gk = np.empty(P if K > 1 else 0, dtype=W.dtype)
         m0, m1 = _chunk(t, T, M)
         for s in range(S):
             for m in range(m0, m1):
                 j = m // R
                 rr = m % R
                 w = W[m]
-                tot, _ = _pass(X, y, idx0[s, rr], w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g0, True, rb)
+                tot = _grad(X, y, idx0[s, rr], w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g0, gk, rb, K)
                 out_loss[s, m] = tot / B
                 if two:
-                    _pass(X, y, idx1[s, rr], w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g1, True, rb)
+                    _grad(X, y, idx1[s, rr], w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g1, gk, rb, K)
                 _update(w, Mom[m], g0, g1, two, r0, r1, wd, a[j, s], b[j, s], gamma[j, s])
+
+
+@numba.njit(parallel=True, **_JIT)
+def _train_parts(X, y, idx0, idx1, slots, W, Mom, a, b, gamma, r0, r1, wd, R, sizes, w_off, b_off,
+                 act, loss_kind, out_loss, T, rb, K):
+    """:func:`_train` with the K parts of each model's batch on different threads (for fewer
+    models than cores): one parallel region per step, then the ordered sums and updates.
+    Bitwise the same results as :func:`_train` with the same K."""
+    S, _, B = idx0.shape
+    M, P = W.shape
+    maxw = np.max(sizes)
+    two = slots == 2 and r1 != 0.0
+    nb = min(B, rb)
+    N = M * K
+    G0 = np.empty((N, P), dtype=W.dtype)
+    G1 = np.empty((N if two else 1, P), dtype=W.dtype)
+    part = np.empty(N)
+    scale = 1.0 / B
+    for s in range(S):
+        for t in numba.prange(T):
+            buf = np.empty(_work_size(sizes, nb), dtype=W.dtype)
+            d1 = np.empty(nb * maxw, dtype=W.dtype)
+            d2 = np.empty(nb * maxw, dtype=W.dtype)
+            i0, i1 = _chunk(t, T, N)
+            for it in range(i0, i1):
+                m, k = it // K, it % K
+                rr = m % R
+                part[it], _ = _pass(X, y, _half(idx0[s, rr], k, K), W[m], sizes, w_off, b_off, act, loss_kind,
+                                    buf, d1, d2, G0[it], True, rb, scale)
+                if two:
+                    _pass(X, y, _half(idx1[s, rr], k, K), W[m], sizes, w_off, b_off, act, loss_kind,
+                          buf, d1, d2, G1[it], True, rb, scale)
+        for m in range(M):
+            j = m // R
+            g0, g1 = G0[m * K], G1[m * K if two else 0]
+            tot = part[m * K]
+            for k in range(1, K):
+                tot += part[m * K + k]
+                for p in range(P):
+                    g0[p] += G0[m * K + k, p]
+                if two:
+                    for p in range(P):
+                        g1[p] += G1[m * K + k, p]
+            out_loss[s, m] = tot / B
+            _update(W[m], Mom[m], g0, g1, two, r0, r1, wd, a[j, s], b[j, s], gamma[j, s])
 
 
 @numba.njit(**_JIT)
@@ -230,7 +301,7 @@ def _evaluate(X, y, W, sizes, w_off, b_off, act, loss_kind, chunk, loss_sum, cor
         for m in range(m0, m1):
             for i0 in range(0, n, chunk):
                 rows = rows_all[i0:min(n, i0 + chunk)]
-                tot, cor = _pass(X, y, rows, W[m], sizes, w_off, b_off, act, loss_kind, buf, d1, d1, g, False, rb)
+                tot, cor = _pass(X, y, rows, W[m], sizes, w_off, b_off, act, loss_kind, buf, d1, d1, g, False, rb, 1.0)
                 loss_sum[m] += tot
                 correct[m] += cor
 
@@ -248,7 +319,7 @@ def _gradients(X, y, W, sizes, w_off, b_off, act, loss_kind, wd, G, T, rb):
         rows = np.arange(n)
         m0, m1 = _chunk(t, T, M)
         for m in range(m0, m1):
-            _pass(X, y, rows, W[m], sizes, w_off, b_off, act, loss_kind, buf, d1, d2, G[m], True, rb)
+            _pass(X, y, rows, W[m], sizes, w_off, b_off, act, loss_kind, buf, d1, d2, G[m], True, rb, 1.0 / n)
             for p in range(P):
                 G[m, p] = G[m, p] + wd * W[m, p]
 
@@ -265,6 +336,10 @@ class Trainer(HostTrainer):
 
     #: rows per block of the forward/backward pass (see :func:`_pass`)
     block_rows: int = 256
+    #: a batch of at least ``parts × block_rows`` rows is split in this many parts whose
+    #: gradients are added in order (:func:`_grad`): with fewer models than cores, the parts
+    #: run on different cores (:func:`_train_parts`), with the same results
+    parts: int = 2
 
     def __init__(self, model: MLP, X: np.ndarray, y: np.ndarray, n_opt: int, n_rep: int,
                  dtype: str = "float64"):
@@ -273,17 +348,23 @@ class Trainer(HostTrainer):
         self.act, self.loss_kind = ACTIVATIONS[model.activation], LOSSES[model.loss]
 
     def train(self, idx, a, b, gamma, r) -> np.ndarray:
-        S = idx[0].shape[0]
-        out = np.empty((S, self.W.shape[0]))
+        S, _, B = idx[0].shape
+        M = self.W.shape[0]
+        out = np.empty((S, M))
         t = self.dtype.type
         idx1 = idx[1] if len(idx) > 1 else idx[0]
-        T, blas = _threads(self.W.shape[0])
+        K = self.parts if B >= self.parts * self.block_rows else 1
+        T = min(numba.get_num_threads(), M * K)
+        if M < T:          # fewer models than cores: their batch parts go to the cores
+            kernel, blas = _train_parts, single_threaded()
+        else:
+            kernel, (T, blas) = _train, _threads(M)
         with blas:
-            _train(self.X, self.y, np.ascontiguousarray(idx[0]), np.ascontiguousarray(idx1), len(idx),
-               self.W, self.Mom, np.ascontiguousarray(a, dtype=self.dtype),
-               np.ascontiguousarray(b, dtype=self.dtype), np.ascontiguousarray(gamma, dtype=self.dtype),
-               t(r[0]), t(r[1] if len(r) > 1 else 0.0), t(self.model.weight_decay), self.R,
-               self.sizes, self.w_off, self.b_off, self.act, self.loss_kind, out, T, self.block_rows)
+            kernel(self.X, self.y, np.ascontiguousarray(idx[0]), np.ascontiguousarray(idx1), len(idx),
+                   self.W, self.Mom, np.ascontiguousarray(a, dtype=self.dtype),
+                   np.ascontiguousarray(b, dtype=self.dtype), np.ascontiguousarray(gamma, dtype=self.dtype),
+                   t(r[0]), t(r[1] if len(r) > 1 else 0.0), t(self.model.weight_decay), self.R,
+                   self.sizes, self.w_off, self.b_off, self.act, self.loss_kind, out, T, self.block_rows, K)
         return out
 
     def evaluate(self, X, y, chunk: int = 1024):
