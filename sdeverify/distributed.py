@@ -41,6 +41,7 @@ Dask is optional: ``pip install 'sdeverify[dist]'``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -77,6 +78,16 @@ class PointError(RuntimeError):
         self.error = error
         what = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         super().__init__(f"point {point} failed: {what}")
+
+    def original(self) -> BaseException:
+        """The shard's own exception (same type as the local call would raise), with a note
+        naming the point (Python >= 3.11); this error when there is none."""
+        if not isinstance(self.error, BaseException):
+            return self
+        if hasattr(self.error, "add_note") and not getattr(self.error, "_sdeverify_noted", False):
+            self.error.add_note(f"(in point {self.point} of a distributed run)")
+            self.error._sdeverify_noted = True
+        return self.error
 
 
 def _dask():
@@ -164,10 +175,11 @@ def plan_shards(total: int, unit_work: float, workers: int, *, block: int = 1,
 
 
 # ---- point specs and their keys ------------------------------------------------------------
-def _hash_value(h, v) -> None:
+def _hash_value(h, v, seen: set | None = None) -> None:
     """Feed a canonical encoding of ``v`` into ``h`` (arrays by content, numba functions by
-    module, name and bytecode, objects by type and attributes); ValueError when unknown."""
-    from .engine.cpu import _fingerprint
+    module, name and bytecode and the functions they call, objects by type and attributes);
+    ValueError when unknown."""
+    seen = set() if seen is None else seen
     if v is None or isinstance(v, (bool, int, float, str, complex)):
         h.update(repr((type(v).__name__, v)).encode())
     elif isinstance(v, (np.integer, np.floating, np.bool_)):
@@ -179,35 +191,73 @@ def _hash_value(h, v) -> None:
     elif isinstance(v, (list, tuple)):
         h.update(f"{type(v).__name__}[{len(v)}]".encode())
         for x in v:
-            _hash_value(h, x)
+            _hash_value(h, x, seen)
     elif isinstance(v, dict):
         h.update(f"dict[{len(v)}]".encode())
         for k in sorted(v, key=repr):
-            _hash_value(h, k)
-            _hash_value(h, v[k])
+            _hash_value(h, k, seen)
+            _hash_value(h, v[k], seen)
     elif hasattr(v, "py_func") or callable(v) and hasattr(v, "__code__"):
-        h.update(("function " + _fingerprint(v)).encode())
+        _hash_function(h, v, seen)
     elif hasattr(v, "__dict__") or hasattr(v, "__dataclass_fields__"):
+        if id(v) in seen:
+            h.update(b"(seen)")
+            return
+        seen.add(id(v))
         h.update(f"object {type(v).__module__}.{type(v).__qualname__}".encode())
         attrs = dict(vars(v)) if hasattr(v, "__dict__") else {}
         for f in getattr(v, "__dataclass_fields__", {}):
             attrs[f] = getattr(v, f)
-        _hash_value(h, attrs)
+        _hash_value(h, attrs, seen)
     else:
         raise ValueError(f"cannot key a point on a value of type {type(v).__name__}")
+
+
+def _hash_function(h, f, seen: set) -> None:
+    """A function's fingerprint (bytecode, constants, closure) and, recursively, those of
+    the functions it calls by global name (a helper's edit changes the key too)."""
+    from .engine.cpu import _fingerprint
+    py = getattr(f, "py_func", f)
+    h.update(("function " + _fingerprint(f)).encode())
+    if id(py) in seen or not hasattr(py, "__code__"):
+        return
+    seen.add(id(py))
+    names, stack = set(), [py.__code__]
+    while stack:
+        code = stack.pop()
+        names.update(code.co_names)
+        stack += [c for c in code.co_consts if hasattr(c, "co_names")]
+    g = getattr(py, "__globals__", {})
+    for name in sorted(names):
+        callee = g.get(name)
+        if callee is not None and (hasattr(callee, "py_func") or hasattr(callee, "__code__")):
+            _hash_function(h, callee, seen)
+
+
+@functools.lru_cache(maxsize=1)
+def source_digest() -> str:
+    """SHA-256 of every ``.py`` file of the installed sdeverify package: a point saved by
+    other code (an edited engine, a new version) is never reused."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
 
 
 def point_key(kind: str, args: dict) -> str:
     """SHA-256 of everything that determines a point: ``kind`` ("simulate"/"fit"), every
     argument (problem with its parameters and functions, optimizers with their coefficient
     schedules, x0, steps, paths, seed, σ, record, observables, dtype, backend, path or
-    replica offset, ...) and the versions of sdeverify, NumPy, Numba, SciPy and Python.
-    A saved point is reused only under the same key, so a stale point is never reused."""
+    replica offset, ...), the versions of sdeverify, NumPy, Numba, SciPy and Python and
+    :func:`source_digest`.  A saved point is reused only under the same key, so a stale
+    point is never reused."""
     from .result import versions
     h = hashlib.sha256()
     _hash_value(h, {"kind": kind, "args": {k: v for k, v in args.items()
                                             if k not in ("on_divergence", "progress")},
-                    "versions": versions()})
+                    "versions": versions(), "source": source_digest()})
     return h.hexdigest()
 
 
@@ -498,7 +548,7 @@ def run_points(points: Sequence[Point], executor, *, raise_errors: bool = True) 
     for p, r in zip(points, out):
         if isinstance(r, PointError):
             if raise_errors:
-                raise r
+                raise r.original()
             results.append(r)
         else:
             results.append(_report(p, r))
@@ -509,7 +559,9 @@ def simulate(problem, optimizers, x0, *, executor, shard_paths: int | None = Non
     """:func:`sdeverify.simulate` with its paths cut into shards that run on ``executor``
     (a ``distributed.Client`` or a :class:`Session`), merged into bitwise the result of the
     local call (statistics, final states, divergence steps; ``meta["wall_time"]`` is the sum
-    of the shards').  A failed shard raises :class:`PointError`."""
+    of the shards').  A failed shard raises its own exception, as the local call would
+    (e.g. :class:`~sdeverify.observables.UserFunctionError`; a worker lost too often:
+    Dask's ``KilledWorker``), with a note naming the point."""
     session, ex = _target(executor)
     if session is not None and shard_paths is None:
         shard_paths = session.shard_paths
@@ -589,7 +641,7 @@ class Cluster:
                                     "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
             lc = self._stack.enter_context(dist.LocalCluster(
                 n_workers=self.workers, threads_per_worker=1, processes=True,
-                dashboard_address=None, silence_logs=logging.ERROR, worker_class=dist.Nanny,
+                dashboard_address=":0", silence_logs=logging.ERROR, worker_class=dist.Nanny,
                 env=one))
             self.client = self._stack.enter_context(dist.Client(lc))
             return self.client

@@ -17,6 +17,7 @@ import sdeverify as sv
 from sdeverify import config
 from sdeverify import distributed as D
 from sdeverify.cli import main
+from sdeverify.observables import UserFunctionError
 from sdeverify.problems import NGOS, Quadratic
 from sdeverify.train import MLP, fit, teacher_student
 
@@ -64,9 +65,12 @@ def test_fit_on_workers_is_bitwise_local(client):
     m = MLP([5, 8, 3])
     local = fit(m, data, OPTS, **kw)
     far = D.fit(m, data, OPTS, executor=client, shard_replicas=2, **kw)
-    for k in ("values", "batch_loss", "div_step", "eval_steps"):
-        assert np.array_equal(getattr(far, k), getattr(local, k)), k
-    assert far.meta["fingerprint"] == local.meta["fingerprint"] and far.replicas == 5
+    with D.use(client, shard_replicas=3):          # what the train checks do: data scattered once
+        near = fit(m, data, OPTS, **kw)
+    for res in (far, near):
+        for k in ("values", "batch_loss", "div_step", "eval_steps"):
+            assert np.array_equal(getattr(res, k), getattr(local, k)), k
+        assert res.meta["fingerprint"] == local.meta["fingerprint"] and res.replicas == 5
 
 
 def _sweep(etas, fail_after=None):
@@ -116,6 +120,31 @@ def test_point_key_covers_every_input():
                 dict(store_states=True), dict(divergence_bound=1e6)]
     keys = {D.simulate_point(**dict(base, **v)).key for v in variants}
     assert key not in keys and len(keys) == len(variants)
+
+
+@numba.njit
+def _half(v):
+    return 0.5 * v
+
+
+@numba.njit
+def _grad_via_helper(x, p, out):
+    for i in range(x.shape[0]):
+        out[i] = _half(p[0] * x[i])
+
+
+def test_point_key_follows_helpers_and_source(monkeypatch):
+    """An edit of a helper a problem function calls, or of sdeverify's own code, changes
+    the key (a stale point is never reused)."""
+    q = NGOS(dim=2, grad=_grad_via_helper, noise=_noise, loss=_loss, params=[1.0])
+    kw = dict(optimizers=OPTS, x0=X0, steps=5, paths=10, sigma=1.0)
+    key = D.simulate_point(q, **kw).key
+    monkeypatch.setitem(_grad_via_helper.py_func.__globals__, "_half", numba.njit(lambda v: 0.25 * v))
+    assert D.simulate_point(q, **kw).key != key
+    monkeypatch.undo()
+    assert D.simulate_point(q, **kw).key == key
+    monkeypatch.setattr(D, "source_digest", lambda: "edited")
+    assert D.simulate_point(q, **kw).key != key
 
 
 def test_worker_killed_mid_sweep_loses_nothing(client, tmp_path):
@@ -175,8 +204,8 @@ def test_failing_point_is_reported_and_others_finish(client):
     assert "c=-1.0" in str(out[1]) and "negative curvature parameter" in str(out[1])
     for i in (0, 2):
         _same_sim(out[i], sv.simulate(**calls[i]))
-    with pytest.raises(D.PointError, match="c=-1.0"):
-        D.simulate(executor=client, **calls[1])
+    with pytest.raises(UserFunctionError, match="negative curvature parameter"):   # as locally
+        sv.simulate(executor=client, **calls[1])
 
 
 def test_unpicklable_spec_is_a_clear_error(client):
