@@ -14,8 +14,12 @@ All S steps of all models run inside one call: no Python per step.
 Parallelism: models (replica × optimizer) are independent, so the cores split the models
 (a static split: results are bitwise the same for any thread count) and each runs its
 models' whole step loop, with OpenBLAS held to one thread meanwhile
-(:mod:`sdeverify.train.blas_threads`).  With fewer models than cores, one thread runs them
-and BLAS uses its own threads.
+(:mod:`sdeverify.train.blas_threads`).  A batch of at least ``Trainer.parts`` (2) blocks is
+split in that many parts whose gradients are added in a fixed order; with fewer models than
+cores, the parts of each model's batch run on different cores (one parallel region per
+step, :func:`_train_parts`) — the same results as one after the other.  Smaller batches of
+fewer models than cores run on one thread with BLAS's own threads (as do ``evaluate`` and
+``gradients`` then).
 """
 from __future__ import annotations
 
@@ -190,12 +194,14 @@ def _grad(X, y, rows, w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g, gk
     """Mean-loss gradient of one model on the batch ``rows`` (into ``g``; ``gk`` is scratch)
     as the ordered sum over its K parts; returns the loss sum."""
     scale = 1.0 / rows.shape[0]
-    tot, _ = _pass(X, y, _half(rows, 0, K), w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g, True, rb, scale)
-    for k in range(1, K):
-        t, _ = _pass(X, y, _half(rows, k, K), w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, gk, True, rb, scale)
+    tot = 0.0
+    for k in range(K):                     # one call site of _pass: less code to compile
+        t, _ = _pass(X, y, _half(rows, k, K), w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2,
+                     g if k == 0 else gk, True, rb, scale)
         tot += t
-        for p in range(g.shape[0]):
-            g[p] += gk[p]
+        if k > 0:
+            for p in range(g.shape[0]):
+                g[p] += gk[p]
     return tot
 
 
@@ -222,10 +228,11 @@ def _train(X, y, idx0, idx1, slots, W, Mom, a, b, gamma, r0, r1, wd, R, sizes, w
                 j = m // R
                 rr = m % R
                 w = W[m]
-                tot = _grad(X, y, idx0[s, rr], w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g0, gk, rb, K)
-                out_loss[s, m] = tot / B
-                if two:
-                    _grad(X, y, idx1[s, rr], w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g1, gk, rb, K)
+                for slot in range(2 if two else 1):
+                    tot = _grad(X, y, idx0[s, rr] if slot == 0 else idx1[s, rr], w, sizes, w_off, b_off,
+                                act, loss_kind, buf, d1, d2, g0 if slot == 0 else g1, gk, rb, K)
+                    if slot == 0:
+                        out_loss[s, m] = tot / B
                 _update(w, Mom[m], g0, g1, two, r0, r1, wd, a[j, s], b[j, s], gamma[j, s])
 
 
@@ -254,11 +261,12 @@ def _train_parts(X, y, idx0, idx1, slots, W, Mom, a, b, gamma, r0, r1, wd, R, si
             for it in range(i0, i1):
                 m, k = it // K, it % K
                 rr = m % R
-                part[it], _ = _pass(X, y, _half(idx0[s, rr], k, K), W[m], sizes, w_off, b_off, act, loss_kind,
-                                    buf, d1, d2, G0[it], True, rb, scale)
-                if two:
-                    _pass(X, y, _half(idx1[s, rr], k, K), W[m], sizes, w_off, b_off, act, loss_kind,
-                          buf, d1, d2, G1[it], True, rb, scale)
+                for slot in range(2 if two else 1):
+                    tot, _ = _pass(X, y, _half(idx0[s, rr] if slot == 0 else idx1[s, rr], k, K), W[m], sizes,
+                                   w_off, b_off, act, loss_kind, buf, d1, d2, G0[it] if slot == 0 else G1[it],
+                                   True, rb, scale)
+                    if slot == 0:
+                        part[it] = tot
         for m in range(M):
             j = m // R
             g0, g1 = G0[m * K], G1[m * K if two else 0]
