@@ -126,6 +126,36 @@ def first_vs_second_task(point) -> dict:
     return {"first_s": out[0], "second_s": out[1]}
 
 
+def projection(points_dir: Path, driver_s: float, latency_s: float,
+               workers=(1, 2, 4, 8, 16, 32, 64, 128)) -> dict:
+    """Wall time of the same sweep on W workers, predicted from its saved points.
+
+    The checks run their points one after the other; point p (single-core compute C_p, the
+    sum of its shards' ``wall_time``) is cut by :func:`sdeverify.distributed.plan_shards`
+    for W workers into n_p shards and takes ceil(n_p / W) · C_p / n_p + one task latency.
+    Add the driver's own serial time (theory, statistics, saving: serial wall − Σ C_p).
+    Assumes equal shards, no contention and a scheduler that keeps up (see the text)."""
+    from sdeverify.result import SimulationResult
+    pts = []
+    for f in sorted(points_dir.glob("simulate-*.json")):
+        r = SimulationResult.load(f.with_suffix(""))
+        m = r.meta
+        unit = m["steps_total"] * len(r.optimizers) * m["dim"] * (1 if m.get("svag_ell", 1) == 1 else 2)
+        pts.append((m["wall_time"], r.paths, unit))
+    total = sum(c for c, _, _ in pts)
+    out = {"points": len(pts), "compute_s": total, "driver_s": driver_s}
+    for w in workers:
+        wall = driver_s
+        tasks = 0
+        for c, paths, unit in pts:
+            n = len(D.plan_shards(paths, unit, w, block=config.BLOCK))
+            tasks += n
+            wall += -(-n // w) * c / n + latency_s
+        out[w] = {"wall_s": wall, "speedup": (driver_s + total) / wall,
+                  "efficiency": (driver_s + total) / (w * wall), "tasks": tasks}
+    return out
+
+
 def load() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
@@ -189,6 +219,9 @@ def main(argv=None) -> int:
         point = _first_point(args.check, args.size, clients[2])
         ov = overhead(clients[2], point)
     warm = first_vs_second_task(point)
+    compute1 = shard_time[1] * sessions[1].tasks
+    proj = projection(tmp / "w1-0", max(0.0, float(np.median([x[0] for x in serial])) - compute1),
+                      ov["latency_median_s"])
 
     med = lambda xs: float(np.median([x[0] for x in xs]))
     t_serial, t_local2 = med(serial), med(local2)
@@ -208,7 +241,7 @@ def main(argv=None) -> int:
         "points": sessions[2].computed, "tasks": {1: sessions[1].tasks, 2: sessions[2].tasks},
         "mean_task_compute_s": shard_time, "overhead": ov,
         "overhead_share_of_task": {n: ov["latency_median_s"] / shard_time[n] for n in (1, 2)},
-        "first_task": warm, "load_after": load()})
+        "first_task": warm, "projection": proj, "load_after": load()})
     print(f"serial (1 thread, no Dask)   {t_serial:8.2f} s")
     print(f"local (2 threads, no Dask)   {t_local2:8.2f} s")
     print(f"Dask, 1 worker               {t1:8.2f} s   ({t1 / t_serial:.3f}x the serial run)")
@@ -226,6 +259,11 @@ def main(argv=None) -> int:
           f"burst of {ov['n_burst']}: {100 * ov['latency_median_s'] / shard_time[2]:.2f}% of a "
           f"2-worker task")
     print(f"fresh worker: first shard {warm['first_s']:.2f} s, second {warm['second_s']:.2f} s")
+    print(f"projected (from the {proj['points']} saved points: {proj['compute_s']:.1f} s of "
+          f"compute, {proj['driver_s']:.1f} s in the driver):")
+    for w in (k for k in proj if isinstance(k, int)):
+        print(f"  {w:4d} workers: {proj[w]['wall_s']:8.2f} s, speedup {proj[w]['speedup']:6.2f}, "
+              f"efficiency {100 * proj[w]['efficiency']:5.1f}%, {proj[w]['tasks']} tasks")
     print(f"load after: {out['load_after']}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1, default=str))
