@@ -10,7 +10,7 @@ result of one local run.  This module does the cutting, the submitting and the m
 
 * ``simulate(..., executor=client)`` / ``fit(..., executor=client)``: one call ("point"),
   sharded over the workers of a ``distributed.Client`` (anything with ``submit`` whose
-  futures have ``result()`` works, e.g. a ``concurrent.futures`` pool);
+  futures have ``result()`` works, e.g. a ``concurrent.futures.ProcessPoolExecutor``);
 * :func:`sweep`: many points submitted at once; a point whose task raises comes back as a
   :class:`PointError` (point and error named) and the other points still finish;
 * :func:`use`: a context inside which *every* ``simulate``/``fit`` call is sent to the
@@ -18,8 +18,9 @@ result of one local run.  This module does the cutting, the submitting and the m
   ``points_dir`` each finished point is saved atomically under a hash of everything that
   determines it (:func:`point_key`), and with ``resume=True`` saved points are reused
   instead of recomputed;
-* :func:`cluster`: a ``LocalCluster`` (``workers=N``, one thread each) or a connection to a
-  running scheduler (``scheduler="tcp://HOST:PORT"``).
+* :class:`Cluster` / :func:`cluster`: a ``LocalCluster`` (``workers=N``, one thread each) or
+  a connection to a running scheduler (``scheduler="tcp://HOST:PORT"``), what the CLI's
+  ``--workers`` / ``--scheduler`` start.
 
 **What travels.**  A task carries a spec — the problem, the optimizers and the call's
 arguments — never a closure.  Problems pickle with their ``numba.njit`` functions: Numba
@@ -29,7 +30,13 @@ workers is what those functions and the problem's class refer to *by reference*:
 ``sdeverify`` package (same version: :func:`point_key` includes it) and every module a
 user function imports or calls into (``import mylib`` inside ``grad`` needs ``mylib`` on the
 workers).  A spec that does not pickle is a ``ValueError`` naming the point before anything
-is submitted; a worker that cannot unpickle it (a missing module) is a :class:`PointError`.
+is submitted; a worker that cannot unpickle it (a missing module) fails the point like any
+task error: a :class:`PointError` in :func:`sweep`, the shard's own exception (with a note
+naming the point) from ``simulate``/``fit``.
+
+**Lost workers.**  A worker process that dies mid-task is replaced by its nanny and Dask
+reruns its shards elsewhere (up to ``distributed.scheduler.allowed-failures`` times per
+task); the merged result is the same bitwise.
 
 **Compilation.**  Each worker process compiles (or loads from Numba's on-disk cache) a
 kernel once and keeps it for its lifetime (``engine.cpu.get_kernel`` memoises by the
@@ -43,12 +50,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import json
 import math
 import os
 import pickle
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
