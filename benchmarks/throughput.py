@@ -9,6 +9,7 @@ optimizer).  Times are medians of ``--repeats`` runs after a warm-up run.
     python benchmarks/throughput.py                 # everything, ~4 minutes on 2 cores
     python benchmarks/throughput.py --quick         # steps / 8 for the slow baselines
     python benchmarks/throughput.py --only main     # sections: compile main threads scaling memory figure
+    python benchmarks/throughput.py --only problems # every built-in problem vs NumPy and the RNG bound
 
 Prints a report; ``--json FILE`` also saves the numbers; the figure goes to
 figures/throughput.png (throughput vs paths per implementation).
@@ -487,15 +488,190 @@ def section_figure(args, res):
     res["figure"] = {"paths": grid, "steps": st, "wall": curves, "per_cpu": cpu_curves}
 
 
+# ---- per-problem throughput (issue 11) ---------------------------------------------------------
+P_PATHS, P_STEPS, P_LR, P_BETA = 2 ** 15, 512, 0.01, 0.9
+P_SIGMA = P_LR ** -0.5
+
+
+def builtin_problems():
+    """name -> (problem, x0): every built-in problem at d = 8, manifolds at the dimensions
+    their checks use; the hand-written diagonal problem of the main section for scale."""
+    from sdeverify.problems import (SVAG, CosineWell, DiagonalNet, LinearRegression, Quadratic,
+                                    Sphere, Valley)
+    h = curvatures(D)
+    return {
+        "hand-written diagonal (reference)": (diag_problem(D), np.ones(D)),
+        "Quadratic(np.diag(h))": (Quadratic(np.diag(h)), np.ones(D)),
+        "CosineWell(8)": (CosineWell(D), np.ones(D)),
+        "SVAG(CosineWell(8), 4)": (SVAG(CosineWell(D), 4.0), np.ones(D)),
+        "LinearRegression(n=256, d=8, B=8)": (LinearRegression.generate(256, D, 8), np.zeros(D)),
+        "Valley.label_noise_like (d=2)": (Valley.label_noise_like(h=(1.0, 0.0, 1.0), c=2.0, sx2=0.25),
+                                          np.array([0.5, 0.1])),
+        "Sphere(3)": (Sphere(3, noise_std=0.8), np.array([1.0, 0.0, 0.0])),
+        "DiagonalNet(n=5, D=10) (d=20)": (DiagonalNet.generate(5, 10, 2), np.full(20, 0.5)),
+    }
+
+
+def _numpy_oracle(P):
+    """(grad(x), noise(x, z), draw(gen, shape), n_calls, r1, r2): the problem's maths
+    vectorised over a leading batch axis (x: (2, paths, d)), from its public attributes."""
+    from sdeverify.problems import CosineWell, DiagonalNet, LinearRegression, Quadratic, Sphere, Valley
+    normal = lambda gen, shape: gen.standard_normal(shape)
+    r1, r2 = P.svag_coefficients
+    calls = 1 if P.svag_ell == 1.0 else 2
+    if isinstance(P, Quadratic):
+        H, S, c = P.hessian, P.noise_sqrt, P.center
+        if np.count_nonzero(H - np.diag(np.diag(H))) == 0 and np.count_nonzero(S - np.diag(np.diag(S))) == 0:
+            h, s = np.diag(H), np.diag(S)          # what a NumPy user writes for a diagonal H
+            return (lambda x: h * (x - c) + P.linear), (lambda x, z: s * z), normal, calls, r1, r2
+        return (lambda x: (x - c) @ H.T + P.linear), (lambda x, z: z @ S.T), normal, calls, r1, r2
+    if P.grad is diag_grad:
+        h, s = P.params[:P.dim], P.params[P.dim:]
+        return (lambda x: h * x), (lambda x, z: s * z), normal, calls, r1, r2
+    if isinstance(P, CosineWell):
+        a = P.amplitude
+        return ((lambda x: x - a * np.sin(x)), (lambda x, z: np.sqrt(1.0 + np.sin(x) ** 2) * z),
+                normal, calls, r1, r2)
+    if isinstance(P, Sphere):
+        s = P.noise_std
+        return ((lambda x: ((x * x).sum(-1, keepdims=True) - 1.0) * x), (lambda x, z: s * z),
+                normal, calls, r1, r2)
+    if isinstance(P, Valley):
+        pv = np.polynomial.polynomial.polyval
+        dh = np.polynomial.polynomial.polyder(P.h)
+
+        def grad(x):
+            y = x[..., 1:]
+            return np.concatenate([0.5 * pv(x[..., :1], dh) * (y * y).sum(-1, keepdims=True),
+                                   pv(x[..., :1], P.h) * y], axis=-1)
+
+        def noise(x, z):
+            return np.concatenate([np.sqrt(np.maximum(pv(x[..., :1], P.sx2), 0.0)) * z[..., :1],
+                                   np.sqrt(np.maximum(pv(x[..., :1], P.sy2), 0.0)) * z[..., 1:]], axis=-1)
+        return grad, noise, normal, calls, r1, r2
+    if isinstance(P, DiagonalNet):
+        A, yv, n, Dn = P.features, P.targets, P.n, P.D
+
+        def grad(x):
+            u, v = x[..., :Dn], x[..., Dn:]
+            G = ((u * u - v * v) @ A.T - yv) @ A / n
+            return np.concatenate([2.0 * u * G, -2.0 * v * G], axis=-1)
+
+        def noise(x, z):
+            zz = z @ A / np.sqrt(n)
+            return np.concatenate([-2.0 * x[..., :Dn] * zz, 2.0 * x[..., Dn:] * zz], axis=-1)
+        return grad, noise, normal, calls, r1, r2
+    if isinstance(P, LinearRegression):
+        A, yv, Q, r, B = P.features, P.targets, P.Q, P.r, P.batch_size
+        n = A.shape[0]
+
+        def grad(x):
+            return x @ Q.T - r
+
+        def noise(x, z):
+            j = np.minimum((z[..., :B] * n).astype(np.int64), n - 1)      # (paths, B)
+            Aj = A[j]                                                        # (paths, B, d)
+            res = np.einsum("pbd,opd->opb", Aj, x) - yv[j]                  # (2, paths, B)
+            return np.einsum("pbd,opb->opd", Aj, res) / B - grad(x)
+        return grad, noise, (lambda gen, shape: gen.random(shape)), calls, r1, r2
+    raise ValueError(f"no NumPy version of {P!r}")
+
+
+def run_problem_numpy(P, x0, paths, steps):
+    """SGD + SGDM(β) coupled (same draws), vectorised over paths in NumPy, with the same
+    records and observables (loss, sqnorm) as :func:`run_problem_ours`."""
+    grad, noise, draw, calls, r1, r2 = _numpy_oracle(P)
+    gen = np.random.Generator(np.random.PCG64(1))
+    a = np.array([0.0, P_BETA])[:, None, None]
+    b = np.array([1.0, 1.0 - P_BETA])[:, None, None]
+    x = np.tile(np.asarray(x0, dtype=np.float64), (2, paths, 1))
+    m = np.zeros_like(x)
+    rec = set(records(steps).tolist())
+    out = []
+    for k in range(steps):
+        z = draw(gen, (paths, P.n_draws))
+        if calls == 1:
+            g = grad(x) + P_SIGMA * noise(x, z)
+        else:
+            g = (grad(x) + (P_SIGMA * r1) * noise(x, z)) + (P_SIGMA * r2) * noise(x, draw(gen, (paths, P.n_draws)))
+        m *= a
+        m += b * g
+        x -= P_LR * m
+        if k + 1 in rec:
+            out.append((x * x).sum(-1).mean(-1))
+    return out
+
+
+def run_problem_ours(P, x0, paths, steps):
+    return sv.simulate(P, [sv.SGD(P_LR), sv.SGDM(P_LR, P_BETA)], x0, steps=steps, paths=paths,
+                       sigma=P_SIGMA, seed=1, record=records(steps), observables=["loss", "sqnorm"])
+
+
+@numba.njit(parallel=True, cache=True)
+def _rng_bound_draws(kind, k0, k1, paths, steps, rows, n_calls):
+    """The draws a problem's run makes (its kind, rows, oracle calls per step), alone."""
+    n_blocks = (paths + config.BLOCK - 1) // config.BLOCK
+    acc = np.zeros(n_blocks)
+    for blk in numba.prange(n_blocks):
+        z = np.empty((rows, config.LANES))
+        s = 0.0
+        for p0 in range(blk * config.BLOCK, min((blk + 1) * config.BLOCK, paths), config.LANES):
+            for k in range(steps):
+                for c in range(n_calls):
+                    rng.fill_lanes64(kind, k0, k1, p0, k, c, z)
+                    s += z[0, 0]
+        acc[blk] = s
+    return acc.sum()
+
+
+def section_problems(args, res):
+    """Each built-in problem: sdeverify vs a NumPy version of the same maths vs the RNG bound
+    (issue 11).  Medians of ``--repeats`` runs (3 by default for this section), one process."""
+    reps = args.problem_repeats
+    steps_np = P_STEPS // 8 if args.quick else P_STEPS
+    print(f"\n== per-problem throughput: SGD + SGDM({P_BETA}) coupled, {P_PATHS} paths × {P_STEPS} "
+          f"steps (NumPy: {steps_np}), η = {P_LR}, σ = η^-1/2, float64, {numba.get_num_threads()} "
+          f"threads; M path·dim·steps/s per CPU-second (wall in brackets), medians of {reps} ==")
+    print(f"{'problem':36s} {'d':>3s} {'NumPy':>14s} {'sdeverify':>16s} {'RNG bound':>16s} "
+          f"{'vs NumPy':>9s} {'of bound':>9s} {'diverged':>9s}")
+    rows = {}
+    k0, k1 = rng.key_words(1)
+    for name, (P, x0) in builtin_problems().items():
+        d = P.dim
+        calls = 1 if P.svag_ell == 1.0 else 2
+        ours = timed(lambda: run_problem_ours(P, x0, P_PATHS, P_STEPS), reps)
+        bound = timed(lambda: _rng_bound_draws(P.draw_kind, k0, k1, P_PATHS, P_STEPS, rng.n_rows(P.n_draws), calls), reps)
+        run_problem_numpy(P, x0, 256, 4)                                  # warm-up
+        npy = Timing([measure(lambda: run_problem_numpy(P, x0, P_PATHS, steps_np)) for _ in range(reps)])
+        div = float(np.mean(run_problem_ours(P, x0, P_PATHS, P_STEPS).div_step >= 0))
+        w = P_PATHS * P_STEPS * d
+        r = {"d": d, "numpy": P_PATHS * steps_np * d / npy.cpu, "ours": w / ours.cpu,
+             "bound": w / bound.cpu, "numpy_wall": P_PATHS * steps_np * d / npy.wall,
+             "ours_wall": w / ours.wall, "bound_wall": w / bound.wall, "diverged": div,
+             "others": max(ours.others, bound.others, npy.others)}
+        r["vs_numpy"], r["of_bound"] = r["ours"] / r["numpy"], r["ours"] / r["bound"]
+        rows[name] = r
+        print(f"{name:36s} {d:3d} {r['numpy'] / 1e6:6.1f} ({r['numpy_wall'] / 1e6:5.1f}) "
+              f"{r['ours'] / 1e6:7.1f} ({r['ours_wall'] / 1e6:6.1f}) {r['bound'] / 1e6:7.1f} "
+              f"({r['bound_wall'] / 1e6:6.1f}) {r['vs_numpy']:8.1f}× {100 * r['of_bound']:8.0f}% "
+              f"{100 * div:8.1f}%", flush=True)
+    ref = rows["hand-written diagonal (reference)"]["ours"]
+    q = rows["Quadratic(np.diag(h))"]["ours"]
+    print(f"Quadratic(np.diag(h)) / hand-written diagonal: {q / ref:.2f}; "
+          f"others' share of the CPUs during the runs: up to {100 * max(r['others'] for r in rows.values()):.0f}%")
+    res["problems"] = rows
+
+
 SECTIONS = {"compile": section_compile, "main": section_main, "accuracy": section_accuracy,
             "threads": section_threads, "scaling": section_scaling, "memory": section_memory,
-            "figure": section_figure}
+            "figure": section_figure, "problems": section_problems}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="steps / 8 for NumPy and JAX")
+    ap.add_argument("--problem-repeats", type=int, default=3, help="repeats of the problems section")
     ap.add_argument("--only", default=",".join(SECTIONS), help="comma list of " + ", ".join(SECTIONS))
     ap.add_argument("--json", default=None, help="also write the numbers to this file")
     ap.add_argument("--wait-idle", type=float, default=0.0,

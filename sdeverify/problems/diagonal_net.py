@@ -46,7 +46,7 @@ __all__ = ["DiagonalNet"]
 def dn_residual_g(x, p, g):
     """g = Aᵀ r / n with r = A(u² − v²) − y; returns nothing (g filled)."""
     n = int(p[0])
-    D = int(p[1])
+    D = x.shape[0] // 2          # = p[1]; from the shape, a compile-time constant in the engine
     for i in range(D):
         g[i] = 0.0
     for j in range(n):
@@ -62,7 +62,7 @@ def dn_residual_g(x, p, g):
 
 @numba.njit(cache=True)
 def dn_grad(x, p, out):
-    D = int(p[1])
+    D = x.shape[0] // 2
     # use out[D:] as scratch for g (then overwrite)
     g = out[D:]
     dn_residual_g(x, p, g)
@@ -74,8 +74,8 @@ def dn_grad(x, p, out):
 
 @numba.njit(cache=True)
 def dn_noise(x, p, xi, out):
-    n = int(p[0])
-    D = int(p[1])
+    n = xi.shape[0]              # = p[0] (n_draws = n); the shapes are compile-time in the engine
+    D = x.shape[0] // 2
     s = 1.0 / np.sqrt(n)
     for i in range(D):
         z = 0.0

@@ -40,9 +40,7 @@ def ls_noise(x, p, xi, out):
     for i in range(d):
         out[i] = 0.0
     for b in range(B):
-        j = int(xi[b] * n)
-        if j >= n:
-            j = n - 1
+        j = min(int(xi[b] * n), n - 1)           # branch-free (a select): u < 1 but u·n may round to n
         res = -p[y0 + j]
         for i in range(d):
             res += p[a0 + j * d + i] * x[i]

@@ -101,15 +101,21 @@ class ManifoldProblem(NGOS):
 # Valley: L(x, y) = ½ h(x) |y|²
 # --------------------------------------------------------------------------------------------
 # p = [m, nh, h_0..h_{nh-1}, na, a_0.., nb, b_0..] with polynomials in x (increasing powers):
-# h (curvature), a = s_x² (tangent noise variance), b = s_y² (normal noise variance).
+# h (curvature), a = s_x² (tangent noise variance), b = s_y² (normal noise variance).  Each is
+# stored zero-padded to _NCOEF coefficients (nh = na = nb = _NCOEF), so that _poly's loop has a
+# compile-time trip count: the engine's lane loop then unrolls it and vectorises (a loop
+# bound read from p kept it scalar).  Leading zero coefficients leave Horner's values bitwise
+# unchanged for finite x (0·x + 0 = 0, then 0·x + c = c).
+_NCOEF = 8
+
 
 @numba.njit(cache=True, inline="always")
 def _poly(p, off, x):
-    """Value and derivative of the polynomial stored at p[off] = n, p[off+1 : off+1+n]."""
-    n = int(p[off])
+    """Value and derivative of the polynomial stored at p[off] = n, p[off+1 : off+1+n]
+    (n = _NCOEF: the loop is unrolled at compile time)."""
     v = 0.0
     dv = 0.0
-    for k in range(n - 1, -1, -1):
+    for k in range(_NCOEF - 1, -1, -1):
         dv = dv * x + v
         v = v * x + p[off + 1 + k]
     return v, dv
@@ -191,15 +197,26 @@ def _coeffs(name: str, c) -> np.ndarray:
     c = np.atleast_1d(np.asarray(c, dtype=np.float64)).ravel()
     if c.size == 0 or not np.all(np.isfinite(c)):
         raise ValueError(f"{name} must be a non-empty finite list of polynomial coefficients")
+    if np.trim_zeros(c, "b").size > _NCOEF:
+        raise ValueError(f"{name} must have at most {_NCOEF} coefficients (degree <= {_NCOEF - 1}), "
+                         f"got {c.size}")
     return c
+
+
+def _padded(c: np.ndarray) -> np.ndarray:
+    """The coefficients as stored in the parameter vector: [_NCOEF, c_0, .., c_{_NCOEF-1}]."""
+    out = np.zeros(_NCOEF + 1)
+    c = np.trim_zeros(c, "b")
+    out[0], out[1:1 + c.size] = _NCOEF, c
+    return out
 
 
 class Valley(ManifoldProblem):
     """``Valley(h=(1, 0, 1), sx2=(0,), sy2=(1,), m=1)``: L(x, y) = ½ h(x) |y|² (THEORY §8).
 
     x ∈ R (the coordinate along Γ = {y = 0}), y ∈ R^m; the state is (x, y_1..y_m).
-    ``h``, ``sx2``, ``sy2`` are polynomial coefficients in increasing powers of x:
-    h (must stay > 0 where the iterates go), the tangent noise variance s_x²(x) and the normal
+    ``h``, ``sx2``, ``sy2`` are polynomial coefficients in increasing powers of x (at most 8
+    each, trailing zeros aside: degree ≤ 7): h (must stay > 0 where the iterates go), the tangent noise variance s_x²(x) and the normal
     noise variance s_y²(x) (each y-coordinate independently).  The noise is
     v = (s_x ξ_0, s_y ξ_1, …, s_y ξ_m), so Σ = diag(s_x², s_y², …).
 
@@ -225,7 +242,7 @@ class Valley(ManifoldProblem):
         self.m = positive_int("m", m)
         self.manifold_dim = 1
         self.slow_step = valley_slow_step
-        params = pack(self.m, self.h.size, self.h, self.sx2.size, self.sx2, self.sy2.size, self.sy2)
+        params = pack(self.m, _padded(self.h), _padded(self.sx2), _padded(self.sy2))
         super().__init__(dim=1 + self.m, grad=valley_grad, noise=valley_noise, loss=valley_loss,
                          params=params, n_draws=1 + self.m, noise_dist="normal", name=name)
         self._dh = np.polynomial.polynomial.polyder(self.h)

@@ -7,6 +7,7 @@
 For a > 1 the origin is a local maximum of each coordinate and the minima sit at the
 non-zero roots of x = a sin x (±1.8955 for a = 2): a double well with bounded curvature
 |L''| ≤ 1 + a and bounded, smooth, x-dependent noise.  Parameter layout ``p = [a]``.
+sin and cos are :mod:`sdeverify.vmath`'s (≤ 1 ulp from NumPy's, vectorised over lanes).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numba
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .. import vmath
 from ..validation import finite_float, positive_int
 from .base import NGOS
 
@@ -24,13 +26,13 @@ __all__ = ["CosineWell"]
 def cos_grad(x, p, out):
     a = p[0]
     for i in range(x.shape[0]):
-        out[i] = x[i] - a * np.sin(x[i])
+        out[i] = x[i] - a * vmath.sin(x[i])
 
 
 @numba.njit(cache=True)
 def cos_noise(x, p, xi, out):
     for i in range(x.shape[0]):
-        s = np.sin(x[i])
+        s = vmath.sin(x[i])
         out[i] = np.sqrt(1.0 + s * s) * xi[i]
 
 
@@ -39,7 +41,7 @@ def cos_loss(x, p):
     a = p[0]
     v = 0.0
     for i in range(x.shape[0]):
-        v += 0.5 * x[i] * x[i] + a * np.cos(x[i])
+        v += 0.5 * x[i] * x[i] + a * vmath.cos(x[i])
     return v
 
 
