@@ -59,8 +59,10 @@ def test_simulate_on_workers_is_bitwise_local(client):
 
 
 def test_fit_on_workers_is_bitwise_local(client):
+    """Replica shards on the workers (the NumPy reference trainer: nothing to compile there
+    on a cold cache; the CPU trainer's exact shard merge is tested in test_train)."""
     data = teacher_student(n=96, dim=5, classes=3, hidden=8, seed=3)
-    kw = dict(batch_size=16, steps=24, seed=11, eval_every=8, replicas=5,
+    kw = dict(batch_size=16, steps=24, seed=11, eval_every=8, replicas=5, backend="numpy",
               metrics=("train_loss", "test_acc"), lr_schedule=lambda n: np.linspace(1.0, 0.5, n))
     m = MLP([5, 8, 3])
     local = fit(m, data, OPTS, **kw)
