@@ -2,7 +2,8 @@
 
 One compiled kernel serves every MLP (widths, activation and loss are run-time arguments),
 per dtype (float64, float32).  Each model's forward and backward pass runs over the batch in
-row blocks of ``Trainer.block_rows`` (256) rows: a block's activations (A_0 … logits) and
+row blocks of ``Trainer.rows_per_block`` rows (256, or the widest hidden layer if wider): a
+block's activations (A_0 … logits) and
 back-propagated gradients stay in cache, so the element-wise loops around the GEMMs (bias +
 activation, softmax-cross-entropy gradient, activation derivative fused with the bias
 gradient) never stream batch-sized arrays through memory.  The GEMMs call the BLAS that
@@ -342,9 +343,10 @@ def _threads(M: int) -> tuple[int, object]:
 class Trainer(HostTrainer):
     """Numba CPU backend (contract: :mod:`sdeverify.train.reference`)."""
 
-    #: rows per block of the forward/backward pass (see :func:`_pass`)
-    block_rows: int = 256
-    #: a batch of at least ``parts × block_rows`` rows is split in this many parts whose
+    #: rows per block of the forward/backward pass (see :func:`_pass`); None: 256, or the
+    #: widest hidden layer if wider (whose w×w weights BLAS packs once per block)
+    block_rows: int | None = None
+    #: a batch of at least ``parts × rows_per_block`` rows is split in this many parts whose
     #: gradients are added in order (:func:`_grad`): with fewer models than cores, the parts
     #: run on different cores (:func:`_train_parts`), with the same results
     parts: int = 2
@@ -355,13 +357,20 @@ class Trainer(HostTrainer):
         self.sizes, self.w_off, self.b_off = model.layout()
         self.act, self.loss_kind = ACTIVATIONS[model.activation], LOSSES[model.loss]
 
+    @property
+    def rows_per_block(self) -> int:
+        if self.block_rows is not None:
+            return int(self.block_rows)
+        return max(256, int(np.max(self.sizes[1:-1], initial=0)))
+
     def train(self, idx, a, b, gamma, r) -> np.ndarray:
         S, _, B = idx[0].shape
         M = self.W.shape[0]
         out = np.empty((S, M))
         t = self.dtype.type
         idx1 = idx[1] if len(idx) > 1 else idx[0]
-        K = self.parts if B >= self.parts * self.block_rows else 1
+        rb = self.rows_per_block
+        K = self.parts if B >= self.parts * rb else 1
         T = min(numba.get_num_threads(), M * K)
         if M < T:          # fewer models than cores: their batch parts go to the cores
             kernel, blas = _train_parts, single_threaded()
@@ -372,7 +381,7 @@ class Trainer(HostTrainer):
                    self.W, self.Mom, np.ascontiguousarray(a, dtype=self.dtype),
                    np.ascontiguousarray(b, dtype=self.dtype), np.ascontiguousarray(gamma, dtype=self.dtype),
                    t(r[0]), t(r[1] if len(r) > 1 else 0.0), t(self.model.weight_decay), self.R,
-                   self.sizes, self.w_off, self.b_off, self.act, self.loss_kind, out, T, self.block_rows, K)
+                   self.sizes, self.w_off, self.b_off, self.act, self.loss_kind, out, T, rb, K)
         return out
 
     def evaluate(self, X, y, chunk: int = 1024):
@@ -382,7 +391,7 @@ class Trainer(HostTrainer):
         with blas:
             _evaluate(np.ascontiguousarray(X, dtype=self.dtype), np.ascontiguousarray(y, dtype=np.int64),
                       self.W, self.sizes, self.w_off, self.b_off, self.act, self.loss_kind,
-                      min(chunk, len(X)), loss_sum, correct, T, self.block_rows)
+                      min(chunk, len(X)), loss_sum, correct, T, self.rows_per_block)
         return loss_sum, correct
 
     def gradients(self, W, X, y):
@@ -392,5 +401,5 @@ class Trainer(HostTrainer):
         with blas:
             _gradients(np.ascontiguousarray(X, dtype=self.dtype), np.ascontiguousarray(y, dtype=np.int64),
                        W, self.sizes, self.w_off, self.b_off, self.act, self.loss_kind,
-                       self.dtype.type(self.model.weight_decay), G, T, self.block_rows)
+                       self.dtype.type(self.model.weight_decay), G, T, self.rows_per_block)
         return G
