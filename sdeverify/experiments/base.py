@@ -155,6 +155,21 @@ def save_figure(fig, path, dpi: int = 110) -> Path:
     return Path(path)
 
 
+def simulate_many(calls: list[dict]) -> list:
+    """Run a check's sweep points — independent :func:`sdeverify.simulate` calls given as
+    keyword dicts — and return their results in order.  Inside a distributed session
+    (``sdeverify check --workers N`` / ``--scheduler``, :func:`sdeverify.distributed.use`)
+    all points are submitted to the cluster together, each cut into shards, and each saved as
+    it completes; otherwise they run here one after the other.  Either way the results are
+    bitwise the same (every call carries its own seed)."""
+    from .. import distributed
+    from ..simulate import simulate
+    session = distributed.active()
+    if session is not None and len(calls) > 1:
+        return distributed.sweep(calls, session, raise_errors=True)
+    return [simulate(**c) for c in calls]
+
+
 class Ticker:
     """``step()`` reports one more finished sub-run of ``total`` to ``progress``."""
 

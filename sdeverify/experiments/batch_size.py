@@ -40,7 +40,8 @@ from ..optim import SGD, SGDM
 from ..problems import LinearRegression
 from ..simulate import simulate
 from ..stats import Interval, fit_order, mean_interval, z_value
-from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, subplots, tick
+from .base import (ExperimentResult, Progress, Verdict, experiment, save_figure, simulate_many,
+                   subplots, tick)
 from .budget import ALPHA
 
 NAME = "batch_size"
@@ -83,18 +84,21 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     n = len(Bs)
     loss, loss_sem = np.empty((n, 2)), np.empty((n, 2))
     gap, gap_sem, etas, steps = np.empty(n), np.empty(n), np.empty(n), np.empty(n, dtype=np.int64)
+    calls = []                                  # the sweep's points (run together on a cluster)
     for i, B in enumerate(Bs):
-        P = LinearRegression(P0.features, P0.targets, B, max_batch=Bs[-1])
         eta = eta1 * B
         K = int(round(HORIZON / eta))
-        r = simulate(P, [SGD(eta, name="SGD"), SGDM(eta, BETA, name=f"SGDM b={BETA}")], x_star,
-                     steps=K, paths=cfg["paths"], sigma=1.0, seed=seed + 1000 * i, record=[K],
-                     observables=["loss"], on_divergence="ignore")
+        etas[i], steps[i] = eta, K
+        calls.append(dict(problem=LinearRegression(P0.features, P0.targets, B, max_batch=Bs[-1]),
+                          optimizers=[SGD(eta, name="SGD"), SGDM(eta, BETA, name=f"SGDM b={BETA}")],
+                          x0=x_star, steps=K, paths=cfg["paths"], sigma=1.0, seed=seed + 1000 * i,
+                          record=[K], observables=["loss"], on_divergence="ignore"))
+    for i, (B, r) in enumerate(zip(Bs, simulate_many(calls))):
         if r.divergence:
             raise RuntimeError(f"B={B}: unexpected divergence {r.divergence}")
         loss[i], loss_sem[i] = r.mean[:, -1, 0], r.sem[:, -1, 0]
         d, s = r.paired(1, "loss")
-        gap[i], gap_sem[i], etas[i], steps[i] = -d[-1], s[-1], eta, K
+        gap[i], gap_sem[i] = -d[-1], s[-1]
         tick(progress, i + 1, n)
     verdicts = _verdicts(Bs, etas, gap, gap_sem, loss, fit_mask)
     ov, od = oracle_verdicts(P0, Bs[-1], cfg["oracle_paths"], seed + 500)

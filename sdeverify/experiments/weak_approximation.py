@@ -48,7 +48,7 @@ from ..schedules import averaged_lr, scaled_family
 from ..simulate import simulate
 from ..stats import Interval, fit_order, max_abs_interval, z_value
 from .base import (ExperimentResult, Progress, Ticker, Value, Verdict, experiment, save_figure,
-                   subplots)
+                   simulate_many, subplots)
 from .budget import ALPHA
 
 NAME = "weak_approximation"
@@ -128,16 +128,27 @@ def exact_errors(P: Quadratic, a, b, steps: int, sigma: float) -> list[float]:
     return [float(np.max(np.abs(ma.expect(P, h) - mb.expect(P, h)))) for h in TESTS]
 
 
-def mc_error(P, sgdm, sgd, steps, sigma, paths, seed, records, level=0.95):
-    """Simultaneous interval for max_k |E h(SGDM) − E h(SGD)| per test function (CRN)."""
+def mc_call(P, sgdm, sgd, steps, sigma, paths, seed, records) -> dict:
+    """The coupled SGD/SGDM run behind one Monte Carlo weak error (CRN), as ``simulate``
+    keywords (a sweep point: :func:`~sdeverify.experiments.base.simulate_many`)."""
     rec = np.unique(np.linspace(0, steps, records + 1).round().astype(np.int64))
-    res = simulate(P, [sgd, sgdm], X0, steps=steps, paths=paths, sigma=sigma, seed=seed,
-                   record=rec, observables=list(TESTS), on_divergence="raise")
+    return dict(problem=P, optimizers=[sgd, sgdm], x0=X0, steps=steps, paths=paths, sigma=sigma,
+                seed=seed, record=rec, observables=list(TESTS), on_divergence="raise")
+
+
+def mc_summary(res, level=0.95) -> dict:
+    """Simultaneous interval for max_k |E h(SGDM) − E h(SGD)| per test function, with the
+    paired means, standard errors and recorded steps."""
     out = {}
     for h in TESTS:
         mean, sem = res.paired(1, h)
-        out[h] = (max_abs_interval(mean[1:], sem[1:], level), mean, sem, rec)
+        out[h] = (max_abs_interval(mean[1:], sem[1:], level), mean, sem, np.asarray(res.steps))
     return out
+
+
+def mc_error(P, sgdm, sgd, steps, sigma, paths, seed, records, level=0.95):
+    """Simultaneous interval for max_k |E h(SGDM) − E h(SGD)| per test function (CRN)."""
+    return mc_summary(simulate(**mc_call(P, sgdm, sgd, steps, sigma, paths, seed, records)), level)
 
 
 @experiment(NAME, SIZES, defaults=dict(T=1.0, sigma0=0.5))
@@ -168,15 +179,20 @@ def error_grids(cfg: dict, Pq, Pn, seed: int, step) -> tuple[np.ndarray, np.ndar
     ee, me = np.asarray(cfg["exact_etas"]), np.asarray(cfg["mc_etas"])
     exact = np.empty((len(alphas), len(TESTS), len(ee)))
     mc = np.empty((len(alphas), len(TESTS), len(me), 3))
+    calls = []
+    for ai, alpha in enumerate(alphas):                 # the Monte Carlo points: one sweep
+        for ei, eta in enumerate(me):
+            sgdm, sgd, _, steps = pair(eta, alpha, T)
+            calls.append(mc_call(Pn, sgdm, sgd, steps, sigma0 / np.sqrt(eta), cfg["paths"],
+                                 seed + 1000 * ai + ei, cfg["records"]))
+    results = iter(simulate_many(calls))
     for ai, alpha in enumerate(alphas):
         for ei, eta in enumerate(ee):
             sgdm, sgd, _, steps = pair(eta, alpha, T)
             exact[ai, :, ei] = exact_errors(Pq, sgdm, sgd, steps, sigma0 / np.sqrt(eta))
             step()
-        for ei, eta in enumerate(me):
-            sgdm, sgd, _, steps = pair(eta, alpha, T)
-            r = mc_error(Pn, sgdm, sgd, steps, sigma0 / np.sqrt(eta), cfg["paths"],
-                         seed + 1000 * ai + ei, cfg["records"])
+        for ei in range(len(me)):
+            r = mc_summary(next(results))
             for hi, h in enumerate(TESTS):
                 iv = r[h][0]
                 mc[ai, hi, ei] = iv.estimate, iv.low, iv.high
