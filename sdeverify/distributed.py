@@ -221,7 +221,7 @@ def _hash_value(h, v, seen: set | None = None) -> None:
 def _hash_function(h, f, seen: set) -> None:
     """A function's fingerprint (bytecode, constants, closure) and, recursively, those of
     the functions it calls by global name (a helper's edit changes the key too)."""
-    from .engine.cpu import _fingerprint
+    from .engine.cache import fingerprint as _fingerprint
     py = getattr(f, "py_func", f)
     h.update(("function " + _fingerprint(f)).encode())
     if id(py) in seen or not hasattr(py, "__code__"):
@@ -316,14 +316,8 @@ def simulate_point(problem, optimizers, x0, *, steps: int, paths: int, sigma: fl
 
 def _check_backend(backend: str, dtype: str) -> None:
     """The backend exists (ValueError naming the registered ones) and runs ``dtype``."""
-    from . import engine
-    get = getattr(engine, "get_backend", None)
-    if get is not None:                       # the backend registry of sdeverify.engine
-        dtypes = get(backend).dtypes
-    elif backend in ("cpu", "numpy", "cuda"):
-        dtypes = ("float64", "float32") if backend == "cpu" else ("float64",)
-    else:
-        raise ValueError(f"backend must be one of ('cpu', 'numpy', 'cuda'), got {backend!r}")
+    from .engine import get_backend             # the backend registry
+    dtypes = get_backend(backend).dtypes
     if dtype in ("float64", "float32") and dtype not in dtypes:
         raise ValueError(f"dtype={dtype!r} is not supported by backend={backend!r}, which runs "
                          f"in {' or '.join(dtypes)}")

@@ -85,7 +85,7 @@ def _chain(prev, f, index, tag):
             return f(x)
         return prev(u, x)
     # a name unique to the chain: compiled functions of one name are linked as one
-    # definition (see sdeverify.engine.cpu._unique_names)
+    # definition (see sdeverify.engine.cache.unique_names)
     ev.__name__ = f"ev_{tag}"
     ev.__qualname__ = f"_chain.<locals>.ev_{tag}"
     return numba.njit(cache=True)(ev)
@@ -95,7 +95,7 @@ def user_evaluator(funcs: tuple) -> Callable:
     """One njit function ``ev(u, x)`` that returns ``funcs[u](x)`` (compiled once per tuple)."""
     key = tuple(id(f) for f in funcs)
     if key not in _USER_EVAL_CACHE:
-        from .engine.cpu import _fingerprint     # (engine.cpu imports this module)
+        from .engine.cache import fingerprint as _fingerprint   # (the engine imports this module)
         ev = _no_user
         h = hashlib.sha256()
         for i, f in enumerate(funcs):

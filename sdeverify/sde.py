@@ -62,10 +62,10 @@ from numpy.typing import ArrayLike
 from scipy.integrate import solve_ivp
 from scipy.linalg import expm
 
-from .optim import SGD, SGDM, Coefficients
+from .optim import SGD, SGDM, Coefficients, check_scheme
 from .problems.base import NGOS
 from .problems.quadratic import Quadratic
-from .result import SimulationResult
+from .result import SimulationResult, index_pair
 from .simulate import simulate
 from .stats import Interval, max_abs_interval
 from .validation import finite_float, positive_int, vector
@@ -164,8 +164,7 @@ class Embedded:
 
     def __post_init__(self):
         object.__setattr__(self, "substeps", positive_int("substeps", self.substeps))
-        if not hasattr(self.optimizer, "coefficients"):
-            raise ValueError(f"optimizer must be an SGD/SGDM/HeavyBall-like object, got {self.optimizer!r}")
+        check_scheme(self.optimizer, "optimizer")
         if self.name is None:
             object.__setattr__(self, "name", getattr(self.optimizer, "name", "scheme"))
 
@@ -316,10 +315,8 @@ class WeakError:
     em_bias: np.ndarray | None
     result: SimulationResult = field(repr=False)
 
-    def _idx(self, optimizer, observable) -> tuple[int, int]:
-        j = optimizer if isinstance(optimizer, int) else self.optimizers.index(optimizer)
-        o = observable if isinstance(observable, int) else self.observables.index(observable)
-        return j, o
+    def _idx(self, optimizer: int | str, observable: int | str) -> tuple[int, int]:
+        return index_pair(self.optimizers, self.observables, optimizer, observable)
 
     def max_error(self, optimizer: int | str, observable: int | str,
                   level: float = 0.95) -> Interval:

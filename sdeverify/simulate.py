@@ -14,6 +14,7 @@ from .observables import UserFunctionError
 from .problems.base import NGOS
 from .result import SimulationResult, versions
 
+
 class DivergenceWarning(RuntimeWarning):
     """Some paths diverged (or observables were not finite); they are excluded from the
     statistics, and counted in ``res.divergence`` / ``res.nonfinite_observables``."""

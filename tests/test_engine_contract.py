@@ -232,3 +232,25 @@ def test_unique_names_tag_the_qualified_name():
         pass
     tagged = cache.unique_names("0123abcd")(record)
     assert tagged.__name__ == "record_0123abcd" and tagged.__qualname__.endswith("record_0123abcd")
+
+
+def test_fingerprint_follows_compiled_helpers_in_other_modules():
+    """A kernel's cache key covers the compiled functions its problem functions call by
+    global name or through a module (an edited vmath.sin or _poly must not leave a stale
+    kernel): the same caller text over two different helpers gets two fingerprints."""
+    import types
+
+    import numba
+
+    from sdeverify.engine.cache import fingerprint
+
+    def caller_over(helper_src):
+        helpers = types.ModuleType("helpers")
+        exec(f"import numba\n@numba.njit\ndef h(x):\n    return {helper_src}\n", helpers.__dict__)
+        g = {"numba": numba, "helpers": helpers, "h": helpers.h}
+        exec("def f(x):\n    return helpers.h(x) + h(x)\n", g)
+        return numba.njit(g["f"])
+
+    a, b, a2 = caller_over("x + 1.0"), caller_over("x + 2.0"), caller_over("x + 1.0")
+    assert fingerprint(a) != fingerprint(b)
+    assert fingerprint(a) == fingerprint(a2)

@@ -37,10 +37,12 @@ def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def fingerprint(f) -> str:
+def fingerprint(f, _seen: frozenset = frozenset()) -> str:
     """``module.qualname:hash`` of a (compiled) function, the hash covering its bytecode,
-    names, constants and the functions and values it closes over: stable across processes,
-    unlike the pickled dispatcher.  A non-function is named by its ``repr``."""
+    names, constants, the functions and values it closes over, and the compiled functions
+    it calls by global name (``_poly(...)``, ``vmath.sin(...)``: an edited helper in another
+    file must not leave a stale kernel): stable across processes, unlike the pickled
+    dispatcher.  A non-function is named by its ``repr``."""
     py = getattr(f, "py_func", f)
     if not isinstance(py, pytypes.FunctionType):
         return repr(py)
@@ -48,7 +50,29 @@ def fingerprint(f) -> str:
     _code_hash(py.__code__, h)
     for cell in py.__closure__ or ():
         h.update(_value_key(cell.cell_contents))
+    seen = _seen | {id(py)}
+    for callee in _compiled_callees(py):
+        if id(callee.py_func) not in seen:
+            h.update(fingerprint(callee, seen).encode())
     return f"{py.__module__}.{py.__qualname__}:{h.hexdigest()[:16]}"
+
+
+def _compiled_callees(py) -> list:
+    """The compiled (Numba) functions ``py`` refers to by global name or as an attribute of
+    a global module, in a stable order."""
+    names, stack = set(), [py.__code__]
+    while stack:
+        code = stack.pop()
+        names.update(code.co_names)
+        stack += [c for c in code.co_consts if isinstance(c, pytypes.CodeType)]
+    g, out = py.__globals__, []
+    for name in sorted(names):
+        v = g.get(name)
+        if isinstance(v, pytypes.ModuleType):
+            out += [getattr(v, a) for a in sorted(names) if hasattr(getattr(v, a, None), "py_func")]
+        elif hasattr(v, "py_func"):
+            out.append(v)
+    return out
 
 
 def _code_hash(code, h) -> None:
