@@ -97,7 +97,6 @@ BLOCK = config.BLOCK
 LANES = config.LANES
 assert BLOCK % LANES == 0, "config.LANES must divide config.BLOCK"
 _KERNELS: dict = {}
-_fingerprint = fingerprint     # the name other modules import
 
 
 @intrinsic
