@@ -399,3 +399,21 @@ def test_cpu_backend_large_batch_matches_the_reference(act):
         outs.append((t.train(idx, c.a[None], c.b[None], c.gamma[None], np.array([1.0])), t.W))
     np.testing.assert_allclose(outs[1][0], outs[0][0], rtol=1e-12)
     assert np.max(np.abs(outs[1][1] - outs[0][1]) / (1 + np.abs(outs[0][1]))) <= 1e-12
+
+
+def test_shards_with_different_schedules_do_not_merge():
+    """The run fingerprint covers the lr schedule and the evaluation steps (a shard trained
+    with another schedule must not merge silently)."""
+    import sdeverify as sv
+    from sdeverify.train import MLP, fit, teacher_student
+    data = teacher_student(n=256, dim=4, classes=2, seed=1)
+    kw = dict(batch_size=16, steps=6, replicas=1, seed=0, backend="numpy", metrics=("train_loss",))
+    m = MLP([4, 8, 2])
+    a = fit(m, data, sv.SGD(0.1), **kw)
+    b = fit(m, data, sv.SGD(0.1), replica_offset=1, **kw)
+    c = fit(m, data, sv.SGD(0.1), replica_offset=1, lr_schedule=np.linspace(1, 0.5, 6), **kw)
+    d = fit(m, data, sv.SGD(0.1), replica_offset=1, eval_steps=[0, 6], **kw)
+    assert a.merge(b).replicas == 2
+    for other in (c, d):
+        with pytest.raises(ValueError, match="lr_schedule|eval_steps"):
+            a.merge(other)

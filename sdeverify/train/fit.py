@@ -166,6 +166,11 @@ def fit(model: MLP, data: Dataset, optimizers: Sequence[Any] | Any, *, batch_siz
     a = np.stack([c.a for c in coefs])
     b = np.stack([c.b for c in coefs])
     gamma = np.stack([c.gamma for c in coefs])
+    # everything that determines the numbers: the per-step coefficients (lr, beta, schedule,
+    # SVAG) exactly, not only the optimizers' reprs, and the evaluation steps
+    run_spec = dict(spec["spec"], coefficients=_digest(a, b, gamma, *[c.m0 for c in coefs]),
+                    lr_schedule=None if mult is None else _digest(mult), eval_steps=ev.tolist())
+    spec["meta"].update(spec=run_spec, fingerprint=_fingerprint(run_spec))
     J, R = len(opts), replicas
     reps = np.arange(R, dtype=np.int64) + replica_offset
     W0 = model.init(seed, R, replica_offset, dtype)
@@ -398,7 +403,21 @@ def _validate(model, data, optimizers, batch_size, steps, epochs, replicas, seed
                 optimizers=[repr(o) for o in opts], batch_size=B, steps=steps, seed=seed,
                 svag=ell, sampling=sampling, metrics=list(metrics), eval_samples=n_e,
                 sharpness=[sharpness_samples, sharpness_iters], backend=backend, dtype=dtype)
-    import hashlib, json
-    fp = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-    meta = dict(spec, spec=spec, fingerprint=fp, replicas=R, replica_offset=off)
-    return dict(optimizers=opts, steps=steps, svag=ell, meta=meta)
+    meta = dict(spec, replicas=R, replica_offset=off)
+    return dict(optimizers=opts, steps=steps, svag=ell, meta=meta, spec=spec)
+
+
+def _fingerprint(spec: dict) -> str:
+    """SHA-256 (16 hex digits) of a run's specification: replica shards merge only when it
+    agrees (:meth:`TrainResult.merge`)."""
+    import hashlib
+    import json
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    for x in arrays:
+        h.update(np.ascontiguousarray(x, dtype=np.float64).tobytes())
+    return h.hexdigest()[:16]
