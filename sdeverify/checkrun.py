@@ -11,9 +11,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .experiments.base import ExperimentResult
 from .verdict import Value, Verdict, describe, kind_of
+
+if TYPE_CHECKING:  # optional extras, imported lazily by to_dataframe / to_xarray
+    import pandas
+    import xarray
 
 __all__ = ["CheckRun", "load_check"]
 
@@ -62,7 +67,7 @@ class CheckRun:
                          "threshold": None, "measured": err, "passed": False, "rule": err})
         return rows
 
-    def to_dataframe(self):
+    def to_dataframe(self) -> "pandas.DataFrame":
         """The verdicts as a :class:`pandas.DataFrame` (columns of :meth:`verdict_rows`).
         Needs pandas (``pip install 'sdeverify[analysis]'``)."""
         from .tables import optional
@@ -71,7 +76,7 @@ class CheckRun:
                 "level", "threshold", "measured", "passed", "rule"]
         return pd.DataFrame(self.verdict_rows(), columns=cols)
 
-    def checks_frame(self):
+    def checks_frame(self) -> "pandas.DataFrame":
         """One row per check: name, passed, number of verdicts and of failed ones, wall time
         (s), size, seed.  Needs pandas."""
         from .tables import optional
@@ -85,7 +90,7 @@ class CheckRun:
                  for n in self.errors]
         return pd.DataFrame(rows)
 
-    def to_xarray(self, name: str):
+    def to_xarray(self, name: str) -> "xarray.Dataset":
         """The data arrays of check ``name`` as an :class:`xarray.Dataset` (dimensions named
         ``<array>_dim<i>``; parameters and metadata as attributes).  Needs xarray."""
         from .tables import attrs_of, optional

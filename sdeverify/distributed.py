@@ -59,8 +59,19 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import config
+from .problems.base import NGOS
+from .result import SimulationResult
+from .train.datasets import Dataset
+from .train.models import MLP
+from .train.result import TrainResult
+
+__all__ = ["MIN_TASK_WORK", "SHARDS_PER_WORKER", "MISSING_DASK", "CONNECT_TIMEOUT", "PointError",
+           "Session", "active", "use", "n_workers", "plan_shards", "source_digest", "point_key",
+           "Point", "simulate_point", "fit_point", "run_shard", "run_points", "simulate", "fit",
+           "sweep", "Cluster", "cluster"]
 
 #: Default smallest task, in path·step·optimizer·coordinate units (~0.4 s on one core of
 #: the benchmark machine at ~350 M units per CPU-second): a measured per-task scheduler
@@ -130,17 +141,25 @@ def active() -> Session | None:
 
 
 @contextlib.contextmanager
-def use(executor, *, points_dir: str | os.PathLike | None = None, resume: bool = False,
+def use(executor: Any, *, points_dir: str | os.PathLike | None = None, resume: bool = False,
         shard_paths: int | None = None, shard_replicas: int | None = None) -> Iterator[Session]:
     """Send every ``simulate``/``fit`` call made inside the block to ``executor``.
 
     Parameters
     ----------
-    executor : a ``distributed.Client`` (or an object with ``submit``).
+    executor : a ``distributed.Client`` (or any object with ``submit`` whose futures have
+        ``result()``, e.g. a ``concurrent.futures.ProcessPoolExecutor``).
     points_dir : folder where each finished point is saved (atomically, as it completes)
         under :func:`point_key`; None saves nothing.
-    resume : reuse the points already saved in ``points_dir`` instead of recomputing them.
+    resume : reuse the points already saved in ``points_dir`` instead of recomputing them
+        (needs ``points_dir``; ``ValueError`` otherwise).
     shard_paths, shard_replicas : shard sizes (default: :func:`plan_shards`).
+
+    Yields
+    ------
+    Session
+        The active session; its counters ``computed``, ``reused`` and ``tasks`` say what
+        happened to the calls made inside the block.
     """
     if resume and points_dir is None:
         raise ValueError("resume=True needs a points_dir to resume from")
@@ -154,8 +173,9 @@ def use(executor, *, points_dir: str | os.PathLike | None = None, resume: bool =
 
 
 # ---- shard planning -------------------------------------------------------------------------
-def n_workers(executor) -> int:
-    """Worker threads behind ``executor`` (1 when it cannot say)."""
+def n_workers(executor: Any) -> int:
+    """Worker threads behind ``executor``, a ``distributed.Client`` or a
+    ``concurrent.futures`` pool (1 when it cannot say)."""
     try:
         return max(1, sum(executor.nthreads().values()))
     except Exception:
@@ -280,11 +300,13 @@ class Point:
 
     @property
     def stem(self) -> str:
+        """File stem of the saved point and prefix of its task keys: ``KIND-<key[:32]>``."""
         return f"{self.kind}-{self.key[:32]}"
 
 
-def simulate_point(problem, optimizers, x0, *, steps: int, paths: int, sigma: float,
-                   shard_paths: int | None = None, workers: int = 1, **kw) -> Point:
+def simulate_point(problem: NGOS, optimizers: Sequence[Any] | Any, x0: ArrayLike, *,
+                   steps: int, paths: int, sigma: float, shard_paths: int | None = None,
+                   workers: int = 1, **kw: Any) -> Point:
     """Validate a ``simulate`` call (as the local call would) and describe it as a point."""
     from .engine.spec import make_spec
     unknown = set(kw) - set(_SIM_DEFAULTS)
@@ -323,8 +345,8 @@ def _check_backend(backend: str, dtype: str) -> None:
                          f"in {' or '.join(dtypes)}")
 
 
-def fit_point(model, data, optimizers, *, shard_replicas: int | None = None, workers: int = 1,
-              **kw) -> Point:
+def fit_point(model: MLP, data: Dataset, optimizers: Sequence[Any] | Any, *,
+              shard_replicas: int | None = None, workers: int = 1, **kw: Any) -> Point:
     """Validate a ``fit`` call (as the local call would) and describe it as a point; a
     callable ``lr_schedule`` is evaluated here, so that the task carries an array."""
     import importlib
@@ -373,8 +395,10 @@ def _in_task():
         _LOCAL.in_task = prev
 
 
-def run_shard(kind: str, args: dict, start: int, count: int):
-    """One shard of a point, run here (what a worker executes)."""
+def run_shard(kind: str, args: dict, start: int, count: int) -> SimulationResult | TrainResult:
+    """One shard of a point, run here (what a worker executes): ``count`` paths (``kind=
+    "simulate"``) or replicas (``"fit"``) from global index ``start``, divergence ignored
+    (the driver reports it on the merged result)."""
     with _in_task():
         if kind == "simulate":
             from .simulate import simulate
@@ -500,11 +524,12 @@ def _target(executor):
     return None, executor
 
 
-def run_points(points: Sequence[Point], executor, *, raise_errors: bool = True) -> list:
+def run_points(points: Sequence[Point], executor: Any, *, raise_errors: bool = True) -> list:
     """Run points (computed, or reused from the session's ``points_dir``); returns their
     results in order, a :class:`PointError` in place of each failed one (or raises the
     first failure when ``raise_errors``).  Every shard of every point is submitted before
-    any is awaited; each point is saved as soon as all its shards are in."""
+    any is awaited; each point is saved as soon as all its shards are in.  ``executor`` is
+    a ``distributed.Client`` or a Session (whose ``points_dir`` is used)."""
     session, ex = _target(executor)
     out: list = [None] * len(points)
     pending = {}
@@ -554,13 +579,29 @@ def run_points(points: Sequence[Point], executor, *, raise_errors: bool = True) 
     return results
 
 
-def simulate(problem, optimizers, x0, *, executor, shard_paths: int | None = None, **kw):
-    """:func:`sdeverify.simulate` with its paths cut into shards that run on ``executor``
-    (a ``distributed.Client`` or a :class:`Session`), merged into bitwise the result of the
-    local call (statistics, final states, divergence steps; ``meta["wall_time"]`` is the sum
-    of the shards').  A failed shard raises its own exception, as the local call would
-    (e.g. :class:`~sdeverify.observables.UserFunctionError`; a worker lost too often:
-    Dask's ``KilledWorker``), with a note naming the point."""
+def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0: ArrayLike, *, executor: Any,
+             shard_paths: int | None = None, **kw: Any) -> SimulationResult:
+    """:func:`sdeverify.simulate` with its paths cut into shards that run on ``executor``,
+    merged into bitwise the result of the local call (statistics, final states, divergence
+    steps; ``meta["wall_time"]`` is the sum of the shards').  A failed shard raises its own
+    exception, as the local call would (e.g. :class:`~sdeverify.observables.UserFunctionError`;
+    a worker lost too often: Dask's ``KilledWorker``), with a note naming the point.
+
+    Parameters
+    ----------
+    problem, optimizers, x0 : as for :func:`sdeverify.simulate`.
+    executor : a ``distributed.Client`` or a Session (:class:`Session`, from :func:`use`;
+        its ``shard_paths`` and ``points_dir`` apply).
+    shard_paths : paths per shard (rounded up to a multiple of ``config.BLOCK``); default
+        :func:`plan_shards`.
+    **kw : the other keyword arguments of :func:`sdeverify.simulate` (``steps``, ``paths``,
+        ``sigma``, ``seed``, ``record``, ...); an unknown one is a ``TypeError``.
+
+    Returns
+    -------
+    SimulationResult
+        The merged result, bitwise that of ``sdeverify.simulate(..., executor=None)``.
+    """
     session, ex = _target(executor)
     if session is not None and shard_paths is None:
         shard_paths = session.shard_paths
@@ -568,9 +609,25 @@ def simulate(problem, optimizers, x0, *, executor, shard_paths: int | None = Non
     return run_points([p], executor)[0]
 
 
-def fit(model, data, optimizers, *, executor, shard_replicas: int | None = None, **kw):
+def fit(model: MLP, data: Dataset, optimizers: Sequence[Any] | Any, *, executor: Any,
+        shard_replicas: int | None = None, **kw: Any) -> TrainResult:
     """:func:`sdeverify.train.fit` with its replicas cut into shards that run on
-    ``executor``, merged exactly (``progress`` is not called: shards run elsewhere)."""
+    ``executor``, merged exactly (``progress`` is not called: shards run elsewhere).
+
+    Parameters
+    ----------
+    model, data, optimizers : as for :func:`sdeverify.train.fit`.
+    executor : a ``distributed.Client`` or a Session (:class:`Session`, from :func:`use`;
+        its ``shard_replicas`` and ``points_dir`` apply).
+    shard_replicas : replicas per shard; default :func:`plan_shards`.
+    **kw : the other keyword arguments of :func:`sdeverify.train.fit` (``batch_size`` is
+        required); an unknown one is a ``TypeError``.
+
+    Returns
+    -------
+    TrainResult
+        The merged result, the same as that of ``sdeverify.train.fit(..., executor=None)``.
+    """
     session, ex = _target(executor)
     if session is not None and shard_replicas is None:
         shard_replicas = session.shard_replicas
@@ -578,13 +635,29 @@ def fit(model, data, optimizers, *, executor, shard_replicas: int | None = None,
     return run_points([p], executor)[0]
 
 
-def sweep(calls: Sequence[dict], executor, *, raise_errors: bool = False) -> list:
+def sweep(calls: Sequence[dict], executor: Any, *, raise_errors: bool = False) -> list:
     """Run many ``simulate`` calls at once: ``calls`` are keyword dicts of
     :func:`sdeverify.simulate` (``problem``, ``optimizers``, ``x0``, ``steps``, ...; add
     ``kind="fit"`` and ``model``/``data`` for :func:`sdeverify.train.fit`).  All shards are
-    submitted before any is awaited.  Returns the results in order; a failed point is a
-    :class:`PointError` in its place (the others still finish), or is raised with
-    ``raise_errors=True``."""
+    submitted before any is awaited.
+
+    Parameters
+    ----------
+    calls : one keyword dict per point, as above (``shard_paths`` / ``shard_replicas`` may
+        be given per call).
+    executor : a ``distributed.Client`` or a Session (:class:`Session`, from :func:`use`;
+        its shard sizes and ``points_dir`` apply).
+    raise_errors : raise the first failed point's own exception instead of returning a
+        :class:`PointError` in its place.
+
+    Returns
+    -------
+    list
+        The results (:class:`~sdeverify.result.SimulationResult` /
+        :class:`~sdeverify.train.TrainResult`) in the order of ``calls``; a failed point is
+        a :class:`PointError` in its place (the others still finish) unless
+        ``raise_errors``.
+    """
     session, ex = _target(executor)
     w = n_workers(ex)
     points = []
@@ -629,8 +702,8 @@ class Cluster:
         self.client = None
         self._stack = contextlib.ExitStack()
 
-    def start(self):
-        """The client (started on the first call)."""
+    def start(self) -> Any:
+        """The ``distributed.Client`` (started, with its cluster, on the first call)."""
         if self.client is not None:
             return self.client
         import logging
@@ -653,11 +726,13 @@ class Cluster:
         return self.client
 
     def describe(self) -> str:
+        """What the cluster is, in words (for the CLI's report)."""
         if self.workers is not None:
             return f"a local Dask cluster of {self.workers} worker processes (1 thread each)"
         return f"the Dask scheduler at {self.scheduler} ({n_workers(self.client)} workers)"
 
     def close(self) -> None:
+        """Close the client and, for a local cluster, shut its workers down."""
         self._stack.close()
         self.client = None
 
@@ -669,7 +744,8 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def cluster(*, workers: int | None = None, scheduler: str | None = None):
-    """``with cluster(workers=2) as client:`` — a started :class:`Cluster`'s client."""
+def cluster(*, workers: int | None = None, scheduler: str | None = None) -> Iterator[Any]:
+    """``with cluster(workers=2) as client:`` — a started :class:`Cluster`'s client (a
+    ``distributed.Client``), closed on leaving the block."""
     with Cluster(workers=workers, scheduler=scheduler) as c:
         yield c.start()

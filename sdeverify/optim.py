@@ -9,7 +9,7 @@ Every optimizer the engines run is the same two-line update with per-step coeffi
 * HeavyBall = torch.optim.SGD:    a = μ_k, b = 1 − τ (b_0 = 1 on an empty buffer), γ = γ_k
 
 so no optimizer needs a kernel of its own.  :func:`heavy_ball_to_sgdm` converts HeavyBall
-schedules to the EMA form exactly (THEORY §2, Lemma A.2).
+schedules to the EMA form exactly (docs/theory.md §2, Lemma A.2).
 
 A new optimizer is any object satisfying :class:`OptimizerScheme`: a ``coefficients(steps,
 dim)`` method returning :class:`Coefficients` (and, optionally, a ``name``).
@@ -21,8 +21,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .validation import finite_array, finite_float, name_string, positive_int, schedule, vector
+
+__all__ = ["Coefficients", "OptimizerScheme", "check_scheme", "scheme_coefficients", "SGD", "SGDM",
+           "HeavyBall", "heavy_ball_to_sgdm"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,9 @@ class OptimizerScheme(Protocol):
     :class:`sdeverify.sde.Embedded` are schemes; so is any object with such a method.
     """
 
-    def coefficients(self, steps: int, dim: int) -> Coefficients: ...
+    def coefficients(self, steps: int, dim: int) -> Coefficients:
+        """The per-step (a_k, b_k, γ_k), k < ``steps``, and the initial buffer m_0 ∈ R^``dim``."""
+        ...
 
 
 def check_scheme(opt: Any, what: str = "optimizers") -> str:
@@ -94,6 +100,8 @@ class SGD:
         name_string("name", self.name)
 
     def coefficients(self, steps: int, dim: int) -> Coefficients:
+        """a ≡ 0, b ≡ 1, γ_k = η_k, m_0 = 0 (Def. 3.2); ``ValueError`` for a negative,
+        non-finite or wrongly sized ``lr``."""
         lr = schedule("lr", self.lr, steps, low=0.0)
         return Coefficients(np.zeros(steps), np.ones(steps), lr, np.zeros(dim))
 
@@ -116,6 +124,8 @@ class SGDM:
         name_string("name", self.name)
 
     def coefficients(self, steps: int, dim: int) -> Coefficients:
+        """a_k = β_k, b_k = 1 − β_k, γ_k = η_k and m_0 (Def. 3.3); ``ValueError`` unless
+        η_k ≥ 0 and β_k ∈ [0, 1) are finite with ``steps`` entries and m0 has ``dim``."""
         lr = schedule("lr", self.lr, steps, low=0.0)
         beta = schedule("beta", self.beta, steps, low=0.0, high=1.0, high_open=True)
         m0 = np.zeros(dim) if self.m0 is None else vector("m0", self.m0, dim)
@@ -143,6 +153,8 @@ class HeavyBall:
         name_string("name", self.name)
 
     def coefficients(self, steps: int, dim: int) -> Coefficients:
+        """a_k = μ_k, b_k = 1 − τ (b_0 = 1 on an empty buffer), γ_k = lr_k and m_0 = u_0
+        (Def. A.1); all-zero momentum is plain SGD (a ≡ 0, b ≡ 1), as in torch."""
         lr = schedule("lr", self.lr, steps, low=0.0)
         mu = schedule("momentum", self.momentum, steps, low=0.0, high=1.0, high_open=True)
         tau = finite_float("dampening", self.dampening, low=0.0, high=1.0)
@@ -160,17 +172,38 @@ class HeavyBall:
         return Coefficients(mu, b, lr, u0)
 
 
-def heavy_ball_to_sgdm(lr, momentum, dampening: float = 0.0, *, steps: int,
+def heavy_ball_to_sgdm(lr: ArrayLike, momentum: ArrayLike, dampening: float = 0.0, *, steps: int,
                        c0: float | None = None, buffer_empty: bool = True
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exact conversion of a HeavyBall (torch) schedule to the EMA form (THEORY §2).
+    """Exact conversion of a HeavyBall (torch) schedule to the EMA form (Lemma A.2,
+    docs/theory.md §2).
 
     With m_k = c_k u_k:  c_{k+1} = c_k / (b_k c_k + μ_k),  β_k = μ_k c_{k+1}/c_k,
     η_k = γ_k / c_{k+1}.  ``c0=None`` picks the canonical choice: 1 − μ for τ = 0 and
     constant μ (β ≡ μ, η = γ/(1−μ)); μ(1−μ)/(μ−τ) for constant μ > τ > 0; otherwise ∞
-    (β_0 = 0).  Returns ``(eta, beta, c)`` with c of length steps + 1; a resumed run starts
-    from m_0 = c_0 u_0.  SGDM(eta, beta) then produces the same iterates as
-    HeavyBall(lr, momentum, dampening) for the same gradients.
+    (β_0 = 0).  A resumed run starts from m_0 = c_0 u_0.  SGDM(eta, beta) then produces the
+    same iterates as HeavyBall(lr, momentum, dampening) for the same gradients.
+
+    Parameters
+    ----------
+    lr : HeavyBall learning rate γ, a float or a per-step array (≥ 0, finite).
+    momentum : HeavyBall momentum μ, a float or a per-step array; μ_k ∈ (0, 1) on every step
+        (the conversion divides by it).
+    dampening : τ ∈ [0, 1].
+    steps : number of steps (≥ 1).
+    c0 : the scale c_0 > 0 of m_0 = c_0 u_0 (``np.inf`` allowed: β_0 = 0); None picks the
+        canonical choice above.
+    buffer_empty : True for torch's first step on an empty buffer (u_1 = g_0, b_0 = 1);
+        False when resuming from a non-empty buffer (b_0 = 1 − τ).
+
+    Returns
+    -------
+    eta : np.ndarray, shape (steps,)
+        SGDM learning rates η_k = γ_k / c_{k+1}.
+    beta : np.ndarray, shape (steps,)
+        SGDM momenta β_k ∈ [0, 1).
+    c : np.ndarray, shape (steps + 1,)
+        The scales c_k with m_k = c_k u_k.
     """
     steps = positive_int("steps", steps)
     for name, v in (("lr", lr), ("momentum", momentum)):

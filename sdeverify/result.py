@@ -30,12 +30,20 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from . import config
 from .observables import merge_blocks
+
+if TYPE_CHECKING:  # optional extras, imported lazily by to_dataframe / to_xarray
+    import pandas
+    import xarray
+
+__all__ = ["FORMAT", "ResultFileError", "Divergence", "NonFinite", "SimulationResult",
+           "save_pair", "load_pair", "index_pair", "jsonable", "atomic_write_text",
+           "atomic_write_npz", "versions"]
 
 FORMAT = "sdeverify.SimulationResult/2"
 LABELS = "__labels__"          # the entry of a saved .npz that repeats the .json's labels
@@ -118,6 +126,7 @@ class SimulationResult:
 
     @property
     def count(self) -> np.ndarray:
+        """Number of non-diverged paths with a finite value, ``(n_opt, n_rec, n_obs)``."""
         return self._merged[..., 0]
 
     @property
@@ -127,12 +136,15 @@ class SimulationResult:
 
     @property
     def var(self) -> np.ndarray:
+        """Unbiased sample variance over the counted paths (divisor n − 1); NaN where fewer
+        than two paths are left."""
         n = self.count
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(n > 1, self._merged[..., 2] / np.maximum(n - 1, 1), np.nan)
 
     @property
     def sem(self) -> np.ndarray:
+        """Standard error of :attr:`mean`, sqrt(var / count); NaN where it is undefined."""
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.sqrt(self.var / self.count)
 
@@ -144,14 +156,14 @@ class SimulationResult:
         j, o = self._index(optimizer, observable)
         return self.mean[j, :, o], self.sem[j, :, o]
 
-    def to_dataframe(self):
+    def to_dataframe(self) -> "pandas.DataFrame":
         """Tidy :class:`pandas.DataFrame`: one row per (optimizer, step, observable) with
         ``mean``, ``sem`` and ``count`` (non-diverged paths).  Needs pandas
         (``pip install 'sdeverify[analysis]'``)."""
         from .tables import simulation_frame
         return simulation_frame(self)
 
-    def to_xarray(self):
+    def to_xarray(self) -> "xarray.Dataset":
         """:class:`xarray.Dataset` with ``mean``, ``sem``, ``count`` over optimizer × step ×
         observable, metadata as attributes.  Needs xarray (``pip install 'sdeverify[analysis]'``)."""
         from .tables import simulation_dataset
@@ -159,6 +171,7 @@ class SimulationResult:
 
     @property
     def paths(self) -> int:
+        """Number of paths this result covers (all of them, diverged ones included)."""
         return int(self.x_final.shape[1])
 
     @property
@@ -427,10 +440,12 @@ def _remove_temporaries(folder: Path, stem: str) -> None:
 
 
 def glob_escape(text: str) -> str:
+    """``text`` with the glob metacharacters ``*``, ``?`` and ``[`` bracketed, so that
+    :meth:`pathlib.Path.glob` matches it literally."""
     return re.sub(r"([*?\[])", r"[\1]", text)
 
 
-def index_pair(optimizers, observables, optimizer: str | int,
+def index_pair(optimizers: Sequence[str], observables: Sequence[str], optimizer: str | int,
                observable: str | int) -> tuple[int, int]:
     """(j, o): the positions of ``optimizer`` and ``observable``, each given by name or by
     position, in the name tuples of a result; ``ValueError`` listing the names otherwise."""
@@ -445,7 +460,7 @@ def _position(what: str, names, key) -> int:
     return names.index(key)
 
 
-def jsonable(o: Any):
+def jsonable(o: Any) -> Any:
     """``default=`` of ``json.dumps`` for results: arrays as lists, NumPy scalars as Python
     scalars, anything else as its ``str``."""
     if isinstance(o, np.ndarray):
@@ -501,14 +516,20 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` all or nothing: a temporary file in the same folder,
+    fsync, ``os.replace`` (a crash leaves the old file or the new one, never a mix)."""
     _atomic_write(path, lambda f: f.write(text), "w")
 
 
 def atomic_write_npz(path: Path, arrays: dict) -> None:
+    """Write ``arrays`` (name -> array) as an ``.npz`` at ``path``, all or nothing (as
+    :func:`atomic_write_text`)."""
     _atomic_write(path, lambda f: np.savez(f, **arrays), "wb", suffix=".npz")
 
 
 def versions() -> dict:
+    """Versions of sdeverify, NumPy, Numba, SciPy and Python, as stored in every result's
+    metadata."""
     import numba
     import scipy
     from . import __version__

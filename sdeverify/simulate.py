@@ -6,6 +6,7 @@ import warnings
 from typing import Any, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .engine import EngineContractError, backends, get_backend
 from .engine.probe import probe
@@ -13,6 +14,8 @@ from .engine.spec import make_spec
 from .observables import UserFunctionError
 from .problems.base import NGOS
 from .result import SimulationResult, versions
+
+__all__ = ["simulate", "report_divergence", "DivergenceWarning", "DivergenceError"]
 
 
 class DivergenceWarning(RuntimeWarning):
@@ -24,11 +27,12 @@ class DivergenceError(RuntimeError):
     """Raised instead of the warning when ``on_divergence="raise"``."""
 
 
-def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0, *, steps: int, paths: int,
-             sigma: float, seed: int = 0, record=None, observables=None, backend: str = "cpu",
+def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0: ArrayLike, *, steps: int,
+             paths: int, sigma: float, seed: int = 0, record: ArrayLike | None = None,
+             observables: Sequence[Any] | None = None, backend: str = "cpu",
              store_states: bool = False, path_offset: int = 0,
              on_divergence: str = "warn", dtype: str = "float64",
-             divergence_bound: float | None = None, executor=None) -> SimulationResult:
+             divergence_bound: float | None = None, executor: Any = None) -> SimulationResult:
     """Simulate ``paths`` independent trajectories of each optimizer on ``problem``.
 
     **Divergence rule.**  A path of an optimizer *diverges* at the first step k whose iterate
@@ -62,10 +66,13 @@ def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0, *, steps: int, 
 
     Parameters
     ----------
-    problem : an NGOS problem (``sdeverify.problems``).
-    optimizers : SGD / SGDM / HeavyBall instances (or one).
+    problem : an NGOS problem (``sdeverify.problems``, Def. 3.1).
+    optimizers : SGD / SGDM / HeavyBall instances (Defs. 3.2, 3.3, A.1), or one, or any
+        :class:`~sdeverify.optim.OptimizerScheme`.
     x0 : (d,) initial point shared by all paths.
     steps, paths : numbers of steps and paths (≥ 1).
+    path_offset : global index of this call's first path (a multiple of ``config.BLOCK``),
+        so that shards of one simulation merge exactly.
     sigma : noise scale σ ≥ 0 (the oracle returns ∇L + σ v, Def. 3.1).
     seed : 64-bit seed of the counter-based generator.
     record : step indices (0..steps) at which observables are accumulated; default 17 evenly
@@ -87,10 +94,19 @@ def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0, *, steps: int, 
         below ~1e-6 |x| (float32 resolves 6e-8 relative: such steps are rounded away), e.g.
         noiseless or tiny-σ runs over O(1/η²) steps, and whenever bitwise agreement with the
         "numpy" backend matters.  Overflow (divergence) happens at 3e38 instead of 2e308.
-    executor : a ``distributed.Client`` (``pip install 'sdeverify[dist]'``): the paths are cut
-        into shards (multiples of ``config.BLOCK``) that run on its workers and are merged —
-        bitwise the result of the local call (:mod:`sdeverify.distributed`).  Default None:
-        run here, unless inside ``sdeverify.distributed.use(client)``, which sends every call.
+    executor : a ``distributed.Client`` or a Session (:class:`sdeverify.distributed.Session`;
+        ``pip install 'sdeverify[dist]'``): the paths are cut into shards (multiples of
+        ``config.BLOCK``) that run on its workers and are merged — bitwise the result of the
+        local call (:mod:`sdeverify.distributed`).  Default None: run here, unless inside
+        ``sdeverify.distributed.use(client)``, which sends every call.
+
+    Returns
+    -------
+    SimulationResult
+        Per optimizer, recorded step and observable: the mean, variance and count over the
+        non-diverged paths (merged over 256-path blocks), the final states and momenta, the
+        divergence step of each path and, with ``store_states``, the states; ``meta`` holds
+        the arguments, the fingerprint, the wall time and the versions.
     """
     if executor is None:
         from .distributed import active

@@ -10,15 +10,23 @@ from __future__ import annotations
 
 import importlib
 import json
-from typing import Any
+import types
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .result import SimulationResult
+from .train.result import TrainResult
+
+if TYPE_CHECKING:  # optional extras, imported lazily by the functions below
+    import pandas
+    import xarray
 
 __all__ = ["optional", "simulation_frame", "simulation_dataset", "train_frame",
            "train_dataset", "attrs_of"]
 
 
-def optional(module: str):
+def optional(module: str) -> types.ModuleType:
     """Import an optional dependency, or raise an ImportError naming the extra to install."""
     try:
         return importlib.import_module(module)
@@ -39,7 +47,7 @@ def attrs_of(meta: dict) -> dict:
     return out
 
 
-def simulation_frame(res):
+def simulation_frame(res: SimulationResult) -> "pandas.DataFrame":
     """Tidy table of a :class:`~sdeverify.result.SimulationResult`: one row per
     (optimizer, step, observable) with ``mean``, ``sem`` and ``count`` (non-diverged paths)."""
     pd = optional("pandas")
@@ -53,7 +61,7 @@ def simulation_frame(res):
         "count": res.count.reshape(-1).astype(np.int64)})
 
 
-def simulation_dataset(res):
+def simulation_dataset(res: SimulationResult) -> "xarray.Dataset":
     """:class:`xarray.Dataset` with variables ``mean``, ``sem``, ``count`` over the dims
     optimizer × step × observable, and the run's metadata as attributes."""
     xr = optional("xarray")
@@ -65,7 +73,7 @@ def simulation_dataset(res):
                       coords=coords, attrs=attrs_of(res.meta))
 
 
-def train_frame(res, per_replica: bool = False):
+def train_frame(res: TrainResult, per_replica: bool = False) -> "pandas.DataFrame":
     """Tidy table of a :class:`~sdeverify.train.TrainResult`.
 
     ``per_replica=False``: one row per (optimizer, step, metric) with ``mean``, ``sem`` and
@@ -90,7 +98,7 @@ def train_frame(res, per_replica: bool = False):
                          "sem": sem.reshape(-1), "count": count.reshape(-1)})
 
 
-def _train_stats(res) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _train_stats(res: TrainResult) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     J, E, _, K = res.values.shape
     mean, sem, count = np.empty((J, E, K)), np.empty((J, E, K)), np.empty((J, E, K), np.int64)
     for j in range(J):
@@ -101,7 +109,7 @@ def _train_stats(res) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return mean, sem, count
 
 
-def train_dataset(res):
+def train_dataset(res: TrainResult) -> "xarray.Dataset":
     """:class:`xarray.Dataset` of a TrainResult: ``value`` over optimizer × step × replica ×
     metric (NaN from a replica's divergence on) and ``mean``/``sem``/``count`` over
     optimizer × step × metric."""

@@ -34,6 +34,7 @@ class Value:
         return format_number(self.value)
 
     def as_dict(self) -> dict:
+        """JSON-ready form ``{"kind": "value", "value": ...}`` (a tuple becomes a list)."""
         v = list(self.value) if isinstance(self.value, tuple) else self.value
         return {"kind": "value", "value": v}
 
@@ -42,6 +43,7 @@ Measurement = Union[Interval, Value]
 
 
 def format_number(x: float) -> str:
+    """``x`` to 4 significant digits (``"nan"`` for NaN), as verdicts print numbers."""
     x = float(x)
     return "nan" if math.isnan(x) else f"{x:.4g}"
 
@@ -84,6 +86,8 @@ class Verdict:
         return kind_of(self.measured)
 
     def as_dict(self) -> dict:
+        """JSON-ready form of the verdict, the measurement tagged with its kind ("interval"
+        or "value"); :meth:`from_dict` reads it back."""
         m = self.measured.as_dict()
         if isinstance(self.measured, Interval):
             m = {"kind": "interval", **m}
@@ -93,6 +97,8 @@ class Verdict:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Verdict":
+        """The verdict saved by :meth:`as_dict` (results saved before the measurement had a
+        kind are read as intervals)."""
         m = dict(d["measured"])
         kind = m.pop("kind", "interval")         # results saved before the kinds existed
         if kind == "value":

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .output import EngineContractError, EngineOutput
+from .spec import RunSpec
 
 __all__ = ["Backend", "EngineContractError", "EngineOutput", "backends", "get_backend", "register_backend"]
 
@@ -63,7 +64,7 @@ class Backend:
         if check is not None:
             check()
 
-    def run(self, spec) -> EngineOutput:
+    def run(self, spec: RunSpec) -> EngineOutput:
         """Run ``spec``; the output is checked against the engine contract."""
         return self.engine().run(spec).check(spec, self.name)
 
@@ -72,7 +73,8 @@ _REGISTRY: dict = {}
 _ENGINES: dict = {}
 
 
-def register_backend(name: str, factory: Callable[[], Any], *, dtypes=("float64",),
+def register_backend(name: str, factory: Callable[[], Any], *,
+                     dtypes: Sequence[str] = ("float64",),
                      numerics: str | None = None, python_functions: bool = False,
                      description: str = "", replace: bool = False) -> Backend:
     """Register the backend ``name``; ``factory()`` returns its engine (see the module doc).

@@ -26,7 +26,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -34,12 +34,22 @@ from ..result import jsonable, load_pair, save_pair, versions
 from ..stats import Interval  # noqa: F401  (re-exported: experiments import it from here)
 from ..verdict import Value, Verdict  # noqa: F401
 
+# Interval, Value and Verdict are imported from here by the experiments but defined
+# elsewhere (sdeverify.stats, sdeverify.verdict): they are not part of this module's API.
+__all__ = ["SIZES", "Progress", "Measure", "ExperimentResult", "check_size", "size_config",
+           "experiment", "Timer", "make_meta", "subplots", "save_figure", "simulate_many",
+           "Ticker", "tick"]
+
 SIZES = ("smoke", "quick", "full")
 Progress = Callable[[int, int], None] | None
 
 
 @dataclass(frozen=True)
 class ExperimentResult:
+    """What an experiment's ``run`` returns: the check's ``name``, its ``params`` (the
+    configuration it ran with), its ``data`` (arrays and numbers the figure is drawn from),
+    its ``verdicts`` (:class:`~sdeverify.verdict.Verdict`, one per claim of the paper checked)
+    and ``meta`` (seed, size, wall time, versions)."""
     name: str
     params: dict
     data: dict               # name -> np.ndarray / float / list
@@ -48,6 +58,7 @@ class ExperimentResult:
 
     @property
     def passed(self) -> bool:
+        """True when every verdict passed."""
         return all(v.passed for v in self.verdicts)
 
     def save(self, folder: str | Path) -> Path:
@@ -75,6 +86,8 @@ class ExperimentResult:
 
 
 def check_size(size: str) -> str:
+    """``size`` if it is one of :data:`SIZES` ("smoke", "quick", "full"), else a
+    ``ValueError`` listing them."""
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
     return size
@@ -124,28 +137,37 @@ def experiment(name: str, sizes: dict, defaults: dict | None = None) -> Callable
 
 
 class Timer:
-    def __enter__(self):
+    """``with Timer() as t:`` — wall-clock seconds of the block in ``t.seconds``
+    (``time.perf_counter``)."""
+
+    def __enter__(self) -> "Timer":
         self.t0 = time.perf_counter()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: Any) -> None:
         self.seconds = time.perf_counter() - self.t0
 
 
 def make_meta(seed: int, size: str, seconds: float) -> dict:
+    """An experiment's metadata: ``seed``, ``size``, ``wall_time`` (s) and ``versions``
+    (:func:`sdeverify.result.versions`)."""
     return {"seed": seed, "size": size, "wall_time": seconds, "versions": versions()}
 
 
-def subplots(ncols: int, figsize: tuple[float, float], nrows: int = 1, **kwargs):
-    """A headless (Agg) matplotlib figure with ``nrows × ncols`` panels: (fig, axes)."""
+def subplots(ncols: int, figsize: tuple[float, float], nrows: int = 1,
+             **kwargs: Any) -> tuple[Any, Any]:
+    """A headless (Agg) matplotlib figure with ``nrows × ncols`` panels: ``(fig, axes)``, a
+    ``matplotlib.figure.Figure`` and its axes (``plt.subplots``; ``kwargs`` passed on).
+    Typed ``Any`` so that importing this module does not import matplotlib."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt.subplots(nrows, ncols, figsize=figsize, **kwargs)
 
 
-def save_figure(fig, path, dpi: int = 110) -> Path:
-    """Lay out, write (PNG) and close ``fig``; returns the path."""
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out, write (PNG) and close ``fig`` (a ``matplotlib.figure.Figure``); returns the
+    path."""
     import matplotlib.pyplot as plt
     fig.tight_layout()
     path = Path(path)
@@ -182,5 +204,6 @@ class Ticker:
 
 
 def tick(progress: Progress, done: int, total: int) -> None:
+    """Call ``progress(done, total)`` unless ``progress`` is None."""
     if progress is not None:
         progress(done, total)

@@ -12,6 +12,7 @@ import warnings
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .. import rng
 from ..result import versions
@@ -22,6 +23,9 @@ from .blas_threads import single_threaded
 from .datasets import Dataset
 from .models import MLP, STREAM_PROBE
 from .result import METRICS, TrainResult
+
+__all__ = ["BACKENDS", "DEFAULT_METRICS", "DIVERGENCE_FACTOR", "NOISE_CHUNKS", "fit",
+           "svag_weights", "report_divergence", "gradient_noise", "sharpness"]
 
 BACKENDS = ("cpu", "numpy", "cuda")
 DEFAULT_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
@@ -82,12 +86,13 @@ def _eval_steps(steps: int, eval_every, eval_steps) -> np.ndarray:
 def fit(model: MLP, data: Dataset, optimizers: Sequence[Any] | Any, *, batch_size: int,
         steps: int | None = None, epochs: int | None = None, replicas: int = 1, seed: int = 0,
         lr_schedule: np.ndarray | Callable[[int], np.ndarray] | None = None, svag: int = 1,
-        sampling: str = "shuffle", eval_every: int | None = None, eval_steps=None,
+        sampling: str = "shuffle", eval_every: int | None = None,
+        eval_steps: ArrayLike | None = None,
         metrics: Sequence[str] = DEFAULT_METRICS, eval_samples: int = 2048,
         sharpness_samples: int = 1024, sharpness_iters: int = 20, backend: str = "cpu",
         dtype: str = "float64", replica_offset: int = 0, on_divergence: str = "warn",
         keep_weights: bool = False, progress: Callable[[int, int], None] | None = None,
-        executor=None) -> TrainResult:
+        executor: Any = None) -> TrainResult:
     """Train ``replicas`` independent runs of ``model`` on ``data`` with every optimizer.
 
     Parameters
@@ -125,14 +130,19 @@ def fit(model: MLP, data: Dataset, optimizers: Sequence[Any] | Any, *, batch_siz
         step-0 loss), or at an evaluation whose loss is non-finite; it is excluded from all
         statistics from then on.
     keep_weights : keep the final flat weights ``(n_opt, replicas, P)``.
-    executor : a ``distributed.Client`` (``pip install 'sdeverify[dist]'``): the replicas
-        are cut into shards that train on its workers and are merged exactly
+    progress : called as ``progress(done, total)`` after each evaluation.
+    executor : a ``distributed.Client`` or a Session (:class:`sdeverify.distributed.Session`;
+        ``pip install 'sdeverify[dist]'``): the replicas are cut into shards that train on its workers and are merged exactly
         (:mod:`sdeverify.distributed`; ``progress`` is then not called).  Default None: train
         here, unless inside ``sdeverify.distributed.use(client)``, which sends every call.
 
     Returns
     -------
     TrainResult
+        Per optimizer, evaluation step, replica and metric the evaluated values, the
+        minibatch loss of every step, each replica's divergence step (−1: none), optionally
+        the final weights, and ``meta`` (the arguments, the run's fingerprint, wall time,
+        versions); statistics over replicas exclude diverged ones.
     """
     if executor is None:
         from ..distributed import active
@@ -277,10 +287,13 @@ def _evaluate(tr, model, data, metrics, Xe, ye, seed, reps, n_sharp, iters) -> n
     return out
 
 
-def gradient_noise(tr, X, y, chunks: int = NOISE_CHUNKS) -> tuple[np.ndarray, np.ndarray]:
+def gradient_noise(tr: Any, X: np.ndarray, y: np.ndarray,
+                   chunks: int = NOISE_CHUNKS) -> tuple[np.ndarray, np.ndarray]:
     """Unbiased estimates of |∇L|² and tr Σ (covariance of one sample's gradient) from the
     gradients ``g_i`` of ``chunks`` equal chunks of ``(X, y)`` (size c each, n = chunks·c):
-    tr Σ ≈ c · Σ|g_i − ḡ|²/(chunks − 1),  |∇L|² ≈ |ḡ|² − tr Σ / n."""
+    tr Σ ≈ c · Σ|g_i − ḡ|²/(chunks − 1),  |∇L|² ≈ |ḡ|² − tr Σ / n.  ``tr`` is a trainer of
+    one backend (``sdeverify.train.reference.Trainer`` or its Numba / CUDA counterparts),
+    evaluated at its current weights; returns both estimates per model, shape (models,)."""
     W, _ = tr.get_state()
     c = X.shape[0] // chunks
     if c < 1:
@@ -292,13 +305,16 @@ def gradient_noise(tr, X, y, chunks: int = NOISE_CHUNKS) -> tuple[np.ndarray, np
     return np.sum(gbar ** 2, axis=1) - tr_sigma / (chunks * c), tr_sigma
 
 
-def sharpness(tr, X, y, seed, reps, iters: int) -> np.ndarray:
+def sharpness(tr: Any, X: np.ndarray, y: np.ndarray, seed: int, reps: np.ndarray,
+              iters: int) -> np.ndarray:
     """Top (largest algebraic) Hessian eigenvalue of the training objective on ``(X, y)``
     per model, by ``iters`` Lanczos steps on exact Hessian–vector products
     (:func:`sdeverify.train.reference.hvp`, Pearlmutter's R-operator, float64 on the host
     whatever the backend), started from a Philox vector keyed by the replica; returns the
-    largest Ritz value.  (Plain Lanczos, no reorthogonalisation: memory O(models × params);
-    lost orthogonality only duplicates converged Ritz values, it does not bias the largest.)"""
+    largest Ritz value per model, shape (models,).  ``tr`` is a trainer as for
+    :func:`gradient_noise`; ``reps`` the global replica indices of its replicas.  (Plain
+    Lanczos, no reorthogonalisation: memory O(models × params); lost orthogonality only
+    duplicates converged Ritz values, it does not bias the largest.)"""
     from .reference import hvp
     W, _ = tr.get_state()
     W = W.astype(np.float64)
