@@ -54,7 +54,7 @@ class EngineOutput:
     states: np.ndarray
 
     @classmethod
-    def allocate(cls, spec) -> "EngineOutput":
+    def allocate(cls, spec: "RunSpec") -> "EngineOutput":
         """Arrays for ``spec``: accumulators at zero, states NaN, the rest uninitialised
         (every engine writes every entry of ``x_final``, ``m_final`` and ``div_step``)."""
         return cls(**{name: np.zeros(shape) if name.startswith("block_") else
@@ -62,7 +62,7 @@ class EngineOutput:
                       for name, (shape, dt) in cls.layout(spec).items()})
 
     @staticmethod
-    def layout(spec) -> dict:
+    def layout(spec: "RunSpec") -> dict:
         """``{field: (shape, dtype)}`` of the output for ``spec``."""
         n_opt, d, n_rec = spec.A.shape[0], spec.x0.shape[0], spec.record.shape[0]
         n_obs, nb, paths = spec.codes.shape[0], spec.n_blocks, spec.paths
@@ -77,7 +77,7 @@ class EngineOutput:
             "states": ((n_opt, n_rec, paths, d) if spec.store_states else (0, 0, 0, 0), f64),
         }
 
-    def check(self, spec, backend: str = "?") -> "EngineOutput":
+    def check(self, spec: "RunSpec", backend: str = "?") -> "EngineOutput":
         """Raise :class:`EngineContractError` unless every field has the shape and dtype :meth:`layout`
         gives for ``spec`` (a backend that breaks the contract is named); returns self."""
         for name, (shape, dt) in self.layout(spec).items():
@@ -88,3 +88,7 @@ class EngineOutput:
                 raise EngineContractError(f"backend {backend!r} returned {name} as {got}; the engine "
                                 f"contract (sdeverify.engine.output) expects {dt}{list(shape)}")
         return self
+
+
+# spec.py imports this module, so RunSpec (for the annotations above) is bound last
+from .spec import RunSpec  # noqa: E402
