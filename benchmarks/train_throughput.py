@@ -1,12 +1,13 @@
 """Throughput of the trainer (sdeverify.train) against NumPy, the machine's GEMM rate and torch.
 
-    python benchmarks/train_throughput.py [--repeats 5] [--wait-idle 120] [--json out.json] [--figure]
+    python benchmarks/train_throughput.py [--repeats 5] [--wait-idle 120] [--json out.json] [--figure] [--per-core]
 
 For each workload (MLP widths, batch B, replicas R; float32; one optimizer, SGDM β = 0.9;
 forward + backward + update), prints samples·replicas/s and achieved GFLOP/s
 (``MLP.flops_per_sample()``: 2 GEMMs for the first layer, 3 for the others) of
 
-* ``sdeverify cpu`` — the Numba backend (models split over the cores, OpenBLAS 1 thread);
+* ``sdeverify cpu`` — the Numba backend (models split over the cores, OpenBLAS 1 thread;
+  with fewer models than cores, the two halves of each model's batch);
 * ``numpy ref``    — the NumPy reference backend (batched ``np.matmul`` over replicas);
 * ``torch loop``   — torch CPU, a Python loop over replicas, ``torch.optim.SGD(momentum=0.9)``
   (only when torch is installed; it is never a dependency);
@@ -16,15 +17,19 @@ next to the **GEMM limit**: the median rate of one ``np.matmul`` of the workload
 layer shape (B×w by w×w, float32, all cores) — what the machine's BLAS achieves for these
 shapes.  Medians of ``--repeats`` runs after a warm-up; the share of the CPUs used by other
 processes during each run is measured (``others``) and quiet runs (others < 5%) are reported
-separately, as in ``throughput.py``.  GPU numbers come from ``benchmarks/gpu_check.py``.
+separately, as in ``throughput.py``.  ``--per-core`` runs everything on one thread and
+takes one-thread ``np.matmul`` as the GEMM limit (on a loaded machine, multithreaded BLAS
+collapses and distorts the all-core ratio).  GPU numbers come from ``benchmarks/gpu_check.py``.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +42,7 @@ from throughput import Timing, measure, wait_idle  # noqa: E402
 from sdeverify.train import MLP  # noqa: E402
 from sdeverify.train import cpu, reference  # noqa: E402
 from sdeverify.train.batches import BatchSampler  # noqa: E402
+from sdeverify.train.blas_threads import single_threaded  # noqa: E402
 from sdeverify.result import atomic_write_text  # noqa: E402
 
 WORKLOADS = [  # (widths, batch, replicas, steps)
@@ -143,14 +149,23 @@ def main() -> int:
     p.add_argument("--json", type=str, default=None)
     p.add_argument("--figure", action="store_true", help="write figures/train_throughput.png")
     p.add_argument("--quick", action="store_true", help="3 workloads, 3 repeats")
+    p.add_argument("--per-core", action="store_true",
+                   help="everything on one thread (Numba, OpenBLAS, torch); the GEMM limit is then "
+                        "one-thread np.matmul: a view of the kernels that a loaded machine distorts less")
     args = p.parse_args()
     try:
         import torch
-        torch.set_num_threads(2)
+        torch.set_num_threads(1 if args.per_core else 2)
         has_torch = True
     except ImportError:
         has_torch = False
     import numba
+    one_thread = ExitStack()
+    if args.per_core:
+        importlib.import_module("scipy.linalg")     # loads SciPy's OpenBLAS for single_threaded()
+        numba.set_num_threads(1)
+        one_thread.enter_context(single_threaded())
+        print("per core: Numba, OpenBLAS and torch on one thread")
     load0 = os.getloadavg()
     print(f"load average (1, 5, 15 min) at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
     print(f"machine: {platform.processor() or platform.machine()}, {numba.config.NUMBA_NUM_THREADS} threads; "
@@ -184,10 +199,11 @@ def main() -> int:
               f"{res['cpu']['gflops']:6.1f} [{res['cpu']['samples_per_s']:8.3g}] {100 * res['cpu']['gflops'] / res['gemm_gflops']:5.0f}% | "
               f"{res['numpy']['gflops']:9.1f} | {f('torch_loop')} {f('torch_vmap')} | "
               f"{res['cpu']['gflops'] / best_torch:10.2f} {res['cpu']['timing']['others']:6.2f}", flush=True)
+    one_thread.close()
     load1 = os.getloadavg()
     print(f"load average (1, 5, 15 min) at end: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
     if args.json:
-        atomic_write_text(Path(args.json), json.dumps({"rows": rows, "machine": platform.platform(),
+        atomic_write_text(Path(args.json), json.dumps({"rows": rows, "machine": platform.platform(), "per_core": args.per_core,
                                                        "loadavg_start": load0, "loadavg_end": load1}, indent=1))
     if args.figure:
         _figure(rows, ROOT / "figures" / "train_throughput.png")
