@@ -149,6 +149,8 @@ def main() -> int:
     p.add_argument("--json", type=str, default=None)
     p.add_argument("--figure", action="store_true", help="write figures/train_throughput.png")
     p.add_argument("--quick", action="store_true", help="3 workloads, 3 repeats")
+    p.add_argument("--only", type=str, default=None,
+                   help="comma-separated workload numbers (0-based rows of WORKLOADS), e.g. 5,6")
     p.add_argument("--per-core", action="store_true",
                    help="everything on one thread (Numba, OpenBLAS, torch); the GEMM limit is then "
                         "one-thread np.matmul: a view of the kernels that a loaded machine distorts less")
@@ -171,6 +173,8 @@ def main() -> int:
     print(f"machine: {platform.processor() or platform.machine()}, {numba.config.NUMBA_NUM_THREADS} threads; "
           f"numpy {np.__version__}, numba {numba.__version__}" + (f", torch {torch.__version__}" if has_torch else ", torch not installed"))
     work = WORKLOADS if not args.quick else [WORKLOADS[2], WORKLOADS[5], WORKLOADS[7]]
+    if args.only:
+        work = [WORKLOADS[int(i)] for i in args.only.split(",")]
     reps = args.repeats if not args.quick else 3
     rows = []
     hdr = f"{'MLP':>16s} {'B':>6s} {'R':>3s} | {'GEMM limit':>10s} | {'ours cpu':>17s} {'%GEMM':>6s} | {'numpy ref':>9s} | {'torch loop':>10s} {'torch vmap':>10s} | {'ours/torch':>10s} {'others':>6s}"
