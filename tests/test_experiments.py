@@ -6,7 +6,7 @@ from harness import check_experiment_smoke
 from sdeverify.experiments import available, get
 
 
-@pytest.mark.parametrize("name", ["instruments", "hb_equivalence", "descent_lemma",
+@pytest.mark.parametrize("name", ["instruments", "hb_equivalence", "descent_lemma", "train_engine",
                                   "variance_reduction", "weak_approximation"])
 def test_experiment_smoke(name, tmp_path):
     """Measured false-failure rate of the verdicts at smoke size: 0/20 seeds for each of the

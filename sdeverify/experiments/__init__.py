@@ -20,7 +20,8 @@ EXPERIMENTS: dict[str, str] = {
     "label_noise": "sdeverify.experiments.label_noise",
     "svag": "sdeverify.experiments.svag",
     "batch_size": "sdeverify.experiments.batch_size",
-    # the paper's Sec 6 on trained networks (sdeverify.train)
+    # the paper's Sec 6 on trained networks (sdeverify.train); the trainer's arithmetic first
+    "train_engine": "sdeverify.experiments.train_engine",
     "train_batch_size": "sdeverify.experiments.train_batch_size",
     "train_svag": "sdeverify.experiments.train_svag",
 }
