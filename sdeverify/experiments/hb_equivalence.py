@@ -186,6 +186,8 @@ def schedule_references(g: np.random.Generator) -> dict:
     fam_lr, fam_beta = S.scaled_family(0.04, 0.5, 0.7, K, shape)
     return {
         "averaged_lr (Eq 8), random beta_k, truncated tail": (S.averaged_lr(lr, beta, tail="truncate"), displacement),
+        "averaged_lr (Eq 8), constant schedule, constant tail: eta_bar = eta":
+            (S.averaged_lr(np.full(K, 0.05), np.full(K, 0.9), tail="constant"), np.full(K, 0.05)),
         "step_decay (torch MultiStepLR)": (S.step_decay(0.3, K, miles, 0.2), decay),
         "warmup (linear, lr/w .. lr)": (S.warmup(0.3, K, 9), warm),
         "cosine (5 warm-up steps, lr_min 0.01)": (S.cosine(0.3, K, 0.01, 5), cos_ref),
