@@ -204,7 +204,7 @@ def cmd_run(args) -> int:
 
 def cmd_check(args) -> int:
     from . import experiments
-    from .result import atomic_write_text
+    from .result import atomic_write_text, jsonable
     size = "full" if args.full else ("smoke" if args.smoke else "quick")
     names = experiments.available()
     _check_seed(args.seed)
@@ -243,12 +243,12 @@ def cmd_check(args) -> int:
                         "verdicts": [v.as_dict() for v in res.verdicts]})
         # the summary is rewritten after each check: an interrupted run keeps what finished
         atomic_write_text(out / "summary.json", json.dumps(
-            {"size": size, "seed": args.seed, "checks": summary, "complete": False}, indent=1))
+            {"size": size, "seed": args.seed, "checks": summary, "complete": False}, indent=1, default=jsonable))
     wall = time.perf_counter() - t0
     passed = all(s["passed"] for s in summary)
     atomic_write_text(out / "summary.json", json.dumps(
         {"size": size, "seed": args.seed, "checks": summary, "complete": True,
-         "passed": passed, "wall_time": wall}, indent=1))
+         "passed": passed, "wall_time": wall}, indent=1, default=jsonable))
     _print_table(rows)
     n_pass = sum(r[-1] == "PASS" for r in rows)
     report = _write_report(out)

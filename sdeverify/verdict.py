@@ -80,6 +80,12 @@ class Verdict:
     rule: str
     threshold: float | None = None
 
+    def __post_init__(self) -> None:
+        # plain Python types: a NumPy bool or float from a rule must not reach the JSON files
+        object.__setattr__(self, "passed", bool(self.passed))
+        if self.threshold is not None:
+            object.__setattr__(self, "threshold", float(self.threshold))
+
     @property
     def kind(self) -> str:
         """"confidence interval", "error estimate" or "value"."""

@@ -184,3 +184,12 @@ def test_table_wraps_to_the_terminal_and_never_cuts(monkeypatch, capsys):
     assert " ".join(out.split()).count("cosine well") == 1
     for word in claim.split():
         assert word in out
+
+
+def test_numpy_outcomes_become_plain_json():
+    """A rule that returns a NumPy bool (or a NumPy threshold) used to crash the check's
+    summary.json write (`TypeError: Object of type bool is not JSON serializable`)."""
+    v = Verdict("c", "r", "p", Value(np.float64(1e-16)), np.float64(1e-16) <= 1e-12, "r",
+                threshold=np.float64(1e-12))
+    assert type(v.passed) is bool and type(v.threshold) is float
+    json.dumps(v.as_dict())
