@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats as _st
 
+from ..result import index_pair
 from ..stats import fit_order
 
 __all__ = ["StatisticalAssertionError", "Outcome", "assert_mean",
@@ -49,13 +50,6 @@ class Outcome:
     message: str = ""
 
 
-def _jo(result, optimizer, observable) -> tuple[int, int]:
-    """Indices of an optimizer and an observable of a SimulationResult (name or index)."""
-    j = optimizer if isinstance(optimizer, (int, np.integer)) else result.optimizers.index(optimizer)
-    o = observable if isinstance(observable, (int, np.integer)) else result.observables.index(observable)
-    return int(j), int(o)
-
-
 def _critical(alpha_each: float, count) -> np.ndarray:
     """Two-sided critical value for per-entry level 1 − alpha_each: normal, or Student-t
     with count − 1 degrees of freedom where fewer than ``T_BELOW`` samples."""
@@ -80,7 +74,7 @@ def _series(result: Any, optimizer, observable, sem) -> tuple[np.ndarray, np.nda
     if hasattr(result, "series") and hasattr(result, "optimizers"):
         mean, s = result.series(optimizer, observable)
         if hasattr(result, "observables"):                       # SimulationResult
-            j, o = _jo(result, optimizer, observable)
+            j, o = index_pair(result.optimizers, result.observables, optimizer, observable)
             count, labels = result.count[j, :, o], np.asarray(result.steps)
         else:                                                     # TrainResult
             count, labels = result.count(optimizer, observable), np.asarray(result.eval_steps)
@@ -190,7 +184,7 @@ def assert_paired_difference(result: Any, optimizer: str | int, observable: str 
             raise ValueError("a SimulationResult pairs every optimizer with its first one: "
                              f"baseline must be 0 or {result.optimizers[0]!r}, got {baseline!r}")
         diff, s = result.paired(optimizer, observable)
-        j, o = _jo(result, optimizer, observable)
+        j, o = index_pair(result.optimizers, result.observables, optimizer, observable)
         count, labels = result.count[j, :, o], np.asarray(result.steps)
     else:
         diff, s = result.paired(optimizer, observable, baseline)
