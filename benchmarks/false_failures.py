@@ -27,8 +27,19 @@ def _part_slow_general(seed):
     return s.general_formula_verdicts(1.25, seed, s.SIZES["smoke"]["paths"])[0]
 
 
+def _part_fit_order(seed):
+    from sdeverify.experiments import instruments as ins
+    reps = ins.SIZES["smoke"]["fit_reps"]
+    return [ins._coverage_verdict("fit_order coverage", ins.fit_order_coverage(reps, seed),
+                                  ins.FIT_ORDER_BAND, ins.FIT_ORDER_ALT),
+            ins._coverage_verdict("fit_order coverage under lack of fit",
+                                  ins.fit_order_coverage(reps, seed, scatter=ins.LACK_OF_FIT),
+                                  (ins.NOMINAL, ins.NOMINAL), ins.FIT_ORDER_LOF_ALT)]
+
+
 #: cheap parts of checks, rerun alone: name -> seed -> verdicts
-PARTS = {"batch_size.oracle": _part_batch_oracle, "slow_sde.general": _part_slow_general}
+PARTS = {"batch_size.oracle": _part_batch_oracle, "slow_sde.general": _part_slow_general,
+         "instruments.fit_order": _part_fit_order}
 
 
 class _Part:

@@ -36,6 +36,7 @@ import numpy as np
 
 from . import config, rng
 from .engine.cache import enable_disk_cache, fingerprint
+from .threads import run_ranges
 from .validation import finite_float, nonneg_int, positive_int, vector
 
 
@@ -201,10 +202,11 @@ _KERNELS: dict = {}
 
 
 def _coupled_lanes_src(z0, params, sigma, eta_k, rec_steps, k0, k1, path0, n_draws, rows,
-                       draw_kind, out):
+                       draw_kind, out, blk_lo, blk_hi):
     """Coupled Euler kernel (source; ``STEP``, ``FILL`` and ``LANES`` are bound by
     :func:`_make_kernel`).  Groups of ``LANES`` paths (``config.LANES``, as in the CPU
-    engine; any value gives the same numbers) run in parallel; the draws of a step come from
+    engine; any value gives the same numbers) are independent: the kernel does the groups
+    ``blk_lo ≤ blk < blk_hi`` (ranges run on threads by :func:`sdeverify.threads.run_ranges`); the draws of a step come from
     the engine's lanes generator (``FILL`` = :func:`sdeverify.rng.fill_lanes64`, into a
     (``rows``, LANES) buffer, ``rows`` = :func:`sdeverify.rng.n_rows` of ``n_draws``) for the
     same (seed, path, step, stream 0) as :func:`sdeverify.simulate`.  ``STEP(z, params, xi,
@@ -214,8 +216,7 @@ def _coupled_lanes_src(z0, params, sigma, eta_k, rec_steps, k0, k1, path0, n_dra
     d = z0.shape[0]
     steps = eta_k.shape[0]
     n_rec = rec_steps.shape[0]
-    n_blk = (n_paths + LANES - 1) // LANES
-    for blk in numba.prange(n_blk):
+    for blk in range(blk_lo, blk_hi):
         lo = blk * LANES
         L = min(LANES, n_paths - lo)
         z = np.empty((L, d))
@@ -253,7 +254,7 @@ def _make_kernel(step):
     g = dict(src.__globals__, STEP=step, FILL=fill, LANES=config.LANES)
     f = types.FunctionType(src.__code__, g, name, src.__defaults__, src.__closure__)
     f.__qualname__ = name
-    disp = numba.njit(parallel=True)(f)
+    disp = numba.njit(nogil=True)(f)
     enable_disk_cache(disp, "|".join([fingerprint(step), fingerprint(fill), str(config.LANES)]))
     return disp
 
@@ -294,7 +295,7 @@ def coupled_slow_sde(problem, x0, *, eta: float, steps: int, paths: int, sigma: 
     k0, k1 = rng.key_words(seed)
     with warnings.catch_warnings():   # the specialised kernel has no source file of its own
         warnings.simplefilter("ignore", numba.NumbaDebugInfoWarning)
-        kern(z0, problem.params, sigma, np.ascontiguousarray(eta * lam), rec.astype(np.int64),
-             k0, k1, path_offset, problem.n_draws, rng.n_rows(problem.n_draws),
-             problem.draw_kind, out)
+        run_ranges(kern, (paths + config.LANES - 1) // config.LANES, z0, problem.params, sigma,
+                   np.ascontiguousarray(eta * lam), rec.astype(np.int64), k0, k1, path_offset,
+                   problem.n_draws, rng.n_rows(problem.n_draws), problem.draw_kind, out)
     return out

@@ -124,6 +124,13 @@ def test_valley_batch_and_label_noise_ou():
         me, ve = p.ou_euler_moments(1.0, eta, round(1 / eta ** 2), 1.0)
         m, v = p.ou_moments(1.0, 1.0, 1.0)
         assert abs(me - m) < 2 * eta ** 2 and abs(ve - v) < 2 * eta ** 2
+    # the scheduled recursion: λ ≡ 1 is the closed form; λ ≡ c is time rescaled by c² with
+    # the stationary variance unchanged (drift and squared diffusion both scale by c²)
+    me, ve = p.ou_euler_moments_scheduled(1.0, 0.01, np.ones(150), 1.3)
+    assert np.allclose((me, ve), p.ou_euler_moments(1.0, 0.1, 150, 1.3), rtol=1e-12)
+    me, ve = p.ou_euler_moments_scheduled(1.0, 1e-4, np.full(40000, 0.5), 1.3)
+    m, v = p.ou_moments(1.0, 1.0, 1.3)
+    assert abs(me - m) < 1e-3 and abs(ve - v) < 1e-3
 
 
 # ---- sphere -------------------------------------------------------------------------------

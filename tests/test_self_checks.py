@@ -138,6 +138,39 @@ def test_slow_sde_general_formula_verdicts_fail_without_a_term(monkeypatch):
     assert len(bad) == 2                      # the comparison and the general-path run
 
 
+def test_slow_sde_general_path_tells_lambda_from_lambda_squared(monkeypatch):
+    """The general-path run uses a step lr schedule: dropping the schedule, or taking λ for
+    λ² in the drift (λ²-for-λ in the diffusion alike), fails it."""
+    import sdeverify.slow_sde as slow_mod
+    real = slow_mod.solve_slow_sde
+    monkeypatch.setattr(ss, "solve_slow_sde", lambda *a, lr=None, **k: real(*a, **k))
+    assert any("schedule" in c for c in _failed(ss.general_formula_verdicts(1.25, 0, 2000)[0]))
+    monkeypatch.setattr(ss, "solve_slow_sde", real)
+    monkeypatch.setattr(slow_mod, "_lam", lambda lr, t: float(lr(t)) ** 0.5)   # drift λ, noise √λ
+    assert any("schedule" in c for c in _failed(ss.general_formula_verdicts(1.25, 0, 2000)[0]))
+
+
+def test_fit_order_lack_of_fit_coverage_fails_with_a_sqrt_chi2_inflation(monkeypatch):
+    """Under lack of fit only the reduced-χ² inflation gives the interval its width: an
+    inflation by √χ² (half-width too small by χ_red^½) fails the nominal-coverage rule."""
+    cov = ins.fit_order_coverage(1500, seed=0, scatter=ins.LACK_OF_FIT)
+    assert ins._coverage_verdict("f", cov, (ins.NOMINAL, ins.NOMINAL), ins.FIT_ORDER_LOF_ALT).passed
+    orig = ins.fit_order
+
+    def sqrt_inflation(eta, err, sem=None, level=0.95):
+        f = orig(eta, err, sem, level)
+        if f.chi2_dof <= 1.0:
+            return f
+        o = f.order
+        h = (o.high - o.low) / 2 / f.chi2_dof ** 0.25
+        return type(f)(type(o)(o.estimate, o.estimate - h, o.estimate + h), f.log_c, f.chi2_dof, f.n_points)
+    monkeypatch.setattr(ins, "fit_order", sqrt_inflation)
+    bad = ins.fit_order_coverage(1500, seed=0, scatter=ins.LACK_OF_FIT)
+    assert not ins._coverage_verdict("f", bad, (ins.NOMINAL, ins.NOMINAL)).passed
+    # the well-specified family cannot see this bug (χ²_red ≈ 1): the reason for this one
+    assert ins._coverage_verdict("f", ins.fit_order_coverage(1500, seed=0), ins.FIT_ORDER_BAND).passed
+
+
 def test_schedule_definitions_catch_an_off_by_one(monkeypatch):
     from sdeverify import schedules
     vs, _ = hb.schedule_verdicts(np.random.default_rng(1))

@@ -1,7 +1,10 @@
 """The Numba CPU engine: one generic kernel factory, specialised (and cached) per problem
 functions, observables, dtype and dimension.
 
-Work is split over threads in blocks of ``config.BLOCK`` consecutive paths (``prange``).
+Work is split over threads in blocks of ``config.BLOCK`` consecutive paths: the kernel is
+compiled ``nogil`` and does the blocks ``lo ≤ blk < hi`` it is given; :func:`sdeverify.threads.run_ranges`
+hands ranges of blocks to the threads (no ``parallel=True``: its parfor passes double the
+compile time).
 Inside a block, ``config.LANES`` consecutive paths (the *lanes*) advance together, one step
 at a time, with their states laid out lane-minor (``x[opt, i, lane]``):
 
@@ -89,6 +92,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .. import config, rng
+from ..threads import run_ranges
 from ..observables import LOSS, SQNORM, USER0, user_evaluator
 from .cache import enable_disk_cache, fingerprint, key_hash, unique_names
 from .output import EngineOutput
@@ -314,7 +318,7 @@ def _bound_check(D: int, L: int, ZERO):
 def _block_kernel(record, fused_step, split_step, bound_check, fill, FUSED: bool, FTYPE,
                   D: int, N_DRAWS: int, N_PARAMS: int, N_CALLS: int, L: int):
     """The kernel (plain Python, compiled by the caller): blocks of ``config.BLOCK`` paths in
-    parallel (``prange``); in a block, groups of L lanes run all steps: draws for all lanes
+    independent, ``blk_lo ≤ blk < blk_hi`` (the caller runs ranges on threads); in a block, groups of L lanes run all steps: draws for all lanes
     (``fill``), then for each optimizer the step (``fused_step`` if ``FUSED`` else
     ``split_step``: the other branch is pruned at compile time) and ``bound_check``, and at
     recorded steps ``record``.  Its arguments are those of :func:`run` (the spec's fields,
@@ -323,13 +327,12 @@ def _block_kernel(record, fused_step, split_step, bound_check, fill, FUSED: bool
 
     def kernel(x0, m0, params, sigma, A, B, Gam, rec_steps, codes, k0, k1, path0, n_paths,
                draw_kind, r1, r2, bound, block_stats, block_diff, block_bad, x_final, m_final,
-               div_step, states, store):
+               div_step, states, store, blk_lo, blk_hi):
         n_opt, steps = A.shape
         n_rec = rec_steps.shape[0]
-        n_blocks = (n_paths + BLOCK - 1) // BLOCK
         s1 = sigma * r1
         s2 = sigma * r2
-        for blk in numba.prange(n_blocks):
+        for blk in range(blk_lo, blk_hi):
             X = np.empty((n_opt, D, L), dtype=FTYPE)
             M = np.empty((n_opt, D, L), dtype=FTYPE)
             Z1 = np.empty((ROWS, L), dtype=FTYPE)
@@ -418,7 +421,7 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, N_DRAWS: int,
     split = _split_step(grad_, noise_, D, N_DRAWS, N_CALLS, L, ZERO)
     kernel = _block_kernel(record, fused, split, _bound_check(D, L, ZERO), rng.fill_lanes(dtype),
                            D <= config.FUSE_MAX_DIM, FTYPE, D, N_DRAWS, N_PARAMS, N_CALLS, L)
-    disp = numba.njit(parallel=True, error_model="numpy")(unique(kernel))
+    disp = numba.njit(nogil=True, error_model="numpy")(unique(kernel))
     enable_disk_cache(disp, key)
     return disp
 
@@ -444,9 +447,11 @@ def run(spec) -> EngineOutput:
     kernel = get_kernel(spec.problem, spec.user_funcs, dtype, spec.n_calls)
     out = EngineOutput.allocate(spec)
     cast = lambda a: np.ascontiguousarray(a, dtype=ft)
-    kernel(cast(spec.x0), cast(spec.m0), spec.problem.params, ft(spec.sigma), cast(spec.A),
-           cast(spec.B), cast(spec.G), spec.record, spec.codes, spec.k0, spec.k1,
-           spec.path_offset, spec.paths, spec.problem.draw_kind, ft(spec.r1), ft(spec.r2),
-           ft(spec.bound), out.block_stats, out.block_diff, out.block_bad,
-           out.x_final, out.m_final, out.div_step, out.states, spec.store_states)
+    n_blocks = (spec.paths + BLOCK - 1) // BLOCK
+    run_ranges(kernel, n_blocks, cast(spec.x0), cast(spec.m0), spec.problem.params,
+               ft(spec.sigma), cast(spec.A), cast(spec.B), cast(spec.G), spec.record, spec.codes,
+               spec.k0, spec.k1, spec.path_offset, spec.paths, spec.problem.draw_kind,
+               ft(spec.r1), ft(spec.r2), ft(spec.bound), out.block_stats, out.block_diff,
+               out.block_bad, out.x_final, out.m_final, out.div_step, out.states,
+               spec.store_states)
     return out

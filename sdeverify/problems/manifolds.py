@@ -391,6 +391,25 @@ class Valley(ManifoldProblem):
             else eta ** 2 * sigma ** 2 * a * K
         return mean, var
 
+    def ou_euler_moments_scheduled(self, x0: float, dt: float, lam: ArrayLike,
+                                   sigma: float) -> tuple[float, float]:
+        """Exact mean and variance after ``len(lam)`` Euler steps of size ``dt`` of the OU
+        slow SDE under a learning-rate schedule λ_k (Thm 5.5 with η_t = λ_t η: drift λ²,
+        diffusion λ): X_{k+1} = ρ_k X_k + λ_k σ√(a dt) ξ_k, ρ_k = 1 − θ λ_k² dt, so
+        mean_{k+1} = ρ_k mean_k and var_{k+1} = ρ_k² var_k + λ_k² σ² a dt (a plain
+        recursion, independent of the integrators it is compared with)."""
+        c = self.label_noise_ou()
+        if c is None:
+            raise ValueError("ou_euler_moments_scheduled needs h = 1 + q x², s_y² = c·h and "
+                             "constant s_x²")
+        cc, q, a = c
+        theta = cc * q * self.m * sigma ** 2 / 2.0
+        mean, var = float(x0), 0.0
+        for lk in np.asarray(lam, dtype=np.float64).ravel():
+            rho = 1.0 - theta * lk * lk * dt
+            mean, var = rho * mean, rho * rho * var + lk * lk * sigma ** 2 * a * dt
+        return mean, var
+
 
 # --------------------------------------------------------------------------------------------
 # Sphere: L(x) = ¼ (‖x‖² − 1)²

@@ -15,10 +15,13 @@ All S steps of all models run inside one call: no Python per step.
 Parallelism: models (replica × optimizer) are independent, so the cores split the models
 (a static split: results are bitwise the same for any thread count) and each runs its
 models' whole step loop, with OpenBLAS held to one thread meanwhile
-(:mod:`sdeverify.train.blas_threads`).  A batch of at least ``Trainer.parts`` (2) blocks is
-split in that many parts whose gradients are added in a fixed order; with fewer models than
-cores, the parts of each model's batch run on different cores (one parallel region per
-step, :func:`_train_parts`) — the same results as one after the other.  Smaller batches of
+(:mod:`sdeverify.train.blas_threads`).  The kernels are compiled ``nogil`` and take the
+range of chunks they do; :func:`sdeverify.threads.run_ranges` runs the chunks on threads
+(Numba's ``parallel=True`` would roughly double their compile time).  A batch of at least
+``Trainer.parts`` (2) blocks is split in that many parts whose gradients are added in a
+fixed order; with fewer models than cores, the parts of each model's batch run on
+different cores (per step: the parts on the threads, then the ordered sums and updates,
+:func:`_train_parts`) — the same results as one after the other.  Smaller batches of
 fewer models than cores run on one thread with BLAS's own threads (as do ``evaluate`` and
 ``gradients`` then).
 """
@@ -30,6 +33,7 @@ import numba
 import numpy as np
 
 from .blas import gemm
+from ..threads import run_ranges
 from .blas_threads import single_threaded
 from .models import ACTIVATIONS, LOSSES, MLP
 from .reference import HostTrainer
@@ -206,17 +210,18 @@ def _grad(X, y, rows, w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g, gk
     return tot
 
 
-@numba.njit(parallel=True, **_JIT)
+@numba.njit(**_JIT)
 def _train(X, y, idx0, idx1, slots, W, Mom, a, b, gamma, r0, r1, wd, R, sizes, w_off, b_off,
-           act, loss_kind, out_loss, T, rb, K):
-    """All S steps of all models; models are independent, so each of the T threads runs
-    the whole step loop for its chunk of models (one parallel region per call)."""
+           act, loss_kind, out_loss, T, rb, K, t_lo, t_hi):
+    """All S steps of the models of chunks ``t_lo ≤ t < t_hi`` of T; models are
+    independent, so each thread runs the whole step loop for its chunk of models (the
+    caller runs the T chunks on T threads, :func:`sdeverify.threads.run_ranges`)."""
     S, _, B = idx0.shape
     M, P = W.shape
     maxw = np.max(sizes)
     two = slots == 2 and r1 != 0.0
     nb = min(B, rb)
-    for t in numba.prange(T):
+    for t in range(t_lo, t_hi):
         buf = np.empty(_work_size(sizes, nb), dtype=W.dtype)
         d1 = np.empty(nb * maxw, dtype=W.dtype)
         d2 = np.empty(nb * maxw, dtype=W.dtype)
@@ -237,50 +242,69 @@ def _train(X, y, idx0, idx1, slots, W, Mom, a, b, gamma, r0, r1, wd, R, sizes, w
                 _update(w, Mom[m], g0, g1, two, r0, r1, wd, a[j, s], b[j, s], gamma[j, s])
 
 
-@numba.njit(parallel=True, **_JIT)
 def _train_parts(X, y, idx0, idx1, slots, W, Mom, a, b, gamma, r0, r1, wd, R, sizes, w_off, b_off,
                  act, loss_kind, out_loss, T, rb, K):
     """:func:`_train` with the K parts of each model's batch on different threads (for fewer
-    models than cores): one parallel region per step, then the ordered sums and updates.
-    Bitwise the same results as :func:`_train` with the same K."""
+    models than cores): per step, the parts' gradients on T threads (:func:`_parts_grads`),
+    then the ordered sums and updates (:func:`_parts_update`).  Bitwise the same results as
+    :func:`_train` with the same K."""
     S, _, B = idx0.shape
     M, P = W.shape
-    maxw = np.max(sizes)
     two = slots == 2 and r1 != 0.0
-    nb = min(B, rb)
     N = M * K
     G0 = np.empty((N, P), dtype=W.dtype)
     G1 = np.empty((N if two else 1, P), dtype=W.dtype)
     part = np.empty(N)
-    scale = 1.0 / B
     for s in range(S):
-        for t in numba.prange(T):
-            buf = np.empty(_work_size(sizes, nb), dtype=W.dtype)
-            d1 = np.empty(nb * maxw, dtype=W.dtype)
-            d2 = np.empty(nb * maxw, dtype=W.dtype)
-            i0, i1 = _chunk(t, T, N)
-            for it in range(i0, i1):
-                m, k = it // K, it % K
-                rr = m % R
-                for slot in range(2 if two else 1):
-                    tot, _ = _pass(X, y, _half(idx0[s, rr] if slot == 0 else idx1[s, rr], k, K), W[m], sizes,
-                                   w_off, b_off, act, loss_kind, buf, d1, d2, G0[it] if slot == 0 else G1[it],
-                                   True, rb, scale)
-                    if slot == 0:
-                        part[it] = tot
-        for m in range(M):
-            j = m // R
-            g0, g1 = G0[m * K], G1[m * K if two else 0]
-            tot = part[m * K]
-            for k in range(1, K):
-                tot += part[m * K + k]
+        run_ranges(_parts_grads, T, X, y, idx0[s], idx1[s], two, W, sizes, w_off, b_off, act,
+                   loss_kind, G0, G1, part, R, T, rb, K, threads=T, per_thread=1)
+        _parts_update(W, Mom, G0, G1, part, two, r0, r1, wd, a[:, s], b[:, s], gamma[:, s], R, K,
+                      out_loss[s], B)
+
+
+@numba.njit(**_JIT)
+def _parts_grads(X, y, idx0, idx1, two, W, sizes, w_off, b_off, act, loss_kind, G0, G1, part,
+                 R, T, rb, K, t_lo, t_hi):
+    """One step's gradients of the parts (model m, part k) of chunks ``t_lo ≤ t < t_hi``
+    of T: into rows ``m·K + k`` of G0 (and G1, SVAG's second batch), loss sums into part."""
+    B = idx0.shape[1]
+    maxw = np.max(sizes)
+    nb = min(B, rb)
+    N = W.shape[0] * K
+    scale = 1.0 / B
+    for t in range(t_lo, t_hi):
+        buf = np.empty(_work_size(sizes, nb), dtype=W.dtype)
+        d1 = np.empty(nb * maxw, dtype=W.dtype)
+        d2 = np.empty(nb * maxw, dtype=W.dtype)
+        i0, i1 = _chunk(t, T, N)
+        for it in range(i0, i1):
+            m, k = it // K, it % K
+            rr = m % R
+            for slot in range(2 if two else 1):
+                tot, _ = _pass(X, y, _half(idx0[rr] if slot == 0 else idx1[rr], k, K), W[m], sizes,
+                               w_off, b_off, act, loss_kind, buf, d1, d2, G0[it] if slot == 0 else G1[it],
+                               True, rb, scale)
+                if slot == 0:
+                    part[it] = tot
+
+
+@numba.njit(**_JIT)
+def _parts_update(W, Mom, G0, G1, part, two, r0, r1, wd, a, b, gamma, R, K, out_loss, B):
+    """One step's ordered sums of the K parts of each model and its update."""
+    M, P = W.shape
+    for m in range(M):
+        j = m // R
+        g0, g1 = G0[m * K], G1[m * K if two else 0]
+        tot = part[m * K]
+        for k in range(1, K):
+            tot += part[m * K + k]
+            for p in range(P):
+                g0[p] += G0[m * K + k, p]
+            if two:
                 for p in range(P):
-                    g0[p] += G0[m * K + k, p]
-                if two:
-                    for p in range(P):
-                        g1[p] += G1[m * K + k, p]
-            out_loss[s, m] = tot / B
-            _update(W[m], Mom[m], g0, g1, two, r0, r1, wd, a[j, s], b[j, s], gamma[j, s])
+                    g1[p] += G1[m * K + k, p]
+        out_loss[m] = tot / B
+        _update(W[m], Mom[m], g0, g1, two, r0, r1, wd, a[j], b[j], gamma[j])
 
 
 @numba.njit(**_JIT)
@@ -296,12 +320,14 @@ def _update(w, mom, g0, g1, two, r0, r1, wd, aa, bb, gg):
         w[p] = w[p] - gg * mp
 
 
-@numba.njit(parallel=True, **_JIT)
-def _evaluate(X, y, W, sizes, w_off, b_off, act, loss_kind, chunk, loss_sum, correct, T, rb):
+@numba.njit(**_JIT)
+def _evaluate(X, y, W, sizes, w_off, b_off, act, loss_kind, chunk, loss_sum, correct, T, rb,
+              t_lo, t_hi):
+    """Loss sums and correct counts of the models of chunks ``t_lo ≤ t < t_hi`` of T."""
     n = X.shape[0]
     M, P = W.shape
     maxw = np.max(sizes)
-    for t in numba.prange(T):
+    for t in range(t_lo, t_hi):
         buf = np.empty(_work_size(sizes, min(chunk, rb)), dtype=W.dtype)
         d1 = np.empty(min(chunk, rb) * maxw, dtype=W.dtype)
         g = np.empty(1, dtype=W.dtype)
@@ -315,12 +341,13 @@ def _evaluate(X, y, W, sizes, w_off, b_off, act, loss_kind, chunk, loss_sum, cor
                 correct[m] += cor
 
 
-@numba.njit(parallel=True, **_JIT)
-def _gradients(X, y, W, sizes, w_off, b_off, act, loss_kind, wd, G, T, rb):
+@numba.njit(**_JIT)
+def _gradients(X, y, W, sizes, w_off, b_off, act, loss_kind, wd, G, T, rb, t_lo, t_hi):
+    """Full-batch gradients (+ weight decay) of the models of chunks ``t_lo ≤ t < t_hi`` of T."""
     n = X.shape[0]
     M, P = W.shape
     maxw = np.max(sizes)
-    for t in numba.prange(T):
+    for t in range(t_lo, t_hi):
         nb = min(n, rb)
         buf = np.empty(_work_size(sizes, nb), dtype=W.dtype)
         d1 = np.empty(nb * maxw, dtype=W.dtype)
@@ -376,12 +403,16 @@ class Trainer(HostTrainer):
             kernel, blas = _train_parts, single_threaded()
         else:
             kernel, (T, blas) = _train, _threads(M)
+        args = (self.X, self.y, np.ascontiguousarray(idx[0]), np.ascontiguousarray(idx1), len(idx),
+                self.W, self.Mom, np.ascontiguousarray(a, dtype=self.dtype),
+                np.ascontiguousarray(b, dtype=self.dtype), np.ascontiguousarray(gamma, dtype=self.dtype),
+                t(r[0]), t(r[1] if len(r) > 1 else 0.0), t(self.model.weight_decay), self.R,
+                self.sizes, self.w_off, self.b_off, self.act, self.loss_kind, out, T, rb, K)
         with blas:
-            kernel(self.X, self.y, np.ascontiguousarray(idx[0]), np.ascontiguousarray(idx1), len(idx),
-                   self.W, self.Mom, np.ascontiguousarray(a, dtype=self.dtype),
-                   np.ascontiguousarray(b, dtype=self.dtype), np.ascontiguousarray(gamma, dtype=self.dtype),
-                   t(r[0]), t(r[1] if len(r) > 1 else 0.0), t(self.model.weight_decay), self.R,
-                   self.sizes, self.w_off, self.b_off, self.act, self.loss_kind, out, T, rb, K)
+            if kernel is _train_parts:
+                _train_parts(*args)
+            else:
+                run_ranges(_train, T, *args, threads=T, per_thread=1)
         return out
 
     def evaluate(self, X, y, chunk: int = 1024):
@@ -389,9 +420,10 @@ class Trainer(HostTrainer):
         loss_sum, correct = np.zeros(M), np.zeros(M)
         T, blas = _threads(M)
         with blas:
-            _evaluate(np.ascontiguousarray(X, dtype=self.dtype), np.ascontiguousarray(y, dtype=np.int64),
-                      self.W, self.sizes, self.w_off, self.b_off, self.act, self.loss_kind,
-                      min(chunk, len(X)), loss_sum, correct, T, self.rows_per_block)
+            run_ranges(_evaluate, T, np.ascontiguousarray(X, dtype=self.dtype),
+                       np.ascontiguousarray(y, dtype=np.int64), self.W, self.sizes, self.w_off,
+                       self.b_off, self.act, self.loss_kind, min(chunk, len(X)), loss_sum, correct,
+                       T, self.rows_per_block, threads=T, per_thread=1)
         return loss_sum, correct
 
     def gradients(self, W, X, y):
@@ -399,7 +431,8 @@ class Trainer(HostTrainer):
         G = np.empty_like(W)
         T, blas = _threads(W.shape[0])
         with blas:
-            _gradients(np.ascontiguousarray(X, dtype=self.dtype), np.ascontiguousarray(y, dtype=np.int64),
-                       W, self.sizes, self.w_off, self.b_off, self.act, self.loss_kind,
-                       self.dtype.type(self.model.weight_decay), G, T, self.rows_per_block)
+            run_ranges(_gradients, T, np.ascontiguousarray(X, dtype=self.dtype),
+                       np.ascontiguousarray(y, dtype=np.int64), W, self.sizes, self.w_off,
+                       self.b_off, self.act, self.loss_kind, self.dtype.type(self.model.weight_decay),
+                       G, T, self.rows_per_block, threads=T, per_thread=1)
         return G
