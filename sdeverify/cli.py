@@ -202,6 +202,27 @@ def cmd_run(args) -> int:
     return 0 if res.passed else 1
 
 
+def _entry(name: str, res, fig) -> dict:
+    """The summary entry (plus the table rows) of a finished check."""
+    return {"name": name, "passed": res.passed, "wall_time": res.meta.get("wall_time"),
+            "figure": str(fig) if fig else None, "verdicts": [v.as_dict() for v in res.verdicts],
+            "rows": _verdict_rows(res)}
+
+
+def _jobs_of(args, n_checks: int, client) -> int:
+    """Worker processes for ``check``: ``--jobs`` (0 = one per core), 1 on a Dask cluster."""
+    from .check_jobs import default_jobs
+    jobs = getattr(args, "jobs", None)
+    if jobs is not None and jobs < 0:
+        raise ValueError(f"--jobs must be >= 0 (0: one per core), got {jobs}")
+    if client is not None:
+        if jobs not in (None, 0, 1):
+            raise ValueError("--jobs runs checks in local processes; with --workers/--scheduler "
+                             "the cluster runs them: leave --jobs out")
+        return 1
+    return default_jobs(n_checks) if not jobs else min(jobs, max(1, n_checks))
+
+
 def cmd_check(args) -> int:
     from . import experiments
     from .result import atomic_write_text, jsonable
@@ -217,38 +238,65 @@ def cmd_check(args) -> int:
         names = [n for n in names if n in wanted]
     out = _writable_folder("--out", args.out)
     _check_backend(args.backend)
+    jobs = _jobs_of(args, len(names), getattr(args, "cluster", None))
     client = _start_cluster(args)
-    rows, summary, t0 = [], [], time.perf_counter()
-    for i, name in enumerate(names):
-        res = _reusable(name, size, args.seed, out) if args.resume else None
-        if res is not None:
-            print(f"[{i + 1}/{len(names)}] {name} ({size}): reusing {out / name}.json", file=sys.stderr,
-                  flush=True)
-            fig = out / f"{name}.png"
-            if not fig.exists():
-                fig = experiments.get(name).plot(res, fig)
-        else:
-            print(f"[{i + 1}/{len(names)}] {name} ({size}) ...", file=sys.stderr, flush=True)
-        try:
-            if res is None:
-                res, fig = _run_one(name, size, args.seed, out, args.quiet, backend=args.backend,
-                                    cluster=client, resume=args.resume)
-        except Exception as exc:  # a crashing check is a failed check, reported, not hidden
-            rows.append([name, "-", "-", f"ERROR: {type(exc).__name__}: {exc}", "FAIL"])
-            summary.append({"name": name, "passed": False, "error": f"{type(exc).__name__}: {exc}"})
-            continue
-        rows += _verdict_rows(res)
-        summary.append({"name": name, "passed": res.passed, "wall_time": res.meta.get("wall_time"),
-                        "figure": str(fig) if fig else None,
-                        "verdicts": [v.as_dict() for v in res.verdicts]})
+    entries: dict[int, dict] = {}
+    t0 = time.perf_counter()
+
+    def record(i: int, entry: dict) -> None:
+        entries[i] = entry
         # the summary is rewritten after each check: an interrupted run keeps what finished
         atomic_write_text(out / "summary.json", json.dumps(
-            {"size": size, "seed": args.seed, "checks": summary, "complete": False}, indent=1, default=jsonable))
+            {"size": size, "seed": args.seed, "complete": False,
+             "checks": [{k: v for k, v in entries[j].items() if k != "rows"} for j in sorted(entries)]},
+            indent=1, default=jsonable))
+
+    todo = []
+    for i, name in enumerate(names):
+        res = _reusable(name, size, args.seed, out) if args.resume else None
+        if res is None:
+            todo.append(i)
+            continue
+        print(f"[{i + 1}/{len(names)}] {name} ({size}): reusing {out / name}.json", file=sys.stderr,
+              flush=True)
+        fig = out / f"{name}.png"
+        if not fig.exists():
+            fig = experiments.get(name).plot(res, fig)
+        record(i, _entry(name, res, fig))
+    if jobs > 1 and len(todo) > 1:
+        from .check_jobs import describe, run_checks
+        jobs = min(jobs, len(todo))
+        print(f"running {len(todo)} checks ({size}) on {describe(jobs)}", file=sys.stderr, flush=True)
+
+        def done(k: int, entry: dict) -> None:
+            i = todo[k]
+            state = "ERROR" if entry.get("error") else ("PASS" if entry["passed"] else "FAIL")
+            took = f" in {entry['wall_time']:.1f} s" if entry.get("wall_time") else ""
+            print(f"[{len(entries) + 1}/{len(names)}] {names[i]} ({size}): {state}{took}",
+                  file=sys.stderr, flush=True)
+            record(i, entry)
+        run_checks([names[i] for i in todo], size, args.seed, out, jobs, args.backend, done)
+    else:
+        for i in todo:
+            name = names[i]
+            print(f"[{i + 1}/{len(names)}] {name} ({size}) ...", file=sys.stderr, flush=True)
+            try:
+                res, fig = _run_one(name, size, args.seed, out, args.quiet, backend=args.backend,
+                                    cluster=client, resume=args.resume)
+            except Exception as exc:  # a crashing check is a failed check, reported, not hidden
+                record(i, {"name": name, "passed": False, "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            record(i, _entry(name, res, fig))
     wall = time.perf_counter() - t0
-    passed = all(s["passed"] for s in summary)
+    summary = [entries[i] for i in sorted(entries)]
+    rows = []
+    for e in summary:
+        rows += e.get("rows") or [[e["name"], "-", "-", f"ERROR: {e['error']}", "FAIL"]]
+    passed = all(e["passed"] for e in summary)
     atomic_write_text(out / "summary.json", json.dumps(
-        {"size": size, "seed": args.seed, "checks": summary, "complete": True,
-         "passed": passed, "wall_time": wall}, indent=1, default=jsonable))
+        {"size": size, "seed": args.seed, "complete": True, "passed": passed, "wall_time": wall,
+         "jobs": jobs, "checks": [{k: v for k, v in e.items() if k != "rows"} for e in summary]},
+        indent=1, default=jsonable))
     _print_table(rows)
     n_pass = sum(r[-1] == "PASS" for r in rows)
     report = _write_report(out)
@@ -416,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--full", action="store_true", help="paper-quality sizes")
     g.add_argument("--smoke", action="store_true", help="seconds per check (CI)")
     c.add_argument("--only", default=None, help="comma list of check names")
+    c.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="run the checks in N worker processes on this machine (default: one "
+                        "per core, at most 4; 1: one after the other in this process)")
     c.add_argument("--out", default="sdeverify-out", help="output folder (default sdeverify-out)")
     c.add_argument("--seed", type=int, default=0, help="seed of the random streams (default 0)")
     c.add_argument("--resume", action="store_true",

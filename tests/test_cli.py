@@ -71,6 +71,28 @@ def test_check_resume_reuses_finished_results(tmp_path, capsys):
     assert "reusing" not in capsys.readouterr().err
 
 
+def test_check_jobs_gives_the_serial_verdicts(tmp_path, capsys):
+    """`check --jobs 2` runs the checks in two worker processes: the same verdicts, bitwise,
+    as one after the other in this process."""
+    argv = ["check", "--smoke", "--only", "descent_lemma,variance_reduction", "--quiet"]
+    assert main(argv + ["--jobs", "1", "--out", str(tmp_path / "serial")]) == 0
+    assert main(argv + ["--jobs", "2", "--out", str(tmp_path / "par")]) == 0
+    assert "2 worker processes" in capsys.readouterr().err
+    s, p = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("serial", "par"))
+    assert (s["jobs"], p["jobs"]) == (1, 2) and p["complete"]
+    assert [c["name"] for c in p["checks"]] == ["descent_lemma", "variance_reduction"]
+    assert [c["verdicts"] for c in p["checks"]] == [c["verdicts"] for c in s["checks"]]
+
+
+def test_check_jobs_reports_a_check_that_fails_in_its_worker(tmp_path):
+    from sdeverify.check_jobs import run_checks
+    got = {}
+    run_checks(["descent_lemma", "no_such_check"], "smoke", 0, tmp_path, 2, "cpu",
+               lambda i, e: got.__setitem__(i, e))
+    assert got[0]["passed"] and got[0]["rows"]
+    assert not got[1]["passed"] and "no_such_check" in got[1]["error"]
+
+
 def _one_line_error(capsys, argv):
     try:
         rc = main(argv)
@@ -81,7 +103,7 @@ def _one_line_error(capsys, argv):
     return rc, lines, err
 
 
-def test_every_bad_flag_exits_2_with_one_line_and_no_traceback(capsys):
+def test_every_bad_flag_exits_2_with_one_line_and_no_traceback(capsys, tmp_path):
     """`--paths 0` used to end in an IndexError traceback."""
     for flags, word in [(["--paths", "0"], "--paths"), (["--steps", "-1"], "--steps"),
                         (["--dim", "0"], "--dim"), (["--record", "0"], "--record"),
@@ -96,7 +118,9 @@ def test_every_bad_flag_exits_2_with_one_line_and_no_traceback(capsys):
         assert rc == 2 and len(lines) == 1 and word in lines[0], (flags, err)
         assert "Traceback" not in err
     for argv, word in [(["check", "--only", "nope"], "nope"), (["check", "--only", ""], "--only"),
-                       (["check", "--seed", "-2"], "--seed"), (["run", "nope"], "nope")]:
+                       (["check", "--seed", "-2"], "--seed"), (["run", "nope"], "nope"),
+                       (["check", "--jobs", "-1", "--out", str(tmp_path)], "--jobs"),
+                       (["check", "--jobs", "2", "--workers", "2", "--out", str(tmp_path)], "--jobs")]:
         rc, lines, err = _one_line_error(capsys, argv)
         assert rc == 2 and len(lines) == 1 and word in lines[0], (argv, err)
 

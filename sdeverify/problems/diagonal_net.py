@@ -113,6 +113,35 @@ def dn_sharpness(x, p):
 
 
 @numba.njit(cache=True)
+def _cholesky_solve(J, b, x):
+    """x = J⁻¹ b for a symmetric positive definite J (n × n), by Cholesky in place of J
+    (J = A diag(h) Aᵀ with h > 0 and A of full row rank).  A few lines instead of
+    ``np.linalg.solve``, whose LAPACK binding costs seconds of compilation."""
+    n = b.shape[0]
+    for j in range(n):
+        d = J[j, j]
+        for k in range(j):
+            d -= J[j, k] * J[j, k]
+        d = np.sqrt(d)
+        J[j, j] = d
+        for i in range(j + 1, n):
+            acc = J[i, j]
+            for k in range(j):
+                acc -= J[i, k] * J[j, k]
+            J[i, j] = acc / d
+    for i in range(n):                       # L y = b
+        acc = b[i]
+        for k in range(i):
+            acc -= J[i, k] * x[k]
+        x[i] = acc / J[i, i]
+    for i in range(n - 1, -1, -1):           # Lᵀ x = y
+        acc = x[i]
+        for k in range(i + 1, n):
+            acc -= J[k, i] * x[k]
+        x[i] = acc / J[i, i]
+
+
+@numba.njit(cache=True)
 def dn_project(X, p, tol, max_iter, out):
     """Φ for a batch X (N, 2D): damped Newton on the concave dual potential
     Ψ(q) = −(n/4) Σ_i (u_i² e^{−s_i} + v_i² e^{s_i}) − yᵀq, s = 4Aᵀq/n (module docstring);
@@ -131,6 +160,7 @@ def dn_project(X, p, tol, max_iter, out):
     F = np.zeros(n)
     Jq = np.zeros((n, n))
     hd = np.zeros(D)
+    dq = np.zeros(n)
     for r in range(X.shape[0]):
         u2 = X[r, :D] ** 2
         v2 = X[r, D:] ** 2
@@ -155,7 +185,7 @@ def dn_project(X, p, tol, max_iter, out):
                     for i in range(D):
                         acc += A[j, i] * hd[i] * A[k, i]
                     Jq[j, k] = acc
-            dq = np.linalg.solve(Jq, F)
+            _cholesky_solve(Jq, F, dq)
             slope = 0.0
             for j in range(n):
                 slope += F[j] * dq[j]

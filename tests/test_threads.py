@@ -1,0 +1,42 @@
+"""sdeverify.threads: ranges cover every item once, on the requested threads, errors surface."""
+import threading
+
+import numpy as np
+import pytest
+
+from sdeverify.threads import run_ranges
+
+
+@pytest.mark.parametrize("n_items, threads", [(1, 2), (7, 2), (64, 2), (5, 8), (100, 3)])
+def test_ranges_cover_every_item_exactly_once(n_items, threads):
+    hits = np.zeros(n_items, dtype=int)
+    names = set()
+    lock = threading.Lock()
+
+    def kernel(out, lo, hi):
+        with lock:
+            names.add(threading.current_thread().name)
+        out[lo:hi] += 1
+    run_ranges(kernel, n_items, hits, threads=threads)
+    assert (hits == 1).all()
+    assert len(names) <= min(threads, n_items)
+
+
+def test_one_thread_runs_in_the_caller():
+    seen = []
+    run_ranges(lambda lo, hi: seen.append((threading.current_thread(), lo, hi)), 10, threads=1)
+    assert seen == [(threading.current_thread(), 0, 10)]
+    run_ranges(lambda lo, hi: seen.append("never"), 0, threads=2)
+    assert len(seen) == 1
+
+
+def test_an_error_in_a_range_is_raised_after_all_finish():
+    done = []
+
+    def kernel(lo, hi):
+        if lo == 0:
+            raise ZeroDivisionError("range 0")
+        done.append(lo)
+    with pytest.raises(ZeroDivisionError, match="range 0"):
+        run_ranges(kernel, 8, threads=2)
+    assert sorted(done) == [1, 2, 3, 4, 5, 6, 7]
