@@ -40,3 +40,20 @@ def test_an_error_in_a_range_is_raised_after_all_finish():
     with pytest.raises(ZeroDivisionError, match="range 0"):
         run_ranges(kernel, 8, threads=2)
     assert sorted(done) == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_check_workers_get_one_blas_and_numba_thread_each(monkeypatch):
+    """Worker processes of `check --jobs` start with the thread variables set (an OpenBLAS of
+    its own per worker slowed a trained-network check fivefold); the parent's are restored."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from sdeverify import check_jobs
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "7")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        with check_jobs._child_threads(1):
+            fut = pool.submit(os.environ.get, "OPENBLAS_NUM_THREADS")
+        assert fut.result() == "1"
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "7" and "MKL_NUM_THREADS" not in os.environ
