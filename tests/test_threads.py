@@ -54,6 +54,6 @@ def test_check_workers_get_one_blas_and_numba_thread_each(monkeypatch):
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
         with check_jobs._child_threads(1):
-            fut = pool.submit(os.environ.get, "OPENBLAS_NUM_THREADS")
+            fut = pool.submit(os.getenv, "OPENBLAS_NUM_THREADS")
         assert fut.result() == "1"
     assert os.environ["OPENBLAS_NUM_THREADS"] == "7" and "MKL_NUM_THREADS" not in os.environ
