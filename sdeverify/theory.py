@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numba
 import numpy as np
 from numpy.typing import ArrayLike
 
@@ -78,31 +79,74 @@ def quadratic_moments(problem: Quadratic, optimizer: Any, x0: ArrayLike, *, step
     coef = optimizer.coefficients(steps, d)
     H, S = problem.hessian, problem.noise_sqrt
     g0 = problem.linear - H @ problem.center   # gradient at x = 0
-    I = np.eye(d)
     SS = sigma ** 2 * (S @ S.T)
-    mean = np.empty((steps + 1, d))
-    cov = np.empty((steps + 1, d, d))
-    z = np.concatenate([np.asarray(x0, dtype=np.float64), coef.m0])
-    C = np.zeros((2 * d, 2 * d))
-    mean[0], cov[0] = z[:d], C[:d, :d]
-    M = np.zeros((2 * d, 2 * d))
-    u = np.empty(2 * d)
-    NN = np.empty((2 * d, 2 * d))
-    for k in range(steps):
-        a, b, gam = coef.a[k], coef.b[k], coef.gamma[k]
-        M[:d, :d] = I - gam * b * H
-        M[:d, d:] = -gam * a * I
-        M[d:, :d] = b * H
-        M[d:, d:] = a * I
-        u[:d], u[d:] = -gam * b * g0, b * g0
-        bb = b * b
-        NN[:d, :d] = gam * gam * bb * SS
-        NN[:d, d:] = NN[d:, :d] = -gam * bb * SS
-        NN[d:, d:] = bb * SS
-        z = M @ z + u
-        C = M @ C @ M.T + NN
-        mean[k + 1], cov[k + 1] = z[:d], C[:d, :d]
+    z0 = np.concatenate([np.asarray(x0, dtype=np.float64), coef.m0])
+    f = lambda v: np.ascontiguousarray(v, dtype=np.float64)
+    mean, cov = _moment_recursion(f(coef.a[:steps]), f(coef.b[:steps]), f(coef.gamma[:steps]),
+                                  f(H), f(g0), f(SS), f(z0))
     return Moments(mean, cov)
+
+
+@numba.njit(cache=True)
+def _moment_recursion(a, b, gamma, H, g0, SS, z0):
+    """The recursion of :func:`quadratic_moments` for z = (x, m) ∈ R^{2d}, in plain loops:
+    E z' = M_k E z + u_k, Cov z' = M_k Cov z M_kᵀ + N_k N_kᵀ with
+    M_k = [[I − γ_k b_k H, −γ_k a_k I], [b_k H, a_k I]], u_k = (−γ_k b_k g₀, b_k g₀) and
+    N_k N_kᵀ = b_k² [[γ_k² Σ, −γ_k Σ], [−γ_k Σ, Σ]] (Σ = σ² S Sᵀ).  Returns the mean
+    (K + 1, d) and covariance (K + 1, d, d) of x_0 … x_K."""
+    d = H.shape[0]
+    n = 2 * d
+    steps = a.shape[0]
+    mean = np.empty((steps + 1, d))
+    cov = np.zeros((steps + 1, d, d))
+    z = np.empty(n)
+    for i in range(n):
+        z[i] = z0[i]
+    zn = np.empty(n)
+    C = np.zeros((n, n))
+    M = np.zeros((n, n))
+    T = np.empty((n, n))
+    u = np.empty(n)
+    for i in range(d):
+        mean[0, i] = z[i]
+    for k in range(steps):
+        ak, bk, gk = a[k], b[k], gamma[k]
+        for i in range(d):
+            for j in range(d):
+                eye = 1.0 if i == j else 0.0
+                M[i, j] = eye - gk * bk * H[i, j]
+                M[i, d + j] = -gk * ak * eye
+                M[d + i, j] = bk * H[i, j]
+                M[d + i, d + j] = ak * eye
+            u[i] = -gk * bk * g0[i]
+            u[d + i] = bk * g0[i]
+        for i in range(n):
+            acc = u[i]
+            for j in range(n):
+                acc += M[i, j] * z[j]
+            zn[i] = acc
+        for i in range(n):
+            z[i] = zn[i]
+        for i in range(n):                    # T = M C
+            for j in range(n):
+                acc = 0.0
+                for l in range(n):
+                    acc += M[i, l] * C[l, j]
+                T[i, j] = acc
+        bb = bk * bk
+        for i in range(n):                    # C = T Mᵀ + N Nᵀ
+            for j in range(n):
+                acc = 0.0
+                for l in range(n):
+                    acc += T[i, l] * M[j, l]
+                si, sj = i % d, j % d
+                w = gk * gk if (i < d and j < d) else (-gk if (i < d) != (j < d) else 1.0)
+                C[i, j] = acc + bb * w * SS[si, sj]
+        for i in range(d):
+            mean[k + 1, i] = z[i]
+            for j in range(d):
+                cov[k + 1, i, j] = C[i, j]
+    return mean, cov
 
 
 # ---- Sec. 4.1: variance reduction with i.i.d. gradients (THEORY §5, derived) -------------
