@@ -161,12 +161,17 @@ def dn_project(X, p, tol, max_iter, out):
     Jq = np.zeros((n, n))
     hd = np.zeros(D)
     dq = np.zeros(n)
+    u2 = np.empty(D)
+    v2 = np.empty(D)
     for r in range(X.shape[0]):
-        u2 = X[r, :D] ** 2
-        v2 = X[r, D:] ** 2
-        q[:] = 0.0
-        s[:] = 0.0
-        psi = -0.25 * n * np.sum(u2 + v2)
+        psi = 0.0
+        for i in range(D):               # plain loops: slice expressions cost seconds to compile
+            u2[i] = X[r, i] * X[r, i]
+            v2[i] = X[r, D + i] * X[r, D + i]
+            psi -= 0.25 * n * (u2[i] + v2[i])
+            s[i] = 0.0
+        for j in range(n):
+            q[j] = 0.0
         for it in range(max_iter):
             fmax = 0.0
             for j in range(n):
@@ -206,8 +211,10 @@ def dn_project(X, p, tol, max_iter, out):
                 if psi2 >= psi + 0.25 * step * slope or step < 1e-12 or fmax < 1e-6 * ymax:
                     break
                 step *= 0.5
-            q[:] = q2
-            s[:] = s2
+            for j in range(n):
+                q[j] = q2[j]
+            for i in range(D):
+                s[i] = s2[i]
             psi = psi2
         for i in range(D):
             out[r, i] = X[r, i] * np.exp(-0.5 * s[i])
