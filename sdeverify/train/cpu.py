@@ -114,8 +114,10 @@ def _block(X, y, rows, w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g, n
     L = sizes.shape[0] - 1
     d0 = sizes[0]
     A0 = buf[0:nb * d0].reshape(nb, d0)
-    for i in range(nb):
-        A0[i, :] = X[rows[i], :]
+    for i in range(nb):          # plain loops: slice assignments cost seconds to compile
+        r = rows[i]
+        for c in range(d0):
+            A0[i, c] = X[r, c]
     a_off = np.empty(L + 1, dtype=np.int64)
     a_off[0] = 0
     off = nb * d0
@@ -147,7 +149,8 @@ def _block(X, y, rows, w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g, n
         beta = 0.0 if first else 1.0
         gb = g[b_off[L - 1]:b_off[L - 1] + C]
         if first:
-            gb[:] = 0.0
+            for c in range(C):
+                gb[c] = 0.0
         for i in range(nb):
             for c in range(C):
                 gb[c] += dZ[i, c]
@@ -163,7 +166,8 @@ def _block(X, y, rows, w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g, n
                 dA = other[0:nb * ni].reshape(nb, ni)
                 gb = g[b_off[l - 1]:b_off[l - 1] + ni]
                 if first:
-                    gb[:] = 0.0
+                    for c in range(ni):
+                        gb[c] = 0.0
                 if act == RELU:
                     for i in range(nb):
                         for c in range(ni):
