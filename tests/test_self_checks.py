@@ -179,3 +179,51 @@ def test_schedule_definitions_catch_an_off_by_one(monkeypatch):
     monkeypatch.setattr(schedules, "warmup", lambda lr, steps, w: np.roll(real(lr, steps, w), 1))
     bad = _failed(hb.schedule_verdicts(np.random.default_rng(1))[0])
     assert any("warmup" in c for c in bad) and any("cosine" not in c for c in bad)
+
+
+def test_gradient_consistency_catches_a_loss_off_by_a_factor(monkeypatch):
+    """Session 5's fresh planted bugs: a loss missing its ½ passed every check that reads
+    only gradients.  The instruments now compare grad with central differences of loss."""
+    import types
+    v, _ = ins.gradient_consistency_verdict(0)
+    assert v.passed
+    bad = types.SimpleNamespace(dim=3, gradient=lambda x: np.asarray(x), value=lambda x: float(x @ x))
+    monkeypatch.setattr(ins, "problem_zoo", lambda: {"x -> x.x with grad x": bad})
+    assert not ins.gradient_consistency_verdict(0)[0].passed
+
+
+def test_coverage_runs_see_the_sign_of_the_centre(monkeypatch):
+    """The instruments' quadratic has c, b != 0: exact moments that take b + Hc for b − Hc
+    (invisible at c = 0) lose their coverage."""
+    from sdeverify import theory
+    real = theory.quadratic_moments
+
+    def flipped(problem, opt, x0, *, steps, sigma):
+        q = type(problem)(problem.hessian, noise_cov=problem.noise_cov, center=-problem.center,
+                          linear=problem.linear)
+        return real(q, opt, x0, steps=steps, sigma=sigma)
+    monkeypatch.setattr(ins.theory, "quadratic_moments", flipped)
+    bad = ins.coverage_runs(100, 256, seed=1)
+    assert bad["x0"].mean() < 0.5 and bad["loss"].mean() < 0.5
+
+
+def test_resumed_heavy_ball_conversion_is_checked(monkeypatch):
+    """A conversion that forgets the dampening of a resumed buffer's first step (b_0 = 1 − τ)
+    passes every fresh-buffer comparison but not the resumed ones."""
+    real = hb.heavy_ball_to_sgdm
+    monkeypatch.setattr(hb, "heavy_ball_to_sgdm",
+                        lambda *a, buffer_empty=True, **k: real(*a, buffer_empty=True, **k))
+    bad = _failed(hb.reference_verdicts(CosineWell(2), 60, np.random.default_rng(0))[0])
+    assert bad and all("resumed" in c for c in bad)
+
+
+def test_sde_schedule_verdict_fails_when_lambda_is_dropped(monkeypatch):
+    from sdeverify.experiments import sde_limit as sl
+    from sdeverify.problems import Quadratic
+    p = dict(sl._DEFAULTS)
+    quad = Quadratic(np.array(p["quad_hessian"]), noise_cov=np.array(p["quad_noise"]),
+                     center=np.array(p["quad_center"]))
+    assert sl.schedule_verdict(quad, p)[0].passed
+    real = sl.sde.ou_moments
+    monkeypatch.setattr(sl.sde, "ou_moments", lambda *a, lam=1.0, **k: real(*a, **k))
+    assert not sl.schedule_verdict(quad, p)[0].passed

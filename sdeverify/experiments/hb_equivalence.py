@@ -46,8 +46,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import config
 from ..optim import SGD, SGDM, HeavyBall, heavy_ball_to_sgdm
-from ..problems import CosineWell
+from ..problems import SVAG, CosineWell
 from ..simulate import simulate
 
 from .base import (ExperimentResult, Progress, Value, Verdict, experiment, save_figure,
@@ -65,12 +66,15 @@ def _max_rel_dev(res) -> float:
     return float(np.max(np.abs(x[1] - x[0]) / (1.0 + np.abs(x[0]))))
 
 
-def torch_sgd_transcription(grad, x0, lr, momentum, dampening: float, steps: int) -> np.ndarray:
+def torch_sgd_transcription(grad, x0, lr, momentum, dampening: float, steps: int,
+                            buf0=None) -> np.ndarray:
     """Iterates x_0..x_K of ``torch.optim.SGD`` (no weight decay, no Nesterov) transcribed from
-    its documentation; ``lr``/``momentum`` are per-step arrays.  Independent of sdeverify.optim."""
+    its documentation; ``lr``/``momentum`` are per-step arrays; ``buf0`` the momentum buffer
+    of a resumed run (its optimizer state), None for a fresh optimizer.  Independent of
+    sdeverify.optim."""
     x = np.array(x0, dtype=np.float64)
     out = [x.copy()]
-    buf = None
+    buf = None if buf0 is None else np.array(buf0, dtype=np.float64)
     for k in range(steps):
         g = grad(x)
         if momentum[k] != 0.0:
@@ -141,6 +145,22 @@ def reference_verdicts(P, K: int, g: np.random.Generator) -> tuple[list, dict]:
         "engine SGD == transcribed Def 3.2 (random eta_k)":
             (_engine_path(P, SGD(eta_e), x0, K), ema_sgdm_transcription(grad, x0, eta_e, np.zeros(K), K)),
     }
+    # resumed runs (a non-empty torch buffer: b_0 = 1 - tau): a zero buffer with random mu_k
+    # (the conversion's c_0 = inf branch) and a non-zero buffer with constant mu (finite c_0)
+    zero = np.zeros(2)
+    eta_z, beta_z, _ = heavy_ball_to_sgdm(lr_t, mu_t, tau, steps=K, buffer_empty=False)
+    cases["engine HeavyBall and converted SGDM resumed from a zero buffer (random lr_k, mu_k, tau=0.3) "
+          "== transcribed torch.optim.SGD"] = (
+        np.concatenate([_engine_path(P, HeavyBall(lr_t, mu_t, tau, buffer=zero), x0, K),
+                        _engine_path(P, SGDM(eta_z, beta_z), x0, K)]),
+        np.concatenate([torch_sgd_transcription(grad, x0, lr_t, mu_t, tau, K, buf0=zero)] * 2))
+    u0 = np.array([0.4, -0.7])
+    eta_r, beta_r, c_r = heavy_ball_to_sgdm(lr_t, 0.9, tau, steps=K, buffer_empty=False)
+    cases["engine HeavyBall and converted SGDM resumed from a buffer u0 != 0 (mu=0.9, tau=0.3) "
+          "== transcribed torch.optim.SGD"] = (
+        np.concatenate([_engine_path(P, HeavyBall(lr_t, 0.9, tau, buffer=u0), x0, K),
+                        _engine_path(P, SGDM(eta_r, beta_r, m0=c_r[0] * u0), x0, K)]),
+        np.concatenate([torch_sgd_transcription(grad, x0, lr_t, np.full(K, 0.9), tau, K, buf0=u0)] * 2))
     real = torch_sgd_real(grad, x0, lr_t, mu_t, tau, K)
     if real is not None:
         cases["transcribed torch.optim.SGD == real torch.optim.SGD"] = (torch_ref, real)
@@ -156,15 +176,25 @@ def reference_verdicts(P, K: int, g: np.random.Generator) -> tuple[list, dict]:
 
 
 def backend_verdict(P) -> tuple[Verdict, float]:
-    """CPU engine == NumPy reference backend, with noise (module docstring)."""
+    """CPU engine == NumPy reference backend, with noise (module docstring): on ``P`` (the
+    kernel's fused step, d ≤ config.FUSE_MAX_DIM), on ``P`` under SVAG (two oracle calls per
+    step) and on a 10-d cosine well under SVAG (the split step for d > FUSE_MAX_DIM)."""
     opts = [SGD(0.05), SGDM(0.05, 0.9), HeavyBall(0.01, 0.8, 0.3)]
-    kw = dict(steps=50, paths=64, sigma=1.3, seed=3, record=np.arange(51), store_states=True)
-    a = simulate(P, opts, [1.0, -0.5], **kw)
-    b = simulate(P, opts, [1.0, -0.5], backend="numpy", **kw)
-    dev = _rel_dev(a.states, b.states)
-    return Verdict("CPU engine == NumPy reference backend (SGD, SGDM, HeavyBall; sigma = 1.3)",
+    cases = {"P": (P, 50), "P + SVAG(2)": (SVAG(P, 2.0), 50),
+             f"CosineWell(10) + SVAG(2), split step (d > {config.FUSE_MAX_DIM})": (SVAG(CosineWell(10), 2.0), 20)}
+    devs = {}
+    for name, (Q, steps) in cases.items():
+        x0 = np.linspace(1.0, -0.5, Q.dim)
+        kw = dict(steps=steps, paths=64, sigma=1.3, seed=3, record=np.arange(steps + 1), store_states=True)
+        a = simulate(Q, opts, x0, **kw)
+        b = simulate(Q, opts, x0, backend="numpy", **kw)
+        devs[name] = _rel_dev(a.states, b.states)
+    dev = max(devs.values())
+    return Verdict("CPU engine == NumPy reference backend (SGD, SGDM, HeavyBall; sigma = 1.3; "
+                   "one and two oracle calls, fused and split steps)",
                    "engine (method)", "identical paths (max rel. dev <= 1e-12)", Value(dev),
-                   dev <= 1e-12, "64 paths x 50 steps with noise, all states compared", 1e-12), dev
+                   dev <= 1e-12, "64 paths with noise, all states compared: "
+                   + "; ".join(f"{k}: {v:.1g}" for k, v in devs.items()), 1e-12), dev
 
 
 def schedule_references(g: np.random.Generator) -> dict:

@@ -47,6 +47,11 @@ larger than its critical distance (≈ 6e-4 at n = 10⁷).
   construction; rule: inside [0.95, 0.99] (without the Bonferroni step it covers ≈ 0.67,
   with a √2 too wide interval ≈ 1.000).
 
+* the problem definitions: each kind of built-in problem the job runs (quadratics, cosine
+  well, minibatch least squares, valley, sphere, diagonal net), its compiled ``grad`` against
+  central finite differences of its compiled ``loss`` at random points (deterministic; rule
+  max relative deviation ≤ 1e-6, a correct pair agrees to ≈ 1e-9).
+
 Decision rules.  Every test of this module is one member of a family with family-wise level
 1 − 10⁻³ (Bonferroni over the M tests): a normal-theory statistic passes iff |z| ≤ z_B; the
 KS distance iff D ≤ D_B; a coverage count iff the nominal 0.95 lies inside the two-sided
@@ -93,8 +98,11 @@ MAX_ABS_BAND = (0.95, 0.99)
 
 
 def quadratic() -> Quadratic:
-    """The 2-d quadratic of the Thm 4.5 check (same kernel), noise with correlated coordinates."""
-    return Quadratic(np.diag([1.0, 3.0]), noise_cov=np.array([[1.0, 0.3], [0.3, 0.5]]))
+    """The 2-d quadratic of the Thm 4.5 check (same kernel), noise with correlated coordinates,
+    and a centre c and linear term b that are not zero (so the exact moments' gradient at 0,
+    b − Hc, is exercised with both signs: the other quadratics of the job have c = b = 0)."""
+    return Quadratic(np.diag([1.0, 3.0]), noise_cov=np.array([[1.0, 0.3], [0.3, 0.5]]),
+                     center=[0.6, -0.4], linear=[0.25, 0.1])
 
 
 def engine_draws(paths: int, steps: int, seed: int, sigma: float = SIGMA) -> np.ndarray:
@@ -296,6 +304,52 @@ def max_abs_coverage(reps: int, seed: int) -> np.ndarray:
     return out
 
 
+def problem_zoo() -> dict:
+    """The kinds of built-in problem the job runs (same classes and shapes)."""
+    from ..problems import CosineWell, DiagonalNet, LinearRegression, Sphere, Valley
+    return {"Quadratic (dense noise, c, b != 0)": quadratic(),
+            "Quadratic (diagonal)": Quadratic(np.diag([0.5, 2.0, 4.0]), noise_cov=np.diag([1.0, 0.3, 2.0])),
+            "CosineWell(3)": CosineWell(3),
+            "LinearRegression (n = 64, d = 4, B = 3)": LinearRegression.generate(
+                n=64, d=4, batch_size=3, noise=0.5, seed=1),
+            "Valley (cubic h, m = 2)": Valley(h=(1.0, 0.5, 1.0, 0.3), sx2=(0.2, 0.1), sy2=(0.5, 0.2, 0.3), m=2),
+            "Sphere(3)": Sphere(3, noise_std=0.8),
+            "DiagonalNet (n = 5, D = 10)": DiagonalNet.generate(5, 10, seed=0)}
+
+
+#: rule of the gradient-consistency verdict: central differences with h = 1e-5 (1 + |x_i|)
+#: agree with a correct gradient to ≈ 1e-9 here; a factor or sign error moves them by O(1)
+GRAD_FD_TOL = 1e-6
+
+
+def gradient_consistency_verdict(seed: int) -> tuple[Verdict, dict]:
+    """Each problem's compiled ``grad`` against central finite differences of its compiled
+    ``loss`` at 6 random points: the oracle's mean and the loss the checks report must be one
+    function and its gradient (a loss off by a factor passes every check that reads only
+    gradients)."""
+    g = np.random.default_rng([seed, 77])
+    worst = {}
+    for name, P in problem_zoo().items():
+        dev = 0.0
+        for _ in range(6):
+            x = g.uniform(-1.0, 1.0, P.dim)
+            gr = P.gradient(x)
+            for i in range(P.dim):
+                h = 1e-5 * (1.0 + abs(x[i]))
+                e = np.zeros(P.dim)
+                e[i] = h
+                fd = (P.value(x + e) - P.value(x - e)) / (2 * h)
+                dev = max(dev, abs(fd - gr[i]) / (1.0 + abs(gr[i])))
+        worst[name] = dev
+    top = max(worst.values())
+    return (Verdict("problem definitions: grad = derivative of loss (central differences)",
+                    "instrument (method)", f"agree (max rel. dev <= {GRAD_FD_TOL:g})", Value(top),
+                    bool(top <= GRAD_FD_TOL),
+                    "6 random points per problem: " + "; ".join(f"{k}: {v:.1g}" for k, v in worst.items()),
+                    GRAD_FD_TOL),
+            {"grad_fd_dev": np.array(list(worst.values()))})
+
+
 @experiment(NAME, SIZES)
 def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     """Generator and interval self-checks; rules in the module docstring."""
@@ -332,6 +386,9 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
         f"stats.max_abs_interval: 95% interval of max_k |mu_k| covers it (K = {MAX_ABS_K} equal means)",
         mc, MAX_ABS_BAND, _max_abs_alt()))
     data["coverage_max_abs"] = mc
+    v, d = gradient_consistency_verdict(seed)
+    verdicts.append(v)
+    data.update(d)
     tick(progress, 3, 3)
     return dict(cfg, sigma=SIGMA, family_alpha=FAMILY_ALPHA), data, verdicts
 
