@@ -227,3 +227,40 @@ def test_sde_schedule_verdict_fails_when_lambda_is_dropped(monkeypatch):
     real = sl.sde.ou_moments
     monkeypatch.setattr(sl.sde, "ou_moments", lambda *a, lam=1.0, **k: real(*a, **k))
     assert not sl.schedule_verdict(quad, p)[0].passed
+
+
+def test_richardson_verdict_sees_the_extrapolation_factor(monkeypatch):
+    """Halving grids make r/(1 − r) = 1: only the other ratios show a missing factor."""
+    assert ins.richardson_verdict()[0].passed
+    from sdeverify import stats
+
+    def no_factor(x, err):                      # p_n + Δ_n instead of p_n + Δ_n r/(1 − r)
+        x, err = np.asarray(x, float), np.asarray(err, float)
+        o = np.argsort(-x)
+        x, err = x[o], err[o]
+        p = stats.local_orders(x, err)
+        r = x[-1] / x[-2]
+        est = p[-1] + (p[-1] - p[-2])
+        hw = 2 * max(abs(p[-1] - p[-2]), abs(p[-2] - p[-3])) * r / (1 - r)
+        return stats.Interval(est, est - hw, est + hw, 0.0)
+    monkeypatch.setattr(ins, "richardson_order", no_factor)
+    assert not ins.richardson_verdict()[0].passed
+
+
+def test_trainer_init_and_sampler_verdicts_fail_on_their_bugs(monkeypatch):
+    from sdeverify.experiments import train_engine as te
+    from sdeverify.train import MLP
+    from sdeverify.train.batches import BatchSampler
+    assert te.init_verdict(0)[0].passed and te.sampler_verdict(0)[0].passed
+    real_init = MLP.init
+    monkeypatch.setattr(MLP, "init", lambda self, *a, **k: 1.3 * real_init(self, *a, **k))
+    assert not te.init_verdict(0)[0].passed
+    monkeypatch.setattr(MLP, "init", real_init)
+    real_idx = BatchSampler.indices
+
+    def same_epoch(self, start, stop):          # every epoch replays epoch 0's order
+        per = self.steps_per_epoch
+        first = real_idx(self, 0, per)
+        return tuple(np.concatenate([f] * -(-(stop - start) // per))[:stop - start] for f in first)
+    monkeypatch.setattr(BatchSampler, "indices", same_epoch)
+    assert not te.sampler_verdict(0)[0].passed

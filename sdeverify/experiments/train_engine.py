@@ -16,8 +16,14 @@ pass them (fresh planted bugs did, paper_checks.md).  So, before them:
    equal the definition — step k's lr η_k·m_k (schedule multiplier m_k) becomes ℓ steps of
    η_k·m_k/ℓ and β_k is repeated ℓ times — transcribed here from the definition.
 4. **The shuffle sampler** (`sdeverify.train.batches`): within an epoch no training index is
-   drawn twice, every step draws ``slots·B`` indices in range, with one and two minibatches
-   per step (SVAG), on several replicas and epochs.
+   drawn twice, every step draws ``slots·B`` indices in range, and every epoch and replica
+   gets an order of its own, with one and two minibatches per step (SVAG).
+5. **The reported metrics**: train loss, test loss and test accuracy as `fit` reports them
+   equal the same quantities recomputed from the weights it returns (NumPy forward pass), on
+   a set whose test part (500 rows) and evaluated training part (1500 rows) differ in size.
+6. **The initialisation**: each layer's weights have the scale of He (ReLU) or Glorot (tanh)
+   initialisation within 5% (a fan-in / fan-out mix-up is a factor 2 here), biases zero.
+   (Statistical in form, but 7–18 sampling standard errors from its threshold.)
 """
 from __future__ import annotations
 
@@ -101,28 +107,94 @@ def sampler_verdict(seed: int) -> tuple[Verdict, float]:
         s = BatchSampler(seed, n, B, np.arange(3), "shuffle", slots)
         per = s.steps_per_epoch
         idx = s.indices(0, 3 * per)                     # three epochs
+        seen = []
         for r in range(3):
             for e in range(3):
                 got = np.concatenate([np.asarray(idx[j])[e * per:(e + 1) * per, r].ravel()
                                       for j in range(slots)])
                 bad += int(got.size != per * slots * B or np.unique(got).size != got.size
                            or got.min() < 0 or got.max() >= n)
-    return Verdict("shuffle sampler: no index twice within an epoch (1 and 2 minibatches per step, "
-                   "3 replicas x 3 epochs)", "docs/theory.md §11 (sampling)",
-                   "0 epochs with a repeated or out-of-range index", Value(float(bad)), bad == 0,
-                   "slots x B indices per step, all distinct within each epoch", 0.0), float(bad)
+                # a fresh permutation per epoch and per replica: no order may repeat
+                bad += sum(int(np.array_equal(got, old)) for old in seen)
+                seen.append(got)
+    return Verdict("shuffle sampler: no index twice within an epoch, a new order every epoch and "
+                   "replica (1 and 2 minibatches per step, 3 replicas x 3 epochs)",
+                   "docs/theory.md §11 (sampling)",
+                   "0 epochs with a repeated or out-of-range index or a repeated order",
+                   Value(float(bad)), bad == 0,
+                   "slots x B indices per step, all distinct within each epoch; the 9 epoch "
+                   "orders of each slot count pairwise different", 0.0), float(bad)
+
+
+def metrics_verdict(seed: int) -> tuple[Verdict, float]:
+    """5. The metrics fit() reports equal the same metrics recomputed here from the weights it
+    returns, by the NumPy reference forward pass: test loss and accuracy on the whole test set
+    (500 rows, while 1500 training rows are evaluated), train loss on the evaluated rows."""
+    from ..train import MLP, fit, teacher_student
+    from ..train.reference import forward, loss_terms
+    data = teacher_student(n=2000, dim=8, classes=3, seed=seed)
+    model = MLP([8, 16, 3])
+    res = fit(model, data, [SGD(0.1), SGDM(0.1, 0.9)], batch_size=64, steps=20, replicas=2,
+              seed=seed, eval_steps=[20], metrics=("train_loss", "test_loss", "test_acc"),
+              keep_weights=True, dtype="float64")
+    W = np.asarray(res.weights).reshape(-1, model.n_params)
+    n_e = min(2048, data.n_train)
+    dev = 0.0
+    for k, (X, y) in {"train_loss": (data.X_train[:n_e], data.y_train[:n_e]),
+                      "test": (data.X_test, data.y_test)}.items():
+        Z = forward(model, W, np.broadcast_to(X, (W.shape[0],) + X.shape))[-1]
+        losses, correct, _ = loss_terms(model, Z, np.broadcast_to(y, (W.shape[0], y.size)))
+        want = {"train_loss": [("train_loss", losses.mean(axis=1))],
+                "test": [("test_loss", losses.mean(axis=1)), ("test_acc", correct.mean(axis=1))]}[k]
+        for metric, ref in want:
+            got = res.values[:, 0, :, res.metrics.index(metric)].reshape(-1)
+            dev = max(dev, _rel_dev(got, ref))
+    return Verdict("fit's reported train loss, test loss and test accuracy == recomputed from its "
+                   "returned weights (NumPy forward pass)", "docs/theory.md §11 (metrics)",
+                   f"identical (max rel. dev <= {TOL:g})", Value(dev), dev <= TOL,
+                   "2 optimizers x 2 replicas after 20 steps; 1500 training rows evaluated, "
+                   "500 test rows", TOL), dev
+
+
+#: the initialisation verdict's tolerance on a layer's weight scale (its sampling error is
+#: 0.3–0.7% of the scale at these sizes; a fan-in/fan-out or He/Glorot mix-up is ≥ 40%)
+INIT_TOL = 0.05
+
+
+def init_verdict(seed: int) -> tuple[Verdict, float]:
+    """6. MLP.init: weights N(0, 2/fan_in) (He, ReLU) or N(0, 2/(fan_in + fan_out)) (Glorot,
+    tanh), biases zero, each layer's empirical scale within :data:`INIT_TOL` of the rule."""
+    from ..train import MLP
+    dev = 0.0
+    for act in ("relu", "tanh"):
+        model = MLP([64, 256, 10], act)
+        P = model.init(seed, 4)
+        sizes, w_off, b_off = model.layout()
+        for l in range(model.n_layers):
+            i, o = int(sizes[l]), int(sizes[l + 1])
+            w = P[:, w_off[l]:w_off[l] + i * o]
+            want = np.sqrt(2.0 / i) if act == "relu" else np.sqrt(2.0 / (i + o))
+            dev = max(dev, abs(np.sqrt(np.mean(w * w)) / want - 1.0),
+                      float(np.abs(P[:, b_off[l]:b_off[l] + o]).max()))
+    return Verdict("MLP initialisation: He N(0, 2/fan_in) (relu), Glorot N(0, 2/(fan_in+fan_out)) "
+                   "(tanh), zero biases", "docs/theory.md §11 (models)",
+                   f"each layer's rms within {INIT_TOL:.0%} of the rule", Value(dev), dev <= INIT_TOL,
+                   "MLP 64-256-10, 4 replicas, both activations: max |rms/std - 1| and max |bias|",
+                   INIT_TOL), dev
 
 
 @experiment(NAME, SIZES)
 def run(cfg: dict, seed: int, progress: Progress) -> tuple:
-    """The four deterministic trainer verdicts of the module docstring."""
+    """The six trainer verdicts of the module docstring."""
     verdicts, devs = [], []
-    for i, make in enumerate((lambda: backend_verdict(cfg, seed), svag_weight_verdict,
-                              lambda: svag_schedule_verdict(seed), lambda: sampler_verdict(seed))):
+    parts = (lambda: backend_verdict(cfg, seed), svag_weight_verdict,
+             lambda: svag_schedule_verdict(seed), lambda: sampler_verdict(seed),
+             lambda: metrics_verdict(seed), lambda: init_verdict(seed))
+    for i, make in enumerate(parts):
         v, d = make()
         verdicts.append(v)
         devs.append(d)
-        tick(progress, i + 1, 4)
+        tick(progress, i + 1, len(parts))
     data = {"deviations": np.array(devs), "claims": np.array([v.claim for v in verdicts])}
     return dict(cfg, tol=TOL), data, verdicts
 
