@@ -31,10 +31,10 @@ def test_verdict_structure(smoke):
     assert isinstance(smoke, ExperimentResult) and smoke.name == "sde_limit"
     # quadratic (exact, grid to η ≈ 0.0016): 5 series × 2 test functions; CosineWell at smoke
     # size has no grid point with η/(1 − β) ≤ 0.1 for the α = 0 / 0.5 series: 3 × 2; plus
-    # the step-decay schedule verdict (exact local orders, a Value)
-    assert len(smoke.verdicts) == 17
-    assert "step-decay" in smoke.verdicts[-1].claim and smoke.verdicts[-1].passed
-    for v in smoke.verdicts[:-1]:
+    # the step-decay schedule and Talay-Tubaro verdicts (exact local orders, Values)
+    assert len(smoke.verdicts) == 18
+    assert "step-decay" in smoke.verdicts[-2].claim and "Talay-Tubaro" in smoke.verdicts[-1].claim
+    for v in smoke.verdicts[:-2]:
         assert isinstance(v, Verdict) and isinstance(v.measured, Interval)
         assert v.claim and v.reference and v.prediction and v.rule
         assert v.measured.low <= v.measured.estimate <= v.measured.high

@@ -264,3 +264,20 @@ def test_trainer_init_and_sampler_verdicts_fail_on_their_bugs(monkeypatch):
         return tuple(np.concatenate([f] * -(-(stop - start) // per))[:stop - start] for f in first)
     monkeypatch.setattr(BatchSampler, "indices", same_epoch)
     assert not te.sampler_verdict(0)[0].passed
+
+
+def test_extrapolation_verdict_fails_with_the_correction_sign_flipped(monkeypatch):
+    from sdeverify import sde
+    from sdeverify.experiments import sde_limit as sl
+    from sdeverify.problems import Quadratic
+    p = dict(sl._DEFAULTS)
+    quad = Quadratic(np.array(p["quad_hessian"]), noise_cov=np.array(p["quad_noise"]),
+                     center=np.array(p["quad_center"]))
+    assert sl.extrapolation_verdict(quad, p)[0].passed
+    real = sde.weak_error
+
+    def flipped(*a, **k):                       # errors against E^{2h} instead of 2E^h − E^{2h}
+        w = real(*a, **k)
+        return type(w)(**{**w.__dict__, "diff": w.diff - 2 * w.em_bias[None]})
+    monkeypatch.setattr(sl.sde, "weak_error", flipped)
+    assert not sl.extrapolation_verdict(quad, p)[0].passed
