@@ -281,3 +281,23 @@ def test_extrapolation_verdict_fails_with_the_correction_sign_flipped(monkeypatc
         return type(w)(**{**w.__dict__, "diff": w.diff - 2 * w.em_bias[None]})
     monkeypatch.setattr(sl.sde, "weak_error", flipped)
     assert not sl.extrapolation_verdict(quad, p)[0].passed
+
+
+def test_cross_term_invariance_catches_a_one_sided_projection(monkeypatch):
+    """Σ_∥ = PΣ instead of PΣP agrees with the closed forms (the built-in noises commute with
+    P) but not with Σ given tangent-normal cross terms."""
+    import sdeverify.slow_sde as slow_mod
+    assert ss.cross_term_invariance(1.25, np.random.default_rng(0)) <= 1e-9
+    real = slow_mod.slow_coefficients
+
+    def one_sided(problem, zeta, sigma):
+        b, D = real(problem, zeta, sigma)
+        P = problem.tangent_projector(zeta)
+        S = problem.noise_sqrt_at(zeta)
+        Sig = sigma ** 2 * S @ np.swapaxes(S, -1, -2)
+        Q = np.eye(problem.dim) - P
+        extra = -0.5 * np.einsum("...ij,...j->...i", np.linalg.pinv(problem.hessian_at(zeta)),
+                                 problem.third_contraction(zeta, P @ Sig @ Q))
+        return b + extra, D
+    monkeypatch.setattr(ss, "slow_coefficients", one_sided)
+    assert ss.cross_term_invariance(1.25, np.random.default_rng(0)) > 1e-6
