@@ -414,16 +414,24 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, N_DRAWS: int,
     L = LANES
     grad_, noise_, loss_ = _inline(grad), _inline(noise), _inline(loss)
     key = "|".join([fingerprint(f) for f in (grad, noise, loss, user_eval)]
-                   + [dtype, str(D), str(N_DRAWS), str(N_PARAMS), str(N_CALLS), str(L)])
+                   + [dtype, str(D), str(N_DRAWS), str(N_PARAMS), str(N_CALLS), str(L),
+                      "fused" if takes_fused_step(D, N_DRAWS) else "split"])
     unique = unique_names(key_hash(key)[:16])
     record = _recorder(loss_, user_eval, D, unique)
     fused = _fused_step(grad_, noise_, D, N_DRAWS, N_CALLS, L, ZERO)
     split = _split_step(grad_, noise_, D, N_DRAWS, N_CALLS, L, ZERO)
     kernel = _block_kernel(record, fused, split, _bound_check(D, L, ZERO), rng.fill_lanes(dtype),
-                           D <= config.FUSE_MAX_DIM, FTYPE, D, N_DRAWS, N_PARAMS, N_CALLS, L)
+                           takes_fused_step(D, N_DRAWS), FTYPE, D, N_DRAWS, N_PARAMS, N_CALLS, L)
     disp = numba.njit(nogil=True, error_model="numpy")(unique(kernel))
     enable_disk_cache(disp, key)
     return disp
+
+
+def takes_fused_step(D: int, N_DRAWS: int) -> bool:
+    """Whether the kernel for dimension D and N_DRAWS draws per oracle call takes the fused
+    step (:data:`config.FUSE_MAX_DIM`, :data:`config.FUSE_MAX_DRAWS`); both steps give the
+    same bits."""
+    return D <= config.FUSE_MAX_DIM and N_DRAWS <= config.FUSE_MAX_DRAWS
 
 
 def get_kernel(problem, user_funcs: tuple, dtype: str = "float64", n_calls: int = 1):
