@@ -205,8 +205,10 @@ def plot(result: ExperimentResult, path):
     fig, ax = subplots(1, (8, 3.2))
     dev = np.maximum(d["deviations"], 1e-17)
     ax.barh(np.arange(dev.size), dev, color=["C2" if v.passed else "C3" for v in result.verdicts])
-    ax.set_yticks(np.arange(dev.size), ["CPU == reference", "SVAG weights", "SVAG schedule",
-                                        "sampler (bad epochs)"][:dev.size], fontsize=8)
+    labels = ["CPU == reference", "SVAG weights", "SVAG schedule", "sampler (bad epochs)",
+              "reported metrics", "init scale |rms/std - 1|"]
+    ax.set_yticks(np.arange(dev.size), (labels + [f"verdict {i + 1}" for i in range(dev.size)])[:dev.size],
+                  fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("max deviation (0 shown at 1e-17)")
     ax.set_title("trainer arithmetic (deterministic)")
