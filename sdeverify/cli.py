@@ -460,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "measured interval / verdict, write per-check JSON+PNG and "
                                    "summary.json; exit 1 if any check fails.")
     g = c.add_mutually_exclusive_group()
-    g.add_argument("--quick", action="store_true", help="about 5 minutes on 2 cores (default)")
+    g.add_argument("--quick", action="store_true", help="about 2 minutes on 2 cores from a cold cache (default)")
     g.add_argument("--full", action="store_true", help="paper-quality sizes")
     g.add_argument("--smoke", action="store_true", help="seconds per check (CI)")
     c.add_argument("--only", default=None, help="comma list of check names")
