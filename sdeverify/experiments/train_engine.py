@@ -59,12 +59,25 @@ def backend_verdict(cfg: dict, seed: int) -> tuple[Verdict, float]:
     a = fit(model, data, opts, backend="cpu", **kw)
     b = fit(model, data, opts, backend="numpy", **kw)
     dev = max(_rel_dev(a.batch_loss, b.batch_loss), _rel_dev(a.weights, b.weights))
+    # one model on two threads: the per-step path that splits a batch's two halves over the
+    # threads (train.cpu._train_parts), taken whatever this process's thread count
+    from ..train import cpu as train_cpu
+    kw1 = dict(kw, replicas=1)
+    saved = train_cpu.Trainer.threads
+    train_cpu.Trainer.threads = 2
+    try:
+        a1 = fit(model, data, opts[:1], backend="cpu", **kw1)
+    finally:
+        train_cpu.Trainer.threads = saved
+    b1 = fit(model, data, opts[:1], backend="numpy", **kw1)
+    dev = max(dev, _rel_dev(a1.batch_loss, b1.batch_loss), _rel_dev(a1.weights, b1.weights))
     return Verdict("CPU trainer == NumPy reference trainer (B = 600: two 256-row blocks + rest; "
-                   "SVAG l = 2; weight decay; random per-step lr, beta; heavy ball tau = 0.3)",
+                   "SVAG l = 2; weight decay; random per-step lr, beta; heavy ball tau = 0.3; "
+                   "also one model with its batch halves on two threads)",
                    "docs/theory.md §11 (engine)", f"identical training (max rel. dev <= {TOL:g})",
                    Value(dev), dev <= TOL,
-                   f"{K} steps x 2 minibatches, 2 replicas: minibatch losses and final weights",
-                   TOL), dev
+                   f"{K} steps x 2 minibatches, 2 replicas (and 1 replica, per-step parts path): "
+                   "minibatch losses and final weights", TOL), dev
 
 
 def svag_weight_verdict() -> tuple[Verdict, float]:

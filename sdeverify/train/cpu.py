@@ -381,6 +381,10 @@ class Trainer(HostTrainer):
     #: gradients are added in order (:func:`_grad`): with fewer models than cores, the parts
     #: run on different cores (:func:`_train_parts`), with the same results
     parts: int = 2
+    #: threads of :meth:`train` (None: Numba's thread count).  The results do not depend on
+    #: it; the main job's ``train_engine`` sets it to take the per-step parts path
+    #: (:func:`_train_parts`) even in a one-thread worker.
+    threads: int | None = None
 
     def __init__(self, model: MLP, X: np.ndarray, y: np.ndarray, n_opt: int, n_rep: int,
                  dtype: str = "float64"):
@@ -402,7 +406,7 @@ class Trainer(HostTrainer):
         idx1 = idx[1] if len(idx) > 1 else idx[0]
         rb = self.rows_per_block
         K = self.parts if B >= self.parts * rb else 1
-        T = min(numba.get_num_threads(), M * K)
+        T = min(self.threads or numba.get_num_threads(), M * K)
         if M < T:          # fewer models than cores: their batch parts go to the cores
             kernel, blas = _train_parts, single_threaded()
         else:
