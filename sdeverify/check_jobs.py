@@ -23,7 +23,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["default_jobs", "run_checks"]
+__all__ = ["default_jobs", "describe", "run_checks"]
 
 
 def default_jobs(n_checks: int) -> int:
@@ -61,10 +61,11 @@ def _one(name: str, size: str, seed: int, out: str, backend: str) -> dict:
             "rows": _verdict_rows(res)}
 
 
-#: submission order, longest first (the classic rule for balancing a few workers): cold
-#: ``--quick`` wall times in seconds on the 2-core reference machine (benchmarks/RESULTS.md);
-#: a check not listed here (e.g. a user's) is submitted first.  Only the order of the work
-#: depends on it, never a result.
+#: submission order, longest first (the classic rule for balancing a few workers): rough
+#: cold ``--quick`` wall times in seconds, from this machine's first ``--jobs 2`` runs of
+#: 2026-11-30 (loaded; train_batch_size from a rerun after the BLAS-thread fix); a check not
+#: listed here (e.g. a user's) is submitted first.  Only the order of the work depends on
+#: it, never a result.
 COLD_QUICK_SECONDS = {"slow_sde": 74, "batch_size": 67, "train_batch_size": 54, "svag": 53,
                       "instruments": 40, "weak_approximation": 40, "label_noise": 33,
                       "train_engine": 30, "hb_equivalence": 24, "train_svag": 13,

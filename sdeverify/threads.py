@@ -22,8 +22,9 @@ import numba
 __all__ = ["n_threads", "run_ranges"]
 
 _LOCK = threading.Lock()
-_POOL: ThreadPoolExecutor | None = None
-_POOL_SIZE = 0
+#: one pool per thread count, kept for the process's lifetime (never swapped under a caller
+#: in another thread that uses a different count)
+_POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
 def n_threads() -> int:
@@ -32,13 +33,10 @@ def n_threads() -> int:
 
 
 def _pool(n: int) -> ThreadPoolExecutor:
-    global _POOL, _POOL_SIZE
     with _LOCK:
-        if _POOL is None or _POOL_SIZE != n:
-            if _POOL is not None:
-                _POOL.shutdown(wait=False)
-            _POOL, _POOL_SIZE = ThreadPoolExecutor(n, thread_name_prefix="sdeverify"), n
-        return _POOL
+        if n not in _POOLS:
+            _POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix=f"sdeverify{n}")
+        return _POOLS[n]
 
 
 def run_ranges(kernel: Callable, n_items: int, *args, threads: int | None = None,
@@ -57,7 +55,8 @@ def run_ranges(kernel: Callable, n_items: int, *args, threads: int | None = None
         return
     n_ranges = min(n_items, t * per_thread)
     cut = [n_items * i // n_ranges for i in range(n_ranges + 1)]
-    futures = [_pool(t).submit(kernel, *args, lo, hi) for lo, hi in zip(cut[:-1], cut[1:])]
+    pool = _pool(t)
+    futures = [pool.submit(kernel, *args, lo, hi) for lo, hi in zip(cut[:-1], cut[1:])]
     errors = [f.exception() for f in futures]
     for e in errors:
         if e is not None:

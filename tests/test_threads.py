@@ -57,3 +57,32 @@ def test_check_workers_get_one_blas_and_numba_thread_each(monkeypatch):
             fut = pool.submit(os.getenv, "OPENBLAS_NUM_THREADS")
         assert fut.result() == "1"
     assert os.environ["OPENBLAS_NUM_THREADS"] == "7" and "MKL_NUM_THREADS" not in os.environ
+
+
+def test_callers_with_different_thread_counts_do_not_disturb_each_other():
+    """Two threads using different counts at the same time (one pool per count: a shared
+    pool swapped for another size would refuse the other caller's submissions)."""
+    errors, done = [], []
+
+    def caller(t):
+        try:
+            for _ in range(200):
+                hits = np.zeros(37, dtype=int)
+                run_ranges(lambda out, lo, hi: out.__setitem__(slice(lo, hi), out[lo:hi] + 1),
+                           37, hits, threads=t)
+                assert (hits == 1).all()
+            done.append(t)
+        except Exception as exc:           # reported below
+            errors.append(exc)
+    ts = [threading.Thread(target=caller, args=(t,)) for t in (2, 3)]
+    for th in ts:
+        th.start()
+    for th in ts:
+        th.join()
+    assert not errors and sorted(done) == [2, 3]
+    # each count keeps its pool: asking for another size never shuts down one in use
+    from sdeverify import threads
+    p2 = threads._pool(2)
+    threads._pool(3)
+    assert threads._pool(2) is p2
+    p2.submit(int).result()                 # still accepts work

@@ -10,7 +10,8 @@ gradient) never stream batch-sized arrays through memory.  The GEMMs call the BL
 SciPy ships (``sgemm``/``dgemm``, :mod:`sdeverify.train.blas`); the weight gradients are
 accumulated over the blocks by ``gemm`` with β = 1, with transposes passed as flags (no
 copies).  The softmax-CE gradient is row-local, so blocking is exact up to summation order.
-All S steps of all models run inside one call: no Python per step.
+All S steps of all models run inside one call (no Python per step), except on the per-step
+parts path below (:func:`_train_parts`: one thread-pool round per step).
 
 Parallelism: models (replica × optimizer) are independent, so the cores split the models
 (a static split: results are bitwise the same for any thread count) and each runs its
@@ -32,8 +33,8 @@ from contextlib import nullcontext
 import numba
 import numpy as np
 
-from .blas import gemm
 from ..threads import run_ranges
+from .blas import gemm
 from .blas_threads import single_threaded
 from .models import ACTIVATIONS, LOSSES, MLP
 from .reference import HostTrainer
