@@ -209,6 +209,27 @@ def _entry(name: str, res, fig) -> dict:
             "rows": _verdict_rows(res)}
 
 
+def job_passed(entries: list[dict]) -> bool:
+    """The main job's rule: it passes iff every check passed (a crashed check has
+    ``passed: False``) — tested on every run by :mod:`sdeverify.canary`."""
+    return all(e["passed"] for e in entries)
+
+
+def _canary_row() -> tuple[list[str], list[str]]:
+    """Run the verdict-machinery canary (:mod:`sdeverify.canary`): its table row and the
+    problems it found (empty when the machinery decided every known claim as known)."""
+    from .canary import EXPECTED, machinery_problems
+    try:
+        problems = machinery_problems(_entry, job_passed)
+    except Exception as exc:  # the canary itself crashing is a machinery fault too
+        problems = [f"canary raised {type(exc).__name__}: {exc}"]
+    n = len(EXPECTED)
+    measured = "; ".join(problems) if problems else f"{n}/{n} decided as known"
+    return (["verdict machinery canary: known-true claims pass, known-false fail, a failing "
+             "check fails the job", "(method)", f"{n} claims of known truth", measured,
+             "FAIL" if problems else "PASS"], problems)
+
+
 def _jobs_of(args, n_checks: int, client) -> int:
     """Worker processes for ``check``: ``--jobs`` (0 = one per core), 1 on a Dask cluster."""
     from .check_jobs import default_jobs
@@ -239,6 +260,10 @@ def cmd_check(args) -> int:
     out = _writable_folder("--out", args.out)
     _check_backend(args.backend)
     jobs = _jobs_of(args, len(names), getattr(args, "cluster", None))
+    canary_row, canary_problems = _canary_row()
+    if canary_problems:
+        print("sdeverify: the verdict machinery failed its canary: " + "; ".join(canary_problems),
+              file=sys.stderr, flush=True)
     client = _start_cluster(args)
     entries: dict[int, dict] = {}
     t0 = time.perf_counter()
@@ -289,13 +314,14 @@ def cmd_check(args) -> int:
             record(i, _entry(name, res, fig))
     wall = time.perf_counter() - t0
     summary = [entries[i] for i in sorted(entries)]
-    rows = []
+    rows = [canary_row]
     for e in summary:
         rows += e.get("rows") or [[e["name"], "-", "-", f"ERROR: {e['error']}", "FAIL"]]
-    passed = all(e["passed"] for e in summary)
+    passed = job_passed(summary) and not canary_problems
     atomic_write_text(out / "summary.json", json.dumps(
         {"size": size, "seed": args.seed, "complete": True, "passed": passed, "wall_time": wall,
-         "jobs": jobs, "checks": [{k: v for k, v in e.items() if k != "rows"} for e in summary]},
+         "jobs": jobs, "canary": {"passed": not canary_problems, "problems": canary_problems},
+         "checks": [{k: v for k, v in e.items() if k != "rows"} for e in summary]},
         indent=1, default=jsonable))
     _print_table(rows)
     n_pass = sum(r[-1] == "PASS" for r in rows)
