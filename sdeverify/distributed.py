@@ -70,7 +70,7 @@ from .train.result import TrainResult
 
 __all__ = ["MIN_TASK_WORK", "SHARDS_PER_WORKER", "MISSING_DASK", "CONNECT_TIMEOUT", "PointError",
            "Session", "active", "use", "n_workers", "plan_shards", "source_digest", "point_key",
-           "Point", "simulate_point", "fit_point", "run_shard", "run_points", "simulate", "fit",
+           "Point", "simulate_point", "fit_point", "run_shard", "task_threads", "run_points", "simulate", "fit",
            "sweep", "Cluster", "cluster"]
 
 #: Default smallest task, in path·step·optimizer·coordinate units (~0.4 s on one core of
@@ -389,10 +389,38 @@ def fit_point(model: MLP, data: Dataset, optimizers: Sequence[Any] | Any, *,
 def _in_task():
     prev = getattr(_LOCAL, "in_task", False)
     _LOCAL.in_task = True
+    from .threads import limited
     try:
-        yield
+        with limited(task_threads()):
+            yield
     finally:
         _LOCAL.in_task = prev
+
+
+def task_threads() -> int:
+    """Threads one shard may use in this process: Numba's pool, capped by
+    ``NUMBA_NUM_THREADS`` *as the environment says now* and, on a Dask worker, by the
+    worker's share of the cores (Numba's pool // the worker's task threads).
+
+    The environment is read here, not at import: a ``LocalCluster``'s nanny sets
+    ``NUMBA_NUM_THREADS=1`` for its worker, but the worker process has imported Numba
+    (whose pool size is fixed at import) before that applies — without this cap a
+    "1-thread" worker ran its shards on every core (found in session 6: a 1-worker cluster
+    used 1.7 CPU-seconds per second)."""
+    import numba
+    cap = int(numba.config.NUMBA_NUM_THREADS)
+    env = os.environ.get("NUMBA_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        cap = min(cap, int(env))
+    try:
+        from distributed import get_worker
+        worker = get_worker()
+    except (ImportError, ValueError):
+        worker = None
+    if worker is not None:
+        nthreads = int(getattr(getattr(worker, "state", worker), "nthreads", 1) or 1)
+        cap = min(cap, max(1, int(numba.config.NUMBA_NUM_THREADS) // nthreads))
+    return max(1, cap)
 
 
 def run_shard(kind: str, args: dict, start: int, count: int) -> SimulationResult | TrainResult:

@@ -9,27 +9,47 @@ kernel is compiled ``nogil=True`` with two trailing arguments ``lo, hi`` and doe
 Items are independent and every output is written by exactly one item, so the results are
 bitwise the same for any number of threads and any split into ranges.
 
-The number of threads is Numba's (``NUMBA_NUM_THREADS``, :func:`numba.set_num_threads`).
+The number of threads is Numba's (``NUMBA_NUM_THREADS``, :func:`numba.set_num_threads`),
+capped inside :func:`limited` (a thread-local cap: what a Dask task uses, where changing
+Numba's own count would launch its threading layer, which no kernel here needs).
 """
 from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import numba
 
-__all__ = ["n_threads", "run_ranges"]
+__all__ = ["n_threads", "limited", "run_ranges"]
 
 _LOCK = threading.Lock()
 #: one pool per thread count, kept for the process's lifetime (never swapped under a caller
 #: in another thread that uses a different count)
 _POOLS: dict[int, ThreadPoolExecutor] = {}
+_CAP = threading.local()
 
 
 def n_threads() -> int:
-    """Threads the CPU kernels use: Numba's current thread count."""
-    return int(numba.get_num_threads())
+    """Threads the CPU kernels use: Numba's current thread count, capped by an enclosing
+    :func:`limited` of this thread."""
+    n = int(numba.get_num_threads())
+    cap = getattr(_CAP, "n", None)
+    return n if cap is None else max(1, min(n, cap))
+
+
+@contextmanager
+def limited(n: int) -> Iterator[None]:
+    """Inside the block, this thread's kernels use at most ``n`` threads (``n >= 1``)."""
+    if int(n) < 1:
+        raise ValueError(f"threads must be >= 1, got {n}")
+    prev = getattr(_CAP, "n", None)
+    _CAP.n = int(n) if prev is None else min(prev, int(n))
+    try:
+        yield
+    finally:
+        _CAP.n = prev
 
 
 def _pool(n: int) -> ThreadPoolExecutor:

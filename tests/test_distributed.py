@@ -250,3 +250,18 @@ def test_missing_dask_says_how_to_install(monkeypatch, tmp_path, capsys):
         D._dask()
     assert main(["run", "descent_lemma", "--size", "smoke", "--out", str(tmp_path), "--workers", "2"]) == 2
     assert "pip install 'sdeverify[dist]'" in capsys.readouterr().err
+
+
+def _threads_a_shard_uses() -> tuple[int, int]:
+    from sdeverify.threads import n_threads
+    with D._in_task():
+        inside = n_threads()
+    return inside, D.task_threads()
+
+
+def test_a_one_thread_worker_runs_its_shards_on_one_thread(client):
+    """LocalCluster workers are started with NUMBA_NUM_THREADS=1, but the worker process has
+    imported Numba (pool size fixed) before its nanny's environment applies: a shard must
+    still run on one thread (before session 6 a '1-thread' worker used every core)."""
+    got = client.run(_threads_a_shard_uses)
+    assert got and all(v == (1, 1) for v in got.values()), got

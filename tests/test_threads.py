@@ -86,3 +86,23 @@ def test_callers_with_different_thread_counts_do_not_disturb_each_other():
     threads._pool(3)
     assert threads._pool(2) is p2
     p2.submit(int).result()                 # still accepts work
+
+
+def test_limited_caps_this_thread_only():
+    import numba
+    from sdeverify.threads import limited, n_threads
+    full = n_threads()
+    assert full == numba.get_num_threads()
+    with limited(1):
+        assert n_threads() == 1
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(n_threads()))
+        t.start()
+        t.join()
+        assert seen == [full]                        # another thread is not capped
+        with limited(5):                             # nested caps only tighten
+            assert n_threads() == 1
+    assert n_threads() == full
+    with pytest.raises(ValueError, match="threads"):
+        with limited(0):
+            pass

@@ -33,7 +33,7 @@ from contextlib import nullcontext
 import numba
 import numpy as np
 
-from ..threads import run_ranges
+from ..threads import n_threads, run_ranges
 from .blas import gemm
 from .blas_threads import single_threaded
 from .models import ACTIVATIONS, LOSSES, MLP
@@ -368,7 +368,7 @@ def _gradients(X, y, W, sizes, w_off, b_off, act, loss_kind, wd, G, T, rb, t_lo,
 def _threads(M: int) -> tuple[int, object]:
     """Numba threads over models (BLAS single-threaded), or one thread with BLAS's own
     threads when there are fewer models than cores."""
-    T = min(numba.get_num_threads(), M)
+    T = min(n_threads(), M)
     return (T, single_threaded()) if T > 1 else (1, nullcontext())
 
 
@@ -407,7 +407,7 @@ class Trainer(HostTrainer):
         idx1 = idx[1] if len(idx) > 1 else idx[0]
         rb = self.rows_per_block
         K = self.parts if B >= self.parts * rb else 1
-        T = min(self.threads or numba.get_num_threads(), M * K)
+        T = min(self.threads or n_threads(), M * K)
         if M < T:          # fewer models than cores: their batch parts go to the cores
             kernel, blas = _train_parts, single_threaded()
         else:
