@@ -2,7 +2,7 @@
 scheduler's overhead per task (issue 10).
 
     PYTHONPATH=. python benchmarks/dask_scaling.py [--check variance_reduction] [--size full]
-        [--repeats 3] [--json benchmarks/results/dask_scaling.json]
+        [--repeats 3] [--baseline-repeats N] [--json benchmarks/results/dask_scaling.json]
 
 * **Scaling.**  The check's ``run()`` (every ``simulate``/``fit`` call of its sweep) inside
   ``sdeverify.distributed.use(client, points_dir=...)`` — what ``sdeverify check --only NAME
@@ -165,6 +165,9 @@ def main(argv=None) -> int:
     ap.add_argument("--check", default="variance_reduction")
     ap.add_argument("--size", default="full", choices=("smoke", "quick", "full"))
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--baseline-repeats", type=int, default=None,
+                    help="runs of the serial and local baselines (default: --repeats; the "
+                         "efficiency uses only the Dask runs)")
     ap.add_argument("--warmup", default="full", choices=("smoke", "quick", "full"),
                     help="size of the untimed warm-up run (kernels compiled / loaded)")
     ap.add_argument("--json", default=None, help="write the results here")
@@ -185,10 +188,11 @@ def main(argv=None) -> int:
     numba.set_num_threads(1)
     timed_run(args.check, args.warmup, None, None)                   # warm-up (compile)
     print(f"load at start: {load()}", flush=True)
-    serial = [timed_run(args.check, args.size, None, None) for _ in range(args.repeats)]
+    n_base = args.repeats if args.baseline_repeats is None else max(1, args.baseline_repeats)
+    serial = [timed_run(args.check, args.size, None, None) for _ in range(n_base)]
     ref = serial[0][2]
     numba.set_num_threads(min(2, before))
-    local2 = [timed_run(args.check, args.size, None, None) for _ in range(args.repeats)]
+    local2 = [timed_run(args.check, args.size, None, None) for _ in range(n_base)]
     numba.set_num_threads(before)
 
     rows = {1: [], 2: []}
