@@ -301,3 +301,18 @@ def test_cross_term_invariance_catches_a_one_sided_projection(monkeypatch):
         return b + extra, D
     monkeypatch.setattr(ss, "slow_coefficients", one_sided)
     assert ss.cross_term_invariance(1.25, np.random.default_rng(0)) > 1e-6
+
+
+def test_trainer_backprop_verdict_fails_on_a_wrong_derivative(monkeypatch):
+    """train_engine's back-propagation verdict compares the trainer's gradient with central
+    differences of its own loss: a gradient off for one activation × loss pair fails it."""
+    from sdeverify.experiments import train_engine as te
+    from sdeverify.train import cpu
+    assert te.backprop_verdict(0)[0].passed
+    real = cpu.Trainer.gradients
+
+    def tanh_off(self, W, X, y):                 # as if tanh' were 1 - a, not 1 - a^2
+        G = real(self, W, X, y)
+        return G * 1.05 if self.model.activation == "tanh" else G
+    monkeypatch.setattr(cpu.Trainer, "gradients", tanh_off)
+    assert not te.backprop_verdict(0)[0].passed

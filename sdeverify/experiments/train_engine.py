@@ -24,6 +24,13 @@ pass them (fresh planted bugs did, paper_checks.md).  So, before them:
 6. **The initialisation**: each layer's weights have the scale of He (ReLU) or Glorot (tanh)
    initialisation within 5% (a fan-in / fan-out mix-up is a factor 2 here), biases zero.
    (Statistical in form, but 7–18 sampling standard errors from its threshold.)
+7. **Back-propagation = the derivative of the loss**, for every activation × loss the trainer
+   offers (ReLU/tanh × cross-entropy/squared): the CPU trainer's full-batch gradient (with
+   weight decay) against central differences of F(w) = loss_sum(w)/n + (wd/2)‖w‖², the loss
+   from the trainer's own forward pass (``evaluate``) — no reference code involved, so a wrong
+   derivative of an activation or a loss fails even where the NumPy reference shares it.
+   Item 1 also runs a tanh / squared-loss network (since session 6: a fresh planted bug in
+   tanh's derivative passed when only ReLU / cross-entropy was compared).
 """
 from __future__ import annotations
 
@@ -56,9 +63,11 @@ def backend_verdict(cfg: dict, seed: int) -> tuple[Verdict, float]:
             HeavyBall(g.uniform(0.01, 0.05, K), g.uniform(0.5, 0.9, K), 0.3, name="HeavyBall")]
     kw = dict(batch_size=600, steps=K, replicas=2, seed=seed, svag=2, eval_steps=[0, K],
               metrics=("train_loss",), keep_weights=True, dtype="float64")
-    a = fit(model, data, opts, backend="cpu", **kw)
-    b = fit(model, data, opts, backend="numpy", **kw)
-    dev = max(_rel_dev(a.batch_loss, b.batch_loss), _rel_dev(a.weights, b.weights))
+    dev = 0.0
+    for m in (model, MLP([12, 10, 3], "tanh", "squared", weight_decay=2e-3)):
+        a = fit(m, data, opts, backend="cpu", **kw)
+        b = fit(m, data, opts, backend="numpy", **kw)
+        dev = max(dev, _rel_dev(a.batch_loss, b.batch_loss), _rel_dev(a.weights, b.weights))
     # one model on two threads: the per-step path that splits a batch's two halves over the
     # threads (train.cpu._train_parts), taken whatever this process's thread count
     from ..train import cpu as train_cpu
@@ -72,6 +81,7 @@ def backend_verdict(cfg: dict, seed: int) -> tuple[Verdict, float]:
     b1 = fit(model, data, opts[:1], backend="numpy", **kw1)
     dev = max(dev, _rel_dev(a1.batch_loss, b1.batch_loss), _rel_dev(a1.weights, b1.weights))
     return Verdict("CPU trainer == NumPy reference trainer (B = 600: two 256-row blocks + rest; "
+                   "relu/cross-entropy and tanh/squared nets; "
                    "SVAG l = 2; weight decay; random per-step lr, beta; heavy ball tau = 0.3; "
                    "also one model with its batch halves on two threads)",
                    "docs/theory.md §11 (engine)", f"identical training (max rel. dev <= {TOL:g})",
@@ -196,13 +206,47 @@ def init_verdict(seed: int) -> tuple[Verdict, float]:
                    INIT_TOL), dev
 
 
+#: back-propagation vs central differences: step and tolerance (a correct pair agrees to
+#: ≈ 1e-9 relative at h = 1e-5; a wrong activation derivative is off by ≥ 1e-2)
+FD_STEP, FD_TOL = 1e-5, 1e-6
+
+
+def backprop_verdict(seed: int) -> tuple[Verdict, float]:
+    """7. The CPU trainer's gradient against central differences of its own loss, for every
+    activation × loss (module docstring)."""
+    from ..train import MLP
+    from ..train.cpu import Trainer
+    from ..train.models import ACTIVATIONS, LOSSES
+    g = np.random.default_rng(seed + 5)
+    dev = 0.0
+    for act in ACTIVATIONS:
+        for loss in LOSSES:
+            model = MLP([4, 5, 3], act, loss, weight_decay=0.03)
+            n, P = 11, model.n_params
+            X, y = g.normal(size=(n, 4)) * 1.2, g.integers(0, 3, n)
+            w = model.init(seed, 1)[0] + 0.1 * g.normal(size=P)   # biases off zero too
+            G = Trainer(model, X, y, 1, 1, "float64").gradients(w[None, :], X, y)[0]
+            Wpm = np.concatenate([w + FD_STEP * np.eye(P), w - FD_STEP * np.eye(P)])
+            tr = Trainer(model, X, y, 1, 2 * P, "float64")        # every perturbation a model
+            tr.set_state(Wpm, np.zeros_like(Wpm))
+            F = tr.evaluate(X, y)[0] / n + 0.5 * model.weight_decay * np.sum(Wpm * Wpm, axis=1)
+            fd = (F[:P] - F[P:]) / (2 * FD_STEP)
+            dev = max(dev, float(np.max(np.abs(G - fd)) / max(np.max(np.abs(fd)), 1e-12)))
+    return Verdict("CPU trainer's back-propagation = derivative of its loss (relu, tanh x "
+                   "cross-entropy, squared; weight decay)", "docs/theory.md §11 (engine)",
+                   f"gradient = central differences (max rel. dev <= {FD_TOL:g})", Value(dev),
+                   dev <= FD_TOL, f"MLP 4-5-3, 11 rows, random weights; h = {FD_STEP:g}; "
+                   "F = loss_sum/n + wd/2 |w|^2 from the trainer's own forward pass", FD_TOL), dev
+
+
 @experiment(NAME, SIZES)
 def run(cfg: dict, seed: int, progress: Progress) -> tuple:
-    """The six trainer verdicts of the module docstring."""
+    """The seven trainer verdicts of the module docstring."""
     verdicts, devs = [], []
     parts = (lambda: backend_verdict(cfg, seed), svag_weight_verdict,
              lambda: svag_schedule_verdict(seed), lambda: sampler_verdict(seed),
-             lambda: metrics_verdict(seed), lambda: init_verdict(seed))
+             lambda: metrics_verdict(seed), lambda: init_verdict(seed),
+             lambda: backprop_verdict(seed))
     for i, make in enumerate(parts):
         v, d = make()
         verdicts.append(v)
@@ -219,7 +263,7 @@ def plot(result: ExperimentResult, path):
     dev = np.maximum(d["deviations"], 1e-17)
     ax.barh(np.arange(dev.size), dev, color=["C2" if v.passed else "C3" for v in result.verdicts])
     labels = ["CPU == reference", "SVAG weights", "SVAG schedule", "sampler (bad epochs)",
-              "reported metrics", "init scale |rms/std - 1|"]
+              "reported metrics", "init scale |rms/std - 1|", "backprop vs differences"]
     ax.set_yticks(np.arange(dev.size), (labels + [f"verdict {i + 1}" for i in range(dev.size)])[:dev.size],
                   fontsize=8)
     ax.set_xscale("log")
