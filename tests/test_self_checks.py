@@ -316,3 +316,15 @@ def test_trainer_backprop_verdict_fails_on_a_wrong_derivative(monkeypatch):
         return G * 1.05 if self.model.activation == "tanh" else G
     monkeypatch.setattr(cpu.Trainer, "gradients", tanh_off)
     assert not te.backprop_verdict(0)[0].passed
+
+
+def test_noise_covariance_verdict_fails_when_noise_and_declared_covariance_differ(monkeypatch):
+    """instruments' noise verdict: a problem whose declared covariance is not what its compiled
+    noise applies (here: CosineWell declaring the square of its variance) fails it."""
+    from sdeverify.experiments import instruments
+    from sdeverify.problems import CosineWell
+    assert instruments.noise_covariance_verdict(0)[0].passed
+    real = CosineWell.noise_cov_at
+    monkeypatch.setattr(CosineWell, "noise_cov_at", lambda self, x: real(self, x) ** 2)
+    v, _ = instruments.noise_covariance_verdict(0)
+    assert not v.passed and "CosineWell" in v.rule
