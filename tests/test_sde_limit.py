@@ -147,3 +147,21 @@ if __name__ == "__main__":  # false-failure sweep: python tests/test_sde_limit.p
             mc.append(seed)
     print(f"{n} seeds; failing verdicts (95% rules): {bad or 'none'}")
     print(f"check_monte_carlo_orders (99.9%) failed for seeds: {mc or 'none'}")
+
+
+def test_an_error_of_zero_fails_its_verdict_without_crashing_the_check(monkeypatch):
+    """An error of exactly 0 cannot be fitted on log-log axes: that series' verdict fails
+    and names it, and the check's other verdicts are still issued (before session 6 the
+    check crashed, which a planted Talay–Tubaro sign error reached at smoke size)."""
+    real = sde_limit._quadratic_errors
+
+    def zero_first(quad, p, eq, progress, done, total):
+        errs, done = real(quad, p, eq, progress, done, total)
+        errs["sgd"]["loss"] = np.array(errs["sgd"]["loss"], dtype=float)
+        errs["sgd"]["loss"][0] = 0.0
+        return errs, done
+    monkeypatch.setattr(sde_limit, "_quadratic_errors", zero_first)
+    res = sde_limit.run(size="smoke", seed=0)
+    bad = [v for v in res.verdicts if "quadratic, h = loss" in v.claim and v.claim.startswith("SGD is")]
+    assert len(bad) == 1 and not bad[0].passed and "no fit" in bad[0].rule
+    assert sum(v.passed for v in res.verdicts) == len(res.verdicts) - 1

@@ -267,6 +267,14 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
                     sem = (high - err) / z_value(0.95)
                     data[key + ".fit_sem"] = sem
                 data[key + ".err"], data[key + ".low"], data[key + ".high"] = err, low, high
+                if not np.all(np.isfinite(err) & (err > 0)):
+                    # an error of exactly 0 (or NaN) has no log-log fit: a failed verdict that
+                    # says so, not a crash that would hide this check's other verdicts
+                    for k in (".order_all", ".order"):
+                        data[key + k] = np.full(3, np.nan)
+                    data[key + ".log_c_all"] = data[key + ".log_c"] = np.nan
+                    verdicts.append(_unfittable_verdict(prob, s, h, etas, err))
+                    continue
                 fit_all = fit_order(etas, err, sem)
                 data[key + ".order_all"] = _order_array(fit_all)
                 data[key + ".log_c_all"] = fit_all.log_c
@@ -369,7 +377,18 @@ def _order_array(fit) -> np.ndarray:
     return np.array([fit.order.estimate, fit.order.low, fit.order.high])
 
 
-def _make_verdict(problem, series, h, etas, err, low, high, fit, two=None) -> Verdict:
+def _unfittable_verdict(problem, series, h, etas, err) -> Verdict:
+    """The failed verdict of a series whose errors are not all positive and finite: every
+    claim of this check predicts a positive error at every η (an order is fitted on log-log
+    axes), so an error of exactly 0 or NaN is itself a contradiction."""
+    claim, ref = _claim_ref(problem, series, h)
+    bad = [f"{e:.3g} at eta = {x:.3g}" for x, e in zip(etas, err) if not (np.isfinite(e) and e > 0)]
+    return Verdict(claim, ref, "a positive error at every eta (an order is fitted on log-log axes)",
+                   Value(float(np.min(np.where(np.isnan(err), np.inf, err)))), False, "errors not all positive and finite, no fit: " + "; ".join(bad[:4]))
+
+
+def _claim_ref(problem, series, h) -> tuple[str, str]:
+    """The claim and its reference for one (problem, series, test function) of the sweep."""
     pred = PREDICTED_ORDER[series]
     where = f"{problem}, h = {h}"
     if series == "sgd":
@@ -387,6 +406,12 @@ def _make_verdict(problem, series, h, etas, err, low, high, fit, two=None) -> Ve
         claim = (f"SGDM with 1 − β = ρη does not converge to the first-order SDE: error bounded "
                  f"away from 0 ({where})")
         ref = "THEORY §6–7: α = 1 is outside Thm. 4.5"
+    return claim, ref
+
+
+def _make_verdict(problem, series, h, etas, err, low, high, fit, two=None) -> Verdict:
+    pred = PREDICTED_ORDER[series]
+    claim, ref = _claim_ref(problem, series, h)
     if pred is None:
         i = int(np.argmin(etas))
         measured = Interval(float(err[i]), float(low[i]), float(high[i]))
