@@ -44,8 +44,15 @@ class CheckRun:
 
     @property
     def passed(self) -> bool:
-        """Every verdict of every check passed and no check crashed."""
-        return not self.errors and all(r.passed for r in self.results.values())
+        """Every verdict of every check passed, no check crashed and the verdict-machinery
+        canary (``summary.json``'s ``"canary"``, :mod:`sdeverify.canary`) did not fail."""
+        return (not self.errors and all(r.passed for r in self.results.values())
+                and self.canary_passed)
+
+    @property
+    def canary_passed(self) -> bool:
+        """The run's verdict-machinery canary passed (True for runs saved before it existed)."""
+        return bool(self.summary.get("canary", {}).get("passed", True))
 
     @property
     def complete(self) -> bool:

@@ -47,6 +47,17 @@ def _figure(run: CheckRun, name: str) -> str:
     return f"<img alt='{_e(name)} figure' src='data:image/png;base64,{data}'>"
 
 
+def _canary_line(summary: dict) -> str:
+    """The verdict-machinery canary's outcome (:mod:`sdeverify.canary`), when the run has one."""
+    c = summary.get("canary")
+    if c is None:
+        return ""
+    if c.get("passed", False):
+        return "<p class='small'>Verdict machinery canary: PASS (claims of known truth decided as known).</p>"
+    return ("<p class='fail'>Verdict machinery canary: FAIL — "
+            + _e("; ".join(c.get("problems", [])) or "no detail") + "</p>")
+
+
 def render(run: CheckRun) -> str:
     """The HTML text of the report for ``run``."""
     s = run.summary
@@ -61,6 +72,7 @@ def render(run: CheckRun) -> str:
            f"<b>{_e(s.get('seed', '?'))}</b>"
            + (f", {float(s['wall_time']):.0f} s" if s.get("wall_time") is not None else "")
            + f". Folder <code>{_e(run.folder)}</code>.</p>",
+           _canary_line(s),
            "<p class='small'>Measured: a confidence interval at the level shown, an error "
            "estimate (no confidence level), or a value compared with the threshold shown. "
            "The rule says how each verdict was decided.</p>",

@@ -55,7 +55,12 @@ def test_failed_canary_fails_the_job(tmp_path, monkeypatch, capsys):
     doc = json.loads((tmp_path / "bad" / "summary.json").read_text())
     assert doc["canary"]["passed"] is False and not doc["passed"]
     assert all(c["passed"] for c in doc["checks"])
+    from sdeverify.checkrun import load_check
+    assert not load_check(tmp_path / "bad").passed              # read back: still a failed run
+    assert "canary: FAIL" in (tmp_path / "bad" / "report.html").read_text()
     monkeypatch.undo()
     assert cli.main(argv + ["--out", str(tmp_path / "good")]) == 0
     doc = json.loads((tmp_path / "good" / "summary.json").read_text())
     assert doc["canary"] == {"passed": True, "problems": []} and doc["passed"]
+    assert load_check(tmp_path / "good").passed
+    assert "canary: PASS" in (tmp_path / "good" / "report.html").read_text()
