@@ -70,8 +70,8 @@ from .train.result import TrainResult
 
 __all__ = ["MIN_TASK_WORK", "SHARDS_PER_WORKER", "MISSING_DASK", "CONNECT_TIMEOUT", "PointError",
            "Session", "active", "use", "n_workers", "plan_shards", "source_digest", "point_key",
-           "Point", "simulate_point", "fit_point", "run_shard", "task_threads", "run_points", "simulate", "fit",
-           "sweep", "Cluster", "cluster"]
+           "Point", "simulate_point", "fit_point", "run_shard", "task_threads", "run_points",
+           "simulate", "fit", "sweep", "Cluster", "cluster"]
 
 #: Default smallest task, in path·step·optimizer·coordinate units (~0.4 s on one core of
 #: the benchmark machine at ~350 M units per CPU-second): a measured per-task scheduler

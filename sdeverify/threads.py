@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 
 import numba
 
-__all__ = ["n_threads", "limited", "run_ranges"]
+__all__ = ["n_threads", "cap", "limited", "run_ranges"]
 
 _LOCK = threading.Lock()
 #: one pool per thread count, kept for the process's lifetime (never swapped under a caller
@@ -37,6 +37,11 @@ def n_threads() -> int:
     n = int(numba.get_num_threads())
     cap = getattr(_CAP, "n", None)
     return n if cap is None else max(1, min(n, cap))
+
+
+def cap() -> int | None:
+    """The thread cap of an enclosing :func:`limited` of this thread (None outside one)."""
+    return getattr(_CAP, "n", None)
 
 
 @contextmanager

@@ -106,3 +106,24 @@ def test_limited_caps_this_thread_only():
     with pytest.raises(ValueError, match="threads"):
         with limited(0):
             pass
+
+
+def test_trainer_keeps_blas_within_a_task_cap():
+    """One model (the trainer would leave BLAS its own threads): inside a 1-thread cap, as
+    in a Dask task, every loaded OpenBLAS runs on one thread, and its count is restored."""
+    from sdeverify.threads import limited
+    from sdeverify.train import blas_threads
+    from sdeverify.train import cpu
+    ctl = blas_threads._controllers()
+    if not ctl:
+        pytest.skip("no OpenBLAS loaded here")
+    before = [get() for get, _ in ctl]
+    with limited(1):
+        T, blas = cpu._threads(1)
+        with blas:
+            inside = [get() for get, _ in ctl]
+    assert T == 1 and inside == [1] * len(ctl)
+    assert [get() for get, _ in ctl] == before
+    T, blas = cpu._threads(1)                    # no cap: BLAS keeps its own threads
+    with blas:
+        assert [get() for get, _ in ctl] == before

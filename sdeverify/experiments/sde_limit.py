@@ -383,8 +383,10 @@ def _unfittable_verdict(problem, series, h, etas, err) -> Verdict:
     axes), so an error of exactly 0 or NaN is itself a contradiction."""
     claim, ref = _claim_ref(problem, series, h)
     bad = [f"{e:.3g} at eta = {x:.3g}" for x, e in zip(etas, err) if not (np.isfinite(e) and e > 0)]
+    smallest = float(np.min(np.where(np.isnan(err), np.inf, err)))
     return Verdict(claim, ref, "a positive error at every eta (an order is fitted on log-log axes)",
-                   Value(float(np.min(np.where(np.isnan(err), np.inf, err)))), False, "errors not all positive and finite, no fit: " + "; ".join(bad[:4]))
+                   Value(smallest), False,
+                   "errors not all positive and finite, no fit: " + "; ".join(bad[:4]))
 
 
 def _claim_ref(problem, series, h) -> tuple[str, str]:

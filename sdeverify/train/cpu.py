@@ -33,9 +33,10 @@ from contextlib import nullcontext
 import numba
 import numpy as np
 
+from ..threads import cap as thread_cap
 from ..threads import n_threads, run_ranges
 from .blas import gemm
-from .blas_threads import single_threaded
+from .blas_threads import at_most, single_threaded
 from .models import ACTIVATIONS, LOSSES, MLP
 from .reference import HostTrainer
 
@@ -367,9 +368,13 @@ def _gradients(X, y, W, sizes, w_off, b_off, act, loss_kind, wd, G, T, rb, t_lo,
 
 def _threads(M: int) -> tuple[int, object]:
     """Numba threads over models (BLAS single-threaded), or one thread with BLAS's own
-    threads when there are fewer models than cores."""
+    threads when there are fewer models than cores — at most this thread's cap of
+    :func:`sdeverify.threads.limited` (a Dask task's share of the cores), if any."""
     T = min(n_threads(), M)
-    return (T, single_threaded()) if T > 1 else (1, nullcontext())
+    if T > 1:
+        return T, single_threaded()
+    c = thread_cap()
+    return 1, (nullcontext() if c is None else at_most(c))
 
 
 class Trainer(HostTrainer):
