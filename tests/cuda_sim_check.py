@@ -1,5 +1,7 @@
 """Run by tests/test_cuda.py in a subprocess with NUMBA_ENABLE_CUDASIM=1 (the simulator must
-be chosen before Numba is imported).  Prints one line per case; exits 1 on any mismatch."""
+be chosen before Numba is imported).  The CUDA engine against the NumPy reference backend
+(``backend="numpy"``, bitwise the CPU engine).  Prints one line per case; exits 1 on any
+mismatch."""
 import math
 import sys
 
@@ -24,12 +26,12 @@ for P, tpb in cases:
               observables=["loss", "sqnorm", "x0"], store_states=True)
     opts = [sv.SGD(0.05), sv.SGDM(0.05, 0.9), sv.HeavyBall(0.01, 0.8, 0.3)]
     g = sv.simulate(P, opts, np.full(P.dim, 0.5), backend="cuda", **kw)
-    c = sv.simulate(P, opts, np.full(P.dim, 0.5), backend="cpu", **kw)
+    c = sv.simulate(P, opts, np.full(P.dim, 0.5), backend="numpy", **kw)
     dev = max(np.abs(g.x_final - c.x_final).max(), np.abs(g.states - c.states).max(),
               np.nanmax(np.abs(g.mean - c.mean)), np.abs(g.paired(1, "loss")[0] - c.paired(1, "loss")[0]).max())
     ok = dev <= 1e-12 and np.array_equal(g.count, c.count)
     bad += not ok
-    print(f"{P.name} ({tpb} threads/block): max deviation cuda-sim vs cpu {dev:.3g} "
+    print(f"{P.name} ({tpb} threads/block): max deviation cuda-sim vs the NumPy reference {dev:.3g} "
           f"{'ok' if ok else 'MISMATCH'}")
 cuda_engine.SIM_THREADS_PER_BLOCK = 1
 # divergence is detected and reported on the GPU path too
@@ -46,8 +48,8 @@ print(f"divergence reported: {'ok' if ok else 'MISSING'}")
 P = Quadratic(np.diag([1.0, 2.0]))
 kw = dict(steps=4, paths=6, sigma=1.0, seed=3, record=[4], store_states=True)
 g = sv.simulate(P, [sv.SGD(0.1)], [0.5, 0.5], backend="cuda", path_offset=2 ** 32 + 256, **kw)
-c = sv.simulate(P, [sv.SGD(0.1)], [0.5, 0.5], backend="cpu", path_offset=2 ** 32 + 256, **kw)
-c0 = sv.simulate(P, [sv.SGD(0.1)], [0.5, 0.5], backend="cpu", path_offset=256, **kw)
+c = sv.simulate(P, [sv.SGD(0.1)], [0.5, 0.5], backend="numpy", path_offset=2 ** 32 + 256, **kw)
+c0 = sv.simulate(P, [sv.SGD(0.1)], [0.5, 0.5], backend="numpy", path_offset=256, **kw)
 dev = np.abs(g.states - c.states).max()
 ok = dev <= 1e-12 and not np.any(c0.states == g.states)
 bad += not ok
@@ -64,9 +66,9 @@ kw = dict(steps=30, paths=12, sigma=0.5, seed=1, record=[0, 10, 30], divergence_
           observables=["x0", log_x0], on_divergence="ignore")
 opts = [sv.SGD(2.2), sv.SGD(0.5)]
 g = sv.simulate(Quadratic(np.eye(2)), opts, [1.0, 1.0], backend="cuda", **kw)
-c = sv.simulate(Quadratic(np.eye(2)), opts, [1.0, 1.0], backend="cpu", **kw)
+c = sv.simulate(Quadratic(np.eye(2)), opts, [1.0, 1.0], backend="numpy", **kw)
 ok = (np.array_equal(g.div_step, c.div_step) and np.array_equal(g.nonfinite, c.nonfinite)
       and np.array_equal(g.count, c.count) and bool(g.divergence) and g.nonfinite.sum() > 0)
 bad += not ok
-print(f"divergence bound and non-finite counts as on the CPU: {'ok' if ok else 'MISMATCH'}")
+print(f"divergence bound and non-finite counts as in the NumPy reference: {'ok' if ok else 'MISMATCH'}")
 sys.exit(1 if bad else 0)

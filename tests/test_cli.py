@@ -1,30 +1,12 @@
-"""The command line: help, simulate, check (smoke size: the CI stand-in for --quick)."""
+"""The command line: help, simulate, check (smoke size: the CI stand-in for --quick).  The
+whole main job at smoke size is tests/test_smoke_job.py."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import sdeverify as sv
-from sdeverify import experiments
 from sdeverify.cli import main
-
-
-def test_check_smoke_all(tmp_path):
-    """`sdeverify check --smoke` runs every registered check; exit status 0 iff all pass.
-    (First in this file: its subprocess compiles the checks' kernels into the disk cache,
-    which the in-process tests below then load instead of compiling again.)"""
-    r = subprocess.run([sys.executable, "-m", "sdeverify.cli", "check", "--smoke", "--out",
-                        str(tmp_path), "--quiet"], capture_output=True, text=True, timeout=900)
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["complete"]
-    names = [c["name"] for c in summary["checks"]]
-    assert names == experiments.available()
-    assert r.returncode == (0 if summary["passed"] else 1), r.stdout + r.stderr
-    assert summary["passed"], r.stdout[-3000:]
-    for c in summary["checks"]:
-        assert (tmp_path / f"{c['name']}.json").exists() and (tmp_path / f"{c['name']}.png").exists()
 
 
 def test_help_and_list(capsys):

@@ -13,7 +13,10 @@ import sdeverify as sv
 HERE = Path(__file__).parent
 
 
-def test_cuda_engine_matches_cpu_under_the_simulator():
+def test_cuda_engine_matches_the_reference_under_the_simulator():
+    """The numba.cuda engine, run by the CUDA simulator, against the NumPy reference backend
+    (bitwise the CPU engine: test_engine_contract.py, and the hb_equivalence check).  The
+    reference, not the CPU engine, so that this subprocess compiles no CPU kernels."""
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=str(HERE.parent))
     r = subprocess.run([sys.executable, str(HERE / "cuda_sim_check.py")], env=env,
                        capture_output=True, text=True, timeout=600)

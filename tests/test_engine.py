@@ -65,7 +65,7 @@ def test_common_random_numbers_reduce_the_variance_of_differences(quad2):
 
 @pytest.mark.parametrize("make", [lambda: Quadratic(np.diag([1.0, 2.0]), center=[1, 0]),
                                   lambda: CosineWell(3, noise_dist="rademacher"),
-                                  lambda: LinearRegression.generate(n=32, d=3, batch_size=4),
+                                  lambda: LinearRegression.generate(n=32, d=2, batch_size=4),   # the kernel of the minibatch test
                                   lambda: SVAG(CosineWell(2), 3.0)])
 def test_reference_backend_agrees(make):
     P = make()

@@ -1,19 +1,17 @@
-"""Smoke-size runs of the Sec 4 experiments: every verdict passes, results round-trip,
-figures are written."""
+"""The experiments' common harness: sizes, overrides, the false-failure budget, progress.
+Every check's run at smoke size is in tests/test_smoke_job.py (the main job, run once)."""
 import pytest
-from harness import check_experiment_smoke
 
 from sdeverify.experiments import available, get
 
 
-@pytest.mark.parametrize("name", ["instruments", "hb_equivalence", "descent_lemma", "train_engine",
-                                  "variance_reduction", "weak_approximation"])
-def test_experiment_smoke(name, tmp_path):
-    """Measured false-failure rate of the verdicts at smoke size: 0/20 seeds for each of the
-    four (weak_approximation 0/30); at quick size 0/6 seeds each.  After issue 15
-    (benchmarks/false_failures.py): instruments 0/20, variance_reduction (σ = 1.5) 0/100,
-    descent_lemma (σ = 1.3) 1/100 (seed 43, a pre-existing verdict; see paper_checks.md)."""
-    check_experiment_smoke(name, tmp_path)
+def test_progress_reaches_its_total():
+    """A check reports its sub-runs to ``progress(done, total)`` and ends at done == total
+    (the main job's progress bars read it; the job itself runs with --quiet in the tests)."""
+    calls = []
+    res = get("variance_reduction").run(size="smoke", seed=0, progress=lambda d, t: calls.append((d, t)))
+    assert res.passed and calls and calls[-1][0] == calls[-1][1]
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
 
 
 def test_bad_size():

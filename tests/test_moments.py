@@ -3,7 +3,8 @@
 Rule (``sdeverify.testing.assert_mean``): every compared quantity (mean of loss, ‖x‖², x0 at
 3 recorded steps, per optimizer) must lie within z_B·sem of the exact value, with z_B the
 Bonferroni quantile for a family-wise level of 99.9%.  Measured: 1 failure in 400 case-runs (seeds 100–199 × the 4
-cases), consistent with the nominal ≤ 0.1% per case; the fixed seed used here passes.
+cases), consistent with the nominal ≤ 0.1% per case; the fixed seed used here passes.  The
+fourth case has d = 2 since session 7 (was 4): 0 failures over seeds 100–199.
 """
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ CASES = [  # (eta, beta, sigma, d)
     (0.1, 0.9, 0.7, 2),
     (0.02, 0.5, 2.0, 3),
     (0.2, 0.0, 1.0, 1),
-    (0.05, 0.95, 0.3, 4),
+    (0.05, 0.95, 0.3, 2),   # d = 2 again (was 4): one kernel fewer to compile (cold start)
 ]
 
 

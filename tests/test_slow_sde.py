@@ -1,10 +1,10 @@
 """The slow-SDE solvers against the closed forms of THEORY §8, the coupling to the engine's
-draws, and reduced-size runs of the slow_sde / label_noise experiments (CI).
+draws (the slow_sde / label_noise checks at smoke size: tests/test_smoke_job.py).
 
 Statistical tests use fixed seeds and Bonferroni-corrected 99.9% intervals (z = 3.29 for
 one comparison, more for several); the estimators' own biases (Euler, O(dt) or O(η²)) are
 below a fifth of the interval half-widths.  False-failure rates were measured by rerunning
-each test body under seeds 0..199 (solver checks) and 0..39 (experiment smokes); the
+each test body under seeds 0..199 (solver checks); the
 counts are in the docstrings.
 """
 import numpy as np
@@ -12,7 +12,6 @@ import pytest
 from scipy import stats as st
 
 import sdeverify as sv
-from harness import check_experiment_smoke
 from sdeverify.problems import DiagonalNet, Sphere, Valley
 from sdeverify.slow_sde import coupled_slow_sde, solve_slow_ode, solve_slow_sde
 
@@ -155,13 +154,3 @@ def test_validation():
         coupled_slow_sde(OU, [1.0, 0.0], eta=0.1, steps=3, paths=2, sigma=1.0, record=[0, 5])
     with pytest.raises(ValueError, match="dt"):
         solve_slow_sde(OU, [1.0, 0.0], t=1.0, dt=0.0, paths=2, sigma=1.0)
-
-
-@pytest.mark.parametrize("name,kw", [("slow_sde", {"problems": ("valley",)}), ("label_noise", {})])
-def test_experiment_smoke(name, kw, tmp_path):
-    """Reduced-size SGD/SGDM vs slow-SDE comparisons: every verdict passes, results
-    round-trip, the figure is written.  Measured false-failure rate of the verdicts at smoke
-    size: slow_sde 1/30 seeds with both problems (seed 25: the sphere's KS test, p = 8e-4;
-    the valley, run here, 0/30); label_noise 0/40.  At quick size: slow_sde 0/32,
-    label_noise 0/32."""
-    res = check_experiment_smoke(name, tmp_path, **kw)

@@ -487,6 +487,6 @@ def plot(result: ExperimentResult, path) -> Path:
             ax.grid(True, which="both", alpha=0.25)
             ax.legend(fontsize=6.5, loc="lower right")
     fig.suptitle("Weak error against the SDE limits (THEORY §7). Thick lines: fitted C·η^p over "
-                 "each series' fit range (η/(1−β) ≤ 0.1 for α < 1, ρη ≤ 0.1 for α = 1); "
+                 "each series' fit range\n(η/(1−β) ≤ 0.1 for α < 1, ρη ≤ 0.1 for α = 1); "
                  "p with 95% interval", fontsize=10)
     return save_figure(fig, path, dpi=130)
