@@ -309,13 +309,13 @@ def sharpness(tr: Any, X: np.ndarray, y: np.ndarray, seed: int, reps: np.ndarray
               iters: int) -> np.ndarray:
     """Top (largest algebraic) Hessian eigenvalue of the training objective on ``(X, y)``
     per model, by ``iters`` Lanczos steps on exact Hessian–vector products
-    (:func:`sdeverify.train.reference.hvp`, Pearlmutter's R-operator, float64 on the host
+    (:func:`sdeverify.train.reference.hvp_operator`, Pearlmutter's R-operator, float64 on the host
     whatever the backend), started from a Philox vector keyed by the replica; returns the
     largest Ritz value per model, shape (models,).  ``tr`` is a trainer as for
     :func:`gradient_noise`; ``reps`` the global replica indices of its replicas.  (Plain
     Lanczos, no reorthogonalisation: memory O(models × params); lost orthogonality only
     duplicates converged Ritz values, it does not bias the largest.)"""
-    from .reference import hvp
+    from .reference import hvp_operator
     W, _ = tr.get_state()
     W = W.astype(np.float64)
     M, P = W.shape
@@ -324,7 +324,7 @@ def sharpness(tr: Any, X: np.ndarray, y: np.ndarray, seed: int, reps: np.ndarray
     Xs = np.ascontiguousarray(np.broadcast_to(np.asarray(X, dtype=np.float64), (M,) + X.shape))
     ys = np.ascontiguousarray(np.broadcast_to(np.asarray(y, dtype=np.int64), (M, X.shape[0])))
     with single_threaded():      # many small products: OpenBLAS threads only contend
-        return _lanczos_top(lambda v: hvp(tr.model, W, Xs, ys, v), q, iters)
+        return _lanczos_top(hvp_operator(tr.model, W, Xs, ys), q, iters)
 
 
 def _lanczos_top(hvp_of, q: np.ndarray, iters: int) -> np.ndarray:

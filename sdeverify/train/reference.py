@@ -158,47 +158,65 @@ def hvp(model: MLP, W: np.ndarray, X: np.ndarray, y: np.ndarray, V: np.ndarray) 
     """Exact Hessian–vector products ``H(w_m) v_m`` of the mean loss (+ λ‖w‖²/2) for a stack
     of models, by Pearlmutter's R-operator (forward-over-backward): the directional
     derivative of the backward pass along ``V (M, P)``.  ReLU's second derivative is taken
-    as 0 (as autograd does), tanh's is −2a(1 − a²).  ``X (M, B, d)``, ``y (M, B)``."""
+    as 0 (as autograd does), tanh's is −2a(1 − a²).  ``X (M, B, d)``, ``y (M, B)``.  For many
+    directions at the same weights use :func:`hvp_operator` (same numbers, bitwise)."""
+    return hvp_operator(model, W, X, y)(V)
+
+
+def hvp_operator(model: MLP, W: np.ndarray, X: np.ndarray, y: np.ndarray):
+    """``V ↦ H(w_m) v_m`` (:func:`hvp`) at fixed weights ``W`` and data: the forward pass, the
+    loss derivatives and the first-order backward pass (none of which depends on ``V``) are
+    computed once, so that each product costs only the R-passes — what a Lanczos iteration
+    at fixed weights needs (:func:`sdeverify.train.fit` sharpness)."""
     acts = forward(model, W, X)
     layers = model.unflatten(W)
-    dirs = model.unflatten(V)
     relu = model.activation == "relu"
     L = model.n_layers
-    RA = [np.zeros_like(X)]                         # R(A_l)
-    RZ = []
-    for l, (Wl, bl) in enumerate(layers):
-        dW, db = dirs[l]
-        rz = np.matmul(RA[-1], Wl) + np.matmul(acts[l], dW) + db[:, None, :]
-        RZ.append(rz)
-        if l < L - 1:
-            A = acts[l + 1]
-            RA.append(rz * (A > 0) if relu else rz * (1.0 - A * A))
     _, _, dZ = loss_terms(model, acts[-1], y)
     B = X.shape[1]
-    delta = dZ / B
+    deltas, backs = [None] * L, [None] * L     # ∂loss/∂Z_l (mean over rows); the pre-mask products
+    deltas[L - 1] = dZ / B
+    for l in range(L - 1, 0, -1):
+        A = acts[l]
+        backs[l] = np.matmul(deltas[l], np.swapaxes(layers[l][0], 1, 2))
+        deltas[l - 1] = backs[l] * (A > 0) if relu else backs[l] * (1.0 - A * A)
     if model.loss == "cross_entropy":
         p = dZ + 0.0
         np.put_along_axis(p, y[..., None], np.take_along_axis(p, y[..., None], axis=2) + 1.0, axis=2)
-        rz = RZ[-1]
-        rdelta = (p * rz - p * np.sum(p * rz, axis=2, keepdims=True)) / B
-    else:
-        rdelta = RZ[-1] / B
-    HV = np.zeros_like(W)
-    out = model.unflatten(HV)
-    for l in range(L - 1, -1, -1):
-        Wl = layers[l][0]
-        dW = dirs[l][0]
-        hW, hb = out[l]
-        hW[...] = np.matmul(np.swapaxes(RA[l], 1, 2), delta) + np.matmul(np.swapaxes(acts[l], 1, 2), rdelta)
-        hb[...] = rdelta.sum(axis=1)
-        if l > 0:
-            A = acts[l]
-            back = np.matmul(delta, np.swapaxes(Wl, 1, 2))
-            rback = np.matmul(rdelta, np.swapaxes(Wl, 1, 2)) + np.matmul(delta, np.swapaxes(dW, 1, 2))
-            if relu:
-                mask = A > 0
-                delta, rdelta = back * mask, rback * mask
-            else:
-                d1 = 1.0 - A * A
-                delta, rdelta = back * d1, rback * d1 + back * (-2.0 * A * d1) * RZ[l - 1]
-    return HV + model.weight_decay * V
+
+    def apply(V: np.ndarray) -> np.ndarray:
+        dirs = model.unflatten(V)
+        RA = [np.zeros_like(X)]                         # R(A_l)
+        RZ = []
+        for l, (Wl, bl) in enumerate(layers):
+            dW, db = dirs[l]
+            rz = np.matmul(RA[-1], Wl) + np.matmul(acts[l], dW) + db[:, None, :]
+            RZ.append(rz)
+            if l < L - 1:
+                A = acts[l + 1]
+                RA.append(rz * (A > 0) if relu else rz * (1.0 - A * A))
+        if model.loss == "cross_entropy":
+            rz = RZ[-1]
+            rdelta = (p * rz - p * np.sum(p * rz, axis=2, keepdims=True)) / B
+        else:
+            rdelta = RZ[-1] / B
+        HV = np.zeros_like(W)
+        out = model.unflatten(HV)
+        for l in range(L - 1, -1, -1):
+            Wl = layers[l][0]
+            dW = dirs[l][0]
+            delta = deltas[l]
+            hW, hb = out[l]
+            hW[...] = np.matmul(np.swapaxes(RA[l], 1, 2), delta) + np.matmul(np.swapaxes(acts[l], 1, 2), rdelta)
+            hb[...] = rdelta.sum(axis=1)
+            if l > 0:
+                A = acts[l]
+                rback = np.matmul(rdelta, np.swapaxes(Wl, 1, 2)) + np.matmul(delta, np.swapaxes(dW, 1, 2))
+                if relu:
+                    rdelta = rback * (A > 0)
+                else:
+                    d1 = 1.0 - A * A
+                    rdelta = rback * d1 + backs[l] * (-2.0 * A * d1) * RZ[l - 1]
+        return HV + model.weight_decay * V
+
+    return apply
