@@ -124,6 +124,35 @@ def test_a_raising_observable_is_an_error_naming_it():
         _sim(**dict(kw, x0=(1.0, 6.0)))
 
 
+@numba.njit
+def _fussy_loss(x, p):
+    if x[1] > 5.0:
+        raise ValueError("fussy loss: x1 too large")
+    return 0.5 * (x[0] ** 2 + x[1] ** 2)
+
+
+def test_a_raising_user_loss_is_an_error_naming_it():
+    """The loss of a user's problem is evaluated (non-inlined) inside the kernel's try block,
+    so a raise is counted and reported like a raising observable; before session 7 it left
+    the kernel as a bare ValueError from a worker thread (an inlined call escaped the try)."""
+    from sdeverify.problems import NGOS
+    P = NGOS(dim=2, grad=_g, noise=_noise_ok, loss=_fussy_loss, name="fussy")
+    with pytest.raises(UserFunctionError, match="observable 'loss' .*_fussy_loss.* raised"):
+        sv.simulate(P, [sv.SGD(0.05)], (1.0, 4.5), steps=30, paths=300, sigma=30.0, observables=["loss"])
+
+
+def test_only_the_packages_own_losses_skip_the_try_block():
+    """The kernel drops the try block (≈ 0.7 s of its compile) only for the package's own
+    losses without user observables: they are plain arithmetic and cannot raise."""
+    from sdeverify.engine.cpu import _needs_guard
+    from sdeverify.observables import user_evaluator
+    q = sv.problems.Quadratic(np.eye(2))
+    assert not _needs_guard(q.loss, user_evaluator(()))
+    assert not _needs_guard(sv.problems.CosineWell(2).loss, user_evaluator(()))
+    assert _needs_guard(q.loss, user_evaluator((log_x0,)))
+    assert _needs_guard(_fussy_loss, user_evaluator(()))
+
+
 # ---- 5. user functions -----------------------------------------------------------------------
 @numba.njit
 def _g(x, p, out):

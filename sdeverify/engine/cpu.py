@@ -43,7 +43,8 @@ bytecode of the kernel and of the problem / observable functions (:mod:`.cache`)
 process starts without compiling.
 
 The kernel factory :func:`_make_kernel` assembles four parts, each built by a function of
-its own: :func:`_recorder` (observables into the accumulators), :func:`_fused_step` and
+its own: :func:`_recorder` (observables into the accumulators: a small per-kernel
+``evaluate`` and the shared, problem-independent :func:`_fold`, compiled once), :func:`_fused_step` and
 :func:`_split_step` (one optimizer step over the lanes; one of them is compiled, by ``d``)
 and :func:`_bound_check` (the divergence bound), called by the block loop of
 :func:`_block_kernel`.  They are Numba closures: their compile-time constants are in
@@ -93,7 +94,7 @@ from numba.extending import intrinsic
 
 from .. import config, rng
 from ..threads import run_ranges
-from ..observables import LOSS, SQNORM, USER0, user_evaluator
+from ..observables import LOSS, SQNORM, USER0, _no_user, user_evaluator
 from .cache import enable_disk_cache, fingerprint, key_hash, unique_names
 from .output import EngineOutput
 
@@ -131,29 +132,79 @@ def _inline(f):
 
 
 # ---- the parts of the kernel -----------------------------------------------------------------
-def _recorder(loss_, user_eval, D: int, unique):
-    """``record(stats, diffs, bad, vals, states, store, X, alive, x_rec, p, codes, r, p0, nl)``:
-    fold the observables of lanes 0..nl-1 (global paths p0..p0+nl-1, in this order) at
-    recorded slot ``r`` into the block's accumulators.
+@numba.njit(inline="always")
+def _welford(acc, j, r, o, v):
+    """Fold v into acc[j, r, o] = (count, mean, M2) (indices, not a view: no refcounts)."""
+    c = acc[j, r, o, 0] + 1.0
+    delta = v - acc[j, r, o, 1]
+    mean = acc[j, r, o, 1] + delta / c
+    acc[j, r, o, 0] = c
+    acc[j, r, o, 1] = mean
+    acc[j, r, o, 2] += delta * (v - mean)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _fold(stats, diffs, bad, vals, raised, states, store, X, alive, r, p0, nl):
+    """Fold the observable values ``vals`` (n_opt, n_obs, L) of lanes 0..nl-1 (global paths
+    p0..p0+nl-1, in this order) at recorded slot ``r`` into the block's accumulators (see
+    :func:`_recorder`).  Problem-independent: compiled once per dtype and shared by every
+    kernel (disk-cached), where a per-kernel copy cost about 2 s of each kernel's compile."""
+    for ln in range(nl):
+        for j in range(X.shape[0]):
+            if not alive[j, ln]:
+                continue
+            if store:
+                for i in range(X.shape[1]):
+                    states[j, r, p0 + ln, i] = X[j, i, ln]
+            for o in range(vals.shape[1]):
+                v = vals[j, o, ln]
+                if raised[j, o, ln]:
+                    bad[j, r, o, 1] += 1.0
+                elif not np.isfinite(v):
+                    bad[j, r, o, 0] += 1.0
+                else:
+                    _welford(stats, j, r, o, v)
+                    if alive[0, ln] and np.isfinite(vals[0, o, ln]):
+                        _welford(diffs, j, r, o, v - vals[0, o, ln])
+
+
+def _recorder(loss_, loss_call, user_eval, D: int, unique, guard: bool):
+    """``record(stats, diffs, bad, vals, raised, states, store, X, alive, x_rec, p, codes, r,
+    p0, nl)``: fold the observables of lanes 0..nl-1 (global paths p0..p0+nl-1, in this
+    order) at recorded slot ``r`` into the block's accumulators, in two parts: this kernel's
+    ``evaluate`` (the observables of every live lane and optimizer; the only part that
+    depends on the problem) and the shared :func:`_fold`.
 
     ``stats``, ``diffs``: (n_opt, n_rec, n_obs, 3) float64 (count, mean, M2) of h(x_j) and of
     h(x_j) − h(x_0) (paired with optimizer 0); ``bad``: (n_opt, n_rec, n_obs, 2) counts of
-    non-finite ``[..., 0]`` and raised ``[..., 1]`` values; ``vals``: (n_opt, n_obs) scratch;
-    ``states``: (n_opt, n_rec, paths, D) written when ``store``; ``X``, ``alive``: the lane
-    arrays; ``x_rec``: (D,) scratch; ``p``: problem parameters; ``codes``: (n_obs,) observable
-    codes (:mod:`sdeverify.observables`: ≥ 0 a coordinate, ``SQNORM``, ``LOSS``, ``USER0 − u``
-    user function u).  Values are folded in float64 whatever the state dtype."""
+    non-finite ``[..., 0]`` and raised ``[..., 1]`` values; ``vals``, ``raised``: (n_opt,
+    n_obs, L) float64 / bool scratch; ``states``: (n_opt, n_rec, paths, D) written when
+    ``store``; ``X``, ``alive``: the lane arrays; ``x_rec``: (D,) scratch; ``p``: problem
+    parameters; ``codes``: (n_obs,) observable codes (:mod:`sdeverify.observables`: ≥ 0 a
+    coordinate, ``SQNORM``, ``LOSS``, ``USER0 − u`` user function u).  Values are folded in
+    float64 whatever the state dtype.
 
-    @numba.njit
-    @unique
-    def guarded(code, x, p):
-        """Loss or user observable; (value, raised) — the exception itself cannot leave."""
-        try:
-            if code == LOSS:
-                return np.float64(loss_(x, p)), False
-            return np.float64(user_eval(USER0 - code, x)), False
-        except Exception:
-            return np.nan, True
+    ``guard``: evaluate the loss and user observables inside a try block (a raise is counted
+    in ``bad[..., 1]``).  Off only for the package's own problems without user observables
+    (:func:`_needs_guard`): their losses are plain arithmetic that cannot raise, and the try
+    block cost about 0.7 s of each kernel's compile."""
+
+    if guard:
+        @numba.njit
+        @unique
+        def guarded(code, x, p):
+            """Loss or user observable; (value, raised) — the exception itself cannot leave."""
+            try:
+                if code == LOSS:
+                    return np.float64(loss_call(x, p)), False
+                return np.float64(user_eval(USER0 - code, x)), False
+            except Exception:
+                return np.nan, True
+    else:
+        @numba.njit(inline="always")
+        def guarded(code, x, p):
+            """The loss (the only code left: there are no user observables)."""
+            return np.float64(loss_(x, p)), False
 
     @numba.njit(inline="always")
     def observe(code, x, p):
@@ -167,39 +218,24 @@ def _recorder(loss_, user_eval, D: int, unique):
             return s, False
         return guarded(code, x, p)
 
-    @numba.njit(inline="always")
-    def welford(acc, j, r, o, v):
-        """Fold v into acc[j, r, o] = (count, mean, M2) (indices, not a view: no refcounts)."""
-        c = acc[j, r, o, 0] + 1.0
-        delta = v - acc[j, r, o, 1]
-        mean = acc[j, r, o, 1] + delta / c
-        acc[j, r, o, 0] = c
-        acc[j, r, o, 1] = mean
-        acc[j, r, o, 2] += delta * (v - mean)
-
     @numba.njit
     @unique
-    def record(stats, diffs, bad, vals, states, store, X, alive, x_rec, p, codes, r, p0, nl):
+    def evaluate(vals, raised, X, alive, x_rec, p, codes, nl):
         for ln in range(nl):
             for j in range(X.shape[0]):
                 if not alive[j, ln]:
                     continue
                 for i in range(D):
                     x_rec[i] = X[j, i, ln]
-                if store:
-                    for i in range(D):
-                        states[j, r, p0 + ln, i] = x_rec[i]
                 for o in range(codes.shape[0]):
-                    v, raised = observe(codes[o], x_rec, p)
-                    vals[j, o] = v
-                    if raised:
-                        bad[j, r, o, 1] += 1.0
-                    elif not np.isfinite(v):
-                        bad[j, r, o, 0] += 1.0
-                    else:
-                        welford(stats, j, r, o, v)
-                        if alive[0, ln] and np.isfinite(vals[0, o]):
-                            welford(diffs, j, r, o, v - vals[0, o])
+                    v, rs = observe(codes[o], x_rec, p)
+                    vals[j, o, ln] = v
+                    raised[j, o, ln] = rs
+
+    @numba.njit(inline="always")
+    def record(stats, diffs, bad, vals, raised, states, store, X, alive, x_rec, p, codes, r, p0, nl):
+        evaluate(vals, raised, X, alive, x_rec, p, codes, nl)
+        _fold(stats, diffs, bad, vals, raised, states, store, X, alive, np.int64(r), p0, nl)   # not Literal[0]: one signature
 
     return record
 
@@ -339,7 +375,8 @@ def _block_kernel(record, fused_step, split_step, bound_check, fill, FUSED: bool
             Z2 = np.empty((ROWS if N_CALLS == 2 else 4, L), dtype=FTYPE)
             alive = np.empty((n_opt, L), dtype=np.bool_)
             dstep = np.empty((n_opt, L), dtype=np.int64)
-            vals = np.empty((n_opt, codes.shape[0]))
+            vals = np.empty((n_opt, codes.shape[0], L))
+            raised = np.empty((n_opt, codes.shape[0], L), dtype=np.bool_)
             x_rec = np.empty(D, dtype=FTYPE)
             G = np.empty((D, L), dtype=FTYPE)
             S = _stack_empty(L, FTYPE)
@@ -374,7 +411,7 @@ def _block_kernel(record, fused_step, split_step, bound_check, fill, FUSED: bool
                         dstep[j, ln] = -1
                 r = 0
                 if n_rec > 0 and rec_steps[0] == 0:
-                    record(stats, diffs, bad, vals, states, store, X, alive, x_rec, params, codes, 0, p0, nl)
+                    record(stats, diffs, bad, vals, raised, states, store, X, alive, x_rec, params, codes, r, p0, nl)
                     r = 1
                 for k in range(steps):
                     fill(draw_kind, k0, k1, path0 + p0, k, 0, Z1)
@@ -392,7 +429,7 @@ def _block_kernel(record, fused_step, split_step, bound_check, fill, FUSED: bool
                                        x_in, g, v, w, z, G, S, x_start, p, sigma, s1, s2)
                         bound_check(X[j], alive[j], dstep[j], k, S, bound)
                     if r < n_rec and rec_steps[r] == k + 1:
-                        record(stats, diffs, bad, vals, states, store, X, alive, x_rec, params, codes, r, p0, nl)
+                        record(stats, diffs, bad, vals, raised, states, store, X, alive, x_rec, params, codes, r, p0, nl)
                         r += 1
                 for ln in range(nl):
                     for j in range(n_opt):
@@ -417,7 +454,7 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, N_DRAWS: int,
                    + [dtype, str(D), str(N_DRAWS), str(N_PARAMS), str(N_CALLS), str(L),
                       "fused" if takes_fused_step(D, N_DRAWS) else "split"])
     unique = unique_names(key_hash(key)[:16])
-    record = _recorder(loss_, user_eval, D, unique)
+    record = _recorder(loss_, loss, user_eval, D, unique, _needs_guard(loss, user_eval))
     fused = _fused_step(grad_, noise_, D, N_DRAWS, N_CALLS, L, ZERO)
     split = _split_step(grad_, noise_, D, N_DRAWS, N_CALLS, L, ZERO)
     kernel = _block_kernel(record, fused, split, _bound_check(D, L, ZERO), rng.fill_lanes(dtype),
@@ -425,6 +462,14 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, N_DRAWS: int,
     disp = numba.njit(nogil=True, error_model="numpy")(unique(kernel))
     enable_disk_cache(disp, key)
     return disp
+
+
+def _needs_guard(loss, user_eval) -> bool:
+    """Whether the observables must be evaluated under try/except: unless there are no user
+    observables and the loss is one of the package's own (``sdeverify.problems``), which
+    cannot raise; a user's ``NGOS`` loss or observable may."""
+    module = getattr(getattr(loss, "py_func", loss), "__module__", "") or ""
+    return not (user_eval is _no_user and module.startswith("sdeverify.problems."))
 
 
 def takes_fused_step(D: int, N_DRAWS: int) -> bool:
