@@ -168,7 +168,7 @@ def _fold(stats, diffs, bad, vals, raised, states, store, X, alive, r, p0, nl):
                         _welford(diffs, j, r, o, v - vals[0, o, ln])
 
 
-def _recorder(loss_, loss_call, user_eval, D: int, unique, guard: bool):
+def _recorder(loss_, user_eval, D: int, unique, guard: bool):
     """``record(stats, diffs, bad, vals, raised, states, store, X, alive, x_rec, p, codes, r,
     p0, nl)``: fold the observables of lanes 0..nl-1 (global paths p0..p0+nl-1, in this
     order) at recorded slot ``r`` into the block's accumulators, in two parts: this kernel's
@@ -196,7 +196,7 @@ def _recorder(loss_, loss_call, user_eval, D: int, unique, guard: bool):
             """Loss or user observable; (value, raised) — the exception itself cannot leave."""
             try:
                 if code == LOSS:
-                    return np.float64(loss_call(x, p)), False
+                    return np.float64(loss_(x, p)), False
                 return np.float64(user_eval(USER0 - code, x)), False
             except Exception:
                 return np.nan, True
@@ -454,7 +454,7 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, N_DRAWS: int,
                    + [dtype, str(D), str(N_DRAWS), str(N_PARAMS), str(N_CALLS), str(L),
                       "fused" if takes_fused_step(D, N_DRAWS) else "split"])
     unique = unique_names(key_hash(key)[:16])
-    record = _recorder(loss_, loss, user_eval, D, unique, _needs_guard(loss, user_eval))
+    record = _recorder(loss_, user_eval, D, unique, _needs_guard(loss, user_eval))
     fused = _fused_step(grad_, noise_, D, N_DRAWS, N_CALLS, L, ZERO)
     split = _split_step(grad_, noise_, D, N_DRAWS, N_CALLS, L, ZERO)
     kernel = _block_kernel(record, fused, split, _bound_check(D, L, ZERO), rng.fill_lanes(dtype),
