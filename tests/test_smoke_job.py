@@ -3,9 +3,10 @@ once in a subprocess; every check's saved result is then examined.
 
 This is the suite's one run of every check at smoke size: every verdict passes, the exit
 status says so, each result round-trips through its files and its figure is redrawn from the
-saved data.  (The checks used to be run a second time, in process, by one test each; the
-results are bitwise the same either way — ``test_cli.test_check_jobs_gives_the_serial_verdicts``
-— so that doubled the work for nothing.)  It is one test, not one per check, so that one
+saved data.  (The checks used to be run a second time, in process, by one test each; every
+check is seeded, so a worker process and the test process compute the same results —
+``test_cli.test_check_jobs_gives_the_serial_verdicts`` shows it bitwise for two checks — and
+that doubled the work.)  It is one test, not one per check, so that one
 xdist worker runs the job (pytest-xdist's ``loadgroup`` does not work with pytest 9), and
 ``conftest.py`` schedules it first: it is the suite's longest test.
 

@@ -467,7 +467,8 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, N_DRAWS: int,
 def _needs_guard(loss, user_eval) -> bool:
     """Whether the observables must be evaluated under try/except: unless there are no user
     observables and the loss is one of the package's own (``sdeverify.problems``), which
-    cannot raise; a user's ``NGOS`` loss or observable may."""
+    cannot raise (loops, products and sums; the only divisions are by validated dataset
+    sizes n ≥ 1); a user's ``NGOS`` loss or observable may."""
     module = getattr(getattr(loss, "py_func", loss), "__module__", "") or ""
     return not (user_eval is _no_user and module.startswith("sdeverify.problems."))
 
