@@ -168,3 +168,14 @@ def test_dotted_references_resolve(scope):
     broken = [f"{where}: `{name}` does not exist" for name, where in sorted(refs.items())
               if not resolves(name)]
     assert not broken, "dangling sdeverify.* references:\n" + "\n".join(broken)
+
+
+def test_ci_runs_the_readme_test_command():
+    """``.ci/run`` runs exactly the test command README.md shows (the line after "Run the
+    tests"), so the time README quotes is the time CI pays."""
+    readme = (ROOT / "README.md").read_text().splitlines()
+    at = next(i for i, line in enumerate(readme) if line.startswith("**Run the tests**"))
+    command = next(line.strip() for line in readme[at + 1:] if line.strip())
+    assert command.startswith("python3 -m venv .venv") and "pytest" in command
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert command in ci, f".ci/run does not run README's test command {command!r}"
