@@ -41,3 +41,7 @@ FUSE_MAX_DRAWS: int = 16
 #: max_i |x_i| / max(1, max_i |x0_i|) of a non-diverged path was 22.4.  Blow-ups of the
 #: linear-instability kind grow geometrically and cross the bound long before float overflow.
 DIVERGENCE_FACTOR: float = 1e8
+
+#: A process that finds another one compiling the kernel it needs (same machine, same cache
+#: directory) waits at most this long for it, then compiles on its own (engine/cache.py).
+COMPILE_WAIT_S: float = 300.0

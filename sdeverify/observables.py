@@ -20,6 +20,7 @@ from typing import Callable
 
 import numba
 import numpy as np
+from .compile_lock import compile_once
 
 LOSS, SQNORM = -1, -2
 
@@ -158,3 +159,6 @@ def welford(acc, v):
     acc[0] = c
     acc[1] = mean
     acc[2] += delta * (v - mean)
+
+
+compile_once(globals())     # one compile per machine (sdeverify/compile_lock.py)

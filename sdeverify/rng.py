@@ -53,6 +53,7 @@ import types
 import numba
 import numpy as np
 from numba.cpython.unsafe.numbers import leading_zeros
+from .compile_lock import compile_once
 
 MASK32 = np.uint64(0xFFFFFFFF)
 SHIFT32 = np.uint64(32)
@@ -375,3 +376,6 @@ def draws_numpy(kind: int, seed: int, paths: np.ndarray, step: int, stream: int,
         z = [(_np_uniform32 if f32 else _np_uniform64)(wi) for wi in w]
     out = np.stack(z, axis=-1).reshape(paths.shape[0], 4 * nblk)
     return np.ascontiguousarray(out[:, :n], dtype=np.float32 if f32 else np.float64)
+
+
+compile_once(globals())     # one compile per machine (sdeverify/compile_lock.py)

@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .problems.quadratic import Quadratic
+from .compile_lock import compile_once
 
 __all__ = ["Moments", "quadratic_moments", "update_variance_sgd", "update_variance_sgdm",
            "endpoint_variance_sgd", "endpoint_variance_sgdm", "endpoint_mean_bias_sgdm",
@@ -199,3 +200,6 @@ def descent_lemma_terms(grad: np.ndarray, hess: np.ndarray, noise_cov: np.ndarra
 def stability_threshold(beta: float) -> float:
     """Largest η·h for which EMA-form SGDM is stable on curvature h: 2(1+β)/(1−β)."""
     return 2.0 * (1.0 + beta) / (1.0 - beta)
+
+
+compile_once(globals())     # one compile per machine (sdeverify/compile_lock.py)

@@ -59,6 +59,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 from numba.extending import overload, register_jitable
+from .compile_lock import compile_once
 
 __all__ = ["sin", "cos", "exp", "log", "log1p", "expm1", "tanh", "select"]
 
@@ -299,3 +300,6 @@ expm1 = numba.njit(**_JIT)(_expm1)
 log = numba.njit(**_JIT)(_log)
 log1p = numba.njit(**_JIT)(_log1p)
 tanh = numba.njit(**_JIT)(_tanh)
+
+
+compile_once(globals())     # one compile per machine (sdeverify/compile_lock.py)

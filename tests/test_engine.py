@@ -65,7 +65,7 @@ def test_common_random_numbers_reduce_the_variance_of_differences(quad2):
 
 @pytest.mark.parametrize("make", [lambda: Quadratic(np.diag([1.0, 2.0]), center=[1, 0]),
                                   lambda: CosineWell(3, noise_dist="rademacher"),
-                                  lambda: LinearRegression.generate(n=32, d=2, batch_size=4),   # the kernel of the minibatch test
+                                  lambda: _minibatch_problem(),   # the batch_size check's kernel
                                   lambda: SVAG(CosineWell(2), 3.0)])
 def test_reference_backend_agrees(make):
     P = make()
@@ -134,17 +134,23 @@ def test_svag_keeps_mean_and_multiplies_variance():
     assert abs(var - ell * 0.01) < z * 0.01 * ell * np.sqrt(2 / (n - 1))
 
 
+def _minibatch_problem():
+    """B = 4 of 256 samples in d = 4, with 64 draws reserved: the kernel the batch_size check
+    compiles (d, draws and the size of the data decide the kernel), so no extra compile."""
+    return LinearRegression.generate(n=256, d=4, batch_size=4, seed=1, max_batch=64)
+
+
 def test_minibatch_noise_covariance_is_sigma1_over_B():
     """LinearRegression: with σ = 1 the oracle is the real minibatch gradient; its covariance
     per coordinate equals Σ₁(x)/B (checked for one SGD step from x0: Var x1 = η² Σ/B)."""
-    P = LinearRegression.generate(n=64, d=2, batch_size=4, seed=1)
-    x0 = np.array([0.3, -0.2])
+    P = _minibatch_problem()
+    x0 = np.array([0.3, -0.2, 0.5, 0.1])
     res = sv.simulate(P, [sv.SGD(1.0)], x0, steps=1, paths=40000, sigma=1.0, record=[1],
-                      observables=["x0", "x1"])
+                      observables=[f"x{i}" for i in range(4)])
     cov = P.noise_cov_at(x0)
     grad = P.gradient(x0)
     z = stats.z_value(1 - 1e-5)
-    for i in range(2):
+    for i in range(P.dim):
         assert abs(res.mean[0, -1, i] - (x0[i] - grad[i])) < z * res.sem[0, -1, i]
         n = res.count[0, -1, i]
         assert abs(res.var[0, -1, i] - cov[i, i]) < z * cov[i, i] * np.sqrt(3 / (n - 1))

@@ -6,12 +6,13 @@ import pytest
 
 import sdeverify as sv
 from sdeverify import config
-from sdeverify.problems import Quadratic
+from sdeverify.problems import CosineWell, DiagonalNet, Quadratic
 
 OPTS = [sv.SGD(0.05), sv.SGDM(0.05, 0.9)]
-# d = 2, dense: its kernels (float64, float32) are those of the quad2 fixture and of
-# test_fuzz.py's problems (fewer kernels to compile on a cold start)
-QUAD = Quadratic(np.array([[0.5, 0.1], [0.1, 2.0]]))
+# d = 2, diagonal, centred at 0, identity noise: the problem `sdeverify simulate` builds, so
+# its kernels (float64, float32) are those of test_cli.py's and test_fuzz.py's runs (fewer
+# kernels to compile on a cold start)
+QUAD = Quadratic(np.diag([0.5, 2.0]))
 
 
 def _run(problem=QUAD, **kw):
@@ -81,17 +82,25 @@ def test_dtype_validation():
         _run(backend="numpy")
 
 
-@pytest.mark.parametrize("d,ell", [(2, 1.0), (config.FUSE_MAX_DIM + 2, 1.0),
-                                   (config.FUSE_MAX_DIM + 2, 3.0)])
-def test_cpu_kernel_variants_match_the_reference_bitwise(d, ell):
-    """Both variants of the kernel (fused for d <= config.FUSE_MAX_DIM, split above), with and
-    without SVAG: with arithmetic-only problem functions the CPU and NumPy engines agree
-    bitwise, normal draws included (same IEEE operations in the same order)."""
+def _dense_quadratic(d=2):
     rs = np.random.default_rng(0)
     a = rs.normal(size=(d, d))
-    P = Quadratic(a @ a.T / d + np.eye(d), noise_cov=np.eye(d) + 0.1, center=rs.normal(size=d))
-    if ell != 1.0:
-        P = sv.problems.SVAG(P, ell)
+    return Quadratic(a @ a.T / d + np.eye(d), noise_cov=np.eye(d) + 0.1, center=rs.normal(size=d))
+
+
+# Problems whose kernels other tests or the smoke job compile anyway (cold-start cost).
+@pytest.mark.parametrize("make", [_dense_quadratic,                         # fused, one call
+                                  lambda: DiagonalNet.generate(),           # split (d = 20), one call
+                                  lambda: sv.problems.SVAG(CosineWell(10), 3.0)],   # split, SVAG
+                         ids=["fused", "split", "split-svag"])
+def test_cpu_kernel_variants_match_the_reference_bitwise(make):
+    """Both variants of the kernel (fused for d <= config.FUSE_MAX_DIM, split above), with and
+    without SVAG: with problem functions made of IEEE arithmetic and the package's vector
+    math (whose NumPy twins are bitwise) the CPU and NumPy engines agree bitwise, normal draws
+    included (same operations in the same order)."""
+    P = make()
+    d = P.dim
+    assert (d <= config.FUSE_MAX_DIM) == (make is _dense_quadratic)
     kw = dict(steps=12, paths=70, sigma=0.7, seed=2, record=[0, 5, 12], store_states=True)
     a64 = sv.simulate(P, OPTS, np.ones(d), **kw)
     ref = sv.simulate(P, OPTS, np.ones(d), backend="numpy", **kw)

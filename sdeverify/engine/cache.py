@@ -20,6 +20,10 @@ another file, does not touch the kernel's source file).  So:
 As with Numba's own cache, a change in a *helper* called by a problem function (not the
 function itself, nor a function it closes over) is not detected: clear ``__pycache__``
 after such edits.
+
+**One compile per machine**: :class:`KernelCache` takes the file lock of
+:mod:`sdeverify.compile_lock` on a miss, so processes that start together on a cold cache
+compile each kernel once and load it from disk in the others.
 """
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ import types as pytypes
 
 import numpy as np
 from numba.core import caching
+
+from ..compile_lock import CompileOnce
 
 __all__ = ["KernelCache", "enable_disk_cache", "fingerprint", "key_hash", "unique_names"]
 
@@ -101,9 +107,10 @@ def _value_key(v) -> bytes:
     return dumps(v)
 
 
-class KernelCache(caching.FunctionCache):
+class KernelCache(CompileOnce, caching.FunctionCache):
     """Numba's per-function disk cache, indexed by a caller-given stable ``key`` (a string
-    of :func:`fingerprint` values and sizes) instead of the pickled closure."""
+    of :func:`fingerprint` values and sizes) instead of the pickled closure, with the
+    one-compile-per-machine lock."""
 
     def __init__(self, py_func, key: str):
         super().__init__(py_func)

@@ -93,6 +93,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .. import config, rng
+from ..compile_lock import compile_once
 from ..threads import run_ranges
 from ..observables import LOSS, SQNORM, USER0, _no_user, user_evaluator
 from .cache import enable_disk_cache, fingerprint, key_hash, unique_names
@@ -509,3 +510,6 @@ def run(spec) -> EngineOutput:
                out.block_bad, out.x_final, out.m_final, out.div_step, out.states,
                spec.store_states)
     return out
+
+
+compile_once(globals())     # one compile per machine (sdeverify/compile_lock.py)

@@ -30,6 +30,7 @@ import numba
 import numpy as np
 
 from .. import config, rng
+from ..compile_lock import compile_once
 from ..observables import LOSS, SQNORM, USER0, welford
 from .output import EngineOutput
 
@@ -279,3 +280,6 @@ def run(spec) -> EngineOutput:
     fold(vals, out.div_step, spec.record, out.block_stats, out.block_diff,
          out.block_bad, config.BLOCK)
     return out
+
+
+compile_once(globals())     # one compile per machine (sdeverify/compile_lock.py)

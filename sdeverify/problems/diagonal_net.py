@@ -35,6 +35,7 @@ import numba
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ..compile_lock import compile_once
 from ..validation import finite_float, positive_int
 from .base import pack
 from .manifolds import ManifoldProblem
@@ -366,3 +367,6 @@ class DiagonalNet(ManifoldProblem):
         zeta = np.asarray(zeta, dtype=np.float64)
         P = self.tangent_projector(zeta)
         return -0.25 * sigma ** 2 * np.einsum("...ij,...j->...i", P, self.sharpness_gradient(zeta))
+
+
+compile_once(globals())     # one compile per machine (sdeverify/compile_lock.py)

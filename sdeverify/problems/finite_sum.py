@@ -14,6 +14,7 @@ import numba
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ..compile_lock import compile_once
 from ..validation import positive_int
 from .base import NGOS, pack
 
@@ -134,3 +135,6 @@ class LinearRegression(NGOS):
     def noise_cov_at(self, x: ArrayLike) -> np.ndarray:
         """Σ(x) = Σ₁(x)/B, (d, d): the covariance of the minibatch gradient's deviation."""
         return self.per_sample_cov(np.asarray(x, dtype=np.float64)) / self.batch_size
+
+
+compile_once(globals())     # one compile per machine (sdeverify/compile_lock.py)

@@ -27,6 +27,7 @@ import numba
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ..compile_lock import compile_once
 from ..validation import finite_float, positive_int
 from .base import NGOS, pack
 
@@ -565,3 +566,6 @@ class Sphere(ManifoldProblem):
         fix = B / (1.0 - lam)
         m2 = fix + (1.0 - fix) * lam ** K
         return m1, m2
+
+
+compile_once(globals())     # one compile per machine (sdeverify/compile_lock.py)

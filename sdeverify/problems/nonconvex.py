@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .. import vmath
+from ..compile_lock import compile_once
 from ..validation import finite_float, positive_int
 from .base import NGOS
 
@@ -79,3 +80,6 @@ class CosineWell(NGOS):
     def third_derivative(self, x: ArrayLike) -> np.ndarray:
         """Diagonal of ∂³L: a sin x_i, (d,) (all mixed third derivatives vanish)."""
         return self.amplitude * np.sin(np.asarray(x, dtype=np.float64))
+
+
+compile_once(globals())     # one compile per machine (sdeverify/compile_lock.py)

@@ -18,6 +18,7 @@ import numba
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ..compile_lock import compile_once
 from ..validation import psd_sqrt, square_matrix, vector
 from .base import NGOS, pack
 
@@ -159,3 +160,6 @@ def ConstantGradient(c: ArrayLike, noise_cov: ArrayLike | None = None, *,
     c = vector("c", c)
     return Quadratic(np.zeros((c.size, c.size)), noise_cov, linear=c, noise_dist=noise_dist,
                      name="constant_gradient")
+
+
+compile_once(globals())     # one compile per machine (sdeverify/compile_lock.py)

@@ -33,6 +33,7 @@ from contextlib import nullcontext
 import numba
 import numpy as np
 
+from ..compile_lock import compile_once
 from ..threads import cap as thread_cap
 from ..threads import n_threads, run_ranges
 from .blas import gemm
@@ -450,3 +451,6 @@ class Trainer(HostTrainer):
                        self.b_off, self.act, self.loss_kind, self.dtype.type(self.model.weight_decay),
                        G, T, self.rows_per_block, threads=T, per_thread=1)
         return G
+
+
+compile_once(globals())     # one compile per machine (sdeverify/compile_lock.py)
