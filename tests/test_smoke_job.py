@@ -19,6 +19,7 @@ descent_lemma (σ = 1.3) 1/100 (seed 43, a pre-existing verdict); batch_size 0/1
 test, p = 8e-4; the valley 0/30), label_noise 0/40 (quick: slow_sde 0/32, label_noise 0/32).
 """
 import json
+import re
 import subprocess
 import sys
 
@@ -34,7 +35,7 @@ NAMES = experiments.available()
 def _round_trip_problems(name, out, entry, tmp_path) -> list:
     """What is wrong with check ``name``'s saved result (empty if nothing): a failed verdict,
     verdicts read back that differ from the job's summary entry, metadata without the seed,
-    size or versions, no data, or a figure (the job's, or one drawn again from the loaded
+    size or versions, no data, a verdict that prints NaN, or a figure (the job's, or one drawn again from the loaded
     data) that is not a real PNG."""
     back = base.ExperimentResult.load(out, name)
     bad = [f"failed: {v.claim}" for v in back.verdicts if not v.passed]
@@ -44,6 +45,8 @@ def _round_trip_problems(name, out, entry, tmp_path) -> list:
         bad.append(f"metadata {back.meta}")
     if not back.data:
         bad.append("no data saved")
+    if re.search(r"(?i)\bnan\b|\binfinity\b", json.dumps(entry["verdicts"])):
+        bad.append("a verdict prints NaN or infinity (an unfitted value shown as a number)")
     png = experiments.get(name).plot(back, tmp_path / f"{name}.png")
     for fig in (out / f"{name}.png", png):
         if fig.read_bytes()[:8] != b"\x89PNG\r\n\x1a\n" or fig.stat().st_size < 10_000:

@@ -417,3 +417,19 @@ def test_shards_with_different_schedules_do_not_merge():
     for other in (c, d):
         with pytest.raises(ValueError, match="lr_schedule|eval_steps"):
             a.merge(other)
+
+
+def test_train_svag_never_prints_an_unfitted_order_as_nan():
+    """When the gap has closed (mean gap <= 0 at some l) there is no power law to fit: the
+    verdict says so instead of printing 'nan [nan, nan]'; with shrinking positive gaps it
+    prints the fitted order."""
+    from sdeverify.experiments import train_svag
+    ells = [1, 2, 4, 8]
+    rs = np.random.default_rng(0)
+    sgd = [0.5 + 0.01 * rs.normal(size=6) for _ in ells]
+    for means, expect in (([0.2, 0.1, 0.05, -0.01], "mean gap <= 0 at l = 8"),
+                          ([0.2, 0.1, 0.05, 0.025], "fitted order of the gap in 1/l: ")):
+        out = {"acc_sgd": sgd, "acc_sgdm": [s + m + 0.001 * rs.normal(size=6) for s, m in zip(sgd, means)],
+               "control_beta0": 0.001 * rs.normal(size=6)}
+        text = train_svag._verdicts(ells, out, 6.4)[1].prediction
+        assert expect in text and "nan" not in text.lower(), text
