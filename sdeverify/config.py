@@ -43,5 +43,5 @@ FUSE_MAX_DRAWS: int = 16
 DIVERGENCE_FACTOR: float = 1e8
 
 #: A process that finds another one compiling the kernel it needs (same machine, same cache
-#: directory) waits at most this long for it, then compiles on its own (engine/cache.py).
+#: directory) waits at most this long for it, then compiles on its own (compile_lock.py).
 COMPILE_WAIT_S: float = 300.0

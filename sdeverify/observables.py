@@ -20,6 +20,7 @@ from typing import Callable
 
 import numba
 import numpy as np
+
 from .compile_lock import compile_once
 
 LOSS, SQNORM = -1, -2

@@ -53,6 +53,7 @@ import types
 import numba
 import numpy as np
 from numba.cpython.unsafe.numbers import leading_zeros
+
 from .compile_lock import compile_once
 
 MASK32 = np.uint64(0xFFFFFFFF)

@@ -18,8 +18,8 @@ import numba
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .problems.quadratic import Quadratic
 from .compile_lock import compile_once
+from .problems.quadratic import Quadratic
 
 __all__ = ["Moments", "quadratic_moments", "update_variance_sgd", "update_variance_sgdm",
            "endpoint_variance_sgd", "endpoint_variance_sgdm", "endpoint_mean_bias_sgdm",

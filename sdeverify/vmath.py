@@ -59,6 +59,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 from numba.extending import overload, register_jitable
+
 from .compile_lock import compile_once
 
 __all__ = ["sin", "cos", "exp", "log", "log1p", "expm1", "tanh", "select"]
