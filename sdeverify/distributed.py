@@ -349,9 +349,8 @@ def fit_point(model: MLP, data: Dataset, optimizers: Sequence[Any] | Any, *,
               shard_replicas: int | None = None, workers: int = 1, **kw: Any) -> Point:
     """Validate a ``fit`` call (as the local call would) and describe it as a point; a
     callable ``lr_schedule`` is evaluated here, so that the task carries an array."""
-    import importlib
     import inspect
-    fit_mod = importlib.import_module("sdeverify.train.fit")   # the module, not the function
+    from .train import training as fit_mod
     params = inspect.signature(fit_mod.fit).parameters
     unknown = set(kw) - set(params)
     if unknown:
@@ -431,7 +430,7 @@ def run_shard(kind: str, args: dict, start: int, count: int) -> SimulationResult
         if kind == "simulate":
             from .simulate import simulate
             return simulate(**args, paths=count, path_offset=start, on_divergence="ignore")
-        from .train.fit import fit
+        from .train.training import fit
         return fit(**args, replicas=count, replica_offset=start, on_divergence="ignore")
 
 
@@ -503,7 +502,7 @@ def _report(point: Point, res):
     if point.kind == "simulate":
         from .simulate import report_divergence
     else:
-        from .train.fit import report_divergence
+        from .train.training import report_divergence
     report_divergence(res, point.on_divergence, stacklevel=5)
     return res
 

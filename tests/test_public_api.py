@@ -46,7 +46,7 @@ MODULES = (
     "sdeverify.train.models",
     "sdeverify.train.result",
     "sdeverify.train.lr",
-    "sdeverify.train.fit",
+    "sdeverify.train.training",
     "sdeverify",
     "sdeverify.simulate",
     "sdeverify.optim",

@@ -11,7 +11,7 @@ from sdeverify.train import MLP, TrainResult, fit, from_arrays, teacher_student
 from sdeverify.train import cpu, reference
 from sdeverify.train.batches import BatchSampler
 from sdeverify.train.datasets import cifar10
-from sdeverify.train.fit import svag_weights
+from sdeverify.train.training import svag_weights
 
 SMALL = [(act, loss) for act in ("relu", "tanh") for loss in ("cross_entropy", "squared")]
 
@@ -185,7 +185,7 @@ def test_sharpness_of_a_linear_squared_model_is_exact():
 def test_gradient_noise_estimates_are_unbiased_on_a_known_model():
     """Squared loss on a 1-layer model at w = 0: per-sample gradients are known exactly, so
     tr Σ and |∇L|² estimated from 8 chunks must match the population values on average."""
-    from sdeverify.train.fit import gradient_noise
+    from sdeverify.train.training import gradient_noise
     rs = np.random.default_rng(5)
     X = rs.normal(size=(4096, 3)) + 1.0
     y = rs.integers(0, 2, 4096)

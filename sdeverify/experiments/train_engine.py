@@ -92,7 +92,7 @@ def backend_verdict(cfg: dict, seed: int) -> tuple[Verdict, float]:
 
 def svag_weight_verdict() -> tuple[Verdict, float]:
     """2. r₁ + r₂ = 1, r₁² + r₂² = ℓ (Def 6.1)."""
-    from ..train.fit import svag_weights
+    from ..train.training import svag_weights
     dev = 0.0
     for ell in range(1, 17):
         r1, r2 = svag_weights(ell)
@@ -104,7 +104,7 @@ def svag_weight_verdict() -> tuple[Verdict, float]:
 
 def svag_schedule_verdict(seed: int) -> tuple[Verdict, float]:
     """3. SVAG's per-step lr and β against the definition (module docstring)."""
-    from ..train.fit import _svag_optimizer
+    from ..train.training import _svag_optimizer
     g = np.random.default_rng(seed + 1)
     K, dev = 7, 0.0
     for ell in (2, 3, 8):

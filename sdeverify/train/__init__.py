@@ -12,7 +12,7 @@ optimizer differences are paired::
     print(res.summary())
 """
 from .datasets import Dataset, cifar10, digits, from_arrays, teacher_student
-from .fit import fit, svag_weights
+from .training import fit, svag_weights
 from .lr import goyal_multiplier, linear_scaling
 from .models import MLP
 from .result import METRICS, TrainResult
