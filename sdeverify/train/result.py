@@ -54,6 +54,13 @@ class TrainResult:
     div_step: np.ndarray
     weights: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
+    #: final momentum buffers ``(n_opt, replicas, P)`` (with ``keep_weights``): with
+    #: ``weights`` they let ``fit(..., resume=result)`` continue the run
+    momentum: np.ndarray | None = None
+    #: steps (un-SVAG'd, absolute) at which ``weight_history`` was recorded (``record_weights``)
+    weight_steps: np.ndarray | None = None
+    #: weights ``(n_opt, len(weight_steps), replicas, P)`` after each of ``weight_steps``
+    weight_history: np.ndarray | None = None
 
     # ---- statistics --------------------------------------------------------------------
     @property
@@ -156,15 +163,17 @@ class TrainResult:
                 raise ValueError("shards must cover consecutive replica ranges "
                                  f"(expected replica_offset {pos}, got {r.meta['replica_offset']})")
             pos += r.replicas
-        w = None
-        if all(r.weights is not None for r in parts):
-            w = np.concatenate([r.weights for r in parts], axis=1)
+        def joined(name: str, axis: int):
+            arrs = [getattr(r, name) for r in parts]
+            return None if any(a is None for a in arrs) else np.concatenate(arrs, axis=axis)
+        w = joined("weights", 1)
         meta = dict(parts[0].meta, replicas=pos - parts[0].meta["replica_offset"],
                     wall_time=sum(r.meta.get("wall_time", 0.0) for r in parts))
         return TrainResult(self.optimizers, self.metrics, self.eval_steps,
                            np.concatenate([r.values for r in parts], axis=2),
                            np.concatenate([r.batch_loss for r in parts], axis=1),
-                           np.concatenate([r.div_step for r in parts], axis=1), w, meta)
+                           np.concatenate([r.div_step for r in parts], axis=1), w, meta,
+                           joined("momentum", 1), self.weight_steps, joined("weight_history", 2))
 
     # ---- persistence --------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
@@ -174,8 +183,9 @@ class TrainResult:
         doc = {"optimizers": list(self.optimizers), "metrics": list(self.metrics), "meta": self.meta}
         arrays = dict(eval_steps=self.eval_steps, values=self.values, batch_loss=self.batch_loss,
                       div_step=self.div_step, doc=np.array(json.dumps(doc, default=_jsonable)))
-        if self.weights is not None:
-            arrays["weights"] = self.weights
+        for name in ("weights", "momentum", "weight_steps", "weight_history"):
+            if getattr(self, name) is not None:
+                arrays[name] = getattr(self, name)
         atomic_write_npz(path.with_suffix(".npz"), arrays)
         stats = {m: {o: [float(x) for x in self.series(o, m)[0]] for o in self.optimizers} for m in self.metrics}
         atomic_write_text(path.with_suffix(".json"), json.dumps(
@@ -191,7 +201,8 @@ class TrainResult:
             a = {k: z[k] for k in z.files}
         doc = json.loads(str(a["doc"]))
         return cls(tuple(doc["optimizers"]), tuple(doc["metrics"]), a["eval_steps"], a["values"],
-                   a["batch_loss"], a["div_step"], a.get("weights"), doc["meta"])
+                   a["batch_loss"], a["div_step"], a.get("weights"), doc["meta"],
+                   a.get("momentum"), a.get("weight_steps"), a.get("weight_history"))
 
 
 def _mean_sem(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
