@@ -1,4 +1,4 @@
-"""Cold start (issue 11): what a first run pays for compiling, measured from an empty cache.
+"""Cold start: what a first run pays for compiling, measured from an empty cache.
 
 Each repeat starts a fresh process with ``NUMBA_CACHE_DIR`` set to a new empty folder (so
 every kernel compiles, as on a fresh clone, without touching this checkout's cache):
@@ -6,7 +6,7 @@ every kernel compiles, as on a fresh clone, without touching this checkout's cac
 * ``kernels``: the first engine kernel of a process (it also compiles the generator and
   the shared observable fold) and then two more (a diagonal and a dense quadratic, d = 3):
   seconds per kernel, compile plus a 10-step run of 256 paths;
-* ``nine``: ``sdeverify check --quick --only <the nine checks of issue 11's baseline>``,
+* ``nine``: ``sdeverify check --quick --only <NINE>`` (the nine simulation checks),
   wall-clock seconds of the command and the CPU-seconds of its processes.
 
 Medians over ``--repeats`` and every value are printed; ``--json`` writes them.  Compare two

@@ -1,5 +1,5 @@
 """Parallel efficiency of a full-size check on 1 and 2 local Dask workers, and the
-scheduler's overhead per task (issue 10).
+scheduler's overhead per task.
 
     PYTHONPATH=. python benchmarks/dask_scaling.py [--check variance_reduction] [--size full]
         [--repeats 3] [--baseline-repeats N] [--json benchmarks/results/dask_scaling.json]

@@ -19,11 +19,11 @@ file, so bugs in files whose ``numba.njit`` functions are inlined into other fil
 (``COLD``) run in a fresh copy with an empty cache (about 2 minutes of compilation each);
 the others share one warm copy.
 
-This list is the one *the repository* knows about; a reviewer drawing a fresh set should not
+This list is the one *the repository* knows about; a reviewer drawing a new set of bugs should not
 reuse it (the checks are meant to have general power, not to detect these lines).
 ``--bugs-file PATH`` runs a list kept *outside* the repository instead: a Python file that
 defines ``BUGS``, a list of ``Bug(...)`` (the name ``Bug`` is predefined in it), so that a
-fresh set never enters this list; every JSON row then records the file and its SHA-256.
+new set never enters this list; every JSON row then records the file and its SHA-256.
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ COLD = ("rng.py", "observables.py", "problems/")
 @dataclass
 class Bug:
     id: str
-    kind: str           # which blind spot of issue 15 it belongs to
+    kind: str           # the kind of blind spot it probes (a short label)
     file: str           # relative to the package folder
     old: str
     new: str

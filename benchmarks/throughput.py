@@ -1,7 +1,7 @@
 """Engine throughput, side by side: sdeverify's Numba engine (float64, float32), the same maths
 vectorised in NumPy, JAX on CPU (jit over lax.scan, vectorised over paths) and the RNG bound.
 
-Reference workload (issue 5): d = 8 diagonal quadratic, SGD and SGDM (β = 0.9) coupled (they
+Reference workload: d = 8 diagonal quadratic, SGD and SGDM (β = 0.9) coupled (they
 share the noise), 2**16 paths × 1024 steps, float64, 16 recorded steps, observables loss and
 sqnorm.  Throughput counts path·dim·steps per second (each path-step-dimension once, not per
 optimizer).  Times are medians of ``--repeats`` runs after a warm-up run.
@@ -488,7 +488,7 @@ def section_figure(args, res):
     res["figure"] = {"paths": grid, "steps": st, "wall": curves, "per_cpu": cpu_curves}
 
 
-# ---- per-problem throughput (issue 11) ---------------------------------------------------------
+# ---- per-problem throughput ---------------------------------------------------------------------
 P_PATHS, P_STEPS, P_LR, P_BETA = 2 ** 15, 512, 0.01, 0.9
 P_SIGMA = P_LR ** -0.5
 
@@ -625,8 +625,8 @@ def _rng_bound_draws(kind, k0, k1, paths, steps, rows, n_calls):
 
 
 def section_problems(args, res):
-    """Each built-in problem: sdeverify vs a NumPy version of the same maths vs the RNG bound
-    (issue 11).  Medians of ``--repeats`` runs (3 by default for this section), one process."""
+    """Each built-in problem: sdeverify vs a NumPy version of the same maths vs the RNG bound.
+    Medians of ``--repeats`` runs (3 by default for this section), one process."""
     reps = args.problem_repeats
     steps_np = P_STEPS // 8 if args.quick else P_STEPS
     print(f"\n== per-problem throughput: SGD + SGDM({P_BETA}) coupled, {P_PATHS} paths × {P_STEPS} "

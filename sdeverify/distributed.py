@@ -404,7 +404,7 @@ def task_threads() -> int:
     The environment is read here, not at import: a ``LocalCluster``'s nanny sets
     ``NUMBA_NUM_THREADS=1`` for its worker, but the worker process has imported Numba
     (whose pool size is fixed at import) before that applies — without this cap a
-    "1-thread" worker ran its shards on every core (found in session 6: a 1-worker cluster
+    "1-thread" worker ran its shards on every core (a 1-worker cluster
     used 1.7 CPU-seconds per second)."""
     import numba
     cap = int(numba.config.NUMBA_NUM_THREADS)

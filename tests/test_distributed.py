@@ -262,6 +262,6 @@ def _threads_a_shard_uses() -> tuple[int, int]:
 def test_a_one_thread_worker_runs_its_shards_on_one_thread(client):
     """LocalCluster workers are started with NUMBA_NUM_THREADS=1, but the worker process has
     imported Numba (pool size fixed) before its nanny's environment applies: a shard must
-    still run on one thread (before session 6 a '1-thread' worker used every core)."""
+    still run on one thread (without the cap a '1-thread' worker used every core)."""
     got = client.run(_threads_a_shard_uses)
     assert got and all(v == (1, 1) for v in got.values()), got

@@ -1,4 +1,4 @@
-"""Every theory reference in the repository resolves (issue 13).
+"""Every theory reference in the repository resolves.
 
 Code comments, docstrings, printed verdicts, benchmark results and ``paper_checks.md`` cite
 the theory as "THEORY §n" (meaning ``docs/theory.md §n``).  These tests check that
@@ -11,6 +11,9 @@ the theory as "THEORY §n" (meaning ``docs/theory.md §n``).  These tests check 
   "THEORY.md" file, ``../shared`` or ``/work/shared``);
 * every ``sdeverify.module.name`` reference written in backticks in the package's docstrings,
   the README and the docs names something that exists.
+* no code, comment or docstring in ``sdeverify/``, ``tests/`` or ``benchmarks/*.py`` refers to the
+  project's history by number ("issue 15", "session 6", "fresh set #4"): that history is not in
+  the repository, so such a reference says nothing to a reader; say what the thing is instead.
 
 The parser itself is tested on planted inputs, so a regex that silently matches nothing
 cannot make the real checks pass.
@@ -41,6 +44,11 @@ FORBIDDEN = {
     "the path ../shared": re.compile(r"\.\./shared\b"),
     "the path /work/shared": re.compile(r"/work/shared\b"),
 }
+#: a reference to the project's history by number: an issue, a numbered work session or review,
+#: a numbered set of planted bugs
+HISTORY = re.compile(r"\b(?:issues?|sessions?|reviews?|rounds?)[ \t]+#?\d+\b|\bfresh[ \t]+(?:bug[ \t]+)?sets?\b"
+                     r"|\bset[ \t]+#\d+", re.IGNORECASE)
+HISTORY_SCOPE = ("sdeverify", "tests", "benchmarks")
 DOTTED = re.compile(r"`(?::\w+:`)?~?(sdeverify(?:\.[A-Za-z_]\w*)+)`")
 
 
@@ -90,6 +98,11 @@ def forbidden_references(text: str) -> list[tuple[int, str, str]]:
     return out
 
 
+def history_references(text: str) -> list[tuple[int, str]]:
+    """(line, match) for every reference to the project's history by number in ``text``."""
+    return [(text.count("\n", 0, m.start()) + 1, m.group(0)) for m in HISTORY.finditer(text)]
+
+
 def resolves(dotted: str) -> bool:
     """Does ``a.b.c`` name an importable module or an attribute of one?"""
     parts = dotted.split(".")
@@ -119,6 +132,13 @@ def test_citation_parser_on_planted_text():
                                "design notes, DESIGNS, docs/theory.md")
     assert sorted((ln, w.split()[1]) for ln, w, _ in bad) == [(1, "'DESIGN'"), (2, "'THEORY.md'"),
                                                             (2, "path"), (2, "path")]
+    hist = history_references("fixed in Issue 15\nsince session 6 (fresh set)\nsessions 5, set #4\n"
+                              "a fresh bug set; review 2\nthe issue 3x, 15 sessions, a set of 4, "
+                              "issue: 5, reset #4")
+    assert [(ln, m.lower()) for ln, m in hist] == [(1, "issue 15"), (2, "session 6"),
+                                                   (2, "fresh set"), (3, "sessions 5"),
+                                                   (3, "set #4"), (4, "fresh bug set"),
+                                                   (4, "review 2")]
     assert resolves("sdeverify.schedules.svag_schedule")
     assert not resolves("sdeverify.optim.svag_schedule")
     assert not resolves("sdeverify.no_such_module")
@@ -157,6 +177,20 @@ def test_no_reference_to_notes_outside_the_repository():
             continue
         bad += [f"{path}:{line}: refers to {what}: {src[:100]}" for line, what, src in forbidden_references(text)]
     assert not bad, "references to documents that are not in the repository:\n" + "\n".join(bad)
+
+
+def test_no_reference_to_the_projects_history_by_number():
+    """Comments and docstrings say what a bug or a behaviour is, not which numbered issue,
+    session or set of planted bugs it came from (history the repository does not define)."""
+    bad, scanned = [], 0
+    for path, text in _files(HISTORY_SCOPE):
+        if path == "tests/test_docs.py" or (path.startswith("benchmarks/") and not path.endswith(".py")):
+            continue        # benchmarks/RESULTS.md is the project's dated record
+        scanned += 1
+        bad += [f"{path}:{line}: {m!r}" for line, m in history_references(text)]
+    assert scanned >= 100, f"only {scanned} files scanned: is the scope wrong?"
+    assert not bad, ("references to the project's history by number (say what the thing is, "
+                     "or move it to paper_checks.md / benchmarks/RESULTS.md):\n" + "\n".join(bad))
 
 
 @pytest.mark.parametrize("scope", ["sdeverify", "README.md", "docs"])

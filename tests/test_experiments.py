@@ -33,7 +33,7 @@ def test_every_check_runs_through_the_one_harness(name):
 
 def test_false_failure_budget_is_used_and_below_one_percent():
     """experiments/budget.py: the calibrated verdicts' shares add up to the main job's design
-    bound (< 1% per run, issue 15), and the checks take their levels from it."""
+    bound (< 1% per run), and the checks take their levels from it."""
     from sdeverify.experiments import batch_size, budget, descent_lemma, instruments, sde_limit
     assert set(budget.ALPHA) <= set(available())
     assert sum(budget.ALPHA.values()) <= budget.MAIN_JOB_ALPHA < 0.01

@@ -1,4 +1,4 @@
-"""Fuzzing (issue 12): random valid and invalid specs through ``simulate`` and the CLI.
+"""Fuzzing: random valid and invalid specs through ``simulate`` and the CLI.
 
 Every call must either return finite, consistent statistics — checked against the stored
 states, path by path — or raise a documented error (``ValueError`` and its subclasses

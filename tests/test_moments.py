@@ -4,7 +4,7 @@ Rule (``sdeverify.testing.assert_mean``): every compared quantity (mean of loss,
 3 recorded steps, per optimizer) must lie within z_B·sem of the exact value, with z_B the
 Bonferroni quantile for a family-wise level of 99.9%.  Measured: 1 failure in 400 case-runs (seeds 100–199 × the 4
 cases), consistent with the nominal ≤ 0.1% per case; the fixed seed used here passes.  The
-fourth case has d = 2 since session 7 (was 4): 0 failures over seeds 100–199.
+fourth case has d = 2 (it had d = 4 in that sweep): 0 failures over seeds 100–199.
 """
 import numpy as np
 import pytest

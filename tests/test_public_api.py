@@ -1,4 +1,4 @@
-"""The public API is documented and typed, so that it renders in an IDE (issue 14, item 4).
+"""The public API is documented and typed, so that it renders in an IDE.
 
 For every module in :data:`MODULES` the public names are those of its ``__all__`` (every
 module listed must have one: without it, imported helpers such as ``dataclass`` leak into

@@ -1,4 +1,4 @@
-"""No silent garbage (issue 12): divergence flagged long before overflow, non-finite and
+"""No silent garbage: divergence flagged long before overflow, non-finite and
 raising observables reported, 64-bit path streams, saved results as one unit, merges that
 refuse different simulations, user functions checked before they run.
 

@@ -2,7 +2,7 @@
 
 Seed sweep (``python tests/test_sde_limit.py 100``, seeds 0..99, when written): all 16
 verdicts passed for every seed, and so did ``check_monte_carlo_orders`` (99.9% level).
-Since issue 15 the SGD and kinetic verdicts are two-sided (order = 1); their false-failure
+The SGD and kinetic verdicts are two-sided (order = 1); their false-failure
 rate is measured with ``python benchmarks/false_failures.py sde_limit`` (paper_checks.md).  The
 CosineWell order verdicts sit on their bound (true order 1); they are robust because the fit
 uses the conservative per-point error of ``sde_limit.run`` (see its docstring) — with the
@@ -97,7 +97,7 @@ def test_exact_quadratic_orders(smoke):
 
 
 def test_two_sided_verdicts_fail_for_inflated_orders():
-    """Negative control (issue 15): an order fit that came out 2.3 for a true order 1 used to
+    """Negative control: an order fit that came out 2.3 for a true order 1 used to
     pass "order >= 1"; the two-sided verdicts fail it (exact and Monte Carlo forms)."""
     from sdeverify.stats import Interval, OrderFit
     etas = 2.0 ** -np.arange(3, 9)
@@ -151,7 +151,7 @@ if __name__ == "__main__":  # false-failure sweep: python tests/test_sde_limit.p
 
 def test_an_error_of_zero_fails_its_verdict_without_crashing_the_check(monkeypatch):
     """An error of exactly 0 cannot be fitted on log-log axes: that series' verdict fails
-    and names it, and the check's other verdicts are still issued (before session 6 the
+    and names it, and the check's other verdicts are still issued (when it did not, the
     check crashed, which a planted Talay–Tubaro sign error reached at smoke size)."""
     real = sde_limit._quadratic_errors
 

@@ -1,5 +1,5 @@
 """The main job's self-checks and independent references can fail: negative controls with the
-kinds of bugs they exist to catch (issue 15).  Each case is a few seconds."""
+kinds of bugs they exist to catch.  Each case is a few seconds."""
 import numpy as np
 import pytest
 
@@ -182,7 +182,7 @@ def test_schedule_definitions_catch_an_off_by_one(monkeypatch):
 
 
 def test_gradient_consistency_catches_a_loss_off_by_a_factor(monkeypatch):
-    """Session 5's fresh planted bugs: a loss missing its ½ passed every check that reads
+    """A planted bug, a loss missing its ½, passed every check that reads
     only gradients.  The instruments now compare grad with central differences of loss."""
     import types
     v, _ = ins.gradient_consistency_verdict(0)

@@ -13,7 +13,7 @@ xdist worker runs the job (pytest-xdist's ``loadgroup`` does not work with pytes
 Measured false-failure rates of the verdicts at smoke size (seeds other than the job's
 seed 0; ``benchmarks/false_failures.py`` and paper_checks.md): instruments, hb_equivalence,
 descent_lemma, train_engine, variance_reduction 0/20 seeds each, weak_approximation 0/30 (at
-quick size 0/6 each); after issue 15: instruments 0/20, variance_reduction (σ = 1.5) 0/100,
+quick size 0/6 each); with the calibrated false-failure budget: instruments 0/20, variance_reduction (σ = 1.5) 0/100,
 descent_lemma (σ = 1.3) 1/100 (seed 43, a pre-existing verdict); batch_size 0/100 (quick
 0/20); svag 0/100 (quick 0/20); slow_sde 1/30 with both problems (seed 25: the sphere's KS
 test, p = 8e-4; the valley 0/30), label_noise 0/40 (quick: slow_sde 0/32, label_noise 0/32).

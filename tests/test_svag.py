@@ -55,7 +55,7 @@ def test_run_rejects_bad_ells():
 
 
 def test_gap_order_is_two_sided_on_the_quadratic():
-    """Negative control (issue 15): exact gaps that vanish like 1/l² (an oracle that made the
+    """Negative control: exact gaps that vanish like 1/l² (an oracle that made the
     gap close too fast) fail the quadratic's "order 1 in 1/l" verdict, though the Monte Carlo
     gaps match them and the order interval lies above 0."""
     ells = (1, 2, 4, 8, 16)

@@ -1,4 +1,4 @@
-"""sdeverify.vmath (issue 11): accuracy against NumPy, special values, the NumPy twin's bits,
+"""sdeverify.vmath: accuracy against NumPy, special values, the NumPy twin's bits,
 vectorisation; and the O(d) path of a diagonal Quadratic.
 
 Accuracy is measured in ulps (units in the last place) against NumPy's functions, on dense
@@ -137,7 +137,7 @@ def test_vectorises():
     assert not _vector_ops(np.sin)
 
 
-# ---- issue 11 item 2: the diagonal Quadratic's O(d) path -------------------------------------
+# ---- the diagonal Quadratic's O(d) path ---------------------------------------------------------
 def _dense(P: Quadratic) -> NGOS:
     return NGOS(dim=P.dim, grad=qmod.quad_grad, noise=qmod.quad_noise, loss=qmod.quad_loss,
                 params=pack(P.hessian, P.noise_sqrt, P.center, P.linear), name="dense")

@@ -1,4 +1,4 @@
-"""The main job's false-failure budget (issue 15): how often a *correct* engine may fail.
+"""The main job's false-failure budget: how often a *correct* engine may fail.
 
 A run of ``sdeverify check`` fails if any verdict fails.  For the verdicts that are
 statistical tests of an exactly known value (a closed form inside an interval, a

@@ -51,7 +51,7 @@ larger than its critical distance (≈ 6e-4 at n = 10⁷).
   well, minibatch least squares, valley, sphere, diagonal net), its compiled ``grad`` against
   central finite differences of its compiled ``loss`` at random points (deterministic; rule
   max relative deviation ≤ 1e-6, a correct pair agrees to ≈ 1e-9);
-* the problems' noise (since session 6): each Gaussian problem's compiled ``noise`` applied
+* the problems' noise: each Gaussian problem's compiled ``noise`` applied
   to unit draws gives S(x), and S Sᵀ must equal its declared ``noise_cov_at(x)`` (the
   covariance the exact references read), linear in the draws (deterministic; rule max
   relative deviation ≤ 1e-9);
@@ -368,7 +368,7 @@ def noise_covariance_verdict(seed: int) -> tuple[Verdict, dict]:
     linear in the draws).  The problems' covariances are what the exact references and the
     slow-SDE formulas read; their compiled noise is what the engine applies — a noise scaled
     by a variance instead of its square root passes the gradient checks and is seen only
-    where a statistic happens to depend on it (fresh set #4).  Minibatch problems (uniform
+    where a statistic happens to depend on it (a planted bug of that kind did).  Minibatch problems (uniform
     index draws, not linear in them) are left out: ``batch_size`` tests their oracle's
     covariance statistically."""
     g = np.random.default_rng([seed, 78])

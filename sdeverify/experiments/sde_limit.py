@@ -181,7 +181,7 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
 
     Parameters (``overrides``): ``quad_n_steps`` / ``cos_n_steps`` (the two grids of
     N = T/η; the exact quadratic grid reaches smaller η than the Monte Carlo one), ``T`` (2),
-    ``sigma0`` (0.8; 1 until issue 15 — σ₀ = 1 cannot tell σ₀ from σ₀²), ``rho`` (2: 1 − β = ρη at α = 1; kinetic SDE with the same ρ), ``beta0``
+    ``sigma0`` (0.8, not 1: at σ₀ = 1 a noise scaled by σ₀² instead of σ₀ is invisible), ``rho`` (2: 1 − β = ρη at α = 1; kinetic SDE with the same ρ), ``beta0``
     (0.9, α = 0), ``lam_half`` (1: 1 − β = lam_half·η^{1/2} at α = 0.5), ``kappa_max`` (0.1),
     ``paths``, ``substeps`` (r: the Monte Carlo SDE reference runs EM at η/r and 2η/r with
     extrapolation), ``test_functions`` (("loss", "x0")), the problems' ``quad_*``/``cos_*``.

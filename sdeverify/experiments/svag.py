@@ -25,7 +25,7 @@ because both then approach the same SDE (THEORY §7, §9).  The synthetic analog
 Decision rules (family-wise levels; see ``run``'s docstring for the false-failure sweep):
 
 * *SGDM ahead at ℓ = 1*: the paired 99.9% interval of E L(SGD) − E L(SGDM) lies above 0.
-* *Monte Carlo gap = exact gap* (quadratic only; its own verdict since session 6): the exact
+* *Monte Carlo gap = exact gap* (quadratic only; a verdict of its own): the exact
   gap lies in the paired interval at every ℓ (Bonferroni over ℓ at the check's
   false-failure share, ``experiments/budget.py``) — it validates the Monte Carlo estimator
   and SVAG's oracle (noise variance × ℓ, Def 6.1: an oracle with × ℓ/2 misses by ≈ 60

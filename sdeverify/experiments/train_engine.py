@@ -1,4 +1,4 @@
-"""The trainer's own arithmetic, checked in the main job (issue 15): deterministic verdicts
+"""The trainer's own arithmetic, checked in the main job: deterministic verdicts
 that a wrong kernel, SVAG combination, SVAG schedule or minibatch sampler cannot pass.
 
 The trained-network checks (`train_batch_size`, `train_svag`) judge accuracies, which are
@@ -29,8 +29,8 @@ pass them (fresh planted bugs did, paper_checks.md).  So, before them:
    weight decay) against central differences of F(w) = loss_sum(w)/n + (wd/2)‖w‖², the loss
    from the trainer's own forward pass (``evaluate``) — no reference code involved, so a wrong
    derivative of an activation or a loss fails even where the NumPy reference shares it.
-   Item 1 also runs a tanh / squared-loss network (since session 6: a fresh planted bug in
-   tanh's derivative passed when only ReLU / cross-entropy was compared).
+   Item 1 also runs a tanh / squared-loss network (a planted bug in tanh's derivative
+   passed when only ReLU / cross-entropy was compared).
 """
 from __future__ import annotations
 
