@@ -37,6 +37,11 @@ that range (a stream ≥ 2**16 is still accepted with paths below 2**32, as befo
   32-bit uniform truncates the normal at ``sqrt(33 · 2 ln 2) ≈ 6.76`` standard deviations
   (tail mass ≈ 1.4e-11, invisible to any test this toolkit runs).
 
+Named sub-seeds: a check that needs several independent random experiments derives their
+seeds with :func:`substream` ``(seed, name, i)`` — a SHA-256 hash of the seed, a name and an
+index — instead of offsets such as ``seed + 17 i + j`` (which collide: ``seed + 17`` is both
+experiment (1, 0) of seed 0 and experiment (0, 0) of seed 17).
+
 Written once: the transforms are plain arithmetic on scalars (uint64 words, float64/float32)
 with three target primitives — ``_select(c, a, b)``, ``_clz64(v)`` and ``_sqrt(x)`` — so
 the *same source* is compiled by ``numba.njit`` (CPU engine; ``leading_zeros`` becomes
@@ -47,6 +52,7 @@ compiled code: the same IEEE operations in the same order (no FMA contraction, n
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import types
 
@@ -54,6 +60,7 @@ import numba
 import numpy as np
 from numba.cpython.unsafe.numbers import leading_zeros
 
+from . import validation
 from .compile_lock import compile_once
 
 MASK32 = np.uint64(0xFFFFFFFF)
@@ -221,6 +228,31 @@ def rademacher64_py(w):
 
 def rademacher32_py(w):
     return _select(w >= _TOP, _F1, -_F1)
+
+
+_SUBSTREAM_TAG = b"sdeverify.rng.substream/1\0"
+
+
+def substream(seed: int, name: str, i: int = 0) -> int:
+    """The seed of sub-experiment ``(name, i)`` of a run seeded with ``seed``: an integer in
+    [0, 2**64), usable as an engine seed or by ``np.random.default_rng``.
+
+    Computed as the first 8 bytes, read little-endian, of
+
+        SHA-256( b"sdeverify.rng.substream/1\\0" ‖ seed (8 bytes, little-endian)
+                 ‖ i (8 bytes, little-endian) ‖ name (UTF-8) )
+
+    so it is the same on every platform and Python version, distinct ``(seed, name, i)``
+    give unrelated seeds (a collision of two of them has probability 2**-64), and no
+    arithmetic relation between seeds, names and indices can make two sub-experiments share
+    their draws, as offsets like ``seed + 17 i + j`` do.  ``seed`` and ``i`` are integers in
+    [0, 2**64) and ``name`` a non-empty string (ValueError otherwise)."""
+    seed = validation.seed(seed)
+    i = validation.seed(i, "i")
+    name = validation.name_string("name", name)
+    h = hashlib.sha256(_SUBSTREAM_TAG + seed.to_bytes(8, "little") + i.to_bytes(8, "little")
+                       + name.encode("utf-8")).digest()
+    return int.from_bytes(h[:8], "little")
 
 
 def key_words(seed: int) -> tuple[np.uint64, np.uint64]:

@@ -24,6 +24,36 @@ def nonneg_int(name: str, value: Any) -> int:
     return int(value)
 
 
+#: seeds are the 64-bit key of the Philox generator (sdeverify.rng.key_words): [0, 2**64)
+SEED_LIMIT = 2 ** 64
+#: what to do when paths or replicas diverge (simulate, fit)
+ON_DIVERGENCE = ("warn", "raise", "ignore")
+#: floating-point precisions of the engines' and the trainer's state
+DTYPES = ("float64", "float32")
+
+
+def seed(value: Any, name: str = "seed") -> int:
+    """A seed of the counter-based generator: an integer in [0, 2**64) (its 64-bit key)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+            or not 0 <= int(value) < SEED_LIMIT:
+        raise ValueError(f"{name} must be an integer in [0, 2**64), got {value!r}")
+    return int(value)
+
+
+def on_divergence(value: Any, name: str = "on_divergence") -> str:
+    """The divergence policy: "warn", "raise" or "ignore"."""
+    if not isinstance(value, str) or value not in ON_DIVERGENCE:
+        raise ValueError(f"{name} must be 'warn', 'raise' or 'ignore', got {value!r}")
+    return value
+
+
+def dtype(value: Any, name: str = "dtype", allowed: tuple[str, ...] = DTYPES) -> str:
+    """A state precision: one of ``allowed`` ("float64" or "float32" by default), as a string."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be {' or '.join(repr(a) for a in allowed)}, got {value!r}")
+    return value
+
+
 def finite_float(name: str, value: Any, *, low: float | None = None, high: float | None = None,
                  low_open: bool = False, high_open: bool = False, allow_inf: bool = False) -> float:
     """A finite float in the given (closed unless *_open) range (``allow_inf``: ±inf too)."""

@@ -76,3 +76,25 @@ def test_divergence_is_reported_not_averaged():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sv.simulate(P, [sv.SGD(0.1)], [1.0, 1.0], steps=30, paths=5, sigma=0.1)
+
+
+@pytest.mark.parametrize("check,good,bad,match", [
+    ("seed", [0, 2 ** 64 - 1, np.uint64(7)], [-1, 2 ** 64, 1.0, True, "3", None],
+     r"seed must be an integer in \[0, 2\*\*64\)"),
+    ("on_divergence", ["warn", "raise", "ignore"], ["Warn", "", None, ["warn"]],
+     "on_divergence must be 'warn', 'raise' or 'ignore'"),
+    ("dtype", ["float64", "float32"], ["float16", np.float64, None, "f8"],
+     "dtype must be 'float64' or 'float32'"),
+])
+def test_one_check_per_quantity(check, good, bad, match):
+    """sdeverify.validation's seed / on_divergence / dtype checks: the values they accept come
+    back as plain Python values; everything else is a ValueError naming the parameter and the
+    allowed range."""
+    from sdeverify import validation
+    f = getattr(validation, check)
+    for v in good:
+        out = f(v)
+        assert out == v and type(out) in (int, str)
+    for v in bad:
+        with pytest.raises(ValueError, match=match):
+            f(v)
