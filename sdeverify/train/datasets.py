@@ -39,9 +39,9 @@ class Dataset:
         for part in ("train", "test"):
             X, y = getattr(self, f"X_{part}"), getattr(self, f"y_{part}")
             _check_xy(X, y, self.n_classes, f"X_{part}", f"y_{part}")
-        if self.X_train.shape[1] != self.X_test.shape[1]:
-            raise ValueError(f"X_train has {self.X_train.shape[1]} features but X_test has "
-                             f"{self.X_test.shape[1]}")
+        if self.X_train.shape[1:] != self.X_test.shape[1:]:
+            raise ValueError(f"X_train has samples of shape {self.X_train.shape[1:]} but X_test "
+                             f"has {self.X_test.shape[1:]}")
 
     @property
     def n_train(self) -> int:
@@ -73,8 +73,9 @@ class Dataset:
 
 
 def _check_xy(X, y, n_classes, xname="X", yname="y") -> None:
-    if not isinstance(X, np.ndarray) or X.ndim != 2 or X.shape[0] < 1 or X.shape[1] < 1:
-        raise ValueError(f"{xname} must be a 2-d array (samples, features), got shape "
+    if not isinstance(X, np.ndarray) or X.ndim not in (2, 4) or min(X.shape) < 1:
+        raise ValueError(f"{xname} must be a 2-d array (samples, features) or a 4-d array of "
+                         f"images (samples, channels, height, width), got shape "
                          f"{getattr(X, 'shape', None)}")
     if not np.all(np.isfinite(X)):
         raise ValueError(f"{xname} contains NaN or inf values ({int(np.sum(~np.isfinite(X)))} entries)")
