@@ -38,6 +38,7 @@ import numpy as np
 
 from ..optim import SGD, SGDM
 from ..problems import LinearRegression
+from ..rng import substream
 from ..simulate import simulate
 from ..stats import Interval, fit_order, mean_interval, z_value
 from .base import (ExperimentResult, Progress, Verdict, experiment, save_figure, simulate_many,
@@ -91,7 +92,7 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
         etas[i], steps[i] = eta, K
         calls.append(dict(problem=LinearRegression(P0.features, P0.targets, B, max_batch=Bs[-1]),
                           optimizers=[SGD(eta, name="SGD"), SGDM(eta, BETA, name=f"SGDM b={BETA}")],
-                          x0=x_star, steps=K, paths=cfg["paths"], sigma=1.0, seed=seed + 1000 * i,
+                          x0=x_star, steps=K, paths=cfg["paths"], sigma=1.0, seed=substream(seed, "batch_size.B", i),
                           record=[K], observables=["loss"], on_divergence="ignore"))
     for i, (B, r) in enumerate(zip(Bs, simulate_many(calls))):
         if r.divergence:
@@ -101,7 +102,7 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
         gap[i], gap_sem[i] = -d[-1], s[-1]
         tick(progress, i + 1, n)
     verdicts = _verdicts(Bs, etas, gap, gap_sem, loss, fit_mask)
-    ov, od = oracle_verdicts(P0, Bs[-1], cfg["oracle_paths"], seed + 500)
+    ov, od = oracle_verdicts(P0, Bs[-1], cfg["oracle_paths"], substream(seed, "batch_size.oracle"))
     verdicts += ov
     out = {"batches": np.array(Bs), "etas": etas, "steps": steps, "loss": loss, "loss_sem": loss_sem,
            "gap": gap, "gap_sem": gap_sem, "loss_min": P0.value(x_star), "h_max": h_max, **od}

@@ -25,6 +25,7 @@ import numpy as np
 from .. import theory
 from ..optim import SGD
 from ..problems import CosineWell
+from ..rng import substream
 from ..simulate import simulate
 from ..stats import Interval, fit_order, sample_interval, z_value
 from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, subplots, tick
@@ -65,7 +66,7 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
         L0 = P.value(x0)
         for ei, eta in enumerate(etas):
             res = simulate(P, [SGD(eta)], x0, steps=1, paths=N, sigma=sigma,
-                           seed=seed + 100 * pi + ei, record=[1], observables=["loss"],
+                           seed=substream(seed, f"descent_lemma.point{pi}", ei), record=[1], observables=["loss"],
                            store_states=True)
             x1 = res.states[0, 0]                        # (paths, d)
             dlt = x1 - x0

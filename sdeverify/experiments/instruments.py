@@ -287,8 +287,7 @@ def fit_order_coverage(reps: int, seed: int, p: float = 1.0, rel: float = 0.05,
     """0/1 coverage of fit_order's 95% interval of the order on R synthetic curves
     err_i = C η_i^p (1 + scatter·rel·ε_i) with *stated* standard errors rel·C η_i^p (the Monte
     Carlo setting when ``scatter`` = 1; lack of fit beyond the stated errors when > 1)."""
-    key = [seed, 4242] if scatter == 1.0 else [seed, 4242, int(round(100 * scatter))]
-    g = np.random.default_rng(key)
+    g = np.random.default_rng(rng.substream(seed, "instruments.fit_order_coverage", int(round(100 * scatter))))
     eta = 2.0 ** -np.arange(3, 9)
     true = 0.7 * eta ** p
     out = np.empty(reps, dtype=bool)
@@ -301,7 +300,7 @@ def fit_order_coverage(reps: int, seed: int, p: float = 1.0, rel: float = 0.05,
 def max_abs_coverage(reps: int, seed: int) -> np.ndarray:
     """0/1 coverage of :func:`~sdeverify.stats.max_abs_interval` for max_k |μ_k| with K equal
     μ_k = 1 estimated by m_k ~ N(1, s_k²), s_k known (the setting of the weak-error maxima)."""
-    g = np.random.default_rng([seed, 4343])
+    g = np.random.default_rng(rng.substream(seed, "instruments.max_abs_coverage"))
     sems = np.linspace(0.05, 0.1, MAX_ABS_K)
     out = np.empty(reps, dtype=bool)
     for r in range(reps):
@@ -333,7 +332,7 @@ def gradient_consistency_verdict(seed: int) -> tuple[Verdict, dict]:
     ``loss`` at 6 random points: the oracle's mean and the loss the checks report must be one
     function and its gradient (a loss off by a factor passes every check that reads only
     gradients)."""
-    g = np.random.default_rng([seed, 77])
+    g = np.random.default_rng(rng.substream(seed, "instruments.gradient_consistency"))
     worst = {}
     for name, P in problem_zoo().items():
         dev = 0.0
@@ -371,7 +370,7 @@ def noise_covariance_verdict(seed: int) -> tuple[Verdict, dict]:
     where a statistic happens to depend on it (a planted bug of that kind did).  Minibatch problems (uniform
     index draws, not linear in them) are left out: ``batch_size`` tests their oracle's
     covariance statistically."""
-    g = np.random.default_rng([seed, 78])
+    g = np.random.default_rng(rng.substream(seed, "instruments.noise_covariance"))
     worst = {}
     for name, P in problem_zoo().items():
         if P.noise_dist != "normal":
@@ -427,16 +426,16 @@ def richardson_verdict() -> tuple[Verdict, dict]:
 def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     """Generator and interval self-checks; rules in the module docstring."""
     verdicts, data = [], {}
-    z = engine_draws(cfg["gen_paths"], cfg["gen_steps"], seed + 99)
+    z = engine_draws(cfg["gen_paths"], cfg["gen_steps"], rng.substream(seed, "instruments.generator"))
     vs, d = generator_verdicts(z)
     del z
     verdicts += vs
     data.update(d)
-    vs, d = other_draw_verdicts(cfg["other_draws"], seed + 98)
+    vs, d = other_draw_verdicts(cfg["other_draws"], rng.substream(seed, "instruments.other_draws"))
     verdicts += vs
     data.update(d)
     tick(progress, 1, 3)
-    cov = coverage_runs(cfg["reps"], cfg["rep_paths"], seed + 7)
+    cov = coverage_runs(cfg["reps"], cfg["rep_paths"], rng.substream(seed, "instruments.coverage"))
     labels = {"x0": "SimulationResult.sem: 95% interval of E x0 (SGD, quadratic) covers the exact mean",
               "loss": "SimulationResult.sem: 95% interval of E L (SGD, quadratic) covers the exact mean",
               "diff": "SimulationResult.paired: 95% interval of E[x0(SGDM) - x0(SGD)] covers the exact value"}

@@ -70,6 +70,7 @@ from scipy import stats as st
 
 from ..optim import SGD, SGDM
 from ..problems.manifolds import Sphere, Valley
+from ..rng import substream
 from ..simulate import simulate
 from ..slow_sde import coupled_slow_sde, slow_coefficients, solve_slow_sde
 from ..stats import Interval, bootstrap_interval, fit_order, wasserstein1, z_value
@@ -204,7 +205,7 @@ def _run_case(case: _Case, cfg: dict, seed: int, progress, done: int, total: int
             r = st.kstest(s, cdf)
             ks[j, i] = r.statistic, r.pvalue
             iv = bootstrap_interval(lambda x: w1_to_cdf(x, grid, F_grid), (s,), n_boot=cfg["n_boot"],
-                                    seed=seed + 17 * i + j)
+                                    seed=substream(seed, f"slow_sde.w1_bootstrap.eta{i}", j))
             # basic (reverse-percentile) bootstrap: the resampled W1 is biased upwards
             w1[j, i] = iv.estimate, max(0.0, 2 * iv.estimate - iv.high), 2 * iv.estimate - iv.low
         zs = case.stat(Z[-1])
@@ -212,7 +213,7 @@ def _run_case(case: _Case, cfg: dict, seed: int, progress, done: int, total: int
             xy = np.column_stack([samples[j], zs])
             xy = xy[np.all(np.isfinite(xy), axis=1)]
             iv = bootstrap_interval(lambda a: wasserstein1(a[:, 0], a[:, 1]), (xy,), n_boot=cfg["n_boot"],
-                                    seed=seed + 31 * i + j)
+                                    seed=substream(seed, f"slow_sde.w1_coupled_bootstrap.eta{i}", j))
             w1c[j, i] = iv.estimate, max(0.0, 2 * iv.estimate - iv.high), 2 * iv.estimate - iv.low
         if i == n_eta - 1:
             edges = np.linspace(lo, hi, 61) if case.name == "sphere" else \
@@ -325,7 +326,7 @@ def general_path_schedule(t: float) -> float:
 
 def general_formula_verdicts(sigma: float, seed: int, paths: int) -> tuple[list, dict]:
     """Rules 4 and 5 of the module docstring."""
-    g = np.random.default_rng([seed, 55])
+    g = np.random.default_rng(substream(seed, "slow_sde.general_formula"))
     out, data = [], {}
     worst = {}
     for name, P in general_formula_problems().items():
@@ -354,7 +355,7 @@ def general_formula_verdicts(sigma: float, seed: int, paths: int) -> tuple[list,
     # one problem through the general path, under a step schedule of the learning rate
     P = general_formula_problems()["valley of this check"]
     dt, t = 0.01, 1.0
-    path = solve_slow_sde(P, [1.0, 0.0], t=t, dt=dt, paths=paths, sigma=sigma, seed=seed + 5,
+    path = solve_slow_sde(P, [1.0, 0.0], t=t, dt=dt, paths=paths, sigma=sigma, seed=substream(seed, "slow_sde.general_path"),
                           record=[t], closed_form=False, lr=general_path_schedule)
     x = path.states[-1, :, 0]
     lam = [general_path_schedule(k * dt) for k in range(round(t / dt))]

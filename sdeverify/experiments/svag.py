@@ -50,6 +50,7 @@ import numpy as np
 from .. import theory
 from ..optim import SGD, SGDM
 from ..problems import SVAG, CosineWell, Quadratic
+from ..rng import substream
 from ..simulate import simulate
 from ..stats import Interval, fit_order, mean_interval, richardson_order, z_value
 from .base import (ExperimentResult, Progress, Value, Verdict, experiment, save_figure, subplots,
@@ -120,7 +121,7 @@ def _gap_sweep(P, ells, paths, seed, exact, progress, done, total):
     for i, ell in enumerate(ells):
         opts = _pair(eta, ell)
         r = simulate(SVAG(P, ell), opts, X0, steps=K * ell, paths=paths, sigma=1.0,
-                     seed=seed + 1000 * i, record=[K * ell], observables=["loss", "sqnorm"],
+                     seed=substream(seed, "svag.gap", i), record=[K * ell], observables=["loss", "sqnorm"],
                      on_divergence="ignore")
         if r.divergence:
             raise RuntimeError(f"{P.name}, ell={ell}: unexpected divergence {r.divergence}")
@@ -224,9 +225,9 @@ def _stability(paths: int, seed: int) -> tuple[dict, list[Verdict]]:
     eta = BETWEEN / h
     K2 = int(np.ceil(1000.0 / np.log(spectral_radius(BETWEEN, 0.0))))
     r1 = simulate(P, [SGD(eta, name="SGD"), SGDM(eta, BETA, name="SGDM")], X0, steps=K2,
-                  paths=paths, sigma=1.0, seed=seed + 1, record=[K2], on_divergence="ignore")
+                  paths=paths, sigma=1.0, seed=substream(seed, "svag.between"), record=[K2], on_divergence="ignore")
     r2 = simulate(SVAG(P, 2), [SGD(eta / 2, name="SGD")], X0, steps=2 * K2, paths=paths,
-                  sigma=1.0, seed=seed + 2, record=[2 * K2], on_divergence="ignore")
+                  sigma=1.0, seed=substream(seed, "svag.between_svag"), record=[2 * K2], on_divergence="ignore")
     f1 = {dv.optimizer: dv.fraction for dv in r1.divergence}
     f2 = {dv.optimizer: dv.fraction for dv in r2.divergence}
     between = np.array([f1.get("SGD", 0.0), f1.get("SGDM", 0.0), f2.get("SGD", 0.0)])
@@ -265,7 +266,7 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
         g, done = _gap_sweep(P, ells, cfg["paths"], seed, exact, progress, done, total)
         verdicts += _gap_verdicts(label, ells, g, exact)
         data.update({f"{label}.{k}": v for k, v in g.items()})
-    stab, v = _stability(cfg["stab_paths"], seed + 7)
+    stab, v = _stability(cfg["stab_paths"], substream(seed, "svag.stability"))
     verdicts += v
     data.update(stab)
     tick(progress, total, total)

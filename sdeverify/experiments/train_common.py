@@ -17,6 +17,7 @@ import numpy as np
 from scipy import stats as _st
 
 from ..optim import SGD, SGDM
+from ..rng import substream
 from ..stats import Interval
 from ..train import MLP, cifar10, digits, fit, goyal_multiplier, teacher_student
 
@@ -86,7 +87,7 @@ def select_lr(data, batch, epochs, replicas, seed, backend="cpu") -> tuple[float
     accs = []
     for base in LR_GRID:
         lr = base * batch / BASE_BATCH
-        r = train(val, batch, lr, epochs, replicas, seed + 7919, opts=[SGDM(lr, BETA, name="SGDM")],
+        r = train(val, batch, lr, epochs, replicas, substream(seed, "train.select_lr"), opts=[SGDM(lr, BETA, name="SGDM")],
                   metrics=("test_acc",), backend=backend)
         v = np.where(r.valid[0, -1], r.values[0, -1, :, 0], 1.0 / data.n_classes)
         accs.append(float(np.mean(v)))

@@ -37,6 +37,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..optim import SGD, SGDM, HeavyBall
+from ..rng import substream
 from .base import ExperimentResult, Progress, Value, Verdict, experiment, save_figure, subplots, tick
 
 NAME = "train_engine"
@@ -105,7 +106,7 @@ def svag_weight_verdict() -> tuple[Verdict, float]:
 def svag_schedule_verdict(seed: int) -> tuple[Verdict, float]:
     """3. SVAG's per-step lr and β against the definition (module docstring)."""
     from ..train.training import _svag_optimizer
-    g = np.random.default_rng(seed + 1)
+    g = np.random.default_rng(substream(seed, "train_engine.svag_schedule"))
     K, dev = 7, 0.0
     for ell in (2, 3, 8):
         lr, beta, mult = g.uniform(0.01, 0.2, K), g.uniform(0.5, 0.95, K), g.uniform(0.1, 1.0, K)
@@ -217,7 +218,7 @@ def backprop_verdict(seed: int) -> tuple[Verdict, float]:
     from ..train import MLP
     from ..train.cpu import Trainer
     from ..train.models import ACTIVATIONS, LOSSES
-    g = np.random.default_rng(seed + 5)
+    g = np.random.default_rng(substream(seed, "train_engine.backprop"))
     dev = 0.0
     for act in ACTIVATIONS:
         for loss in LOSSES:

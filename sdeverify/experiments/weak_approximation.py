@@ -44,6 +44,7 @@ import numpy as np
 from .. import theory
 from ..optim import SGD, SGDM
 from ..problems import CosineWell, Quadratic
+from ..rng import substream
 from ..schedules import averaged_lr, scaled_family
 from ..simulate import simulate
 from ..stats import Interval, fit_order, max_abs_interval, z_value
@@ -162,7 +163,7 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     exact, mc = error_grids(cfg, Pq, Pn, seed, step)
     data["exact_error"], data["mc_error"] = exact, mc
     verdicts = order_verdicts(alphas, ee, me, exact, mc, data)
-    verdicts += [estimator_verdict(cfg, Pq, eta, seed + 77 + vi, step)
+    verdicts += [estimator_verdict(cfg, Pq, eta, substream(seed, "weak_approximation.estimator", vi), step)
                  for vi, eta in enumerate(cfg["validate_etas"])]
     verdicts.append(beta_schedule_verdict(Pq, ee, T, sigma0, data))
     verdicts += lr_schedule_verdicts(Pq, ee, T, sigma0, data, step)
@@ -184,7 +185,7 @@ def error_grids(cfg: dict, Pq, Pn, seed: int, step) -> tuple[np.ndarray, np.ndar
         for ei, eta in enumerate(me):
             sgdm, sgd, _, steps = pair(eta, alpha, T)
             calls.append(mc_call(Pn, sgdm, sgd, steps, sigma0 / np.sqrt(eta), cfg["paths"],
-                                 seed + 1000 * ai + ei, cfg["records"]))
+                                 substream(seed, f"weak_approximation.mc.alpha{ai}", ei), cfg["records"]))
     results = iter(simulate_many(calls))
     for ai, alpha in enumerate(alphas):
         for ei, eta in enumerate(ee):
