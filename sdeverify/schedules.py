@@ -13,7 +13,7 @@ from numpy.typing import ArrayLike
 from .validation import finite_array, finite_float, nonneg_int, positive_int, schedule
 
 __all__ = ["constant", "step_decay", "warmup", "cosine", "scaled_family", "averaged_lr",
-           "svag_schedule"]
+           "svag_schedule", "svag_weights"]
 
 
 def constant(value: float, steps: int) -> np.ndarray:
@@ -109,3 +109,12 @@ def svag_schedule(lr: ArrayLike, ell: int, steps: int) -> np.ndarray:
     ell = positive_int("ell", ell)
     arr = schedule("lr", lr, positive_int("steps", steps), low=0.0)
     return np.repeat(arr / ell, ell)
+
+
+def svag_weights(ell: float) -> tuple[float, float]:
+    """SVAG's minibatch weights (r₁, r₂) of Def. 6.1 (docs/theory.md §9): the gradient is
+    r₁ g(B₁) + r₂ g(B₂) with r₁ + r₂ = 1 and r₁² + r₂² = ℓ, i.e. r₁,₂ = (1 ± √(2ℓ − 1))/2;
+    (1, 0) for ℓ = 1 (SVAG off).  Used by the SVAG problems and by the trainer alike."""
+    ell = finite_float("ell", ell, low=1.0)
+    s = float(np.sqrt(2.0 * ell - 1.0))
+    return 0.5 * (1.0 + s), 0.5 * (1.0 - s)

@@ -9,9 +9,11 @@ defined in the package), the checks require
 * a docstring of its own (not inherited; for a dataclass, not the generated signature);
 * an annotation on every parameter except ``self``/``cls``/``*args``/``**kwargs``, and on
   the return except for classes and ``__init__``;
-* annotations that resolve (``typing.get_type_hints``), so that an IDE can follow them; names
-  of optional extras that are imported only for type checking (pandas, xarray) are allowed
-  to be missing at run time.
+* annotations that resolve (``typing.get_type_hints``), so that an IDE can follow them —
+  with the names a module imports under ``if TYPE_CHECKING:`` (as a type checker and an IDE
+  see them; the package imports its own types that way where a run-time import would be an
+  import cycle, ``tests/test_imports.py``); names of optional extras that are imported only
+  for type checking (pandas, xarray) are allowed to be missing at run time.
 
 The checker is itself tested on planted inputs, so that it cannot pass by finding nothing.
 Nothing here compiles a Numba function: the modules are only imported and inspected.
@@ -47,6 +49,8 @@ MODULES = (
     "sdeverify.train.result",
     "sdeverify.train.lr",
     "sdeverify.train.training",
+    "sdeverify.train.spec",
+    "sdeverify.train.backends",
     "sdeverify",
     "sdeverify.simulate",
     "sdeverify.optim",
@@ -99,6 +103,34 @@ def _own_doc(obj) -> str:
     return (doc or "").strip()
 
 
+def _type_checking_names(module: types.ModuleType) -> dict:
+    """The names ``module`` imports under a top-level ``if TYPE_CHECKING:``, imported now
+    (optional extras that are not installed are left out)."""
+    import ast
+    try:
+        tree = ast.parse(inspect.getsource(module))
+    except (OSError, TypeError):
+        return {}
+    out = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)):
+            continue
+        for imp in node.body:
+            try:
+                if isinstance(imp, ast.ImportFrom):
+                    pkg = module.__name__ if hasattr(module, "__path__") else module.__package__
+                    src = importlib.import_module("." * imp.level + (imp.module or ""), pkg)
+                    for a in imp.names:
+                        out[a.asname or a.name] = getattr(src, a.name)
+                elif isinstance(imp, ast.Import):
+                    for a in imp.names:
+                        out[a.asname or a.name.partition(".")[0]] = importlib.import_module(
+                            a.name if a.asname else a.name.partition(".")[0])
+            except ImportError:
+                continue
+    return out
+
+
 def _type_hint_error(fn) -> str | None:
     """None if the annotations of ``fn`` resolve, else the error (optional extras excepted).
 
@@ -109,7 +141,7 @@ def _type_hint_error(fn) -> str | None:
         if name in sys.modules:
             localns[name] = sys.modules[name]
     home = sys.modules.get(getattr(fn, "__module__", None) or "")
-    globalns = vars(home) if home is not None else None
+    globalns = dict(vars(home), **_type_checking_names(home)) if home is not None else None
     try:
         typing.get_type_hints(fn, globalns=globalns, localns=localns)
     except NameError as e:

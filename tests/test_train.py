@@ -11,7 +11,7 @@ from sdeverify.train import MLP, TrainResult, fit, from_arrays, teacher_student
 from sdeverify.train import cpu, reference
 from sdeverify.train.batches import BatchSampler
 from sdeverify.train.datasets import cifar10
-from sdeverify.train.training import svag_weights
+from sdeverify.schedules import svag_weights
 
 SMALL = [(act, loss) for act in ("relu", "tanh") for loss in ("cross_entropy", "squared")]
 
@@ -60,7 +60,7 @@ def test_cpu_backend_matches_numpy_reference_after_100_steps(act, loss, data):
     a = np.stack([np.zeros(S), 0.9 - 0.3 * k / S, np.full(S, 0.8)])
     b = np.stack([np.ones(S), 0.1 + 0.3 * k / S, np.r_[1.0, np.full(S - 1, 0.7)]])
     g = np.stack([0.2 * np.ones(S), 0.1 + 0.1 * np.cos(k), np.full(S, 0.05)])
-    r = svag_weights(3)
+    r = np.array(svag_weights(3))
     outs = []
     for T in (reference.Trainer, cpu.Trainer):
         t = T(m, data.X_train, data.y_train, J, R)
@@ -208,7 +208,7 @@ def test_gradient_noise_estimates_are_unbiased_on_a_known_model():
 
 def test_svag_step_is_the_def_6_1_combination(data):
     """ℓ = 1 SVAG is plain training; ℓ = 4 runs 4× the steps at lr/4 with r₁, r₂."""
-    r = svag_weights(4)
+    r = np.array(svag_weights(4))
     assert np.isclose(r.sum(), 1) and np.isclose((r ** 2).sum(), 4)
     m = MLP([5, 6, 3])
     kw = dict(batch_size=8, steps=6, seed=1, replicas=2, eval_every=3, metrics=("train_loss",))

@@ -93,7 +93,7 @@ def backend_verdict(cfg: dict, seed: int) -> tuple[Verdict, float]:
 
 def svag_weight_verdict() -> tuple[Verdict, float]:
     """2. r₁ + r₂ = 1, r₁² + r₂² = ℓ (Def 6.1)."""
-    from ..train.training import svag_weights
+    from ..schedules import svag_weights
     dev = 0.0
     for ell in range(1, 17):
         r1, r2 = svag_weights(ell)
@@ -105,16 +105,16 @@ def svag_weight_verdict() -> tuple[Verdict, float]:
 
 def svag_schedule_verdict(seed: int) -> tuple[Verdict, float]:
     """3. SVAG's per-step lr and β against the definition (module docstring)."""
-    from ..train.training import _svag_optimizer
+    from ..train.spec import svag_coefficients
     g = np.random.default_rng(substream(seed, "train_engine.svag_schedule"))
     K, dev = 7, 0.0
     for ell in (2, 3, 8):
         lr, beta, mult = g.uniform(0.01, 0.2, K), g.uniform(0.5, 0.95, K), g.uniform(0.1, 1.0, K)
-        run = _svag_optimizer(SGDM(lr, beta), ell, mult, K).coefficients(ell * K, 1)
+        run = svag_coefficients(SGDM(lr, beta).coefficients(K, 1), ell, mult)
         want_lr = np.array([lr[k] * mult[k] / ell for k in range(K) for _ in range(ell)])
         want_beta = np.array([beta[k] for k in range(K) for _ in range(ell)])
         dev = max(dev, _rel_dev(run.gamma, want_lr), _rel_dev(run.a, want_beta))
-        sgd = _svag_optimizer(SGD(0.1), ell, mult, K).coefficients(ell * K, 1)
+        sgd = svag_coefficients(SGD(0.1).coefficients(K, 1), ell, mult)
         dev = max(dev, _rel_dev(sgd.gamma, [0.1 * mult[k] / ell for k in range(K) for _ in range(ell)]))
     return Verdict("trainer's SVAG schedule: step k's lr becomes l steps of lr_k m_k / l, beta_k "
                    "repeated l times (l = 2, 3, 8; random lr_k, beta_k, multipliers m_k)",

@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .. import rng
+from ..schedules import svag_weights
 from ..validation import name_string, positive_int
 
 __all__ = ["NGOS", "pack"]
@@ -64,10 +65,7 @@ class NGOS:
     @property
     def svag_coefficients(self) -> tuple[float, float]:
         """(r1, r2) of Def. 6.1 for this problem's ℓ; (1, 0) when SVAG is off."""
-        if self.svag_ell == 1.0:
-            return 1.0, 0.0
-        s = np.sqrt(2.0 * self.svag_ell - 1.0)
-        return 0.5 * (1.0 + s), 0.5 * (1.0 - s)
+        return svag_weights(self.svag_ell)
 
     # NumPy conveniences (used by tests, theory and the reference backend)
     def gradient(self, x: ArrayLike) -> np.ndarray:

@@ -12,10 +12,14 @@ optimizer differences are paired::
     print(res.summary())
 """
 from .datasets import Dataset, cifar10, digits, from_arrays, teacher_student
-from .training import fit, svag_weights
+from . import backends
+from .spec import TrainSpec
+from ..schedules import svag_weights
+from .training import fit, minibatch_indices
 from .lr import goyal_multiplier, linear_scaling
 from .models import MLP
 from .result import METRICS, TrainResult
 
 __all__ = ["MLP", "Dataset", "teacher_student", "digits", "from_arrays", "cifar10", "fit",
-           "TrainResult", "METRICS", "goyal_multiplier", "linear_scaling", "svag_weights"]
+           "TrainResult", "METRICS", "goyal_multiplier", "linear_scaling", "svag_weights",
+           "TrainSpec", "minibatch_indices", "backends"]

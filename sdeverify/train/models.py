@@ -13,12 +13,15 @@ or on the backend: He normal (std √(2/fan_in)) for ReLU, Glorot normal
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from .. import rng
 from ..validation import finite_float, positive_int
+
+if TYPE_CHECKING:
+    from .datasets import Dataset
 
 __all__ = ["MLP", "ACTIVATIONS", "LOSSES", "STREAM_INIT", "STREAM_BATCH", "STREAM_BATCH2",
            "STREAM_SHUFFLE", "STREAM_PROBE"]
@@ -140,6 +143,12 @@ class MLP:
             sl = slice(w_off[l], w_off[l] + i * o)
             p[:, sl] = std * z[:, sl]
         return p.astype(dtype)
+
+    def check_data(self, data: "Dataset") -> None:
+        """``ValueError`` unless ``data``'s rows are vectors of ``widths[0]`` features."""
+        if data.X_train.ndim != 2 or data.n_features != self.n_inputs:
+            raise ValueError(f"model input width widths[0]={self.n_inputs} does not match the "
+                             f"data's {data.n_features} features")
 
     def describe(self) -> str:
         """A one-line label, e.g. ``MLP(32-128-10, relu, cross_entropy, wd=0)``."""

@@ -6,7 +6,6 @@ every step (common random numbers), so SGD-vs-SGDM differences are paired across
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 import warnings
 from typing import Any, Callable, Sequence
@@ -15,75 +14,59 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .. import rng
+from ..optim import SGD
 from ..result import versions
+from ..schedules import svag_weights
 from ..simulate import DivergenceError, DivergenceWarning
-from ..validation import nonneg_int, positive_int
-from .batches import SAMPLING, BatchSampler
+from . import backends
+from .batches import BatchSampler
 from .blas_threads import single_threaded
 from .datasets import Dataset
 from .models import MLP, STREAM_PROBE
-from .result import METRICS, TrainResult
+from .result import TrainResult
+from .spec import DEFAULT_METRICS, NOISE_CHUNKS, TrainSpec
 
-__all__ = ["BACKENDS", "DEFAULT_METRICS", "DIVERGENCE_FACTOR", "NOISE_CHUNKS", "fit",
-           "svag_weights", "report_divergence", "gradient_noise", "sharpness"]
+__all__ = ["DIVERGENCE_FACTOR", "fit", "run", "minibatch_indices", "report_divergence",
+           "gradient_noise", "sharpness"]
 
-BACKENDS = ("cpu", "numpy", "cuda")
-DEFAULT_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 #: a replica diverges at the first step whose minibatch loss is non-finite or exceeds
 #: DIVERGENCE_FACTOR × max(1, its loss at step 0), or whose evaluated loss is non-finite.
 DIVERGENCE_FACTOR = 1e3
-NOISE_CHUNKS = 8
 
 
-def _backend(name: str):
-    if name == "cpu":
-        from . import cpu as mod
-    elif name == "numpy":
-        from . import reference as mod
-    else:
-        from . import cuda as mod
-    return mod.Trainer
+def _state_args(init_weights, init_momentum, start_step, resume, record_weights) -> bool:
+    """Whether a call starts from a given state or records weights (not sharded yet)."""
+    return any(x is not None for x in (init_weights, init_momentum, resume, record_weights)) \
+        or bool(start_step)
 
 
-def svag_weights(ell: int) -> np.ndarray:
-    """SVAG's (r₁, r₂) of Def. 6.1: r₁ + r₂ = 1, r₁² + r₂² = ℓ."""
-    s = np.sqrt(2.0 * ell - 1.0)
-    return np.array([(1.0 + s) / 2.0, (1.0 - s) / 2.0])
+def minibatch_indices(data: Dataset, batch_size: int, steps: int, *, replicas: int = 1,
+                      seed: int = 0, sampling: str = "shuffle", svag: int = 1,
+                      replica_offset: int = 0, start_step: int = 0) -> np.ndarray:
+    """The rows of the minibatches ``fit`` trains on, ``(steps·svag, slots, replicas, B)``
+    int64 (``slots`` = 1, or 2 under SVAG: its two minibatches B₁, B₂ of Def. 6.1): step
+    ``k`` of a run with these arguments (SVAG'd steps, from global step ``start_step``)
+    draws rows ``[k, s, r]`` of ``data.X_train`` for replica ``r`` — the same for every
+    optimizer and backend (:mod:`sdeverify.train.batches`)."""
+    if not isinstance(data, Dataset):
+        raise ValueError(f"data must be an sdeverify.train.Dataset, got {type(data).__name__}")
+    probe = MLP([data.n_features, max(2, data.n_classes)])     # any model: only the sampling matters
+    spec = TrainSpec.build(probe, data, SGD(0.0), batch_size=batch_size, steps=steps,
+                           replicas=replicas, seed=seed, sampling=sampling, svag=svag,
+                           replica_offset=replica_offset, start_step=start_step,
+                           backend="numpy", metrics=("train_loss",))
+    sampler = _sampler(spec)
+    k0 = spec.start_step * spec.svag
+    idx = sampler.indices(k0, k0 + spec.steps * spec.svag)
+    return np.stack(idx, axis=1)
 
 
-def _svag_optimizer(opt, ell: int, multiplier: np.ndarray | None, steps: int):
-    """``opt`` with its lr multiplied by ``multiplier`` and, for ℓ > 1, SVAG's schedule: each
-    step's lr η_k becomes ℓ steps of η_k/ℓ, and each per-step β/momentum is repeated ℓ times."""
-    changes = {}
-    for f in dataclasses.fields(opt):
-        if f.name not in ("lr", "beta", "momentum"):
-            continue
-        v = getattr(opt, f.name)
-        arr = np.asarray(v, dtype=np.float64)
-        arr = np.full(steps, float(arr)) if arr.ndim == 0 else arr[:steps]
-        if arr.shape[0] < steps:
-            raise ValueError(f"{opt.name}: {f.name} has {arr.shape[0]} entries, fewer than steps={steps}")
-        if f.name == "lr":
-            if multiplier is not None:
-                arr = arr * multiplier
-            arr = arr / ell
-        changes[f.name] = np.repeat(arr, ell)
-    return dataclasses.replace(opt, **changes)
+def _sampler(spec: TrainSpec) -> BatchSampler:
+    return BatchSampler(spec.seed, spec.data.n_train, spec.batch_size, spec.replica_indices,
+                        spec.sampling, 1 if spec.svag == 1 else 2)
 
 
-def _eval_steps(steps: int, eval_every, eval_steps) -> np.ndarray:
-    if eval_steps is not None:
-        e = np.unique(np.asarray(eval_steps, dtype=np.int64))
-        if e.size == 0 or e[0] < 0 or e[-1] > steps:
-            raise ValueError(f"eval_steps must be step indices in [0, {steps}], got {eval_steps!r}")
-        return e
-    if eval_every is not None:
-        every = positive_int("eval_every", eval_every)
-        return np.unique(np.append(np.arange(0, steps + 1, every), steps))
-    return np.unique(np.linspace(0, steps, 11).round().astype(np.int64))
-
-
-def fit(model: MLP, data: Dataset, optimizers: Sequence[Any] | Any, *, batch_size: int,
+def fit(model: Any, data: Dataset, optimizers: Sequence[Any] | Any, *, batch_size: int,
         steps: int | None = None, epochs: int | None = None, replicas: int = 1, seed: int = 0,
         lr_schedule: np.ndarray | Callable[[int], np.ndarray] | None = None, svag: int = 1,
         sampling: str = "shuffle", eval_every: int | None = None,
@@ -92,24 +75,28 @@ def fit(model: MLP, data: Dataset, optimizers: Sequence[Any] | Any, *, batch_siz
         sharpness_samples: int = 1024, sharpness_iters: int = 20, backend: str = "cpu",
         dtype: str = "float64", replica_offset: int = 0, on_divergence: str = "warn",
         keep_weights: bool = False, progress: Callable[[int, int], None] | None = None,
-        executor: Any = None) -> TrainResult:
+        executor: Any = None, record_weights: ArrayLike | None = None,
+        init_weights: ArrayLike | None = None, init_momentum: ArrayLike | None = None,
+        start_step: int = 0, resume: TrainResult | None = None) -> TrainResult:
     """Train ``replicas`` independent runs of ``model`` on ``data`` with every optimizer.
 
     Parameters
     ----------
-    model : an :class:`~sdeverify.train.MLP`; its input width must match the data.
+    model : a network description (:class:`~sdeverify.train.MLP`); its input must match the data.
     data : a :class:`~sdeverify.train.Dataset` (``teacher_student()``, ``digits()``,
         ``from_arrays(X, y)``, ``cifar10(folder)``).
-    optimizers : ``SGD`` / ``SGDM`` / ``HeavyBall`` instances (or one), applied to the flat
-        parameter vector exactly as in :mod:`sdeverify.optim` (``m = a m + b g,
-        w = w − γ m``); lr and β may be per-step arrays.
+    optimizers : optimizer schemes (or one) — ``SGD`` / ``SGDM`` / ``HeavyBall`` or any object
+        with ``coefficients(steps, dim)`` (:class:`sdeverify.optim.OptimizerScheme`, exactly
+        what :func:`sdeverify.simulate` accepts), applied to the flat parameter vector as
+        ``m = a m + b g, w = w − γ m``; schedules and SVAG act on these coefficients.
     batch_size : minibatch size B (≤ the training set).
     steps, epochs : length of the run (one of them); ``epochs`` counts ``n_train // B``
         steps per epoch.
     replicas : independent runs (seeds of initial weights and batches), trained together.
     seed : 64-bit seed; replica r's weights and batches are keyed by (seed, replica_offset + r).
-    lr_schedule : per-step multiplier of every optimizer's lr (e.g.
-        :func:`sdeverify.train.goyal_multiplier`), or a function ``steps -> array``.
+    lr_schedule : per-step multiplier of every optimizer's step size γ_k (e.g.
+        :func:`sdeverify.train.goyal_multiplier`), or a function ``steps -> array``; with
+        ``start_step`` it covers ``start_step + steps`` steps and the tail is used.
     svag : SVAG's ℓ (Def. 6.1): the gradient is r₁ g(B₁) + r₂ g(B₂) on two independent
         minibatches, the lr η/ℓ and the run ℓ× longer; evaluations stay at the same times
         (``eval_steps`` count un-SVAG'd steps).  ℓ = 1 is plain training.
@@ -129,24 +116,40 @@ def fit(model: MLP, data: Dataset, optimizers: Sequence[Any] | Any, *, batch_siz
         minibatch loss is non-finite or exceeds ``DIVERGENCE_FACTOR`` (1e3) × max(1, its
         step-0 loss), or at an evaluation whose loss is non-finite; it is excluded from all
         statistics from then on.
-    keep_weights : keep the final flat weights ``(n_opt, replicas, P)``.
+    keep_weights : keep the final flat weights and momentum buffers ``(n_opt, replicas, P)``
+        (``res.weights``, ``res.momentum``).
     progress : called as ``progress(done, total)`` after each evaluation.
     executor : a ``distributed.Client`` or a Session (:class:`sdeverify.distributed.Session`;
         ``pip install 'sdeverify[dist]'``): the replicas are cut into shards that train on its workers and are merged exactly
         (:mod:`sdeverify.distributed`; ``progress`` is then not called).  Default None: train
         here, unless inside ``sdeverify.distributed.use(client)``, which sends every call.
+    record_weights : steps (in ``[0, steps]``, un-SVAG'd) after which to record every model's
+        weights: ``res.weight_history`` ``(n_opt, len, replicas, P)`` at ``res.weight_steps``.
+    init_weights, init_momentum : start from these weights — ``(P,)``, ``(replicas, P)`` or
+        ``(n_opt, replicas, P)`` — and momentum buffers ``(n_opt, replicas, P)`` instead of the
+        model's initialisation and the schemes' m₀.
+    start_step : the global step this call starts at: optimizer schedules, ``lr_schedule``
+        and minibatches continue from there (with ``init_*``, a run continued exactly).
+    resume : a :class:`TrainResult` of the same run made with ``keep_weights=True``: continue
+        it for ``steps`` more steps (= its final state and step as ``init_*``/``start_step``);
+        the two parts together equal one longer run bitwise.
 
     Returns
     -------
     TrainResult
         Per optimizer, evaluation step, replica and metric the evaluated values, the
         minibatch loss of every step, each replica's divergence step (−1: none), optionally
-        the final weights, and ``meta`` (the arguments, the run's fingerprint, wall time,
-        versions); statistics over replicas exclude diverged ones.
+        the final weights and buffers, and ``meta`` (the arguments, the run's fingerprint, wall
+        time, versions); statistics over replicas exclude diverged ones.  Evaluation and
+        divergence steps are global (``start_step`` + the step of this call).
     """
     if executor is None:
         from ..distributed import active
         executor = active()
+    if executor is not None and _state_args(init_weights, init_momentum, start_step, resume,
+                                            record_weights):
+        raise ValueError("init_weights, init_momentum, start_step, resume and record_weights "
+                         "train here only: pass executor=None (outside distributed.use)")
     if executor is not None:
         from .. import distributed
         return distributed.fit(
@@ -157,71 +160,88 @@ def fit(model: MLP, data: Dataset, optimizers: Sequence[Any] | Any, *, batch_siz
             sharpness_iters=sharpness_iters, backend=backend, dtype=dtype,
             replica_offset=replica_offset, on_divergence=on_divergence, keep_weights=keep_weights)
     t_start = time.perf_counter()
-    spec = _validate(model, data, optimizers, batch_size, steps, epochs, replicas, seed, svag,
-                     sampling, metrics, eval_samples, sharpness_samples, sharpness_iters, backend,
-                     dtype, replica_offset, on_divergence)
-    opts, steps, ell = spec["optimizers"], spec["steps"], spec["svag"]
-    mult = None
-    if lr_schedule is not None:
-        mult = lr_schedule(steps) if callable(lr_schedule) else lr_schedule
-        mult = np.asarray(mult, dtype=np.float64)
-        if mult.shape != (steps,) or not np.all(np.isfinite(mult)) or np.any(mult < 0):
-            raise ValueError(f"lr_schedule must give {steps} finite non-negative multipliers, "
-                             f"got shape {mult.shape}")
-    total = steps * ell
-    ev = _eval_steps(steps, eval_every, eval_steps)
-    run_opts = [_svag_optimizer(o, ell, mult, steps) for o in opts]
-    P = model.n_params
-    coefs = [o.coefficients(total, P) for o in run_opts]
+    spec = TrainSpec.build(
+        model, data, optimizers, batch_size=batch_size, steps=steps, epochs=epochs,
+        replicas=replicas, seed=seed, lr_schedule=lr_schedule, svag=svag, sampling=sampling,
+        eval_every=eval_every, eval_steps=eval_steps, metrics=metrics, eval_samples=eval_samples,
+        sharpness_samples=sharpness_samples, sharpness_iters=sharpness_iters, backend=backend,
+        dtype=dtype, replica_offset=replica_offset, on_divergence=on_divergence,
+        keep_weights=keep_weights, record_weights=record_weights, init_weights=init_weights,
+        init_momentum=init_momentum, start_step=start_step, resume=resume)
+    return run(spec, progress=progress, t_start=t_start)
+
+
+def run(spec: TrainSpec, *, progress: Callable[[int, int], None] | None = None,
+        t_start: float | None = None) -> TrainResult:
+    """Train a validated call (:class:`TrainSpec`) here, on its backend."""
+    t_start = time.perf_counter() if t_start is None else t_start
+    model, data, metrics = spec.model, spec.data, spec.metrics
+    ell, K, ev = spec.svag, spec.steps, spec.eval_steps
+    J, R, P, dtype = len(spec.optimizers), spec.replicas, int(model.n_params), spec.dtype
+    total = K * ell
+    coefs = spec.coefficients()
     a = np.stack([c.a for c in coefs])
     b = np.stack([c.b for c in coefs])
     gamma = np.stack([c.gamma for c in coefs])
-    # everything that determines the numbers: the per-step coefficients (lr, beta, schedule,
-    # SVAG) exactly, not only the optimizers' reprs, and the evaluation steps
-    run_spec = dict(spec["spec"], coefficients=_digest(a, b, gamma, *[c.m0 for c in coefs]),
-                    lr_schedule=None if mult is None else _digest(mult), eval_steps=ev.tolist())
-    spec["meta"].update(spec=run_spec, fingerprint=_fingerprint(run_spec))
-    J, R = len(opts), replicas
-    reps = np.arange(R, dtype=np.int64) + replica_offset
-    W0 = model.init(seed, R, replica_offset, dtype)
-    W = np.tile(W0, (J, 1))
-    Mom = np.concatenate([np.tile(c.m0, (R, 1)) for c in coefs]).astype(dtype)
-    Trainer = _backend(backend)
-    tr = Trainer(model, data.X_train, data.y_train, J, R, dtype)
+    description = spec.describe(coefs)
+    meta = dict(description, replicas=R, replica_offset=spec.replica_offset,
+                start_step=spec.start_step, spec=description,
+                fingerprint=TrainSpec.fingerprint_of(description))
+    reps = spec.replica_indices
+    if spec.init_weights is None:
+        W = np.tile(model.init(spec.seed, R, spec.replica_offset, dtype), (J, 1))
+    else:
+        W = spec.init_weights.reshape(J * R, P).astype(dtype)
+    if spec.init_momentum is None:
+        Mom = np.concatenate([np.tile(c.m0, (R, 1)) for c in coefs]).astype(dtype)
+    else:
+        Mom = spec.init_momentum.reshape(J * R, P).astype(dtype)
+    tr = backends.trainer_class(spec.backend)(model, data.X_train, data.y_train, J, R, dtype)
     tr.set_state(W, Mom)
-    slots = 1 if ell == 1 else 2
-    r = np.array([1.0]) if ell == 1 else svag_weights(ell)
-    sampler = BatchSampler(seed, data.n_train, batch_size, reps, sampling, slots)
-    n_e = min(eval_samples, data.n_train)
+    r = np.array(svag_weights(ell)[:1 if ell == 1 else 2])
+    sampler = _sampler(spec)
+    k_base = spec.start_step * ell           # the sampler's global (SVAG'd) step of local step 0
+    n_e = min(spec.eval_samples, data.n_train)
     Xe, ye = data.X_train[:n_e], data.y_train[:n_e]
     values = np.full((J, len(ev), R, len(metrics)), np.nan)
     batch_loss = np.empty((J, R, total))
+    rec = spec.record_steps
+    history = None if rec is None else np.empty((J, len(rec), R, P), dtype=dtype)
     k = 0
 
     def train_until(k_end: int) -> int:
         kk = k
         while kk < k_end:                    # segments of bounded index memory
-            k1 = min(k_end, kk + max(1, 2 ** 24 // (R * batch_size * slots)))
-            idx = sampler.indices(kk, k1)
+            k1 = min(k_end, kk + max(1, 2 ** 24 // (R * spec.batch_size * len(r))))
+            idx = sampler.indices(k_base + kk, k_base + k1)
             bl = tr.train(idx, a[:, kk:k1], b[:, kk:k1], gamma[:, kk:k1], r)
             batch_loss[:, :, kk:k1] = bl.T.reshape(J, R, k1 - kk)
             kk = k1
         return kk
 
-    for e, step in enumerate(ev):
+    stops = np.union1d(ev, rec) if rec is not None else ev
+    for step in stops:
         k = train_until(int(step) * ell)
-        values[:, e] = _evaluate(tr, model, data, metrics, Xe, ye, seed, reps, sharpness_samples,
-                                 sharpness_iters).reshape(J, R, len(metrics))
-        if progress is not None:
-            progress(e + 1, len(ev))
+        if rec is not None and step in rec:
+            history[:, int(np.searchsorted(rec, step))] = tr.get_state()[0].reshape(J, R, P)
+        if step in ev:
+            e = int(np.searchsorted(ev, step))
+            values[:, e] = _evaluate(tr, model, data, metrics, Xe, ye, spec.seed, reps,
+                                     spec.sharpness_samples, spec.sharpness_iters
+                                     ).reshape(J, R, len(metrics))
+            if progress is not None:
+                progress(e + 1, len(ev))
     k = train_until(total)                   # the run always has all its steps
     div = _divergence(batch_loss, values, metrics, ev * ell)
-    weights = tr.get_state()[0].reshape(J, R, P) if keep_weights else None
-    meta = dict(spec["meta"], eval_steps=ev.tolist(), wall_time=time.perf_counter() - t_start,
-                versions=versions())
-    res = TrainResult(tuple(o.name for o in opts), tuple(metrics), ev, values, batch_loss, div,
-                      weights, meta)
-    report_divergence(res, on_divergence, stacklevel=3)
+    div = np.where(div >= 0, div + k_base, div)
+    W_end, M_end = tr.get_state() if spec.keep_weights else (None, None)
+    meta.update(eval_steps=(ev + spec.start_step).tolist(),
+                wall_time=time.perf_counter() - t_start, versions=versions())
+    res = TrainResult(spec.names, tuple(metrics), ev + spec.start_step, values, batch_loss, div,
+                      None if W_end is None else W_end.reshape(J, R, P), meta,
+                      None if M_end is None else M_end.reshape(J, R, P),
+                      None if rec is None else rec + spec.start_step, history)
+    report_divergence(res, spec.on_divergence, stacklevel=4)
     return res
 
 
@@ -235,24 +255,38 @@ def report_divergence(res: TrainResult, on_divergence: str, stacklevel: int = 2)
         warnings.warn(msg, DivergenceWarning, stacklevel=stacklevel)
 
 
-def _divergence(batch_loss, values, metrics, ev_total) -> np.ndarray:
+def _divergence(batch_loss, values, metrics, ev_total, final_weights=None) -> np.ndarray:
+    """First (local, SVAG'd) step at which each replica diverged, ``(J, R)``, −1 if none.
+
+    A replica diverges at the first step whose minibatch loss (``batch_loss (J, R, S)``,
+    before the step) or evaluated ``train_loss``/``test_loss`` (``values (J, E, R, K)`` at
+    steps ``ev_total``, the final evaluation included) is non-finite or exceeds
+    ``DIVERGENCE_FACTOR`` × max(1, |its step-0 minibatch loss|), or at the first evaluation
+    where any metric is non-finite, or — given its weights after the last step,
+    ``final_weights (J, R, P)`` — at step S if they are non-finite."""
     J, R, S = batch_loss.shape
     div = np.full((J, R), -1, dtype=np.int64)
+    thr = None
     if S:
-        thr = DIVERGENCE_FACTOR * np.maximum(1.0, np.abs(batch_loss[:, :, :1]))
+        thr = DIVERGENCE_FACTOR * np.maximum(1.0, np.abs(batch_loss[:, :, 0]))     # (J, R)
         with np.errstate(invalid="ignore"):
-            bad = ~np.isfinite(batch_loss) | (batch_loss > thr)
+            bad = ~np.isfinite(batch_loss) | (batch_loss > thr[:, :, None])
         first = np.where(bad.any(axis=2), bad.argmax(axis=2), -1)
         div = np.where(first >= 0, first, div)
+    badv = ~np.isfinite(values).all(axis=-1)                                     # (J, E, R)
     loss_cols = [i for i, m in enumerate(metrics) if m in ("train_loss", "test_loss")]
-    if loss_cols:
-        badv = ~np.isfinite(values[..., loss_cols]).all(axis=-1)          # (J, E, R)
-        for j in range(J):
-            for rr in range(R):
-                hit = np.nonzero(badv[j, :, rr])[0]
-                if hit.size:
-                    s = int(ev_total[hit[0]])
-                    div[j, rr] = s if div[j, rr] < 0 else min(div[j, rr], s)
+    if loss_cols and thr is not None:
+        with np.errstate(invalid="ignore"):
+            badv |= (values[..., loss_cols] > thr[:, None, :, None]).any(axis=-1)
+
+    def flag(j: int, rr: int, s: int) -> None:
+        div[j, rr] = s if div[j, rr] < 0 else min(div[j, rr], s)
+
+    for j, e, rr in zip(*np.nonzero(badv)):
+        flag(j, rr, int(ev_total[e]))
+    if final_weights is not None:
+        for j, rr in zip(*np.nonzero(~np.isfinite(final_weights).all(axis=-1))):
+            flag(j, rr, S)
     return div
 
 
@@ -358,82 +392,12 @@ def _lanczos_top(hvp_of, q: np.ndarray, iters: int) -> np.ndarray:
 def _validate(model, data, optimizers, batch_size, steps, epochs, replicas, seed, svag,
               sampling, metrics, eval_samples, sharpness_samples, sharpness_iters, backend,
               dtype, replica_offset, on_divergence) -> dict:
-    if not isinstance(model, MLP):
-        raise ValueError(f"model must be an sdeverify.train.MLP, got {type(model).__name__}")
-    if not isinstance(data, Dataset):
-        raise ValueError(f"data must be an sdeverify.train.Dataset (teacher_student(), digits(), "
-                         f"from_arrays(X, y), cifar10(folder)), got {type(data).__name__}")
-    if model.n_inputs != data.n_features:
-        raise ValueError(f"model input width widths[0]={model.n_inputs} does not match the "
-                         f"data's {data.n_features} features")
-    if model.n_classes < data.n_classes:
-        raise ValueError(f"model has {model.n_classes} outputs but the data has "
-                         f"{data.n_classes} classes")
-    opts = list(optimizers) if isinstance(optimizers, (list, tuple)) else [optimizers]
-    if not opts:
-        raise ValueError("optimizers must hold at least one SGD/SGDM/HeavyBall instance")
-    for o in opts:
-        if not hasattr(o, "coefficients") or not dataclasses.is_dataclass(o):
-            raise ValueError(f"optimizers must be SGD/SGDM/HeavyBall instances, got {o!r}")
-        if not isinstance(o.name, str) or not o.name:
-            raise ValueError(f"optimizer names must be non-empty strings, got {o.name!r}")
-    names = [o.name for o in opts]
-    if len(set(names)) != len(names):
-        raise ValueError(f"optimizer names must be unique (pass name=...), got {names}")
-    B = positive_int("batch_size", batch_size)
-    if B > data.n_train:
-        raise ValueError(f"batch_size must be <= the training set size {data.n_train}, got {B}")
-    if (steps is None) == (epochs is None):
-        raise ValueError("give exactly one of steps and epochs")
-    steps = positive_int("steps", steps) if steps is not None \
-        else positive_int("epochs", epochs) * (data.n_train // B)
-    R = positive_int("replicas", replicas)
-    seed = nonneg_int("seed", seed)
-    if seed >= 2 ** 64:
-        raise ValueError(f"seed must be < 2**64, got {seed}")
-    ell = positive_int("svag", svag)
-    if sampling not in SAMPLING:
-        raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}")
-    if ell > 1 and 2 * B > data.n_train:
-        raise ValueError(f"svag > 1 draws two minibatches per step: 2*batch_size={2 * B} exceeds "
-                         f"the training set ({data.n_train})")
-    metrics = tuple(metrics)
-    bad = [m for m in metrics if m not in METRICS]
-    if bad or not metrics or len(set(metrics)) != len(metrics):
-        raise ValueError(f"metrics must be distinct names from {METRICS}, got {list(metrics)}")
-    n_e = positive_int("eval_samples", eval_samples)
-    if ("grad_sqnorm" in metrics or "noise_trace" in metrics) and min(n_e, data.n_train) < NOISE_CHUNKS:
-        raise ValueError(f"eval_samples must be >= {NOISE_CHUNKS} for the gradient-noise metrics")
-    positive_int("sharpness_samples", sharpness_samples)
-    positive_int("sharpness_iters", sharpness_iters)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if dtype not in ("float64", "float32"):
-        raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
-    off = nonneg_int("replica_offset", replica_offset)
-    if off + R > 2 ** 32:
-        raise ValueError(f"replica_offset + replicas must be <= 2**32, got {off + R}")
-    if on_divergence not in ("warn", "raise", "ignore"):
-        raise ValueError(f"on_divergence must be 'warn', 'raise' or 'ignore', got {on_divergence!r}")
-    spec = dict(model=model.describe(), data=data.name, data_fingerprint=data.fingerprint(),
-                optimizers=[repr(o) for o in opts], batch_size=B, steps=steps, seed=seed,
-                svag=ell, sampling=sampling, metrics=list(metrics), eval_samples=n_e,
-                sharpness=[sharpness_samples, sharpness_iters], backend=backend, dtype=dtype)
-    meta = dict(spec, replicas=R, replica_offset=off)
-    return dict(optimizers=opts, steps=steps, svag=ell, meta=meta, spec=spec)
-
-
-def _fingerprint(spec: dict) -> str:
-    """SHA-256 (16 hex digits) of a run's specification: replica shards merge only when it
-    agrees (:meth:`TrainResult.merge`)."""
-    import hashlib
-    import json
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _digest(*arrays: np.ndarray) -> str:
-    import hashlib
-    h = hashlib.sha256()
-    for x in arrays:
-        h.update(np.ascontiguousarray(x, dtype=np.float64).tobytes())
-    return h.hexdigest()[:16]
+    """The validated call as the dict :mod:`sdeverify.distributed` reads (``optimizers``,
+    ``steps``, ``svag``); :meth:`TrainSpec.build` does the validation."""
+    spec = TrainSpec.build(model, data, optimizers, batch_size=batch_size, steps=steps,
+                           epochs=epochs, replicas=replicas, seed=seed, svag=svag,
+                           sampling=sampling, metrics=metrics, eval_samples=eval_samples,
+                           sharpness_samples=sharpness_samples, sharpness_iters=sharpness_iters,
+                           backend=backend, dtype=dtype, replica_offset=replica_offset,
+                           on_divergence=on_divergence)
+    return dict(optimizers=list(spec.optimizers), steps=spec.steps, svag=spec.svag, spec=spec)

@@ -1,0 +1,130 @@
+"""The trainer's backends: a registry, and the contract every backend's ``Trainer`` meets.
+
+:func:`sdeverify.train.fit` picks its backend by name from this registry (``backend="cpu"``),
+and the command line offers exactly the registered names, so a new backend is one module plus
+one :func:`register` call (docs/extending.md, "A trainer backend").  The engine's backends
+(:mod:`sdeverify.engine`) follow the same pattern.
+
+The contract (:class:`TrainerBackend`), for ``M = n_opt × n_rep`` models stacked as model
+``j·n_rep + r`` = optimizer ``j``, replica ``r``, each a flat parameter vector of length P:
+
+* ``Trainer(model, X, y, n_opt, n_rep, dtype)`` — holds the training set ``(X, y)``;
+* ``set_state(W, Mom)`` / ``get_state() -> (W, Mom)`` — weights and momentum buffers, ``(M, P)``
+  arrays (``get_state`` returns copies, in the trainer's dtype);
+* ``train(idx, a, b, gamma, r) -> losses`` — ``S`` steps.  ``idx`` is a list of one (plain) or two
+  (SVAG) int64 arrays of shape ``(S, n_rep, B)``: the rows of each step's minibatches per replica
+  (every optimizer of a replica sees the same rows); ``a, b, gamma`` are ``(n_opt, S)``
+  coefficients; ``r`` the weights of the minibatches (``[1]`` or SVAG's ``(r₁, r₂)``).  Each step
+  computes g = Σ_s r_s ∇L(w; B_s) + λ w (λ the model's weight decay), then
+  m ← a m + b g, w ← w − γ m (:mod:`sdeverify.optim`).  Returns the mean loss of the first
+  minibatch *before* each step, ``(S, M)``;
+* ``evaluate(X, y) -> (loss_sum, correct)`` — summed data loss and number of correct predictions
+  per model at the current weights, ``(M,)`` each;
+* ``gradients(W, X, y) -> G`` — ∇ of the mean data loss + λ w at the given weights ``(M', P)`` on
+  ``(X, y)``, ``(M', P)``.
+
+``tests/test_train_contract.py`` runs every registered backend through the same checks against
+the NumPy reference (:mod:`sdeverify.train.reference`, the oracle).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = ["Trainer", "TrainerBackend", "register", "unregister", "get", "names", "trainer_class"]
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    """What :func:`sdeverify.train.fit` needs from a backend's trainer (module docstring)."""
+
+    def set_state(self, W: np.ndarray, Mom: np.ndarray) -> None:
+        """Set the weights and momentum buffers, ``(M, P)`` each."""
+
+    def get_state(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the weights and momentum buffers, ``(M, P)`` each."""
+
+    def train(self, idx: list, a: np.ndarray, b: np.ndarray, gamma: np.ndarray,
+              r: np.ndarray) -> np.ndarray:
+        """Run ``S`` steps on the minibatch rows ``idx``; the first minibatch's mean loss
+        before each step, ``(S, M)``."""
+
+    def evaluate(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Summed data loss and count of correct predictions on ``(X, y)``, ``(M,)`` each."""
+
+    def gradients(self, W: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """∇(mean data loss) + λ w at weights ``W (M', P)`` on ``(X, y)``, ``(M', P)``."""
+
+
+@dataclass(frozen=True)
+class TrainerBackend:
+    """A registered backend: its ``name``, a ``load()`` returning its trainer class (imported
+    only when used, so that e.g. numba-cuda stays optional) and a one-line ``description``."""
+    name: str
+    load: Callable[[], type]
+    description: str = ""
+
+
+_REGISTRY: dict[str, TrainerBackend] = {}
+
+
+def register(name: str, trainer: type | str | Callable[[], type], description: str = "",
+             *, replace: bool = False) -> TrainerBackend:
+    """Register a trainer backend under ``name``.
+
+    ``trainer`` is the trainer class, a ``"module:Class"`` string imported on first use, or a
+    function returning the class.  ``ValueError`` if ``name`` is taken (unless ``replace``)."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"backend name must be an identifier string, got {name!r}")
+    if name in _REGISTRY and not replace:
+        raise ValueError(f"trainer backend {name!r} is already registered "
+                         f"(pass replace=True to replace it)")
+    if isinstance(trainer, str):
+        module, _, attr = trainer.partition(":")
+        if not module or not attr:
+            raise ValueError(f"trainer must be 'module:Class', got {trainer!r}")
+
+        def load(module=module, attr=attr):
+            return getattr(importlib.import_module(module), attr)
+    elif isinstance(trainer, type):
+        def load(cls=trainer):
+            return cls
+    elif callable(trainer):
+        load = trainer
+    else:
+        raise ValueError(f"trainer must be a class, a 'module:Class' string or a function "
+                         f"returning the class, got {trainer!r}")
+    backend = TrainerBackend(name, load, description)
+    _REGISTRY[name] = backend
+    return backend
+
+
+def unregister(name: str) -> None:
+    """Remove a registered backend (``KeyError``-free: ``ValueError`` naming the choices)."""
+    get(name)
+    del _REGISTRY[name]
+
+
+def names() -> tuple[str, ...]:
+    """The registered backend names, in registration order (the CLI's choices)."""
+    return tuple(_REGISTRY)
+
+
+def get(name: Any) -> TrainerBackend:
+    """The backend registered as ``name``; ``ValueError`` naming the registered ones."""
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"backend must be one of {names()}, got {name!r}")
+    return _REGISTRY[name]
+
+
+def trainer_class(name: str) -> type:
+    """The trainer class of backend ``name`` (imported now)."""
+    return get(name).load()
+
+
+register("cpu", "sdeverify.train.cpu:Trainer", "Numba on the CPU, multi-threaded over models")
+register("numpy", "sdeverify.train.reference:Trainer", "the NumPy reference (the oracle)")
+register("cuda", "sdeverify.train.cuda:Trainer", "numba.cuda on an NVIDIA GPU (numba-cuda)")
