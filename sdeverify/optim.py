@@ -72,7 +72,11 @@ class OptimizerScheme(Protocol):
 
 def check_scheme(opt: Any, what: str = "optimizers") -> str:
     """The label of ``opt`` (its ``name``, else its class name) if it is an
-    :class:`OptimizerScheme`; ``ValueError`` naming what is missing otherwise."""
+    :class:`OptimizerScheme` instance; ``ValueError`` naming what is missing otherwise (a
+    class such as ``SGD`` itself, not an instance of it, is refused too)."""
+    if isinstance(opt, type):
+        raise ValueError(f"{what} must be optimizer instances, got the class {opt.__name__}; "
+                         f"construct one, e.g. {opt.__name__}(lr=0.1)")
     if not isinstance(opt, OptimizerScheme) or not callable(getattr(opt, "coefficients", None)):
         raise ValueError(f"{what} must be optimizer schemes (SGD, SGDM, HeavyBall, or an object "
                          f"with a method coefficients(steps, dim) -> sdeverify.optim.Coefficients); "
@@ -82,8 +86,14 @@ def check_scheme(opt: Any, what: str = "optimizers") -> str:
 
 def scheme_coefficients(opt: OptimizerScheme, steps: int, dim: int, who: str) -> Coefficients:
     """``opt.coefficients(steps, dim)``, checked (:meth:`Coefficients.check`); ``who`` names
-    the optimizer in the ``ValueError``."""
-    c = opt.coefficients(steps, dim)
+    the optimizer in the ``ValueError`` (also in one raised by ``opt.coefficients``, such as
+    for an invalid lr)."""
+    try:
+        c = opt.coefficients(steps, dim)
+    except ValueError as exc:
+        if str(exc).startswith(f"{who}:"):
+            raise
+        raise ValueError(f"{who}: {exc}") from None
     if not isinstance(c, Coefficients):
         raise ValueError(f"{who}: coefficients({steps}, {dim}) must return "
                          f"sdeverify.optim.Coefficients, got {type(c).__name__}")

@@ -1,40 +1,39 @@
 """Immutable simulation results, their statistics, merging of shards, and atomic save/load.
 
-**File format** (:meth:`SimulationResult.save`, written by :func:`save_pair`).  A result
-saved as ``DIR/NAME`` is two files that form one unit:
+**File format** (:meth:`SimulationResult.save`, written by :func:`sdeverify.files.save_pair`).
+A result saved as ``DIR/NAME`` is two files that form one unit:
 
 * ``DIR/NAME.<h>.npz`` — the arrays (``steps``, ``block_stats``, ``block_diff``,
   ``block_bad``, ``x_final``, ``m_final``, ``div_step``, optionally ``states``) and a
   ``__labels__`` entry (JSON text: optimizers, observables, recorded steps); ``<h>`` is the first
   16 hex digits of the SHA-256 of the file's bytes;
 * ``DIR/NAME.json`` — readable metadata and final statistics, ``"format"``, ``"npz"`` (the
-  file name above) and ``"npz_sha256"`` (its full hash).
+  file name above), ``"npz_sha256"`` (its full hash) and ``"content_sha256"`` (the hash of
+  the JSON's own content).
 
-Save writes the ``.npz`` under its content name (a new name: the old pair is untouched),
-then replaces ``NAME.json`` atomically — the commit point — and only then deletes the
-previous ``NAME.*.npz``; temporaries left by a killed save are deleted by the next save.  A
-crash at any moment therefore leaves the old pair or the new pair.  :meth:`load` checks that
-the ``.npz`` is the one the ``.json`` names (hash), that its labels equal the JSON's and that
-every array has the shape the labels imply, and raises :class:`ResultFileError` (a
-``ValueError``) saying what does not match.  Files of the earlier layout (``NAME.npz``
-without a hash) still load, with the label and shape checks.
+``NAME`` is kept as given (``sgd_lr0.1`` → ``sgd_lr0.1.json``).  Save writes the ``.npz``
+under its content name (a new name: the old pair is untouched), then replaces ``NAME.json``
+atomically — the commit point — and only then deletes the previous ``NAME.*.npz``;
+temporaries left by a killed save are deleted by the next save.  A crash at any moment
+therefore leaves the old pair or the new pair.  :meth:`load` checks both hashes, that the
+labels stored with the arrays equal the JSON's and that every array has the shape and kind
+the labels imply, and raises :class:`ResultFileError` (a ``ValueError``) saying what does
+not match.  Files of the earlier layouts (without these hashes) cannot be verified and are
+refused, with that said.
 """
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import os
 import platform
-import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from . import config
+from .files import (ResultFileError, atomic_write_npz, atomic_write_text, jsonable, load_pair,
+                    save_pair)
 from .observables import merge_blocks
 
 if TYPE_CHECKING:  # optional extras, imported lazily by to_dataframe / to_xarray
@@ -45,12 +44,9 @@ __all__ = ["FORMAT", "ResultFileError", "Divergence", "NonFinite", "SimulationRe
            "save_pair", "load_pair", "index_pair", "jsonable", "atomic_write_text",
            "atomic_write_npz", "versions"]
 
-FORMAT = "sdeverify.SimulationResult/2"
-LABELS = "__labels__"          # the entry of a saved .npz that repeats the .json's labels
-
-
-class ResultFileError(ValueError):
-    """A saved result is missing, unreadable, or its files do not belong together."""
+FORMAT = "sdeverify.SimulationResult/3"
+# ResultFileError, save_pair, load_pair, jsonable and the atomic writers live in
+# sdeverify.files (one save/load for every result file); they stay importable from here.
 
 
 @dataclass(frozen=True)
@@ -241,8 +237,17 @@ class SimulationResult:
         functions, optimizers with their schedules, x0, σ, steps, record, observables, dtype,
         seed, divergence bound, engine, version); any difference is refused, naming the field.
         """
+        for r in others:
+            if not isinstance(r, SimulationResult):
+                raise ValueError("merge takes shards that are SimulationResults, got "
+                                 f"{type(r).__name__} {r!r:.60}")
         parts = sorted((self,) + others, key=lambda r: r.meta.get("path_offset", 0))
         _same_simulation(parts)
+        kept = [r.states is not None for r in parts]
+        if any(kept) and not all(kept):
+            raise ValueError("cannot merge: some shards stored their states and others did not "
+                             f"(path_offsets {[r.meta.get('path_offset', 0) for r in parts]}: "
+                             f"states stored {kept}); the merged result would silently lose them")
         pos = parts[0].meta.get("path_offset", 0)
         for r in parts:
             if r.optimizers != self.optimizers or r.observables != self.observables \
@@ -292,10 +297,20 @@ class SimulationResult:
         together and that every array has the shape its labels imply
         (:class:`ResultFileError` otherwise)."""
         doc, arrays, where = load_pair(path, labels=("optimizers", "observables", "steps"))
+        if doc.get("format") != FORMAT:
+            raise ResultFileError(f"{where}: format {doc.get('format')!r}, expected {FORMAT!r} "
+                                  "(not a SimulationResult of this sdeverify)")
         need = ("steps", "block_stats", "block_diff", "x_final", "m_final", "div_step")
         missing = [k for k in need if k not in arrays]
         if missing:
             raise ResultFileError(f"{where}: arrays {missing} are missing")
+        kinds = {"steps": "iu", "div_step": "iu", "block_stats": "f", "block_diff": "f",
+                 "block_bad": "iuf", "x_final": "f", "m_final": "f", "states": "f"}
+        for k, kind in kinds.items():
+            if k in arrays and arrays[k].dtype.kind not in kind:
+                raise ResultFileError(f"{where}: array {k!r} has dtype {arrays[k].dtype}, "
+                                      f"expected {'an integer' if kind == 'iu' else 'a float'} "
+                                      "dtype")
         n_opt, n_obs = len(doc["optimizers"]), len(doc["observables"])
         n_rec = len(doc["steps"])
         if not np.array_equal(arrays["steps"], np.asarray(doc["steps"], dtype=arrays["steps"].dtype)):
@@ -350,101 +365,6 @@ def _same_simulation(parts) -> None:
                              + f" ({where})")
 
 
-# ---- one JSON + one NPZ, saved and loaded as a unit -------------------------------------------
-def _hashed_npz_name(stem: str, digest: str) -> str:
-    return f"{stem}.{digest[:16]}.npz"
-
-
-def save_pair(path: str | os.PathLike, doc: dict, arrays: dict, *,
-              labels: tuple = ()) -> Path:
-    """Save ``doc`` as ``path.json`` and ``arrays`` as ``path.<hash>.npz``, as one unit (see
-    the module docstring); ``labels`` names entries of ``doc`` copied into the ``.npz`` too,
-    so that :func:`load_pair` can check them.  Returns the JSON path."""
-    json_path = Path(path).with_suffix(".json")
-    folder, stem = json_path.parent, json_path.stem
-    folder.mkdir(parents=True, exist_ok=True)
-    _remove_temporaries(folder, stem)
-    arrays = dict(arrays)
-    if LABELS in arrays:
-        raise ValueError(f"{LABELS!r} is reserved in saved arrays")
-    arrays[LABELS] = np.array(json.dumps({k: doc[k] for k in labels}, default=jsonable))
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    data = buf.getvalue()
-    digest = hashlib.sha256(data).hexdigest()
-    npz_name = _hashed_npz_name(stem, digest)
-    _atomic_write(folder / npz_name, lambda f: f.write(data), "wb", suffix=".npz")
-    doc = dict(doc, npz=npz_name, npz_sha256=digest)
-    atomic_write_text(json_path, json.dumps(doc, indent=1, default=jsonable))   # commit
-    pattern = re.compile(re.escape(stem) + r"\.[0-9a-f]{16}\.npz")
-    for old in folder.iterdir():
-        if old.name != npz_name and pattern.fullmatch(old.name):
-            try:
-                old.unlink()
-            except OSError:
-                pass
-    return json_path
-
-
-def load_pair(path: str | os.PathLike, *, labels: tuple = ()) -> tuple[dict, dict, str]:
-    """``(doc, arrays, where)`` of a pair written by :func:`save_pair` (or of the earlier
-    ``path.json`` + ``path.npz`` layout), after checking that they belong together."""
-    json_path = Path(path).with_suffix(".json")
-    where = str(json_path)
-    try:
-        doc = json.loads(json_path.read_text())
-    except FileNotFoundError:
-        raise ResultFileError(f"{where}: no such result file") from None
-    except (OSError, ValueError) as exc:
-        raise ResultFileError(f"{where}: unreadable ({exc})") from None
-    if not isinstance(doc, dict):
-        raise ResultFileError(f"{where}: not a saved result")
-    if "npz" in doc:
-        npz_path = json_path.parent / str(doc["npz"])
-        try:
-            data = npz_path.read_bytes()
-        except OSError:
-            raise ResultFileError(f"{where} names {doc['npz']}, which is missing") from None
-        if hashlib.sha256(data).hexdigest() != doc.get("npz_sha256"):
-            raise ResultFileError(f"{npz_path} does not match the hash recorded in {where} "
-                                  "(modified or from another result)")
-        source = io.BytesIO(data)
-    else:                                            # earlier layout: NAME.json + NAME.npz
-        source = json_path.with_suffix(".npz")
-        if not source.exists():
-            raise ResultFileError(f"{where}: its arrays file {source.name} is missing")
-    try:
-        with np.load(source, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as exc:
-        raise ResultFileError(f"{where}: its .npz is unreadable ({exc})") from None
-    if LABELS in arrays:
-        stored = json.loads(str(arrays.pop(LABELS)))
-        for k in labels:
-            if k in stored and json.loads(json.dumps(doc.get(k), default=jsonable)) != stored[k]:
-                raise ResultFileError(f"{where}: the {k} of the .json ({doc.get(k)!r}) differ "
-                                      f"from those stored with the arrays ({stored[k]!r})")
-    missing = [k for k in labels if k not in doc]
-    if missing:
-        raise ResultFileError(f"{where}: fields {missing} are missing")
-    return doc, arrays, where
-
-
-def _remove_temporaries(folder: Path, stem: str) -> None:
-    """Delete temporaries of earlier saves of this result that were killed mid-write."""
-    for tmp in folder.glob(glob_escape(f".{stem}.") + "*"):    # mkstemp names: .NAME.json.*
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-
-
-def glob_escape(text: str) -> str:
-    """``text`` with the glob metacharacters ``*``, ``?`` and ``[`` bracketed, so that
-    :meth:`pathlib.Path.glob` matches it literally."""
-    return re.sub(r"([*?\[])", r"[\1]", text)
-
-
 def index_pair(optimizers: Sequence[str], observables: Sequence[str], optimizer: str | int,
                observable: str | int) -> tuple[int, int]:
     """(j, o): the positions of ``optimizer`` and ``observable``, each given by name or by
@@ -460,78 +380,11 @@ def _position(what: str, names, key) -> int:
     return names.index(key)
 
 
-def jsonable(o: Any) -> Any:
-    """``default=`` of ``json.dumps`` for results: arrays as lists, NumPy scalars as Python
-    scalars, anything else as its ``str``."""
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.floating, np.integer, np.bool_)):
-        return o.item()
-    return str(o)
-
-
-def _atomic_write(path: Path, write, mode: str, suffix: str = "") -> None:
-    """Write via a temporary file in the same folder, fsync, ``os.replace``: all or nothing."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())          # as open() would create it (mkstemp: 0600)
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _umask() -> int:
-    """The process umask, read without changing it (os.umask would, for all threads)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable (best effort: not every platform can open a directory)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` all or nothing: a temporary file in the same folder,
-    fsync, ``os.replace`` (a crash leaves the old file or the new one, never a mix)."""
-    _atomic_write(path, lambda f: f.write(text), "w")
-
-
-def atomic_write_npz(path: Path, arrays: dict) -> None:
-    """Write ``arrays`` (name -> array) as an ``.npz`` at ``path``, all or nothing (as
-    :func:`atomic_write_text`)."""
-    _atomic_write(path, lambda f: np.savez(f, **arrays), "wb", suffix=".npz")
-
-
 def versions() -> dict:
     """Versions of sdeverify, NumPy, Numba, SciPy and Python, as stored in every result's
     metadata."""
     import numba
     import scipy
-    from . import __version__
+    from .version import __version__
     return {"sdeverify": __version__, "numpy": np.__version__, "numba": numba.__version__,
             "scipy": scipy.__version__, "python": platform.python_version()}

@@ -82,10 +82,7 @@ def name_string(what: str, value: Any) -> str:
 
 def finite_array(name: str, value: Any, *, low: float | None = None) -> np.ndarray:
     """A non-empty, finite 1-D float64 array (a scalar becomes length 1), entries >= low."""
-    try:
-        arr = np.atleast_1d(np.asarray(value, dtype=np.float64))
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number or a 1-D array of numbers, got {value!r}") from None
+    arr = np.atleast_1d(_real_array(name, value))
     if arr.ndim != 1:
         raise ValueError(f"{name} must be a number or a 1-D array, got shape {arr.shape}")
     if arr.size == 0:
@@ -97,6 +94,19 @@ def finite_array(name: str, value: Any, *, low: float | None = None) -> np.ndarr
         k = int(np.argmax(arr < low))
         raise ValueError(f"{name} must be >= {low:g}; entry {k} is {arr[k]}")
     return arr
+
+
+def _real_array(name: str, value: Any) -> np.ndarray:
+    """``value`` as a float64 array if it holds real numbers (Python or NumPy ints and
+    floats); text, booleans and other objects are a ``ValueError`` naming ``name``."""
+    try:
+        raw = np.asarray(value)
+    except (TypeError, ValueError):
+        raw = None
+    if raw is None or raw.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must be a number or a 1-D array of numbers, got "
+                         f"{value!r:.80}")
+    return raw.astype(np.float64)
 
 
 def _range_text(low, high, low_open, high_open) -> str:
@@ -111,9 +121,10 @@ def schedule(name: str, value: Any, steps: int, *, low: float, high: float | Non
              high_open: bool = False) -> np.ndarray:
     """A float or a per-step array, returned as a float64 array of length ``steps``.
 
-    An array longer than ``steps`` is truncated; a shorter one is an error.
+    An array longer than ``steps`` is truncated; a shorter one is an error.  Text (``"0.1"``)
+    and booleans are refused, not converted.
     """
-    arr = np.asarray(value, dtype=np.float64)
+    arr = _real_array(name, value)
     if arr.ndim == 0:
         arr = np.full(steps, float(arr))
     elif arr.ndim != 1:

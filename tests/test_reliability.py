@@ -6,6 +6,7 @@ All runs use d = 2 quadratics (the kernel the checks and the other tests compile
 the NumPy engine, so this file adds no kernel compilation to a cold CI run beyond the user
 functions defined here.
 """
+import dataclasses
 import json
 import os
 import warnings
@@ -17,6 +18,7 @@ import pytest
 import sdeverify as sv
 from sdeverify import config, rng
 from sdeverify.engine.spec import memory_estimate
+from sdeverify.files import hashed_json
 from sdeverify.observables import UserFunctionError
 from sdeverify.problems import NGOS, Quadratic
 from sdeverify.result import ResultFileError, SimulationResult
@@ -297,35 +299,68 @@ def test_save_is_one_unit_and_load_checks_the_pairing(tmp_path):
     b.save(tmp_path / "r")
     assert len(_pair_files(tmp_path)) == 2
     assert SimulationResult.load(tmp_path / "r").optimizers == ("other",)
-    # a .json next to another result's arrays: refused, saying why
+    # a .json next to another result's arrays: refused, saying why (the edited JSONs are
+    # re-hashed, as a consistent but mispaired file would be, to reach the pairing checks)
     a.save(tmp_path / "s")
-    s_doc = json.loads((tmp_path / "s.json").read_text())
-    r_doc = json.loads((tmp_path / "r.json").read_text())
-    (tmp_path / "s.json").write_text(json.dumps(dict(s_doc, npz=r_doc["npz"])))
+    s_doc = _unhashed(tmp_path / "s.json")
+    r_doc = _unhashed(tmp_path / "r.json")
+    (tmp_path / "s.json").write_text(hashed_json(dict(s_doc, npz=r_doc["npz"])))
     with pytest.raises(ResultFileError, match="hash"):
         SimulationResult.load(tmp_path / "s")
-    (tmp_path / "s.json").write_text(json.dumps(dict(s_doc, npz=r_doc["npz"],
-                                                     npz_sha256=r_doc["npz_sha256"])))
+    (tmp_path / "s.json").write_text(hashed_json(dict(s_doc, npz=r_doc["npz"],
+                                                      npz_sha256=r_doc["npz_sha256"])))
     with pytest.raises(ResultFileError, match="optimizers|steps|shape"):
         SimulationResult.load(tmp_path / "s")
     with pytest.raises(ResultFileError, match="no such result"):
         SimulationResult.load(tmp_path / "missing")
 
 
-def test_earlier_layout_loads_with_its_labels_checked(tmp_path):
+def _unhashed(path):
+    doc = json.loads(path.read_text())
+    doc.pop("content_sha256")
+    return doc
+
+
+def test_an_edited_json_is_refused_by_its_content_hash(tmp_path):
+    """Any edit of a result's JSON (a statistic, the metadata) is caught on load."""
+    _sim(seed=1).save(tmp_path / "r")
+    doc = json.loads((tmp_path / "r.json").read_text())
+    doc["meta"]["seed"] = 99
+    (tmp_path / "r.json").write_text(json.dumps(doc))
+    with pytest.raises(ResultFileError, match=r"r\.json.*content hash"):
+        SimulationResult.load(tmp_path / "r")
+    del doc["content_sha256"]
+    (tmp_path / "r.json").write_text(json.dumps(doc))
+    with pytest.raises(ResultFileError, match="cannot be verified"):
+        SimulationResult.load(tmp_path / "r")
+
+
+def test_the_earlier_unhashed_layout_is_refused(tmp_path):
+    """A JSON edited back to the pre-hash layout (``NAME.json`` + ``NAME.npz``, no hashes)
+    would let another run's arrays load under this run's labels: it is refused, saying so."""
     a = _sim(seed=1)
     a.save(tmp_path / "r")
-    doc = json.loads((tmp_path / "r.json").read_text())
-    os.replace(tmp_path / doc.pop("npz"), tmp_path / "r.npz")
-    doc.pop("npz_sha256")
-    (tmp_path / "r.json").write_text(json.dumps(doc))
-    assert np.array_equal(SimulationResult.load(tmp_path / "r").mean, a.mean)
-    other = _sim(seed=1, opts=[sv.SGD(0.1, name="X")])
+    doc = _unhashed(tmp_path / "r.json")
+    other = _sim(seed=2)                                  # same labels, other numbers
     other.save(tmp_path / "o")
     o_doc = json.loads((tmp_path / "o.json").read_text())
-    os.replace(tmp_path / o_doc["npz"], tmp_path / "r.npz")          # wrong arrays, old layout
-    with pytest.raises(ResultFileError):
+    os.replace(tmp_path / o_doc["npz"], tmp_path / "r.npz")
+    doc.pop("npz"), doc.pop("npz_sha256")
+    (tmp_path / "r.json").write_text(json.dumps(doc))
+    with pytest.raises(ResultFileError, match="earlier, unverifiable layout"):
         SimulationResult.load(tmp_path / "r")
+
+
+def test_dotted_names_are_kept_whole(tmp_path):
+    """``run_lr0.1`` and ``run_lr0.2`` are two results (the suffix is appended, never
+    substituted for the last dotted part)."""
+    a, b = _sim(seed=1), _sim(seed=2, opts=[sv.SGD(0.2, name="other")])
+    assert a.save(tmp_path / "run_lr0.1").name == "run_lr0.1.json"
+    b.save(tmp_path / "run_lr0.2")
+    assert SimulationResult.load(tmp_path / "run_lr0.1").optimizers == a.optimizers
+    assert SimulationResult.load(tmp_path / "run_lr0.2").optimizers == ("other",)
+    assert SimulationResult.load(tmp_path / "run_lr0.1.json").optimizers == a.optimizers
+    assert len(list(tmp_path.iterdir())) == 4
 
 
 @pytest.mark.parametrize("kill_at", [1, 2])
@@ -389,3 +424,13 @@ def test_merge_refuses_shards_without_fingerprint():
     b.meta.pop("fingerprint")
     with pytest.raises(ValueError, match="no fingerprint"):
         a.merge(b)
+
+
+def test_merge_refuses_what_is_not_a_shard_and_shards_that_would_lose_states():
+    a = _sim(paths=256, record=[0, 20])
+    with pytest.raises(ValueError, match="merge takes shards that are SimulationResults, got int"):
+        a.merge(5)
+    b = _sim(path_offset=256, paths=256, record=[0, 20])
+    with_states = dataclasses.replace(b, states=np.zeros((len(b.optimizers), 2, 256, 2)))
+    with pytest.raises(ValueError, match="states"):
+        a.merge(with_states)

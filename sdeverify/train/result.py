@@ -1,5 +1,10 @@
 """What :func:`sdeverify.train.fit` returns: per-replica evaluations, statistics across
-replicas, paired differences, exact merges of replica shards, and atomic save/load."""
+replicas, paired differences, exact merges of replica shards, and atomic save/load.
+
+A result saved as ``DIR/NAME`` is ``DIR/NAME.json`` (labels, metadata, final means, with the
+hash of its own content and of the arrays file) and ``DIR/NAME.<hash>.npz`` (the arrays),
+written and checked by the same code as a simulation result's (:mod:`sdeverify.files`).
+"""
 from __future__ import annotations
 
 import json
@@ -10,16 +15,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..result import atomic_write_npz, atomic_write_text
+from ..files import ResultFileError, jsonable, load_pair, save_pair
 
 if TYPE_CHECKING:  # optional extras, imported lazily by to_dataframe / to_xarray
     import pandas
     import xarray
 
-__all__ = ["METRICS", "TrainDivergence", "TrainResult"]
+__all__ = ["FORMAT", "METRICS", "TrainDivergence", "TrainResult", "check_arrays"]
 
+FORMAT = "sdeverify.TrainResult/2"
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "grad_sqnorm", "noise_trace",
            "sharpness")
+LABELS = ("optimizers", "metrics", "eval_steps")    # stored with the arrays too, checked on load
+OPTIONAL_ARRAYS = ("weights", "momentum", "weight_steps", "weight_history")
 
 
 @dataclass(frozen=True)
@@ -152,7 +160,11 @@ class TrainResult:
     def merge(self, *others: "TrainResult") -> "TrainResult":
         """Concatenate replica shards of one run (same fingerprint, consecutive
         ``replica_offset``s) — exactly the result of one run over all replicas."""
-        parts = sorted((self,) + others, key=lambda r: r.meta["replica_offset"])
+        for r in others:
+            if not isinstance(r, TrainResult):
+                raise ValueError("merge takes shards that are TrainResults, got "
+                                 f"{type(r).__name__} {r!r:.60}")
+        parts = sorted((self,) + others, key=lambda r: r.meta.get("replica_offset", 0))
         pos = parts[0].meta["replica_offset"]
         for r in parts:
             if r.meta.get("fingerprint") != self.meta.get("fingerprint"):
@@ -165,7 +177,12 @@ class TrainResult:
             pos += r.replicas
         def joined(name: str, axis: int):
             arrs = [getattr(r, name) for r in parts]
-            return None if any(a is None for a in arrs) else np.concatenate(arrs, axis=axis)
+            if all(a is None for a in arrs):
+                return None
+            if any(a is None for a in arrs):
+                raise ValueError(f"cannot merge: some shards kept their {name} and others did "
+                                 "not; the merged result would silently lose them")
+            return np.concatenate(arrs, axis=axis)
         w = joined("weights", 1)
         meta = dict(parts[0].meta, replicas=pos - parts[0].meta["replica_offset"],
                     wall_time=sum(r.meta.get("wall_time", 0.0) for r in parts))
@@ -177,32 +194,118 @@ class TrainResult:
 
     # ---- persistence --------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write everything to ``path.npz`` in one atomic replace (arrays and metadata in one
-        file, so nothing can be mispaired), plus a readable ``path.json`` summary."""
-        path = Path(path)
-        doc = {"optimizers": list(self.optimizers), "metrics": list(self.metrics), "meta": self.meta}
+        """Write ``path.json`` (metadata, labels, final means; content-hashed) and
+        ``path.<hash>.npz`` (every array) as one unit, atomically
+        (:func:`sdeverify.files.save_pair`: a crash at any moment leaves the old or the new
+        pair, and the next save deletes what a killed one left).  ``path`` is kept as given
+        (``run_lr0.1`` → ``run_lr0.1.json``); returns the JSON path."""
         arrays = dict(eval_steps=self.eval_steps, values=self.values, batch_loss=self.batch_loss,
-                      div_step=self.div_step, doc=np.array(json.dumps(doc, default=_jsonable)))
-        for name in ("weights", "momentum", "weight_steps", "weight_history"):
+                      div_step=self.div_step)
+        for name in OPTIONAL_ARRAYS:
             if getattr(self, name) is not None:
                 arrays[name] = getattr(self, name)
-        atomic_write_npz(path.with_suffix(".npz"), arrays)
-        stats = {m: {o: [float(x) for x in self.series(o, m)[0]] for o in self.optimizers} for m in self.metrics}
-        atomic_write_text(path.with_suffix(".json"), json.dumps(
-            dict(doc, eval_steps=self.eval_steps.tolist(), mean=stats,
-                 divergence=[vars(d) for d in self.divergence]), indent=1, default=_jsonable))
-        return path.with_suffix(".npz")
+        stats = {m: {o: [float(x) for x in self.series(o, m)[0]] for o in self.optimizers}
+                 for m in self.metrics}
+        doc = {"format": FORMAT, "optimizers": list(self.optimizers),
+               "metrics": list(self.metrics), "eval_steps": self.eval_steps.tolist(),
+               "meta": self.meta, "mean": stats,
+               "divergence": [vars(d) for d in self.divergence]}
+        return save_pair(path, json.loads(json.dumps(doc, default=jsonable)), arrays,
+                         labels=LABELS)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainResult":
-        """Read a result written by :meth:`save` (``path.npz``; the suffix may be omitted)."""
-        path = Path(path).with_suffix(".npz")
-        with np.load(path, allow_pickle=False) as z:
-            a = {k: z[k] for k in z.files}
-        doc = json.loads(str(a["doc"]))
+        """Read a result written by :meth:`save` (``path`` as given to it, or its ``.json``),
+        checking that its two files belong together (hashes, labels) and that the arrays
+        are consistent with the labels and with each other (:func:`check_arrays`);
+        :class:`~sdeverify.files.ResultFileError` naming the file otherwise."""
+        doc, a, where = load_pair(path, labels=LABELS)
+        if doc.get("format") != FORMAT:
+            raise ResultFileError(f"{where}: format {doc.get('format')!r}, expected {FORMAT!r} "
+                                  "(not a TrainResult of this sdeverify)")
+        meta = doc.get("meta")
+        if not isinstance(meta, dict):
+            raise ResultFileError(f"{where}: its meta is not a JSON object")
+        check_arrays(where, doc["optimizers"], doc["metrics"], doc["eval_steps"], a, meta)
         return cls(tuple(doc["optimizers"]), tuple(doc["metrics"]), a["eval_steps"], a["values"],
-                   a["batch_loss"], a["div_step"], a.get("weights"), doc["meta"],
+                   a["batch_loss"], a["div_step"], a.get("weights"), meta,
                    a.get("momentum"), a.get("weight_steps"), a.get("weight_history"))
+
+
+def check_arrays(where: str, optimizers, metrics, eval_steps, a: dict, meta: dict) -> None:
+    """:class:`~sdeverify.files.ResultFileError` (naming ``where``) unless the arrays ``a``
+    of a saved :class:`TrainResult` are what its labels imply: names, metric names from
+    :data:`METRICS`, dtypes, shapes (``values (J, E, R, K)``, ``batch_loss (J, R, S)``,
+    ``div_step (J, R)``, ``weights``/``momentum (J, R, P)``, ``weight_history``), evaluation
+    steps increasing and within the run, divergence steps within the run, no non-finite
+    value of a replica before it diverged, and ``meta``'s replica count."""
+    def bad(msg: str) -> ResultFileError:
+        return ResultFileError(f"{where}: {msg}")
+    if not isinstance(optimizers, list) or not optimizers \
+            or not all(isinstance(o, str) and o for o in optimizers):
+        raise bad(f"optimizers must be a non-empty list of names, got {optimizers!r:.80}")
+    if len(set(optimizers)) != len(optimizers):
+        raise bad(f"optimizer names repeat: {optimizers}")
+    if not isinstance(metrics, list) or not metrics or any(m not in METRICS for m in metrics) \
+            or len(set(metrics)) != len(metrics):
+        raise bad(f"metrics must be distinct names from {METRICS}, got {metrics!r:.120}")
+    missing = [k for k in ("eval_steps", "values", "batch_loss", "div_step") if k not in a]
+    if missing:
+        raise bad(f"arrays {missing} are missing")
+    kinds = {"eval_steps": "iu", "div_step": "iu", "weight_steps": "iu", "values": "f",
+             "batch_loss": "f", "weights": "f", "momentum": "f", "weight_history": "f"}
+    for k, kind in kinds.items():
+        if k in a and a[k].dtype.kind not in kind:
+            raise bad(f"array {k!r} has dtype {a[k].dtype}, expected "
+                      f"{'an integer' if kind == 'iu' else 'a float'} dtype")
+    J, K = len(optimizers), len(metrics)
+    ev = a["eval_steps"]
+    if ev.ndim != 1 or not np.array_equal(ev, np.asarray(eval_steps, dtype=np.int64)):
+        raise bad(f"the evaluation steps of the arrays ({ev.tolist()!r:.80}) differ from the "
+                  f"JSON's ({eval_steps!r:.80})")
+    E = ev.shape[0]
+    if E < 1 or np.any(np.diff(ev) <= 0) or ev[0] < 0:
+        raise bad(f"eval_steps must be increasing steps >= 0, got {ev.tolist()!r:.80}")
+    v = a["values"]
+    if v.ndim != 4 or v.shape[0] != J or v.shape[1] != E or v.shape[3] != K or v.shape[2] < 1:
+        raise bad(f"array 'values' has shape {v.shape}, but the labels ({J} optimizers, {E} "
+                  f"evaluations, {K} metrics) imply ({J}, {E}, replicas, {K})")
+    R = v.shape[2]
+    bl = a["batch_loss"]
+    if bl.ndim != 3 or bl.shape[:2] != (J, R):
+        raise bad(f"array 'batch_loss' has shape {bl.shape}, but 'values' holds {J} optimizers "
+                  f"x {R} replicas: expected ({J}, {R}, steps)")
+    svag = meta.get("svag", 1)
+    start = meta.get("start_step", 0)
+    if not all(isinstance(x, int) and not isinstance(x, bool) for x in (svag, start)) \
+            or svag < 1 or start < 0:
+        raise bad(f"meta's svag ({svag!r}) and start_step ({start!r}) must be integers >= 1 "
+                  "and >= 0")
+    first, S = start * svag, bl.shape[2]
+    if ev[0] < start or ev[-1] * svag > first + S:
+        raise bad(f"eval_steps {ev.tolist()!r:.80} lie outside the run's steps "
+                  f"[{start}, {start + S // svag}]")
+    d = a["div_step"]
+    if d.shape != (J, R):
+        raise bad(f"array 'div_step' has shape {d.shape}, expected ({J}, {R})")
+    if np.any((d != -1) & ((d < first) | (d > first + S))):
+        raise bad(f"div_step holds steps outside the run ([{first}, {first + S}], or -1)")
+    for k in ("weights", "momentum"):
+        if k in a and (a[k].ndim != 3 or a[k].shape[:2] != (J, R)):
+            raise bad(f"array {k!r} has shape {a[k].shape}, expected ({J}, {R}, parameters)")
+    if ("weight_steps" in a) != ("weight_history" in a):
+        raise bad("weight_steps and weight_history must be saved together")
+    if "weight_history" in a:
+        ws, wh = a["weight_steps"], a["weight_history"]
+        if ws.ndim != 1 or wh.ndim != 4 or wh.shape[:3] != (J, ws.shape[0], R):
+            raise bad(f"array 'weight_history' has shape {wh.shape}, expected ({J}, "
+                      f"{ws.shape[0] if ws.ndim == 1 else '?'}, {R}, parameters)")
+    alive = (d[:, None, :] < 0) | (ev[None, :, None] * svag < d[:, None, :])    # (J, E, R)
+    if not np.all(np.isfinite(v[alive])):
+        raise bad("'values' holds NaN or inf for a replica that had not diverged "
+                  "(non-finite values are only allowed from a replica's divergence on)")
+    if meta.get("replicas", R) != R:
+        raise bad(f"the JSON says {meta['replicas']} replicas, the arrays hold {R}")
 
 
 def _mean_sem(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -214,9 +317,3 @@ def _mean_sem(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return mean, np.sqrt(var / n)
 
 
-def _jsonable(o):
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    return str(o)
