@@ -137,7 +137,7 @@ def _block(X, y, rows, w, sizes, w_off, b_off, act, loss_kind, buf, d1, d2, g, n
             for i in range(nb):
                 for c in range(no):
                     z = Z[i, c] + bl[c]
-                    Z[i, c] = z if z > 0.0 else 0.0
+                    Z[i, c] = 0.0 if z <= 0.0 else z      # NaN stays NaN (never 0)
         else:
             for i in range(nb):
                 for c in range(no):

@@ -213,7 +213,7 @@ def make_gemm(dtype: np.dtype, tile: tuple, trans_a: bool, trans_b: bool, epilog
                         if epilogue == EPI_BIAS_ACT:
                             v += e[U(ebase + j)]
                             if act == RELU:
-                                if not v > ZERO:
+                                if v <= ZERO:       # NaN stays NaN (never 0)
                                     v = ZERO
                         elif epilogue == EPI_DERIV:
                             d = e[U(ebase + i * ldc + j)]
