@@ -16,7 +16,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .. import rng
-from ..validation import finite_float, nonneg_int, positive_int
+from ..validation import finite_float, positive_int
+from ..validation import seed as valid_seed
 
 __all__ = ["Dataset", "from_arrays", "teacher_student", "digits", "cifar10", "CIFAR10_TRAIN",
            "CIFAR10_TEST"]
@@ -27,7 +28,11 @@ STREAM_X, STREAM_TEACHER, STREAM_LABEL, STREAM_SPLIT = 21, 22, 23, 24
 @dataclass(frozen=True, eq=False)
 class Dataset:
     """A classification set: ``X_train (n, d)``, integer labels ``y_train`` in
-    ``[0, n_classes)``, and the same for the test split (float64, standardised)."""
+    ``[0, n_classes)``, and the same for the test split (float64, standardised).
+
+    Checked when made (finite features, labels in range, ``n_classes`` an integer >= 2) and
+    immutable after: the arrays are read-only (a writable array passed in is copied first),
+    so nothing can put NaN into a data set that was checked."""
     X_train: np.ndarray
     y_train: np.ndarray
     X_test: np.ndarray
@@ -36,12 +41,18 @@ class Dataset:
     name: str = "data"
 
     def __post_init__(self):
+        if isinstance(self.n_classes, bool) or not isinstance(self.n_classes, (int, np.integer)) \
+                or self.n_classes < 2:
+            raise ValueError(f"n_classes must be an integer >= 2, got {self.n_classes!r}")
+        object.__setattr__(self, "n_classes", int(self.n_classes))
         for part in ("train", "test"):
             X, y = getattr(self, f"X_{part}"), getattr(self, f"y_{part}")
             _check_xy(X, y, self.n_classes, f"X_{part}", f"y_{part}")
         if self.X_train.shape[1:] != self.X_test.shape[1:]:
             raise ValueError(f"X_train has samples of shape {self.X_train.shape[1:]} but X_test "
                              f"has {self.X_test.shape[1:]}")
+        for name in ("X_train", "y_train", "X_test", "y_test"):
+            object.__setattr__(self, name, _read_only(getattr(self, name)))
 
     @property
     def n_train(self) -> int:
@@ -65,11 +76,30 @@ class Dataset:
         """A new Dataset whose test part is a held-out slice of *this* training set (for
         choosing hyper-parameters without touching the test set)."""
         fraction = finite_float("fraction", fraction, low=0.0, high=1.0, low_open=True, high_open=True)
-        perm = _permutation(self.n_train, seed)
+        perm = _permutation(self.n_train, valid_seed(seed))
         n_val = max(1, int(round(fraction * self.n_train)))
         va, tr = perm[:n_val], perm[n_val:]
         return Dataset(self.X_train[tr], self.y_train[tr], self.X_train[va], self.y_train[va],
                        self.n_classes, f"{self.name}/validation")
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """``a`` itself if nothing can write to it (read-only and owning its data), else a
+    read-only copy."""
+    if a.flags.writeable or a.base is not None:
+        a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+def _frozen(*arrays: np.ndarray) -> list[np.ndarray]:
+    """Arrays made here, marked read-only without a copy (those that own their data)."""
+    out = []
+    for a in arrays:
+        if a.base is None:
+            a.flags.writeable = False
+        out.append(a)
+    return out
 
 
 def _check_xy(X, y, n_classes, xname="X", yname="y") -> None:
@@ -95,8 +125,17 @@ def _permutation(n: int, seed: int) -> np.ndarray:
 
 
 def _standardise(X_train, X_test):
-    mu = X_train.mean(axis=0)
-    sd = X_train.std(axis=0)
+    """Both splits centred and scaled by the training split's per-feature mean and standard
+    deviation (a feature with zero spread is only centred).  Finite features too large for
+    that arithmetic (|x| near 1e308) are first divided by their column's largest |x|, which
+    leaves the standardised values unchanged in exact arithmetic."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mu, sd = X_train.mean(axis=0), X_train.std(axis=0)
+        if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(sd))):
+            big = np.max(np.abs(X_train), axis=0)
+            big = np.where(big > 0, big, 1.0)
+            X_train, X_test = X_train / big, X_test / big
+            mu, sd = X_train.mean(axis=0), X_train.std(axis=0)
     sd = np.where(sd > 0, sd, 1.0)
     return (X_train - mu) / sd, (X_test - mu) / sd
 
@@ -135,12 +174,13 @@ def from_arrays(X: ArrayLike, y: ArrayLike, *, test_fraction: float = 0.2, seed:
     n_test = int(round(test_fraction * n))
     if n_test < 1 or n - n_test < 1:
         raise ValueError(f"test_fraction={test_fraction} leaves an empty split of {n} samples")
-    perm = _permutation(n, seed)
+    perm = _permutation(n, valid_seed(seed))
     te, tr = perm[:n_test], perm[n_test:]
     Xtr, Xte = X[tr], X[te]
     if standardize:
         Xtr, Xte = _standardise(Xtr, Xte)
-    return Dataset(Xtr, y[tr].astype(np.int64), Xte, y[te].astype(np.int64), max(k, 2), name)
+    return Dataset(*_frozen(Xtr, y[tr].astype(np.int64), Xte, y[te].astype(np.int64)),
+                   max(k, 2), name)
 
 
 def teacher_student(n: int = 4096, dim: int = 32, classes: int = 10, *, hidden: int = 64,
@@ -158,7 +198,7 @@ def teacher_student(n: int = 4096, dim: int = 32, classes: int = 10, *, hidden: 
     hidden = positive_int("hidden", hidden)
     label_noise = finite_float("label_noise", label_noise, low=0.0, high=1.0)
     temperature = finite_float("temperature", temperature, low=0.0, low_open=True)
-    nonneg_int("seed", seed)
+    seed = valid_seed(seed)
     rows = np.arange(n)
     X = rng.draws_numpy(rng.NORMAL, seed, rows, 0, STREAM_X, dim)
     tw = rng.draws_numpy(rng.NORMAL, seed, np.array([0]), 0, STREAM_TEACHER,
@@ -242,4 +282,4 @@ def cifar10(folder: str | os.PathLike, *, n_train: int | None = None,
         n = positive_int("n_test", n_test)
         Xte, yte = Xte[:n], yte[:n]
     Xtr, Xte = _standardise(Xtr, Xte)
-    return Dataset(Xtr, ytr, Xte, yte, 10, "cifar10")
+    return Dataset(*_frozen(Xtr, ytr, Xte, yte), 10, "cifar10")
