@@ -29,7 +29,7 @@ the NumPy reference (:mod:`sdeverify.train.reference`, the oracle).
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
@@ -59,29 +59,56 @@ class Trainer(Protocol):
         """∇(mean data loss) + λ w at weights ``W (M', P)`` on ``(X, y)``, ``(M', P)``."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class TrainerBackend:
-    """A registered backend: its ``name``, a ``load()`` returning its trainer class (imported
-    only when used, so that e.g. numba-cuda stays optional) and a one-line ``description``."""
+    """A registered backend: its ``name``, a one-line ``description`` and, per kind of model
+    (``"module:Class"`` of the model description), a ``load()`` returning the trainer class for
+    it (imported only when used, so that e.g. numba-cuda stays optional)."""
     name: str
-    load: Callable[[], type]
     description: str = ""
+    trainers: dict = field(default_factory=dict)
+
+    def trainer_for(self, model: Any) -> type:
+        """The trainer class for ``model``'s kind (its class or a base class);
+        ``ValueError`` naming the kinds this backend trains otherwise."""
+        for cls in type(model).__mro__:
+            key = _key(cls)
+            if key in self.trainers:
+                return self.trainers[key]()
+        kinds = ", ".join(k.split(":")[-1] for k in self.trainers) or "none"
+        raise ValueError(f"backend {self.name!r} cannot train {type(model).__name__} models "
+                         f"(it trains: {kinds}); pick another backend")
 
 
 _REGISTRY: dict[str, TrainerBackend] = {}
 
 
+def _key(model: type | str) -> str:
+    if isinstance(model, str):
+        if ":" not in model:
+            raise ValueError(f"model must be a class or 'module:Class', got {model!r}")
+        return model
+    if not isinstance(model, type):
+        raise ValueError(f"model must be a class or 'module:Class', got {model!r}")
+    return f"{model.__module__}:{model.__qualname__}"
+
+
 def register(name: str, trainer: type | str | Callable[[], type], description: str = "",
-             *, replace: bool = False) -> TrainerBackend:
-    """Register a trainer backend under ``name``.
+             *, model: type | str = "sdeverify.train.models:MLP",
+             replace: bool = False) -> TrainerBackend:
+    """Register ``trainer`` as backend ``name``'s trainer for models of kind ``model``.
 
     ``trainer`` is the trainer class, a ``"module:Class"`` string imported on first use, or a
-    function returning the class.  ``ValueError`` if ``name`` is taken (unless ``replace``)."""
+    function returning the class; ``model`` the model description's class (or
+    ``"module:Class"``; default :class:`sdeverify.train.MLP`).  One backend name may hold a
+    trainer per kind of model.  ``ValueError`` if that pair is taken (unless ``replace``)."""
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"backend name must be an identifier string, got {name!r}")
-    if name in _REGISTRY and not replace:
-        raise ValueError(f"trainer backend {name!r} is already registered "
-                         f"(pass replace=True to replace it)")
+    key = _key(model)
+    backend = _REGISTRY.get(name)
+    if backend is not None and key in backend.trainers and not replace:
+        raise ValueError(f"trainer backend {name!r} is already registered for "
+                         f"{key.split(':')[-1]} models (pass replace=True to replace it)")
     if isinstance(trainer, str):
         module, _, attr = trainer.partition(":")
         if not module or not attr:
@@ -97,13 +124,16 @@ def register(name: str, trainer: type | str | Callable[[], type], description: s
     else:
         raise ValueError(f"trainer must be a class, a 'module:Class' string or a function "
                          f"returning the class, got {trainer!r}")
-    backend = TrainerBackend(name, load, description)
-    _REGISTRY[name] = backend
+    if backend is None:
+        backend = _REGISTRY[name] = TrainerBackend(name, description)
+    elif description and not backend.description:
+        backend.description = description
+    backend.trainers[key] = load
     return backend
 
 
 def unregister(name: str) -> None:
-    """Remove a registered backend (``KeyError``-free: ``ValueError`` naming the choices)."""
+    """Remove a registered backend, every kind of model (``ValueError`` naming the choices)."""
     get(name)
     del _REGISTRY[name]
 
@@ -120,9 +150,9 @@ def get(name: Any) -> TrainerBackend:
     return _REGISTRY[name]
 
 
-def trainer_class(name: str) -> type:
-    """The trainer class of backend ``name`` (imported now)."""
-    return get(name).load()
+def trainer_class(name: str, model: Any) -> type:
+    """The trainer class backend ``name`` uses for ``model`` (imported now)."""
+    return get(name).trainer_for(model)
 
 
 register("cpu", "sdeverify.train.cpu:Trainer", "Numba on the CPU, multi-threaded over models")

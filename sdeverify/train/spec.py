@@ -185,7 +185,7 @@ class TrainSpec:
             raise ValueError(f"eval_samples must be >= {NOISE_CHUNKS} for the gradient-noise metrics")
         n_sharp = positive_int("sharpness_samples", sharpness_samples)
         iters = positive_int("sharpness_iters", sharpness_iters)
-        backends.get(backend)                          # ValueError naming the registered ones
+        backends.get(backend).trainer_for(model)      # ValueError naming what is registered
         if dtype not in ("float64", "float32"):
             raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
         off = nonneg_int("replica_offset", replica_offset)

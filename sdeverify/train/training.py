@@ -143,17 +143,16 @@ def fit(model: Any, data: Dataset, optimizers: Sequence[Any] | Any, *, batch_siz
         time, versions); statistics over replicas exclude diverged ones.  Evaluation and
         divergence steps are global (``start_step`` + the step of this call).
     """
+    from .. import dispatch            # where the call runs: handed down by the caller
     if executor is None:
-        from ..distributed import active
-        executor = active()
+        executor = dispatch.active()
     if executor is not None and _state_args(init_weights, init_momentum, start_step, resume,
                                             record_weights):
         raise ValueError("init_weights, init_momentum, start_step, resume and record_weights "
                          "train here only: pass executor=None (outside distributed.use)")
     if executor is not None:
-        from .. import distributed
-        return distributed.fit(
-            model, data, optimizers, executor=executor, batch_size=batch_size, steps=steps,
+        return dispatch.run(
+            "fit", executor, model, data, optimizers, batch_size=batch_size, steps=steps,
             epochs=epochs, replicas=replicas, seed=seed, lr_schedule=lr_schedule, svag=svag,
             sampling=sampling, eval_every=eval_every, eval_steps=eval_steps, metrics=metrics,
             eval_samples=eval_samples, sharpness_samples=sharpness_samples,
@@ -196,7 +195,7 @@ def run(spec: TrainSpec, *, progress: Callable[[int, int], None] | None = None,
         Mom = np.concatenate([np.tile(c.m0, (R, 1)) for c in coefs]).astype(dtype)
     else:
         Mom = spec.init_momentum.reshape(J * R, P).astype(dtype)
-    tr = backends.trainer_class(spec.backend)(model, data.X_train, data.y_train, J, R, dtype)
+    tr = backends.trainer_class(spec.backend, model)(model, data.X_train, data.y_train, J, R, dtype)
     tr.set_state(W, Mom)
     r = np.array(svag_weights(ell)[:1 if ell == 1 else 2])
     sampler = _sampler(spec)
