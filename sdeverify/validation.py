@@ -4,7 +4,7 @@ Every error names the parameter and the allowed range, so a user sees at once wh
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -183,3 +183,15 @@ def psd_sqrt(name: str, cov: np.ndarray) -> np.ndarray:
     lam, vec = np.linalg.eigh(0.5 * (cov + cov.T))
     lam = np.clip(lam, 0.0, None)
     return np.ascontiguousarray((vec * np.sqrt(lam)) @ vec.T)
+
+
+def position(what: str, names: Sequence[str], key: Any) -> int:
+    """The position of ``key`` in ``names``: ``key`` is a name or a position in
+    ``[-len(names), len(names))``; ``ValueError`` naming ``what`` and the names otherwise."""
+    if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+        if not -len(names) <= key < len(names):
+            raise ValueError(f"{what} position must be in [{-len(names)}, {len(names)}), got {key}")
+        return int(key) % len(names)
+    if not isinstance(key, str) or key not in names:
+        raise ValueError(f"{what} must be one of {tuple(names)} or a position, got {key!r}")
+    return list(names).index(key)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..files import ResultFileError, jsonable, load_pair, save_pair
+from ..validation import position
 
 if TYPE_CHECKING:  # optional extras, imported lazily by to_dataframe / to_xarray
     import pandas
@@ -77,9 +78,7 @@ class TrainResult:
         return int(self.values.shape[2])
 
     def _idx(self, optimizer, metric) -> tuple[int, int]:
-        j = optimizer if isinstance(optimizer, (int, np.integer)) else self.optimizers.index(optimizer)
-        k = metric if isinstance(metric, (int, np.integer)) else self.metrics.index(metric)
-        return int(j), int(k)
+        return position("optimizer", self.optimizers, optimizer), position("metric", self.metrics, metric)
 
     @property
     def valid(self) -> np.ndarray:
