@@ -45,6 +45,95 @@ FP32_LANES = {(6, 0): 64, (7, None): 64, (8, 0): 64, (8, None): 128, (9, 0): 128
               (10, None): 128, (12, None): 128, (5, None): 128, (6, None): 128}
 
 
+# ---- performance model (benchmarks/RESULTS.md, "Performance model") -------------------------
+#: NVIDIA H200 SXM (datasheet, nvidia.com/en-us/data-center/h200): FP32 67 TFLOP/s, FP64
+#: 34 TFLOP/s (FMA = 2 FLOP), HBM3e 4.8 TB/s; 132 SMs (GH100 as in H100 SXM5: NVIDIA H100 Tensor
+#: Core GPU Architecture whitepaper).  Per SM and clock (CUDA C Programming Guide, arithmetic
+#: instruction throughput, cc 9.0): 128 FP32 lanes, 64 FP64 lanes, 64 INT32 lanes, 32 load/store
+#: lanes; the clock implied by the FP32 figure is 67e12 / (132 x 128 x 2) = 1.98 GHz.
+H200 = dict(name="H200 SXM (datasheet)", sms=132, fp32=67e12, fp64=34e12, bw=4.8e12,
+            clock=67e12 / (132 * 128 * 2), fp64_lanes=64, int_lanes=64, ldst_lanes=32)
+
+
+def engine_model(dim: int, n_draws: int, n_opt: int = 2, card=H200) -> dict:
+    """Roofline bound on the engine's path·steps/s for the quadratic problem (dense ``H``, ``S``
+    in the parameter vector), one thread per path.  Per path·step and thread, counted from
+    :func:`sdeverify.problems.quadratic.quad_grad`/``quad_noise`` and the kernel's update:
+    FP64 instructions ``n_opt (2 d² + 4 d + 3 d) + 45 · draws`` (d² FMAs each for ∇L and S ξ;
+    45 per normal: the log / sqrt / sin-cos polynomials of :func:`sdeverify.rng.normal_pair64_py`),
+    loads ``n_opt (3 d² + d + 3)`` (the parameters, the same address in every thread: L1
+    broadcasts, so these are load *instructions*, not DRAM bytes) and ~125 INT32 instructions per
+    Philox call (10 rounds, 4 draws).  Global memory traffic is only the recorded observables
+    (bytes/step ≪ 1), so the bound is the busiest of the FP64, load/store and INT32 pipes."""
+    rows = 4 * ((n_draws + 3) // 4)
+    f = n_opt * (2 * dim * dim + 7 * dim) + 45 * rows
+    loads = n_opt * (3 * dim * dim + dim + 3)
+    ints = 125 * rows // 4
+    per_sm_clk = {"FP64": f / card["fp64_lanes"], "load/store": loads / card["ldst_lanes"],
+                  "INT32": ints / card["int_lanes"]}
+    bound = max(per_sm_clk, key=per_sm_clk.get)
+    rate = card["sms"] * card["clock"] / per_sm_clk[bound]
+    return dict(rate=rate, bound=bound, fp64=f, loads=loads, ints=ints)
+
+
+def gemm_model(nm: int, nn: int, nk: int, models: int, dtype_bytes: int = 4, card=H200) -> dict:
+    """Roofline time of one batched GEMM launch of the trainer: the tile and grid the trainer
+    picks (:func:`sdeverify.train.cuda.gemm_config`), resident blocks per SM from the resource
+    table (benchmarks/gpu_static.py: big tile 1, small tile 2 on sm_90), whole waves of blocks
+    at the SM's FP32 peak, against the bytes of A, B and C once through HBM."""
+    from sdeverify.train import cuda as tc
+    size, tile, grid = tc.gemm_config(nm, nn, models, tc.GPU_TILES, tc.GPU_BIG_MIN, card["sms"])
+    per_sm = {"big": 1, "small": 2}[size]
+    blocks = grid[0] * grid[1] * grid[2]
+    waves = -(-blocks // (card["sms"] * per_sm))
+    t_flop = waves * per_sm * 2 * tile[0] * tile[1] * nk / (card["fp32"] / card["sms"])
+    t_mem = dtype_bytes * models * (nm * nk + nk * nn + nm * nn) / card["bw"]
+    return dict(t=max(t_flop, t_mem), bound="FP32 (waves)" if t_flop >= t_mem else "HBM",
+                flop=2 * nm * nn * nk * models)
+
+
+def trainer_model(widths, batch: int, models: int, t_launch: float = 0.0, card=H200) -> dict:
+    """Roofline time of one SGD step of the CUDA trainer on an MLP (float32): per layer the
+    forward, weight-gradient and (except the first layer) input-gradient GEMMs by
+    :func:`gemm_model`, the pointwise kernels as HBM traffic (gather, loss, update: 5 words per
+    parameter), plus ``t_launch`` per kernel launch (measured by :func:`launch_overhead`)."""
+    L = len(widths) - 1
+    t, flop, launches, bounds = 0.0, 0, 0, set()
+    for l in range(L):
+        din, dout = widths[l], widths[l + 1]
+        shapes = [(batch, dout, din), (din + 1, dout, batch)] + ([(batch, din, dout)] if l else [])
+        for nm, nn, nk in shapes:
+            g = gemm_model(nm, nn, nk, models, 4, card)
+            t, flop, launches = t + g["t"], flop + g["flop"], launches + 1
+            bounds.add(g["bound"])
+    P = sum(widths[l] * widths[l + 1] + widths[l + 1] for l in range(L))
+    t += 4 * (5 * P * models + 2 * batch * widths[0] * models) / card["bw"]
+    launches += 4                                   # gather, loss, reduce, update
+    t_kernels = t
+    t += launches * t_launch
+    return dict(t=t, flop=flop, gflops=flop / t / 1e9, launches=launches,
+                bound=("launch overhead" if launches * t_launch > t_kernels
+                       else " + ".join(sorted(bounds))))
+
+
+def launch_overhead(n: int = 300) -> float:
+    """Seconds per launch of an empty numba.cuda kernel with the GEMM's 21 scalar arguments
+    (the host-side cost every trainer kernel launch pays)."""
+    from numba import cuda
+
+    @cuda.jit
+    def empty(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, c0):
+        pass
+    args = tuple(range(21))
+    empty[1, 32](*args)
+    cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        empty[1, 32](*args)
+    cuda.synchronize()
+    return (time.perf_counter() - t0) / n
+
+
 def median_time(f, repeats=3):
     f()
     ts = []
@@ -78,11 +167,15 @@ def engine_check(tiny: bool) -> float:
     P = Quadratic(np.diag(np.linspace(1.0, 4.0, 8)))
     opts = [sv.SGD(0.01), sv.SGDM(0.01, 0.9)]
     paths, steps = (32, 8) if tiny else (2 ** 20, 1024)
+    model = engine_model(8, 8)
     for backend, p in (("cuda", paths), ("cpu", min(paths, 2 ** 16))):
         t = median_time(lambda: sv.simulate(P, opts, np.ones(8), steps=steps, paths=p,
                                             sigma=1.0, backend=backend))
+        pred = (f"; model (H200 roofline, {model['bound']}-bound): {model['rate'] * 8 / 1e6:.0f} M, "
+                f"measured/model = {p * steps / t / model['rate']:.2f}" if backend == "cuda" else "")
         print(f"engine {backend}: {p} paths x {steps} steps x d=8: {t:.3f} s, "
-              f"{p * 8 * steps / t / 1e6:.1f} M path*dim*steps/s")
+              f"{p * 8 * steps / t / 1e6:.1f} M path*dim*steps/s, "
+              f"{p * steps * 8 / t / 1e9:.3g} G normals/s{pred}")
     return worst
 
 
@@ -258,14 +351,19 @@ def trainer_speed(tiny: bool) -> None:
         torch_dev, why = None, f"torch not importable ({type(e).__name__})"
     else:
         why = "torch sees no GPU"
+    t_launch = launch_overhead(20 if tiny else 300)
+    print(f"numba.cuda launch overhead (empty kernel, 21 scalar args): {t_launch * 1e6:.1f} us")
     for model, B, R, S, n in work:
         X, y = synthetic(n, model.n_inputs, model.n_classes, dtype=np.float32)
         flop = model.flops_per_sample() * B * R * S
         t = time_ours(model, B, R, S, X, y)
         frac = f", {flop / t / peak:.1%} of FP32 peak" if peak else ""
+        pm = trainer_model(model.widths, B, R, t_launch)
         print(f"trainer {model.describe()}, batch {B} x {R} replica(s), {S} steps, float32: "
               f"{t / S * 1e3:.3f} ms/step, {B * R * S / t:.4g} samples*models/s, "
-              f"{flop / t / 1e9:.1f} GFLOP/s{frac}")
+              f"{flop / t / 1e9:.1f} GFLOP/s{frac}; model (H200 roofline + measured launches, "
+              f"{pm['bound']}-bound): {pm['t'] * 1e3:.3f} ms/step, {pm['gflops']:.0f} GFLOP/s, "
+              f"measured/model = {pm['t'] / (t / S):.2f}")
         if torch_dev is None:
             print(f"  torch: {why}")
         else:
@@ -330,9 +428,11 @@ def gemm_sweep(tiny: bool) -> float:
                 launch()
             cuda.synchronize()
             t = (time.perf_counter() - t0) / reps
+            pm = "" if tiny else (f"; model for the trainer's choice: "
+                                  f"{2 * nm * nn * nk / gemm_model(nm, nn, nk, 1)['t'] / 1e9:.0f} GFLOP/s")
             print(f"gemm {label}, {nm}x{nn} (K={nk}), tile {tile} (BM, BN, BK, TM, TN), "
                   f"max_registers {regs}, {grid[0] * grid[1]} blocks: {2 * nm * nn * nk / t / 1e9:.1f} "
-                  f"GFLOP/s, max rel. error vs float64 {err:.2g}")
+                  f"GFLOP/s, max rel. error vs float64 {err:.2g}{pm}")
     return worst
 
 

@@ -29,7 +29,7 @@ import math
 import numba
 import numpy as np
 
-from .. import config, rng
+from .. import config, cuda_arch, rng
 from ..compile_lock import compile_once
 from ..observables import LOSS, SQNORM, USER0, welford
 from .output import EngineOutput
@@ -108,7 +108,6 @@ def _link(dev, prev, f, idx):
 
 
 def _make_kernel(problem, user_funcs, n_opt: int, n_calls: int):
-    _cuda()
     dev = cuda.jit(device=True)
     philox, normal_pair, uniform, rademacher = _device_rng()
     grad, noise, loss = dev(problem.grad.py_func), dev(problem.noise.py_func), dev(problem.loss.py_func)
@@ -153,7 +152,7 @@ def _make_kernel(problem, user_funcs, n_opt: int, n_calls: int):
         return user(USER0 - code, x)
 
     @cuda.jit
-    def kernel(x0, m0, params, sigma, A, B, G, rec_steps, codes, k0, k1, path0, n_paths,
+    def kernel(x0, m0, params, sigma, A, B, Gamma, rec_steps, codes, k0, k1, path0, n_paths,
                kind, r1, r2, bound, vals, x_final, m_final, div_step, states, store):
         ip = cuda.grid(1)
         if ip >= n_paths:
@@ -197,7 +196,7 @@ def _make_kernel(problem, user_funcs, n_opt: int, n_calls: int):
                     out = False
                     for i in range(D):
                         m[j, i] = A[j, k] * m[j, i] + B[j, k] * g[i]
-                        x[j, i] -= G[j, k] * m[j, i]
+                        x[j, i] -= Gamma[j, k] * m[j, i]
                         if not abs(x[j, i]) <= bound:     # NaN and inf included
                             out = True
                     if out:
@@ -246,31 +245,53 @@ def fold(vals, div_step, rec_steps, block_stats, block_diff, block_bad, block):
                         welford(block_diff[blk, j, r, o], v - v0)
 
 
-def run(spec) -> EngineOutput:
-    """Run a validated :class:`~sdeverify.engine.spec.RunSpec` on the GPU (one thread per path)."""
-    _cuda()
-    n_opt = spec.A.shape[0]
+def kernel_for(spec):
+    """The compiled-on-first-launch kernel of a :class:`~sdeverify.engine.spec.RunSpec`'s
+    problem, user observables, optimizer count and noise calls (built once per process)."""
+    n_opt = spec.a.shape[0]
     key = (spec.problem.grad, spec.problem.noise, spec.problem.loss, spec.problem.dim,
            spec.problem.n_draws, tuple(id(f) for f in spec.user_funcs), n_opt, spec.n_calls)
     if key not in _KERNELS:
         _KERNELS[key] = _make_kernel(spec.problem, spec.user_funcs, n_opt, spec.n_calls)
-    kernel = _KERNELS[key]
-    out = EngineOutput.allocate(spec)
-    n_rec, n_obs = spec.record.shape[0], spec.codes.shape[0]
-    d_vals = cuda.device_array((n_opt, n_rec, n_obs, spec.paths), dtype=np.float64)
-    d_x = cuda.device_array(out.x_final.shape, dtype=np.float64)
-    d_m = cuda.device_array(out.m_final.shape, dtype=np.float64)
-    d_div = cuda.device_array(out.div_step.shape, dtype=np.int64)
-    states = out.states if spec.store_states else np.zeros((1, 1, 1, 1))
-    d_states = cuda.to_device(states)
+    return _KERNELS[key]
+
+
+def launch_args(spec, to_device, empty) -> tuple:
+    """The kernel's arguments for ``spec``, in order: inputs through ``to_device(array)``,
+    outputs ``empty(shape, dtype)`` (``cuda.to_device``/``cuda.device_array`` for a launch;
+    ``benchmarks/gpu_static.py`` types the kernel's signature from host arrays)."""
+    n_opt, n_rec, n_obs = spec.a.shape[0], spec.record.shape[0], spec.codes.shape[0]
+    states = (np.full((n_opt, n_rec, spec.paths, spec.problem.dim), np.nan) if spec.store_states
+              else np.zeros((1, 1, 1, 1)))
+    return (to_device(spec.x0), to_device(spec.m0), to_device(spec.problem.params),
+            spec.sigma, to_device(spec.a), to_device(spec.b), to_device(spec.gamma),
+            to_device(spec.record), to_device(spec.codes), spec.k0, spec.k1,
+            spec.path_offset, spec.paths, spec.problem.draw_kind, spec.r1, spec.r2, spec.bound,
+            empty((n_opt, n_rec, n_obs, spec.paths), np.float64),
+            empty((n_opt, spec.paths, spec.problem.dim), np.float64),
+            empty((n_opt, spec.paths, spec.problem.dim), np.float64),
+            empty((n_opt, spec.paths), np.int64), to_device(states), spec.store_states)
+
+
+def launch_config(paths: int, limits=None) -> tuple[int, int]:
+    """``(blocks, threads per block)`` for ``paths`` paths, one thread each, validated against
+    the GPU's limits (:func:`sdeverify.cuda_arch.check_launch`; ``limits``: an architecture
+    name or :class:`~sdeverify.cuda_arch.ArchLimits`, default the current GPU's)."""
     tpb = SIM_THREADS_PER_BLOCK if numba.config.ENABLE_CUDASIM else THREADS_PER_BLOCK
-    blocks = (spec.paths + tpb - 1) // tpb
-    kernel[blocks, tpb](
-        cuda.to_device(spec.x0), cuda.to_device(spec.m0), cuda.to_device(spec.problem.params),
-        spec.sigma, cuda.to_device(spec.A), cuda.to_device(spec.B), cuda.to_device(spec.G),
-        cuda.to_device(spec.record), cuda.to_device(spec.codes), spec.k0, spec.k1,
-        spec.path_offset, spec.paths, spec.problem.draw_kind, spec.r1, spec.r2, spec.bound,
-        d_vals, d_x, d_m, d_div, d_states, spec.store_states)
+    blocks = (paths + tpb - 1) // tpb
+    cuda_arch.check_launch(limits, tpb, 0, grid=(blocks, 1, 1))
+    return blocks, tpb
+
+
+def run(spec) -> EngineOutput:
+    """Run a validated :class:`~sdeverify.engine.spec.RunSpec` on the GPU (one thread per path)."""
+    _cuda()
+    kernel = kernel_for(spec)
+    out = EngineOutput.allocate(spec)
+    blocks, tpb = launch_config(spec.paths)
+    args = launch_args(spec, cuda.to_device, lambda shape, dt: cuda.device_array(shape, dtype=dt))
+    kernel[blocks, tpb](*args)
+    d_vals, d_x, d_m, d_div, d_states = args[-6:-1]
     vals = d_vals.copy_to_host()
     out.x_final[:] = d_x.copy_to_host()
     out.m_final[:] = d_m.copy_to_host()

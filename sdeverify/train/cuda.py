@@ -46,6 +46,7 @@ import math
 import numba
 import numpy as np
 
+from .. import cuda_arch
 from ..engine.cuda import _cuda
 from ..validation import positive_int
 from .models import LOSSES, MLP
@@ -241,6 +242,27 @@ def make_gemm(dtype: np.dtype, tile: tuple, trans_a: bool, trans_b: bool, epilog
     return gemm
 
 
+def gemm_config(nm: int, nn: int, models: int, tiles: dict = GPU_TILES, big_min: int = GPU_BIG_MIN,
+                n_sm: int = 132) -> tuple[str, tuple, tuple]:
+    """``(tile name, tile, grid)`` of the batched GEMM for an ``nm × nn`` output per model:
+    the big tile when both output dimensions reach ``big_min`` and it gives at least one block
+    per multiprocessor (``n_sm`` of them), else the small tile; grid ``(⌈nn/BN⌉, ⌈nm/BM⌉,
+    models)``."""
+    BM, BN = tiles["big"][:2]
+    big_blocks = -(-nm // BM) * -(-nn // BN) * models
+    size = "big" if min(nm, nn) >= big_min and big_blocks >= n_sm else "small"
+    tile = tiles[size]
+    return size, tile, ((nn + tile[1] - 1) // tile[1], (nm + tile[0] - 1) // tile[0], models)
+
+
+def eval_chunk(M: int, n: int, max_width: int, tiles: dict = GPU_TILES) -> int:
+    """Rows per evaluation chunk: at most ``EVAL_ELEMENTS`` activations of ``M`` models and
+    few enough rows that the GEMM grid's y dimension (rows / BM of the smaller tile) stays
+    within the GPU's 65535 blocks."""
+    rows_cap = cuda_arch.MAX_GRID[1] * min(t[0] for t in tiles.values())
+    return max(1, min(n, EVAL_ELEMENTS // (M * max_width), rows_cap))
+
+
 def make_pointwise(dtype: np.dtype, loss: int, tpb: int):
     """The element-wise kernels: ``(gather, loss_grad, reduce, update)``."""
     NPDT = np.dtype(dtype).type
@@ -330,8 +352,9 @@ def make_pointwise(dtype: np.dtype, loss: int, tpb: int):
                 out_correct[off_correct + m] = sh[tpb]
 
     @cuda.jit
-    def update(w, mom, g, n_slots, r0, r1, lam, ca, cb, cg, s, S, R, P, M):
-        """``g = Σ r_s g_s + λ w;  m ← a m + b g;  w ← w − γ m`` for parameter p of model m;
+    def update(w, mom, g, n_slots, r0, r1, lam, a, b, gamma, s, S, R, P, M):
+        """``g = Σ r_s g_s + λ w;  m ← a m + b g;  w ← w − γ m`` for parameter p of model m
+        (``a, b, gamma``: the optimizers' coefficients a_k, b_k, γ_k, (optimizers, S) flat);
         grid (⌈P/tpb⌉, M); slots with r_s = 0 are not read."""
         p = cuda.blockIdx.x * tpb + cuda.threadIdx.x
         m = cuda.blockIdx.y
@@ -345,9 +368,9 @@ def make_pointwise(dtype: np.dtype, loss: int, tpb: int):
         if n_slots > 1 and r1 != ZERO:
             gr += r1 * g[M * P + q]
         gr += lam * w[q]
-        mm = ca[j * S + s] * mom[q] + cb[j * S + s] * gr
+        mm = a[j * S + s] * mom[q] + b[j * S + s] * gr
         mom[q] = mm
-        w[q] = w[q] - cg[j * S + s] * mm
+        w[q] = w[q] - gamma[j * S + s] * mm
 
     return gather, loss_grad, reduce, update
 
@@ -390,6 +413,7 @@ class Trainer:
         self.tiles = SIM_TILES if sim else GPU_TILES
         self.big_min = SIM_BIG_MIN if sim else GPU_BIG_MIN
         self.n_sm = 1 if sim else cuda.get_current_device().MULTIPROCESSOR_COUNT
+        self.limits = cuda_arch.current_limits()
         self.tpb = SIM_TPB if sim else GPU_TPB
         self.act = {"relu": RELU, "tanh": TANH}[model.activation]
         sizes, w_off, b_off = model.layout()
@@ -434,17 +458,20 @@ class Trainer:
         return self._ws[(M, nb)]
 
     def _gemm(self, ta: bool, tb: bool, epi: int, act: int, nm: int, nn: int, models: int, *args):
-        BM, BN = self.tiles["big"][:2]
-        big_blocks = -(-nm // BM) * -(-nn // BN) * models
-        size = "big" if min(nm, nn) >= self.big_min and big_blocks >= self.n_sm else "small"
-        tile = self.tiles[size]
+        size, tile, grid = gemm_config(nm, nn, models, self.tiles, self.big_min, self.n_sm)
         regs = GPU_MAX_REGISTERS[size] if self.dtype == np.float32 else None
         k = _cached(("gemm", self.dtype.str, tile, ta, tb, epi, act, regs),
                     lambda: make_gemm(self.dtype, tile, ta, tb, epi, act, regs))
-        grid = ((nn + tile[1] - 1) // tile[1], (nm + tile[0] - 1) // tile[0], models)
+        k = self._launch(k, grid, k.threads, k.shared_bytes, regs)
         a, offa, saz, zmoda, lda, b, offb, sbz, ldb, c, offc, scz, ldc, e, offe, sez, nk, ones, accum = args
-        k[grid, k.threads, 0, k.shared_bytes](a, offa, saz, zmoda, lda, b, offb, sbz, ldb, c, offc, scz, ldc,
+        k(a, offa, saz, zmoda, lda, b, offb, sbz, ldb, c, offc, scz, ldc,
                            e, offe, sez, nm, nn, nk, ones, accum)
+
+    def _launch(self, kernel, grid, threads: int, shared: int = 0, registers: int | None = None):
+        """``kernel[grid, threads, 0, shared]`` after :func:`sdeverify.cuda_arch.check_launch`
+        against this GPU's limits (a clear ValueError instead of a launch failure)."""
+        cuda_arch.check_launch(self.limits, threads, shared, registers, grid)
+        return kernel[grid, threads, 0, shared]
 
     def _forward(self, W, ws: _Workspace, a0, a0_off: int, a0_sz: int, a0_mod: int) -> None:
         """Activations of layers 1..L into ``ws.acts``; input rows ``a0[a0_off + (m % a0_mod)·a0_sz:]``."""
@@ -464,7 +491,7 @@ class Trainer:
         nc = self.model.n_classes
         L = self.model.n_layers
         grid = ((ws.nb + self.tpb - 1) // self.tpb, ws.M)
-        self._loss[grid, self.tpb](ws.acts, ws.off[L - 1], labels, ymod, sy, ws.nb, nc,
+        self._launch(self._loss, grid, self.tpb)(ws.acts, ws.off[L - 1], labels, ymod, sy, ws.nb, nc,
                                    self.dtype.type(denom), ws.deltas, ws.off[L - 1],
                                    ws.losses, ws.correct)
 
@@ -529,15 +556,15 @@ class Trainer:
             for slot in range(n_slots):
                 if slot > 0 and r[slot] == 0.0:
                     continue
-                self._gather[(R * B, (d + tpb - 1) // tpb), tpb](
+                self._launch(self._gather, (R * B, (d + tpb - 1) // tpb), tpb)(
                     self.X_dev, self.y_dev, idx_dev, (slot * S + s) * R * B, R * B, d, a0, y0)
                 self._forward(self.W, ws, a0, 0, B * d, R)
                 self._loss_grad(ws, y0, R, B, float(B))
                 if slot == 0:
-                    self._reduce[M, tpb, 0, 16 * tpb](ws.losses, ws.correct, B, 1.0 / B, out, s * M, scratch, 0, 0)
+                    self._launch(self._reduce, (M,), tpb, 16 * tpb)(ws.losses, ws.correct, B, 1.0 / B, out, s * M, scratch, 0, 0)
                 if r[slot] != 0.0:
                     self._backward(self.W, ws, G, slot * M * P, a0, 0, B * d, R, 0)
-            self._update[((P + tpb - 1) // tpb, M), tpb](
+            self._launch(self._update, ((P + tpb - 1) // tpb, M), tpb)(
                 self.W, self.Mom, G, n_slots, r0, r1, lam, coef[0], coef[1], coef[2], s, S, self.R, P, M)
         return out.copy_to_host().reshape(S, M)
 
@@ -558,7 +585,7 @@ class Trainer:
         return self._eval_cache[key][2:]
 
     def _chunk(self, M: int, n: int) -> int:
-        return max(1, min(n, EVAL_ELEMENTS // (M * max(self.model.widths[1:]))))
+        return eval_chunk(M, n, max(self.model.widths[1:]), self.tiles)
 
     def evaluate(self, X, y):
         if self.W is None:
@@ -573,7 +600,7 @@ class Trainer:
             ws = self._workspace(M, nb)
             self._forward(self.W, ws, Xd, i * d, 0, 1)
             self._loss_grad(ws, yd[i:i + nb], 1, 0, 1.0)
-            self._reduce[M, self.tpb, 0, 16 * self.tpb](ws.losses, ws.correct, nb, 1.0, loss_sum, 0, correct, 0, 1)
+            self._launch(self._reduce, (M,), self.tpb, 16 * self.tpb)(ws.losses, ws.correct, nb, 1.0, loss_sum, 0, correct, 0, 1)
         return loss_sum.copy_to_host(), correct.copy_to_host()
 
     def gradients(self, W, X, y):

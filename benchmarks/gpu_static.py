@@ -1,0 +1,415 @@
+"""Every CUDA kernel of sdeverify compiled for real GPUs, with no GPU: NVVM to PTX, ptxas to SASS.
+
+    python benchmarks/gpu_static.py                         # sm_80 and sm_90, plain table
+    python benchmarks/gpu_static.py --arch sm_90 --markdown # one architecture, Markdown table
+    python benchmarks/gpu_static.py --arch device           # the current GPU's compute
+                                                            # capability and queried limits
+
+Needs the ``gpu-build`` extra (``numba-cuda``, ``nvidia-cuda-nvcc-cu12`` for libNVVM and
+``ptxas``, ``nvidia-cuda-nvrtc-cu12``); numba-cuda finds the pip-installed libNVVM by itself
+(``cuda.pathfinder``), ``ptxas`` is looked up on PATH, then in the ``nvidia.cuda_nvcc`` wheel.
+Neither needs a driver: ``numba.cuda.compile_ptx`` runs without one (no flag needed,
+``NUMBA_ENABLE_CUDASIM`` must be unset), except that numba-cuda asks the driver for the compute
+capability of kernels' device-function callees (the engine's); :class:`_OfflineDevice` answers
+with the target architecture's.
+
+Kernels (:func:`kernels`), each with the signature its launch code really uses:
+
+* the engine's kernel (:mod:`sdeverify.engine.cuda`) for every built-in problem type and the
+  README's user NGOS "quartic", with SGD + SGDM (two optimizers); the signature is typed by
+  ``numba.typeof`` from the very argument tuple the engine launches with
+  (:func:`sdeverify.engine.cuda.launch_args`);
+* the trainer's batched GEMM (:func:`sdeverify.train.cuda.make_gemm`): both GPU tiles, every
+  (transpose, epilogue, activation) combination the trainer launches — forward with ReLU,
+  tanh or no activation, weight gradient ``[A, 1]ᵀ dZ``, input gradient with the ReLU or tanh
+  derivative — in float32 and float64;
+* its pointwise kernels (:func:`sdeverify.train.cuda.make_pointwise`): gather, the loss
+  gradient (cross-entropy and squared), the per-model reduction and the optimizer update.
+
+For each kernel and architecture: registers per thread, spill stores / loads and stack frame
+(bytes), static and dynamic shared memory, threads per block of the launch code, and from
+:mod:`sdeverify.cuda_arch` the resident blocks per SM and theoretical occupancy.
+:func:`problems` lists what the project's rules forbid (spills, a stack frame without an
+:data:`ALLOW` entry saying why, a launch that does not fit); ``tests/test_gpu_static.py`` runs it.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sdeverify import cuda_arch  # noqa: E402
+
+ARCHS = ("sm_80", "sm_90")
+
+#: Kernels allowed a stack frame (name prefix -> why).  Spills are never allowed.
+ALLOW = {
+    "engine ": "per-path state in local memory by design: x, m (n_opt x dim), g, v and the draw "
+               "rows are cuda.local arrays indexed by run-time loops; one thread per path",
+}
+
+
+@dataclasses.dataclass
+class Kernel:
+    """One kernel as launched: its Python function, signature and launch shape."""
+    name: str
+    dtype: str
+    pyfunc: object
+    signature: tuple
+    threads: int
+    dynamic_shared: int = 0
+    max_registers: int | None = None
+
+
+@dataclasses.dataclass
+class Row:
+    """ptxas's resource usage of one kernel on one architecture, and its occupancy."""
+    kernel: str
+    dtype: str
+    arch: str
+    registers: int | None = None
+    spill_stores: int | None = None
+    spill_loads: int | None = None
+    stack: int | None = None
+    static_shared: int | None = None
+    dynamic_shared: int = 0
+    threads: int = 0
+    blocks_per_sm: int | None = None
+    occupancy: float | None = None
+    limiter: str = ""
+    error: str = ""
+    seconds: float = 0.0
+
+
+# ---- tools ----------------------------------------------------------------------------------
+def ptxas_path() -> str | None:
+    """``ptxas`` on PATH, else the one of the ``nvidia-cuda-nvcc-cu12`` wheel, else None."""
+    found = shutil.which("ptxas")
+    if found:
+        return found
+    try:
+        import nvidia.cuda_nvcc as nvcc
+    except ImportError:
+        return None
+    for root in getattr(nvcc, "__path__", []):
+        p = Path(root) / "bin" / "ptxas"
+        if p.exists():
+            return str(p)
+    return None
+
+
+def unavailable() -> str | None:
+    """Why kernels cannot be compiled and assembled here (None: they can)."""
+    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+        return "NUMBA_ENABLE_CUDASIM is set: the simulator cannot compile to PTX"
+    try:
+        from numba.cuda import compile_ptx  # noqa: F401
+        import numba_cuda  # noqa: F401
+    except Exception as e:
+        return f"numba-cuda is not installed (pip install 'sdeverify[gpu-build]'): {e}"
+    if ptxas_path() is None:
+        return "ptxas not found (pip install 'sdeverify[gpu-build]': nvidia-cuda-nvcc-cu12)"
+    try:
+        from numba.cuda.cudadrv import nvvm
+        nvvm.NVVM()
+    except Exception as e:
+        return f"libNVVM not found (pip install 'sdeverify[gpu-build]'): {type(e).__name__}: {e}"
+    return None
+
+
+# ---- the kernels ----------------------------------------------------------------------------
+def readme_quartic():
+    """The README's user NGOS "quartic", executed from the README's own code block."""
+    import sdeverify as sv
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for block in re.findall(r"```python\n(.*?)```", text, re.S):
+        if "quartic = sv.problems.NGOS(" in block:
+            src = block.split("res = sv.simulate")[0]
+            ns: dict = {}
+            exec(compile(src, "README.md", "exec"), ns)
+            return ns["quartic"]
+    raise RuntimeError("README.md has no code block defining the user NGOS 'quartic'")
+
+
+def engine_problems() -> list:
+    """One instance of every built-in problem type (the engine compiles one kernel per type,
+    dimension and draw count; SVAG makes two noise calls per step), and the README's quartic."""
+    from sdeverify.problems import (SVAG, CosineWell, DiagonalNet, LinearRegression, Quadratic,
+                                    Sphere, Valley)
+    return [Quadratic(np.diag([1.0, 2.0, 3.0])), CosineWell(4),
+            LinearRegression.generate(n=64, d=3, batch_size=4), SVAG(CosineWell(2), 4.0),
+            Valley(), Sphere(), DiagonalNet.generate(), readme_quartic()]
+
+
+def engine_kernels() -> list[Kernel]:
+    import numba
+
+    import sdeverify as sv
+    from sdeverify.engine import cuda as ec
+    from sdeverify.engine.spec import make_spec
+    out = []
+    for P in engine_problems():
+        spec = make_spec(P, [sv.SGD(0.01), sv.SGDM(0.01, 0.9)], np.full(P.dim, 0.5), steps=4,
+                         paths=256, sigma=1.0, observables=["loss", "sqnorm"])
+        args = ec.launch_args(spec, lambda a: a, lambda shape, dt: np.empty(shape, dt))
+        sig = tuple(numba.typeof(a) for a in args)
+        out.append(Kernel(f"engine {P.name} (d={P.dim}, {spec.n_calls} noise call(s))", "float64",
+                          ec.kernel_for(spec).py_func, sig, ec.THREADS_PER_BLOCK))
+    return out
+
+
+#: Types of the trainer kernels' parameters, as the launch code in sdeverify/train/cuda.py
+#: passes them: "dt" the trainer's dtype (arrays and ``dtype.type(...)`` scalars), "i64"
+#: Python ints and int64 arrays, "f64" Python floats and float64 arrays; "[]" a 1-D array.
+TRAINER_PARAMS = {
+    "gemm": {"a": "dt[]", "b": "dt[]", "c": "dt[]", "e": "dt[]"},
+    "gather": {"X": "dt[]", "y": "i64[]", "idx": "i64[]", "a0": "dt[]", "y0": "i64[]"},
+    "loss_grad": {"zl": "dt[]", "labels": "i64[]", "denom": "dt", "dz": "dt[]",
+                  "losses": "f64[]", "correct": "f64[]"},
+    "reduce": {"losses": "f64[]", "correct": "f64[]", "scale": "f64", "out_loss": "f64[]",
+               "out_correct": "f64[]"},
+    "update": {"w": "dt[]", "mom": "dt[]", "g": "dt[]", "r0": "dt", "r1": "dt", "lam": "dt",
+               "ca": "dt[]", "cb": "dt[]", "cg": "dt[]"},
+}
+
+
+def trainer_signature(kind: str, pyfunc, dtype) -> tuple:
+    """The signature of a trainer kernel from its parameter names (unlisted ones: int64)."""
+    from numba import types as T
+    scalars = {"dt": T.float32 if np.dtype(dtype) == np.float32 else T.float64,
+               "i64": T.int64, "f64": T.float64}
+    sig = []
+    for p in inspect.signature(pyfunc).parameters:
+        t = TRAINER_PARAMS[kind].get(p, "i64")
+        base = scalars[t.rstrip("[]")]
+        sig.append(T.Array(base, 1, "C") if t.endswith("[]") else base)
+    return tuple(sig)
+
+
+#: The (transposes, epilogue, activation) combinations the trainer launches.
+def gemm_variants():
+    from sdeverify.train import cuda as tc
+    return [("forward relu", False, False, tc.EPI_BIAS_ACT, tc.RELU),
+            ("forward tanh", False, False, tc.EPI_BIAS_ACT, tc.TANH),
+            ("forward logits", False, False, tc.EPI_BIAS_ACT, tc.IDENTITY),
+            ("weight grad", True, False, tc.EPI_NONE, tc.IDENTITY),
+            ("input grad relu", False, True, tc.EPI_DERIV, tc.RELU),
+            ("input grad tanh", False, True, tc.EPI_DERIV, tc.TANH)]
+
+
+def trainer_kernels(dtypes=("float32", "float64"), tiles=None, variants=None) -> list[Kernel]:
+    from sdeverify.train import cuda as tc
+    from sdeverify.train.models import LOSSES
+    out = []
+    for dt in dtypes:
+        npdt = np.dtype(dt)
+        for size in tiles or tc.GPU_TILES:
+            tile = tc.GPU_TILES[size]
+            regs = tc.GPU_MAX_REGISTERS[size] if npdt == np.float32 else None
+            for label, ta, tb, epi, act in gemm_variants():
+                if variants is not None and label not in variants:
+                    continue
+                k = tc.make_gemm(npdt, tile, ta, tb, epi, act, regs)
+                out.append(Kernel(f"gemm {size} {tile} {label}", dt, k.py_func,
+                                  trainer_signature("gemm", k.py_func, npdt), k.threads,
+                                  k.shared_bytes, regs))
+        for loss, code in LOSSES.items():
+            kinds = ("gather", "loss_grad", "reduce", "update") if code == 0 else ("loss_grad",)
+            ks = dict(zip(("gather", "loss_grad", "reduce", "update"),
+                          tc.make_pointwise(npdt, code, tc.GPU_TPB)))
+            for kind in kinds:
+                name = f"{kind} ({loss})" if kind == "loss_grad" else kind
+                shared = 16 * tc.GPU_TPB if kind == "reduce" else 0
+                out.append(Kernel(name, dt, ks[kind].py_func,
+                                  trainer_signature(kind, ks[kind].py_func, npdt), tc.GPU_TPB, shared))
+    return out
+
+
+def kernels() -> list[Kernel]:
+    """Every CUDA kernel the package can launch (engine and trainer)."""
+    return engine_kernels() + trainer_kernels()
+
+
+# ---- compile, assemble, parse ---------------------------------------------------------------
+_PTXAS = {
+    "registers": re.compile(r"Used (\d+) registers"),
+    "stack": re.compile(r"(\d+) bytes stack frame"),
+    "spill_stores": re.compile(r"(\d+) bytes spill stores"),
+    "spill_loads": re.compile(r"(\d+) bytes spill loads"),
+    "static_shared": re.compile(r"(\d+) bytes smem"),
+}
+
+
+def parse_ptxas(text: str) -> dict:
+    """Registers, stack, spills and static shared memory from ``ptxas -v`` output (one kernel)."""
+    out = {}
+    for key, rx in _PTXAS.items():
+        m = rx.search(text)
+        out[key] = int(m.group(1)) if m else 0
+    if not _PTXAS["registers"].search(text):
+        raise RuntimeError(f"no register count in ptxas output:\n{text}")
+    return out
+
+
+def assemble(ptx: str, arch: str, max_registers: int | None = None) -> str:
+    """``ptxas -v`` output (stderr/stdout) of ``ptx`` assembled for ``arch`` ("sm_90")."""
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "k.ptx"
+        src.write_text(ptx)
+        cmd = [ptxas_path(), "-v", f"--gpu-name={arch}", str(src), "-o", str(Path(d) / "k.cubin")]
+        if max_registers:
+            cmd.insert(1, f"--maxrregcount={max_registers}")
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if r.returncode:
+            raise RuntimeError(f"ptxas failed for {arch}: {r.stderr.strip()}")
+        return r.stdout + r.stderr
+
+
+class _OfflineDevice:
+    """Stands in for the current device while compiling without a driver: numba-cuda compiles
+    a kernel's ``cuda.jit(device=True)`` callees for ``get_current_device().compute_capability``
+    (which needs a driver) — here the target architecture's.  A callee compiled once is
+    reused for the other architecture (its overloads are keyed by argument types only); the
+    kernel itself is compiled and assembled for each architecture."""
+
+    def __init__(self, cc: tuple[int, int]):
+        self.compute_capability = cc
+
+    def __enter__(self):
+        from numba.cuda import dispatcher
+        self._saved = dispatcher.get_current_device
+        if unavailable_driver():
+            dispatcher.get_current_device = lambda: self
+        return self
+
+    def __exit__(self, *exc):
+        from numba.cuda import dispatcher
+        dispatcher.get_current_device = self._saved
+
+
+def unavailable_driver() -> bool:
+    """True when numba.cuda has no usable driver (the usual case here: no GPU)."""
+    from numba import cuda
+    try:
+        return not cuda.is_available()
+    except Exception:
+        return True
+
+
+def measure(k: Kernel, arch: str, lim=None) -> Row:
+    """Compile ``k`` for ``arch`` ("sm_80", "sm_90"), assemble, and compute its occupancy
+    against ``lim`` (default: the architecture's table)."""
+    from numba import cuda
+    row = Row(k.name, k.dtype, arch, dynamic_shared=k.dynamic_shared, threads=k.threads)
+    cc = (int(arch[3:-1]), int(arch[-1]))
+    t0 = time.perf_counter()
+    try:
+        with _OfflineDevice(cc):
+            ptx, _ = cuda.compile_ptx(k.pyfunc, k.signature, cc=cc)
+        info = parse_ptxas(assemble(ptx, arch, k.max_registers))
+    except Exception as e:  # reported in the table and by problems()
+        row.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
+        row.seconds = time.perf_counter() - t0
+        return row
+    row.seconds = time.perf_counter() - t0
+    for key, v in info.items():
+        setattr(row, key, v)
+    occ = cuda_arch.occupancy(lim or arch, k.threads, row.registers,
+                              row.static_shared + row.dynamic_shared)
+    row.blocks_per_sm, row.occupancy, row.limiter = occ.blocks_per_sm, occ.occupancy, occ.limiter
+    return row
+
+
+def table(ks: list[Kernel], archs=ARCHS, lim=None) -> list[Row]:
+    return [measure(k, a, lim) for a in archs for k in ks]
+
+
+def problems(rows: list[Row], allow: dict = ALLOW, lim=None) -> list[str]:
+    """What the rows break: a compile failure, any spill, a stack frame without an allow-list
+    entry, a launch configuration that does not fit the architecture."""
+    bad = []
+    for r in rows:
+        where = f"{r.kernel} [{r.dtype}, {r.arch}]"
+        if r.error:
+            bad.append(f"{where}: does not compile: {r.error}")
+            continue
+        if r.spill_stores or r.spill_loads:
+            bad.append(f"{where}: spills {r.spill_stores} bytes stores / {r.spill_loads} loads")
+        if r.stack and not any(r.kernel.startswith(p) for p in allow):
+            bad.append(f"{where}: {r.stack} bytes stack frame, not in the allow-list")
+        try:
+            cuda_arch.check_launch(lim or r.arch, r.threads, r.static_shared + r.dynamic_shared,
+                                   r.registers)
+        except ValueError as e:
+            bad.append(f"{where}: launch does not fit: {e}")
+    return bad
+
+
+# ---- output ---------------------------------------------------------------------------------
+COLUMNS = ("kernel", "dtype", "arch", "regs", "spill st/ld", "stack B", "smem static+dyn B",
+           "threads", "blocks/SM", "occupancy")
+
+
+def cells(r: Row) -> tuple:
+    if r.error:
+        return (r.kernel, r.dtype, r.arch, "FAILS: " + r.error, "", "", "", str(r.threads), "", "")
+    return (r.kernel, r.dtype, r.arch, str(r.registers), f"{r.spill_stores}/{r.spill_loads}",
+            str(r.stack), f"{r.static_shared}+{r.dynamic_shared}", str(r.threads),
+            str(r.blocks_per_sm), f"{r.occupancy:.0%} ({r.limiter})")
+
+
+def render(rows: list[Row], markdown: bool = False) -> str:
+    data = [COLUMNS] + [cells(r) for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in data]
+        lines.insert(1, "|" + "---|" * len(COLUMNS))
+        return "\n".join(lines)
+    w = [max(len(row[i]) for row in data) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(c.ljust(w[i]) for i, c in enumerate(row)).rstrip() for row in data)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--arch", default=",".join(ARCHS),
+                   help="comma-separated sm_80,sm_90, or 'device' for the current GPU")
+    p.add_argument("--markdown", action="store_true", help="a Markdown table")
+    args = p.parse_args(argv)
+    why = unavailable()
+    if why:
+        print(f"cannot compile: {why}")
+        return 2
+    lim = None
+    if args.arch == "device":
+        lim = cuda_arch.current_limits()
+        archs = [f"sm_{lim.cc[0]}{lim.cc[1]}"]
+        print(f"limits: {lim}")
+    else:
+        archs = args.arch.split(",")
+        for a in archs:
+            cuda_arch.limits(a)   # a ValueError naming the allowed names
+    t0 = time.perf_counter()
+    rows = table(kernels(), archs, lim)
+    print(render(rows, args.markdown))
+    bad = problems(rows, lim=lim)
+    print(f"\n{len(rows)} kernel builds in {time.perf_counter() - t0:.1f} s; "
+          + ("PROBLEMS:\n  " + "\n  ".join(bad) if bad else "no spills, stacks only where allowed, "
+             "every launch fits"))
+    for prefix, why in ALLOW.items():
+        print(f"allowed stack frame: {prefix.strip()}*: {why}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
