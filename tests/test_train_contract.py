@@ -276,3 +276,46 @@ def test_a_dataset_written_from_extending_md_trains_on_two_backends(tmp_path, mo
     a = fit(model, data, [sv.SGDM(0.5, 0.9)], backend="cpu", **kw)
     b = fit(model, data, [sv.SGDM(0.5, 0.9)], backend="numpy", **kw)
     assert _rel(a.weights, b.weights) <= TOL
+
+
+def test_a_resnet_trains_through_fit_and_a_resumed_run_equals_one_run():
+    """The conv net through fit's registry (numpy backend): augmentation, SVAG, BatchNorm
+    state; two parts (keep_weights, resume=) equal one run bitwise, running statistics too."""
+    from sdeverify.train.convnet import resnet
+    from sdeverify.train.images import conv_teacher
+    data = conv_teacher(n=64, size=8, classes=3, seed=0)
+    model = resnet(depth=8, width=0.25, classes=3, image_size=8, weight_decay=5e-4)
+    opts = [sv.SGD(0.1), sv.SGDM(0.1, 0.9)]
+    kw = dict(batch_size=8, replicas=2, seed=1, backend="numpy", augment=True, svag=2,
+              keep_weights=True, metrics=("train_loss", "test_acc"))
+    whole = fit(model, data, opts, steps=7, eval_steps=[0, 3, 7], **kw)
+    first = fit(model, data, opts, steps=3, eval_steps=[0, 3], **kw)
+    second = fit(model, data, opts, steps=4, eval_steps=[0, 4], resume=first, **kw)
+    assert whole.buffers.shape == (2, 2, model.n_buffers)
+    assert np.array_equal(second.weights, whole.weights)
+    assert np.array_equal(second.buffers, whole.buffers)
+    assert np.array_equal(second.values[:, -1], whole.values[:, -1])
+    plain = fit(model, data, opts, steps=7, eval_steps=[0, 3, 7], **dict(kw, augment=False))
+    assert not np.array_equal(plain.weights, whole.weights)          # augmentation acts
+    with pytest.raises(ValueError, match="augment=True crops and flips images"):
+        fit(MODEL, teacher_student(n=64, dim=5, classes=3), opts, batch_size=8, steps=1,
+            augment=True)
+    with pytest.raises(ValueError, match="cannot train ResNet"):
+        fit(model, data, opts, batch_size=8, steps=1, backend="cuda")
+
+
+def test_difference_hvp_equals_the_exact_hessian_vector_product(data):
+    """The sharpness of models without an R-operator (BatchNorm nets) uses central differences
+    of exact gradients: on an MLP they equal Pearlmutter's exact products to ~1e-7."""
+    from sdeverify.train import reference
+    from sdeverify.train.training import difference_hvp
+    M = 3
+    W = MODEL.init(0, M) + 0.1
+    tr = reference.Trainer(MODEL, data.X_train, data.y_train, 1, M)
+    X, y = data.X_train[:40], data.y_train[:40]
+    V = np.random.default_rng(0).normal(size=W.shape)
+    V /= np.linalg.norm(V, axis=1, keepdims=True)
+    exact = reference.hvp_operator(MODEL, W, np.stack([X] * M), np.stack([y] * M))(V)
+    approx = difference_hvp(tr, W, X, y)(V)
+    assert _rel(approx, exact) <= 1e-6
+    assert _rel(difference_hvp(tr, W, X, y, rel_step=0.3)(V), exact) > 1e-6   # the check can fail

@@ -23,6 +23,12 @@ The contract (:class:`TrainerBackend`), for ``M = n_opt × n_rep`` models stacke
 * ``gradients(W, X, y) -> G`` — ∇ of the mean data loss + λ w at the given weights ``(M', P)`` on
   ``(X, y)``, ``(M', P)``.
 
+A model with state besides its weights (BatchNorm's running statistics, ``n_buffers`` per
+model) has trainers whose ``set_state(W, Mom, buffers=None)`` takes it too and whose
+``get_state()`` returns ``(W, Mom, buffers)``; trainers of image models take
+``train(..., aug=...)``: per minibatch slot, the crop offsets and flips
+``(dy, dx, flip)`` of :func:`sdeverify.train.augment.draw` for its rows.
+
 ``tests/test_train_contract.py`` runs every registered backend through the same checks against
 the NumPy reference (:mod:`sdeverify.train.reference`, the oracle).
 """
@@ -158,3 +164,4 @@ def trainer_class(name: str, model: Any) -> type:
 register("cpu", "sdeverify.train.cpu:Trainer", "Numba on the CPU, multi-threaded over models")
 register("numpy", "sdeverify.train.reference:Trainer", "the NumPy reference (the oracle)")
 register("cuda", "sdeverify.train.cuda:Trainer", "numba.cuda on an NVIDIA GPU (numba-cuda)")
+register("numpy", "sdeverify.train.conv_reference:ConvTrainer", model="sdeverify.train.convnet:ResNet")

@@ -28,7 +28,7 @@ FORMAT = "sdeverify.TrainResult/2"
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "grad_sqnorm", "noise_trace",
            "sharpness")
 LABELS = ("optimizers", "metrics", "eval_steps")    # stored with the arrays too, checked on load
-OPTIONAL_ARRAYS = ("weights", "momentum", "weight_steps", "weight_history")
+OPTIONAL_ARRAYS = ("weights", "momentum", "weight_steps", "weight_history", "buffers")
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,9 @@ class TrainResult:
     weight_steps: np.ndarray | None = None
     #: weights ``(n_opt, len(weight_steps), replicas, P)`` after each of ``weight_steps``
     weight_history: np.ndarray | None = None
+    #: final BatchNorm running statistics ``(n_opt, replicas, n_buffers)`` (with
+    #: ``keep_weights``, for models that have them): part of the state ``resume`` continues
+    buffers: np.ndarray | None = None
 
     # ---- statistics --------------------------------------------------------------------
     @property
@@ -189,7 +192,8 @@ class TrainResult:
                            np.concatenate([r.values for r in parts], axis=2),
                            np.concatenate([r.batch_loss for r in parts], axis=1),
                            np.concatenate([r.div_step for r in parts], axis=1), w, meta,
-                           joined("momentum", 1), self.weight_steps, joined("weight_history", 2))
+                           joined("momentum", 1), self.weight_steps, joined("weight_history", 2),
+                           joined("buffers", 1))
 
     # ---- persistence --------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
@@ -228,7 +232,8 @@ class TrainResult:
         check_arrays(where, doc["optimizers"], doc["metrics"], doc["eval_steps"], a, meta)
         return cls(tuple(doc["optimizers"]), tuple(doc["metrics"]), a["eval_steps"], a["values"],
                    a["batch_loss"], a["div_step"], a.get("weights"), meta,
-                   a.get("momentum"), a.get("weight_steps"), a.get("weight_history"))
+                   a.get("momentum"), a.get("weight_steps"), a.get("weight_history"),
+                   a.get("buffers"))
 
 
 def check_arrays(where: str, optimizers, metrics, eval_steps, a: dict, meta: dict) -> None:
@@ -252,7 +257,8 @@ def check_arrays(where: str, optimizers, metrics, eval_steps, a: dict, meta: dic
     if missing:
         raise bad(f"arrays {missing} are missing")
     kinds = {"eval_steps": "iu", "div_step": "iu", "weight_steps": "iu", "values": "f",
-             "batch_loss": "f", "weights": "f", "momentum": "f", "weight_history": "f"}
+             "batch_loss": "f", "weights": "f", "momentum": "f", "weight_history": "f",
+             "buffers": "f"}
     for k, kind in kinds.items():
         if k in a and a[k].dtype.kind not in kind:
             raise bad(f"array {k!r} has dtype {a[k].dtype}, expected "
@@ -289,7 +295,7 @@ def check_arrays(where: str, optimizers, metrics, eval_steps, a: dict, meta: dic
         raise bad(f"array 'div_step' has shape {d.shape}, expected ({J}, {R})")
     if np.any((d != -1) & ((d < first) | (d > first + S))):
         raise bad(f"div_step holds steps outside the run ([{first}, {first + S}], or -1)")
-    for k in ("weights", "momentum"):
+    for k in ("weights", "momentum", "buffers"):
         if k in a and (a[k].ndim != 3 or a[k].shape[:2] != (J, R)):
             raise bad(f"array {k!r} has shape {a[k].shape}, expected ({J}, {R}, parameters)")
     if ("weight_steps" in a) != ("weight_history" in a):

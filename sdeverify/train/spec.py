@@ -131,6 +131,8 @@ class TrainSpec:
     init_momentum: np.ndarray | None = None
     record_steps: np.ndarray | None = None
     keep_weights: bool = False
+    augment: bool = False
+    init_buffers: np.ndarray | None = None
 
     # ---- construction ------------------------------------------------------------------
     @classmethod
@@ -145,7 +147,8 @@ class TrainSpec:
               replica_offset: int = 0, on_divergence: str = "warn",
               keep_weights: bool = False, record_weights: ArrayLike | None = None,
               init_weights: ArrayLike | None = None, init_momentum: ArrayLike | None = None,
-              start_step: int = 0, resume: TrainResult | None = None) -> "TrainSpec":
+              start_step: int = 0, resume: TrainResult | None = None,
+              augment: bool = False, init_buffers: ArrayLike | None = None) -> "TrainSpec":
         """Validate ``fit``'s arguments (see :func:`sdeverify.train.fit`)."""
         if not isinstance(data, Dataset):
             raise ValueError(f"data must be an sdeverify.train.Dataset (teacher_student(), digits(), "
@@ -201,10 +204,22 @@ class TrainSpec:
         if resume is not None:
             if init_weights is not None or init_momentum is not None or k0:
                 raise ValueError("give resume= or init_weights/init_momentum/start_step, not both")
+            if init_buffers is not None:
+                raise ValueError("give resume= or init_buffers, not both")
             init_weights, init_momentum, k0 = _resume_state(resume, model, data, names, R, off,
                                                             seed, B, sampling, ell, dtype)
+            init_buffers = resume.buffers
         W0 = None if init_weights is None else _state("init_weights", init_weights, J, R, P, True)
         M0 = None if init_momentum is None else _state("init_momentum", init_momentum, J, R, P, False)
+        n_buf = int(getattr(model, "n_buffers", 0))
+        if init_buffers is not None and not n_buf:
+            raise ValueError(f"init_buffers: {model.describe()} has no state besides its weights")
+        B0 = None if init_buffers is None else _state("init_buffers", init_buffers, J, R, n_buf, False)
+        if not isinstance(augment, (bool, np.bool_)):
+            raise ValueError(f"augment must be True or False, got {augment!r}")
+        if augment and data.X_train.ndim != 4:
+            raise ValueError(f"augment=True crops and flips images: the data must be "
+                             f"(n, C, H, W) images, got X_train of shape {data.X_train.shape}")
         mult = None
         if lr_schedule is not None:
             mult = lr_schedule(k0 + K) if callable(lr_schedule) else lr_schedule
@@ -217,7 +232,7 @@ class TrainSpec:
         rec = None if record_weights is None else _steps_list("record_weights", record_weights, K)
         return cls(model, data, opts, names, B, K, R, seed, ell, sampling, metrics, n_e, n_sharp,
                    iters, backend, dtype, off, on_divergence, ev, mult, k0, W0, M0, rec,
-                   bool(keep_weights))
+                   bool(keep_weights), bool(augment), B0)
 
     # ---- what the run follows ------------------------------------------------------------
     def coefficients(self) -> list[Coefficients]:
@@ -247,10 +262,12 @@ class TrainSpec:
                                       *[c.gamma for c in coefs], *[c.m0 for c in coefs]),
                  lr_schedule=None if self.lr_multiplier is None else _digest(self.lr_multiplier),
                  eval_steps=self.eval_steps.tolist())
-        if self.start_step or self.init_weights is not None or self.init_momentum is not None:
-            d.update(start_step=self.start_step,
-                     init_state=_digest(*(x for x in (self.init_weights, self.init_momentum)
-                                          if x is not None)))
+        if self.augment:
+            d.update(augment=True)
+        starts = [x for x in (self.init_weights, self.init_momentum, self.init_buffers)
+                  if x is not None]
+        if self.start_step or starts:
+            d.update(start_step=self.start_step, init_state=_digest(*starts))
         return d
 
     @staticmethod

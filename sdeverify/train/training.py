@@ -20,6 +20,7 @@ from ..schedules import svag_weights
 from ..simulate import DivergenceError, DivergenceWarning
 from . import backends
 from .batches import BatchSampler
+from . import augment
 from .blas_threads import single_threaded
 from .datasets import Dataset
 from .models import MLP, STREAM_PROBE
@@ -34,10 +35,11 @@ __all__ = ["DIVERGENCE_FACTOR", "fit", "run", "minibatch_indices", "report_diver
 DIVERGENCE_FACTOR = 1e3
 
 
-def _state_args(init_weights, init_momentum, start_step, resume, record_weights) -> bool:
+def _state_args(init_weights, init_momentum, start_step, resume, record_weights,
+                init_buffers) -> bool:
     """Whether a call starts from a given state or records weights (not sharded yet)."""
-    return any(x is not None for x in (init_weights, init_momentum, resume, record_weights)) \
-        or bool(start_step)
+    return any(x is not None for x in (init_weights, init_momentum, resume, record_weights,
+                                       init_buffers)) or bool(start_step)
 
 
 def minibatch_indices(data: Dataset, batch_size: int, steps: int, *, replicas: int = 1,
@@ -77,7 +79,8 @@ def fit(model: Any, data: Dataset, optimizers: Sequence[Any] | Any, *, batch_siz
         keep_weights: bool = False, progress: Callable[[int, int], None] | None = None,
         executor: Any = None, record_weights: ArrayLike | None = None,
         init_weights: ArrayLike | None = None, init_momentum: ArrayLike | None = None,
-        start_step: int = 0, resume: TrainResult | None = None) -> TrainResult:
+        start_step: int = 0, resume: TrainResult | None = None, augment: bool = False,
+        init_buffers: ArrayLike | None = None) -> TrainResult:
     """Train ``replicas`` independent runs of ``model`` on ``data`` with every optimizer.
 
     Parameters
@@ -133,6 +136,11 @@ def fit(model: Any, data: Dataset, optimizers: Sequence[Any] | Any, *, batch_siz
     resume : a :class:`TrainResult` of the same run made with ``keep_weights=True``: continue
         it for ``steps`` more steps (= its final state and step as ``init_*``/``start_step``);
         the two parts together equal one longer run bitwise.
+    augment : train on randomly cropped (4-pixel zero padding) and flipped images, the
+        parameters keyed by (seed, replica, epoch, row) (:mod:`sdeverify.train.augment`): every
+        backend and every optimizer of a replica sees the same images.  Image data only.
+    init_buffers : a model's state besides its weights (BatchNorm running statistics),
+        ``(n_opt, replicas, n_buffers)``; default the model's initial state.
 
     Returns
     -------
@@ -147,7 +155,7 @@ def fit(model: Any, data: Dataset, optimizers: Sequence[Any] | Any, *, batch_siz
     if executor is None:
         executor = dispatch.active()
     if executor is not None and _state_args(init_weights, init_momentum, start_step, resume,
-                                            record_weights):
+                                            record_weights, init_buffers):
         raise ValueError("init_weights, init_momentum, start_step, resume and record_weights "
                          "train here only: pass executor=None (outside distributed.use)")
     if executor is not None:
@@ -166,7 +174,8 @@ def fit(model: Any, data: Dataset, optimizers: Sequence[Any] | Any, *, batch_siz
         sharpness_samples=sharpness_samples, sharpness_iters=sharpness_iters, backend=backend,
         dtype=dtype, replica_offset=replica_offset, on_divergence=on_divergence,
         keep_weights=keep_weights, record_weights=record_weights, init_weights=init_weights,
-        init_momentum=init_momentum, start_step=start_step, resume=resume)
+        init_momentum=init_momentum, start_step=start_step, resume=resume, augment=augment,
+        init_buffers=init_buffers)
     return run(spec, progress=progress, t_start=t_start)
 
 
@@ -196,7 +205,10 @@ def run(spec: TrainSpec, *, progress: Callable[[int, int], None] | None = None,
     else:
         Mom = spec.init_momentum.reshape(J * R, P).astype(dtype)
     tr = backends.trainer_class(spec.backend, model)(model, data.X_train, data.y_train, J, R, dtype)
-    tr.set_state(W, Mom)
+    if spec.init_buffers is None:
+        tr.set_state(W, Mom)
+    else:                                    # a model with state besides weights (BatchNorm)
+        tr.set_state(W, Mom, spec.init_buffers.reshape(J * R, -1).astype(dtype))
     r = np.array(svag_weights(ell)[:1 if ell == 1 else 2])
     sampler = _sampler(spec)
     k_base = spec.start_step * ell           # the sampler's global (SVAG'd) step of local step 0
@@ -213,7 +225,12 @@ def run(spec: TrainSpec, *, progress: Callable[[int, int], None] | None = None,
         while kk < k_end:                    # segments of bounded index memory
             k1 = min(k_end, kk + max(1, 2 ** 24 // (R * spec.batch_size * len(r))))
             idx = sampler.indices(k_base + kk, k_base + k1)
-            bl = tr.train(idx, a[:, kk:k1], b[:, kk:k1], gamma[:, kk:k1], r)
+            if spec.augment:                 # crops and flips keyed by (seed, replica, epoch, row)
+                epochs = (k_base + np.arange(kk, k1)) // sampler.steps_per_epoch
+                aug = [augment.draw(spec.seed, reps, epochs, rows) for rows in idx]
+                bl = tr.train(idx, a[:, kk:k1], b[:, kk:k1], gamma[:, kk:k1], r, aug=aug)
+            else:
+                bl = tr.train(idx, a[:, kk:k1], b[:, kk:k1], gamma[:, kk:k1], r)
             batch_loss[:, :, kk:k1] = bl.T.reshape(J, R, k1 - kk)
             kk = k1
         return kk
@@ -231,15 +248,18 @@ def run(spec: TrainSpec, *, progress: Callable[[int, int], None] | None = None,
             if progress is not None:
                 progress(e + 1, len(ev))
     k = train_until(total)                   # the run always has all its steps
-    div = _divergence(batch_loss, values, metrics, ev * ell)
+    state = tr.get_state()                   # (W, Mom) or, with BatchNorm, (W, Mom, buffers)
+    div = _divergence(batch_loss, values, metrics, ev * ell,
+                      final_weights=state[0].reshape(J, R, P))
     div = np.where(div >= 0, div + k_base, div)
-    W_end, M_end = tr.get_state() if spec.keep_weights else (None, None)
+    W_end, M_end = state[:2] if spec.keep_weights else (None, None)
+    buffers = state[2].reshape(J, R, -1) if spec.keep_weights and len(state) > 2 else None
     meta.update(eval_steps=(ev + spec.start_step).tolist(),
                 wall_time=time.perf_counter() - t_start, versions=versions())
     res = TrainResult(spec.names, tuple(metrics), ev + spec.start_step, values, batch_loss, div,
                       None if W_end is None else W_end.reshape(J, R, P), meta,
                       None if M_end is None else M_end.reshape(J, R, P),
-                      None if rec is None else rec + spec.start_step, history)
+                      None if rec is None else rec + spec.start_step, history, buffers)
     report_divergence(res, spec.on_divergence, stacklevel=4)
     return res
 
@@ -349,15 +369,32 @@ def sharpness(tr: Any, X: np.ndarray, y: np.ndarray, seed: int, reps: np.ndarray
     Lanczos, no reorthogonalisation: memory O(models × params); lost orthogonality only
     duplicates converged Ritz values, it does not bias the largest.)"""
     from .reference import hvp_operator
-    W, _ = tr.get_state()
-    W = W.astype(np.float64)
+    W = tr.get_state()[0].astype(np.float64)
     M, P = W.shape
     q = rng.draws_numpy(rng.NORMAL, seed, np.tile(reps, M // len(reps)), 0, STREAM_PROBE, P)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
+    if not isinstance(tr.model, MLP):        # no R-operator: differences of exact gradients
+        with single_threaded():
+            return _lanczos_top(difference_hvp(tr, W, X, y), q, iters)
     Xs = np.ascontiguousarray(np.broadcast_to(np.asarray(X, dtype=np.float64), (M,) + X.shape))
     ys = np.ascontiguousarray(np.broadcast_to(np.asarray(y, dtype=np.int64), (M, X.shape[0])))
     with single_threaded():      # many small products: OpenBLAS threads only contend
         return _lanczos_top(hvp_operator(tr.model, W, Xs, ys), q, iters)
+
+
+def difference_hvp(tr: Any, W: np.ndarray, X: np.ndarray, y: np.ndarray, rel_step: float = 1e-4):
+    """Hessian–vector products of the training objective by central differences of the
+    trainer's exact gradients: H v ≈ (∇L(w + h v) − ∇L(w − h v)) / 2h for unit v, with
+    h = ``rel_step`` · max(1, |w|) (error O(h²) relative, ~1e-8 in float64); for models whose
+    backends have no R-operator (BatchNorm nets: the gradient is taken in training mode, batch
+    statistics of ``X``)."""
+    h = rel_step * np.maximum(1.0, np.linalg.norm(W, axis=1, keepdims=True))
+
+    def apply(V: np.ndarray) -> np.ndarray:
+        gp = tr.gradients(W + h * V, X, y).astype(np.float64)
+        gm = tr.gradients(W - h * V, X, y).astype(np.float64)
+        return (gp - gm) / (2.0 * h)
+    return apply
 
 
 def _lanczos_top(hvp_of, q: np.ndarray, iters: int) -> np.ndarray:
