@@ -3,8 +3,11 @@
 ``sdeverify check --out DIR`` writes, per check, ``NAME.json`` + ``NAME.<hash>.npz`` (its
 data and verdicts, :class:`~sdeverify.experiments.base.ExperimentResult`) and ``NAME.png``,
 and ``summary.json`` (size, seed, the checks in order, errors, whether the run completed).
-:func:`load_check` reads all of it back, checking every result file as it goes (a JSON
-whose arrays file is missing or does not match is an error, never a silent gap).
+Every JSON carries the hash of its own content (:mod:`sdeverify.files`).  :func:`load_check`
+reads all of it back, checking every file as it goes: a ``summary.json`` that is altered,
+unparsable or malformed is an error naming it; a check it lists whose result is missing,
+altered, unreadable or from another run is kept in :attr:`CheckRun.problems` — listed by
+the report, and the run reads as failed — never a silent gap.
 """
 from __future__ import annotations
 
@@ -14,13 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .experiments.base import ExperimentResult
+from .files import ResultFileError, read_json, write_hashed_json
 from .verdict import Value, Verdict, describe, kind_of
 
 if TYPE_CHECKING:  # optional extras, imported lazily by to_dataframe / to_xarray
     import pandas
     import xarray
 
-__all__ = ["CheckRun", "load_check"]
+__all__ = ["CheckRun", "load_check", "write_summary", "read_summary"]
 
 NOT_RESULTS = {"summary", "simulation"}
 
@@ -36,18 +40,22 @@ class CheckRun:
         the order the checks ran.
     errors : check name → the error message of a check that crashed.
     summary : the content of ``summary.json`` (empty if the folder has none).
+    problems : check name → why a check that ``summary.json`` lists has no trustworthy
+        result (missing, altered, unreadable, or from another run).
     """
     folder: Path
     results: dict
     errors: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
+    problems: dict = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
-        """Every verdict of every check passed, no check crashed and the verdict-machinery
-        canary (``summary.json``'s ``"canary"``, :mod:`sdeverify.canary`) did not fail."""
-        return (not self.errors and all(r.passed for r in self.results.values())
-                and self.canary_passed)
+        """Every verdict of every check passed, no check crashed, every check that
+        ``summary.json`` lists has its intact result, and the verdict-machinery canary
+        (``summary.json``'s ``"canary"``, :mod:`sdeverify.canary`) did not fail."""
+        return (not self.errors and not self.problems
+                and all(r.passed for r in self.results.values()) and self.canary_passed)
 
     @property
     def canary_passed(self) -> bool:
@@ -68,10 +76,9 @@ class CheckRun:
             for v in res.verdicts:
                 rows.append(_row(name, v))
         for name, err in self.errors.items():
-            rows.append({"check": name, "claim": "(the check crashed)", "reference": "",
-                         "prediction": "", "kind": "error", "estimate": float("nan"),
-                         "low": float("nan"), "high": float("nan"), "level": float("nan"),
-                         "threshold": None, "measured": err, "passed": False, "rule": err})
+            rows.append(_failed_row(name, "(the check crashed)", err))
+        for name, why in self.problems.items():
+            rows.append(_failed_row(name, "(no trustworthy result)", why))
         return rows
 
     def to_dataframe(self) -> "pandas.DataFrame":
@@ -94,7 +101,7 @@ class CheckRun:
                  "seed": r.meta.get("seed")} for n, r in self.results.items()]
         rows += [{"check": n, "passed": False, "verdicts": 0, "failed": 0, "wall_time": None,
                   "size": self.summary.get("size"), "seed": self.summary.get("seed")}
-                 for n in self.errors]
+                 for n in list(self.errors) + list(self.problems)]
         return pd.DataFrame(rows)
 
     def to_xarray(self, name: str) -> "xarray.Dataset":
@@ -113,6 +120,13 @@ class CheckRun:
         return self.results[name]
 
 
+def _failed_row(check: str, claim: str, why: str) -> dict:
+    return {"check": check, "claim": claim, "reference": "", "prediction": "", "kind": "error",
+            "estimate": float("nan"), "low": float("nan"), "high": float("nan"),
+            "level": float("nan"), "threshold": None, "measured": why, "passed": False,
+            "rule": why}
+
+
 def _row(check: str, v: Verdict) -> dict:
     m = v.measured
     if isinstance(m, Value):
@@ -126,13 +140,35 @@ def _row(check: str, v: Verdict) -> dict:
             "passed": v.passed, "rule": v.rule}
 
 
-def result_names(folder: Path) -> list[str]:
-    """Names of the check results in ``folder``: those listed by ``summary.json`` in its
-    order, then any other ``NAME.json`` that is an experiment result."""
-    names: list[str] = []
-    summary = folder / "summary.json"
-    if summary.exists():
-        names = [c["name"] for c in json.loads(summary.read_text())["checks"]]
+def write_summary(path: str | Path, doc: dict) -> Path:
+    """Write a check run's ``summary.json`` with the hash of its content, atomically (what
+    :func:`read_summary` checks)."""
+    return write_hashed_json(path, doc)
+
+
+def read_summary(path: str | Path) -> dict:
+    """The content of a ``summary.json``, checked: its content hash, and its form (an
+    object whose ``"checks"`` is a list of objects with a ``"name"``);
+    :class:`~sdeverify.files.ResultFileError` naming the file otherwise."""
+    doc = read_json(path)
+    checks = doc.get("checks")
+    if not isinstance(checks, list) or not all(
+            isinstance(c, dict) and isinstance(c.get("name"), str) and c["name"] for c in checks):
+        raise ResultFileError(f"{path}: 'checks' must be a list of objects with a 'name' "
+                              f"(got {checks!r:.80})")
+    names = [c["name"] for c in checks]
+    if len(set(names)) != len(names):
+        raise ResultFileError(f"{path}: lists a check twice ({names})")
+    return doc
+
+
+def result_names(folder: Path, summary: dict | None = None) -> list[str]:
+    """Names of the check results in ``folder``: those listed by its summary (``summary``,
+    or read from ``summary.json``) in its order, then any other ``NAME.json`` that is an
+    experiment result."""
+    if summary is None:
+        summary = read_summary(folder / "summary.json") if (folder / "summary.json").exists() else {}
+    names = [c["name"] for c in summary.get("checks", [])]
     for p in sorted(folder.glob("*.json")):
         if p.stem not in names and p.stem not in NOT_RESULTS:
             try:
@@ -146,24 +182,58 @@ def result_names(folder: Path) -> list[str]:
 
 def load_check(folder: str | Path) -> CheckRun:
     """Read an ``sdeverify check --out`` folder back: every check's result (verified: the
-    arrays file must match its JSON), the errors of crashed checks and ``summary.json``.
+    JSON's content hash, the arrays file's hash), the errors of crashed checks and
+    ``summary.json``.
 
     Raises ``FileNotFoundError`` if the folder holds no check result, and
-    :class:`~sdeverify.result.ResultFileError` if a result's files do not belong together.
+    :class:`~sdeverify.files.ResultFileError` (naming the file) if ``summary.json`` is
+    altered, unparsable or malformed.  A check that ``summary.json`` lists but whose result
+    is missing, altered, unreadable or of another size or seed is listed in
+    :attr:`CheckRun.problems` (the run then reads as failed).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no such folder: {folder}")
     summary = {}
     if (folder / "summary.json").exists():
-        summary = json.loads((folder / "summary.json").read_text())
-    errors = {c["name"]: c["error"] for c in summary.get("checks", []) if c.get("error")}
-    results = {}
-    for name in result_names(folder):
-        if name in errors or not (folder / f"{name}.json").exists():
+        summary = read_summary(folder / "summary.json")
+    listed = {c["name"]: c for c in summary.get("checks", [])}
+    errors = {n: str(c["error"]) for n, c in listed.items() if c.get("error")}
+    results, problems = {}, {}
+    for name in result_names(folder, summary):
+        if name in errors:
             continue
-        results[name] = ExperimentResult.load(folder, name)
-    if not results and not errors:
+        if not (folder / f"{name}.json").exists():
+            problems[name] = f"missing: summary.json lists it, but {name}.json is not in {folder}"
+            continue
+        try:
+            res = ExperimentResult.load(folder, name)
+        except ResultFileError as exc:
+            problems[name] = f"altered or unreadable: {exc}"
+            continue
+        except (KeyError, TypeError, ValueError) as exc:
+            problems[name] = (f"unreadable: {folder / (name + '.json')} is not a complete check "
+                              f"result ({type(exc).__name__}: {exc})")
+            continue
+        other = _other_run(res, summary, listed.get(name))
+        if other:
+            problems[name] = f"from another run: {other}"
+            continue
+        results[name] = res
+    if not results and not errors and not problems:
         raise FileNotFoundError(f"{folder} holds no sdeverify check results "
                                 "(NAME.json files written by `sdeverify check --out`)")
-    return CheckRun(folder, results, errors, summary)
+    return CheckRun(folder, results, errors, summary, problems)
+
+
+def _other_run(res: ExperimentResult, summary: dict, entry: dict | None) -> str:
+    """Why ``res`` is not the result that ``summary.json`` (and its entry) describe, or ""."""
+    if entry is None:
+        return ""
+    for key in ("size", "seed"):
+        if key in summary and res.meta.get(key) != summary[key]:
+            return f"its {key} is {res.meta.get(key)!r}, summary.json's is {summary[key]!r}"
+    if "passed" in entry and bool(entry["passed"]) != res.passed:
+        return (f"summary.json records passed={entry['passed']}, its verdicts say "
+                f"passed={res.passed}")
+    return ""

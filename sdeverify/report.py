@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from .checkrun import CheckRun, load_check
-from .result import atomic_write_text, versions
+from .files import atomic_write_text
+from .result import versions
 from .verdict import describe
 
 __all__ = ["write_report", "render"]
@@ -63,12 +64,16 @@ def render(run: CheckRun) -> str:
     s = run.summary
     n_v = sum(len(r.verdicts) for r in run.results.values())
     n_fail = sum(not v.passed for r in run.results.values() for v in r.verdicts) + len(run.errors)
+    n_bad = len(run.problems)
     status = ("PASS" if run.passed else "FAIL") + ("" if run.complete or not s else " (run incomplete)")
     out = ["<!DOCTYPE html>", "<html lang='en'>", "<head>", "<meta charset='utf-8'>",
            f"<title>sdeverify check: {_e(status)}</title>", f"<style>{STYLE}</style>", "</head>",
            "<body>", f"<h1>sdeverify check: {_e(status)}</h1>",
            f"<p>{n_v - (n_fail - len(run.errors))} of {n_v} verdicts passed; "
-           f"{len(run.errors)} checks crashed. Size <b>{_e(s.get('size', '?'))}</b>, seed "
+           f"{len(run.errors)} checks crashed"
+           + (f"; <b>{n_bad} checks have no trustworthy result</b> (missing or altered files)"
+              if n_bad else "")
+           + f". Size <b>{_e(s.get('size', '?'))}</b>, seed "
            f"<b>{_e(s.get('seed', '?'))}</b>"
            + (f", {float(s['wall_time']):.0f} s" if s.get("wall_time") is not None else "")
            + f". Folder <code>{_e(run.folder)}</code>.</p>",
@@ -89,6 +94,9 @@ def render(run: CheckRun) -> str:
     for name, err in run.errors.items():
         out.append(f"<tr class='fail'><td>{_e(name)}</td><td>(the check crashed)</td><td></td>"
                    f"<td></td><td>{_e(err)}</td><td></td><td class='fail'>FAIL</td></tr>")
+    for name, why in run.problems.items():
+        out.append(f"<tr class='fail'><td>{_e(name)}</td><td>(no trustworthy result)</td><td></td>"
+                   f"<td></td><td>{_e(why)}</td><td></td><td class='fail'>FAIL</td></tr>")
     out.append("</table>")
     out.append("<h2>Figures</h2>")
     for name, res in run.results.items():

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 import sdeverify as sv
+from sdeverify.checkrun import read_summary, write_summary
 from sdeverify.cli import _print_table, main
+from sdeverify.files import ResultFileError, hashed_json
 from sdeverify.report import write_report
 from sdeverify.stats import Interval
 from sdeverify.verdict import Value, Verdict, describe
@@ -82,12 +84,90 @@ def test_a_crashed_check_is_listed_as_failed(check_dir, tmp_path):
     import shutil
     d = tmp_path / "run"
     shutil.copytree(check_dir, d)
-    doc = json.loads((d / "summary.json").read_text())
+    doc = read_summary(d / "summary.json")
     doc["checks"].append({"name": "svag", "passed": False, "error": "RuntimeError: boom"})
-    (d / "summary.json").write_text(json.dumps(doc))
+    write_summary(d / "summary.json", doc)
     run = sv.load_check(d)
     assert not run.passed and run.errors == {"svag": "RuntimeError: boom"}
     assert "RuntimeError: boom" in write_report(d).read_text()
+
+
+def _copy(check_dir, tmp_path):
+    import shutil
+    d = tmp_path / "run"
+    shutil.copytree(check_dir, d)
+    return d
+
+
+def _report_text(d):
+    return " ".join(" ".join(_parse(write_report(d)).text).split())
+
+
+def test_a_check_whose_result_was_deleted_is_listed_and_fails_the_run(check_dir, tmp_path, capsys):
+    """summary.json names two checks; with one check's JSON gone the report says so and the
+    run is a failure (it used to render the other as a complete PASS)."""
+    d = _copy(check_dir, tmp_path)
+    (d / "variance_reduction.json").unlink()
+    run = sv.load_check(d)
+    assert not run.passed and set(run.problems) == {"variance_reduction"}
+    assert "missing" in run.problems["variance_reduction"]
+    text = _report_text(d)
+    assert "sdeverify check: FAIL" in text and "variance_reduction" in text and "missing" in text
+    assert main(["report", str(d)]) == 0 and "FAIL" in capsys.readouterr().out
+
+
+def test_an_edited_verdict_is_not_rendered_as_the_truth(check_dir, tmp_path):
+    d = _copy(check_dir, tmp_path)
+    doc = json.loads((d / "descent_lemma.json").read_text())
+    doc["verdicts"][0]["passed"] = not doc["verdicts"][0]["passed"]
+    (d / "descent_lemma.json").write_text(json.dumps(doc))
+    run = sv.load_check(d)
+    assert not run.passed and "content hash" in run.problems["descent_lemma"]
+    assert "descent_lemma" not in run.results and "altered" in _report_text(d)
+
+
+def test_a_result_from_another_run_is_refused(check_dir, tmp_path):
+    """A check's files replaced by those of another seed (each file intact on its own)."""
+    d = _copy(check_dir, tmp_path)
+    doc = json.loads((d / "descent_lemma.json").read_text())
+    doc["meta"]["seed"] = 7
+    (d / "descent_lemma.json").write_text(hashed_json(doc))
+    run = sv.load_check(d)
+    assert not run.passed and "another run" in run.problems["descent_lemma"]
+
+
+@pytest.mark.parametrize("content,why", [
+    ("[]", "expected a JSON object"), ("{", "not valid JSON"), ('{"size": "smoke"}', "cannot be verified"),
+    (hashed_json({"size": "smoke"}), "'checks' must be a list"),
+    (hashed_json({"checks": [{"passed": True}]}), "'checks' must be a list"),
+])
+def test_a_malformed_summary_is_one_clear_error_naming_the_file(check_dir, tmp_path, capsys,
+                                                               content, why):
+    d = _copy(check_dir, tmp_path)
+    (d / "summary.json").write_text(content)
+    with pytest.raises(ResultFileError, match=why):
+        sv.load_check(d)
+    assert main(["report", str(d)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "summary.json" in err and why in err
+
+
+def test_an_edited_summary_is_refused(check_dir, tmp_path):
+    d = _copy(check_dir, tmp_path)
+    doc = json.loads((d / "summary.json").read_text())
+    doc["passed"] = not doc["passed"]
+    (d / "summary.json").write_text(json.dumps(doc))
+    with pytest.raises(ResultFileError, match="summary.json.*content hash"):
+        sv.load_check(d)
+
+
+def test_a_check_result_missing_a_key_is_listed_not_a_traceback(check_dir, tmp_path):
+    d = _copy(check_dir, tmp_path)
+    doc = json.loads((d / "descent_lemma.json").read_text())
+    del doc["verdicts"]
+    (d / "descent_lemma.json").write_text(hashed_json(doc))
+    run = sv.load_check(d)
+    assert not run.passed and "unreadable" in run.problems["descent_lemma"]
 
 
 def test_load_check_tables(check_dir):
