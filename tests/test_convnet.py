@@ -479,6 +479,6 @@ def test_torch_parity_20_steps_of_sgd_with_momentum(shortcut):
             np.testing.assert_allclose(bv[n][0], t.numpy(), rtol=1e-10, atol=1e-12)
     net.eval()
     with torch.no_grad():
-        tz = net(torch.from_numpy(d.X_test)).numpy()
+        tz = net(torch.from_numpy(d.X_test.copy())).numpy()
     z = cr.forward(m, W, d.X_test[None], buf, train=False)[0]
     np.testing.assert_allclose(z, tz, rtol=1e-10, atol=1e-10)
