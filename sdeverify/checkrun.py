@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .experiments.base import ExperimentResult
-from .files import ResultFileError, read_json, write_hashed_json
+from .files import ResultFileError, read_json
 from .verdict import Value, Verdict, describe, kind_of
 
 if TYPE_CHECKING:  # optional extras, imported lazily by to_dataframe / to_xarray
     import pandas
     import xarray
 
-__all__ = ["CheckRun", "load_check", "write_summary", "read_summary"]
+__all__ = ["CheckRun", "load_check", "read_summary"]
 
 NOT_RESULTS = {"summary", "simulation"}
 
@@ -140,16 +140,11 @@ def _row(check: str, v: Verdict) -> dict:
             "passed": v.passed, "rule": v.rule}
 
 
-def write_summary(path: str | Path, doc: dict) -> Path:
-    """Write a check run's ``summary.json`` with the hash of its content, atomically (what
-    :func:`read_summary` checks)."""
-    return write_hashed_json(path, doc)
-
-
 def read_summary(path: str | Path) -> dict:
-    """The content of a ``summary.json``, checked: its content hash, and its form (an
-    object whose ``"checks"`` is a list of objects with a ``"name"``);
-    :class:`~sdeverify.files.ResultFileError` naming the file otherwise."""
+    """The content of a ``summary.json`` (written by :func:`sdeverify.runner.write_summary`),
+    checked: its content hash, and its form (an object whose ``"checks"`` is a list of
+    objects with a ``"name"``); :class:`~sdeverify.files.ResultFileError` naming the file
+    otherwise."""
     doc = read_json(path)
     checks = doc.get("checks")
     if not isinstance(checks, list) or not all(

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import sdeverify as sv
-from sdeverify.checkrun import read_summary, write_summary
+from sdeverify.checkrun import read_summary
 from sdeverify.cli import _print_table, main
-from sdeverify.files import ResultFileError, hashed_json
+from sdeverify.files import ResultFileError, hashed_json, write_hashed_json
 from sdeverify.report import write_report
 from sdeverify.stats import Interval
 from sdeverify.verdict import Value, Verdict, describe
@@ -86,7 +86,7 @@ def test_a_crashed_check_is_listed_as_failed(check_dir, tmp_path):
     shutil.copytree(check_dir, d)
     doc = read_summary(d / "summary.json")
     doc["checks"].append({"name": "svag", "passed": False, "error": "RuntimeError: boom"})
-    write_summary(d / "summary.json", doc)
+    write_hashed_json(d / "summary.json", doc)
     run = sv.load_check(d)
     assert not run.passed and run.errors == {"svag": "RuntimeError: boom"}
     assert "RuntimeError: boom" in write_report(d).read_text()
