@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sdeverify import experiments  # noqa: E402
-from sdeverify.cli import _print_table, _verdict_rows  # noqa: E402
+from sdeverify.cli import _print_table  # noqa: E402
+from sdeverify.runner import verdict_rows  # noqa: E402
 
 
 def main() -> int:
@@ -35,7 +36,7 @@ def main() -> int:
         res.save(ROOT / "benchmarks" / "results")
         fig = mod.plot(res, ROOT / "figures" / f"{name}.png")
         print(f"\n== {name} ({args.size}, seed {args.seed}): {time.perf_counter() - t0:.1f} s -> {fig}")
-        _print_table(_verdict_rows(res))
+        _print_table(verdict_rows(res))
         ok &= res.passed
     return 0 if ok else 1
 

@@ -6,12 +6,13 @@ Public API (stable): :func:`simulate`, :class:`SGD`, :class:`SGDM`, :class:`Heav
 :mod:`sdeverify.testing` (statistical assertions and Hypothesis strategies for your own
 property tests), :mod:`sdeverify.train` (training real networks).
 """
-__version__ = "0.1.0"
+from .version import __version__
 
 from . import problems, schedules, sde, stats, theory
 from .optim import SGD, SGDM, HeavyBall, heavy_ball_to_sgdm
 from .result import SimulationResult
 from .simulate import DivergenceError, DivergenceWarning, simulate
+from . import distributed  # registers how simulate/fit run on an executor (sdeverify.dispatch)
 
 __all__ = ["simulate", "SGD", "SGDM", "HeavyBall", "heavy_ball_to_sgdm", "problems",
            "schedules", "sde", "stats", "theory", "SimulationResult", "DivergenceWarning", "DivergenceError",

@@ -11,11 +11,19 @@ those of the serial run, whatever the order in which the checks finish.  (Across
 
 A check that raises is a failed check with its error, as in the serial run; a worker process
 that dies (killed, out of memory) fails the checks that had not finished with that reason,
-never silently.
+never silently.  A worker whose parent dies (``sdeverify check`` killed, even by SIGKILL)
+exits within :data:`PARENT_POLL_S` seconds instead of waiting on its pipe forever
+(:func:`watch_parent`).
+
+What a worker runs is handed down by the caller (:func:`sdeverify.runner.run_in_worker` for
+``check``): this module is the pool, and imports nothing of the package.
 """
 from __future__ import annotations
 
 import os
+import sys
+import threading
+import time
 from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -23,7 +31,10 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["default_jobs", "describe", "run_checks"]
+__all__ = ["PARENT_POLL_S", "default_jobs", "describe", "run_checks", "watch_parent"]
+
+#: how often (seconds) a worker checks that the process that started it is alive
+PARENT_POLL_S: float = 0.5
 
 
 def default_jobs(n_checks: int) -> int:
@@ -52,13 +63,24 @@ def _child_threads(threads: int):
                 os.environ[v] = val
 
 
-def _one(name: str, size: str, seed: int, out: str, backend: str) -> dict:
-    """Run one check in a worker; what the parent needs for its table and summary."""
-    from .cli import _run_one, _verdict_rows
-    res, fig = _run_one(name, size, seed, Path(out), True, backend=backend)
-    return {"name": name, "passed": res.passed, "wall_time": res.meta.get("wall_time"),
-            "figure": str(fig) if fig else None, "verdicts": [v.as_dict() for v in res.verdicts],
-            "rows": _verdict_rows(res)}
+def watch_parent(parent: int, poll: float = PARENT_POLL_S) -> None:
+    """In a worker process: end this process (exit status 1) as soon as ``parent`` (the pid of
+    the process that started it) is no longer its parent — the parent died and the worker was
+    re-parented — checked every ``poll`` seconds by a daemon thread.  Run as the pool's
+    initializer, so that a killed ``check`` leaves no worker behind (a worker blocks on its
+    task pipe, which a SIGKILLed parent never closes cleanly)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll)
+        try:
+            print(f"sdeverify: check worker {os.getpid()}: its parent process {parent} died; "
+                  "exiting", file=sys.stderr, flush=True)
+        except (OSError, ValueError):       # nobody reads stderr any more
+            pass
+        os._exit(1)
+    if os.getppid() != parent:              # already orphaned before the watch started
+        os._exit(1)
+    threading.Thread(target=watch, name="sdeverify-parent-watch", daemon=True).start()
 
 
 #: submission order, longest first (the classic rule for balancing a few workers): rough
@@ -73,17 +95,20 @@ COLD_QUICK_SECONDS = {"slow_sde": 74, "batch_size": 67, "train_batch_size": 54, 
 
 
 def run_checks(names: list[str], size: str, seed: int, out: Path, jobs: int, backend: str,
-               on_done: Callable[[int, dict], None]) -> None:
-    """Run ``names`` on ``jobs`` worker processes; ``on_done(i, entry)`` is called in this
-    process as each finishes (``i`` its index in ``names``), with the keys of
-    :func:`_one`, or ``{"name", "passed": False, "error"}`` for a check that raised or whose
-    worker died."""
+               on_done: Callable[[int, dict], None],
+               work: Callable[[str, str, int, str, str], dict]) -> None:
+    """Run ``work(name, size, seed, out, backend)`` for each of ``names`` on ``jobs`` worker
+    processes (``work`` a module-level function, e.g. :func:`sdeverify.runner.run_in_worker`,
+    returning the check's summary entry); ``on_done(i, entry)`` is called in this process as
+    each finishes (``i`` its index in ``names``), with ``work``'s entry, or ``{"name",
+    "passed": False, "error"}`` for a check that raised or whose worker died."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
+                               initializer=watch_parent, initargs=(os.getpid(),))
     try:
         with _child_threads(threads):      # the workers start during the submissions
             order = sorted(range(len(names)), key=lambda i: -COLD_QUICK_SECONDS.get(names[i], 1e9))
-            pending = {pool.submit(_one, names[i], size, seed, str(out), backend): i for i in order}
+            pending = {pool.submit(work, names[i], size, seed, str(out), backend): i for i in order}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for f in done:

@@ -126,35 +126,6 @@ def cmd_simulate(args) -> int:
     return 0
 
 
-def _run_one(name: str, size: str, seed: int, out: Path | None, quiet: bool, overrides=None,
-             backend: str = "cpu", cluster=None, resume: bool = False):
-    import contextlib
-    from . import experiments
-    from .progress import bar
-    mod = experiments.get(name)
-    overrides = dict(overrides or {})
-    if backend != "cpu" and "backend" in getattr(mod.run, "defaults", {}):
-        overrides["backend"] = backend       # the trained-network checks train on the GPU
-    on_cluster = contextlib.nullcontext()
-    if cluster is not None:                  # every simulate/fit call of the check goes there
-        from .distributed import use
-        on_cluster = use(cluster, points_dir=None if out is None else out / "points" / name,
-                         resume=resume)
-    with bar(1, name, quiet=quiet) as update, on_cluster:
-        res = mod.run(size=size, seed=seed, progress=update, **(overrides or {}))
-    fig = None
-    if out is not None:
-        res.save(out)
-        fig = mod.plot(res, out / f"{name}.png")
-    return res, fig
-
-
-def _verdict_rows(res) -> list[list[str]]:
-    from .verdict import describe
-    return [[v.claim, v.reference, v.prediction, describe(v), "PASS" if v.passed else "FAIL"]
-            for v in res.verdicts]
-
-
 TABLE_HEAD = ["claim", "paper", "prediction", "measured", "verdict"]
 
 
@@ -188,65 +159,39 @@ def _print_table(rows: list[list[str]]) -> None:
 
 def cmd_run(args) -> int:
     from . import experiments
+    from .runner import run_one, verdict_rows
     experiments.get(args.name)
     _check_seed(args.seed)
     out = _writable_folder("--out", args.out) if args.out else None
     _check_backend(args.backend)
     client = _start_cluster(args)
-    res, fig = _run_one(args.name, args.size, args.seed, out, args.quiet, backend=args.backend,
-                        cluster=client)
-    _print_table(_verdict_rows(res))
+    res, fig = run_one(args.name, args.size, args.seed, out, args.quiet, backend=args.backend,
+                       cluster=client)
+    _print_table(verdict_rows(res))
     print(f"{args.name}: {'PASS' if res.passed else 'FAIL'} in {res.meta.get('wall_time', 0):.1f} s")
     if out is not None:
         print(f"wrote {out / (args.name + '.json')}" + (f" and {fig}" if fig else ""))
     return 0 if res.passed else 1
 
 
-def _entry(name: str, res, fig) -> dict:
-    """The summary entry (plus the table rows) of a finished check."""
-    return {"name": name, "passed": res.passed, "wall_time": res.meta.get("wall_time"),
-            "figure": str(fig) if fig else None, "verdicts": [v.as_dict() for v in res.verdicts],
-            "rows": _verdict_rows(res)}
-
-
-def job_passed(entries: list[dict]) -> bool:
-    """The main job's rule: it passes iff every check passed (a crashed check has
-    ``passed: False``) — tested on every run by :mod:`sdeverify.canary`."""
-    return all(e["passed"] for e in entries)
-
-
-def _canary_row() -> tuple[list[str], list[str]]:
-    """Run the verdict-machinery canary (:mod:`sdeverify.canary`): its table row and the
-    problems it found (empty when the machinery decided every known claim as known)."""
-    from .canary import EXPECTED, machinery_problems
-    try:
-        problems = machinery_problems(_entry, job_passed)
-    except Exception as exc:  # the canary itself crashing is a machinery fault too
-        problems = [f"canary raised {type(exc).__name__}: {exc}"]
-    n = len(EXPECTED)
-    measured = "; ".join(problems) if problems else f"{n}/{n} decided as known"
-    return (["verdict machinery canary: known-true claims pass, known-false fail, a failing "
-             "check fails the job", "(method)", f"{n} claims of known truth", measured,
-             "FAIL" if problems else "PASS"], problems)
-
-
 def _jobs_of(args, n_checks: int, client) -> int:
-    """Worker processes for ``check``: ``--jobs`` (0 = one per core), 1 on a Dask cluster."""
+    """Worker processes for ``check``: ``--jobs`` (>= 1; default one per core, at most 4),
+    1 on a Dask cluster."""
     from .check_jobs import default_jobs
     jobs = getattr(args, "jobs", None)
-    if jobs is not None and jobs < 0:
-        raise ValueError(f"--jobs must be >= 0 (0: one per core), got {jobs}")
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"--jobs must be >= 1 (leave it out for one per core, at most 4), got {jobs}")
     if client is not None:
-        if jobs not in (None, 0, 1):
+        if jobs not in (None, 1):
             raise ValueError("--jobs runs checks in local processes; with --workers/--scheduler "
                              "the cluster runs them: leave --jobs out")
         return 1
-    return default_jobs(n_checks) if not jobs else min(jobs, max(1, n_checks))
+    return default_jobs(n_checks) if jobs is None else min(jobs, max(1, n_checks))
 
 
 def cmd_check(args) -> int:
     from . import experiments
-    from .result import atomic_write_text, jsonable
+    from .runner import run_job
     size = "full" if args.full else ("smoke" if args.smoke else "quick")
     names = experiments.available()
     _check_seed(args.seed)
@@ -260,75 +205,15 @@ def cmd_check(args) -> int:
     out = _writable_folder("--out", args.out)
     _check_backend(args.backend)
     jobs = _jobs_of(args, len(names), getattr(args, "cluster", None))
-    canary_row, canary_problems = _canary_row()
-    if canary_problems:
-        print("sdeverify: the verdict machinery failed its canary: " + "; ".join(canary_problems),
-              file=sys.stderr, flush=True)
-    client = _start_cluster(args)
-    entries: dict[int, dict] = {}
-    t0 = time.perf_counter()
-
-    def record(i: int, entry: dict) -> None:
-        entries[i] = entry
-        # the summary is rewritten after each check: an interrupted run keeps what finished
-        atomic_write_text(out / "summary.json", json.dumps(
-            {"size": size, "seed": args.seed, "complete": False,
-             "checks": [{k: v for k, v in entries[j].items() if k != "rows"} for j in sorted(entries)]},
-            indent=1, default=jsonable))
-
-    todo = []
-    for i, name in enumerate(names):
-        res = _reusable(name, size, args.seed, out) if args.resume else None
-        if res is None:
-            todo.append(i)
-            continue
-        print(f"[{i + 1}/{len(names)}] {name} ({size}): reusing {out / name}.json", file=sys.stderr,
-              flush=True)
-        fig = out / f"{name}.png"
-        if not fig.exists():
-            fig = experiments.get(name).plot(res, fig)
-        record(i, _entry(name, res, fig))
-    if jobs > 1 and len(todo) > 1:
-        from .check_jobs import describe, run_checks
-        jobs = min(jobs, len(todo))
-        print(f"running {len(todo)} checks ({size}) on {describe(jobs)}", file=sys.stderr, flush=True)
-
-        def done(k: int, entry: dict) -> None:
-            i = todo[k]
-            state = "ERROR" if entry.get("error") else ("PASS" if entry["passed"] else "FAIL")
-            took = f" in {entry['wall_time']:.1f} s" if entry.get("wall_time") else ""
-            print(f"[{len(entries) + 1}/{len(names)}] {names[i]} ({size}): {state}{took}",
-                  file=sys.stderr, flush=True)
-            record(i, entry)
-        run_checks([names[i] for i in todo], size, args.seed, out, jobs, args.backend, done)
-    else:
-        for i in todo:
-            name = names[i]
-            print(f"[{i + 1}/{len(names)}] {name} ({size}) ...", file=sys.stderr, flush=True)
-            try:
-                res, fig = _run_one(name, size, args.seed, out, args.quiet, backend=args.backend,
-                                    cluster=client, resume=args.resume)
-            except Exception as exc:  # a crashing check is a failed check, reported, not hidden
-                record(i, {"name": name, "passed": False, "error": f"{type(exc).__name__}: {exc}"})
-                continue
-            record(i, _entry(name, res, fig))
-    wall = time.perf_counter() - t0
-    summary = [entries[i] for i in sorted(entries)]
-    rows = [canary_row]
-    for e in summary:
-        rows += e.get("rows") or [[e["name"], "-", "-", f"ERROR: {e['error']}", "FAIL"]]
-    passed = job_passed(summary) and not canary_problems
-    atomic_write_text(out / "summary.json", json.dumps(
-        {"size": size, "seed": args.seed, "complete": True, "passed": passed, "wall_time": wall,
-         "jobs": jobs, "canary": {"passed": not canary_problems, "problems": canary_problems},
-         "checks": [{k: v for k, v in e.items() if k != "rows"} for e in summary]},
-        indent=1, default=jsonable))
+    rows, summary = run_job(names, size=size, seed=args.seed, out=out, jobs=jobs,
+                            backend=args.backend, resume=args.resume, quiet=args.quiet,
+                            start_cluster=lambda: _start_cluster(args))
     _print_table(rows)
     n_pass = sum(r[-1] == "PASS" for r in rows)
     report = _write_report(out)
     print(f"\n{n_pass} passed, {len(rows) - n_pass} failed  ({len(names)} checks, {size}, "
-          f"{wall:.0f} s; results in {out}/" + (f", report {report}" if report else "") + ")")
-    return 0 if passed else 1
+          f"{summary['wall_time']:.0f} s; results in {out}/" + (f", report {report}" if report else "") + ")")
+    return 0 if summary["passed"] else 1
 
 
 def _write_report(out: Path) -> Path | None:
@@ -353,24 +238,6 @@ def cmd_report(args) -> int:
     print(f"wrote {path} ({len(run.results)} checks, {n} verdicts, "
           f"{'PASS' if run.passed else 'FAIL'})")
     return 0
-
-
-def _reusable(name: str, size: str, seed: int, out: Path):
-    """A finished result of this check in ``out`` from the same size, seed and package
-    versions (``check --resume``), or None.  ``NAME.json`` is written after ``NAME.npz``, both
-    atomically, so a JSON file on disk means a complete result."""
-    from .experiments.base import ExperimentResult
-    from .result import versions
-    if not (out / f"{name}.json").exists():
-        return None
-    try:
-        res = ExperimentResult.load(out, name)
-    except Exception:   # unreadable or from an incompatible layout: run it again
-        return None
-    meta = res.meta
-    if meta.get("size") != size or meta.get("seed") != seed or meta.get("versions") != versions():
-        return None
-    return res
 
 
 def _start_cluster(args):

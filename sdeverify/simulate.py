@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
+from . import dispatch
 from .engine import EngineContractError, backends, get_backend
 from .engine.probe import probe
 from .engine.spec import make_spec
@@ -98,7 +99,8 @@ def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0: ArrayLike, *, s
         ``pip install 'sdeverify[dist]'``): the paths are cut into shards (multiples of
         ``config.BLOCK``) that run on its workers and are merged — bitwise the result of the
         local call (:mod:`sdeverify.distributed`).  Default None: run here, unless inside
-        ``sdeverify.distributed.use(client)``, which sends every call.
+        ``sdeverify.distributed.use(client)``, which sends every call (the caller hands the
+        executor down: :mod:`sdeverify.dispatch`).
 
     Returns
     -------
@@ -109,16 +111,14 @@ def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0: ArrayLike, *, s
         the arguments, the fingerprint, the wall time and the versions.
     """
     if executor is None:
-        from .distributed import active
-        executor = active()
+        executor = dispatch.active()
     if executor is not None:
-        from . import distributed
-        return distributed.simulate(problem, optimizers, x0, executor=executor, steps=steps,
-                                    paths=paths, sigma=sigma, seed=seed, record=record,
-                                    observables=observables, backend=backend,
-                                    store_states=store_states, path_offset=path_offset,
-                                    on_divergence=on_divergence, dtype=dtype,
-                                    divergence_bound=divergence_bound)
+        return dispatch.run("simulate", executor, problem, optimizers, x0, steps=steps,
+                            paths=paths, sigma=sigma, seed=seed, record=record,
+                            observables=observables, backend=backend,
+                            store_states=store_states, path_offset=path_offset,
+                            on_divergence=on_divergence, dtype=dtype,
+                            divergence_bound=divergence_bound)
     engine = get_backend(backend)            # ValueError naming the registered backends
     if on_divergence not in ("warn", "raise", "ignore"):
         raise ValueError(f"on_divergence must be 'warn', 'raise' or 'ignore', got {on_divergence!r}")
@@ -158,7 +158,7 @@ def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0: ArrayLike, *, s
             "paths": spec.paths, "path_offset": spec.path_offset, "seed": spec.seed,
             "backend": backend, "dtype": spec.dtype, "wall_time": wall, "x0": spec.x0.tolist(),
             "optimizer_specs": [repr(o) for o in (optimizers if isinstance(optimizers, (list, tuple)) else [optimizers])],
-            "divergence_bound": spec.bound, "fingerprint": spec.fingerprint(backend),
+            "divergence_bound": spec.bound, "fingerprint": spec.fingerprint(engine.numerics),
             "versions": versions()}
     res = SimulationResult(tuple(spec.names), tuple(spec.obs_names), spec.record,
                            out.block_stats, out.block_diff, out.x_final, out.m_final, out.div_step,

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .result import SimulationResult
-from .train.result import TrainResult
-
-if TYPE_CHECKING:  # optional extras, imported lazily by the functions below
-    import pandas
+if TYPE_CHECKING:  # optional extras, imported lazily by the functions below; the result
+    import pandas  # types only annotate (their modules import this one for to_dataframe)
     import xarray
+
+    from .result import SimulationResult
+    from .train.result import TrainResult
 
 __all__ = ["optional", "simulation_frame", "simulation_dataset", "train_frame",
            "train_dataset", "attrs_of"]

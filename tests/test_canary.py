@@ -4,15 +4,15 @@ import json
 
 import pytest
 
-from sdeverify import canary, cli, stats
+from sdeverify import canary, cli, runner, stats
 from sdeverify.canary import EXPECTED, canary_verdicts, machinery_problems
 from sdeverify.experiments.base import ExperimentResult
 
 
 def test_canary_passes_on_the_real_machinery():
     assert tuple(v.passed for v in canary_verdicts()) == EXPECTED
-    assert machinery_problems(cli._entry, cli.job_passed) == []
-    row, problems = cli._canary_row()
+    assert machinery_problems(runner.entry, runner.job_passed) == []
+    row, problems = runner.canary_row()
     assert problems == [] and row[-1] == "PASS"
 
 
@@ -23,7 +23,7 @@ def _contains_or(self, value):                       # a range test written with
 @pytest.mark.parametrize("defect", ["result_any", "contains_or", "at_least_estimate", "wide_ci",
                                     "job_first_only", "rows_always_pass", "save_drops_flag"])
 def test_canary_catches_machinery_defects(monkeypatch, defect):
-    entry, job = cli._entry, cli.job_passed
+    entry, job = runner.entry, runner.job_passed
     if defect == "result_any":
         monkeypatch.setattr(ExperimentResult, "passed", property(lambda s: any(v.passed for v in s.verdicts)))
     elif defect == "contains_or":
@@ -37,8 +37,8 @@ def test_canary_catches_machinery_defects(monkeypatch, defect):
     elif defect == "job_first_only":
         job = lambda entries: all(e["passed"] for e in entries[:1])
     elif defect == "rows_always_pass":
-        entry = lambda name, res, fig: dict(cli._entry(name, res, fig),
-                                            rows=[r[:-1] + ["PASS"] for r in cli._entry(name, res, fig)["rows"]])
+        entry = lambda name, res, fig: dict(runner.entry(name, res, fig),
+                                            rows=[r[:-1] + ["PASS"] for r in runner.entry(name, res, fig)["rows"]])
     elif defect == "save_drops_flag":
         real_dict = canary.Verdict.as_dict
         monkeypatch.setattr(canary.Verdict, "as_dict", lambda v: dict(real_dict(v), passed=True))
@@ -48,7 +48,7 @@ def test_canary_catches_machinery_defects(monkeypatch, defect):
 def test_failed_canary_fails_the_job(tmp_path, monkeypatch, capsys):
     """With a machinery defect planted, `check` exits 1 even though its checks pass, and says
     why; summary.json records the canary."""
-    monkeypatch.setattr(cli, "job_passed", lambda entries: all(e["passed"] for e in entries[:1]))
+    monkeypatch.setattr(runner, "job_passed", lambda entries: all(e["passed"] for e in entries[:1]))
     argv = ["check", "--smoke", "--only", "variance_reduction", "--quiet", "--jobs", "1"]
     assert cli.main(argv + ["--out", str(tmp_path / "bad")]) == 1
     assert "failed its canary" in capsys.readouterr().err

@@ -70,9 +70,10 @@ def test_check_jobs_gives_the_serial_verdicts(tmp_path, capsys):
 
 def test_check_jobs_reports_a_check_that_fails_in_its_worker(tmp_path):
     from sdeverify.check_jobs import run_checks
+    from sdeverify.runner import run_in_worker
     got = {}
     run_checks(["descent_lemma", "no_such_check"], "smoke", 0, tmp_path, 2, "cpu",
-               lambda i, e: got.__setitem__(i, e))
+               lambda i, e: got.__setitem__(i, e), run_in_worker)
     assert got[0]["passed"] and got[0]["rows"]
     assert not got[1]["passed"] and "no_such_check" in got[1]["error"]
 
@@ -104,6 +105,7 @@ def test_every_bad_flag_exits_2_with_one_line_and_no_traceback(capsys, tmp_path)
     for argv, word in [(["check", "--only", "nope"], "nope"), (["check", "--only", ""], "--only"),
                        (["check", "--seed", "-2"], "--seed"), (["run", "nope"], "nope"),
                        (["check", "--jobs", "-1", "--out", str(tmp_path)], "--jobs"),
+                       (["check", "--jobs", "0", "--out", str(tmp_path)], "--jobs"),
                        (["check", "--jobs", "2", "--workers", "2", "--out", str(tmp_path)], "--jobs")]:
         rc, lines, err = _one_line_error(capsys, argv)
         assert rc == 2 and len(lines) == 1 and word in lines[0], (argv, err)
@@ -112,13 +114,13 @@ def test_every_bad_flag_exits_2_with_one_line_and_no_traceback(capsys, tmp_path)
 def test_unwritable_out_fails_before_any_work(tmp_path, capsys, monkeypatch):
     """An unwritable --out used to fail with a traceback after the work ran."""
     import importlib
-    from sdeverify import cli
+    from sdeverify import runner
 
     def no_work(*a, **k):
         raise AssertionError("work started before --out was checked")
 
     monkeypatch.setattr(importlib.import_module("sdeverify.simulate"), "simulate", no_work)
-    monkeypatch.setattr(cli, "_run_one", no_work)
+    monkeypatch.setattr(runner, "run_one", no_work)
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     for argv in (["simulate", "--quiet", "--out", str(blocker)],

@@ -145,7 +145,7 @@ def test_point_key_follows_helpers_and_source(monkeypatch):
     assert D.simulate_point(q, **kw).key != key
     monkeypatch.undo()
     assert D.simulate_point(q, **kw).key == key
-    monkeypatch.setattr(D, "source_digest", lambda: "edited")
+    monkeypatch.setattr(D.keys, "source_digest", lambda: "edited")
     assert D.simulate_point(q, **kw).key != key
 
 
@@ -237,7 +237,7 @@ def test_cli_check_on_a_running_cluster_matches_local(client, tmp_path, capsys):
     (["--scheduler", "tcp://127.0.0.1:9"], "--scheduler tcp://127.0.0.1:9: cannot connect"),
 ])
 def test_cli_bad_cluster_flags_exit_2(flags, message, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(D, "CONNECT_TIMEOUT", 1.0)
+    monkeypatch.setattr(D.clusters, "CONNECT_TIMEOUT", 1.0)
     assert main(["check", "--smoke", "--only", "descent_lemma", "--out", str(tmp_path)] + flags) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
@@ -247,14 +247,14 @@ def test_missing_dask_says_how_to_install(monkeypatch, tmp_path, capsys):
     import sys
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(ImportError, match=r"pip install 'sdeverify\[dist\]'"):
-        D._dask()
+        D.clusters.dask()
     assert main(["run", "descent_lemma", "--size", "smoke", "--out", str(tmp_path), "--workers", "2"]) == 2
     assert "pip install 'sdeverify[dist]'" in capsys.readouterr().err
 
 
 def _threads_a_shard_uses() -> tuple[int, int]:
     from sdeverify.threads import n_threads
-    with D._in_task():
+    with D.shards.running_shard():
         inside = n_threads()
     return inside, D.task_threads()
 

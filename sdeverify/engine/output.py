@@ -15,8 +15,12 @@ results identical for any thread count and any split into shards, :mod:`sdeverif
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # for annotations only: spec.py imports this module
+    from .spec import RunSpec
 
 
 class EngineContractError(TypeError):
@@ -89,6 +93,3 @@ class EngineOutput:
                                 f"contract (sdeverify.engine.output) expects {dt}{list(shape)}")
         return self
 
-
-# spec.py imports this module, so RunSpec (for the annotations above) is bound last
-from .spec import RunSpec  # noqa: E402

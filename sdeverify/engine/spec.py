@@ -74,12 +74,13 @@ class RunSpec:
         """The engine's output arrays for this spec (:meth:`EngineOutput.allocate`)."""
         return EngineOutput.allocate(self)
 
-    def fingerprint(self, backend: str) -> dict:
+    def fingerprint(self, numerics: str) -> dict:
         """Everything that defines the simulation's numbers, one entry per field (short
         values as text, arrays and functions as content hashes); shards merge only when all
-        fields agree (``paths`` and ``path_offset`` excepted)."""
-        from .. import __version__
-        from . import get_backend
+        fields agree (``paths`` and ``path_offset`` excepted).  ``numerics`` is the label of
+        the backend's arithmetic (:attr:`sdeverify.engine.Backend.numerics`), given by the
+        caller that chose the backend (the registry's package imports this module)."""
+        from ..version import __version__
         p = self.problem
         funcs = ",".join(function_fingerprint(f) for f in (p.grad, p.noise, p.loss))
         return {
@@ -97,7 +98,7 @@ class RunSpec:
             "dtype": self.dtype,
             "seed": str(self.seed),
             "divergence_bound": repr(float(self.bound)),
-            "engine": get_backend(backend).numerics,
+            "engine": numerics,
             "version": f"sdeverify {__version__}",
         }
 

@@ -1,0 +1,72 @@
+"""Where a ``simulate`` / ``fit`` call runs: here, or on an executor handed down to it.
+
+Data flows down: the caller hands an executor to :func:`sdeverify.simulate` /
+:func:`sdeverify.train.fit` (``executor=client``), or sets one for a block of code with
+:func:`sdeverify.distributed.use` (what ``sdeverify check --workers N`` does around each
+check).  This module holds that state and nothing else — it imports nothing of the package —
+so the orchestration layer reads it without importing the layer above it:
+
+* :func:`active` is the innermost session set by ``distributed.use`` (a module-wide stack, so
+  that every thread of a check sees it), or None — always None while a shard of a
+  distributed run executes here (:func:`in_task`), so a shard never re-dispatches itself;
+* :func:`register` is how the distributed layer (:mod:`sdeverify.distributed`, imported with
+  the package) installs the function that runs each kind of call ("simulate", "fit") on an
+  executor; :func:`run` calls it.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, Callable, Iterator
+
+__all__ = ["register", "run", "active", "entered", "in_task"]
+
+_RUNNERS: dict[str, Callable[..., Any]] = {}
+_SESSIONS: list = []            # module-wide: the checks' threads and callees all see it
+_LOCAL = threading.local()      # in_task: set while a shard runs here
+
+
+def register(kind: str, runner: Callable[..., Any]) -> None:
+    """Run calls of ``kind`` ("simulate", "fit") given an executor with ``runner(*args,
+    executor=..., **kwargs)``."""
+    _RUNNERS[kind] = runner
+
+
+def run(kind: str, executor: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a ``kind`` call on ``executor`` (a ``distributed.Client``, a pool, or a session of
+    :func:`sdeverify.distributed.use`) with the registered runner."""
+    runner = _RUNNERS.get(kind)
+    if runner is None:
+        raise ValueError(f"executor= needs the distributed layer, which registers no {kind!r} "
+                         "runner here: import sdeverify.distributed (pip install "
+                         "'sdeverify[dist]' for Dask)")
+    return runner(*args, executor=executor, **kwargs)
+
+
+def active() -> Any | None:
+    """The innermost session of :func:`sdeverify.distributed.use`, or None (always None
+    while a shard task runs here)."""
+    if getattr(_LOCAL, "in_task", False) or not _SESSIONS:
+        return None
+    return _SESSIONS[-1]
+
+
+@contextlib.contextmanager
+def entered(session: Any) -> Iterator[Any]:
+    """Make ``session`` the :func:`active` one within the block (for every thread)."""
+    _SESSIONS.append(session)
+    try:
+        yield session
+    finally:
+        _SESSIONS.remove(session)
+
+
+@contextlib.contextmanager
+def in_task() -> Iterator[None]:
+    """Within the block, this thread runs a shard: :func:`active` is None for it."""
+    prev = getattr(_LOCAL, "in_task", False)
+    _LOCAL.in_task = True
+    try:
+        yield
+    finally:
+        _LOCAL.in_task = prev

@@ -1,0 +1,184 @@
+"""Points: one ``simulate``/``fit`` call, validated as the local call would be, keyed, and cut
+into shards of paths (replicas) that merge exactly.
+
+A point's arguments are those of the call with the defaults of the function's own signature
+(:func:`sdeverify.simulate`, :func:`sdeverify.train.fit`): nothing is restated here.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import pickle
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from .. import config, validation
+from ..engine import get_backend
+from ..engine.spec import make_spec
+from ..simulate import simulate
+from ..train import training
+from ..validation import positive_int
+from .keys import point_key
+
+if TYPE_CHECKING:
+    from ..problems.base import NGOS
+    from ..train.datasets import Dataset
+
+__all__ = ["MIN_TASK_WORK", "SHARDS_PER_WORKER", "PointError", "Point", "plan_shards",
+           "simulate_point", "fit_point"]
+
+#: Default smallest task, in path·step·optimizer·coordinate units (~0.4 s on one core of
+#: the benchmark machine at ~350 M units per CPU-second): a measured per-task scheduler
+#: overhead of a few milliseconds (benchmarks/RESULTS.md, "Dask") stays ~1% of a task.
+MIN_TASK_WORK: int = 2 ** 27
+#: A point is cut into at most this many shards per worker (load balance vs overhead).
+SHARDS_PER_WORKER: int = 4
+
+#: arguments of a call that a point sets itself (positional data, the executor, its size and
+#: offset are passed apart; progress is not called for a distributed run)
+_NOT_ARGS = {"problem", "optimizers", "x0", "model", "data", "executor", "progress"}
+
+
+class PointError(RuntimeError):
+    """A point (one ``simulate``/``fit`` call) of a distributed run failed: which one and why."""
+
+    def __init__(self, point: str, error: BaseException | str):
+        self.point = point
+        self.error = error
+        what = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        super().__init__(f"point {point} failed: {what}")
+
+    def original(self) -> BaseException:
+        """The shard's own exception (same type as the local call would raise), with a note
+        naming the point (Python >= 3.11); this error when there is none."""
+        if not isinstance(self.error, BaseException):
+            return self
+        if hasattr(self.error, "add_note") and not getattr(self.error, "_sdeverify_noted", False):
+            self.error.add_note(f"(in point {self.point} of a distributed run)")
+            self.error._sdeverify_noted = True
+        return self.error
+
+
+@dataclass
+class Point:
+    """One ``simulate``/``fit`` call, validated, keyed and cut into shards."""
+    kind: str
+    args: dict                  # the call's arguments (without the total size / offset)
+    total: int                  # paths or replicas
+    offset: int                 # path_offset or replica_offset of the whole call
+    shards: list
+    key: str
+    on_divergence: str
+    label: str
+
+    @property
+    def stem(self) -> str:
+        """File stem of the saved point and prefix of its task keys: ``KIND-<key[:32]>``."""
+        return f"{self.kind}-{self.key[:32]}"
+
+
+def plan_shards(total: int, unit_work: float, workers: int, *, block: int = 1,
+                size: int | None = None) -> list[tuple[int, int]]:
+    """Cut ``total`` items (paths, replicas) into ``(start, count)`` shards.
+
+    Default size: large enough that a task does at least :data:`MIN_TASK_WORK` units
+    (``unit_work`` per item) — so the scheduler's per-task overhead stays small — and small
+    enough to give each worker up to :data:`SHARDS_PER_WORKER` shards; a multiple of
+    ``block`` (``config.BLOCK`` for paths, so that shards merge exactly).
+    """
+    if size is None:
+        by_work = math.ceil(MIN_TASK_WORK / max(unit_work, 1.0))
+        by_balance = math.ceil(total / (SHARDS_PER_WORKER * max(workers, 1)))
+        size = max(by_work, by_balance)
+    size = max(block, -(-int(size) // block) * block)
+    return [(s, min(size, total - s)) for s in range(0, total, size)]
+
+
+def _call_args(fn: Callable, name: str, kw: dict, required: Sequence[str]) -> dict:
+    """The keyword arguments of a call of ``fn``: ``kw`` over the defaults of ``fn``'s
+    signature; TypeError for an unknown or a missing required one, as the call would."""
+    params = {k: p for k, p in inspect.signature(fn).parameters.items() if k not in _NOT_ARGS}
+    unknown = set(kw) - set(params)
+    if unknown:
+        raise TypeError(f"{name}() got unexpected arguments {sorted(unknown)}")
+    missing = [k for k in required if k not in kw]
+    if missing:
+        raise TypeError(f"{name}() missing required keyword argument {missing[0]!r}")
+    a = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    a.update(kw)
+    return a
+
+
+def _check_pickles(label: str, args: dict) -> None:
+    """ValueError naming the point when its spec cannot travel (pickle, then cloudpickle,
+    as Dask tries them)."""
+    try:
+        pickle.dumps(args)
+    except Exception:
+        try:
+            import cloudpickle
+            cloudpickle.dumps(args)
+        except Exception as exc:
+            raise ValueError(f"point {label} cannot be sent to workers: its spec does not "
+                             f"pickle ({type(exc).__name__}: {exc}); problems must hold "
+                             "numba.njit functions and plain arrays") from None
+
+
+def simulate_point(problem: NGOS, optimizers: Sequence[Any] | Any, x0: ArrayLike, *,
+                   shard_paths: int | None = None, workers: int = 1, **kw: Any) -> Point:
+    """Validate a ``simulate`` call (as the local call would) and describe it as a point."""
+    a = _call_args(simulate, "simulate", kw, ("steps", "paths", "sigma"))
+    engine = get_backend(a["backend"])           # ValueError naming the registered backends
+    if a["dtype"] in validation.DTYPES and a["dtype"] not in engine.dtypes:
+        raise ValueError(f"dtype={a['dtype']!r} is not supported by backend={a['backend']!r}, "
+                         f"which runs in {' or '.join(engine.dtypes)}")
+    validation.on_divergence(a["on_divergence"])
+    spec = make_spec(problem, optimizers, x0, steps=a["steps"], paths=a["paths"],
+                     sigma=a["sigma"], seed=a["seed"], record=a["record"],
+                     observables=a["observables"], store_states=a["store_states"],
+                     path_offset=a["path_offset"], dtype=a["dtype"],
+                     divergence_bound=a["divergence_bound"])
+    if shard_paths is not None:
+        positive_int("shard_paths", shard_paths)
+    offset, policy = spec.path_offset, a.pop("on_divergence")
+    del a["path_offset"], a["paths"]
+    args = dict(a, problem=problem, optimizers=optimizers, x0=x0)
+    label = (f"simulate({problem.name}, {', '.join(spec.names)}, steps={spec.steps}, "
+             f"paths={spec.paths}, sigma={spec.sigma:g}, seed={spec.seed})")
+    _check_pickles(label, args)
+    unit = spec.steps * len(spec.names) * problem.dim * spec.n_calls
+    shards = plan_shards(spec.paths, unit, workers, block=config.BLOCK, size=shard_paths)
+    key = point_key("simulate", dict(args, paths=spec.paths, path_offset=offset,
+                                     fingerprint=spec.fingerprint(engine.numerics)))
+    return Point("simulate", args, spec.paths, offset, shards, key, policy, label)
+
+
+def fit_point(model: Any, data: Dataset, optimizers: Sequence[Any] | Any, *,
+              shard_replicas: int | None = None, workers: int = 1, **kw: Any) -> Point:
+    """Validate a ``fit`` call (as the local call would) and describe it as a point; a
+    callable ``lr_schedule`` is evaluated here, so that the task carries an array (and
+    ``progress`` is dropped: shards run elsewhere)."""
+    kw.pop("progress", None)
+    a = _call_args(training.fit, "fit", kw, ("batch_size",))
+    spec = training._validate(model, data, optimizers, a["batch_size"], a["steps"], a["epochs"],
+                              a["replicas"], a["seed"], a["svag"], a["sampling"], a["metrics"],
+                              a["eval_samples"], a["sharpness_samples"], a["sharpness_iters"],
+                              a["backend"], a["dtype"], a["replica_offset"], a["on_divergence"])
+    if callable(a["lr_schedule"]):
+        a["lr_schedule"] = np.asarray(a["lr_schedule"](spec["steps"]), dtype=np.float64)
+    if shard_replicas is not None:
+        positive_int("shard_replicas", shard_replicas)
+    total, offset, policy = int(a.pop("replicas")), int(a.pop("replica_offset")), a.pop("on_divergence")
+    args = dict(a, model=model, data=data, optimizers=optimizers)
+    label = (f"fit({model.describe()}, {data.name}, "
+             f"{', '.join(o.name for o in spec['optimizers'])}, batch_size={a['batch_size']}, "
+             f"steps={spec['steps']}, replicas={total}, seed={a['seed']})")
+    _check_pickles(label, {k: v for k, v in args.items() if k != "data"})
+    unit = spec["steps"] * spec["svag"] * a["batch_size"] * model.n_params * len(spec["optimizers"]) / 64
+    shards = plan_shards(total, unit, workers, size=shard_replicas)
+    key = point_key("fit", dict(args, replicas=total, replica_offset=offset,
+                                data=data.fingerprint()))
+    return Point("fit", args, total, offset, shards, key, policy, label)

@@ -1,0 +1,198 @@
+"""The check runner: run the registered checks of the paper's claims, one after the other or in
+worker processes, and record what each found.
+
+What ``sdeverify check`` and ``sdeverify run`` do once their flags are checked, and what a
+``check --jobs N`` worker process runs (:func:`run_in_worker`):
+
+* :func:`run_one` runs one check (on a Dask cluster when one is handed down: every
+  ``simulate``/``fit`` call of the check goes there) and saves ``NAME.json``/``.npz``/``.png``;
+* :func:`entry` is a finished check's line of ``summary.json`` (and its table rows);
+* :func:`run_job` runs a list of checks — reusing finished ones with ``resume``, in worker
+  processes with ``jobs > 1`` (:mod:`sdeverify.check_jobs`) — after the verdict-machinery
+  canary (:func:`canary_row`), rewriting ``summary.json`` after each check so that an
+  interrupted run keeps what finished; :func:`job_passed` is the job's rule.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from . import experiments
+from .canary import EXPECTED, machinery_problems
+from .check_jobs import describe, run_checks
+from .distributed import use
+from .experiments.base import ExperimentResult
+from .progress import bar
+from .files import write_hashed_json
+from .result import versions
+from .verdict import describe as describe_verdict
+
+__all__ = ["run_one", "run_in_worker", "verdict_rows", "entry", "job_passed", "canary_row",
+           "reusable", "write_summary", "run_job"]
+
+
+def run_one(name: str, size: str, seed: int, out: Path | None, quiet: bool,
+            overrides: dict | None = None, backend: str = "cpu", cluster: Any = None,
+            resume: bool = False) -> tuple[ExperimentResult, Path | None]:
+    """Run check ``name`` at ``size`` (smoke / quick / full) with ``seed``; with ``out``, save
+    its result and figure there.  ``backend`` is where the trained-network checks train;
+    ``cluster`` a Dask client that every ``simulate``/``fit`` call of the check is sent to
+    (its finished points saved under ``out/points/NAME``, reused with ``resume``).
+    Returns the result and the figure's path (None without ``out``)."""
+    mod = experiments.get(name)
+    overrides = dict(overrides or {})
+    if backend != "cpu" and "backend" in getattr(mod.run, "defaults", {}):
+        overrides["backend"] = backend       # the trained-network checks train on the GPU
+    on_cluster = contextlib.nullcontext()
+    if cluster is not None:                  # every simulate/fit call of the check goes there
+        on_cluster = use(cluster, points_dir=None if out is None else out / "points" / name,
+                         resume=resume)
+    with bar(1, name, quiet=quiet) as update, on_cluster:
+        res = mod.run(size=size, seed=seed, progress=update, **overrides)
+    fig = None
+    if out is not None:
+        res.save(out)
+        fig = mod.plot(res, out / f"{name}.png")
+    return res, fig
+
+
+def verdict_rows(res: ExperimentResult) -> list[list[str]]:
+    """The verdict table's rows of a check: claim, paper, prediction, measured, verdict."""
+    return [[v.claim, v.reference, v.prediction, describe_verdict(v), "PASS" if v.passed else "FAIL"]
+            for v in res.verdicts]
+
+
+def entry(name: str, res: ExperimentResult, fig: Path | None) -> dict:
+    """The summary entry (plus the table rows) of a finished check."""
+    return {"name": name, "passed": res.passed, "wall_time": res.meta.get("wall_time"),
+            "figure": str(fig) if fig else None, "verdicts": [v.as_dict() for v in res.verdicts],
+            "rows": verdict_rows(res)}
+
+
+def run_in_worker(name: str, size: str, seed: int, out: str, backend: str) -> dict:
+    """Run one check in a ``check --jobs`` worker process; its :func:`entry`."""
+    res, fig = run_one(name, size, seed, Path(out), True, backend=backend)
+    return entry(name, res, fig)
+
+
+def job_passed(entries: list[dict]) -> bool:
+    """The main job's rule: it passes iff every check passed (a crashed check has
+    ``passed: False``) — tested on every run by :mod:`sdeverify.canary`."""
+    return all(e["passed"] for e in entries)
+
+
+def canary_row() -> tuple[list[str], list[str]]:
+    """Run the verdict-machinery canary (:mod:`sdeverify.canary`): its table row and the
+    problems it found (empty when the machinery decided every known claim as known)."""
+    try:
+        problems = machinery_problems(entry, job_passed)
+    except Exception as exc:  # the canary itself crashing is a machinery fault too
+        problems = [f"canary raised {type(exc).__name__}: {exc}"]
+    n = len(EXPECTED)
+    measured = "; ".join(problems) if problems else f"{n}/{n} decided as known"
+    return (["verdict machinery canary: known-true claims pass, known-false fail, a failing "
+             "check fails the job", "(method)", f"{n} claims of known truth", measured,
+             "FAIL" if problems else "PASS"], problems)
+
+
+def reusable(name: str, size: str, seed: int, out: Path) -> ExperimentResult | None:
+    """A finished result of this check in ``out`` from the same size, seed and package
+    versions (``check --resume``), or None.  ``NAME.json`` is written after ``NAME.npz``, both
+    atomically, so a JSON file on disk means a complete result."""
+    if not (out / f"{name}.json").exists():
+        return None
+    try:
+        res = ExperimentResult.load(out, name)
+    except Exception:   # unreadable or from an incompatible layout: run it again
+        return None
+    meta = res.meta
+    if meta.get("size") != size or meta.get("seed") != seed or meta.get("versions") != versions():
+        return None
+    return res
+
+
+def write_summary(out: Path, doc: dict) -> None:
+    """Write ``out/summary.json`` (atomically, with its content hash: :mod:`sdeverify.files`)."""
+    write_hashed_json(out / "summary.json", doc)
+
+
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def run_job(names: list[str], *, size: str, seed: int, out: Path, jobs: int = 1,
+            backend: str = "cpu", resume: bool = False, quiet: bool = False,
+            start_cluster: Callable[[], Any] = lambda: None,
+            log: Callable[[str], None] = _log) -> tuple[list[list[str]], dict]:
+    """Run the checks ``names`` into ``out``: the canary first, then each check (reused from
+    ``out`` with ``resume``; in ``jobs`` worker processes when ``jobs > 1``, else here, on
+    the cluster ``start_cluster()`` returns, if any).  A check that raises is a failed check
+    with its error.  ``summary.json`` is rewritten after each check and completed at the end.
+
+    Returns
+    -------
+    (rows, summary)
+        The verdict table's rows (the canary's first, then each check's, or an ERROR row)
+        and the content of the final ``summary.json`` (``passed``: the job's verdict).
+    """
+    canary, canary_problems = canary_row()
+    if canary_problems:
+        log("sdeverify: the verdict machinery failed its canary: " + "; ".join(canary_problems))
+    client = start_cluster()
+    entries: dict[int, dict] = {}
+    t0 = time.perf_counter()
+
+    def record(i: int, e: dict) -> None:
+        entries[i] = e
+        # the summary is rewritten after each check: an interrupted run keeps what finished
+        write_summary(out, {"size": size, "seed": seed, "complete": False,
+                            "checks": [{k: v for k, v in entries[j].items() if k != "rows"}
+                                       for j in sorted(entries)]})
+
+    todo = []
+    for i, name in enumerate(names):
+        res = reusable(name, size, seed, out) if resume else None
+        if res is None:
+            todo.append(i)
+            continue
+        log(f"[{i + 1}/{len(names)}] {name} ({size}): reusing {out / name}.json")
+        fig = out / f"{name}.png"
+        if not fig.exists():
+            fig = experiments.get(name).plot(res, fig)
+        record(i, entry(name, res, fig))
+    if jobs > 1 and len(todo) > 1:
+        jobs = min(jobs, len(todo))
+        log(f"running {len(todo)} checks ({size}) on {describe(jobs)}")
+
+        def done(k: int, e: dict) -> None:
+            i = todo[k]
+            state = "ERROR" if e.get("error") else ("PASS" if e["passed"] else "FAIL")
+            took = f" in {e['wall_time']:.1f} s" if e.get("wall_time") else ""
+            log(f"[{len(entries) + 1}/{len(names)}] {names[i]} ({size}): {state}{took}")
+            record(i, e)
+        run_checks([names[i] for i in todo], size, seed, out, jobs, backend, done, run_in_worker)
+    else:
+        for i in todo:
+            name = names[i]
+            log(f"[{i + 1}/{len(names)}] {name} ({size}) ...")
+            try:
+                res, fig = run_one(name, size, seed, out, quiet, backend=backend,
+                                   cluster=client, resume=resume)
+            except Exception as exc:  # a crashing check is a failed check, reported, not hidden
+                record(i, {"name": name, "passed": False, "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            record(i, entry(name, res, fig))
+    wall = time.perf_counter() - t0
+    summary = [entries[i] for i in sorted(entries)]
+    rows = [canary]
+    for e in summary:
+        rows += e.get("rows") or [[e["name"], "-", "-", f"ERROR: {e['error']}", "FAIL"]]
+    passed = job_passed(summary) and not canary_problems
+    doc = {"size": size, "seed": seed, "complete": True, "passed": passed, "wall_time": wall,
+           "jobs": jobs, "canary": {"passed": not canary_problems, "problems": canary_problems},
+           "checks": [{k: v for k, v in e.items() if k != "rows"} for e in summary]}
+    write_summary(out, doc)
+    return rows, doc
