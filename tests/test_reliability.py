@@ -198,7 +198,7 @@ def test_noise_reading_beyond_n_draws_is_refused():
     with pytest.raises(UserFunctionError, match="noise function .*_noise_overread.*n_draws"):
         sv.simulate(bad, sv.SGD(0.1), [1.0, 1.0], steps=5, paths=10, sigma=1.0)
     short = NGOS(dim=2, grad=_g, noise=_noise_ok, loss=_l, n_draws=1, name="short")
-    with pytest.raises(UserFunctionError, match="reads beyond"):
+    with pytest.raises(UserFunctionError, match="reads or writes beyond"):
         sv.simulate(short, sv.SGD(0.1), [1.0, 1.0], steps=5, paths=10, sigma=1.0)
 
 
@@ -210,6 +210,58 @@ def test_wrong_signatures_name_the_function_and_the_expected_signature():
     wrong = NGOS(dim=2, grad=two_args, noise=_noise_ok, loss=_l, name="wrong")
     with pytest.raises(UserFunctionError, match=r"grad function .*two_args.*grad\(x, p, out\)"):
         sv.simulate(wrong, sv.SGD(0.1), [1.0, 1.0], steps=5, paths=10, sigma=1.0)
+
+
+@numba.njit
+def _g_writes_past_out(x, p, out):
+    for i in range(x.shape[0] + 40):
+        out[i] = x[0]
+
+
+@numba.njit
+def _g_returns_gradient(x, p, out):
+    return x * 1.0
+
+
+@numba.njit
+def _loss_vector(x, p):
+    return x * 2.0
+
+
+@numba.njit
+def _loss_text(x, p):
+    return "loss"
+
+
+def test_a_grad_writing_past_out_is_refused_before_compiled_code_runs():
+    """The compiled function used to run first (on a plain ``out`` of length d): the clean
+    error came, then the process aborted later with ``free(): invalid next size``."""
+    bad = NGOS(dim=2, grad=_g_writes_past_out, noise=_noise_ok, loss=_l, name="overwrite")
+    with pytest.raises(UserFunctionError, match="grad function .*_g_writes_past_out.*writes beyond"):
+        sv.simulate(bad, sv.SGD(0.1), [1.0, 1.0], steps=5, paths=10, sigma=1.0)
+
+
+def test_compiled_user_code_gets_guard_space_and_a_write_into_it_is_reported():
+    """For what the plain-Python run cannot judge: the compiled call writes into guard space,
+    which is checked after the call."""
+    from sdeverify.engine import probe
+    x, p, out = np.ones(2), np.zeros(1), np.zeros(2)
+    with pytest.raises(UserFunctionError, match="writes past the end of out .length 2."):
+        probe._call_guarded("grad", _g_writes_past_out, ("x", "p", "out"), x, p, out)
+    probe._call_guarded("grad", _g, ("x", "p", "out"), x, p, out)          # within bounds: fine
+
+
+@pytest.mark.parametrize("role,kw,what", [
+    ("loss", dict(loss=_loss_vector), "loss function .*_loss_vector returned ndarray, not a float"),
+    ("loss", dict(loss=_loss_text), "loss function .*_loss_text returned str, not a float"),
+    ("grad", dict(grad=_g_returns_gradient),
+     "grad function .*_g_returns_gradient returned a ndarray instead of writing into out"),
+])
+def test_return_types_of_loss_and_grad_are_one_line_errors(role, kw, what):
+    args = dict(dim=2, grad=_g, noise=_noise_ok, loss=_l, name="typed")
+    with pytest.raises(UserFunctionError, match=what) as info:
+        sv.simulate(NGOS(**dict(args, **kw)), sv.SGD(0.1), [1.0, 1.0], steps=5, paths=10, sigma=1.0)
+    assert "\n" not in str(info.value)
 
 
 def test_names_must_be_non_empty_strings():

@@ -2,19 +2,25 @@
 
 The engines compile the problem's ``grad`` / ``noise`` / ``loss`` and the observables into
 one kernel, where a typing error becomes a page of compiler output about the kernel, an
-exception cannot leave a parallel loop, and a read past the end of the draws is undefined
-behaviour (it has been seen to turn every path into NaN without a trace).  So first, for
-each function on its own:
+exception cannot leave a parallel loop, and a read or write past the end of an array is
+undefined behaviour (reads have been seen to turn every path into NaN without a trace,
+writes to corrupt the heap and abort the process later).  So first, for each function on
+its own:
 
-1. it is called through its ``numba.njit`` dispatcher with the arguments the engine passes
-   (x of the run's dtype, the parameter vector, the draws of path 0, step 0): a typing
-   error or an exception becomes a :class:`~sdeverify.observables.UserFunctionError` that
-   names the function and the expected signature;
-2. ``noise``, ``grad`` and ``loss`` run once more as plain Python (``py_func``) with a draw
-   vector of exactly ``n_draws`` entries and the parameter vector of its exact length, where
-   indexing is bounds-checked: reading draw ``n_draws`` or beyond (or past the parameters) is
-   an error, not garbage;
-3. an observable must return a real scalar.
+1. ``noise``, ``grad`` and ``loss`` run as plain Python (``py_func``) with a draw vector of
+   exactly ``n_draws`` entries, the parameter vector of its exact length and ``out`` of
+   length d, where indexing is bounds-checked: reading or writing past any of them is an
+   error naming the function, before any compiled code has touched memory;
+2. each is then called through its ``numba.njit`` dispatcher with the arguments the engine
+   passes (x of the run's dtype, the parameter vector, the draws of path 0, step 0), every
+   array a view of a larger buffer whose tail (guard space) is checked afterwards: a write
+   beyond an array is an error, not heap corruption (also for code the plain-Python run
+   could not judge).  A typing error or an exception becomes a
+   :class:`~sdeverify.observables.UserFunctionError` that names the function and the
+   expected signature;
+3. return types: ``loss`` and an observable must return a real scalar, ``grad`` and
+   ``noise`` nothing (a gradient *returned* instead of written into ``out`` would leave
+   ``out`` untouched: silent garbage).
 
 This checks the functions at x0 only; an observable that raises later is caught by the CPU
 engine (counted, then reported by :func:`sdeverify.simulate`) and by the NumPy engine.
@@ -77,11 +83,56 @@ def _python(role: str, f, *args) -> None:
     try:
         py(*args)
     except IndexError as exc:
-        what = ("reads beyond its inputs (more than n_draws base draws, or past the "
-                "parameter vector)") if role == "noise" else "reads beyond its inputs"
+        what = ("reads or writes beyond its inputs (more than n_draws base draws, past the "
+                "parameter vector or past out)") if role == "noise" else \
+            "reads or writes beyond its inputs (past x, the parameter vector or out)"
         raise _fail(role, f, what, exc) from None
     except Exception:   # plain-Python quirks of code written for Numba are not ours to judge
         pass
+
+
+GUARD = 64           # entries of guard space after each array handed to compiled user code
+
+
+class _Guarded:
+    """Arrays handed to a compiled user function as views of longer buffers whose tails
+    hold a fixed pattern; :meth:`check` reports a function that wrote past an array."""
+
+    def __init__(self):
+        self.bufs: list[tuple[str, np.ndarray, int]] = []
+
+    def array(self, name: str, values: np.ndarray) -> np.ndarray:
+        n = values.shape[0]
+        buf = np.empty(n + GUARD, dtype=values.dtype)
+        buf[:n] = values
+        buf.view(np.uint8)[n * buf.itemsize:] = 0xA5
+        self.bufs.append((name, buf, n))
+        return buf[:n]
+
+    def check(self, role: str, f) -> None:
+        for name, buf, n in self.bufs:
+            if np.any(buf.view(np.uint8)[n * buf.itemsize:] != 0xA5):
+                raise _fail(role, f, f"writes past the end of {name} (length {n})")
+
+
+def _call_guarded(role: str, f, names: tuple, *arrays):
+    """``f(*arrays)`` compiled, each array given with guard space (checked after the call)."""
+    g = _Guarded()
+    args = [g.array(n, a) if isinstance(a, np.ndarray) else a for n, a in zip(names, arrays)]
+    v = _compiled(role, f, *args)
+    g.check(role, f)
+    return v
+
+
+def _scalar(role: str, f, v) -> None:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (numbers.Real, np.floating, np.integer)):
+        raise _fail(role, f, f"returned {type(v).__name__}, not a float")
+
+
+def _nothing(role: str, f, v) -> None:
+    if v is not None:
+        raise _fail(role, f, f"returned a {type(v).__name__} instead of writing into out and "
+                             "returning nothing (out is what the engine reads)")
 
 
 def probe(problem, user_funcs: tuple, x0: np.ndarray, dtype: str = "float64",
@@ -95,14 +146,16 @@ def probe(problem, user_funcs: tuple, x0: np.ndarray, dtype: str = "float64",
     xi = np.ascontiguousarray(rng.draws_numpy(problem.draw_kind, seed, np.array([0]), 0, 0,
                                               problem.n_draws, dtype=ft)[0])
     out = np.zeros(d, dtype=ft)
-    _compiled("grad", problem.grad, x.copy(), p, out)
-    _compiled("noise", problem.noise, x.copy(), p, xi.copy(), out)
-    _compiled("loss", problem.loss, x.copy(), p)
     x64 = np.asarray(x0, dtype=np.float64)
-    _python("grad", problem.grad, x64.copy(), p.copy(), np.zeros(d))
+    _python("grad", problem.grad, x64.copy(), p.copy(), np.zeros(d))            # bounds-checked
     _python("noise", problem.noise, x64.copy(), p.copy(), xi.astype(np.float64), np.zeros(d))
     _python("loss", problem.loss, x64.copy(), p.copy())
+    _nothing("grad", problem.grad,
+             _call_guarded("grad", problem.grad, ("x", "p", "out"), x, p, out))
+    _nothing("noise", problem.noise,
+             _call_guarded("noise", problem.noise, ("x", "p", "xi", "out"), x, p, xi, out))
+    _scalar("loss", problem.loss, _call_guarded("loss", problem.loss, ("x", "p"), x, p))
     for h in user_funcs:
-        v = _compiled("observable", h, x.copy())
-        if not isinstance(v, (numbers.Real, np.bool_)):
-            raise _fail("observable", h, f"returned {type(v).__name__}, not a float")
+        v = _call_guarded("observable", h, ("x",), x)
+        if not isinstance(v, np.bool_):
+            _scalar("observable", h, v)
