@@ -4,6 +4,8 @@
     python benchmarks/gpu_static.py --arch sm_90 --markdown # one architecture, Markdown table
     python benchmarks/gpu_static.py --arch device           # the current GPU's compute
                                                             # capability and queried limits
+    python benchmarks/gpu_static.py --arch device --driver  # on a GPU without ptxas: compiled
+                                                            # by numba-cuda, read from the driver
 
 Needs the ``gpu-build`` extra (``numba-cuda``, ``nvidia-cuda-nvcc-cu12`` for libNVVM and
 ``ptxas``, ``nvidia-cuda-nvrtc-cu12``); numba-cuda finds the pip-installed libNVVM by itself
@@ -58,6 +60,21 @@ ARCHS = ("sm_80", "sm_90")
 ALLOW = {
     "engine ": "per-path state in local memory by design: x, m (n_opt x dim), g, v and the draw "
                "rows are cuda.local arrays indexed by run-time loops; one thread per path",
+}
+
+
+#: Kernels that do not compile for a GPU (name prefix -> why).  Found by this tool; each is a
+#: defect to fix in the problem's code, after which its entry must go (:func:`problems`
+#: reports a listed kernel that compiles).  The simulator runs them, since it runs Python.
+KNOWN_FAILURES = {
+    "engine cosine_well": "sdeverify.vmath's sin/cos helpers are numba.extending "
+                          "register_jitable/overload functions, which numba-cuda's CUDA target "
+                          "does not see (TypingError at _reduce_pio2)",
+    "engine valley": "np.sqrt on a float64 scalar is not lowered by numba-cuda 0.30.4 with numba "
+                     "0.68 (KeyError: <ufunc 'sqrt'>); math.sqrt compiles",
+    "engine diagonal_net": "np.sqrt on a float64 scalar (as for valley)",
+    "engine quartic": "the README's loss is np.sum(x ** 4): an array temporary, which a CUDA "
+                      "kernel cannot allocate",
 }
 
 
@@ -173,26 +190,35 @@ def engine_kernels() -> list[Kernel]:
 #: Types of the trainer kernels' parameters, as the launch code in sdeverify/train/cuda.py
 #: passes them: "dt" the trainer's dtype (arrays and ``dtype.type(...)`` scalars), "i64"
 #: Python ints and int64 arrays, "f64" Python floats and float64 arrays; "[]" a 1-D array.
+#: Every parameter is listed: a renamed or added one is an error here, not a wrong type.
+_I = "i64"
 TRAINER_PARAMS = {
-    "gemm": {"a": "dt[]", "b": "dt[]", "c": "dt[]", "e": "dt[]"},
-    "gather": {"X": "dt[]", "y": "i64[]", "idx": "i64[]", "a0": "dt[]", "y0": "i64[]"},
-    "loss_grad": {"zl": "dt[]", "labels": "i64[]", "denom": "dt", "dz": "dt[]",
-                  "losses": "f64[]", "correct": "f64[]"},
-    "reduce": {"losses": "f64[]", "correct": "f64[]", "scale": "f64", "out_loss": "f64[]",
-               "out_correct": "f64[]"},
-    "update": {"w": "dt[]", "mom": "dt[]", "g": "dt[]", "r0": "dt", "r1": "dt", "lam": "dt",
-               "ca": "dt[]", "cb": "dt[]", "cg": "dt[]"},
+    "gemm": dict(a="dt[]", offa=_I, saz=_I, zmoda=_I, lda=_I, b="dt[]", offb=_I, sbz=_I, ldb=_I,
+                 c="dt[]", offc=_I, scz=_I, ldc=_I, e="dt[]", offe=_I, sez=_I, nm=_I, nn=_I,
+                 nk=_I, ones_row=_I, accumulate=_I),
+    "gather": dict(X="dt[]", y="i64[]", idx="i64[]", off=_I, n_rows=_I, d=_I, a0="dt[]",
+                   y0="i64[]"),
+    "loss_grad": dict(zl="dt[]", offz=_I, labels="i64[]", ymod=_I, sy=_I, nb=_I, nc=_I,
+                      denom="dt", dz="dt[]", offd=_I, losses="f64[]", correct="f64[]"),
+    "reduce": dict(losses="f64[]", correct="f64[]", nb=_I, scale="f64", out_loss="f64[]",
+                   off_loss=_I, out_correct="f64[]", off_correct=_I, accumulate=_I),
+    "update": dict(w="dt[]", mom="dt[]", g="dt[]", n_slots=_I, r0="dt", r1="dt", lam="dt",
+                   a="dt[]", b="dt[]", gamma="dt[]", s=_I, S=_I, R=_I, P=_I, M=_I),
 }
 
 
 def trainer_signature(kind: str, pyfunc, dtype) -> tuple:
-    """The signature of a trainer kernel from its parameter names (unlisted ones: int64)."""
+    """The signature of a trainer kernel from its parameter names (:data:`TRAINER_PARAMS`)."""
     from numba import types as T
     scalars = {"dt": T.float32 if np.dtype(dtype) == np.float32 else T.float64,
                "i64": T.int64, "f64": T.float64}
+    names = list(inspect.signature(pyfunc).parameters)
+    if set(names) != set(TRAINER_PARAMS[kind]):
+        raise KeyError(f"the {kind} kernel's parameters {names} differ from TRAINER_PARAMS"
+                       f"[{kind!r}] {list(TRAINER_PARAMS[kind])}: update the table")
     sig = []
-    for p in inspect.signature(pyfunc).parameters:
-        t = TRAINER_PARAMS[kind].get(p, "i64")
+    for p in names:
+        t = TRAINER_PARAMS[kind][p]
         base = scalars[t.rstrip("[]")]
         sig.append(T.Array(base, 1, "C") if t.endswith("[]") else base)
     return tuple(sig)
@@ -332,19 +358,55 @@ def measure(k: Kernel, arch: str, lim=None) -> Row:
     return row
 
 
-def table(ks: list[Kernel], archs=ARCHS, lim=None) -> list[Row]:
+def measure_on_device(k: Kernel, lim) -> Row:
+    """Compile ``k`` for the current GPU through numba-cuda's own path (NVVM, then the driver's
+    JIT) and read its resources from the driver (``cuFuncGetAttribute``): registers, local
+    memory per thread (stack + spills, not told apart), static shared memory.  Needs a GPU,
+    not ptxas: the cross-check of the ptxas table on a real card."""
+    from numba import cuda
+    arch = f"sm_{lim.cc[0]}{lim.cc[1]}"
+    row = Row(k.name, k.dtype, arch, dynamic_shared=k.dynamic_shared, threads=k.threads)
+    t0 = time.perf_counter()
+    try:
+        opts = {"max_registers": k.max_registers} if k.max_registers else {}
+        disp = cuda.jit(k.signature, **opts)(k.pyfunc)
+        row.registers = disp.get_regs_per_thread(k.signature)
+        row.stack = disp.get_local_mem_per_thread(k.signature)
+        row.static_shared = disp.get_shared_mem_per_block(k.signature)
+        row.spill_stores = row.spill_loads = 0      # inside ``stack`` (local memory)
+    except Exception as e:  # reported in the table and by problems()
+        row.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
+        row.seconds = time.perf_counter() - t0
+        return row
+    row.seconds = time.perf_counter() - t0
+    occ = cuda_arch.occupancy(lim, k.threads, row.registers, row.static_shared + row.dynamic_shared)
+    row.blocks_per_sm, row.occupancy, row.limiter = occ.blocks_per_sm, occ.occupancy, occ.limiter
+    return row
+
+
+def table(ks: list[Kernel], archs=ARCHS, lim=None, driver: bool = False) -> list[Row]:
+    """Rows for every kernel and architecture (``driver``: through the current GPU's driver,
+    :func:`measure_on_device`, instead of ptxas)."""
+    if driver:
+        return [measure_on_device(k, lim) for k in ks]
     return [measure(k, a, lim) for a in archs for k in ks]
 
 
-def problems(rows: list[Row], allow: dict = ALLOW, lim=None) -> list[str]:
-    """What the rows break: a compile failure, any spill, a stack frame without an allow-list
-    entry, a launch configuration that does not fit the architecture."""
+def problems(rows: list[Row], allow: dict = ALLOW, lim=None,
+             known: dict = KNOWN_FAILURES) -> list[str]:
+    """What the rows break: a compile failure not in ``known`` (or a ``known`` one that now
+    compiles), any spill, a stack frame without an ``allow`` entry, a launch configuration
+    that does not fit the architecture."""
     bad = []
     for r in rows:
         where = f"{r.kernel} [{r.dtype}, {r.arch}]"
+        listed = any(r.kernel.startswith(p) for p in known)
         if r.error:
-            bad.append(f"{where}: does not compile: {r.error}")
+            if not listed:
+                bad.append(f"{where}: does not compile: {r.error}")
             continue
+        if listed:
+            bad.append(f"{where}: compiles now: remove its KNOWN_FAILURES entry")
         if r.spill_stores or r.spill_loads:
             bad.append(f"{where}: spills {r.spill_stores} bytes stores / {r.spill_loads} loads")
         if r.stack and not any(r.kernel.startswith(p) for p in allow):
@@ -385,8 +447,10 @@ def main(argv=None) -> int:
     p.add_argument("--arch", default=",".join(ARCHS),
                    help="comma-separated sm_80,sm_90, or 'device' for the current GPU")
     p.add_argument("--markdown", action="store_true", help="a Markdown table")
+    p.add_argument("--driver", action="store_true",
+                   help="with --arch device: resources from the GPU's driver, no ptxas needed")
     args = p.parse_args(argv)
-    why = unavailable()
+    why = None if args.driver else unavailable()
     if why:
         print(f"cannot compile: {why}")
         return 2
@@ -400,7 +464,7 @@ def main(argv=None) -> int:
         for a in archs:
             cuda_arch.limits(a)   # a ValueError naming the allowed names
     t0 = time.perf_counter()
-    rows = table(kernels(), archs, lim)
+    rows = table(kernels(), archs, lim, args.driver)
     print(render(rows, args.markdown))
     bad = problems(rows, lim=lim)
     print(f"\n{len(rows)} kernel builds in {time.perf_counter() - t0:.1f} s; "
@@ -408,6 +472,8 @@ def main(argv=None) -> int:
              "every launch fits"))
     for prefix, why in ALLOW.items():
         print(f"allowed stack frame: {prefix.strip()}*: {why}")
+    for prefix, why in KNOWN_FAILURES.items():
+        print(f"known compile failure: {prefix}*: {why}")
     return 1 if bad else 0
 
 
