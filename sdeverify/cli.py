@@ -70,11 +70,10 @@ def _writable_folder(flag: str, folder: str | os.PathLike) -> Path:
 def _check_simulate_args(args) -> None:
     """Every flag of ``simulate`` against its range, before anything is built or run."""
     from .engine.spec import _check_memory, memory_estimate
-    from .validation import finite_float, nonneg_int, positive_int
+    from .validation import finite_float, positive_int
     for flag in ("dim", "paths", "steps", "record", "batch_size"):
         positive_int("--" + flag.replace("_", "-"), getattr(args, flag))
-    if nonneg_int("--seed", args.seed) >= 2 ** 64:
-        raise ValueError(f"--seed must be in [0, 2**64), got {args.seed}")
+    _check_seed(args.seed)
     finite_float("--lr", args.lr, low=0.0)
     finite_float("--beta", args.beta, low=0.0, high=1.0, high_open=True)
     finite_float("--dampening", args.dampening, low=0.0, high=1.0)
@@ -280,9 +279,8 @@ def _check_backend(backend: str) -> None:
 
 
 def _check_seed(seed: int) -> None:
-    from .validation import nonneg_int
-    if nonneg_int("--seed", seed) >= 2 ** 64:
-        raise ValueError(f"--seed must be in [0, 2**64), got {seed}")
+    from .validation import seed as valid_seed
+    valid_seed(seed, "--seed")
 
 
 def cmd_list(args) -> int:

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import dispatch
+from . import dispatch, validation
 from .engine import EngineContractError, backends, get_backend
 from .engine.probe import probe
 from .engine.spec import make_spec
@@ -120,9 +120,8 @@ def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0: ArrayLike, *, s
                             on_divergence=on_divergence, dtype=dtype,
                             divergence_bound=divergence_bound)
     engine = get_backend(backend)            # ValueError naming the registered backends
-    if on_divergence not in ("warn", "raise", "ignore"):
-        raise ValueError(f"on_divergence must be 'warn', 'raise' or 'ignore', got {on_divergence!r}")
-    if dtype in ("float64", "float32") and dtype not in engine.dtypes:
+    on_divergence = validation.on_divergence(on_divergence)
+    if dtype in validation.DTYPES and dtype not in engine.dtypes:
         able = [b for b in backends() if dtype in get_backend(b).dtypes]
         raise ValueError(f"dtype={dtype!r} is supported by backend="
                          + (repr(able[0]) if len(able) == 1 else str(tuple(able)))

@@ -38,6 +38,7 @@ from . import config, rng
 from .engine.cache import enable_disk_cache, fingerprint
 from .threads import run_ranges
 from .validation import finite_float, nonneg_int, positive_int, vector
+from .validation import seed as valid_seed
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,7 +280,7 @@ def coupled_slow_sde(problem, x0, *, eta: float, steps: int, paths: int, sigma: 
     paths = positive_int("paths", paths)
     sigma = finite_float("sigma", sigma, low=0.0)
     path_offset = nonneg_int("path_offset", path_offset)
-    seed = nonneg_int("seed", seed)
+    seed = valid_seed(seed)
     lam = np.ones(steps) if lr is None else np.asarray(lr, dtype=np.float64)[:steps]
     if lam.shape != (steps,):
         raise ValueError(f"lr must have at least {steps} entries")

@@ -21,6 +21,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from ..validation import DTYPES
 from .output import EngineContractError, EngineOutput
 from .spec import RunSpec
 
@@ -86,7 +87,7 @@ def register_backend(name: str, factory: Callable[[], Any], *,
     if not callable(factory):
         raise ValueError(f"factory must be a zero-argument callable returning the engine, "
                          f"got {factory!r}")
-    bad = [d for d in dtypes if d not in ("float64", "float32")]
+    bad = [d for d in dtypes if d not in DTYPES]
     if not dtypes or bad:
         raise ValueError(f"dtypes must be a non-empty subset of ('float64', 'float32'), got {dtypes!r}")
     if name in _REGISTRY and not replace:

@@ -67,6 +67,8 @@ first, and the step functions get one optimizer's slice:
 
 =============  =================================================================================
 ``X, M``       (n_opt, D, L) iterates x and momentum buffers m of the lanes
+``A, B``       (n_opt, steps) the coefficients a_k, b_k of every optimizer (kernel arguments)
+``Gamma``      (n_opt, steps) the step sizes γ_k of every optimizer (kernel argument)
 ``alive``      (n_opt, L) the lane has not diverged
 ``dstep``      (n_opt, L) the step at which the lane diverged (its ``div_step``), −1 if not
 ``Z1, Z2``     (ROWS, L) base draws of the step, oracle call 1 (and 2, SVAG)
@@ -80,8 +82,8 @@ first, and the step functions get one optimizer's slice:
 ``p``          the problem's float64 parameter vector (on the stack when N_PARAMS > 0)
 =============  =================================================================================
 
-Scalars of one step and optimizer: ``a, b, lr`` the coefficients a_k, b_k, γ_k of
-:mod:`sdeverify.optim`; ``sigma`` the noise scale σ, ``s1 = σ r1``, ``s2 = σ r2`` (the SVAG
+Scalars of one step and optimizer: ``a, b, gamma`` the coefficients a_k, b_k, γ_k (γ_k the
+step size) of :class:`sdeverify.optim.Coefficients`; ``sigma`` the noise scale σ, ``s1 = σ r1``, ``s2 = σ r2`` (the SVAG
 weights r1, r2 of Def. 6.1); ``k`` the step index (0-based).
 """
 from __future__ import annotations
@@ -242,11 +244,11 @@ def _recorder(loss_, user_eval, D: int, unique, guard: bool):
 
 
 def _fused_step(grad_, noise_, D: int, N_DRAWS: int, N_CALLS: int, L: int, ZERO):
-    """``step(a, b, lr, X, M, alive, dstep, k, Z1, Z2, x_in, x_old, g, v, z, x_start, p,
+    """``step(a, b, gamma, X, M, alive, dstep, k, Z1, Z2, x_in, x_old, g, v, z, x_start, p,
     sigma, s1, s2)``: one optimizer, one step, all L lanes, for small D.
 
     Per lane: g = grad(x) + σ v(x, ξ) (SVAG: (grad(x) + σ r1 v(x, ξ¹)) + σ r2 v(x, ξ²)),
-    m = a m + b g, x = x − lr m; a lane whose Σ_i x_i is not finite stops (x, m kept,
+    m = a m + b g, x = x − γ m; a lane whose Σ_i x_i is not finite stops (x, m kept,
     ``dstep`` = k + 1).  ``X``, ``M``: (D, L) and ``alive``, ``dstep``: (L,), this
     optimizer's slices, updated in place; ``Z1``, ``Z2``: (ROWS, L) the step's draws;
     ``x_in``, ``x_old``, ``g``, ``v``, ``z``: stack scratch (module glossary).  Oracle and
@@ -254,7 +256,7 @@ def _fused_step(grad_, noise_, D: int, N_DRAWS: int, N_CALLS: int, L: int, ZERO)
     and LLVM vectorises over lanes."""
 
     @numba.njit(inline="always")
-    def fused_step(a, b, lr, X, M, alive, dstep, k, Z1, Z2, x_in, x_old, g, v, z, x_start, p,
+    def fused_step(a, b, gamma, X, M, alive, dstep, k, Z1, Z2, x_in, x_old, g, v, z, x_start, p,
                    sigma, s1, s2):
         for ln in range(L):
             al = alive[ln]
@@ -274,7 +276,7 @@ def _fused_step(grad_, noise_, D: int, N_DRAWS: int, N_CALLS: int, L: int, ZERO)
             s = ZERO
             for i in range(D):
                 mi = a * M[i, ln] + b * (g[i] + (sigma if N_CALLS == 1 else s2) * v[i])
-                xi = x_in[i] - lr * mi
+                xi = x_in[i] - gamma * mi
                 s += xi
                 M[i, ln] = mi if al else M[i, ln]
                 X[i, ln] = xi if al else x_old[i]
@@ -286,13 +288,13 @@ def _fused_step(grad_, noise_, D: int, N_DRAWS: int, N_CALLS: int, L: int, ZERO)
 
 
 def _split_step(grad_, noise_, D: int, N_DRAWS: int, N_CALLS: int, L: int, ZERO):
-    """``step(a, b, lr, X, M, alive, dstep, k, Z1, Z2, x_in, g, v, w, z, G, S, x_start, p,
+    """``step(a, b, gamma, X, M, alive, dstep, k, Z1, Z2, x_in, g, v, w, z, G, S, x_start, p,
     sigma, s1, s2)``: the same step as :func:`_fused_step` in two loops over lanes, for
     large D: (a) the oracle of every lane into ``G`` (D, L), (b) the update with the lanes
     innermost, so that (b) vectorises for any D.  ``S`` (L,) holds Σ_i x_i per lane."""
 
     @numba.njit(inline="always")
-    def split_step(a, b, lr, X, M, alive, dstep, k, Z1, Z2, x_in, g, v, w, z, G, S, x_start, p,
+    def split_step(a, b, gamma, X, M, alive, dstep, k, Z1, Z2, x_in, g, v, w, z, G, S, x_start, p,
                    sigma, s1, s2):
         for ln in range(L):
             for i in range(D):
@@ -317,7 +319,7 @@ def _split_step(grad_, noise_, D: int, N_DRAWS: int, N_CALLS: int, L: int, ZERO)
                 al = alive[ln]
                 x = X[i, ln]
                 mi = a * M[i, ln] + b * G[i, ln]
-                xi = x - lr * mi
+                xi = x - gamma * mi
                 S[ln] += xi
                 M[i, ln] = mi if al else M[i, ln]
                 X[i, ln] = xi if al else x
@@ -362,7 +364,7 @@ def _block_kernel(record, fused_step, split_step, bound_check, fill, FUSED: bool
     cast to FTYPE where they meet the state); it fills the :class:`EngineOutput` arrays."""
     ROWS = rng.n_rows(N_DRAWS)
 
-    def kernel(x0, m0, params, sigma, A, B, Gam, rec_steps, codes, k0, k1, path0, n_paths,
+    def kernel(x0, m0, params, sigma, A, B, Gamma, rec_steps, codes, k0, k1, path0, n_paths,
                draw_kind, r1, r2, bound, block_stats, block_diff, block_bad, x_final, m_final,
                div_step, states, store, blk_lo, blk_hi):
         n_opt, steps = A.shape
@@ -421,12 +423,12 @@ def _block_kernel(record, fused_step, split_step, bound_check, fill, FUSED: bool
                     for j in range(n_opt):
                         a = A[j, k]
                         b = B[j, k]
-                        lr = Gam[j, k]
+                        gamma = Gamma[j, k]
                         if FUSED:
-                            fused_step(a, b, lr, X[j], M[j], alive[j], dstep[j], k, Z1, Z2,
+                            fused_step(a, b, gamma, X[j], M[j], alive[j], dstep[j], k, Z1, Z2,
                                        x_in, x_old, g, v, z, x_start, p, sigma, s1, s2)
                         else:
-                            split_step(a, b, lr, X[j], M[j], alive[j], dstep[j], k, Z1, Z2,
+                            split_step(a, b, gamma, X[j], M[j], alive[j], dstep[j], k, Z1, Z2,
                                        x_in, g, v, w, z, G, S, x_start, p, sigma, s1, s2)
                         bound_check(X[j], alive[j], dstep[j], k, S, bound)
                     if r < n_rec and rec_steps[r] == k + 1:
@@ -504,7 +506,7 @@ def run(spec) -> EngineOutput:
     cast = lambda a: np.ascontiguousarray(a, dtype=ft)
     n_blocks = (spec.paths + BLOCK - 1) // BLOCK
     run_ranges(kernel, n_blocks, cast(spec.x0), cast(spec.m0), spec.problem.params,
-               ft(spec.sigma), cast(spec.A), cast(spec.B), cast(spec.G), spec.record, spec.codes,
+               ft(spec.sigma), cast(spec.a), cast(spec.b), cast(spec.gamma), spec.record, spec.codes,
                spec.k0, spec.k1, spec.path_offset, spec.paths, spec.problem.draw_kind,
                ft(spec.r1), ft(spec.r2), ft(spec.bound), out.block_stats, out.block_diff,
                out.block_bad, out.x_final, out.m_final, out.div_step, out.states,

@@ -68,7 +68,7 @@ class EngineOutput:
     @staticmethod
     def layout(spec: "RunSpec") -> dict:
         """``{field: (shape, dtype)}`` of the output for ``spec``."""
-        n_opt, d, n_rec = spec.A.shape[0], spec.x0.shape[0], spec.record.shape[0]
+        n_opt, d, n_rec = spec.a.shape[0], spec.x0.shape[0], spec.record.shape[0]
         n_obs, nb, paths = spec.codes.shape[0], spec.n_blocks, spec.paths
         f64 = np.dtype(np.float64)
         return {

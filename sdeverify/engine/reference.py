@@ -20,7 +20,7 @@ def run(spec) -> EngineOutput:
     out = EngineOutput.allocate(spec)
     p = spec.problem
     grad, noise, loss = p.grad.py_func, p.noise.py_func, p.loss.py_func
-    n_opt, d = spec.A.shape[0], spec.x0.shape[0]
+    n_opt, d = spec.a.shape[0], spec.x0.shape[0]
     paths = np.arange(spec.path_offset, spec.path_offset + spec.paths)
     x = np.tile(spec.x0, (spec.paths, n_opt, 1))
     m = np.tile(spec.m0, (spec.paths, 1, 1))
@@ -73,8 +73,8 @@ def run(spec) -> EngineOutput:
                     g += spec.sigma * spec.r1 * v
                     noise(x[ip, j], p.params, xi2[ip], v)
                     g += spec.sigma * spec.r2 * v
-                m[ip, j] = spec.A[j, k] * m[ip, j] + spec.B[j, k] * g
-                x[ip, j] -= spec.G[j, k] * m[ip, j]
+                m[ip, j] = spec.a[j, k] * m[ip, j] + spec.b[j, k] * g
+                x[ip, j] -= spec.gamma[j, k] * m[ip, j]
                 if not np.all(np.abs(x[ip, j]) <= spec.bound):   # NaN, inf included
                     alive[ip, j] = False
                     out.div_step[j, ip] = k + 1

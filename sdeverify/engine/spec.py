@@ -19,7 +19,9 @@ from ..observables import parse
 from ..optim import check_scheme, scheme_coefficients
 from ..problems.base import NGOS
 from ..rng import MAX_PATH, key_words
+from ..validation import dtype as valid_dtype
 from ..validation import finite_float, nonneg_int, positive_int, vector
+from ..validation import seed as valid_seed
 from .cache import fingerprint as function_fingerprint
 from .output import EngineOutput
 
@@ -30,9 +32,9 @@ class RunSpec:
     names: list
     x0: np.ndarray
     m0: np.ndarray          # (n_opt, d)
-    A: np.ndarray           # (n_opt, steps) momentum coefficient a_k
-    B: np.ndarray           # (n_opt, steps) gradient coefficient b_k
-    G: np.ndarray           # (n_opt, steps) step size γ_k
+    a: np.ndarray           # (n_opt, steps) momentum coefficient a_k
+    b: np.ndarray           # (n_opt, steps) gradient coefficient b_k
+    gamma: np.ndarray       # (n_opt, steps) step size γ_k
     sigma: float
     steps: int
     paths: int
@@ -88,7 +90,7 @@ class RunSpec:
                        f"{p.noise_dist} ell={p.svag_ell!r} params={_digest(p.params)} "
                        f"functions={_digest(funcs.encode())}",
             "optimizers": f"{list(self.names)} coefficients="
-                          f"{_digest(self.A, self.B, self.G, self.m0)}",
+                          f"{_digest(self.a, self.b, self.gamma, self.m0)}",
             "x0": f"{_digest(self.x0)}",
             "sigma": repr(float(self.sigma)),
             "steps": str(self.steps),
@@ -165,11 +167,8 @@ def make_spec(problem, optimizers, x0, *, steps, paths, sigma, seed=0, record=No
     if path_offset + paths > MAX_PATH:
         raise ValueError(f"path_offset + paths must be <= 2**48 = {MAX_PATH} (the generator's "
                          f"path range), got {path_offset} + {paths}")
-    seed = nonneg_int("seed", seed)
-    if dtype not in ("float64", "float32"):
-        raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
-    if seed >= 2 ** 64:
-        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    seed = valid_seed(seed)
+    dtype = valid_dtype(dtype)
     sigma = finite_float("sigma", sigma, low=0.0)
     x0 = vector("x0", x0, problem.dim)
     bound = default_bound(x0) if divergence_bound is None else \

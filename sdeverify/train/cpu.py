@@ -315,16 +315,17 @@ def _parts_update(W, Mom, G0, G1, part, two, r0, r1, wd, a, b, gamma, R, K, out_
 
 
 @numba.njit(**_JIT)
-def _update(w, mom, g0, g1, two, r0, r1, wd, aa, bb, gg):
-    """g = r₀ g⁽⁰⁾ (+ r₁ g⁽¹⁾) + λ w;  m ← a m + b g;  w ← w − γ m."""
+def _update(w, mom, g0, g1, two, r0, r1, wd, a, b, gamma):
+    """g = r₀ g⁽⁰⁾ (+ r₁ g⁽¹⁾) + λ w;  m ← a m + b g;  w ← w − γ m (a, b, γ: one step's
+    coefficients of :class:`sdeverify.optim.Coefficients`; λ = ``wd``)."""
     for p in range(w.shape[0]):
         gp = r0 * g0[p]
         if two:
             gp = gp + r1 * g1[p]
         gp = gp + wd * w[p]
-        mp = aa * mom[p] + bb * gp
+        mp = a * mom[p] + b * gp
         mom[p] = mp
-        w[p] = w[p] - gg * mp
+        w[p] = w[p] - gamma * mp
 
 
 @numba.njit(**_JIT)

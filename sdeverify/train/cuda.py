@@ -48,6 +48,7 @@ import numpy as np
 
 from .. import cuda_arch
 from ..engine.cuda import _cuda
+from ..validation import dtype as valid_dtype
 from ..validation import positive_int
 from .models import LOSSES, MLP
 
@@ -397,9 +398,7 @@ class Trainer:
                  dtype: str = "float32"):
         _cuda()
         self.model = model
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        self.dtype = np.dtype(valid_dtype(dtype))
         self.J, self.R = positive_int("n_opt", n_opt), positive_int("n_rep", n_rep)
         self.M = self.J * self.R
         if self.M > 65535:   # models index a grid dimension, limited to 65535 blocks
