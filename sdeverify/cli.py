@@ -1,4 +1,4 @@
-"""Command line: ``sdeverify simulate | run NAME | check | list``.
+"""Command line: ``sdeverify simulate | run NAME | check | report | list | train``.
 
 The CLI is thin: every subcommand builds parameters, calls a library function and prints or
 saves what it returns.  Errors a user can fix (a bad flag value, an unwritable ``--out``, no
@@ -381,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list the registered checks")
     ls.set_defaults(func=cmd_list)
+
+    from .train_command import add_parser as add_train_parser
+    add_train_parser(sub)
     return p
 
 
