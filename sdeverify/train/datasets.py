@@ -128,14 +128,16 @@ def _standardise(X_train, X_test):
     """Both splits centred and scaled by the training split's per-feature mean and standard
     deviation (a feature with zero spread is only centred).  Finite features too large for
     that arithmetic (|x| near 1e308) are first divided by their column's largest |x|, which
-    leaves the standardised values unchanged in exact arithmetic."""
+    leaves the standardised values unchanged in exact arithmetic (other columns are
+    computed as they always were)."""
     with np.errstate(over="ignore", invalid="ignore"):
         mu, sd = X_train.mean(axis=0), X_train.std(axis=0)
-        if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(sd))):
-            big = np.max(np.abs(X_train), axis=0)
-            big = np.where(big > 0, big, 1.0)
-            X_train, X_test = X_train / big, X_test / big
-            mu, sd = X_train.mean(axis=0), X_train.std(axis=0)
+    huge = ~(np.isfinite(mu) & np.isfinite(sd))
+    if np.any(huge):
+        scale = np.where(huge, np.max(np.abs(X_train), axis=0), 1.0)
+        X_train, X_test = X_train / scale, X_test / scale
+        mu = np.where(huge, X_train.mean(axis=0), mu)
+        sd = np.where(huge, X_train.std(axis=0), sd)
     sd = np.where(sd > 0, sd, 1.0)
     return (X_train - mu) / sd, (X_test - mu) / sd
 

@@ -309,8 +309,27 @@ def check_arrays(where: str, optimizers, metrics, eval_steps, a: dict, meta: dic
     if not np.all(np.isfinite(v[alive])):
         raise bad("'values' holds NaN or inf for a replica that had not diverged "
                   "(non-finite values are only allowed from a replica's divergence on)")
-    if meta.get("replicas", R) != R:
-        raise bad(f"the JSON says {meta['replicas']} replicas, the arrays hold {R}")
+    steps_alive = (d[:, :, None] < 0) | (first + np.arange(S)[None, None, :] < d[:, :, None])
+    if not np.all(np.isfinite(bl[steps_alive])):
+        raise bad("'batch_loss' holds NaN or inf before the replica's divergence step")
+    _check_meta(bad, optimizers, metrics, ev, R, S, svag, meta)
+
+
+def _check_meta(bad, optimizers, metrics, ev, R, S, svag, meta) -> None:
+    """The labels and array sizes agree with what ``meta`` recorded of the run (where it
+    records it): replicas, metrics, evaluation steps, steps, and the optimizers' order."""
+    expect = {"replicas": R, "metrics": list(metrics), "eval_steps": ev.tolist()}
+    for key, value in expect.items():
+        if key in meta and meta[key] != value:
+            raise bad(f"meta records {key} {meta[key]!r:.80}, the result holds {value!r:.80}")
+    if isinstance(meta.get("steps"), int) and meta["steps"] * svag != S:
+        raise bad(f"meta records {meta['steps']} steps (x svag {svag}), 'batch_loss' holds {S}")
+    reprs = meta.get("optimizers")
+    if isinstance(reprs, list) and len(reprs) == len(optimizers):
+        for name, rep in zip(optimizers, reprs):
+            if isinstance(rep, str) and "name=" in rep and f"name={name!r}" not in rep:
+                raise bad(f"optimizer {name!r} is not the one meta records at its position "
+                          f"({rep}): the optimizers were reordered or renamed")
 
 
 def _mean_sem(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
