@@ -63,12 +63,30 @@ def _child_threads(threads: int):
                 os.environ[v] = val
 
 
+def _die_with_parent() -> bool:
+    """Linux: ask the kernel to SIGKILL this process when the thread that started it exits
+    (``prctl(PR_SET_PDEATHSIG)``, through ctypes) — immediate, even while a compiled kernel
+    holds the GIL.  False where unavailable."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+        import signal
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0      # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return False
+
+
 def watch_parent(parent: int, poll: float = PARENT_POLL_S) -> None:
-    """In a worker process: end this process (exit status 1) as soon as ``parent`` (the pid of
-    the process that started it) is no longer its parent — the parent died and the worker was
-    re-parented — checked every ``poll`` seconds by a daemon thread.  Run as the pool's
-    initializer, so that a killed ``check`` leaves no worker behind (a worker blocks on its
-    task pipe, which a SIGKILLed parent never closes cleanly)."""
+    """In a worker process: end this process as soon as ``parent`` (the pid of the process
+    that started it) dies.  Run as the pool's initializer, so that a killed ``check`` (even by
+    SIGKILL) leaves no worker behind: a worker would otherwise block forever on its task
+    pipe, whose write end it holds itself.  On Linux the kernel kills the worker with its
+    parent (:func:`_die_with_parent`); everywhere, a daemon thread checks every ``poll``
+    seconds that the worker has not been re-parented and exits (status 1) if it has."""
+    _die_with_parent()
+
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(poll)

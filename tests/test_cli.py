@@ -1,6 +1,8 @@
 """The command line: help, simulate, check (smoke size: the CI stand-in for --quick).  The
 whole main job at smoke size is tests/test_smoke_job.py."""
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,3 +155,61 @@ def test_python_dash_m_works_like_the_script():
     r = subprocess.run([sys.executable, "-m", "sdeverify", "list"], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0 and "train_svag" in r.stdout, r.stdout + r.stderr
+
+
+def _children(pid: int, marker: str) -> list[int]:
+    """Live child processes of ``pid`` whose command line contains ``marker`` (from /proc)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()      # state, ppid, ...
+        if int(fields[1]) == pid and fields[0] != "Z" and marker in cmd:
+            out.append(int(d.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (a zombie has exited; its reaper may be slow)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_sigkill_of_check_leaves_no_worker_alive(tmp_path):
+    """SIGKILL of `sdeverify check --jobs 2` (the main process only): both worker processes
+    exit within seconds (they used to block on their task pipe forever)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    argv = [sys.executable, "-m", "sdeverify", "check", "--smoke", "--quiet", "--jobs", "2",
+            "--only", "descent_lemma,variance_reduction", "--out", str(tmp_path)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            workers = _children(proc.pid, "spawn_main")
+            time.sleep(0.05)
+        assert len(workers) == 2, "the check's two worker processes did not start"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [w for w in workers if _alive(w)], "workers outlived their killed parent"
+    finally:
+        for pid in [proc.pid] + workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -28,7 +28,7 @@ module must be placed in the order)::
                    may continue a saved result), the train package's facade
     distribution   distributed (Dask: sessions, sweeps, shards, point keys)
     checks         experiments, canary, checkrun, report, testing
-    interface      runner, check_jobs, cli, __main__, the sdeverify package's facade
+    interface      runner, check_jobs, cli, train_command, __main__, the package's facade
 
 Measured when this test was written, on the code before the refactoring that introduced it:
 2 cycles (``check_jobs ↔ cli``, and one component of 15 modules joining ``simulate``/``fit`` →
@@ -70,12 +70,18 @@ LAYERS = {
     "sdeverify.experiments": "checks", "sdeverify.canary": "checks",
     "sdeverify.checkrun": "checks", "sdeverify.report": "checks", "sdeverify.testing": "checks",
     "sdeverify.runner": "interface", "sdeverify.check_jobs": "interface",
-    "sdeverify.cli": "interface", "sdeverify.__main__": "interface",
+    "sdeverify.cli": "interface", "sdeverify.train_command": "interface",
+    "sdeverify.__main__": "interface",
     "sdeverify.__init__": "interface",
 }
 
 #: import cycles that remain, as sorted module tuples, with the reason each is kept (at most 1)
-ALLOWED_CYCLES: dict[tuple[str, ...], str] = {}
+ALLOWED_CYCLES: dict[tuple[str, ...], str] = {
+    ("sdeverify.cli", "sdeverify.train_command"):
+        "cli adds the `train` subcommand's parser from train_command, which borrows cli's "
+        "_writable_folder: move that helper below both (e.g. to sdeverify.files) and delete "
+        "this entry",
+}
 #: upward imports that remain, (importer, imported), with the reason each is kept (at most 8)
 ALLOWED_UPWARD: dict[tuple[str, str], str] = {}
 
@@ -196,9 +202,11 @@ def layer_of(module: str, path: Path | None = None) -> str | None:
 
 
 def upward(graph: dict[str, dict], mods: dict[str, Path]) -> list[tuple[str, str]]:
-    """The imports (importer, imported) from a lower layer to a higher one."""
-    rank = {m: LAYER_NAMES.index(layer_of(m, mods[m])) for m in graph}
-    return sorted((m, t) for m in graph for t in graph[m] if rank[t] > rank[m])
+    """The imports (importer, imported) from a lower layer to a higher one (modules with no
+    layer are left to :func:`test_every_module_has_a_layer`)."""
+    rank = {m: LAYER_NAMES.index(layer_of(m, mods[m])) for m in graph if layer_of(m, mods[m])}
+    return sorted((m, t) for m in graph for t in graph[m]
+                  if m in rank and t in rank and rank[t] > rank[m])
 
 
 def _describe(edges) -> str:
@@ -242,6 +250,17 @@ def test_the_allowed_lists_are_not_stale(graph):
     that the lists say what the package does."""
     assert set(ALLOWED_CYCLES) <= set(cycles(graph))
     assert set(ALLOWED_UPWARD) <= set(upward(graph, modules()))
+
+
+def test_the_version_module_matches_pyproject():
+    """``sdeverify/version.py`` (read by modules that must not import the package's facade)
+    says the version ``pyproject.toml`` builds."""
+    import re
+    from sdeverify import __version__
+    from sdeverify.version import __version__ as version
+    built = re.search(r'^version\s*=\s*"([^"]+)"', (ROOT.parent / "pyproject.toml").read_text(),
+                      re.MULTILINE)
+    assert built and version == __version__ == built.group(1)
 
 
 # ---- the counting itself, on planted packages --------------------------------------------------
