@@ -1,0 +1,186 @@
+"""Training throughput of the CIFAR ResNet (sdeverify.train.convnet) against torch CPU.
+
+    python benchmarks/conv_throughput.py [--depths 8,20] [--batches 128] [--models 1,8]
+                                         [--backends numpy,cpu] [--repeats 3] [--json out.json]
+
+For each workload (ResNet depth, batch B, models M; float32; SGDM β = 0.9 with weight decay;
+forward + backward + update of every model on its own minibatch, BatchNorm in training mode,
+no augmentation) prints images·models/s and the achieved GFLOP/s (``ResNet.flops_per_sample()``)
+of
+
+* each sdeverify backend registered for ResNets (``numpy``: the reference, batched over models;
+  ``cpu``: the Numba backend when it is registered);
+* ``torch loop`` — torch CPU (``torch.nn.Conv2d``/``BatchNorm2d``, ``torch.optim.SGD``), a Python
+  loop over the M models — only when torch is importable (it is never a dependency; run this
+  script with an interpreter that has it, e.g. ``PYTHONPATH=. /path/to/torch-venv/bin/python``).
+
+Medians of ``--repeats`` timed runs after one warm-up run; the ratio to torch is printed in the
+same run.  Record results in benchmarks/RESULTS.md with the machine and the command.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sdeverify.train import backends  # noqa: E402
+from sdeverify.train.convnet import resnet  # noqa: E402
+from sdeverify.train.images import conv_teacher  # noqa: E402
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()                                                   # warm-up (compilation, caches)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def ours(backend: str, model, data, B: int, M: int, steps: int):
+    """One timed call: ``steps`` SGDM steps of M models (1 optimizer × M replicas)."""
+    Trainer = backends.trainer_class(backend, model)
+    tr = Trainer(model, data.X_train, data.y_train, 1, M, "float32")
+    W = model.init(0, M, 0, "float32")
+    g = np.random.default_rng(0)
+    idx = [g.integers(0, data.n_train, size=(steps, M, B))]
+    a = np.full((1, steps), 0.9)
+    b = np.full((1, steps), 0.1)
+    gamma = np.full((1, steps), 0.05)
+    r = np.array([1.0])
+
+    def run():
+        tr.set_state(W, np.zeros_like(W))
+        tr.train(idx, a, b, gamma, r)
+    return run
+
+
+def torch_loop(torch, model, data, B: int, M: int, steps: int):
+    """torch CPU, a loop over the M models, same shapes and step (SGD momentum + weight decay)."""
+    nn = torch.nn
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.b1 = nn.BatchNorm2d(cout)
+            self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.b2 = nn.BatchNorm2d(cout)
+            self.stride, self.pad = stride, cout - cin
+
+        def forward(self, x):
+            out = torch.relu(self.b1(self.c1(x)))
+            out = self.b2(self.c2(out))
+            sc = x
+            if self.stride != 1 or self.pad:
+                sc = x[:, :, ::self.stride, ::self.stride]
+                sc = nn.functional.pad(sc, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+            return torch.relu(out + sc)
+
+    def net():
+        c = model.channels
+        layers = [nn.Conv2d(model.input_shape[0], c[0], 3, 1, 1, bias=False),
+                  nn.BatchNorm2d(c[0]), nn.ReLU()]
+        cin = c[0]
+        for s, cout in enumerate(c):
+            for i in range(model.blocks_per_stage):
+                layers.append(Block(cin, cout, 2 if (i == 0 and s > 0) else 1))
+                cin = cout
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, model.n_classes)]
+        return nn.Sequential(*layers)
+
+    nets = [net() for _ in range(M)]
+    opts = [torch.optim.SGD(n.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4) for n in nets]
+    g = np.random.default_rng(0)
+    X = torch.from_numpy(np.ascontiguousarray(data.X_train, dtype=np.float32))
+    y = torch.from_numpy(data.y_train.astype(np.int64))
+    idx = torch.from_numpy(g.integers(0, data.n_train, size=(steps, M, B)))
+
+    def run():
+        for s in range(steps):
+            for m in range(M):
+                rows = idx[s, m]
+                opts[m].zero_grad(set_to_none=True)
+                loss = nn.functional.cross_entropy(nets[m](X[rows]), y[rows])
+                loss.backward()
+                opts[m].step()
+    return run
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--depths", default="8,20")
+    p.add_argument("--batches", default="128")
+    p.add_argument("--models", default="1,8")
+    p.add_argument("--backends", default=None, help="default: every backend registered for ResNets")
+    p.add_argument("--steps", type=int, default=2, help="training steps per timed call")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    depths = [int(v) for v in args.depths.split(",")]
+    batches = [int(v) for v in args.batches.split(",")]
+    models = [int(v) for v in args.models.split(",")]
+    data = conv_teacher(n=max(batches) * 4, size=args.image_size, seed=0)
+    probe = resnet(8, image_size=args.image_size)
+    names = args.backends.split(",") if args.backends else [
+        b for b in backends.names() if _trains(b, probe)]
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch
+            torch.set_num_threads(os.cpu_count() or 1)
+        except ImportError:
+            print("torch not installed: no torch rows (it is never a dependency)")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"float32, {args.image_size}x{args.image_size} images, medians of {args.repeats}")
+    rows = []
+    for depth in depths:
+        model = resnet(depth, image_size=args.image_size, weight_decay=5e-4)
+        flops = model.flops_per_sample()
+        for B in batches:
+            for M in models:
+                res = {}
+                for name in names:
+                    res[name] = _median_time(ours(name, model, data, B, M, args.steps), args.repeats)
+                if torch is not None:
+                    res["torch loop"] = _median_time(torch_loop(torch, model, data, B, M, args.steps),
+                                                     args.repeats)
+                work = args.steps * B * M
+                for name, t in res.items():
+                    ratio = (res["torch loop"] / t) if "torch loop" in res else float("nan")
+                    row = dict(depth=depth, batch=B, models=M, backend=name, seconds=t,
+                               images_models_per_s=work / t, gflops=work * flops / t / 1e9,
+                               vs_torch=ratio)
+                    rows.append(row)
+                    print(f"ResNet-{depth:<3d} B={B:<5d} M={M:<3d} {name:12s} "
+                          f"{work / t:9.1f} img·models/s  {work * flops / t / 1e9:7.2f} GFLOP/s"
+                          f"  x{ratio:.2f} of torch loop" if ratio == ratio else
+                          f"ResNet-{depth:<3d} B={B:<5d} M={M:<3d} {name:12s} "
+                          f"{work / t:9.1f} img·models/s  {work * flops / t / 1e9:7.2f} GFLOP/s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+def _trains(backend: str, model) -> bool:
+    try:
+        backends.get(backend).trainer_for(model)
+        return backend != "cuda"
+    except ValueError:
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())
