@@ -9,14 +9,14 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import dispatch, validation
-from .engine import EngineContractError, backends, get_backend
+from .engine import Backend, EngineContractError, backends, get_backend
 from .engine.probe import probe
 from .engine.spec import make_spec
 from .observables import UserFunctionError
 from .problems.base import NGOS
 from .result import SimulationResult, versions
 
-__all__ = ["simulate", "report_divergence", "DivergenceWarning", "DivergenceError"]
+__all__ = ["simulate", "engine_for", "report_divergence", "DivergenceWarning", "DivergenceError"]
 
 
 class DivergenceWarning(RuntimeWarning):
@@ -119,13 +119,8 @@ def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0: ArrayLike, *, s
                             store_states=store_states, path_offset=path_offset,
                             on_divergence=on_divergence, dtype=dtype,
                             divergence_bound=divergence_bound)
-    engine = get_backend(backend)            # ValueError naming the registered backends
+    engine = engine_for(backend, dtype)
     on_divergence = validation.on_divergence(on_divergence)
-    if dtype in validation.DTYPES and dtype not in engine.dtypes:
-        able = [b for b in backends() if dtype in get_backend(b).dtypes]
-        raise ValueError(f"dtype={dtype!r} is supported by backend="
-                         + (repr(able[0]) if len(able) == 1 else str(tuple(able)))
-                         + f" only; the {backend!r} backend runs in {' or '.join(engine.dtypes)}")
     spec = make_spec(problem, optimizers, x0, steps=steps, paths=paths, sigma=sigma, seed=seed,
                      record=record, observables=observables, store_states=store_states,
                      path_offset=path_offset, dtype=dtype, divergence_bound=divergence_bound)
@@ -164,6 +159,18 @@ def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0: ArrayLike, *, s
                            out.states if spec.store_states else None, meta, out.block_bad)
     report_divergence(res, on_divergence, stacklevel=3)
     return res
+
+
+def engine_for(backend: str, dtype: str) -> Backend:
+    """The registered backend ``backend`` (ValueError naming the registered ones), checked to
+    run ``dtype`` when that is a known precision (ValueError naming the backends that do)."""
+    engine = get_backend(backend)
+    if dtype in validation.DTYPES and dtype not in engine.dtypes:
+        able = [b for b in backends() if dtype in get_backend(b).dtypes]
+        raise ValueError(f"dtype={dtype!r} is supported by backend="
+                         + (repr(able[0]) if len(able) == 1 else str(tuple(able)))
+                         + f" only; the {backend!r} backend runs in {' or '.join(engine.dtypes)}")
+    return engine
 
 
 def report_divergence(res: SimulationResult, on_divergence: str, stacklevel: int = 2) -> None:

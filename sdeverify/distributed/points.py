@@ -16,9 +16,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .. import config, validation
-from ..engine import get_backend
 from ..engine.spec import make_spec
-from ..simulate import simulate
+from ..simulate import engine_for, simulate
 from ..train import training
 from ..validation import positive_int
 from .keys import point_key
@@ -131,10 +130,7 @@ def simulate_point(problem: NGOS, optimizers: Sequence[Any] | Any, x0: ArrayLike
                    shard_paths: int | None = None, workers: int = 1, **kw: Any) -> Point:
     """Validate a ``simulate`` call (as the local call would) and describe it as a point."""
     a = _call_args(simulate, "simulate", kw, ("steps", "paths", "sigma"))
-    engine = get_backend(a["backend"])           # ValueError naming the registered backends
-    if a["dtype"] in validation.DTYPES and a["dtype"] not in engine.dtypes:
-        raise ValueError(f"dtype={a['dtype']!r} is not supported by backend={a['backend']!r}, "
-                         f"which runs in {' or '.join(engine.dtypes)}")
+    engine = engine_for(a["backend"], a["dtype"])     # as the local call checks them
     validation.on_divergence(a["on_divergence"])
     spec = make_spec(problem, optimizers, x0, steps=a["steps"], paths=a["paths"],
                      sigma=a["sigma"], seed=a["seed"], record=a["record"],
