@@ -143,7 +143,17 @@ def unavailable() -> str | None:
         nvvm.NVVM()
     except Exception as e:
         return f"libNVVM not found (pip install 'sdeverify[gpu-build]'): {type(e).__name__}: {e}"
+    try:   # the toolchain itself (numba-cuda 0.30.4 fails on any kernel with numpy >= 2.5)
+        from numba import cuda, float64
+        cuda.compile_ptx(_trivial, (float64[::1],), cc=(8, 0))
+    except Exception as e:
+        return (f"numba-cuda cannot compile a trivial kernel here: {type(e).__name__}: "
+                f"{str(e).strip().splitlines()[-1][:200]}")
     return None
+
+
+def _trivial(a):
+    a[0] = 2.0 * a[0]
 
 
 # ---- the kernels ----------------------------------------------------------------------------
