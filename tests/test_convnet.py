@@ -482,3 +482,50 @@ def test_torch_parity_20_steps_of_sgd_with_momentum(shortcut):
         tz = net(torch.from_numpy(d.X_test.copy())).numpy()
     z = cr.forward(m, W, d.X_test[None], buf, train=False)[0]
     np.testing.assert_allclose(z, tz, rtol=1e-10, atol=1e-10)
+
+
+# ---- the Numba CPU backend ------------------------------------------------------------------
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+def test_cpu_backend_matches_numpy_reference_after_20_steps(shortcut):
+    """float64, ResNet-8 (3×8×8, width 0.25), 2 optimizers × 2 replicas, SGDM-type
+    coefficients, weight decay, augmentation, SVAG's two minibatches: weights, momentum, BN
+    running statistics and losses within 1e-12 relative; then evaluation and gradients."""
+    from sdeverify.train import conv_cpu
+    m = resnet(8, width=0.25, shortcut=shortcut, image_size=8, classes=4, weight_decay=0.01)
+    d = conv_teacher(n=64, size=8, classes=4, seed=1)
+    S, R, B = 20, 2, 6
+    rs = np.random.default_rng(5)
+    idx = [rs.integers(0, d.n_train, (S, R, B)) for _ in range(2)]
+    aug = [augment.draw(3, np.arange(R), np.arange(S) // 4, i) for i in idx]
+    a = np.array([[0.9] * S, [0.0] * S])
+    b = np.array([[0.1] * S, [1.0] * S])
+    g = np.full((2, S), 0.1)
+    W0 = np.tile(m.init(3, R), (2, 1))
+    res = []
+    for T in (cr.ConvTrainer, conv_cpu.ConvTrainer):
+        tr = T(m, d.X_train, d.y_train, 2, R)
+        tr.set_state(W0, np.zeros_like(W0))
+        out = tr.train(idx, a, b, g, np.array([1.5, -0.5]), aug=aug)
+        res.append((out, *tr.get_state(), *tr.evaluate(d.X_test, d.y_test),
+                    tr.gradients(W0, d.X_test[:8], d.y_test[:8])))
+    for x, y in zip(*res):
+        assert np.max(np.abs(x - y)) <= 1e-12 * np.max(np.abs(x))
+    assert not np.array_equal(res[0][1], W0)
+
+
+def test_cpu_backend_float32_and_dtype_check():
+    from sdeverify.train import conv_cpu
+    m = resnet(8, width=0.25, image_size=8, classes=4)
+    d = conv_teacher(n=64, size=8, classes=4, seed=1)
+    idx = [np.random.default_rng(0).integers(0, d.n_train, (3, 1, 8))]
+    states = []
+    for dt in ("float32", "float64"):
+        tr = conv_cpu.ConvTrainer(m, d.X_train, d.y_train, 1, 1, dt)
+        tr.set_state(m.init(0, 1), np.zeros((1, m.n_params)))
+        tr.train(idx, np.full((1, 3), 0.9), np.full((1, 3), 0.1), np.full((1, 3), 0.1), np.array([1.0]))
+        states.append(tr.get_state())
+    assert states[0][0].dtype == np.float32
+    for x, y in zip(*states):
+        np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="dtype"):
+        conv_cpu.ConvTrainer(m, d.X_train, d.y_train, 1, 1, "float16")

@@ -24,6 +24,8 @@ step (:mod:`sdeverify.train.augment`).
 """
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import numpy as np
 
 from .augment import apply as augment_apply
@@ -31,8 +33,8 @@ from .convnet import BN_EPS, BN_MOMENTUM, Block, ResNet
 from .reference import _stack, loss_terms
 
 __all__ = ["conv2d", "conv2d_backward", "batchnorm_train", "batchnorm_eval", "batchnorm_backward",
-           "shortcut_a", "shortcut_a_backward", "forward", "backward", "loss_and_grad",
-           "ConvTrainer"]
+           "shortcut_a", "shortcut_a_backward", "Ops", "NCHW", "forward", "backward",
+           "loss_and_grad", "ConvTrainer"]
 
 
 # ---- convolution ---------------------------------------------------------------------------
@@ -173,32 +175,61 @@ def shortcut_a_backward(dout: np.ndarray, x_shape: tuple) -> np.ndarray:
 
 
 # ---- the network ---------------------------------------------------------------------------
+class Ops(NamedTuple):
+    """The layer functions a network pass calls, for one memory layout of the activations
+    (the NumPy reference: :data:`NCHW`; the Numba CPU backend: channels last).  Each has the
+    signature of the reference function of the same name; ``to_internal`` maps images
+    ``(M, B, C, H, W)`` to the layout, ``pool`` is global average pooling to ``(M, B, C)``
+    and ``pool_backward(df, h_shape)`` its adjoint."""
+    to_internal: Callable
+    conv2d: Callable
+    conv2d_backward: Callable
+    batchnorm_train: Callable
+    batchnorm_eval: Callable
+    batchnorm_backward: Callable
+    shortcut_a: Callable
+    shortcut_a_backward: Callable
+    pool: Callable
+    pool_backward: Callable
+
+
+#: The reference layout: activations ``(M, B, C, H, W)``, the functions above.
+NCHW = Ops(lambda X: X, conv2d, conv2d_backward, batchnorm_train, batchnorm_eval,
+           batchnorm_backward, shortcut_a, shortcut_a_backward,
+           lambda h: h.mean(axis=(3, 4)),
+           lambda df, shape: np.broadcast_to(df[..., None, None] / (shape[3] * shape[4]), shape))
+
+
 class _Net:
     """One forward pass of a stack of models (parameters ``P``, running statistics ``R``)
-    and its backward pass; the intermediate values live in ``self.tape``."""
+    and its backward pass, with the layer functions ``ops``; the intermediate values live in
+    ``self.tape``."""
 
-    def __init__(self, model: ResNet, W: np.ndarray, buffers: np.ndarray | None, train: bool):
-        self.model, self.train = model, train
+    def __init__(self, model: ResNet, W: np.ndarray, buffers: np.ndarray | None, train: bool,
+                 ops: Ops = NCHW):
+        self.model, self.train, self.ops = model, train, ops
         self.P = model.unflatten(W)
         self.R = None if buffers is None else model.unflatten_buffers(buffers)
         self.stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.tape: dict[str, tuple] = {}
 
     def conv_bn(self, conv: str, bn: str, x, stride: int, pad: int):
-        c = conv2d(x, self.P[conv], stride, pad)
+        ops = self.ops
+        c = ops.conv2d(x, self.P[conv], stride, pad)
         g, b = self.P[f"{bn}.weight"], self.P[f"{bn}.bias"]
         if self.train:
-            y, cache, mean, var = batchnorm_train(c, g, b)
+            y, cache, mean, var = ops.batchnorm_train(c, g, b)
             self.stats[bn] = (mean, var)
         else:
-            y, cache = batchnorm_eval(c, g, b, self.R[f"{bn}.running_mean"], self.R[f"{bn}.running_var"])
+            y, cache = ops.batchnorm_eval(c, g, b, self.R[f"{bn}.running_mean"],
+                                          self.R[f"{bn}.running_var"])
         self.tape[conv] = (x, stride, pad, cache)
         return y
 
     def conv_bn_backward(self, conv: str, bn: str, dy, G, need_dx: bool = True):
         x, stride, pad, cache = self.tape[conv]
-        dc, G[f"{bn}.weight"][...], G[f"{bn}.bias"][...] = batchnorm_backward(dy, cache)
-        dx, G[conv][...] = conv2d_backward(dc, x, self.P[conv], stride, pad, need_dx)
+        dc, G[f"{bn}.weight"][...], G[f"{bn}.bias"][...] = self.ops.batchnorm_backward(dy, cache)
+        dx, G[conv][...] = self.ops.conv2d_backward(dc, x, self.P[conv], stride, pad, need_dx)
         return dx
 
     def block(self, blk: Block, x):
@@ -208,7 +239,7 @@ class _Net:
         if blk.shortcut == "B":
             s = self.conv_bn(f"{p}.shortcut.0.weight", f"{p}.shortcut.1", x, blk.stride, 0)
         elif blk.shortcut == "A":
-            s = shortcut_a(x, blk.c_out)
+            s = self.ops.shortcut_a(x, blk.c_out)
         else:
             s = x
         out = np.maximum(u + s, 0.0)
@@ -224,17 +255,17 @@ class _Net:
         if blk.shortcut == "B":
             dx += self.conv_bn_backward(f"{p}.shortcut.0.weight", f"{p}.shortcut.1", d, G)
         elif blk.shortcut == "A":
-            dx += shortcut_a_backward(d, x_shape)
+            dx += self.ops.shortcut_a_backward(d, x_shape)
         else:
             dx += d
         return dx
 
     def forward(self, X):
-        h = np.maximum(self.conv_bn("conv1.weight", "bn1", X, 1, 1), 0.0)
+        h = np.maximum(self.conv_bn("conv1.weight", "bn1", self.ops.to_internal(X), 1, 1), 0.0)
         self.tape["stem"] = h
         for blk in self.model.blocks():
             h = self.block(blk, h)
-        f = h.mean(axis=(3, 4))                                     # global average pooling
+        f = self.ops.pool(h)                                        # global average pooling
         self.tape["head"] = (f, h.shape)
         return f @ self.P["linear.weight"].transpose(0, 2, 1) + self.P["linear.bias"][:, None, :]
 
@@ -243,7 +274,7 @@ class _Net:
         G["linear.weight"][...] = dZ.transpose(0, 2, 1) @ f
         G["linear.bias"][...] = dZ.sum(axis=1)
         df = dZ @ self.P["linear.weight"]
-        dh = np.broadcast_to(df[..., None, None] / (h_shape[3] * h_shape[4]), h_shape)
+        dh = self.ops.pool_backward(df, h_shape)
         for blk in reversed(self.model.blocks()):
             dh = self.block_backward(blk, dh, G)
         dh = dh * (self.tape["stem"] > 0)
@@ -269,13 +300,13 @@ def check_images(model: ResNet, X: np.ndarray, name: str = "X", lead: int = 1) -
 
 
 def forward(model: ResNet, W: np.ndarray, X: np.ndarray, buffers: np.ndarray | None = None,
-            train: bool = True) -> np.ndarray:
+            train: bool = True, ops: Ops = NCHW) -> np.ndarray:
     """Logits ``(M, B, classes)`` of images ``X (M, B, C, H, W)``; evaluation mode
     (``train=False``) normalises with the running statistics ``buffers (M, n_buffers)``."""
     check_images(model, X, lead=2)
     if not train and buffers is None:
         raise ValueError("buffers: evaluation mode needs the BN running statistics")
-    return _Net(model, W, buffers, train).forward(X)
+    return _Net(model, W, buffers, train, ops).forward(X)
 
 
 def backward(net: _Net, dZ: np.ndarray, W: np.ndarray) -> np.ndarray:
@@ -286,18 +317,19 @@ def backward(net: _Net, dZ: np.ndarray, W: np.ndarray) -> np.ndarray:
 
 
 def loss_and_grad(model: ResNet, W: np.ndarray, X: np.ndarray, y: np.ndarray,
-                  buffers: np.ndarray | None = None, train: bool = True, decay: bool = True):
+                  buffers: np.ndarray | None = None, train: bool = True, decay: bool = True,
+                  ops: Ops = NCHW):
     """Mean cross-entropy ``(M,)``, its gradient ``(M, P)`` (plus λ·mask·w when ``decay``,
     mask = :meth:`ResNet.decay_mask`) and the BN running statistics after the batch.
 
     ``X (M, B, C, H, W)``, ``y (M, B)``.  Training mode (``train=True``) normalises by the
     batch statistics and returns the updated running statistics (None when ``buffers`` is
     None); evaluation mode uses ``buffers`` and returns them unchanged.  Nothing is modified
-    in place."""
+    in place.  ``ops``: the layer functions (:class:`Ops`)."""
     check_images(model, X, lead=2)
     if not train and buffers is None:
         raise ValueError("buffers: evaluation mode needs the BN running statistics")
-    net = _Net(model, W, buffers, train)
+    net = _Net(model, W, buffers, train, ops)
     Z = net.forward(X)
     losses, _, dZ = loss_terms(model, Z, y)
     G = backward(net, dZ / X.shape[1], W)
@@ -329,6 +361,8 @@ class ConvTrainer:
     statistics only, so a step with ``r = (1, 0)`` (ℓ = 1) is bitwise a plain step, and the
     running averages see one batch of size B per step whatever ℓ is (docs/theory.md §9).
     """
+    #: The layer functions (a backend overrides them).
+    ops: Ops = NCHW
 
     def __init__(self, model: ResNet, X: np.ndarray, y: np.ndarray, n_opt: int, n_rep: int,
                  dtype: str = "float64"):
@@ -390,7 +424,7 @@ class ConvTrainer:
                 rows = idx[slot][s]
                 Xb = self._images(rows, None if aug is None else aug[slot], s)
                 loss, G, new = loss_and_grad(self.model, self.W, Xb, np.tile(self.y[rows], (self.J, 1)),
-                                             self.buffers, train=True, decay=False)
+                                             self.buffers, train=True, decay=False, ops=self.ops)
                 g += dt(r[slot]) * G
                 if slot == 0:
                     out[s] = loss
@@ -410,7 +444,8 @@ class ConvTrainer:
         loss_sum, correct = np.zeros(M), np.zeros(M)
         for i in range(0, X.shape[0], chunk):
             yb = np.asarray(y[i:i + chunk], dtype=np.int64)
-            Z = forward(self.model, self.W, _stack(X[i:i + chunk], M), self.buffers, train=False)
+            Z = forward(self.model, self.W, _stack(X[i:i + chunk], M), self.buffers, train=False,
+                        ops=self.ops)
             losses, corr, _ = loss_terms(self.model, Z, _stack(yb, M))
             loss_sum += losses.sum(axis=1)
             correct += corr.sum(axis=1)
@@ -424,5 +459,6 @@ class ConvTrainer:
         X = np.asarray(X, dtype=self.dtype)
         check_images(self.model, X)
         M = W.shape[0]
-        _, G, _ = loss_and_grad(self.model, W, _stack(X, M), _stack(np.asarray(y, dtype=np.int64), M))
+        _, G, _ = loss_and_grad(self.model, W, _stack(X, M), _stack(np.asarray(y, dtype=np.int64), M),
+                                ops=self.ops)
         return G

@@ -1,0 +1,272 @@
+"""The Numba CPU backend of the CIFAR ResNet: :class:`ConvTrainer`, the contract of
+:class:`sdeverify.train.conv_reference.ConvTrainer` on compiled layer kernels.
+
+The network's wiring (blocks, shortcuts, head, loss, the training loop, the SVAG and
+running-statistics rules) is the reference's own (:class:`conv_reference.Ops`); this module
+supplies the layer functions on a **channels-last** layout, activations ``(M, B, H, W, C)``:
+
+* conv: an im2col kernel writes each output pixel's patch as one row of ``(B·Ho·Wo, k·k·C)``
+  (order ``(i, j, c)``, the weights permuted to match), one BLAS product per model gives the
+  output rows — which *are* the channels-last output, no transpose — and the backward pass is
+  the two transposed products and a col2im kernel (each image's input gradient summed by one
+  thread, so no two threads write the same pixel);
+* BatchNorm: per-(model, channel) sums over fixed row chunks (Σx, Σ(x − μ)², Σdy, Σdy·x̂;
+  the chunks are summed in a fixed order), then fused element-wise kernels for x̂ and
+  γx̂ + β and for the training-mode input gradient, in the reference's arithmetic order.
+
+Kernels are ``nogil`` and take a range ``lo, hi`` of independent items ((model, image, row),
+(model, image) or (model, row chunk)); :func:`sdeverify.threads.run_ranges` runs the ranges
+on threads, so results are bitwise the same for any thread count.  One compiled kernel per
+dtype (float32, float64), cached on disk.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ..compile_lock import compile_once
+from ..threads import run_ranges
+from .conv_reference import ConvTrainer as _ReferenceTrainer
+from .conv_reference import Ops, _bmm, _out_size
+from .convnet import BN_EPS
+
+__all__ = ["ConvTrainer", "NHWC"]
+
+_JIT = dict(cache=True, error_model="numpy", nogil=True)
+#: Row chunks per model of the BatchNorm reductions (fixed: results do not depend on threads).
+CHUNKS = 8
+
+
+# ---- kernels ---------------------------------------------------------------------------------
+@numba.njit(**_JIT)
+def _im2col(x, k, stride, pad, Ho, Wo, cols, lo, hi):
+    """Items ``(m·B + b)·Ho + ho``: the patches of output row ho of image b of model m."""
+    M, B, H, W, C = x.shape
+    for it in range(lo, hi):
+        ho = it % Ho
+        b = (it // Ho) % B
+        m = it // (Ho * B)
+        for wo in range(Wo):
+            row = (b * Ho + ho) * Wo + wo
+            col = 0
+            for i in range(k):
+                r = ho * stride + i - pad
+                for j in range(k):
+                    s = wo * stride + j - pad
+                    if r >= 0 and r < H and s >= 0 and s < W:
+                        for c in range(C):
+                            cols[m, row, col + c] = x[m, b, r, s, c]
+                    else:
+                        for c in range(C):
+                            cols[m, row, col + c] = 0.0
+                    col += C
+
+
+@numba.njit(**_JIT)
+def _col2im(dcols, k, stride, pad, Ho, Wo, dx, lo, hi):
+    """Items ``m·B + b``: image b's input gradient, the patch gradients summed back."""
+    M, B, H, W, C = dx.shape
+    for it in range(lo, hi):
+        b = it % B
+        m = it // B
+        dx[m, b] = 0.0
+        for ho in range(Ho):
+            for wo in range(Wo):
+                row = (b * Ho + ho) * Wo + wo
+                col = 0
+                for i in range(k):
+                    r = ho * stride + i - pad
+                    for j in range(k):
+                        s = wo * stride + j - pad
+                        if r >= 0 and r < H and s >= 0 and s < W:
+                            for c in range(C):
+                                dx[m, b, r, s, c] += dcols[m, row, col + c]
+                        col += C
+
+
+@numba.njit(**_JIT)
+def _chunk_rows(N, ch):
+    return N * ch // CHUNKS, N * (ch + 1) // CHUNKS
+
+
+@numba.njit(**_JIT)
+def _sums(a, b, shift, mode, out, lo, hi):
+    """Items ``m·CHUNKS + ch``: per channel, over the chunk's rows of ``a (M, N, C)``,
+    ``Σ a`` (mode 0), ``Σ (a − shift)²`` (mode 1) or ``Σ a·b`` (mode 2) into ``out[m, ch]``."""
+    M, N, C = a.shape
+    for it in range(lo, hi):
+        m = it // CHUNKS
+        ch = it % CHUNKS
+        r0, r1 = _chunk_rows(N, ch)
+        for c in range(C):
+            out[m, ch, c] = 0.0
+        for r in range(r0, r1):
+            for c in range(C):
+                if mode == 0:
+                    out[m, ch, c] += a[m, r, c]
+                elif mode == 1:
+                    d = a[m, r, c] - shift[m, c]
+                    out[m, ch, c] += d * d
+                else:
+                    out[m, ch, c] += a[m, r, c] * b[m, r, c]
+
+
+@numba.njit(**_JIT)
+def _normalise(x, shift, inv, gamma, beta, xhat, y, lo, hi):
+    """Items (model, chunk): ``x̂ = (x − shift)·inv``, ``y = γ x̂ + β``."""
+    M, N, C = x.shape
+    for it in range(lo, hi):
+        m = it // CHUNKS
+        r0, r1 = _chunk_rows(N, it % CHUNKS)
+        for r in range(r0, r1):
+            for c in range(C):
+                h = (x[m, r, c] - shift[m, c]) * inv[m, c]
+                xhat[m, r, c] = h
+                y[m, r, c] = gamma[m, c] * h + beta[m, c]
+
+
+@numba.njit(**_JIT)
+def _bn_dx(dy, xhat, coef, dbeta, dgamma, n, dx, lo, hi):
+    """Items (model, chunk): training-mode ``dx = coef·(n·dy − Σdy − x̂·Σdy·x̂)``,
+    ``coef = γ·inv/n``."""
+    M, N, C = dy.shape
+    for it in range(lo, hi):
+        m = it // CHUNKS
+        r0, r1 = _chunk_rows(N, it % CHUNKS)
+        for r in range(r0, r1):
+            for c in range(C):
+                dx[m, r, c] = coef[m, c] * (n * dy[m, r, c] - dbeta[m, c] - xhat[m, r, c] * dgamma[m, c])
+
+
+# ---- layer functions (channels last) ---------------------------------------------------------
+def _c(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a)
+
+
+def _cols(x, k, stride, pad, Ho, Wo):
+    M, B, H, W, C = x.shape
+    cols = np.empty((M, B * Ho * Wo, k * k * C), dtype=x.dtype)
+    run_ranges(_im2col, M * B * Ho, _c(x), k, stride, pad, Ho, Wo, cols)
+    return cols
+
+
+def _weight_rows(Wt):
+    """``(M, O, C, k, k)`` weights as ``(M, O, k·k·C)`` rows in the patches' (i, j, c) order."""
+    M, O, C, k, _ = Wt.shape
+    return Wt.transpose(0, 1, 3, 4, 2).reshape(M, O, k * k * C)
+
+
+def conv2d(x, Wt, stride, pad):
+    """:func:`conv_reference.conv2d` on ``x (M, B, H, W, C)``; output ``(M, B, Ho, Wo, O)``."""
+    M, B, H, W, C = x.shape
+    O, k = Wt.shape[1], Wt.shape[-1]
+    Ho, Wo = _out_size(H, k, stride, pad), _out_size(W, k, stride, pad)
+    rows = _bmm(_cols(x, k, stride, pad, Ho, Wo), _weight_rows(Wt).transpose(0, 2, 1))
+    return rows.reshape(M, B, Ho, Wo, O)
+
+
+def conv2d_backward(dy, x, Wt, stride, pad, need_dx=True):
+    """:func:`conv_reference.conv2d_backward`, channels last."""
+    M, B, Ho, Wo, O = dy.shape
+    C, k = Wt.shape[2], Wt.shape[-1]
+    drows = _c(dy).reshape(M, B * Ho * Wo, O)
+    cols = _cols(x, k, stride, pad, Ho, Wo)
+    dW = _bmm(drows.transpose(0, 2, 1), cols).reshape(M, O, k, k, C).transpose(0, 1, 4, 2, 3)
+    if not need_dx:
+        return None, dW
+    dcols = _bmm(drows, _weight_rows(Wt))
+    dx = np.empty(x.shape, dtype=dcols.dtype)
+    run_ranges(_col2im, M * B, dcols, k, stride, pad, Ho, Wo, dx)
+    return dx, dW
+
+
+def _channel_sums(a2, b2, shift, mode):
+    M, N, C = a2.shape
+    part = np.empty((M, CHUNKS, C), dtype=a2.dtype)
+    run_ranges(_sums, M * CHUNKS, a2, b2, shift, mode, part)
+    return part.sum(axis=1)
+
+
+def _affine(x2, shift, inv, gamma, beta):
+    M, N, C = x2.shape
+    xhat, y = np.empty_like(x2), np.empty_like(x2)
+    run_ranges(_normalise, M * CHUNKS, x2, _c(shift), _c(inv), _c(gamma), _c(beta), xhat, y)
+    return xhat, y
+
+
+def batchnorm_train(x, gamma, beta, eps=BN_EPS):
+    """:func:`conv_reference.batchnorm_train`, channels last."""
+    M, B, H, W, C = x.shape
+    N = B * H * W
+    if N < 2:
+        raise ValueError(f"batch: BatchNorm in training mode needs more than 1 value per "
+                         f"channel (batch × height × width >= 2), got {B} x {H} x {W}")
+    x2 = _c(x).reshape(M, N, C)
+    mean = _channel_sums(x2, x2, np.zeros((M, C), dtype=x2.dtype), 0) / N
+    var = _channel_sums(x2, x2, mean, 1) / N
+    inv = 1.0 / np.sqrt(var + eps)
+    xhat, y = _affine(x2, mean, inv, gamma, beta)
+    return y.reshape(x.shape), ("train", xhat, inv, gamma), mean, var * (N / (N - 1))
+
+
+def batchnorm_eval(x, gamma, beta, running_mean, running_var, eps=BN_EPS):
+    """:func:`conv_reference.batchnorm_eval`, channels last."""
+    M, B, H, W, C = x.shape
+    inv = 1.0 / np.sqrt(running_var + eps)
+    xhat, y = _affine(_c(x).reshape(M, -1, C), running_mean, inv, gamma, beta)
+    return y.reshape(x.shape), ("eval", xhat, inv, gamma)
+
+
+def batchnorm_backward(dy, cache):
+    """:func:`conv_reference.batchnorm_backward`, channels last."""
+    mode, xhat, inv, gamma = cache
+    M, N, C = xhat.shape
+    dy2 = _c(dy).reshape(M, N, C)
+    dbeta = _channel_sums(dy2, dy2, inv, 0)
+    dgamma = _channel_sums(dy2, xhat, inv, 2)
+    if mode == "eval":
+        return (dy2 * (gamma * inv)[:, None, :]).reshape(dy.shape), dgamma, dbeta
+    dx = np.empty_like(dy2)
+    run_ranges(_bn_dx, M * CHUNKS, dy2, xhat, _c(gamma * inv / N), dbeta, dgamma,
+               dy2.dtype.type(N), dx)
+    return dx.reshape(dy.shape), dgamma, dbeta
+
+
+def shortcut_a(x, c_out):
+    """:func:`conv_reference.shortcut_a`, channels last."""
+    M, B, H, W, C = x.shape
+    front = (c_out - C) // 2
+    out = np.zeros((M, B, (H + 1) // 2, (W + 1) // 2, c_out), dtype=x.dtype)
+    out[..., front:front + C] = x[:, :, ::2, ::2, :]
+    return out
+
+
+def shortcut_a_backward(dout, x_shape):
+    """:func:`conv_reference.shortcut_a_backward`, channels last."""
+    C = x_shape[4]
+    front = (dout.shape[4] - C) // 2
+    dx = np.zeros(x_shape, dtype=dout.dtype)
+    dx[:, :, ::2, ::2, :] = dout[..., front:front + C]
+    return dx
+
+
+#: The channels-last layer functions of this backend.
+NHWC = Ops(lambda X: _c(X.transpose(0, 1, 3, 4, 2)), conv2d, conv2d_backward, batchnorm_train,
+           batchnorm_eval, batchnorm_backward, shortcut_a, shortcut_a_backward,
+           lambda h: h.mean(axis=(2, 3)),
+           lambda df, shape: np.broadcast_to(df[:, :, None, None, :] / (shape[2] * shape[3]), shape))
+
+
+class ConvTrainer(_ReferenceTrainer):
+    """Numba CPU backend for :class:`~sdeverify.train.convnet.ResNet` (module docstring); the
+    contract, state, augmentation and SVAG rules of the reference
+    :class:`~sdeverify.train.conv_reference.ConvTrainer`.  ``dtype``: float32 or float64."""
+    ops = NHWC
+
+    def __init__(self, model, X, y, n_opt, n_rep, dtype="float64"):
+        if str(np.dtype(dtype)) not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        super().__init__(model, X, y, n_opt, n_rep, dtype)
+
+
+compile_once(globals())     # one compile per machine (sdeverify/compile_lock.py)
