@@ -98,3 +98,17 @@ def test_one_check_per_quantity(check, good, bad, match):
     for v in bad:
         with pytest.raises(ValueError, match=match):
             f(v)
+
+
+@pytest.mark.parametrize("seed", [-1, 2 ** 64, 2 ** 64 + 5, 1.5])
+def test_seed_outside_the_generators_key_is_refused_everywhere(seed):
+    """A seed is the generator's 64-bit key: ``simulate`` and ``coupled_slow_sde`` refuse one
+    outside [0, 2**64) with the same message (``coupled_slow_sde`` used to take 2**64 + 5 and
+    silently run seed 5)."""
+    from sdeverify.problems.manifolds import Valley
+    from sdeverify.slow_sde import coupled_slow_sde
+    match = r"seed must be an integer in \[0, 2\*\*64\)"
+    with pytest.raises(ValueError, match=match):
+        sv.simulate(P, [sv.SGD(0.1)], [0.0, 0.0], seed=seed, **OK)
+    with pytest.raises(ValueError, match=match):
+        coupled_slow_sde(Valley(), [1.0, 0.0], eta=0.1, steps=2, paths=4, sigma=1.0, seed=seed)
