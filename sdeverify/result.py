@@ -32,17 +32,15 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from . import config
-from .files import (ResultFileError, atomic_write_npz, atomic_write_text, jsonable, load_pair,
-                    save_pair)
+from .files import (ResultFileError, atomic_write_npz, atomic_write_text, jsonable,  # noqa: F401
+                    load_pair, save_pair)
 from .observables import merge_blocks
 
 if TYPE_CHECKING:  # optional extras, imported lazily by to_dataframe / to_xarray
     import pandas
     import xarray
 
-__all__ = ["FORMAT", "ResultFileError", "Divergence", "NonFinite", "SimulationResult",
-           "save_pair", "load_pair", "index_pair", "jsonable", "atomic_write_text",
-           "atomic_write_npz", "versions"]
+__all__ = ["FORMAT", "Divergence", "NonFinite", "SimulationResult", "index_pair", "versions"]
 
 FORMAT = "sdeverify.SimulationResult/3"
 # ResultFileError, save_pair, load_pair, jsonable and the atomic writers live in

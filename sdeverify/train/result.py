@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -236,7 +236,8 @@ class TrainResult:
                    a.get("buffers"))
 
 
-def check_arrays(where: str, optimizers, metrics, eval_steps, a: dict, meta: dict) -> None:
+def check_arrays(where: str, optimizers: Any, metrics: Any, eval_steps: Any, a: dict,
+                 meta: dict) -> None:
     """:class:`~sdeverify.files.ResultFileError` (naming ``where``) unless the arrays ``a``
     of a saved :class:`TrainResult` are what its labels imply: names, metric names from
     :data:`METRICS`, dtypes, shapes (``values (J, E, R, K)``, ``batch_loss (J, R, S)``,
