@@ -319,3 +319,25 @@ def test_difference_hvp_equals_the_exact_hessian_vector_product(data):
     approx = difference_hvp(tr, W, X, y)(V)
     assert _rel(approx, exact) <= 1e-6
     assert _rel(difference_hvp(tr, W, X, y, rel_step=0.3)(V), exact) > 1e-6   # the check can fail
+
+
+def test_every_resnet_backend_equals_the_reference_through_fit():
+    """fit on each backend registered for ResNets (augmentation, SVAG, SGDM + weight decay,
+    BatchNorm state) equals the NumPy reference to 1e-12 relative in float64."""
+    from sdeverify.train.convnet import ResNet, resnet
+    from sdeverify.train.images import conv_teacher
+    data = conv_teacher(n=48, size=8, classes=3, seed=2)
+    model = resnet(depth=8, width=0.25, shortcut="B", classes=3, image_size=8, weight_decay=5e-4)
+    kw = dict(batch_size=6, steps=5, replicas=2, seed=3, augment=True, svag=2,
+              keep_weights=True, metrics=("train_loss", "test_loss"), eval_steps=[0, 5])
+    opts = [sv.SGD(0.1), sv.SGDM(0.1, 0.9)]
+    ref = fit(model, data, opts, backend="numpy", **kw)
+    names = [b for b in backends.names() if b not in ("numpy", "cuda")
+             and ResNet.__qualname__ in str(list(backends.get(b).trainers))]
+    assert names, "no compiled backend registered for ResNets"
+    for name in names:
+        got = fit(model, data, opts, backend=name, **kw)
+        assert _rel(got.weights, ref.weights) <= TOL, name
+        assert _rel(got.buffers, ref.buffers) <= TOL, name
+        assert _rel(got.batch_loss, ref.batch_loss) <= TOL, name
+        assert np.allclose(got.values, ref.values, rtol=TOL, atol=0), name

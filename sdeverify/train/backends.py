@@ -165,3 +165,4 @@ register("cpu", "sdeverify.train.cpu:Trainer", "Numba on the CPU, multi-threaded
 register("numpy", "sdeverify.train.reference:Trainer", "the NumPy reference (the oracle)")
 register("cuda", "sdeverify.train.cuda:Trainer", "numba.cuda on an NVIDIA GPU (numba-cuda)")
 register("numpy", "sdeverify.train.conv_reference:ConvTrainer", model="sdeverify.train.convnet:ResNet")
+register("cpu", "sdeverify.train.conv_cpu:ConvTrainer", model="sdeverify.train.convnet:ResNet")
