@@ -403,6 +403,29 @@ def test_the_earlier_unhashed_layout_is_refused(tmp_path):
         SimulationResult.load(tmp_path / "r")
 
 
+def test_consistently_edited_arrays_of_the_wrong_kind_are_refused(tmp_path):
+    """A pair rewritten with both hashes recomputed (as a buggy writer would): the dtype
+    check still refuses float divergence steps."""
+    from sdeverify.files import load_pair, save_pair
+    _sim(seed=1).save(tmp_path / "r")
+    doc, arrays, _ = load_pair(tmp_path / "r")
+    doc.pop("npz"), doc.pop("npz_sha256")
+    arrays["div_step"] = arrays["div_step"].astype(np.float64)
+    save_pair(tmp_path / "r", doc, arrays, labels=("optimizers", "observables", "steps"))
+    with pytest.raises(ResultFileError, match="'div_step' has dtype float64"):
+        SimulationResult.load(tmp_path / "r")
+
+
+def test_an_invalid_lr_is_named_by_its_optimizer_and_text_is_refused():
+    """It used to say "entry 0" without naming the optimizer, and SGD("0.1") ran as 0.1."""
+    with pytest.raises(ValueError, match="optimizer 'slow': lr must be in .*entry 1 is -1"):
+        _sim(opts=[sv.SGD(0.1, name="fast"), sv.SGD([0.1, -1.0] + [0.1] * 18, name="slow")])
+    with pytest.raises(ValueError, match="optimizer 'text': lr must be a number"):
+        _sim(opts=[sv.SGD("0.1", name="text")])
+    with pytest.raises(ValueError, match="got the class SGDM; construct one"):
+        _sim(opts=[sv.SGD(0.1), sv.SGDM])
+
+
 def test_dotted_names_are_kept_whole(tmp_path):
     """``run_lr0.1`` and ``run_lr0.2`` are two results (the suffix is appended, never
     substituted for the last dotted part)."""
