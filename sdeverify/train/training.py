@@ -165,7 +165,8 @@ def fit(model: Any, data: Dataset, optimizers: Sequence[Any] | Any, *, batch_siz
             sampling=sampling, eval_every=eval_every, eval_steps=eval_steps, metrics=metrics,
             eval_samples=eval_samples, sharpness_samples=sharpness_samples,
             sharpness_iters=sharpness_iters, backend=backend, dtype=dtype,
-            replica_offset=replica_offset, on_divergence=on_divergence, keep_weights=keep_weights)
+            replica_offset=replica_offset, on_divergence=on_divergence, keep_weights=keep_weights,
+            augment=augment)
     t_start = time.perf_counter()
     spec = TrainSpec.build(
         model, data, optimizers, batch_size=batch_size, steps=steps, epochs=epochs,
