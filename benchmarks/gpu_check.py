@@ -6,10 +6,15 @@
     PYTHONPATH=. python3 benchmarks/gpu_check.py --ptx      # compile the trainer's kernels for
                                                              # sm_90 (needs NVVM, not a GPU)
 
-1. engine: CUDA vs CPU engine on 4096 paths of every built-in problem (max deviation; expected
-   ~1e-13: the GPU contracts multiply-adds into FMAs, the CPU engine does not), then the
-   reference workload (d = 8 diagonal quadratic, SGD + SGDM(0.9) coupled) on the GPU next to
-   the CPU engine on this host's cores, in path·dim·steps/s;
+Every timing is printed next to the roofline model's prediction for an H200 (``engine_model``,
+``gemm_model``, ``trainer_model`` below; derivation in benchmarks/RESULTS.md, "Performance
+model"), as measured/model.
+
+1. engine: CUDA vs CPU engine on 4096 paths of every built-in problem type and the README's
+   quartic (``gpu_static.engine_problems``; a problem whose kernel does not compile is reported
+   and fails the run), then the reference workload (d = 8 diagonal quadratic, SGD + SGDM(0.9)
+   coupled) on the GPU next to the CPU engine on this host's cores, in path·dim·steps/s and
+   normals/s, and the engine's kernel alone;
 2. trainer agreement: :class:`sdeverify.train.cuda.Trainer` vs a CPU trainer (the NumPy
    reference, or with ``--oracle cpu`` the Numba backend, whose cold compile costs ~30-60 s)
    after 50 steps in float64: batch losses, weights, momentum, evaluation, full-batch
@@ -23,7 +28,9 @@
 4. GEMM tile sweep: the trainer's forward GEMM kernel alone, 4096×1024 by 1024×1024, for a few
    tile shapes (GFLOP/s, and its agreement with NumPy), to choose ``GPU_TILES``.
 
-Exits 1 if an agreement check fails.  With ``--tiny`` the sizes shrink so that every code path
+Exits 1 if an agreement check fails.  numba-cuda 0.30.4 compiles no kernel with numpy ≥ 2.5
+(it overloads the removed ``np.row_stack``): on such an image, put
+``import numpy; numpy.row_stack = numpy.vstack`` in a ``sitecustomize.py`` on PYTHONPATH.  With ``--tiny`` the sizes shrink so that every code path
 that does not need a real GPU runs on the simulator in a few minutes on one core.
 """
 from __future__ import annotations
@@ -185,7 +192,28 @@ def engine_check(tiny: bool) -> tuple[float, list]:
         print(f"engine {backend}: {p} paths x {steps} steps x d=8: {t:.3f} s, "
               f"{p * 8 * steps / t / 1e6:.1f} M path*dim*steps/s, "
               f"{p * steps * 8 / t / 1e9:.3g} G normals/s{pred}")
+    tk = engine_kernel_time(P, opts, np.ones(8), steps, paths)
+    print(f"engine cuda kernel alone (no transfers, no host fold): {tk:.3f} s, "
+          f"{paths * steps * 8 / tk / 1e9:.3g} G normals/s, measured/model = "
+          f"{paths * steps / tk / model['rate']:.2f}")
     return worst, failed
+
+
+def engine_kernel_time(P, opts, x0, steps: int, paths: int) -> float:
+    """Seconds of the engine's kernel alone (arguments already on the device)."""
+    from numba import cuda
+
+    from sdeverify.engine import cuda as ec
+    from sdeverify.engine.spec import make_spec
+    spec = make_spec(P, opts, x0, steps=steps, paths=paths, sigma=1.0)
+    kernel = ec.kernel_for(spec)
+    blocks, tpb = ec.launch_config(paths)
+    args = ec.launch_args(spec, cuda.to_device, lambda shape, dt: cuda.device_array(shape, dtype=dt))
+
+    def run():
+        kernel[blocks, tpb](*args)
+        cuda.synchronize()
+    return median_time(run)
 
 
 # ---- 2. trainer agreement -------------------------------------------------------------------

@@ -344,6 +344,12 @@ def unavailable_driver() -> bool:
         return True
 
 
+def _error(e: Exception) -> str:
+    """First line of an exception, without object addresses (stable across runs)."""
+    return re.sub(r" at 0x[0-9a-f]+", "", f"{type(e).__name__}: "
+                  f"{str(e).strip().splitlines()[0][:200]}").replace("\x1b[1m", "")
+
+
 def measure(k: Kernel, arch: str, lim=None) -> Row:
     """Compile ``k`` for ``arch`` ("sm_80", "sm_90"), assemble, and compute its occupancy
     against ``lim`` (default: the architecture's table)."""
@@ -356,7 +362,7 @@ def measure(k: Kernel, arch: str, lim=None) -> Row:
             ptx, _ = cuda.compile_ptx(k.pyfunc, k.signature, cc=cc)
         info = parse_ptxas(assemble(ptx, arch, k.max_registers))
     except Exception as e:  # reported in the table and by problems()
-        row.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
+        row.error = _error(e)
         row.seconds = time.perf_counter() - t0
         return row
     row.seconds = time.perf_counter() - t0
@@ -388,7 +394,7 @@ def measure_on_device(k: Kernel, lim) -> Row:
         row.static_shared = one(disp.get_shared_mem_per_block())
         row.spill_stores = row.spill_loads = 0      # inside ``stack`` (local memory)
     except Exception as e:  # reported in the table and by problems()
-        row.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
+        row.error = _error(e)
         row.seconds = time.perf_counter() - t0
         return row
     row.seconds = time.perf_counter() - t0
@@ -455,11 +461,40 @@ def render(rows: list[Row], markdown: bool = False) -> str:
     return "\n".join("  ".join(c.ljust(w[i]) for i, c in enumerate(row)).rstrip() for row in data)
 
 
+def render_wide(rows: list[Row]) -> str:
+    """A Markdown table with one row per kernel and the architectures side by side
+    ("a / b" in each resource column, in the order of the architectures)."""
+    archs = list(dict.fromkeys(r.arch for r in rows))
+    by = {}
+    for r in rows:
+        by.setdefault((r.kernel, r.dtype), {})[r.arch] = r
+
+    def col(rs, f):
+        vals = [f(rs[a]) if a in rs else "-" for a in archs]
+        return vals[0] if len(set(vals)) == 1 else " / ".join(vals)
+    head = ("kernel", "dtype", "regs", "spill st/ld B", "stack B", "smem static+dyn B", "threads",
+            "blocks/SM", "occupancy (limiter)")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (kernel, dtype), rs in by.items():
+        if any(r.error for r in rs.values()):
+            err = next(r.error for r in rs.values() if r.error)
+            lines.append(f"| {kernel} | {dtype} | does not compile: {err[:90]} |" + " |" * 6)
+            continue
+        lines.append("| " + " | ".join((
+            kernel, dtype, col(rs, lambda r: str(r.registers)),
+            col(rs, lambda r: f"{r.spill_stores}/{r.spill_loads}"), col(rs, lambda r: str(r.stack)),
+            col(rs, lambda r: f"{r.static_shared}+{r.dynamic_shared}"), str(next(iter(rs.values())).threads),
+            col(rs, lambda r: str(r.blocks_per_sm)),
+            col(rs, lambda r: f"{r.occupancy:.1%} ({r.limiter})"))) + " |")
+    return f"Architectures: {' / '.join(archs)}\n\n" + "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", default=",".join(ARCHS),
                    help="comma-separated sm_80,sm_90, or 'device' for the current GPU")
-    p.add_argument("--markdown", action="store_true", help="a Markdown table")
+    p.add_argument("--markdown", action="store_true",
+                   help="a Markdown table, one row per kernel, architectures side by side")
     p.add_argument("--driver", action="store_true",
                    help="with --arch device: resources from the GPU's driver, no ptxas needed")
     args = p.parse_args(argv)
@@ -478,7 +513,7 @@ def main(argv=None) -> int:
             cuda_arch.limits(a)   # a ValueError naming the allowed names
     t0 = time.perf_counter()
     rows = table(kernels(), archs, lim, args.driver)
-    print(render(rows, args.markdown))
+    print(render_wide(rows) if args.markdown else render(rows))
     bad = problems(rows, lim=lim)
     print(f"\n{len(rows)} kernel builds in {time.perf_counter() - t0:.1f} s; "
           + ("PROBLEMS:\n  " + "\n  ".join(bad) if bad else "no spills, stacks only where allowed, "
