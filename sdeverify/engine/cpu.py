@@ -83,8 +83,9 @@ first, and the step functions get one optimizer's slice:
 =============  =================================================================================
 
 Scalars of one step and optimizer: ``a, b, gamma`` the coefficients a_k, b_k, γ_k (γ_k the
-step size) of :class:`sdeverify.optim.Coefficients`; ``sigma`` the noise scale σ, ``s1 = σ r1``, ``s2 = σ r2`` (the SVAG
-weights r1, r2 of Def. 6.1); ``k`` the step index (0-based).
+step size) of :class:`sdeverify.optim.Coefficients`; ``sigma`` the noise scale σ,
+``s1 = σ r1``, ``s2 = σ r2`` (the SVAG weights r1, r2 of Def. 6.1); ``k`` the step index
+(0-based).
 """
 from __future__ import annotations
 

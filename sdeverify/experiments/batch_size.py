@@ -92,8 +92,8 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
         etas[i], steps[i] = eta, K
         calls.append(dict(problem=LinearRegression(P0.features, P0.targets, B, max_batch=Bs[-1]),
                           optimizers=[SGD(eta, name="SGD"), SGDM(eta, BETA, name=f"SGDM b={BETA}")],
-                          x0=x_star, steps=K, paths=cfg["paths"], sigma=1.0, seed=substream(seed, "batch_size.B", i),
-                          record=[K], observables=["loss"], on_divergence="ignore"))
+                          x0=x_star, steps=K, paths=cfg["paths"], sigma=1.0,
+                          seed=substream(seed, "batch_size.B", i), record=[K], observables=["loss"], on_divergence="ignore"))
     for i, (B, r) in enumerate(zip(Bs, simulate_many(calls))):
         if r.divergence:
             raise RuntimeError(f"B={B}: unexpected divergence {r.divergence}")

@@ -66,8 +66,8 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
         L0 = P.value(x0)
         for ei, eta in enumerate(etas):
             res = simulate(P, [SGD(eta)], x0, steps=1, paths=N, sigma=sigma,
-                           seed=substream(seed, f"descent_lemma.point{pi}", ei), record=[1], observables=["loss"],
-                           store_states=True)
+                           seed=substream(seed, f"descent_lemma.point{pi}", ei), record=[1],
+                           observables=["loss"], store_states=True)
             x1 = res.states[0, 0]                        # (paths, d)
             dlt = x1 - x0
             L1 = 0.5 * np.sum(x1 ** 2, axis=1) + a * np.sum(np.cos(x1), axis=1)

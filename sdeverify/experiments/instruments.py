@@ -287,7 +287,8 @@ def fit_order_coverage(reps: int, seed: int, p: float = 1.0, rel: float = 0.05,
     """0/1 coverage of fit_order's 95% interval of the order on R synthetic curves
     err_i = C η_i^p (1 + scatter·rel·ε_i) with *stated* standard errors rel·C η_i^p (the Monte
     Carlo setting when ``scatter`` = 1; lack of fit beyond the stated errors when > 1)."""
-    g = np.random.default_rng(rng.substream(seed, "instruments.fit_order_coverage", int(round(100 * scatter))))
+    g = np.random.default_rng(rng.substream(seed, "instruments.fit_order_coverage",
+                                            int(round(100 * scatter))))
     eta = 2.0 ** -np.arange(3, 9)
     true = 0.7 * eta ** p
     out = np.empty(reps, dtype=bool)

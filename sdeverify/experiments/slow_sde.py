@@ -355,8 +355,8 @@ def general_formula_verdicts(sigma: float, seed: int, paths: int) -> tuple[list,
     # one problem through the general path, under a step schedule of the learning rate
     P = general_formula_problems()["valley of this check"]
     dt, t = 0.01, 1.0
-    path = solve_slow_sde(P, [1.0, 0.0], t=t, dt=dt, paths=paths, sigma=sigma, seed=substream(seed, "slow_sde.general_path"),
-                          record=[t], closed_form=False, lr=general_path_schedule)
+    path = solve_slow_sde(P, [1.0, 0.0], t=t, dt=dt, paths=paths, sigma=sigma,
+                          seed=substream(seed, "slow_sde.general_path"), record=[t], closed_form=False, lr=general_path_schedule)
     x = path.states[-1, :, 0]
     lam = [general_path_schedule(k * dt) for k in range(round(t / dt))]
     mean_e, var_e = P.ou_euler_moments_scheduled(1.0, dt, lam, sigma)

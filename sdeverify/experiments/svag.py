@@ -225,9 +225,11 @@ def _stability(paths: int, seed: int) -> tuple[dict, list[Verdict]]:
     eta = BETWEEN / h
     K2 = int(np.ceil(1000.0 / np.log(spectral_radius(BETWEEN, 0.0))))
     r1 = simulate(P, [SGD(eta, name="SGD"), SGDM(eta, BETA, name="SGDM")], X0, steps=K2,
-                  paths=paths, sigma=1.0, seed=substream(seed, "svag.between"), record=[K2], on_divergence="ignore")
+                  paths=paths, sigma=1.0, seed=substream(seed, "svag.between"), record=[K2],
+                  on_divergence="ignore")
     r2 = simulate(SVAG(P, 2), [SGD(eta / 2, name="SGD")], X0, steps=2 * K2, paths=paths,
-                  sigma=1.0, seed=substream(seed, "svag.between_svag"), record=[2 * K2], on_divergence="ignore")
+                  sigma=1.0, seed=substream(seed, "svag.between_svag"), record=[2 * K2],
+                  on_divergence="ignore")
     f1 = {dv.optimizer: dv.fraction for dv in r1.divergence}
     f2 = {dv.optimizer: dv.fraction for dv in r2.divergence}
     between = np.array([f1.get("SGD", 0.0), f1.get("SGDM", 0.0), f2.get("SGD", 0.0)])

@@ -87,8 +87,8 @@ def select_lr(data, batch, epochs, replicas, seed, backend="cpu") -> tuple[float
     accs = []
     for base in LR_GRID:
         lr = base * batch / BASE_BATCH
-        r = train(val, batch, lr, epochs, replicas, substream(seed, "train.select_lr"), opts=[SGDM(lr, BETA, name="SGDM")],
-                  metrics=("test_acc",), backend=backend)
+        r = train(val, batch, lr, epochs, replicas, substream(seed, "train.select_lr"),
+                  opts=[SGDM(lr, BETA, name="SGDM")], metrics=("test_acc",), backend=backend)
         v = np.where(r.valid[0, -1], r.values[0, -1, :, 0], 1.0 / data.n_classes)
         accs.append(float(np.mean(v)))
     accs = np.array(accs)

@@ -112,7 +112,8 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     # 2. path length and loss variation from full trajectories of fewer paths
     Np = cfg["path_paths"]
     r2 = simulate(P, opts[: 1 + len(betas)], [0.0], steps=K, paths=Np, sigma=sigma,
-                  seed=substream(seed, "variance_reduction.paths"), record=np.arange(K + 1), observables=["x0"], store_states=True)
+                  seed=substream(seed, "variance_reduction.paths"), record=np.arange(K + 1),
+                  observables=["x0"], store_states=True)
     tick(progress, 2, 3)
     traj = r2.states[:, :, :, 0]                     # (n_opt, K+1, paths)
     path_len = np.abs(np.diff(traj, axis=1)).sum(axis=1)       # (n_opt, paths)

@@ -316,8 +316,8 @@ def _parts_update(W, Mom, G0, G1, part, two, r0, r1, wd, a, b, gamma, R, K, out_
 
 @numba.njit(**_JIT)
 def _update(w, mom, g0, g1, two, r0, r1, wd, a, b, gamma):
-    """g = r₀ g⁽⁰⁾ (+ r₁ g⁽¹⁾) + λ w;  m ← a m + b g;  w ← w − γ m (a, b, γ: one step's
-    coefficients of :class:`sdeverify.optim.Coefficients`; λ = ``wd``)."""
+    """g = r₀ g⁽⁰⁾ (+ r₁ g⁽¹⁾) + λ w;  m ← a m + b g;  w ← w − γ m (a, b, γ: one
+    step's coefficients of :class:`sdeverify.optim.Coefficients`; λ = ``wd``)."""
     for p in range(w.shape[0]):
         gp = r0 * g0[p]
         if two:
