@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import rng
-from ..validation import finite_float, nonneg_int, positive_int
+from .. import rng, validation
+from ..validation import finite_float, positive_int
 from .conv_reference import conv2d
 from .datasets import CIFAR10_TEST, CIFAR10_TRAIN, Dataset, _permutation
 
@@ -72,7 +72,7 @@ def conv_teacher(n: int = 4096, size: int = 16, channels: int = 3, classes: int 
     label_noise = finite_float("label_noise", label_noise, low=0.0, high=1.0)
     test_fraction = finite_float("test_fraction", test_fraction, low=0.0, high=1.0,
                                  low_open=True, high_open=True)
-    nonneg_int("seed", seed)
+    seed = validation.seed(seed)
     n_test = int(round(test_fraction * n))
     if n_test < 1 or n - n_test < 1:
         raise ValueError(f"test_fraction={test_fraction} leaves an empty split of {n} images")

@@ -19,11 +19,11 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..optim import Coefficients, check_scheme, scheme_coefficients
+from .. import validation
 from ..validation import nonneg_int, positive_int
 from . import backends
 from .batches import SAMPLING
 from .datasets import Dataset
-from .models import MLP
 from .result import METRICS, TrainResult
 
 __all__ = ["TrainSpec", "svag_coefficients", "DEFAULT_METRICS", "NOISE_CHUNKS"]
@@ -170,9 +170,7 @@ class TrainSpec:
         K = positive_int("steps", steps) if steps is not None \
             else positive_int("epochs", epochs) * (data.n_train // B)
         R = positive_int("replicas", replicas)
-        seed = nonneg_int("seed", seed)
-        if seed >= 2 ** 64:
-            raise ValueError(f"seed must be < 2**64, got {seed}")
+        seed = validation.seed(seed)
         if sampling not in SAMPLING:
             raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}")
         if ell > 1 and 2 * B > data.n_train:
@@ -189,14 +187,11 @@ class TrainSpec:
         n_sharp = positive_int("sharpness_samples", sharpness_samples)
         iters = positive_int("sharpness_iters", sharpness_iters)
         backends.get(backend).trainer_for(model)      # ValueError naming what is registered
-        if dtype not in ("float64", "float32"):
-            raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+        dtype = validation.dtype(dtype)
         off = nonneg_int("replica_offset", replica_offset)
         if off + R > 2 ** 32:
             raise ValueError(f"replica_offset + replicas must be <= 2**32, got {off + R}")
-        if on_divergence not in ("warn", "raise", "ignore"):
-            raise ValueError(f"on_divergence must be 'warn', 'raise' or 'ignore', "
-                             f"got {on_divergence!r}")
+        on_divergence = validation.on_divergence(on_divergence)
         if not isinstance(keep_weights, (bool, np.bool_)):
             raise ValueError(f"keep_weights must be True or False, got {keep_weights!r}")
         J, P = len(opts), int(model.n_params)
