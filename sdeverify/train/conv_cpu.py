@@ -6,8 +6,9 @@ running-statistics rules) is the reference's own (:class:`conv_reference.Ops`); 
 supplies the layer functions on a **channels-last** layout, activations ``(M, B, H, W, C)``:
 
 * conv: an im2col kernel writes each output pixel's patch as one row of ``(B·Ho·Wo, k·k·C)``
-  (order ``(i, j, c)``, the weights permuted to match), one BLAS product per model gives the
-  output rows — which *are* the channels-last output, no transpose — and the backward pass is
+  (order ``(i, j, c)``, the weights permuted to match), BLAS products (single-threaded, on
+  fixed row blocks of every model, run on the threads; the weight gradient's block products
+  summed in block order) give the output rows — which *are* the channels-last output, no transpose — and the backward pass is
   the two transposed products and a col2im kernel (each image's input gradient summed by one
   thread, so no two threads write the same pixel);
 * BatchNorm: per-(model, channel) sums over fixed row chunks (Σx, Σ(x − μ)², Σdy, Σdy·x̂;
@@ -26,8 +27,9 @@ import numpy as np
 
 from ..compile_lock import compile_once
 from ..threads import run_ranges
+from .blas_threads import single_threaded
 from .conv_reference import ConvTrainer as _ReferenceTrainer
-from .conv_reference import Ops, _bmm, _out_size
+from .conv_reference import Ops, _out_size
 from .convnet import BN_EPS
 
 __all__ = ["ConvTrainer", "NHWC"]
@@ -35,6 +37,8 @@ __all__ = ["ConvTrainer", "NHWC"]
 _JIT = dict(cache=True, error_model="numpy", nogil=True)
 #: Row chunks per model of the BatchNorm reductions (fixed: results do not depend on threads).
 CHUNKS = 8
+#: Row blocks per model of the conv GEMMs (fixed, as CHUNKS).
+ROW_BLOCKS = 4
 
 
 # ---- kernels ---------------------------------------------------------------------------------
@@ -138,6 +142,40 @@ def _bn_dx(dy, xhat, coef, dbeta, dgamma, n, dx, lo, hi):
                 dx[m, r, c] = coef[m, c] * (n * dy[m, r, c] - dbeta[m, c] - xhat[m, r, c] * dgamma[m, c])
 
 
+# ---- GEMMs: single-threaded BLAS calls on the threads, over (model, row block) -------------
+def _block(n: int, q: int) -> slice:
+    return slice(n * q // ROW_BLOCKS, n * (q + 1) // ROW_BLOCKS)
+
+
+def _products(A, B, out, lo, hi):
+    for it in range(lo, hi):
+        m, q = divmod(it, ROW_BLOCKS)
+        rows = _block(A.shape[1], q)
+        np.matmul(A[m, rows], B[m], out=out[m, rows])
+
+
+def _partial_tn(D, C, out, lo, hi):
+    for it in range(lo, hi):
+        m, q = divmod(it, ROW_BLOCKS)
+        rows = _block(D.shape[1], q)
+        np.matmul(D[m, rows].T, C[m, rows], out=out[m, q])
+
+
+def _gemm(A, B):
+    """``A[m] @ B[m]`` for ``A (M, n, k)``: row blocks of every model on the threads."""
+    out = np.empty((A.shape[0], A.shape[1], B.shape[2]), dtype=A.dtype)
+    run_ranges(_products, A.shape[0] * ROW_BLOCKS, A, B, out)
+    return out
+
+
+def _gemm_tn(D, C):
+    """``D[m]ᵀ @ C[m]`` for ``D (M, n, o)``, ``C (M, n, k)``: per-row-block products summed
+    in block order."""
+    part = np.empty((D.shape[0], ROW_BLOCKS, D.shape[2], C.shape[2]), dtype=D.dtype)
+    run_ranges(_partial_tn, D.shape[0] * ROW_BLOCKS, D, C, part)
+    return part.sum(axis=1)
+
+
 # ---- layer functions (channels last) ---------------------------------------------------------
 def _c(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a)
@@ -161,7 +199,7 @@ def conv2d(x, Wt, stride, pad):
     M, B, H, W, C = x.shape
     O, k = Wt.shape[1], Wt.shape[-1]
     Ho, Wo = _out_size(H, k, stride, pad), _out_size(W, k, stride, pad)
-    rows = _bmm(_cols(x, k, stride, pad, Ho, Wo), _weight_rows(Wt).transpose(0, 2, 1))
+    rows = _gemm(_cols(x, k, stride, pad, Ho, Wo), _weight_rows(Wt).transpose(0, 2, 1))
     return rows.reshape(M, B, Ho, Wo, O)
 
 
@@ -171,10 +209,10 @@ def conv2d_backward(dy, x, Wt, stride, pad, need_dx=True):
     C, k = Wt.shape[2], Wt.shape[-1]
     drows = _c(dy).reshape(M, B * Ho * Wo, O)
     cols = _cols(x, k, stride, pad, Ho, Wo)
-    dW = _bmm(drows.transpose(0, 2, 1), cols).reshape(M, O, k, k, C).transpose(0, 1, 4, 2, 3)
+    dW = _gemm_tn(drows, cols).reshape(M, O, k, k, C).transpose(0, 1, 4, 2, 3)
     if not need_dx:
         return None, dW
-    dcols = _bmm(drows, _weight_rows(Wt))
+    dcols = _gemm(drows, _weight_rows(Wt))
     dx = np.empty(x.shape, dtype=dcols.dtype)
     run_ranges(_col2im, M * B, dcols, k, stride, pad, Ho, Wo, dx)
     return dx, dW
@@ -267,6 +305,20 @@ class ConvTrainer(_ReferenceTrainer):
         if str(np.dtype(dtype)) not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         super().__init__(model, X, y, n_opt, n_rep, dtype)
+
+    # BLAS runs single-threaded: the threads split the GEMMs' row blocks themselves (OpenBLAS's
+    # own spinning threads would oversubscribe the cores, see blas_threads).
+    def train(self, idx, a, b, gamma, r, aug=None):
+        with single_threaded():
+            return super().train(idx, a, b, gamma, r, aug)
+
+    def evaluate(self, X, y, chunk: int = 256):
+        with single_threaded():
+            return super().evaluate(X, y, chunk)
+
+    def gradients(self, W, X, y):
+        with single_threaded():
+            return super().gradients(W, X, y)
 
 
 compile_once(globals())     # one compile per machine (sdeverify/compile_lock.py)
