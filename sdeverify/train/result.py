@@ -145,16 +145,22 @@ class TrainResult:
         return out
 
     def summary(self) -> str:
-        """Final mean ± 1.96·sem of each metric per optimizer, and divergences."""
+        """Final mean ± the 95% Student-t half-width over the non-diverged replicas
+        (t_{n−1}·sem: with a handful of replicas ±1.96·sem would cover far less than 95%) of
+        each metric per optimizer, and divergences; "±  n/a" with fewer than 2 replicas."""
+        from scipy.stats import t as student_t
         w = max(len(n) for n in self.optimizers)
         lines = [f"{'optimizer':<{w}}  " + "  ".join(f"{m:>22}" for m in self.metrics)]
         for j, name in enumerate(self.optimizers):
             cells = []
             for k in range(len(self.metrics)):
                 mu, se = self.series(j, k)
-                cells.append(f"{mu[-1]:>11.5g} ± {1.96 * se[-1]:<8.2g}")
+                n = int(self.count(j, k)[-1])
+                half = f"{student_t.ppf(0.975, n - 1) * se[-1]:<8.2g}" if n >= 2 else f"{'n/a':<8}"
+                cells.append(f"{mu[-1]:>11.5g} ± {half}")
             lines.append(f"{name:<{w}}  " + "  ".join(cells))
-        lines.append(f"(after {int(self.eval_steps[-1])} steps, {self.replicas} replicas, 95% intervals)")
+        lines.append(f"(after {int(self.eval_steps[-1])} steps, {self.replicas} replicas, "
+                     f"95% Student-t intervals over replicas)")
         lines += [f"DIVERGED {d}" for d in self.divergence]
         return "\n".join(lines)
 
