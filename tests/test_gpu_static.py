@@ -6,7 +6,7 @@ The compile tests need the ``gpu-build`` extra and are skipped, with the reason,
 They compile a representative subset for both architectures (the engine on two problems and
 the two problems whose kernels are known not to compile, the GEMM variants with the most
 registers in each tile and dtype, the pointwise kernels): the full table of every kernel is
-``python benchmarks/gpu_static.py`` (~2-3 min on two cores).
+``python benchmarks/gpu_static.py`` (80-135 s on two cores).
 """
 from __future__ import annotations
 
