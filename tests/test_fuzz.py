@@ -323,7 +323,8 @@ def test_damaged_train_result_files_are_refused_or_read_back_intact(train_result
     folder = tmp_path_factory.mktemp("damaged")
     jp = train_result.save(folder / "r.v1")
     path = jp if which == "json" else folder / json.loads(jp.read_text())["npz"]
-    data = bytearray(path.read_bytes())
+    original = path.read_bytes()
+    data = bytearray(original)
     at = min(int(where * len(data)), len(data) - 1)
     if how == "truncate":
         data = data[:at]
@@ -337,24 +338,44 @@ def test_damaged_train_result_files_are_refused_or_read_back_intact(train_result
         assert "\n" not in msg and "r.v1" in msg, msg
         event("refused: " + msg.replace(str(folder), "")[:50])
         return
-    event("read back")                    # only an edit that changes nothing of the content
+    event("read back")
+    # only an edit that changes nothing the JSON says (whitespace) may read back
+    assert which == "json" and _same_json(bytes(data), original), "altered file accepted"
     for name in ("values", "batch_loss", "div_step", "eval_steps", "weights", "momentum"):
         np.testing.assert_array_equal(getattr(back, name), getattr(train_result, name))
     assert back.meta == train_result.meta and back.optimizers == train_result.optimizers
 
 
+def _same_json(a: bytes, b: bytes) -> bool:
+    try:
+        return json.loads(a) == json.loads(b)
+    except ValueError:
+        return False
+
+
 # ---- report of a check run: missing, altered, malformed files ------------------------------------
 @pytest.fixture(scope="module")
 def check_folder(tmp_path_factory):
+    """A check folder as ``sdeverify check`` leaves it (two results, their figures, a
+    content-hashed summary.json), made directly: no check needs to run for its files."""
+    from sdeverify.experiments.base import ExperimentResult
+    from sdeverify.files import write_hashed_json
+    from sdeverify.verdict import Value, Verdict
     out = tmp_path_factory.mktemp("check")
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        assert main(["check", "--smoke", "--only", "variance_reduction", "--out", str(out),
-                     "--quiet", "--jobs", "1"]) == 0
+    for name in ("alpha", "beta"):
+        v = Verdict(f"{name} holds", "Thm 4.5", "value below 2", Value(1.0), True, "value < 2",
+                    threshold=2.0)
+        ExperimentResult(name, {"n": 3}, {"x": np.arange(3.0)}, (v,),
+                         {"seed": 0, "size": "smoke"}).save(out)
+        (out / f"{name}.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    write_hashed_json(out / "summary.json", {
+        "size": "smoke", "seed": 0, "complete": True, "passed": True,
+        "checks": [{"name": n, "passed": True} for n in ("alpha", "beta")]})
     return out
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
-@given(target=st.sampled_from(["summary.json", "variance_reduction.json", "npz"]),
+@given(target=st.sampled_from(["summary.json", "beta.json", "npz"]),
        how=st.sampled_from(["delete", "truncate", "flip", "empty_list", "drop_key"]),
        where=st.floats(0.0, 1.0), mask=st.integers(1, 255))
 def test_report_never_trusts_a_damaged_folder(check_folder, tmp_path_factory, target, how, where,
@@ -367,8 +388,9 @@ def test_report_never_trusts_a_damaged_folder(check_folder, tmp_path_factory, ta
     from sdeverify.files import ResultFileError
     d = tmp_path_factory.mktemp("run") / "run"
     shutil.copytree(check_folder, d)
-    path = d / target if target != "npz" else next(d.glob("variance_reduction.*.npz"))
-    data = bytearray(path.read_bytes())
+    path = d / target if target != "npz" else next(d.glob("beta.*.npz"))
+    original = path.read_bytes()
+    data = bytearray(original)
     at = min(int(where * len(data)), len(data) - 1)
     if how == "delete":
         path.unlink()
@@ -398,9 +420,14 @@ def test_report_never_trusts_a_damaged_folder(check_folder, tmp_path_factory, ta
         event("refused")
         return
     assert rc == 0
-    if run.passed:                           # only a change of nothing in the content
+    if run.passed:
         event("intact")
-        assert "variance_reduction" in run.results and not run.problems
+        # only a change of nothing the JSON says, or a folder without a summary (whose
+        # results then stand on their own, each verified)
+        unchanged = path.exists() and path.suffix == ".json" and _same_json(path.read_bytes(),
+                                                                            original)
+        assert unchanged or (target == "summary.json" and how == "delete"), "damage accepted"
+        assert set(run.results) == {"alpha", "beta"} and not run.problems
     else:
         event("failed run")
         assert run.problems or run.errors
