@@ -71,6 +71,50 @@ def test_a_killed_save_leaves_the_old_pair_and_the_next_save_cleans_up(res, tmp_
     assert TrainResult.load(tmp_path / "r").optimizers == ("new",)
 
 
+SAVER = """
+import os, sys, time
+import numpy as np
+from sdeverify.train import TrainResult
+g = np.random.default_rng(1)
+J, E, R, S, P = 2, 3, 4, 6, 1000
+new = TrainResult(("SGD", "SGDM"), ("train_loss",), np.array([0, 3, 6]), g.random((J, E, R, 1)),
+                  g.random((J, R, S)), np.full((J, R), -1), g.random((J, R, P)), {"run": "new"})
+stop_at, calls, real_fsync = int(sys.argv[2]), [], os.fsync
+
+def fsync(fd):                         # the n-th fsync: a temporary is written, not yet renamed
+    real_fsync(fd)
+    calls.append(fd)
+    if len(calls) == stop_at:
+        print("inside", flush=True)
+        time.sleep(60)
+
+os.fsync = fsync
+new.save(sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("stop_at", [1, 3])
+def test_sigkill_during_a_save_leaves_the_old_pair_and_no_temporaries_after_the_next(
+        res, tmp_path, stop_at):
+    """A real ``kill -9`` while the arrays file (1st fsync) or the JSON (3rd fsync, after the
+    folder's; the commit point) is written to its temporary: the old result loads,
+    unchanged; the next save leaves no temporaries."""
+    import signal
+    import subprocess
+    import sys
+    res.save(tmp_path / "r")
+    proc = subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path / "r"), str(stop_at)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "inside"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".r.")]     # left by the kill
+    assert TrainResult.load(tmp_path / "r").meta == res.meta
+    res.save(tmp_path / "r")
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("r.")) == []
+    assert len(list(tmp_path.iterdir())) == 2 and TrainResult.load(tmp_path / "r").meta == res.meta
+
+
 def _flip(path, at):
     data = bytearray(path.read_bytes())
     data[at] ^= 0x10
