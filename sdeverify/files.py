@@ -38,7 +38,7 @@ import numpy as np
 __all__ = ["ResultFileError", "CONTENT_HASH", "LABELS", "base_path", "json_path",
            "content_hash", "hashed_json", "verify_hash", "read_json", "write_hashed_json",
            "save_pair", "load_pair", "atomic_write_text", "atomic_write_npz",
-           "remove_temporaries", "glob_escape", "jsonable"]
+           "remove_temporaries", "jsonable"]
 
 CONTENT_HASH = "content_sha256"   # the entry of a JSON document that hashes the rest of it
 LABELS = "__labels__"             # the entry of a saved .npz that repeats the JSON's labels
@@ -244,12 +244,6 @@ def remove_temporaries(folder: Path, stem: str) -> None:
                 tmp.unlink()
             except OSError:
                 pass
-
-
-def glob_escape(text: str) -> str:
-    """``text`` with the glob metacharacters ``*``, ``?`` and ``[`` bracketed, so that
-    :meth:`pathlib.Path.glob` matches it literally."""
-    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 # ---- atomic writes ----------------------------------------------------------------------------
