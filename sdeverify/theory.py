@@ -23,7 +23,7 @@ from .problems.quadratic import Quadratic
 
 __all__ = ["Moments", "quadratic_moments", "update_variance_sgd", "update_variance_sgdm",
            "endpoint_variance_sgd", "endpoint_variance_sgdm", "endpoint_mean_bias_sgdm",
-           "descent_lemma_terms", "stability_threshold"]
+           "descent_lemma_terms", "sgdm_descent_terms", "stability_threshold"]
 
 
 @dataclass(frozen=True)
@@ -193,6 +193,17 @@ def descent_lemma_terms(grad: np.ndarray, hess: np.ndarray, noise_cov: np.ndarra
     and Σ (d, d): (−η‖∇L‖², (η²/2)∇Lᵀ∇²L∇L, (η²σ²/2) tr(∇²L Σ))."""
     return (-eta * float(grad @ grad), 0.5 * eta ** 2 * float(grad @ hess @ grad),
             0.5 * eta ** 2 * sigma ** 2 * float(np.trace(hess @ noise_cov)))
+
+
+def sgdm_descent_terms(grad: np.ndarray, hess: np.ndarray, noise_cov: np.ndarray,
+                       momentum: np.ndarray, eta: float, beta: float,
+                       sigma: float) -> tuple[float, float, float]:
+    """The three terms of the SGDM descent lemma (App. A.2, docs/theory.md §12) for one step
+    of Def. 3.3 from (x, m) with buffer m (d,): with m̄ = βm + (1−β)∇L the expected buffer,
+    (−η ∇L·m̄, (η²/2) m̄ᵀ∇²L m̄, (η²(1−β)²σ²/2) tr(∇²L Σ)).  β = 0 gives Lemma 3.4's terms."""
+    mbar = beta * np.asarray(momentum, dtype=np.float64) + (1.0 - beta) * grad
+    return (-eta * float(grad @ mbar), 0.5 * eta ** 2 * float(mbar @ hess @ mbar),
+            0.5 * eta ** 2 * (1.0 - beta) ** 2 * sigma ** 2 * float(np.trace(hess @ noise_cov)))
 
 
 # ---- stability on a quadratic (THEORY §9, derived) ----------------------------------------

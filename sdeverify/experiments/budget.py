@@ -29,6 +29,8 @@ ALPHA: dict[str, float] = {
     "slow_sde": 6e-4,             # KS against the exact law (5e-4) + general-formula path (1e-4)
     "svag": 5e-4,                 # Monte Carlo gap = exact gap at every l (quadratic)
     "batch_size": 1e-4,           # minibatch oracle's mean and variance
+    "sgdm_descent_lemma": 3e-4,   # App A.2: Taylor prediction at 2 points (2e-4) + terms (1e-4)
+    "frozen_momentum": 3e-4,      # App B.2: extrapolated mean and variance limits
 }
 
 

@@ -48,13 +48,35 @@ TERMS_ALPHA = 1e-4
 TAYLOR_ALPHA = ALPHA[NAME] - TERMS_ALPHA
 
 
+def one_step(P: CosineWell, opt, x0: np.ndarray, paths: int, sigma: float,
+             seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One step of ``opt`` from ``x0`` on the engine: per path the displacement δ = x₁ − x₀
+    (paths, d), the remainder L(x₁) − [L(x₀) + ∇L·δ + ½δᵀ∇²Lδ] and the change L(x₁) − L(x₀)."""
+    res = simulate(P, [opt], x0, steps=1, paths=paths, sigma=sigma, seed=seed, record=[1],
+                   observables=["loss"], store_states=True)
+    x1 = res.states[0, 0]                        # (paths, d)
+    dlt = x1 - x0
+    L0 = P.value(x0)
+    L1 = 0.5 * np.sum(x1 ** 2, axis=1) + P.amplitude * np.sum(np.cos(x1), axis=1)
+    model = L0 + dlt @ P.gradient(x0) + 0.5 * np.einsum("pi,ij,pj->p", dlt, P.hessian_at(x0), dlt)
+    return dlt, L1 - model, L1 - L0
+
+
+def taylor_remainder(P: CosineWell, x0: np.ndarray, mu: np.ndarray, var: np.ndarray) -> float:
+    """Taylor prediction of the one-step remainder on the CosineWell when δ_i ~ N(mu_i, var_i)
+    independently: (1/6) Σ ∂³L_i E δ_i³ + (1/24) Σ ∂⁴L_i E δ_i⁴ (+O(δ⁵)), with
+    ∂³L_i = a sin x_i and ∂⁴L_i = a cos x_i."""
+    a = P.amplitude
+    return float(np.sum(P.third_derivative(x0) * (mu ** 3 + 3 * mu * var)) / 6.0
+                 + np.sum(a * np.cos(x0) * (mu ** 4 + 6 * mu ** 2 * var + 3 * var ** 2)) / 24.0)
+
+
 @experiment(NAME, SIZES, defaults=dict(sigma=1.3))
 def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     """Measure R(η) at each point and η; rules in the module docstring."""
     sigma = cfg["sigma"]
     etas, N = np.asarray(cfg["etas"]), cfg["paths"]
     P = CosineWell(3, amplitude=2.0)
-    a = P.amplitude
     R = np.empty((len(POINTS), len(etas), 3))
     change = np.empty((len(POINTS), len(etas), 3))
     terms = np.empty((len(POINTS), len(etas), 3))
@@ -63,18 +85,12 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     verdicts = []
     for pi, x0 in enumerate(POINTS):
         g, H, S = P.gradient(x0), P.hessian_at(x0), P.noise_cov_at(x0)
-        L0 = P.value(x0)
         for ei, eta in enumerate(etas):
-            res = simulate(P, [SGD(eta)], x0, steps=1, paths=N, sigma=sigma,
-                           seed=substream(seed, f"descent_lemma.point{pi}", ei), record=[1],
-                           observables=["loss"], store_states=True)
-            x1 = res.states[0, 0]                        # (paths, d)
-            dlt = x1 - x0
-            L1 = 0.5 * np.sum(x1 ** 2, axis=1) + a * np.sum(np.cos(x1), axis=1)
-            model = L0 + dlt @ g + 0.5 * np.einsum("pi,ij,pj->p", dlt, H, dlt)
-            r = sample_interval(L1 - model)
+            dlt, rem, chg = one_step(P, SGD(eta), x0, N, sigma,
+                                     substream(seed, f"descent_lemma.point{pi}", ei))
+            r = sample_interval(rem)
             R[pi, ei] = r.estimate, r.low, r.high
-            c = sample_interval(L1 - L0)
+            c = sample_interval(chg)
             change[pi, ei] = c.estimate, c.low, c.high
             terms[pi, ei] = theory.descent_lemma_terms(g, H, S, eta, sigma)
             if ei == 0:     # the closed-form terms themselves, against the same paths
@@ -82,11 +98,8 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
                 for k, (v, ex) in enumerate(((lin, terms[pi, 0, 0]),
                                              (quad, terms[pi, 0, 1] + terms[pi, 0, 2]))):
                     pieces[pi, k] = v.mean(), v.std(ddof=1) / np.sqrt(v.size), ex
-            # Taylor prediction of R: (1/6) Σ ∂³L_i E δ_i³ + (1/24) Σ ∂⁴L_i E δ_i⁴ (+O(η⁵)),
-            # δ_i ~ N(−η g_i, η²σ²Σ_ii); CosineWell: ∂³L_i = a sin x_i, ∂⁴L_i = a cos x_i
-            mu, var = -eta * g, eta ** 2 * sigma ** 2 * np.diag(S)
-            lead[pi, ei] = (np.sum(P.third_derivative(x0) * (mu ** 3 + 3 * mu * var)) / 6.0
-                            + np.sum(a * np.cos(x0) * (mu ** 4 + 6 * mu ** 2 * var + 3 * var ** 2)) / 24.0)
+            # δ_i ~ N(−η g_i, η²σ²Σ_ii) for one SGD step
+            lead[pi, ei] = taylor_remainder(P, x0, -eta * g, eta ** 2 * sigma ** 2 * np.diag(S))
             tick(progress, pi * len(etas) + ei + 1, len(POINTS) * len(etas))
         est = np.abs(R[pi, :, 0])
         sem = (R[pi, :, 2] - R[pi, :, 1]) / (2 * z_value())
