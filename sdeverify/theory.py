@@ -23,7 +23,8 @@ from .problems.quadratic import Quadratic
 
 __all__ = ["Moments", "quadratic_moments", "update_variance_sgd", "update_variance_sgdm",
            "endpoint_variance_sgd", "endpoint_variance_sgdm", "endpoint_mean_bias_sgdm",
-           "descent_lemma_terms", "sgdm_descent_terms", "stability_threshold"]
+           "folded_normal_mean", "loss_variation", "descent_lemma_terms", "sgdm_descent_terms",
+           "stability_threshold"]
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,23 @@ def endpoint_mean_bias_sgdm(eta: float, beta: float, c: float, k: ArrayLike) -> 
     +ηcβ(1−β^k)/(1−β) (SGDM lags behind SGD by this much; docs/theory.md §5); shape of ``k``."""
     k = np.asarray(k, dtype=np.float64)
     return eta * c * beta * (1 - beta ** k) / (1 - beta)
+
+
+def folded_normal_mean(mu: ArrayLike, sd: ArrayLike) -> np.ndarray:
+    """E|X| for X ~ N(mu, sd²), sd > 0: sd√(2/π) exp(−mu²/(2sd²)) + mu·erf(mu/(sd√2))."""
+    from scipy.special import erf
+    mu, sd = np.asarray(mu, dtype=np.float64), np.asarray(sd, dtype=np.float64)
+    return sd * np.sqrt(2.0 / np.pi) * np.exp(-mu ** 2 / (2.0 * sd ** 2)) + mu * erf(mu / (sd * np.sqrt(2.0)))
+
+
+def loss_variation(eta: float, beta: float, sigma: float, c: float, steps: int) -> float:
+    """Expected loss variation Σ_{k<K} |L(x_{k+1}) − L(x_k)| of Sec. 4.1's set-up with the
+    linear loss L(x) = c x (gradient c, noise N(0, σ²)), for SGDM with m_0 = c (β = 0: SGD):
+    each ΔL_k = −ηc m_{k+1} is normal with mean −ηc² and variance c² Var(x_{k+1} − x_k)
+    (docs/theory.md §5, §12), so the sum of folded-normal means is exact."""
+    k = np.arange(steps)
+    var = update_variance_sgdm(eta, beta, sigma, k) if beta > 0 else update_variance_sgd(eta, sigma, k)
+    return float(np.sum(folded_normal_mean(-eta * c * c, abs(c) * np.sqrt(var))))
 
 
 # ---- Lemma 3.4 -----------------------------------------------------------------------------

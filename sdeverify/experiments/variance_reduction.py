@@ -6,7 +6,10 @@ share the draws.  Checked against the closed forms of THEORY §5 (derived):
 * per-step update variance  Var(x_{k+1} − x_k): SGD η²σ², SGDM η²σ²(1−β)²(1−β^{2(k+1)})/(1−β²);
 * endpoint variance Var x_k: SGD kη²σ², SGDM η²σ²[k − 2β(1−β^k)/(1−β) + β²(1−β^{2k})/(1−β²)];
 * with m_0 = 0 the SGDM mean lags by ηcβ(1−β^k)/(1−β);
-* path length Σ_k|x_{k+1} − x_k| of SGDM is shorter (paired, common random numbers).
+* path length Σ_k|x_{k+1} − x_k| of SGDM is shorter (paired, common random numbers);
+* the loss variation Σ_k|L(x_{k+1}) − L(x_k)| over the K steps, L(x) = c x (the turbulence
+  measure Sec. 4.1 names), equals its exact expectation, a sum of folded-normal means
+  (THEORY §12), for SGD and every β — two-sided, in the same Bonferroni family.
 
 Decision rule for each closed form: the prediction lies in the interval of the estimate
 (χ² interval for variances, normal interval for means) at the family-wise level of the
@@ -57,7 +60,7 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     opts = [SGD(eta)] + [SGDM(eta, b, m0=[c], name=f"SGDM b={b}") for b in betas] \
         + [SGDM(eta, b, name=f"SGDM b={b} m0=0") for b in betas]
     data, verdicts = {"betas": np.array(betas), "ks": ks, "record": rec}, []
-    n_tests = len(betas) * (2 * len(ks) + 2)
+    n_tests = len(betas) * (2 * len(ks) + 2) + 1 + len(betas)   # + the loss variations
     level = 1 - ALPHA[NAME] / n_tests   # family-wise: the budget share (experiments/budget.py)
     # 1. per-step update variance from states at consecutive steps
     r1 = simulate(P, opts, [0.0], steps=K, paths=N, sigma=sigma, seed=seed, record=rec,
@@ -129,9 +132,31 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
             f"path-length ratio < 1 (noise-only limit sqrt((1-b)/(1+b)) = {np.sqrt((1 - b) / (1 + b)):.3g})",
             Interval(ratio, 1 + d.low / data["path_length"][0], 1 + d.high / data["path_length"][0], 0.99),
             d.high < 0, "paired 99% interval of (SGDM - SGD) path length lies below 0"))
+    data["loss_variation_sem"] = loss_var.std(axis=1, ddof=1) / np.sqrt(Np)
+    data["loss_variation_pred"] = np.array([theory.loss_variation(eta, b, sigma, c, K)
+                                            for b in (0.0,) + tuple(betas)])
+    verdicts.append(loss_variation_verdict(data["loss_variation"], data["loss_variation_sem"],
+                                           data["loss_variation_pred"], betas, K, Np, level))
     tick(progress, 3, 3)
     params = dict(cfg, eta=eta, sigma=sigma, c=c, betas=list(betas))
     return params, data, verdicts
+
+
+def loss_variation_verdict(est: np.ndarray, sem: np.ndarray, pred: np.ndarray, betas,
+                           steps: int, paths: int, level: float) -> Verdict:
+    """Sec 4.1's loss variation against its closed form (``theory.loss_variation``) for SGD
+    (index 0) and each β: every prediction inside the two-sided normal interval at ``level``."""
+    z = z_value(level)
+    zs = (est - pred) / sem
+    w = int(np.argmax(np.abs(zs)))
+    ratios = ", ".join(f"b={b}: {est[1 + i] / est[0]:.3g} (pred {pred[1 + i] / pred[0]:.3g})"
+                       for i, b in enumerate(betas))
+    return Verdict(
+        f"loss variation sum_k |L(x_(k+1)) - L(x_k)| over {steps} steps, L = c x", "Sec 4.1 (THEORY §12)",
+        f"sum of folded-normal means: SGD {pred[0]:.4g}; SGDM/SGD {ratios}",
+        mean_interval(float(est[w]), float(sem[w]), level), bool(np.all(np.abs(zs) <= z)),
+        f"closed form inside the {level:.4%} normal interval of the mean over {paths} paths for SGD "
+        f"and every beta (|z| max {np.abs(zs).max():.2f} <= {z:.2f}); shown: the worst")
 
 
 def plot(result: ExperimentResult, path):
