@@ -1,0 +1,100 @@
+"""The appendix checks (Thm B.3, App A.2, App B.2) and Sec 4.1's loss variation pass on the
+correct code and fail under the bugs they exist to catch.  Each case is a second or two."""
+import numpy as np
+import pytest
+
+from sdeverify import theory
+from sdeverify.experiments import coupled_trajectory as ct
+from sdeverify.experiments import frozen_momentum as fm
+from sdeverify.experiments import sgdm_descent_lemma as sd
+from sdeverify.experiments import variance_reduction as vr
+
+
+def _failed(res):
+    return [v.claim for v in res.verdicts if not v.passed]
+
+
+def test_coupled_trajectory_identity_holds_on_the_engine():
+    res = ct.run(size="smoke", seed=0)
+    assert not _failed(res)
+    assert res.data["identity_residual"] < 1e-13 < 1e-3 < res.data["control_residual"]
+
+
+def test_coupled_trajectory_fails_with_the_correction_sign_flipped(monkeypatch):
+    good = ct.coupled_points
+    monkeypatch.setattr(ct, "coupled_points", lambda x, m, lr, b, e: 2 * x[:lr.shape[0]] - good(x, m, lr, b, e))
+    assert any("obeys" in c for c in _failed(ct.run(size="smoke", seed=0)))
+
+
+def test_coupled_trajectory_fails_with_the_averaged_lr_index_shifted(monkeypatch):
+    monkeypatch.setattr(ct, "averaged_lr", lambda lr, beta, tail: ct.shifted_averaged_lr(lr, beta))
+    assert any("obeys" in c for c in _failed(ct.run(size="smoke", seed=0)))
+
+
+def test_coupled_trajectory_sees_an_engine_reading_beta_one_step_late(monkeypatch):
+    real = ct.SGDM
+    monkeypatch.setattr(ct, "SGDM", lambda lr, beta, m0: real(lr, np.roll(beta, -1), m0=m0))
+    assert any("engine SGDM iterates" in c for c in _failed(ct.run(size="smoke", seed=0)))
+
+
+def test_sgdm_descent_terms_reduce_to_lemma_3_4_at_beta_0():
+    rs = np.random.default_rng(0)
+    g, m = rs.normal(size=3), rs.normal(size=3)
+    A = rs.normal(size=(3, 3))
+    H, S = A + A.T, A @ A.T
+    assert np.allclose(theory.sgdm_descent_terms(g, H, S, m, 0.1, 0.0, 1.3),
+                       theory.descent_lemma_terms(g, H, S, 0.1, 1.3), rtol=1e-14, atol=0)
+
+
+def test_sgdm_descent_lemma_passes_and_sees_a_missing_variance_reduction(monkeypatch):
+    assert not _failed(sd.run(size="smoke", seed=0))
+    real = theory.sgdm_descent_terms
+
+    def no_reduction(g, H, S, m, eta, beta, sigma):
+        a, b, c = real(g, H, S, m, eta, beta, sigma)
+        return a, b, c / (1 - beta) ** 2
+    monkeypatch.setattr(sd.theory, "sgdm_descent_terms", no_reduction)
+    assert any("three SGDM terms" in c for c in _failed(sd.run(size="smoke", seed=0)))
+
+
+def test_sgdm_descent_lemma_sees_the_expected_buffer_taken_as_m0(monkeypatch):
+    """m̄ = m0 instead of βm0 + (1−β)∇L (the (1−β)∇L part of the buffer dropped)."""
+    real = theory.sgdm_descent_terms
+
+    def stale_buffer(g, H, S, m, eta, beta, sigma):
+        return (-eta * float(g @ m), 0.5 * eta ** 2 * float(m @ H @ m),
+                real(g, H, S, m, eta, beta, sigma)[2])
+    monkeypatch.setattr(sd.theory, "sgdm_descent_terms", stale_buffer)
+    assert any("three SGDM terms" in c for c in _failed(sd.run(size="smoke", seed=0)))
+
+
+def test_frozen_momentum_passes_and_sees_a_10_percent_drift_error(monkeypatch):
+    assert not _failed(fm.run(size="quick", seed=0))
+    real = fm.drift_coefficient
+    monkeypatch.setattr(fm, "drift_coefficient", lambda eta, beta, K: 1.1 * real(eta, beta, K))
+    failed = _failed(fm.run(size="quick", seed=0))
+    assert len(failed) == 1 and "mean displacement" in failed[0]
+
+
+def test_frozen_momentum_sees_a_10_percent_variance_error(monkeypatch):
+    real = theory.endpoint_variance_sgdm
+    monkeypatch.setattr(fm.theory, "endpoint_variance_sgdm", lambda *a: 1.1 * real(*a))
+    failed = _failed(fm.run(size="quick", seed=0))
+    assert len(failed) == 1 and "endpoint variance" in failed[0]
+
+
+def test_frozen_momentum_rejects_alpha_at_most_one():
+    with pytest.raises(ValueError, match="alphas"):
+        fm.run(size="smoke", alphas=(1.0,))
+
+
+def test_folded_normal_mean_matches_sampling():
+    x = np.random.default_rng(1).normal(-0.3, 0.5, 400_000)
+    assert abs(np.abs(x).mean() - theory.folded_normal_mean(-0.3, 0.5)) < 4 * 0.5 / np.sqrt(x.size)
+
+
+def test_loss_variation_verdict_sees_the_drift_part_dropped(monkeypatch):
+    """E|N(mu, s²)| taken as s√(2/π) (the mean of the loss change ignored): at β = 0.9 the
+    drift −ηc² is comparable to the spread, and the verdict must fail."""
+    monkeypatch.setattr(vr.theory, "folded_normal_mean", lambda mu, sd: np.sqrt(2 / np.pi) * np.asarray(sd))
+    assert any("loss variation" in c for c in _failed(vr.run(size="smoke", seed=0)))
