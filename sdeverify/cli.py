@@ -236,7 +236,7 @@ def cmd_report(args) -> int:
     n = sum(len(r.verdicts) for r in run.results.values())
     print(f"wrote {path} ({len(run.results)} checks, {n} verdicts, "
           f"{'PASS' if run.passed else 'FAIL'})")
-    return 0
+    return 0 if run.passed else 1
 
 
 def _start_cluster(args):
@@ -374,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="rebuild DIR/report.html from a check's saved results",
                         description="Write one self-contained HTML page (verdict table with "
                                     "intervals, every figure inline) from the results that "
-                                    "`sdeverify check --out DIR` saved.")
+                                    "`sdeverify check --out DIR` saved; exit 1 if the run "
+                                    "reads as failed (a failed verdict or canary, a missing or "
+                                    "altered check result).")
     rp.add_argument("folder", help="the --out folder of a check run")
     rp.add_argument("--html", default=None, help="output file (default DIR/report.html)")
     rp.set_defaults(func=cmd_report)

@@ -50,6 +50,8 @@ MODULES = (
     "sdeverify.train.lr",
     "sdeverify.train.training",
     "sdeverify.train.spec",
+    "sdeverify.train.functional",
+    "sdeverify.files",
     "sdeverify.train.backends",
     "sdeverify",
     "sdeverify.simulate",

@@ -113,7 +113,7 @@ def test_a_check_whose_result_was_deleted_is_listed_and_fails_the_run(check_dir,
     assert "missing" in run.problems["variance_reduction"]
     text = _report_text(d)
     assert "sdeverify check: FAIL" in text and "variance_reduction" in text and "missing" in text
-    assert main(["report", str(d)]) == 0 and "FAIL" in capsys.readouterr().out
+    assert main(["report", str(d)]) == 1 and "FAIL" in capsys.readouterr().out   # as check: 1
 
 
 def test_an_edited_verdict_is_not_rendered_as_the_truth(check_dir, tmp_path):

@@ -79,7 +79,8 @@ class ExperimentResult:
     @classmethod
     def load(cls, folder: str | Path, name: str) -> "ExperimentResult":
         """Load a saved result, checking that its ``.json`` and ``.npz`` belong together
-        (also reads the earlier ``NAME.json`` + ``NAME.npz`` layout)."""
+        (:func:`sdeverify.files.load_pair`: both hashes and the labels; earlier unhashed
+        layouts are refused)."""
         doc, data, _ = load_pair(Path(folder) / name, labels=("name", "data_keys"))
         return cls(doc["name"], doc["params"], data,
                    tuple(Verdict.from_dict(v) for v in doc["verdicts"]), doc["meta"])

@@ -225,6 +225,7 @@ def backprop_verdict(seed: int) -> tuple[Verdict, float]:
             model = MLP([4, 5, 3], act, loss, weight_decay=0.03)
             n, P = 11, model.n_params
             X, y = g.normal(size=(n, 4)) * 1.2, g.integers(0, 3, n)
+            X.flags.writeable = False          # as a Dataset's: the kernels fit() compiled
             w = model.init(seed, 1)[0] + 0.1 * g.normal(size=P)   # biases off zero too
             G = Trainer(model, X, y, 1, 1, "float64").gradients(w[None, :], X, y)[0]
             Wpm = np.concatenate([w + FD_STEP * np.eye(P), w - FD_STEP * np.eye(P)])

@@ -30,8 +30,9 @@ from .spec import DEFAULT_METRICS, NOISE_CHUNKS, TrainSpec
 __all__ = ["DIVERGENCE_FACTOR", "fit", "run", "minibatch_indices", "report_divergence",
            "gradient_noise", "sharpness"]
 
-#: a replica diverges at the first step whose minibatch loss is non-finite or exceeds
-#: DIVERGENCE_FACTOR × max(1, its loss at step 0), or whose evaluated loss is non-finite.
+#: a replica diverges at the first step whose minibatch loss, or evaluated train/test loss,
+#: is non-finite or exceeds DIVERGENCE_FACTOR × max(1, its minibatch loss at step 0), at an
+#: evaluation where any metric is non-finite, or at the end if its final weights are.
 DIVERGENCE_FACTOR = 1e3
 
 
@@ -116,9 +117,10 @@ def fit(model: Any, data: Dataset, optimizers: Sequence[Any] | Any, *, batch_siz
     dtype : "float64" or "float32".
     replica_offset : first global replica index of this shard (shards merge exactly).
     on_divergence : "warn", "raise" or "ignore".  A replica diverges at the first step whose
-        minibatch loss is non-finite or exceeds ``DIVERGENCE_FACTOR`` (1e3) × max(1, its
-        step-0 loss), or at an evaluation whose loss is non-finite; it is excluded from all
-        statistics from then on.
+        minibatch loss, or evaluated train/test loss (the final evaluation included), is
+        non-finite or exceeds ``DIVERGENCE_FACTOR`` (1e3) × max(1, its step-0 minibatch loss),
+        at an evaluation where any metric is non-finite, or at the end if its final weights
+        are non-finite; it is excluded from all statistics from then on.
     keep_weights : keep the final flat weights and momentum buffers ``(n_opt, replicas, P)``
         (``res.weights``, ``res.momentum``).
     progress : called as ``progress(done, total)`` after each evaluation.
