@@ -5,18 +5,21 @@ The network's wiring (blocks, shortcuts, head, loss, the training loop, the SVAG
 running-statistics rules) is the reference's own (:class:`conv_reference.Ops`); this module
 supplies the layer functions on a **channels-last** layout, activations ``(M, B, H, W, C)``:
 
-* conv: an im2col kernel writes each output pixel's patch as one row of ``(B·Ho·Wo, k·k·C)``
-  (order ``(i, j, c)``, the weights permuted to match), BLAS products (single-threaded, on
-  fixed row blocks of every model, run on the threads; the weight gradient's block products
-  summed in block order) give the output rows — which *are* the channels-last output, no transpose — and the backward pass is
-  the two transposed products and a col2im kernel (each image's input gradient summed by one
-  thread, so no two threads write the same pixel);
+* conv, per image (items (model, image) on the threads): an im2col kernel writes each output
+  pixel's patch as one row of a ``(Ho·Wo, k·k·C)`` buffer (order ``(i, j, c)``, the weights
+  permuted to match) and one single-threaded BLAS product with the ``(O, k·k·C)`` weight rows
+  gives the image's output rows — which *are* its channels-last output, no transpose; the
+  patches stay in cache between the two.  Backward, per (model, fixed group of images): the
+  patches are recomputed, the group's weight-gradient partial sum accumulates ``dyᵀ·patches``
+  (the groups' sums are added in group order), and the patch gradients ``dy·weights`` are
+  summed back onto the image's input gradient (col2im; one thread per image, so no two
+  threads write the same pixel);
 * BatchNorm: per-(model, channel) sums over fixed row chunks (Σx, Σ(x − μ)², Σdy, Σdy·x̂;
   the chunks are summed in a fixed order), then fused element-wise kernels for x̂ and
   γx̂ + β and for the training-mode input gradient, in the reference's arithmetic order.
 
-Kernels are ``nogil`` and take a range ``lo, hi`` of independent items ((model, image, row),
-(model, image) or (model, row chunk)); :func:`sdeverify.threads.run_ranges` runs the ranges
+Kernels are ``nogil`` and take a range ``lo, hi`` of independent items ((model, image),
+(model, image group) or (model, row chunk)); :func:`sdeverify.threads.run_ranges` runs the ranges
 on threads, so results are bitwise the same for any thread count.  One compiled kernel per
 dtype (float32, float64), cached on disk.
 """
@@ -27,6 +30,7 @@ import numpy as np
 
 from ..compile_lock import compile_once
 from ..threads import run_ranges
+from .blas import gemm
 from .blas_threads import single_threaded
 from .conv_reference import ConvTrainer as _ReferenceTrainer
 from .conv_reference import Ops, _out_size
@@ -37,21 +41,19 @@ __all__ = ["ConvTrainer", "NHWC"]
 _JIT = dict(cache=True, error_model="numpy", nogil=True)
 #: Row chunks per model of the BatchNorm reductions (fixed: results do not depend on threads).
 CHUNKS = 8
-#: Row blocks per model of the conv GEMMs (fixed, as CHUNKS).
-ROW_BLOCKS = 4
+#: Groups of a model's images whose weight-gradient partial sums are added (fixed, as CHUNKS).
+GROUPS = 4
 
 
 # ---- kernels ---------------------------------------------------------------------------------
 @numba.njit(**_JIT)
-def _im2col(x, k, stride, pad, Ho, Wo, cols, lo, hi):
-    """Items ``(m·B + b)·Ho + ho``: the patches of output row ho of image b of model m."""
-    M, B, H, W, C = x.shape
-    for it in range(lo, hi):
-        ho = it % Ho
-        b = (it // Ho) % B
-        m = it // (Ho * B)
+def _patches(x, m, b, k, stride, pad, Ho, Wo, cols):
+    """im2col of image b of model m: row ``ho·Wo + wo`` of ``cols (Ho·Wo, k·k·C)`` is the
+    zero-padded patch of output pixel (ho, wo), in (i, j, c) order."""
+    H, W, C = x.shape[2], x.shape[3], x.shape[4]
+    for ho in range(Ho):
         for wo in range(Wo):
-            row = (b * Ho + ho) * Wo + wo
+            row = ho * Wo + wo
             col = 0
             for i in range(k):
                 r = ho * stride + i - pad
@@ -59,33 +61,74 @@ def _im2col(x, k, stride, pad, Ho, Wo, cols, lo, hi):
                     s = wo * stride + j - pad
                     if r >= 0 and r < H and s >= 0 and s < W:
                         for c in range(C):
-                            cols[m, row, col + c] = x[m, b, r, s, c]
+                            cols[row, col + c] = x[m, b, r, s, c]
                     else:
                         for c in range(C):
-                            cols[m, row, col + c] = 0.0
+                            cols[row, col + c] = 0.0
                     col += C
 
 
 @numba.njit(**_JIT)
-def _col2im(dcols, k, stride, pad, Ho, Wo, dx, lo, hi):
-    """Items ``m·B + b``: image b's input gradient, the patch gradients summed back."""
-    M, B, H, W, C = dx.shape
+def _unpatch(dcols, m, b, k, stride, pad, Ho, Wo, dx):
+    """col2im of image b of model m: the patch gradients ``dcols (Ho·Wo, k·k·C)`` summed back
+    onto ``dx[m, b]``, which is overwritten."""
+    H, W, C = dx.shape[2], dx.shape[3], dx.shape[4]
+    dx[m, b] = 0.0
+    for ho in range(Ho):
+        for wo in range(Wo):
+            row = ho * Wo + wo
+            col = 0
+            for i in range(k):
+                r = ho * stride + i - pad
+                for j in range(k):
+                    s = wo * stride + j - pad
+                    if r >= 0 and r < H and s >= 0 and s < W:
+                        for c in range(C):
+                            dx[m, b, r, s, c] += dcols[row, col + c]
+                    col += C
+
+
+@numba.njit(**_JIT)
+def _conv_forward(x, wrows, k, stride, pad, out, lo, hi):
+    """Items ``m·B + b``: ``out[m, b]`` (Ho·Wo × O) = patches of image b · ``wrows[m]ᵀ``; the
+    patches of one image stay in cache between im2col and the GEMM."""
+    B = x.shape[1]
+    Ho, Wo, O = out.shape[2], out.shape[3], out.shape[4]
+    K = wrows.shape[2]
+    cols = np.empty((Ho * Wo, K), dtype=x.dtype)
+    flat = cols.reshape(-1)
     for it in range(lo, hi):
-        b = it % B
         m = it // B
-        dx[m, b] = 0.0
-        for ho in range(Ho):
-            for wo in range(Wo):
-                row = (b * Ho + ho) * Wo + wo
-                col = 0
-                for i in range(k):
-                    r = ho * stride + i - pad
-                    for j in range(k):
-                        s = wo * stride + j - pad
-                        if r >= 0 and r < H and s >= 0 and s < W:
-                            for c in range(C):
-                                dx[m, b, r, s, c] += dcols[m, row, col + c]
-                        col += C
+        b = it % B
+        _patches(x, m, b, k, stride, pad, Ho, Wo, cols)
+        gemm(False, True, Ho * Wo, O, K, 1.0, flat, K, wrows[m].reshape(-1), K, 0.0,
+             out[m, b].reshape(-1), O)
+
+
+@numba.njit(**_JIT)
+def _conv_backward(dy, x, wrows, k, stride, pad, need_dx, dw_part, dx, lo, hi):
+    """Items ``m·G + q`` (G = ``dw_part.shape[1]`` fixed groups of a model's images): for each
+    image of group q, its patches (recomputed), ``dw_part[m, q] += dyᵀ · patches`` and, when
+    ``need_dx``, the patch gradients ``dy · wrows[m]`` summed back onto ``dx[m, b]``."""
+    B = x.shape[1]
+    Ho, Wo, O = dy.shape[2], dy.shape[3], dy.shape[4]
+    K = wrows.shape[2]
+    G = dw_part.shape[1]
+    cols = np.empty((Ho * Wo, K), dtype=x.dtype)
+    dcols = np.empty((Ho * Wo, K), dtype=x.dtype)
+    flat, dflat = cols.reshape(-1), dcols.reshape(-1)
+    for it in range(lo, hi):
+        m = it // G
+        q = it % G
+        acc = dw_part[m, q].reshape(-1)
+        acc[:] = 0.0
+        for b in range(B * q // G, B * (q + 1) // G):
+            _patches(x, m, b, k, stride, pad, Ho, Wo, cols)
+            g = dy[m, b].reshape(-1)
+            gemm(True, False, O, K, Ho * Wo, 1.0, g, O, flat, K, 1.0, acc, K)
+            if need_dx:
+                gemm(False, False, Ho * Wo, K, O, 1.0, g, O, wrows[m].reshape(-1), K, 0.0, dflat, K)
+                _unpatch(dcols, m, b, k, stride, pad, Ho, Wo, dx)
 
 
 @numba.njit(**_JIT)
@@ -142,80 +185,37 @@ def _bn_dx(dy, xhat, coef, dbeta, dgamma, n, dx, lo, hi):
                 dx[m, r, c] = coef[m, c] * (n * dy[m, r, c] - dbeta[m, c] - xhat[m, r, c] * dgamma[m, c])
 
 
-# ---- GEMMs: single-threaded BLAS calls on the threads, over (model, row block) -------------
-def _block(n: int, q: int) -> slice:
-    return slice(n * q // ROW_BLOCKS, n * (q + 1) // ROW_BLOCKS)
-
-
-def _products(A, B, out, lo, hi):
-    for it in range(lo, hi):
-        m, q = divmod(it, ROW_BLOCKS)
-        rows = _block(A.shape[1], q)
-        np.matmul(A[m, rows], B[m], out=out[m, rows])
-
-
-def _partial_tn(D, C, out, lo, hi):
-    for it in range(lo, hi):
-        m, q = divmod(it, ROW_BLOCKS)
-        rows = _block(D.shape[1], q)
-        np.matmul(D[m, rows].T, C[m, rows], out=out[m, q])
-
-
-def _gemm(A, B):
-    """``A[m] @ B[m]`` for ``A (M, n, k)``: row blocks of every model on the threads."""
-    out = np.empty((A.shape[0], A.shape[1], B.shape[2]), dtype=A.dtype)
-    run_ranges(_products, A.shape[0] * ROW_BLOCKS, A, B, out)
-    return out
-
-
-def _gemm_tn(D, C):
-    """``D[m]ᵀ @ C[m]`` for ``D (M, n, o)``, ``C (M, n, k)``: per-row-block products summed
-    in block order."""
-    part = np.empty((D.shape[0], ROW_BLOCKS, D.shape[2], C.shape[2]), dtype=D.dtype)
-    run_ranges(_partial_tn, D.shape[0] * ROW_BLOCKS, D, C, part)
-    return part.sum(axis=1)
-
-
 # ---- layer functions (channels last) ---------------------------------------------------------
 def _c(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def _cols(x, k, stride, pad, Ho, Wo):
-    M, B, H, W, C = x.shape
-    cols = np.empty((M, B * Ho * Wo, k * k * C), dtype=x.dtype)
-    run_ranges(_im2col, M * B * Ho, _c(x), k, stride, pad, Ho, Wo, cols)
-    return cols
-
-
 def _weight_rows(Wt):
     """``(M, O, C, k, k)`` weights as ``(M, O, k·k·C)`` rows in the patches' (i, j, c) order."""
     M, O, C, k, _ = Wt.shape
-    return Wt.transpose(0, 1, 3, 4, 2).reshape(M, O, k * k * C)
+    return _c(Wt.transpose(0, 1, 3, 4, 2).reshape(M, O, k * k * C))
 
 
 def conv2d(x, Wt, stride, pad):
     """:func:`conv_reference.conv2d` on ``x (M, B, H, W, C)``; output ``(M, B, Ho, Wo, O)``."""
     M, B, H, W, C = x.shape
     O, k = Wt.shape[1], Wt.shape[-1]
-    Ho, Wo = _out_size(H, k, stride, pad), _out_size(W, k, stride, pad)
-    rows = _gemm(_cols(x, k, stride, pad, Ho, Wo), _weight_rows(Wt).transpose(0, 2, 1))
-    return rows.reshape(M, B, Ho, Wo, O)
+    out = np.empty((M, B, _out_size(H, k, stride, pad), _out_size(W, k, stride, pad), O), dtype=x.dtype)
+    run_ranges(_conv_forward, M * B, _c(x), _weight_rows(Wt), k, stride, pad, out)
+    return out
 
 
 def conv2d_backward(dy, x, Wt, stride, pad, need_dx=True):
-    """:func:`conv_reference.conv2d_backward`, channels last."""
+    """:func:`conv_reference.conv2d_backward`, channels last; the weight gradient is the sum,
+    in group order, of ``GROUPS`` per-group partial sums over a model's images."""
     M, B, Ho, Wo, O = dy.shape
     C, k = Wt.shape[2], Wt.shape[-1]
-    drows = _c(dy).reshape(M, B * Ho * Wo, O)
-    cols = _cols(x, k, stride, pad, Ho, Wo)
-    dW = _gemm_tn(drows, cols).reshape(M, O, k, k, C).transpose(0, 1, 4, 2, 3)
-    if not need_dx:
-        return None, dW
-    dcols = _gemm(drows, _weight_rows(Wt))
-    dx = np.empty(x.shape, dtype=dcols.dtype)
-    run_ranges(_col2im, M * B, dcols, k, stride, pad, Ho, Wo, dx)
-    return dx, dW
+    G = min(GROUPS, B)
+    part = np.empty((M, G, O, k * k * C), dtype=x.dtype)
+    dx = np.empty(x.shape, dtype=x.dtype) if need_dx else np.empty((1,) * 5, dtype=x.dtype)
+    run_ranges(_conv_backward, M * G, _c(dy), _c(x), _weight_rows(Wt), k, stride, pad, need_dx, part, dx)
+    dW = part.sum(axis=1).reshape(M, O, k, k, C).transpose(0, 1, 4, 2, 3)
+    return (dx if need_dx else None), dW
 
 
 def _channel_sums(a2, b2, shift, mode):
@@ -306,8 +306,8 @@ class ConvTrainer(_ReferenceTrainer):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         super().__init__(model, X, y, n_opt, n_rep, dtype)
 
-    # BLAS runs single-threaded: the threads split the GEMMs' row blocks themselves (OpenBLAS's
-    # own spinning threads would oversubscribe the cores, see blas_threads).
+    # BLAS runs single-threaded: the kernels' items already occupy the threads (OpenBLAS's own
+    # spinning threads would oversubscribe the cores, see blas_threads).
     def train(self, idx, a, b, gamma, r, aug=None):
         with single_threaded():
             return super().train(idx, a, b, gamma, r, aug)
