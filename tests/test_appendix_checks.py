@@ -98,3 +98,16 @@ def test_loss_variation_verdict_sees_the_drift_part_dropped(monkeypatch):
     drift −ηc² is comparable to the spread, and the verdict must fail."""
     monkeypatch.setattr(vr.theory, "folded_normal_mean", lambda mu, sd: np.sqrt(2 / np.pi) * np.asarray(sd))
     assert any("loss variation" in c for c in _failed(vr.run(size="smoke", seed=0)))
+
+
+def test_slow_sde_alpha_passes_and_fails_when_sgdm_drifts_10_percent_off(monkeypatch):
+    """Thm 5.5 across α: with SGDM's lr 10% too large its slow drift is 10% off, the gap
+    no longer vanishes, and every resolvable α fails (the unresolvable α = 1.9 says so)."""
+    from sdeverify.experiments import slow_sde_alpha as sa
+    res = sa.run(size="smoke", seed=0)
+    assert not _failed(res)
+    assert sum(v.claim.startswith("NOT RESOLVED") for v in res.verdicts) == 1
+    real = sa.SGDM
+    monkeypatch.setattr(sa, "SGDM", lambda lr, beta, name: real(1.1 * lr, beta, name=name))
+    failed = _failed(sa.run(size="smoke", seed=0))
+    assert len(failed) == 4 and all("NOT RESOLVED" not in c for c in failed)

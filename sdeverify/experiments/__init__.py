@@ -20,6 +20,7 @@ EXPERIMENTS: dict[str, str] = {
     "frozen_momentum": "sdeverify.experiments.frozen_momentum",
     "sde_limit": "sdeverify.experiments.sde_limit",
     "slow_sde": "sdeverify.experiments.slow_sde",
+    "slow_sde_alpha": "sdeverify.experiments.slow_sde_alpha",
     "label_noise": "sdeverify.experiments.label_noise",
     "svag": "sdeverify.experiments.svag",
     "batch_size": "sdeverify.experiments.batch_size",
