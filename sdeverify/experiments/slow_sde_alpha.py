@@ -17,7 +17,9 @@ Decision rules, per problem and α, on the gap's fitted order (``stats.fit_order
 
 * **resolvable** α — the heuristic predicts that the gap shrinks at least 2× over the η grid,
   (η_max/η_min)^p(α) ≥ 2: the gap must vanish, i.e. the order's lower end > 0 (Thm 5.5;
-  a one-sided rule because the theorem gives no rate).  Whether p(α) lies in the interval is
+  a one-sided rule because the theorem gives no rate), and the gap keeps one sign over the
+  grid (no two gaps beyond ±3 standard errors of opposite signs: C·η^p cannot change sign,
+  while a vanishing gap plus an O(1) offset — a wrong limit — does).  Whether p(α) lies in the interval is
   stated in the verdict as a finding, not used as a rule (the heuristic is not a proof).
 * **not resolvable** α (near the range's end): convergence at order ≤ 2 − α is too slow to
   be seen at reachable η.  The verdict says so in its claim ("NOT RESOLVED"), is not counted
@@ -43,6 +45,8 @@ SIZES = {"smoke": dict(problems=("valley",), etas=(0.07, 0.05, 0.035, 0.025, 0.0
          "full": dict(problems=("valley", "sphere"),
                       etas=(0.07, 0.05, 0.035, 0.025, 0.0175, 0.0125, 0.00875, 0.00625), paths=16384)}
 ALPHAS = (0.0, 0.5, 1.0, 1.5, 1.9)
+#: |gap|/se beyond which a gap's sign counts as established
+SIGN_Z = 3.0
 #: the heuristic shrink factor over the η grid below which an α counts as not resolvable
 RESOLVABLE = 2.0
 
@@ -65,13 +69,17 @@ def alpha_verdict(problem: str, alpha: float, etas: np.ndarray, gap: np.ndarray,
     f = fit_order(etas, np.abs(gap), sem)
     o = f.order
     inside = "inside" if o.contains(p) else "OUTSIDE"
+    z = gap / sem
+    one_sign = not (z.max() > SIGN_Z and z.min() < -SIGN_Z)
     if shrink >= RESOLVABLE:
         return Verdict(
             f"Thm 5.5, {problem}, alpha={alpha:g}: SGDM - SGD gap in E h1(Phi(x_T)) vanishes as eta -> 0",
             "Thm 5.5 (THEORY §13)",
             f"gap -> 0; heuristic order min(1, 2-alpha) = {p:g} (finding: {inside} the interval)",
-            o, o.low > 0.0,
-            f"lower end of the 95% interval of the fitted order > 0 over eta = {etas.min():g}..{etas.max():g} "
+            o, o.low > 0.0 and one_sign,
+            f"lower end of the 95% interval of the fitted order of |gap| > 0 over eta = {etas.min():g}.."
+            f"{etas.max():g}, and the gap keeps one sign (no two gaps beyond +-{SIGN_Z:g} se of opposite "
+            f"signs: a power law C eta^p cannot change sign) "
             f"(heuristic shrink factor {shrink:.2g} >= {RESOLVABLE:g}: resolvable); gap at eta_min "
             f"{gap[-1]:.3g} +- {sem[-1]:.2g}")
     return Verdict(
