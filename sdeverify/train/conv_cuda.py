@@ -1,0 +1,865 @@
+"""The numba.cuda trainer of the CIFAR ResNet (:mod:`sdeverify.train.convnet`): the training
+set, the augmentation parameters, every model's weights, momentum and BatchNorm running
+statistics resident on the GPU.
+
+The GPU backend of the paper's Sec. 6 ResNet experiments (Fig. 2, App. D.2: SGD and SGDM of
+Defs. 3.2-3.3, SVAG's two-minibatch step of Def. 6.1 with BatchNorm).  Contract, state,
+augmentation and SVAG/BatchNorm rules are those of the NumPy reference
+:class:`sdeverify.train.conv_reference.ConvTrainer` (read its docstring): each minibatch is
+normalised by its own batch statistics, the running statistics follow slot 0's.
+
+One :meth:`ConvTrainer.train` call uploads the S steps' minibatch rows and augmentation
+parameters once, runs every step on the device and copies the ``(S, M)`` batch losses back
+once.  Activations of the M models live in a *channel-major* layout ``(M, C, B, H, W)``: the
+values of one (model, channel) are contiguous, so BatchNorm's per-channel reductions read
+memory in order, and a convolution is one batched GEMM per layer over the models:
+
+* ``gather``: the rows of each replica straight into the layer-0 input ``(R, C, B, H, W)``,
+  cropped (zero padding) and flipped on the way (:mod:`sdeverify.train.augment`), and their
+  labels;
+* conv forward: ``im2col`` writes the patches ``(C·k·k, B·Ho·Wo)`` of every model, then the
+  GEMM of :func:`sdeverify.train.cuda.make_gemm` computes ``W (O × C·k·k) · cols``; backward:
+  the patches are recomputed, ``dW = dout · colsᵀ`` and ``dcols = Wᵀ · dout`` (the GEMM's
+  compile-time transposes), and ``col2im`` sums the patch gradients back onto each input pixel
+  (one thread per pixel, in the reference's (i, j) order: no atomics, deterministic);
+* BatchNorm forward (``bn_forward``) and backward (``bn_backward``): one block per (channel,
+  model), block tree reductions in shared memory (batch mean, biased variance, running
+  statistics update; ``Σ dy`` and ``Σ dy·x̂``), the normalisation and the ReLU fused;
+* ``residual`` (``relu(u + shortcut(x))``, identity or option-A zero-pad shortcut),
+  ``relu_back``, ``shortcut_back`` (the adjoint of both shortcuts, added in place), global
+  average ``pool`` and ``pool_back``;
+* the linear head and its gradients by the same GEMM (the bias gradient as ``1ᵀ dZ`` through
+  the GEMM's row of ones), the softmax cross-entropy and per-model loss reduction of
+  :func:`sdeverify.train.cuda.make_pointwise`;
+* ``update``: ``g = Σ_s r_s g_s + λ·mask·w;  m ← a m + b g;  w ← w − γ m`` with the decay mask
+  of :meth:`ResNet.decay_mask` (BN γ/β and the linear bias excluded unless ``decay_bn``).
+
+float32 and float64.  The GPU contracts multiply-adds into FMAs and sums in another order than
+NumPy, so it agrees with the reference up to rounding.  Without a GPU this module imports
+fine; constructing a :class:`ConvTrainer` raises a one-line ``RuntimeError`` unless Numba's
+CUDA simulator is on (``NUMBA_ENABLE_CUDASIM=1``, slow: tests only).
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from .. import cuda_arch
+from ..engine.cuda import _cuda
+from . import conv_reference
+from .convnet import BN_EPS, BN_MOMENTUM, ResNet
+from .cuda import (EPI_BIAS_ACT, EPI_NONE, GPU_BIG_MIN, GPU_MAX_REGISTERS, GPU_TILES, GPU_TPB,
+                   IDENTITY, SIM_BIG_MIN, SIM_TPB, _cached, _numba_dtype, gemm_config,
+                   make_gemm, make_pointwise)
+from .models import LOSSES
+
+try:  # a module global, so that the CUDA simulator can swap it inside kernels
+    from numba import cuda
+except Exception:  # pragma: no cover - depends on the install
+    cuda = None
+
+__all__ = ["ConvTrainer", "make_conv_kernels", "GEMM_VARIANTS", "KERNEL_PARAMS", "static_kernels"]
+
+#: Blocks of a grid-stride element-wise launch: at most this many (each thread loops).  Under
+#: the simulator every thread is a Python thread: few blocks keep the tests fast.
+GPU_MAX_BLOCKS, SIM_MAX_BLOCKS = 1 << 20, 1
+
+#: The simulator's GEMM tiles for the conv shapes (wide output tiles, 4 threads per block):
+#: fewer simulated blocks than the MLP's :data:`sdeverify.train.cuda.SIM_TILES`, still
+#: partial tiles in every dimension of the tiny test networks and barriers between threads.
+CONV_SIM_TILES = {"big": (8, 64, 16, 8, 16), "small": (4, 64, 16, 4, 16)}
+
+#: The GEMM variants this trainer launches ``(label, trans_a, trans_b, epilogue, activation)``.
+GEMM_VARIANTS = [
+    ("conv forward, head input/bias grad", False, False, EPI_NONE, IDENTITY),
+    ("conv weight grad", False, True, EPI_NONE, IDENTITY),
+    ("conv input grad, head weight grad", True, False, EPI_NONE, IDENTITY),
+    ("head forward", False, True, EPI_BIAS_ACT, IDENTITY),
+]
+
+#: Parameter types of the kernels of :func:`make_conv_kernels` as the launch code below passes
+#: them ("dt" the trainer's dtype, "i64" Python ints / int64 arrays, "[]" a 1-D array):
+#: :func:`static_kernels` builds their signatures from it for ``benchmarks/gpu_static.py``.
+_I = "i64"
+KERNEL_PARAMS = {
+    "gather": dict(X="dt[]", y="i64[]", idx="i64[]", ioff=_I, dyv="i64[]", dxv="i64[]",
+                   flip="i64[]", aoff=_I, use_aug=_I, R=_I, C=_I, B=_I, H=_I, W=_I,
+                   x0="dt[]", y0="i64[]"),
+    "im2col": dict(x="dt[]", xmod=_I, C=_I, B=_I, H=_I, W=_I, k=_I, s=_I, p=_I, Ho=_I, Wo=_I,
+                   M=_I, cols="dt[]"),
+    "col2im": dict(dcols="dt[]", C=_I, B=_I, H=_I, W=_I, k=_I, s=_I, p=_I, Ho=_I, Wo=_I, M=_I,
+                   dx="dt[]", accumulate=_I),
+    "bn_forward": dict(x="dt[]", C=_I, N=_I, M=_I, W="dt[]", og=_I, ob=_I, P=_I, train=_I,
+                       buf="dt[]", orm=_I, orv=_I, NB=_I, update=_I, eps="dt", keep="dt",
+                       mom="dt", unbias="dt", inv="dt[]", ioff=_I, Ctot=_I, xhat="dt[]",
+                       y="dt[]", relu=_I),
+    "bn_backward": dict(dy="dt[]", xhat="dt[]", C=_I, N=_I, M=_I, W="dt[]", og=_I, ob=_I, P=_I,
+                        inv="dt[]", ioff=_I, Ctot=_I, G="dt[]", goff=_I, dx="dt[]"),
+    "residual": dict(u="dt[]", x="dt[]", mode=_I, Cx=_I, C=_I, B=_I, H=_I, W=_I, Ho=_I, Wo=_I,
+                     M=_I, out="dt[]"),
+    "relu_back": dict(d="dt[]", a="dt[]", n=_I),
+    "shortcut_back": dict(dx="dt[]", d="dt[]", mode=_I, Cx=_I, C=_I, B=_I, H=_I, W=_I, Ho=_I,
+                          Wo=_I, M=_I),
+    "pool": dict(h="dt[]", C=_I, B=_I, HW=_I, M=_I, f="dt[]"),
+    "pool_back": dict(df="dt[]", C=_I, B=_I, HW=_I, M=_I, dh="dt[]"),
+    "update": dict(w="dt[]", mom="dt[]", g="dt[]", n_slots=_I, r0="dt", r1="dt", decay="dt[]",
+                   a="dt[]", b="dt[]", gamma="dt[]", s=_I, S=_I, R=_I, P=_I, M=_I),
+}
+#: Kernels launched one block per (channel, model) with a shared-memory tree reduction.
+_REDUCING = ("bn_forward", "bn_backward")
+
+
+def make_conv_kernels(dtype: np.dtype, tpb: int) -> dict:
+    """The conv trainer's own kernels (module docstring), ``{name: kernel}`` for ``dtype`` and
+    ``tpb`` threads per block (a power of two).  Element-wise kernels are grid-stride loops
+    over a flat index; ``bn_forward`` / ``bn_backward`` run one block per (channel, model),
+    grid ``(C, M)``, with ``tpb`` values of ``dtype`` of dynamic shared memory."""
+    DT, NPDT = _numba_dtype(dtype), np.dtype(dtype).type
+    ZERO, ONE = NPDT(0.0), NPDT(1.0)
+
+    @cuda.jit(device=True)
+    def block_sum(sh, t, v):
+        """Σ of ``v`` over the block's threads (fixed-order tree; every thread gets it)."""
+        sh[t] = v
+        cuda.syncthreads()
+        h = tpb // 2
+        while h > 0:
+            if t < h:
+                sh[t] += sh[t + h]
+            cuda.syncthreads()
+            h //= 2
+        r = sh[0]
+        cuda.syncthreads()
+        return r
+
+    @cuda.jit
+    def gather(X, y, idx, ioff, dyv, dxv, flip, aoff, use_aug, R, C, B, H, W, x0, y0):
+        """``x0[r, c, b, h, w]`` = image ``idx[ioff + r·B + b]`` of ``X (n, C, H, W)``, cropped
+        at ``(dy, dx)`` with zero padding and flipped (``use_aug``; parameters at ``aoff +
+        r·B + b``), and its label into ``y0[r·B + b]``."""
+        total = R * C * B * H * W
+        for e in range(cuda.grid(1), total, cuda.gridsize(1)):
+            w = e % W
+            q = e // W
+            h = q % H
+            q //= H
+            b = q % B
+            q //= B
+            c = q % C
+            r = q // C
+            row = idx[ioff + r * B + b]
+            hh, ww = h, w
+            if use_aug:
+                a = aoff + r * B + b
+                if flip[a]:
+                    ww = W - 1 - w
+                hh += dyv[a]
+                ww += dxv[a]
+            v = ZERO
+            if hh >= 0 and hh < H and ww >= 0 and ww < W:
+                v = X[((row * C + c) * H + hh) * W + ww]
+            x0[e] = v
+            if c == 0 and h == 0 and w == 0:
+                y0[r * B + b] = y[row]
+
+    @cuda.jit
+    def im2col(x, xmod, C, B, H, W, k, s, p, Ho, Wo, M, cols):
+        """``cols[m, (c·k + i)·k + j, (b·Ho + ho)·Wo + wo]`` = ``x[m % xmod, c, b, ho·s + i − p,
+        wo·s + j − p]`` (0 outside the image), ``x (·, C, B, H, W)``."""
+        No = B * Ho * Wo
+        K = C * k * k
+        total = M * K * No
+        for e in range(cuda.grid(1), total, cuda.gridsize(1)):
+            n = e % No
+            q = e // No
+            kk = q % K
+            m = q // K
+            wo = n % Wo
+            q2 = n // Wo
+            ho = q2 % Ho
+            b = q2 // Ho
+            j = kk % k
+            q3 = kk // k
+            i = q3 % k
+            c = q3 // k
+            r = ho * s + i - p
+            cc = wo * s + j - p
+            v = ZERO
+            if r >= 0 and r < H and cc >= 0 and cc < W:
+                v = x[((((m % xmod) * C + c) * B + b) * H + r) * W + cc]
+            cols[e] = v
+
+    @cuda.jit
+    def col2im(dcols, C, B, H, W, k, s, p, Ho, Wo, M, dx, accumulate):
+        """The adjoint of ``im2col`` (xmod = M): each input pixel sums the patch gradients
+        that read it, in (i, j) order; ``dx`` (``+=`` when ``accumulate``)."""
+        No = B * Ho * Wo
+        K = C * k * k
+        total = M * C * B * H * W
+        for e in range(cuda.grid(1), total, cuda.gridsize(1)):
+            w = e % W
+            q = e // W
+            h = q % H
+            q //= H
+            b = q % B
+            q //= B
+            c = q % C
+            m = q // C
+            v = ZERO
+            for i in range(k):
+                rr = h + p - i
+                if rr >= 0 and rr % s == 0 and rr // s < Ho:
+                    for j in range(k):
+                        cc = w + p - j
+                        if cc >= 0 and cc % s == 0 and cc // s < Wo:
+                            v += dcols[(m * K + (c * k + i) * k + j) * No
+                                       + (b * Ho + rr // s) * Wo + cc // s]
+            if accumulate:
+                dx[e] += v
+            else:
+                dx[e] = v
+
+    @cuda.jit
+    def bn_forward(x, C, N, M, W, og, ob, P, train, buf, orm, orv, NB, update, eps, keep, mom,
+                   unbias, inv, ioff, Ctot, xhat, y, relu):
+        """BatchNorm2d of channel c of model m (blocks take the (c, m) pairs in turn) of ``x (M, C, N)``: training mode
+        by the batch mean and biased variance (and, when ``update``, the running statistics
+        ``keep·r + mom·stat``, the variance unbiased by ``unbias = N/(N − 1)``), evaluation
+        mode by the running statistics ``buf[m·NB + orm/orv + c]``; writes ``1/σ`` to
+        ``inv[m·Ctot + ioff + c]``, ``x̂`` and ``y = γ x̂ + β`` (then ReLU when ``relu``);
+        γ, β at ``W[m·P + og/ob + c]``."""
+        sh = cuda.shared.array(0, DT)
+        t = cuda.threadIdx.x
+        for cm in range(cuda.blockIdx.x, C * M, cuda.gridDim.x):   # block-uniform
+            _bn_forward_channel(sh, t, cm % C, cm // C, x, C, N, W, og, ob, P, train, buf, orm,
+                                orv, NB, update, eps, keep, mom, unbias, inv, ioff, Ctot, xhat,
+                                y, relu)
+
+    @cuda.jit(device=True)
+    def _bn_forward_channel(sh, t, c, m, x, C, N, W, og, ob, P, train, buf, orm, orv, NB,
+                            update, eps, keep, mom, unbias, inv, ioff, Ctot, xhat, y, relu):
+        base = (m * C + c) * N
+        if train:
+            a = ZERO
+            for i in range(t, N, tpb):
+                a += x[base + i]
+            nf = NPDT(N)
+            mean = block_sum(sh, t, a) / nf
+            a = ZERO
+            for i in range(t, N, tpb):
+                d = x[base + i] - mean
+                a += d * d
+            var = block_sum(sh, t, a) / nf
+            iv = ONE / math.sqrt(var + eps)
+            if update and t == 0:
+                rm = m * NB + orm + c
+                rv = m * NB + orv + c
+                buf[rm] = keep * buf[rm] + mom * mean
+                buf[rv] = keep * buf[rv] + mom * (var * unbias)
+        else:
+            mean = buf[m * NB + orm + c]
+            iv = ONE / math.sqrt(buf[m * NB + orv + c] + eps)
+        if t == 0:
+            inv[m * Ctot + ioff + c] = iv
+        g = W[m * P + og + c]
+        bb = W[m * P + ob + c]
+        for i in range(t, N, tpb):
+            hv = (x[base + i] - mean) * iv
+            xhat[base + i] = hv
+            v = g * hv + bb
+            if relu and v < ZERO:
+                v = ZERO
+            y[base + i] = v
+
+    @cuda.jit
+    def bn_backward(dy, xhat, C, N, M, W, og, ob, P, inv, ioff, Ctot, G, goff, dx):
+        """Training-mode BatchNorm2d backward of channel c of model m (blocks take the (c, m) pairs in turn):
+        ``dβ = Σ dy``, ``dγ = Σ dy·x̂`` into ``G[goff + m·P + ob/og + c]`` and
+        ``dx = γ·inv/N · (N·dy − dβ − x̂·dγ)``."""
+        sh = cuda.shared.array(0, DT)
+        t = cuda.threadIdx.x
+        for cm in range(cuda.blockIdx.x, C * M, cuda.gridDim.x):   # block-uniform
+            _bn_backward_channel(sh, t, cm % C, cm // C, dy, xhat, C, N, W, og, ob, P, inv,
+                                 ioff, Ctot, G, goff, dx)
+
+    @cuda.jit(device=True)
+    def _bn_backward_channel(sh, t, c, m, dy, xhat, C, N, W, og, ob, P, inv, ioff, Ctot, G,
+                             goff, dx):
+        base = (m * C + c) * N
+        a = ZERO
+        b2 = ZERO
+        for i in range(t, N, tpb):
+            a += dy[base + i]
+            b2 += dy[base + i] * xhat[base + i]
+        dbeta = block_sum(sh, t, a)
+        dgamma = block_sum(sh, t, b2)
+        if t == 0:
+            G[goff + m * P + og + c] = dgamma
+            G[goff + m * P + ob + c] = dbeta
+        nf = NPDT(N)
+        coef = W[m * P + og + c] * inv[m * Ctot + ioff + c] / nf
+        for i in range(t, N, tpb):
+            dx[base + i] = coef * (nf * dy[base + i] - dbeta - xhat[base + i] * dgamma)
+
+    @cuda.jit
+    def residual(u, x, mode, Cx, C, B, H, W, Ho, Wo, M, out):
+        """``out = relu(u + s)`` over ``u (M, C, B, Ho, Wo)``: ``s = x`` (mode 0, same shape)
+        or the option-A shortcut of ``x (M, Cx, B, H, W)`` (mode 1: ``x[c − front, b, 2h,
+        2w]`` on the channels ``front ≤ c < front + Cx``, ``front = (C − Cx)//2``, else 0)."""
+        total = M * C * B * Ho * Wo
+        front = (C - Cx) // 2
+        for e in range(cuda.grid(1), total, cuda.gridsize(1)):
+            v = u[e]
+            if mode == 0:
+                v += x[e]
+            else:
+                w = e % Wo
+                q = e // Wo
+                h = q % Ho
+                q //= Ho
+                b = q % B
+                q //= B
+                c = q % C - front
+                m = q // C
+                if c >= 0 and c < Cx:
+                    v += x[(((m * Cx + c) * B + b) * H + 2 * h) * W + 2 * w]
+            if v < ZERO:
+                v = ZERO
+            out[e] = v
+
+    @cuda.jit
+    def relu_back(d, a, n):
+        """``d ← d · (a > 0)`` (ReLU's adjoint at its output ``a``)."""
+        for e in range(cuda.grid(1), n, cuda.gridsize(1)):
+            if not a[e] > ZERO:
+                d[e] = d[e] * ZERO
+
+    @cuda.jit
+    def shortcut_back(dx, d, mode, Cx, C, B, H, W, Ho, Wo, M):
+        """``dx += shortcutᵀ d``: ``d`` itself (mode 0) or the option-A adjoint (mode 1):
+        ``dx[m, c, b, 2h, 2w] += d[m, c + front, b, h, w]``."""
+        front = (C - Cx) // 2
+        total = M * Cx * B * H * W
+        for e in range(cuda.grid(1), total, cuda.gridsize(1)):
+            if mode == 0:
+                dx[e] += d[e]
+            else:
+                w = e % W
+                q = e // W
+                h = q % H
+                if h % 2 == 0 and w % 2 == 0:
+                    q //= H
+                    b = q % B
+                    q //= B
+                    c = q % Cx
+                    m = q // Cx
+                    dx[e] += d[(((m * C + c + front) * B + b) * Ho + h // 2) * Wo + w // 2]
+
+    @cuda.jit
+    def pool(h, C, B, HW, M, f):
+        """Global average pooling: ``f[m, b, c] = Σ_hw h[m, c, b, hw] / HW``."""
+        for e in range(cuda.grid(1), M * B * C, cuda.gridsize(1)):
+            c = e % C
+            q = e // C
+            b = q % B
+            m = q // B
+            base = ((m * C + c) * B + b) * HW
+            a = ZERO
+            for i in range(HW):
+                a += h[base + i]
+            f[e] = a / NPDT(HW)
+
+    @cuda.jit
+    def pool_back(df, C, B, HW, M, dh):
+        """``dh[m, c, b, hw] = df[m, b, c] / HW``."""
+        for e in range(cuda.grid(1), M * C * B * HW, cuda.gridsize(1)):
+            q = e // HW
+            b = q % B
+            q //= B
+            c = q % C
+            m = q // C
+            dh[e] = df[(m * B + b) * C + c] / NPDT(HW)
+
+    @cuda.jit
+    def update(w, mom, g, n_slots, r0, r1, decay, a, b, gamma, s, S, R, P, M):
+        """``g = r₀ g₀ (+ r₁ g₁) + decay ⊙ w;  m ← a m + b g;  w ← w − γ m`` for every
+        (model, parameter); ``decay = λ·mask`` per parameter; slots with r = 0 are not read;
+        ``a, b, gamma`` are the optimizers' (optimizers, S) coefficients, flat."""
+        for q in range(cuda.grid(1), M * P, cuda.gridsize(1)):
+            p = q % P
+            j = (q // P) // R
+            gr = ZERO
+            if r0 != ZERO:
+                gr = r0 * g[q]
+            if n_slots > 1 and r1 != ZERO:
+                gr += r1 * g[M * P + q]
+            gr += decay[p] * w[q]
+            mm = a[j * S + s] * mom[q] + b[j * S + s] * gr
+            mom[q] = mm
+            w[q] = w[q] - gamma[j * S + s] * mm
+
+    return dict(gather=gather, im2col=im2col, col2im=col2im, bn_forward=bn_forward,
+                bn_backward=bn_backward, residual=residual, relu_back=relu_back,
+                shortcut_back=shortcut_back, pool=pool, pool_back=pool_back, update=update)
+
+
+def static_kernels(dtype, tpb: int = GPU_TPB) -> list:
+    """``(name, pyfunc, signature, threads, dynamic shared bytes)`` of every kernel of
+    :func:`make_conv_kernels` as the launch code passes its arguments (for
+    ``benchmarks/gpu_static.py``: NVVM + ptxas without a GPU)."""
+    from numba import types as T
+    dtype = np.dtype(dtype)
+    scalars = {"dt": _numba_dtype(dtype), "i64": T.int64}
+    ks = make_conv_kernels(dtype, tpb)
+    out = []
+    for name, params in KERNEL_PARAMS.items():
+        fn = ks[name].py_func
+        names = list(fn.__code__.co_varnames[:fn.__code__.co_argcount])
+        if names != list(params):
+            raise KeyError(f"the {name} kernel's parameters {names} differ from KERNEL_PARAMS")
+        sig = tuple(T.Array(scalars[t[:-2]], 1, "C") if t.endswith("[]") else scalars[t]
+                    for t in params.values())
+        shared = tpb * dtype.itemsize if name in _REDUCING else 0
+        out.append((name, fn, sig, tpb, shared))
+    return out
+
+
+# ---- the network plan ---------------------------------------------------------------------------
+class _Unit:
+    """One conv + BatchNorm: parameter/buffer offsets and shapes (per model)."""
+
+    def __init__(self, model: ResNet, conv: str, bn: str, c_in: int, c_out: int, k: int,
+                 stride: int, pad: int, h_in: int, ioff: int):
+        lay = {t.name: t for t in model.layout()}
+        buf = {t.name: t for t in model.buffer_layout()}
+        self.w = lay[conv].offset
+        self.og, self.ob = lay[f"{bn}.weight"].offset, lay[f"{bn}.bias"].offset
+        self.orm, self.orv = buf[f"{bn}.running_mean"].offset, buf[f"{bn}.running_var"].offset
+        self.c_in, self.c_out, self.k, self.stride, self.pad = c_in, c_out, k, stride, pad
+        self.h_in = h_in
+        self.h_out = (h_in + 2 * pad - k) // stride + 1
+        self.ioff = ioff
+
+
+class _Plan:
+    """The ResNet as a list of units and blocks, with the sizes of its device buffers."""
+
+    def __init__(self, model: ResNet):
+        self.model = model
+        units = []
+        ioff = 0
+
+        def unit(conv, bn, c_in, c_out, k, stride, pad, h_in):
+            nonlocal ioff
+            u = _Unit(model, conv, bn, c_in, c_out, k, stride, pad, h_in, ioff)
+            ioff += c_out
+            units.append(u)
+            return u
+
+        size = model.image_size
+        c0 = model.channels[0]
+        self.stem = unit("conv1.weight", "bn1", model.in_channels, c0, 3, 1, 1, size)
+        self.blocks = []
+        h = size
+        for blk in model.blocks():
+            p = blk.prefix
+            u1 = unit(f"{p}.conv1.weight", f"{p}.bn1", blk.c_in, blk.c_out, 3, blk.stride, 1, h)
+            u2 = unit(f"{p}.conv2.weight", f"{p}.bn2", blk.c_out, blk.c_out, 3, 1, 1, u1.h_out)
+            us = (unit(f"{p}.shortcut.0.weight", f"{p}.shortcut.1", blk.c_in, blk.c_out, 1,
+                       blk.stride, 0, h) if blk.shortcut == "B" else None)
+            self.blocks.append((blk, u1, u2, us))
+            h = u1.h_out
+        self.units, self.Ctot = units, ioff
+        self.h_last, self.c_last = h, model.channels[2]
+        lay = {t.name: t for t in model.layout()}
+        self.lin_w, self.lin_b = lay["linear.weight"].offset, lay["linear.bias"].offset
+        # per image: the largest activation (C·H·W) and patch matrix (C·k·k·Ho·Wo)
+        self.act = max(u.c_out * u.h_out ** 2 for u in units)
+        self.act = max(self.act, model.in_channels * size ** 2)
+        self.cols = max(u.c_in * u.k ** 2 * u.h_out ** 2 for u in units)
+
+
+class _Workspace:
+    """Device buffers of one (models, batch) shape: per unit its x̂ and output, per block its
+    output, and the scratch of the passes."""
+
+    def __init__(self, plan: _Plan, dt, M: int, B: int, Mx: int):
+        def arr(n, d=dt):
+            return cuda.device_array(max(int(n), 1), dtype=d)
+        self.M, self.B = M, B
+        self.xhat = {id(u): arr(M * u.c_out * B * u.h_out ** 2) for u in plan.units}
+        self.y = {id(u): arr(M * u.c_out * B * u.h_out ** 2) for u in plan.units}
+        self.out = {i: arr(M * b[2].c_out * B * b[2].h_out ** 2) for i, b in enumerate(plan.blocks)}
+        big = M * B * plan.act
+        self.conv = arr(big)
+        self.cols = arr(M * B * plan.cols)
+        self.dcols = arr(M * B * plan.cols)
+        self.ga, self.gx, self.gb, self.gc = arr(big), arr(big), arr(big), arr(big)
+        self.inv = arr(M * plan.Ctot)
+        C3, K = plan.c_last, plan.model.n_classes
+        self.f, self.df = arr(M * B * C3), arr(M * B * C3)
+        self.z, self.dz = arr(M * B * K), arr(M * B * K)
+        self.losses = arr(M * B, np.float64)
+        self.correct = arr(M * B, np.float64)
+        m = plan.model
+        self.x0 = arr(Mx * m.in_channels * B * m.image_size ** 2)
+        self.y0 = arr(Mx * B, np.int64)
+
+
+class ConvTrainer(conv_reference.ConvTrainer):
+    """numba.cuda backend for :class:`~sdeverify.train.convnet.ResNet` (module docstring):
+    the contract, state, augmentation and SVAG rules of the reference
+    :class:`~sdeverify.train.conv_reference.ConvTrainer`, on the GPU.  ``dtype``: float32
+    (default, the GPU's fast path) or float64."""
+
+    def __init__(self, model: ResNet, X: np.ndarray, y: np.ndarray, n_opt: int, n_rep: int,
+                 dtype: str = "float32"):
+        if str(np.dtype(dtype)) not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        _cuda()
+        super().__init__(model, X, y, n_opt, n_rep, dtype)
+        self.M = self.J * self.R
+        if self.M > 65535:   # models index a grid dimension, limited to 65535 blocks
+            raise ValueError(f"n_opt * n_rep must be <= 65535 on the GPU, got {self.M}")
+        self.plan = _Plan(model)
+        self.P, self.NB = model.n_params, model.n_buffers
+        sim = bool(numba.config.ENABLE_CUDASIM)
+        self.tiles = CONV_SIM_TILES if sim else GPU_TILES
+        self.big_min = SIM_BIG_MIN if sim else GPU_BIG_MIN
+        self.n_sm = 1 if sim else cuda.get_current_device().MULTIPROCESSOR_COUNT
+        self.max_blocks = SIM_MAX_BLOCKS if sim else GPU_MAX_BLOCKS
+        self.limits = cuda_arch.current_limits()
+        self._launches_ok: set = set()
+        self.tpb = SIM_TPB if sim else GPU_TPB
+        key = (self.dtype.str, self.tpb)
+        self.k = _cached(("conv",) + key, lambda: make_conv_kernels(self.dtype, self.tpb))
+        _, self._loss, self._reduce, _ = _cached(
+            ("pointwise", self.dtype.str, LOSSES["cross_entropy"], self.tpb),
+            lambda: make_pointwise(self.dtype, LOSSES["cross_entropy"], self.tpb))
+        self.X_dev = cuda.to_device(self.X.ravel())
+        self.y_dev = cuda.to_device(self.y)
+        self.decay_dev = cuda.to_device(self.decay)
+        self._ws: dict = {}
+        self._eval_cache: dict = {}
+        self._G = None
+        self.W_dev = self.Mom_dev = self.buf_dev = None
+
+    # ---- state ------------------------------------------------------------------------------
+    def set_state(self, W, Mom, buffers=None) -> None:
+        """Parameters, momentum and BN running statistics (default: 0 means, 1 variances),
+        uploaded to the device."""
+        super().set_state(W, Mom, buffers)
+        for name, v, n in (("W", self.W, self.P), ("Mom", self.Mom, self.P),
+                           ("buffers", self.buffers, self.NB)):
+            if v.shape != (self.M, n):
+                raise ValueError(f"{name} must have shape (models={self.M}, {n}), got {v.shape}")
+        self.W_dev = cuda.to_device(self.W.ravel())
+        self.Mom_dev = cuda.to_device(self.Mom.ravel())
+        self.buf_dev = cuda.to_device(self.buffers.ravel())
+
+    def get_state(self):
+        """``(W, Mom, buffers)`` copied from the device."""
+        if self.W_dev is None:
+            raise RuntimeError("call set_state(W, Mom) first")
+        return (self.W_dev.copy_to_host().reshape(self.M, self.P),
+                self.Mom_dev.copy_to_host().reshape(self.M, self.P),
+                self.buf_dev.copy_to_host().reshape(self.M, self.NB))
+
+    # ---- launches ---------------------------------------------------------------------------
+    def _launch(self, kernel, grid, threads: int, shared: int = 0, registers: int | None = None):
+        """``kernel[grid, threads, 0, shared]`` after :func:`sdeverify.cuda_arch.check_launch`
+        against this GPU's limits (a clear ValueError instead of a launch failure)."""
+        grid = grid if isinstance(grid, tuple) else (grid,)
+        key = (grid, threads, shared, registers)
+        if key not in self._launches_ok:
+            cuda_arch.check_launch(self.limits, threads, shared, registers, grid)
+            self._launches_ok.add(key)
+        return kernel[grid, threads, 0, shared]
+
+    def _flat(self, name: str, n: int):
+        """An element-wise kernel launched over ``n`` items (grid-stride)."""
+        blocks = max(1, min(-(-int(n) // self.tpb), self.max_blocks))
+        return self._launch(self.k[name], blocks, self.tpb)
+
+    def _per_channel(self, name: str, C: int, M: int):
+        """A BatchNorm kernel: one block per (channel, model) on a GPU (grid-stride)."""
+        blocks = max(1, min(C * M, self.max_blocks))
+        return self._launch(self.k[name], blocks, self.tpb, self.tpb * self.dtype.itemsize)
+
+    def _gemm(self, ta: bool, tb: bool, epi: int, nm: int, nn: int, models: int, a, offa, saz,
+              zmoda, lda, b, offb, sbz, ldb, c, offc, scz, ldc, e=None, offe=0, sez=0, nk=1,
+              ones_row=-1):
+        size, tile, grid = gemm_config(nm, nn, models, self.tiles, self.big_min, self.n_sm)
+        regs = GPU_MAX_REGISTERS[size] if self.dtype == np.float32 else None
+        k = _cached(("gemm", self.dtype.str, tile, ta, tb, epi, IDENTITY, regs),
+                    lambda: make_gemm(self.dtype, tile, ta, tb, epi, IDENTITY, regs))
+        self._launch(k, grid, k.threads, k.shared_bytes, regs)(
+            a, offa, saz, zmoda, lda, b, offb, sbz, ldb, c, offc, scz, ldc,
+            c if e is None else e, offe, sez, nm, nn, nk, ones_row, 0)
+
+    def _workspace(self, M: int, B: int, Mx: int) -> _Workspace:
+        key = (M, B, Mx)
+        if key not in self._ws:
+            if len(self._ws) >= 3:
+                self._ws.pop(next(iter(self._ws)))
+            self._ws[key] = _Workspace(self.plan, self.dtype, M, B, Mx)
+        return self._ws[key]
+
+    # ---- layers -----------------------------------------------------------------------------
+    def _conv(self, u: _Unit, ws: _Workspace, W, x, xmod: int) -> None:
+        """``ws.conv (M, O, B·Ho·Wo) = W_u · im2col(x)``."""
+        M, B = ws.M, ws.B
+        K, No = u.c_in * u.k * u.k, B * u.h_out ** 2
+        self._flat("im2col", M * K * No)(x, xmod, u.c_in, B, u.h_in, u.h_in, u.k, u.stride,
+                                         u.pad, u.h_out, u.h_out, M, ws.cols)
+        self._gemm(False, False, EPI_NONE, u.c_out, No, M, W, u.w, self.P, M, K,
+                   ws.cols, 0, K * No, No, ws.conv, 0, u.c_out * No, No, nk=K)
+
+    def _conv_bn(self, u: _Unit, ws: _Workspace, W, x, xmod: int, train: bool, update: bool,
+                 relu: bool):
+        self._conv(u, ws, W, x, xmod)
+        N = ws.B * u.h_out ** 2
+        dt = self.dtype.type
+        self._per_channel("bn_forward", u.c_out, ws.M)(
+            ws.conv, u.c_out, N, ws.M, W, u.og, u.ob, self.P, int(train), self.buf_dev
+            if self.buf_dev is not None else ws.inv, u.orm, u.orv, self.NB, int(update),
+            dt(BN_EPS), dt(1.0 - BN_MOMENTUM), dt(BN_MOMENTUM), dt(N / max(N - 1, 1)), ws.inv,
+            u.ioff, self.plan.Ctot, ws.xhat[id(u)], ws.y[id(u)], int(relu))
+        return ws.y[id(u)]
+
+    def _conv_bn_backward(self, u: _Unit, ws: _Workspace, W, x, xmod: int, dy, G, goff: int,
+                          dx=None, accumulate: bool = False) -> None:
+        """BN backward of ``dy`` (γ, β gradients into ``G``), the conv weight gradient into
+        ``G`` and, when ``dx`` is given, the input gradient into (or added to) ``dx``."""
+        M, B = ws.M, ws.B
+        N = B * u.h_out ** 2
+        K = u.c_in * u.k * u.k
+        self._per_channel("bn_backward", u.c_out, M)(
+            dy, ws.xhat[id(u)], u.c_out, N, M, W, u.og, u.ob, self.P, ws.inv, u.ioff,
+            self.plan.Ctot, G, goff, ws.gc)
+        self._flat("im2col", M * K * N)(x, xmod, u.c_in, B, u.h_in, u.h_in, u.k, u.stride,
+                                        u.pad, u.h_out, u.h_out, M, ws.cols)
+        # dW (O × K) = dc (O × N) · colsᵀ
+        self._gemm(False, True, EPI_NONE, u.c_out, K, M, ws.gc, 0, u.c_out * N, M, N,
+                   ws.cols, 0, K * N, N, G, goff + u.w, self.P, K, nk=N)
+        if dx is None:
+            return
+        # dcols (K × N) = Wᵀ (K × O) · dc (O × N)
+        self._gemm(True, False, EPI_NONE, K, N, M, W, u.w, self.P, M, K,
+                   ws.gc, 0, u.c_out * N, N, ws.dcols, 0, K * N, N, nk=u.c_out)
+        self._flat("col2im", M * u.c_in * B * u.h_in ** 2)(
+            ws.dcols, u.c_in, B, u.h_in, u.h_in, u.k, u.stride, u.pad, u.h_out, u.h_out, M, dx,
+            int(accumulate))
+
+    def _forward(self, ws: _Workspace, W, x0, xmod: int, train: bool, update: bool) -> None:
+        """Logits ``ws.z (M, B, classes)`` of the layer-0 input ``x0`` (model m reads
+        ``x0[m % xmod]``)."""
+        M, B, plan = ws.M, ws.B, self.plan
+        h = self._conv_bn(plan.stem, ws, W, x0, xmod, train, update, True)
+        for i, (blk, u1, u2, us) in enumerate(plan.blocks):
+            h1 = self._conv_bn(u1, ws, W, h, M, train, update, True)
+            u = self._conv_bn(u2, ws, W, h1, M, train, update, False)
+            mode, s = 0, h
+            if us is not None:
+                s = self._conv_bn(us, ws, W, h, M, train, update, False)
+            elif blk.shortcut == "A":
+                mode = 1
+            Ho = u2.h_out
+            self._flat("residual", M * u2.c_out * B * Ho * Ho)(
+                u, s, mode, u1.c_in, u2.c_out, B, u1.h_in, u1.h_in, Ho, Ho, M, ws.out[i])
+            h = ws.out[i]
+        C3, HW, K = plan.c_last, plan.h_last ** 2, self.model.n_classes
+        self._flat("pool", M * B * C3)(h, C3, B, HW, M, ws.f)
+        # Z (B × K) = f (B × C3) · W_linᵀ + b
+        self._gemm(False, True, EPI_BIAS_ACT, B, K, M, ws.f, 0, B * C3, M, C3,
+                   W, plan.lin_w, self.P, C3, ws.z, 0, B * K, K, W, plan.lin_b, self.P, nk=C3)
+
+    def _backward(self, ws: _Workspace, W, x0, xmod: int, G, goff: int) -> None:
+        """The data-loss gradient from ``ws.dz`` into ``G[goff + m·P:]`` (no weight decay)."""
+        M, B, plan = ws.M, ws.B, self.plan
+        C3, HW, K = plan.c_last, plan.h_last ** 2, self.model.n_classes
+        # head: dW_lin (K × C3) = dZᵀ f, db (1 × K) = 1ᵀ dZ, df (B × C3) = dZ W_lin
+        self._gemm(True, False, EPI_NONE, K, C3, M, ws.dz, 0, B * K, M, K,
+                   ws.f, 0, B * C3, C3, G, goff + plan.lin_w, self.P, C3, nk=B)
+        self._gemm(False, False, EPI_NONE, 1, K, M, ws.dz, 0, B * K, M, K,
+                   ws.dz, 0, B * K, K, G, goff + plan.lin_b, self.P, K, nk=B, ones_row=0)
+        self._gemm(False, False, EPI_NONE, B, C3, M, ws.dz, 0, B * K, M, K,
+                   W, plan.lin_w, self.P, C3, ws.df, 0, B * C3, C3, nk=K)
+        ga, gx = ws.ga, ws.gx
+        self._flat("pool_back", M * C3 * B * HW)(ws.df, C3, B, HW, M, ga)
+        for i in range(len(plan.blocks) - 1, -1, -1):
+            blk, u1, u2, us = plan.blocks[i]
+            x = ws.y[id(plan.stem)] if i == 0 else ws.out[i - 1]
+            n_out = M * u2.c_out * B * u2.h_out ** 2
+            self._flat("relu_back", n_out)(ga, ws.out[i], n_out)
+            self._conv_bn_backward(u2, ws, W, ws.y[id(u1)], M, ga, G, goff, ws.gb)
+            n_h1 = M * u1.c_out * B * u1.h_out ** 2
+            self._flat("relu_back", n_h1)(ws.gb, ws.y[id(u1)], n_h1)
+            self._conv_bn_backward(u1, ws, W, x, M, ws.gb, G, goff, gx)
+            if us is not None:
+                self._conv_bn_backward(us, ws, W, x, M, ga, G, goff, gx, accumulate=True)
+            else:
+                self._flat("shortcut_back", M * u1.c_in * B * u1.h_in ** 2)(
+                    gx, ga, int(blk.shortcut == "A"), u1.c_in, u2.c_out, B, u1.h_in, u1.h_in,
+                    u2.h_out, u2.h_out, M)
+            ga, gx = gx, ga
+        stem = plan.stem
+        n = M * stem.c_out * B * stem.h_out ** 2
+        self._flat("relu_back", n)(ga, ws.y[id(stem)], n)
+        self._conv_bn_backward(stem, ws, W, x0, xmod, ga, G, goff)
+
+    def _gather(self, ws: _Workspace, X, y, idx, ioff: int, aug, aoff: int, R: int) -> None:
+        m = self.model
+        C, H = m.in_channels, m.image_size
+        dyv, dxv, flip = aug if aug is not None else (idx, idx, idx)
+        self._flat("gather", R * C * ws.B * H * H)(
+            X, y, idx, ioff, dyv, dxv, flip, aoff, int(aug is not None), R, C, ws.B, H, H,
+            ws.x0, ws.y0)
+
+    def _loss_grad(self, ws: _Workspace, ymod: int, sy: int, denom: float) -> None:
+        grid = (-(-ws.B // self.tpb), ws.M)
+        self._launch(self._loss, grid, self.tpb)(
+            ws.z, 0, ws.y0, ymod, sy, ws.B, self.model.n_classes, self.dtype.type(denom),
+            ws.dz, 0, ws.losses, ws.correct)
+
+    # ---- contract ---------------------------------------------------------------------------
+    def train(self, idx, a, b, gamma, r, aug=None) -> np.ndarray:
+        """S steps (the reference's contract); returns slot 0's mean batch loss before each
+        step, ``(S, M)``."""
+        if self.W_dev is None:
+            raise RuntimeError("call set_state(W, Mom) before train()")
+        n_slots = len(idx)
+        if n_slots not in (1, 2):
+            raise ValueError(f"idx must hold 1 or 2 minibatch slots, got {n_slots}")
+        idx = np.stack([np.asarray(i) for i in idx])
+        if idx.ndim != 4 or idx.shape[2] != self.R or idx.shape[1] < 1 or not np.issubdtype(
+                idx.dtype, np.integer):
+            raise ValueError(f"each idx slot must be integer rows of shape (steps, "
+                             f"replicas={self.R}, batch), got {idx.shape[1:]}")
+        _, S, R, B = idx.shape
+        if B < 2:
+            raise ValueError(f"batch: BatchNorm in training mode needs a batch of at least 2 "
+                             f"images, got {B}")
+        if idx.min() < 0 or idx.max() >= self.X.shape[0]:
+            raise ValueError(f"idx must hold row indices in [0, {self.X.shape[0] - 1}], "
+                             f"got values in [{idx.min()}, {idx.max()}]")
+        coef = []
+        for name, v in (("a", a), ("b", b), ("gamma", gamma)):
+            v = np.asarray(v, dtype=np.float64)
+            if v.shape != (self.J, S):
+                raise ValueError(f"{name} must have shape (optimizers={self.J}, steps={S}), "
+                                 f"got {v.shape}")
+            coef.append(cuda.to_device(np.ascontiguousarray(v.astype(self.dtype).ravel())))
+        r = np.asarray(r, dtype=np.float64).ravel()
+        if r.shape != (n_slots,) or not np.all(np.isfinite(r)):
+            raise ValueError(f"r must hold {n_slots} finite slot weights, got {r!r}")
+        aug_dev = None
+        if aug is not None:
+            if len(aug) != n_slots:
+                raise ValueError(f"aug must hold one (dy, dx, flip) per minibatch slot "
+                                 f"({n_slots}), got {len(aug)}")
+            parts = []
+            for slot_aug in aug:
+                if len(slot_aug) != 3:
+                    raise ValueError("aug: each slot must be a (dy, dx, flip) triple")
+                for name, v in zip(("dy", "dx", "flip"), slot_aug):
+                    v = np.asarray(v)
+                    if v.shape != (S, R, B):
+                        raise ValueError(f"aug {name} must have shape (steps={S}, replicas={R}, "
+                                         f"batch={B}), got {v.shape}")
+                    parts.append(v.astype(np.int64))
+            aug_dev = [cuda.to_device(np.ascontiguousarray(np.stack(parts[i::3]).ravel()))
+                       for i in range(3)]
+        dt = self.dtype.type
+        r0, r1 = dt(r[0]), dt(r[1] if n_slots > 1 else 0.0)
+        M, P = self.M, self.P
+        ws = self._workspace(M, B, R)
+        if self._G is None or self._G.size != n_slots * M * P:
+            self._G = cuda.device_array(n_slots * M * P, dtype=self.dtype)
+        G = self._G
+        scratch = cuda.device_array(M, dtype=np.float64)
+        idx_dev = cuda.to_device(np.ascontiguousarray(idx.astype(np.int64).ravel()))
+        out = cuda.device_array(S * M, dtype=np.float64)
+        for s in range(S):
+            for slot in range(n_slots):
+                if slot > 0 and r[slot] == 0.0:
+                    continue
+                off = (slot * S + s) * R * B
+                self._gather(ws, self.X_dev, self.y_dev, idx_dev, off, aug_dev, off, R)
+                self._forward(ws, self.W_dev, ws.x0, R, True, slot == 0)
+                self._loss_grad(ws, R, B, float(B))
+                if slot == 0:
+                    self._launch(self._reduce, (M,), self.tpb, 16 * self.tpb)(
+                        ws.losses, ws.correct, B, 1.0 / B, out, s * M, scratch, 0, 0)
+                if r[slot] != 0.0:
+                    self._backward(ws, self.W_dev, ws.x0, R, G, slot * M * P)
+            self._flat("update", M * P)(self.W_dev, self.Mom_dev, G, n_slots, r0, r1,
+                                        self.decay_dev, coef[0], coef[1], coef[2], s, S,
+                                        self.R, P, M)
+        return out.copy_to_host().reshape(S, M)
+
+    def _device_data(self, X, y):
+        """Device copies of an evaluation set (kept by the identity of ``X`` and ``y``: a run
+        evaluates the same arrays again and again; they must not change in place)."""
+        key = (id(X), id(y))
+        if key not in self._eval_cache:
+            Xc = np.ascontiguousarray(X, dtype=self.dtype)
+            conv_reference.check_images(self.model, Xc)
+            yc = np.ascontiguousarray(y, dtype=np.int64)
+            if yc.shape != (Xc.shape[0],):
+                raise ValueError(f"y must have shape ({Xc.shape[0]},), got {yc.shape}")
+            if yc.size and (yc.min() < 0 or yc.max() >= self.model.n_classes):
+                raise ValueError(f"y must be in [0, {self.model.n_classes - 1}], got values in "
+                                 f"[{yc.min()}, {yc.max()}]")
+            if len(self._eval_cache) >= 4:
+                self._eval_cache.pop(next(iter(self._eval_cache)))
+            self._eval_cache[key] = (X, y, cuda.to_device(Xc.ravel()), cuda.to_device(yc),
+                                     Xc.shape[0])
+        return self._eval_cache[key][2:]
+
+    def evaluate(self, X, y, chunk: int = 256):
+        """Summed loss and correct predictions ``(M,)`` on ``(X, y)`` in evaluation mode (BN
+        running statistics), ``chunk`` images at a time."""
+        if self.W_dev is None:
+            raise RuntimeError("call set_state(W, Mom) before evaluate()")
+        Xd, yd, n = self._device_data(X, y)
+        M = self.M
+        loss_sum = cuda.to_device(np.zeros(M))
+        correct = cuda.to_device(np.zeros(M))
+        for i in range(0, n, chunk):
+            nb = min(chunk, n - i)
+            ws = self._workspace(M, nb, 1)
+            rows = cuda.to_device(np.arange(i, i + nb, dtype=np.int64))
+            self._gather(ws, Xd, yd, rows, 0, None, 0, 1)
+            self._forward(ws, self.W_dev, ws.x0, 1, False, False)
+            self._loss_grad(ws, 1, 0, 1.0)
+            self._launch(self._reduce, (M,), self.tpb, 16 * self.tpb)(
+                ws.losses, ws.correct, nb, 1.0, loss_sum, 0, correct, 0, 1)
+        return loss_sum.copy_to_host(), correct.copy_to_host()
+
+    def gradients(self, W, X, y):
+        """Gradient (λ·mask·w included) of the mean loss over ``(X, y)`` at ``W (M', P)``, BN
+        in training mode with the statistics of the whole ``X`` (one pass: the statistics
+        couple the batch); the running statistics are not touched."""
+        W = np.ascontiguousarray(W, dtype=self.dtype)
+        if W.ndim != 2 or W.shape[1] != self.P:
+            raise ValueError(f"W must have shape (models, params={self.P}), got {W.shape}")
+        Xc = np.ascontiguousarray(X, dtype=self.dtype)
+        conv_reference.check_images(self.model, Xc)
+        yc = np.ascontiguousarray(y, dtype=np.int64)
+        if yc.shape != (Xc.shape[0],):
+            raise ValueError(f"y must have shape ({Xc.shape[0]},), got {yc.shape}")
+        M, n = W.shape[0], Xc.shape[0]
+        Wd = cuda.to_device(W.ravel())
+        ws = self._workspace(M, n, 1)
+        rows = cuda.to_device(np.arange(n, dtype=np.int64))
+        self._gather(ws, cuda.to_device(Xc.ravel()), cuda.to_device(yc), rows, 0, None, 0, 1)
+        self._forward(ws, Wd, ws.x0, 1, True, False)
+        self._loss_grad(ws, 1, 0, float(n))
+        G = cuda.device_array(M * self.P, dtype=self.dtype)
+        self._backward(ws, Wd, ws.x0, 1, G, 0)
+        G = G.copy_to_host().reshape(M, self.P)
+        G += self.decay * W
+        return G
