@@ -20,7 +20,10 @@ Every function works on a stack of M models at once: activations are ``(M, B, C,
 
 :class:`ConvTrainer` implements the backend contract of :mod:`sdeverify.train.reference`,
 with BN running statistics as part of the state and optional augmentation parameters per
-step (:mod:`sdeverify.train.augment`).
+step (:mod:`sdeverify.train.augment`).  The network's wiring (:class:`_Net`) calls its layer
+functions through an :class:`Ops` table, so a backend with another memory layout
+(:mod:`sdeverify.train.conv_cpu`, channels last) supplies only the layers and reuses the
+wiring, the loss, the training loop and the SVAG / running-statistics rules.
 """
 from __future__ import annotations
 
