@@ -111,3 +111,31 @@ def test_slow_sde_alpha_passes_and_fails_when_sgdm_drifts_10_percent_off(monkeyp
     monkeypatch.setattr(sa, "SGDM", lambda lr, beta, name: real(1.1 * lr, beta, name=name))
     failed = _failed(sa.run(size="smoke", seed=0))
     assert len(failed) == 4 and all("NOT RESOLVED" not in c for c in failed)
+
+
+def test_slow_drift_reference_agrees_and_catches_drift_and_lyapunov_bugs(monkeypatch):
+    """The general slow drift against the discrete-Lyapunov reference on the twisted valley:
+    passes; a 10% drift error, a Lyapunov solve that keeps only the diagonal of the
+    eigenbasis (λ_i + λ_j → 2λ_i) and the isotropic guess each fail."""
+    from sdeverify import slow_sde
+    from sdeverify.experiments import slow_drift_reference as sr
+    res = sr.run(size="smoke")
+    assert not _failed(res)
+    real = sr.slow_coefficients
+    monkeypatch.setattr(sr, "slow_coefficients", lambda P, Z, s: (1.1 * real(P, Z, s)[0], real(P, Z, s)[1]))
+    assert len(_failed(sr.run(size="smoke"))) == 1
+    monkeypatch.setattr(sr, "slow_coefficients", real)
+    real_lyap = slow_sde.lyapunov_normal
+
+    def diagonal_only(H, Sigma, rel_tol=1e-9):
+        lam, V = np.linalg.eigh(H)
+        X, Hp, normal = real_lyap(H, Sigma, rel_tol)
+        Xe = np.einsum("...ki,...kl,...lj->...ij", V, X, V)
+        Xe = Xe * (np.eye(H.shape[-1]) == 1)            # off-diagonal couplings dropped
+        return np.einsum("...ik,...kl,...jl->...ij", V, Xe, V), Hp, normal
+    monkeypatch.setattr(slow_sde, "lyapunov_normal", diagonal_only)
+    assert len(_failed(sr.run(size="smoke"))) == 1
+    monkeypatch.setattr(slow_sde, "lyapunov_normal", real_lyap)
+    monkeypatch.setattr(sr, "slow_coefficients", lambda P, Z, s: (
+        np.column_stack([sr.isotropic_guess_drift(P, Z[:, 0], s), np.zeros((len(Z), 2))]), None))
+    assert len(_failed(sr.run(size="smoke"))) == 1

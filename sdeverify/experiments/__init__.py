@@ -21,6 +21,7 @@ EXPERIMENTS: dict[str, str] = {
     "sde_limit": "sdeverify.experiments.sde_limit",
     "slow_sde": "sdeverify.experiments.slow_sde",
     "slow_sde_alpha": "sdeverify.experiments.slow_sde_alpha",
+    "slow_drift_reference": "sdeverify.experiments.slow_drift_reference",
     "label_noise": "sdeverify.experiments.label_noise",
     "svag": "sdeverify.experiments.svag",
     "batch_size": "sdeverify.experiments.batch_size",
