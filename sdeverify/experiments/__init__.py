@@ -17,6 +17,7 @@ EXPERIMENTS: dict[str, str] = {
     "variance_reduction": "sdeverify.experiments.variance_reduction",
     "coupled_trajectory": "sdeverify.experiments.coupled_trajectory",
     "weak_approximation": "sdeverify.experiments.weak_approximation",
+    "weak_worst_case": "sdeverify.experiments.weak_worst_case",
     "frozen_momentum": "sdeverify.experiments.frozen_momentum",
     "sde_limit": "sdeverify.experiments.sde_limit",
     "slow_sde": "sdeverify.experiments.slow_sde",
