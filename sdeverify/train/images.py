@@ -22,11 +22,13 @@ from ..validation import finite_float, positive_int
 from .conv_reference import conv2d
 from .datasets import CIFAR10_TEST, CIFAR10_TRAIN, Dataset, _permutation
 
-__all__ = ["conv_teacher", "cifar10_images", "read_cifar10", "standardise_channels"]
+__all__ = ["conv_teacher", "teacher_logits", "balanced_argmax", "cifar10_images", "read_cifar10",
+           "standardise_channels"]
 
 #: Philox streams of the generated images, the conv teacher's weights and the label noise.
 STREAM_IMAGE, STREAM_CONV_TEACHER, STREAM_IMAGE_LABEL = 25, 26, 27
-TEACHER_CHANNELS = 8
+#: Channels of the teacher's two conv layers.
+TEACHER_CHANNELS = (8, 16)
 _BLUR = np.exp(-0.5 * np.arange(-3, 4) ** 2)
 _BLUR = _BLUR / _BLUR.sum()                  # Gaussian, σ = 1 pixel, radius 3
 
@@ -47,19 +49,54 @@ def _smooth(Z: np.ndarray) -> np.ndarray:
     return Z
 
 
+def teacher_logits(X: np.ndarray, seed: int, classes: int) -> np.ndarray:
+    """The conv teacher of :func:`conv_teacher` on images ``X (n, C, H, W)``: logits
+    ``(n, classes)``.  Two 3×3 convs (``C → 8 → 16``, zero padding, He-normal weights made
+    mirror-symmetric, ``w[..., j] ← (w[..., j] + w[..., k−1−j])/2``), each followed by ReLU,
+    global average pooling, a linear map with standard normal weights."""
+    n, C = X.shape[:2]
+    K1, K2 = TEACHER_CHANNELS
+    n1, n2 = K1 * C * 9, K2 * K1 * 9
+    tw = rng.draws_numpy(rng.NORMAL, seed, np.array([0]), 0, STREAM_CONV_TEACHER,
+                         n1 + n2 + K2 * classes)[0]
+    W1 = tw[:n1].reshape(1, K1, C, 3, 3) * np.sqrt(2.0 / (C * 9))
+    W2 = tw[n1:n1 + n2].reshape(1, K2, K1, 3, 3) * np.sqrt(2.0 / (K1 * 9))
+    W1, W2 = (0.5 * (w + w[..., ::-1]) for w in (W1, W2))
+    feats = np.empty((n, K2))
+    for i in range(0, n, 256):                  # chunks: im2col of all images at once is large
+        h = np.maximum(conv2d(X[None, i:i + 256], W1, 1, 1), 0.0)
+        feats[i:i + 256] = np.maximum(conv2d(h, W2, 1, 1), 0.0)[0].mean(axis=(2, 3))
+    return feats @ tw[n1 + n2:].reshape(K2, classes)
+
+
+def balanced_argmax(logits: np.ndarray, iters: int = 200) -> np.ndarray:
+    """``argmax_c (z_c + b_c)`` of the per-class standardised logits, with class offsets
+    ``b`` adjusted ``iters`` times by ``b_c ← b_c − 0.1·log((count_c + 1)/(n/classes))`` so
+    that the classes come out about equally frequent."""
+    n, k = logits.shape
+    sd = logits.std(axis=0)
+    z = (logits - logits.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    bias = np.zeros(k)
+    for _ in range(iters):
+        counts = np.bincount(np.argmax(z + bias, axis=1), minlength=k)
+        bias -= 0.1 * np.log((counts + 1) / (n / k))
+    return np.argmax(z + bias, axis=1).astype(np.int64)
+
+
 def conv_teacher(n: int = 4096, size: int = 16, channels: int = 3, classes: int = 10, *,
                  label_noise: float = 0.1, seed: int = 0, test_fraction: float = 0.25) -> Dataset:
     """Generated images with labels from a random conv teacher (everything Philox, keyed by
     ``seed``).
 
     Images: white Gaussian noise blurred by a periodic Gaussian of σ = 1 pixel (a smooth
-    random field).  Teacher: a 3×3 conv (``channels → 8``, He-normal weights, zero padding),
-    ReLU, average pooling over the four quadrants of the image (so where a feature appears
-    matters), a linear map of the 32 pooled features to ``classes`` logits (standard normal
-    weights); each logit is standardised over the n images before the argmax, so that the
-    classes are about equally frequent.  Then a fraction ``label_noise`` of the labels is
-    replaced by a uniformly random class.  A fixed ``test_fraction`` of the images (a Philox
-    permutation keyed by ``seed``) is held out; per-channel standardisation.
+    random field).  Labels: :func:`balanced_argmax` of the :func:`teacher_logits` (two
+    mirror-symmetric convs, ReLU, global average pooling, linear), then a fraction
+    ``label_noise`` replaced by a uniformly random class.  The teacher commutes with the
+    horizontal flip (symmetric kernels and padding) and pools globally, so a label does not
+    change when the image is flipped and hardly when it is shifted: the crop-and-flip
+    augmentation (:mod:`sdeverify.train.augment`) preserves labels, as it does on CIFAR.  A
+    fixed ``test_fraction`` of the images (a Philox permutation keyed by ``seed``) is held
+    out; per-channel standardisation.
     """
     n = positive_int("n", n)
     size = positive_int("size", size)
@@ -80,18 +117,7 @@ def conv_teacher(n: int = 4096, size: int = 16, channels: int = 3, classes: int 
     rows = np.arange(n)
     X = _smooth(rng.draws_numpy(rng.NORMAL, seed, rows, 0, STREAM_IMAGE, channels * size * size)
                 .reshape(n, channels, size, size))
-    K = TEACHER_CHANNELS
-    tw = rng.draws_numpy(rng.NORMAL, seed, np.array([0]), 0, STREAM_CONV_TEACHER,
-                         K * channels * 9 + 4 * K * classes)[0]
-    Wc = tw[:K * channels * 9].reshape(1, K, channels, 3, 3) * np.sqrt(2.0 / (channels * 9))
-    Wl = tw[K * channels * 9:].reshape(4 * K, classes)
-    h = np.maximum(conv2d(X[None], Wc, 1, 1)[0], 0.0)           # (n, K, size, size)
-    m = size // 2
-    quads = [h[:, :, :m, :m], h[:, :, :m, m:], h[:, :, m:, :m], h[:, :, m:, m:]]
-    feats = np.concatenate([q.mean(axis=(2, 3)) for q in quads], axis=1)
-    logits = feats @ Wl
-    logits = (logits - logits.mean(axis=0)) / np.where(logits.std(axis=0) > 0, logits.std(axis=0), 1.0)
-    y = np.argmax(logits, axis=1).astype(np.int64)
+    y = balanced_argmax(teacher_logits(X, seed, classes))
     u = rng.draws_numpy(rng.UNIFORM, seed, rows, 0, STREAM_IMAGE_LABEL, 2)
     y = np.where(u[:, 0] < label_noise, np.minimum((u[:, 1] * classes).astype(np.int64), classes - 1), y)
 
