@@ -1,0 +1,237 @@
+"""Real-GPU check and timing of the ResNet trainer on numba.cuda (sdeverify/train/conv_cuda.py).
+
+    PYTHONPATH=. python3 benchmarks/gpu_conv_check.py                # on a GPU: ~1-2 minutes
+    PYTHONPATH=. python3 benchmarks/gpu_conv_check.py --oracle cpu   # agreement vs the Numba
+                                                                     # CPU backend (cold compile)
+    NUMBA_ENABLE_CUDASIM=1 PYTHONPATH=. python3 benchmarks/gpu_conv_check.py --tiny
+                                                                     # every path, simulator
+
+1. agreement, float64: the CUDA trainer against a CPU trainer (the NumPy reference, or with
+   ``--oracle cpu`` the Numba backend) on a ResNet-8 (width 0.5, 16×16 images): SGD + SGDM
+   with weight decay, 2 replicas, SVAG's two slots with augmentation, 3 steps — batch losses,
+   weights, momentum, BN running statistics, evaluation and full-batch gradients (max
+   relative deviation; the run fails above 1e-9); float32 against the float64 reference
+   (reported; fails above 1e-3 relative on the weights);
+2. speed, float32: ``ConvTrainer.train`` on ResNet-20 (32×32, 10 classes) at batch 512 × 16
+   models (SGDM + weight decay) and × 1 model, as images·models/s and GFLOP/s
+   (``ResNet.flops_per_sample``) against the card's FP32 peak, next to torch CUDA (a Python
+   loop over the models, ``torch.optim.SGD(momentum, weight_decay)``, TF32 off, cuDNN) when
+   importable.
+
+numba-cuda 0.30.4 compiles no kernel with numpy ≥ 2.5 (it overloads the removed
+``np.row_stack``); this script sets ``numpy.row_stack = numpy.vstack`` first when it is
+missing (the workaround of benchmarks/gpu_check.py).  Exits 1 if an agreement check fails.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+if not hasattr(np, "row_stack"):   # numba-cuda 0.30.4 with numpy >= 2.5
+    np.row_stack = np.vstack
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sdeverify.train import conv_cuda, conv_reference  # noqa: E402
+from sdeverify.train.augment import draw  # noqa: E402
+from sdeverify.train.convnet import resnet  # noqa: E402
+from sdeverify.train.images import conv_teacher  # noqa: E402
+
+#: FP32 lanes per SM and clock of compute capability 8.0 / 9.0 (CUDA C Programming Guide,
+#: arithmetic instruction throughput); other architectures: not predicted.
+FP32_LANES = {(8, 0): 64, (9, 0): 128}
+
+
+def rel(u, v) -> float:
+    u, v = np.asarray(u, dtype=np.float64), np.asarray(v, dtype=np.float64)
+    return float(np.max(np.abs(u - v)) / max(np.max(np.abs(v)), 1e-300))
+
+
+def device_line() -> tuple[str, float | None]:
+    from numba import cuda
+    import numba
+    if numba.config.ENABLE_CUDASIM:
+        return "Numba CUDA simulator", None
+    d = cuda.get_current_device()
+    cc = d.compute_capability
+    sms, clock = d.MULTIPROCESSOR_COUNT, d.CLOCK_RATE * 1e3       # Hz
+    lanes = FP32_LANES.get(tuple(cc))
+    peak = None if lanes is None else sms * lanes * 2 * clock
+    name = d.name.decode() if isinstance(d.name, bytes) else d.name
+    return (f"{name}, compute capability {cc[0]}.{cc[1]}, {sms} SMs at {clock / 1e6:.0f} MHz"
+            + ("" if peak is None else f", FP32 peak {sms} x {lanes} x 2 x clock = "
+               f"{peak / 1e12:.1f} TFLOP/s")), peak
+
+
+def agreement(tiny: bool, oracle: str) -> int:
+    """CUDA vs CPU trainer, float64 (and float32 against the float64 reference)."""
+    size, width, n, B, S = (6, 0.25, 32, 4, 1) if tiny else (16, 0.5, 256, 32, 3)
+    data = conv_teacher(n=n, size=size, classes=10, seed=1)
+    model = resnet(8, width=width, classes=10, image_size=size, weight_decay=5e-4)
+    J, R = 2, 1 if tiny else 2
+    rng = np.random.default_rng(0)
+    idx = [rng.integers(0, data.n_train, (S, R, B)) for _ in range(2)]
+    aug = [draw(0, np.arange(R), np.arange(S), i) for i in idx]
+    a = np.stack([np.ones(S), np.full(S, 0.9)])
+    b = np.stack([np.ones(S), np.full(S, 0.1)])
+    g = np.stack([np.full(S, 0.05), np.full(S, 0.5)])
+    W0 = np.concatenate([model.init(0, R)] * J)
+    Ref = conv_reference.ConvTrainer
+    if oracle == "cpu":             # imported here: its import compiles the Numba kernels
+        from sdeverify.train import conv_cpu
+        Ref = conv_cpu.ConvTrainer
+    out = {}
+    for key, T, dt in (("ref", Ref, "float64"), ("cuda", conv_cuda.ConvTrainer, "float64"),
+                       ("cuda32", conv_cuda.ConvTrainer, "float32")):
+        if tiny and key == "cuda32":
+            continue
+        t0 = time.perf_counter()
+        tr = T(model, data.X_train, data.y_train, J, R, dt)
+        tr.set_state(W0, np.zeros_like(W0))
+        losses = tr.train(idx, a, b, g, [1.366, -0.366], aug)
+        W, Mom, buf = tr.get_state()
+        ev = tr.evaluate(data.X_test, data.y_test, chunk=64)
+        G = tr.gradients(W[:2], data.X_train[:48], data.y_train[:48])
+        out[key] = (losses, W, Mom, buf, ev[0], ev[1], G)
+        print(f"  {key:6s} ({T.__module__.split('.')[-1]}, {dt}): {time.perf_counter() - t0:.1f} s "
+              "(compile included)", flush=True)
+    names = ("batch losses", "weights", "momentum", "BN running statistics", "evaluate loss_sum",
+             "evaluate correct", "gradients")
+    bad = 0
+    print(f"{model.describe()}, {J} optimizers x {R} replicas, batch {B}, SVAG slots, augmented, "
+          f"{S} steps: CUDA vs {oracle}, max rel. deviation")
+    for i, name in enumerate(names):
+        d64 = rel(out["cuda"][i], out["ref"][i])
+        ok = d64 <= 1e-9
+        bad += not ok
+        d32 = "" if "cuda32" not in out else f"   float32: {rel(out['cuda32'][i], out['ref'][i]):.2e}"
+        print(f"  {name:24s} float64: {d64:.2e} {'ok' if ok else 'FAIL'}{d32}")
+    if "cuda32" in out and not rel(out["cuda32"][1], out["ref"][1]) <= 1e-3:
+        print("  float32 weights deviate more than 1e-3: FAIL")
+        bad += 1
+    return bad
+
+
+def torch_loop(torch, model, X, y, B: int, M: int, steps: int):
+    """torch CUDA, a Python loop over the M models, same shapes and step."""
+    nn = torch.nn
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.b1 = nn.BatchNorm2d(cout)
+            self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.b2 = nn.BatchNorm2d(cout)
+            self.stride, self.pad = stride, cout - cin
+
+        def forward(self, x):
+            out = self.b2(self.c2(torch.relu(self.b1(self.c1(x)))))
+            sc = x
+            if self.stride != 1 or self.pad:
+                sc = nn.functional.pad(x[:, :, ::self.stride, ::self.stride],
+                                       (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+            return torch.relu(out + sc)
+
+    def net():
+        c = model.channels
+        layers = [nn.Conv2d(model.input_shape[0], c[0], 3, 1, 1, bias=False),
+                  nn.BatchNorm2d(c[0]), nn.ReLU()]
+        cin = c[0]
+        for s, cout in enumerate(c):
+            for i in range(model.blocks_per_stage):
+                layers.append(Block(cin, cout, 2 if (i == 0 and s > 0) else 1))
+                cin = cout
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, model.n_classes)]
+        return nn.Sequential(*layers).cuda()
+
+    nets = [net() for _ in range(M)]
+    opts = [torch.optim.SGD(n.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+            for n in nets]
+    Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).cuda()
+    yt = torch.from_numpy(y.astype(np.int64)).cuda()
+    idx = torch.randint(0, X.shape[0], (steps, M, B), device="cuda")
+
+    def run():
+        for s in range(steps):
+            for m in range(M):
+                rows = idx[s, m]
+                opts[m].zero_grad(set_to_none=True)
+                loss = nn.functional.cross_entropy(nets[m](Xt[rows]), yt[rows])
+                loss.backward()
+                opts[m].step()
+        torch.cuda.synchronize()
+    return run
+
+
+def speed(tiny: bool, peak: float | None) -> None:
+    """float32 training steps of ResNet-20 at batch 512 (× 16 models and × 1)."""
+    size, B, n, steps = (6, 4, 32, 1) if tiny else (32, 512, 4096, 3)
+    model = resnet(8 if tiny else 20, width=0.25 if tiny else 1.0, classes=10, image_size=size,
+                   weight_decay=5e-4)
+    data = conv_teacher(n=n, size=size, classes=10, seed=1)
+    try:
+        import torch
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
+        if not torch.cuda.is_available() or tiny:
+            torch = None
+    except Exception:
+        torch = None
+    flops = model.flops_per_sample()
+    print(f"{model.describe()}, float32, SGDM + weight decay, batch {B}, {steps} steps per call "
+          f"({flops / 1e6:.1f} MFLOP per image, forward + backward)")
+    for M in ((2, 1) if tiny else (16, 1)):
+        tr = conv_cuda.ConvTrainer(model, data.X_train, data.y_train, 1, M, "float32")
+        W = model.init(0, M, dtype="float32")
+        rng = np.random.default_rng(0)
+        idx = [rng.integers(0, data.n_train, (steps, M, B))]
+        a, b, g = np.full((1, steps), 0.9), np.ones((1, steps)), np.full((1, steps), 0.05)
+        tr.set_state(W, np.zeros_like(W))
+        t0 = time.perf_counter()
+        tr.train([i[:1] for i in idx], a[:, :1], b[:, :1], g[:, :1], [1.0])   # compile, warm up
+        warm = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        losses = tr.train(idx, a, b, g, [1.0])
+        t = (time.perf_counter() - t0) / steps
+        rate = B * M / t
+        line = (f"  {M:2d} model(s): {t * 1e3:8.1f} ms/step, {rate:9.0f} images·models/s, "
+                f"{rate * flops / 1e9:8.1f} GFLOP/s")
+        if peak:
+            line += f" ({rate * flops / peak:.1%} of FP32 peak)"
+        line += f"; first call {warm:.1f} s; losses finite: {bool(np.all(np.isfinite(losses)))}"
+        print(line, flush=True)
+        if torch is not None:
+            run = torch_loop(torch, model, data.X_train, data.y_train, B, M, steps)
+            run()
+            t0 = time.perf_counter()
+            run()
+            tt = (time.perf_counter() - t0) / steps
+            print(f"     torch CUDA loop over {M}: {tt * 1e3:8.1f} ms/step, "
+                  f"{B * M / tt:9.0f} images·models/s; ours is {tt / t:.2f}x torch", flush=True)
+        del tr
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tiny", action="store_true", help="tiny sizes (the simulator)")
+    p.add_argument("--oracle", choices=("numpy", "cpu"), default="numpy")
+    p.add_argument("--no-speed", action="store_true")
+    args = p.parse_args(argv)
+    line, peak = device_line()
+    print(f"device: {line}", flush=True)
+    t0 = time.perf_counter()
+    bad = agreement(args.tiny, args.oracle)
+    print(f"agreement: {time.perf_counter() - t0:.1f} s", flush=True)
+    if not args.no_speed:
+        speed(args.tiny, peak)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
