@@ -270,9 +270,37 @@ def trainer_kernels(dtypes=("float32", "float64"), tiles=None, variants=None) ->
     return out
 
 
+def conv_kernels(dtypes=("float32", "float64"), tiles=None, variants=None,
+                 pointwise: bool = True) -> list[Kernel]:
+    """The ResNet trainer's kernels (:mod:`sdeverify.train.conv_cuda`): the GEMM variants it
+    adds to the MLP's (:data:`~sdeverify.train.conv_cuda.GEMM_VARIANTS` not launched by the
+    MLP trainer), both tiles, and its gather / im2col / col2im / BatchNorm / residual / pool
+    / update kernels, with the signatures of its launch code."""
+    from sdeverify.train import conv_cuda as cc
+    from sdeverify.train import cuda as tc
+    mlp = {(ta, tb, epi, act) for _, ta, tb, epi, act in gemm_variants()}
+    out = []
+    for dt in dtypes:
+        npdt = np.dtype(dt)
+        for size in tc.GPU_TILES if tiles is None else tiles:
+            tile = tc.GPU_TILES[size]
+            regs = tc.GPU_MAX_REGISTERS[size] if npdt == np.float32 else None
+            for label, ta, tb, epi, act in cc.GEMM_VARIANTS:
+                if (ta, tb, epi, act) in mlp or (variants is not None and label not in variants):
+                    continue
+                k = tc.make_gemm(npdt, tile, ta, tb, epi, act, regs)
+                out.append(Kernel(f"gemm {size} {tile} {label}", dt, k.py_func,
+                                  trainer_signature("gemm", k.py_func, npdt), k.threads,
+                                  k.shared_bytes, regs))
+        if pointwise:
+            for name, fn, sig, threads, shared in cc.static_kernels(npdt, tc.GPU_TPB):
+                out.append(Kernel(f"conv {name}", dt, fn, sig, threads, shared))
+    return out
+
+
 def kernels() -> list[Kernel]:
-    """Every CUDA kernel the package can launch (engine and trainer)."""
-    return engine_kernels() + trainer_kernels()
+    """Every CUDA kernel the package can launch (engine, MLP trainer, ResNet trainer)."""
+    return engine_kernels() + trainer_kernels() + conv_kernels()
 
 
 # ---- compile, assemble, parse ---------------------------------------------------------------
