@@ -166,3 +166,4 @@ register("numpy", "sdeverify.train.reference:Trainer", "the NumPy reference (the
 register("cuda", "sdeverify.train.cuda:Trainer", "numba.cuda on an NVIDIA GPU (numba-cuda)")
 register("numpy", "sdeverify.train.conv_reference:ConvTrainer", model="sdeverify.train.convnet:ResNet")
 register("cpu", "sdeverify.train.conv_cpu:ConvTrainer", model="sdeverify.train.convnet:ResNet")
+register("cuda", "sdeverify.train.conv_cuda:ConvTrainer", model="sdeverify.train.convnet:ResNet")
