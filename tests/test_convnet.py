@@ -532,3 +532,22 @@ def test_cpu_backend_float32_and_dtype_check():
         np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-4)
     with pytest.raises(ValueError, match="dtype"):
         conv_cpu.ConvTrainer(m, d.X_train, d.y_train, 1, 1, "float16")
+
+
+def test_cpu_backend_replica_results_do_not_depend_on_how_many_models_run():
+    """Replica 0 of optimizer 0 is bitwise the same trained alone or among 2 × 2 models
+    (float32, augmentation), evaluation included."""
+    from sdeverify.train import conv_cpu
+    m = resnet(8, width=0.25, image_size=8, classes=4, weight_decay=0.01)
+    d = conv_teacher(n=64, size=8, classes=4, seed=1)
+    out = []
+    for J, R in ((1, 1), (2, 2)):
+        idx = [np.random.default_rng(3).integers(0, d.n_train, (3, 2, 8))[:, :R]]
+        aug = [augment.draw(0, np.arange(R), np.zeros(3, dtype=np.int64), idx[0])]
+        tr = conv_cpu.ConvTrainer(m, d.X_train, d.y_train, J, R, "float32")
+        W0 = np.tile(m.init(0, R), (J, 1))
+        tr.set_state(W0, np.zeros_like(W0))
+        tr.train(idx, np.full((J, 3), 0.9), np.full((J, 3), 0.1), np.full((J, 3), 0.1), np.array([1.0]), aug=aug)
+        out.append([s[0] for s in tr.get_state()] + [e[0] for e in tr.evaluate(d.X_test, d.y_test)])
+    for x, y in zip(*out):
+        np.testing.assert_array_equal(x, y)

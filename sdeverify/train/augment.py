@@ -7,7 +7,8 @@ one Philox4x32-10 block with counter ``(sample, epoch, replica, STREAM_AUG)`` (t
 :func:`sdeverify.rng.draws_numpy`: the block of draws ``4·sample … 4·sample + 3`` of path
 ``replica``, step ``epoch``, stream ``STREAM_AUG``) gives four 32-bit words ``w0..w3``:
 
-    dy = ⌊w0 · (2·pad + 1) / 2³²⌋ − pad,   dx = ⌊w1 · (2·pad + 1) / 2³²⌋ − pad,   flip = top bit of w2
+    dy = ⌊w0 · (2·pad + 1) / 2³²⌋ − pad,   dx = ⌊w1 · (2·pad + 1) / 2³²⌋ − pad,
+    flip = the top bit of w2
 
 (integer arithmetic only, so every backend computes the same values).  Because the key is the
 *sample index*, not its position in a batch, every backend and every optimizer of a replica

@@ -15,8 +15,9 @@ supplies the layer functions on a **channels-last** layout, activations ``(M, B,
   summed back onto the image's input gradient (col2im; one thread per image, so no two
   threads write the same pixel);
 * BatchNorm: per-(model, channel) sums over fixed row chunks (Σx, Σ(x − μ)², Σdy, Σdy·x̂;
-  the chunks are summed in a fixed order), then fused element-wise kernels for x̂ and
-  γx̂ + β and for the training-mode input gradient, in the reference's arithmetic order.
+  accumulated in float64, the chunks summed in a fixed order), then fused element-wise
+  kernels for x̂ and γx̂ + β and for the training-mode input gradient, in the reference's
+  arithmetic order.
 
 Kernels are ``nogil`` and take a range ``lo, hi`` of independent items ((model, image),
 (model, image group) or (model, row chunk)); :func:`sdeverify.threads.run_ranges` runs the ranges
@@ -219,10 +220,12 @@ def conv2d_backward(dy, x, Wt, stride, pad, need_dx=True):
 
 
 def _channel_sums(a2, b2, shift, mode):
+    """Per-(model, channel) sums of :func:`_sums` (accumulated in float64 whatever the dtype:
+    a float32 sum over 10⁵ rows would lose digits), in the arrays' dtype."""
     M, N, C = a2.shape
-    part = np.empty((M, CHUNKS, C), dtype=a2.dtype)
-    run_ranges(_sums, M * CHUNKS, a2, b2, shift, mode, part)
-    return part.sum(axis=1)
+    part = np.empty((M, CHUNKS, C), dtype=np.float64)
+    run_ranges(_sums, M * CHUNKS, a2, b2, _c(shift), mode, part)
+    return part.sum(axis=1).astype(a2.dtype)
 
 
 def _affine(x2, shift, inv, gamma, beta):
