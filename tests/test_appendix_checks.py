@@ -162,3 +162,23 @@ def test_weak_worst_case_passes_and_fails_when_sgd_runs_at_a_wrong_lr(monkeypatc
         return sgdm, SGD(1.1 * sgd.lr), raw, steps
     monkeypatch.setattr(ww, "pair", wrong_lr)
     assert len(_failed(ww.run(size="smoke", seed=0))) == 2
+
+
+def test_estimator_validation_at_alpha_above_0_sees_a_recursion_bug_only_there(monkeypatch):
+    """The exact moment recursion is validated by Monte Carlo at α > 0 too: a recursion that
+    is wrong only for β ≥ 0.95 (σ 10% too large there) passes the α = 0 validation (β = 0.9)
+    and fails at α = 0.75, η = 2^-7 (β = 0.974)."""
+    from sdeverify.experiments import weak_approximation as wa
+    from sdeverify.optim import SGDM
+    kw = dict(size="smoke", seed=0, validate_alphas=(0.0, 0.75), validate_etas=(2.0 ** -7,))
+    est = lambda res: [v for v in res.verdicts if "estimator" in v.claim]
+    assert all(v.passed for v in est(wa.run(**kw)))
+    real = theory.quadratic_moments
+
+    def wrong_at_long_memory(P, opt, x0, *, steps, sigma):
+        if isinstance(opt, SGDM) and np.min(opt.beta) >= 0.95:
+            sigma = 1.1 * sigma
+        return real(P, opt, x0, steps=steps, sigma=sigma)
+    monkeypatch.setattr(wa.theory, "quadratic_moments", wrong_at_long_memory)
+    failed = [v.claim for v in est(wa.run(**kw)) if not v.passed]
+    assert failed == ["MC weak-error estimator matches exact moments, eta=2^-7, alpha=0.75"]
