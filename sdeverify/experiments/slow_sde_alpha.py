@@ -1,7 +1,7 @@
 """Thm 5.5 across the momentum index: SGDM with 1 − β = η^α shares SGD's slow SDE, α ∈ [0, 2).
 
 Same problems and set-up as ``slow_sde`` (THEORY §8): the valley L = ½(1 + x²)y² with
-label-noise-like normal noise and tangent noise, and (at full size) the sphere in R³;
+label-noise-like normal noise and tangent noise, and (quick and full size) the sphere in R³;
 σ = 1.25 held fixed, t = T/η² steps, test function h₁ (Φ(x)₀ on the valley, ⟨Φ(x), ζ₀⟩ on the
 sphere).  SGD(η) and SGDM(η, 1 − β = λη^α) for α ∈ {0 (β = 0.9), 0.5, 1, 1.5, 1.9} share the
 oracle noise (common random numbers), so the *gap* E h₁(Φ(x_K^SGDM)) − E h₁(Φ(x_K^SGD)) is a
@@ -41,7 +41,7 @@ NAME = "slow_sde_alpha"
 TITLE = "Thm 5.5 across alpha in [0, 2): the SGDM-SGD gap on the slow time scale"
 
 SIZES = {"smoke": dict(problems=("valley",), etas=(0.07, 0.05, 0.035, 0.025, 0.0175), paths=2048),
-         "quick": dict(problems=("valley",), etas=(0.07, 0.05, 0.035, 0.025, 0.0175, 0.0125), paths=4096),
+         "quick": dict(problems=("valley", "sphere"), etas=(0.07, 0.05, 0.035, 0.025, 0.0175, 0.0125), paths=4096),
          "full": dict(problems=("valley", "sphere"),
                       etas=(0.07, 0.05, 0.035, 0.025, 0.0175, 0.0125, 0.00875, 0.00625), paths=16384)}
 ALPHAS = (0.0, 0.5, 1.0, 1.5, 1.9)
