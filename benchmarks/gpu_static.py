@@ -67,16 +67,7 @@ ALLOW = {
 #: Kernels that do not compile for a GPU (name prefix -> why).  Found by this tool; each is a
 #: defect to fix in the problem's code, after which its entry must go (:func:`problems`
 #: reports a listed kernel that compiles).  The simulator runs them, since it runs Python.
-KNOWN_FAILURES = {
-    "engine cosine_well": "sdeverify.vmath's sin/cos helpers are numba.extending "
-                          "register_jitable/overload functions, which numba-cuda's CUDA target "
-                          "does not see (TypingError at _reduce_pio2)",
-    "engine valley": "np.sqrt on a float64 scalar is not lowered by numba-cuda 0.30.4 with numba "
-                     "0.68 (KeyError: <ufunc 'sqrt'>); math.sqrt compiles",
-    "engine diagonal_net": "np.sqrt on a float64 scalar (as for valley)",
-    "engine quartic": "the README's loss is np.sum(x ** 4): an array temporary, which a CUDA "
-                      "kernel cannot allocate",
-}
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 @dataclasses.dataclass

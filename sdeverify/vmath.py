@@ -25,7 +25,15 @@ the same source run by NumPy: applied to a float64 array it returns, element by 
 the bits of the compiled function (IEEE arithmetic in the same order, no FMA contraction —
 Numba does not contract — and ``select`` is ``np.where`` there).  Called from plain Python
 the dispatcher itself runs the compiled scalar code, which is how the NumPy reference engine
-(which runs problem functions as ``py_func``) gets the engine's bits.
+(which runs problem functions as ``py_func``) gets the engine's bits.  The building blocks
+are :func:`inline` dispatchers, which run as Python when the twin calls them.
+
+**On the GPU.**  numba-cuda compiles a CPU dispatcher that a kernel calls from its
+``py_func``, so the functions run in the engine's ``cuda`` backend as they are; the source
+uses only what numba-cuda 0.30 lowers (``abs``, ``np.minimum``/``np.maximum``, bit views):
+``np.floor`` and ``np.copysign``, which it does not, are built from adds, compares and bits
+(``_floor``, ``_copysign``; bitwise NumPy's, so the CPU results are what they were).
+``benchmarks/gpu_static.py`` compiles the engine's kernels for sm_80 and sm_90.
 
 **Accuracy and domain** (float64; "bound" is what ``tests/test_vmath.py`` asserts against
 NumPy, on 100 000 fixed-seed points of the range shown plus Hypothesis-drawn arguments;
@@ -56,32 +64,53 @@ on arrays use ``.py_func`` (the twin) or plain NumPy.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numba
 import numpy as np
-from numba.extending import overload, register_jitable
+from numba.core.registry import CPUDispatcher
 
 from .compile_lock import compile_once
 
-__all__ = ["sin", "cos", "exp", "log", "log1p", "expm1", "tanh", "select"]
+__all__ = ["sin", "cos", "exp", "log", "log1p", "expm1", "tanh", "select", "inline"]
 
 _JIT = dict(cache=True, inline="always", error_model="numpy")
-#: the building blocks: plain Python functions (the NumPy twin calls them as they are) that
-#: compiled code inlines at the Numba IR level (so they take the caller's error model).
-_jitable = register_jitable(inline="always")
+_INLINE = dict(nopython=True, inline="always")
+
+
+class _Inline(CPUDispatcher):
+    """A dispatcher made by :func:`inline`: compiled like ``numba.njit(inline="always")``,
+    run as Python when called from Python."""
+
+    def __call__(self, *args):
+        return self.py_func(*args)
+
+
+def inline(f: Callable) -> CPUDispatcher:
+    """``numba.njit(inline="always")`` for a helper of compiled functions, whose call from
+    Python runs its source as Python instead of compiling it for the arguments' types.
+
+    Compiled callers (CPU) inline it, under their own error model; numba-cuda compiles it,
+    as any CPU dispatcher a kernel calls, from its ``py_func`` as a device function.  Called
+    from Python it runs as Python: this module's building blocks on NumPy arrays (the twin),
+    and a problem's helper (``valley``'s polynomial, ``diagonal_net``'s residual) inside
+    problem functions run as Python — by the NumPy reference backend, the probe and Numba's
+    CUDA simulator, whose device arrays a compiled function cannot take."""
+    return _Inline(f, targetoptions=dict(_INLINE))
 
 
 # ---- the one primitive that differs between the compiled code and its NumPy twin -----------
-def select(c, a, b):
+class _Select(_Inline):
+    def __call__(self, c, a, b):
+        return np.where(c, a, b)
+
+
+def _select(c, a, b):
     """``a`` where ``c`` else ``b``: ``np.where`` in NumPy, a branch-free select compiled."""
-    return np.where(c, a, b)
+    return a if c else b
 
 
-@overload(select)
-def _select_jit(c, a, b):
-    def impl(c, a, b):
-        return a if c else b
-    return impl
-
+select = _Select(_select, targetoptions=dict(_INLINE))
 
 # ---- constants ---------------------------------------------------------------------------------
 _RND = 6755399441055744.0          # 1.5·2⁵²: (y + _RND) − _RND = y rounded to nearest, |y| < 2⁵¹
@@ -89,9 +118,12 @@ _INF = np.inf
 _MANT = np.int64(0x000FFFFFFFFFFFFF)
 _ONE_BITS = np.int64(0x3FF0000000000000)
 _BIAS = np.int64(1023)
+_TWO52 = 4503599627370496.0
 _TWO54 = 18014398509481984.0
 _TINY = 2.2250738585072014e-308    # smallest normal
 _SQRT2 = 1.4142135623730951
+_SIGN = np.int64(-0x8000000000000000)    # the sign bit of a float64, as an int64
+_MAGNITUDE = np.int64(0x7FFFFFFFFFFFFFFF)
 
 # π/2 in three 33-bit pieces and their tails (fdlibm e_rem_pio2.c)
 _INVPIO2 = 6.36619772367581382433e-01
@@ -118,29 +150,49 @@ _Q4, _Q5 = 4.00821782732936239552e-06, -2.01099218183624371326e-07
 
 
 # ---- helpers -------------------------------------------------------------------------------------
-@_jitable
+@inline
 def _round(y):
     """y rounded to the nearest integer (ties to even), as a float; |y| < 2⁵¹."""
     return (y + _RND) - _RND
 
 
-@_jitable
+@inline
+def _copysign(a, b):
+    """|a| with the sign of b, bitwise ``np.copysign``, from the bits (numba-cuda lowers no
+    ``np.copysign``)."""
+    bits = (np.float64(a).view(np.int64) & _MAGNITUDE) | (np.float64(b).view(np.int64) & _SIGN)
+    return np.int64(bits).view(np.float64)
+
+
+@inline
+def _floor(v):
+    """⌊v⌋ from adds and compares (numba-cuda lowers no ``np.floor``): v rounded to an integer
+    by adding and subtracting 2⁵² with v's sign, one less where that rounded up; |v| ≥ 2⁵²
+    (an integer already), ±inf and NaN are kept.  Bitwise ``np.floor`` except ⌊−0⌋ = +0
+    (no caller tells the zeros apart)."""
+    m = select(abs(v) < _TWO52, _copysign(_TWO52, v), 0.0)
+    t = (v + m) - m
+    return t - select(t > v, 1.0, 0.0)
+
+
+@inline
 def _pow2(n):
     """2ⁿ for an integral float n in [−1022, 1023] (built from the exponent bits)."""
     return np.int64((np.int64(n) + _BIAS) << 52).view(np.float64)
 
 
-@_jitable
+@inline
 def _scale(y, n):
     """y·2ⁿ for an integral float n in [−1100, 1100], with a single rounding (y·2^⌊n/2⌋ is exact
     for the y of this module; overflow gives inf, underflow a correctly rounded subnormal or 0)."""
-    n1 = np.floor(0.5 * n)
+    n1 = _round(0.5 * n - 0.25)            # ⌊n/2⌋: n/2 − ¼ is exact and never a tie
     return (y * _pow2(n1)) * _pow2(n - n1)
 
 
-@_jitable
+@inline
 def _reduce_pio2(x):
-    """(r, tail, q): x = n π/2 + r + tail, |r| ≲ π/4, q = n mod 4 (a float): fdlibm's
+    """(r, tail, q): x = n π/2 + r + tail, |r| ≲ π/4, q = n mod 4 (a float in [0, 4), NaN for
+    x = ±inf or NaN; n is an integer for |x| < 2⁵¹ π/2, a multiple of ½ beyond): fdlibm's
     medium-size reduction with all three rounds (n·pieces exact for |n| < 2²⁰)."""
     n = _round(x * _INVPIO2)
     t = x - n * _PIO2_1                    # exact (Sterbenz)
@@ -154,11 +206,11 @@ def _reduce_pio2(x):
     w = n * _PIO2_3T - (e3 + e2)           # x − nπ/2 = r − w to ~2⁻¹⁰⁰ relative
     y0 = r - w
     y1 = (r - y0) - w
-    q = n - 4.0 * np.floor(0.25 * n)
+    q = n - 4.0 * _floor(0.25 * n)         # exact
     return y0, y1, q
 
 
-@_jitable
+@inline
 def _ksin(x, y):
     """sin(x + y), |x + y| ≤ π/4, y the tail of x (fdlibm k_sin.c)."""
     z = x * x
@@ -168,7 +220,7 @@ def _ksin(x, y):
     return x - ((z * (0.5 * y - v * r) - y) - v * _S1)
 
 
-@_jitable
+@inline
 def _kcos(x, y):
     """cos(x + y), |x + y| ≤ π/4, y the tail of x (fdlibm k_cos.c)."""
     z = x * x
@@ -179,30 +231,33 @@ def _kcos(x, y):
     return w + (((1.0 - w) - hz) + (z * r - x * y))
 
 
+@inline
+def _odd(q):
+    """The quadrant q in [0, 4) takes the other kernel: q − 2⌊q/2⌋ > ½ (q = 1, 3; the
+    reduction's q is a multiple of ½ for huge |x|, where 1.5 and 3.5 count too)."""
+    return ((q > 0.5) & (q < 2.0)) | (q > 2.5)
+
+
 # ---- the functions ----------------------------------------------------------------------------
-@_jitable
+@inline
 def _sin(x):
     """sin x, branch-free (module docstring: ≤ 1 ulp for |x| ≤ 1.6e6)."""
     x = np.float64(x)
     r, t, q = _reduce_pio2(x)
-    hi = np.floor(0.5 * q)                 # q ≥ 2: negate
-    odd = q - 2.0 * hi                     # q odd: the cosine kernel
-    s = select(odd > 0.5, _kcos(r, t), _ksin(r, t))
-    return select(hi > 0.5, -s, s)
+    s = select(_odd(q), _kcos(r, t), _ksin(r, t))
+    return select(q >= 2.0, -s, s)                 # q ≥ 2: negate
 
 
-@_jitable
+@inline
 def _cos(x):
     """cos x, branch-free (module docstring: ≤ 1 ulp for |x| ≤ 1.6e6)."""
     x = np.float64(x)
     r, t, q = _reduce_pio2(x)
-    hi = np.floor(0.5 * q)
-    odd = q - 2.0 * hi
-    c = select(odd > 0.5, _ksin(r, t), _kcos(r, t))
+    c = select(_odd(q), _ksin(r, t), _kcos(r, t))
     return select((q > 0.5) & (q < 2.5), -c, c)     # q = 1, 2: negate
 
 
-@_jitable
+@inline
 def _expm1_reduced(r, c):
     """expm1(r + c) for |r| ≤ ½ ln 2, c the reduction's tail (fdlibm s_expm1.c)."""
     hfx = 0.5 * r
@@ -215,7 +270,7 @@ def _expm1_reduced(r, c):
     return r - e
 
 
-@_jitable
+@inline
 def _exp(x):
     """eˣ, branch-free (module docstring: ≤ 1 ulp; overflow inf, underflow 0)."""
     x = np.float64(x)
@@ -231,7 +286,7 @@ def _exp(x):
     return _scale(y, n)
 
 
-@_jitable
+@inline
 def _expm1(x):
     """eˣ − 1, branch-free, accurate near 0 (module docstring: ≤ 2 ulp)."""
     x = np.float64(x)
@@ -244,13 +299,13 @@ def _expm1(x):
     c = (hi - r) - lo
     em = _expm1_reduced(r, c)                            # expm1 of the reduced argument
     # eˣ − 1 = 2ⁿ (em + 1 − 2⁻ⁿ): 1 − 2⁻ⁿ is exact for |n| ≤ 53; beyond, 2ⁿ(em + 1) − [n < −53]
-    mid = np.abs(n) <= 53.0
+    mid = abs(n) <= 53.0
     add = select(mid, 1.0 - _pow2(-np.minimum(np.maximum(n, -53.0), 53.0)), 1.0)
     res = _scale(em + add, n) - select(n < -53.0, 1.0, 0.0)
     return select(x == 0.0, x, res)
 
 
-@_jitable
+@inline
 def _log(x):
     """ln x, branch-free (module docstring: ≤ 1 ulp on x > 0, subnormals included)."""
     x = np.float64(x)
@@ -274,7 +329,7 @@ def _log(x):
     return select(x == _INF, x, res)
 
 
-@_jitable
+@inline
 def _log1p(x):
     """ln(1 + x), branch-free, accurate near 0 (module docstring: ≤ 2 ulp on x > −1)."""
     x = np.float64(x)
@@ -285,22 +340,22 @@ def _log1p(x):
     return select(x == 0.0, x, res)
 
 
-@_jitable
+@inline
 def _tanh(x):
     """tanh x = −expm1(−2|x|) / (expm1(−2|x|) + 2) with the sign of x (≤ 3 ulp)."""
     x = np.float64(x)
-    e = _expm1(-2.0 * np.abs(x))
-    return np.copysign(-e / (e + 2.0), x)
+    e = _expm1(-2.0 * abs(x))
+    return _copysign(-e / (e + 2.0), x)
 
 
 # ---- the public, compiled functions (``.py_func`` is the NumPy twin) --------------------------
-sin = numba.njit(**_JIT)(_sin)
-cos = numba.njit(**_JIT)(_cos)
-exp = numba.njit(**_JIT)(_exp)
-expm1 = numba.njit(**_JIT)(_expm1)
-log = numba.njit(**_JIT)(_log)
-log1p = numba.njit(**_JIT)(_log1p)
-tanh = numba.njit(**_JIT)(_tanh)
+sin = numba.njit(**_JIT)(_sin.py_func)
+cos = numba.njit(**_JIT)(_cos.py_func)
+exp = numba.njit(**_JIT)(_exp.py_func)
+expm1 = numba.njit(**_JIT)(_expm1.py_func)
+log = numba.njit(**_JIT)(_log.py_func)
+log1p = numba.njit(**_JIT)(_log1p.py_func)
+tanh = numba.njit(**_JIT)(_tanh.py_func)
 
 
 compile_once(globals())     # one compile per machine (sdeverify/compile_lock.py)

@@ -2,24 +2,36 @@
 be chosen before Numba is imported).  The CUDA engine against the NumPy reference backend
 (``backend="numpy"``, bitwise the CPU engine).  Prints one line per case; exits 1 on any
 mismatch."""
+import importlib.util
 import math
 import sys
+from pathlib import Path
 
 import numba
 import numpy as np
 
 import sdeverify as sv
 from sdeverify.engine import cuda as cuda_engine
-from sdeverify.problems import SVAG, CosineWell, LinearRegression, Quadratic
+from sdeverify.problems import SVAG, CosineWell, DiagonalNet, LinearRegression, Quadratic, Valley
+
+_spec = importlib.util.spec_from_file_location(
+    "gpu_static", Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_static.py")
+gpu_static = sys.modules["gpu_static"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gpu_static)
 
 bad = 0
 # (problem, threads per simulated block): 1 (the engine's simulator default, serial) puts the
 # 40 paths in 40 blocks; 16 gives multi-thread blocks (3, the last one partial) so the
 # thread/block index arithmetic and the bounds check are exercised too.  Only non-diverging
 # cases use 16: the simulator's threads race on module globals when a warning is raised.
+# Valley, DiagonalNet and the README's quartic are problems whose kernels once did not compile
+# for a GPU (benchmarks/gpu_static.py); DiagonalNet with n = 2 draws (a draw buffer of 4 rows)
+# takes its draw count from the shape of the draws it is given.
 cases = [(Quadratic(np.diag([1.0, 2.0]), center=[1, 0]), 1), (Quadratic(np.diag([1.0, 2.0])), 16),
          (CosineWell(3, noise_dist="rademacher"), 1), (SVAG(CosineWell(2), 3.0), 1),
-         (LinearRegression.generate(n=16, d=2, batch_size=3), 1)]
+         (LinearRegression.generate(n=16, d=2, batch_size=3), 1),
+         (Valley(sx2=(0.5, 0.2), sy2=(1.0, 0.1)), 1), (DiagonalNet.generate(n=2, D=3, sparsity=1), 1),
+         (gpu_static.readme_quartic(), 1)]
 for P, tpb in cases:
     cuda_engine.SIM_THREADS_PER_BLOCK = tpb
     kw = dict(steps=6, paths=40, sigma=1.0, seed=3, record=[0, 2, 6],

@@ -137,6 +137,80 @@ def test_vectorises():
     assert not _vector_ops(np.sin)
 
 
+# ---- the GPU-compatible building blocks ---------------------------------------------------------
+def _hard_floats(seed: int = 2) -> np.ndarray:
+    """Random bit patterns, the 2⁵¹..2⁵³ band (halves and odd integers), small fractions,
+    specials."""
+    g = np.random.default_rng(seed)
+    band = np.concatenate([g.integers(2 ** 51, 2 ** 54, 4000).astype(np.float64),
+                           g.integers(2 ** 50, 2 ** 52, 2000) + 0.5])
+    x = np.concatenate([g.integers(0, 2 ** 63, 20000, dtype=np.int64).view(np.float64),
+                        band, g.uniform(-3.0, 3.0, 4000), np.round(g.uniform(-50, 50, 1000)),
+                        np.round(g.uniform(-50, 50, 1000)) + 0.5, 10.0 ** g.uniform(-320, 308, 2000),
+                        SPECIAL, [2.0 ** 52 - 0.5, 2.0 ** 52, 2.0 ** 52 + 1, 2.0 ** 53 + 2, 0.25]])
+    return np.concatenate([x, -x])
+
+
+@numba.njit(error_model="numpy")
+def _blocks(x, y, out):
+    for i in range(x.shape[0]):
+        out[0, i] = vmath._floor(x[i])
+        out[1, i] = vmath._copysign(x[i], y[i])
+
+
+def test_floor_and_copysign_give_numpys_bits():
+    """``_floor`` and ``_copysign`` (built from adds, compares and bits, which numba-cuda
+    lowers) give np.floor's and np.copysign's bits, compiled and as the twin — every input but
+    ⌊−0⌋ = +0, which the docstring states."""
+    x = _hard_floats()
+    y = np.random.default_rng(4).permutation(x)
+    out = np.empty((2, x.size))
+    _blocks(x, y, out)
+    keep = ~((x == 0.0) & np.signbit(x))
+    with np.errstate(invalid="ignore"):                  # signalling NaNs among the bit patterns
+        twin = np.array([vmath._floor(x), vmath._copysign(x, y)])
+        ref = np.floor(x[keep])
+    for got in (out, twin):
+        assert np.array_equal(got[0][keep].view(np.int64), ref.view(np.int64))
+        assert np.array_equal(got[1].view(np.int64), np.copysign(x, y).view(np.int64))
+    assert vmath._floor(-0.0) == 0.0
+
+
+def test_quadrant_selection_is_the_floor_formula():
+    """sin and cos pick the kernel and sign from the reduction's q in [0, 4) by comparisons;
+    for every q the reduction can give (a multiple of ½ for |x| > 2⁵¹ π/2) and NaN that is
+    q − 2⌊q/2⌋ > ½ and ⌊q/2⌋ ≥ 1."""
+    q = np.append(np.arange(0.0, 4.0, 0.5), np.nan)
+    with np.errstate(invalid="ignore"):
+        assert np.array_equal(vmath._odd(q), q - 2.0 * np.floor(0.5 * q) > 0.5)
+    g = np.random.default_rng(5)
+    x = np.concatenate([-g.uniform(3.6e15, 8.8e15, 2000), g.uniform(-1e300, 1e300, 200)])
+    _, _, qs = vmath._reduce_pio2(x)
+    assert np.all((qs >= 0.0) & (qs < 4.0) & (2.0 * qs == np.round(2.0 * qs)))
+    assert np.any(qs % 1.0 == 0.5)                      # the halves occur
+
+
+def test_inline_runs_python_when_called_from_python():
+    """``vmath.inline``: compiled callers inline the helper; a call from Python runs its
+    source as Python, so arguments Numba cannot type (as the CUDA simulator's device arrays)
+    work."""
+    @vmath.inline
+    def first_plus_one(a):
+        return a[0] + 1.0
+
+    class Boxed:                      # not an array: Numba cannot type it
+        def __getitem__(self, i):
+            return 2.0
+
+    @numba.njit
+    def caller(a):
+        return first_plus_one(a)
+
+    assert first_plus_one(Boxed()) == 3.0
+    assert caller(np.array([4.0])) == 5.0
+    assert "first_plus_one" not in caller.inspect_llvm(caller.signatures[0])     # inlined
+
+
 # ---- the diagonal Quadratic's O(d) path ---------------------------------------------------------
 def _dense(P: Quadratic) -> NGOS:
     return NGOS(dim=P.dim, grad=qmod.quad_grad, noise=qmod.quad_noise, loss=qmod.quad_loss,

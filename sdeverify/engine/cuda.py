@@ -183,11 +183,11 @@ def _make_kernel(problem, user_funcs, n_opt: int, n_calls: int):
                         continue
                     xj = x[j]
                     grad(xj, params, g)
-                    noise(xj, params, z1, v)
+                    noise(xj, params, z1[:ND], v)     # the problem's n_draws, not ROWS
                     if n_calls == 2:
                         for i in range(D):
                             g[i] += sigma * r1 * v[i]
-                        noise(xj, params, z2, v)
+                        noise(xj, params, z2[:ND], v)
                         for i in range(D):
                             g[i] += sigma * r2 * v[i]
                     else:

@@ -31,19 +31,22 @@ Parameter layout ``p = [n, D, A (n·D, row-major), y (n)]``.
 """
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 from numpy.typing import ArrayLike
 
 from ..compile_lock import compile_once
 from ..validation import finite_float, positive_int
+from ..vmath import inline
 from .base import pack
 from .manifolds import ManifoldProblem
 
 __all__ = ["DiagonalNet"]
 
 
-@numba.njit(cache=True)
+@inline
 def dn_residual_g(x, p, g):
     """g = Aᵀ r / n with r = A(u² − v²) − y; returns nothing (g filled)."""
     n = int(p[0])
@@ -77,7 +80,7 @@ def dn_grad(x, p, out):
 def dn_noise(x, p, xi, out):
     n = xi.shape[0]              # = p[0] (n_draws = n); the shapes are compile-time in the engine
     D = x.shape[0] // 2
-    s = 1.0 / np.sqrt(n)
+    s = 1.0 / math.sqrt(n)
     for i in range(D):
         z = 0.0
         for j in range(n):

@@ -23,12 +23,15 @@ The diagonal linear network with label noise is in :mod:`.diagonal_net`.
 """
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 from numpy.typing import ArrayLike
 
 from ..compile_lock import compile_once
 from ..validation import finite_float, positive_int
+from ..vmath import inline
 from .base import NGOS, pack
 
 __all__ = ["ManifoldProblem", "Valley", "Sphere"]
@@ -110,7 +113,7 @@ class ManifoldProblem(NGOS):
 _NCOEF = 8
 
 
-@numba.njit(cache=True, inline="always")
+@inline
 def _poly(p, off, x):
     """Value and derivative of the polynomial stored at p[off] = n, p[off+1 : off+1+n]
     (n = _NCOEF: the loop is unrolled at compile time)."""
@@ -140,8 +143,8 @@ def valley_noise(x, p, xi, out):
     ob = oa + 1 + na
     a, _ = _poly(p, oa, x[0])
     b, _ = _poly(p, ob, x[0])
-    out[0] = np.sqrt(max(a, 0.0)) * xi[0]
-    sb = np.sqrt(max(b, 0.0))
+    out[0] = math.sqrt(max(a, 0.0)) * xi[0]
+    sb = math.sqrt(max(b, 0.0))
     for i in range(1, x.shape[0]):
         out[i] = sb * xi[i]
 

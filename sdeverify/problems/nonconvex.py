@@ -11,6 +11,8 @@ sin and cos are :mod:`sdeverify.vmath`'s (≤ 1 ulp from NumPy's, vectorised ove
 """
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 from numpy.typing import ArrayLike
@@ -34,7 +36,7 @@ def cos_grad(x, p, out):
 def cos_noise(x, p, xi, out):
     for i in range(x.shape[0]):
         s = vmath.sin(x[i])
-        out[i] = np.sqrt(1.0 + s * s) * xi[i]
+        out[i] = math.sqrt(1.0 + s * s) * xi[i]
 
 
 @numba.njit(cache=True)
