@@ -284,8 +284,8 @@ def conv_kernels(dtypes=("float32", "float64"), tiles=None, variants=None,
                                   trainer_signature("gemm", k.py_func, npdt), k.threads,
                                   k.shared_bytes, regs))
         if pointwise:
-            for name, fn, sig, threads, shared in cc.static_kernels(npdt, tc.GPU_TPB):
-                out.append(Kernel(f"conv {name}", dt, fn, sig, threads, shared))
+            for name, fn, sig, threads, shared, regs in cc.static_kernels(npdt, tc.GPU_TPB):
+                out.append(Kernel(f"conv {name}", dt, fn, sig, threads, shared, regs))
     return out
 
 

@@ -21,9 +21,12 @@ memory in order, and a convolution is one batched GEMM per layer over the models
   GEMM of :func:`sdeverify.train.cuda.make_gemm` computes ``W (O × C·k·k) · cols``; backward:
   the patches are recomputed, ``dW = dout · colsᵀ`` and ``dcols = Wᵀ · dout`` (the GEMM's
   compile-time transposes), and ``col2im`` sums the patch gradients back onto each input pixel
-  (one thread per pixel, in the reference's (i, j) order: no atomics, deterministic);
-* BatchNorm forward (``bn_forward``) and backward (``bn_backward``): one block per (channel,
-  model), block tree reductions in shared memory (batch mean, biased variance, running
+  (one thread per pixel, in the reference's (i, j) order: no atomics, deterministic).  The
+  weight gradient reduces over all B·Ho·Wo pixels into few output tiles: when those do not
+  fill the GPU it is split by image groups (split-K, ``sum_splits`` adds the partial
+  products in a fixed order; :data:`SPLIT_WAVES`);
+* BatchNorm forward (``bn_forward``) and backward (``bn_backward``): one block of 512 threads
+  per (channel, model), block tree reductions in shared memory (batch mean, biased variance, running
   statistics update; ``Σ dy`` and ``Σ dy·x̂``), the normalisation and the ReLU fused;
 * ``residual`` (``relu(u + shortcut(x))``, identity or option-A zero-pad shortcut),
   ``relu_back``, ``shortcut_back`` (the adjoint of both shortcuts, added in place), global
@@ -65,6 +68,17 @@ __all__ = ["ConvTrainer", "make_conv_kernels", "GEMM_VARIANTS", "KERNEL_PARAMS",
 #: Blocks of a grid-stride element-wise launch: at most this many (each thread loops).  Under
 #: the simulator every thread is a Python thread: few blocks keep the tests fast.
 GPU_MAX_BLOCKS, SIM_MAX_BLOCKS = 1 << 20, 1
+#: Threads per BatchNorm block on a GPU (each block streams one (model, channel) slice: more
+#: threads, more loads in flight) and their register cap (512 × 128 = the 64 K registers of
+#: a block; ptxas gives the BN kernels 56-79).
+GPU_BN_TPB, GPU_BN_MAX_REGISTERS = 512, 128
+#: Split-K of the conv weight gradient ``dW = dout · colsᵀ`` (a reduction over all B·Ho·Wo
+#: pixels, few output tiles): when the models' output tiles give fewer than
+#: ``SPLIT_WAVES × multiprocessors`` blocks, each model's pixels are split by images into S
+#: groups (S divides B), one GEMM launch per model computes the S partial products and
+#: ``sum_splits`` adds them in order.  The simulator pretends to have ``SIM_SPLIT_SMS``
+#: multiprocessors, so that the tiny tests take both paths.
+SPLIT_WAVES, SIM_SPLIT_SMS = 2, 4
 
 #: The simulator's GEMM tiles for the conv shapes (wide output tiles, 4 threads per block):
 #: fewer simulated blocks than the MLP's :data:`sdeverify.train.cuda.SIM_TILES`, still
@@ -104,6 +118,7 @@ KERNEL_PARAMS = {
                           Wo=_I, M=_I),
     "pool": dict(h="dt[]", C=_I, B=_I, HW=_I, M=_I, f="dt[]"),
     "pool_back": dict(df="dt[]", C=_I, B=_I, HW=_I, M=_I, dh="dt[]"),
+    "sum_splits": dict(part="dt[]", S=_I, L=_I, M=_I, G="dt[]", goff=_I, P=_I),
     "update": dict(w="dt[]", mom="dt[]", g="dt[]", n_slots=_I, r0="dt", r1="dt", decay="dt[]",
                    a="dt[]", b="dt[]", gamma="dt[]", s=_I, S=_I, R=_I, P=_I, M=_I),
 }
@@ -111,20 +126,26 @@ KERNEL_PARAMS = {
 _REDUCING = ("bn_forward", "bn_backward")
 
 
-def make_conv_kernels(dtype: np.dtype, tpb: int) -> dict:
+def make_conv_kernels(dtype: np.dtype, tpb: int, tpb_bn: int | None = None,
+                      bn_max_registers: int | None = None) -> dict:
     """The conv trainer's own kernels (module docstring), ``{name: kernel}`` for ``dtype`` and
-    ``tpb`` threads per block (a power of two).  Element-wise kernels are grid-stride loops
-    over a flat index; ``bn_forward`` / ``bn_backward`` run one block per (channel, model),
-    grid ``(C, M)``, with ``tpb`` values of ``dtype`` of dynamic shared memory."""
+    ``tpb`` threads per block.  Element-wise kernels are grid-stride loops over a flat index;
+    ``bn_forward`` / ``bn_backward`` give each block one (channel, model) pair at a time
+    (grid-stride over the pairs), ``tpb_bn`` threads (a power of two; default ``tpb``, capped
+    at ``bn_max_registers`` registers per thread) and ``tpb_bn`` values of ``dtype`` of
+    dynamic shared memory."""
     DT, NPDT = _numba_dtype(dtype), np.dtype(dtype).type
     ZERO, ONE = NPDT(0.0), NPDT(1.0)
+    TB = tpb_bn or tpb
+    bn_opts = ({} if bn_max_registers is None or numba.config.ENABLE_CUDASIM
+               else {"max_registers": bn_max_registers})
 
     @cuda.jit(device=True)
     def block_sum(sh, t, v):
         """Σ of ``v`` over the block's threads (fixed-order tree; every thread gets it)."""
         sh[t] = v
         cuda.syncthreads()
-        h = tpb // 2
+        h = TB // 2
         while h > 0:
             if t < h:
                 sh[t] += sh[t + h]
@@ -221,7 +242,7 @@ def make_conv_kernels(dtype: np.dtype, tpb: int) -> dict:
             else:
                 dx[e] = v
 
-    @cuda.jit
+    @cuda.jit(**bn_opts)
     def bn_forward(x, C, N, M, W, og, ob, P, train, buf, orm, orv, NB, update, eps, keep, mom,
                    unbias, inv, ioff, Ctot, xhat, y, relu):
         """BatchNorm2d of channel c of model m (blocks take the (c, m) pairs in turn) of ``x (M, C, N)``: training mode
@@ -243,12 +264,12 @@ def make_conv_kernels(dtype: np.dtype, tpb: int) -> dict:
         base = (m * C + c) * N
         if train:
             a = ZERO
-            for i in range(t, N, tpb):
+            for i in range(t, N, TB):
                 a += x[base + i]
             nf = NPDT(N)
             mean = block_sum(sh, t, a) / nf
             a = ZERO
-            for i in range(t, N, tpb):
+            for i in range(t, N, TB):
                 d = x[base + i] - mean
                 a += d * d
             var = block_sum(sh, t, a) / nf
@@ -265,7 +286,7 @@ def make_conv_kernels(dtype: np.dtype, tpb: int) -> dict:
             inv[m * Ctot + ioff + c] = iv
         g = W[m * P + og + c]
         bb = W[m * P + ob + c]
-        for i in range(t, N, tpb):
+        for i in range(t, N, TB):
             hv = (x[base + i] - mean) * iv
             xhat[base + i] = hv
             v = g * hv + bb
@@ -273,7 +294,7 @@ def make_conv_kernels(dtype: np.dtype, tpb: int) -> dict:
                 v = ZERO
             y[base + i] = v
 
-    @cuda.jit
+    @cuda.jit(**bn_opts)
     def bn_backward(dy, xhat, C, N, M, W, og, ob, P, inv, ioff, Ctot, G, goff, dx):
         """Training-mode BatchNorm2d backward of channel c of model m (blocks take the (c, m) pairs in turn):
         ``dβ = Σ dy``, ``dγ = Σ dy·x̂`` into ``G[goff + m·P + ob/og + c]`` and
@@ -290,7 +311,7 @@ def make_conv_kernels(dtype: np.dtype, tpb: int) -> dict:
         base = (m * C + c) * N
         a = ZERO
         b2 = ZERO
-        for i in range(t, N, tpb):
+        for i in range(t, N, TB):
             a += dy[base + i]
             b2 += dy[base + i] * xhat[base + i]
         dbeta = block_sum(sh, t, a)
@@ -300,7 +321,7 @@ def make_conv_kernels(dtype: np.dtype, tpb: int) -> dict:
             G[goff + m * P + ob + c] = dbeta
         nf = NPDT(N)
         coef = W[m * P + og + c] * inv[m * Ctot + ioff + c] / nf
-        for i in range(t, N, tpb):
+        for i in range(t, N, TB):
             dx[base + i] = coef * (nf * dy[base + i] - dbeta - xhat[base + i] * dgamma)
 
     @cuda.jit
@@ -383,6 +404,18 @@ def make_conv_kernels(dtype: np.dtype, tpb: int) -> dict:
             dh[e] = df[(m * B + b) * C + c] / NPDT(HW)
 
     @cuda.jit
+    def sum_splits(part, S, L, M, G, goff, P):
+        """``G[goff + m·P + i] = Σ_q part[(m·S + q)·L + i]`` (q in order): the split-K partial
+        weight gradients of every model summed into the flat gradient."""
+        for e in range(cuda.grid(1), M * L, cuda.gridsize(1)):
+            i = e % L
+            m = e // L
+            a = ZERO
+            for q in range(S):
+                a += part[(m * S + q) * L + i]
+            G[goff + m * P + i] = a
+
+    @cuda.jit
     def update(w, mom, g, n_slots, r0, r1, decay, a, b, gamma, s, S, R, P, M):
         """``g = r₀ g₀ (+ r₁ g₁) + decay ⊙ w;  m ← a m + b g;  w ← w − γ m`` for every
         (model, parameter); ``decay = λ·mask`` per parameter; slots with r = 0 are not read;
@@ -402,17 +435,19 @@ def make_conv_kernels(dtype: np.dtype, tpb: int) -> dict:
 
     return dict(gather=gather, im2col=im2col, col2im=col2im, bn_forward=bn_forward,
                 bn_backward=bn_backward, residual=residual, relu_back=relu_back,
-                shortcut_back=shortcut_back, pool=pool, pool_back=pool_back, update=update)
+                shortcut_back=shortcut_back, pool=pool, pool_back=pool_back,
+                sum_splits=sum_splits, update=update)
 
 
-def static_kernels(dtype, tpb: int = GPU_TPB) -> list:
-    """``(name, pyfunc, signature, threads, dynamic shared bytes)`` of every kernel of
+def static_kernels(dtype, tpb: int = GPU_TPB, tpb_bn: int = GPU_BN_TPB,
+                   bn_max_registers: int | None = GPU_BN_MAX_REGISTERS) -> list:
+    """``(name, pyfunc, signature, threads, dynamic shared bytes, max registers)`` of every kernel of
     :func:`make_conv_kernels` as the launch code passes its arguments (for
     ``benchmarks/gpu_static.py``: NVVM + ptxas without a GPU)."""
     from numba import types as T
     dtype = np.dtype(dtype)
     scalars = {"dt": _numba_dtype(dtype), "i64": T.int64}
-    ks = make_conv_kernels(dtype, tpb)
+    ks = make_conv_kernels(dtype, tpb, tpb_bn, bn_max_registers)
     out = []
     for name, params in KERNEL_PARAMS.items():
         fn = ks[name].py_func
@@ -421,8 +456,9 @@ def static_kernels(dtype, tpb: int = GPU_TPB) -> list:
             raise KeyError(f"the {name} kernel's parameters {names} differ from KERNEL_PARAMS")
         sig = tuple(T.Array(scalars[t[:-2]], 1, "C") if t.endswith("[]") else scalars[t]
                     for t in params.values())
-        shared = tpb * dtype.itemsize if name in _REDUCING else 0
-        out.append((name, fn, sig, tpb, shared))
+        bn = name in _REDUCING
+        out.append((name, fn, sig, tpb_bn if bn else tpb, tpb_bn * dtype.itemsize if bn else 0,
+                    bn_max_registers if bn else None))
     return out
 
 
@@ -533,8 +569,10 @@ class ConvTrainer(conv_reference.ConvTrainer):
         self.limits = cuda_arch.current_limits()
         self._launches_ok: set = set()
         self.tpb = SIM_TPB if sim else GPU_TPB
-        key = (self.dtype.str, self.tpb)
-        self.k = _cached(("conv",) + key, lambda: make_conv_kernels(self.dtype, self.tpb))
+        self.tpb_bn, self.bn_regs = (SIM_TPB, None) if sim else (GPU_BN_TPB, GPU_BN_MAX_REGISTERS)
+        self.split_sms = SIM_SPLIT_SMS if sim else self.n_sm
+        key = (self.dtype.str, self.tpb, self.tpb_bn, self.bn_regs)
+        self.k = _cached(("conv",) + key, lambda: make_conv_kernels(self.dtype, *key[1:]))
         _, self._loss, self._reduce, _ = _cached(
             ("pointwise", self.dtype.str, LOSSES["cross_entropy"], self.tpb),
             lambda: make_pointwise(self.dtype, LOSSES["cross_entropy"], self.tpb))
@@ -543,7 +581,7 @@ class ConvTrainer(conv_reference.ConvTrainer):
         self.decay_dev = cuda.to_device(self.decay)
         self._ws: dict = {}
         self._eval_cache: dict = {}
-        self._G = None
+        self._G = self._part = None
         self.W_dev = self.Mom_dev = self.buf_dev = None
 
     # ---- state ------------------------------------------------------------------------------
@@ -586,7 +624,8 @@ class ConvTrainer(conv_reference.ConvTrainer):
     def _per_channel(self, name: str, C: int, M: int):
         """A BatchNorm kernel: one block per (channel, model) on a GPU (grid-stride)."""
         blocks = max(1, min(C * M, self.max_blocks))
-        return self._launch(self.k[name], blocks, self.tpb, self.tpb * self.dtype.itemsize)
+        return self._launch(self.k[name], blocks, self.tpb_bn, self.tpb_bn * self.dtype.itemsize,
+                            self.bn_regs)
 
     def _gemm(self, ta: bool, tb: bool, epi: int, nm: int, nn: int, models: int, a, offa, saz,
               zmoda, lda, b, offb, sbz, ldb, c, offc, scz, ldc, e=None, offe=0, sez=0, nk=1,
@@ -598,6 +637,24 @@ class ConvTrainer(conv_reference.ConvTrainer):
         self._launch(k, grid, k.threads, k.shared_bytes, regs)(
             a, offa, saz, zmoda, lda, b, offb, sbz, ldb, c, offc, scz, ldc,
             c if e is None else e, offe, sez, nm, nn, nk, ones_row, 0)
+
+    def _splits(self, O: int, K: int, M: int, B: int) -> int:
+        """Image groups S of the weight-gradient GEMM (see :data:`SPLIT_WAVES`): 1 when the
+        models' output tiles fill the GPU, else the largest divisor of B up to what fills
+        it per model."""
+        tile = gemm_config(O, K, M, self.tiles, self.big_min, self.n_sm)[1]
+        tiles = -(-O // tile[0]) * -(-K // tile[1])
+        want = SPLIT_WAVES * self.split_sms
+        if M * tiles >= want:
+            return 1
+        top = min(B, -(-want // tiles))
+        return max(d for d in range(1, top + 1) if B % d == 0)
+
+    def _scratch(self, n: int):
+        """A device buffer of at least ``n`` elements (kept, grown when needed)."""
+        if self._part is None or self._part.size < n:
+            self._part = cuda.device_array(n, dtype=self.dtype)
+        return self._part
 
     def _workspace(self, M: int, B: int, Mx: int) -> _Workspace:
         key = (M, B, Mx)
@@ -642,8 +699,17 @@ class ConvTrainer(conv_reference.ConvTrainer):
         self._flat("im2col", M * K * N)(x, xmod, u.c_in, B, u.h_in, u.h_in, u.k, u.stride,
                                         u.pad, u.h_out, u.h_out, M, ws.cols)
         # dW (O × K) = dc (O × N) · colsᵀ
-        self._gemm(False, True, EPI_NONE, u.c_out, K, M, ws.gc, 0, u.c_out * N, M, N,
-                   ws.cols, 0, K * N, N, G, goff + u.w, self.P, K, nk=N)
+        O, S = u.c_out, self._splits(u.c_out, K, M, B)
+        if S == 1:
+            self._gemm(False, True, EPI_NONE, O, K, M, ws.gc, 0, O * N, M, N,
+                       ws.cols, 0, K * N, N, G, goff + u.w, self.P, K, nk=N)
+        else:       # split-K: S image groups of Ns pixels, partial products summed in order
+            Ns = N // S
+            part = self._scratch(M * S * O * K)
+            for m in range(M):
+                self._gemm(False, True, EPI_NONE, O, K, S, ws.gc, m * O * N, Ns, S, N,
+                           ws.cols, m * K * N, Ns, N, part, m * S * O * K, O * K, K, nk=Ns)
+            self._flat("sum_splits", M * O * K)(part, S, O * K, M, G, goff + u.w, self.P)
         if dx is None:
             return
         # dcols (K × N) = Wᵀ (K × O) · dc (O × N)
