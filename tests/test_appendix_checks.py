@@ -182,3 +182,13 @@ def test_estimator_validation_at_alpha_above_0_sees_a_recursion_bug_only_there(m
     monkeypatch.setattr(wa.theory, "quadratic_moments", wrong_at_long_memory)
     failed = [v.claim for v in est(wa.run(**kw)) if not v.passed]
     assert failed == ["MC weak-error estimator matches exact moments, eta=2^-7, alpha=0.75"]
+
+
+def test_slow_sde_ks_rule_has_power_against_a_10_percent_drift_error():
+    """The measured power of slow_sde's KS rule (valley, 4096 paths, its budget level) against
+    a slow drift 10% off is high, and it does not reject the right law."""
+    from sdeverify.experiments import slow_sde as ss
+    from sdeverify.experiments.budget import ALPHA
+    level = (ALPHA["slow_sde"] - ss.GENERAL_PATH_ALPHA) / 6
+    assert ss.ks_power_valley(0.1, 4096, level, reps=60, seed=1) >= 0.75
+    assert ss.ks_power_valley(0.0, 4096, level, reps=60, seed=1) == 0.0

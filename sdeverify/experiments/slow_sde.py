@@ -235,6 +235,27 @@ def _run_case(case: _Case, cfg: dict, seed: int, progress, done: int, total: int
     return data, done
 
 
+def ks_power_valley(rel_drift_error: float, paths: int, level: float, reps: int = 400,
+                    seed: int = 0, sigma: float = 1.25, T: float = 1.0) -> float:
+    """Power of rule 3 (the one-sample KS test of h₁ = x at time T against the valley's exact
+    law) against a slow drift that is off by the factor 1 + ``rel_drift_error``: the fraction
+    of ``reps`` samples of ``paths`` draws from the OU law with θ' = (1 + err)θ (the SGD of a
+    model whose drift is wrong, at η → 0) that the test rejects at ``level``."""
+    from scipy import stats as st
+    case = _Case("valley", sigma)
+    P, x0 = case.problem, float(case.x0[0])
+    m, v = P.ou_moments(x0, T, sigma)
+    theta = float(np.log(x0 / m) / T)                         # the check's θ = cqmσ²/2
+    a = float(v) * 2 * theta / (sigma ** 2 * (1 - np.exp(-2 * theta * T)))   # tangent noise s_x²
+    th = (1 + rel_drift_error) * theta
+    m2 = x0 * np.exp(-th * T)
+    v2 = sigma ** 2 * a * (1 - np.exp(-2 * th * T)) / (2 * th)
+    g = np.random.default_rng(seed)
+    cdf = st.norm(float(m), float(np.sqrt(v))).cdf
+    rej = sum(st.kstest(g.normal(m2, np.sqrt(v2), paths), cdf).pvalue < level for _ in range(reps))
+    return rej / reps
+
+
 def _fit(etas, err, sem):
     """fit_order on |err| (points with err = 0 dropped); None when < 3 points remain."""
     a = np.abs(err)
