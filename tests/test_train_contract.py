@@ -300,8 +300,17 @@ def test_a_resnet_trains_through_fit_and_a_resumed_run_equals_one_run():
     with pytest.raises(ValueError, match="augment=True crops and flips images"):
         fit(MODEL, teacher_student(n=64, dim=5, classes=3), opts, batch_size=8, steps=1,
             augment=True)
-    with pytest.raises(ValueError, match="cannot train ResNet"):
-        fit(model, data, opts, batch_size=8, steps=1, backend="cuda")
+    backends.register("mlp_only", reference_trainer())
+    try:
+        with pytest.raises(ValueError, match="backend 'mlp_only' cannot train ResNet"):
+            fit(model, data, opts, batch_size=8, steps=1, backend="mlp_only")
+    finally:
+        backends.unregister("mlp_only")
+
+
+def reference_trainer():
+    from sdeverify.train import reference
+    return reference.Trainer
 
 
 def test_difference_hvp_equals_the_exact_hessian_vector_product(data):

@@ -1,6 +1,6 @@
 """Heavy-batch training of real networks, torch-free (the paper's Sec 6 experiments).
 
-Many replicas × optimizers of one MLP train in one launch on the NumPy reference, the Numba
+Many replicas × optimizers of one network (an MLP or the CIFAR ResNet) train in one launch on the NumPy reference, the Numba
 CPU backend or numba.cuda, with common initial weights and minibatches per replica so that
 optimizer differences are paired::
 
@@ -16,10 +16,13 @@ from . import backends
 from .spec import TrainSpec
 from ..schedules import svag_weights
 from .training import fit, minibatch_indices
-from .lr import goyal_multiplier, linear_scaling
+from .convnet import ResNet, resnet
+from .images import cifar10_images, conv_teacher
+from .lr import epoch_multiplier, goyal_multiplier, linear_scaling
 from .models import MLP
 from .result import METRICS, TrainResult
 
 __all__ = ["MLP", "Dataset", "teacher_student", "digits", "from_arrays", "cifar10", "fit",
            "TrainResult", "METRICS", "goyal_multiplier", "linear_scaling", "svag_weights",
-           "TrainSpec", "minibatch_indices", "backends"]
+           "TrainSpec", "minibatch_indices", "backends", "ResNet", "resnet", "conv_teacher",
+           "cifar10_images", "epoch_multiplier"]

@@ -34,13 +34,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import numpy as np
 
 from .. import rng
 from ..validation import finite_float, positive_int
 from .models import STREAM_INIT
+
+if TYPE_CHECKING:
+    from .datasets import Dataset
 
 __all__ = ["ResNet", "resnet", "Tensor", "Block", "SHORTCUTS", "BN_EPS", "BN_MOMENTUM"]
 
@@ -279,6 +282,13 @@ class ResNet:
             if t.kind == "running_var":
                 b[:, t.offset:t.offset + t.size] = 1.0
         return b
+
+    def check_data(self, data: "Dataset") -> None:
+        """``ValueError`` unless ``data``'s inputs are images of shape :attr:`input_shape`."""
+        shape = tuple(data.X_train.shape[1:])
+        if shape != self.input_shape:
+            raise ValueError(f"the data's inputs have shape {shape}, but {self.describe()} takes "
+                             f"images {self.input_shape} (C, H, W)")
 
     def describe(self) -> str:
         """A one-line label, e.g. ``ResNet-20(width=1, shortcut=A, 3x32x32 -> 10, wd=0.0005,

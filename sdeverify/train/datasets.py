@@ -19,8 +19,8 @@ from .. import rng
 from ..validation import finite_float, positive_int
 from ..validation import seed as valid_seed
 
-__all__ = ["Dataset", "from_arrays", "teacher_student", "digits", "cifar10", "CIFAR10_TRAIN",
-           "CIFAR10_TEST"]
+__all__ = ["Dataset", "from_arrays", "teacher_student", "digits", "cifar10", "read_cifar10",
+           "CIFAR10_TRAIN", "CIFAR10_TEST"]
 
 STREAM_X, STREAM_TEACHER, STREAM_LABEL, STREAM_SPLIT = 21, 22, 23, 24
 
@@ -233,6 +233,37 @@ CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST = "test_batch"
 
 
+def read_cifar10(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The raw official split of the CIFAR-10 "python version" folder
+    (``cifar-10-batches-py``: pickled dicts with ``b"data"``, N×3072 uint8 channel-major
+    32×32 images, and ``b"labels"``): ``(X_train (50000, 3, 32, 32) uint8, y_train int64,
+    X_test (10000, 3, 32, 32) uint8, y_test)``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"folder must be the extracted 'cifar-10-batches-py' directory, "
+                         f"{str(folder)!r} is not a directory")
+    missing = [f for f in CIFAR10_TRAIN + (CIFAR10_TEST,) if not (folder / f).is_file()]
+    if missing:
+        raise ValueError(f"{folder} is not a CIFAR-10 python-version folder: missing {missing}")
+
+    def read(name):
+        with open(folder / name, "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+        try:
+            X = np.asarray(d[b"data"], dtype=np.uint8)
+            y = np.asarray(d[b"labels"], dtype=np.int64)
+        except (KeyError, TypeError):
+            raise ValueError(f"{folder / name}: expected a dict with b'data' and b'labels'") from None
+        if X.ndim != 2 or X.shape[1] != 3072 or y.shape != (X.shape[0],):
+            raise ValueError(f"{folder / name}: data must be N x 3072 with N labels, got "
+                             f"{X.shape} and {y.shape}")
+        return X.reshape(-1, 3, 32, 32), y
+
+    parts = [read(f) for f in CIFAR10_TRAIN]
+    Xte, yte = read(CIFAR10_TEST)
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), Xte, yte)
+
+
 def cifar10(folder: str | os.PathLike, *, n_train: int | None = None,
             n_test: int | None = None) -> Dataset:
     """CIFAR-10 from the official "python version" folder (``cifar-10-batches-py``: pickled
@@ -252,31 +283,9 @@ def cifar10(folder: str | os.PathLike, *, n_train: int | None = None,
     Dataset
         (n_train, 3072) / (n_test, 3072) standardised features, labels in [0, 10).
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"folder must be the extracted 'cifar-10-batches-py' directory, "
-                         f"{str(folder)!r} is not a directory")
-    missing = [f for f in CIFAR10_TRAIN + (CIFAR10_TEST,) if not (folder / f).is_file()]
-    if missing:
-        raise ValueError(f"{folder} is not a CIFAR-10 python-version folder: missing {missing}")
-
-    def read(name):
-        with open(folder / name, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
-        try:
-            X = np.asarray(d[b"data"], dtype=np.float64)
-            y = np.asarray(d[b"labels"], dtype=np.int64)
-        except (KeyError, TypeError):
-            raise ValueError(f"{folder / name}: expected a dict with b'data' and b'labels'") from None
-        if X.ndim != 2 or X.shape[1] != 3072 or y.shape != (X.shape[0],):
-            raise ValueError(f"{folder / name}: data must be N x 3072 with N labels, got "
-                             f"{X.shape} and {y.shape}")
-        return X, y
-
-    parts = [read(f) for f in CIFAR10_TRAIN]
-    Xtr = np.concatenate([p[0] for p in parts])
-    ytr = np.concatenate([p[1] for p in parts])
-    Xte, yte = read(CIFAR10_TEST)
+    Xtr, ytr, Xte, yte = read_cifar10(folder)
+    Xtr = Xtr.reshape(Xtr.shape[0], 3072).astype(np.float64)
+    Xte = Xte.reshape(Xte.shape[0], 3072).astype(np.float64)
     if n_train is not None:
         n = positive_int("n_train", n_train)
         Xtr, ytr = Xtr[:n], ytr[:n]

@@ -12,17 +12,15 @@ channel statistics.
 from __future__ import annotations
 
 import os
-import pickle
-from pathlib import Path
 
 import numpy as np
 
 from .. import rng, validation
 from ..validation import finite_float, positive_int
 from .conv_reference import conv2d
-from .datasets import CIFAR10_TEST, CIFAR10_TRAIN, Dataset, _permutation
+from .datasets import Dataset, _permutation, read_cifar10
 
-__all__ = ["conv_teacher", "teacher_logits", "balanced_argmax", "cifar10_images", "read_cifar10",
+__all__ = ["conv_teacher", "teacher_logits", "balanced_argmax", "cifar10_images",
            "standardise_channels"]
 
 #: Philox streams of the generated images, the conv teacher's weights and the label noise.
@@ -127,37 +125,6 @@ def conv_teacher(n: int = 4096, size: int = 16, channels: int = 3, classes: int 
     return Dataset(Xtr, y[tr], Xte, y[te], classes,
                    f"conv_teacher(n={n}, {channels}x{size}x{size}, classes={classes}, "
                    f"noise={label_noise:g})")
-
-
-def read_cifar10(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The raw official split of the CIFAR-10 "python version" folder
-    (``cifar-10-batches-py``: pickled dicts with ``b"data"``, N×3072 uint8 channel-major
-    32×32 images, and ``b"labels"``): ``(X_train (50000, 3, 32, 32) uint8, y_train int64,
-    X_test (10000, 3, 32, 32) uint8, y_test)``."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"folder must be the extracted 'cifar-10-batches-py' directory, "
-                         f"{str(folder)!r} is not a directory")
-    missing = [f for f in CIFAR10_TRAIN + (CIFAR10_TEST,) if not (folder / f).is_file()]
-    if missing:
-        raise ValueError(f"{folder} is not a CIFAR-10 python-version folder: missing {missing}")
-
-    def read(name):
-        with open(folder / name, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
-        try:
-            X = np.asarray(d[b"data"], dtype=np.uint8)
-            y = np.asarray(d[b"labels"], dtype=np.int64)
-        except (KeyError, TypeError):
-            raise ValueError(f"{folder / name}: expected a dict with b'data' and b'labels'") from None
-        if X.ndim != 2 or X.shape[1] != 3072 or y.shape != (X.shape[0],):
-            raise ValueError(f"{folder / name}: data must be N x 3072 with N labels, got "
-                             f"{X.shape} and {y.shape}")
-        return X.reshape(-1, 3, 32, 32), y
-
-    parts = [read(f) for f in CIFAR10_TRAIN]
-    Xte, yte = read(CIFAR10_TEST)
-    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), Xte, yte)
 
 
 def cifar10_images(folder: str | os.PathLike, *, n_train: int | None = None,

@@ -350,7 +350,7 @@ def gradient_noise(tr: Any, X: np.ndarray, y: np.ndarray,
     tr Σ ≈ c · Σ|g_i − ḡ|²/(chunks − 1),  |∇L|² ≈ |ḡ|² − tr Σ / n.  ``tr`` is a trainer of
     one backend (``sdeverify.train.reference.Trainer`` or its Numba / CUDA counterparts),
     evaluated at its current weights; returns both estimates per model, shape (models,)."""
-    W, _ = tr.get_state()
+    W = tr.get_state()[0]
     c = X.shape[0] // chunks
     if c < 1:
         raise ValueError(f"the gradient-noise estimate needs at least {chunks} evaluation samples")
