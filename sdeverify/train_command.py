@@ -50,7 +50,7 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--no-augment", action="store_true",
                    help="no random crop + flip (images only; default: augment)")
     t.add_argument("--replicas", type=int, default=2, help="independent replicas per optimizer")
-    t.add_argument("--backend", choices=backends.names(), default="numpy", help="trainer backend")
+    t.add_argument("--backend", choices=backends.names(), default="cpu", help="trainer backend")
     t.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="precision")
     t.add_argument("--seed", type=int, default=0, help="random seed")
     t.add_argument("--out", default="sdeverify-train", help="output folder")
