@@ -108,7 +108,8 @@ def agreement(tiny: bool, oracle: str) -> int:
         d64 = rel(out["cuda"][i], out["ref"][i])
         ok = d64 <= 1e-9
         bad += not ok
-        d32 = "" if "cuda32" not in out else f"   float32: {rel(out['cuda32'][i], out['ref'][i]):.2e}"
+        d32 = ("" if "cuda32" not in out
+               else f"   float32: {rel(out['cuda32'][i], out['ref'][i]):.2e}")
         print(f"  {name:24s} float64: {d64:.2e} {'ok' if ok else 'FAIL'}{d32}")
     if "cuda32" in out and not rel(out["cuda32"][1], out["ref"][1]) <= 1e-3:
         print("  float32 weights deviate more than 1e-3: FAIL")

@@ -26,8 +26,8 @@ memory in order, and a convolution is one batched GEMM per layer over the models
   fill the GPU it is split by image groups (split-K, ``sum_splits`` adds the partial
   products in a fixed order; :data:`SPLIT_WAVES`);
 * BatchNorm forward (``bn_forward``) and backward (``bn_backward``): one block of 512 threads
-  per (channel, model), block tree reductions in shared memory (batch mean, biased variance, running
-  statistics update; ``Σ dy`` and ``Σ dy·x̂``), the normalisation and the ReLU fused;
+  per (channel, model), block tree reductions in shared memory (batch mean, biased variance,
+  running statistics update; ``Σ dy`` and ``Σ dy·x̂``), the normalisation and the ReLU fused;
 * ``residual`` (``relu(u + shortcut(x))``, identity or option-A zero-pad shortcut),
   ``relu_back``, ``shortcut_back`` (the adjoint of both shortcuts, added in place), global
   average ``pool`` and ``pool_back``;
@@ -245,12 +245,12 @@ def make_conv_kernels(dtype: np.dtype, tpb: int, tpb_bn: int | None = None,
     @cuda.jit(**bn_opts)
     def bn_forward(x, C, N, M, W, og, ob, P, train, buf, orm, orv, NB, update, eps, keep, mom,
                    unbias, inv, ioff, Ctot, xhat, y, relu):
-        """BatchNorm2d of channel c of model m (blocks take the (c, m) pairs in turn) of ``x (M, C, N)``: training mode
-        by the batch mean and biased variance (and, when ``update``, the running statistics
-        ``keep·r + mom·stat``, the variance unbiased by ``unbias = N/(N − 1)``), evaluation
-        mode by the running statistics ``buf[m·NB + orm/orv + c]``; writes ``1/σ`` to
-        ``inv[m·Ctot + ioff + c]``, ``x̂`` and ``y = γ x̂ + β`` (then ReLU when ``relu``);
-        γ, β at ``W[m·P + og/ob + c]``."""
+        """BatchNorm2d of channel c of model m of ``x (M, C, N)`` (blocks take the (c, m) pairs
+        in turn): training mode by the batch mean and biased variance (and, when ``update``,
+        the running statistics ``keep·r + mom·stat``, the variance unbiased by ``unbias =
+        N/(N − 1)``), evaluation mode by the running statistics ``buf[m·NB + orm/orv + c]``;
+        writes ``1/σ`` to ``inv[m·Ctot + ioff + c]``, ``x̂`` and ``y = γ x̂ + β`` (then ReLU
+        when ``relu``); γ, β at ``W[m·P + og/ob + c]``."""
         sh = cuda.shared.array(0, DT)
         t = cuda.threadIdx.x
         for cm in range(cuda.blockIdx.x, C * M, cuda.gridDim.x):   # block-uniform
@@ -296,8 +296,8 @@ def make_conv_kernels(dtype: np.dtype, tpb: int, tpb_bn: int | None = None,
 
     @cuda.jit(**bn_opts)
     def bn_backward(dy, xhat, C, N, M, W, og, ob, P, inv, ioff, Ctot, G, goff, dx):
-        """Training-mode BatchNorm2d backward of channel c of model m (blocks take the (c, m) pairs in turn):
-        ``dβ = Σ dy``, ``dγ = Σ dy·x̂`` into ``G[goff + m·P + ob/og + c]`` and
+        """Training-mode BatchNorm2d backward of channel c of model m (blocks take the (c, m)
+        pairs in turn): ``dβ = Σ dy``, ``dγ = Σ dy·x̂`` into ``G[goff + m·P + ob/og + c]`` and
         ``dx = γ·inv/N · (N·dy − dβ − x̂·dγ)``."""
         sh = cuda.shared.array(0, DT)
         t = cuda.threadIdx.x
@@ -441,8 +441,8 @@ def make_conv_kernels(dtype: np.dtype, tpb: int, tpb_bn: int | None = None,
 
 def static_kernels(dtype, tpb: int = GPU_TPB, tpb_bn: int = GPU_BN_TPB,
                    bn_max_registers: int | None = GPU_BN_MAX_REGISTERS) -> list:
-    """``(name, pyfunc, signature, threads, dynamic shared bytes, max registers)`` of every kernel of
-    :func:`make_conv_kernels` as the launch code passes its arguments (for
+    """``(name, pyfunc, signature, threads, dynamic shared bytes, max registers)`` of every
+    kernel of :func:`make_conv_kernels` as the launch code passes its arguments (for
     ``benchmarks/gpu_static.py``: NVVM + ptxas without a GPU)."""
     from numba import types as T
     dtype = np.dtype(dtype)
