@@ -92,10 +92,11 @@ def inline(f: Callable) -> CPUDispatcher:
 
     Compiled callers (CPU) inline it, under their own error model; numba-cuda compiles it,
     as any CPU dispatcher a kernel calls, from its ``py_func`` as a device function.  Called
-    from Python it runs as Python: this module's building blocks on NumPy arrays (the twin),
-    and a problem's helper (``valley``'s polynomial, ``diagonal_net``'s residual) inside
-    problem functions run as Python — by the NumPy reference backend, the probe and Numba's
-    CUDA simulator, whose device arrays a compiled function cannot take."""
+    from Python it runs as Python, which is what this module's twin needs (its building
+    blocks applied to NumPy arrays) and what a helper of problem functions needs (valley's
+    polynomial, diagonal_net's residual) when the NumPy reference backend, the probe or
+    Numba's CUDA simulator run those functions as Python — the simulator with device arrays,
+    which a compiled function cannot take."""
     return _Inline(f, targetoptions=dict(_INLINE))
 
 
@@ -111,6 +112,7 @@ def _select(c, a, b):
 
 
 select = _Select(_select, targetoptions=dict(_INLINE))
+
 
 # ---- constants ---------------------------------------------------------------------------------
 _RND = 6755399441055744.0          # 1.5·2⁵²: (y + _RND) − _RND = y rounded to nearest, |y| < 2⁵¹
