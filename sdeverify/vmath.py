@@ -186,9 +186,10 @@ def _pow2(n):
 
 @inline
 def _scale(y, n):
-    """y·2ⁿ for an integral float n in [−1100, 1100], with a single rounding (y·2^⌊n/2⌋ is exact
-    for the y of this module; overflow gives inf, underflow a correctly rounded subnormal or 0)."""
-    n1 = _round(0.5 * n - 0.25)            # ⌊n/2⌋: n/2 − ¼ is exact and never a tie
+    """y·2ⁿ for an integral float n in [−1100, 1100], with a single rounding (y·2^n₁ is exact
+    for the y of this module, n₁ = n/2 rounded to an integer; overflow gives inf, underflow a
+    correctly rounded subnormal or 0)."""
+    n1 = _round(0.5 * n)
     return (y * _pow2(n1)) * _pow2(n - n1)
 
 
