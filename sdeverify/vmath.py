@@ -11,8 +11,7 @@ instead of branches, so they inline and vectorise.  Measured in a compiled loop 
 arguments (AVX-512, CPU time per element, median of 150 runs, libm in brackets): sin 1.2 ns
 (15.5), cos 1.2 (15.8), exp 1.0 (3.5), log 0.8 (2.6), log1p 0.9 (8.5), expm1 1.5 (9.1),
 tanh 1.8 (11.9); for the engine's numbers see benchmarks/RESULTS.md, "Per-problem
-throughput".  Use them in problem functions like the
-NumPy ones::
+throughput".  Use them in problem functions like the NumPy ones::
 
     from sdeverify import vmath
 
@@ -33,7 +32,8 @@ are :func:`inline` dispatchers, which run as Python when the twin calls them.
 ``py_func``, so the functions run in the engine's ``cuda`` backend as they are; the source
 uses only what numba-cuda 0.30 lowers (``abs``, ``np.minimum``/``np.maximum``, bit views):
 ``np.floor`` and ``np.copysign``, which it does not, are built from adds, compares and bits
-(``_floor``, ``_copysign``; bitwise NumPy's, so the CPU results are what they were).
+(``_floor``, ``_copysign``: NumPy's bits, but for the sign of ⌊−0⌋, which no caller
+sees), so the CPU results are bitwise what they were with NumPy's.
 ``benchmarks/gpu_static.py`` compiles the engine's kernels for sm_80 and sm_90.
 
 **Accuracy and domain** (float64; "bound" is what ``tests/test_vmath.py`` asserts against
