@@ -84,7 +84,7 @@ def test_every_metric_against_a_recomputation_with_subsampled_evaluation(data):
 
 
 def test_sampling_with_replacement_is_uniform_chi_square_with_stated_power(data):
-    """Row frequencies over 400 steps x 3 replicas x B = 32 (38 400 draws of 240 rows): Pearson's
+    """Row frequencies over 400 steps x 3 replicas x B = 32 (38 400 draws of 225 rows): Pearson's
     χ² against uniform, at level 1e-3.  Power: a sampler that over-draws 10% of the rows by a
     factor 1.5 gives a noncentrality of n·Σ(p−q)²/q ≈ 133, detected with probability > 0.999 —
     computed below from the noncentral χ², and shown by planting exactly that bias."""
