@@ -273,9 +273,23 @@ def _cluster_of(args):
     return args.cluster
 
 
+def _train_backend_flag(p, cuda_note: str = "") -> None:
+    """``--backend`` of ``run`` / ``check``: where the trained-network checks train, one of
+    the registered trainer backends (:func:`sdeverify.train.backends.names`)."""
+    from .train import backends as trainers
+    names = trainers.names()
+    p.add_argument("--backend", choices=names, default="cpu",
+                   help="where the trained-network checks (train_*) train: one of "
+                        f"{', '.join(names)} (default cpu; cuda: numba.cuda, needs a GPU"
+                        f"{cuda_note}); the other checks always run on the CPU")
+
+
 def _check_backend(backend: str) -> None:
-    """``--backend cuda`` needs a usable GPU (or the CUDA simulator): say so before any work."""
-    get_backend(backend).require()
+    """``--backend cuda`` needs a usable GPU (or the CUDA simulator): say so before any work.
+    The device check is the engine's backend of the same name, where there is one (the
+    trainer's and the engine's cuda backends need the same device)."""
+    if backend in backends():
+        get_backend(backend).require()
 
 
 def _check_seed(seed: int) -> None:
@@ -340,9 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="seed of the random streams (default 0)")
     r.add_argument("--out", default="sdeverify-out", help="folder for NAME.json/.npz/.png")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
-    r.add_argument("--backend", choices=("cpu", "cuda"), default="cpu",
-                   help="where the trained-network checks (train_*) train: cpu (default) or cuda "
-                        "(numba.cuda, needs a GPU); the other checks always run on the CPU")
+    _train_backend_flag(r)
     _cluster_flags(r)
     r.set_defaults(func=cmd_run)
 
@@ -365,9 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "versions (continue an interrupted run; with --workers/--scheduler also "
                         "the finished points of an interrupted check, OUT/points/)")
     c.add_argument("--quiet", action="store_true")
-    c.add_argument("--backend", choices=("cpu", "cuda"), default="cpu",
-                   help="where the trained-network checks (train_*) train: cpu (default) or cuda "
-                        "(numba.cuda, needs a GPU, e.g. with --full); the other checks run on the CPU")
+    _train_backend_flag(c, " (e.g. with --full)")
     _cluster_flags(c)
     c.set_defaults(func=cmd_check)
 

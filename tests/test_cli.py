@@ -217,3 +217,16 @@ def test_sigkill_of_check_leaves_no_worker_alive(tmp_path):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_run_and_check_offer_every_registered_trainer_backend(monkeypatch):
+    """The trained-network checks' ``--backend`` choices are the trainer backend registry's
+    (a backend registered by following docs/extending.md is offered with no CLI edit)."""
+    from sdeverify.cli import build_parser
+    from sdeverify.train import backends
+    monkeypatch.setattr(backends, "_REGISTRY", dict(backends._REGISTRY))
+    backends.register("mytrainer", "sdeverify.train.reference:Trainer", "a user's backend")
+    parser = build_parser()
+    for argv in (["check", "--backend", "mytrainer"], ["run", "svag", "--backend", "mytrainer"]):
+        assert parser.parse_args(argv).backend == "mytrainer"
+    assert parser.parse_args(["check"]).backend == "cpu"
