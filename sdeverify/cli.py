@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from . import config
+from .files import writable_folder
 from .engine import backends, get_backend
 from .experiments import EXPERIMENTS
 
@@ -52,21 +51,6 @@ def _optimizers(args):
     return out
 
 
-def _writable_folder(flag: str, folder: str | os.PathLike) -> Path:
-    """Create ``folder`` if needed and prove it writable (create and delete a file in it),
-    so that a run never fails at the very end, after the work, on its output."""
-    path = Path(folder)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path, prefix=".sdeverify-write-test.")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise ValueError(f"{flag} {str(folder)!r} is not a writable folder "
-                         f"({exc.strerror or exc})") from None
-    return path
-
-
 def _check_simulate_args(args) -> None:
     """Every flag of ``simulate`` against its range, before anything is built or run."""
     from .engine.spec import _check_memory, memory_estimate
@@ -89,7 +73,7 @@ def _check_simulate_args(args) -> None:
                   f"--paths {args.paths} --steps {args.steps} --record {args.record}")
     get_backend(args.backend).require()           # e.g. CudaUnavailable: one line, exit 2
     if args.out:
-        _writable_folder("--out", args.out)
+        writable_folder("--out", args.out)
 
 
 def cmd_simulate(args) -> int:
@@ -161,7 +145,7 @@ def cmd_run(args) -> int:
     from .runner import run_one, verdict_rows
     experiments.get(args.name)
     _check_seed(args.seed)
-    out = _writable_folder("--out", args.out) if args.out else None
+    out = writable_folder("--out", args.out) if args.out else None
     _check_backend(args.backend)
     client = _start_cluster(args)
     res, fig = run_one(args.name, args.size, args.seed, out, args.quiet, backend=args.backend,
@@ -201,7 +185,7 @@ def cmd_check(args) -> int:
         for n in wanted:
             experiments.get(n)
         names = [n for n in names if n in wanted]
-    out = _writable_folder("--out", args.out)
+    out = writable_folder("--out", args.out)
     _check_backend(args.backend)
     jobs = _jobs_of(args, len(names), getattr(args, "cluster", None))
     rows, summary = run_job(names, size=size, seed=args.seed, out=out, jobs=jobs,

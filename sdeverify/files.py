@@ -38,7 +38,7 @@ import numpy as np
 __all__ = ["ResultFileError", "CONTENT_HASH", "LABELS", "base_path", "json_path",
            "content_hash", "hashed_json", "verify_hash", "read_json", "write_hashed_json",
            "save_pair", "load_pair", "atomic_write_text", "atomic_write_npz",
-           "remove_temporaries", "jsonable"]
+           "remove_temporaries", "jsonable", "writable_folder"]
 
 CONTENT_HASH = "content_sha256"   # the entry of a JSON document that hashes the rest of it
 LABELS = "__labels__"             # the entry of a saved .npz that repeats the JSON's labels
@@ -302,3 +302,18 @@ def atomic_write_npz(path: str | os.PathLike, arrays: dict) -> None:
     """Write ``arrays`` (name -> array) as an ``.npz`` at ``path``, all or nothing (as
     :func:`atomic_write_text`)."""
     _atomic_write(Path(path), lambda f: np.savez(f, **arrays), "wb", suffix=".npz")
+
+
+def writable_folder(flag: str, folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and prove it writable (create and delete a file in it),
+    so that a run never fails at the very end, after the work, on its output."""
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".sdeverify-write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"{flag} {str(folder)!r} is not a writable folder "
+                         f"({exc.strerror or exc})") from None
+    return path

@@ -109,7 +109,7 @@ def _model(args, data):
 def cmd_train(args) -> int:
     """Run the grid (module docstring); every value is checked before any training."""
     from . import SGD, SGDM
-    from .cli import _writable_folder
+    from .files import writable_folder
     from .progress import bar
     from .train import fit
     from .train.lr import epoch_multiplier
@@ -121,7 +121,7 @@ def cmd_train(args) -> int:
     names = [n.strip().lower() for n in args.optimizers.split(",") if n.strip()]
     if not names or any(n not in ("sgd", "sgdm") for n in names) or len(set(names)) != len(names):
         raise ValueError(f"--optimizers must be a comma list of distinct sgd, sgdm, got {args.optimizers!r}")
-    out = _writable_folder("--out", args.out)
+    out = writable_folder("--out", args.out)
     data = _data(args)
     model = _model(args, data)
     spe = data.n_train // args.batch_size if args.batch_size >= 1 else 0
