@@ -350,3 +350,17 @@ def test_every_resnet_backend_equals_the_reference_through_fit():
         assert _rel(got.buffers, ref.buffers) <= TOL, name
         assert _rel(got.batch_loss, ref.batch_loss) <= TOL, name
         assert np.allclose(got.values, ref.values, rtol=TOL, atol=0), name
+
+
+def test_a_cluster_point_is_validated_by_trainspec_and_refuses_state_arguments(data):
+    """distributed's fit points validate as the local call does (TrainSpec.build: an eta-named
+    scheme, a callable schedule evaluated to the validated array) and refuse arguments that
+    train here only."""
+    from sdeverify.distributed.points import fit_point
+    pt = fit_point(MODEL, data, [EtaSGD(0.1, name="eta")], batch_size=8, steps=6, replicas=2,
+                   lr_schedule=lambda k: np.linspace(1.0, 0.5, k))
+    assert "eta" in pt.label and np.allclose(pt.args["lr_schedule"], np.linspace(1.0, 0.5, 6))
+    with pytest.raises(ValueError, match="train here only"):
+        fit_point(MODEL, data, [sv.SGD(0.1)], batch_size=8, steps=6, record_weights=[3])
+    with pytest.raises(ValueError, match="lr_schedule must give 6"):
+        fit_point(MODEL, data, [sv.SGD(0.1)], batch_size=8, steps=6, lr_schedule=np.ones(5))

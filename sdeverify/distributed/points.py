@@ -12,13 +12,13 @@ import pickle
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import numpy as np
 from numpy.typing import ArrayLike
 
 from .. import config, validation
 from ..engine.spec import make_spec
 from ..simulate import engine_for, simulate
 from ..train import training
+from ..train.spec import TrainSpec
 from ..validation import positive_int
 from .keys import point_key
 
@@ -159,21 +159,23 @@ def fit_point(model: Any, data: Dataset, optimizers: Sequence[Any] | Any, *,
     ``progress`` is dropped: shards run elsewhere)."""
     kw.pop("progress", None)
     a = _call_args(training.fit, "fit", kw, ("batch_size",))
-    spec = training._validate(model, data, optimizers, a["batch_size"], a["steps"], a["epochs"],
-                              a["replicas"], a["seed"], a["svag"], a["sampling"], a["metrics"],
-                              a["eval_samples"], a["sharpness_samples"], a["sharpness_iters"],
-                              a["backend"], a["dtype"], a["replica_offset"], a["on_divergence"])
+    if training._state_args(a["init_weights"], a["init_momentum"], a["start_step"], a["resume"],
+                            a["record_weights"], a["init_buffers"]):
+        raise ValueError("init_weights, init_momentum, init_buffers, start_step, resume and "
+                         "record_weights train here only, not on a cluster")
+    build = inspect.signature(TrainSpec.build).parameters
+    spec = TrainSpec.build(model, data, optimizers, **{k: v for k, v in a.items() if k in build})
     if callable(a["lr_schedule"]):
-        a["lr_schedule"] = np.asarray(a["lr_schedule"](spec["steps"]), dtype=np.float64)
+        a["lr_schedule"] = spec.lr_multiplier          # the validated array (start_step is 0 here)
     if shard_replicas is not None:
         positive_int("shard_replicas", shard_replicas)
     total, offset, policy = int(a.pop("replicas")), int(a.pop("replica_offset")), a.pop("on_divergence")
     args = dict(a, model=model, data=data, optimizers=optimizers)
     label = (f"fit({model.describe()}, {data.name}, "
-             f"{', '.join(o.name for o in spec['optimizers'])}, batch_size={a['batch_size']}, "
-             f"steps={spec['steps']}, replicas={total}, seed={a['seed']})")
+             f"{', '.join(spec.names)}, batch_size={spec.batch_size}, "
+             f"steps={spec.steps}, replicas={total}, seed={spec.seed})")
     _check_pickles(label, {k: v for k, v in args.items() if k != "data"})
-    unit = spec["steps"] * spec["svag"] * a["batch_size"] * model.n_params * len(spec["optimizers"]) / 64
+    unit = spec.steps * spec.svag * spec.batch_size * model.n_params * len(spec.names) / 64
     shards = plan_shards(total, unit, workers, size=shard_replicas)
     key = point_key("fit", dict(args, replicas=total, replica_offset=offset,
                                 data=data.fingerprint()))

@@ -426,17 +426,3 @@ def _lanczos_top(hvp_of, q: np.ndarray, iters: int) -> np.ndarray:
         if n and np.all(np.isfinite(T)):
             lam[m] = np.linalg.eigvalsh(T).max()
     return lam
-
-
-def _validate(model, data, optimizers, batch_size, steps, epochs, replicas, seed, svag,
-              sampling, metrics, eval_samples, sharpness_samples, sharpness_iters, backend,
-              dtype, replica_offset, on_divergence) -> dict:
-    """The validated call as the dict :mod:`sdeverify.distributed` reads (``optimizers``,
-    ``steps``, ``svag``); :meth:`TrainSpec.build` does the validation."""
-    spec = TrainSpec.build(model, data, optimizers, batch_size=batch_size, steps=steps,
-                           epochs=epochs, replicas=replicas, seed=seed, svag=svag,
-                           sampling=sampling, metrics=metrics, eval_samples=eval_samples,
-                           sharpness_samples=sharpness_samples, sharpness_iters=sharpness_iters,
-                           backend=backend, dtype=dtype, replica_offset=replica_offset,
-                           on_divergence=on_divergence)
-    return dict(optimizers=list(spec.optimizers), steps=spec.steps, svag=spec.svag, spec=spec)
