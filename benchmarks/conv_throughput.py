@@ -36,6 +36,9 @@ from sdeverify.train import backends  # noqa: E402
 from sdeverify.train.convnet import resnet  # noqa: E402
 from sdeverify.train.images import conv_teacher  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from torch_resnet import torch_loop  # noqa: E402
+
 
 def _median_time(fn, repeats: int) -> float:
     fn()                                                   # warm-up (compilation, caches)
@@ -62,58 +65,6 @@ def ours(backend: str, model, data, B: int, M: int, steps: int):
     def run():
         tr.set_state(W, np.zeros_like(W))
         tr.train(idx, a, b, gamma, r)
-    return run
-
-
-def torch_loop(torch, model, data, B: int, M: int, steps: int):
-    """torch CPU, a loop over the M models, same shapes and step (SGD momentum + weight decay)."""
-    nn = torch.nn
-
-    class Block(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.b1 = nn.BatchNorm2d(cout)
-            self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.b2 = nn.BatchNorm2d(cout)
-            self.stride, self.pad = stride, cout - cin
-
-        def forward(self, x):
-            out = torch.relu(self.b1(self.c1(x)))
-            out = self.b2(self.c2(out))
-            sc = x
-            if self.stride != 1 or self.pad:
-                sc = x[:, :, ::self.stride, ::self.stride]
-                sc = nn.functional.pad(sc, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
-            return torch.relu(out + sc)
-
-    def net():
-        c = model.channels
-        layers = [nn.Conv2d(model.input_shape[0], c[0], 3, 1, 1, bias=False),
-                  nn.BatchNorm2d(c[0]), nn.ReLU()]
-        cin = c[0]
-        for s, cout in enumerate(c):
-            for i in range(model.blocks_per_stage):
-                layers.append(Block(cin, cout, 2 if (i == 0 and s > 0) else 1))
-                cin = cout
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, model.n_classes)]
-        return nn.Sequential(*layers)
-
-    nets = [net() for _ in range(M)]
-    opts = [torch.optim.SGD(n.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4) for n in nets]
-    g = np.random.default_rng(0)
-    X = torch.from_numpy(np.ascontiguousarray(data.X_train, dtype=np.float32))
-    y = torch.from_numpy(data.y_train.astype(np.int64))
-    idx = torch.from_numpy(g.integers(0, data.n_train, size=(steps, M, B)))
-
-    def run():
-        for s in range(steps):
-            for m in range(M):
-                rows = idx[s, m]
-                opts[m].zero_grad(set_to_none=True)
-                loss = nn.functional.cross_entropy(nets[m](X[rows]), y[rows])
-                loss.backward()
-                opts[m].step()
     return run
 
 
@@ -155,7 +106,8 @@ def main() -> int:
                 for name in names:
                     res[name] = _median_time(ours(name, model, data, B, M, args.steps), args.repeats)
                 if torch is not None:
-                    res["torch loop"] = _median_time(torch_loop(torch, model, data, B, M, args.steps),
+                    res["torch loop"] = _median_time(torch_loop(torch, model, data.X_train, data.y_train,
+                                                                B, M, args.steps),
                                                      args.repeats)
                 work = args.steps * B * M
                 for name, t in res.items():

@@ -41,6 +41,9 @@ from sdeverify.train.augment import draw  # noqa: E402
 from sdeverify.train.convnet import resnet  # noqa: E402
 from sdeverify.train.images import conv_teacher  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from torch_resnet import torch_loop  # noqa: E402
+
 #: FP32 lanes per SM and clock of compute capability 8.0 / 9.0 (CUDA C Programming Guide,
 #: arithmetic instruction throughput); other architectures: not predicted.
 FP32_LANES = {(8, 0): 64, (9, 0): 128}
@@ -117,58 +120,6 @@ def agreement(tiny: bool, oracle: str) -> int:
     return bad
 
 
-def torch_loop(torch, model, X, y, B: int, M: int, steps: int):
-    """torch CUDA, a Python loop over the M models, same shapes and step."""
-    nn = torch.nn
-
-    class Block(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.b1 = nn.BatchNorm2d(cout)
-            self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.b2 = nn.BatchNorm2d(cout)
-            self.stride, self.pad = stride, cout - cin
-
-        def forward(self, x):
-            out = self.b2(self.c2(torch.relu(self.b1(self.c1(x)))))
-            sc = x
-            if self.stride != 1 or self.pad:
-                sc = nn.functional.pad(x[:, :, ::self.stride, ::self.stride],
-                                       (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
-            return torch.relu(out + sc)
-
-    def net():
-        c = model.channels
-        layers = [nn.Conv2d(model.input_shape[0], c[0], 3, 1, 1, bias=False),
-                  nn.BatchNorm2d(c[0]), nn.ReLU()]
-        cin = c[0]
-        for s, cout in enumerate(c):
-            for i in range(model.blocks_per_stage):
-                layers.append(Block(cin, cout, 2 if (i == 0 and s > 0) else 1))
-                cin = cout
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, model.n_classes)]
-        return nn.Sequential(*layers).cuda()
-
-    nets = [net() for _ in range(M)]
-    opts = [torch.optim.SGD(n.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-            for n in nets]
-    Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).cuda()
-    yt = torch.from_numpy(y.astype(np.int64)).cuda()
-    idx = torch.randint(0, X.shape[0], (steps, M, B), device="cuda")
-
-    def run():
-        for s in range(steps):
-            for m in range(M):
-                rows = idx[s, m]
-                opts[m].zero_grad(set_to_none=True)
-                loss = nn.functional.cross_entropy(nets[m](Xt[rows]), yt[rows])
-                loss.backward()
-                opts[m].step()
-        torch.cuda.synchronize()
-    return run
-
-
 def speed(tiny: bool, peak: float | None) -> None:
     """float32 training steps of ResNet-20 at batch 512 (× 16 models and × 1)."""
     size, B, n, steps = (6, 4, 32, 1) if tiny else (32, 512, 4096, 3)
@@ -208,7 +159,7 @@ def speed(tiny: bool, peak: float | None) -> None:
         line += f"; first call {warm:.1f} s; losses finite: {bool(np.all(np.isfinite(losses)))}"
         print(line, flush=True)
         if torch is not None:
-            run = torch_loop(torch, model, data.X_train, data.y_train, B, M, steps)
+            run = torch_loop(torch, model, data.X_train, data.y_train, B, M, steps, device="cuda")
             run()
             t0 = time.perf_counter()
             run()
