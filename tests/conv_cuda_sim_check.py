@@ -17,24 +17,12 @@ from sdeverify.train.augment import draw
 from sdeverify.train.convnet import resnet
 from sdeverify.train.images import conv_teacher
 
+from sim_check_common import Tally, rel  # noqa: E402
+
 sys.setswitchinterval(1e-5)   # the simulator's threads meet at barriers: switch quickly
 TOL = 1e-10
-bad = 0
-
-
-def rel(u, v) -> float:
-    """max |u − v| / max |v| (v the reference)."""
-    u, v = np.asarray(u, dtype=np.float64), np.asarray(v, dtype=np.float64)
-    return float(np.max(np.abs(u - v)) / max(np.max(np.abs(v)), 1e-300))
-
-
-def report(name: str, dev: float, exact: bool = False) -> None:
-    global bad
-    ok = dev == 0.0 if exact else dev <= TOL
-    bad += not ok
-    print(f"  {name}: {'mismatches' if exact else 'max rel. deviation'} {dev:.3g} "
-          f"{'ok' if ok else 'MISMATCH'}", flush=True)
-
+tally = Tally(TOL)
+report = tally.report
 
 data = conv_teacher(n=32, size=6, classes=3, seed=2)
 
@@ -81,7 +69,7 @@ for call, word in ((lambda: conv_cuda.ConvTrainer(model, data.X_train[:, :, :5, 
     except ValueError as e:
         errors += word in str(e)
 ok = errors == 4
-bad += not ok
+tally.bad += not ok
 print(f"bad input raises a ValueError naming it: {errors}/4 {'ok' if ok else 'MISSING'}")
 
 # fit() end to end (option-A shortcuts): SGD + SGDM, weight decay, SVAG l=2, augmentation
@@ -96,4 +84,4 @@ print(f"fit({model.describe()}, svag=2, augment=True, 2 optimizers):")
 report("fit values", rel(got.values, want.values))
 report("fit final weights", rel(got.weights, want.weights))
 report("fit final BN running statistics", rel(got.buffers, want.buffers))
-sys.exit(1 if bad else 0)
+sys.exit(1 if tally.bad else 0)

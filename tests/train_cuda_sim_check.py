@@ -17,24 +17,12 @@ from sdeverify.train import reference
 from sdeverify.train.batches import BatchSampler
 from sdeverify.train.models import MLP
 
+from sim_check_common import Tally, rel  # noqa: E402
+
 sys.setswitchinterval(1e-5)   # the simulator's threads meet at barriers: switch quickly
 TOL = 1e-12
-bad = 0
-
-
-def rel(u, v) -> float:
-    """max |u − v| / max |v| (v the reference)."""
-    u, v = np.asarray(u, dtype=np.float64), np.asarray(v, dtype=np.float64)
-    return float(np.max(np.abs(u - v)) / max(np.max(np.abs(v)), 1e-300))
-
-
-def report(name: str, dev: float, exact: bool = False) -> None:
-    global bad
-    ok = dev == 0.0 if exact else dev <= TOL
-    bad += not ok
-    print(f"  {name}: {'max rel. deviation' if not exact else 'mismatches'} {dev:.3g} "
-          f"{'ok' if ok else 'MISMATCH'}")
-
+tally = Tally(TOL)
+report = tally.report
 
 def case(model: MLP, slots: int, r, sampling: str, steps: int = 3) -> None:
     rng = np.random.default_rng(7)
@@ -93,7 +81,7 @@ try:
 except ValueError as e:
     errors += "labels in [0, 1]" in str(e)
 ok = errors == 4
-bad += not ok
+tally.bad += not ok
 print(f"bad input raises a ValueError naming it: {errors}/4 {'ok' if ok else 'MISSING'}")
 
 # tied logits (all-zero weights): the prediction is the first maximal class, as np.argmax
@@ -102,7 +90,7 @@ ref = reference.Trainer(model, X, y, 1, 2, "float64")
 ref.set_state(np.zeros((2, model.n_params)), np.zeros((2, model.n_params)))
 got, want = tr.evaluate(X, y), ref.evaluate(X, y)
 ok = np.array_equal(got[1], want[1]) and rel(got[0], want[0]) <= TOL
-bad += not ok
+tally.bad += not ok
 print(f"tied logits: correct {got[1]} vs reference {want[1]} {'ok' if ok else 'MISMATCH'}")
 
 # fit() end to end on the cuda backend (float64): the same evaluations as the NumPy reference
@@ -116,6 +104,6 @@ got = fit(MLP([4, 5, 3]), data, opts, backend="cuda", **kw)
 want = fit(MLP([4, 5, 3]), data, opts, backend="numpy", **kw)
 dev = rel(got.values, want.values)
 ok = dev <= 1e-10 and np.array_equal(got.div_step, want.div_step)
-bad += not ok
+tally.bad += not ok
 print(f"fit(backend='cuda') vs numpy: max rel. deviation {dev:.3g} {'ok' if ok else 'MISMATCH'}")
-sys.exit(1 if bad else 0)
+sys.exit(1 if tally.bad else 0)
