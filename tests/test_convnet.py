@@ -15,6 +15,7 @@ from sdeverify.train import augment
 from sdeverify.train import conv_reference as cr
 from sdeverify.train.convnet import ResNet, resnet
 from sdeverify.train.images import cifar10_images, conv_teacher, teacher_logits
+from fake_data import write_fake_cifar
 
 RS = np.random.default_rng(20240)
 
@@ -267,19 +268,9 @@ def test_conv_teacher_images():
         conv_teacher(n=100, label_noise=1.5)
 
 
-def _write_fake_cifar(folder, n_per=6):
-    rs = np.random.default_rng(0)
-    folder.mkdir()
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        d = {b"data": rs.integers(0, 256, (n_per, 3072), dtype=np.uint8),
-             b"labels": list(rs.integers(0, 10, n_per)), b"batch_label": name.encode()}
-        with open(folder / name, "wb") as f:
-            pickle.dump(d, f)
-
-
 def test_cifar10_images_on_a_fake_archive(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
-    _write_fake_cifar(folder)
+    write_fake_cifar(folder)
     d = cifar10_images(folder)
     assert d.X_train.shape == (30, 3, 32, 32) and d.X_test.shape == (6, 3, 32, 32) and d.n_classes == 10
     np.testing.assert_allclose(d.X_train.mean(axis=(0, 2, 3)), 0, atol=1e-12)

@@ -12,6 +12,7 @@ from sdeverify.train import cpu, reference
 from sdeverify.train.batches import BatchSampler
 from sdeverify.train.datasets import cifar10
 from sdeverify.schedules import svag_weights
+from fake_data import write_fake_cifar
 
 SMALL = [(act, loss) for act in ("relu", "tanh") for loss in ("cross_entropy", "squared")]
 
@@ -274,18 +275,8 @@ def test_bad_input_is_a_clear_error(data):
         from_arrays(np.ones((10, 5)), np.zeros(9, dtype=int))
 
 
-def _write_fake_cifar(folder, n_per=6):
-    rs = np.random.default_rng(0)
-    folder.mkdir()
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        d = {b"data": rs.integers(0, 256, (n_per, 3072), dtype=np.uint8),
-             b"labels": list(rs.integers(0, 10, n_per)), b"batch_label": name.encode()}
-        with open(folder / name, "wb") as f:
-            pickle.dump(d, f)
-
-
 def test_cifar10_loader_on_a_fake_archive(tmp_path):
-    _write_fake_cifar(tmp_path / "cifar-10-batches-py")
+    write_fake_cifar(tmp_path / "cifar-10-batches-py")
     d = cifar10(tmp_path / "cifar-10-batches-py")
     assert d.X_train.shape == (30, 3072) and d.X_test.shape == (6, 3072) and d.n_classes == 10
     np.testing.assert_allclose(d.X_train.mean(axis=0), 0, atol=1e-12)
