@@ -3,8 +3,8 @@ configurations checked against the sm_80 / sm_90 limits (benchmarks/gpu_static.p
 sdeverify/cuda_arch.py).
 
 The compile tests need the ``gpu-build`` extra and are skipped, with the reason, without it.
-They compile a representative subset for both architectures (the engine on two problems and
-the two problems whose kernels are known not to compile, the GEMM variants with the most
+They compile a representative subset for both architectures (the engine on four problems —
+quadratic, linear regression, SVAG on the cosine well, the README's quartic — the GEMM variants with the most
 registers in each tile and dtype, the pointwise kernels): the full table of every kernel is
 ``python benchmarks/gpu_static.py`` (80-135 s on two cores).
 """
