@@ -182,6 +182,19 @@ FLAGS = {
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+
+def _run_cli(argv: list) -> tuple:
+    """``main(argv)`` with stdout/stderr captured: (exit status, stdout, stderr); an argparse
+    exit (bad choice / bad type) is its status."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+        warnings.simplefilter("ignore", sv.DivergenceWarning)
+        try:
+            rc = main(argv)
+        except SystemExit as exc:
+            rc = exc.code
+    return rc, out, err
+
 @given(chosen=st.dictionaries(st.sampled_from(sorted(FLAGS)), st.just(None), max_size=4),
        data=st.data())
 def test_cli_simulate_exits_0_or_2_with_one_line(chosen, data, tmp_path_factory):
@@ -193,13 +206,7 @@ def test_cli_simulate_exits_0_or_2_with_one_line(chosen, data, tmp_path_factory)
         argv += [flag, value]
     if "--backend" in chosen and argv[argv.index("--backend") + 1] == "numpy":
         argv += ["--paths", "16"]                   # the reference engine is plain Python
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
-        warnings.simplefilter("ignore", sv.DivergenceWarning)
-        try:
-            rc = main(argv)
-        except SystemExit as exc:                   # argparse: bad choice / bad type
-            rc = exc.code
+    rc, out, err = _run_cli(argv)
     lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
     assert rc in (0, 2), (argv, rc, err.getvalue())
     event(f"exit {rc}")
@@ -462,13 +469,7 @@ def test_cli_train_exits_0_or_2_with_one_line(chosen, data, tmp_path_factory):
         if value == "TMP":
             value = str(tmp_path_factory.mktemp("out"))
         argv += [flag, value]
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
-        warnings.simplefilter("ignore", sv.DivergenceWarning)
-        try:
-            rc = main(argv)
-        except SystemExit as exc:                   # argparse: bad choice / bad type
-            rc = exc.code
+    rc, out, err = _run_cli(argv)
     lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
     assert rc in (0, 2), (argv, rc, err.getvalue())
     assert "Traceback" not in err.getvalue()
