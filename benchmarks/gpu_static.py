@@ -543,7 +543,8 @@ def main(argv=None) -> int:
     print(render_wide(rows) if args.markdown else render(rows))
     bad = problems(rows, lim=lim)
     print(f"\n{len(rows)} kernel builds in {time.perf_counter() - t0:.1f} s; "
-          + ("PROBLEMS:\n  " + "\n  ".join(bad) if bad else "spills and stack frames only where allowed (below), every launch fits"))
+          + ("PROBLEMS:\n  " + "\n  ".join(bad) if bad
+             else "spills and stack frames only where allowed (below), every launch fits"))
     for prefix, why in ALLOW.items():
         print(f"allowed stack frame: {prefix.strip()}*: {why}")
     for prefix, why in SPILLS.items():
