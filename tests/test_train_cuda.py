@@ -18,7 +18,7 @@ def test_cuda_trainer_matches_reference_under_the_simulator():
     r = subprocess.run([sys.executable, str(HERE / "train_cuda_sim_check.py")], env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.count(" ok") == 15, r.stdout   # 2 cases x 6 quantities, bad input, ties, fit
+    assert r.stdout.count(" ok") == 16, r.stdout   # 2 cases x 6 quantities, bad input, ties, fit, eta scheme
 
 
 def test_cuda_trainer_without_gpu_says_so():

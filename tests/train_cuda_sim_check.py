@@ -106,4 +106,27 @@ dev = rel(got.values, want.values)
 ok = dev <= 1e-10 and np.array_equal(got.div_step, want.div_step)
 tally.bad += not ok
 print(f"fit(backend='cuda') vs numpy: max rel. deviation {dev:.3g} {'ok' if ok else 'MISMATCH'}")
+
+# an optimizer scheme whose step size is a field called eta trains bitwise like SGD on cuda too
+# (schedules and SVAG act on the coefficients, never on field names)
+from dataclasses import dataclass  # noqa: E402
+
+from sdeverify.optim import Coefficients  # noqa: E402
+
+
+@dataclass(frozen=True)
+class EtaSGD:
+    eta: float
+    name: str = "SGD"
+
+    def coefficients(self, steps, dim):
+        return Coefficients(np.zeros(steps), np.ones(steps), np.full(steps, self.eta), np.zeros(dim))
+
+
+kw_eta = dict(kw, metrics=("train_loss",), keep_weights=True, lr_schedule=np.array([1.0, 0.5]))
+a = fit(MLP([4, 5, 3]), data, [sv.SGD(0.1)], backend="cuda", **kw_eta)
+b = fit(MLP([4, 5, 3]), data, [EtaSGD(0.1)], backend="cuda", **kw_eta)
+ok = np.array_equal(a.weights, b.weights) and np.array_equal(a.batch_loss, b.batch_loss)
+tally.bad += not ok
+print(f"eta-named scheme == SGD on cuda (schedule, SVAG 2): {'ok' if ok else 'MISMATCH'}")
 sys.exit(1 if tally.bad else 0)
