@@ -19,7 +19,7 @@ from typing import Union
 
 from .stats import Interval
 
-__all__ = ["Value", "Verdict", "Measurement", "format_number", "describe"]
+__all__ = ["Value", "Verdict", "Measurement", "format_number", "describe", "percent"]
 
 
 @dataclass(frozen=True)
@@ -130,4 +130,15 @@ def describe(v: Verdict) -> str:
     s = f"{format_number(m.estimate)} [{format_number(m.low)}, {format_number(m.high)}]"
     if not m.level:
         return s + " error estimate"
-    return s + f" {100 * m.level:.4g}% CI"
+    return s + f" {percent(m.level)}% CI"
+
+
+def percent(level: float) -> str:
+    """A confidence level in percent with as many digits as it needs not to read as 100
+    (0.95 → "95", 0.999 → "99.9", 0.99997 → "99.997")."""
+    x = 100.0 * level
+    for digits in range(2, 13):
+        text = f"{x:.{digits}g}"
+        if level >= 1 or float(text) < 100.0:
+            return text
+    return repr(x)

@@ -273,3 +273,9 @@ def test_numpy_outcomes_become_plain_json():
                 threshold=np.float64(1e-12))
     assert type(v.passed) is bool and type(v.threshold) is float
     json.dumps(v.as_dict())
+
+
+def test_a_level_close_to_one_never_prints_as_100_percent():
+    from sdeverify.verdict import percent
+    assert [percent(v) for v in (0.95, 0.999, 0.99997, 0.9999999)] == \
+        ["95", "99.9", "99.997", "99.99999"]
