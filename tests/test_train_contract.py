@@ -364,3 +364,8 @@ def test_a_cluster_point_is_validated_by_trainspec_and_refuses_state_arguments(d
         fit_point(MODEL, data, [sv.SGD(0.1)], batch_size=8, steps=6, record_weights=[3])
     with pytest.raises(ValueError, match="lr_schedule must give 6"):
         fit_point(MODEL, data, [sv.SGD(0.1)], batch_size=8, steps=6, lr_schedule=np.ones(5))
+
+
+def test_a_dataset_prints_in_one_line(data):
+    text = repr(data)
+    assert "\n" not in text and len(text) < 200 and data.name in text and "(120, 5)" in text

@@ -40,6 +40,12 @@ class Dataset:
     n_classes: int
     name: str = "data"
 
+    def __repr__(self) -> str:
+        """One line: the name, the shapes and the classes (not thousands of array rows)."""
+        return (f"Dataset({self.name!r}, train {tuple(self.X_train.shape)}, "
+                f"test {tuple(self.X_test.shape)}, {self.n_classes} classes, "
+                f"fingerprint {self.fingerprint()})")
+
     def __post_init__(self):
         if isinstance(self.n_classes, bool) or not isinstance(self.n_classes, (int, np.integer)) \
                 or self.n_classes < 2:
