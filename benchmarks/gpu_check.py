@@ -65,7 +65,8 @@ H200 = dict(name="H200 SXM (datasheet)", sms=132, fp32=67e12, fp64=34e12, bw=4.8
 
 def engine_model(dim: int, n_draws: int, n_opt: int = 2, card=H200) -> dict:
     """Roofline bound on the engine's path·steps/s for the quadratic problem (dense ``H``, ``S``
-    in the parameter vector), one thread per path.  Per path·step and thread, counted from
+    in the parameter vector), one thread per path (:func:`engine_model_for` gives the same
+    for it and models every other built-in problem).  Per path·step and thread, counted from
     :func:`sdeverify.problems.quadratic.quad_grad`/``quad_noise`` and the kernel's update:
     FP64 instructions ``n_opt (2 d² + 4 d + 3 d) + 45 · draws`` (d² FMAs each for ∇L and S ξ;
     45 per normal: the log / sqrt / sin-cos polynomials of :func:`sdeverify.rng.normal_pair64_py`),
@@ -82,6 +83,64 @@ def engine_model(dim: int, n_draws: int, n_opt: int = 2, card=H200) -> dict:
     bound = max(per_sm_clk, key=per_sm_clk.get)
     rate = card["sms"] * card["clock"] / per_sm_clk[bound]
     return dict(rate=rate, bound=bound, fp64=f, loads=loads, ints=ints)
+
+
+#: FP64 instructions of one sdeverify.vmath call, counted in its sm_90 PTX (branch-free straight
+#: line code, so the static count is the dynamic one): sin 65, cos 65, exp 33, log 36.
+VMATH_FP64 = {"sin": 65, "cos": 65, "exp": 33, "log": 36}
+#: FP64 instructions of one math.sqrt (the sm_90 sequence: rsqrt approximation + Newton steps)
+SQRT_FP64 = 10
+#: FP64 instructions per base draw by law (normal: the log / sqrt / sin-cos polynomials of the
+#: Box-Muller pair; uniform: a scale; Rademacher: a select)
+DRAW_FP64 = {"normal": 45, "uniform": 2, "rademacher": 1}
+
+
+def oracle_costs(P) -> tuple[int, int]:
+    """(FP64 instructions, parameter loads) of one gradient plus one noise evaluation of a
+    built-in problem at one path, counted by hand from its ``grad``/``noise`` code (an FMA is one
+    instruction; loads of ``p`` are L1 broadcasts); ``ValueError`` for a problem not modelled."""
+    from sdeverify.problems import DiagonalNet, LinearRegression, Quadratic, Sphere, Valley
+    from sdeverify.problems import CosineWell
+    d = P.dim
+    name = P.name.split("+")[0]
+    if isinstance(P, Quadratic) and not getattr(P, "diagonal", False):
+        return 2 * d * d + 2 * d, 3 * d * d + d              # H(x − c) + b, S ξ
+    if isinstance(P, Quadratic):
+        return 4 * d, 4 * d                                  # diagonal H and S
+    if isinstance(P, CosineWell):                            # x − a sin x; sqrt(1 + sin²) ξ
+        return d * (2 * VMATH_FP64["sin"] + 5 + SQRT_FP64), 1
+    if isinstance(P, LinearRegression):                      # Q x − r; B rows: residual, Aᵀ r
+        B = P.batch_size
+        return d * d + d + B * (2 * d + 2), d * d + d + B * (2 * d + 1)
+    if isinstance(P, Valley):                                # 3 polynomials of 8 coefficients
+        return 3 * 2 * 8 + 3 * d + 2 * SQRT_FP64, 3 * 8
+    if isinstance(P, Sphere):
+        return 3 * d + 1, 1
+    if isinstance(P, DiagonalNet):                           # residual over n rows, Aᵀ r, A ξ
+        D, n = d // 2, P.n_draws
+        return 4 * n * D + 8 * D + n * D + 4 * D + SQRT_FP64, 3 * n * D + n
+    if name == "quartic":                                    # README: x³; sqrt(1 + x²) ξ
+        return d * (5 + SQRT_FP64), 1
+    raise ValueError(f"no cost model for problem {P.name!r}")
+
+
+def engine_model_for(P, n_opt: int = 2, card=H200) -> dict:
+    """Roofline bound on the engine's path·steps/s for problem ``P`` (one thread per path, SGD +
+    SGDM): per path·step ``n_opt`` oracle evaluations (:func:`oracle_costs`; SVAG's ℓ > 1 makes
+    two noise calls, counted as a second oracle evaluation), the update (5 FP64 per coordinate,
+    3 coefficient loads), the draws (:data:`DRAW_FP64` each, ~31 INT32 per draw for Philox), against the
+    FP64, load/store and INT32 pipes of the card; the busiest pipe is the bound."""
+    f1, l1 = oracle_costs(P)
+    calls = 2 if getattr(P, "svag_ell", 1.0) != 1.0 else 1
+    rows = 4 * ((P.n_draws + 3) // 4) * calls
+    f = n_opt * (calls * f1 + 5 * P.dim) + DRAW_FP64[P.noise_dist] * rows
+    loads = n_opt * (calls * l1 + 3)
+    ints = 125 * rows // 4
+    per_sm_clk = {"FP64": f / card["fp64_lanes"], "load/store": loads / card["ldst_lanes"],
+                  "INT32": ints / card["int_lanes"]}
+    bound = max(per_sm_clk, key=per_sm_clk.get)
+    return dict(rate=card["sms"] * card["clock"] / per_sm_clk[bound], bound=bound, fp64=f,
+                loads=loads, ints=ints)
 
 
 def gemm_model(nm: int, nn: int, nk: int, models: int, dtype_bytes: int = 4, card=H200) -> dict:
@@ -180,6 +239,12 @@ def engine_check(tiny: bool) -> tuple[float, list]:
         dev = float(np.max(np.abs(g.x_final - c.x_final) / (1 + np.abs(c.x_final))))
         worst = max(worst, dev)
         print(f"engine {P.name:28s} max rel. deviation GPU vs CPU: {dev:.3g}")
+        m = engine_model_for(P, len(opts))
+        kp, ks = (32, 8) if tiny else (2 ** 18, 256)
+        tk = engine_kernel_time(P, opts, np.full(P.dim, 0.5), ks, kp)
+        print(f"engine {P.name:28s} kernel alone: {kp * ks / tk / 1e9:.3g} G path*steps/s; "
+              f"model (H200 roofline, {m['bound']}-bound): {m['rate'] / 1e9:.3g} G, "
+              f"measured/model = {kp * ks / tk / m['rate']:.2f}")
     P = Quadratic(np.diag(np.linspace(1.0, 4.0, 8)))
     opts = [sv.SGD(0.01), sv.SGDM(0.01, 0.9)]
     paths, steps = (32, 8) if tiny else (2 ** 20, 1024)

@@ -143,3 +143,25 @@ def test_occupancy_follows_the_calculator():
     # shared memory: 100 KiB + 1 KiB reserve -> 2 blocks in 228 KiB on sm_90, 1 in 164 KiB on sm_80
     assert cuda_arch.occupancy("sm_90", 64, 16, 100 * 1024).blocks_per_sm == 2
     assert cuda_arch.occupancy("sm_80", 64, 16, 100 * 1024).blocks_per_sm == 1
+
+
+def test_the_engine_performance_model_covers_every_built_in_problem():
+    """gpu_check.engine_model_for: a bound for every problem gpu_static compiles; for the dense
+    quadratic it is the model validated on the H200 (engine_model); a problem it does not know
+    is an error, not a silent guess."""
+    import numpy as np
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import gpu_check as gc
+    from sdeverify.problems import NGOS, Quadratic
+    for P in gs.engine_problems():
+        m = gc.engine_model_for(P)
+        assert m["rate"] > 0 and m["bound"] in ("FP64", "load/store", "INT32"), P.name
+    dense = Quadratic(np.eye(8) + 0.1)
+    assert gc.engine_model_for(dense)["rate"] == gc.engine_model(8, 8)["rate"]
+    cosine = next(P for P in gs.engine_problems() if P.name == "cosine_well")
+    assert gc.engine_model_for(cosine)["fp64"] > 5 * gc.engine_model_for(
+        next(P for P in gs.engine_problems() if P.name == "sphere"))["fp64"]   # the sines count
+    other = NGOS(dim=1, grad=cosine.grad, noise=cosine.noise, loss=cosine.loss, params=[1.0],
+                 n_draws=1, name="mine")
+    with pytest.raises(ValueError, match="no cost model"):
+        gc.engine_model_for(other)
