@@ -183,6 +183,66 @@ def trainer_model(widths, batch: int, models: int, t_launch: float = 0.0, card=H
                        else " + ".join(sorted(bounds))))
 
 
+def conv_layers(model) -> list[tuple[int, int, int, int]]:
+    """The 3×3 (and option-B 1×1) convolutions of a ResNet: ``(c_in, c_out, k, h_out)``."""
+    h = model.spatial_sizes()
+    out = [(model.input_shape[0], model.channels[0], 3, h[0])]
+    for blk in model.blocks():
+        stage = model.channels.index(blk.c_out)
+        out += [(blk.c_in, blk.c_out, 3, h[stage]), (blk.c_out, blk.c_out, 3, h[stage])]
+        if blk.shortcut == "B":
+            out.append((blk.c_in, blk.c_out, 1, h[stage]))
+    return out
+
+
+def weight_grad_splits(c_out: int, kk: int, models: int, batch: int, card=H200) -> int:
+    """The split-K image groups ``conv_cuda`` uses for a weight gradient (its ``_splits`` rule:
+    enough blocks for ``SPLIT_WAVES`` waves, S dividing the batch)."""
+    from sdeverify.train import conv_cuda, cuda as tc
+    tile = tc.gemm_config(c_out, kk, models, tc.GPU_TILES, tc.GPU_BIG_MIN, card["sms"])[1]
+    tiles = -(-c_out // tile[0]) * -(-kk // tile[1])
+    want = conv_cuda.SPLIT_WAVES * card["sms"]
+    if models * tiles >= want:
+        return 1
+    top = min(batch, -(-want // tiles))
+    return max(d for d in range(1, top + 1) if batch % d == 0)
+
+
+def conv_trainer_model(model, batch: int, models: int, t_launch: float = 0.0,
+                       card=H200) -> dict:
+    """Roofline time of one SGD step of the CUDA ResNet trainer (``conv_cuda``, float32): per
+    convolution the im2col product as three GEMMs by :func:`gemm_model` — forward
+    ``(B·H·W) × c_out × (c_in·k²)``, weight gradient ``c_out × (c_in·k²) × (B·H·W)`` split over
+    image groups as the trainer does (:func:`weight_grad_splits`), input
+    gradient ``(B·H·W) × (c_in·k²) × c_out`` (not for the stem) — plus the im2col/col2im buffer
+    written and read (4 passes of ``c_in·k²·B·H·W`` words) and BatchNorm + ReLU + residual
+    (≈ 8 passes over each activation) through HBM, and ``t_launch`` per launch (≈ 12 per
+    convolution: im2col, GEMMs, col2im, BN forward/backward, pointwise)."""
+    t, flop, launches, bounds = 0.0, 0, 0, set()
+    words = 0
+    for i, (cin, cout, k, h) in enumerate(conv_layers(model)):
+        rows, kk = batch * h * h, cin * k * k
+        S = weight_grad_splits(cout, kk, models, batch, card)
+        shapes = [(rows, cout, kk, models), (cout, kk, rows // S, models * S)] + \
+            ([(rows, kk, cout, models)] if i else [])
+        for nm, nn, nk, mm in shapes:
+            g = gemm_model(nm, nn, nk, mm, 4, card)
+            t, flop = t + g["t"], flop + g["flop"]
+            bounds.add(g["bound"])
+        words += models * (4 * kk * rows + 8 * cout * rows)
+        launches += 12
+    c, C = model.channels[2], model.n_classes                 # the linear head
+    for nm, nn, nk in ((batch, C, c), (c, C, batch), (batch, c, C)):
+        g = gemm_model(nm, nn, nk, models, 4, card)
+        t, flop, launches = t + g["t"], flop + g["flop"], launches + 1
+    t += 4 * words / card["bw"]
+    t_kernels = t
+    t += launches * t_launch
+    return dict(t=t, flop=flop, gflops=flop / t / 1e9, launches=launches,
+                bound=("launch overhead" if launches * t_launch > t_kernels
+                       else " + ".join(sorted(bounds)) + " + HBM (im2col, BN)"))
+
+
 def launch_overhead(n: int = 300) -> float:
     """Seconds per launch of an empty numba.cuda kernel with the GEMM's 21 scalar arguments
     (the host-side cost every trainer kernel launch pays)."""

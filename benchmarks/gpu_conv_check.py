@@ -43,6 +43,10 @@ from sdeverify.train.images import conv_teacher  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from torch_resnet import torch_loop  # noqa: E402
+from gpu_check import conv_trainer_model  # noqa: E402
+
+#: numba-cuda's cost per kernel launch measured on the H200 (gpu_check.launch_overhead)
+LAUNCH_S = 78.8e-6
 
 #: FP32 lanes per SM and clock of compute capability 8.0 / 9.0 (CUDA C Programming Guide,
 #: arithmetic instruction throughput); other architectures: not predicted.
@@ -158,6 +162,9 @@ def speed(tiny: bool, peak: float | None) -> None:
             line += f" ({rate * flops / peak:.1%} of FP32 peak)"
         line += f"; first call {warm:.1f} s; losses finite: {bool(np.all(np.isfinite(losses)))}"
         print(line, flush=True)
+        mod = conv_trainer_model(model, B, M, t_launch=LAUNCH_S)
+        print(f"     model (H200 roofline, {mod['bound']}): {mod['t'] * 1e3:8.1f} ms/step; "
+              f"measured/model rate = {mod['t'] / t:.2f}", flush=True)
         if torch is not None:
             run = torch_loop(torch, model, data.X_train, data.y_train, B, M, steps, device="cuda")
             run()

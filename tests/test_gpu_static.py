@@ -165,3 +165,16 @@ def test_the_engine_performance_model_covers_every_built_in_problem():
                  n_draws=1, name="mine")
     with pytest.raises(ValueError, match="no cost model"):
         gc.engine_model_for(other)
+
+
+def test_the_conv_trainer_model_counts_the_networks_flops():
+    """gpu_check.conv_trainer_model: its GEMM flops are the ResNet's flops_per_sample × batch ×
+    models (an independent count in convnet.py), and more models never take less time."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import gpu_check as gc
+    from sdeverify.train.convnet import resnet
+    for depth, shortcut in ((8, "A"), (20, "B")):
+        m = resnet(depth, image_size=32, shortcut=shortcut)
+        one, many = gc.conv_trainer_model(m, 128, 1), gc.conv_trainer_model(m, 128, 8)
+        assert many["flop"] == 8 * one["flop"] == 8 * 128 * m.flops_per_sample()
+        assert many["t"] >= one["t"] > 0
