@@ -33,7 +33,8 @@ def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0: ArrayLike, *, s
              observables: Sequence[Any] | None = None, backend: str = "cpu",
              store_states: bool = False, path_offset: int = 0,
              on_divergence: str = "warn", dtype: str = "float64",
-             divergence_bound: float | None = None, executor: Any = None) -> SimulationResult:
+             divergence_bound: float | None = None, executor: Any = None,
+             progress: bool = False) -> SimulationResult:
     """Simulate ``paths`` independent trajectories of each optimizer on ``problem``.
 
     **Divergence rule.**  A path of an optimizer *diverges* at the first step k whose iterate
@@ -101,6 +102,8 @@ def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0: ArrayLike, *, s
         local call (:mod:`sdeverify.distributed`).  Default None: run here, unless inside
         ``sdeverify.distributed.use(client)``, which sends every call (the caller hands the
         executor down: :mod:`sdeverify.dispatch`).
+    progress : show a progress bar over paths (tqdm on stderr, only when it is a terminal): the
+        paths run in about 20 exact shards, merged — bitwise the same result.
 
     Returns
     -------
@@ -121,6 +124,14 @@ def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0: ArrayLike, *, s
                             divergence_bound=divergence_bound)
     engine = engine_for(backend, dtype)
     on_divergence = validation.on_divergence(on_divergence)
+    if not isinstance(progress, (bool, np.bool_)):
+        raise ValueError(f"progress must be True or False, got {progress!r}")
+    if progress:                  # shards of the same simulation, merged exactly, with a bar
+        return _with_progress(problem, optimizers, x0, steps=steps, paths=paths, sigma=sigma,
+                              seed=seed, record=record, observables=observables,
+                              backend=backend, store_states=store_states,
+                              path_offset=path_offset, on_divergence=on_divergence,
+                              dtype=dtype, divergence_bound=divergence_bound)
     spec = make_spec(problem, optimizers, x0, steps=steps, paths=paths, sigma=sigma, seed=seed,
                      record=record, observables=observables, store_states=store_states,
                      path_offset=path_offset, dtype=dtype, divergence_bound=divergence_bound)
@@ -158,6 +169,26 @@ def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0: ArrayLike, *, s
                            out.block_stats, out.block_diff, out.x_final, out.m_final, out.div_step,
                            out.states if spec.store_states else None, meta, out.block_bad)
     report_divergence(res, on_divergence, stacklevel=3)
+    return res
+
+
+def _with_progress(problem, optimizers, x0, *, paths: int, path_offset: int,
+                   on_divergence: str, **kw) -> SimulationResult:
+    """``simulate`` in about 20 shards of paths (multiples of ``config.BLOCK``), merged: bitwise
+    the one-call result (the draws are a pure function of seed, path and step), with a tqdm
+    bar on stderr when it is a terminal (:mod:`sdeverify.progress`)."""
+    from . import config
+    from .progress import bar
+    positive = validation.positive_int("paths", paths)
+    shard = max(config.BLOCK, (positive // 20) // config.BLOCK * config.BLOCK)
+    parts = []
+    with bar(positive, "paths", unit="path") as update:
+        for off in range(0, positive, shard):
+            parts.append(simulate(problem, optimizers, x0, paths=min(shard, positive - off),
+                                  path_offset=path_offset + off, on_divergence="ignore", **kw))
+            update(min(off + shard, positive))
+    res = parts[0].merge(*parts[1:]) if len(parts) > 1 else parts[0]
+    report_divergence(res, on_divergence, stacklevel=4)
     return res
 
 

@@ -32,8 +32,9 @@ def test_simulate_hands_every_argument_to_the_executor(monkeypatch):
              "observables": ["loss"], "backend": "numpy", "store_states": True,
              "path_offset": 256, "on_divergence": "ignore", "dtype": "float64",
              "divergence_bound": 5.0}
-    # every keyword of simulate is given a value of its own here (a new one must be added)
-    assert set(given) == set(params) - {"problem", "optimizers", "x0", "executor"}
+    # every keyword of simulate is given a value of its own here (a new one must be added;
+    # progress is a bar on this machine, not sent)
+    assert set(given) == set(params) - {"problem", "optimizers", "x0", "executor", "progress"}
     p, opts, x0, ex = Quadratic(np.eye(2)), [sv.SGD(0.1)], [1.0, 2.0], Marker()
     assert sv.simulate(p, opts, x0, executor=ex, **given) == "ran elsewhere"
     (args, kwargs, executor), = calls

@@ -369,3 +369,23 @@ def test_a_cluster_point_is_validated_by_trainspec_and_refuses_state_arguments(d
 def test_a_dataset_prints_in_one_line(data):
     text = repr(data)
     assert "\n" not in text and len(text) < 200 and data.name in text and "(120, 5)" in text
+
+
+def test_progress_true_gives_the_same_bits(data):
+    """progress=True (a bar) changes nothing: simulate runs exact shards and merges them; fit
+    only reports its evaluations."""
+    import numpy as np
+    from sdeverify.problems import Quadratic
+    P = Quadratic(np.diag([0.5, 2.0]))
+    kw = dict(steps=30, paths=3000, sigma=1.1, seed=4, store_states=True)
+    a = sv.simulate(P, [sv.SGD(0.05), sv.SGDM(0.05, 0.8)], [1.0, -1.0], **kw)
+    b = sv.simulate(P, [sv.SGD(0.05), sv.SGDM(0.05, 0.8)], [1.0, -1.0], progress=True, **kw)
+    assert np.array_equal(a.mean, b.mean) and np.array_equal(a.x_final, b.x_final)
+    assert b.paths == 3000
+    f1 = fit(MODEL, data, [sv.SGD(0.1)], batch_size=8, steps=4, backend="numpy")
+    f2 = fit(MODEL, data, [sv.SGD(0.1)], batch_size=8, steps=4, backend="numpy", progress=True)
+    assert np.array_equal(f1.values, f2.values)
+    with pytest.raises(ValueError, match="progress must be"):
+        fit(MODEL, data, [sv.SGD(0.1)], batch_size=8, steps=4, progress="yes")
+    with pytest.raises(ValueError, match="progress must be True or False"):
+        sv.simulate(P, sv.SGD(0.1), [1.0, 1.0], steps=2, paths=256, sigma=1.0, progress="yes")

@@ -77,7 +77,7 @@ def fit(model: Any, data: Dataset, optimizers: Sequence[Any] | Any, *, batch_siz
         metrics: Sequence[str] = DEFAULT_METRICS, eval_samples: int = 2048,
         sharpness_samples: int = 1024, sharpness_iters: int = 20, backend: str = "cpu",
         dtype: str = "float64", replica_offset: int = 0, on_divergence: str = "warn",
-        keep_weights: bool = False, progress: Callable[[int, int], None] | None = None,
+        keep_weights: bool = False, progress: bool | Callable[[int, int], None] | None = None,
         executor: Any = None, record_weights: ArrayLike | None = None,
         init_weights: ArrayLike | None = None, init_momentum: ArrayLike | None = None,
         start_step: int = 0, resume: TrainResult | None = None, augment: bool = False,
@@ -123,7 +123,8 @@ def fit(model: Any, data: Dataset, optimizers: Sequence[Any] | Any, *, batch_siz
         are non-finite; it is excluded from all statistics from then on.
     keep_weights : keep the final flat weights and momentum buffers ``(n_opt, replicas, P)``
         (``res.weights``, ``res.momentum``).
-    progress : called as ``progress(done, total)`` after each evaluation.
+    progress : True for a progress bar over the evaluations (tqdm on stderr, only when it is a
+        terminal), or a function called as ``progress(done, total)`` after each evaluation.
     executor : a ``distributed.Client`` or a Session (:class:`sdeverify.distributed.Session`;
         ``pip install 'sdeverify[dist]'``): the replicas are cut into shards that train on its workers and are merged exactly
         (:mod:`sdeverify.distributed`; ``progress`` is then not called).  Default None: train
@@ -179,6 +180,13 @@ def fit(model: Any, data: Dataset, optimizers: Sequence[Any] | Any, *, batch_siz
         keep_weights=keep_weights, record_weights=record_weights, init_weights=init_weights,
         init_momentum=init_momentum, start_step=start_step, resume=resume, augment=augment,
         init_buffers=init_buffers)
+    if progress is True:
+        from ..progress import bar
+        with bar(len(spec.eval_steps), "evaluations", unit="eval") as update:
+            return run(spec, progress=update, t_start=t_start)
+    if progress is not None and not callable(progress):
+        raise ValueError(f"progress must be True, None or a function (done, total), "
+                         f"got {progress!r}")
     return run(spec, progress=progress, t_start=t_start)
 
 
