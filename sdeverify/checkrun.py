@@ -49,6 +49,16 @@ class CheckRun:
     summary: dict = field(default_factory=dict)
     problems: dict = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        """One line: the folder, the checks, the verdict counts and the outcome (not the data)."""
+        n = sum(len(r.verdicts) for r in self.results.values())
+        bad = sum(not v.passed for r in self.results.values() for v in r.verdicts)
+        extra = "".join(f", {len(d)} {what}" for what, d in (("crashed", self.errors),
+                                                              ("missing or altered", self.problems))
+                        if d)
+        return (f"CheckRun({str(self.folder)!r}: {len(self.results)} checks, {n} verdicts, "
+                f"{bad} failed{extra}, {'PASS' if self.passed else 'FAIL'})")
+
     @property
     def passed(self) -> bool:
         """Every verdict of every check passed, no check crashed, every check that

@@ -279,3 +279,9 @@ def test_a_level_close_to_one_never_prints_as_100_percent():
     from sdeverify.verdict import percent
     assert [percent(v) for v in (0.95, 0.999, 0.99997, 0.9999999)] == \
         ["95", "99.9", "99.997", "99.99999"]
+
+
+def test_a_check_run_prints_in_one_line(check_dir):
+    run = sv.load_check(check_dir)
+    text = repr(run)
+    assert "\n" not in text and len(text) < 300 and "PASS" in text and "checks" in text
