@@ -303,14 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("simulate", help="simulate coupled SGD/SGDM ensembles and summarise",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Simulate ensembles of optimizers sharing the oracle noise "
                                    "(common random numbers) and print mean ± 95% intervals.")
-    s.add_argument("--problem", choices=PROBLEMS, default="quadratic", help="NGOS problem (default quadratic)")
-    s.add_argument("--dim", type=int, default=8, help="dimension d (default 8)")
-    s.add_argument("--curvature", type=float, default=4.0, help="quadratic: largest Hessian eigenvalue (default 4)")
+    s.add_argument("--problem", choices=PROBLEMS, default="quadratic", help="NGOS problem")
+    s.add_argument("--dim", type=int, default=8, help="dimension d")
+    s.add_argument("--curvature", type=float, default=4.0, help="quadratic: largest Hessian eigenvalue")
     s.add_argument("--noise", choices=("normal", "rademacher"), default="normal", help="noise law")
     s.add_argument("--batch-size", type=int, default=8, help="linreg: minibatch size B")
-    s.add_argument("--svag", type=float, default=1.0, help="SVAG parameter ell >= 1 (Def 6.1; default off)")
+    s.add_argument("--svag", type=float, default=1.0, help="SVAG parameter ell >= 1 (Def 6.1; 1 = off)")
     s.add_argument("--optimizers", default="sgd,sgdm", help="comma list of sgd, sgdm, heavyball")
     s.add_argument("--lr", type=float, default=0.05, help="learning rate eta (heavyball uses eta*(1-beta))")
     s.add_argument("--beta", type=float, default=0.9, help="momentum beta in [0,1)")

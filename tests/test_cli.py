@@ -230,3 +230,10 @@ def test_run_and_check_offer_every_registered_trainer_backend(monkeypatch):
     for argv in (["check", "--backend", "mytrainer"], ["run", "svag", "--backend", "mytrainer"]):
         assert parser.parse_args(argv).backend == "mytrainer"
     assert parser.parse_args(["check"]).backend == "cpu"
+
+
+def test_simulate_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["simulate", "--help"])
+    out = capsys.readouterr().out
+    assert "(default: 4096)" in out and "(default: quadratic)" in out and "(default: 1000)" in out
