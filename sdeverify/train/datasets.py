@@ -239,11 +239,12 @@ CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST = "test_batch"
 
 
-def read_cifar10(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def read_cifar10(folder: str | os.PathLike, *, n_train: int | None = None,
+                 n_test: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The raw official split of the CIFAR-10 "python version" folder
     (``cifar-10-batches-py``: pickled dicts with ``b"data"``, N×3072 uint8 channel-major
     32×32 images, and ``b"labels"``): ``(X_train (50000, 3, 32, 32) uint8, y_train int64,
-    X_test (10000, 3, 32, 32) uint8, y_test)``."""
+    X_test (10000, 3, 32, 32) uint8, y_test)``; ``n_train`` / ``n_test`` keep the first rows."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"folder must be the extracted 'cifar-10-batches-py' directory, "
@@ -267,7 +268,14 @@ def read_cifar10(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.
 
     parts = [read(f) for f in CIFAR10_TRAIN]
     Xte, yte = read(CIFAR10_TEST)
-    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), Xte, yte)
+    Xtr, ytr = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    if n_train is not None:
+        k = positive_int("n_train", n_train)
+        Xtr, ytr = Xtr[:k], ytr[:k]
+    if n_test is not None:
+        k = positive_int("n_test", n_test)
+        Xte, yte = Xte[:k], yte[:k]
+    return Xtr, ytr, Xte, yte
 
 
 def cifar10(folder: str | os.PathLike, *, n_train: int | None = None,
@@ -289,14 +297,8 @@ def cifar10(folder: str | os.PathLike, *, n_train: int | None = None,
     Dataset
         (n_train, 3072) / (n_test, 3072) standardised features, labels in [0, 10).
     """
-    Xtr, ytr, Xte, yte = read_cifar10(folder)
+    Xtr, ytr, Xte, yte = read_cifar10(folder, n_train=n_train, n_test=n_test)
     Xtr = Xtr.reshape(Xtr.shape[0], 3072).astype(np.float64)
     Xte = Xte.reshape(Xte.shape[0], 3072).astype(np.float64)
-    if n_train is not None:
-        n = positive_int("n_train", n_train)
-        Xtr, ytr = Xtr[:n], ytr[:n]
-    if n_test is not None:
-        n = positive_int("n_test", n_test)
-        Xte, yte = Xte[:n], yte[:n]
     Xtr, Xte = _standardise(Xtr, Xte)
     return Dataset(*_frozen(Xtr, ytr, Xte, yte), 10, "cifar10")

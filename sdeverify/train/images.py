@@ -133,12 +133,6 @@ def cifar10_images(folder: str | os.PathLike, *, n_train: int | None = None,
     float64 standardised per channel with the training images' statistics; ``n_train`` /
     ``n_test`` keep the first images only (for quick runs; the statistics are those of the
     kept training images)."""
-    Xtr, ytr, Xte, yte = read_cifar10(folder)
-    if n_train is not None:
-        k = positive_int("n_train", n_train)
-        Xtr, ytr = Xtr[:k], ytr[:k]
-    if n_test is not None:
-        k = positive_int("n_test", n_test)
-        Xte, yte = Xte[:k], yte[:k]
+    Xtr, ytr, Xte, yte = read_cifar10(folder, n_train=n_train, n_test=n_test)
     Xtr, Xte = standardise_channels(Xtr.astype(np.float64), Xte.astype(np.float64))
     return Dataset(Xtr, ytr, Xte, yte, 10, "cifar10_images")
