@@ -29,7 +29,7 @@ from ..rng import substream
 from ..stats import Interval, fit_order, sample_interval, z_value
 from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, subplots, tick
 from .budget import ALPHA
-from .descent_lemma import one_step, taylor_remainder
+from .descent_lemma import POINTS, one_step, taylor_remainder
 
 NAME = "sgdm_descent_lemma"
 TITLE = "App A.2: SGDM one-step expected loss change; remainder o(eta^2)"
@@ -37,7 +37,6 @@ TITLE = "App A.2: SGDM one-step expected loss change; remainder o(eta^2)"
 SIZES = {"smoke": dict(etas=2.0 ** -np.arange(1, 6), paths=20000),
          "quick": dict(etas=2.0 ** -np.arange(1, 7), paths=100000),
          "full": dict(etas=2.0 ** -np.arange(1, 10), paths=1000000)}
-POINTS = np.array([[0.7, -1.2, 2.5], [1.5, 0.4, -0.9]])
 M0 = np.array([[1.1, 0.3, -0.8], [-0.6, 0.9, 0.5]])
 
 #: family-wise level of the closed-form-terms z-tests (4 tests)
