@@ -25,7 +25,8 @@ module must be placed in the order)::
     kernels        engine (backends and their registry), train (models, data, backends)
     results        result, train.result, tables
     orchestration  simulate, sde, train.training, train.spec (a fit call, validated, which
-                   may continue a saved result), the train package's facade
+                   may continue a saved result), train.tuning (lr tuning: fit calls),
+                   the train package's facade
     distribution   distributed (Dask: sessions, sweeps, shards, point keys)
     checks         experiments, canary, checkrun, report, testing
     interface      runner, check_jobs, cli, train_command, __main__, the package's facade
@@ -65,7 +66,7 @@ LAYERS = {
     "sdeverify.tables": "results",
     "sdeverify.simulate": "orchestration", "sdeverify.sde": "orchestration",
     "sdeverify.train.training": "orchestration", "sdeverify.train.__init__": "orchestration",
-    "sdeverify.train.spec": "orchestration",
+    "sdeverify.train.spec": "orchestration", "sdeverify.train.tuning": "orchestration",
     "sdeverify.distributed": "distribution",
     "sdeverify.experiments": "checks", "sdeverify.canary": "checks",
     "sdeverify.checkrun": "checks", "sdeverify.report": "checks", "sdeverify.testing": "checks",

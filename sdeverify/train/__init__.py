@@ -21,8 +21,9 @@ from .images import cifar10_images, conv_teacher
 from .lr import epoch_multiplier, goyal_multiplier, linear_scaling
 from .models import MLP
 from .result import METRICS, TrainResult
+from .tuning import LrTuning, tune_lr
 
 __all__ = ["MLP", "Dataset", "teacher_student", "digits", "from_arrays", "cifar10", "fit",
            "TrainResult", "METRICS", "goyal_multiplier", "linear_scaling", "svag_weights",
            "TrainSpec", "minibatch_indices", "backends", "ResNet", "resnet", "conv_teacher",
-           "cifar10_images", "epoch_multiplier"]
+           "cifar10_images", "epoch_multiplier", "tune_lr", "LrTuning"]
