@@ -149,7 +149,7 @@ def cmd_run(args) -> int:
     _check_backend(args.backend)
     client = _start_cluster(args)
     res, fig = run_one(args.name, args.size, args.seed, out, args.quiet, backend=args.backend,
-                       cluster=client)
+                       cluster=client, fmt=args.format)
     _print_table(verdict_rows(res))
     print(f"{args.name}: {'PASS' if res.passed else 'FAIL'} in {res.meta.get('wall_time', 0):.1f} s")
     if out is not None:
@@ -190,13 +190,27 @@ def cmd_check(args) -> int:
     jobs = _jobs_of(args, len(names), getattr(args, "cluster", None))
     rows, summary = run_job(names, size=size, seed=args.seed, out=out, jobs=jobs,
                             backend=args.backend, resume=args.resume, quiet=args.quiet,
-                            start_cluster=lambda: _start_cluster(args))
+                            start_cluster=lambda: _start_cluster(args), fmt=args.format)
     _print_table(rows)
-    n_pass = sum(r[-1] == "PASS" for r in rows)
     report = _write_report(out)
-    print(f"\n{n_pass} passed, {len(rows) - n_pass} failed  ({len(names)} checks, {size}, "
+    n_pass, n_fail = _tally(out, rows)
+    print(f"\n{n_pass} passed, {n_fail} failed  ({len(names)} checks, {size}, "
           f"{summary['wall_time']:.0f} s; results in {out}/" + (f", report {report}" if report else "") + ")")
     return 0 if summary["passed"] else 1
+
+
+def _tally(out: Path, rows: list[list[str]]) -> tuple[int, int]:
+    """(passed, failed) verdicts of the run saved in ``out``, by the rule report.html uses
+    (:func:`sdeverify.report.tally`: the canary counted as one verdict); from the table's
+    rows only if the folder cannot be read back."""
+    from .checkrun import load_check
+    from .report import tally
+    try:
+        t = tally(load_check(out))
+        return t.passed, t.failed
+    except Exception:          # unreadable folder: already reported by _write_report
+        n_pass = sum(r[-1] == "PASS" for r in rows)
+        return n_pass, len(rows) - n_pass
 
 
 def _write_report(out: Path) -> Path | None:
@@ -213,12 +227,12 @@ def _write_report(out: Path) -> Path | None:
 
 def cmd_report(args) -> int:
     from .checkrun import load_check
-    from .report import write_report
+    from .report import tally, write_report
     folder = Path(args.folder)
     path = write_report(folder, args.html)
     run = load_check(folder)
-    n = sum(len(r.verdicts) for r in run.results.values())
-    print(f"wrote {path} ({len(run.results)} checks, {n} verdicts, "
+    t = tally(run)
+    print(f"wrote {path} ({len(run.results)} checks, {t.passed} passed, {t.failed} failed, "
           f"{'PASS' if run.passed else 'FAIL'})")
     return 0 if run.passed else 1
 
@@ -232,6 +246,14 @@ def _start_cluster(args):
     client = cluster.start()
     print(f"sdeverify: running on {cluster.describe()}", file=sys.stderr, flush=True)
     return client
+
+
+def _format_flag(p) -> None:
+    """``--format`` of ``run`` / ``check``: the figures' file format."""
+    from .figstyle import FORMATS
+    p.add_argument("--format", choices=FORMATS, default="png",
+                   help="figure format: png (embedded in report.html), pdf or svg (vector, "
+                        "for a paper); default png")
 
 
 def _cluster_flags(p) -> None:
@@ -340,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="sdeverify-out", help="folder for NAME.json/.npz/.png")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     _train_backend_flag(r)
+    _format_flag(r)
     _cluster_flags(r)
     r.set_defaults(func=cmd_run)
 
@@ -363,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the finished points of an interrupted check, OUT/points/)")
     c.add_argument("--quiet", action="store_true")
     _train_backend_flag(c, " (e.g. with --full)")
+    _format_flag(c)
     _cluster_flags(c)
     c.set_defaults(func=cmd_check)
 

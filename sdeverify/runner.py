@@ -15,6 +15,7 @@ What ``sdeverify check`` and ``sdeverify run`` do once their flags are checked, 
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import time
 from pathlib import Path
@@ -36,11 +37,12 @@ __all__ = ["run_one", "run_in_worker", "verdict_rows", "entry", "job_passed", "c
 
 def run_one(name: str, size: str, seed: int, out: Path | None, quiet: bool,
             overrides: dict | None = None, backend: str = "cpu", cluster: Any = None,
-            resume: bool = False) -> tuple[ExperimentResult, Path | None]:
+            resume: bool = False, fmt: str = "png") -> tuple[ExperimentResult, Path | None]:
     """Run check ``name`` at ``size`` (smoke / quick / full) with ``seed``; with ``out``, save
-    its result and figure there.  ``backend`` is where the trained-network checks train;
-    ``cluster`` a Dask client that every ``simulate``/``fit`` call of the check is sent to
-    (its finished points saved under ``out/points/NAME``, reused with ``resume``).
+    its result and its figure (``NAME.<fmt>``, ``fmt`` one of png, pdf, svg) there.
+    ``backend`` is where the trained-network checks train; ``cluster`` a Dask client that
+    every ``simulate``/``fit`` call of the check is sent to (its finished points saved under
+    ``out/points/NAME``, reused with ``resume``).
     Returns the result and the figure's path (None without ``out``)."""
     mod = experiments.get(name)
     overrides = dict(overrides or {})
@@ -55,7 +57,7 @@ def run_one(name: str, size: str, seed: int, out: Path | None, quiet: bool,
     fig = None
     if out is not None:
         res.save(out)
-        fig = mod.plot(res, out / f"{name}.png")
+        fig = mod.plot(res, out / f"{name}.{fmt}")
     return res, fig
 
 
@@ -72,9 +74,10 @@ def entry(name: str, res: ExperimentResult, fig: Path | None) -> dict:
             "rows": verdict_rows(res)}
 
 
-def run_in_worker(name: str, size: str, seed: int, out: str, backend: str) -> dict:
+def run_in_worker(name: str, size: str, seed: int, out: str, backend: str,
+                  fmt: str = "png") -> dict:
     """Run one check in a ``check --jobs`` worker process; its :func:`entry`."""
-    res, fig = run_one(name, size, seed, Path(out), True, backend=backend)
+    res, fig = run_one(name, size, seed, Path(out), True, backend=backend, fmt=fmt)
     return entry(name, res, fig)
 
 
@@ -126,11 +129,12 @@ def _log(line: str) -> None:
 def run_job(names: list[str], *, size: str, seed: int, out: Path, jobs: int = 1,
             backend: str = "cpu", resume: bool = False, quiet: bool = False,
             start_cluster: Callable[[], Any] = lambda: None,
-            log: Callable[[str], None] = _log) -> tuple[list[list[str]], dict]:
+            log: Callable[[str], None] = _log, fmt: str = "png") -> tuple[list[list[str]], dict]:
     """Run the checks ``names`` into ``out``: the canary first, then each check (reused from
     ``out`` with ``resume``; in ``jobs`` worker processes when ``jobs > 1``, else here, on
-    the cluster ``start_cluster()`` returns, if any).  A check that raises is a failed check
-    with its error.  ``summary.json`` is rewritten after each check and completed at the end.
+    the cluster ``start_cluster()`` returns, if any); figures are written as ``NAME.<fmt>``.
+    A check that raises is a failed check with its error.  ``summary.json`` is rewritten
+    after each check and completed at the end.
 
     Returns
     -------
@@ -159,7 +163,7 @@ def run_job(names: list[str], *, size: str, seed: int, out: Path, jobs: int = 1,
             todo.append(i)
             continue
         log(f"[{i + 1}/{len(names)}] {name} ({size}): reusing {out / name}.json")
-        fig = out / f"{name}.png"
+        fig = out / f"{name}.{fmt}"
         if not fig.exists():
             fig = experiments.get(name).plot(res, fig)
         record(i, entry(name, res, fig))
@@ -173,14 +177,15 @@ def run_job(names: list[str], *, size: str, seed: int, out: Path, jobs: int = 1,
             took = f" in {e['wall_time']:.1f} s" if e.get("wall_time") else ""
             log(f"[{len(entries) + 1}/{len(names)}] {names[i]} ({size}): {state}{took}")
             record(i, e)
-        run_checks([names[i] for i in todo], size, seed, out, jobs, backend, done, run_in_worker)
+        run_checks([names[i] for i in todo], size, seed, out, jobs, backend, done,
+                   functools.partial(run_in_worker, fmt=fmt))
     else:
         for i in todo:
             name = names[i]
             log(f"[{i + 1}/{len(names)}] {name} ({size}) ...")
             try:
                 res, fig = run_one(name, size, seed, out, quiet, backend=backend,
-                                   cluster=client, resume=resume)
+                                   cluster=client, resume=resume, fmt=fmt)
             except Exception as exc:  # a crashing check is a failed check, reported, not hidden
                 record(i, {"name": name, "passed": False, "error": f"{type(exc).__name__}: {exc}"})
                 continue

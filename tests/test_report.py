@@ -40,11 +40,21 @@ class _Checker(HTMLParser):
 
 
 @pytest.fixture(scope="module")
-def check_dir(tmp_path_factory):
+def check_run(tmp_path_factory):
+    """A small check run: its folder and what `sdeverify check` printed on the terminal."""
+    import contextlib
+    import io
     out = tmp_path_factory.mktemp("check")
-    assert main(["check", "--smoke", "--only", "descent_lemma,variance_reduction", "--out", str(out),
-                 "--quiet"]) == 0
-    return out
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["check", "--smoke", "--only", "descent_lemma,variance_reduction", "--out",
+                     str(out), "--quiet"]) == 0
+    return out, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def check_dir(check_run):
+    return check_run[0]
 
 
 def _parse(path):
@@ -285,3 +295,25 @@ def test_a_check_run_prints_in_one_line(check_dir):
     run = sv.load_check(check_dir)
     text = repr(run)
     assert "\n" not in text and len(text) < 300 and "PASS" in text and "checks" in text
+
+
+def test_the_terminal_and_the_report_count_the_same_verdicts(check_run, tmp_path):
+    """One rule (report.tally: every verdict, the canary as one) for the terminal's last line
+    and the report's; a failed verdict is counted as failed in both."""
+    import re
+    from sdeverify.report import tally
+    out, printed = check_run
+    said = re.search(r"(\d+) passed, (\d+) failed", printed.strip().splitlines()[-1])
+    shown = re.search(r"(\d+) passed, (\d+) failed \((\d+) verdicts",
+                      " ".join(" ".join(_parse(out / "report.html").text).split()))
+    run = sv.load_check(out)
+    n = sum(len(r.verdicts) for r in run.results.values()) + 1          # + the canary
+    assert said.groups() == shown.groups()[:2] == (str(n), "0") and shown[3] == str(n)
+    d = _copy(out, tmp_path)                                             # a failed canary
+    doc = read_summary(d / "summary.json")
+    doc["canary"] = {"passed": False, "problems": ["planted"]}
+    write_hashed_json(d / "summary.json", doc)
+    t = tally(sv.load_check(d))
+    assert (t.passed, t.failed) == (n - 1, 1)
+    text = _report_text(d)
+    assert f"{n - 1} passed, 1 failed" in text and "planted" in text

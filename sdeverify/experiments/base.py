@@ -155,25 +155,30 @@ def make_meta(seed: int, size: str, seconds: float) -> dict:
     return {"seed": seed, "size": size, "wall_time": seconds, "versions": versions()}
 
 
-def subplots(ncols: int, figsize: tuple[float, float], nrows: int = 1,
+def subplots(ncols: int, figsize: tuple[float, float] | None = None, nrows: int = 1,
              **kwargs: Any) -> tuple[Any, Any]:
     """A headless (Agg) matplotlib figure with ``nrows × ncols`` panels: ``(fig, axes)``, a
     ``matplotlib.figure.Figure`` and its axes (``plt.subplots``; ``kwargs`` passed on).
+    ``figsize`` defaults to the paper's two-column width (:func:`sdeverify.figstyle.figsize`).
     Typed ``Any`` so that importing this module does not import matplotlib."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    return plt.subplots(nrows, ncols, figsize=figsize, **kwargs)
+    from ..figstyle import figsize as paper_size
+    return plt.subplots(nrows, ncols, figsize=figsize or paper_size(ncols, nrows), **kwargs)
 
 
-def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
-    """Lay out, write (PNG) and close ``fig`` (a ``matplotlib.figure.Figure``); returns the
-    path."""
+def save_figure(fig: Any, path: str | Path, dpi: int | None = None) -> Path:
+    """Lay out, write and close ``fig`` (a ``matplotlib.figure.Figure``) in the format of the
+    path's suffix (one of :data:`sdeverify.figstyle.FORMATS`; PNG at ``dpi``, default
+    :data:`sdeverify.figstyle.DPI`); returns the path."""
     import matplotlib.pyplot as plt
-    fig.tight_layout()
+    from ..figstyle import DPI, check_format
     path = Path(path)
+    check_format(path.suffix.lstrip("."), "figure path's suffix")
+    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi or DPI)
     plt.close(fig)
     return Path(path)
 
