@@ -40,6 +40,7 @@ from .convnet import BN_EPS
 __all__ = ["ConvTrainer", "NHWC"]
 
 _JIT = dict(cache=True, error_model="numpy", nogil=True)
+_U = numba.uint64
 #: Row chunks per model of the BatchNorm reductions (fixed: results do not depend on threads).
 CHUNKS = 8
 #: Groups of a model's images whose weight-gradient partial sums are added (fixed, as CHUNKS).
@@ -48,45 +49,75 @@ GROUPS = 4
 
 # ---- kernels ---------------------------------------------------------------------------------
 @numba.njit(**_JIT)
+def _copy(dst, d, src, s, n):
+    """``dst[d:d + n] = src[s:s + n]`` (1-D); unsigned indices, so no negative-index
+    wraparound test per element and the loop vectorises (3-5× faster im2col, measured)."""
+    d, s = _U(d), _U(s)
+    for t in range(_U(n)):
+        dst[d + t] = src[s + t]
+
+
+@numba.njit(**_JIT)
+def _add(dst, d, src, s, n):
+    """``dst[d:d + n] += src[s:s + n]`` (1-D, unsigned indices as :func:`_copy`)."""
+    d, s = _U(d), _U(s)
+    for t in range(_U(n)):
+        dst[d + t] += src[s + t]
+
+
+@numba.njit(**_JIT)
+def _zero(dst, d, n):
+    """``dst[d:d + n] = 0`` (1-D, unsigned indices as :func:`_copy`)."""
+    d = _U(d)
+    for t in range(_U(n)):
+        dst[d + t] = 0.0
+
+
+@numba.njit(**_JIT)
 def _patches(x, m, b, k, stride, pad, Ho, Wo, cols):
     """im2col of image b of model m: row ``ho·Wo + wo`` of ``cols (Ho·Wo, k·k·C)`` is the
-    zero-padded patch of output pixel (ho, wo), in (i, j, c) order."""
+    zero-padded patch of output pixel (ho, wo), in (i, j, c) order.  For one kernel row i
+    the entries (j, c) are the contiguous run ``x[m, b, r, s0:s0 + k, :]`` (clipped at the
+    image's left and right edges): one copy each."""
     H, W, C = x.shape[2], x.shape[3], x.shape[4]
+    xf = x[m, b].reshape(-1)
+    cf = cols.reshape(-1)
+    kc = k * C
     for ho in range(Ho):
         for wo in range(Wo):
-            row = ho * Wo + wo
-            col = 0
+            s0 = wo * stride - pad
+            a = max(0, -s0) * C                     # the run's valid entries: [a, e)
+            e = max(a, min(k, W - s0) * C)
             for i in range(k):
                 r = ho * stride + i - pad
-                for j in range(k):
-                    s = wo * stride + j - pad
-                    if r >= 0 and r < H and s >= 0 and s < W:
-                        for c in range(C):
-                            cols[row, col + c] = x[m, b, r, s, c]
-                    else:
-                        for c in range(C):
-                            cols[row, col + c] = 0.0
-                    col += C
+                dst = ((ho * Wo + wo) * k + i) * kc
+                if r < 0 or r >= H:
+                    _zero(cf, dst, kc)
+                    continue
+                _zero(cf, dst, a)
+                _copy(cf, dst + a, xf, (r * W + s0) * C + a, e - a)
+                _zero(cf, dst + e, kc - e)
 
 
 @numba.njit(**_JIT)
 def _unpatch(dcols, m, b, k, stride, pad, Ho, Wo, dx):
     """col2im of image b of model m: the patch gradients ``dcols (Ho·Wo, k·k·C)`` summed back
-    onto ``dx[m, b]``, which is overwritten."""
+    onto ``dx[m, b]``, which is overwritten (the adjoint of :func:`_patches`, by the same
+    runs)."""
     H, W, C = dx.shape[2], dx.shape[3], dx.shape[4]
-    dx[m, b] = 0.0
+    df = dx[m, b].reshape(-1)
+    cf = dcols.reshape(-1)
+    kc = k * C
+    _zero(df, 0, df.size)
     for ho in range(Ho):
         for wo in range(Wo):
-            row = ho * Wo + wo
-            col = 0
+            s0 = wo * stride - pad
+            a = max(0, -s0) * C
+            e = max(a, min(k, W - s0) * C)
             for i in range(k):
                 r = ho * stride + i - pad
-                for j in range(k):
-                    s = wo * stride + j - pad
-                    if r >= 0 and r < H and s >= 0 and s < W:
-                        for c in range(C):
-                            dx[m, b, r, s, c] += dcols[row, col + c]
-                    col += C
+                if r >= 0 and r < H:
+                    _add(df, (r * W + s0) * C + a, cf, ((ho * Wo + wo) * k + i) * kc + a, e - a)
 
 
 @numba.njit(**_JIT)
@@ -206,15 +237,36 @@ def conv2d(x, Wt, stride, pad):
     return out
 
 
+def _same_size(k, stride, pad):
+    """True when a convolution keeps the image size (stride 1, ``2·pad = k − 1``): its input
+    gradient is then the convolution of the output gradient with the flipped kernel."""
+    return stride == 1 and 2 * pad == k - 1
+
+
+def _flipped_rows(Wt):
+    """The transposed, flipped kernel ``W'[m, c, o, i, j] = W[m, o, c, k−1−i, k−1−j]`` as
+    ``(M, C, k·k·O)`` rows in the patches' (i, j, o) order: ``dx = conv(dy, W')`` (pad
+    ``k − 1 − pad``) for a same-size convolution."""
+    return _weight_rows(Wt[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4))
+
+
 def conv2d_backward(dy, x, Wt, stride, pad, need_dx=True):
     """:func:`conv_reference.conv2d_backward`, channels last; the weight gradient is the sum,
-    in group order, of ``GROUPS`` per-group partial sums over a model's images."""
+    in group order, of ``GROUPS`` per-group partial sums over a model's images.  The input
+    gradient of a same-size convolution (:func:`_same_size`) is the forward kernel on ``dy``
+    with the flipped kernel (one product with a k·k·O-long reduction per image, no col2im);
+    otherwise the patch gradients ``dy·W`` are summed back by col2im."""
     M, B, Ho, Wo, O = dy.shape
     C, k = Wt.shape[2], Wt.shape[-1]
     G = min(GROUPS, B)
+    dy = _c(dy)
     part = np.empty((M, G, O, k * k * C), dtype=x.dtype)
+    flipped = need_dx and _same_size(k, stride, pad)
     dx = np.empty(x.shape, dtype=x.dtype) if need_dx else np.empty((1,) * 5, dtype=x.dtype)
-    run_ranges(_conv_backward, M * G, _c(dy), _c(x), _weight_rows(Wt), k, stride, pad, need_dx, part, dx)
+    run_ranges(_conv_backward, M * G, dy, _c(x), _weight_rows(Wt), k, stride, pad,
+               need_dx and not flipped, part, dx)
+    if flipped:
+        run_ranges(_conv_forward, M * B, dy, _flipped_rows(Wt), k, 1, k - 1 - pad, dx)
     dW = part.sum(axis=1).reshape(M, O, k, k, C).transpose(0, 1, 4, 2, 3)
     return (dx if need_dx else None), dW
 
