@@ -190,6 +190,11 @@ def _gap_verdicts(label, ells, g, exact) -> list[Verdict]:
     return out
 
 
+#: the stability verdicts' prediction: it names the two numbers the verdict's Value shows
+STABILITY_PREDICTION = ("threshold eta*h = {rule}; (diverged fraction at {below}x, at {above}x "
+                        "the threshold) = (0, 1)")
+
+
 def _stability(paths: int, seed: int) -> tuple[dict, list[Verdict]]:
     """Runs at 0.97x / 1.03x each predicted threshold, and the SVAG-between-thresholds case."""
     P = quadratic_problem()
@@ -217,7 +222,8 @@ def _stability(paths: int, seed: int) -> tuple[dict, list[Verdict]]:
         who = "SGD" if beta == 0.0 else f"SGDM (EMA) b={beta}"
         verdicts.append(Verdict(
             f"{who} is stable iff eta*h < {th:.4g}", "THEORY §9 (derived)",
-            "eta*h threshold 2" if beta == 0.0 else "eta*h threshold 2(1+b)/(1-b)",
+            STABILITY_PREDICTION.format(rule="2" if beta == 0.0 else "2(1+b)/(1-b)",
+                                        below=BRACKET[0], above=BRACKET[1]),
             Value((float(lo), float(hi))), bool(lo == 0.0 and hi == 1.0),
             f"{K} steps: diverged fractions (shown) at {BRACKET[0]}x the threshold (must be 0) "
             f"and at {BRACKET[1]}x (must be 1)"))
@@ -237,7 +243,7 @@ def _stability(paths: int, seed: int) -> tuple[dict, list[Verdict]]:
     verdicts.append(Verdict(
         f"at eta*h_max = {BETWEEN}, SGD diverges, SGDM (b={BETA}) does not, and SVAG l=2 "
         "makes SGD stable", "THEORY §9 (derived), Def 6.1",
-        "diverged fractions: SGD 1, SGDM 0, SGD+SVAG(2) 0",
+        "(diverged fraction of SGD, of SGDM, of SGD+SVAG(2)) = (1, 0, 0)",
         Value(tuple(float(f) for f in between)), bool(ok),
         f"diverged fractions over {paths} paths (shown in this order): SGD must be 1, SGDM 0, "
         "SGD+SVAG(2) 0"))

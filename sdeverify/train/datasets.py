@@ -222,9 +222,13 @@ def teacher_student(n: int = 4096, dim: int = 32, classes: int = 10, *, hidden: 
                        name=f"teacher_student(n={n}, dim={dim}, classes={classes}, noise={label_noise:g})")
 
 
-def digits(*, test_fraction: float = 0.25, seed: int = 0) -> Dataset:
+def digits(*, test_fraction: float = 0.2, seed: int = 0, standardize: bool = True) -> Dataset:
     """scikit-learn's bundled 8×8 handwritten digits (1797 samples, 64 features, 10
-    classes; no download).  Needs the optional extra: ``pip install 'sdeverify[data]'``."""
+    classes; no download), split and scaled exactly as :func:`from_arrays` does with its
+    defaults: a random ``test_fraction`` (0.2) of the rows held out (Philox permutation keyed
+    by ``seed``) and, with ``standardize`` (the default), **every feature standardised** with
+    the training split's mean and standard deviation (``standardize=False``: the raw pixel
+    intensities 0..16).  Needs the optional extra: ``pip install 'sdeverify[data]'``."""
     try:
         from sklearn.datasets import load_digits
     except ImportError:
@@ -232,7 +236,7 @@ def digits(*, test_fraction: float = 0.25, seed: int = 0) -> Dataset:
                           "(or pip install scikit-learn)") from None
     d = load_digits()
     return from_arrays(d.data, d.target.astype(np.int64), test_fraction=test_fraction,
-                       seed=seed, n_classes=10, name="digits")
+                       seed=seed, standardize=standardize, n_classes=10, name="digits")
 
 
 CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
