@@ -23,6 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .reprs import call_repr
 from .validation import finite_array, finite_float, name_string, positive_int, schedule, vector
 
 __all__ = ["Coefficients", "OptimizerScheme", "check_scheme", "scheme_coefficients", "SGD", "SGDM",
@@ -100,6 +101,20 @@ def scheme_coefficients(opt: OptimizerScheme, steps: int, dim: int, who: str) ->
     return c.check(steps, dim, who)
 
 
+def _equal_fields(self, other: Any) -> bool:
+    """Equality of two optimizers of one type, field by field, arrays by value (a schedule
+    given as a list equals the same schedule given as an array)."""
+    if type(other) is not type(self):
+        return NotImplemented
+    for f in self.__dataclass_fields__:
+        a, b = getattr(self, f), getattr(other, f)
+        if (a is None) != (b is None):
+            return False
+        if a is not None and not np.array_equal(np.asarray(a), np.asarray(b)):
+            return False
+    return True
+
+
 @dataclass(frozen=True)
 class SGD:
     """SGD (Def. 3.2): x_{k+1} = x_k − η_k g_k.  ``lr`` is a float or a per-step array."""
@@ -108,6 +123,12 @@ class SGD:
 
     def __post_init__(self) -> None:
         name_string("name", self.name)
+
+    def __repr__(self) -> str:
+        """``SGD(lr=..., name=...)``, arrays as lists: ``eval`` of it rebuilds this one."""
+        return call_repr("SGD", lr=self.lr, name=self.name)
+
+    __eq__ = _equal_fields
 
     def coefficients(self, steps: int, dim: int) -> Coefficients:
         """a ≡ 0, b ≡ 1, γ_k = η_k, m_0 = 0 (Def. 3.2); ``ValueError`` for a negative,
@@ -132,6 +153,13 @@ class SGDM:
 
     def __post_init__(self) -> None:
         name_string("name", self.name)
+
+    def __repr__(self) -> str:
+        """``SGDM(lr=..., beta=..., m0=..., name=...)``, arrays as lists: ``eval`` of it
+        rebuilds this one."""
+        return call_repr("SGDM", lr=self.lr, beta=self.beta, m0=self.m0, name=self.name)
+
+    __eq__ = _equal_fields
 
     def coefficients(self, steps: int, dim: int) -> Coefficients:
         """a_k = β_k, b_k = 1 − β_k, γ_k = η_k and m_0 (Def. 3.3); ``ValueError`` unless
@@ -161,6 +189,14 @@ class HeavyBall:
 
     def __post_init__(self) -> None:
         name_string("name", self.name)
+
+    def __repr__(self) -> str:
+        """``HeavyBall(lr=..., momentum=..., dampening=..., buffer=..., name=...)``, arrays as
+        lists: ``eval`` of it rebuilds this one."""
+        return call_repr("HeavyBall", lr=self.lr, momentum=self.momentum,
+                         dampening=self.dampening, buffer=self.buffer, name=self.name)
+
+    __eq__ = _equal_fields
 
     def coefficients(self, steps: int, dim: int) -> Coefficients:
         """a_k = μ_k, b_k = 1 − τ (b_0 = 1 on an empty buffer), γ_k = lr_k and m_0 = u_0

@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .. import rng
+from ..reprs import call_repr
 from ..schedules import svag_weights
 from ..validation import name_string, positive_int
 
@@ -79,7 +80,26 @@ class NGOS:
         return float(self.loss(np.asarray(x, dtype=np.float64), self.params))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, noise={self.noise_dist})"
+        """The call that builds this problem, arrays written out as lists, wrapped in
+        ``SVAG(..., ell=...)`` when SVAG is on: ``eval`` of it (with the package's names in
+        scope, :func:`sdeverify.testing.replay`) rebuilds an equal problem.  A subclass
+        that does not define ``_call_repr`` prints as the plain ``NGOS`` with its functions
+        (by name) and parameters: the same oracle."""
+        text = self._call_repr()
+        if self.svag_ell != 1.0:
+            text = f"SVAG({text}, ell={self.svag_ell!r})"
+        return text
+
+    @property
+    def _own_name(self) -> str:
+        """The name given at construction (before :func:`~sdeverify.problems.SVAG` renamed it)."""
+        return getattr(self, "_name_before_svag", self.name)
+
+    def _call_repr(self) -> str:
+        """The constructor call of this problem without SVAG (subclasses give their own)."""
+        return call_repr("NGOS", dim=self.dim, grad=self.grad, noise=self.noise, loss=self.loss,
+                         params=self.params, n_draws=self.n_draws, noise_dist=self.noise_dist,
+                         name=self._own_name)
 
 
 def pack(*arrays: ArrayLike) -> np.ndarray:

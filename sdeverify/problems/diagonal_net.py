@@ -38,6 +38,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..compile_lock import compile_once
+from ..reprs import call_repr
 from ..validation import finite_float, positive_int
 from ..vmath import inline
 from .base import pack
@@ -277,6 +278,9 @@ class DiagonalNet(ManifoldProblem):
         out = cls(A, A @ beta)
         out.beta_star = beta
         return out
+
+    def _call_repr(self) -> str:
+        return call_repr("DiagonalNet", self.features, self.targets, name=self._own_name)
 
     # helpers -----------------------------------------------------------------------------
     def split(self, w: ArrayLike) -> tuple[np.ndarray, np.ndarray]:

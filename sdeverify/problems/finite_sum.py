@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..compile_lock import compile_once
+from ..reprs import call_repr
 from ..validation import positive_int
 from .base import NGOS, pack
 
@@ -121,6 +122,10 @@ class LinearRegression(NGOS):
         A = g.standard_normal((n, d))
         x_star = g.standard_normal(d)
         return cls(A, A @ x_star + noise * g.standard_normal(n), batch_size, max_batch=max_batch)
+
+    def _call_repr(self) -> str:
+        return call_repr("LinearRegression", self.features, self.targets, self.batch_size,
+                         max_batch=None if self.n_draws == self.batch_size else self.n_draws)
 
     def hessian_at(self, x: ArrayLike) -> np.ndarray:
         """∇²L(x) = Q = AᵀA/n, (d, d) (constant)."""

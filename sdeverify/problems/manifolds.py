@@ -30,6 +30,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..compile_lock import compile_once
+from ..reprs import call_repr
 from ..validation import finite_float, positive_int
 from ..vmath import inline
 from .base import NGOS, pack
@@ -259,6 +260,10 @@ class Valley(ManifoldProblem):
         c = finite_float("c", c, low=0.0)
         return cls(h=h, sx2=(finite_float("sx2", sx2, low=0.0),), sy2=c * _coeffs("h", h), m=m, **kw)
 
+    def _call_repr(self) -> str:
+        return call_repr("Valley", h=self.h, sx2=self.sx2, sy2=self.sy2, m=self.m,
+                         name=self._own_name)
+
     # polynomials ----------------------------------------------------------------------------
     def h_at(self, x: ArrayLike) -> np.ndarray | float:
         """h(x), elementwise over the along-Γ coordinate x (shape of ``x``)."""
@@ -484,6 +489,9 @@ class Sphere(ManifoldProblem):
         super().__init__(dim=dim, grad=sphere_grad, noise=sphere_noise, loss=sphere_loss,
                          params=np.array([self.noise_std]), n_draws=dim, noise_dist="normal",
                          name=name)
+
+    def _call_repr(self) -> str:
+        return call_repr("Sphere", self.dim, self.noise_std, name=self._own_name)
 
     def project(self, x: ArrayLike) -> np.ndarray:
         """Φ(x) = x/‖x‖, shape of ``x``."""

@@ -19,6 +19,7 @@ from numpy.typing import ArrayLike
 
 from .. import vmath
 from ..compile_lock import compile_once
+from ..reprs import call_repr
 from ..validation import finite_float, positive_int
 from .base import NGOS
 
@@ -70,6 +71,9 @@ class CosineWell(NGOS):
         super().__init__(dim=dim, grad=cos_grad, noise=cos_noise, loss=cos_loss,
                          params=np.array([self.amplitude]), n_draws=dim,
                          noise_dist=noise_dist, name="cosine_well")
+
+    def _call_repr(self) -> str:
+        return call_repr("CosineWell", self.dim, self.amplitude, noise_dist=self.noise_dist)
 
     def hessian_at(self, x: ArrayLike) -> np.ndarray:
         """∇²L(x) = diag(1 − a cos x_i), (d, d)."""

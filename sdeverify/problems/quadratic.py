@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..compile_lock import compile_once
+from ..reprs import call_repr
 from ..validation import psd_sqrt, square_matrix, vector
 from .base import NGOS, pack
 
@@ -131,6 +132,11 @@ class Quadratic(NGOS):
             funcs = dict(grad=quad_grad, noise=quad_noise, loss=quad_loss)
             params = pack(H, self.noise_sqrt, c, b)
         super().__init__(dim=d, params=params, n_draws=d, noise_dist=noise_dist, name=name, **funcs)
+
+    def _call_repr(self) -> str:
+        return call_repr("Quadratic", self.hessian, noise_cov=self.noise_cov, center=self.center,
+                         linear=self.linear if np.any(self.linear) else None,
+                         noise_dist=self.noise_dist, name=self._own_name)
 
     def hessian_at(self, x: ArrayLike) -> np.ndarray:
         """∇²L(x) = H, (d, d) (constant)."""

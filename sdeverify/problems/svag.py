@@ -25,5 +25,6 @@ def SVAG(problem: NGOS, ell: float) -> NGOS:
     ell = finite_float("ell", ell, low=1.0)
     out = copy.copy(problem)
     out.svag_ell = ell
+    out._name_before_svag = problem.name        # for the replayable repr: SVAG(problem, ell)
     out.name = f"{problem.name}+svag{ell:g}"
     return out

@@ -26,7 +26,8 @@ from ..result import index_pair
 from ..stats import fit_order
 
 __all__ = ["StatisticalAssertionError", "Outcome", "assert_mean",
-           "assert_paired_difference", "assert_order"]
+           "assert_paired_difference", "assert_paired_less", "assert_variance", "assert_order",
+           "paired_series"]
 
 #: Below this many samples per estimate the interval uses Student's t instead of the normal.
 T_BELOW = 200
@@ -175,22 +176,12 @@ def assert_paired_difference(result: Any, optimizer: str | int, observable: str 
       correct engine fails only when the interval is wider than the room left by the true
       difference, which the message calls "inconclusive" (run more paths).
 
-    ``result`` is a SimulationResult (its paired differences are against the *first*
-    optimizer, so ``baseline`` must be 0 or its name) or a TrainResult (any ``baseline``).
+    ``result`` is a SimulationResult (its paths are paired with the *first* optimizer's,
+    so one of ``optimizer`` and ``baseline`` must be the first) or a TrainResult (any two).
+    Optimizers are given by name or position; messages name them.
     """
     alpha = _check_alpha(alpha)
-    if hasattr(result, "observables"):
-        if baseline not in (0, result.optimizers[0]):
-            raise ValueError("a SimulationResult pairs every optimizer with its first one: "
-                             f"baseline must be 0 or {result.optimizers[0]!r}, got {baseline!r}")
-        diff, s = result.paired(optimizer, observable)
-        j, o = index_pair(result.optimizers, result.observables, optimizer, observable)
-        count, labels = result.count[j, :, o], np.asarray(result.steps)
-    else:
-        diff, s = result.paired(optimizer, observable, baseline)
-        count = np.minimum(result.count(optimizer, observable), result.count(baseline, observable))
-        labels = np.asarray(result.eval_steps)
-    what = f"paired difference of {observable!r}, {optimizer!r} - {baseline!r}"
+    diff, s, count, labels, what = paired_series(result, optimizer, observable, baseline)
     if within is None:
         out = _compare(diff, s, count, labels, equals, alpha, 1e-9, what)
         if not out.passed:
@@ -216,6 +207,133 @@ def assert_paired_difference(result: Any, optimizer: str | int, observable: str 
             f"estimate {diff[k]:.6g}, simultaneous interval [{low[k]:.6g}, {high[k]:.6g}] "
             f"(family-wise alpha {alpha:g} over {n} steps) — {verdict}")
     return Outcome(True, alpha, n, diff, low, high, np.full(n, equals))
+
+
+def _opt_name(result: Any, optimizer: str | int) -> str:
+    """The name of ``optimizer`` (given by name or position) in ``result``."""
+    names = tuple(result.optimizers)
+    if isinstance(optimizer, (int, np.integer)) and not isinstance(optimizer, bool):
+        if not -len(names) <= optimizer < len(names):
+            raise ValueError(f"optimizer position {optimizer} out of range: the result has "
+                             f"{len(names)} optimizers {names}")
+        return names[optimizer]
+    if optimizer not in names:
+        raise ValueError(f"optimizer must be one of {names} or a position, got {optimizer!r}")
+    return optimizer
+
+
+def paired_series(result: Any, optimizer: str | int, observable: str | int,
+                  baseline: str | int = 0) -> tuple[np.ndarray, np.ndarray, Any, np.ndarray, str]:
+    """(difference, sem, count, step labels, description) per recorded step of the paired
+    (common-random-numbers) difference E h(optimizer) − E h(baseline), path by path (a
+    SimulationResult; one of the two must be its first optimizer, against which the engine
+    pairs every path) or replica by replica (a TrainResult).  Optimizers by name or position;
+    the description names them (``'loss' of SGDM − SGD``)."""
+    opt, base = _opt_name(result, optimizer), _opt_name(result, baseline)
+    if opt == base:
+        raise ValueError(f"optimizer and baseline are both {opt!r}: nothing to compare")
+    what = f"paired difference of {observable!r}, {opt} − {base}"
+    if hasattr(result, "observables"):
+        first = result.optimizers[0]
+        if first not in (opt, base):
+            raise ValueError("a SimulationResult pairs every optimizer with its first one "
+                             f"({first!r}): optimizer or baseline must be {first!r}, got "
+                             f"{opt!r} and {base!r}")
+        sign = 1.0 if base == first else -1.0
+        other = opt if base == first else base
+        diff, s = result.paired(other, observable)
+        j, o = index_pair(result.optimizers, result.observables, other, observable)
+        count, labels = result.count[j, :, o], np.asarray(result.steps)
+        return sign * np.asarray(diff, float), np.asarray(s, float), count, labels, what
+    diff, s = result.paired(opt, observable, base)
+    count = np.minimum(result.count(opt, observable), result.count(base, observable))
+    return (np.asarray(diff, float), np.asarray(s, float), count,
+            np.asarray(result.eval_steps), what)
+
+
+def _critical_one_sided(alpha_each: float, count) -> np.ndarray:
+    """One-sided critical value at level 1 − alpha_each (normal, or Student-t with count − 1
+    degrees of freedom where fewer than ``T_BELOW`` samples)."""
+    return _critical(2.0 * alpha_each, count)
+
+
+def assert_paired_less(result: Any, optimizer: str | int, observable: str | int, *,
+                       baseline: str | int = 0, margin: float = 0.0, shown: bool = False,
+                       steps: Sequence[int] | None = None, alpha: float = 1e-3) -> Outcome:
+    """Assert the one-sided claim E h(optimizer) < E h(baseline) + ``margin`` from the paired
+    (common-random-numbers) difference d = h(optimizer) − h(baseline), at every recorded step
+    (or at ``steps``, a subset of them).
+
+    * ``shown=False`` (default; the false-failure reading of this module): fails when the
+      data contradict the claim, i.e. when at some step the one-sided lower confidence
+      bound d̂ − c·sem exceeds ``margin`` (c the one-sided critical value at level
+      1 − alpha/n, n the compared steps: Bonferroni).  **False-failure rate**: at most
+      ``alpha`` whenever the true difference is ≤ ``margin`` at every compared step —
+      exactly ``alpha`` (n = 1) when it equals ``margin``, and far less when the claim holds
+      with room (measured in tests/test_testing.py over 400 seeds).  It does not fail
+      when the two are equal: to require that the data *show* the order, use
+    * ``shown=True``: passes only when at every compared step the upper bound d̂ + c·sem is
+      below ``margin``; then ``alpha`` bounds the probability of *passing* although the
+      true difference is ≥ ``margin`` somewhere, and a true but small gap fails as
+      "not shown" until enough paths resolve it.
+
+    ``baseline`` (name or position; default the first optimizer) and ``optimizer`` as in
+    :func:`paired_series`.  Intervals are normal for ensembles, Student-t for fewer than
+    200 replicas.  A step without an estimate (every path diverged) fails.
+    """
+    alpha = _check_alpha(alpha)
+    margin = float(margin)
+    if not np.isfinite(margin):
+        raise ValueError(f"margin must be finite, got {margin!r}")
+    diff, s, count, labels, what = paired_series(result, optimizer, observable, baseline)
+    if steps is not None:
+        want = np.atleast_1d(np.asarray(steps))
+        pos = [int(np.flatnonzero(labels == k)[0]) if np.any(labels == k) else -1 for k in want]
+        if min(pos) < 0:
+            raise ValueError(f"steps must be recorded steps of the result {labels.tolist()}, "
+                             f"got {want.tolist()}")
+        diff, s, labels = diff[pos], s[pos], labels[pos]
+        count = None if count is None else np.asarray(count)[pos]
+    if not np.all(np.isfinite(diff) & np.isfinite(s)):
+        k = int(np.flatnonzero(~(np.isfinite(diff) & np.isfinite(s)))[0])
+        raise StatisticalAssertionError(f"{what}: no estimate at {_label(labels, k)} (every "
+                                        "path diverged there, or too few samples) — not a pass")
+    n = diff.size
+    crit = np.broadcast_to(_critical_one_sided(alpha / n, count), diff.shape)
+    low, high = diff - crit * s, diff + crit * s
+    off = high >= margin if shown else low > margin
+    if np.any(off):
+        k = int(np.argmax(np.where(off, (high if shown else low) - margin, -np.inf)))
+        why = ("not shown: the upper bound is not below the margin (run more paths, or the "
+               "order does not hold)" if shown else "the data show the opposite order")
+        raise StatisticalAssertionError(
+            f"{what}: claimed < {margin:g}, but at {_label(labels, k)} the estimate is "
+            f"{diff[k]:.6g} with one-sided bounds [{low[k]:.6g}, {high[k]:.6g}] (sem "
+            f"{s[k]:.3g}; family-wise alpha {alpha:g} over {n} steps) — {why}")
+    return Outcome(True, alpha, n, diff, low, high, np.full(n, margin))
+
+
+def assert_variance(result: Any, expected: ArrayLike, *, optimizer: str | int = 0,
+                    observable: str = "x0", alpha: float = 1e-3,
+                    exact_rtol: float = 1e-9) -> Outcome:
+    """Assert that the variance of ``observable`` over the paths of ``optimizer`` equals
+    ``expected`` at every recorded step (two-sided, false-failure rate ``alpha``
+    family-wise over the steps, Bonferroni; normal intervals).
+
+    The run must have recorded the moments of the observable:
+    ``observables=moment_observables("x0", problem=P, center=c)``
+    (:mod:`sdeverify.testing.moments`); the standard error of the variance uses the fourth
+    central moment (delta method), so the stated rate holds for any distribution with
+    finite eighth moment once the paths are many (thousands).  Steps where every path has
+    the same value are compared exactly (``exact_rtol``).
+    """
+    from .moments import variance_series
+    v, s, n = variance_series(result, optimizer, observable)
+    what = f"variance of {observable!r} of {_opt_name(result, optimizer)}"
+    out = _compare(v, s, None, np.asarray(result.steps), expected, alpha, exact_rtol, what)
+    if not out.passed:
+        raise StatisticalAssertionError(out.message)
+    return out
 
 
 def assert_order(x: Sequence[float], err: Sequence[float], err_sem: Sequence[float] | None = None, *,
