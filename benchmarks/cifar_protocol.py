@@ -182,6 +182,7 @@ def check_common(args: argparse.Namespace) -> None:
                          f"got {args.warmup_epochs:g}")
     if not (args.data == "teacher" or args.data.startswith("cifar10:")):
         raise ValueError(f"--data must be cifar10:FOLDER or teacher, got {args.data!r}")
+    writable_folder("--out", args.out)
 
 
 def load_data(args: argparse.Namespace) -> Dataset:
