@@ -149,7 +149,7 @@ def cmd_run(args) -> int:
     _check_backend(args.backend)
     client = _start_cluster(args)
     res, fig = run_one(args.name, args.size, args.seed, out, args.quiet, backend=args.backend,
-                       cluster=client, fmt=args.format)
+                       cluster=client, fmt=args.format, keep_points=args.keep_points)
     _print_table(verdict_rows(res))
     print(f"{args.name}: {'PASS' if res.passed else 'FAIL'} in {res.meta.get('wall_time', 0):.1f} s")
     if out is not None:
@@ -190,7 +190,8 @@ def cmd_check(args) -> int:
     jobs = _jobs_of(args, len(names), getattr(args, "cluster", None))
     rows, summary = run_job(names, size=size, seed=args.seed, out=out, jobs=jobs,
                             backend=args.backend, resume=args.resume, quiet=args.quiet,
-                            start_cluster=lambda: _start_cluster(args), fmt=args.format)
+                            start_cluster=lambda: _start_cluster(args), fmt=args.format,
+                            keep_points=args.keep_points)
     _print_table(rows)
     report = _write_report(out)
     n_pass, n_fail = _tally(out, rows)
@@ -260,10 +261,14 @@ def _cluster_flags(p) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--workers", type=int, default=None, metavar="N",
                    help="run every simulation and training on a local Dask cluster of N worker "
-                        "processes, 1 thread each (pip install 'sdeverify[dist]'); finished "
-                        "points are saved under OUT/points/")
+                        "processes, 1 thread each (pip install 'sdeverify[dist]'); calls too "
+                        "small to pay for it run here (a warning says so); finished points are "
+                        "saved under OUT/points/ until the check's result is")
     g.add_argument("--scheduler", default=None, metavar="ADDR",
                    help="run on the Dask cluster whose scheduler is at ADDR (tcp://HOST:PORT)")
+    p.add_argument("--keep-points", action="store_true",
+                   help="with --workers/--scheduler: keep each check's finished points "
+                        "(OUT/points/NAME/) after its result is saved (default: deleted then)")
 
 
 def _cluster_of(args):

@@ -24,6 +24,7 @@ from typing import Any, Callable
 from . import experiments
 from .canary import EXPECTED, machinery_problems
 from .check_jobs import describe, run_checks
+from . import distributed
 from .distributed import use
 from .experiments.base import ExperimentResult
 from .progress import bar
@@ -37,12 +38,15 @@ __all__ = ["run_one", "run_in_worker", "verdict_rows", "entry", "job_passed", "c
 
 def run_one(name: str, size: str, seed: int, out: Path | None, quiet: bool,
             overrides: dict | None = None, backend: str = "cpu", cluster: Any = None,
-            resume: bool = False, fmt: str = "png") -> tuple[ExperimentResult, Path | None]:
+            resume: bool = False, fmt: str = "png",
+            keep_points: bool = False) -> tuple[ExperimentResult, Path | None]:
     """Run check ``name`` at ``size`` (smoke / quick / full) with ``seed``; with ``out``, save
     its result and its figure (``NAME.<fmt>``, ``fmt`` one of png, pdf, svg) there.
     ``backend`` is where the trained-network checks train; ``cluster`` a Dask client that
-    every ``simulate``/``fit`` call of the check is sent to (its finished points saved under
-    ``out/points/NAME``, reused with ``resume``).
+    every ``simulate``/``fit`` call of the check is sent to, except calls too small to pay
+    for it (:data:`sdeverify.distributed.LOCAL_WORK`: they run here, and a warning says so);
+    its finished points are saved under ``out/points/NAME`` (reused with ``resume``) and
+    deleted once the check's result is saved, unless ``keep_points``.
     Returns the result and the figure's path (None without ``out``)."""
     mod = experiments.get(name)
     overrides = dict(overrides or {})
@@ -51,14 +55,26 @@ def run_one(name: str, size: str, seed: int, out: Path | None, quiet: bool,
     on_cluster = contextlib.nullcontext()
     if cluster is not None:                  # every simulate/fit call of the check goes there
         on_cluster = use(cluster, points_dir=None if out is None else out / "points" / name,
-                         resume=resume)
+                         resume=resume, local_below=distributed.LOCAL_WORK)
     with bar(1, name, quiet=quiet) as update, on_cluster:
         res = mod.run(size=size, seed=seed, progress=update, **overrides)
     fig = None
     if out is not None:
         res.save(out)
+        if cluster is not None and not keep_points:
+            drop_points(out, name)
         fig = mod.plot(res, out / f"{name}.{fmt}")
     return res, fig
+
+
+def drop_points(out: Path, name: str) -> None:
+    """Delete the points a check saved on a cluster (``out/points/NAME``, and ``out/points``
+    once empty): the check's own result, saved, makes them redundant (``check --resume``
+    reuses the result)."""
+    import shutil
+    shutil.rmtree(out / "points" / name, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        (out / "points").rmdir()
 
 
 def verdict_rows(res: ExperimentResult) -> list[list[str]]:
@@ -129,7 +145,8 @@ def _log(line: str) -> None:
 def run_job(names: list[str], *, size: str, seed: int, out: Path, jobs: int = 1,
             backend: str = "cpu", resume: bool = False, quiet: bool = False,
             start_cluster: Callable[[], Any] = lambda: None,
-            log: Callable[[str], None] = _log, fmt: str = "png") -> tuple[list[list[str]], dict]:
+            log: Callable[[str], None] = _log, fmt: str = "png",
+            keep_points: bool = False) -> tuple[list[list[str]], dict]:
     """Run the checks ``names`` into ``out``: the canary first, then each check (reused from
     ``out`` with ``resume``; in ``jobs`` worker processes when ``jobs > 1``, else here, on
     the cluster ``start_cluster()`` returns, if any); figures are written as ``NAME.<fmt>``.
@@ -185,7 +202,8 @@ def run_job(names: list[str], *, size: str, seed: int, out: Path, jobs: int = 1,
             log(f"[{i + 1}/{len(names)}] {name} ({size}) ...")
             try:
                 res, fig = run_one(name, size, seed, out, quiet, backend=backend,
-                                   cluster=client, resume=resume, fmt=fmt)
+                                   cluster=client, resume=resume, fmt=fmt,
+                                   keep_points=keep_points)
             except Exception as exc:  # a crashing check is a failed check, reported, not hidden
                 record(i, {"name": name, "passed": False, "error": f"{type(exc).__name__}: {exc}"})
                 continue

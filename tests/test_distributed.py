@@ -217,18 +217,50 @@ def test_unpicklable_spec_is_a_clear_error(client):
         D.simulate(q, OPTS, X0, executor=client, steps=5, paths=10, sigma=1.0)
 
 
-def test_cli_check_on_a_running_cluster_matches_local(client, tmp_path, capsys):
+def test_cli_check_on_a_running_cluster_matches_local(client, tmp_path, capsys, monkeypatch):
+    """The same numbers with every call on the cluster (points kept with --keep-points,
+    deleted without once the check's result is saved), and with the CLI's default fallback
+    (every smoke call of this check is too small for the cluster: run here, said so)."""
     from sdeverify.experiments.base import ExperimentResult
     args = ["check", "--smoke", "--only", "descent_lemma", "--quiet"]
     assert main(args + ["--out", str(tmp_path / "local")]) == 0
-    assert main(args + ["--out", str(tmp_path / "far"), "--scheduler", client.scheduler.address]) == 0
+    far = ["--scheduler", client.scheduler.address]
+    with monkeypatch.context() as m:
+        m.setattr(D, "LOCAL_WORK", 0)                          # every call to the cluster
+        assert main(args + ["--out", str(tmp_path / "kept"), "--keep-points"] + far) == 0
+        assert main(args + ["--out", str(tmp_path / "dropped")] + far) == 0
     assert "running on the Dask scheduler at" in capsys.readouterr().err
+    with pytest.warns(D.SmallWorkWarning, match="ran in this process"):
+        assert main(args + ["--out", str(tmp_path / "here")] + far) == 0
     a = ExperimentResult.load(tmp_path / "local", "descent_lemma")
-    b = ExperimentResult.load(tmp_path / "far", "descent_lemma")
-    assert sorted(a.data) == sorted(b.data)
-    for k in a.data:
-        assert np.array_equal(np.asarray(a.data[k]), np.asarray(b.data[k]), equal_nan=True), k
-    assert list((tmp_path / "far" / "points" / "descent_lemma").glob("simulate-*.json"))
+    for run in ("kept", "dropped", "here"):
+        b = ExperimentResult.load(tmp_path / run, "descent_lemma")
+        assert sorted(a.data) == sorted(b.data)
+        for k in a.data:
+            assert np.array_equal(np.asarray(a.data[k]), np.asarray(b.data[k]), equal_nan=True), k
+    assert list((tmp_path / "kept" / "points" / "descent_lemma").glob("simulate-*.json"))
+    assert not (tmp_path / "dropped" / "points").exists()
+    assert not (tmp_path / "here" / "points").exists()
+
+
+def test_calls_too_small_for_the_cluster_run_here_and_are_reported(client, tmp_path):
+    """local_below: a sweep of tiny calls runs in this process (no task, no point file),
+    bitwise the local results, and a SmallWorkWarning says so; without it the calls go to
+    the cluster and the warning says they were too small for it."""
+    etas = [0.1, 0.05, 0.025]
+    with pytest.warns(D.SmallWorkWarning, match="3 of 3 calls had less work.*ran in this process"), \
+            D.use(client, points_dir=tmp_path, local_below=D.LOCAL_WORK) as s:
+        here = _sweep(etas)
+    assert (s.local, s.computed, s.tasks) == (3, 0, 0) and not list(tmp_path.iterdir())
+    for r, ref in zip(here, _sweep(etas)):
+        _same_sim(r, ref)
+    assert D.simulate_point(P, OPTS, X0, steps=40, paths=600, sigma=1.0).work == 40 * 2 * 2 * 600
+    with pytest.warns(D.SmallWorkWarning, match="3 of 3 calls sent to the cluster"), \
+            D.use(client) as s:
+        _sweep(etas)
+    assert (s.local, s.computed, s.small) == (0, 3, 3)
+    with pytest.raises(ValueError, match="local_below must be >= 0"), D.use(client, local_below=-1):
+        pass
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -22,7 +22,8 @@ and merge) and :mod:`~sdeverify.distributed.sweeps` (many points at once).  Entr
   cluster, so that ``sdeverify check --workers N`` runs the checks' sweeps unchanged; with
   ``points_dir`` each finished point is saved atomically under a hash of everything that
   determines it (:func:`point_key`), and with ``resume=True`` saved points are reused
-  instead of recomputed.  The session is held by :mod:`sdeverify.dispatch`, which
+  instead of recomputed; with ``local_below`` (the CLI: :data:`LOCAL_WORK`) a call too
+  small to pay for the cluster runs in this process, and a :class:`SmallWorkWarning` says so.  The session is held by :mod:`sdeverify.dispatch`, which
   ``simulate``/``fit`` read, and this package registers there the functions that run a call
   on an executor: data flows down, nothing below imports this package;
 * :class:`Cluster` / :func:`cluster`: a ``LocalCluster`` (``workers=N``, one thread each) or
@@ -58,13 +59,13 @@ from .. import dispatch
 from ..dispatch import active
 from .clusters import CONNECT_TIMEOUT, MISSING_DASK, Cluster, cluster, n_workers, task_threads
 from .keys import point_key, source_digest
-from .points import (MIN_TASK_WORK, SHARDS_PER_WORKER, Point, PointError, fit_point,
-                     plan_shards, simulate_point)
+from .points import (LOCAL_WORK, MIN_TASK_WORK, SHARDS_PER_WORKER, Point, PointError,
+                     SmallWorkWarning, fit_point, plan_shards, simulate_point)
 from .session import Session, use
 from .shards import run_shard
 from .sweeps import fit, run_points, simulate, sweep
 
-__all__ = ["MIN_TASK_WORK", "SHARDS_PER_WORKER", "MISSING_DASK", "CONNECT_TIMEOUT", "PointError",
+__all__ = ["MIN_TASK_WORK", "LOCAL_WORK", "SmallWorkWarning", "SHARDS_PER_WORKER", "MISSING_DASK", "CONNECT_TIMEOUT", "PointError",
            "Session", "active", "use", "n_workers", "plan_shards", "source_digest", "point_key",
            "Point", "simulate_point", "fit_point", "run_shard", "task_threads", "run_points",
            "simulate", "fit", "sweep", "Cluster", "cluster"]

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from ..problems.base import NGOS
     from ..train.datasets import Dataset
 
-__all__ = ["MIN_TASK_WORK", "SHARDS_PER_WORKER", "PointError", "Point", "plan_shards",
-           "simulate_point", "fit_point"]
+__all__ = ["MIN_TASK_WORK", "LOCAL_WORK", "SHARDS_PER_WORKER", "SmallWorkWarning", "PointError",
+           "Point", "plan_shards", "simulate_point", "fit_point"]
 
 #: Default smallest task, in path·step·optimizer·coordinate units (~0.4 s on one core of
 #: the benchmark machine at ~350 M units per CPU-second): a measured per-task scheduler
@@ -35,6 +35,18 @@ __all__ = ["MIN_TASK_WORK", "SHARDS_PER_WORKER", "PointError", "Point", "plan_sh
 MIN_TASK_WORK: int = 2 ** 27
 #: A point is cut into at most this many shards per worker (load balance vs overhead).
 SHARDS_PER_WORKER: int = 4
+#: What ``sdeverify check/run --workers/--scheduler`` runs in its own process instead of on
+#: the cluster: a call ("point") of less work than this (path·step·optimizer·coordinate units,
+#: the units of :data:`MIN_TASK_WORK`; ~0.4 s on one core) costs more on the cluster (pickling,
+#: a task round trip, a compile on each worker, a saved point file) than it takes here.
+#: ``check --smoke --workers 2`` took 115 s against 29.5 s without a cluster before this
+#: fallback (benchmarks/RESULTS.md, "Dask").
+LOCAL_WORK: int = MIN_TASK_WORK
+
+
+class SmallWorkWarning(UserWarning):
+    """Calls of a distributed run had too little work to pay for the cluster: they ran
+    locally (:data:`LOCAL_WORK` fallback), or were sent anyway and cost more than they saved."""
 
 #: arguments of a call that a point sets itself (positional data, the executor, its size and
 #: offset are passed apart; progress is not called for a distributed run)
@@ -72,6 +84,7 @@ class Point:
     key: str
     on_divergence: str
     label: str
+    work: float = 0.0           # path·step·optimizer·coordinate units of the whole call
 
     @property
     def stem(self) -> str:
@@ -149,7 +162,8 @@ def simulate_point(problem: NGOS, optimizers: Sequence[Any] | Any, x0: ArrayLike
     shards = plan_shards(spec.paths, unit, workers, block=config.BLOCK, size=shard_paths)
     key = point_key("simulate", dict(args, paths=spec.paths, path_offset=offset,
                                      fingerprint=spec.fingerprint(engine.numerics)))
-    return Point("simulate", args, spec.paths, offset, shards, key, policy, label)
+    return Point("simulate", args, spec.paths, offset, shards, key, policy, label,
+                 float(unit) * spec.paths)
 
 
 def fit_point(model: Any, data: Dataset, optimizers: Sequence[Any] | Any, *,
@@ -179,4 +193,4 @@ def fit_point(model: Any, data: Dataset, optimizers: Sequence[Any] | Any, *,
     shards = plan_shards(total, unit, workers, size=shard_replicas)
     key = point_key("fit", dict(args, replicas=total, replica_offset=offset,
                                 data=data.fingerprint()))
-    return Point("fit", args, total, offset, shards, key, policy, label)
+    return Point("fit", args, total, offset, shards, key, policy, label, float(unit) * total)

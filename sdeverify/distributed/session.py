@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,15 +26,19 @@ class Session:
     resume: bool = False
     shard_paths: int | None = None
     shard_replicas: int | None = None
+    local_below: float = 0.0     # points of less work run in this process (LOCAL_WORK)
     computed: int = 0            # points computed on the cluster
     reused: int = 0              # points loaded from points_dir (resume)
     tasks: int = 0               # shard tasks submitted
+    local: int = 0               # points run in this process (work < local_below)
+    small: int = 0               # points sent to the cluster with work < MIN_TASK_WORK
     _scattered: dict = field(default_factory=dict)
 
 
 @contextlib.contextmanager
 def use(executor: Any, *, points_dir: str | os.PathLike | None = None, resume: bool = False,
-        shard_paths: int | None = None, shard_replicas: int | None = None) -> Iterator[Session]:
+        shard_paths: int | None = None, shard_replicas: int | None = None,
+        local_below: float = 0) -> Iterator[Session]:
     """Send every ``simulate``/``fit`` call made inside the block to ``executor``.
 
     Parameters
@@ -46,16 +51,45 @@ def use(executor: Any, *, points_dir: str | os.PathLike | None = None, resume: b
         (needs ``points_dir``; ``ValueError`` otherwise).
     shard_paths, shard_replicas : shard sizes (default:
         :func:`~sdeverify.distributed.plan_shards`).
+    local_below : a call of less work than this (path·step·optimizer·coordinate units,
+        :data:`~sdeverify.distributed.LOCAL_WORK` for the CLI) runs in this process, not on
+        the cluster (bitwise the same result; not saved in ``points_dir``); 0: every call
+        goes to the cluster.  On leaving the block, a
+        :class:`~sdeverify.distributed.SmallWorkWarning` says how many calls ran here, or
+        how many were sent though smaller than one minimal task
+        (:data:`~sdeverify.distributed.MIN_TASK_WORK`).
 
     Yields
     ------
     Session
-        The active session; its counters ``computed``, ``reused`` and ``tasks`` say what
-        happened to the calls made inside the block.
+        The active session; its counters ``computed``, ``reused``, ``tasks``, ``local``
+        and ``small`` say what happened to the calls made inside the block.
     """
     if resume and points_dir is None:
         raise ValueError("resume=True needs a points_dir to resume from")
+    if not local_below >= 0:
+        raise ValueError(f"local_below must be >= 0 (work units; 0: no local fallback), "
+                         f"got {local_below!r}")
     s = Session(executor, None if points_dir is None else Path(points_dir), bool(resume),
-                shard_paths, shard_replicas)
+                shard_paths, shard_replicas, float(local_below))
     with entered(s):
         yield s
+    _warn_small(s)
+
+
+def _warn_small(s: Session) -> None:
+    """The session's :class:`~sdeverify.distributed.SmallWorkWarning`, if any call was small."""
+    from .points import MIN_TASK_WORK, SmallWorkWarning
+    n = s.local + s.computed + s.reused
+    if s.local:
+        warnings.warn(
+            f"{s.local} of {n} calls had less work than {s.local_below:.3g} "
+            f"path·step·optimizer·coordinate units (about {s.local_below / 3.5e8:.1g} s on one "
+            "core), too little to pay for the cluster: they ran in this process (bitwise the "
+            "same results)", SmallWorkWarning, stacklevel=4)
+    if s.small:
+        warnings.warn(
+            f"{s.small} of {n} calls sent to the cluster had less work than one minimal task "
+            f"({MIN_TASK_WORK:.3g} units, about {MIN_TASK_WORK / 3.5e8:.1g} s on one core): "
+            "the cluster's overhead exceeds their work; run them locally or use "
+            "local_below=sdeverify.distributed.LOCAL_WORK", SmallWorkWarning, stacklevel=4)

@@ -8,6 +8,7 @@ each finished point atomically under its key) and ``resume`` (reuse the saved po
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -18,9 +19,9 @@ from ..simulate import report_divergence as report_simulation
 from ..train.result import TrainResult
 from ..train.training import report_divergence as report_training
 from .clusters import dask, n_workers
-from .points import Point, PointError, fit_point, simulate_point
+from .points import MIN_TASK_WORK, Point, PointError, SmallWorkWarning, fit_point, simulate_point
 from .session import Session
-from .shards import collect, is_dask, submit
+from .shards import collect, is_dask, run_shard, submit
 
 if TYPE_CHECKING:
     from ..problems.base import NGOS
@@ -75,17 +76,33 @@ def run_points(points: Sequence[Point], executor: Any, *, raise_errors: bool = T
     results in order, a :class:`PointError` in place of each failed one (or raises the
     first failure when ``raise_errors``).  Every shard of every point is submitted before
     any is awaited; each point is saved as soon as all its shards are in.  ``executor`` is
-    a ``distributed.Client`` or a Session (whose ``points_dir`` is used)."""
+    a ``distributed.Client`` or a Session (whose ``points_dir`` is used, and whose
+    ``local_below`` keeps the points of less work here: run after the others are
+    submitted, not saved)."""
     session, ex = _target(executor)
     out: list = [None] * len(points)
-    pending = {}
+    pending, here = {}, []
     for i, p in enumerate(points):
+        if session is not None and p.work < session.local_below:
+            here.append(i)
+            continue
         got = _load_point(session, p) if session is not None else None
         if got is not None:
             session.reused += 1
             out[i] = got
         else:
             pending[i] = submit(ex, p, session)
+            if session is not None and p.work < MIN_TASK_WORK:
+                session.small += 1
+    for i in here:                  # while the cluster works on the others
+        out[i] = _run_here(points[i])
+        session.local += 1
+    small = sum(points[i].work < MIN_TASK_WORK for i in pending)
+    if session is None and small:   # in a session, use() says it once at the end
+        warnings.warn(f"{small} of {len(points)} calls sent to the executor had less work than "
+                      f"one minimal task ({MIN_TASK_WORK:.3g} path·step·optimizer·coordinate "
+                      "units, about 0.4 s on one core): the cluster's overhead exceeds their "
+                      "work; run them without an executor", SmallWorkWarning, stacklevel=3)
 
     def finish(i: int) -> None:
         try:
@@ -122,6 +139,15 @@ def run_points(points: Sequence[Point], executor: Any, *, raise_errors: bool = T
         else:
             results.append(_report(p, r))
     return results
+
+
+def _run_here(point: Point) -> SimulationResult | TrainResult | PointError:
+    """The whole point run in this process (one shard: bitwise the local call); a failure
+    as a :class:`PointError`, as from the cluster."""
+    try:
+        return run_shard(point.kind, point.args, point.offset, point.total)
+    except Exception as exc:
+        return PointError(point.label, exc)
 
 
 def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0: ArrayLike, *, executor: Any,
