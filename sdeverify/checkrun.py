@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from .experiments.base import ExperimentResult
 from .files import ResultFileError, read_json
 from .verdict import Value, Verdict, describe, kind_of
@@ -114,20 +116,113 @@ class CheckRun:
                  for n in list(self.errors) + list(self.problems)]
         return pd.DataFrame(rows)
 
-    def to_xarray(self, name: str) -> "xarray.Dataset":
-        """The data arrays of check ``name`` as an :class:`xarray.Dataset` (dimensions named
-        ``<array>_dim<i>``; parameters and metadata as attributes).  Needs xarray."""
+    def to_xarray(self, name: str, dims: dict | None = None) -> "xarray.Dataset":
+        """The data arrays of check ``name`` as a labelled :class:`xarray.Dataset`, the
+        check's parameters and metadata as attributes.  Needs xarray.
+
+        Dimensions get real coordinates (:func:`labelled_dims`): a list among the check's
+        parameters (``etas``, ``ells``, ``optimizers``) or a 1-D increasing data array with
+        a plural name (``times``) labels every axis of its length — as the dimension
+        ``eta``, ``ell``, ``optimizer``, ``time`` — unless two such lists share that length
+        (then nothing can tell them apart).  Axes left without a meaning are named
+        ``<array>_dim<i>``.  ``dims`` (array name → dimension names, with the coordinate
+        values given as data or parameters of those names, or none) overrides the rule for
+        the arrays it names, as does a check's own ``meta["data_dims"]`` (same form) where
+        its experiment records one."""
         from .tables import attrs_of, optional
         xr = optional("xarray")
         res = self._result(name)
-        data = {k: ([f"{k}_dim{i}" for i in range(v.ndim)], v) for k, v in res.data.items()}
-        return xr.Dataset(data, attrs=attrs_of({**res.params, **res.meta}))
+        declared = res.meta.get("data_dims")
+        given = {**(declared if isinstance(declared, dict) else {}), **(dims or {})}
+        names, coords = labelled_dims(res.data, res.params, given)
+        data = {k: (names[k], v) for k, v in res.data.items() if k not in coords}
+        return xr.Dataset(data, coords={d: (d, c) for d, c in coords.items()},
+                          attrs=attrs_of({**res.params, **res.meta}))
 
     def _result(self, name: str) -> ExperimentResult:
         if name not in self.results:
             raise KeyError(f"no result of check {name!r} in {self.folder}; "
                            f"available: {sorted(self.results)}")
         return self.results[name]
+
+
+def _singular(name: str) -> str:
+    """``etas`` → ``eta``, ``times`` → ``time``, ``optimizers`` → ``optimizer``."""
+    return name[:-1] if len(name) > 3 and name.endswith("s") and not name.endswith("ss") else name
+
+
+def _coordinate_candidates(data: dict, params: dict) -> dict:
+    """Dimension name → (source name, values) of every list that can label an axis: a
+    parameter that is a list of ≥ 2 distinct numbers or strings (the data array of the same
+    name, if any, gives its values), and a 1-D strictly increasing data array whose name is
+    plural."""
+    out = {}
+    for k, v in params.items():
+        if isinstance(v, (list, tuple)) and len(v) >= 2 \
+                and all(isinstance(x, (int, float, str)) and not isinstance(x, bool) for x in v) \
+                and len(set(v)) == len(v):
+            vals = np.asarray(data.get(k, v))
+            if vals.ndim == 1 and vals.size == len(v):
+                out[_dim_name(k, data)] = (k, vals)
+    for k, v in data.items():
+        a = np.asarray(v)
+        if (k not in params and a.ndim == 1 and a.size >= 2 and a.dtype.kind in "iuf"
+                and k.isidentifier() and k.endswith("s") and np.all(np.diff(a) > 0)):
+            out.setdefault(_dim_name(k, data), (k, a))
+    return out
+
+
+def _dim_name(source: str, data: dict) -> str:
+    """The dimension a list named ``source`` labels: its singular, unless a data array
+    already has that name (then ``source`` itself)."""
+    d = _singular(source)
+    return source if d != source and d in data else d
+
+
+def labelled_dims(data: dict, params: dict, dims: dict | None = None
+                  ) -> tuple[dict, dict]:
+    """(array name → dimension names, dimension → coordinate values) for a check's data:
+    the rule of :meth:`CheckRun.to_xarray`.  Every data array keeps its name; one that
+    gives a coordinate's values (``etas``) lies along that coordinate (``eta``), or is that
+    coordinate when the two names are one (``ks``)."""
+    cands = _coordinate_candidates(data, params)
+    by_length: dict[int, list[str]] = {}
+    for d, (_, vals) in cands.items():
+        by_length.setdefault(len(vals), []).append(d)
+    unique = {n: ds[0] for n, ds in by_length.items() if len(ds) == 1}
+    coords = {d: vals for d, (_, vals) in cands.items() if len(by_length[len(vals)]) == 1}
+    sources = {cands[d][0]: d for d in coords}
+    names: dict[str, list[str]] = {}
+    for k, v in data.items():
+        a = np.asarray(v)
+        if k in sources and a.ndim == 1:
+            names[k] = [sources[k]]
+            continue
+        used, out = set(), []
+        for i, n in enumerate(a.shape):
+            d = unique.get(n)
+            if d is None or d in used:
+                d = f"{k}_dim{i}"
+            used.add(d)
+            out.append(d)
+        names[k] = out
+    for k, given in (dims or {}).items():
+        if k not in data:
+            raise ValueError(f"dims names the array {k!r}, which check data does not hold; "
+                             f"arrays: {sorted(data)}")
+        a = np.asarray(data[k])
+        if len(given) != a.ndim:
+            raise ValueError(f"dims[{k!r}] has {len(given)} names for an array of {a.ndim} "
+                             f"dimensions (shape {a.shape})")
+        names[k] = list(given)
+        for i, d in enumerate(given):
+            src = data.get(d, params.get(d))
+            if src is not None and np.ndim(src) == 1 and len(src) == a.shape[i]:
+                coords[d] = np.asarray(src)
+            elif d in coords and len(coords[d]) != a.shape[i]:
+                del coords[d]
+    used_dims = {d for ds in names.values() for d in ds}
+    return names, {d: c for d, c in coords.items() if d in used_dims}
 
 
 def _failed_row(check: str, claim: str, why: str) -> dict:

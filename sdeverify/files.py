@@ -13,6 +13,12 @@ never trusted.  The pair's ``.npz`` is named by the first 16 hex digits of its b
 SHA-256, and its JSON (itself content-hashed) records the full hash: the JSON vouches for
 the arrays, its own hash for itself.
 
+**Timings apart from data.**  Arrays whose name is ``wall`` or ends in ``_wall`` / ``.wall``
+(:data:`TIMING`: wall-clock seconds of the work, which differ from run to run) are not
+written into the ``.npz`` but into the JSON, under ``"timings"``; :func:`load_pair` returns
+them with the arrays as before.  So the ``.npz`` — and its hash, the file's name — holds the
+data alone: two identical runs write byte-identical ``.npz`` files under the same name.
+
 **Atomicity.**  Every write goes to a temporary file in the same folder, is fsync'ed and
 ``os.replace``'d: a crash leaves the old file or the new one.  :func:`save_pair` writes the
 ``.npz`` under its new content name first, then replaces the JSON (the commit point), then
@@ -35,12 +41,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["ResultFileError", "CONTENT_HASH", "LABELS", "base_path", "json_path",
+__all__ = ["ResultFileError", "CONTENT_HASH", "LABELS", "TIMING", "TIMINGS", "base_path",
+           "json_path",
            "content_hash", "hashed_json", "verify_hash", "read_json", "write_hashed_json",
            "save_pair", "load_pair", "atomic_write_text", "atomic_write_npz",
            "remove_temporaries", "jsonable", "writable_folder"]
 
 CONTENT_HASH = "content_sha256"   # the entry of a JSON document that hashes the rest of it
+TIMINGS = "timings"               # the entry of a saved result's JSON that holds its timing arrays
+#: names of arrays that are wall-clock timings, kept out of the hashed data (module docstring)
+TIMING = re.compile(r"(?:.*[._])?wall")
 LABELS = "__labels__"             # the entry of a saved .npz that repeats the JSON's labels
 _HEX16 = r"[0-9a-f]{16}"
 
@@ -153,7 +163,9 @@ def save_pair(path: str | os.PathLike, doc: dict, arrays: dict, *,
               labels: tuple = ()) -> Path:
     """Save ``doc`` as ``NAME.json`` (content-hashed) and ``arrays`` as ``NAME.<hash>.npz``,
     as one unit (module docstring); ``labels`` names entries of ``doc`` copied into the
-    ``.npz`` too, so that :func:`load_pair` can check them.  Returns the JSON path."""
+    ``.npz`` too, so that :func:`load_pair` can check them.  Arrays named as timings
+    (:data:`TIMING`) go into the JSON's ``"timings"`` instead of the ``.npz``, so the
+    ``.npz`` and its hash depend on the data alone.  Returns the JSON path."""
     jpath = json_path(path)
     folder, stem = jpath.parent, jpath.name[:-len(".json")]
     folder.mkdir(parents=True, exist_ok=True)
@@ -161,9 +173,13 @@ def save_pair(path: str | os.PathLike, doc: dict, arrays: dict, *,
     arrays = dict(arrays)
     if LABELS in arrays:
         raise ValueError(f"{LABELS!r} is reserved in saved arrays")
-    for reserved in ("npz", "npz_sha256", CONTENT_HASH):
+    for reserved in ("npz", "npz_sha256", CONTENT_HASH, TIMINGS):
         if reserved in doc:
             raise ValueError(f"{reserved!r} is reserved in a saved document")
+    timings = {k: np.asarray(arrays.pop(k), dtype=np.float64).tolist()
+               for k in sorted(arrays) if TIMING.fullmatch(k)}
+    if timings:
+        doc = dict(doc, **{TIMINGS: timings})
     arrays[LABELS] = np.array(json.dumps({k: doc[k] for k in labels}, default=jsonable))
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -214,6 +230,15 @@ def load_pair(path: str | os.PathLike, *, labels: tuple = ()) -> tuple[dict, dic
             arrays = {k: z[k] for k in z.files}
     except Exception as exc:
         raise ResultFileError(f"{where}: its .npz is unreadable ({exc})") from None
+    timings = doc.pop(TIMINGS, {})
+    if not isinstance(timings, dict) or any(not TIMING.fullmatch(str(k)) or k in arrays
+                                            for k in timings):
+        raise ResultFileError(f"{where}: its {TIMINGS!r} entry is not a set of timing arrays "
+                              "apart from the .npz's")
+    try:
+        arrays.update({k: np.asarray(v, dtype=np.float64) for k, v in timings.items()})
+    except (TypeError, ValueError):
+        raise ResultFileError(f"{where}: its {TIMINGS!r} are not arrays of numbers") from None
     missing = [k for k in labels if k not in doc]
     if missing:
         raise ResultFileError(f"{where}: fields {missing} are missing")

@@ -105,18 +105,39 @@ class SimulationResult:
             object.__setattr__(self, "_merged_cache", cache)
         return cache
 
-    def paired(self, optimizer: str | int, observable: str | int) -> tuple[np.ndarray, np.ndarray]:
-        """(mean, sem) over recorded steps of h(x_j) − h(x_0), paired path by path with the
-        first optimizer (common random numbers); paths where either diverged are excluded."""
-        j, o = self._index(optimizer, observable)
+    @property
+    def _merged_diff(self) -> np.ndarray:
         cache = self.__dict__.get("_diff_cache")
         if cache is None:
             cache = merge_blocks(self.block_diff)
             object.__setattr__(self, "_diff_cache", cache)
+        return cache
+
+    def paired(self, optimizer: str | int, observable: str | int) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, sem) over recorded steps of h(x_j) − h(x_0), paired path by path with the
+        first optimizer (common random numbers); paths where either diverged are excluded."""
+        j, o = self._index(optimizer, observable)
+        cache = self._merged_diff
         n, mean, m2 = cache[j, :, o, 0], cache[j, :, o, 1], cache[j, :, o, 2]
         with np.errstate(invalid="ignore", divide="ignore"):
             sem = np.sqrt(np.where(n > 1, m2 / np.maximum(n - 1, 1), np.nan) / n)
         return mean, sem
+
+    def paired_count(self, optimizer: str | int, observable: str | int) -> np.ndarray:
+        """Paths in :meth:`paired`'s difference per recorded step (neither optimizer
+        diverged, both values finite), ``(n_rec,)`` integers."""
+        j, o = self._index(optimizer, observable)
+        return self._merged_diff[j, :, o, 0].astype(np.int64)
+
+    def paired_frame(self, level: float = 0.95) -> "pandas.DataFrame":
+        """Paired (common-random-numbers) differences against the first optimizer as a
+        :class:`pandas.DataFrame`: per (optimizer, step, observable) the ``difference``, its
+        paired ``sem`` (that of :meth:`paired`: the per-path difference's spread, far below
+        what the two means' sems would give), ``count`` and the Student-t interval
+        ``low``/``high`` at ``level``, with the hyperparameter columns of
+        :meth:`to_dataframe`.  Needs pandas (``pip install 'sdeverify[analysis]'``)."""
+        from .tables import simulation_paired_frame
+        return simulation_paired_frame(self, level)
 
     @property
     def count(self) -> np.ndarray:
@@ -152,7 +173,10 @@ class SimulationResult:
 
     def to_dataframe(self) -> "pandas.DataFrame":
         """Tidy :class:`pandas.DataFrame`: one row per (optimizer, step, observable) with
-        ``mean``, ``sem`` and ``count`` (non-diverged paths).  Needs pandas
+        ``mean``, ``sem`` and ``count`` (non-diverged paths), then the hyperparameters of
+        the row's optimizer and of the run (scheme, lr, beta, momentum, dampening, sigma,
+        svag_ell, problem, problem_type, dim, noise_dist, problem_params, seed, paths:
+        :func:`sdeverify.tables.simulation_columns`).  Needs pandas
         (``pip install 'sdeverify[analysis]'``)."""
         from .tables import simulation_frame
         return simulation_frame(self)

@@ -100,11 +100,24 @@ class TrainResult:
         return np.where(self.valid[j], self.values[j, :, :, k], np.nan)
 
     def to_dataframe(self, per_replica: bool = False) -> pandas.DataFrame:
-        """Tidy :class:`pandas.DataFrame`: per (optimizer, step, metric) ``mean``, ``sem``,
-        ``count`` across non-diverged replicas, or with ``per_replica=True`` one ``value``
-        per (optimizer, step, replica, metric).  Needs pandas (``sdeverify[analysis]``)."""
+        """Tidy :class:`pandas.DataFrame`: per (optimizer, step, observable) ``mean``,
+        ``sem``, ``count`` across non-diverged replicas, or with ``per_replica=True`` one
+        ``value`` per (optimizer, step, replica, observable) — the metric's column is named
+        ``observable``, as in a simulation's table — then the hyperparameters of the row's
+        optimizer and of the run (scheme, lr, beta, momentum, dampening, batch_size,
+        svag_ell, data, model, seed, replicas: :func:`sdeverify.tables.train_columns`).
+        Needs pandas (``sdeverify[analysis]``)."""
         from ..tables import train_frame
         return train_frame(self, per_replica)
+
+    def paired_frame(self, baseline: int | str = 0, level: float = 0.95) -> pandas.DataFrame:
+        """Replica-by-replica differences against ``baseline`` as a
+        :class:`pandas.DataFrame`: per (optimizer, step, observable) the ``difference``, its
+        paired ``sem`` (that of :meth:`paired`), ``count`` and the Student-t interval
+        ``low``/``high`` at ``level`` (t with count − 1 degrees of freedom), with the
+        hyperparameter columns of :meth:`to_dataframe`.  Needs pandas."""
+        from ..tables import train_paired_frame
+        return train_paired_frame(self, baseline, level)
 
     def to_xarray(self) -> xarray.Dataset:
         """:class:`xarray.Dataset`: ``value`` over optimizer × step × replica × metric and
