@@ -50,7 +50,7 @@ SGDM_NAME, SGD_SAME, SGD_TUNED = "SGDM", "SGD@SGDM-lr", "SGD-tuned"
 
 def parser() -> cp.ArgumentParser:
     p = cp.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                          formatter_class=cp.argparse.RawDescriptionHelpFormatter)
+                          epilog=cp.preset_epilog(FULL, TINY))
     cp.add_common_arguments(p)
     p.add_argument("--batches", default=None, help="comma list of batch sizes (128,...,4096)")
     p.add_argument("--lr-base", type=float, default=None,
@@ -89,6 +89,10 @@ def run(argv=None) -> int:
     print(f"{model.describe()} on {data.name} ({data.n_train} training images), B in {batches}, "
           f"budgets {budgets} epochs; {protocol.describe(args.epochs)}; {args.replicas} replicas; "
           f"out {store.folder}")
+    passes = sum(cp.image_passes(data.n_train, B, E, 3 * args.replicas)
+                 + 2 * cp.tuning_passes(data.n_train, B, E, len(factors), args.tune_replicas, protocol)
+                 for B in batches for E in budgets)
+    print(cp.describe_work(passes, model) + " at most (SGD-tuned trains only when its lr differs)")
     runs, tunings = {}, {}
     for B in batches:
         grid = [args.lr_base * B / args.base_batch * f for f in factors]

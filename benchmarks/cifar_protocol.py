@@ -55,8 +55,10 @@ from sdeverify.train.lr import epoch_multiplier  # noqa: E402
 from sdeverify.train.tuning import LrTuning, tune_lr  # noqa: E402
 
 __all__ = ["Protocol", "UnitStore", "ArgumentParser", "add_common_arguments", "apply_preset",
+           "preset_epilog",
            "load_data", "build_model", "train_curves", "tune", "mean_band", "paired_gap",
-           "floats", "write_curves_csv", "final_record", "interval_record", "check_common", "data_record",
+           "floats", "write_curves_csv", "final_record", "image_passes", "tuning_passes",
+           "describe_work", "interval_record", "check_common", "data_record",
            "main_guard", "METRICS"]
 
 #: what every training unit evaluates at every epoch end
@@ -147,6 +149,14 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tiny", action="store_true",
                    help="a preset of tiny sizes for tests (explicit options still win)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def preset_epilog(full: dict, tiny: dict) -> str:
+    """The presets' values for ``--help``: ``--depth 32 (--tiny: 8), ...``."""
+    return "defaults: " + ", ".join(
+        f"--{k.replace('_', '-')} {v}" + (f" (--tiny: {tiny[k]})" if k in tiny else "")
+        for k, v in full.items()) + "; --tiny also sets " + ", ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in tiny.items() if k not in full)
 
 
 def apply_preset(args: argparse.Namespace, full: dict, tiny: dict) -> argparse.Namespace:
@@ -360,6 +370,32 @@ def tune(model: ResNet, data: Dataset, optimizer: Callable[[float], Any], grid: 
                    schedule=protocol.schedule, replicas=replicas, seed=seed,
                    validation_fraction=protocol.validation_fraction, augment=protocol.augment,
                    backend=backend, dtype=dtype, progress=None if quiet else True)
+
+
+# ---- cost ---------------------------------------------------------------------------------------
+def image_passes(n_train: int, batch_size: int, epochs: int, models: int, svag: int = 1) -> int:
+    """Training images through forward + backward, summed over the ``models`` of one launch:
+    ``epochs · (n_train // B)`` steps, each on one minibatch of B images per model (two under
+    SVAG ℓ > 1, Def 6.1), ℓ× as many steps.  Evaluations (a forward pass over the test set and
+    2048 training images per epoch) are left out: ~1% of the work at B = 512 on CIFAR-10."""
+    steps = epochs * (n_train // batch_size) * svag
+    return steps * (1 if svag == 1 else 2) * batch_size * models
+
+
+def tuning_passes(n_train: int, batch_size: int, epochs: int, lrs: int, replicas: int,
+                  protocol: "Protocol") -> int:
+    """:func:`image_passes` of an lr tuning of ``lrs`` lrs (grid extensions not counted) on
+    the validation split's training part."""
+    n_fit = n_train - max(1, int(round(protocol.validation_fraction * n_train)))
+    return image_passes(n_fit, batch_size, epochs, lrs * replicas)
+
+
+def describe_work(passes: int, model: ResNet) -> str:
+    """``passes`` image passes as a line: the count, PFLOP (``flops_per_sample``) and the
+    README's way to turn it into time."""
+    return (f"work: {passes:.3g} image passes (forward + backward) of "
+            f"{model.describe().split('(')[0]}, {passes * model.flops_per_sample() / 1e15:.3g} PFLOP "
+            "(README, 'Reproducing the paper's CIFAR-10 figure': the expected time)")
 
 
 # ---- statistics and output -------------------------------------------------------------------

@@ -48,7 +48,7 @@ TINY = dict(depth=8, width=0.25, batch=32, epochs=2, warmup_epochs=1.0, ells="1,
 
 def parser() -> cp.ArgumentParser:
     p = cp.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                          formatter_class=cp.argparse.RawDescriptionHelpFormatter)
+                          epilog=cp.preset_epilog(FULL, TINY))
     cp.add_common_arguments(p)
     p.add_argument("--batch", type=int, default=None, help="minibatch size B (512)")
     p.add_argument("--ells", default=None, help="comma list of SVAG l (1,2,4,8)")
@@ -85,6 +85,12 @@ def run(argv=None) -> int:
     store = cp.UnitStore(args.out, config)
     print(f"{model.describe()} on {data.name} ({data.n_train} training images), B={args.batch}, "
           f"{protocol.describe(args.epochs)}; {args.replicas} replicas; out {store.folder}")
+    passes = sum(cp.image_passes(data.n_train, args.batch, args.epochs, 2 * args.replicas, ell)
+                 for ell in ells)
+    if grid is not None:
+        passes += cp.tuning_passes(data.n_train, args.batch, args.epochs, len(grid),
+                                   args.tune_replicas, protocol)
+    print(cp.describe_work(passes, model))
     common = dict(batch_size=args.batch, epochs=args.epochs, seed=args.seed,
                   backend=args.backend, dtype=args.dtype, quiet=args.quiet)
     tuning = None
