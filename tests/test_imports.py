@@ -20,10 +20,11 @@ module must be placed in the order)::
 
     foundation     config, validation, rng, stats, verdict, threads, compile_lock, vmath,
                    progress, engine.cache (function fingerprints, Numba's disk cache),
-                   dispatch (where simulate/fit calls go), files, version, cuda_arch
+                   dispatch (where simulate/fit calls go), files, version, cuda_arch,
+                   reprs (replayable reprs)
     maths          optim, schedules, observables, problems, slow_sde, theory
     kernels        engine (backends and their registry), train (models, data, backends)
-    results        result, train.result, tables
+    results        result, train.result, tables, hyperparameters (columns from stored reprs)
     orchestration  simulate, sde, train.training, train.spec (a fit call, validated, which
                    may continue a saved result), train.tuning (lr tuning: fit calls),
                    the train package's facade
@@ -59,11 +60,12 @@ LAYERS = {
     "sdeverify.progress": "foundation", "sdeverify.engine.cache": "foundation",
     "sdeverify.dispatch": "foundation", "sdeverify.files": "foundation",
     "sdeverify.version": "foundation", "sdeverify.cuda_arch": "foundation",
+    "sdeverify.reprs": "foundation",
     "sdeverify.optim": "maths", "sdeverify.schedules": "maths", "sdeverify.observables": "maths",
     "sdeverify.problems": "maths", "sdeverify.slow_sde": "maths", "sdeverify.theory": "maths",
     "sdeverify.engine": "kernels", "sdeverify.train": "kernels",
     "sdeverify.result": "results", "sdeverify.train.result": "results",
-    "sdeverify.tables": "results",
+    "sdeverify.tables": "results", "sdeverify.hyperparameters": "results",
     "sdeverify.simulate": "orchestration", "sdeverify.sde": "orchestration",
     "sdeverify.train.training": "orchestration", "sdeverify.train.__init__": "orchestration",
     "sdeverify.train.spec": "orchestration", "sdeverify.train.tuning": "orchestration",
