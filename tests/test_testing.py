@@ -263,6 +263,8 @@ def test_pytest_plugin_pins_seeds_and_the_kernel_cache(tmp_path):
     (tmp_path / "test_it.py").write_text(
         "import os, numpy as np\n"
         "def test_a(sdeverify_seed):\n"
+        "    import numba.core.config as c\n"
+        "    assert c.CACHE_DIR == os.environ['NUMBA_CACHE_DIR']   # where kernels compile to\n"
         "    print('SEED', sdeverify_seed, np.random.random(), os.environ['NUMBA_CACHE_DIR'])\n"
         "def test_b(sdeverify_seed):\n"
         "    print('SEED', sdeverify_seed, np.random.random())\n"
