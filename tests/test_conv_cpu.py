@@ -1,0 +1,113 @@
+"""The Numba CPU conv layers (sdeverify.train.conv_cpu) one by one against the NumPy reference
+(sdeverify.train.conv_reference), on shapes that reach every code path: stride-1 convs that
+keep, shrink or grow the image (input gradient by the flipped kernel at pad 1, 2 or -1),
+strided 3×3 and 1×1 convs (col2im), odd image sizes (clipped patches at every border),
+channel counts that are not multiples of a vector; BatchNorm in both modes; and the reused
+output arrays (:class:`conv_cpu.Workspace`)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sdeverify.train import conv_cpu as cc
+from sdeverify.train import conv_reference as cr
+
+RS = np.random.default_rng(4417)
+
+
+def _nhwc(a):
+    return np.ascontiguousarray(a.transpose(0, 1, 3, 4, 2))
+
+
+def _close(got, want, rtol=1e-13):
+    assert got.shape == want.shape
+    assert np.max(np.abs(got - want)) <= rtol * np.max(np.abs(want))
+
+
+@pytest.mark.parametrize("k,stride,pad,H,W,C,O", [
+    (3, 1, 1, 7, 5, 3, 4),        # stride 1: dx = conv(dy, flipped kernel)
+    (3, 1, 1, 8, 8, 16, 16),      # stride 1, whole vectors of channels
+    (3, 1, 0, 6, 7, 3, 2),        # stride 1, shrinking: the flipped kernel at pad 2
+    (1, 1, 1, 4, 5, 3, 2),        # stride 1, growing: the flipped kernel at pad -1 (a crop)
+    (3, 2, 1, 7, 6, 5, 6),        # strided: col2im
+    (1, 2, 0, 6, 7, 4, 8),        # the 1x1 projection shortcut: col2im
+])
+def test_conv_forward_and_backward_match_the_reference(k, stride, pad, H, W, C, O):
+    """float64, 2 models × 3 images: output, input gradient and weight gradient."""
+    X = RS.normal(size=(2, 3, C, H, W))
+    Wt = RS.normal(size=(2, O, C, k, k))
+    want = cr.conv2d(X, Wt, stride, pad)
+    got = cc.conv2d(_nhwc(X), Wt, stride, pad)
+    _close(got, _nhwc(want))
+    D = RS.normal(size=want.shape)
+    dX, dW = cr.conv2d_backward(D, X, Wt, stride, pad)
+    gdX, gdW = cc.conv2d_backward(_nhwc(D), _nhwc(X), Wt, stride, pad)
+    _close(gdX, _nhwc(dX))
+    _close(gdW, dW)
+    none, gdW2 = cc.conv2d_backward(_nhwc(D), _nhwc(X), Wt, stride, pad, need_dx=False)
+    assert none is None
+    np.testing.assert_array_equal(gdW2, gdW)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_batchnorm_matches_the_reference(mode):
+    """Output, batch statistics and the backward pass (x̂ recomputed from the cached input)."""
+    x = RS.normal(size=(2, 3, 5, 4, 3)) * 3 + 1
+    g, b = RS.normal(size=(2, 5)), RS.normal(size=(2, 5))
+    rm, rv = RS.normal(size=(2, 5)), RS.uniform(0.5, 2, size=(2, 5))
+    D = RS.normal(size=x.shape)
+    if mode == "train":
+        y, cache, mean, var = cr.batchnorm_train(x, g, b)
+        gy, gcache, gmean, gvar = cc.batchnorm_train(_nhwc(x), g, b)
+        _close(gmean, mean)
+        _close(gvar, var)
+    else:
+        y, cache = cr.batchnorm_eval(x, g, b, rm, rv)
+        gy, gcache = cc.batchnorm_eval(_nhwc(x), g, b, rm, rv)
+    _close(gy, _nhwc(y))
+    for got, want in zip(cc.batchnorm_backward(_nhwc(D), gcache), cr.batchnorm_backward(D, cache)):
+        _close(got, _nhwc(want) if want.ndim == 5 else want, rtol=1e-12)
+
+
+def test_workspace_hands_out_only_arrays_nothing_else_references():
+    ws = cc.Workspace()
+    a = ws.empty((4, 3), np.float32)
+    b = ws.empty((4, 3), np.float32)
+    assert a is not b                                  # a is still held here
+    view = a.reshape(3, 4)
+    del a
+    c = ws.empty((4, 3), np.float32)
+    assert c is not view.base and c is not b           # a view keeps its array busy
+    keep = (b,)
+    del b, c
+    d = ws.empty((4, 3), np.float32)
+    assert d is not keep[0] and d is not view.base     # so does a tuple (a tape entry)
+    del view
+    e = ws.empty((4, 3), np.float32)
+    assert e.base is None and e.dtype == np.float32 and e.shape == (4, 3)
+    assert ws.empty((4, 3), np.float64).dtype == np.float64     # dtype is part of the key
+    with cc.using(ws):
+        assert cc._empty((4, 3), np.float32) is not keep[0]
+    assert cc._empty((4, 3), np.float32) is not keep[0]
+
+
+def test_training_with_the_workspace_equals_fresh_arrays():
+    """Bitwise: a trainer whose steps reuse arrays (several train calls) against the same
+    steps with fresh arrays everywhere."""
+    from sdeverify.train.convnet import resnet
+    from sdeverify.train.images import conv_teacher
+    m = resnet(8, width=0.25, image_size=8, classes=3, weight_decay=0.01)
+    d = conv_teacher(n=40, size=8, classes=3, seed=3)
+    idx = [np.random.default_rng(1).integers(0, d.n_train, (4, 2, 6))]
+    co = [np.full((1, 4), v) for v in (0.9, 0.1, 0.1)]
+    out = []
+    for fresh in (False, True):
+        tr = cc.ConvTrainer(m, d.X_train, d.y_train, 1, 2, "float32")
+        tr.set_state(m.init(2, 2), np.zeros((2, m.n_params)))
+        if fresh:
+            tr.workspace = None                         # using(None): np.empty everywhere
+        losses = [tr.train([i[s:s + 1] for i in idx], *[c[:, s:s + 1] for c in co], np.array([1.0]))
+                  for s in range(4)]
+        out.append([np.concatenate(losses), *tr.get_state()])
+    for x, y in zip(*out):
+        np.testing.assert_array_equal(x, y)
