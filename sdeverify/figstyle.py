@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 __all__ = ["ONE_COLUMN", "TWO_COLUMN", "DPI", "FORMATS", "RC", "check_format", "figsize",
-           "styled", "fit_line"]
+           "styled", "legend_below", "fit_line"]
 
 #: width (inches) of one column of a two-column paper
 ONE_COLUMN: float = 3.3
@@ -88,6 +88,16 @@ def styled(plot: Callable[..., Path]) -> Callable[..., Path]:
         with matplotlib.rc_context(RC):
             return plot(*args, **kwargs)
     return wrapper
+
+
+def legend_below(ax: Any, ncol: int = 1, drop: float = 0.42, **kwargs: Any) -> Any:
+    """The legend of ``ax`` under the panel, ``drop`` inches below its lower edge (under the
+    tick labels and the x label), ``ncol`` columns: long labels at a readable size without
+    covering the data or squeezing the panel (the figure's constrained layout makes room)."""
+    from matplotlib.transforms import ScaledTranslation
+    where = ax.transAxes + ScaledTranslation(0, -drop, ax.figure.dpi_scale_trans)
+    return ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), bbox_transform=where,
+                     ncol=ncol, **kwargs)
 
 
 def fit_line(ax: Any, x_fit: np.ndarray, *, order: float | None = None, log_c: float | None = None,

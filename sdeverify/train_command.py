@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .figstyle import FORMATS, styled
+
 MODELS = ("resnet8", "resnet20", "resnet32", "resnet44", "resnet56", "mlp")
 
 
@@ -54,7 +56,7 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="precision")
     t.add_argument("--seed", type=int, default=0, help="random seed")
     t.add_argument("--out", default="sdeverify-train", help="output folder")
-    t.add_argument("--format", choices=("png", "pdf", "svg"), default="png", help="figure format")
+    t.add_argument("--format", choices=FORMATS, default="png", help="figure format")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
@@ -152,12 +154,13 @@ def cmd_train(args) -> int:
     return 0
 
 
+@styled
 def plot_curves(results: dict, steps_per_epoch: int, path: Path) -> Path:
     """Train loss and test accuracy against epochs, one line per optimizer and run, with the
     95% Student-t band over replicas (:func:`sdeverify.stats.t_interval`)."""
     from .experiments.base import save_figure, subplots
     from .stats import t_interval
-    fig, axes = subplots(2, (9, 3.4))
+    fig, axes = subplots(2)
     for label, res in results.items():
         epochs = res.eval_steps / steps_per_epoch
         for ax, metric in zip(axes, ("train_loss", "test_acc")):
@@ -175,5 +178,5 @@ def plot_curves(results: dict, steps_per_epoch: int, path: Path) -> Path:
                 ax.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
             ax.set_xlabel("epoch")
             ax.set_ylabel({"train_loss": "train loss", "test_acc": "test accuracy"}[metric])
-    axes[0].legend(fontsize=7)
+    axes[0].legend()
     return save_figure(fig, path)

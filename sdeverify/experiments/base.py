@@ -165,6 +165,7 @@ def subplots(ncols: int, figsize: tuple[float, float] | None = None, nrows: int 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from ..figstyle import figsize as paper_size
+    kwargs.setdefault("layout", "constrained")     # room for titles, labels and legends
     return plt.subplots(nrows, ncols, figsize=figsize or paper_size(ncols, nrows), **kwargs)
 
 
@@ -176,7 +177,8 @@ def save_figure(fig: Any, path: str | Path, dpi: int | None = None) -> Path:
     from ..figstyle import DPI, check_format
     path = Path(path)
     check_format(path.suffix.lstrip("."), "figure path's suffix")
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi or DPI)
     plt.close(fig)

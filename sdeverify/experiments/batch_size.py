@@ -41,6 +41,7 @@ from ..problems import LinearRegression
 from ..rng import substream
 from ..simulate import simulate
 from ..stats import Interval, fit_order, mean_interval, z_value
+from ..figstyle import fit_line, legend_below, styled
 from .base import (ExperimentResult, Progress, Verdict, experiment, save_figure, simulate_many,
                    subplots, tick)
 from .budget import ALPHA
@@ -179,29 +180,30 @@ def _verdicts(Bs, etas, gap, gap_sem, loss, fit_mask) -> list[Verdict]:
     return out
 
 
+@styled
 def plot(result: ExperimentResult, path):
     d = result.data
     Bs, z = d["batches"], z_value(0.95)
-    fig, ax = subplots(2, (11, 4.2))
-    for j, name in enumerate(("SGD", f"SGDM b={result.params['beta']}")):
+    fig, ax = subplots(2)
+    for j, name in enumerate(("SGD", rf"SGDM $\beta={result.params['beta']}$")):
         ax[0].errorbar(Bs, d["loss"][:, j] - d["loss_min"], yerr=z * d["loss_sem"][:, j],
-                       fmt="s--" if j == 0 else "o-", capsize=2, label=name)
-    ax[0].set(xscale="log", yscale="log", xlabel="batch size B (lr eta_B = eta_1 B)",
-              ylabel="E L(x_K) - min L (95% CI)",
-              title=f"linear lr scaling, T = {result.params['horizon']:g}, start at x*")
-    ax[0].legend(fontsize=8)
+                       fmt="s--" if j == 0 else "o-", label=name)
+    ax[0].set(xscale="log", yscale="log", xlabel=r"batch size $B$ (lr $\eta_B = \eta_1 B$)",
+              ylabel=r"$\mathbb{E}L(x_K) - \min L$ (95% CI)",
+              title=f"linear lr scaling, $T = {result.params['horizon']:g}$, start at $x^*$")
+    legend_below(ax[0])
     g, s = d["gap"], d["gap_sem"]
     pos = g > 0
-    ax[1].errorbar(d["etas"][pos], g[pos], yerr=z * s[pos], fmt="o", capsize=2,
-                   label="E L(SGD) - E L(SGDM) (paired)")
+    ax[1].errorbar(d["etas"][pos], g[pos], yerr=z * s[pos], fmt="o",
+                   label=r"$\mathbb{E}L(\mathrm{SGD}) - \mathbb{E}L(\mathrm{SGDM})$ (paired)")
     m = (Bs >= result.params["fit_min_b"]) & (Bs < Bs[-1]) & pos
     if m.sum() >= 3:
         fit = fit_order(d["etas"][m], g[m], s[m])
-        ax[1].plot(d["etas"][m], fit.predict(d["etas"][m]), "-", lw=0.8,
-                   label=f"fit: order {fit.order.estimate:.2f} in eta_B")
+        fit_line(ax[1], d["etas"][m], predict=fit.predict, lw=0.8,
+                 label=rf"fit: order {fit.order.estimate:.2f} in $\eta_B$")
     for B, e, gg in zip(Bs[pos], d["etas"][pos], g[pos]):
-        ax[1].annotate(f"B={B}", (e, gg), textcoords="offset points", xytext=(4, -10), fontsize=7)
-    ax[1].set(xscale="log", yscale="log", xlabel="eta_B", ylabel="loss gap (95% CI)",
-              title="SGDM ahead at large batch, gap -> 0 at small batch")
-    ax[1].legend(fontsize=8)
+        ax[1].annotate(f"$B={B}$", (e, gg), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax[1].set(xscale="log", yscale="log", xlabel=r"$\eta_B$", ylabel="loss gap (95% CI)",
+              title=r"SGDM ahead at large batch, gap $\to 0$ at small batch")
+    legend_below(ax[1])
     return save_figure(fig, path)

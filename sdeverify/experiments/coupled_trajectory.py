@@ -39,6 +39,7 @@ from ..problems import CosineWell
 from ..rng import substream
 from ..schedules import averaged_lr
 from ..simulate import simulate
+from ..figstyle import legend_below, styled
 from .base import ExperimentResult, Progress, Value, Verdict, experiment, save_figure, subplots, tick
 from .instruments import engine_draws
 
@@ -130,15 +131,16 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     return dict(cfg, sigma=sigma), data, verdicts
 
 
+@styled
 def plot(result: ExperimentResult, path):
     d = result.data
-    fig, ax = subplots(2, (11, 4.0))
+    fig, ax = subplots(2)
     k = np.arange(d["lr"].shape[0])
-    ax[0].plot(k, d["lr"], lw=0.8, label="eta_k (random)")
-    ax[0].plot(k, d["eta_bar"], lw=1.2, label="averaged lr etabar_k (Eq. 8, truncated)")
-    ax[0].set(xlabel="step k", ylabel="learning rate", title="schedule and its averaged lr")
-    ax[0].legend(fontsize=7)
+    ax[0].plot(k, d["lr"], lw=0.8, label=r"$\eta_k$ (random)")
+    ax[0].plot(k, d["eta_bar"], lw=1.2, label=r"averaged lr $\bar\eta_k$ (Eq. 8, truncated)")
+    ax[0].set(xlabel="step $k$", ylabel="learning rate", title="schedule and its averaged lr")
+    legend_below(ax[0])
     ax[1].plot(k, d["in_flight_mean"], lw=1.0)
-    ax[1].set(xlabel="step k", ylabel="mean |x_k - y_k| = |beta_k A_k m_k|",
+    ax[1].set(xlabel="step $k$", ylabel=r"mean $|x_k - y_k| = |\beta_k A_k m_k|$",
               title=f"in-flight displacement; identity residual {float(d['identity_residual']):.1e}")
     return save_figure(fig, path)

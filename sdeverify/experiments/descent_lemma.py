@@ -28,6 +28,7 @@ from ..problems import CosineWell
 from ..rng import substream
 from ..simulate import simulate
 from ..stats import Interval, fit_order, sample_interval, z_value
+from ..figstyle import legend_below, styled
 from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, subplots, tick
 from .budget import ALPHA
 
@@ -135,26 +136,30 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     return dict(cfg, sigma=sigma, etas=etas.tolist()), data, verdicts
 
 
+@styled
 def plot(result: ExperimentResult, path):
     d = result.data
     etas = d["etas"]
-    fig, ax = subplots(2, (11, 4.2))
+    fig, ax = subplots(2)
     for pi in range(d["points"].shape[0]):
         R = d["remainder"][pi]
         ax[0].errorbar(etas, np.abs(R[:, 0]), yerr=[R[:, 0] - R[:, 1], R[:, 2] - R[:, 0]], fmt="o",
-                       capsize=2, color=f"C{pi}", label=f"|R|, x0 = {np.round(d['points'][pi], 2).tolist()}")
+                       color=f"C{pi}", label=f"$|R|$, $x_0 = {np.round(d['points'][pi], 2).tolist()}$")
         ax[0].plot(etas, np.abs(d["leading_remainder"][pi]), "--", color=f"C{pi}",
                    label="Taylor prediction (3rd + 4th order)")
         tsum = d["terms"][pi].sum(axis=1)
         ch = d["change"][pi]
         ax[1].errorbar(etas, -ch[:, 0], yerr=[ch[:, 2] - ch[:, 0], ch[:, 0] - ch[:, 1]], fmt="o",
-                       color=f"C{pi}", capsize=2, label=f"measured -(E L(x1) - L(x0)), point {pi}")
-        ax[1].plot(etas, -tsum, "-", color=f"C{pi}", lw=0.8, label="-(three terms of Lemma 3.4)")
-    ax[0].plot(etas, etas ** 2 * np.abs(d["remainder"][0, 0, 0]) / etas[0] ** 2, "k:", label="eta^2 (reference)")
-    ax[0].set(xscale="log", yscale="log", xlabel="eta", ylabel="|remainder R(eta)|",
+                       color=f"C{pi}", label=rf"measured $-(\mathbb{{E}}L(x_1) - L(x_0))$, point {pi}")
+        ax[1].plot(etas, -tsum, "-", color=f"C{pi}", lw=0.8, label="$-$(three terms of Lemma 3.4)")
+    ax[0].plot(etas, etas ** 2 * np.abs(d["remainder"][0, 0, 0]) / etas[0] ** 2, "k:",
+               label=r"$\propto\eta^2$ (reference)")
+    ax[0].set(xscale="log", yscale="log", xlabel=r"$\eta$", ylabel=r"$|R(\eta)|$",
               title="Lemma 3.4 remainder (95% CI)")
-    ax[1].set(xscale="log", yscale="log", xlabel="eta", ylabel="expected one-step decrease",
+    ax[1].set(xscale="log", yscale="log", xlabel=r"$\eta$", ylabel="expected one-step decrease",
               title="one-step expected decrease vs formula")
+    from matplotlib.ticker import NullFormatter
     for a in ax:
-        a.legend(fontsize=7)
+        a.xaxis.set_minor_formatter(NullFormatter())      # less than a decade: no crowded labels
+        legend_below(a)
     return save_figure(fig, path)

@@ -35,6 +35,7 @@ from ..problems import CosineWell
 from ..rng import substream
 from ..simulate import simulate
 from ..stats import Interval, z_value
+from ..figstyle import figsize, legend_below, styled
 from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, subplots, tick
 from .budget import ALPHA
 
@@ -127,27 +128,27 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     return dict(cfg, alphas=list(alphas), etas=etas.tolist()), data, verdicts
 
 
+@styled
 def plot(result: ExperimentResult, path):
     d = result.data
     etas = d["etas"]
-    fig, ax = subplots(2, (11, 4.2))
+    fig, ax = subplots(2, figsize(2, aspect=0.95))
     for ai, alpha in enumerate(d["alphas"]):
         for i in range(2):
             ax[0].loglog(etas, np.abs(d["displacement"][ai, :, i]), "o-", color=f"C{2 * ai + i}",
-                         label=f"|E x_K - x0|_{i}, alpha = {alpha:g}")
+                         label=rf"$|\mathbb{{E}}x_K - x_0|_{i}$, $\alpha = {alpha:g}$")
             for qi, mk in ((0, "o"), (1, "s")):
                 r = d["ratios"][ai, :, qi, i]
-                ax[1].errorbar(etas, r[:, 0], yerr=1.96 * r[:, 1], fmt=mk, capsize=2,
-                               color=f"C{2 * ai + i}",
-                               label=f"{'mean' if qi == 0 else 'var'} ratio, coord {i}, alpha = {alpha:g}")
+                ax[1].errorbar(etas, r[:, 0], yerr=1.96 * r[:, 1], fmt=mk, color=f"C{2 * ai + i}",
+                               label=rf"{'mean' if qi == 0 else 'var'}, coord {i}, $\alpha = {alpha:g}$")
         ref = etas ** (alpha - 1)
         ax[0].loglog(etas, ref * np.abs(d["displacement"][ai, -1]).max() / ref[-1], "k:",
-                     label=f"eta^{alpha - 1:g}")
-    ax[0].set(xlabel="eta", ylabel="|mean displacement| after T/eta steps",
-              title="App B.2: frozen SGDM (alpha > 1)")
+                     label=rf"$\propto\eta^{{{alpha - 1:g}}}$")
+    ax[0].set(xlabel=r"$\eta$", ylabel=r"$|$mean displacement$|$ after $T/\eta$ steps",
+              title=r"App B.2: frozen SGDM ($\alpha > 1$)")
     ax[1].axhline(1.0, color="k", lw=0.8)
-    ax[1].set(xscale="log", xlabel="eta", ylabel="measured / frozen-buffer closed form",
-              title="ratios -> 1 (95% CI)")
+    ax[1].set(xscale="log", xlabel=r"$\eta$", ylabel="measured / frozen-buffer closed form",
+              title=r"ratios $\to 1$ (95% CI)")
     for a in ax:
-        a.legend(fontsize=6)
+        legend_below(a, ncol=2 if a is ax[1] else 1)
     return save_figure(fig, path)

@@ -51,6 +51,7 @@ from ..optim import SGD, SGDM, HeavyBall, heavy_ball_to_sgdm
 from ..problems import SVAG, CosineWell
 from ..simulate import simulate
 
+from ..figstyle import figsize, legend_below, styled
 from .base import (ExperimentResult, Progress, Value, Verdict, experiment, save_figure,
                    simulate_many, subplots, tick)
 
@@ -303,13 +304,15 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     return cfg, data, verdicts
 
 
+@styled
 def plot(result: ExperimentResult, path):
     d = result.data
-    fig, ax = subplots(1, (7, 3.6))
+    fig, ax = subplots(1, figsize(1, width="two", aspect=0.4))
     names = list(d["cases"]) + ["naive mapping (control)"]
     vals = list(d["max_rel_dev"]) + [float(d["naive_dev"])]
     ax.barh(names, np.maximum(vals, 1e-18), color=["C0"] * len(d["cases"]) + ["C3"])
     ax.axvline(TOL, color="k", ls="--", label=f"tolerance {TOL:g}")
-    ax.set(xscale="log", xlabel="max |x_HB - x_SGDM| / (1 + |x|)", title="heavy-ball vs converted SGDM")
-    ax.legend(fontsize=8)
+    ax.set(xscale="log", xlabel=r"$\max\,|x_{\mathrm{HB}} - x_{\mathrm{SGDM}}| / (1 + |x|)$",
+           title="heavy-ball vs converted SGDM")
+    legend_below(ax)
     return save_figure(fig, path)

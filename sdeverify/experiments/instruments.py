@@ -75,6 +75,7 @@ from ..optim import SGD, SGDM
 from ..problems import ConstantGradient, Quadratic
 from ..simulate import simulate
 from ..stats import Interval, fit_order, max_abs_interval, mean_interval, richardson_order, z_value
+from ..figstyle import legend_below, styled
 from .base import ExperimentResult, Progress, Value, Verdict, experiment, tick
 from .budget import ALPHA
 
@@ -467,22 +468,25 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     return dict(cfg, sigma=SIGMA, family_alpha=FAMILY_ALPHA), data, verdicts
 
 
+@styled
 def plot(result: ExperimentResult, path):
     from .base import save_figure, subplots
     d = result.data
-    fig, ax = subplots(2, (11, 4))
+    fig, ax = subplots(2)
     edges = np.linspace(-5, 5, 101)
     mid = 0.5 * (edges[1:] + edges[:-1])
     n = float(d["gen_n"])
     expected = n * np.diff(st.norm.cdf(edges))
     ax[0].semilogy(mid, np.maximum(d["gen_hist"], 0.5), ".", label="engine draws")
-    ax[0].semilogy(mid, expected, "-", lw=1, label="N(0, 1)")
-    ax[0].set(xlabel="z", ylabel="count", title=f"generator, n = {int(n)} (KS D = {float(d['gen_ks']):.2g})")
-    ax[0].legend(fontsize=8)
+    ax[0].semilogy(mid, expected, "-", lw=1, label=r"$\mathcal{N}(0, 1)$")
+    ax[0].set(xlabel="$z$", ylabel="count",
+              title=f"generator, $n = {int(n)}$ (KS $D = {float(d['gen_ks']):.2g}$)")
+    legend_below(ax[0])
     names = ["x0", "loss", "diff", "fit_order", "max_abs"]
     cov = [float(np.mean(d[f"coverage_{k}"])) for k in names]
     ax[1].bar(names, cov)
     ax[1].axhline(NOMINAL, color="k", ls="--", label="nominal 0.95")
     ax[1].set(ylim=(0.8, 1.0), ylabel="coverage", title="coverage of the 95% intervals")
-    ax[1].legend(fontsize=8)
+    ax[1].tick_params(axis="x", rotation=30)
+    legend_below(ax[1])
     return save_figure(fig, path)

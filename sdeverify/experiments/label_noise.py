@@ -32,6 +32,7 @@ from ..problems.diagonal_net import DiagonalNet
 from ..simulate import simulate
 from ..slow_sde import solve_slow_ode
 from ..stats import Interval, fit_order, mean_interval
+from ..figstyle import figsize, fit_line, legend_below, styled
 from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, subplots, tick
 
 NAME = "label_noise"
@@ -146,39 +147,44 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     return params, data, verdicts
 
 
+@styled
 def plot(result: ExperimentResult, path):
-    """Sharpness vs slow time (all η, three optimizers, slow flow); error vs η with fits;
-    off-support mass vs slow time; β along the path at the smallest η."""
+    """Sharpness vs slow time (all η, three optimizers, slow flow); error vs η with fits
+    (drawn over the fitted η range); off-support mass vs slow time; β along the path at the
+    smallest η."""
     d, prm = result.data, result.params
     etas, times = d["etas"], d["times"]
     cols = ("C0", "C1", "C2")
-    fig, ax = subplots(4, (21, 4.8))
+    names = ("SGD", r"SGDM $\beta=0.9$", r"SGDM $\alpha=0.5$")        # OPT_LABELS, typeset
+    fig, ax = subplots(2, figsize(2, 2, aspect=0.85), nrows=2)
+    ax = ax.ravel()
     # (a) sharpness vs t at the largest and smallest eta
     a = ax[0]
     a.plot(times, d["S_ode"], "k-", lw=2, label="slow SDE (deterministic flow)")
     for j in range(3):
         for i, ls in [(0, ":"), (len(etas) - 1, "-")]:
             m, s = d["S_mean"][j, i], d["S_sem"][j, i]
-            a.plot(times, m, ls, color=cols[j], lw=1, label=f"{OPT_LABELS[j]}, eta={etas[i]:g}")
+            a.plot(times, m, ls, color=cols[j], lw=1, label=rf"{names[j]}, $\eta={etas[i]:g}$")
             a.fill_between(times, m - 1.96 * s, m + 1.96 * s, color=cols[j], alpha=0.25)
-    a.set(yscale="log", xlabel="slow time t = k eta^2", ylabel="sharpness tr Hess L(Phi(x_t))",
+    a.set(yscale="log", xlabel=r"slow time $t = k\eta^2$",
+          ylabel=r"sharpness $\mathrm{tr}\,\nabla^2 L(\Phi(x_t))$",
           title="label noise lowers the sharpness (95% bands)")
-    a.legend(fontsize=7)
+    legend_below(a, ncol=2)
     # (b) error vs eta
     a = ax[1]
     for j in range(3):
         f = d["fits"][j]
-        a.errorbar(etas, d["err_max"][j], yerr=1.96 * d["err_sem"][j], fmt="o", color=cols[j], capsize=2,
-                   label=f"{OPT_LABELS[j]}: order {f[0]:.2f} [{f[1]:.2f}, {f[2]:.2f}]")
-        ee = np.geomspace(etas.min(), etas.max(), 20)
-        a.plot(ee, np.exp(f[3]) * ee ** f[0], "-", color=cols[j], lw=0.8)
-    a.set(xscale="log", yscale="log", xlabel="eta", ylabel="max_t |E S(t) - S_slow(t)|",
-          title="distance to the slow flow shrinks as eta -> 0")
+        a.errorbar(etas, d["err_max"][j], yerr=1.96 * d["err_sem"][j], fmt="o", color=cols[j],
+                   label=rf"{names[j]}: order {f[0]:.2f} [{f[1]:.2f}, {f[2]:.2f}]")
+        fit_line(a, etas, order=f[0], log_c=f[3], color=cols[j], lw=0.8)
+    a.set(xscale="log", yscale="log", xlabel=r"$\eta$",
+          ylabel=r"$\max_t |\mathbb{E}S(t) - S_{\mathrm{slow}}(t)|$",
+          title=r"distance to the slow flow shrinks as $\eta \to 0$")
     from matplotlib.ticker import FixedLocator, NullLocator
     a.xaxis.set_major_locator(FixedLocator(etas))
     a.xaxis.set_minor_locator(NullLocator())
-    a.set_xticklabels([f"{e:g}" for e in etas], rotation=45, fontsize=7)
-    a.legend(fontsize=7)
+    a.set_xticklabels([f"{e:g}" for e in etas], rotation=45)
+    legend_below(a, drop=0.62)                       # under the rotated tick labels
     # (c) off-support mass
     a = ax[2]
     a.plot(times, d["off_ode"], "k-", lw=2, label="slow flow")
@@ -186,10 +192,10 @@ def plot(result: ExperimentResult, path):
     for j in range(3):
         m, s = d["off_mean"][j, i], d["off_sem"][j, i]
         a.errorbar(times + 0.004 * (j - 1) * times[-1], m, yerr=1.96 * s, fmt="o", ms=3, color=cols[j],
-                   capsize=2, label=f"{OPT_LABELS[j]}, eta={etas[i]:g}")
-    a.set(xlabel="slow time t", ylabel="sum over i off supp(beta*) of |beta_i|",
+                   label=rf"{names[j]}, $\eta={etas[i]:g}$")
+    a.set(xlabel="slow time $t$", ylabel=r"$\sum_{i \notin \mathrm{supp}(\beta^*)} |\beta_i|$",
           title="drift towards sparse solutions")
-    a.legend(fontsize=7)
+    legend_below(a)
     # (d) beta coordinates
     a = ax[3]
     bo, bm, bs = d["beta_ode"], d["beta_mean_min_eta"], d["beta_star"]
@@ -197,11 +203,12 @@ def plot(result: ExperimentResult, path):
         c = "C3" if bs[k] != 0 else "0.5"
         a.plot(times, bo[:, k], "-", color=c, lw=1.2)
         a.plot(times, bm[0, :, k], "o", color=c, ms=2.5)
-    a.plot([], [], "-", color="C3", label="support of beta* (slow flow)")
+    a.plot([], [], "-", color="C3", label=r"support of $\beta^*$ (slow flow)")
     a.plot([], [], "-", color="0.5", label="off support (slow flow)")
-    a.plot([], [], "o", color="k", ms=3, label=f"SGD mean, eta={etas[-1]:g}")
-    a.set(xlabel="slow time t", ylabel="beta_i = u_i^2 - v_i^2", title="regression coefficients along the path")
-    a.legend(fontsize=7)
-    fig.suptitle(f"{TITLE}  (diagonal net n={prm['n']}, D={prm['D']}, sigma={prm['sigma']}, "
-                 f"{prm['paths']} paths)", fontsize=11)
-    return save_figure(fig, path, dpi=100)
+    a.plot([], [], "o", color="k", ms=3, label=rf"SGD mean, $\eta={etas[-1]:g}$")
+    a.set(xlabel="slow time $t$", ylabel=r"$\beta_i = u_i^2 - v_i^2$",
+          title="regression coefficients along the path")
+    legend_below(a)
+    fig.suptitle(f"{TITLE}\n(diagonal net $n={prm['n']}$, $D={prm['D']}$, "
+                 rf"$\sigma={prm['sigma']}$, {prm['paths']} paths)")
+    return save_figure(fig, path)

@@ -40,6 +40,7 @@ from .. import sde
 from ..optim import SGD, SGDM
 from ..problems import CosineWell, Quadratic
 from ..stats import Interval, fit_order, richardson_order, z_value
+from ..figstyle import figsize, fit_line, legend_below, styled
 from .base import (ExperimentResult, Progress, Timer, Value, Verdict, experiment, save_figure, subplots,
                    tick)
 from .budget import ALPHA
@@ -441,6 +442,7 @@ def _make_verdict(problem, series, h, etas, err, low, high, fit, two=None) -> Ve
     return Verdict(claim, ref, prediction, fit.order, passed, rule)
 
 
+@styled
 def plot(result: ExperimentResult, path) -> Path:
     """Log-log weak error vs η, one panel per problem × test function, with 95% intervals
     and the fitted power laws (over the fitted range) labelled with their orders."""
@@ -453,7 +455,7 @@ def plot(result: ExperimentResult, path) -> Path:
               "sgdm_a1_first_order": "C7"}
     markers = {"sgd": "o", "sgdm_a0": "s", "sgdm_a05": "^", "sgdm_a1_kinetic": "D",
                "sgdm_a1_first_order": "x"}
-    fig, axes = subplots(len(hs), (5.6 * len(hs), 4.6 * len(probs)), nrows=len(probs),
+    fig, axes = subplots(len(hs), figsize(len(hs), len(probs), aspect=0.95), nrows=len(probs),
                          squeeze=False)
     for r, prob in enumerate(probs):
         etas = np.asarray(d[f"{prob}.eta"], dtype=float)
@@ -467,26 +469,26 @@ def plot(result: ExperimentResult, path) -> Path:
                 o = np.asarray(d[key + ".order"], dtype=float)
                 mask = np.asarray(d[f"{prob}.{s}.fit_mask"], dtype=bool)
                 yerr = np.vstack([np.clip(err - lo, 0, None), np.clip(hi - err, 0, None)])
-                lab = LABELS[s] + (f": p = {o[0]:.2f} [{o[1]:.2f}, {o[2]:.2f}]" if np.isfinite(o[0])
+                lab = LABELS[s] + (f": $p = {o[0]:.2f}$ [{o[1]:.2f}, {o[2]:.2f}]" if np.isfinite(o[0])
                                    else " (no point in the fit range)")
-                ax.errorbar(etas, err, yerr=yerr, fmt=markers[s], color=colors[s], ms=4.5,
-                            capsize=2, lw=1, label=lab, mfc="none" if s.endswith("first_order") else None)
+                ax.errorbar(etas, err, yerr=yerr, fmt=markers[s], color=colors[s], ms=3.5,
+                            lw=1, label=lab, mfc="none" if s.endswith("first_order") else None)
                 ax.plot(etas, err, ":", color=colors[s], lw=0.7, alpha=0.6)
-                if np.isfinite(o[0]):
-                    eg = np.geomspace(etas[mask].min(), etas[mask].max(), 20)
-                    ax.plot(eg, np.exp(float(d[key + ".log_c"])) * eg ** o[0], "-",
-                            color=colors[s], lw=2.2, alpha=0.55)
+                if np.isfinite(o[0]) and mask.any():
+                    fit_line(ax, etas[mask], order=o[0], log_c=float(d[key + ".log_c"]),
+                             color=colors[s], lw=2.2, alpha=0.55)
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())
-            ax.set_xlabel(r"learning rate $\eta$  ($\sigma = \sigma_0\,\eta^{-1/2}$, horizon $T$ fixed)")
-            ax.set_ylabel(r"$\max_k\,|\mathbb{E}\,h(x_k) - \mathbb{E}\,h(X_{k\eta})|$,  "
-                          + f"h = {h}")
-            kind = "exact moments" if prob == "quadratic" else "Monte Carlo, CRN, 95% intervals"
-            ax.set_title(f"{prob} ({kind})", fontsize=10)
+            ax.set_xlabel(r"learning rate $\eta$ ($\sigma = \sigma_0\,\eta^{-1/2}$, $T$ fixed)")
+            ax.set_ylabel(r"$\max_k\,|\mathbb{E}\,h(x_k) - \mathbb{E}\,h(X_{k\eta})|$, "
+                          + f"$h$ = {h}")
+            kind = "exact moments" if prob == "quadratic" else "Monte Carlo, CRN, 95% CI"
+            ax.set_title(f"{prob} ({kind})")
             ax.grid(True, which="both", alpha=0.25)
-            ax.legend(fontsize=6.5, loc="lower right")
-    fig.suptitle("Weak error against the SDE limits (THEORY §7). Thick lines: fitted C·η^p over "
-                 "each series' fit range\n(η/(1−β) ≤ 0.1 for α < 1, ρη ≤ 0.1 for α = 1); "
-                 "p with 95% interval", fontsize=10)
-    return save_figure(fig, path, dpi=130)
+            legend_below(ax)
+    fig.suptitle(r"Weak error against the SDE limits (THEORY §7). Thick lines: fitted $C\eta^p$ over "
+                 "each series' fit range\n"
+                 r"($\eta/(1-\beta) \leq 0.1$ for $\alpha < 1$, $\rho\eta \leq 0.1$ for $\alpha = 1$); "
+                 "$p$ with 95% interval")
+    return save_figure(fig, path)

@@ -27,6 +27,7 @@ from ..optim import SGDM
 from ..problems import CosineWell
 from ..rng import substream
 from ..stats import Interval, fit_order, sample_interval, z_value
+from ..figstyle import figsize, legend_below, styled
 from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, subplots, tick
 from .budget import ALPHA
 from .descent_lemma import POINTS, one_step, taylor_remainder
@@ -114,17 +115,20 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     return dict(cfg, sigma=sigma, beta=beta, etas=etas.tolist()), data, verdicts
 
 
+@styled
 def plot(result: ExperimentResult, path):
     d = result.data
     etas = d["etas"]
-    fig, ax = subplots(1, (6, 4.2))
+    fig, ax = subplots(1, figsize(1, width="one"))
     for pi in range(d["points"].shape[0]):
         R = d["remainder"][pi]
         ax.errorbar(etas, np.abs(R[:, 0]), yerr=[R[:, 0] - R[:, 1], R[:, 2] - R[:, 0]], fmt="o",
-                    capsize=2, color=f"C{pi}", label=f"|R|, x0 = {np.round(d['points'][pi], 2).tolist()}")
+                    color=f"C{pi}", label=f"$|R|$, $x_0 = {np.round(d['points'][pi], 2).tolist()}$")
         ax.plot(etas, np.abs(d["leading_remainder"][pi]), "--", color=f"C{pi}",
                 label="Taylor prediction (3rd + 4th order)")
-    ax.set(xscale="log", yscale="log", xlabel="eta", ylabel="|remainder R(eta)|",
+    ax.set(xscale="log", yscale="log", xlabel=r"$\eta$", ylabel=r"$|R(\eta)|$",
            title="App A.2: SGDM one-step remainder (95% CI)")
-    ax.legend(fontsize=7)
+    from matplotlib.ticker import NullFormatter
+    ax.xaxis.set_minor_formatter(NullFormatter())         # less than a decade: no crowded labels
+    legend_below(ax)
     return save_figure(fig, path)

@@ -31,6 +31,7 @@ import numpy as np
 from scipy.linalg import solve_discrete_lyapunov
 
 from ..slow_sde import slow_coefficients
+from ..figstyle import figsize, legend_below, styled
 from .base import ExperimentResult, Progress, Value, Verdict, experiment, save_figure, subplots, tick
 
 NAME = "slow_drift_reference"
@@ -162,12 +163,13 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     return dict(cfg, sigma=sigma), data, verdicts
 
 
+@styled
 def plot(result: ExperimentResult, path):
     d = result.data
-    fig, ax = subplots(1, (6, 4.2))
+    fig, ax = subplots(1, figsize(1, width="one"))
     ax.plot(d["x"], d["formula"][:, 0], "k-", label="general formula (slow_coefficients)")
     ax.plot(d["x"], d["reference"], "o", mfc="none", label="discrete-Lyapunov reference (extrapolated)")
-    ax.plot(d["x"], d["unextrapolated"][0], ":", label="reference at eta = 4e-3")
-    ax.set(xlabel="x on Gamma", ylabel="slow drift b(x)", title="twisted valley: slow drift")
-    ax.legend(fontsize=7)
+    ax.plot(d["x"], d["unextrapolated"][0], ":", label=r"reference at $\eta = 4\times10^{-3}$")
+    ax.set(xlabel=r"$x$ on $\Gamma$", ylabel="slow drift $b(x)$", title="twisted valley: slow drift")
+    legend_below(ax)
     return save_figure(fig, path)

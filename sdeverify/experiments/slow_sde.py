@@ -74,6 +74,7 @@ from ..rng import substream
 from ..simulate import simulate
 from ..slow_sde import coupled_slow_sde, slow_coefficients, solve_slow_sde
 from ..stats import Interval, bootstrap_interval, fit_order, wasserstein1, z_value
+from ..figstyle import figsize, fit_line, legend_below, styled
 from .base import (ExperimentResult, Progress, Value, Verdict, experiment, save_figure, subplots,
                    tick)
 from .budget import ALPHA
@@ -490,49 +491,56 @@ def _yerr(iv):
     return [np.clip(iv[:, 0] - iv[:, 1], 0, None), np.clip(iv[:, 2] - iv[:, 0], 0, None)]
 
 
+@styled
 def plot(result: ExperimentResult, path):
-    """Per problem (rows): E h₁(Φ(x_t)) − E h₁(ζ_t) vs t; errors vs η (log-log, fits); law at η_min;
-    W1 to the exact law vs η with bootstrap intervals."""
+    """Per problem (two rows of two panels): E h₁(Φ(x_t)) − E h₁(ζ_t) vs t; errors vs η
+    (log-log, fits drawn over the points fitted); law at η_min; W1 to the exact law vs η with
+    bootstrap intervals."""
     d, prm = result.data, result.params
     probs = [str(p) for p in d["problems"]]
-    fig, axes = subplots(4, (21, 4.6 * len(probs)), nrows=len(probs), squeeze=False)
+    fig, axes = subplots(2, figsize(2, 2 * len(probs), aspect=0.8), nrows=2 * len(probs))
+    axes = np.asarray(axes).reshape(len(probs), 4)
     cols = ("C0", "C1", "C2")
+    names = ("SGD", r"SGDM $\beta=0.9$", r"SGDM $\alpha=0.5$")        # OPT_LABELS, typeset
+    tex = {"x": "x", "x^2": "x^2", "<z,z0>": r"\langle z, z_0\rangle",
+           "<z,z0>^2": r"\langle z, z_0\rangle^2"}
     for row, p in zip(axes, probs):
         etas, times = d[f"{p}_etas"], d[f"{p}_times"]
         bias, bsem, diff, dsem = d[f"{p}_bias"], d[f"{p}_bias_sem"], d[f"{p}_diff"], d[f"{p}_diff_sem"]
-        h1 = TEST_LABELS[p][0]
+        h1 = tex.get(TEST_LABELS[p][0], TEST_LABELS[p][0])
         # (a) mean error vs t at eta_max and eta_min
         ax = row[0]
         ax.axhline(0.0, color="k", lw=1.2, label="slow SDE (exact)")
         for j in range(3):
             for i, mk, ls in [(0, "s", ":"), (len(etas) - 1, "o", "-")]:
                 ax.errorbar(times * (1 + 0.01 * (j - 1)), bias[j, i, 0], yerr=1.96 * bsem[j, i, 0], fmt=mk + ls,
-                            color=cols[j], ms=4, capsize=2, lw=0.9, mfc="none" if mk == "s" else cols[j],
-                            label=f"{OPT_LABELS[j]}, eta={etas[i]:g}")
-        ax.set(xlabel="slow time t = k eta^2", ylabel=f"E {h1}(Phi(x_t)) - E {h1}(zeta_t)",
-               title=f"{p}: mean vs slow SDE (95% intervals)", xlim=(0, times[-1] * 1.05))
-        ax.legend(fontsize=6.5, ncol=2)
+                            color=cols[j], ms=3, lw=0.9, mfc="none" if mk == "s" else cols[j],
+                            label=rf"{names[j]}, $\eta={etas[i]:g}$")
+        ax.set(xlabel=r"slow time $t = k\eta^2$",
+               ylabel=rf"$\mathbb{{E}}\,{h1}(\Phi(x_t)) - \mathbb{{E}}\,{h1}(\zeta_t)$",
+               title=f"{p}: mean vs slow SDE (95% CI)", xlim=(0, times[-1] * 1.05))
+        legend_below(ax, ncol=2)
         # (b) errors vs eta
         ax = row[1]
         fits = d[f"{p}_fits"]
-        series = [(bias[0, :, 0, -1], bsem[0, :, 0, -1], fits[0, 0, 0], "C0", "o", "|SGD - slow SDE|"),
-                  (bias[1, :, 0, -1], bsem[1, :, 0, -1], fits[1, 0, 0], "C1", "o", "|SGDM b=0.9 - slow SDE|"),
-                  (bias[2, :, 0, -1], bsem[2, :, 0, -1], fits[2, 0, 0], "C2", "o", "|SGDM a=0.5 - slow SDE|"),
-                  (diff[1, :, 0, -1], dsem[1, :, 0, -1], fits[1, 0, 1], "C1", "^", "|SGDM b=0.9 - SGD|"),
-                  (diff[2, :, 0, -1], dsem[2, :, 0, -1], fits[2, 0, 1], "C2", "^", "|SGDM a=0.5 - SGD|")]
+        series = [(bias[0, :, 0, -1], bsem[0, :, 0, -1], fits[0, 0, 0], "C0", "o", r"$|$SGD $-$ slow SDE$|$"),
+                  (bias[1, :, 0, -1], bsem[1, :, 0, -1], fits[1, 0, 0], "C1", "o", rf"$|${names[1]} $-$ slow SDE$|$"),
+                  (bias[2, :, 0, -1], bsem[2, :, 0, -1], fits[2, 0, 0], "C2", "o", rf"$|${names[2]} $-$ slow SDE$|$"),
+                  (diff[1, :, 0, -1], dsem[1, :, 0, -1], fits[1, 0, 1], "C1", "^", rf"$|${names[1]} $-$ SGD$|$"),
+                  (diff[2, :, 0, -1], dsem[2, :, 0, -1], fits[2, 0, 1], "C2", "^", rf"$|${names[2]} $-$ SGD$|$")]
         for m, s, f, c, mk, lab in series:
             a = np.abs(m)
             lo = np.clip(a - 1.96 * s, a * 0.05, None)
-            ax.errorbar(etas, a, yerr=[a - lo, 1.96 * s], fmt=mk, color=c, ms=5, capsize=2,
+            ax.errorbar(etas, a, yerr=[a - lo, 1.96 * s], fmt=mk, color=c, ms=3.5,
                         mfc="none" if mk == "^" else c,
-                        label=lab + (f": order {f[0]:.2f} [{f[1]:.2f}, {f[2]:.2f}]" if np.isfinite(f[0]) else ""))
-            if np.isfinite(f[0]):
-                ee = np.geomspace(etas.min(), etas.max(), 20)
-                ax.plot(ee, np.exp(f[3]) * ee ** f[0], "-" if mk == "o" else "--", color=c, lw=0.8)
-        ax.set(xscale="log", yscale="log", xlabel="eta", ylabel=f"|error| of E {h1} at t={times[-1]:g}",
-               title=f"{p}: weak errors shrink as eta -> 0")
+                        label=lab + (f": {f[0]:.2f} [{f[1]:.2f}, {f[2]:.2f}]" if np.isfinite(f[0]) else ""))
+            fit_line(ax, etas[a > 0], order=f[0], log_c=f[3], ls="-" if mk == "o" else "--",
+                     color=c, lw=0.8)
+        ax.set(xscale="log", yscale="log", xlabel=r"$\eta$",
+               ylabel=rf"$|$error$|$ of $\mathbb{{E}}\,{h1}$ at $t={times[-1]:g}$",
+               title=rf"{p}: weak errors (orders) shrink as $\eta \to 0$")
         _eta_ticks(ax, etas)
-        ax.legend(fontsize=6.5)
+        legend_below(ax, drop=0.62)                  # under the rotated tick labels
         # (c) law at eta_min
         ax = row[2]
         edges = d[f"{p}_hist_edges"]
@@ -542,30 +550,27 @@ def plot(result: ExperimentResult, path):
         ks = d[f"{p}_ks"]
         for j in range(3):
             ax.step(mid, d[f"{p}_hist"][j], where="mid", color=cols[j], lw=0.9,
-                    label=f"{OPT_LABELS[j]} (KS p={ks[j, -1, 1]:.2g})")
-        ax.set(xlabel=f"{h1}(Phi(x_T))", ylabel="density",
-               title=f"{p}: law at t={times[-1]:g}, eta={etas[-1]:g}, {prm['paths']} paths")
-        ax.legend(fontsize=7)
+                    label=f"{names[j]} (KS $p={ks[j, -1, 1]:.2g}$)")
+        ax.set(xlabel=rf"${h1}(\Phi(x_T))$", ylabel="density",
+               title=rf"{p}: law at $t={times[-1]:g}$, $\eta={etas[-1]:g}$, {prm['paths']} paths")
+        legend_below(ax)
         # (d) W1 vs eta
         ax = row[3]
         w1, w1c, wf = d[f"{p}_w1"], d[f"{p}_w1c"], d[f"{p}_w1c_fits"]
         for j in range(3):
             f = wf[j]
-            ax.errorbar(etas, w1c[j, :, 0], yerr=_yerr(w1c[j]),
-                        fmt="o", color=cols[j], ms=4, capsize=2,
-                        label=f"{OPT_LABELS[j]} vs coupled slow SDE"
-                        + (f": order {f[0]:.2f} [{f[1]:.2f}, {f[2]:.2f}]" if np.isfinite(f[0]) else ""))
-            if np.isfinite(f[0]):
-                ee = np.geomspace(etas.min(), etas.max(), 20)
-                ax.plot(ee, np.exp(f[3]) * ee ** f[0], "-", color=cols[j], lw=0.8)
-            ax.plot(etas, w1[j, :, 0], ":", color=cols[j], lw=1, label=f"{OPT_LABELS[j]} vs exact law (indep.)")
-        ax.errorbar(etas, w1[3, :, 0], yerr=_yerr(w1[3]),
-                    fmt="x--", color="0.4", ms=4, capsize=2, lw=0.8,
-                    label="null: Euler samples vs exact law (1/sqrt(N) floor)")
-        ax.set(xscale="log", yscale="log", xlabel="eta", ylabel=f"W1 of the law of {h1} at t={times[-1]:g}",
+            ax.errorbar(etas, w1c[j, :, 0], yerr=_yerr(w1c[j]), fmt="o", color=cols[j], ms=3,
+                        label=f"{names[j]} vs coupled slow SDE"
+                        + (f": {f[0]:.2f} [{f[1]:.2f}, {f[2]:.2f}]" if np.isfinite(f[0]) else ""))
+            fit_line(ax, etas[np.abs(w1c[j, :, 0]) > 0], order=f[0], log_c=f[3], color=cols[j], lw=0.8)
+            ax.plot(etas, w1[j, :, 0], ":", color=cols[j], lw=1, label=f"{names[j]} vs exact law (indep.)")
+        ax.errorbar(etas, w1[3, :, 0], yerr=_yerr(w1[3]), fmt="x--", color="0.4", ms=3, lw=0.8,
+                    label=r"null: Euler samples vs exact law ($1/\sqrt{N}$ floor)")
+        ax.set(xscale="log", yscale="log", xlabel=r"$\eta$",
+               ylabel=rf"$W_1$ of the law of ${h1}$ at $t={times[-1]:g}$",
                title=f"{p}: Wasserstein-1 to the slow SDE (bootstrap 95%)")
         _eta_ticks(ax, etas)
-        ax.legend(fontsize=6.5)
-    fig.suptitle(f"{TITLE}  (sigma={prm['sigma']}, beta={prm['beta']}, 1-beta={prm['lam']}*eta^{prm['alpha']})",
-                 fontsize=11)
-    return save_figure(fig, path, dpi=100)
+        legend_below(ax, drop=0.62)                  # under the rotated tick labels
+    fig.suptitle(rf"{TITLE}" "\n" rf"($\sigma={prm['sigma']}$, $\beta={prm['beta']}$, "
+                 rf"$1-\beta={prm['lam']}\,\eta^{{{prm['alpha']}}}$)")
+    return save_figure(fig, path)

@@ -34,6 +34,7 @@ from ..optim import SGD, SGDM
 from ..rng import substream
 from ..simulate import simulate
 from ..stats import fit_order
+from ..figstyle import figsize, legend_below, styled
 from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, subplots, tick
 from .slow_sde import _Case
 
@@ -130,25 +131,29 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     return dict(cfg, problems=list(problems), etas=etas.tolist(), alphas=list(ALPHAS)), data, verdicts
 
 
+@styled
 def plot(result: ExperimentResult, path):
     d = result.data
     etas, alphas = d["etas"], d["alphas"]
     probs = [k[:-4] for k in d if k.endswith("_gap")]
-    fig, ax = subplots(2, (11, 4.2 * len(probs)), nrows=len(probs), squeeze=False)
+    fig, ax = subplots(2, figsize(2, len(probs)), nrows=len(probs), squeeze=False)
     for r, name in enumerate(probs):
         for ai, a in enumerate(alphas):
             g, s = d[f"{name}_gap"][ai], d[f"{name}_gap_sem"][ai]
-            ax[r, 0].errorbar(etas, np.abs(g), yerr=1.96 * s, fmt="o-", capsize=2, color=f"C{ai}",
-                              label=f"alpha = {a:g} (heuristic order {heuristic_order(a):g})")
+            ax[r, 0].errorbar(etas, np.abs(g), yerr=1.96 * s, fmt="o-", color=f"C{ai}",
+                              label=rf"$\alpha = {a:g}$ (heuristic order {heuristic_order(a):g})")
             e, es = d[f"{name}_err"][ai + 1], d[f"{name}_err_sem"][ai + 1]
-            ax[r, 1].errorbar(etas, e, yerr=1.96 * es, fmt="o-", capsize=2, color=f"C{ai}", label=f"SGDM alpha = {a:g}")
+            ax[r, 1].errorbar(etas, e, yerr=1.96 * es, fmt="o-", color=f"C{ai}",
+                              label=rf"SGDM $\alpha = {a:g}$")
         ax[r, 1].errorbar(etas, d[f"{name}_err"][0], yerr=1.96 * d[f"{name}_err_sem"][0], fmt="ks--",
-                          capsize=2, label="SGD")
+                          label="SGD")
         ax[r, 1].axhline(0.0, color="k", lw=0.6)
-        ax[r, 0].set(xscale="log", yscale="log", xlabel="eta", ylabel="|E h1(SGDM) - E h1(SGD)| (paired)",
-                     title=f"{name}: gap at t = T (95% CI)")
-        ax[r, 1].set(xscale="log", xlabel="eta", ylabel="E h1(Phi(x_K)) - E h1(zeta_T)",
+        ax[r, 0].set(xscale="log", yscale="log", xlabel=r"$\eta$",
+                     ylabel=r"$|\mathbb{E}h_1(\mathrm{SGDM}) - \mathbb{E}h_1(\mathrm{SGD})|$ (paired)",
+                     title=f"{name}: gap at $t = T$ (95% CI)")
+        ax[r, 1].set(xscale="log", xlabel=r"$\eta$",
+                     ylabel=r"$\mathbb{E}h_1(\Phi(x_K)) - \mathbb{E}h_1(\zeta_T)$",
                      title=f"{name}: distance to the exact slow SDE")
         for a in ax[r]:
-            a.legend(fontsize=6)
+            legend_below(a)
     return save_figure(fig, path)

@@ -53,6 +53,7 @@ from ..problems import SVAG, CosineWell, Quadratic
 from ..rng import substream
 from ..simulate import simulate
 from ..stats import Interval, fit_order, mean_interval, richardson_order, z_value
+from ..figstyle import figsize, fit_line, legend_below, styled
 from .base import (ExperimentResult, Progress, Value, Verdict, experiment, save_figure, subplots,
                    tick)
 from .budget import ALPHA
@@ -283,44 +284,48 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     return params, data, verdicts
 
 
+@styled
 def plot(result: ExperimentResult, path):
     d = result.data
     ells = d["ells"]
     z = z_value(0.95)
-    fig, ax = subplots(3, (15, 4.3))
+    fig, ax = subplots(3, figsize(3, aspect=1.05))
     for pi, label in enumerate(("quadratic", "cosine_well")):
         L, S = d[f"{label}.loss"], d[f"{label}.loss_sem"]
-        for j, name in enumerate(("SGD", f"SGDM b={result.params['beta']}")):
-            ax[0].errorbar(ells, L[:, j], yerr=z * S[:, j], fmt="o-" if j else "s--", capsize=2,
+        for j, name in enumerate(("SGD", rf"SGDM $\beta={result.params['beta']}$")):
+            ax[0].errorbar(ells, L[:, j], yerr=z * S[:, j], fmt="o-" if j else "s--",
                            color=f"C{2 * pi + j}", label=f"{label}: {name}")
         if f"{label}.loss_exact" in d:
-            ax[0].plot(ells, d[f"{label}.loss_exact"][:, 0], "k+", ms=10, label="exact (quadratic)")
-            ax[0].plot(ells, d[f"{label}.loss_exact"][:, 1], "k+", ms=10)
+            ax[0].plot(ells, d[f"{label}.loss_exact"][:, 0], "k+", ms=8, label="exact (quadratic)")
+            ax[0].plot(ells, d[f"{label}.loss_exact"][:, 1], "k+", ms=8)
         g, s = d[f"{label}.gap"], d[f"{label}.gap_sem"]
-        ax[1].errorbar(ells, g, yerr=z * s, fmt="o", capsize=2, color=f"C{2 * pi}",
-                       label=f"{label}: E L(SGD) - E L(SGDM)")
+        ax[1].errorbar(ells, g, yerr=z * s, fmt="o", color=f"C{2 * pi}",
+                       label=rf"{label}: $\mathbb{{E}}L(\mathrm{{SGD}}) - \mathbb{{E}}L(\mathrm{{SGDM}})$")
         if f"{label}.gap_exact" in d:
-            ax[1].plot(ells, d[f"{label}.gap_exact"], "k+", ms=10, label="exact (quadratic)")
+            ax[1].plot(ells, d[f"{label}.gap_exact"], "k+", ms=8, label="exact (quadratic)")
         m = ells >= 2
         if np.all(g[m] > 0):
             fit = fit_order(1.0 / ells[m], g[m], s[m])
-            ax[1].plot(ells[m], fit.predict(1.0 / ells[m]), "-", color=f"C{2 * pi}", lw=0.8,
-                       label=f"fit: order {fit.order.estimate:.2f} in 1/l")
-    ax[0].set(xscale="log", xlabel="SVAG l (lr eta/l, l x steps)", ylabel="E L(x) at time T",
-              title=f"large lr (eta*h_max = {result.params['eta_h']}): SGDM ahead at l = 1")
-    ax[0].legend(fontsize=7)
-    ax[1].set(xscale="log", yscale="log", xlabel="SVAG l", ylabel="loss gap (95% CI)",
+            fit_line(ax[1], ells[m], predict=lambda e, fit=fit: fit.predict(1.0 / e),
+                     color=f"C{2 * pi}", lw=0.8,
+                     label=rf"fit: order {fit.order.estimate:.2f} in $1/\ell$")
+    ax[0].set(xscale="log", xlabel=r"SVAG $\ell$ (lr $\eta/\ell$, $\ell\times$ steps)",
+              ylabel=r"$\mathbb{E}L(x)$ at time $T$",
+              title=rf"large lr ($\eta h_{{\max}} = {result.params['eta_h']}$)")
+    legend_below(ax[0])
+    ax[1].set(xscale="log", yscale="log", xlabel=r"SVAG $\ell$", ylabel="loss gap (95% CI)",
               title="SVAG closes the gap")
-    ax[1].legend(fontsize=7)
+    legend_below(ax[1])
     eh = np.linspace(0.05, 45, 2000)
     for beta in (0.0,) + tuple(result.params["stab_betas"]):
-        lab = "SGD" if beta == 0 else f"SGDM b={beta}"
-        ax[2].plot(eh, [spectral_radius(e, beta) for e in eh], lw=1, label=f"{lab} (threshold {threshold(beta):.3g})")
+        lab = "SGD" if beta == 0 else rf"SGDM $\beta={beta}$"
+        ax[2].plot(eh, [spectral_radius(e, beta) for e in eh], lw=1,
+                   label=f"{lab} (threshold {threshold(beta):.3g})")
     rows, frac = d["stab_rows"], d["stab_frac"]
     for (beta, c, e, rho), f in zip(rows, frac):
-        ax[2].plot(e, rho, "x" if f > 0 else "o", color="r" if f > 0 else "g", ms=7)
+        ax[2].plot(e, rho, "x" if f > 0 else "o", color="r" if f > 0 else "g", ms=6)
     ax[2].axhline(1.0, color="k", lw=0.6)
-    ax[2].set(xscale="log", yscale="log", xlabel="eta * h", ylabel="spectral radius",
-              title="stability: runs at 0.97x (o, stable) / 1.03x (x, diverged)")
-    ax[2].legend(fontsize=7)
+    ax[2].set(xscale="log", yscale="log", xlabel=r"$\eta h$", ylabel="spectral radius",
+              title=r"runs at $0.97\times$ (o), $1.03\times$ (x) threshold")
+    legend_below(ax[2])
     return save_figure(fig, path)

@@ -38,6 +38,7 @@ import numpy as np
 
 from ..optim import SGD, SGDM, HeavyBall
 from ..rng import substream
+from ..figstyle import figsize, styled
 from .base import ExperimentResult, Progress, Value, Verdict, experiment, save_figure, subplots, tick
 
 NAME = "train_engine"
@@ -258,17 +259,17 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     return dict(cfg, tol=TOL), data, verdicts
 
 
+@styled
 def plot(result: ExperimentResult, path):
     """Each verdict's deviation against its threshold (log scale)."""
     d = result.data
-    fig, ax = subplots(1, (8, 3.2))
+    fig, ax = subplots(1, figsize(1, width="two", aspect=0.4))
     dev = np.maximum(d["deviations"], 1e-17)
     ax.barh(np.arange(dev.size), dev, color=["C2" if v.passed else "C3" for v in result.verdicts])
     labels = ["CPU == reference", "SVAG weights", "SVAG schedule", "sampler (bad epochs)",
               "reported metrics", "init scale |rms/std - 1|", "backprop vs differences"]
-    ax.set_yticks(np.arange(dev.size), (labels + [f"verdict {i + 1}" for i in range(dev.size)])[:dev.size],
-                  fontsize=8)
+    ax.set_yticks(np.arange(dev.size), (labels + [f"verdict {i + 1}" for i in range(dev.size)])[:dev.size])
     ax.set_xscale("log")
-    ax.set_xlabel("max deviation (0 shown at 1e-17)")
+    ax.set_xlabel(r"max deviation (0 shown at $10^{-17}$)")
     ax.set_title("trainer arithmetic (deterministic)")
     return save_figure(fig, path)

@@ -31,6 +31,7 @@ from ..problems import ConstantGradient
 from ..rng import substream
 from ..simulate import simulate
 from ..stats import Interval, mean_interval, paired_difference, z_value
+from ..figstyle import figsize, legend_below, styled
 from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, subplots, tick
 from .budget import ALPHA
 
@@ -159,33 +160,35 @@ def loss_variation_verdict(est: np.ndarray, sem: np.ndarray, pred: np.ndarray, b
         f"and every beta (|z| max {np.abs(zs).max():.2f} <= {z:.2f}); shown: the worst")
 
 
+@styled
 def plot(result: ExperimentResult, path):
     d, p = result.data, result.params
     eta, sigma = p["eta"], p["sigma"]
-    fig, ax = subplots(3, (15, 4.2))
+    fig, ax = subplots(3, figsize(3, aspect=1.0))
     ks, rec = d["ks"], d["record"]
     kk = np.arange(0, int(rec.max()) + 1)
     ax[0].plot(ks, d["update_var"][0], "ko", label="SGD (measured)")
     ax[0].axhline(eta ** 2 * sigma ** 2, color="k", lw=0.8)
     for bi, b in enumerate(d["betas"]):
-        ax[0].plot(ks, d["update_var"][1 + bi], "o", color=f"C{bi}", label=f"SGDM b={b:g} (measured)")
+        ax[0].plot(ks, d["update_var"][1 + bi], "o", color=f"C{bi}", label=rf"SGDM $\beta={b:g}$")
         ax[0].plot(kk, theory.update_variance_sgdm(eta, b, sigma, kk), "-", color=f"C{bi}", lw=0.8)
-    ax[0].set(xscale="symlog", yscale="log", xlabel="step k", ylabel="Var(x_{k+1} - x_k)",
-              title="per-step update variance (lines: closed form)")
-    ax[0].legend(fontsize=7)
+    ax[0].set(xscale="symlog", yscale="log", xlabel="step $k$", ylabel=r"$\mathrm{Var}(x_{k+1} - x_k)$",
+              title="update variance (lines: closed form)")
+    legend_below(ax[0])
     m = rec > 0
     ax[1].plot(rec[m], d["endpoint_var"][0][m], "ko", label="SGD")
     ax[1].plot(kk, theory.endpoint_variance_sgd(eta, sigma, kk), "k-", lw=0.8)
     for bi, b in enumerate(d["betas"]):
-        ax[1].plot(rec[m], d["endpoint_var"][1 + bi][m], "o", color=f"C{bi}", label=f"SGDM b={b:g}")
+        ax[1].plot(rec[m], d["endpoint_var"][1 + bi][m], "o", color=f"C{bi}", label=rf"SGDM $\beta={b:g}$")
         ax[1].plot(kk[1:], theory.endpoint_variance_sgdm(eta, b, sigma, kk[1:]), "-", color=f"C{bi}", lw=0.8)
-    ax[1].set(xscale="log", yscale="log", xlabel="step k", ylabel="Var x_k",
+    ax[1].set(xscale="log", yscale="log", xlabel="step $k$", ylabel=r"$\mathrm{Var}\,x_k$",
               title="endpoint variance (lines: closed form)")
-    ax[1].legend(fontsize=7)
+    legend_below(ax[1])
     tr = d["trajectories"]
     for j in range(tr.shape[0]):
-        lab = "SGD" if j == 0 else f"SGDM b={d['betas'][j - 1]:g}"
-        ax[2].plot(tr[j, :, 0], lw=0.8, label=f"{lab}: mean path length {d['path_length'][j]:.3g}")
-    ax[2].set(xlabel="step k", ylabel="x_k (one path, shared noise)", title="smoother paths, same endpoint")
-    ax[2].legend(fontsize=7)
+        lab = "SGD" if j == 0 else rf"SGDM $\beta={d['betas'][j - 1]:g}$"
+        ax[2].plot(tr[j, :, 0], lw=0.8, label=f"{lab}: path length {d['path_length'][j]:.3g}")
+    ax[2].set(xlabel="step $k$", ylabel="$x_k$ (one path, shared noise)",
+              title="smoother paths, same endpoint")
+    legend_below(ax[2])
     return save_figure(fig, path)

@@ -50,6 +50,7 @@ from ..rng import substream
 from ..schedules import averaged_lr, scaled_family
 from ..simulate import simulate
 from ..stats import Interval, fit_order, max_abs_interval, z_value
+from ..figstyle import figsize, fit_line, legend_below, styled
 from .base import (ExperimentResult, Progress, Ticker, Value, Verdict, experiment, save_figure,
                    simulate_many, subplots)
 from .budget import ALPHA
@@ -333,31 +334,36 @@ def lr_schedule_verdicts(Pq, ee, T: float, sigma0: float, data: dict, step) -> l
     return verdicts
 
 
+@styled
 def plot(result: ExperimentResult, path):
+    """Weak error vs η: exact moments (left), Monte Carlo with its fitted tail order drawn
+    over the fitted (smallest-η) points only (middle), schedules (right)."""
     d = result.data
     alphas, ee, me = d["alphas"], d["exact_etas"], d["mc_etas"]
-    fig, ax = subplots(3, (16, 4.6))
+    fig, ax = subplots(3, figsize(3, aspect=1.35))
+    n_tail = max(3, len(me) // 2)                     # the points tail_fit fits on
     for ai, a in enumerate(alphas):
         col = f"C{ai}"
         f = d[f"fit_exact_a{ai}_loss"]
         ax[0].loglog(ee, d["exact_error"][ai, 0], "o-", color=col, ms=3,
-                     label=f"alpha={a:g}: tail order {f[0]:.2f} [{f[1]:.2f},{f[2]:.2f}]  (thm >= {(1 - a) / 2:g})")
+                     label=rf"$\alpha={a:g}$: $p={f[0]:.2f}$ [{f[1]:.2f}, {f[2]:.2f}], "
+                           rf"thm $\geq {(1 - a) / 2:g}$")
         m = d["mc_error"][ai, 0]
         f = d[f"fit_mc_a{ai}_loss"]
         ax[1].errorbar(me, m[:, 0], yerr=[m[:, 0] - m[:, 1], m[:, 2] - m[:, 0]], fmt="o", color=col,
-                       capsize=2, label=f"alpha={a:g}: order {f[0]:.2f} [{f[1]:.2f},{f[2]:.2f}]")
-        ax[1].loglog(me, np.exp(f[3]) * me ** f[0], "-", color=col, lw=0.8)
-    ax[0].set(xlabel="eta", ylabel="max_k |E L(x_k) - E L(y_k)|",
-              title="quadratic, exact moments (h = loss)")
-    ax[1].set(xscale="log", yscale="log", xlabel="eta", ylabel="max_k |E L(x_k) - E L(y_k)|",
-              title="CosineWell, Monte Carlo + CRN, 95% simultaneous CI")
-    for sname, mk, lab in (("wsd", "o", "warm-up+step decay"), ("alt", "s", "alternating lr")):
+                       label=rf"$\alpha={a:g}$: $p={f[0]:.2f}$ [{f[1]:.2f}, {f[2]:.2f}]")
+        fit_line(ax[1], me[-n_tail:], order=f[0], log_c=f[3], color=col, lw=0.8)
+    ylab = r"$\max_k |\mathbb{E}L(x_k) - \mathbb{E}L(y_k)|$"
+    ax[0].set(xlabel=r"$\eta$", ylabel=ylab, title="quadratic, exact moments")
+    ax[1].set(xscale="log", yscale="log", xlabel=r"$\eta$", ylabel=ylab,
+              title="CosineWell, Monte Carlo (95% CI)")
+    for sname, mk, lab in (("wsd", "o", "warm-up+decay"), ("alt", "s", "alternating")):
         e, f = d[f"schedule_{sname}_err"], d[f"schedule_{sname}_fits"]
-        ax[2].loglog(ee, e[0], mk + "-", label=f"{lab}, averaged lr: order {f[0, 0]:.2f}")
-        ax[2].loglog(ee, e[1], mk + "--", label=f"{lab}, raw lr: order {f[1, 0]:.2f}")
-    ax[2].set(xlabel="eta", ylabel="weak error vs SGDM (h = loss)",
-              title="schedules, alpha = 0 (exact): averaged vs raw lr")
+        ax[2].loglog(ee, e[0], mk + "-", label=rf"{lab}, averaged: $p={f[0, 0]:.2f}$")
+        ax[2].loglog(ee, e[1], mk + "--", label=rf"{lab}, raw: $p={f[1, 0]:.2f}$")
+    ax[2].set(xlabel=r"$\eta$", ylabel=r"weak error vs SGDM ($h = L$)",
+              title=r"schedules, $\alpha = 0$ (exact)")
     for a in ax:
-        a.legend(fontsize=7)
+        legend_below(a)
         a.grid(True, which="major", alpha=0.3)
     return save_figure(fig, path)

@@ -32,6 +32,7 @@ from .. import theory
 from ..problems import Quadratic
 from ..rng import substream
 from ..stats import Interval, local_orders
+from ..figstyle import figsize, legend_below, styled
 from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, subplots, tick
 from .weak_approximation import pair, tail_fit
 
@@ -116,14 +117,18 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     return dict(cfg, etas=etas.tolist(), alphas=list(alphas)), data, verdicts
 
 
+@styled
 def plot(result: ExperimentResult, path):
     d = result.data
-    fig, ax = subplots(1, (6.5, 4.2))
+    fig, ax = subplots(1, figsize(1, width="one"))
     for ai, a in enumerate(d["alphas"]):
         o = d["orders"][ai, :, :, 0].ravel()
         ax.plot(np.full(o.size, a) + 0.01 * np.arange(o.size) / o.size, o, ".", color=f"C{ai}", ms=3)
         ax.plot([a - 0.05, a + 0.05], [(1 - a) / 2] * 2, "k-", lw=2)
         ax.plot([a - 0.05, a + 0.05], [1 - a] * 2, "k:", lw=1)
-    ax.set(xlabel="alpha", ylabel="fitted weak order (tail fit)",
-           title="Thm 4.5 search: orders (dots), bound (1-a)/2 (bar), 1-a (dotted)")
+    ax.plot([], [], "k.", label="fitted orders")
+    ax.plot([], [], "k-", lw=2, label=r"bound $(1-\alpha)/2$ (Thm 4.5)")
+    ax.plot([], [], "k:", label=r"$1-\alpha$")
+    ax.set(xlabel=r"$\alpha$", ylabel="fitted weak order (tail fit)", title="Thm 4.5: worst-case search")
+    legend_below(ax)
     return save_figure(fig, path)
