@@ -112,10 +112,11 @@ def variance_series(result: Any, optimizer: str | int = 0, observable: str = "x0
     """(s², sem of s², count) per recorded step of the variance of ``observable`` over the
     paths of ``optimizer``, from the moments recorded by :func:`moment_observables`.
 
-    s² is the unbiased sample variance n/(n − 1)·(m₂ − m₁²) of the n counted paths (m_k the
-    mean of z^k); its standard error is sqrt((μ₄ − s⁴(n − 3)/(n − 1))/n), μ₄ = m₄ − 4m₁m₃ +
-    6m₁²m₂ − 3m₁⁴ the fourth central moment (delta method; normal for large n).  NaN where
-    fewer than 4 paths are counted.  ``ValueError`` if the run did not record the moments.
+    s² is the unbiased sample variance of the n counted paths (the engine's Welford M2 of
+    z, divisor n − 1); its standard error is sqrt((μ₄ − s⁴(n − 3)/(n − 1))/n) with
+    μ₄ = m₄ − 4m₁m₃ + 6m₁²m₂ − 3m₁⁴ the fourth central moment (m_k the mean of z^k; delta
+    method, normal for large n); 0 where every path had the same value.  NaN where fewer
+    than 4 paths are counted.  ``ValueError`` if the run did not record the moments.
     """
     names = moment_names(observable)
     missing = [n for n in names if n not in result.observables]
@@ -131,11 +132,9 @@ def variance_series(result: Any, optimizer: str | int = 0, observable: str = "x0
     if np.any(counts.max(axis=0) != n):
         raise ValueError(f"the moments of {observable!r} were counted over different paths "
                          "(a non-finite power on some path): no consistent variance")
+    s2 = result.var[j, :, cols[0][1]]          # Welford's, of z itself: NaN below 2 paths
     with np.errstate(invalid="ignore", divide="ignore"):
-        mu2 = np.maximum(m2 - m1 * m1, 0.0)
-        s2 = np.where(n > 1, mu2 * n / np.maximum(n - 1, 1), np.nan)
         mu4 = m4 - 4.0 * m1 * m3 + 6.0 * m1 * m1 * m2 - 3.0 * m1 ** 4
         v = (mu4 - s2 * s2 * (n - 3) / np.maximum(n - 1, 1)) / n
         sem = np.where(n > 3, np.sqrt(np.maximum(v, 0.0)), np.nan)
-    constant = result.var[j, :, cols[0][1]] == 0.0        # every path had the same value: exact
-    return np.where(constant, 0.0, s2), np.where(constant, 0.0, sem), n
+    return s2, np.where(s2 == 0.0, 0.0, sem), n               # every path equal: exact
