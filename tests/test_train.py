@@ -358,22 +358,6 @@ def test_exact_hvp_matches_differences_of_gradients(act, loss, data):
     np.testing.assert_allclose(reference.hvp(m, W, X, y, V), fd, rtol=1e-5, atol=1e-7)
 
 
-def test_train_checks_validate_overrides_and_data():
-    from sdeverify.experiments import train_batch_size, train_common, train_svag
-    for mod in (train_batch_size, train_svag):
-        with pytest.raises(ValueError, match="unknown overrides"):
-            mod.run(size="smoke", replica=3)
-    small = teacher_student(n=200, dim=4, classes=3)          # 120 samples after both splits
-    with pytest.raises(ValueError, match="fewer than 3 of the batch sizes"):
-        train_common.usable_batches(small, (8, 64, 128))
-    assert train_common.usable_batches(small, (2, 4, 60, 61)) == (2, 4, 60)
-    for size in ("smoke", "quick", "full"):                   # the default grid always fits whole
-        cfg = train_batch_size.SIZES[size]
-        data = train_common.dataset(cfg["n"])
-        assert train_common.usable_batches(data, cfg["batches"]) == cfg["batches"]
-    assert train_common.model(small).widths == (4, 128, 3)
-
-
 @pytest.mark.parametrize("act", ["relu", "tanh"])
 def test_cpu_backend_large_batch_matches_the_reference(act):
     """A large batch (GEMMs past the small-matrix paths of BLAS) agrees as well."""
@@ -408,19 +392,3 @@ def test_shards_with_different_schedules_do_not_merge():
     for other in (c, d):
         with pytest.raises(ValueError, match="lr_schedule|eval_steps"):
             a.merge(other)
-
-
-def test_train_svag_never_prints_an_unfitted_order_as_nan():
-    """When the gap has closed (mean gap <= 0 at some l) there is no power law to fit: the
-    verdict says so instead of printing 'nan [nan, nan]'; with shrinking positive gaps it
-    prints the fitted order."""
-    from sdeverify.experiments import train_svag
-    ells = [1, 2, 4, 8]
-    rs = np.random.default_rng(0)
-    sgd = [0.5 + 0.01 * rs.normal(size=6) for _ in ells]
-    for means, expect in (([0.2, 0.1, 0.05, -0.01], "mean gap <= 0 at l = 8"),
-                          ([0.2, 0.1, 0.05, 0.025], "fitted order of the gap in 1/l: ")):
-        out = {"acc_sgd": sgd, "acc_sgdm": [s + m + 0.001 * rs.normal(size=6) for s, m in zip(sgd, means)],
-               "control_beta0": 0.001 * rs.normal(size=6)}
-        text = train_svag._verdicts(ells, out, 6.4)[1].prediction
-        assert expect in text and "nan" not in text.lower(), text

@@ -1,120 +1,221 @@
-"""Shared set-up of the checks on trained networks (``train_batch_size``, ``train_svag``).
+"""The Sec 6 protocol shared by the checks on trained networks (``train_batch_size``,
+``train_svag``); docs/theory.md §11 states it with its reasons.
 
-The paper's Sec 6 experiments (ResNet-50 on ImageNet, ResNet-32 on CIFAR-10) scaled down to
-what two CPU cores train in a minute: a generated teacher–student classification set
-(:func:`sdeverify.train.teacher_student`: 8192 samples, 32 features, 10 classes, a random
-tanh teacher, 10% label noise; 25% held out as the test set), an MLP 32-128-10 (ReLU,
-softmax cross-entropy), the same number of epochs at every batch size, Goyal et al.'s
-recipe (linear lr scaling η_B = η_base·B/128, linear warm-up over the first 10% of the
-steps, ×0.1 at 50% and 75%), β = 0.9, and SGD with the *same* η (EMA form: the averaged lr of
-a constant-β schedule is η, Eq. 8).  The SGDM lr at each B is chosen from a small grid by
-mean accuracy on a validation split carved out of the training set (never the test set):
-the smallest lr within 0.5 points of the best.
+* **Networks and data**: ``net="resnet"`` — the CIFAR ResNet (BatchNorm, option-A shortcuts,
+  weight decay 5e-4 off the BN parameters) on generated images (:func:`~sdeverify.train.
+  conv_teacher`) or CIFAR-10 (``data="cifar10:FOLDER"``), trained with crop-and-flip
+  augmentation; ``net="mlp"`` — the MLP (inputs)-128-(classes) on the generated
+  teacher–student set (``"teacher_student"``), scikit-learn's digits (``"digits"``) or CIFAR-10
+  flattened.  The smoke size trains the MLP, quick and full sizes the ResNet.
+* **lr tuned per (batch size, optimizer)** on a factor-2 grid (centred by linear scaling,
+  η ∝ B) on a validation split of the training set, with the run's own budget and schedule;
+  the grid is extended while the choice sits at its edge (:func:`sdeverify.train.tune_lr`).
+* **Two budgets**, E and 2E epochs, each with a linear warm-up over its first tenth and ×0.1
+  step decays at half and three quarters of it (epochs, not steps, as the paper's protocols
+  state them); the lrs tuned at E are used at both (re-tuning at 2E is the full protocol's
+  next step; the curves at 2E show whether that lr still trains).
+* **Pairing**: every optimizer of a replica starts from the same weights and sees the same
+  augmented minibatches (common random numbers, checked by :mod:`.train_method`), so each
+  SGDM − SGD difference is taken replica by replica.
+* **Curves**: train loss, test loss and test accuracy at every epoch end, saved.
+* **Equivalence margin**: max(0.5 points, the binomial standard error √(p(1−p)/n_test) of one
+  model's accuracy) — a fixed floor, so "comparable" can never pass on a [0, 0] interval at 0%
+  or 100% accuracy.
+A replica that diverges scores chance accuracy (counted and reported, never a NaN average).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
 import numpy as np
-from scipy import stats as _st
 
 from ..optim import SGD, SGDM
-from ..rng import substream
-from ..stats import Interval
-from ..train import MLP, cifar10, digits, fit, goyal_multiplier, teacher_student
+from ..stats import Interval, t_interval as _t_interval
+from ..train import (MLP, Dataset, LrTuning, TrainResult, cifar10, cifar10_images, conv_teacher,
+                     digits, epoch_multiplier, fit, resnet, teacher_student, tune_lr)
 
 BETA = 0.9
 BASE_BATCH = 128
-LR_GRID = (0.2, 0.8, 3.2)          # η_base; the lr at batch B is η_base·B/128
-SELECT_TOL = 0.005                 # validation accuracies within 0.5 points count as tied
+BUDGET_FACTOR = 2                 # the budgets are E and 2E epochs
+MARGIN_FLOOR = 0.005              # equivalence margins never below 0.5 points
+WARMUP_FRACTION = 0.1
+DECAYS = (0.5, 0.75)
 METRICS = ("train_loss", "test_loss", "test_acc")
+NETS = ("mlp", "resnet")
+WEIGHT_DECAY = 5e-4
+
+#: the configuration keys every trained-network check takes (sizes give them)
+NET_KEYS = ("net", "depth", "width", "image_size", "classes", "n", "data", "dtype")
 
 
-def dataset(n: int = 8192, source: str = "teacher_student"):
-    """The checks' data: ``"teacher_student"`` (default, n samples), ``"digits"``
-    (scikit-learn's 8×8 digits, needs ``sdeverify[data]``) or the path of a CIFAR-10
-    python-version folder (the official train/test split)."""
+@dataclass(frozen=True)
+class Setup:
+    """A check's network, data and backend: what every run of the protocol shares."""
+    model: Any
+    data: Dataset
+    augment: bool
+    backend: str
+    dtype: str
+
+    @property
+    def chance(self) -> float:
+        return 1.0 / self.data.n_classes
+
+    def fit(self, optimizers: Sequence[Any], batch: int, epochs: int, replicas: int, seed: int, *,
+            svag: int = 1, per_epoch: bool = True, metrics: Sequence[str] = METRICS,
+            data: Dataset | None = None, **kw: Any) -> TrainResult:
+        """``epochs`` epochs at ``batch`` with :func:`schedule`, evaluated at every epoch end
+        (or at the end only)."""
+        data = self.data if data is None else data
+        spe = data.n_train // batch
+        ev = [spe * e for e in range(0, epochs + 1)] if per_epoch else [spe * epochs]
+        return fit(self.model, data, list(optimizers), batch_size=batch, epochs=epochs,
+                   replicas=replicas, seed=seed, lr_schedule=schedule(epochs, spe), svag=svag,
+                   metrics=metrics, eval_steps=ev, eval_samples=1024, on_divergence="ignore",
+                   augment=self.augment, backend=self.backend, dtype=self.dtype, **kw)
+
+    def tune(self, make: Callable[[float], Any], batch: int, epochs: int, grid: Sequence[float],
+             replicas: int, seed: int) -> LrTuning:
+        """The protocol's lr for ``make(lr)`` at ``batch`` and ``epochs``."""
+        return tune_lr(self.model, self.data, make, grid, batch_size=batch, epochs=epochs,
+                       schedule=schedule, replicas=replicas, seed=seed, augment=self.augment,
+                       backend=self.backend, dtype=self.dtype)
+
+
+def schedule(epochs: int, steps_per_epoch: int) -> np.ndarray:
+    """Warm-up over the first tenth of the epochs, ×0.1 at half and three quarters."""
+    return epoch_multiplier(epochs, steps_per_epoch, warmup_epochs=WARMUP_FRACTION * epochs,
+                            decay_epochs=tuple(int(round(f * epochs)) for f in DECAYS))
+
+
+IMAGE_DATA = ("conv_teacher", "cifar10")
+
+
+def net_for(data: str) -> str:
+    """The network a data source is trained with: the ResNet for images (``conv_teacher``,
+    ``cifar10:FOLDER``), the MLP for feature vectors (``teacher_student``, ``digits``)."""
+    return "resnet" if str(data).split(":")[0] in IMAGE_DATA else "mlp"
+
+
+def data_overrides(net_sizes: dict, size: str, data: str) -> dict:
+    """The configuration overrides that make a check train on ``data`` at ``size``: the data,
+    and the size's parameters of the network that data calls for (``net_sizes[net][size]``;
+    ``sdeverify check --data`` uses this)."""
+    net = net_for(data)
+    return dict(net_sizes[net][size], net=net, data=str(data))
+
+
+def build(cfg: dict) -> Setup:
+    """The network, data and backend of a check's configuration (keys :data:`NET_KEYS`,
+    ``backend``)."""
+    net, source = cfg["net"], str(cfg["data"])
+    if net not in NETS:
+        raise ValueError(f"net must be one of {NETS}, got {net!r}")
+    folder = source[len("cifar10:"):] if source.startswith("cifar10:") else None
+    if net == "resnet":
+        if source == "conv_teacher":
+            data = conv_teacher(n=cfg["n"], size=cfg["image_size"], classes=cfg["classes"], seed=0)
+        elif folder:
+            data = cifar10_images(folder)
+        else:
+            raise ValueError(f"data must be 'conv_teacher' or 'cifar10:FOLDER' for the ResNet, got {source!r}")
+        c, h = data.X_train.shape[1], data.X_train.shape[2]
+        model = resnet(cfg["depth"], width=cfg["width"], image_size=h, in_channels=c,
+                       classes=data.n_classes, weight_decay=WEIGHT_DECAY)
+        return Setup(model, data, True, cfg["backend"], cfg["dtype"])
     if source == "teacher_student":
-        return teacher_student(n=n, dim=32, classes=10, hidden=64, label_noise=0.1, seed=0)
-    if source == "digits":
-        return digits()
-    return cifar10(source)
+        data = teacher_student(n=cfg["n"], dim=32, classes=10, hidden=64, label_noise=0.1, seed=0)
+    elif source == "digits":
+        data = digits()
+    elif folder:
+        data = cifar10(folder)
+    else:
+        raise ValueError(f"data must be 'teacher_student', 'digits' or 'cifar10:FOLDER' for the "
+                         f"MLP, got {source!r}")
+    model = MLP([data.n_features, 128, data.n_classes], "relu", "cross_entropy")
+    return Setup(model, data, False, cfg["backend"], cfg["dtype"])
 
 
-def model(data=None) -> MLP:
-    """MLP (inputs)-128-(classes), ReLU, softmax cross-entropy (32-128-10 on the default data)."""
-    d_in, k = (32, 10) if data is None else (data.n_features, data.n_classes)
-    return MLP([d_in, 128, k], "relu", "cross_entropy")
+def grid_for(base: Sequence[float], batch: int) -> tuple:
+    """The initial lr grid at ``batch``: ``base`` (a factor-2 grid at B = 128) scaled by
+    B/128 (linear scaling centres it; tuning moves beyond it where needed)."""
+    return tuple(float(b) * batch / BASE_BATCH for b in base)
 
 
-def usable_batches(data, batches) -> tuple:
-    """The batch sizes that fit twice into the training part of the validation split (the
-    lr selection trains on it: at least two steps per epoch); the default data fits the
-    whole default grid (2·2048 ≤ 4915)."""
-    n = data.split_validation(0.2, seed=1).n_train
-    keep = tuple(b for b in batches if 2 * b <= n)
-    if len(keep) < 3:
-        raise ValueError(f"data {data.name!r} ({n} training samples after the validation split) "
-                         f"fits fewer than 3 of the batch sizes {tuple(batches)} (need 2·B <= {n})")
-    return keep
+def check_batches(setup: Setup, batches: Sequence[int], least: int = 2) -> tuple:
+    """``batches`` increasing, each fitting twice into the validation split's training part."""
+    Bs = tuple(int(b) for b in batches)
+    if len(Bs) < least or list(Bs) != sorted(set(Bs)):
+        raise ValueError(f"batches must be at least {least} increasing sizes, got {Bs}")
+    n = setup.data.split_validation(0.2, seed=1).n_train
+    if 2 * Bs[-1] > n:
+        raise ValueError(f"batches: the largest, {Bs[-1]}, must fit twice into the {n} training "
+                         f"samples of the validation split of {setup.data.name}")
+    return Bs
 
 
-def steps_for(data, batch: int, epochs: int) -> int:
-    return epochs * (data.n_train // batch)
+def sgd(lr: float, name: str = "SGD") -> SGD:
+    return SGD(lr, name=name)
 
 
-def schedule(steps: int) -> np.ndarray:
-    return goyal_multiplier(steps, max(1, steps // 10), (0.5, 0.75), 0.1)
+def sgdm(lr: float, name: str = "SGDM", beta: float = BETA) -> SGDM:
+    return SGDM(lr, beta, name=name)
 
 
-def pair(lr: float, beta: float = BETA) -> list:
-    return [SGD(lr, name="SGD"), SGDM(lr, beta, name="SGDM")]
+def final_accuracy(res: TrainResult, optimizer: int | str, chance: float) -> tuple[np.ndarray, int]:
+    """Per-replica test accuracy at the last evaluation and the number of diverged replicas
+    (scored at chance: counted and reported, never hidden in an average of NaNs)."""
+    j = optimizer if isinstance(optimizer, int) else res.optimizers.index(optimizer)
+    v = res.values_of(j, "test_acc")[-1]
+    bad = ~np.isfinite(v) | ~res.valid[j, -1]
+    return np.where(bad, chance, v), int(bad.sum())
 
 
-def train(data, batch, lr, epochs, replicas, seed, *, opts=None, svag=1, metrics=METRICS,
-          eval_steps=None, backend="cpu", **kw):
-    steps = steps_for(data, batch, epochs)
-    return fit(model(data), data, opts if opts is not None else pair(lr), batch_size=batch,
-               steps=steps, replicas=replicas, seed=seed, lr_schedule=schedule(steps), svag=svag,
-               metrics=metrics, eval_steps=[steps] if eval_steps is None else eval_steps,
-               on_divergence="ignore", backend=backend, **kw)
+def curves(res: TrainResult) -> np.ndarray:
+    """``(optimizers, metrics, evaluations, replicas)``: the per-epoch curves of a run."""
+    return np.moveaxis(res.values, 3, 1).copy()
 
 
-def select_lr(data, batch, epochs, replicas, seed, backend="cpu") -> tuple[float, np.ndarray]:
-    """The SGDM lr of ``LR_GRID`` (scaled by B/128) by mean validation accuracy: the smallest
-    lr within ``SELECT_TOL`` (0.5 points) of the best — near-ties go to the smaller, more
-    stable lr, so selection noise between indistinguishable lrs does not decide the regime.
-    Returns (lr, validation accuracies per grid point).  Diverged replicas count as chance."""
-    val = data.split_validation(0.2, seed=1)
-    accs = []
-    for base in LR_GRID:
-        lr = base * batch / BASE_BATCH
-        r = train(val, batch, lr, epochs, replicas, substream(seed, "train.select_lr"),
-                  opts=[SGDM(lr, BETA, name="SGDM")], metrics=("test_acc",), backend=backend)
-        v = np.where(r.valid[0, -1], r.values[0, -1, :, 0], 1.0 / data.n_classes)
-        accs.append(float(np.mean(v)))
-    accs = np.array(accs)
-    best = int(np.flatnonzero(accs >= accs.max() - SELECT_TOL)[0])
-    return LR_GRID[best] * batch / BASE_BATCH, accs
+def plateau(res: TrainResult, optimizer: int) -> float:
+    """Relative drop of the mean training loss over the last quarter of the run
+    ((L(3/4) − L(end)) / L(end)): near 0 when the loss has plateaued."""
+    L = np.nanmean(res.values_of(optimizer, "train_loss"), axis=1)
+    q = int(round(0.75 * (L.size - 1)))
+    return float((L[q] - L[-1]) / L[-1])
 
 
-def t_interval(samples, level: float = 0.95) -> Interval:
-    """Student-t interval of the mean of i.i.d. per-replica samples (few replicas: t, not z).
-    A non-finite sample (a diverged replica) makes the interval NaN — never averaged in."""
+def t_interval(samples: Any, level: float = 0.95) -> Interval:
+    """Student-t interval of the mean of per-replica samples; NaN when one is not finite (a
+    diverged replica is never dropped silently)."""
     x = np.asarray(samples, dtype=np.float64)
-    n = x.size
-    m = float(np.mean(x))
-    if n < 2 or not np.all(np.isfinite(x)):
-        return Interval(m, float("nan"), float("nan"), level)
-    half = float(_st.t.ppf(0.5 + level / 2, n - 1) * np.std(x, ddof=1) / np.sqrt(n))
-    return Interval(m, m - half, m + half, level)
+    if not np.all(np.isfinite(x)):
+        return Interval(float("nan"), float("nan"), float("nan"), level)
+    return _t_interval(x, level)
 
 
-def final_accuracy(res, optimizer, n_classes: int = 10) -> tuple[np.ndarray, int]:
-    """Per-replica test accuracy at the last evaluation, and the number of replicas that
-    diverged: a diverged network is scored at chance, 1/n_classes (counted and reported,
-    never hidden in an average of NaNs)."""
-    v = res.values_of(optimizer, "test_acc")[-1]
-    bad = ~np.isfinite(v)
-    return np.where(bad, 1.0 / n_classes, v), int(bad.sum())
+def margin(p: float, n_test: int) -> float:
+    """The equivalence margin: max(:data:`MARGIN_FLOOR`, √(p(1−p)/n_test))."""
+    return max(MARGIN_FLOOR, float(np.sqrt(max(p * (1.0 - p), 0.0) / n_test)))
+
+
+def inside(iv: Interval, m: float) -> bool:
+    return bool(-m <= iv.low and iv.high <= m)
+
+
+def above(iv: Interval) -> bool:
+    return bool(iv.low > 0)
+
+
+def budget_text(at_e: bool, at_2e: bool, what: str, E: int) -> str:
+    """How a verdict judged at E and 2E epochs depends on the budget, in words."""
+    if at_e and at_2e:
+        return f"{what} at both budgets ({E} and {BUDGET_FACTOR * E} epochs)"
+    if at_e:
+        return f"short-budget effect: {what} at {E} epochs, not at {BUDGET_FACTOR * E}"
+    if at_2e:
+        return f"long-budget effect: {what} at {BUDGET_FACTOR * E} epochs, not at {E}"
+    return f"not {what} at either budget ({E}, {BUDGET_FACTOR * E} epochs)"
 
 
 def plot_accuracies(ax, xs, data: dict, beta: float) -> None:
@@ -124,10 +225,9 @@ def plot_accuracies(ax, xs, data: dict, beta: float) -> None:
     ax.legend(fontsize=8)
 
 
-def plot_gaps(ax, xs, data: dict) -> None:
-    """The paired gap acc(SGDM) − acc(SGD) (95% t-intervals) against ``xs``."""
-    _errorbar(ax, xs, [t_interval(data["acc_sgdm"][i] - data["acc_sgd"][i]) for i in range(len(xs))],
-              fmt="o-")
+def plot_gaps(ax, xs, gaps, **kw) -> None:
+    """Paired gaps acc(SGDM) − acc(SGD) (95% t-intervals) against ``xs``."""
+    _errorbar(ax, xs, [t_interval(g) for g in gaps], **{"fmt": "o-", **kw})
     ax.axhline(0, color="k", lw=0.6)
 
 

@@ -23,6 +23,7 @@ from .batches import BatchSampler
 from . import augment
 from .blas_threads import single_threaded
 from .datasets import Dataset
+from .convnet import ResNet
 from .models import MLP, STREAM_PROBE
 from .result import TrainResult
 from .spec import DEFAULT_METRICS, NOISE_CHUNKS, TrainSpec
@@ -53,7 +54,12 @@ def minibatch_indices(data: Dataset, batch_size: int, steps: int, *, replicas: i
     optimizer and backend (:mod:`sdeverify.train.batches`)."""
     if not isinstance(data, Dataset):
         raise ValueError(f"data must be an sdeverify.train.Dataset, got {type(data).__name__}")
-    probe = MLP([data.n_features, max(2, data.n_classes)])     # any model: only the sampling matters
+    # any model that accepts the data: only the sampling matters
+    if data.X_train.ndim == 4:
+        c, h, _ = data.X_train.shape[1:]
+        probe = ResNet(8, 1 / 16, "A", max(2, data.n_classes), c, h)
+    else:
+        probe = MLP([data.n_features, max(2, data.n_classes)])
     spec = TrainSpec.build(probe, data, SGD(0.0), batch_size=batch_size, steps=steps,
                            replicas=replicas, seed=seed, sampling=sampling, svag=svag,
                            replica_offset=replica_offset, start_step=start_step,

@@ -1,0 +1,106 @@
+"""The Sec 6 protocol of the trained-network checks (train_common, train_batch_size,
+train_svag): budgets, margins, data switching, and the rule that doubling the budget never
+flips a verdict silently."""
+import numpy as np
+import pytest
+
+from sdeverify.experiments import train_batch_size as tbs
+from sdeverify.experiments import train_common as tc
+from sdeverify.experiments import train_svag as tsv
+from sdeverify.stats import Interval
+
+
+def test_the_equivalence_margin_never_collapses():
+    """At 0% or 100% accuracy the binomial SE is 0: the floor keeps 'comparable' from passing
+    on a [0, 0] interval with a zero margin."""
+    assert tc.margin(1.0, 2048) == tc.MARGIN_FLOOR == tc.margin(0.0, 2048)
+    assert tc.margin(0.5, 100) == pytest.approx(0.05)
+    assert not tc.inside(Interval(0.0, -0.006, 0.006), tc.margin(1.0, 10_000))
+
+
+def test_budget_texts_name_every_outcome():
+    assert "short-budget effect" in tc.budget_text(True, False, "SGDM ahead", 10)
+    assert "long-budget effect" in tc.budget_text(False, True, "SGDM ahead", 10)
+    assert "both budgets (10 and 20 epochs)" in tc.budget_text(True, True, "SGDM ahead", 10)
+    assert "not SGDM ahead at either" in tc.budget_text(False, False, "SGDM ahead", 10)
+
+
+def test_the_data_picks_the_network():
+    assert tc.net_for("conv_teacher") == "resnet" == tc.net_for("cifar10:/some/folder")
+    assert tc.net_for("teacher_student") == "mlp" == tc.net_for("digits")
+    o = tc.data_overrides(tbs.NET_SIZES, "quick", "conv_teacher")
+    assert o["net"] == "resnet" and o["data"] == "conv_teacher" and o == dict(
+        tbs.NET_SIZES["resnet"]["quick"], net="resnet", data="conv_teacher")
+    with pytest.raises(ValueError, match="data"):
+        tc.build(dict(tbs.SIZES["smoke"], data="conv_teacher", backend="cpu"))   # MLP keys, image data
+    with pytest.raises(ValueError, match="net"):
+        tc.build(dict(tbs.SIZES["smoke"], net="vgg", backend="cpu"))
+
+
+@pytest.mark.parametrize("mod", [tbs, tsv])
+def test_the_checks_validate_overrides(mod):
+    with pytest.raises(ValueError, match="unknown overrides"):
+        mod.run(size="smoke", replica=3)
+    for size in ("smoke", "quick", "full"):          # every size's batches fit its own data
+        for net, sizes in mod.NET_SIZES.items():
+            cfg = dict(sizes[size], backend="cpu")
+            setup = tc.build(cfg)
+            tc.check_batches(setup, cfg["batches"] if "batches" in cfg else (cfg["batch"],),
+                             least=1)
+
+
+def test_bad_batches_and_ells_are_refused():
+    with pytest.raises(ValueError, match="batches"):
+        tbs.run(size="smoke", batches=(64, 16))
+    with pytest.raises(ValueError, match="batches"):
+        tbs.run(size="smoke", batches=(16, 4000))
+    with pytest.raises(ValueError, match="ells"):
+        tsv.run(size="smoke", ells=(2, 4))
+
+
+def _ahead_only_at_e():
+    rs = np.random.default_rng(0)
+    R = 6
+    acc = np.empty((2, 2, 3, R))
+    acc[...] = 0.6 + 0.001 * rs.normal(size=acc.shape)
+    acc[1, 0, 1] += 0.05                        # large batch, budget E: SGDM ahead
+    out = {"acc": acc, "margin": np.array([0.01, 0.01]), "edge_ratio": np.ones((2, 4)) * [[1.0], [0.3]],
+           "control_beta0": np.zeros(R), "control_lr16": 0.1 + 0.001 * rs.normal(size=R),
+           "lr": np.ones((2, 2, 2)), "tuned_at_edge": np.zeros((2, 2, 2), bool),
+           "diverged": np.zeros((2, 2, 3), int)}
+    return out
+
+
+def test_a_gap_that_vanishes_at_twice_the_budget_is_named_a_short_budget_effect():
+    vs = tbs._verdicts((16, 1024), (5, 10), _ahead_only_at_e())
+    big = vs[1]
+    assert big.passed and "short-budget effect" in big.claim, big.claim
+    out = _ahead_only_at_e()
+    out["acc"][1, 1, 1] += 0.05                 # now ahead at 2E as well
+    assert "both budgets" in tbs._verdicts((16, 1024), (5, 10), out)[1].claim
+
+
+def test_train_svag_never_prints_an_unfitted_order_as_nan():
+    rs = np.random.default_rng(0)
+    ells = [1, 2, 4, 8]
+    for means, expect in (([0.2, 0.1, 0.05, -0.01], "mean gap <= 0 at l = 8"),
+                          ([0.2, 0.1, 0.05, 0.025], "fitted order of the gap in 1/l: ")):
+        gaps = [m + 0.001 * rs.normal(size=6) for m in means]
+        text = tsv.order_text(ells, gaps)
+        assert expect in text and "nan" not in text.lower(), text
+
+
+TINY = dict(n=1024, batches=(16, 128), replicas=3, tune_replicas=1)
+
+
+def test_doubling_the_budget_never_flips_a_verdict_silently():
+    """run(E)'s 2E arm is bitwise run(2E)'s E arm (same seed, lrs re-tuned per budget), and a
+    claim that passes at E but fails when the check is rerun at 2E says so in its text."""
+    a = tbs.run(size="smoke", epochs=1, **TINY)
+    b = tbs.run(size="smoke", epochs=2, **TINY)
+    np.testing.assert_array_equal(a.data["acc"][:, 1], b.data["acc"][:, 0])
+    np.testing.assert_array_equal(a.data["lr"][:, 1], b.data["lr"][:, 0])
+    for va, vb in zip(a.verdicts[:3], b.verdicts[:3]):
+        expect = {(True, True): "both budgets", (True, False): "short-budget effect",
+                  (False, True): "long-budget effect", (False, False): "at either budget"}
+        assert expect[va.passed, vb.passed] in va.claim, (va.claim, vb.passed)
