@@ -52,6 +52,7 @@ class Tally:
 
     @property
     def total(self) -> int:
+        """Every verdict counted: ``passed + failed``."""
         return self.passed + self.failed
 
 

@@ -21,7 +21,7 @@ module must be placed in the order)::
     foundation     config, validation, rng, stats, verdict, threads, compile_lock, vmath,
                    progress, engine.cache (function fingerprints, Numba's disk cache),
                    dispatch (where simulate/fit calls go), files, version, cuda_arch,
-                   reprs (replayable reprs)
+                   reprs (replayable reprs), figstyle (the figures' style)
     maths          optim, schedules, observables, problems, slow_sde, theory
     kernels        engine (backends and their registry), train (models, data, backends)
     results        result, train.result, tables, hyperparameters (columns from stored reprs)
@@ -60,7 +60,7 @@ LAYERS = {
     "sdeverify.progress": "foundation", "sdeverify.engine.cache": "foundation",
     "sdeverify.dispatch": "foundation", "sdeverify.files": "foundation",
     "sdeverify.version": "foundation", "sdeverify.cuda_arch": "foundation",
-    "sdeverify.reprs": "foundation",
+    "sdeverify.reprs": "foundation", "sdeverify.figstyle": "foundation",
     "sdeverify.optim": "maths", "sdeverify.schedules": "maths", "sdeverify.observables": "maths",
     "sdeverify.problems": "maths", "sdeverify.slow_sde": "maths", "sdeverify.theory": "maths",
     "sdeverify.engine": "kernels", "sdeverify.train": "kernels",

@@ -68,6 +68,7 @@ MODULES = (
     "sdeverify.verdict",
     "sdeverify.checkrun",
     "sdeverify.report",
+    "sdeverify.figstyle",
     "sdeverify.tables",
     "sdeverify.distributed",
     "sdeverify.experiments.base",
