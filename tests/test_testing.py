@@ -1,5 +1,10 @@
 """sdeverify.testing: the assertions fail when the prediction is wrong, pass when it is right,
 and their false-failure rate is the stated one (measured here, two-sided)."""
+import os
+import re
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -12,6 +17,7 @@ from sdeverify.testing import (StatisticalAssertionError, assert_mean, assert_or
                                assert_paired_difference, assert_paired_less, assert_variance,
                                moment_observables, optimizers, problems, quadratics, replay,
                                run_sizes)
+from sdeverify.testing.pytest_plugin import seed_for
 
 P0 = sv.problems.ConstantGradient([0.3])
 ETA, BETA, SIGMA, K = 0.1, 0.6, 1.7, 10
@@ -253,12 +259,10 @@ def test_drawn_examples_print_replayably(P, opt):
 
 
 def test_pytest_plugin_pins_seeds_and_the_kernel_cache(tmp_path):
-    """The opt-in plugin: a test's seed is fixed across runs and differs between tests and
-    with --sdeverify-seed; NUMBA_CACHE_DIR points at the session's folder; a failure
+    """The opt-in plugin: a test's seed is a fixed function of its id and --sdeverify-seed
+    (so fixed across runs) and differs between tests; NumPy's generator is seeded with it;
+    NUMBA_CACHE_DIR and Numba's cache folder point at the session's folder; a failure
     reports its seed."""
-    import os
-    import subprocess
-    import sys
     (tmp_path / "conftest.py").write_text('pytest_plugins = ["sdeverify.testing.pytest_plugin"]\n')
     (tmp_path / "test_it.py").write_text(
         "import os, numpy as np\n"
@@ -276,16 +280,13 @@ def test_pytest_plugin_pins_seeds_and_the_kernel_cache(tmp_path):
                            env=env, capture_output=True, text=True)
         return p.stdout + p.stderr
 
-    import re
-    from sdeverify.testing.pytest_plugin import seed_for
-    first, other = run(), run("--sdeverify-seed=1")
+    first = run("--sdeverify-seed=1")                  # one session (each costs seconds)
     seeds = re.findall(r"SEED (\d+) (\S+)", first)
-    assert [int(x) for x, _ in seeds] == [seed_for("test_it.py::test_a"),
-                                         seed_for("test_it.py::test_b")], first
-    assert seeds[0][0] != seeds[1][0]
+    assert [int(x) for x, _ in seeds] == [seed_for("test_it.py::test_a", 1),
+                                         seed_for("test_it.py::test_b", 1)], first
+    assert seeds[0][0] != seeds[1][0] != str(seed_for("test_it.py::test_b", 0))
     a = np.random.RandomState(int(seeds[0][0])).random_sample()
     assert float(seeds[0][1]) == a                     # numpy's global generator seeded with it
-    assert re.findall(r"SEED (\d+)", other)[0] == str(seed_for("test_it.py::test_a", 1))
     cache = tmp_path / ".pytest_cache" / "d" / "sdeverify-kernels"
     assert str(cache) in first and cache.is_dir()
-    assert f"seed {seeds[1][0]} (--sdeverify-seed=0)" in first and "kernel cache" in first
+    assert f"seed {seeds[1][0]} (--sdeverify-seed=1)" in first and "kernel cache" in first
