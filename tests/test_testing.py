@@ -1,5 +1,5 @@
 """sdeverify.testing: the assertions fail when the prediction is wrong, pass when it is right,
-and their false-failure rate is the stated one (measured here, two-sided)."""
+and their false-failure rate is the stated one (measured here over many seeds)."""
 import os
 import re
 import subprocess
