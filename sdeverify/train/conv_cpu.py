@@ -237,6 +237,26 @@ def _bn_dx(dy, x, shift, inv, coef, dbeta, dgamma, n, dx, lo, hi):
                 df[base + c] = cf[c] * (n * gf[base + c] - db[c] - h * dg[c])
 
 
+@numba.njit(**_JIT)
+def _pointwise(mode, a, b, out, n_items, lo, hi):
+    """Items: ``n_items`` equal slices of the flat arrays; ``out = max(a, 0)`` (mode 0),
+    ``max(a + b, 0)`` (mode 1) or ``a·[b > 0]`` (mode 2), NaN kept as NumPy keeps it."""
+    n = out.size
+    for it in range(lo, hi):
+        i0, i1 = _U(n * it // n_items), _U(n * (it + 1) // n_items)
+        if mode == 0:
+            for i in range(i0, i1):
+                v = a[i]
+                out[i] = 0.0 if v < 0.0 else v
+        elif mode == 1:
+            for i in range(i0, i1):
+                v = a[i] + b[i]
+                out[i] = 0.0 if v < 0.0 else v
+        else:
+            for i in range(i0, i1):
+                out[i] = a[i] * (b[i] > 0.0)
+
+
 # ---- reused output arrays ------------------------------------------------------------------
 class Workspace:
     """Output arrays reused from one training step to the next.
@@ -423,11 +443,43 @@ def shortcut_a_backward(dout, x_shape):
     return dx
 
 
+def _apply(mode, a, b):
+    a = _c(a)
+    out = _empty(a.shape, a.dtype)
+    n_items = a.shape[0] * CHUNKS
+    run_ranges(_pointwise, n_items, mode, a.reshape(-1), _c(b).reshape(-1), out.reshape(-1), n_items)
+    return out
+
+
+def relu(x):
+    """``max(x, 0)``."""
+    return _apply(0, x, x)
+
+
+def add_relu(u, s):
+    """``max(u + s, 0)``, a block's output."""
+    return _apply(1, u, s)
+
+
+def relu_backward(d, y):
+    """``d·[y > 0]``: the gradient through a ReLU whose output was ``y``."""
+    return _apply(2, d, y)
+
+
+def pool_backward(df, shape):
+    """:data:`conv_reference.NCHW`'s ``pool_backward``, channels last, as an array."""
+    out = _empty(shape, df.dtype)
+    out[...] = (df / (shape[2] * shape[3]))[:, :, None, None, :]
+    return out
+
+
 #: The channels-last layer functions of this backend.
-NHWC = Ops(lambda X: _c(X.transpose(0, 1, 3, 4, 2)), conv2d, conv2d_backward, batchnorm_train,
-           batchnorm_eval, batchnorm_backward, shortcut_a, shortcut_a_backward,
-           lambda h: h.mean(axis=(2, 3)),
-           lambda df, shape: np.broadcast_to(df[:, :, None, None, :] / (shape[2] * shape[3]), shape))
+NHWC = Ops(to_internal=lambda X: _c(X.transpose(0, 1, 3, 4, 2)), conv2d=conv2d,
+           conv2d_backward=conv2d_backward, batchnorm_train=batchnorm_train,
+           batchnorm_eval=batchnorm_eval, batchnorm_backward=batchnorm_backward,
+           shortcut_a=shortcut_a, shortcut_a_backward=shortcut_a_backward,
+           pool=lambda h: h.mean(axis=(2, 3)), pool_backward=pool_backward, relu=relu,
+           add_relu=add_relu, relu_backward=relu_backward)
 
 
 class ConvTrainer(_ReferenceTrainer):

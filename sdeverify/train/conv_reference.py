@@ -183,7 +183,9 @@ class Ops(NamedTuple):
     (the NumPy reference: :data:`NCHW`; the Numba CPU backend: channels last).  Each has the
     signature of the reference function of the same name; ``to_internal`` maps images
     ``(M, B, C, H, W)`` to the layout, ``pool`` is global average pooling to ``(M, B, C)``
-    and ``pool_backward(df, h_shape)`` its adjoint."""
+    and ``pool_backward(df, h_shape)`` its adjoint; ``relu(x) = max(x, 0)``,
+    ``add_relu(u, s) = max(u + s, 0)`` (a block's output) and ``relu_backward(d, y) =
+    d·[y > 0]`` (the gradient through a ReLU whose output was ``y``)."""
     to_internal: Callable
     conv2d: Callable
     conv2d_backward: Callable
@@ -194,13 +196,18 @@ class Ops(NamedTuple):
     shortcut_a_backward: Callable
     pool: Callable
     pool_backward: Callable
+    relu: Callable
+    add_relu: Callable
+    relu_backward: Callable
 
 
 #: The reference layout: activations ``(M, B, C, H, W)``, the functions above.
 NCHW = Ops(lambda X: X, conv2d, conv2d_backward, batchnorm_train, batchnorm_eval,
            batchnorm_backward, shortcut_a, shortcut_a_backward,
            lambda h: h.mean(axis=(3, 4)),
-           lambda df, shape: np.broadcast_to(df[..., None, None] / (shape[3] * shape[4]), shape))
+           lambda df, shape: np.broadcast_to(df[..., None, None] / (shape[3] * shape[4]), shape),
+           lambda x: np.maximum(x, 0.0), lambda u, s: np.maximum(u + s, 0.0),
+           lambda d, y: d * (y > 0))
 
 
 class _Net:
@@ -237,7 +244,7 @@ class _Net:
 
     def block(self, blk: Block, x):
         p = blk.prefix
-        h = np.maximum(self.conv_bn(f"{p}.conv1.weight", f"{p}.bn1", x, blk.stride, 1), 0.0)
+        h = self.ops.relu(self.conv_bn(f"{p}.conv1.weight", f"{p}.bn1", x, blk.stride, 1))
         u = self.conv_bn(f"{p}.conv2.weight", f"{p}.bn2", h, 1, 1)
         if blk.shortcut == "B":
             s = self.conv_bn(f"{p}.shortcut.0.weight", f"{p}.shortcut.1", x, blk.stride, 0)
@@ -245,15 +252,15 @@ class _Net:
             s = self.ops.shortcut_a(x, blk.c_out)
         else:
             s = x
-        out = np.maximum(u + s, 0.0)
+        out = self.ops.add_relu(u, s)
         self.tape[p] = (x.shape, h, out)
         return out
 
     def block_backward(self, blk: Block, dout, G):
         p = blk.prefix
         x_shape, h, out = self.tape[p]
-        d = dout * (out > 0)
-        dh = self.conv_bn_backward(f"{p}.conv2.weight", f"{p}.bn2", d, G) * (h > 0)
+        d = self.ops.relu_backward(dout, out)
+        dh = self.ops.relu_backward(self.conv_bn_backward(f"{p}.conv2.weight", f"{p}.bn2", d, G), h)
         dx = self.conv_bn_backward(f"{p}.conv1.weight", f"{p}.bn1", dh, G)
         if blk.shortcut == "B":
             dx += self.conv_bn_backward(f"{p}.shortcut.0.weight", f"{p}.shortcut.1", d, G)
@@ -264,7 +271,7 @@ class _Net:
         return dx
 
     def forward(self, X):
-        h = np.maximum(self.conv_bn("conv1.weight", "bn1", self.ops.to_internal(X), 1, 1), 0.0)
+        h = self.ops.relu(self.conv_bn("conv1.weight", "bn1", self.ops.to_internal(X), 1, 1))
         self.tape["stem"] = h
         for blk in self.model.blocks():
             h = self.block(blk, h)
@@ -280,7 +287,7 @@ class _Net:
         dh = self.ops.pool_backward(df, h_shape)
         for blk in reversed(self.model.blocks()):
             dh = self.block_backward(blk, dh, G)
-        dh = dh * (self.tape["stem"] > 0)
+        dh = self.ops.relu_backward(dh, self.tape["stem"])
         self.conv_bn_backward("conv1.weight", "bn1", dh, G, need_dx=False)
 
     def updated_buffers(self, buffers: np.ndarray) -> np.ndarray:
