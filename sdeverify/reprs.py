@@ -28,13 +28,14 @@ def literal(value: Any) -> Any:
 
 def call_repr(callee: str, /, *args: Any, **kwargs: Any) -> str:
     """``callee(arg, ..., key=value, ...)`` with every value written by ``repr`` of its
-    :func:`literal` form (keyword arguments whose value is ``None`` are left out); a
-    value that is a compiled function (``numba.njit``) or a class is written by its name."""
+    :func:`literal` form; a value that is a compiled function (``numba.njit``) or a class is
+    written by its name.  (A ``None`` is written too: for scalar arguments the text is then
+    the dataclass repr the optimizers had before, which training runs' fingerprints hold.)"""
     def text(v: Any) -> str:
         if hasattr(v, "py_func") or callable(v) and hasattr(v, "__name__") \
                 and not isinstance(v, (np.ndarray, np.generic)):
             return v.__name__
         return repr(literal(v))
     parts = [text(a) for a in args]
-    parts += [f"{k}={text(v)}" for k, v in kwargs.items() if v is not None]
+    parts += [f"{k}={text(v)}" for k, v in kwargs.items()]
     return f"{callee}({', '.join(parts)})"

@@ -245,6 +245,10 @@ def test_custom_ngos_and_optimizer_reprs_replay():
         c0, c1 = opt.coefficients(2, 2), back.coefficients(2, 2)
         assert all(np.array_equal(getattr(c0, f), getattr(c1, f)) for f in ("a", "b", "gamma", "m0"))
     assert sv.SGD(0.1) != sv.SGD(0.2) and sv.SGD(0.1) != sv.SGDM(0.1, 0.0)
+    # scalar schemes print exactly as before: training runs' fingerprints hold these texts
+    assert repr(sv.SGDM(0.1, 0.9)) == "SGDM(lr=0.1, beta=0.9, m0=None, name='SGDM')"
+    assert repr(sv.HeavyBall(0.1, 0.9)) == \
+        "HeavyBall(lr=0.1, momentum=0.9, dampening=0.0, buffer=None, name='HeavyBall')"
     with pytest.raises(ValueError, match="text"):
         replay(3)
 

@@ -124,8 +124,9 @@ class LinearRegression(NGOS):
         return cls(A, A @ x_star + noise * g.standard_normal(n), batch_size, max_batch=max_batch)
 
     def _call_repr(self) -> str:
+        extra = {} if self.n_draws == self.batch_size else {"max_batch": self.n_draws}
         return call_repr("LinearRegression", self.features, self.targets, self.batch_size,
-                         max_batch=None if self.n_draws == self.batch_size else self.n_draws)
+                         **extra)
 
     def hessian_at(self, x: ArrayLike) -> np.ndarray:
         """∇²L(x) = Q = AᵀA/n, (d, d) (constant)."""

@@ -134,9 +134,9 @@ class Quadratic(NGOS):
         super().__init__(dim=d, params=params, n_draws=d, noise_dist=noise_dist, name=name, **funcs)
 
     def _call_repr(self) -> str:
+        linear = {"linear": self.linear} if np.any(self.linear) else {}
         return call_repr("Quadratic", self.hessian, noise_cov=self.noise_cov, center=self.center,
-                         linear=self.linear if np.any(self.linear) else None,
-                         noise_dist=self.noise_dist, name=self._own_name)
+                         **linear, noise_dist=self.noise_dist, name=self._own_name)
 
     def hessian_at(self, x: ArrayLike) -> np.ndarray:
         """∇²L(x) = H, (d, d) (constant)."""
