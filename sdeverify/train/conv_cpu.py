@@ -48,7 +48,7 @@ _U = numba.uint64
 #: Row chunks per model of the BatchNorm reductions (fixed: results do not depend on threads).
 CHUNKS = 8
 #: Groups of a model's images whose weight-gradient partial sums are added (fixed, as CHUNKS).
-GROUPS = 4
+GROUPS = 8
 
 
 # ---- kernels ---------------------------------------------------------------------------------
