@@ -58,21 +58,28 @@ def main(argv=None) -> int:
     ap.add_argument("--size", default="smoke")
     ap.add_argument("--seeds", default="0:100", help="start:stop")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--data", default=None,
+                    help="train the trained-network checks on this data (as `check --data`)")
     args = ap.parse_args(argv)
     from sdeverify.experiments import get
     a, b = (int(v) for v in args.seeds.split(":"))
     mod = _Part(PARTS[args.name]) if args.name in PARTS else get(args.name)
+    over = {}
+    if args.data is not None:
+        from sdeverify.experiments.train_common import data_overrides
+        over = data_overrides(mod.NET_SIZES, args.size, args.data)
     fails, bad_seeds, t0 = Counter(), [], time.perf_counter()
     n_verdicts = 0
     for seed in range(a, b):
-        res = mod.run(size=args.size, seed=seed)
+        res = mod.run(size=args.size, seed=seed, **over)
         n_verdicts = len(res.verdicts)
-        failed = [v.claim for v in res.verdicts if not v.passed]
+        # keyed by position and the claim's opening words (claims print seed-dependent numbers)
+        failed = [f"{i}: {v.claim[:72]}" for i, v in enumerate(res.verdicts) if not v.passed]
         fails.update(failed)
         if failed:
             bad_seeds.append(seed)
             print(f"seed {seed}: FAILED {failed}", flush=True)
-    out = {"name": args.name, "size": args.size, "seeds": [a, b], "verdicts": n_verdicts,
+    out = {"name": args.name, "size": args.size, "data": args.data, "seeds": [a, b], "verdicts": n_verdicts,
            "failed_runs": len(bad_seeds), "bad_seeds": bad_seeds, "per_claim": dict(fails),
            "seconds": time.perf_counter() - t0}
     print(f"{args.name} ({args.size}): {len(bad_seeds)}/{b - a} seeds failed a verdict "

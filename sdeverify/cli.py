@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -147,9 +148,11 @@ def cmd_run(args) -> int:
     _check_seed(args.seed)
     out = writable_folder("--out", args.out) if args.out else None
     _check_backend(args.backend)
+    _check_data(args.data)
     client = _start_cluster(args)
     res, fig = run_one(args.name, args.size, args.seed, out, args.quiet, backend=args.backend,
-                       cluster=client, fmt=args.format, keep_points=args.keep_points)
+                       cluster=client, fmt=args.format, keep_points=args.keep_points,
+                       data=args.data)
     _print_table(verdict_rows(res))
     print(f"{args.name}: {'PASS' if res.passed else 'FAIL'} in {res.meta.get('wall_time', 0):.1f} s")
     if out is not None:
@@ -187,11 +190,12 @@ def cmd_check(args) -> int:
         names = [n for n in names if n in wanted]
     out = writable_folder("--out", args.out)
     _check_backend(args.backend)
+    _check_data(args.data)
     jobs = _jobs_of(args, len(names), getattr(args, "cluster", None))
     rows, summary = run_job(names, size=size, seed=args.seed, out=out, jobs=jobs,
                             backend=args.backend, resume=args.resume, quiet=args.quiet,
                             start_cluster=lambda: _start_cluster(args), fmt=args.format,
-                            keep_points=args.keep_points)
+                            keep_points=args.keep_points, data=args.data)
     _print_table(rows)
     report = _write_report(out)
     n_pass, n_fail = _tally(out, rows)
@@ -295,6 +299,32 @@ def _train_backend_flag(p, cuda_note: str = "") -> None:
                         f"{cuda_note}); the other checks always run on the CPU")
 
 
+def _train_data_flag(p) -> None:
+    """``--data`` of ``run`` / ``check``: what the trained-network checks train on."""
+    p.add_argument("--data", default=None, metavar="DATA",
+                   help="what the trained-network checks (train_batch_size, train_svag) train "
+                        "on: teacher_student or digits (the MLP), conv_teacher or "
+                        "cifar10:FOLDER (the CIFAR ResNet, FOLDER the extracted "
+                        "cifar-10-batches-py); default: each size's own (the MLP at smoke and "
+                        "quick size, the ResNet on conv_teacher at full size)")
+
+
+def _check_data(data: str | None) -> None:
+    """``--data``: a known source, and a CIFAR-10 folder that exists — before any work."""
+    if data is None:
+        return
+    if data in ("teacher_student", "digits", "conv_teacher"):
+        return
+    if data.startswith("cifar10:") and data[len("cifar10:"):]:
+        folder = data[len("cifar10:"):]
+        if not os.path.isdir(folder):
+            raise ValueError(f"--data {data}: no such folder {folder!r} (the extracted "
+                             f"cifar-10-batches-py directory)")
+        return
+    raise ValueError(f"--data must be teacher_student, digits, conv_teacher or cifar10:FOLDER, "
+                     f"got {data!r}")
+
+
 def _check_backend(backend: str) -> None:
     """``--backend cuda`` needs a usable GPU (or the CUDA simulator): say so before any work.
     The device check is the engine's backend of the same name, where there is one (the
@@ -367,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="sdeverify-out", help="folder for NAME.json/.npz/.png")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     _train_backend_flag(r)
+    _train_data_flag(r)
     _format_flag(r)
     _cluster_flags(r)
     r.set_defaults(func=cmd_run)
@@ -391,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the finished points of an interrupted check, OUT/points/)")
     c.add_argument("--quiet", action="store_true")
     _train_backend_flag(c, " (e.g. with --full)")
+    _train_data_flag(c)
     _format_flag(c)
     _cluster_flags(c)
     c.set_defaults(func=cmd_check)

@@ -32,14 +32,14 @@ from .files import write_hashed_json
 from .result import versions
 from .verdict import describe as describe_verdict
 
-__all__ = ["run_one", "run_in_worker", "verdict_rows", "entry", "job_passed", "canary_row",
-           "reusable", "write_summary", "run_job"]
+__all__ = ["run_one", "drop_points", "run_in_worker", "verdict_rows", "entry", "job_passed",
+           "canary_row", "reusable", "write_summary", "run_job"]
 
 
 def run_one(name: str, size: str, seed: int, out: Path | None, quiet: bool,
             overrides: dict | None = None, backend: str = "cpu", cluster: Any = None,
             resume: bool = False, fmt: str = "png",
-            keep_points: bool = False) -> tuple[ExperimentResult, Path | None]:
+            keep_points: bool = False, data: str | None = None) -> tuple[ExperimentResult, Path | None]:
     """Run check ``name`` at ``size`` (smoke / quick / full) with ``seed``; with ``out``, save
     its result and its figure (``NAME.<fmt>``, ``fmt`` one of png, pdf, svg) there.
     ``backend`` is where the trained-network checks train; ``cluster`` a Dask client that
@@ -47,9 +47,12 @@ def run_one(name: str, size: str, seed: int, out: Path | None, quiet: bool,
     for it (:data:`sdeverify.distributed.LOCAL_WORK`: they run here, and a warning says so);
     its finished points are saved under ``out/points/NAME`` (reused with ``resume``) and
     deleted once the check's result is saved, unless ``keep_points``.
+    ``data`` (e.g. ``"conv_teacher"``, ``"cifar10:FOLDER"``) is what the trained-network checks
+    train on, with the network that data calls for (:func:`train_data_overrides`).
     Returns the result and the figure's path (None without ``out``)."""
     mod = experiments.get(name)
     overrides = dict(overrides or {})
+    overrides.update(train_data_overrides(mod, size, data))
     if backend != "cpu" and "backend" in getattr(mod.run, "defaults", {}):
         overrides["backend"] = backend       # the trained-network checks train on the GPU
     on_cluster = contextlib.nullcontext()
@@ -90,10 +93,19 @@ def entry(name: str, res: ExperimentResult, fig: Path | None) -> dict:
             "rows": verdict_rows(res)}
 
 
+def train_data_overrides(mod: Any, size: str, data: str | None) -> dict:
+    """The overrides that make check module ``mod`` train on ``data`` at ``size``: none for
+    checks that train no network (no ``NET_SIZES``) or when ``data`` is None."""
+    if data is None or not hasattr(mod, "NET_SIZES"):
+        return {}
+    from .experiments.train_common import data_overrides
+    return data_overrides(mod.NET_SIZES, size, data)
+
+
 def run_in_worker(name: str, size: str, seed: int, out: str, backend: str,
-                  fmt: str = "png") -> dict:
+                  fmt: str = "png", data: str | None = None) -> dict:
     """Run one check in a ``check --jobs`` worker process; its :func:`entry`."""
-    res, fig = run_one(name, size, seed, Path(out), True, backend=backend, fmt=fmt)
+    res, fig = run_one(name, size, seed, Path(out), True, backend=backend, fmt=fmt, data=data)
     return entry(name, res, fig)
 
 
@@ -117,10 +129,11 @@ def canary_row() -> tuple[list[str], list[str]]:
              "FAIL" if problems else "PASS"], problems)
 
 
-def reusable(name: str, size: str, seed: int, out: Path) -> ExperimentResult | None:
-    """A finished result of this check in ``out`` from the same size, seed and package
-    versions (``check --resume``), or None.  ``NAME.json`` is written after ``NAME.npz``, both
-    atomically, so a JSON file on disk means a complete result."""
+def reusable(name: str, size: str, seed: int, out: Path,
+             data: str | None = None) -> ExperimentResult | None:
+    """A finished result of this check in ``out`` from the same size, seed, package versions
+    and training data (``check --resume``), or None.  ``NAME.json`` is written after
+    ``NAME.npz``, both atomically, so a JSON file on disk means a complete result."""
     if not (out / f"{name}.json").exists():
         return None
     try:
@@ -130,6 +143,11 @@ def reusable(name: str, size: str, seed: int, out: Path) -> ExperimentResult | N
     meta = res.meta
     if meta.get("size") != size or meta.get("seed") != seed or meta.get("versions") != versions():
         return None
+    want = train_data_overrides(experiments.get(name), size, data).get("data")
+    if want is None and hasattr(experiments.get(name), "NET_SIZES"):
+        want = experiments.get(name).SIZES[size]["data"]
+    if want is not None and res.params.get("data") != want:
+        return None                     # trained on other data: not this run's result
     return res
 
 
@@ -146,7 +164,7 @@ def run_job(names: list[str], *, size: str, seed: int, out: Path, jobs: int = 1,
             backend: str = "cpu", resume: bool = False, quiet: bool = False,
             start_cluster: Callable[[], Any] = lambda: None,
             log: Callable[[str], None] = _log, fmt: str = "png",
-            keep_points: bool = False) -> tuple[list[list[str]], dict]:
+            keep_points: bool = False, data: str | None = None) -> tuple[list[list[str]], dict]:
     """Run the checks ``names`` into ``out``: the canary first, then each check (reused from
     ``out`` with ``resume``; in ``jobs`` worker processes when ``jobs > 1``, else here, on
     the cluster ``start_cluster()`` returns, if any); figures are written as ``NAME.<fmt>``.
@@ -175,7 +193,7 @@ def run_job(names: list[str], *, size: str, seed: int, out: Path, jobs: int = 1,
 
     todo = []
     for i, name in enumerate(names):
-        res = reusable(name, size, seed, out) if resume else None
+        res = reusable(name, size, seed, out, data) if resume else None
         if res is None:
             todo.append(i)
             continue
@@ -195,7 +213,7 @@ def run_job(names: list[str], *, size: str, seed: int, out: Path, jobs: int = 1,
             log(f"[{len(entries) + 1}/{len(names)}] {names[i]} ({size}): {state}{took}")
             record(i, e)
         run_checks([names[i] for i in todo], size, seed, out, jobs, backend, done,
-                   functools.partial(run_in_worker, fmt=fmt))
+                   functools.partial(run_in_worker, fmt=fmt, data=data))
     else:
         for i in todo:
             name = names[i]
@@ -203,7 +221,7 @@ def run_job(names: list[str], *, size: str, seed: int, out: Path, jobs: int = 1,
             try:
                 res, fig = run_one(name, size, seed, out, quiet, backend=backend,
                                    cluster=client, resume=resume, fmt=fmt,
-                                   keep_points=keep_points)
+                                   keep_points=keep_points, data=data)
             except Exception as exc:  # a crashing check is a failed check, reported, not hidden
                 record(i, {"name": name, "passed": False, "error": f"{type(exc).__name__}: {exc}"})
                 continue

@@ -104,3 +104,21 @@ def test_doubling_the_budget_never_flips_a_verdict_silently():
         expect = {(True, True): "both budgets", (True, False): "short-budget effect",
                   (False, True): "long-budget effect", (False, False): "at either budget"}
         assert expect[va.passed, vb.passed] in va.claim, (va.claim, vb.passed)
+
+
+@pytest.mark.parametrize("data, words", [("nope", "--data must be"),
+                                         ("cifar10:/no/such/folder", "no such folder")])
+def test_check_data_flag_refuses_bad_values_with_one_line(data, words):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "sdeverify", "check", "--smoke", "--only",
+                        "train_svag", "--data", data], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and words in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_data_reaches_only_the_checks_that_train():
+    from sdeverify import experiments
+    from sdeverify.runner import train_data_overrides
+    assert train_data_overrides(experiments.get("svag"), "quick", "conv_teacher") == {}
+    assert train_data_overrides(tsv, "quick", None) == {}
+    assert train_data_overrides(tsv, "quick", "conv_teacher")["net"] == "resnet"
