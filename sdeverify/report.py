@@ -83,12 +83,15 @@ def _img(path: Path, name: str) -> str:
 
 
 def _figure(run: CheckRun, name: str) -> str:
-    """The check's figure as an inline ``<img>``: its PNG or SVG in the folder, else drawn
-    from the saved data (into the folder as ``NAME.png``; into a temporary folder when the
-    run's figure is a PDF, so the folder keeps only the format asked for)."""
-    for ext in SHOWN:
-        if (run.folder / f"{name}.{ext}").exists():
-            return _img(run.folder / f"{name}.{ext}", name)
+    """The check's figure as an inline ``<img>``: the one ``summary.json`` names, else its
+    PNG or SVG in the folder, else drawn from the saved data (into the folder as
+    ``NAME.png``; into a temporary folder when the run's figure is a PDF, so the folder keeps
+    only the format asked for)."""
+    entry = next((c for c in run.summary.get("checks", []) if c.get("name") == name), {})
+    named = [Path(str(entry["figure"])).name] if entry.get("figure") else []
+    for file in named + [f"{name}.{ext}" for ext in SHOWN]:
+        if Path(file).suffix.lstrip(".") in SHOWN and (run.folder / file).exists():
+            return _img(run.folder / file, name)
     from . import experiments
     with tempfile.TemporaryDirectory() as tmp:
         into = Path(tmp) if (run.folder / f"{name}.pdf").exists() else run.folder

@@ -317,3 +317,19 @@ def test_the_terminal_and_the_report_count_the_same_verdicts(check_run, tmp_path
     assert (t.passed, t.failed) == (n - 1, 1)
     text = _report_text(d)
     assert f"{n - 1} passed, 1 failed" in text and "planted" in text
+
+
+def test_the_report_shows_the_figure_the_run_wrote(check_dir, tmp_path):
+    """A folder rerun with --format svg keeps an older NAME.png: the page shows the figure
+    summary.json names (the run's own), not the stale PNG."""
+    from sdeverify import experiments
+    d = _copy(check_dir, tmp_path)
+    res = sv.load_check(d).results["descent_lemma"]
+    experiments.get("descent_lemma").plot(res, d / "descent_lemma.svg")
+    doc = read_summary(d / "summary.json")
+    for c in doc["checks"]:
+        if c["name"] == "descent_lemma":
+            c["figure"] = str(d / "descent_lemma.svg")
+    write_hashed_json(d / "summary.json", doc)
+    srcs = [img["src"][:26] for img in _parse(write_report(d)).imgs]
+    assert srcs.count("data:image/svg+xml;base64,") == 1 and len(srcs) == 2
