@@ -140,6 +140,21 @@ BUGS = [
     Bug("var-closed-form-off-by-one", "off-by-one", "theory.py",
         "(1 - beta ** (2 * (k + 1))) / (1 - beta ** 2)", "(1 - beta ** (2 * k)) / (1 - beta ** 2)",
         "update-variance closed form off by one step", ("variance_reduction",)),
+    # the trainer (Sec 6 checks): each must fail a verdict of train_batch_size or train_svag
+    Bug("train-aug-one-optimizer", "trainer pairing", "train/conv_reference.py",
+        "        return np.tile(X, (self.J, 1, 1, 1, 1))",
+        "        return np.concatenate([self.X[rows][None]] + [X[None]] * (self.J - 1))",
+        "augmentation not applied to the first optimizer of a launch (the others see it)",
+        ("train_batch_size", "train_svag")),
+    Bug("train-svag-reuse", "trainer SVAG", "train/batches.py",
+        "                    out[s][i] = perm[:, pos + s * B: pos + (s + 1) * B]",
+        "                    out[s][i] = perm[:, pos: pos + B]",
+        "SVAG's second minibatch repeats the first", ("train_batch_size", "train_svag")),
+    Bug("train-wd-twice", "trainer update", "train/conv_reference.py",
+        "            g += self.decay * self.W\n",
+        "            g += self.decay * self.W\n            g += self.decay * self.W\n",
+        "weight decay added to the gradient twice (ResNet trainers)",
+        ("train_batch_size", "train_svag")),
 ]
 
 

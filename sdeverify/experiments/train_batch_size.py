@@ -45,6 +45,7 @@ import numpy as np
 
 from . import train_common as tc
 from . import train_method
+from ..figstyle import figsize, legend_below, styled
 from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, subplots, tick
 
 NAME = "train_batch_size"
@@ -207,22 +208,24 @@ def lr_big(out) -> float:
     return float(out["lr"][-1, 0, 1])
 
 
+@styled
 def plot(result: ExperimentResult, path):
     d, p = result.data, result.params
     Bs, (E, E2) = d["batches"], p["budgets"]
-    fig, ax = subplots(4, (18, 4.2))
+    fig, ax = subplots(2, figsize(2, 2, aspect=0.75), nrows=2)
+    ax = ax.ravel()
     for b, ep in enumerate((E, E2)):
-        for k, (lab, fmt) in enumerate((("SGD", "s--"), (f"SGDM b={p['beta']}", "o-"))):
+        for k, (lab, fmt) in enumerate((("SGD", "s--"), (rf"SGDM $\beta={p['beta']}$", "o-"))):
             tc._errorbar(ax[0], Bs, [tc.t_interval(d["acc"][i, b, k]) for i in range(len(Bs))],
                          fmt=fmt, alpha=1.0 if b else 0.55, label=f"{lab}, {ep} epochs")
         tc.plot_gaps(ax[1], Bs, [d["acc"][i, b, 1] - d["acc"][i, b, 0] for i in range(len(Bs))],
                      label=f"{ep} epochs", alpha=1.0 if b else 0.55)
     ax[0].set(xscale="log", xlabel="batch size B (lrs tuned per B)", ylabel="test accuracy (95% CI)")
-    ax[0].legend(fontsize=7)
+    legend_below(ax[0])
     m = float(np.asarray(d["margin"]).ravel()[0])
     ax[1].axhspan(-m, m, color="0.9", label="equivalence margin")
-    ax[1].set(xscale="log", xlabel="batch size B", ylabel="acc(SGDM) - acc(SGD), paired (95% CI)")
-    ax[1].legend(fontsize=7)
+    ax[1].set(xscale="log", xlabel="batch size B", ylabel="acc(SGDM) − acc(SGD), paired (95% CI)")
+    legend_below(ax[1])
     big = int(Bs[-1])
     for b, ep in enumerate((E, E2)):
         c = d[f"curves_B{big}_E{ep}"]                    # (optimizers, metrics, evals, replicas)
@@ -231,12 +234,15 @@ def plot(result: ExperimentResult, path):
             ax[2].plot(np.arange(c.shape[2]), np.nanmean(c[k, acc], axis=-1), "--" if k == 0 else "-",
                        color=f"C{k}", alpha=1.0 if b else 0.55, label=f"{lab}, {ep} epochs")
     ax[2].set(xlabel="epoch", ylabel="test accuracy (mean over replicas)", title=f"B={big}")
-    ax[2].legend(fontsize=7)
+    legend_below(ax[2])
     for k, lab in enumerate(("SGD", "SGDM")):
         r = d["sharpness"][k] / d["edges"][k]
         ax[3].plot(d["sharp_steps"], r, "s--" if k == 0 else "o-", color=f"C{k}", label=f"{lab}")
     ax[3].axhline(1, color="k", lw=0.6)
     ax[3].set(yscale="log", xlabel="step", ylabel="sharpness / own stability edge",
               title=f"B={big}, both at SGDM's lr")
-    ax[3].legend(fontsize=7)
+    legend_below(ax[3])
+    for a in ax[:2]:
+        a.set_xticks([int(x) for x in Bs], [str(int(x)) for x in Bs])
+        a.minorticks_off()
     return save_figure(fig, path)

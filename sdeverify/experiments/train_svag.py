@@ -39,6 +39,7 @@ import numpy as np
 from ..stats import fit_order, Interval
 from . import train_common as tc
 from . import train_method
+from ..figstyle import figsize, legend_below, styled
 from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, subplots, tick
 
 NAME = "train_svag"
@@ -173,30 +174,34 @@ def _verdicts(ells, budgets, B, out) -> list[Verdict]:
     ]
 
 
+@styled
 def plot(result: ExperimentResult, path):
     d, p = result.data, result.params
     ells, budgets = d["ells"], p["budgets"]
-    fig, ax = subplots(3, (15, 4.2))
+    fig, ax = subplots(3, figsize(3, aspect=1.05))
     for b, ep in enumerate(budgets):
         a = 1.0 if b else 0.55
-        for k, (lab, fmt) in enumerate((("SGD", "s--"), (f"SGDM b={p['beta']}", "o-"))):
+        for k, (lab, fmt) in enumerate((("SGD", "s--"), (rf"SGDM $\beta={p['beta']}$", "o-"))):
             tc._errorbar(ax[0], ells, [tc.t_interval(d["acc"][b, i, k]) for i in range(len(ells))],
                          fmt=fmt, alpha=a, label=f"{lab}, {ep} epochs")
         tc.plot_gaps(ax[1], ells, [d["acc"][b, i, 1] - d["acc"][b, i, 0] for i in range(len(ells))],
                      alpha=a, label=f"{ep} epochs")
-    ax[0].set(xscale="log", xlabel="SVAG l (lr/l, l x steps)", ylabel="test accuracy (95% CI)",
+    ax[0].set(xscale="log", xlabel=r"SVAG $\ell$ (lr $\eta/\ell$, $\ell\times$ steps)", ylabel="test accuracy (95% CI)",
               title=f"B={p['batch']}, lr {float(d['lr'][0]):.3g}")
-    ax[0].legend(fontsize=7)
-    ax[1].set(xscale="log", xlabel="SVAG l", ylabel="acc(SGDM) - acc(SGD), paired (95% CI)",
-              title="the gap closes as l grows")
-    ax[1].legend(fontsize=7)
+    legend_below(ax[0])
+    ax[1].set(xscale="log", xlabel=r"SVAG $\ell$", ylabel="acc(SGDM) − acc(SGD), paired (95% CI)",
+              title=r"the gap closes as $\ell$ grows")
+    legend_below(ax[1])
     acc = tc.METRICS.index("test_acc")
     E2 = budgets[1]
     for i, ell in enumerate(ells):
         c = d[f"curves_E{E2}_l{ell}"]
         for k, lab in enumerate(("SGD", "SGDM")):
             ax[2].plot(np.arange(c.shape[2]), np.nanmean(c[k, acc], axis=-1), "--" if k == 0 else "-",
-                       color=f"C{i}", label=f"{lab}, l={ell}")
+                       color=f"C{i}", label=rf"{lab}, $\ell={ell}$")
     ax[2].set(xlabel="epoch", ylabel="test accuracy (mean over replicas)", title=f"{E2} epochs")
-    ax[2].legend(fontsize=7)
+    legend_below(ax[2])
+    for a in ax[:2]:
+        a.set_xticks([int(x) for x in ells], [str(int(x)) for x in ells])
+        a.minorticks_off()
     return save_figure(fig, path)
