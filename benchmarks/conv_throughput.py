@@ -15,7 +15,10 @@ of
   script with an interpreter that has it, e.g. ``PYTHONPATH=. /path/to/torch-venv/bin/python``).
 
 Medians of ``--repeats`` timed runs after one warm-up run; the ratio to torch is printed in the
-same run.  Record results in benchmarks/RESULTS.md with the machine and the command.
+same run, with the median CPU time per step (user + system, all threads: on a machine shared
+with other jobs the wall-clock times swing with the load, and the 1-minute load average is
+printed per workload).  Record results in benchmarks/RESULTS.md with the machine, the load and
+the command.
 """
 from __future__ import annotations
 
@@ -40,14 +43,17 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from torch_resnet import torch_loop  # noqa: E402
 
 
-def _median_time(fn, repeats: int) -> float:
+def _median_time(fn, repeats: int) -> tuple[float, float]:
+    """Median wall-clock and CPU (user + system) seconds of ``fn()`` after one warm-up call."""
     fn()                                                   # warm-up (compilation, caches)
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        c0, t0 = os.times(), time.perf_counter()
         fn()
+        c1 = os.times()
         times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+        cpu.append(c1.user + c1.system - c0.user - c0.system)
+    return float(np.median(times)), float(np.median(cpu))
 
 
 def ours(backend: str, model, data, B: int, M: int, steps: int):
@@ -103,6 +109,7 @@ def main() -> int:
         for B in batches:
             for M in models:
                 res = {}
+                load = os.getloadavg()[0]
                 for name in names:
                     res[name] = _median_time(ours(name, model, data, B, M, args.steps), args.repeats)
                 if torch is not None:
@@ -110,17 +117,19 @@ def main() -> int:
                                                                 B, M, args.steps),
                                                      args.repeats)
                 work = args.steps * B * M
-                for name, t in res.items():
-                    ratio = (res["torch loop"] / t) if "torch loop" in res else float("nan")
+                load = (load, os.getloadavg()[0])
+                for name, (t, cpu) in res.items():
+                    ratio = (res["torch loop"][0] / t) if "torch loop" in res else float("nan")
                     row = dict(depth=depth, batch=B, models=M, backend=name, seconds=t,
+                               seconds_per_step=t / args.steps, cpu_seconds_per_step=cpu / args.steps,
                                images_models_per_s=work / t, gflops=work * flops / t / 1e9,
-                               vs_torch=ratio)
+                               vs_torch=ratio, load_average=load)
                     rows.append(row)
                     print(f"ResNet-{depth:<3d} B={B:<5d} M={M:<3d} {name:12s} "
-                          f"{work / t:9.1f} img·models/s  {work * flops / t / 1e9:7.2f} GFLOP/s"
-                          f"  x{ratio:.2f} of torch loop" if ratio == ratio else
-                          f"ResNet-{depth:<3d} B={B:<5d} M={M:<3d} {name:12s} "
-                          f"{work / t:9.1f} img·models/s  {work * flops / t / 1e9:7.2f} GFLOP/s")
+                          f"{t / args.steps:7.3f} s/step ({cpu / args.steps:6.3f} CPU-s) "
+                          f"{work / t:8.1f} img·models/s {work * flops / t / 1e9:7.2f} GFLOP/s"
+                          + (f"  x{ratio:.2f} of torch loop" if ratio == ratio else "")
+                          + f"  [load {load[0]:.1f} -> {load[1]:.1f}]")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

@@ -7,17 +7,25 @@ supplies the layer functions on a **channels-last** layout, activations ``(M, B,
 
 * conv, per image (items (model, image) on the threads): an im2col kernel writes each output
   pixel's patch as one row of a ``(Ho·Wo, k·k·C)`` buffer (order ``(i, j, c)``, the weights
-  permuted to match) and one single-threaded BLAS product with the ``(O, k·k·C)`` weight rows
-  gives the image's output rows — which *are* its channels-last output, no transpose; the
-  patches stay in cache between the two.  Backward, per (model, fixed group of images): the
-  patches are recomputed, the group's weight-gradient partial sum accumulates ``dyᵀ·patches``
-  (the groups' sums are added in group order), and the patch gradients ``dy·weights`` are
-  summed back onto the image's input gradient (col2im; one thread per image, so no two
-  threads write the same pixel);
-* BatchNorm: per-(model, channel) sums over fixed row chunks (Σx, Σ(x − μ)², Σdy, Σdy·x̂;
-  accumulated in float64, the chunks summed in a fixed order), then fused element-wise
-  kernels for x̂ and γx̂ + β and for the training-mode input gradient, in the reference's
-  arithmetic order.
+  permuted to match; each kernel row's ``k·C`` entries are one contiguous run of the input
+  row, copied with unsigned indices so the copy vectorises) and one single-threaded BLAS
+  product with the ``(O, k·k·C)`` weight rows gives the image's output rows — which *are*
+  its channels-last output, no transpose; the patches stay in cache between the two.
+  Backward: the weight gradient per (model, fixed group of images) — the patches
+  recomputed, ``patchesᵀ·dy`` accumulated into the group's partial sum (the groups' sums
+  added in group order); the input gradient of a stride-1 conv is the forward kernel again,
+  on ``dy`` with the flipped, transposed kernel at pad ``k − 1 − pad`` (a product with a
+  ``k·k·O``-long reduction, no col2im); a strided conv's patch gradients ``dy·weights`` are
+  summed back onto the image (col2im; one thread per image, so no two threads write the
+  same pixel);
+* BatchNorm: per-(model, channel) sums over fixed row chunks (Σx, Σ(x − μ)², and Σdy with
+  Σdy·x̂ in one pass; accumulated in float64, the chunks summed in a fixed order), then
+  element-wise kernels for γx̂ + β and for the training-mode input gradient, in the
+  reference's arithmetic order; x̂ is recomputed from the cached input, not stored;
+* ReLU, a block's ``max(u + s, 0)`` and the ReLU gradient: element-wise kernels.
+
+The output arrays of a training step come from the trainer's :class:`Workspace` and are
+reused by the next step (fresh large arrays cost page faults at every step).
 
 Kernels are ``nogil`` and take a range ``lo, hi`` of independent items ((model, image),
 (model, image group) or (model, row chunk)); :func:`sdeverify.threads.run_ranges` runs the ranges
@@ -167,6 +175,30 @@ def _conv_backward(dy, x, wrows, k, stride, pad, need_dx, dw_part, dx, lo, hi):
             if need_dx:
                 gemm(False, False, Ho * Wo, K, O, 1.0, g, O, wrows[m].reshape(-1), K, 0.0, dflat, K)
                 _unpatch(dcols, m, b, k, stride, pad, Ho, Wo, dx)
+
+
+@numba.njit(**_JIT)
+def _conv_backward_flipped(dy, x, frows, k, pad, dw_part, dx, lo, hi):
+    """Stride 1, items ``m·G + q`` as :func:`_conv_backward`: for each image b of group q, the
+    patches of ``dy`` at the flipped pad ``pad`` (one im2col serves both products):
+    ``dx[m, b] = patches · frows[m]ᵀ`` (the flipped kernel :func:`_flipped_rows`) and
+    ``dw_part[m, q] += patchesᵀ · x[m, b]``, the gradient of the flipped kernel,
+    ``(k·k·O, C)``."""
+    B, H, W, C = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
+    K = frows.shape[2]
+    G = dw_part.shape[1]
+    cols = np.empty((H * W, K), dtype=x.dtype)
+    flat = cols.reshape(-1)
+    for it in range(lo, hi):
+        m = it // G
+        q = it % G
+        acc = dw_part[m, q].reshape(-1)
+        acc[:] = 0.0
+        for b in range(B * q // G, B * (q + 1) // G):
+            _patches(dy, m, b, k, 1, pad, H, W, cols)
+            gemm(False, True, H * W, C, K, 1.0, flat, K, frows[m].reshape(-1), K, 0.0,
+                 dx[m, b].reshape(-1), C)
+            gemm(True, False, K, C, H * W, 1.0, flat, K, x[m, b].reshape(-1), C, 1.0, acc, C)
 
 
 @numba.njit(**_JIT)
@@ -346,21 +378,25 @@ def _flipped_rows(Wt):
 
 def conv2d_backward(dy, x, Wt, stride, pad, need_dx=True):
     """:func:`conv_reference.conv2d_backward`, channels last; the weight gradient is the sum,
-    in group order, of ``GROUPS`` per-group partial sums over a model's images.  The input
-    gradient of a stride-1 convolution is the forward kernel on ``dy`` with the flipped kernel
-    (:func:`_flipped_rows`: one product with a k·k·O-long reduction per image, no col2im); a
-    strided one sums the patch gradients ``dy·W`` back by col2im."""
+    in group order, of ``GROUPS`` per-group partial sums over a model's images.  A stride-1
+    convolution's input gradient is the convolution of ``dy`` with the flipped kernel
+    (:func:`_flipped_rows`: one product with a k·k·O-long reduction per image, no col2im), and
+    the same patches of ``dy`` give the weight gradient (:func:`_conv_backward_flipped`); a
+    strided one (or the stem's, ``need_dx=False``) takes the patches of ``x`` for the weight
+    gradient and sums the patch gradients ``dy·W`` back by col2im."""
     M, B, Ho, Wo, O = dy.shape
     C, k = Wt.shape[2], Wt.shape[-1]
     G = min(GROUPS, B)
-    dy = _c(dy)
+    dy, x = _c(dy), _c(x)
+    if need_dx and stride == 1:
+        part = _empty((M, G, k * k * O, C), x.dtype)
+        dx = _empty(x.shape, x.dtype)
+        run_ranges(_conv_backward_flipped, M * G, dy, x, _flipped_rows(Wt), k, k - 1 - pad, part, dx)
+        S = part.sum(axis=1).reshape(M, k, k, O, C)        # S[m, i', j', o, c] = dW[m, o, c, k-1-i', k-1-j']
+        return dx, S[:, ::-1, ::-1].transpose(0, 3, 4, 1, 2)
     part = _empty((M, G, k * k * C, O), x.dtype)
-    flipped = need_dx and stride == 1
     dx = _empty(x.shape, x.dtype) if need_dx else np.empty((1,) * 5, dtype=x.dtype)
-    run_ranges(_conv_backward, M * G, dy, _c(x), _weight_rows(Wt), k, stride, pad,
-               need_dx and not flipped, part, dx)
-    if flipped:
-        run_ranges(_conv_forward, M * B, dy, _flipped_rows(Wt), k, 1, k - 1 - pad, dx)
+    run_ranges(_conv_backward, M * G, dy, x, _weight_rows(Wt), k, stride, pad, need_dx, part, dx)
     dW = part.sum(axis=1).reshape(M, k, k, C, O).transpose(0, 4, 3, 1, 2)
     return (dx if need_dx else None), dW
 
