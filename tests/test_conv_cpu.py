@@ -111,3 +111,27 @@ def test_training_with_the_workspace_equals_fresh_arrays():
         out.append([np.concatenate(losses), *tr.get_state()])
     for x, y in zip(*out):
         np.testing.assert_array_equal(x, y)
+
+
+def test_results_do_not_depend_on_how_the_items_are_split_over_threads(monkeypatch):
+    """Bitwise: training and evaluation with every kernel's items in one range on the calling
+    thread against 3 threads with one range each (the tests may run with one Numba thread,
+    so the split is forced through run_ranges' own arguments)."""
+    from sdeverify.threads import run_ranges
+    from sdeverify.train import augment
+    from sdeverify.train.convnet import resnet
+    from sdeverify.train.images import conv_teacher
+    m = resnet(8, width=0.25, shortcut="B", image_size=8, classes=3, weight_decay=0.01)
+    d = conv_teacher(n=40, size=8, classes=3, seed=5)
+    idx = [np.random.default_rng(2).integers(0, d.n_train, (2, 2, 5))]
+    aug = [augment.draw(1, np.arange(2), np.zeros(2, dtype=np.int64), idx[0])]
+    out = []
+    for split in (dict(threads=1), dict(threads=3, per_thread=1)):
+        monkeypatch.setattr(cc, "run_ranges", lambda kernel, n, *a: run_ranges(kernel, n, *a, **split))
+        tr = cc.ConvTrainer(m, d.X_train, d.y_train, 1, 2, "float32")
+        tr.set_state(m.init(1, 2), np.zeros((2, m.n_params)))
+        losses = tr.train(idx, np.full((1, 2), 0.9), np.full((1, 2), 0.1), np.full((1, 2), 0.1),
+                          np.array([1.0]), aug=aug)
+        out.append([losses, *tr.get_state(), *tr.evaluate(d.X_test, d.y_test)])
+    for x, y in zip(*out):
+        np.testing.assert_array_equal(x, y)
