@@ -122,3 +122,28 @@ def test_data_reaches_only_the_checks_that_train():
     assert train_data_overrides(experiments.get("svag"), "quick", "conv_teacher") == {}
     assert train_data_overrides(tsv, "quick", None) == {}
     assert train_data_overrides(tsv, "quick", "conv_teacher")["net"] == "resnet"
+
+
+def test_a_fit_given_a_state_trains_here_inside_a_cluster_session(monkeypatch):
+    """Inside distributed.use(...) plain fit calls go to the session; a call that continues a
+    given state (the Sec 6 method verdicts start from given weights) trains here instead of
+    failing the check, while an explicit executor with state is still refused."""
+    from sdeverify import dispatch
+    from sdeverify.optim import SGD
+    from sdeverify.train import MLP, fit, teacher_student
+
+    class Refuse:                       # a session that must not be asked
+        pass
+
+    called = []
+    monkeypatch.setitem(dispatch._RUNNERS, "fit", lambda *a, **k: called.append(k) or "sent")
+    data = teacher_student(n=256, dim=4, classes=2, seed=1)
+    m = MLP([4, 8, 2])
+    w0 = m.init(0, 1)
+    kw = dict(batch_size=16, steps=3, replicas=1, seed=0, metrics=("train_loss",))
+    with dispatch.entered(Refuse()):
+        res = fit(m, data, SGD(0.1), init_weights=w0, **kw)
+        assert res.replicas == 1 and not called
+        assert fit(m, data, SGD(0.1), **kw) == "sent" and called
+    with pytest.raises(ValueError, match="train here only"):
+        fit(m, data, SGD(0.1), init_weights=w0, executor=Refuse(), **kw)

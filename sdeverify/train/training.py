@@ -134,7 +134,8 @@ def fit(model: Any, data: Dataset, optimizers: Sequence[Any] | Any, *, batch_siz
     executor : a ``distributed.Client`` or a Session (:class:`sdeverify.distributed.Session`;
         ``pip install 'sdeverify[dist]'``): the replicas are cut into shards that train on its workers and are merged exactly
         (:mod:`sdeverify.distributed`; ``progress`` is then not called).  Default None: train
-        here, unless inside ``sdeverify.distributed.use(client)``, which sends every call.
+        here, unless inside ``sdeverify.distributed.use(client)``, which sends every call that
+        starts from scratch (a call given a state — init_weights, resume, … — trains here).
     record_weights : steps (in ``[0, steps]``, un-SVAG'd) after which to record every model's
         weights: ``res.weight_history`` ``(n_opt, len, replicas, P)`` at ``res.weight_steps``.
     init_weights, init_momentum : start from these weights — ``(P,)``, ``(replicas, P)`` or
@@ -161,12 +162,15 @@ def fit(model: Any, data: Dataset, optimizers: Sequence[Any] | Any, *, batch_siz
         divergence steps are global (``start_step`` + the step of this call).
     """
     from .. import dispatch            # where the call runs: handed down by the caller
-    if executor is None:
-        executor = dispatch.active()
-    if executor is not None and _state_args(init_weights, init_momentum, start_step, resume,
-                                            record_weights, init_buffers):
+    stateful = _state_args(init_weights, init_momentum, start_step, resume, record_weights,
+                           init_buffers)
+    if executor is not None and stateful:
         raise ValueError("init_weights, init_momentum, start_step, resume and record_weights "
                          "train here only: pass executor=None (outside distributed.use)")
+    if executor is None and not stateful:
+        # a session's cluster (distributed.use) takes the plain calls; one that continues a
+        # given state trains here, as it must (its state is not a cluster point)
+        executor = dispatch.active()
     if executor is not None:
         return dispatch.run(
             "fit", executor, model, data, optimizers, batch_size=batch_size, steps=steps,
