@@ -18,7 +18,8 @@ augmentations.  Protocol (weight decay, augmentation, warm-up, decay at 50% / 75
 benchmarks/cifar_protocol.py.
 
 Resumable like reproduce_fig2.py: each tuning and each (B, budget) launch is a unit saved
-under ``--out`` as it finishes; only ``--batches`` may change between reruns.  Writes
+under ``--out`` as it finishes (a launch also every ``--checkpoint-epochs`` epochs); only
+``--batches`` may change between reruns.  Writes
 ``curves.csv`` (per epoch), ``summary.json`` (tuned lrs, final accuracies, gaps SGDM − SGD
 with 95% Student-t intervals over paired replicas) and ``batch_sweep.png`` (final accuracy and
 gap against B, both budgets).
@@ -39,11 +40,11 @@ from sdeverify.files import write_hashed_json  # noqa: E402
 
 PROG = "batch_size_sweep.py"
 FULL = dict(depth=20, width=1.0, batches="128,256,512,1024,2048,4096", epochs=80,
-            warmup_epochs=5.0, replicas=4, tune_replicas=1, image_size=16, lr_base=0.2,
-            base_batch=512, lr_factors="0.25,0.5,1,2,4")
+            warmup_epochs=5.0, replicas=4, tune_replicas=1, checkpoint_epochs=10, image_size=16,
+            lr_base=0.2, base_batch=512, lr_factors="0.25,0.5,1,2,4")
 TINY = dict(depth=8, width=0.25, batches="16,64", epochs=1, warmup_epochs=0.5, replicas=2,
-            tune_replicas=1, image_size=8, n_train=128, n_test=64, lr_base=0.2, base_batch=64,
-            lr_factors="0.5,1,2")
+            tune_replicas=1, checkpoint_epochs=1, image_size=8, n_train=128, n_test=64,
+            lr_base=0.2, base_batch=64, lr_factors="0.5,1,2")
 #: the three runs of a (batch size, budget) launch
 SGDM_NAME, SGD_SAME, SGD_TUNED = "SGDM", "SGD@SGDM-lr", "SGD-tuned"
 
@@ -84,7 +85,8 @@ def run(argv=None) -> int:
                   protocol=dataclasses.asdict(protocol), replicas=args.replicas,
                   tune_replicas=args.tune_replicas, seed=args.seed, backend=args.backend,
                   dtype=args.dtype, lr_base=args.lr_base, base_batch=args.base_batch,
-                  lr_factors=factors)
+                  lr_factors=factors,
+                  checkpoint_epochs=args.checkpoint_epochs)
     store = cp.UnitStore(args.out, config)
     print(f"{model.describe()} on {data.name} ({data.n_train} training images), B in {batches}, "
           f"budgets {budgets} epochs; {protocol.describe(args.epochs)}; {args.replicas} replicas; "
@@ -113,9 +115,11 @@ def run(argv=None) -> int:
             opts = [SGDM(tm.lr, protocol.beta, name=SGDM_NAME), SGD(tm.lr, name=SGD_SAME)]
             if ts.lr != tm.lr:
                 opts.append(SGD(ts.lr, name=SGD_TUNED))
-            runs[B, E] = store.train(f"run-B{B}-E{E}", lambda opts=opts, common=common:
+            runs[B, E] = store.train(f"run-B{B}-E{E}", lambda ckpt, opts=opts, common=common:
                                      cp.train_curves(model, data, opts, protocol,
-                                                     replicas=args.replicas, **common),
+                                                     replicas=args.replicas, checkpoint=ckpt,
+                                                     segment_epochs=args.checkpoint_epochs,
+                                                     **common),
                                      inputs={"lr_sgdm": tm.lr, "lr_sgd": ts.lr})
             tunings[B, E] = (tm, ts)
     rows = []

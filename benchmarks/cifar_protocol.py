@@ -26,7 +26,9 @@ saved under ``--out`` as soon as it finishes, through :mod:`sdeverify.files` (at
 content hashes).  ``OUT/protocol.json`` records the arguments every unit depends on; a rerun
 with the same arguments loads the units already on disk and trains only the others (a killed
 run resumes at its first unfinished unit, and the result is bitwise that of an uninterrupted
-run), a rerun with other arguments is refused (:class:`UnitStore`).  Only the list of units
+run), a rerun with other arguments is refused (:class:`UnitStore`).  A training unit also
+keeps its progress every ``--checkpoint-epochs`` epochs (:class:`Checkpoint`,
+:func:`train_curves`), so that a multi-day unit killed midway loses at most that much.  Only the list of units
 (the SVAG ℓs, the batch sizes) may change between reruns: each is its own unit.
 """
 from __future__ import annotations
@@ -54,7 +56,7 @@ from sdeverify.train.convnet import ResNet, resnet  # noqa: E402
 from sdeverify.train.lr import epoch_multiplier  # noqa: E402
 from sdeverify.train.tuning import LrTuning, tune_lr  # noqa: E402
 
-__all__ = ["Protocol", "UnitStore", "ArgumentParser", "add_common_arguments", "apply_preset",
+__all__ = ["Protocol", "UnitStore", "Checkpoint", "concatenate", "ArgumentParser", "add_common_arguments", "apply_preset",
            "preset_epilog",
            "load_data", "build_model", "train_curves", "tune", "mean_band", "paired_gap",
            "floats", "write_curves_csv", "final_record", "image_passes", "tuning_passes",
@@ -142,6 +144,8 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-epochs", type=float, default=None, help="linear lr warm-up, epochs")
     p.add_argument("--replicas", type=int, default=None, help="replicas per optimizer")
     p.add_argument("--tune-replicas", type=int, default=None, help="replicas per lr when tuning")
+    p.add_argument("--checkpoint-epochs", type=int, default=None,
+                   help="save a training unit's progress every this many epochs (0: only at its end)")
     p.add_argument("--backend", choices=backends.names(), default="cpu", help="trainer backend")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="precision")
     p.add_argument("--seed", type=int, default=0, help="random seed")
@@ -180,6 +184,7 @@ def check_common(args: argparse.Namespace) -> None:
     for flag, v, low in (("--epochs", args.epochs, 1), ("--replicas", args.replicas, 1),
                          ("--tune-replicas", args.tune_replicas, 1),
                          ("--n-train", args.n_train, 0), ("--n-test", args.n_test, 0),
+                         ("--checkpoint-epochs", args.checkpoint_epochs, 0),
                          ("--image-size", args.image_size, 4)):
         if v < low:
             raise ValueError(f"{flag} must be an integer >= {low}, got {v}")
@@ -290,30 +295,39 @@ class UnitStore:
                              f"key {key!r} is not this run's {self.key!r}): delete it or use "
                              "another --out")
 
-    def train(self, name: str, make: Callable[[], TrainResult],
+    def train(self, name: str, make: Callable[["Checkpoint"], TrainResult],
               inputs: dict | None = None) -> TrainResult:
-        """Unit ``name`` loaded from disk, or made by ``make()`` and saved.  ``inputs``: what
-        the unit depends on besides the config (e.g. the lr a tuning unit chose), recorded with
-        it and checked on loading."""
+        """Unit ``name`` loaded from disk, or made by ``make(checkpoint)`` and saved (the
+        :class:`Checkpoint` of ``NAME.partial``: where ``make`` keeps and finds the run so far).
+        ``inputs``: what the unit depends on besides the config (e.g. the lr a tuning unit
+        chose), recorded with it and checked on loading."""
         import json
         inputs = json.loads(json.dumps(inputs or {}))
         if self.has(name):
-            res = TrainResult.load(self.path(name))
-            self._own(name, res.meta.get("protocol_key"))
-            if res.meta.get("unit_inputs") != inputs:
-                raise ValueError(f"{json_path(self.path(name))} was trained with "
-                                 f"{res.meta.get('unit_inputs')}, this run needs {inputs}: "
-                                 "delete it to retrain it")
+            res = self._load(name, inputs)
             self.loaded.append(name)
             self.log(f"unit {name}: on disk, loaded")
             return res
         t0 = time.perf_counter()
-        res = make()
-        res = dataclasses.replace(res, meta=dict(res.meta, protocol_key=self.key, unit=name,
-                                                 unit_inputs=inputs))
+        ckpt = Checkpoint(self, name, inputs)
+        res = self._tag(make(ckpt), name, inputs)
         res.save(self.path(name))
+        ckpt.clear()
         self.trained.append(name)
         self.log(f"unit {name}: trained in {time.perf_counter() - t0:.1f} s, saved")
+        return res
+
+    def _tag(self, res: TrainResult, name: str, inputs: dict) -> TrainResult:
+        return dataclasses.replace(res, meta=dict(res.meta, protocol_key=self.key, unit=name,
+                                                  unit_inputs=inputs))
+
+    def _load(self, name: str, inputs: dict) -> TrainResult:
+        res = TrainResult.load(self.path(name))
+        self._own(name, res.meta.get("protocol_key"))
+        if res.meta.get("unit_inputs") != inputs:
+            raise ValueError(f"{json_path(self.path(name))} was trained with "
+                             f"{res.meta.get('unit_inputs')}, this run needs {inputs}: "
+                             "delete it to retrain it")
         return res
 
     def tuning(self, name: str, make: Callable[[], LrTuning]) -> LrTuning:
@@ -343,22 +357,95 @@ class UnitStore:
         return tun
 
 
+class Checkpoint:
+    """The part of unit ``name`` trained so far, ``NAME.partial`` in the store (a
+    :class:`~sdeverify.train.TrainResult` with its final state, same hashes and checks as a
+    unit); deleted once the unit is saved."""
+
+    def __init__(self, store: UnitStore, name: str, inputs: dict):
+        self.store, self.name, self.inputs = store, f"{name}.partial", inputs
+
+    def load(self) -> TrainResult | None:
+        """The run so far, or None."""
+        if not self.store.has(self.name):
+            return None
+        res = self.store._load(self.name, self.inputs)
+        self.store.log(f"unit {self.name}: on disk, resuming after step {int(res.eval_steps[-1])}")
+        return res
+
+    def save(self, res: TrainResult) -> None:
+        """Keep ``res`` (atomically replacing the previous checkpoint)."""
+        self.store._tag(res, self.name, self.inputs).save(self.store.path(self.name))
+
+    def clear(self) -> None:
+        """Delete the checkpoint's files."""
+        path = json_path(self.store.path(self.name))
+        for f in [path, *path.parent.glob(f"{self.name}.*.npz")]:
+            if f.exists():
+                f.unlink()
+
+
 # ---- training ------------------------------------------------------------------------------
 def train_curves(model: ResNet, data: Dataset, optimizers: Sequence[Any], protocol: Protocol, *,
                  batch_size: int, epochs: int, replicas: int, seed: int, svag: int = 1,
-                 backend: str = "cpu", dtype: str = "float32",
-                 quiet: bool = False) -> TrainResult:
-    """One :func:`fit` launch of the protocol: every optimizer × ``replicas``, evaluated at
-    every epoch end (:data:`METRICS`), SVAG ℓ = ``svag`` (Def 6.1)."""
+                 backend: str = "cpu", dtype: str = "float32", quiet: bool = False,
+                 segment_epochs: int = 0, checkpoint: "Checkpoint | None" = None) -> TrainResult:
+    """The protocol's training of every optimizer × ``replicas`` with SVAG ℓ = ``svag``
+    (Def 6.1), evaluated at every epoch end (:data:`METRICS`), final state kept.
+
+    With ``segment_epochs`` > 0 the run is trained in segments of that many epochs, each a
+    :func:`fit` call continuing the previous one exactly (its weights, momentum, BN state and
+    global step: same minibatches, augmentations and lr schedule), and after each segment the
+    run so far is saved to ``checkpoint`` (a run killed mid-unit resumes from its last
+    segment).  The one rule a segment boundary touches is divergence detection, whose
+    threshold is relative to the first minibatch loss of each :func:`fit` call."""
     spe = data.n_train // batch_size
     if spe < 1:
         raise ValueError(f"--batch must be in [1, {data.n_train}] (the training images), "
                          f"got {batch_size}")
-    return fit(model, data, list(optimizers), batch_size=batch_size, epochs=epochs,
-               replicas=replicas, seed=seed, lr_schedule=protocol.schedule(epochs, spe),
-               svag=svag, eval_steps=np.arange(epochs + 1) * spe, metrics=METRICS,
-               augment=protocol.augment, backend=backend, dtype=dtype,
-               progress=None if quiet else True)
+    mult = protocol.schedule(epochs, spe)
+    seg = segment_epochs if segment_epochs > 0 else epochs
+    done = checkpoint.load() if checkpoint is not None else None
+    e0 = 0 if done is None else int(done.eval_steps[-1]) // spe
+    while e0 < epochs:
+        e1 = min(epochs, e0 + seg)
+        start = {} if done is None else dict(
+            init_weights=_finite(done.weights), init_momentum=_finite(done.momentum),
+            init_buffers=_finite(done.buffers), start_step=e0 * spe)
+        part = fit(model, data, list(optimizers), batch_size=batch_size, steps=(e1 - e0) * spe,
+                   replicas=replicas, seed=seed, lr_schedule=mult[:e1 * spe], svag=svag,
+                   eval_steps=np.arange(0 if done is None else 1, e1 - e0 + 1) * spe,
+                   metrics=METRICS, augment=protocol.augment, backend=backend, dtype=dtype,
+                   keep_weights=True, progress=None if quiet else True, **start)
+        done = part if done is None else concatenate(done, part)
+        e0 = e1
+        if checkpoint is not None and e0 < epochs:
+            checkpoint.save(done)
+    return done
+
+
+def _finite(a: np.ndarray | None) -> np.ndarray | None:
+    """A state to continue from, with the entries of diverged replicas (non-finite; such a
+    replica stays excluded from the statistics by its divergence step) set to 0."""
+    return None if a is None else np.where(np.isfinite(a), a, 0.0)
+
+
+def concatenate(first: TrainResult, then: TrainResult) -> TrainResult:
+    """One result of a run trained as ``first`` and its continuation ``then``
+    (``fit(init_*=first's final state, start_step=first's end)``): evaluations and minibatch
+    losses joined, the earlier divergence step kept, the final state of ``then``."""
+    div = np.where(first.div_step >= 0, first.div_step, then.div_step)
+    segments = first.meta.get("segments", [first.meta.get("fingerprint")])
+    meta = dict(then.meta, start_step=first.meta.get("start_step", 0),
+                steps=int(first.meta["steps"]) + int(then.meta["steps"]),
+                eval_steps=first.eval_steps.tolist() + then.eval_steps.tolist(),
+                wall_time=first.meta.get("wall_time", 0.0) + then.meta.get("wall_time", 0.0),
+                segments=segments + [then.meta.get("fingerprint")])
+    return TrainResult(first.optimizers, first.metrics,
+                       np.concatenate([first.eval_steps, then.eval_steps]),
+                       np.concatenate([first.values, then.values], axis=1),
+                       np.concatenate([first.batch_loss, then.batch_loss], axis=2), div,
+                       then.weights, meta, then.momentum, None, None, then.buffers)
 
 
 def tune(model: ResNet, data: Dataset, optimizer: Callable[[float], Any], grid: Sequence[float],

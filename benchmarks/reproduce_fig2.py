@@ -14,8 +14,10 @@ weight decay 5e-4 without BN parameters, crop + flip augmentation, 5-epoch linea
 lr ×0.1 at 50% and 75% of the epochs (benchmarks/cifar_protocol.py, which says why).
 
 Resumable: the tuning and each ℓ (both optimizers, all replicas in one launch) are units saved
-under ``--out`` as they finish; rerunning the same command trains only the missing units, and
-a rerun with other arguments is refused (only ``--ells`` may change).  Writes ``--out``:
+under ``--out`` as they finish, and a unit in training saves its progress every
+``--checkpoint-epochs`` (10) epochs; rerunning the same command continues where the last run
+stopped, bitwise as if uninterrupted, and a rerun with other arguments is refused (only
+``--ells`` may change).  Writes ``--out``:
 ``svag{ℓ}.json/.npz`` (the runs), ``tune-sgdm.json``, ``curves.csv`` (train loss, test loss,
 test accuracy per epoch, optimizer, ℓ and replica), ``summary.json`` (final accuracies and the
 SGDM − SGD gap per ℓ with 95% Student-t intervals over paired replicas) and ``fig2.png``.
@@ -38,11 +40,11 @@ from sdeverify.files import write_hashed_json  # noqa: E402
 PROG = "reproduce_fig2.py"
 #: the paper's setting (App D.2), and the protocol's adopted defaults
 FULL = dict(depth=32, width=1.0, batch=512, epochs=160, warmup_epochs=5.0, ells="1,2,4,8",
-            replicas=4, tune_replicas=1, image_size=16,
+            replicas=4, tune_replicas=1, checkpoint_epochs=10, image_size=16,
             lr_grid="0.05,0.1,0.2,0.4,0.8")
 #: tiny sizes for tests: seconds on two cores
 TINY = dict(depth=8, width=0.25, batch=32, epochs=2, warmup_epochs=1.0, ells="1,2",
-            replicas=2, tune_replicas=1, image_size=8, n_train=128, n_test=64,
+            replicas=2, tune_replicas=1, checkpoint_epochs=1, image_size=8, n_train=128, n_test=64,
             lr_grid="0.1,0.2,0.4")
 
 
@@ -81,7 +83,8 @@ def run(argv=None) -> int:
                   model=model.describe(), batch=args.batch, epochs=args.epochs,
                   protocol=dataclasses.asdict(protocol), replicas=args.replicas,
                   seed=args.seed, backend=args.backend, dtype=args.dtype,
-                  lr=args.lr, lr_grid=grid, tune_replicas=args.tune_replicas if grid else None)
+                  lr=args.lr, lr_grid=grid, tune_replicas=args.tune_replicas if grid else None,
+                  checkpoint_epochs=args.checkpoint_epochs)
     store = cp.UnitStore(args.out, config)
     print(f"{model.describe()} on {data.name} ({data.n_train} training images), B={args.batch}, "
           f"{protocol.describe(args.epochs)}; {args.replicas} replicas; out {store.folder}")
@@ -106,9 +109,10 @@ def run(argv=None) -> int:
                   f"{tuning.extended} extensions: the tuning is inconclusive", file=sys.stderr)
     runs = {}
     for ell in ells:
-        runs[ell] = store.train(f"svag{ell}", lambda ell=ell: cp.train_curves(
+        runs[ell] = store.train(f"svag{ell}", lambda ckpt, ell=ell: cp.train_curves(
             model, data, [SGD(lr), SGDM(lr, protocol.beta)], protocol,
-            replicas=args.replicas, svag=ell, **common), inputs={"lr": lr})
+            replicas=args.replicas, svag=ell, segment_epochs=args.checkpoint_epochs,
+            checkpoint=ckpt, **common), inputs={"lr": lr})
     spe = data.n_train // args.batch
     cp.write_curves_csv(store.folder / "curves.csv",
                         [({"ell": ell}, r, spe) for ell, r in runs.items()])

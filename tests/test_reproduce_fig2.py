@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdeverify.files import read_json
+from sdeverify.files import read_json, write_hashed_json
 from sdeverify.train import TrainResult
 from fake_data import write_fake_cifar
 
@@ -129,6 +129,51 @@ def test_killed_run_resumes_and_a_deleted_unit_alone_retrains_bitwise(teacher_ru
     assert snapshot(out) == snapshot(ref)
 
 
+def test_a_unit_killed_between_segments_resumes_from_its_checkpoint(teacher_run, tmp_path,
+                                                                     monkeypatch, capsys):
+    """--tiny saves a unit's progress after every epoch: a run killed in svag1's second epoch
+    resumes there (one fit call for svag1 instead of two) and ends bitwise as the
+    uninterrupted run, with no checkpoint left behind."""
+    ref, _ = teacher_run
+    out = tmp_path / "run"
+    real = cifar_protocol.fit
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("start_step", 0))
+        if killed and len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cifar_protocol, "fit", counted)
+    killed = True
+    assert fig2(out) == 130
+    assert calls == [0, 4] and (out / "svag1.partial.json").exists()
+    assert not (out / "svag1.json").exists()
+    partial = TrainResult.load(out / "svag1.partial")
+    assert partial.eval_steps.tolist() == [0, 4] and partial.weights is not None
+    killed, calls[:] = False, []
+    capsys.readouterr()
+    assert fig2(out) == 0
+    text = capsys.readouterr().out
+    assert "unit svag1.partial: on disk, resuming after step 4" in text
+    assert calls == [4, 0, 4]                 # svag1's second epoch, then svag2's two
+    assert not list(out.glob("*.partial*"))
+    assert snapshot(out) == snapshot(ref)
+
+
+def test_checkpoint_segments_do_not_change_the_numbers(teacher_run, tmp_path):
+    ref, _ = teacher_run
+    out = tmp_path / "run"
+    assert fig2(out, "--checkpoint-epochs", "0") == 0         # each unit in one fit call
+    for ell in (1, 2):
+        a, b = TrainResult.load(ref / f"svag{ell}"), TrainResult.load(out / f"svag{ell}")
+        assert len(a.meta["segments"]) == 2 and "segments" not in b.meta
+        for name in ("eval_steps", "values", "batch_loss", "div_step", "weights", "momentum",
+                     "buffers"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+
+
 def test_rerun_with_other_arguments_is_refused(teacher_run, tmp_path, capsys):
     ref, _ = teacher_run
     out = tmp_path / "run"
@@ -142,6 +187,14 @@ def test_rerun_with_other_arguments_is_refused(teacher_run, tmp_path, capsys):
     assert fig2(out, "--lr", "0.1") == 2                      # no tuning: another run
     assert "lr_grid" in capsys.readouterr().err
     assert snapshot(out) == before
+    # a tuning that now picks another lr: the runs trained at the old lr are not reused
+    tun = read_json(out / "tune-sgdm.json")
+    write_hashed_json(out / "tune-sgdm.json", dict(tun, lr=2 * tun["lr"]))
+    assert fig2(out) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]
+    assert len(err) == 1 and "svag1.json was trained with {'lr': " in err[0] \
+        and "delete it to retrain it" in err[0], err
+    write_hashed_json(out / "tune-sgdm.json", tun)
     # a unit of another run planted among this run's units is refused, not mixed in
     other = tmp_path / "other"
     assert fig2(other, "--lr", "0.1", "--ells", "1") == 0
@@ -157,14 +210,16 @@ def test_rerun_with_other_arguments_is_refused(teacher_run, tmp_path, capsys):
 
 def test_tiny_run_on_the_cifar10_archive(tmp_path, capsys):
     folder = tmp_path / "cifar-10-batches-py"
-    write_fake_cifar(folder, n_per=16)                        # 80 training, 16 test images
+    write_fake_cifar(folder, n_per=8)                         # 40 training, 8 test images
     out = tmp_path / "run"
-    assert fig2(out, "--data", f"cifar10:{folder}", "--lr", "0.1", "--ells", "1") == 0
+    assert fig2(out, "--data", f"cifar10:{folder}", "--lr", "0.1", "--ells", "1",
+                "--epochs", "1", "--n-train", "32", "--batch", "16") == 0
     res = TrainResult.load(out / "svag1")
-    assert res.eval_steps.tolist() == [0, 2, 4]               # 80 // 32 = 2 steps per epoch
+    assert res.eval_steps.tolist() == [0, 2]                  # 32 // 16 = 2 steps per epoch
     assert np.all(np.isfinite(res.values))
     manifest = read_json(out / "protocol.json")["config"]
     assert manifest["data"]["kind"] == "cifar10" and manifest["data"]["shape"] == [3, 32, 32]
+    assert manifest["data"]["n_train"] == 32 and manifest["data"]["n_test"] == 8
     assert str(folder) not in json.dumps(manifest)           # the archive may move
     assert not (out / "tune-sgdm.json").exists() and (out / "fig2.png").exists()
     assert units_written(capsys.readouterr().out) == (["svag1"], [])
