@@ -186,7 +186,8 @@ def _verdicts(Bs, budgets, out) -> list[Verdict]:
                 "Sec 6, Fig 1", "gap(B_max) - gap(B_min) > 0", grow[0], grow_ok[0],
                 "95% t-interval of the per-replica gap difference above 0"),
         Verdict(f"mechanism (derived): at B={Bs[-1]} and SGDM's lr {lr_big(out):.3g}, SGD's sharpness "
-                f"reaches its stability edge 2/lr by the end of the peak-lr phase",
+                f"reaches or exceeds its stability edge 2/lr by the end of the peak-lr phase (this "
+                f"lr is in SGD's unstable range)",
                 "docs/theory.md §11; Lemma 3.4", f"sharpness / (2/lr) >= {EDGE_REACHED}", sgd_edge,
                 bool(sgd_edge.low >= EDGE_REACHED),
                 f"95% t-interval over {SHARP_REPLICAS} replicas of the ratio, lower end >= {EDGE_REACHED}"),
