@@ -143,7 +143,7 @@ BUGS = [
     # the trainer (Sec 6 checks): each must fail a verdict of train_batch_size or train_svag
     Bug("train-aug-one-optimizer", "trainer pairing", "train/conv_reference.py",
         "        return np.tile(X, (self.J, 1, 1, 1, 1))",
-        "        return np.concatenate([self.X[rows][None]] + [X[None]] * (self.J - 1))",
+        "        return np.concatenate([self.X[rows]] + [X] * (self.J - 1))",
         "augmentation not applied to the first optimizer of a launch (the others see it)",
         ("train_batch_size", "train_svag")),
     Bug("train-svag-reuse", "trainer SVAG", "train/batches.py",
