@@ -197,6 +197,9 @@ def check_common(args: argparse.Namespace) -> None:
                          f"got {args.warmup_epochs:g}")
     if not (args.data == "teacher" or args.data.startswith("cifar10:")):
         raise ValueError(f"--data must be cifar10:FOLDER or teacher, got {args.data!r}")
+    if args.backend == "cuda":               # no GPU: one line now, not after loading the data
+        from sdeverify.engine.cuda import require
+        require()
     writable_folder("--out", args.out)
 
 
