@@ -257,15 +257,16 @@ def _train_stats(res: TrainResult) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def train_dataset(res: TrainResult) -> "xarray.Dataset":
     """:class:`xarray.Dataset` of a TrainResult: ``value`` over optimizer × step × replica ×
-    metric (NaN from a replica's divergence on) and ``mean``/``sem``/``count`` over
-    optimizer × step × metric."""
+    observable (NaN from a replica's divergence on) and ``mean``/``sem``/``count`` over
+    optimizer × step × observable.  The metrics' dimension is ``observable``, as in a
+    simulation's dataset and in both results' frames."""
     xr = optional("xarray")
     J, E, Rp, K = res.values.shape
     vals = np.stack([np.stack([res.values_of(j, k) for k in range(K)], axis=-1) for j in range(J)])
     mean, sem, count = _train_stats(res)
     coords = {"optimizer": list(res.optimizers), "step": np.asarray(res.eval_steps),
-              "replica": np.arange(Rp), "metric": list(res.metrics)}
-    d3 = ("optimizer", "step", "metric")
-    return xr.Dataset({"value": (("optimizer", "step", "replica", "metric"), vals),
+              "replica": np.arange(Rp), "observable": list(res.metrics)}
+    d3 = ("optimizer", "step", "observable")
+    return xr.Dataset({"value": (("optimizer", "step", "replica", "observable"), vals),
                        "mean": (d3, mean), "sem": (d3, sem), "count": (d3, count)},
                       coords=coords, attrs=attrs_of(res.meta))

@@ -227,7 +227,9 @@ def test_train_result_as_dataframe_and_dataset():
     assert len(per) == vals.size
     assert np.isnan(per[(per.optimizer == "SGDM") & (per.step == 20) & (per.replica == 1)]["value"]).all()
     ds = res.to_xarray()
-    assert ds["value"].dims == ("optimizer", "step", "replica", "metric")
+    assert ds["value"].dims == ("optimizer", "step", "replica", "observable")
+    assert set(ds["mean"].dims) <= set(df.columns) and set(ds["value"].dims) <= set(per.columns)
+    assert list(ds["observable"].values) == ["test_loss", "test_acc"]
     np.testing.assert_array_equal(ds["count"].sel(optimizer="SGDM").values[:, 0], [4, 4, 3])
 
 

@@ -120,8 +120,10 @@ class TrainResult:
         return train_paired_frame(self, baseline, level)
 
     def to_xarray(self) -> xarray.Dataset:
-        """:class:`xarray.Dataset`: ``value`` over optimizer × step × replica × metric and
-        ``mean``/``sem``/``count`` over optimizer × step × metric.  Needs xarray."""
+        """:class:`xarray.Dataset`: ``value`` over optimizer × step × replica × observable
+        and ``mean``/``sem``/``count`` over optimizer × step × observable (the metrics'
+        dimension is named ``observable``, as in :meth:`to_dataframe` and in a simulation's
+        dataset).  Needs xarray."""
         from ..tables import train_dataset
         return train_dataset(self)
 
