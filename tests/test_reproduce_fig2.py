@@ -15,6 +15,7 @@ import pytest
 
 from sdeverify.files import read_json, write_hashed_json
 from sdeverify.train import TrainResult
+from sdeverify.train.blas_threads import single_threaded
 from fake_data import write_fake_cifar
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +29,14 @@ TINY = ["--tiny", "--backend", "numpy", "--quiet"]
 
 
 def fig2(out, *extra) -> int:
-    return reproduce_fig2.main([*TINY, "--out", str(out), *extra])
+    return call(reproduce_fig2, [*TINY, "--out", str(out), *extra])
+
+
+def call(script, argv) -> int:
+    """``script.main(argv)`` with OpenBLAS on one thread: the NumPy reference's small
+    products only contend with it on a shared machine (5x slower under ``-n 2``, measured)."""
+    with single_threaded():
+        return script.main(argv)
 
 
 def units_written(text: str) -> tuple[list[str], list[str]]:
@@ -228,7 +236,7 @@ def test_tiny_run_on_the_cifar10_archive(tmp_path, capsys):
 def test_batch_size_sweep_tiny(tmp_path, capsys):
     out = tmp_path / "sweep"
     argv = [*TINY, "--out", str(out), "--batches", "32"]
-    assert batch_size_sweep.main(argv) == 0
+    assert call(batch_size_sweep, argv) == 0
     trained, loaded = units_written(capsys.readouterr().out)
     assert trained == ["tune-B32-E1-sgdm", "tune-B32-E1-sgd", "run-B32-E1",
                        "tune-B32-E2-sgdm", "tune-B32-E2-sgd", "run-B32-E2"] and loaded == []
@@ -246,7 +254,7 @@ def test_batch_size_sweep_tiny(tmp_path, capsys):
     assert epochs == {("1", "0"), ("1", "1"), ("2", "0"), ("2", "1"), ("2", "2")}
     assert (out / "batch_sweep.png").stat().st_size > 10_000
     before = snapshot(out)
-    assert batch_size_sweep.main(argv) == 0                   # rerun: everything on disk
+    assert call(batch_size_sweep, argv) == 0                  # rerun: everything on disk
     trained, loaded = units_written(capsys.readouterr().out)
     assert trained == [] and len(loaded) == 6 and snapshot(out) == before
 
@@ -271,7 +279,7 @@ def test_batch_size_sweep_tiny(tmp_path, capsys):
 def test_bad_arguments_exit_2_with_one_line(script, argv, flag, tmp_path, capsys):
     out = tmp_path / "out"
     try:
-        rc = script.main([*TINY, "--out", str(out), *argv])
+        rc = call(script, [*TINY, "--out", str(out), *argv])
     except SystemExit as exc:                                 # argparse's own errors
         rc = exc.code
     assert rc == 2
