@@ -28,14 +28,16 @@ with the same arguments loads the units already on disk and trains only the othe
 run resumes at its first unfinished unit, and the result is bitwise that of an uninterrupted
 run), a rerun with other arguments is refused (:class:`UnitStore`).  A training unit also
 keeps its progress every ``--checkpoint-epochs`` epochs (:class:`Checkpoint`,
-:func:`train_curves`), so that a multi-day unit killed midway loses at most that much.  Only the list of units
-(the SVAG ℓs, the batch sizes) may change between reruns: each is its own unit.
+:func:`train_curves`), so that a multi-day unit killed midway loses at most that much.  Only
+the list of units (the SVAG ℓs, the batch sizes) may change between reruns: each is its own
+unit.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import dataclasses
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -56,12 +58,11 @@ from sdeverify.train.convnet import ResNet, resnet  # noqa: E402
 from sdeverify.train.lr import epoch_multiplier  # noqa: E402
 from sdeverify.train.tuning import LrTuning, tune_lr  # noqa: E402
 
-__all__ = ["Protocol", "UnitStore", "Checkpoint", "concatenate", "ArgumentParser", "add_common_arguments", "apply_preset",
-           "preset_epilog",
-           "load_data", "build_model", "train_curves", "tune", "mean_band", "paired_gap",
-           "floats", "write_curves_csv", "final_record", "image_passes", "tuning_passes",
-           "describe_work", "interval_record", "check_common", "data_record",
-           "main_guard", "METRICS"]
+__all__ = ["Protocol", "UnitStore", "Checkpoint", "concatenate", "ArgumentParser",
+           "add_common_arguments", "preset_epilog", "apply_preset", "check_common", "load_data",
+           "build_model", "data_record", "train_curves", "tune", "image_passes",
+           "tuning_passes", "describe_work", "mean_band", "paired_gap", "final_record",
+           "interval_record", "floats", "write_curves_csv", "main_guard", "METRICS"]
 
 #: what every training unit evaluates at every epoch end
 METRICS = ("train_loss", "test_loss", "test_acc")
@@ -145,7 +146,8 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--replicas", type=int, default=None, help="replicas per optimizer")
     p.add_argument("--tune-replicas", type=int, default=None, help="replicas per lr when tuning")
     p.add_argument("--checkpoint-epochs", type=int, default=None,
-                   help="save a training unit's progress every this many epochs (0: only at its end)")
+                   help="save a training unit's progress every this many epochs (0: only at "
+                        "its end)")
     p.add_argument("--backend", choices=backends.names(), default="cpu", help="trainer backend")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="precision")
     p.add_argument("--seed", type=int, default=0, help="random seed")
@@ -189,7 +191,8 @@ def check_common(args: argparse.Namespace) -> None:
         if v < low:
             raise ValueError(f"{flag} must be an integer >= {low}, got {v}")
     if args.depth < 8 or (args.depth - 2) % 6:
-        raise ValueError(f"--depth must be 6n + 2 with n >= 1 (8, 14, 20, 32, ...), got {args.depth}")
+        raise ValueError(f"--depth must be 6n + 2 with n >= 1 (8, 14, 20, 32, ...), "
+                         f"got {args.depth}")
     if not np.isfinite(args.width) or args.width <= 0:
         raise ValueError(f"--width must be > 0, got {args.width}")
     if not np.isfinite(args.warmup_epochs) or not 0 <= args.warmup_epochs <= args.epochs:
@@ -206,7 +209,8 @@ def check_common(args: argparse.Namespace) -> None:
 def load_data(args: argparse.Namespace) -> Dataset:
     """The data of ``--data``: CIFAR-10 images from the archive folder (the first
     ``--n-train`` / ``--n-test``, 0 = all) or generated conv-teacher images
-    (``--n-train`` training images of ``--image-size`` pixels, a quarter as many test images)."""
+    (``--n-train`` training images of ``--image-size`` pixels and, unless ``--n-test`` says
+    otherwise, a third as many test images)."""
     from sdeverify.train.images import cifar10_images, conv_teacher
     if args.data.startswith("cifar10:"):
         return cifar10_images(args.data.split(":", 1)[1], n_train=args.n_train or None,
@@ -263,7 +267,6 @@ class UnitStore:
 
     def __init__(self, folder: str | Path, config: dict, *, log: Callable[[str], None] = print):
         self.folder = writable_folder("--out", folder)
-        import json
         self.config = json.loads(json.dumps(config))
         self.key = content_hash(self.config)[:16]
         self.trained: list[str] = []
@@ -274,10 +277,12 @@ class UnitStore:
             doc = read_json(manifest)
             old = doc.get("config")
             if doc.get("format") != FORMAT or not isinstance(old, dict):
-                raise ValueError(f"{manifest} is not a manifest of these scripts: use another --out")
+                raise ValueError(f"{manifest} is not a manifest of these scripts: use another "
+                                 "--out")
             if old != self.config:
                 diff = [f"{k}: {old.get(k)!r} there, {self.config.get(k)!r} now"
-                        for k in sorted(set(old) | set(self.config)) if old.get(k) != self.config.get(k)]
+                        for k in sorted(set(old) | set(self.config))
+                        if old.get(k) != self.config.get(k)]
                 raise ValueError(f"--out {str(folder)!r} holds units of a run with other arguments "
                                  f"({'; '.join(diff)}): rerun with those arguments to resume it, "
                                  "or choose another --out")
@@ -304,7 +309,6 @@ class UnitStore:
         :class:`Checkpoint` of ``NAME.partial``: where ``make`` keeps and finds the run so far).
         ``inputs``: what the unit depends on besides the config (e.g. the lr a tuning unit
         chose), recorded with it and checked on loading."""
-        import json
         inputs = json.loads(json.dumps(inputs or {}))
         if self.has(name):
             res = self._load(name, inputs)
