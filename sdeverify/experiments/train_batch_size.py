@@ -32,9 +32,10 @@ diverged replica scores chance and is reported):
   the interval above 0;
 * *the gap grows with B*: gap(B_max) − gap(B_min) above 0;
 * *mechanism* (derived, docs/theory.md §11), at the largest B with SGDM's lr for both (Fig 1's
-  comparison), budget E, at the end of the peak-lr phase: SGD's sharpness reaches its edge
-  (ratio S·η/2, interval above 1/2) while SGDM's stays below its own edge (ratio
-  S·(1−β)η/(2(1+β)), interval below 1);
+  comparison), budget E, at the end of the peak-lr phase (geometric mean over 6 replicas,
+  Student-t interval on the logs: ratios are positive and heavy-tailed): SGD's sharpness
+  reaches its edge (ratio S·η/2, interval above 1/2) while SGDM's stays below its own edge
+  (ratio S·(1−β)η/(2(1+β)), interval below 1);
 * negative controls: SGDM with β = 0 is not "ahead" at the largest B; SGD at 1/16 of SGDM's
   lr is not "comparable" at the smallest B;
 * the trainer's method verdicts (:mod:`.train_method`): gradient, pairing, SVAG noise.
@@ -69,7 +70,8 @@ SIZES = {"smoke": NET_SIZES["mlp"]["smoke"], "quick": NET_SIZES["mlp"]["quick"],
          "full": NET_SIZES["resnet"]["full"]}
 CONTROL_LR_FACTOR = 16
 SHARP = dict(sharpness_samples=256, sharpness_iters=12)
-SHARP_REPLICAS = 4
+SHARP_REPLICAS = 6
+PEAK_POINTS = 3
 EDGE_REACHED, EDGE_BELOW = 0.5, 1.0
 OPTS = ("SGD (own lr)", "SGDM", "SGD at SGDM's lr")
 
@@ -123,19 +125,39 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
 
 
 def _sharpness(setup: tc.Setup, B: int, lr: float, E: int, seed: int) -> dict:
-    """Sharpness of SGD and SGDM, both at SGDM's lr, at the start, at the end of the peak-lr
-    phase (just before the first decay) and at the end, over ``SHARP_REPLICAS`` replicas."""
+    """Sharpness of SGD and SGDM, both at SGDM's lr, over ``SHARP_REPLICAS`` replicas: at the
+    start, at :data:`PEAK_POINTS` steps over the second half of the peak-lr phase (up to the
+    first decay, for the figure) and at the end.  ``edge_ratio``: per optimizer and replica
+    the sharpness / own stability edge at the end of the peak-lr phase (just before the first
+    decay), the edge at the lr of the step before (the lr that shaped the weights)."""
     spe = setup.data.n_train // B
+    steps_total = E * spe
+    mult = tc.schedule(E, spe)
+    warm_end = max(1, int(round(tc.WARMUP_FRACTION * E * spe)))
     first_decay = int(round(tc.DECAYS[0] * E)) * spe
-    steps = np.array([0, first_decay, E * spe])
+    peak = np.unique(np.linspace((warm_end + first_decay) / 2, first_decay, PEAK_POINTS).round().astype(int))
+    steps = np.unique(np.concatenate([[0], peak, [steps_total]]))
     res = tc.fit(setup.model, setup.data, [tc.sgd(lr), tc.sgdm(lr)], batch_size=B, epochs=E,
-                 replicas=SHARP_REPLICAS, seed=seed, lr_schedule=tc.schedule(E, spe),
+                 replicas=SHARP_REPLICAS, seed=seed, lr_schedule=mult,
                  metrics=("sharpness",), eval_steps=steps, on_divergence="ignore",
                  augment=setup.augment, backend=setup.backend, dtype=setup.dtype, **SHARP)
     S = np.stack([res.values_of(j, "sharpness") for j in range(2)])     # (2, evals, replicas)
-    edges = np.array([2 / lr, 2 * (1 + tc.BETA) / ((1 - tc.BETA) * lr)])
-    return {"sharp_steps": steps, "sharpness": S, "edges": edges,
-            "edge_ratio": S[:, 1] / edges[:, None]}
+    lr_k = lr * mult[np.maximum(steps - 1, 0)]
+    edges = np.stack([2 / lr_k, 2 * (1 + tc.BETA) / ((1 - tc.BETA) * lr_k)])   # (2, evals)
+    ratio = S / edges[:, :, None]
+    end_of_peak = int(np.flatnonzero(steps == first_decay)[0])
+    return {"sharp_steps": steps, "sharpness": S, "edges": edges, "edge_ratio_all": ratio,
+            "edge_ratio": ratio[:, end_of_peak]}
+
+
+def log_interval(ratios) -> "tc.Interval":
+    """95% interval of the geometric mean of per-replica ratios (Student-t on the logs, mapped
+    back): ratios are positive and heavy-tailed, so their logs are the scale to average on."""
+    r = np.asarray(ratios, float)
+    if not np.all(np.isfinite(r) & (r > 0)):
+        return tc.Interval(float("nan"), float("nan"), float("nan"), 0.95)
+    iv = tc.t_interval(np.log(r))
+    return tc.Interval(float(np.exp(iv.estimate)), float(np.exp(iv.low)), float(np.exp(iv.high)), iv.level)
 
 
 def _gap(out, i, b, sgd=0):
@@ -156,7 +178,7 @@ def _verdicts(Bs, budgets, out) -> list[Verdict]:
     big_paper = tc.t_interval(_gap(out, -1, 0, sgd=2))
     grow = [tc.t_interval(_gap(out, -1, b) - _gap(out, 0, b)) for b in range(2)]
     ratio = out["edge_ratio"]
-    sgd_edge, sgdm_edge = tc.t_interval(ratio[0]), tc.t_interval(ratio[1])
+    sgd_edge, sgdm_edge = log_interval(ratio[0]), log_interval(ratio[1])
     c_beta0, c_lr = tc.t_interval(out["control_beta0"]), tc.t_interval(out["control_lr16"])
     lr = out["lr"]
     edges = np.argwhere(out["tuned_at_edge"][:, 0])
@@ -186,15 +208,16 @@ def _verdicts(Bs, budgets, out) -> list[Verdict]:
                 "Sec 6, Fig 1", "gap(B_max) - gap(B_min) > 0", grow[0], grow_ok[0],
                 "95% t-interval of the per-replica gap difference above 0"),
         Verdict(f"mechanism (derived): at B={Bs[-1]} and SGDM's lr {lr_big(out):.3g}, SGD's sharpness "
-                f"reaches or exceeds its stability edge 2/lr by the end of the peak-lr phase (this "
-                f"lr is in SGD's unstable range)",
+                f"reaches or exceeds its stability edge 2/lr by the end of the peak-lr phase (this lr "
+                f"is in SGD's unstable range)",
                 "docs/theory.md §11; Lemma 3.4", f"sharpness / (2/lr) >= {EDGE_REACHED}", sgd_edge,
                 bool(sgd_edge.low >= EDGE_REACHED),
-                f"95% t-interval over {SHARP_REPLICAS} replicas of the ratio, lower end >= {EDGE_REACHED}"),
+                f"95% interval (Student-t on the logs) of the geometric mean of the ratio over "
+                f"{SHARP_REPLICAS} replicas at the end of the peak-lr phase, lower end >= {EDGE_REACHED}"),
         Verdict("mechanism (derived): with the same lr, SGDM's sharpness stays below its own edge "
                 "2(1+b)/((1-b) lr)", "docs/theory.md §11; Lemma 3.4",
                 f"sharpness / edge < {EDGE_BELOW}", sgdm_edge, bool(sgdm_edge.high < EDGE_BELOW),
-                f"95% t-interval of the ratio, upper end < {EDGE_BELOW}"),
+                f"95% interval of the geometric mean of the ratio there, upper end < {EDGE_BELOW}"),
         Verdict(f"negative control: SGDM with beta = 0 (= SGD) is not 'ahead' at B={Bs[-1]}",
                 "control for the large-batch rule", "the 'ahead' rule does not fire", c_beta0,
                 not tc.above(c_beta0), "95% t-interval of the paired difference does not lie above 0"),
@@ -237,7 +260,7 @@ def plot(result: ExperimentResult, path):
     ax[2].set(xlabel="epoch", ylabel="test accuracy (mean over replicas)", title=f"B={big}")
     legend_below(ax[2])
     for k, lab in enumerate(("SGD", "SGDM")):
-        r = d["sharpness"][k] / d["edges"][k]
+        r = d["edge_ratio_all"][k]
         ax[3].plot(d["sharp_steps"], r, "s--" if k == 0 else "o-", color=f"C{k}", label=f"{lab}")
     ax[3].axhline(1, color="k", lw=0.6)
     ax[3].set(yscale="log", xlabel="step", ylabel="sharpness / own stability edge",
