@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # optional extras, imported lazily by the functions below; th
     from .result import SimulationResult
     from .train.result import TrainResult
 
-__all__ = ["optional", "simulation_frame", "simulation_dataset", "train_frame",
+__all__ = ["optional", "t_half_width", "simulation_frame", "simulation_dataset", "train_frame",
            "train_dataset", "attrs_of", "simulation_paired_frame", "train_paired_frame",
            "simulation_columns", "train_columns"]
 
@@ -109,11 +109,13 @@ def simulation_frame(res: SimulationResult) -> "pandas.DataFrame":
     return pd.DataFrame(_with_columns(frame, idx[0], *simulation_columns(res)))
 
 
-def _t_interval_columns(diff: np.ndarray, sem: np.ndarray, count: np.ndarray,
-                        level: float) -> dict:
-    """``low``/``high``: diff ∓ t_{n−1}·sem, Student's t quantile at ``level`` for the
-    ``count`` paired units (the normal quantile in the limit of many paths); NaN with fewer
-    than 2 units."""
+def t_half_width(sem: Any, count: Any, level: float = 0.95) -> np.ndarray:
+    """Half-width t_{n−1}·sem of the two-sided ``level`` interval for a mean of ``count``
+    independent units (replicas, shards, paths) with standard error ``sem``, elementwise:
+    Student's t quantile with count − 1 degrees of freedom — what a handful of units needs
+    (±1.96·sem covers 86% at 4), and the normal quantile in the limit of many.  NaN where
+    count < 2.  :func:`sdeverify.stats.t_interval` is the same interval from the samples;
+    this form serves results that keep only (mean, sem, count) per cell."""
     from scipy.stats import t as student_t
     level = float(level)
     if not 0.0 < level < 1.0:
@@ -121,7 +123,15 @@ def _t_interval_columns(diff: np.ndarray, sem: np.ndarray, count: np.ndarray,
     n = np.asarray(count, dtype=np.float64)
     with np.errstate(invalid="ignore"):
         q = np.where(n >= 2, student_t.ppf(0.5 + level / 2, np.maximum(n - 1, 1)), np.nan)
-    return {"low": diff - q * sem, "high": diff + q * sem, "level": np.full(diff.shape, level)}
+    return q * np.asarray(sem, dtype=np.float64)
+
+
+def _t_interval_columns(diff: np.ndarray, sem: np.ndarray, count: np.ndarray,
+                        level: float) -> dict:
+    """``low``/``high``: diff ∓ t_{n−1}·sem (:func:`t_half_width`) for the ``count`` paired
+    units; NaN with fewer than 2 units."""
+    half = t_half_width(sem, count, level)
+    return {"low": diff - half, "high": diff + half, "level": np.full(diff.shape, float(level))}
 
 
 def simulation_paired_frame(res: SimulationResult, level: float = 0.95) -> "pandas.DataFrame":

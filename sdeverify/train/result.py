@@ -163,15 +163,15 @@ class TrainResult:
         """Final mean ± the 95% Student-t half-width over the non-diverged replicas
         (t_{n−1}·sem: with a handful of replicas ±1.96·sem would cover far less than 95%) of
         each metric per optimizer, and divergences; "±  n/a" with fewer than 2 replicas."""
-        from scipy.stats import t as student_t
+        from ..tables import t_half_width
         w = max(len(n) for n in self.optimizers)
         lines = [f"{'optimizer':<{w}}  " + "  ".join(f"{m:>22}" for m in self.metrics)]
         for j, name in enumerate(self.optimizers):
             cells = []
             for k in range(len(self.metrics)):
                 mu, se = self.series(j, k)
-                n = int(self.count(j, k)[-1])
-                half = f"{student_t.ppf(0.975, n - 1) * se[-1]:<8.2g}" if n >= 2 else f"{'n/a':<8}"
+                h = float(t_half_width(se[-1], self.count(j, k)[-1]))
+                half = f"{h:<8.2g}" if np.isfinite(h) else f"{'n/a':<8}"
                 cells.append(f"{mu[-1]:>11.5g} ± {half}")
             lines.append(f"{name:<{w}}  " + "  ".join(cells))
         lines.append(f"(after {int(self.eval_steps[-1])} steps, {self.replicas} replicas, "
