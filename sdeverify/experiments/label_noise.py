@@ -163,7 +163,7 @@ def plot(result: ExperimentResult, path):
     a.plot(times, d["S_ode"], "k-", lw=2, label="slow SDE (deterministic flow)")
     for j in range(3):
         for i, ls in [(0, ":"), (len(etas) - 1, "-")]:
-            m, s = d["S_mean"][j, i], d["S_sem"][j, i]
+            m, s = d["S_mean"][j, i], d["S_sem"][j, i]    # bands ±1.96·sem over ≥ 128 paths (t: < 1% wider)
             a.plot(times, m, ls, color=cols[j], lw=1, label=rf"{names[j]}, $\eta={etas[i]:g}$")
             a.fill_between(times, m - 1.96 * s, m + 1.96 * s, color=cols[j], alpha=0.25)
     a.set(yscale="log", xlabel=r"slow time $t = k\eta^2$",

@@ -508,7 +508,7 @@ def plot(result: ExperimentResult, path):
         etas, times = d[f"{p}_etas"], d[f"{p}_times"]
         bias, bsem, diff, dsem = d[f"{p}_bias"], d[f"{p}_bias_sem"], d[f"{p}_diff"], d[f"{p}_diff_sem"]
         h1 = tex.get(TEST_LABELS[p][0], TEST_LABELS[p][0])
-        # (a) mean error vs t at eta_max and eta_min
+        # (a) mean error vs t at eta_max and eta_min (±1.96·sem over ≥ 4096 paths: normal quantile)
         ax = row[0]
         ax.axhline(0.0, color="k", lw=1.2, label="slow SDE (exact)")
         for j in range(3):
