@@ -73,11 +73,7 @@ def run(argv=None) -> int:
         raise ValueError(f"--base-batch must be an integer >= 1, got {args.base_batch}")
     protocol = cp.Protocol(warmup_epochs=args.warmup_epochs)
     data = cp.load_data(args)
-    n_fit = data.n_train - max(1, int(round(protocol.validation_fraction * data.n_train)))
-    too_big = [b for b in batches if b > n_fit]
-    if too_big:
-        raise ValueError(f"--batches must be <= {n_fit} (the training images of the lr tuning's "
-                         f"validation split), got {too_big}")
+    protocol.check_batches("--batches", batches, data, tuned=True)
     model = cp.build_model(args, data, protocol)
     budgets = (args.epochs, 2 * args.epochs)
     config = dict(script="batch_size_sweep", data=cp.data_record(args, data),

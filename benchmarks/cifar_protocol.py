@@ -97,6 +97,22 @@ class Protocol:
         return epoch_multiplier(epochs, steps_per_epoch, self.warmup_epochs,
                                 self.decay_epochs(epochs), self.factor)
 
+    def tuning_train_size(self, n_train: int) -> int:
+        """Training images of the lr tuning's validation split of ``n_train`` images
+        (:meth:`sdeverify.train.Dataset.split_validation`)."""
+        return n_train - max(1, int(round(self.validation_fraction * n_train)))
+
+    def check_batches(self, flag: str, batches: Sequence[int], data: Dataset,
+                      tuned: bool) -> None:
+        """``ValueError`` naming ``flag`` unless every batch size fits the training set and,
+        when the lr is ``tuned``, the validation split's training part."""
+        limit = self.tuning_train_size(data.n_train) if tuned else data.n_train
+        too_big = [b for b in batches if b > limit]
+        if too_big:
+            where = "the training images of the lr tuning's validation split" if tuned \
+                else "the training images"
+            raise ValueError(f"{flag} must be <= {limit} ({where}), got {too_big}")
+
     def describe(self, epochs: int) -> str:
         """One line, e.g. for a figure's title."""
         return (f"{epochs} epochs, warm-up {self.warmup_epochs:g}, x{self.factor:g} at "
@@ -200,6 +216,8 @@ def check_common(args: argparse.Namespace) -> None:
                          f"got {args.warmup_epochs:g}")
     if not (args.data == "teacher" or args.data.startswith("cifar10:")):
         raise ValueError(f"--data must be cifar10:FOLDER or teacher, got {args.data!r}")
+    if args.data == "teacher" and args.n_train < 2:
+        raise ValueError(f"--n-train must be >= 2 generated images, got {args.n_train}")
     if args.backend == "cuda":               # no GPU: one line now, not after loading the data
         from sdeverify.engine.cuda import require
         require()
@@ -480,8 +498,7 @@ def tuning_passes(n_train: int, batch_size: int, epochs: int, lrs: int, replicas
                   protocol: "Protocol") -> int:
     """:func:`image_passes` of an lr tuning of ``lrs`` lrs (grid extensions not counted) on
     the validation split's training part."""
-    n_fit = n_train - max(1, int(round(protocol.validation_fraction * n_train)))
-    return image_passes(n_fit, batch_size, epochs, lrs * replicas)
+    return image_passes(protocol.tuning_train_size(n_train), batch_size, epochs, lrs * replicas)
 
 
 def describe_work(passes: int, model: ResNet) -> str:

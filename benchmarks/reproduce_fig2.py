@@ -75,9 +75,7 @@ def run(argv=None) -> int:
         grid = cp.floats("--lr-grid", args.lr_grid, low=0.0, low_open=True)
     protocol = cp.Protocol(warmup_epochs=args.warmup_epochs)
     data = cp.load_data(args)
-    if args.batch > data.n_train:
-        raise ValueError(f"--batch must be in [1, {data.n_train}] (the training images), "
-                         f"got {args.batch}")
+    protocol.check_batches("--batch", [args.batch], data, tuned=grid is not None)
     model = cp.build_model(args, data, protocol)
     config = dict(script="reproduce_fig2", data=cp.data_record(args, data),
                   model=model.describe(), batch=args.batch, epochs=args.epochs,

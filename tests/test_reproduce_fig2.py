@@ -267,6 +267,8 @@ def test_batch_size_sweep_tiny(tmp_path, capsys):
     (reproduce_fig2, ["--lr-grid", "0.1,0.1"], "--lr-grid"),
     (reproduce_fig2, ["--lr", "0.1", "--lr-grid", "0.1,0.2"], "--lr-grid"),
     (reproduce_fig2, ["--batch", "100000"], "--batch"),
+    (reproduce_fig2, ["--batch", "120"], "--batch"),         # > the validation split's 102
+    (reproduce_fig2, ["--n-train", "0"], "--n-train"),
     (reproduce_fig2, ["--data", "imagenet"], "--data"),
     (reproduce_fig2, ["--warmup-epochs", "5"], "--warmup-epochs"),
     (reproduce_fig2, ["--replicas", "0"], "--replicas"),
