@@ -432,6 +432,7 @@ def train_curves(model: ResNet, data: Dataset, optimizers: Sequence[Any], protoc
     seg = segment_epochs if segment_epochs > 0 else epochs
     done = checkpoint.load() if checkpoint is not None else None
     e0 = 0 if done is None else int(done.eval_steps[-1]) // spe
+    t0, e_first = time.perf_counter(), e0
     while e0 < epochs:
         e1 = min(epochs, e0 + seg)
         start = {} if done is None else dict(
@@ -446,6 +447,10 @@ def train_curves(model: ResNet, data: Dataset, optimizers: Sequence[Any], protoc
         e0 = e1
         if checkpoint is not None and e0 < epochs:
             checkpoint.save(done)
+            took = time.perf_counter() - t0
+            checkpoint.store.log(f"unit {checkpoint.name}: {e0}/{epochs} epochs saved, "
+                                 f"{took:.0f} s, about {took / (e0 - e_first) * (epochs - e0):.0f} "
+                                 "s to go")
     return done
 
 
