@@ -260,8 +260,10 @@ def plot(result: ExperimentResult, path):
     ax[2].set(xlabel="epoch", ylabel="test accuracy (mean over replicas)", title=f"B={big}")
     legend_below(ax[2])
     for k, lab in enumerate(("SGD", "SGDM")):
-        r = d["edge_ratio_all"][k]
-        ax[3].plot(d["sharp_steps"], r, "s--" if k == 0 else "o-", color=f"C{k}", label=f"{lab}")
+        r = d["edge_ratio_all"][k]                              # (evals, replicas)
+        ax[3].plot(d["sharp_steps"], r, "-", color=f"C{k}", lw=0.4, alpha=0.5)
+        ax[3].plot(d["sharp_steps"], np.exp(np.log(r).mean(axis=1)), "s--" if k == 0 else "o-",
+                   color=f"C{k}", label=f"{lab} (geometric mean; thin: replicas)")
     ax[3].axhline(1, color="k", lw=0.6)
     ax[3].set(yscale="log", xlabel="step", ylabel="sharpness / own stability edge",
               title=f"B={big}, both at SGDM's lr")
