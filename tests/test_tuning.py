@@ -48,6 +48,14 @@ def test_a_diverged_replica_scores_chance_and_is_counted(data):
     assert np.sum(t.val_acc == 0.25) >= t.diverged.sum()        # chance = 1/4 classes
 
 
+def test_a_flat_plateau_is_not_extended_and_is_reported_inconclusive(data):
+    """Every lr diverges (all at chance, exactly tied): more lrs cannot resolve the choice."""
+    t = tune_lr(MODEL, data, sgdm, [1e3, 2e3], batch_size=64, epochs=1, replicas=2,
+                max_extensions=4)
+    assert np.all(t.val_acc == 0.25)
+    assert t.extended == 0 and t.at_edge and t.lr == 1e3
+
+
 def test_the_test_set_never_enters_the_choice(data):
     """Scrambling the test labels (and images) changes nothing: only the validation slice of
     the training set is used."""

@@ -72,8 +72,9 @@ def tune_lr(model: Any, data: Dataset, optimizer: Callable[[float], Any], grid: 
     :func:`~sdeverify.train.epoch_multiplier`), computed for the validation split's own
     steps per epoch.  The choice is the smallest lr whose mean validation accuracy is within
     ``tolerance`` of the best (near-ties go to the smaller, more stable lr); while it is the
-    smallest or the largest lr trained, the lr a factor 2 beyond is trained too (at most
-    ``max_extensions`` times).  ``fit_kwargs`` go to :func:`~sdeverify.train.fit` (backend,
+    smallest or the largest lr trained and strictly better than its neighbour, the lr a factor
+    2 beyond is trained too (at most ``max_extensions`` times; a flat edge, e.g. every lr at
+    chance, is reported ``at_edge`` without extending).  ``fit_kwargs`` go to :func:`~sdeverify.train.fit` (backend,
     dtype, augment, svag, …)."""
     lrs = sorted(finite_float(f"grid[{i}]", g, low=0.0, low_open=True) for i, g in enumerate(grid))
     if not lrs or len(set(lrs)) != len(lrs):
@@ -108,9 +109,14 @@ def tune_lr(model: Any, data: Dataset, optimizer: Callable[[float], Any], grid: 
     while True:
         trained = sorted(scores)
         means = np.array([scores[lr][0].mean() for lr in trained])
-        choice = trained[int(np.flatnonzero(means >= means.max() - tolerance)[0])]
-        at_edge = choice in (trained[0], trained[-1]) and len(trained) > 1 or len(trained) == 1
-        if not at_edge or extended >= max_extensions:
+        i = int(np.flatnonzero(means >= means.max() - tolerance)[0])
+        choice = trained[i]
+        at_edge = i in (0, len(trained) - 1)
+        # extend only where the edge is strictly better than its neighbour: on a flat plateau
+        # (e.g. every lr at chance) more lrs cannot resolve the choice — it stays inconclusive
+        neighbour = 1 if i == 0 else len(trained) - 2
+        improving = len(trained) == 1 or means[i] > means[neighbour]
+        if not at_edge or not improving or extended >= max_extensions:
             break
         nxt = choice / FACTOR if choice == trained[0] else choice * FACTOR
         scores.update(train([nxt]))
