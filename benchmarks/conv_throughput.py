@@ -1,7 +1,8 @@
 """Training throughput of the CIFAR ResNet (sdeverify.train.convnet) against torch CPU.
 
     python benchmarks/conv_throughput.py [--depths 8,20] [--batches 128] [--models 1,8]
-                                         [--backends numpy,cpu] [--repeats 3] [--json out.json]
+                                         [--backends numpy,cpu] [--repeats 3] [--threads N]
+                                         [--json out.json]
 
 For each workload (ResNet depth, batch B, models M; float32; SGDM β = 0.9 with weight decay;
 forward + backward + update of every model on its own minibatch, BatchNorm in training mode,
@@ -83,6 +84,8 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=2, help="training steps per timed call")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads of both sides (Numba's and torch's; default: every core)")
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -93,15 +96,22 @@ def main() -> int:
     probe = resnet(8, image_size=args.image_size)
     names = args.backends.split(",") if args.backends else [
         b for b in backends.names() if _trains(b, probe)]
+    threads = args.threads or os.cpu_count() or 1
+    import numba
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     torch = None
     if not args.no_torch:
         try:
             import torch
-            torch.set_num_threads(os.cpu_count() or 1)
+            torch.set_num_threads(threads)
         except ImportError:
             print("torch not installed: no torch rows (it is never a dependency)")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"{threads} threads; "
           f"float32, {args.image_size}x{args.image_size} images, medians of {args.repeats}")
+    import scipy.linalg                                    # the BLAS of the compiled kernels
+    print(f"OpenBLAS kernels: {_openblas_cores()}; OPENBLAS_CORETYPE="
+          f"{os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
     rows = []
     for depth in depths:
         model = resnet(depth, image_size=args.image_size, weight_decay=5e-4)
@@ -133,6 +143,26 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
+
+
+def _openblas_cores() -> str:
+    """The kernel sets of the OpenBLAS libraries loaded in this process (``OPENBLAS_CORETYPE``
+    overrides OpenBLAS's choice when set before the process starts)."""
+    import ctypes
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower()})
+    except OSError:
+        return "unknown"
+    names = []
+    for path in paths:
+        lib = ctypes.CDLL(path)
+        for fn in ("openblas_get_corename", "scipy_openblas_get_corename", "scipy_openblas_get_corename64_"):
+            if hasattr(lib, fn):
+                getattr(lib, fn).restype = ctypes.c_char_p
+                names.append(f"{Path(path).name.split('-')[0]}: {getattr(lib, fn)().decode()}")
+                break
+    return ", ".join(names) or "none found"
 
 
 def _trains(backend: str, model) -> bool:
