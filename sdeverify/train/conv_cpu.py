@@ -295,11 +295,13 @@ class Workspace:
 
     A step allocates the same few dozen large activation arrays every time; fresh ones cost
     page faults (glibc maps arrays above 32 MB freshly from the OS at every allocation: the
-    8-model ResNet-20 step spent ~2 s per step in the kernel, measured with ``time``).  Every
-    array handed out stays in the workspace; :meth:`empty` returns one of the requested shape
-    and dtype that nothing outside the workspace references any more (CPython reference
-    count: no tape entry, cache or view keeps it alive), else a new one.  Results do not
-    depend on it: every array it hands out is fully overwritten, as ``np.empty``'s would be.
+    8-model ResNet-20 step spent over 1 s of system time per step on them, 0.1 s with the
+    workspace; measured with ``os.times``).  Every array handed out stays in the workspace;
+    :meth:`empty` returns one of the requested shape and dtype that nothing outside the
+    workspace references any more (CPython reference count: no tape entry, cache or view
+    keeps it alive), else a new one, so the workspace holds about one step's peak activation
+    memory.  Results do not depend on it: every array it hands out is fully overwritten, as
+    ``np.empty``'s would be.  One workspace serves one thread (each trainer has its own).
     """
 
     def __init__(self) -> None:
@@ -521,7 +523,13 @@ NHWC = Ops(to_internal=lambda X: _c(X.transpose(0, 1, 3, 4, 2)), conv2d=conv2d,
 class ConvTrainer(_ReferenceTrainer):
     """Numba CPU backend for :class:`~sdeverify.train.convnet.ResNet` (module docstring); the
     contract, state, augmentation and SVAG rules of the reference
-    :class:`~sdeverify.train.conv_reference.ConvTrainer`.  ``dtype``: float32 or float64."""
+    :class:`~sdeverify.train.conv_reference.ConvTrainer`.  ``dtype``: float32 or float64.
+
+    Speed: the convolutions' products run in SciPy's OpenBLAS, single-threaded per item, so
+    its kernel set decides most of the step's time: on an AVX-512 CPU where OpenBLAS runs its
+    AVX2 ("Haswell") kernels, ``OPENBLAS_CORETYPE=SkylakeX`` in the environment before Python
+    starts made the ResNet-20 step 1.45× faster (benchmarks/RESULTS.md; only on a CPU with
+    AVX-512).  The training step's output arrays stay in :attr:`workspace` between calls."""
     ops = NHWC
 
     def __init__(self, model, X, y, n_opt, n_rep, dtype="float64"):
