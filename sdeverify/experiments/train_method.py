@@ -9,8 +9,11 @@ code with the trainer's backward pass or update:
 
 * **gradient**: one plain SGD step with γ = 1 from weights w₀ on one minibatch gives the
   trainer's gradient g = w₀ − w₁ (BatchNorm in training mode, weight decay included); it is
-  compared, along 4 random directions u, with central differences of the *forward* loss
-  L(w) + ½λ|mask·w|² on the same rows (h = 1e-5, float64): relative error ≤ 1e-5.
+  compared, along 5 random directions u, with central differences of the *forward* loss
+  L(w) + ½λ|mask·w|² on the same rows (h = 1e-7, float64): the median relative error ≤ 1e-5
+  (the median, because a step that happens to cross a ReLU kink spoils one direction's
+  difference quotient — seen on 2 of 30 seeds with h = 1e-5 and the largest error — while a
+  wrong gradient term spoils them all).
 * **pairing**: two identical SGDM optimizers trained in one launch with augmentation end with
   bitwise equal weights after 6 steps (the common random numbers every paired difference of
   the checks rests on).
@@ -33,6 +36,7 @@ from ..train import conv_reference
 from .base import Verdict
 
 GRAD_TOL = 1e-5
+GRAD_STEP, GRAD_DIRECTIONS = 1e-7, 5
 SVAG_ELL, SVAG_REPLICAS, SVAG_BAND = 4, 48, (0.5, 2.0)
 
 
@@ -43,7 +47,7 @@ def _tiny():
 
 
 def gradient_error(seed: int, backend: str) -> float:
-    """Largest relative error of the trainer's directional derivatives (see module doc)."""
+    """Median relative error of the trainer's directional derivatives (see module doc)."""
     data, model = _tiny()
     w0 = model.init(seed, 1)[0]
     B = 32
@@ -60,13 +64,13 @@ def gradient_error(seed: int, backend: str) -> float:
         return loss + 0.5 * float(np.sum(mask * w * w))
 
     rs = np.random.default_rng(substream(seed, "train_method.gradient", 0) % 2**32)
-    h, worst = 1e-5, 0.0
-    for _ in range(4):
+    errors = []
+    for _ in range(GRAD_DIRECTIONS):
         u = rs.normal(size=w0.size)
         u /= np.linalg.norm(u)
-        fd = (L(w0 + h * u) - L(w0 - h * u)) / (2 * h)
-        worst = max(worst, abs(fd - g @ u) / max(abs(fd), 1e-12))
-    return worst
+        fd = (L(w0 + GRAD_STEP * u) - L(w0 - GRAD_STEP * u)) / (2 * GRAD_STEP)
+        errors.append(abs(fd - g @ u) / max(abs(fd), 1e-12))
+    return float(np.median(errors))
 
 
 def pairing_difference(seed: int, backend: str) -> float:
@@ -110,7 +114,8 @@ def verdicts(seed: int, backend: str) -> list[Verdict]:
         Verdict("(method) the trainer's gradient of a BatchNorm ResNet with weight decay equals "
                 "central differences of its forward loss", "(method)",
                 f"relative error <= {GRAD_TOL:g}", Value(err), err <= GRAD_TOL,
-                "largest relative error over 4 random directions (h = 1e-5, float64)", GRAD_TOL),
+                f"median relative error over {GRAD_DIRECTIONS} random directions (h = {GRAD_STEP:g}, "
+                "float64)", GRAD_TOL),
         Verdict("(method) the optimizers of a replica train on the same augmented minibatches",
                 "(method; common random numbers)", "two identical SGDM runs end bitwise equal",
                 Value(diff), diff == 0.0, "max |w_a - w_b| after 6 steps with augmentation == 0", 0.0),
