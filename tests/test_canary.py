@@ -57,7 +57,9 @@ def test_failed_canary_fails_the_job(tmp_path, monkeypatch, capsys):
     assert all(c["passed"] for c in doc["checks"])
     from sdeverify.checkrun import load_check
     assert not load_check(tmp_path / "bad").passed              # read back: still a failed run
-    assert "canary: FAIL" in (tmp_path / "bad" / "report.html").read_text()
+    page = (tmp_path / "bad" / "report.html").read_text()
+    canary = page[page.index("<section id='canary'>"):]
+    assert "<p class='fail'>FAIL" in canary[:canary.index("</section>")]
     monkeypatch.undo()
     assert cli.main(argv + ["--out", str(tmp_path / "good")]) == 0
     doc = json.loads((tmp_path / "good" / "summary.json").read_text())
