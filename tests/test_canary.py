@@ -65,4 +65,6 @@ def test_failed_canary_fails_the_job(tmp_path, monkeypatch, capsys):
     doc = json.loads((tmp_path / "good" / "summary.json").read_text())
     assert doc["canary"] == {"passed": True, "problems": []} and doc["passed"]
     assert load_check(tmp_path / "good").passed
-    assert "canary: PASS" in (tmp_path / "good" / "report.html").read_text()
+    page = (tmp_path / "good" / "report.html").read_text()
+    canary = page[page.index("<section id='canary'>"):]
+    assert "<span class='pass'>PASS</span>" in canary[:canary.index("</section>")]
