@@ -52,10 +52,8 @@ from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, 
 NAME = "train_batch_size"
 TITLE = "Sec 6 / Fig 1 on trained networks: batch size, tuned lrs, two budgets, SGD vs SGDM"
 
-_MLP = dict(net="mlp", depth=0, width=0.0, image_size=0, classes=10, data="teacher_student",
-            dtype="float64", lr_grid=(0.1, 0.2, 0.4, 0.8))
-_RESNET = dict(net="resnet", depth=8, width=0.25, image_size=8, classes=4, data="conv_teacher",
-               dtype="float32", lr_grid=(0.4, 0.8, 1.6, 3.2))
+_MLP = dict(tc.MLP_NET, lr_grid=(0.1, 0.2, 0.4, 0.8))
+_RESNET = tc.RESNET_NET
 #: each size's parameters for either network; ``SIZES`` takes the MLP at smoke and quick size
 #: and the ResNet at full size, ``sdeverify check --data`` switches (:func:`tc.data_overrides`)
 NET_SIZES = {

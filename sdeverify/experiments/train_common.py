@@ -47,6 +47,12 @@ WEIGHT_DECAY = 5e-4
 
 #: the configuration keys every trained-network check takes (sizes give them)
 NET_KEYS = ("net", "depth", "width", "image_size", "classes", "n", "data", "dtype")
+#: the checks' two networks: the MLP on the teacher–student set, and the small CIFAR ResNet
+#: (ResNet-8, 4-8-16 channels) on generated 8×8 images, with its lr grid at B = 128
+MLP_NET = dict(net="mlp", depth=0, width=0.0, image_size=0, classes=10, data="teacher_student",
+               dtype="float64")
+RESNET_NET = dict(net="resnet", depth=8, width=0.25, image_size=8, classes=4, data="conv_teacher",
+                  dtype="float32", lr_grid=(0.4, 0.8, 1.6, 3.2))
 
 
 @dataclass(frozen=True)

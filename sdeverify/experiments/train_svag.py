@@ -45,10 +45,8 @@ from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, 
 NAME = "train_svag"
 TITLE = "Sec 6 / Fig 2 on trained networks: SVAG closes the SGD-SGDM gap; stability, not noise"
 
-_MLP = dict(net="mlp", depth=0, width=0.0, image_size=0, classes=10, data="teacher_student",
-            dtype="float64", lr_grid=(0.2, 0.4, 0.8, 1.6))
-_RESNET = dict(net="resnet", depth=8, width=0.25, image_size=8, classes=4, data="conv_teacher",
-               dtype="float32", lr_grid=(0.4, 0.8, 1.6, 3.2))
+_MLP = dict(tc.MLP_NET, lr_grid=(0.2, 0.4, 0.8, 1.6))
+_RESNET = tc.RESNET_NET
 #: each size's parameters for either network (see ``train_batch_size.NET_SIZES``)
 NET_SIZES = {
     "mlp": {"smoke": dict(_MLP, n=4096, batch=1024, ells=(1, 4), epochs=4, replicas=8, tune_replicas=2),
