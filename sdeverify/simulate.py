@@ -163,6 +163,7 @@ def simulate(problem: NGOS, optimizers: Sequence[Any] | Any, x0: ArrayLike, *, s
             "paths": spec.paths, "path_offset": spec.path_offset, "seed": spec.seed,
             "backend": backend, "dtype": spec.dtype, "wall_time": wall, "x0": spec.x0.tolist(),
             "optimizer_specs": [repr(o) for o in (optimizers if isinstance(optimizers, (list, tuple)) else [optimizers])],
+            "problem_spec": repr(problem),
             "divergence_bound": spec.bound, "fingerprint": spec.fingerprint(engine.numerics),
             "versions": versions()}
     res = SimulationResult(tuple(spec.names), tuple(spec.obs_names), spec.record,

@@ -64,14 +64,16 @@ def simulation_columns(res: SimulationResult) -> tuple[list[dict], dict]:
     ``sigma``, ``svag_ell`` (ℓ of SVAG, 1 when off), ``problem`` (its name),
     ``problem_type`` (its class), ``dim``, ``noise_dist`` and ``problem_params`` (a hash of
     the problem's parameter vector: two problems of one type with different H, Σ or centre
-    differ here), ``seed`` and ``paths``."""
+    differ here), ``problem_spec`` (the problem's replayable repr, its H, Σ and centre
+    included: ``sdeverify.testing.replay`` rebuilds it), ``seed`` and ``paths``."""
     meta = res.meta
     fp = str(meta.get("fingerprint", {}).get("problem", ""))
     params = re.search(r"params=([0-9a-f]+)", fp)
     run = {"sigma": meta.get("sigma", np.nan), "svag_ell": meta.get("svag_ell", np.nan),
            "problem": meta.get("problem"), "problem_type": fp.split(" ")[0] if fp else None,
            "dim": meta.get("dim"), "noise_dist": meta.get("noise_dist"),
-           "problem_params": params.group(1) if params else None, "seed": meta.get("seed"),
+           "problem_params": params.group(1) if params else None,
+           "problem_spec": meta.get("problem_spec"), "seed": meta.get("seed"),
            "paths": meta.get("paths", res.paths)}
     return _per_optimizer(meta.get("optimizer_specs"), res.optimizers), run
 

@@ -55,6 +55,9 @@ def test_simulation_frame_has_the_hyperparameters(sim):
     other = sv.simulate(P2, sv.SGD(np.linspace(0.1, 0.2, 20)), [1.0, 1.0], steps=20, paths=256,
                         sigma=0.5, record=[20]).to_dataframe()
     assert other["problem_params"].iloc[0] != df["problem_params"].iloc[0]
+    from sdeverify.testing import replay                 # the problem itself, replayable
+    assert repr(replay(other["problem_spec"].iloc[0])) == repr(P2)
+    np.testing.assert_array_equal(replay(df["problem_spec"].iloc[0]).hessian, np.diag([1.0, 2.0]))
     assert other["svag_ell"].iloc[0] == 2.0
     assert other["lr"].iloc[0] == tuple(np.linspace(0.1, 0.2, 20).tolist())
 
