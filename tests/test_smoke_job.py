@@ -16,7 +16,9 @@ descent_lemma, train_engine, variance_reduction 0/20 seeds each, weak_approximat
 quick size 0/6 each); with the calibrated false-failure budget: instruments 0/20, variance_reduction (σ = 1.5) 0/100,
 descent_lemma (σ = 1.3) 1/100 (seed 43, a pre-existing verdict); batch_size 0/100 (quick
 0/20); svag 0/100 (quick 0/20); slow_sde 1/30 with both problems (seed 25: the sphere's KS
-test, p = 8e-4; the valley 0/30), label_noise 0/40 (quick: slow_sde 0/32, label_noise 0/32).
+test, p = 8e-4; the valley 0/30), label_noise 0/40 (quick: slow_sde 0/32, label_noise 0/32);
+train_svag 0/30 (quick 0/30); train_batch_size 2/30 (the mechanism's SGD edge ratio where the
+tuning picks SGDM's lr a factor 2 lower; quick 1/30).
 """
 import json
 import re
