@@ -313,7 +313,8 @@ def _check_data(data: str | None) -> None:
     """``--data``: a known source, and a CIFAR-10 folder that exists — before any work."""
     if data is None:
         return
-    if data in ("teacher_student", "digits", "conv_teacher"):
+    from .experiments.train_common import DATA_SOURCES
+    if data in DATA_SOURCES[:-1]:
         return
     if data.startswith("cifar10:") and data[len("cifar10:"):]:
         folder = data[len("cifar10:"):]
@@ -321,8 +322,7 @@ def _check_data(data: str | None) -> None:
             raise ValueError(f"--data {data}: no such folder {folder!r} (the extracted "
                              f"cifar-10-batches-py directory)")
         return
-    raise ValueError(f"--data must be teacher_student, digits, conv_teacher or cifar10:FOLDER, "
-                     f"got {data!r}")
+    raise ValueError(f"--data must be one of {', '.join(DATA_SOURCES)}, got {data!r}")
 
 
 def _check_backend(backend: str) -> None:

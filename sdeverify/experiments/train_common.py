@@ -96,6 +96,8 @@ def schedule(epochs: int, steps_per_epoch: int) -> np.ndarray:
 
 
 IMAGE_DATA = ("conv_teacher", "cifar10")
+#: the data sources a check trains on (``cifar10`` as ``cifar10:FOLDER``)
+DATA_SOURCES = ("teacher_student", "digits", "conv_teacher", "cifar10:FOLDER")
 
 
 def net_for(data: str) -> str:
@@ -222,13 +224,6 @@ def budget_text(at_e: bool, at_2e: bool, what: str, E: int) -> str:
     if at_2e:
         return f"long-budget effect: {what} at {BUDGET_FACTOR * E} epochs, not at {E}"
     return f"not {what} at either budget ({E}, {BUDGET_FACTOR * E} epochs)"
-
-
-def plot_accuracies(ax, xs, data: dict, beta: float) -> None:
-    """Test accuracy (95% t-intervals) of SGD and SGDM against ``xs`` (B or ℓ)."""
-    for key, lab, fmt in (("acc_sgd", "SGD", "s--"), ("acc_sgdm", f"SGDM b={beta}", "o-")):
-        _errorbar(ax, xs, [t_interval(v) for v in data[key]], fmt=fmt, label=lab)
-    ax.legend(fontsize=8)
 
 
 def plot_gaps(ax, xs, gaps, **kw) -> None:
