@@ -189,6 +189,7 @@ def test_slow_sde_ks_rule_has_power_against_a_10_percent_drift_error():
     a slow drift 10% off is high, and it does not reject the right law."""
     from sdeverify.experiments import slow_sde as ss
     from sdeverify.experiments.budget import ALPHA
-    level = (ALPHA["slow_sde"] - ss.GENERAL_PATH_ALPHA) / 6
+    level = ss.ks_level(2)
+    assert level == pytest.approx((ALPHA["slow_sde"] - ss.GENERAL_PATH_ALPHA - ss.SGD_ORDER_ALPHA) / 6)
     assert ss.ks_power_valley(0.1, 4096, level, reps=60, seed=1) >= 0.75
     assert ss.ks_power_valley(0.0, 4096, level, reps=60, seed=1) == 0.0

@@ -18,6 +18,7 @@ EXPERIMENTS: dict[str, str] = {
     "coupled_trajectory": "sdeverify.experiments.coupled_trajectory",
     "weak_approximation": "sdeverify.experiments.weak_approximation",
     "weak_worst_case": "sdeverify.experiments.weak_worst_case",
+    "weak_worst_case_mc": "sdeverify.experiments.weak_worst_case_mc",
     "frozen_momentum": "sdeverify.experiments.frozen_momentum",
     "sde_limit": "sdeverify.experiments.sde_limit",
     "slow_sde": "sdeverify.experiments.slow_sde",

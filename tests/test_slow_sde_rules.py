@@ -1,0 +1,44 @@
+"""slow_sde's two-sided SGD → slow-SDE order rule (THEORY §8): it passes on the correct
+engine and fails when the slow SDE's drift is 10% off (a planted error in the closed form)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sdeverify.experiments import slow_sde as ss
+from sdeverify.experiments.budget import ALPHA
+from sdeverify.problems.manifolds import Valley
+
+
+def _drift_10_percent_off(real):
+    """Valley.ou_moments with θ' = 1.1 θ (mean x₀e^(−θ't), variance σ²a(1 − e^(−2θ't))/(2θ'))."""
+    def ou(self, x0, t, sigma):
+        m, v = real(self, x0, t, sigma)
+        r = np.asarray(m, dtype=float) / x0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            v2 = np.where(r < 1, v * (1 - r ** 2.2) / (1 - r ** 2) / 1.1, v)
+        return x0 * r ** 1.1, v2
+    return ou
+
+
+def _sgd_order(res):
+    return [v for v in res.verdicts if "SGD - slow SDE vanishes at order 1" in v.claim]
+
+
+def test_sgd_order_rule_is_two_sided_and_budgeted():
+    assert ss.sgd_order_level(2) == pytest.approx(1 - ss.SGD_ORDER_ALPHA / 2)
+    assert ss.GENERAL_PATH_ALPHA + ss.SGD_ORDER_ALPHA + 6 * ss.ks_level(2) == pytest.approx(ALPHA["slow_sde"])
+    v = ss.sgd_order_verdict("valley", "x", 1.0, np.array([0.1, 0.05, 0.025, 0.0125]),
+                             0.3 * np.array([0.1, 0.05, 0.025, 0.0125]) ** 2, np.full(4, 1e-5),
+                             (0.0, 0.0, 0.0), 0.999)
+    assert not v.passed and v.measured.low > 1.5       # order 2 is not order 1: fails
+
+
+def test_sgd_order_rule_catches_a_slow_drift_10_percent_off(monkeypatch):
+    kw = dict(size="smoke", seed=0, problems=("valley",))
+    good = _sgd_order(ss.run(**kw))
+    assert len(good) == 1 and good[0].passed, good[0]
+    monkeypatch.setattr(Valley, "ou_moments", _drift_10_percent_off(Valley.ou_moments))
+    bad = _sgd_order(ss.run(**kw))
+    assert len(bad) == 1 and not bad[0].passed, bad[0]
+    assert bad[0].measured.high < 1.0
