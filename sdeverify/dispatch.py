@@ -11,19 +11,44 @@ so the orchestration layer reads it without importing the layer above it:
   distributed run executes here (:func:`in_task`), so a shard never re-dispatches itself;
 * :func:`register` is how the distributed layer (:mod:`sdeverify.distributed`, imported with
   the package) installs the function that runs each kind of call ("simulate", "fit") on an
-  executor; :func:`run` calls it.
+  executor; :func:`run` calls it;
+* :class:`Call` is a check's per-point work (an exact reference, a statistic, a whole point
+  with its ``simulate`` call) as a function and its arguments, which a session runs as a
+  task (:func:`sdeverify.experiments.base.run_many`) and which runs here otherwise.
 """
 from __future__ import annotations
 
 import contextlib
 import threading
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-__all__ = ["register", "run", "active", "entered", "in_task"]
+__all__ = ["register", "run", "active", "entered", "in_task", "Call"]
 
 _RUNNERS: dict[str, Callable[..., Any]] = {}
 _SESSIONS: list = []            # module-wide: the checks' threads and callees all see it
 _LOCAL = threading.local()      # in_task: set while a shard runs here
+
+
+@dataclass(frozen=True)
+class Call:
+    """A check's per-point work: ``fn(*args)`` — an exact reference, a statistic, a
+    bootstrap, or a whole point (a ``simulate`` call and what is computed from it).  In a
+    distributed session it runs as one task on a worker, and a ``simulate``/``fit`` call made
+    inside it runs there too (:func:`in_task`); otherwise here.  ``fn`` must pickle (a
+    module-level or ``numba.njit`` function) and so must its arguments and result.
+    ``work`` is its cost in path·step·optimizer·coordinate units (those of
+    ``sdeverify.distributed.MIN_TASK_WORK``; the local fallback
+    ``sdeverify.distributed.LOCAL_WORK`` compares it), None when unknown (always sent);
+    ``label`` names it in errors (default: the function's name)."""
+    fn: Callable[..., Any]
+    args: tuple = ()
+    work: float | None = None
+    label: str | None = None
+
+    def __call__(self) -> Any:
+        """Run it here: ``fn(*args)``."""
+        return self.fn(*self.args)
 
 
 def register(kind: str, runner: Callable[..., Any]) -> None:

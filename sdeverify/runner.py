@@ -8,7 +8,8 @@ What ``sdeverify check`` and ``sdeverify run`` do once their flags are checked, 
   ``simulate``/``fit`` call of the check goes there) and saves ``NAME.json``/``.npz``/``.png``;
 * :func:`entry` is a finished check's line of ``summary.json`` (and its table rows);
 * :func:`run_job` runs a list of checks — reusing finished ones with ``resume``, in worker
-  processes with ``jobs > 1`` (:mod:`sdeverify.check_jobs`) — after the verdict-machinery
+  processes with ``jobs > 1`` (:mod:`sdeverify.check_jobs`), on a Dask cluster each check's
+  calls, or at :data:`WHOLE_CHECK_SIZES` each whole check as one task — after the verdict-machinery
   canary (:func:`canary_row`), rewriting ``summary.json`` after each check so that an
   interrupted run keeps what finished; :func:`job_passed` is the job's rule.
 """
@@ -25,6 +26,7 @@ from . import experiments
 from .canary import EXPECTED, machinery_problems
 from .check_jobs import describe, run_checks
 from . import distributed
+from .dispatch import Call
 from .distributed import use
 from .experiments.base import ExperimentResult
 from .progress import bar
@@ -32,7 +34,7 @@ from .files import write_hashed_json
 from .result import versions
 from .verdict import describe as describe_verdict
 
-__all__ = ["run_one", "drop_points", "run_in_worker", "verdict_rows", "entry", "job_passed",
+__all__ = ["run_one", "check_overrides", "save_check", "WHOLE_CHECK_SIZES", "check_task", "drop_points", "run_in_worker", "verdict_rows", "entry", "job_passed",
            "canary_row", "reusable", "write_summary", "run_job"]
 
 
@@ -51,23 +53,52 @@ def run_one(name: str, size: str, seed: int, out: Path | None, quiet: bool,
     train on, with the network that data calls for (:func:`train_data_overrides`).
     Returns the result and the figure's path (None without ``out``)."""
     mod = experiments.get(name)
-    overrides = dict(overrides or {})
-    overrides.update(train_data_overrides(mod, size, data))
-    if backend != "cpu" and "backend" in getattr(mod.run, "defaults", {}):
-        overrides["backend"] = backend       # the trained-network checks train on the GPU
+    overrides = check_overrides(mod, size, backend, data, overrides)
     on_cluster = contextlib.nullcontext()
     if cluster is not None:                  # every simulate/fit call of the check goes there
         on_cluster = use(cluster, points_dir=None if out is None else out / "points" / name,
                          resume=resume, local_below=distributed.LOCAL_WORK)
     with bar(1, name, quiet=quiet) as update, on_cluster:
         res = mod.run(size=size, seed=seed, progress=update, **overrides)
-    fig = None
-    if out is not None:
-        res.save(out)
-        if cluster is not None and not keep_points:
-            drop_points(out, name)
-        fig = mod.plot(res, out / f"{name}.{fmt}")
+    fig = save_check(res, out, fmt)
+    if out is not None and cluster is not None and not keep_points:
+        drop_points(out, name)
     return res, fig
+
+
+def check_overrides(mod: Any, size: str, backend: str = "cpu", data: str | None = None,
+                    overrides: dict | None = None) -> dict:
+    """The keyword overrides check module ``mod`` runs with: ``overrides``, the training
+    data's (:func:`train_data_overrides`) and, for the trained-network checks, ``backend``."""
+    overrides = dict(overrides or {})
+    overrides.update(train_data_overrides(mod, size, data))
+    if backend != "cpu" and "backend" in getattr(mod.run, "defaults", {}):
+        overrides["backend"] = backend       # the trained-network checks train on the GPU
+    return overrides
+
+
+def save_check(res: ExperimentResult, out: Path | None, fmt: str = "png") -> Path | None:
+    """Save a finished check's result and draw its figure ``NAME.<fmt>`` in ``out``; the
+    figure's path (None without ``out``)."""
+    if out is None:
+        return None
+    res.save(out)
+    return experiments.get(res.name).plot(res, out / f"{res.name}.{fmt}")
+
+
+#: sizes at which ``check --workers/--scheduler`` runs each check as one task on the cluster
+#: (:func:`check_task`) instead of sending its calls there: a smoke check's calls are far
+#: below :data:`sdeverify.distributed.LOCAL_WORK` (they would run one after the other in this
+#: process), while whole checks side by side use every worker, as ``check --jobs N`` does.
+WHOLE_CHECK_SIZES: tuple[str, ...] = ("smoke",)
+
+
+def check_task(name: str, size: str, seed: int, backend: str = "cpu",
+               data: str | None = None) -> ExperimentResult:
+    """One whole check, run where this task runs (a cluster's worker: its ``simulate``/``fit``
+    calls run there too); its result, saved and drawn by the caller."""
+    mod = experiments.get(name)
+    return mod.run(size=size, seed=seed, **check_overrides(mod, size, backend, data))
 
 
 def drop_points(out: Path, name: str) -> None:
@@ -167,7 +198,9 @@ def run_job(names: list[str], *, size: str, seed: int, out: Path, jobs: int = 1,
             keep_points: bool = False, data: str | None = None) -> tuple[list[list[str]], dict]:
     """Run the checks ``names`` into ``out``: the canary first, then each check (reused from
     ``out`` with ``resume``; in ``jobs`` worker processes when ``jobs > 1``, else here, on
-    the cluster ``start_cluster()`` returns, if any); figures are written as ``NAME.<fmt>``.
+    the cluster ``start_cluster()`` returns, if any — at a size of
+    :data:`WHOLE_CHECK_SIZES` each whole check as one task on it, side by side); figures
+    are written as ``NAME.<fmt>``.
     A check that raises is a failed check with its error.  ``summary.json`` is rewritten
     after each check and completed at the end.
 
@@ -202,16 +235,30 @@ def run_job(names: list[str], *, size: str, seed: int, out: Path, jobs: int = 1,
         if not fig.exists():
             fig = experiments.get(name).plot(res, fig)
         record(i, entry(name, res, fig))
-    if jobs > 1 and len(todo) > 1:
+    def done(k: int, e: dict) -> None:
+        i = todo[k]
+        state = "ERROR" if e.get("error") else ("PASS" if e["passed"] else "FAIL")
+        took = f" in {e['wall_time']:.1f} s" if e.get("wall_time") else ""
+        log(f"[{len(entries) + 1}/{len(names)}] {names[i]} ({size}): {state}{took}")
+        record(i, e)
+
+    if client is not None and size in WHOLE_CHECK_SIZES and len(todo) > 1:
+        log(f"sdeverify: {size} checks are too small to spread their calls over the cluster: "
+            f"each of the {len(todo)} checks runs as one task")
+        calls = [Call(check_task, (names[i], size, seed, backend, data), label=names[i])
+                 for i in todo]
+        for k, res in distributed.completed(calls, client):
+            try:
+                if isinstance(res, distributed.PointError):
+                    raise res.error
+                e = entry(names[todo[k]], res, save_check(res, out, fmt))
+            except Exception as exc:  # a crashing check is a failed check, as below
+                e = {"name": names[todo[k]], "passed": False,
+                     "error": f"{type(exc).__name__}: {exc}"}
+            done(k, e)
+    elif jobs > 1 and len(todo) > 1:
         jobs = min(jobs, len(todo))
         log(f"running {len(todo)} checks ({size}) on {describe(jobs)}")
-
-        def done(k: int, e: dict) -> None:
-            i = todo[k]
-            state = "ERROR" if e.get("error") else ("PASS" if e["passed"] else "FAIL")
-            took = f" in {e['wall_time']:.1f} s" if e.get("wall_time") else ""
-            log(f"[{len(entries) + 1}/{len(names)}] {names[i]} ({size}): {state}{took}")
-            record(i, e)
         run_checks([names[i] for i in todo], size, seed, out, jobs, backend, done,
                    functools.partial(run_in_worker, fmt=fmt, data=data))
     else:

@@ -297,3 +297,66 @@ def test_a_one_thread_worker_runs_its_shards_on_one_thread(client):
     still run on one thread (without the cap a '1-thread' worker used every core)."""
     got = client.run(_threads_a_shard_uses)
     assert got and all(v == (1, 1) for v in got.values()), got
+
+
+def _data_equal(a, b) -> None:
+    assert sorted(a.data) == sorted(b.data)
+    for k in a.data:
+        assert np.array_equal(np.asarray(a.data[k]), np.asarray(b.data[k]), equal_nan=True), k
+
+
+def test_a_checks_exact_references_run_in_its_tasks(client, monkeypatch):
+    """Per-point work (dispatch.Call) runs on the workers: weak_approximation's exact moment
+    recursions are never computed in the driver under a session (instrumented: the driver's
+    quadratic_moments raises), and the result is bitwise the local run's."""
+    from sdeverify import theory
+    from sdeverify.experiments import weak_approximation as W
+    local = W.run(size="smoke", seed=0)
+
+    def not_here(*a, **k):
+        raise AssertionError("the exact recursion ran in the driver")
+    monkeypatch.setattr(theory, "quadratic_moments", not_here)
+    with D.use(client, local_below=D.LOCAL_WORK) as s:   # the CLI's rule: tiny simulations here
+        far = W.run(size="smoke", seed=0)
+    n_alpha = len(W.SIZES["smoke"]["alphas"])
+    assert s.calls == n_alpha + 1 + len(W.LR_SHAPES) + 1        # exact rows, schedules, references
+    _data_equal(far, local)
+    assert [v.as_dict() for v in far.verdicts] == [v.as_dict() for v in local.verdicts]
+
+
+def test_calls_run_as_tasks_small_ones_here_failures_named(client):
+    """A Call of known small work runs in this process under local_below; one of unknown
+    work is a task; a failing one is a PointError naming it; bad work is a ValueError."""
+    import operator
+    calls = [D.Call(operator.add, (1, 2), work=10), D.Call(operator.mul, (3, 4)),
+             D.Call(operator.truediv, (1, 0), label="one over zero")]
+    with pytest.warns(D.SmallWorkWarning, match=r"1 of \d calls had less work"), \
+            D.use(client, local_below=D.LOCAL_WORK) as s:
+        out = D.run_many(calls, s, raise_errors=False)
+    assert out[:2] == [3, 12] and (s.local, s.calls, s.tasks) == (1, 1, 2)
+    assert isinstance(out[2], D.PointError) and "one over zero" in str(out[2])
+    assert "ZeroDivisionError" in str(out[2])
+    got = dict(D.completed(calls[:2], client))
+    assert got == {0: 3, 1: 12}
+    with pytest.raises(ValueError, match="Call.work must be >= 0"):
+        D.call_point(D.Call(operator.add, (1, 2), work=-1))
+
+
+def test_smoke_checks_run_as_whole_tasks_on_the_cluster(client, tmp_path, monkeypatch):
+    """At a size of WHOLE_CHECK_SIZES each check is one task (the driver never runs a
+    check: instrumented), with the same results as the local run."""
+    from sdeverify import experiments, runner
+    names = ["descent_lemma", "sgdm_descent_lemma"]
+    local, _ = runner.run_job(names, size="smoke", seed=0, out=tmp_path / "local", log=lambda s: None)
+    for n in names:
+        def not_here(*a, **k):
+            raise AssertionError("a smoke check ran in the driver")
+        monkeypatch.setattr(experiments.get(n), "run", not_here)
+    lines = []
+    rows, summary = runner.run_job(names, size="smoke", seed=0, out=tmp_path / "far",
+                                   start_cluster=lambda: client, log=lines.append)
+    assert summary["passed"] and any("runs as one task" in line for line in lines), lines
+    assert rows == local
+    for n in names:
+        _data_equal(runner.ExperimentResult.load(tmp_path / "far", n),
+                    runner.ExperimentResult.load(tmp_path / "local", n))

@@ -18,6 +18,9 @@ and merge) and :mod:`~sdeverify.distributed.sweeps` (many points at once).  Entr
   futures have ``result()`` works, e.g. a ``concurrent.futures.ProcessPoolExecutor``);
 * :func:`sweep`: many points submitted at once; a point whose task raises comes back as a
   :class:`PointError` (point and error named) and the other points still finish;
+* :func:`run_many`: a check's whole sweep — ``simulate``/``fit`` calls and its per-point
+  work (:class:`Call`: exact references, statistics, whole points with their simulations),
+  each ``Call`` one task — so that ``--workers N`` runs the check's own computations too;
 * :func:`use`: a context inside which *every* ``simulate``/``fit`` call is sent to the
   cluster, so that ``sdeverify check --workers N`` runs the checks' sweeps unchanged; with
   ``points_dir`` each finished point is saved atomically under a hash of everything that
@@ -56,19 +59,19 @@ Dask is optional: ``pip install 'sdeverify[dist]'``.
 from __future__ import annotations
 
 from .. import dispatch
-from ..dispatch import active
+from ..dispatch import Call, active
 from .clusters import CONNECT_TIMEOUT, MISSING_DASK, Cluster, cluster, n_workers, task_threads
 from .keys import point_key, source_digest
 from .points import (LOCAL_WORK, MIN_TASK_WORK, SHARDS_PER_WORKER, Point, PointError,
-                     SmallWorkWarning, fit_point, plan_shards, simulate_point)
+                     SmallWorkWarning, call_point, fit_point, plan_shards, simulate_point)
 from .session import Session, use
 from .shards import run_shard
-from .sweeps import fit, run_points, simulate, sweep
+from .sweeps import completed, fit, run_many, run_points, simulate, sweep
 
 __all__ = ["MIN_TASK_WORK", "LOCAL_WORK", "SmallWorkWarning", "SHARDS_PER_WORKER", "MISSING_DASK", "CONNECT_TIMEOUT", "PointError",
            "Session", "active", "use", "n_workers", "plan_shards", "source_digest", "point_key",
            "Point", "simulate_point", "fit_point", "run_shard", "task_threads", "run_points",
-           "simulate", "fit", "sweep", "Cluster", "cluster"]
+           "simulate", "fit", "sweep", "Cluster", "cluster", "Call", "call_point", "run_many", "completed"]
 
 dispatch.register("simulate", simulate)
 dispatch.register("fit", fit)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import inspect
 import math
 import pickle
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from numpy.typing import ArrayLike
 
 from .. import config, validation
+from ..dispatch import Call
 from ..engine.spec import make_spec
 from ..simulate import engine_for, simulate
 from ..train import training
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     from ..train.datasets import Dataset
 
 __all__ = ["MIN_TASK_WORK", "LOCAL_WORK", "SHARDS_PER_WORKER", "SmallWorkWarning", "PointError",
-           "Point", "plan_shards", "simulate_point", "fit_point"]
+           "Point", "Call", "plan_shards", "simulate_point", "fit_point", "call_point"]
 
 #: Default smallest task, in path·step·optimizer·coordinate units (~0.4 s on one core of
 #: the benchmark machine at ~350 M units per CPU-second): a measured per-task scheduler
@@ -77,7 +79,8 @@ class PointError(RuntimeError):
 
 @dataclass
 class Point:
-    """One ``simulate``/``fit`` call, validated, keyed and cut into shards."""
+    """One ``simulate``/``fit`` call, or one :class:`Call` (kind "call", one shard),
+    validated, keyed and cut into shards."""
     kind: str
     args: dict                  # the call's arguments (without the total size / offset)
     total: int                  # paths or replicas
@@ -196,3 +199,21 @@ def fit_point(model: Any, data: Dataset, optimizers: Sequence[Any] | Any, *,
     key = point_key("fit", dict(args, replicas=total, replica_offset=offset,
                                 data=data.fingerprint()))
     return Point("fit", args, total, offset, shards, key, policy, label, float(unit) * total)
+
+
+def call_point(call: Call) -> Point:
+    """Describe a :class:`Call` as a point of one shard.  Its result is not saved in a
+    session's ``points_dir`` (it is whatever ``fn`` returns), so its key only tells its
+    tasks apart; a ``work`` of None counts as more than any local threshold."""
+    if not callable(call.fn):
+        raise ValueError(f"Call.fn must be callable, got {call.fn!r}")
+    if call.work is not None and not call.work >= 0:
+        raise ValueError(f"Call.work must be >= 0 (path·step·optimizer·coordinate units) or "
+                         f"None (unknown), got {call.work!r}")
+    name = getattr(call.fn, "__qualname__", None) or type(call.fn).__name__
+    label = call.label or f"{name}(...)"
+    args = {"fn": call.fn, "args": tuple(call.args)}
+    _check_pickles(label, args)
+    key = uuid.uuid4().hex
+    work = math.inf if call.work is None else float(call.work)
+    return Point("call", args, 1, 0, [(0, 1)], key, "ignore", label, work)

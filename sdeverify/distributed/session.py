@@ -27,7 +27,8 @@ class Session:
     shard_paths: int | None = None
     shard_replicas: int | None = None
     local_below: float = 0.0     # points of less work run in this process (LOCAL_WORK)
-    computed: int = 0            # points computed on the cluster
+    computed: int = 0            # simulate/fit points computed on the cluster
+    calls: int = 0               # per-point work (dispatch.Call) run on the cluster
     reused: int = 0              # points loaded from points_dir (resume)
     tasks: int = 0               # shard tasks submitted
     local: int = 0               # points run in this process (work < local_below)
@@ -62,8 +63,9 @@ def use(executor: Any, *, points_dir: str | os.PathLike | None = None, resume: b
     Yields
     ------
     Session
-        The active session; its counters ``computed``, ``reused``, ``tasks``, ``local``
-        and ``small`` say what happened to the calls made inside the block.
+        The active session; its counters ``computed``, ``calls`` (per-point work,
+        :class:`~sdeverify.dispatch.Call`), ``reused``, ``tasks``, ``local`` and ``small``
+        say what happened to the calls made inside the block.
     """
     if resume and points_dir is None:
         raise ValueError("resume=True needs a points_dir to resume from")
@@ -80,7 +82,7 @@ def use(executor: Any, *, points_dir: str | os.PathLike | None = None, resume: b
 def _warn_small(s: Session) -> None:
     """The session's :class:`~sdeverify.distributed.SmallWorkWarning`, if any call was small."""
     from .points import MIN_TASK_WORK, SmallWorkWarning
-    n = s.local + s.computed + s.reused
+    n = s.local + s.computed + s.reused + s.calls
     if s.local:
         warnings.warn(
             f"{s.local} of {n} calls had less work than {s.local_below:.3g} "

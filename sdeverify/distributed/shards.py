@@ -34,11 +34,15 @@ def running_shard() -> Iterator[None]:
         yield
 
 
-def run_shard(kind: str, args: dict, start: int, count: int) -> SimulationResult | TrainResult:
+def run_shard(kind: str, args: dict, start: int, count: int) -> Any:
     """One shard of a point, run here (what a worker executes): ``count`` paths (``kind=
     "simulate"``) or replicas (``"fit"``) from global index ``start``, divergence ignored
-    (the driver reports it on the merged result)."""
+    (the driver reports it on the merged result); for ``kind="call"`` (a
+    :class:`~sdeverify.dispatch.Call`, one shard) ``args["fn"](*args["args"])``, with any
+    ``simulate``/``fit`` call it makes run here too."""
     with running_shard():
+        if kind == "call":
+            return args["fn"](*args["args"])
         if kind == "simulate":
             return simulate(**args, paths=count, path_offset=start, on_divergence="ignore")
         return fit(**args, replicas=count, replica_offset=start, on_divergence="ignore")

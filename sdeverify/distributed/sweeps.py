@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from numpy.typing import ArrayLike
 
@@ -19,7 +19,9 @@ from ..simulate import report_divergence as report_simulation
 from ..train.result import TrainResult
 from ..train.training import report_divergence as report_training
 from .clusters import dask, n_workers
-from .points import MIN_TASK_WORK, Point, PointError, SmallWorkWarning, fit_point, simulate_point
+from ..dispatch import Call
+from .points import (MIN_TASK_WORK, Point, PointError, SmallWorkWarning, call_point, fit_point,
+                     simulate_point)
 from .session import Session
 from .shards import collect, is_dask, run_shard, submit
 
@@ -27,11 +29,14 @@ if TYPE_CHECKING:
     from ..problems.base import NGOS
     from ..train.datasets import Dataset
 
-__all__ = ["run_points", "simulate", "fit", "sweep"]
+__all__ = ["run_points", "simulate", "fit", "sweep", "run_many", "completed"]
 
 
 def _report(point: Point, res: SimulationResult | TrainResult) -> SimulationResult | TrainResult:
-    """Apply the call's ``on_divergence`` on the driver, as the local call would."""
+    """Apply the call's ``on_divergence`` on the driver, as the local call would (a
+    :class:`~sdeverify.dispatch.Call` reports its own)."""
+    if point.kind == "call":
+        return res
     report = report_simulation if point.kind == "simulate" else report_training
     report(res, point.on_divergence, stacklevel=5)
     return res
@@ -40,7 +45,7 @@ def _report(point: Point, res: SimulationResult | TrainResult) -> SimulationResu
 def _load_point(session: Session, point: Point) -> SimulationResult | TrainResult | None:
     """The point saved under its key in the session's ``points_dir`` (with ``resume``), or
     None when there is none, it is unreadable or half-written, or it is another point."""
-    if session.points_dir is None or not session.resume:
+    if session.points_dir is None or not session.resume or point.kind == "call":
         return None
     path = session.points_dir / point.stem
     try:
@@ -57,7 +62,7 @@ def _load_point(session: Session, point: Point) -> SimulationResult | TrainResul
 
 def _save_point(session: Session, point: Point, res):
     """``res`` with its key in ``meta``, saved (atomically) in the session's ``points_dir``."""
-    if session.points_dir is None:
+    if session.points_dir is None or point.kind == "call":
         return res
     res = dataclasses.replace(res, meta=dict(res.meta, point_key=point.key))
     res.save(Path(session.points_dir) / point.stem)
@@ -111,7 +116,10 @@ def run_points(points: Sequence[Point], executor: Any, *, raise_errors: bool = T
             out[i] = exc
             return
         if session is not None:
-            session.computed += 1
+            if points[i].kind == "call":
+                session.calls += 1
+            else:
+                session.computed += 1
             res = _save_point(session, points[i], res)
         out[i] = res
         for f in pending[i]:
@@ -229,10 +237,25 @@ def sweep(calls: Sequence[dict], executor: Any, *, raise_errors: bool = False) -
         a :class:`PointError` in its place (the others still finish) unless
         ``raise_errors``.
     """
+    return run_many(calls, executor, raise_errors=raise_errors)
+
+
+def run_many(items: Sequence[dict | Call], executor: Any, *, raise_errors: bool = True) -> list:
+    """A check's whole sweep at once: ``simulate`` calls (keyword dicts, as for :func:`sweep`;
+    ``kind="fit"`` for ``fit``) and per-point work (:class:`~sdeverify.dispatch.Call`: an
+    exact reference, a statistic, a whole point), every task submitted before any is
+    awaited, so that the workers run the check's own computations too, not only its
+    simulations.  A ``Call`` is one task; its result is not saved in ``points_dir``.
+
+    Returns the results in the order of ``items`` (a :class:`PointError` in place of a
+    failed one, or the first failure raised with ``raise_errors``)."""
     session, ex = _target(executor)
     w = n_workers(ex)
     points = []
-    for c in calls:
+    for c in items:
+        if isinstance(c, Call):
+            points.append(call_point(c))
+            continue
         c = dict(c)
         if c.pop("kind", "simulate") == "fit":
             c.setdefault("shard_replicas", session.shard_replicas if session else None)
@@ -242,3 +265,30 @@ def sweep(calls: Sequence[dict], executor: Any, *, raise_errors: bool = False) -
             points.append(simulate_point(c.pop("problem"), c.pop("optimizers"), c.pop("x0"),
                                          workers=w, **c))
     return run_points(points, executor, raise_errors=raise_errors)
+
+
+def completed(calls: Sequence[Call], executor: Any) -> Iterator[tuple[int, Any]]:
+    """Submit every :class:`~sdeverify.dispatch.Call` (one task each) and yield ``(index,
+    result)`` as each finishes — a failed one as ``(index, PointError)`` naming it —
+    so that the caller can record each as it comes (what ``check --workers N`` does with
+    whole checks at sizes too small to shard).  ``executor``: a ``distributed.Client``, a
+    ``concurrent.futures`` pool or a Session."""
+    session, ex = _target(executor)
+    points = [call_point(c) for c in calls]
+    where = {}
+    for i, p in enumerate(points):
+        (f,) = submit(ex, p, session)
+        where[f] = i
+    if is_dask(ex):
+        done = dask().as_completed(list(where))
+    else:
+        import concurrent.futures
+        done = concurrent.futures.as_completed(list(where))
+    for f in done:
+        i = where[f]
+        try:
+            yield i, collect(points[i], [f])
+        except PointError as exc:
+            yield i, exc
+        if session is not None:
+            session.calls += 1

@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..dispatch import Call
 from ..result import jsonable, load_pair, save_pair, versions
 from ..stats import Interval  # noqa: F401  (re-exported: experiments import it from here)
 from ..verdict import Value, Verdict  # noqa: F401
@@ -38,7 +39,7 @@ from ..verdict import Value, Verdict  # noqa: F401
 # elsewhere (sdeverify.stats, sdeverify.verdict): they are not part of this module's API.
 __all__ = ["SIZES", "Progress", "Measure", "ExperimentResult", "check_size", "size_config",
            "experiment", "Timer", "make_meta", "subplots", "save_figure", "simulate_many",
-           "Ticker", "tick"]
+           "run_many", "Call", "Ticker", "tick"]
 
 SIZES = ("smoke", "quick", "full")
 Progress = Callable[[int, int], None] | None
@@ -192,12 +193,26 @@ def simulate_many(calls: list[dict]) -> list:
     all points are submitted to the cluster together, each cut into shards, and each saved as
     it completes; otherwise they run here one after the other.  Either way the results are
     bitwise the same (every call carries its own seed)."""
+    return run_many(calls)
+
+
+def run_many(items: list) -> list:
+    """Run a check's sweep — :func:`sdeverify.simulate` calls given as keyword dicts and its
+    per-point work given as :class:`~sdeverify.dispatch.Call` (exact references,
+    statistics, bootstraps; a ``Call`` may make ``simulate`` calls of its own) — and return
+    their results in order.  Inside a distributed session (``sdeverify check --workers N``
+    / ``--scheduler``, :func:`sdeverify.distributed.use`) every item is a task submitted
+    with all the others (:func:`sdeverify.distributed.run_many`: the simulations cut into
+    shards, each ``Call`` one task, a ``simulate`` call inside it run on its worker), so the
+    cluster runs the whole check, not only its simulations; otherwise they run here one
+    after the other.  Either way the results are bitwise the same (every call carries its
+    own seed; a ``Call`` computes the same arithmetic wherever it runs)."""
     from .. import distributed
     from ..simulate import simulate
     session = distributed.active()
-    if session is not None and len(calls) > 1:
-        return distributed.sweep(calls, session, raise_errors=True)
-    return [simulate(**c) for c in calls]
+    if session is not None and len(items) > 1:
+        return distributed.run_many(items, session, raise_errors=True)
+    return [c() if isinstance(c, Call) else simulate(**c) for c in items]
 
 
 class Ticker:

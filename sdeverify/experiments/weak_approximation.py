@@ -41,6 +41,8 @@ Decision rules (95% intervals):
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .. import theory
@@ -48,11 +50,10 @@ from ..optim import SGD, SGDM
 from ..problems import CosineWell, Quadratic
 from ..rng import substream
 from ..schedules import averaged_lr, scaled_family
-from ..simulate import simulate
 from ..stats import Interval, fit_order, max_abs_interval, z_value
 from ..figstyle import figsize, fit_line, legend_below, styled
-from .base import (ExperimentResult, Progress, Ticker, Value, Verdict, experiment, save_figure,
-                   simulate_many, subplots)
+from .base import (Call, ExperimentResult, Progress, Ticker, Value, Verdict, experiment,
+                   run_many, save_figure, subplots)
 from .budget import ALPHA
 
 NAME = "weak_approximation"
@@ -121,6 +122,10 @@ def alternating(k: np.ndarray, t: np.ndarray) -> np.ndarray:
     return np.where(k % 2 == 0, 1.8, 0.2)
 
 
+#: the lr schedules whose averaged and raw lr are compared (α = 0, exact)
+LR_SHAPES = {"wsd": warmup_step_decay, "alt": alternating}
+
+
 def tail_fit(etas, err, sem=None, n: int | None = None):
     """Order fitted on the smallest-η half of the grid (at least 3 points): the theorem is
     asymptotic, and the large-η end is visibly pre-asymptotic."""
@@ -130,9 +135,46 @@ def tail_fit(etas, err, sem=None, n: int | None = None):
 
 def exact_errors(P: Quadratic, a, b, steps: int, sigma: float) -> list[float]:
     """max_k |E h(x_k) − E h(y_k)| for every test function, from exact moments."""
+    return exact_errors_vs(P, a, [b], steps, sigma)[0]
+
+
+def exact_errors_vs(P: Quadratic, a, others, steps: int, sigma: float) -> list[list[float]]:
+    """:func:`exact_errors` of ``a`` against each optimizer of ``others`` (``a``'s moments
+    computed once)."""
     ma = theory.quadratic_moments(P, a, X0, steps=steps, sigma=sigma)
-    mb = theory.quadratic_moments(P, b, X0, steps=steps, sigma=sigma)
-    return [float(np.max(np.abs(ma.expect(P, h) - mb.expect(P, h)))) for h in TESTS]
+    ha = [ma.expect(P, h) for h in TESTS]
+    out = []
+    for b in others:
+        mb = theory.quadratic_moments(P, b, X0, steps=steps, sigma=sigma)
+        out.append([float(np.max(np.abs(x - mb.expect(P, h)))) for x, h in zip(ha, TESTS)])
+    return out
+
+
+def exact_row(P: Quadratic, make, etas, T: float, sigma0: float, compare=(1,)) -> np.ndarray:
+    """Exact weak errors over an η grid, one task's work (a :class:`~sdeverify.dispatch.Call`:
+    on a cluster the recursions run on a worker): ``make(eta, T=T)`` returns (SGDM, SGD,
+    SGD, steps) as :func:`pair`; the result ``(eta, len(compare), test function)`` holds
+    SGDM's error against each optimizer ``make(...)[c]`` for c in ``compare``."""
+    out = np.empty((len(etas), len(compare), len(TESTS)))
+    for ei, eta in enumerate(etas):
+        opts = make(eta, T=T)
+        out[ei] = exact_errors_vs(P, opts[0], [opts[c] for c in compare], opts[3],
+                                  sigma0 / np.sqrt(eta))
+    return out
+
+
+def estimator_reference(P: Quadratic, points, T: float, sigma0: float) -> list[dict]:
+    """For each validated (η, α) of ``points``: the exact E h(x_k) − E h(y_k) (SGDM − SGD
+    with the averaged lr) at every step k, per test function — the reference of
+    :func:`estimator_verdict`, one task's work."""
+    out = []
+    for eta, alpha in points:
+        sgdm, sgd, _, steps = pair(eta, alpha, T)
+        sigma = sigma0 / np.sqrt(eta)
+        ma = theory.quadratic_moments(P, sgdm, X0, steps=steps, sigma=sigma)
+        mb = theory.quadratic_moments(P, sgd, X0, steps=steps, sigma=sigma)
+        out.append({h: ma.expect(P, h) - mb.expect(P, h) for h in TESTS})
+    return out
 
 
 def mc_call(P, sgdm, sgd, steps, sigma, paths, seed, records) -> dict:
@@ -153,55 +195,53 @@ def mc_summary(res, level=0.95) -> dict:
     return out
 
 
-def mc_error(P, sgdm, sgd, steps, sigma, paths, seed, records, level=0.95):
-    """Simultaneous interval for max_k |E h(SGDM) − E h(SGD)| per test function (CRN)."""
-    return mc_summary(simulate(**mc_call(P, sgdm, sgd, steps, sigma, paths, seed, records)), level)
-
-
 @experiment(NAME, SIZES, defaults=dict(T=1.0, sigma0=0.5))
 def run(cfg: dict, seed: int, progress: Progress) -> tuple:
-    """Measure the weak error of Thm 4.5; rules in the module docstring."""
+    """Measure the weak error of Thm 4.5; rules in the module docstring.  Every simulation
+    and every exact recursion is one item of a single :func:`~.base.run_many`: with
+    ``--workers N`` all of them run on the cluster at once, and the driver only combines
+    their small results."""
     T, sigma0 = cfg["T"], cfg["sigma0"]
     alphas, ee, me = cfg["alphas"], np.asarray(cfg["exact_etas"]), np.asarray(cfg["mc_etas"])
     Pq, Pn = quadratic_problem(), nonconvex_problem()
-    n_val = len(cfg["validate_etas"]) * len(validated_alphas(cfg))
-    step = Ticker(progress, len(alphas) * (len(ee) + len(me)) + n_val + 2 * len(ee))
+    validated = [(eta, a, substream(seed, "weak_approximation.estimator" if a == 0.0 else
+                                    f"weak_approximation.estimator.a{a:g}", vi))
+                 for a in validated_alphas(cfg) for vi, eta in enumerate(cfg["validate_etas"])]
+    step = Ticker(progress, len(alphas) * (len(ee) + len(me)) + len(validated) + 2 * len(ee))
     data = {"alphas": np.array(alphas), "exact_etas": ee, "mc_etas": me}
-    exact, mc = error_grids(cfg, Pq, Pn, seed, step)
-    data["exact_error"], data["mc_error"] = exact, mc
-    verdicts = order_verdicts(alphas, ee, me, exact, mc, data)
-    verdicts += [estimator_verdict(cfg, Pq, eta, substream(seed, "weak_approximation.estimator", vi), step)
-                 for vi, eta in enumerate(cfg["validate_etas"])]
-    verdicts += [estimator_verdict(cfg, Pq, eta, substream(seed, f"weak_approximation.estimator.a{a:g}", vi),
-                                   step, alpha=a)
-                 for a in validated_alphas(cfg)[1:]
-                 for vi, eta in enumerate(cfg["validate_etas"])]
-    verdicts.append(beta_schedule_verdict(Pq, ee, T, sigma0, data))
-    verdicts += lr_schedule_verdicts(Pq, ee, T, sigma0, data, step)
-    params = dict(cfg, x0=X0.tolist(), tests=list(TESTS),
-                  momentum_family="1-beta = 0.1 (alpha=0), eta^alpha (alpha>0)")
-    params = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in params.items()}
-    return params, data, verdicts
-
-
-def error_grids(cfg: dict, Pq, Pn, seed: int, step) -> tuple[np.ndarray, np.ndarray]:
-    """Weak errors SGDM vs SGD over the η grids: exact on the quadratic ``(alpha, h, eta)``
-    and Monte Carlo (estimate, low, high) on CosineWell ``(alpha, h, eta, 3)``."""
-    T, sigma0, alphas = cfg["T"], cfg["sigma0"], cfg["alphas"]
-    ee, me = np.asarray(cfg["exact_etas"]), np.asarray(cfg["mc_etas"])
-    exact = np.empty((len(alphas), len(TESTS), len(ee)))
-    mc = np.empty((len(alphas), len(TESTS), len(me), 3))
-    calls = []
-    for ai, alpha in enumerate(alphas):                 # the Monte Carlo points: one sweep
+    mc_calls, est_calls = [], []
+    for ai, alpha in enumerate(alphas):             # Monte Carlo on CosineWell
         for ei, eta in enumerate(me):
             sgdm, sgd, _, steps = pair(eta, alpha, T)
-            calls.append(mc_call(Pn, sgdm, sgd, steps, sigma0 / np.sqrt(eta), cfg["paths"],
-                                 substream(seed, f"weak_approximation.mc.alpha{ai}", ei), cfg["records"]))
-    results = iter(simulate_many(calls))
-    for ai, alpha in enumerate(alphas):
-        for ei, eta in enumerate(ee):
-            sgdm, sgd, _, steps = pair(eta, alpha, T)
-            exact[ai, :, ei] = exact_errors(Pq, sgdm, sgd, steps, sigma0 / np.sqrt(eta))
+            mc_calls.append(mc_call(Pn, sgdm, sgd, steps, sigma0 / np.sqrt(eta), cfg["paths"],
+                                    substream(seed, f"weak_approximation.mc.alpha{ai}", ei),
+                                    cfg["records"]))
+    for eta, a, s in validated:                     # the estimator on the quadratic
+        sgdm, sgd, _, steps = pair(eta, a, T)
+        est_calls.append(mc_call(Pq, sgdm, sgd, steps, sigma0 / np.sqrt(eta), cfg["paths"], s,
+                                 cfg["records"]))
+    exact_calls = [Call(exact_row, (Pq, functools.partial(pair, alpha=alpha), ee, T, sigma0),
+                        label=f"exact weak errors, alpha={alpha:g}") for alpha in alphas]
+    schedule_calls = [Call(exact_row, (Pq, beta_varying_pair, ee, T, sigma0, (1, 2)),
+                           label="exact weak errors, alternating beta_k")]
+    schedule_calls += [Call(exact_row, (Pq, functools.partial(pair, alpha=0.0, shape=shape), ee,
+                                        T, sigma0, (1, 2)), label=f"exact weak errors, {shape.__name__}")
+                       for shape in LR_SHAPES.values()]
+    ref_call = Call(estimator_reference, (Pq, [(eta, a) for eta, a, _ in validated], T, sigma0),
+                    label="exact references of the Monte Carlo estimator")
+    out = run_many(mc_calls + est_calls + exact_calls + schedule_calls + [ref_call])
+    mc_res = out[:len(mc_calls)]
+    out = out[len(mc_calls):]
+    est_res, out = out[:len(est_calls)], out[len(est_calls):]
+    exact_rows, out = out[:len(exact_calls)], out[len(exact_calls):]
+    beta_row, lr_rows, refs = out[0], out[1:-1], out[-1]
+
+    exact = np.empty((len(alphas), len(TESTS), len(ee)))
+    mc = np.empty((len(alphas), len(TESTS), len(me), 3))
+    results = iter(mc_res)
+    for ai in range(len(alphas)):
+        exact[ai] = exact_rows[ai][:, 0, :].T          # (test function, eta)
+        for _ in ee:
             step()
         for ei in range(len(me)):
             r = mc_summary(next(results))
@@ -209,7 +249,16 @@ def error_grids(cfg: dict, Pq, Pn, seed: int, step) -> tuple[np.ndarray, np.ndar
                 iv = r[h][0]
                 mc[ai, hi, ei] = iv.estimate, iv.low, iv.high
             step()
-    return exact, mc
+    data["exact_error"], data["mc_error"] = exact, mc
+    verdicts = order_verdicts(alphas, ee, me, exact, mc, data)
+    verdicts += [estimator_verdict(cfg, eta, res, ref, step, alpha=a)
+                 for (eta, a, _), res, ref in zip(validated, est_res, refs)]
+    verdicts.append(beta_schedule_verdict(ee, beta_row, data))
+    verdicts += lr_schedule_verdicts(ee, dict(zip(LR_SHAPES, lr_rows)), data, step)
+    params = dict(cfg, x0=X0.tolist(), tests=list(TESTS),
+                  momentum_family="1-beta = 0.1 (alpha=0), eta^alpha (alpha>0)")
+    params = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in params.items()}
+    return params, data, verdicts
 
 
 def order_verdicts(alphas, ee, me, exact, mc, data: dict) -> list[Verdict]:
@@ -255,19 +304,16 @@ def validated_alphas(cfg: dict) -> tuple[float, ...]:
     return (0.0,) + tuple(float(a) for a in cfg["validate_alphas"] if a != 0.0)
 
 
-def estimator_verdict(cfg: dict, Pq, eta: float, seed: int, step, alpha: float = 0.0) -> Verdict:
-    """The Monte Carlo weak-error estimator against the exact error (the moment recursion) on
-    the quadratic, at momentum index ``alpha`` — so that the recursion is validated wherever
+def estimator_verdict(cfg: dict, eta: float, res, ref: dict, step, alpha: float = 0.0) -> Verdict:
+    """The Monte Carlo weak-error estimator (``res``, the coupled run of :func:`mc_call` on
+    the quadratic) against the exact error (``ref``: :func:`estimator_reference`, the moment
+    recursion) at momentum index ``alpha`` — so that the recursion is validated wherever
     the exact orders are read from it, not only at α = 0."""
-    T, sigma0 = cfg["T"], cfg["sigma0"]
-    sgdm, sgd, _, steps = pair(eta, alpha, T)
-    sigma = sigma0 / np.sqrt(eta)
-    r = mc_error(Pq, sgdm, sgd, steps, sigma, cfg["paths"], seed, cfg["records"], level=0.999)
+    r = mc_summary(res, level=0.999)
     worst, ok = 0.0, True
     for h in TESTS:
         iv, mean, sem, rec = r[h]
-        ex = (theory.quadratic_moments(Pq, sgdm, X0, steps=steps, sigma=sigma).expect(Pq, h)
-              - theory.quadratic_moments(Pq, sgd, X0, steps=steps, sigma=sigma).expect(Pq, h))[rec]
+        ex = ref[h][rec]
         # the budget share (experiments/budget.py) over the validated etas, steps and tests
         n_val = len(cfg["validate_etas"]) * len(validated_alphas(cfg))
         zb = z_value(1 - ALPHA[NAME] / n_val / (len(rec) - 1) / len(TESTS))
@@ -282,15 +328,11 @@ def estimator_verdict(cfg: dict, Pq, eta: float, seed: int, step, alpha: float =
         Value(worst), ok, "max_k |MC - exact| / sem <= the Bonferroni z (threshold)", float(zb))
 
 
-def beta_schedule_verdict(Pq, ee, T: float, sigma0: float, data: dict) -> Verdict:
+def beta_schedule_verdict(ee, row: np.ndarray, data: dict) -> Verdict:
     """Time-varying β_k alternating on the step scale (Def 4.1 allows it): SGD with the
-    averaged lr (Eq 8) tracks SGDM."""
-    err = np.empty((2, len(ee)))
-    for ei, eta in enumerate(ee):
-        sgdm, sgd_avg, sgd_const, steps = beta_varying_pair(eta, T)
-        sigma = sigma0 / np.sqrt(eta)
-        err[0, ei] = max(exact_errors(Pq, sgdm, sgd_avg, steps, sigma))
-        err[1, ei] = max(exact_errors(Pq, sgdm, sgd_const, steps, sigma))
+    averaged lr (Eq 8) tracks SGDM.  ``row``: :func:`exact_row` of :func:`beta_varying_pair`
+    against (averaged, constant) lr."""
+    err = np.ascontiguousarray(row.max(axis=2).T)
     fb = tail_fit(ee, err[0])
     data["schedule_beta_err"] = err
     data["schedule_beta_fit"] = np.array([fb.order.estimate, fb.order.low, fb.order.high, fb.log_c])
@@ -302,17 +344,14 @@ def beta_schedule_verdict(Pq, ee, T: float, sigma0: float, data: dict) -> Verdic
         "for beta_(k+1) leaves an O(1) error: order ~ 0)")
 
 
-def lr_schedule_verdicts(Pq, ee, T: float, sigma0: float, data: dict, step) -> list[Verdict]:
+def lr_schedule_verdicts(ee, rows: dict, data: dict, step) -> list[Verdict]:
     """Non-constant lr schedules (α = 0, exact): SGD with the averaged lr tracks SGDM; with
-    the raw lr it does not when the lr varies on the step scale."""
+    the raw lr it does not when the lr varies on the step scale.  ``rows``: per schedule of
+    :data:`LR_SHAPES`, its :func:`exact_row` against (averaged, raw) lr."""
     verdicts = []
-    for sname, shape in (("wsd", warmup_step_decay), ("alt", alternating)):
-        err = np.empty((2, len(ee)))
-        for ei, eta in enumerate(ee):
-            sgdm, sgd_avg, sgd_raw, steps = pair(eta, 0.0, T, shape=shape)
-            sigma = sigma0 / np.sqrt(eta)
-            err[0, ei] = exact_errors(Pq, sgdm, sgd_avg, steps, sigma)[0]
-            err[1, ei] = exact_errors(Pq, sgdm, sgd_raw, steps, sigma)[0]
+    for sname in LR_SHAPES:
+        err = np.ascontiguousarray(rows[sname][:, :, 0].T)
+        for _ in ee:
             step()
         fa, fr = tail_fit(ee, err[0]), tail_fit(ee, err[1])
         data[f"schedule_{sname}_err"] = err
