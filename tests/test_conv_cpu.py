@@ -24,6 +24,7 @@ def _close(got, want, rtol=1e-13):
     assert np.max(np.abs(got - want)) <= rtol * np.max(np.abs(want))
 
 
+@pytest.mark.parametrize("rows", [1, 100, 1024])
 @pytest.mark.parametrize("k,stride,pad,H,W,C,O", [
     (3, 1, 1, 7, 5, 3, 4),        # stride 1: dx = conv(dy, flipped kernel)
     (3, 1, 1, 8, 8, 16, 16),      # stride 1, whole vectors of channels
@@ -32,9 +33,12 @@ def _close(got, want, rtol=1e-13):
     (3, 2, 1, 7, 6, 5, 6),        # strided: col2im
     (1, 2, 0, 6, 7, 4, 8),        # the 1x1 projection shortcut: col2im
 ])
-def test_conv_forward_and_backward_match_the_reference(k, stride, pad, H, W, C, O):
-    """float64, 2 models × 3 images: output, input gradient and weight gradient."""
-    X = RS.normal(size=(2, 3, C, H, W))
+def test_conv_forward_and_backward_match_the_reference(k, stride, pad, H, W, C, O, rows, monkeypatch):
+    """float64, 2 models × 5 images: output, input gradient and weight gradient, with the
+    images in one GEMM per image and several weight-gradient groups (``ROWS`` = 1), in
+    chunks of 2 images that do not divide the batch, two groups (100), and all in one chunk (1024)."""
+    monkeypatch.setattr(cc, "ROWS", rows)
+    X = RS.normal(size=(2, 5, C, H, W))
     Wt = RS.normal(size=(2, O, C, k, k))
     want = cr.conv2d(X, Wt, stride, pad)
     got = cc.conv2d(_nhwc(X), Wt, stride, pad)
@@ -127,7 +131,7 @@ def test_results_do_not_depend_on_how_the_items_are_split_over_threads(monkeypat
     aug = [augment.draw(1, np.arange(2), np.zeros(2, dtype=np.int64), idx[0])]
     out = []
     for split in (dict(threads=1), dict(threads=3, per_thread=1)):
-        monkeypatch.setattr(cc, "run_ranges", lambda kernel, n, *a: run_ranges(kernel, n, *a, **split))
+        monkeypatch.setattr(cc, "run_ranges", lambda kernel, n, *a, **_: run_ranges(kernel, n, *a, **split))
         tr = cc.ConvTrainer(m, d.X_train, d.y_train, 1, 2, "float32")
         tr.set_state(m.init(1, 2), np.zeros((2, m.n_params)))
         losses = tr.train(idx, np.full((1, 2), 0.9), np.full((1, 2), 0.1), np.full((1, 2), 0.1),

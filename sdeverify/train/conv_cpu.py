@@ -42,7 +42,7 @@ import numba
 import numpy as np
 
 from ..compile_lock import compile_once
-from ..threads import run_ranges
+from ..threads import n_threads, run_ranges
 from .blas import gemm
 from .blas_threads import single_threaded
 from .conv_reference import ConvTrainer as _ReferenceTrainer
@@ -55,8 +55,20 @@ _JIT = dict(cache=True, error_model="numpy", nogil=True)
 _U = numba.uint64
 #: Row chunks per model of the BatchNorm reductions (fixed: results do not depend on threads).
 CHUNKS = 8
-#: Groups of a model's images whose weight-gradient partial sums are added (fixed, as CHUNKS).
+#: At most this many groups of a model's images whose weight-gradient partial sums are added
+#: (how many depends on the layer's shape only, :func:`_groups`: never on threads or models).
 GROUPS = 8
+#: Output pixels (im2col rows) per GEMM: a convolution takes its images in chunks of
+#: ``max(1, ROWS // (Ho·Wo))`` (:func:`_chunk`), so a small image's product is not a BLAS call
+#: per image (1.5-3.5x faster on 4x4 and 2x2 images, measured; a 32x32 image stays one
+#: chunk, as before).
+ROWS = 1024
+#: Estimated work (multiply-adds; an element of an element-wise kernel counts
+#: ``ELEMENT_WORK``) below which a kernel call runs on the calling thread, and the least work
+#: per range when it is split (:func:`_run`): handing ranges to the pool costs tens of
+#: microseconds idle, milliseconds on a loaded machine.
+PARALLEL_WORK = 1 << 22
+ELEMENT_WORK = 8
 
 
 # ---- kernels ---------------------------------------------------------------------------------
@@ -133,72 +145,91 @@ def _unpatch(dcols, m, b, k, stride, pad, Ho, Wo, dx):
 
 
 @numba.njit(**_JIT)
-def _conv_forward(x, wrows, k, stride, pad, out, lo, hi):
-    """Items ``m·B + b``: ``out[m, b]`` (Ho·Wo × O) = patches of image b · ``wrows[m]ᵀ``; the
-    patches of one image stay in cache between im2col and the GEMM."""
-    B = x.shape[1]
-    Ho, Wo, O = out.shape[2], out.shape[3], out.shape[4]
-    K = wrows.shape[2]
-    cols = np.empty((Ho * Wo, K), dtype=x.dtype)
-    flat = cols.reshape(-1)
-    for it in range(lo, hi):
-        m = it // B
-        b = it % B
-        _patches(x, m, b, k, stride, pad, Ho, Wo, cols)
-        gemm(False, True, Ho * Wo, O, K, 1.0, flat, K, wrows[m].reshape(-1), K, 0.0,
-             out[m, b].reshape(-1), O)
+def _patches_of(x, m, b0, b1, k, stride, pad, Ho, Wo, cols):
+    """The patches of images ``b0 ≤ b < b1`` of model m, image after image: rows
+    ``(b − b0)·Ho·Wo + ho·Wo + wo`` of ``cols``."""
+    P = Ho * Wo
+    for b in range(b0, b1):
+        _patches(x, m, b, k, stride, pad, Ho, Wo, cols[(b - b0) * P:(b - b0 + 1) * P])
 
 
 @numba.njit(**_JIT)
-def _conv_backward(dy, x, wrows, k, stride, pad, need_dx, dw_part, dx, lo, hi):
-    """Items ``m·G + q`` (G = ``dw_part.shape[1]`` fixed groups of a model's images): for each
-    image of group q, its patches (recomputed), ``dw_part[m, q] += patchesᵀ · dy`` (the
-    weight gradient transposed, ``(k·k·C, O)``: BLAS then runs the narrow O side as its row
-    panel, 1.7× faster than ``dyᵀ · patches`` for O = 16, measured) and, when ``need_dx``,
-    the patch gradients ``dy · wrows[m]`` summed back onto ``dx[m, b]``."""
+def _conv_forward(x, wrows, k, stride, pad, g, out, lo, hi):
+    """Items ``m·Q + q`` (Q = ⌈B/g⌉ chunks of ``g`` images): ``out[m, chunk]`` (rows
+    ``b·Ho·Wo + ho·Wo + wo``, channels last) = the chunk's patches · ``wrows[m]ᵀ``, one GEMM
+    per chunk; the patches stay in cache between im2col and the GEMM."""
+    B = x.shape[1]
+    Ho, Wo, O = out.shape[2], out.shape[3], out.shape[4]
+    K = wrows.shape[2]
+    Q = (B + g - 1) // g
+    cols = np.empty((g * Ho * Wo, K), dtype=x.dtype)
+    flat = cols.reshape(-1)
+    for it in range(lo, hi):
+        m = it // Q
+        b0 = it % Q * g
+        b1 = min(B, b0 + g)
+        _patches_of(x, m, b0, b1, k, stride, pad, Ho, Wo, cols)
+        gemm(False, True, (b1 - b0) * Ho * Wo, O, K, 1.0, flat, K, wrows[m].reshape(-1), K, 0.0,
+             out[m, b0:b1].reshape(-1), O)
+
+
+@numba.njit(**_JIT)
+def _conv_backward(dy, x, wrows, k, stride, pad, need_dx, g, dw_part, dx, lo, hi):
+    """Items ``m·G + q`` (G = ``dw_part.shape[1]`` fixed groups of a model's images, each
+    taken in chunks of ``g`` images): for each chunk, its patches (recomputed),
+    ``dw_part[m, q] += patchesᵀ · dy`` (the weight gradient transposed, ``(k·k·C, O)``: BLAS
+    then runs the narrow O side as its row panel, 1.7× faster than ``dyᵀ · patches`` for
+    O = 16, measured) and, when ``need_dx``, the patch gradients ``dy · wrows[m]`` summed back
+    onto ``dx[m, b]`` image by image."""
     B = x.shape[1]
     Ho, Wo, O = dy.shape[2], dy.shape[3], dy.shape[4]
+    P = Ho * Wo
     K = wrows.shape[2]
     G = dw_part.shape[1]
-    cols = np.empty((Ho * Wo, K), dtype=x.dtype)
-    dcols = np.empty((Ho * Wo, K), dtype=x.dtype)
+    cols = np.empty((g * P, K), dtype=x.dtype)
+    dcols = np.empty((g * P, K), dtype=x.dtype)
     flat, dflat = cols.reshape(-1), dcols.reshape(-1)
     for it in range(lo, hi):
         m = it // G
         q = it % G
         acc = dw_part[m, q].reshape(-1)
         acc[:] = 0.0
-        for b in range(B * q // G, B * (q + 1) // G):
-            _patches(x, m, b, k, stride, pad, Ho, Wo, cols)
-            g = dy[m, b].reshape(-1)
-            gemm(True, False, K, O, Ho * Wo, 1.0, flat, K, g, O, 1.0, acc, O)
+        for b0 in range(B * q // G, B * (q + 1) // G, g):
+            b1 = min(B * (q + 1) // G, b0 + g)
+            rows = (b1 - b0) * P
+            _patches_of(x, m, b0, b1, k, stride, pad, Ho, Wo, cols)
+            d = dy[m, b0:b1].reshape(-1)
+            gemm(True, False, K, O, rows, 1.0, flat, K, d, O, 1.0, acc, O)
             if need_dx:
-                gemm(False, False, Ho * Wo, K, O, 1.0, g, O, wrows[m].reshape(-1), K, 0.0, dflat, K)
-                _unpatch(dcols, m, b, k, stride, pad, Ho, Wo, dx)
+                gemm(False, False, rows, K, O, 1.0, d, O, wrows[m].reshape(-1), K, 0.0, dflat, K)
+                for b in range(b0, b1):
+                    _unpatch(dcols[(b - b0) * P:(b - b0 + 1) * P], m, b, k, stride, pad, Ho, Wo, dx)
 
 
 @numba.njit(**_JIT)
-def _conv_backward_flipped(dy, x, frows, k, pad, dw_part, dx, lo, hi):
-    """Stride 1, items ``m·G + q`` as :func:`_conv_backward`: for each image b of group q, the
-    patches of ``dy`` at the flipped pad ``pad`` (one im2col serves both products):
-    ``dx[m, b] = patches · frows[m]ᵀ`` (the flipped kernel :func:`_flipped_rows`) and
-    ``dw_part[m, q] += patchesᵀ · x[m, b]``, the gradient of the flipped kernel,
-    ``(k·k·O, C)``."""
+def _conv_backward_flipped(dy, x, frows, k, pad, g, dw_part, dx, lo, hi):
+    """Stride 1, items ``m·G + q`` as :func:`_conv_backward`: for each chunk of ``g`` images
+    of group q, the patches of ``dy`` at the flipped pad ``pad`` (one im2col serves both
+    products): ``dx[m, chunk] = patches · frows[m]ᵀ`` (the flipped kernel
+    :func:`_flipped_rows`) and ``dw_part[m, q] += patchesᵀ · x[m, chunk]``, the gradient of
+    the flipped kernel, ``(k·k·O, C)``."""
     B, H, W, C = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
     K = frows.shape[2]
     G = dw_part.shape[1]
-    cols = np.empty((H * W, K), dtype=x.dtype)
+    cols = np.empty((g * H * W, K), dtype=x.dtype)
     flat = cols.reshape(-1)
     for it in range(lo, hi):
         m = it // G
         q = it % G
         acc = dw_part[m, q].reshape(-1)
         acc[:] = 0.0
-        for b in range(B * q // G, B * (q + 1) // G):
-            _patches(dy, m, b, k, 1, pad, H, W, cols)
-            gemm(False, True, H * W, C, K, 1.0, flat, K, frows[m].reshape(-1), K, 0.0,
-                 dx[m, b].reshape(-1), C)
-            gemm(True, False, K, C, H * W, 1.0, flat, K, x[m, b].reshape(-1), C, 1.0, acc, C)
+        for b0 in range(B * q // G, B * (q + 1) // G, g):
+            b1 = min(B * (q + 1) // G, b0 + g)
+            rows = (b1 - b0) * H * W
+            _patches_of(dy, m, b0, b1, k, 1, pad, H, W, cols)
+            gemm(False, True, rows, C, K, 1.0, flat, K, frows[m].reshape(-1), K, 0.0,
+                 dx[m, b0:b1].reshape(-1), C)
+            gemm(True, False, K, C, rows, 1.0, flat, K, x[m, b0:b1].reshape(-1), C, 1.0, acc, C)
 
 
 @numba.njit(**_JIT)
@@ -355,6 +386,28 @@ def _c(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+def _run(kernel, n_items: int, work: int, *args) -> None:
+    """``run_ranges(kernel, n_items, *args)`` on as many threads as the call's estimated
+    ``work`` keeps busy: one (the calling thread) below ``2·PARALLEL_WORK``, and at most 4
+    ranges per thread of at least ``PARALLEL_WORK`` each.  Results do not depend on it (the
+    items are independent)."""
+    n = max(1, int(work) // PARALLEL_WORK)
+    threads = min(n_threads(), n)
+    run_ranges(kernel, n_items, *args, threads=threads, per_thread=max(1, min(4, n // threads)))
+
+
+def _chunk(B: int, Ho: int, Wo: int) -> int:
+    """Images per im2col chunk (one GEMM) of a convolution with ``Ho × Wo`` outputs."""
+    return max(1, min(B, ROWS // (Ho * Wo)))
+
+
+def _groups(B: int, Ho: int, Wo: int) -> int:
+    """Groups of a model's ``B`` images with their own weight-gradient partial sums: enough
+    to spread a large layer over the threads, one when the layer is small (a shape rule, so
+    the summation order never depends on the threads or the models per launch)."""
+    return max(1, min(GROUPS, B, -(-B * Ho * Wo // ROWS)))
+
+
 def _weight_rows(Wt):
     """``(M, O, C, k, k)`` weights as ``(M, O, k·k·C)`` rows in the patches' (i, j, c) order."""
     M, O, C, k, _ = Wt.shape
@@ -366,7 +419,10 @@ def conv2d(x, Wt, stride, pad):
     M, B, H, W, C = x.shape
     O, k = Wt.shape[1], Wt.shape[-1]
     out = _empty((M, B, _out_size(H, k, stride, pad), _out_size(W, k, stride, pad), O), x.dtype)
-    run_ranges(_conv_forward, M * B, _c(x), _weight_rows(Wt), k, stride, pad, out)
+    Ho, Wo = out.shape[2], out.shape[3]
+    g = _chunk(B, Ho, Wo)
+    _run(_conv_forward, M * -(-B // g), M * B * Ho * Wo * O * k * k * C,
+         _c(x), _weight_rows(Wt), k, stride, pad, g, out)
     return out
 
 
@@ -388,17 +444,22 @@ def conv2d_backward(dy, x, Wt, stride, pad, need_dx=True):
     gradient and sums the patch gradients ``dy·W`` back by col2im."""
     M, B, Ho, Wo, O = dy.shape
     C, k = Wt.shape[2], Wt.shape[-1]
-    G = min(GROUPS, B)
+    H, W = x.shape[2], x.shape[3]
     dy, x = _c(dy), _c(x)
+    work = 2 * M * B * Ho * Wo * O * k * k * C
     if need_dx and stride == 1:
+        G = _groups(B, H, W)
         part = _empty((M, G, k * k * O, C), x.dtype)
         dx = _empty(x.shape, x.dtype)
-        run_ranges(_conv_backward_flipped, M * G, dy, x, _flipped_rows(Wt), k, k - 1 - pad, part, dx)
+        _run(_conv_backward_flipped, M * G, work, dy, x, _flipped_rows(Wt), k, k - 1 - pad,
+             _chunk(B, H, W), part, dx)
         S = part.sum(axis=1).reshape(M, k, k, O, C)        # S[m, i', j', o, c] = dW[m, o, c, k-1-i', k-1-j']
         return dx, S[:, ::-1, ::-1].transpose(0, 3, 4, 1, 2)
+    G = _groups(B, Ho, Wo)
     part = _empty((M, G, k * k * C, O), x.dtype)
     dx = _empty(x.shape, x.dtype) if need_dx else np.empty((1,) * 5, dtype=x.dtype)
-    run_ranges(_conv_backward, M * G, dy, x, _weight_rows(Wt), k, stride, pad, need_dx, part, dx)
+    _run(_conv_backward, M * G, work, dy, x, _weight_rows(Wt), k, stride, pad, need_dx,
+         _chunk(B, Ho, Wo), part, dx)
     dW = part.sum(axis=1).reshape(M, k, k, C, O).transpose(0, 4, 3, 1, 2)
     return (dx if need_dx else None), dW
 
@@ -409,13 +470,14 @@ def _channel_sums(x2, shift, inv, dy2, mode):
     sums added in chunk order), in the arrays' dtype."""
     M, N, C = x2.shape
     part = np.empty((M, 2, CHUNKS, C), dtype=np.float64)
-    run_ranges(_sums, M * CHUNKS, x2, _c(shift), _c(inv), dy2, mode, part)
+    _run(_sums, M * CHUNKS, ELEMENT_WORK * x2.size, x2, _c(shift), _c(inv), dy2, mode, part)
     return part.sum(axis=2).astype(x2.dtype)
 
 
 def _affine(x2, shift, inv, gamma, beta):
     y = _empty(x2.shape, x2.dtype)
-    run_ranges(_normalise, x2.shape[0] * CHUNKS, x2, _c(shift), _c(inv), _c(gamma), _c(beta), y)
+    _run(_normalise, x2.shape[0] * CHUNKS, ELEMENT_WORK * x2.size, x2, _c(shift), _c(inv),
+         _c(gamma), _c(beta), y)
     return y
 
 
@@ -455,8 +517,8 @@ def batchnorm_backward(dy, cache):
     if mode == "eval":
         return (dy2 * (gamma * inv)[:, None, :]).reshape(dy.shape), dgamma, dbeta
     dx = _empty(dy2.shape, dy2.dtype)
-    run_ranges(_bn_dx, M * CHUNKS, dy2, x2, shift, inv, _c(gamma * inv / N), _c(dbeta),
-               _c(dgamma), dy2.dtype.type(N), dx)
+    _run(_bn_dx, M * CHUNKS, ELEMENT_WORK * dy2.size, dy2, x2, shift, inv, _c(gamma * inv / N),
+         _c(dbeta), _c(dgamma), dy2.dtype.type(N), dx)
     return dx.reshape(dy.shape), dgamma, dbeta
 
 
@@ -485,7 +547,8 @@ def _apply(mode, a, b):
     a = _c(a)
     out = _empty(a.shape, a.dtype)
     n_items = a.shape[0] * CHUNKS
-    run_ranges(_pointwise, n_items, mode, a.reshape(-1), _c(b).reshape(-1), out.reshape(-1), n_items)
+    _run(_pointwise, n_items, ELEMENT_WORK * a.size, mode, a.reshape(-1), _c(b).reshape(-1),
+         out.reshape(-1), n_items)
     return out
 
 
