@@ -11,10 +11,14 @@ at a time, with their states laid out lane-minor (``x[opt, i, lane]``):
 1. the draws of the step for all lanes come from :func:`sdeverify.rng.fill_lanes64` /
    ``fill_lanes32``: Philox and the branch-free Box–Muller transform, vectorised over lanes;
 2. one loop over the lanes applies each optimizer's update.  The problem's ``grad`` and
-   ``noise`` are inlined into that loop and work on small stack arrays of compile-time size
+   ``noise`` (or its ``oracle``, which computes both at once, when it has one) are inlined
+   into that loop and work on small stack arrays of compile-time size
    ``d``, so LLVM unrolls their loops over coordinates, promotes the stack arrays to
    registers and vectorises the lane loop: SIMD over paths, for any problem written as plain
-   loops (a problem that calls libm, e.g. ``np.sin``, still runs, lane by lane).
+   loops (a problem that calls libm, e.g. ``np.sin``, still runs, lane by lane).  Above
+   ``config.FUSE_MAX_DIM`` the oracle runs lane by lane and only the update is vectorised,
+   unless the problem has an ``oracle_lanes``, which takes the whole block's lanes at once
+   (:mod:`sdeverify.problems.base`).
 
 Nothing is allocated in the step loop (buffers are allocated once per block), and the
 observables are folded into the block's (count, mean, M2) accumulators in place, in path
@@ -73,6 +77,8 @@ first, and the step functions get one optimizer's slice:
 ``dstep``      (n_opt, L) the step at which the lane diverged (its ``div_step``), −1 if not
 ``Z1, Z2``     (ROWS, L) base draws of the step, oracle call 1 (and 2, SVAG)
 ``G``          (D, L) oracle outputs g of the lanes (split step only)
+``XL, V, W``   (D, L) the lanes' oracle inputs, noise of call 1 and of call 2 (split step with
+               ``oracle_lanes`` only); ``G2``: (D, L) scratch for call 2's unused gradient
 ``S``          (L,) per-lane scratch: Σ_i x_i (finiteness test) or max_i |x_i| (bound)
 ``x_in``       (D,) the input x of a lane's oracle call (x0 for a stopped lane)
 ``x_old``      (D,) the lane's x before the step (fused step only)
@@ -244,7 +250,7 @@ def _recorder(loss_, user_eval, D: int, unique, guard: bool):
     return record
 
 
-def _fused_step(grad_, noise_, D: int, N_DRAWS: int, N_CALLS: int, L: int, ZERO):
+def _fused_step(both_, noise_, D: int, N_DRAWS: int, N_CALLS: int, L: int, ZERO):
     """``step(a, b, gamma, X, M, alive, dstep, k, Z1, Z2, x_in, x_old, g, v, z, x_start, p,
     sigma, s1, s2)``: one optimizer, one step, all L lanes, for small D.
 
@@ -254,7 +260,8 @@ def _fused_step(grad_, noise_, D: int, N_DRAWS: int, N_CALLS: int, L: int, ZERO)
     optimizer's slices, updated in place; ``Z1``, ``Z2``: (ROWS, L) the step's draws;
     ``x_in``, ``x_old``, ``g``, ``v``, ``z``: stack scratch (module glossary).  Oracle and
     update run in one loop over lanes: the body unrolls over coordinates when D is small,
-    and LLVM vectorises over lanes."""
+    and LLVM vectorises over lanes.  ``both_(x, p, xi, g, v)`` is the problem's ``oracle``
+    or ``grad`` then ``noise`` (:func:`_both`); SVAG's second call needs the noise only."""
 
     @numba.njit(inline="always")
     def fused_step(a, b, gamma, X, M, alive, dstep, k, Z1, Z2, x_in, x_old, g, v, z, x_start, p,
@@ -266,8 +273,7 @@ def _fused_step(grad_, noise_, D: int, N_DRAWS: int, N_CALLS: int, L: int, ZERO)
                 x_in[i] = x_old[i] if al else x_start[i]
             for i in range(N_DRAWS):
                 z[i] = Z1[i, ln]
-            grad_(x_in, p, g)
-            noise_(x_in, p, z, v)
+            both_(x_in, p, z, g, v)
             if N_CALLS == 2:                             # SVAG: a second oracle call
                 for i in range(D):
                     g[i] = g[i] + s1 * v[i]
@@ -288,31 +294,50 @@ def _fused_step(grad_, noise_, D: int, N_DRAWS: int, N_CALLS: int, L: int, ZERO)
     return fused_step
 
 
-def _split_step(grad_, noise_, D: int, N_DRAWS: int, N_CALLS: int, L: int, ZERO):
+def _split_step(both_, noise_, lanes_, D: int, N_DRAWS: int, N_CALLS: int, L: int, ZERO,
+                LANES_ORACLE: bool):
     """``step(a, b, gamma, X, M, alive, dstep, k, Z1, Z2, x_in, g, v, w, z, G, S, x_start, p,
-    sigma, s1, s2)``: the same step as :func:`_fused_step` in two loops over lanes, for
-    large D: (a) the oracle of every lane into ``G`` (D, L), (b) the update with the lanes
-    innermost, so that (b) vectorises for any D.  ``S`` (L,) holds Σ_i x_i per lane."""
+    sigma, s1, s2, XL, V, W, G2)``: the same step as :func:`_fused_step` in two loops over
+    lanes, for large D: (a) the oracle of every lane into ``G`` (D, L), (b) the update with
+    the lanes innermost, so that (b) vectorises for any D.  ``S`` (L,) holds Σ_i x_i per
+    lane.  With ``LANES_ORACLE`` (a compile-time switch) (a) is the problem's
+    ``oracle_lanes`` over all lanes at once (``lanes_``, inputs ``XL``, outputs ``G``, ``V``,
+    call 2 ``G2``, ``W``), followed by the same per-lane combination g + σ v (float64 runs
+    only, see :func:`_make_kernel`)."""
 
     @numba.njit(inline="always")
     def split_step(a, b, gamma, X, M, alive, dstep, k, Z1, Z2, x_in, g, v, w, z, G, S, x_start, p,
-                   sigma, s1, s2):
-        for ln in range(L):
+                   sigma, s1, s2, XL, V, W, G2):
+        if LANES_ORACLE:
             for i in range(D):
-                x_in[i] = X[i, ln] if alive[ln] else x_start[i]
-            for i in range(N_DRAWS):
-                z[i] = Z1[i, ln]
-            grad_(x_in, p, g)
-            noise_(x_in, p, z, v)
+                for ln in range(L):
+                    XL[i, ln] = X[i, ln] if alive[ln] else x_start[i]
+            lanes_(XL, p, Z1, G, V)
             if N_CALLS == 1:
                 for i in range(D):
-                    G[i, ln] = g[i] + sigma * v[i]
+                    for ln in range(L):
+                        G[i, ln] = G[i, ln] + sigma * V[i, ln]
             else:                                        # SVAG: a second oracle call
-                for i in range(N_DRAWS):
-                    z[i] = Z2[i, ln]
-                noise_(x_in, p, z, w)
+                lanes_(XL, p, Z2, G2, W)
                 for i in range(D):
-                    G[i, ln] = (g[i] + s1 * v[i]) + s2 * w[i]
+                    for ln in range(L):
+                        G[i, ln] = (G[i, ln] + s1 * V[i, ln]) + s2 * W[i, ln]
+        else:                                            # the oracle lane by lane
+            for ln in range(L):
+                for i in range(D):
+                    x_in[i] = X[i, ln] if alive[ln] else x_start[i]
+                for i in range(N_DRAWS):
+                    z[i] = Z1[i, ln]
+                both_(x_in, p, z, g, v)
+                if N_CALLS == 1:
+                    for i in range(D):
+                        G[i, ln] = g[i] + sigma * v[i]
+                else:                                        # SVAG: a second oracle call
+                    for i in range(N_DRAWS):
+                        z[i] = Z2[i, ln]
+                    noise_(x_in, p, z, w)
+                    for i in range(D):
+                        G[i, ln] = (g[i] + s1 * v[i]) + s2 * w[i]
         for ln in range(L):
             S[ln] = ZERO
         for i in range(D):
@@ -356,7 +381,7 @@ def _bound_check(D: int, L: int, ZERO):
 
 
 def _block_kernel(record, fused_step, split_step, bound_check, fill, FUSED: bool, FTYPE,
-                  D: int, N_DRAWS: int, N_PARAMS: int, N_CALLS: int, L: int):
+                  D: int, N_DRAWS: int, N_PARAMS: int, N_CALLS: int, L: int, LANES_ORACLE: bool):
     """The kernel (plain Python, compiled by the caller): blocks of ``config.BLOCK`` paths in
     independent, ``blk_lo ≤ blk < blk_hi`` (the caller runs ranges on threads); in a block, groups of L lanes run all steps: draws for all lanes
     (``fill``), then for each optimizer the step (``fused_step`` if ``FUSED`` else
@@ -383,6 +408,10 @@ def _block_kernel(record, fused_step, split_step, bound_check, fill, FUSED: bool
             raised = np.empty((n_opt, codes.shape[0], L), dtype=np.bool_)
             x_rec = np.empty(D, dtype=FTYPE)
             G = np.empty((D, L), dtype=FTYPE)
+            XL = np.empty((D if LANES_ORACLE else 1, L), dtype=FTYPE)
+            V = np.empty((D if LANES_ORACLE else 1, L), dtype=FTYPE)
+            W = np.empty((D if LANES_ORACLE and N_CALLS == 2 else 1, L), dtype=FTYPE)
+            G2 = np.empty((D if LANES_ORACLE and N_CALLS == 2 else 1, L), dtype=FTYPE)
             S = _stack_empty(L, FTYPE)
             x_in = _stack_empty(D, FTYPE)
             x_old = _stack_empty(D, FTYPE)
@@ -430,7 +459,8 @@ def _block_kernel(record, fused_step, split_step, bound_check, fill, FUSED: bool
                                        x_in, x_old, g, v, z, x_start, p, sigma, s1, s2)
                         else:
                             split_step(a, b, gamma, X[j], M[j], alive[j], dstep[j], k, Z1, Z2,
-                                       x_in, g, v, w, z, G, S, x_start, p, sigma, s1, s2)
+                                       x_in, g, v, w, z, G, S, x_start, p, sigma, s1, s2,
+                                       XL, V, W, G2)
                         bound_check(X[j], alive[j], dstep[j], k, S, bound)
                     if r < n_rec and rec_steps[r] == k + 1:
                         record(stats, diffs, bad, vals, raised, states, store, X, alive, x_rec, params, codes, r, p0, nl)
@@ -445,24 +475,54 @@ def _block_kernel(record, fused_step, split_step, bound_check, fill, FUSED: bool
     return kernel
 
 
+def _both(grad_, noise_, oracle):
+    """``both(x, p, xi, g, v)``: one oracle call, gradient into ``g`` and noise into ``v`` —
+    the problem's ``oracle`` (inlined) when it has one, else ``grad`` then ``noise``."""
+    if oracle is not None:
+        return _inline(oracle)
+
+    @numba.njit(inline="always")
+    def both(x, p, xi, g, v):
+        grad_(x, p, g)
+        noise_(x, p, xi, v)
+
+    return both
+
+
+@numba.njit(inline="always")
+def _no_lanes(X, p, Z, G, V):      # pragma: no cover - pruned: LANES_ORACLE is False with it
+    """Placeholder for a problem without ``oracle_lanes`` (never called)."""
+    pass
+
+
 def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, N_DRAWS: int, N_PARAMS: int,
-                 N_CALLS: int):
-    """The compiled kernel for these problem functions (``grad``, ``noise``, ``loss``), this
-    user-observable evaluator, dtype, dimension D, draws per call, stacked parameter count
-    and oracle calls per step (module glossary), with its disk cache enabled."""
+                 N_CALLS: int, oracle=None, oracle_lanes=None):
+    """The compiled kernel for these problem functions (``grad``, ``noise``, ``loss`` and the
+    optional ``oracle``, ``oracle_lanes``), this user-observable evaluator, dtype, dimension
+    D, draws per call, stacked parameter count and oracle calls per step (module glossary),
+    with its disk cache enabled."""
     FTYPE = np.float32 if dtype == "float32" else np.float64
     ZERO = FTYPE(0.0)
     L = LANES
     grad_, noise_, loss_ = _inline(grad), _inline(noise), _inline(loss)
-    key = "|".join([fingerprint(f) for f in (grad, noise, loss, user_eval)]
+    fused_d = takes_fused_step(D, N_DRAWS)
+    # oracle_lanes in float64 only: a float32 run rounds the per-lane functions' scratch
+    # (written into float32 outputs) where a lanes oracle's float64 scratch would not
+    LANES_ORACLE = oracle_lanes is not None and not fused_d and dtype == "float64"
+    # only the functions the kernel calls enter its key: an oracle_lanes does not change a
+    # fused-step kernel
+    called = (grad, noise, loss, user_eval, oracle) + ((oracle_lanes,) if LANES_ORACLE else ())
+    key = "|".join([fingerprint(f) for f in called]
                    + [dtype, str(D), str(N_DRAWS), str(N_PARAMS), str(N_CALLS), str(L),
-                      "fused" if takes_fused_step(D, N_DRAWS) else "split"])
+                      "fused" if fused_d else "split"])
     unique = unique_names(key_hash(key)[:16])
     record = _recorder(loss_, user_eval, D, unique, _needs_guard(loss, user_eval))
-    fused = _fused_step(grad_, noise_, D, N_DRAWS, N_CALLS, L, ZERO)
-    split = _split_step(grad_, noise_, D, N_DRAWS, N_CALLS, L, ZERO)
+    both_ = _both(grad_, noise_, oracle)
+    lanes_ = _inline(oracle_lanes) if LANES_ORACLE else _no_lanes
+    fused = _fused_step(both_, noise_, D, N_DRAWS, N_CALLS, L, ZERO)
+    split = _split_step(both_, noise_, lanes_, D, N_DRAWS, N_CALLS, L, ZERO, LANES_ORACLE)
     kernel = _block_kernel(record, fused, split, _bound_check(D, L, ZERO), rng.fill_lanes(dtype),
-                           takes_fused_step(D, N_DRAWS), FTYPE, D, N_DRAWS, N_PARAMS, N_CALLS, L)
+                           fused_d, FTYPE, D, N_DRAWS, N_PARAMS, N_CALLS, L, LANES_ORACLE)
     disp = numba.njit(nogil=True, error_model="numpy")(unique(kernel))
     enable_disk_cache(disp, key)
     return disp
@@ -489,12 +549,14 @@ def get_kernel(problem, user_funcs: tuple, dtype: str = "float64", n_calls: int 
     dimension (built once per process; compiled once per machine thanks to the disk cache)."""
     n_par = problem.params.shape[0]
     n_par = n_par if n_par <= config.STACK_PARAMS else 0
-    key = (problem.grad, problem.noise, problem.loss, tuple(id(f) for f in user_funcs), dtype,
-           problem.dim, problem.n_draws, n_par, n_calls)
+    oracle = getattr(problem, "oracle", None)
+    lanes = getattr(problem, "oracle_lanes", None)
+    key = (problem.grad, problem.noise, problem.loss, oracle, lanes, tuple(id(f) for f in user_funcs),
+           dtype, problem.dim, problem.n_draws, n_par, n_calls)
     if key not in _KERNELS:
         _KERNELS[key] = _make_kernel(problem.grad, problem.noise, problem.loss,
                                      user_evaluator(user_funcs), dtype, problem.dim,
-                                     problem.n_draws, n_par, n_calls)
+                                     problem.n_draws, n_par, n_calls, oracle, lanes)
     return _KERNELS[key]
 
 

@@ -107,10 +107,23 @@ def _link(dev, prev, f, idx):
     return dev(ev)
 
 
+def _both(dev, grad, noise, oracle):
+    """Device function ``both(x, p, xi, g, v)``: the problem's ``oracle`` when it has one, else
+    ``grad`` then ``noise`` (one oracle call, as on the CPU)."""
+    if oracle is not None:
+        return dev(oracle.py_func)
+
+    def both(x, p, xi, g, v):
+        grad(x, p, g)
+        noise(x, p, xi, v)
+    return dev(both)
+
+
 def _make_kernel(problem, user_funcs, n_opt: int, n_calls: int):
     dev = cuda.jit(device=True)
     philox, normal_pair, uniform, rademacher = _device_rng()
     grad, noise, loss = dev(problem.grad.py_func), dev(problem.noise.py_func), dev(problem.loss.py_func)
+    both = _both(dev, grad, noise, getattr(problem, "oracle", None))
     user = _user_chain(user_funcs)
     D, ND, NOPT = problem.dim, problem.n_draws, n_opt
     ROWS = rng.n_rows(ND)
@@ -182,8 +195,7 @@ def _make_kernel(problem, user_funcs, n_opt: int, n_calls: int):
                     if not alive[j]:
                         continue
                     xj = x[j]
-                    grad(xj, params, g)
-                    noise(xj, params, z1[:ND], v)     # the problem's n_draws, not ROWS
+                    both(xj, params, z1[:ND], g, v)     # the problem's n_draws, not ROWS
                     if n_calls == 2:
                         for i in range(D):
                             g[i] += sigma * r1 * v[i]
@@ -249,7 +261,8 @@ def kernel_for(spec):
     """The compiled-on-first-launch kernel of a :class:`~sdeverify.engine.spec.RunSpec`'s
     problem, user observables, optimizer count and noise calls (built once per process)."""
     n_opt = spec.a.shape[0]
-    key = (spec.problem.grad, spec.problem.noise, spec.problem.loss, spec.problem.dim,
+    key = (spec.problem.grad, spec.problem.noise, spec.problem.loss,
+           getattr(spec.problem, "oracle", None), spec.problem.dim,
            spec.problem.n_draws, tuple(id(f) for f in spec.user_funcs), n_opt, spec.n_calls)
     if key not in _KERNELS:
         _KERNELS[key] = _make_kernel(spec.problem, spec.user_funcs, n_opt, spec.n_calls)

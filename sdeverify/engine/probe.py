@@ -20,7 +20,10 @@ its own:
    expected signature;
 3. return types: ``loss`` and an observable must return a real scalar, ``grad`` and
    ``noise`` nothing (a gradient *returned* instead of written into ``out`` would leave
-   ``out`` untouched: silent garbage).
+   ``out`` untouched: silent garbage);
+4. a problem's optional ``oracle`` and ``oracle_lanes`` (the same call, fused) run the same
+   way, and must give what ``grad`` and ``noise`` give at x0 (to 1e-12 relative, float64):
+   the engines use them in place of the separate functions.
 
 This checks the functions at x0 only; an observable that raises later is caught by the CPU
 engine (counted, then reported by :func:`sdeverify.simulate`) and by the NumPy engine.
@@ -41,6 +44,10 @@ SIGNATURES = {
     "noise": "noise(x, p, xi, out) -> None, writing the noise vector into out (xi: the "
              "n_draws base draws of one oracle call)",
     "loss": "loss(x, p) -> float",
+    "oracle": "oracle(x, p, xi, g, v) -> None, writing grad(x, p, g) and noise(x, p, xi, v)",
+    "oracle_lanes": "oracle_lanes(X, p, Z, G, V) -> None, writing oracle(X[:, l], p, Z[:, l], "
+                    "G[:, l], V[:, l]) for every column l (X, G, V: (d, L); Z: (rows >= "
+                    "n_draws, L))",
     "observable": "h(x) -> float (x: a float array of length d)",
 }
 
@@ -84,7 +91,7 @@ def _python(role: str, f, *args) -> None:
         py(*args)
     except IndexError as exc:
         what = ("reads or writes beyond its inputs (more than n_draws base draws, past the "
-                "parameter vector or past out)") if role == "noise" else \
+                "parameter vector or past out)") if role in ("noise", "oracle", "oracle_lanes") else \
             "reads or writes beyond its inputs (past x, the parameter vector or out)"
         raise _fail(role, f, what, exc) from None
     except Exception:   # plain-Python quirks of code written for Numba are not ours to judge
@@ -155,7 +162,48 @@ def probe(problem, user_funcs: tuple, x0: np.ndarray, dtype: str = "float64",
     _nothing("noise", problem.noise,
              _call_guarded("noise", problem.noise, ("x", "p", "xi", "out"), x, p, xi, out))
     _scalar("loss", problem.loss, _call_guarded("loss", problem.loss, ("x", "p"), x, p))
+    oracle = getattr(problem, "oracle", None)
+    lanes = getattr(problem, "oracle_lanes", None)
+    if oracle is not None or lanes is not None:
+        _probe_fused(problem, oracle, lanes, x64, p, xi.astype(np.float64))
     for h in user_funcs:
         v = _call_guarded("observable", h, ("x",), x)
         if not isinstance(v, np.bool_):
             _scalar("observable", h, v)
+
+
+def _agrees(role: str, f, got: np.ndarray, want: np.ndarray, what: str) -> None:
+    if not np.allclose(got, want, rtol=1e-12, atol=1e-300, equal_nan=True):
+        i = int(np.argmax(np.abs(got - want)))
+        raise _fail(role, f, f"disagrees with {what} at x0 (entry {i}: {got.flat[i]!r} "
+                             f"against {want.flat[i]!r})")
+
+
+def _probe_fused(problem, oracle, lanes, x: np.ndarray, p: np.ndarray, xi: np.ndarray) -> None:
+    """The fused oracle functions at x0 (float64): as plain Python (bounds-checked), then
+    compiled, each compared with ``grad`` and ``noise`` (``oracle_lanes`` on three lanes:
+    x0 and two scaled copies, with different draws)."""
+    d = problem.dim
+    g_ref, v_ref = np.zeros(d), np.zeros(d)
+    problem.grad(x, p, g_ref)
+    problem.noise(x, p, xi, v_ref)
+    if oracle is not None:
+        _python("oracle", oracle, x.copy(), p.copy(), xi.copy(), np.zeros(d), np.zeros(d))
+        g, v = np.zeros(d), np.zeros(d)
+        _nothing("oracle", oracle, _call_guarded("oracle", oracle, ("x", "p", "xi", "g", "v"),
+                                                  x, p, xi, g, v))
+        oracle(x, p, xi, g, v)            # (the guarded call wrote into copies)
+        _agrees("oracle", oracle, g, g_ref, "grad")
+        _agrees("oracle", oracle, v, v_ref, "noise")
+    if lanes is not None:
+        X = np.ascontiguousarray(np.stack([x, 0.5 * x, -1.5 * x], axis=1))
+        rows = problem.n_draws
+        Z = np.ascontiguousarray(np.stack([xi, -xi, xi[::-1]], axis=1))
+        _python("oracle_lanes", lanes, X.copy(), p.copy(), Z.copy(), np.zeros_like(X), np.zeros_like(X))
+        G, V = np.zeros_like(X), np.zeros_like(X)
+        _nothing("oracle_lanes", lanes, _compiled("oracle_lanes", lanes, X, p, Z, G, V))
+        for ln in range(X.shape[1]):
+            problem.grad(np.ascontiguousarray(X[:, ln]), p, g_ref)
+            problem.noise(np.ascontiguousarray(X[:, ln]), p, np.ascontiguousarray(Z[:rows, ln]), v_ref)
+            _agrees("oracle_lanes", lanes, G[:, ln], g_ref, f"grad (lane {ln})")
+            _agrees("oracle_lanes", lanes, V[:, ln], v_ref, f"noise (lane {ln})")

@@ -2,7 +2,8 @@
 compiled engines are checked against.
 
 Same maths as the compiled engines, written as plain loops: draws from the NumPy twin of the
-counter-based generator, the problem's functions run as plain Python (``py_func``), the
+counter-based generator, the problem's functions run as plain Python (``py_func``; its
+``oracle`` for the first call of a step when it has one, as the compiled engines do), the
 same per-block Welford accumulation.  Used by the tests to cross-check every kernel; meant
 for small sizes only.
 """
@@ -20,6 +21,8 @@ def run(spec) -> EngineOutput:
     out = EngineOutput.allocate(spec)
     p = spec.problem
     grad, noise, loss = p.grad.py_func, p.noise.py_func, p.loss.py_func
+    oracle = getattr(p, "oracle", None)
+    oracle = None if oracle is None else oracle.py_func
     n_opt, d = spec.a.shape[0], spec.x0.shape[0]
     paths = np.arange(spec.path_offset, spec.path_offset + spec.paths)
     x = np.tile(spec.x0, (spec.paths, n_opt, 1))
@@ -65,8 +68,11 @@ def run(spec) -> EngineOutput:
             for j in range(n_opt):
                 if not alive[ip, j]:
                     continue
-                grad(x[ip, j], p.params, g)
-                noise(x[ip, j], p.params, xi1[ip], v)
+                if oracle is None:
+                    grad(x[ip, j], p.params, g)
+                    noise(x[ip, j], p.params, xi1[ip], v)
+                else:
+                    oracle(x[ip, j], p.params, xi1[ip], g, v)
                 if xi2 is None:
                     g += spec.sigma * v
                 else:

@@ -84,7 +84,9 @@ class RunSpec:
         caller that chose the backend (the registry's package imports this module)."""
         from ..version import __version__
         p = self.problem
-        funcs = ",".join(function_fingerprint(f) for f in (p.grad, p.noise, p.loss))
+        fused = tuple(f for f in (getattr(p, "oracle", None), getattr(p, "oracle_lanes", None))
+                      if f is not None)                # absent: the fingerprint as before
+        funcs = ",".join(function_fingerprint(f) for f in (p.grad, p.noise, p.loss) + fused)
         return {
             "problem": f"{type(p).__name__} {p.name!r} d={p.dim} draws={p.n_draws} "
                        f"{p.noise_dist} ell={p.svag_ell!r} params={_digest(p.params)} "

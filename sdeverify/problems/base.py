@@ -7,6 +7,20 @@ A problem is three ``numba.njit`` functions over a flat float64 parameter vector
   from the ``n_draws`` base draws ``xi`` (standard normal, Rademacher or uniform(0, 1));
 * ``loss(x, p)``           returns L(x).
 
+and, optionally, two faster forms of the same oracle call that the engines use when present:
+
+* ``oracle(x, p, xi, g, v)`` writes ``grad(x, p, g)`` and ``noise(x, p, xi, v)`` in one
+  function, so that what they share (a sine, ∇L inside a minibatch deviation, a residual)
+  is computed once per call;
+* ``oracle_lanes(X, p, Z, G, V)`` does the same for a block of paths at once, lanes last:
+  ``X``, ``G``, ``V`` are (d, L) and ``Z`` is (≥ n_draws, L), column ``l`` being one path's
+  call; written with the lane loop innermost, it lets the CPU engine vectorise over paths
+  where the per-path oracle (d > ``config.FUSE_MAX_DIM``) runs path by path.
+
+Both must give, per path, exactly what ``grad`` and ``noise`` give (the engines' results
+are then unchanged, bit for bit, when the arithmetic is the same); ``grad`` and ``noise``
+stay the definition (the SDE solvers, the theory and the tests use them).
+
 The oracle then returns ``g = ∇L(x) + σ v`` (σ the noise scale).  Engines are generic over
 these functions: a new problem never means a new kernel, only a new (cached) specialisation.
 Because the draws are produced by the engine, every optimizer in one call sees the same
@@ -36,6 +50,8 @@ class NGOS:
     ----------
     dim : dimension ``d`` of x.
     grad, noise, loss : ``numba.njit`` functions with the signatures above.
+    oracle, oracle_lanes : optional ``numba.njit`` functions (above), the same oracle call
+        computed once for gradient and noise (per path, or per block of lanes).
     params : flat float64 parameter vector passed as ``p`` to the three functions.
     n_draws : number of base draws one oracle call consumes.
     noise_dist : "normal", "rademacher" or "uniform": the law of the base draws.
@@ -44,12 +60,15 @@ class NGOS:
 
     def __init__(self, *, dim: int, grad: Callable, noise: Callable, loss: Callable,
                  params: ArrayLike | None = None, n_draws: int | None = None, noise_dist: str = "normal",
-                 name: str = "custom") -> None:
+                 name: str = "custom", oracle: Callable | None = None,
+                 oracle_lanes: Callable | None = None) -> None:
         self.dim = positive_int("dim", dim)
-        for fname, f in (("grad", grad), ("noise", noise), ("loss", loss)):
-            if not hasattr(f, "py_func"):
+        for fname, f in (("grad", grad), ("noise", noise), ("loss", loss), ("oracle", oracle),
+                         ("oracle_lanes", oracle_lanes)):
+            if not hasattr(f, "py_func") and not (f is None and fname.startswith("oracle")):
                 raise ValueError(f"{fname} must be a numba.njit function, got {f!r}")
         self.grad, self.noise, self.loss = grad, noise, loss
+        self.oracle, self.oracle_lanes = oracle, oracle_lanes
         p = np.zeros(1) if params is None else np.asarray(params, dtype=np.float64).ravel()
         if p.size == 0:
             p = np.zeros(1)
@@ -97,9 +116,11 @@ class NGOS:
 
     def _call_repr(self) -> str:
         """The constructor call of this problem without SVAG (subclasses give their own)."""
+        fused = {k: f for k, f in (("oracle", self.oracle), ("oracle_lanes", self.oracle_lanes))
+                 if f is not None}
         return call_repr("NGOS", dim=self.dim, grad=self.grad, noise=self.noise, loss=self.loss,
                          params=self.params, n_draws=self.n_draws, noise_dist=self.noise_dist,
-                         name=self._own_name)
+                         name=self._own_name, **fused)
 
 
 def pack(*arrays: ArrayLike) -> np.ndarray:

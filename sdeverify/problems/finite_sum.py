@@ -6,7 +6,9 @@ One oracle call draws B indices j_1..j_B uniformly *with replacement* (from B un
 draws) and the noise is the minibatch deviation ``v = g_B(x) − ∇L(x)``, with
 ``g_B = (1/B) Σ_b a_{j_b}(a_{j_b}ᵀx − y_{j_b})``.  With noise scale σ = 1 the oracle returns
 exactly the minibatch gradient, and Cov v = Σ₁(x)/B: σ² ∝ 1/B arises from the sampling
-itself.  Parameter layout ``p = [n, B, Q (d·d), r (d), A (n·d), y (n)]``.
+itself.  Parameter layout ``p = [n, B, Q (d·d), r (d), A (n·d), y (n)]``.  ``ls_oracle``
+computes ∇L once per call for the gradient and the deviation (``grad`` and ``noise`` each
+compute it), with the separate functions' bits.
 """
 from __future__ import annotations
 
@@ -54,6 +56,33 @@ def ls_noise(x, p, xi, out):
         for j in range(d):
             s += p[2 + i * d + j] * x[j]
         out[i] = out[i] * inv - (s - p[2 + d * d + i])
+
+
+@numba.njit(cache=True)
+def ls_oracle(x, p, xi, g, v):
+    """ls_grad(x, p, g) and ls_noise(x, p, xi, v) with ∇L computed once."""
+    d = x.shape[0]
+    n = int(p[0])
+    B = int(p[1])
+    a0 = 2 + d * d + d
+    y0 = a0 + n * d
+    for i in range(d):
+        v[i] = 0.0
+    for b in range(B):
+        j = min(int(xi[b] * n), n - 1)
+        res = -p[y0 + j]
+        for i in range(d):
+            res += p[a0 + j * d + i] * x[i]
+        for i in range(d):
+            v[i] += p[a0 + j * d + i] * res
+    inv = 1.0 / B
+    for i in range(d):
+        s = 0.0
+        for j in range(d):
+            s += p[2 + i * d + j] * x[j]
+        gi = s - p[2 + d * d + i]          # in float64 (not g[i]: a float32 g is rounded)
+        g[i] = gi
+        v[i] = v[i] * inv - gi
 
 
 @numba.njit(cache=True)
@@ -108,7 +137,7 @@ class LinearRegression(NGOS):
         self.features, self.targets = A, y
         self.Q = A.T @ A / n
         self.r = A.T @ y / n
-        super().__init__(dim=d, grad=ls_grad, noise=ls_noise, loss=ls_loss,
+        super().__init__(dim=d, grad=ls_grad, noise=ls_noise, loss=ls_loss, oracle=ls_oracle,
                          params=pack(n, self.batch_size, self.Q, self.r, A, y),
                          n_draws=draws, noise_dist="uniform", name="linear_regression")
 
