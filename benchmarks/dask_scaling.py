@@ -1,22 +1,32 @@
-"""Parallel efficiency of a full-size check on 1 and 2 local Dask workers, and the
-scheduler's overhead per task.
+"""Parallel efficiency of a check on 1 and 2 local Dask workers, the scheduler's overhead per
+task, and a scaling model of the checks projected to 8, 32 and 64 workers.
 
-    PYTHONPATH=. python benchmarks/dask_scaling.py [--check variance_reduction] [--size full]
+    PYTHONPATH=. python benchmarks/dask_scaling.py [--check weak_approximation] [--size full]
         [--repeats 3] [--baseline-repeats N] [--json benchmarks/results/dask_scaling.json]
+    PYTHONPATH=. python benchmarks/dask_scaling.py --model-only --checks A,B,... --size quick
 
-* **Scaling.**  The check's ``run()`` (every ``simulate``/``fit`` call of its sweep) inside
-  ``sdeverify.distributed.use(client, points_dir=...)`` — what ``sdeverify check --only NAME
-  --workers N`` does — on a ``LocalCluster`` of 1 and of 2 worker processes (1 thread each,
+* **Scaling.**  The check's ``run()`` inside ``sdeverify.distributed.use(client,
+  points_dir=..., local_below=LOCAL_WORK)`` — what ``sdeverify check --only NAME --workers N``
+  does — on a ``LocalCluster`` of 1 and of 2 worker processes (1 thread each,
   ``NUMBA_NUM_THREADS=1``), timed alternately (1, 2, 1, 2, ...) after one untimed warm-up run
   per cluster (kernels loaded in every worker); next to the same run in this process without
-  Dask on 1 Numba thread (the serial baseline) and on 2 threads (today's ``check``).
-  Parallel efficiency = T(1 worker) / (2 T(2 workers)), from the medians.  Each run's
-  results must equal the serial run's bitwise (checked).
+  Dask on 1 Numba thread (the serial baseline) and on 2 threads.  Parallel efficiency =
+  T(1 worker) / (2 T(2 workers)), from the medians.  Each run's results must equal the
+  serial run's bitwise (checked).
+* **Scaling model** (:func:`project`).  The serial run is instrumented
+  (:func:`recording`): every *batch* of work the check hands out at once — a
+  ``run_many``/``simulate_many`` sweep, or a lone ``simulate``/``fit`` call — and every item
+  of it (a simulation with its paths and work, or a per-point ``Call``) with its compute
+  time; the driver's serial time is the wall time minus all items' compute.  On W workers a
+  batch's simulations are cut as ``plan_shards`` cuts them for W, the items that
+  ``kept_here`` keeps (below ``LOCAL_WORK``, up to a fair share) stay in the driver, and the tasks are list-scheduled longest first on W workers:
+  T(W) = driver + Σ_batches [max(local items, makespan, tasks × burst cost) + latency], with
+  the measured latency and burst cost per task (Amdahl's law with the measured task costs
+  and the real shard plan).  Efficiency(W) = T(1) / (W T(W)).  Validated against the
+  measured 1- and 2-worker runs (printed side by side).
 * **Overhead per task.**  The round trip of a task that does nothing but receive a real
   shard's spec (same problem, optimizers and arguments, pickled as for a real shard) and
   return: one at a time (latency), and 400 submitted at once (throughput: wall / 400).
-  Compared with the compute time of the default shard of the workload (sum of the shards'
-  ``wall_time`` / number of tasks).
 * **Warm-up.**  The first shard a fresh worker process runs (kernel loaded from Numba's
   disk cache, or compiled when the cache is cold) against its second.
 
@@ -27,6 +37,8 @@ of the machine ("others").
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -73,7 +85,8 @@ def timed_run(name: str, size: str, client, points: Path | None):
         res, s = mod.run(size=size, seed=0), None
     else:
         from distributed import get_task_stream
-        with D.use(client, points_dir=points) as s, get_task_stream(client) as ts:
+        with D.use(client, points_dir=points, local_below=D.LOCAL_WORK) as s, \
+                get_task_stream(client) as ts:
             res = mod.run(size=size, seed=0)
     wall = time.perf_counter() - t
     ours = time.process_time() - c0 + workers_cpu(client) - w0
@@ -126,34 +139,187 @@ def first_vs_second_task(point) -> dict:
     return {"first_s": out[0], "second_s": out[1]}
 
 
-def projection(points_dir: Path, driver_s: float, latency_s: float,
-               workers=(1, 2, 4, 8, 16, 32, 64, 128)) -> dict:
-    """Wall time of the same sweep on W workers, predicted from its saved points.
+@dataclasses.dataclass
+class Item:
+    """One item of a batch: a simulation / training call (its paths or replicas, work per
+    path and shard block) or a per-point ``Call`` (one task), and its measured compute."""
+    kind: str
+    compute_s: float
+    total: int = 1
+    unit: float = 0.0
+    block: int = 1
+    work: float = float("inf")
 
-    The checks run their points one after the other; point p (single-core compute C_p, the
-    sum of its shards' ``wall_time``) is cut by :func:`sdeverify.distributed.plan_shards`
-    for W workers into n_p shards and takes ceil(n_p / W) · C_p / n_p + one task latency.
-    Add the driver's own serial time (theory, statistics, saving: serial wall − Σ C_p).
-    Assumes equal shards, no contention and a scheduler that keeps up (see the text)."""
-    from sdeverify.result import SimulationResult
-    pts = []
-    for f in sorted(points_dir.glob("simulate-*.json")):
-        r = SimulationResult.load(f.with_suffix(""))
-        m = r.meta
-        unit = m["steps_total"] * len(r.optimizers) * m["dim"] * (1 if m.get("svag_ell", 1) == 1 else 2)
-        pts.append((m["wall_time"], r.paths, unit))
-    total = sum(c for c, _, _ in pts)
-    out = {"points": len(pts), "compute_s": total, "driver_s": driver_s}
+
+@contextlib.contextmanager
+def recording():
+    """Within the block, every check's batches are recorded (a list of lists of
+    :class:`Item`, yielded): each ``run_many`` sweep (``simulate_many`` included) is one
+    batch, each ``simulate``/``fit`` call made outside one is a batch of its own; calls made
+    inside an item (a ``Call`` that simulates) belong to it."""
+    import importlib
+    import pkgutil
+    import sdeverify.experiments as E
+    from sdeverify.dispatch import Call
+    sim_mod = sys.modules["sdeverify.simulate"]
+    fit_mod = sys.modules["sdeverify.train.training"]
+    base = sys.modules["sdeverify.experiments.base"]
+    real = {"simulate": sim_mod.simulate, "fit": fit_mod.fit, "run_many": base.run_many}
+    batches: list[list[Item]] = []
+    depth = [0]
+
+    def describe(kind, a, k, seconds) -> Item:
+        if kind == "simulate":
+            kw = dict(zip(("problem", "optimizers", "x0"), a), **k)
+            kw.pop("executor", None)
+            p = D.simulate_point(kw.pop("problem"), kw.pop("optimizers"), kw.pop("x0"), **kw)
+            return Item("simulate", seconds, p.total, p.work / p.total, config.BLOCK, p.work)
+        kw = dict(zip(("model", "data", "optimizers"), a), **k)
+        kw.pop("executor", None)
+        p = D.fit_point(kw.pop("model"), kw.pop("data"), kw.pop("optimizers"), **kw)
+        return Item("fit", seconds, p.total, p.work / p.total, 1, p.work)
+
+    def timed(kind):
+        fn = real[kind]
+
+        def call(*a, **k):
+            if depth[0]:
+                return fn(*a, **k)
+            depth[0] += 1
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                depth[0] -= 1
+                batches.append([describe(kind, a, k, time.perf_counter() - t)])
+        return call
+
+    def run_many(items):
+        out, batch = [], []
+        for c in items:
+            depth[0] += 1
+            t = time.perf_counter()
+            try:
+                out.append(c() if isinstance(c, Call) else real["simulate"](**c))
+            finally:
+                depth[0] -= 1
+            dt = time.perf_counter() - t
+            batch.append(Item("call", dt, work=float("inf") if not isinstance(c, Call) or c.work is None
+                              else c.work) if isinstance(c, Call) else describe("simulate", (), c, dt))
+        batches.append(batch)
+        return out
+
+    patched = {"simulate": timed("simulate"), "fit": timed("fit"), "run_many": run_many}
+    mods = [sim_mod, fit_mod, base] + [importlib.import_module(f"sdeverify.experiments.{m.name}")
+                                       for m in pkgutil.iter_modules(E.__path__)]
+    saved = [(m, name, getattr(m, name)) for m in mods for name in patched if hasattr(m, name)]
+    try:
+        for m, name, _ in saved:
+            setattr(m, name, patched[name])
+        yield batches
+    finally:
+        for m, name, fn in saved:
+            setattr(m, name, fn)
+
+
+def makespan(durations: list[float], workers: int) -> float:
+    """Longest-first list scheduling of task durations on ``workers`` (what a scheduler
+    that hands the next task to the first free worker does with tasks sorted longest
+    first): the finishing time of the last worker."""
+    load = [0.0] * workers
+    for d in sorted(durations, reverse=True):
+        i = min(range(workers), key=load.__getitem__)
+        load[i] += d
+    return max(load) if durations else 0.0
+
+
+def project(batches: list[list[Item]], driver_s: float, latency_s: float, burst_s: float,
+            workers=(1, 2, 8, 32, 64), local_below: float = D.LOCAL_WORK) -> dict:
+    """The check's wall time on W workers, from its recorded batches (see the module
+    docstring): per batch, the items ``kept_here`` (below ``local_below``, up to a fair
+    share) run in the driver while the cluster runs the others (simulations cut by ``plan_shards`` for W, a ``Call`` one
+    task), list-scheduled longest first; plus one task latency, and at least the
+    scheduler's burst cost per task; plus the driver's serial time."""
+    out = {"driver_s": driver_s, "compute_s": sum(i.compute_s for b in batches for i in b),
+           "batches": len(batches), "items": sum(len(b) for b in batches)}
     for w in workers:
-        wall = driver_s
-        tasks = 0
-        for c, paths, unit in pts:
-            n = len(D.plan_shards(paths, unit, w, block=config.BLOCK))
-            tasks += n
-            wall += -(-n // w) * c / n + latency_s
-        out[w] = {"wall_s": wall, "speedup": (driver_s + total) / wall,
-                  "efficiency": (driver_s + total) / (w * wall), "tasks": tasks}
+        wall, tasks = driver_s, 0
+        for b in batches:
+            here = D.kept_here([i.work for i in b], local_below, w)
+            local = sum(i.compute_s for k, i in enumerate(b) if k in here)
+            durations = []
+            for k, i in enumerate(b):
+                if k in here:
+                    continue
+                if i.kind == "call":
+                    durations.append(i.compute_s)
+                    continue
+                for _, n in D.plan_shards(i.total, i.unit, w, block=i.block):
+                    durations.append(i.compute_s * n / i.total)
+            tasks += len(durations)
+            if durations:
+                wall += max(local, makespan(durations, w), len(durations) * burst_s) + latency_s
+            else:
+                wall += local
+        out[w] = {"wall_s": wall, "tasks": tasks}
+    for w in workers:
+        out[w]["efficiency"] = out[workers[0]]["wall_s"] / (w * out[w]["wall_s"])
     return out
+
+
+def recorded_run(name: str, size: str):
+    """(wall, batches, driver seconds, result) of one serial run, recorded."""
+    with recording() as batches:
+        t = time.perf_counter()
+        res = experiments.get(name).run(size=size, seed=0)
+        wall = time.perf_counter() - t
+    driver = wall - sum(i.compute_s for b in batches for i in b)
+    return wall, batches, driver, res
+
+
+def print_projection(name: str, wall: float, proj: dict) -> None:
+    ws = [k for k in proj if isinstance(k, int)]
+    print(f"{name}: serial {wall:.2f} s, driver {proj['driver_s']:.2f} s "
+          f"({100 * proj['driver_s'] / wall:.1f}%), {proj['items']} items in {proj['batches']} "
+          f"batches; model: " + ", ".join(f"W={w} {proj[w]['wall_s']:.2f} s "
+                                          f"{proj[w]['tasks']} tasks eff {100 * proj[w]['efficiency']:.0f}%"
+                                          for w in ws), flush=True)
+
+
+def model_only(names: list[str], size: str, out: dict) -> None:
+    """Per check: a serial recorded run (after a smoke warm-up) and its projection with the
+    task costs measured on a 2-worker cluster; and the whole job's (checks one after the
+    other, as ``check --workers N`` runs them)."""
+    import numba as nb
+    nb.set_num_threads(1)
+    with D.Cluster(workers=2) as c:
+        client = c.start()
+        point = D.simulate_point(*_tiny_point_args(), steps=1000, paths=4096, sigma=1.0, workers=2)
+        ov = overhead(client, point)
+    out["overhead"] = ov
+    print(f"task latency {1e3 * ov['latency_median_s']:.1f} ms, burst {1e3 * ov['burst_per_task_s']:.1f} ms/task",
+          flush=True)
+    rows = {}
+    for n in names:
+        experiments.get(n).run(size="smoke", seed=0)                 # compile / load kernels
+        wall, batches, driver, _ = recorded_run(n, size)
+        proj = project(batches, driver, ov["latency_median_s"], ov["burst_per_task_s"])
+        print_projection(n, wall, proj)
+        rows[n] = dict(proj, serial_s=wall)
+    job = {}
+    for w in (1, 2, 8, 32, 64):
+        job[w] = sum(r[w]["wall_s"] for r in rows.values())
+    out["checks"] = rows
+    out["job"] = {w: {"wall_s": job[w], "efficiency": job[1] / (w * job[w])} for w in job}
+    print("whole job (checks one after the other): " + ", ".join(
+        f"W={w} {job[w]:.1f} s eff {100 * job[1] / (w * job[w]):.0f}%" for w in job))
+
+
+def _tiny_point_args():
+    from sdeverify import SGD, SGDM
+    from sdeverify.problems import Quadratic
+    P = Quadratic(np.diag([1.0, 3.0]))
+    return (P, [SGD(0.01), SGDM(0.01, 0.9)], np.array([1.0, -0.5]))
 
 
 def load() -> str:
@@ -162,7 +328,7 @@ def load() -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--check", default="variance_reduction")
+    ap.add_argument("--check", default="weak_approximation")
     ap.add_argument("--size", default="full", choices=("smoke", "quick", "full"))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--baseline-repeats", type=int, default=None,
@@ -170,33 +336,45 @@ def main(argv=None) -> int:
                          "efficiency uses only the Dask runs)")
     ap.add_argument("--warmup", default="full", choices=("smoke", "quick", "full"),
                     help="size of the untimed warm-up run (kernels compiled / loaded)")
+    ap.add_argument("--model-only", action="store_true",
+                    help="only the scaling model of --checks (serial recorded runs)")
+    ap.add_argument("--checks", default=None, help="comma-separated checks for --model-only "
+                    "(default: every check)")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
     cpu = platform.processor() or platform.machine()
-    print(f"machine: {cpu}, {os.cpu_count()} CPUs; dask {__import__('dask').__version__}; "
-          f"{args.check} --{args.size}, {args.repeats} repeats", flush=True)
-    print(f"load before: {load()}", flush=True)
-    out = {"check": args.check, "size": args.size, "repeats": args.repeats, "warmup": args.warmup,
-           "machine": {"cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(),
-                       "dask": __import__("dask").__version__, "numba": numba.__version__},
+    out = {"size": args.size, "machine": {"cpu": cpu, "cpus": os.cpu_count(),
+                                          "python": platform.python_version(),
+                                          "dask": __import__("dask").__version__,
+                                          "numba": numba.__version__},
            "load_before": load(), "min_task_work": D.MIN_TASK_WORK,
-           "shards_per_worker": D.SHARDS_PER_WORKER}
+           "local_work": D.LOCAL_WORK, "shards_per_worker": D.SHARDS_PER_WORKER}
+    print(f"machine: {cpu}, {os.cpu_count()} CPUs; dask {__import__('dask').__version__}",
+          flush=True)
+    print(f"load before: {out['load_before']}", flush=True)
+    if args.model_only:
+        names = args.checks.split(",") if args.checks else experiments.available()
+        model_only(names, args.size, out)
+        return _finish(out, args.json)
+    out.update(check=args.check, repeats=args.repeats, warmup=args.warmup)
     tmp = Path(tempfile.mkdtemp(prefix="dask_scaling."))
 
-    # serial baselines in this process (no Dask): 1 and 2 Numba threads
+    # serial baselines in this process (no Dask): 1 and 2 Numba threads; the first recorded
     before = numba.get_num_threads()
     numba.set_num_threads(1)
     timed_run(args.check, args.warmup, None, None)                   # warm-up (compile)
     print(f"load at start: {load()}", flush=True)
     n_base = args.repeats if args.baseline_repeats is None else max(1, args.baseline_repeats)
-    serial = [timed_run(args.check, args.size, None, None) for _ in range(n_base)]
-    ref = serial[0][2]
+    rec_wall, batches, driver, ref = recorded_run(args.check, args.size)
+    serial = [timed_run(args.check, args.size, None, None) for _ in range(n_base - 1)]
+    serial = [(rec_wall, None, ref, None, None)] + serial
     numba.set_num_threads(min(2, before))
     local2 = [timed_run(args.check, args.size, None, None) for _ in range(n_base)]
     numba.set_num_threads(before)
 
     rows = {1: [], 2: []}
     sessions = {}
+    point = D.simulate_point(*_tiny_point_args(), steps=1000, paths=4096, sigma=1.0, workers=2)
     with D.Cluster(workers=1) as c1, D.Cluster(workers=2) as c2:
         clients = {1: c1.start(), 2: c2.start()}
         for n, cl in clients.items():                                 # warm-up: kernels loaded
@@ -210,22 +388,11 @@ def main(argv=None) -> int:
                 rows[n].append((wall, others, cpu_s, util))
                 sessions[n] = s
                 print(f"  {n} worker(s): {wall:.2f} s (others {100 * others:.0f}%), CPU "
-                      f"{cpu_s:.1f} s, workers busy {100 * util:.0f}%, {s.computed} points, "
-                      f"{s.tasks} tasks", flush=True)
-        # the workload's default shard: compute time per task, from the saved points
-        shard_time = {}
-        for n in (1, 2):
-            from sdeverify.result import SimulationResult
-            files = sorted((tmp / f"w{n}-0").glob("simulate-*.json"))
-            total = sum(SimulationResult.load(f.with_suffix("")).meta["wall_time"] for f in files)
-            shard_time[n] = total / max(sessions[n].tasks, 1)
-        # overhead of one task carrying a real spec (the first point of the check's sweep)
-        point = _first_point(args.check, args.size, clients[2])
+                      f"{cpu_s:.1f} s, workers busy {100 * util:.0f}%, {s.computed} points + "
+                      f"{s.calls} calls on the cluster, {s.local} here, {s.tasks} tasks", flush=True)
         ov = overhead(clients[2], point)
     warm = first_vs_second_task(point)
-    compute1 = shard_time[1] * sessions[1].tasks
-    proj = projection(tmp / "w1-0", max(0.0, float(np.median([x[0] for x in serial])) - compute1),
-                      ov["latency_median_s"])
+    proj = project(batches, driver, ov["latency_median_s"], ov["burst_per_task_s"])
 
     med = lambda xs: float(np.median([x[0] for x in xs]))
     t_serial, t_local2 = med(serial), med(local2)
@@ -233,8 +400,6 @@ def main(argv=None) -> int:
     eff = t1 / (2 * t2)
     out.update({
         "serial_1thread_s": [x[0] for x in serial], "local_2threads_s": [x[0] for x in local2],
-        "serial_others": [x[1] for x in serial], "local2_others": [x[1] for x in local2],
-        "serial_cpu_s": [x[4] for x in serial],
         "workers_1_cpu_s": [x[2] for x in rows[1]], "workers_2_cpu_s": [x[2] for x in rows[2]],
         "workers_1_busy": [x[3] for x in rows[1]], "workers_2_busy": [x[3] for x in rows[2]],
         "workers_1_s": [x[0] for x in rows[1]], "workers_2_s": [x[0] for x in rows[2]],
@@ -242,63 +407,38 @@ def main(argv=None) -> int:
         "median_s": {"serial_1thread": t_serial, "local_2threads": t_local2, "workers_1": t1,
                      "workers_2": t2},
         "parallel_efficiency": eff, "dask_1worker_over_serial": t1 / t_serial,
-        "points": sessions[2].computed, "tasks": {1: sessions[1].tasks, 2: sessions[2].tasks},
-        "mean_task_compute_s": shard_time, "overhead": ov,
-        "overhead_share_of_task": {n: ov["latency_median_s"] / shard_time[n] for n in (1, 2)},
-        "first_task": warm, "projection": proj, "load_after": load()})
+        "tasks": {1: sessions[1].tasks, 2: sessions[2].tasks}, "overhead": ov,
+        "first_task": warm, "projection": proj,
+        "model_vs_measured": {1: proj[1]["wall_s"] / t1, 2: proj[2]["wall_s"] / t2,
+                              "efficiency_2": proj[2]["efficiency"] / eff},
+        "load_after": load()})
     print(f"serial (1 thread, no Dask)   {t_serial:8.2f} s")
     print(f"local (2 threads, no Dask)   {t_local2:8.2f} s")
     print(f"Dask, 1 worker               {t1:8.2f} s   ({t1 / t_serial:.3f}x the serial run)")
     print(f"Dask, 2 workers              {t2:8.2f} s")
     print(f"parallel efficiency T1/(2 T2) = {100 * eff:.1f}%")
     med_i = lambda xs, i: float(np.median([x[i] for x in xs]))
-    print(f"CPU seconds (ours, driver + workers): serial {med_i(serial, 4):.1f}, 1 worker "
-          f"{med_i(rows[1], 2):.1f}, 2 workers {med_i(rows[2], 2):.1f}; workers busy "
-          f"{100 * med_i(rows[1], 3):.0f}% (1) / {100 * med_i(rows[2], 3):.0f}% (2) of their wall time")
-    print(f"tasks: {sessions[1].tasks} (1 worker), {sessions[2].tasks} (2 workers) for "
-          f"{sessions[2].computed} points; mean compute per task {shard_time[1]:.3f} s / "
-          f"{shard_time[2]:.3f} s")
+    print(f"CPU seconds (ours, driver + workers): 1 worker {med_i(rows[1], 2):.1f}, 2 workers "
+          f"{med_i(rows[2], 2):.1f}; workers busy {100 * med_i(rows[1], 3):.0f}% (1) / "
+          f"{100 * med_i(rows[2], 3):.0f}% (2) of their wall time")
     print(f"no-op task with a real spec: latency {1e3 * ov['latency_median_s']:.2f} ms "
           f"(p90 {1e3 * ov['latency_p90_s']:.2f}), {1e3 * ov['burst_per_task_s']:.2f} ms/task in a "
-          f"burst of {ov['n_burst']}: {100 * ov['latency_median_s'] / shard_time[2]:.2f}% of a "
-          f"2-worker task")
+          f"burst of {ov['n_burst']}")
     print(f"fresh worker: first shard {warm['first_s']:.2f} s, second {warm['second_s']:.2f} s")
-    print(f"projected (from the {proj['points']} saved points: {proj['compute_s']:.1f} s of "
-          f"compute, {proj['driver_s']:.1f} s in the driver):")
-    for w in (k for k in proj if isinstance(k, int)):
-        print(f"  {w:4d} workers: {proj[w]['wall_s']:8.2f} s, speedup {proj[w]['speedup']:6.2f}, "
-              f"efficiency {100 * proj[w]['efficiency']:5.1f}%, {proj[w]['tasks']} tasks")
+    print_projection(args.check, rec_wall, proj)
+    print(f"model vs measured: 1 worker {proj[1]['wall_s']:.2f} s vs {t1:.2f} s, 2 workers "
+          f"{proj[2]['wall_s']:.2f} s vs {t2:.2f} s; efficiency {100 * proj[2]['efficiency']:.1f}% "
+          f"vs {100 * eff:.1f}%")
+    return _finish(out, args.json)
+
+
+def _finish(out: dict, path: str | None) -> int:
+    out["load_after"] = load()
     print(f"load after: {out['load_after']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
-        print(f"wrote {args.json}")
+    if path:
+        Path(path).write_text(json.dumps(out, indent=1, default=str))
+        print(f"wrote {path}")
     return 0
-
-
-def _first_point(name: str, size: str, client):
-    """The first simulate call the check makes, as a point (captured, not run)."""
-    captured = []
-
-    class _Stop(Exception):
-        pass
-
-    real = D.simulate
-
-    def capture(problem, optimizers, x0, *, executor, shard_paths=None, **kw):
-        captured.append(D.simulate_point(problem, optimizers, x0, workers=D.n_workers(client), **kw))
-        raise _Stop
-
-    D.simulate = capture
-    try:
-        with D.use(client):
-            experiments.get(name).run(size=size, seed=0)
-    except _Stop:
-        pass
-    finally:
-        D.simulate = real
-    if not captured:
-        raise SystemExit(f"{name} made no simulate call")
-    return captured[0]
 
 
 if __name__ == "__main__":

@@ -360,3 +360,14 @@ def test_smoke_checks_run_as_whole_tasks_on_the_cluster(client, tmp_path, monkey
     for n in names:
         _data_equal(runner.ExperimentResult.load(tmp_path / "far", n),
                     runner.ExperimentResult.load(tmp_path / "local", n))
+
+
+def test_small_calls_kept_here_up_to_a_fair_share_of_their_sweep():
+    """The driver keeps the small calls of a sweep (smallest first) only up to one worker's
+    share of the sweep's other work (at least local_below): on a large cluster the rest go
+    to the workers instead of queueing here."""
+    works = [4.0] * 10 + [200.0, float("inf")]          # inf: a Call of unknown work
+    assert D.kept_here(works, 10, workers=1) == set(range(10))       # 40 <= 200 / 1
+    assert D.kept_here(works, 10, workers=100) == {0, 1}             # 8 <= max(10, 2)
+    assert D.kept_here([4.0] * 3, 10, workers=8) == {0, 1}           # all small: up to 10
+    assert D.kept_here(works, 0, workers=1) == set()                  # 0: no fallback

@@ -48,6 +48,26 @@ SHARDS_PER_WORKER: int = 4
 LOCAL_WORK: int = MIN_TASK_WORK
 
 
+def kept_here(works: Sequence[float], local_below: float, workers: int) -> set[int]:
+    """Which items of a batch (their ``work``, path·step·optimizer·coordinate units) a
+    session runs in this process: those below ``local_below``, smallest first, as long as
+    their total stays within the larger of ``local_below`` and one worker's share of the
+    batch's other (known) work — the driver takes a fair share, so that on a large cluster
+    many small items do not queue up here while the workers idle; the rest are sent."""
+    if local_below <= 0:
+        return set()
+    small = sorted((w, i) for i, w in enumerate(works) if w < local_below)
+    rest = sum(w for w in works if local_below <= w < math.inf)
+    budget = max(float(local_below), rest / max(int(workers), 1))
+    kept, total = set(), 0.0
+    for w, i in small:
+        if total + w > budget:
+            break
+        kept.add(i)
+        total += w
+    return kept
+
+
 class SmallWorkWarning(UserWarning):
     """Calls of a distributed run had too little work to pay for the cluster: they ran
     locally (:data:`LOCAL_WORK` fallback), or were sent anyway and cost more than they saved."""

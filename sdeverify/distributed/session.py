@@ -54,8 +54,9 @@ def use(executor: Any, *, points_dir: str | os.PathLike | None = None, resume: b
         :func:`~sdeverify.distributed.plan_shards`).
     local_below : a call of less work than this (path·step·optimizer·coordinate units,
         :data:`~sdeverify.distributed.LOCAL_WORK` for the CLI) runs in this process, not on
-        the cluster (bitwise the same result; not saved in ``points_dir``); 0: every call
-        goes to the cluster.  On leaving the block, a
+        the cluster (bitwise the same result; not saved in ``points_dir``), as long as the
+        calls kept here stay within a fair share of their sweep
+        (:func:`~sdeverify.distributed.kept_here`); 0: every call goes to the cluster.  On leaving the block, a
         :class:`~sdeverify.distributed.SmallWorkWarning` says how many calls ran here, or
         how many were sent though smaller than one minimal task
         (:data:`~sdeverify.distributed.MIN_TASK_WORK`).

@@ -21,7 +21,7 @@ from ..train.training import report_divergence as report_training
 from .clusters import dask, n_workers
 from ..dispatch import Call
 from .points import (MIN_TASK_WORK, Point, PointError, SmallWorkWarning, call_point, fit_point,
-                     simulate_point)
+                     kept_here, simulate_point)
 from .session import Session
 from .shards import collect, is_dask, run_shard, submit
 
@@ -82,13 +82,16 @@ def run_points(points: Sequence[Point], executor: Any, *, raise_errors: bool = T
     first failure when ``raise_errors``).  Every shard of every point is submitted before
     any is awaited; each point is saved as soon as all its shards are in.  ``executor`` is
     a ``distributed.Client`` or a Session (whose ``points_dir`` is used, and whose
-    ``local_below`` keeps the points of less work here: run after the others are
-    submitted, not saved)."""
+    ``local_below`` keeps points of less work here — up to a fair share of the batch,
+    :func:`~sdeverify.distributed.kept_here` — run after the others are submitted, not
+    saved)."""
     session, ex = _target(executor)
     out: list = [None] * len(points)
     pending, here = {}, []
+    keep = set() if session is None else kept_here([p.work for p in points], session.local_below,
+                                                   n_workers(ex))
     for i, p in enumerate(points):
-        if session is not None and p.work < session.local_below:
+        if i in keep:
             here.append(i)
             continue
         got = _load_point(session, p) if session is not None else None

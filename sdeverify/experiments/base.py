@@ -210,7 +210,7 @@ def run_many(items: list) -> list:
     from .. import distributed
     from ..simulate import simulate
     session = distributed.active()
-    if session is not None and len(items) > 1:
+    if session is not None:
         return distributed.run_many(items, session, raise_errors=True)
     return [c() if isinstance(c, Call) else simulate(**c) for c in items]
 
