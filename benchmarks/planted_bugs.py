@@ -160,6 +160,19 @@ BUGS = [
         "            g += self.decay * self.W\n            g += self.decay * self.W\n",
         "weight decay added to the gradient twice (ResNet trainers)",
         ("train_batch_size", "train_svag")),
+    # what the mechanism verdicts compute (edges, the noise control's minibatch)
+    Bug("train-noise-control-unmatched", "mechanism control", "experiments/train_svag.py",
+        "    big = min(setup.data.n_train, int(round(tc.noise_matched_batch(B))))",
+        "    big = B",
+        "the noise control trains SGD at the same minibatch instead of the noise-matched one",
+        ("train_svag",)),
+    Bug("train-sgdm-edge", "mechanism formula", "experiments/train_common.py",
+        "    return 2.0 * (1.0 + beta) / ((1.0 - beta) * np.asarray(lr, dtype=float))",
+        "    return 2.0 / ((1.0 - beta) * np.asarray(lr, dtype=float))",
+        "SGDM's stability edge without its (1+beta) factor (1.9x too small): fails the SGDM-below-"
+        "its-edge verdict at smoke; at quick (0.375 of the edge) its margin would hide it, "
+        "tests/test_sec6_protocol.py's iterate test catches it at any size",
+        ("train_batch_size",)),
 ]
 
 

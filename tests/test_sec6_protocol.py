@@ -147,3 +147,29 @@ def test_a_fit_given_a_state_trains_here_inside_a_cluster_session(monkeypatch):
         assert fit(m, data, SGD(0.1), **kw) == "sent" and called
     with pytest.raises(ValueError, match="train here only"):
         fit(m, data, SGD(0.1), init_weights=w0, executor=Refuse(), **kw)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 0.9])
+@pytest.mark.parametrize("lr", [0.05, 0.7])
+def test_the_stability_edge_is_where_the_iterates_stop_contracting(beta, lr):
+    """The mechanism verdicts divide sharpness by ``stability_edge``; its formula is checked
+    against the optimizers' own iterates (the engine's SGD/SGDM, no noise) on L = λx²/2: 3%
+    below the edge they contract, 3% above they blow up."""
+    import sdeverify as sv
+    opt = sv.SGD(lr) if beta == 0.0 else sv.SGDM(lr, beta)
+    edge = float(tc.stability_edge(lr, beta))
+    runs = {f: sv.simulate(sv.problems.Quadratic([[f * edge]]), [opt], [1.0], steps=4000, paths=1,
+                           sigma=0.0, record=[4000], on_divergence="ignore") for f in (0.97, 1.03)}
+    below, above = runs[0.97], runs[1.03]
+    assert not below.divergence and below.mean[0, 0, 1] < 1e-6      # |x|² contracted
+    assert above.divergence and above.divergence[0].first_step < 4000
+
+
+def test_the_noise_matched_batch_equals_the_ema_variance_reduction():
+    """Sec 4.1's factor used by the noise control: the EMA m_k = (1−β)Σ_j β^j g_{k−j} of
+    independent minibatch gradients has stationary variance (1−β)/(1+β) of one minibatch's,
+    i.e. that of a minibatch ``noise_matched_batch(B)`` (the series summed directly)."""
+    for beta in (0.0, 0.5, 0.9, 0.99):
+        j = np.arange(20000)
+        var_ratio = ((1 - beta) ** 2 * beta ** (2 * j)).sum()
+        assert tc.noise_matched_batch(64, beta) == pytest.approx(64 / var_ratio, rel=1e-12)

@@ -143,7 +143,7 @@ def _sharpness(setup: tc.Setup, B: int, lr: float, E: int, seed: int) -> dict:
                  augment=setup.augment, backend=setup.backend, dtype=setup.dtype, **SHARP)
     S = np.stack([res.values_of(j, "sharpness") for j in range(2)])     # (2, evals, replicas)
     lr_k = lr * mult[np.maximum(steps - 1, 0)]
-    edges = np.stack([2 / lr_k, 2 * (1 + tc.BETA) / ((1 - tc.BETA) * lr_k)])   # (2, evals)
+    edges = np.stack([tc.stability_edge(lr_k), tc.stability_edge(lr_k, tc.BETA)])   # (2, evals)
     ratio = S / edges[:, :, None]
     end_of_peak = int(np.flatnonzero(steps == first_decay)[0])
     return {"sharp_steps": steps, "sharpness": S, "edges": edges, "edge_ratio_all": ratio,

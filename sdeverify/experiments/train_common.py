@@ -163,6 +163,21 @@ def check_batches(setup: Setup, batches: Sequence[int], least: int = 2) -> tuple
     return Bs
 
 
+def stability_edge(lr: Any, beta: float = 0.0) -> Any:
+    """The curvature at which SGDM in the EMA form (m ← βm + (1−β)g, x ← x − η·m) stops being
+    stable on L(x) = λx²/2: λ* = 2(1+β)/((1−β)η) (docs/theory.md §11, from Lemma 3.4's
+    recursion); β = 0 gives SGD's 2/η.  Below λ* the iterates contract, above it they grow
+    geometrically (tested against the iterates themselves)."""
+    return 2.0 * (1.0 + beta) / ((1.0 - beta) * np.asarray(lr, dtype=float))
+
+
+def noise_matched_batch(batch: int, beta: float = BETA) -> float:
+    """The minibatch at which SGD's per-step gradient noise equals SGDM's: the EMA averages
+    the noise of (1+β)/(1−β) independent minibatches at stationarity (its variance is
+    (1−β)/(1+β) of one minibatch's; Sec 4.1), so ``batch·(1+β)/(1−β)``."""
+    return batch * (1.0 + beta) / (1.0 - beta)
+
+
 def sgd(lr: float, name: str = "SGD") -> SGD:
     return SGD(lr, name=name)
 
