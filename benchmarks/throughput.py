@@ -10,6 +10,8 @@ optimizer).  Times are medians of ``--repeats`` runs after a warm-up run.
     python benchmarks/throughput.py --quick         # steps / 8 for the slow baselines
     python benchmarks/throughput.py --only main     # sections: compile main threads scaling memory figure
     python benchmarks/throughput.py --only problems # every built-in problem vs NumPy and the RNG bound
+    python benchmarks/throughput.py --only problems --problems Cosine,Diagonal   # some of them
+    python benchmarks/throughput.py --ab HEAD~1 --problems Cosine --ab-rounds 7 # interleaved A/B
 
 Prints a report; ``--json FILE`` also saves the numbers; the figure goes to
 figures/throughput.png (throughput vs paths per implementation).
@@ -637,6 +639,8 @@ def section_problems(args, res):
     rows = {}
     k0, k1 = rng.key_words(1)
     for name, (P, x0) in builtin_problems().items():
+        if not _selected(name, args.problems):
+            continue
         d = P.dim
         calls = 1 if P.svag_ell == 1.0 else 2
         ours = timed(lambda: run_problem_ours(P, x0, P_PATHS, P_STEPS), reps)
@@ -655,11 +659,98 @@ def section_problems(args, res):
               f"{r['ours'] / 1e6:7.1f} ({r['ours_wall'] / 1e6:6.1f}) {r['bound'] / 1e6:7.1f} "
               f"({r['bound_wall'] / 1e6:6.1f}) {r['vs_numpy']:8.1f}× {100 * r['of_bound']:8.0f}% "
               f"{100 * div:8.1f}%", flush=True)
-    ref = rows["hand-written diagonal (reference)"]["ours"]
-    q = rows["Quadratic(np.diag(h))"]["ours"]
-    print(f"Quadratic(np.diag(h)) / hand-written diagonal: {q / ref:.2f}; "
-          f"others' share of the CPUs during the runs: up to {100 * max(r['others'] for r in rows.values()):.0f}%")
+    if "hand-written diagonal (reference)" in rows and "Quadratic(np.diag(h))" in rows:
+        ref = rows["hand-written diagonal (reference)"]["ours"]
+        q = rows["Quadratic(np.diag(h))"]["ours"]
+        print(f"Quadratic(np.diag(h)) / hand-written diagonal: {q / ref:.2f}")
+    if rows:
+        print(f"others' share of the CPUs during the runs: up to "
+              f"{100 * max(r['others'] for r in rows.values()):.0f}%")
     res["problems"] = rows
+
+
+def _selected(name: str, problems: str | None) -> bool:
+    """Whether ``--problems`` (comma list of case-sensitive substrings; empty: all) picks ``name``."""
+    return not problems or any(s.strip() and s.strip() in name for s in problems.split(","))
+
+
+# ---- interleaved A/B of two revisions -----------------------------------------------------------
+AB_WORKER = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+sys.path.insert(1, sys.argv[2])
+import sdeverify
+assert sdeverify.__file__.startswith(sys.argv[1]), sdeverify.__file__
+import throughput as T
+probs = T.builtin_problems()
+probs["reference workload (d=8 diagonal, 2**16 x 1024)"] = None
+for line in sys.stdin:
+    name = line.strip()
+    if name not in probs:
+        print(json.dumps({"error": name}), flush=True)
+        continue
+    if probs[name] is None:
+        fn = lambda: T.run_ours(T.PATHS, T.STEPS)
+        work = T.PATHS * T.STEPS * T.D
+    else:
+        P, x0 = probs[name]
+        fn = lambda: T.run_problem_ours(P, x0, T.P_PATHS, T.P_STEPS)
+        work = T.P_PATHS * T.P_STEPS * P.dim
+    fn()                                         # warm (first use: compile or cache load)
+    t, c, o = T.measure(fn)
+    print(json.dumps({"wall": t, "cpu": c, "others": o, "work": work}), flush=True)
+"""
+
+
+def ab_main(args) -> None:
+    """Interleaved A/B: revision ``--ab`` (extracted with ``git archive`` into a temporary
+    folder) against this working tree, one long-lived worker process each, alternating
+    A, B, B, A, … per selected problem (``--problems``; the reference workload too with
+    ``--ab-reference``); prints per round and the medians of wall and per-CPU-second
+    throughput and of B/A, with the load average."""
+    import shlex
+    import statistics as st
+    tmp = tempfile.mkdtemp(prefix="ab_")
+    subprocess.run(f"git -C {shlex.quote(str(ROOT))} archive {shlex.quote(args.ab)} | tar -x -C {tmp}",
+                   shell=True, check=True)
+    here = str(Path(__file__).resolve().parent)
+    workers = {}
+    for label, tree in (("A", tmp), ("B", str(ROOT))):
+        workers[label] = subprocess.Popen(
+            [sys.executable, "-c", AB_WORKER, tree, here], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True, cwd=tree, env=dict(os.environ, PYTHONPATH=tree))
+    names = [n for n in builtin_problems() if _selected(n, args.problems)]
+    if args.ab_reference:
+        names.append("reference workload (d=8 diagonal, 2**16 x 1024)")
+    out = {"A": args.ab, "B": "working tree", "load_start": load(), "rows": {}}
+    print(f"A = {args.ab}, B = working tree; M path·dim·steps/s per CPU-second (wall)")
+    try:
+        for name in names:
+            runs = {"A": [], "B": []}
+            for r in range(args.ab_rounds):
+                order = ("A", "B") if r % 2 == 0 else ("B", "A")
+                for label in order:
+                    w = workers[label]
+                    w.stdin.write(name + "\n")
+                    w.stdin.flush()
+                    runs[label].append(json.loads(w.stdout.readline()))
+            med = {k: {"cpu": st.median(x["work"] / x["cpu"] for x in v),
+                       "wall": st.median(x["work"] / x["wall"] for x in v),
+                       "others": st.median(x["others"] for x in v)} for k, v in runs.items()}
+            ratio_cpu = st.median(b["cpu"] / a["cpu"] for a, b in zip(runs["A"], runs["B"]))
+            ratio_wall = st.median(b["wall"] / a["wall"] for a, b in zip(runs["A"], runs["B"]))
+            out["rows"][name] = {"runs": runs, "median": med, "B/A cpu": ratio_cpu, "B/A wall": ratio_wall}
+            print(f"{name:44s} A {med['A']['cpu'] / 1e6:7.1f} ({med['A']['wall'] / 1e6:6.1f})  "
+                  f"B {med['B']['cpu'] / 1e6:7.1f} ({med['B']['wall'] / 1e6:6.1f})  B/A per CPU-s "
+                  f"{ratio_cpu:5.3f}, wall {ratio_wall:5.3f}; others {100 * med['B']['others']:.0f}%  "
+                  f"load {load():.2f}", flush=True)
+    finally:
+        for w in workers.values():
+            w.stdin.close()
+            w.wait()
+    out["load_end"] = load()
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1, default=float))
 
 
 SECTIONS = {"compile": section_compile, "main": section_main, "accuracy": section_accuracy,
@@ -677,7 +768,15 @@ def main(argv=None):
     ap.add_argument("--wait-idle", type=float, default=0.0,
                     help="shared machines: before each timing, wait up to this many seconds "
                          "for the other processes to leave the CPUs idle")
+    ap.add_argument("--problems", default="", help="problems section / --ab: comma list of "
+                    "substrings of the problem names (default: all)")
+    ap.add_argument("--ab", default=None, metavar="REV", help="interleaved A/B of git revision REV "
+                    "(A) against the working tree (B) on the selected problems, then exit")
+    ap.add_argument("--ab-rounds", type=int, default=5, help="--ab: timed runs per side and problem")
+    ap.add_argument("--ab-reference", action="store_true", help="--ab: also the reference workload")
     args = ap.parse_args(argv)
+    if args.ab:
+        return ab_main(args)
     global WAIT_IDLE
     WAIT_IDLE = args.wait_idle
     try:

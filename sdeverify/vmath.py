@@ -8,10 +8,13 @@ the body has no branches and no calls.  ``np.sqrt``, ``abs``, ``min``/``max``,
 functions here compute the same values with plain arithmetic — round-to-nearest range
 reduction, fdlibm's polynomial kernels, exponent arithmetic on the bits — and selects
 instead of branches, so they inline and vectorise.  Measured in a compiled loop over 2¹⁶
-arguments (AVX-512, CPU time per element, median of 150 runs, libm in brackets): sin 1.2 ns
-(15.5), cos 1.2 (15.8), exp 1.0 (3.5), log 0.8 (2.6), log1p 0.9 (8.5), expm1 1.5 (9.1),
+arguments (AVX-512, CPU time per element, median of 150 runs, libm in brackets): sin 0.95 ns
+(15.3), cos 0.99 (15.8), exp 1.0 (3.5), log 0.8 (2.6), log1p 0.9 (8.5), expm1 1.5 (9.1),
 tanh 1.8 (11.9); for the engine's numbers see benchmarks/RESULTS.md, "Per-problem
-throughput".  Use them in problem functions like the NumPy ones::
+throughput".  Of sin's 0.95 ns about half is the argument reduction (fdlibm's three rounds
+of π/2, which 1 ulp needs near multiples of π/2) and half the two polynomial kernels, both
+evaluated (a select, not a branch, picks one per lane); the quadrant comes from the bits of
+the rounded multiple (1.15 ns with ⌊·⌋ arithmetic, the same values).  Use them in problem functions like the NumPy ones::
 
     from sdeverify import vmath
 
@@ -31,9 +34,9 @@ are :func:`inline` dispatchers, which run as Python when the twin calls them.
 **On the GPU.**  numba-cuda compiles a CPU dispatcher that a kernel calls from its
 ``py_func``, so the functions run in the engine's ``cuda`` backend as they are; the source
 uses only what numba-cuda 0.30 lowers (``abs``, ``np.minimum``/``np.maximum``, bit views):
-``np.floor`` and ``np.copysign``, which it does not, are built from adds, compares and bits
-(``_floor``, ``_copysign``: NumPy's bits, but for the sign of ⌊−0⌋, which no caller
-sees), so the CPU results are bitwise what they were with NumPy's.
+``np.copysign``, which it does not, is built from bits (``_copysign``: NumPy's bits), and
+the quadrant of sin and cos is read from the bits of the rounded multiple of π/2 (no
+``np.floor``).
 ``benchmarks/gpu_static.py`` compiles the engine's kernels for sm_80 and sm_90.
 
 **Accuracy and domain** (float64; "bound" is what ``tests/test_vmath.py`` asserts against
@@ -56,7 +59,11 @@ function       range tested            bound      measured  outside / special va
 ``tanh``       [−30, 30]               3 ulp      3 ulp     ±inf → ±1
 =============  ======================  =========  ========  =====================================
 
-(``pytest tests/test_vmath.py -s`` prints the measured maxima.)  NaN gives NaN and
+sin and cos are also measured on 10⁷ fixed-seed points of |x| ≤ 1e4, compiled as the engine
+runs them: at most 1 ulp each.  For |x| ≥ 2⁵¹ π/2 ≈ 3.5e15 their quadrant is no longer
+n mod 4; the values there are meaningless, as they were with the previous ⌊·⌋ quadrant
+(not bounded by 1, NaN near the top of the float range): use np.sin there.  (``pytest tests/test_vmath.py -s``
+prints the measured maxima.)  NaN gives NaN and
 the sign of zero is kept (sin, log1p, expm1, tanh).  **float32** arguments are converted to
 float64 and the float64 result returned (one implementation; a float32 engine run gets the
 float64 value rounded to float32 when it is stored, at most ½ float32 ulp of error on top of
@@ -168,17 +175,6 @@ def _copysign(a, b):
 
 
 @inline
-def _floor(v):
-    """⌊v⌋ from adds and compares (numba-cuda lowers no ``np.floor``): v rounded to an integer
-    by adding and subtracting 2⁵² with v's sign, one less where that rounded up; |v| ≥ 2⁵²
-    (an integer already), ±inf and NaN are kept.  Bitwise ``np.floor`` except ⌊−0⌋ = +0
-    (no caller tells the zeros apart)."""
-    m = select(abs(v) < _TWO52, _copysign(_TWO52, v), 0.0)
-    t = (v + m) - m
-    return t - select(t > v, 1.0, 0.0)
-
-
-@inline
 def _pow2(n):
     """2ⁿ for an integral float n in [−1022, 1023] (built from the exponent bits)."""
     return np.int64((np.int64(n) + _BIAS) << 52).view(np.float64)
@@ -195,10 +191,13 @@ def _scale(y, n):
 
 @inline
 def _reduce_pio2(x):
-    """(r, tail, q): x = n π/2 + r + tail, |r| ≲ π/4, q = n mod 4 (a float in [0, 4), NaN for
-    x = ±inf or NaN; n is an integer for |x| < 2⁵¹ π/2, a multiple of ½ beyond): fdlibm's
-    medium-size reduction with all three rounds (n·pieces exact for |n| < 2²⁰)."""
-    n = _round(x * _INVPIO2)
+    """(r, tail, q): x = n π/2 + r + tail, |r| ≲ π/4, q = n mod 4 (an int64 in [0, 4), read
+    from the bits of n + 1.5·2⁵², whose mantissa holds n in two's complement: exact for
+    |x| < 2⁵¹ π/2, meaningless beyond): fdlibm's medium-size reduction with all three rounds
+    (n·pieces exact for |n| < 2²⁰)."""
+    k = x * _INVPIO2 + _RND
+    n = k - _RND                           # x·2/π rounded to the nearest integer (as _round)
+    q = np.float64(k).view(np.int64) & np.int64(3)
     t = x - n * _PIO2_1                    # exact (Sterbenz)
     w = n * _PIO2_2
     r = t - w
@@ -210,7 +209,6 @@ def _reduce_pio2(x):
     w = n * _PIO2_3T - (e3 + e2)           # x − nπ/2 = r − w to ~2⁻¹⁰⁰ relative
     y0 = r - w
     y1 = (r - y0) - w
-    q = n - 4.0 * _floor(0.25 * n)         # exact
     return y0, y1, q
 
 
@@ -235,21 +233,14 @@ def _kcos(x, y):
     return w + (((1.0 - w) - hz) + (z * r - x * y))
 
 
-@inline
-def _odd(q):
-    """The quadrant q in [0, 4) takes the other kernel: q − 2⌊q/2⌋ > ½ (q = 1, 3; the
-    reduction's q is a multiple of ½ for huge |x|, where 1.5 and 3.5 count too)."""
-    return ((q > 0.5) & (q < 2.0)) | (q > 2.5)
-
-
 # ---- the functions ----------------------------------------------------------------------------
 @inline
 def _sin(x):
     """sin x, branch-free (module docstring: ≤ 1 ulp for |x| ≤ 1.6e6)."""
     x = np.float64(x)
     r, t, q = _reduce_pio2(x)
-    s = select(_odd(q), _kcos(r, t), _ksin(r, t))
-    return select(q >= 2.0, -s, s)                 # q ≥ 2: negate
+    s = select((q & 1) != 0, _kcos(r, t), _ksin(r, t))     # q = 1, 3: the other kernel
+    return select((q & 2) != 0, -s, s)                     # q = 2, 3: negate
 
 
 @inline
@@ -257,8 +248,8 @@ def _cos(x):
     """cos x, branch-free (module docstring: ≤ 1 ulp for |x| ≤ 1.6e6)."""
     x = np.float64(x)
     r, t, q = _reduce_pio2(x)
-    c = select(_odd(q), _ksin(r, t), _kcos(r, t))
-    return select((q > 0.5) & (q < 2.5), -c, c)     # q = 1, 2: negate
+    c = select((q & 1) != 0, _ksin(r, t), _kcos(r, t))     # q = 1, 3: the other kernel
+    return select(((q + 1) & 2) != 0, -c, c)               # q = 1, 2: negate
 
 
 @inline
