@@ -46,13 +46,13 @@ NETS = ("mlp", "resnet")
 WEIGHT_DECAY = 5e-4
 
 #: the configuration keys every trained-network check takes (sizes give them)
-NET_KEYS = ("net", "depth", "width", "image_size", "classes", "n", "data", "dtype")
+NET_KEYS = ("net", "depth", "width", "image_size", "classes", "n", "data", "dtype", "norm")
 #: the checks' two networks: the MLP on the teacher–student set, and the small CIFAR ResNet
 #: (ResNet-8, 4-8-16 channels) on generated 8×8 images, with its lr grid at B = 128
 MLP_NET = dict(net="mlp", depth=0, width=0.0, image_size=0, classes=10, data="teacher_student",
-               dtype="float64")
+               dtype="float64", norm=True)
 RESNET_NET = dict(net="resnet", depth=8, width=0.25, image_size=8, classes=4, data="conv_teacher",
-                  dtype="float32", lr_grid=(0.4, 0.8, 1.6, 3.2))
+                  dtype="float32", lr_grid=(0.4, 0.8, 1.6, 3.2), norm=True)
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,8 @@ def build(cfg: dict) -> Setup:
             raise ValueError(f"data must be 'conv_teacher' or 'cifar10:FOLDER' for the ResNet, got {source!r}")
         c, h = data.X_train.shape[1], data.X_train.shape[2]
         model = resnet(cfg["depth"], width=cfg["width"], image_size=h, in_channels=c,
-                       classes=data.n_classes, weight_decay=WEIGHT_DECAY)
+                       classes=data.n_classes, weight_decay=WEIGHT_DECAY,
+                       norm=bool(cfg.get("norm", True)))
         return Setup(model, data, True, cfg["backend"], cfg["dtype"])
     if source == "teacher_student":
         data = teacher_student(n=cfg["n"], dim=32, classes=10, hidden=64, label_noise=0.1, seed=0)

@@ -554,6 +554,9 @@ class ConvTrainer(conv_reference.ConvTrainer):
                  dtype: str = "float32"):
         if str(np.dtype(dtype)) not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        if not getattr(model, "norm", True):
+            raise ValueError("model: the cuda backend trains ResNets with BatchNorm only; use "
+                             "backend='cpu' or 'numpy' for norm=False")
         _cuda()
         super().__init__(model, X, y, n_opt, n_rep, dtype)
         self.M = self.J * self.R

@@ -226,6 +226,9 @@ class _Net:
     def conv_bn(self, conv: str, bn: str, x, stride: int, pad: int):
         ops = self.ops
         c = ops.conv2d(x, self.P[conv], stride, pad)
+        if not self.model.norm:                    # no BatchNorm: the conv output goes on
+            self.tape[conv] = (x, stride, pad, None)
+            return c
         g, b = self.P[f"{bn}.weight"], self.P[f"{bn}.bias"]
         if self.train:
             y, cache, mean, var = ops.batchnorm_train(c, g, b)
@@ -238,7 +241,10 @@ class _Net:
 
     def conv_bn_backward(self, conv: str, bn: str, dy, G, need_dx: bool = True):
         x, stride, pad, cache = self.tape[conv]
-        dc, G[f"{bn}.weight"][...], G[f"{bn}.bias"][...] = self.ops.batchnorm_backward(dy, cache)
+        if cache is None:
+            dc = dy
+        else:
+            dc, G[f"{bn}.weight"][...], G[f"{bn}.bias"][...] = self.ops.batchnorm_backward(dy, cache)
         dx, G[conv][...] = self.ops.conv2d_backward(dc, x, self.P[conv], stride, pad, need_dx)
         return dx
 

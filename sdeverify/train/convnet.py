@@ -94,6 +94,9 @@ class ResNet:
         :meth:`decay_mask` (``torch.optim.SGD``'s ``weight_decay``).
     decay_bn : apply weight decay also to BN γ/β and the linear bias (``False``, the
         standard ResNet practice, excludes them).
+    norm : BatchNorm after every conv (``True``, the paper's networks); ``False`` drops every
+        BN layer (no γ/β parameters, no running statistics: the conv output goes straight on)
+        — the same network without normalisation, for ablations (numpy and cpu backends).
     """
     depth: int = 20
     width: float = 1.0
@@ -103,6 +106,7 @@ class ResNet:
     image_size: int = 32
     weight_decay: float = 0.0
     decay_bn: bool = False
+    norm: bool = True
     #: The loss on the logits (the trainer's loss code reads it, as for :class:`MLP`).
     loss: ClassVar[str] = "cross_entropy"
 
@@ -125,10 +129,12 @@ class ResNet:
             raise ValueError(f"image_size must be >= 4, got {size}")
         if not isinstance(self.decay_bn, (bool, np.bool_)):
             raise ValueError(f"decay_bn must be True or False, got {self.decay_bn!r}")
+        if not isinstance(self.norm, (bool, np.bool_)):
+            raise ValueError(f"norm must be True or False, got {self.norm!r}")
         for name, v in (("depth", depth), ("width", width), ("classes", classes),
                         ("in_channels", in_ch), ("image_size", size),
                         ("weight_decay", finite_float("weight_decay", self.weight_decay, low=0.0)),
-                        ("decay_bn", bool(self.decay_bn))):
+                        ("decay_bn", bool(self.decay_bn)), ("norm", bool(self.norm))):
             object.__setattr__(self, name, v)
 
     # ---- architecture ------------------------------------------------------------------
@@ -178,7 +184,8 @@ class ResNet:
         items: list[tuple[str, tuple, str]] = []
 
         def bn(name, c):
-            items.extend([(f"{name}.weight", (c,), "bn_weight"), (f"{name}.bias", (c,), "bn_bias")])
+            if self.norm:
+                items.extend([(f"{name}.weight", (c,), "bn_weight"), (f"{name}.bias", (c,), "bn_bias")])
 
         c0 = self.channels[0]
         items.append(("conv1.weight", (c0, self.in_channels, 3, 3), "conv"))
@@ -295,15 +302,18 @@ class ResNet:
         decay_bn=False)``."""
         return (f"ResNet-{self.depth}(width={self.width:g}, shortcut={self.shortcut}, "
                 f"{'x'.join(map(str, self.input_shape))} -> {self.classes}, "
-                f"wd={self.weight_decay:g}, decay_bn={self.decay_bn})")
+                f"wd={self.weight_decay:g}, decay_bn={self.decay_bn}"
+                + ("" if self.norm else ", norm=False") + ")")
 
 
 def resnet(depth: int = 20, width: float = 1.0, shortcut: str = "A", classes: int = 10,
            in_channels: int = 3, image_size: int = 32, weight_decay: float = 0.0,
-           decay_bn: bool = False) -> ResNet:
+           decay_bn: bool = False, norm: bool = True) -> ResNet:
     """The CIFAR ResNet-``depth`` (He et al. 2016): see :class:`ResNet` for the parameters.
-    ``resnet(32)`` is the network of the paper's Fig. 2."""
-    return ResNet(depth, width, shortcut, classes, in_channels, image_size, weight_decay, decay_bn)
+    ``resnet(32)`` is the network of the paper's Fig. 2; ``norm=False`` the same net without
+    BatchNorm."""
+    return ResNet(depth, width, shortcut, classes, in_channels, image_size, weight_decay, decay_bn,
+                  norm)
 
 
 def _offsets(items) -> list[Tensor]:
