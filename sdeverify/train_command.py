@@ -33,6 +33,8 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--width", type=float, default=1.0, help="ResNet width multiplier of 16-32-64")
     t.add_argument("--shortcut", choices=("A", "B"), default="A",
                    help="ResNet shortcut: A zero-pad, B 1x1 conv + BN")
+    t.add_argument("--no-bn", action="store_true",
+                   help="ResNet without BatchNorm (an ablation; backends numpy and cpu)")
     t.add_argument("--hidden", default="128", help="mlp: comma list of hidden widths")
     t.add_argument("--data", default="images",
                    help="images (generated conv-teacher images), teacher (generated vectors), "
@@ -105,7 +107,7 @@ def _model(args, data):
     C, H, _ = data.X_train.shape[1:]
     return resnet(int(args.model[6:]), width=args.width, shortcut=args.shortcut,
                   classes=data.n_classes, in_channels=C, image_size=H,
-                  weight_decay=args.weight_decay)
+                  weight_decay=args.weight_decay, norm=not args.no_bn)
 
 
 def cmd_train(args) -> int:

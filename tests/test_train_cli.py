@@ -25,6 +25,15 @@ def test_train_writes_results_and_curves(tmp_path, capsys):
     assert "ResNet-8" in text and "lr=0.05, svag=1" in text and "nan" not in text.lower()
 
 
+def test_train_a_resnet_without_batchnorm(tmp_path, capsys):
+    assert main(["train", "--model", "resnet8", "--width", "0.25", "--no-bn", "--n-train", "64",
+                 "--image-size", "8", "--batch-size", "16", "--epochs", "1", "--lr", "0.05",
+                 "--svag", "1", "--replicas", "1", "--out", str(tmp_path), "--quiet"]) == 0
+    res = TrainResult.load(tmp_path / "train-lr0.05-svag1")
+    assert res.buffers is None or res.buffers.size == 0
+    assert "norm=False" in capsys.readouterr().out
+
+
 def test_train_mlp_on_vectors(tmp_path):
     assert main(["train", "--model", "mlp", "--hidden", "16", "--data", "teacher", "--n-train",
                  "128", "--batch-size", "32", "--epochs", "1", "--svag", "1,2", "--backend", "cpu",
