@@ -173,6 +173,17 @@ BUGS = [
         "its-edge verdict at smoke; at quick (0.375 of the edge) its margin would hide it, "
         "tests/test_sec6_protocol.py's iterate test catches it at any size",
         ("train_batch_size",)),
+    # Thm 5.5's slow drift and Thm 4.5's worst-case search (two-sided order rules)
+    Bug("slow-drift-10pct", "slow drift off by 10%", "problems/manifolds.py",
+        "        theta = cc * q * self.m * sigma ** 2 / 2.0\n",
+        "        theta = 1.1 * cc * q * self.m * sigma ** 2 / 2.0\n",
+        "the valley's closed-form slow-SDE law (Valley.ou_moments) uses a drift rate 10% too large",
+        ("slow_sde",), cold=False),
+    Bug("worst-case-mc-lr", "averaged lr", "experiments/weak_worst_case_mc.py",
+        '    sgdm, sgd, _, steps = pair(eta, alpha, cfg["T"])\n',
+        '    sgdm, sgd, _, steps = pair(eta, alpha, cfg["T"])\n    sgd = type(sgd)(1.1 * np.asarray(sgd.lr))\n',
+        "the Monte Carlo worst-case search compares SGDM with SGD at 1.1x its averaged lr",
+        ("weak_worst_case_mc",)),
 ]
 
 

@@ -16,8 +16,8 @@ the moment recursion (``theory.quadratic_moments``): E(v·x)^p from μ = v·E x,
 (μ, μ² + s², μ³ + 3μs², μ⁴ + 6μ²s² + 3s⁴) — no Monte Carlo.  The error
 max_{k ≤ T/η} |E h(x_k^SGDM) − E h(y_k^SGD)| is fitted as C·η^p on the smallest-η half of the
 grid (``weak_approximation.tail_fit``); the search keeps, per α, the problem and test function
-with the smallest fitted order.  Not covered (stated, not searched): state-dependent and
-non-Gaussian noise and non-quadratic losses, which need Monte Carlo with common random numbers.
+with the smallest fitted order.  State-dependent and non-Gaussian noise and non-quadratic
+losses need Monte Carlo with common random numbers: ``weak_worst_case_mc`` searches them.
 
 Decision rule per α: the worst order's 95% interval reaches the theorem's bound, upper end ≥
 (1 − α)/2 (an order significantly below it would contradict Thm 4.5).  Reported as findings:
