@@ -258,18 +258,26 @@ def alpha_verdict(a: float, etas, tail_n: int, probs, fits, resolved, head) -> V
 
 @styled
 def plot(result: ExperimentResult, path):
-    """Fitted orders of every resolved (problem, test function) pair per α, with the bound."""
+    """Orders (95% intervals) of every resolved (problem, test function) pair per α, the worst
+    one in black, against the bound (1 − α)/2 and 1 − α."""
     d = result.data
     fig, ax = subplots(1, figsize(1, width="one"))
     for ai, a in enumerate(d["alphas"]):
-        o = d["orders"][ai][..., 0][d["resolved"][ai]]
-        ax.plot(np.full(o.size, a) + 0.01 * np.arange(o.size) / max(o.size, 1), o, ".", color=f"C{ai}", ms=3)
+        o = d["orders"][ai][d["resolved"][ai]]                      # (n_resolved, 3)
+        x = a + 0.06 * (np.arange(len(o)) / max(len(o) - 1, 1) - 0.5)
+        ax.errorbar(x, o[:, 0], yerr=[o[:, 0] - o[:, 1], o[:, 2] - o[:, 0]], fmt=".", color=f"C{ai}",
+                    ms=3, lw=0.6)
+        if len(o):
+            w = int(np.argmin(o[:, 0]))
+            ax.plot(x[w], o[w, 0], "ko", ms=5, mfc="none")
         ax.plot([a - 0.05, a + 0.05], [(1 - a) / 2] * 2, "k-", lw=2)
         ax.plot([a - 0.05, a + 0.05], [1 - a] * 2, "k:", lw=1)
-    ax.plot([], [], "k.", label="fitted orders (resolved pairs)")
+    ax.plot([], [], "k.", label="order over the smallest eta (resolved pairs, 95%)")
+    ax.plot([], [], "ko", mfc="none", label="worst")
     ax.plot([], [], "k-", lw=2, label=r"bound $(1-\alpha)/2$ (Thm 4.5)")
     ax.plot([], [], "k:", label=r"$1-\alpha$")
-    ax.set(xlabel=r"$\alpha$", ylabel="fitted weak order (tail fit, Monte Carlo)",
-           title="Thm 4.5: worst-case search, non-quadratic / non-Gaussian")
+    al = np.asarray(d["alphas"], dtype=float)
+    ax.set(xlabel=r"$\alpha$", ylabel="weak order (Monte Carlo)", xlim=(al.min() - 0.1, al.max() + 0.1),
+           title="Thm 4.5 worst case, Monte Carlo family")
     legend_below(ax)
     return save_figure(fig, path)
