@@ -8,8 +8,8 @@ What ``sdeverify check`` and ``sdeverify run`` do once their flags are checked, 
   ``simulate``/``fit`` call of the check goes there) and saves ``NAME.json``/``.npz``/``.png``;
 * :func:`entry` is a finished check's line of ``summary.json`` (and its table rows);
 * :func:`run_job` runs a list of checks — reusing finished ones with ``resume``, in worker
-  processes with ``jobs > 1`` (:mod:`sdeverify.check_jobs`), on a Dask cluster each check's
-  calls, or at :data:`WHOLE_CHECK_SIZES` each whole check as one task — after the verdict-machinery
+  processes with ``jobs > 1`` (:mod:`sdeverify.check_jobs`), or with each check's calls on a
+  Dask cluster (not at :data:`LOCAL_SIZES`) — after the verdict-machinery
   canary (:func:`canary_row`), rewriting ``summary.json`` after each check so that an
   interrupted run keeps what finished; :func:`job_passed` is the job's rule.
 """
@@ -24,9 +24,8 @@ from typing import Any, Callable
 
 from . import experiments
 from .canary import EXPECTED, machinery_problems
-from .check_jobs import describe, run_checks
+from .check_jobs import default_jobs, describe, run_checks
 from . import distributed
-from .dispatch import Call
 from .distributed import use
 from .experiments.base import ExperimentResult
 from .progress import bar
@@ -34,7 +33,7 @@ from .files import write_hashed_json
 from .result import versions
 from .verdict import describe as describe_verdict
 
-__all__ = ["run_one", "check_overrides", "save_check", "WHOLE_CHECK_SIZES", "check_task", "drop_points", "run_in_worker", "verdict_rows", "entry", "job_passed",
+__all__ = ["run_one", "check_overrides", "save_check", "LOCAL_SIZES", "drop_points", "run_in_worker", "verdict_rows", "entry", "job_passed",
            "canary_row", "reusable", "write_summary", "run_job"]
 
 
@@ -86,19 +85,11 @@ def save_check(res: ExperimentResult, out: Path | None, fmt: str = "png") -> Pat
     return experiments.get(res.name).plot(res, out / f"{res.name}.{fmt}")
 
 
-#: sizes at which ``check --workers/--scheduler`` runs each check as one task on the cluster
-#: (:func:`check_task`) instead of sending its calls there: a smoke check's calls are far
-#: below :data:`sdeverify.distributed.LOCAL_WORK` (they would run one after the other in this
-#: process), while whole checks side by side use every worker, as ``check --jobs N`` does.
-WHOLE_CHECK_SIZES: tuple[str, ...] = ("smoke",)
-
-
-def check_task(name: str, size: str, seed: int, backend: str = "cpu",
-               data: str | None = None) -> ExperimentResult:
-    """One whole check, run where this task runs (a cluster's worker: its ``simulate``/``fit``
-    calls run there too); its result, saved and drawn by the caller."""
-    mod = experiments.get(name)
-    return mod.run(size=size, seed=seed, **check_overrides(mod, size, backend, data))
+#: sizes at which ``check --workers/--scheduler`` runs its checks in local processes, as
+#: without a cluster (with a one-line note): a smoke check's calls are far below
+#: :data:`sdeverify.distributed.LOCAL_WORK`, so on the cluster they would run one after the
+#: other in this process, while ``check``'s local processes run the checks side by side.
+LOCAL_SIZES: tuple[str, ...] = ("smoke",)
 
 
 def drop_points(out: Path, name: str) -> None:
@@ -198,9 +189,9 @@ def run_job(names: list[str], *, size: str, seed: int, out: Path, jobs: int = 1,
             keep_points: bool = False, data: str | None = None) -> tuple[list[list[str]], dict]:
     """Run the checks ``names`` into ``out``: the canary first, then each check (reused from
     ``out`` with ``resume``; in ``jobs`` worker processes when ``jobs > 1``, else here, on
-    the cluster ``start_cluster()`` returns, if any — at a size of
-    :data:`WHOLE_CHECK_SIZES` each whole check as one task on it, side by side); figures
-    are written as ``NAME.<fmt>``.
+    the cluster ``start_cluster()`` returns, if any — except at a size of
+    :data:`LOCAL_SIZES`, which runs as without a cluster, on the default number of local
+    processes, with a note); figures are written as ``NAME.<fmt>``.
     A check that raises is a failed check with its error.  ``summary.json`` is rewritten
     after each check and completed at the end.
 
@@ -214,6 +205,11 @@ def run_job(names: list[str], *, size: str, seed: int, out: Path, jobs: int = 1,
     if canary_problems:
         log("sdeverify: the verdict machinery failed its canary: " + "; ".join(canary_problems))
     client = start_cluster()
+    if client is not None and size in LOCAL_SIZES:
+        jobs = default_jobs(len(names))
+        log(f"sdeverify: {size} checks are too small to pay for the cluster: they run here, "
+            f"on {describe(jobs)}, as without one")
+        client = None
     entries: dict[int, dict] = {}
     t0 = time.perf_counter()
 
@@ -242,21 +238,7 @@ def run_job(names: list[str], *, size: str, seed: int, out: Path, jobs: int = 1,
         log(f"[{len(entries) + 1}/{len(names)}] {names[i]} ({size}): {state}{took}")
         record(i, e)
 
-    if client is not None and size in WHOLE_CHECK_SIZES and len(todo) > 1:
-        log(f"sdeverify: {size} checks are too small to spread their calls over the cluster: "
-            f"each of the {len(todo)} checks runs as one task")
-        calls = [Call(check_task, (names[i], size, seed, backend, data), label=names[i])
-                 for i in todo]
-        for k, res in distributed.completed(calls, client):
-            try:
-                if isinstance(res, distributed.PointError):
-                    raise res.error
-                e = entry(names[todo[k]], res, save_check(res, out, fmt))
-            except Exception as exc:  # a crashing check is a failed check, as below
-                e = {"name": names[todo[k]], "passed": False,
-                     "error": f"{type(exc).__name__}: {exc}"}
-            done(k, e)
-    elif jobs > 1 and len(todo) > 1:
+    if jobs > 1 and len(todo) > 1:
         jobs = min(jobs, len(todo))
         log(f"running {len(todo)} checks ({size}) on {describe(jobs)}")
         run_checks([names[i] for i in todo], size, seed, out, jobs, backend, done,

@@ -336,27 +336,29 @@ def test_calls_run_as_tasks_small_ones_here_failures_named(client):
     assert out[:2] == [3, 12] and (s.local, s.calls, s.tasks) == (1, 1, 2)
     assert isinstance(out[2], D.PointError) and "one over zero" in str(out[2])
     assert "ZeroDivisionError" in str(out[2])
-    got = dict(D.completed(calls[:2], client))
-    assert got == {0: 3, 1: 12}
     with pytest.raises(ValueError, match="Call.work must be >= 0"):
         D.call_point(D.Call(operator.add, (1, 2), work=-1))
 
 
-def test_smoke_checks_run_as_whole_tasks_on_the_cluster(client, tmp_path, monkeypatch):
-    """At a size of WHOLE_CHECK_SIZES each check is one task (the driver never runs a
-    check: instrumented), with the same results as the local run."""
-    from sdeverify import experiments, runner
-    names = ["descent_lemma", "sgdm_descent_lemma"]
-    local, _ = runner.run_job(names, size="smoke", seed=0, out=tmp_path / "local", log=lambda s: None)
-    for n in names:
-        def not_here(*a, **k):
-            raise AssertionError("a smoke check ran in the driver")
-        monkeypatch.setattr(experiments.get(n), "run", not_here)
+def test_smoke_checks_run_locally_with_a_note(client, tmp_path, monkeypatch):
+    """At a size of LOCAL_SIZES, check --workers runs its checks as without a cluster (local
+    processes side by side: its calls are too small for the cluster) and says so in one
+    line; no session is entered (instrumented), and the results are the local run's."""
+    from sdeverify import runner
+    from sdeverify.check_jobs import default_jobs
+    names = ["descent_lemma"]          # one check: one process (the default for one check)
+    local, _ = runner.run_job(names, size="smoke", seed=0, out=tmp_path / "local", jobs=1,
+                              log=lambda s: None)
+
+    def no_session(*a, **k):
+        raise AssertionError("a smoke check's calls went to the cluster")
+    monkeypatch.setattr(runner, "use", no_session)
     lines = []
-    rows, summary = runner.run_job(names, size="smoke", seed=0, out=tmp_path / "far",
+    rows, summary = runner.run_job(names, size="smoke", seed=0, out=tmp_path / "far", jobs=1,
                                    start_cluster=lambda: client, log=lines.append)
-    assert summary["passed"] and any("runs as one task" in line for line in lines), lines
-    assert rows == local
+    notes = [line for line in lines if "too small to pay for the cluster" in line]
+    assert summary["passed"] and len(notes) == 1, lines
+    assert rows == local and summary["jobs"] == default_jobs(len(names))
     for n in names:
         _data_equal(runner.ExperimentResult.load(tmp_path / "far", n),
                     runner.ExperimentResult.load(tmp_path / "local", n))

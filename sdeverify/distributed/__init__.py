@@ -67,12 +67,12 @@ from .points import (LOCAL_WORK, MIN_TASK_WORK, SHARDS_PER_WORKER, Point, PointE
                      simulate_point)
 from .session import Session, use
 from .shards import run_shard
-from .sweeps import completed, fit, run_many, run_points, simulate, sweep
+from .sweeps import fit, run_many, run_points, simulate, sweep
 
 __all__ = ["MIN_TASK_WORK", "LOCAL_WORK", "SmallWorkWarning", "SHARDS_PER_WORKER", "MISSING_DASK", "CONNECT_TIMEOUT", "PointError",
            "Session", "active", "use", "n_workers", "plan_shards", "source_digest", "point_key",
            "Point", "simulate_point", "fit_point", "run_shard", "task_threads", "run_points",
-           "simulate", "fit", "sweep", "Cluster", "cluster", "Call", "call_point", "run_many", "completed", "kept_here"]
+           "simulate", "fit", "sweep", "Cluster", "cluster", "Call", "call_point", "run_many", "kept_here"]
 
 dispatch.register("simulate", simulate)
 dispatch.register("fit", fit)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from numpy.typing import ArrayLike
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ..problems.base import NGOS
     from ..train.datasets import Dataset
 
-__all__ = ["run_points", "simulate", "fit", "sweep", "run_many", "completed"]
+__all__ = ["run_points", "simulate", "fit", "sweep", "run_many"]
 
 
 def _report(point: Point, res: SimulationResult | TrainResult) -> SimulationResult | TrainResult:
@@ -269,29 +269,3 @@ def run_many(items: Sequence[dict | Call], executor: Any, *, raise_errors: bool 
                                          workers=w, **c))
     return run_points(points, executor, raise_errors=raise_errors)
 
-
-def completed(calls: Sequence[Call], executor: Any) -> Iterator[tuple[int, Any]]:
-    """Submit every :class:`~sdeverify.dispatch.Call` (one task each) and yield ``(index,
-    result)`` as each finishes — a failed one as ``(index, PointError)`` naming it —
-    so that the caller can record each as it comes (what ``check --workers N`` does with
-    whole checks at sizes too small to shard).  ``executor``: a ``distributed.Client``, a
-    ``concurrent.futures`` pool or a Session."""
-    session, ex = _target(executor)
-    points = [call_point(c) for c in calls]
-    where = {}
-    for i, p in enumerate(points):
-        (f,) = submit(ex, p, session)
-        where[f] = i
-    if is_dask(ex):
-        done = dask().as_completed(list(where))
-    else:
-        import concurrent.futures
-        done = concurrent.futures.as_completed(list(where))
-    for f in done:
-        i = where[f]
-        try:
-            yield i, collect(points[i], [f])
-        except PointError as exc:
-            yield i, exc
-        if session is not None:
-            session.calls += 1

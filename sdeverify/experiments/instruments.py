@@ -76,7 +76,7 @@ from ..problems import ConstantGradient, Quadratic
 from ..simulate import simulate
 from ..stats import Interval, fit_order, max_abs_interval, mean_interval, richardson_order, z_value
 from ..figstyle import legend_below, styled
-from .base import ExperimentResult, Progress, Value, Verdict, experiment, tick
+from .base import Call, ExperimentResult, Progress, Value, Verdict, experiment, run_many, tick
 from .budget import ALPHA
 
 NAME = "instruments"
@@ -120,6 +120,11 @@ def engine_draws(paths: int, steps: int, seed: int, sigma: float = SIGMA) -> np.
                    record=np.arange(steps + 1), observables=["x0"], store_states=True)
     x = res.states[0]                                   # (steps + 1, paths, 2)
     return (x[:-1] - x[1:]) / sigma
+
+
+def engine_draw_verdicts(paths: int, steps: int, seed: int) -> tuple[list[Verdict], dict]:
+    """:func:`generator_verdicts` of the CPU engine's draws (:func:`engine_draws`)."""
+    return generator_verdicts(engine_draws(paths, steps, seed))
 
 
 def _z_verdict(claim: str, est: float, pred: float, sd: float, zb: float, power: str) -> Verdict:
@@ -428,16 +433,21 @@ def richardson_verdict() -> tuple[Verdict, dict]:
 def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     """Generator and interval self-checks; rules in the module docstring."""
     verdicts, data = [], {}
-    z = engine_draws(cfg["gen_paths"], cfg["gen_steps"], rng.substream(seed, "instruments.generator"))
-    vs, d = generator_verdicts(z)
-    del z
-    verdicts += vs
-    data.update(d)
-    vs, d = other_draw_verdicts(cfg["other_draws"], rng.substream(seed, "instruments.other_draws"))
-    verdicts += vs
-    data.update(d)
+    # the independent parts as one sweep (base.run_many): on a cluster each is a task
+    gen, other, cov, fc, fl, mc, *checks = run_many([
+        Call(engine_draw_verdicts, (cfg["gen_paths"], cfg["gen_steps"],
+                                    rng.substream(seed, "instruments.generator"))),
+        Call(other_draw_verdicts, (cfg["other_draws"], rng.substream(seed, "instruments.other_draws"))),
+        Call(coverage_runs, (cfg["reps"], cfg["rep_paths"], rng.substream(seed, "instruments.coverage"))),
+        Call(fit_order_coverage, (cfg["fit_reps"], seed)),
+        Call(fit_order_coverage, (cfg["fit_reps"], seed, 1.0, 0.05, LACK_OF_FIT)),
+        Call(max_abs_coverage, (cfg["fit_reps"], seed)),
+        Call(gradient_consistency_verdict, (seed,)), Call(noise_covariance_verdict, (seed,)),
+        Call(richardson_verdict)])
+    for vs, d in (gen, other):
+        verdicts += vs
+        data.update(d)
     tick(progress, 1, 3)
-    cov = coverage_runs(cfg["reps"], cfg["rep_paths"], rng.substream(seed, "instruments.coverage"))
     labels = {"x0": "SimulationResult.sem: 95% interval of E x0 (SGD, quadratic) covers the exact mean",
               "loss": "SimulationResult.sem: 95% interval of E L (SGD, quadratic) covers the exact mean",
               "diff": "SimulationResult.paired: 95% interval of E[x0(SGDM) - x0(SGD)] covers the exact value"}
@@ -445,23 +455,19 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
         verdicts.append(_coverage_verdict(lab, cov[k], (NOMINAL, NOMINAL)))
         data[f"coverage_{k}"] = cov[k]
     tick(progress, 2, 3)
-    fc = fit_order_coverage(cfg["fit_reps"], seed)
     verdicts.append(_coverage_verdict(
         "stats.fit_order: 95% interval of the order covers the true order (synthetic curves)",
         fc, FIT_ORDER_BAND, FIT_ORDER_ALT))
     data["coverage_fit_order"] = fc
-    fl = fit_order_coverage(cfg["fit_reps"], seed, scatter=LACK_OF_FIT)
     verdicts.append(_coverage_verdict(
         f"stats.fit_order under lack of fit (scatter {LACK_OF_FIT:g}x the stated errors): "
         "the chi2 inflation restores 95% coverage", fl, (NOMINAL, NOMINAL), FIT_ORDER_LOF_ALT))
     data["coverage_fit_order_lack_of_fit"] = fl
-    mc = max_abs_coverage(cfg["fit_reps"], seed)
     verdicts.append(_coverage_verdict(
         f"stats.max_abs_interval: 95% interval of max_k |mu_k| covers it (K = {MAX_ABS_K} equal means)",
         mc, MAX_ABS_BAND, _max_abs_alt()))
     data["coverage_max_abs"] = mc
-    for v, d in (gradient_consistency_verdict(seed), noise_covariance_verdict(seed),
-                 richardson_verdict()):
+    for v, d in checks:
         verdicts.append(v)
         data.update(d)
     tick(progress, 3, 3)

@@ -41,8 +41,8 @@ from ..optim import SGD, SGDM
 from ..problems import CosineWell, Quadratic
 from ..stats import Interval, fit_order, richardson_order, z_value
 from ..figstyle import figsize, fit_line, legend_below, styled
-from .base import (ExperimentResult, Progress, Timer, Value, Verdict, experiment, save_figure, subplots,
-                   tick)
+from .base import (Call, ExperimentResult, Progress, Timer, Value, Verdict, experiment, run_many,
+                   save_figure, subplots, tick)
 from .budget import ALPHA
 
 NAME = "sde_limit"
@@ -115,58 +115,73 @@ def _optimizers(eta: float, p: dict) -> dict:
             "sgdm_a1": SGDM(eta, 1.0 - p["rho"] * eta, name="sgdm_a1")}
 
 
-def _quadratic_errors(problem, p, etas, progress, done, total):
-    """Exact weak errors on the quadratic: {series: {h: err array}}."""
+def _quadratic_point(problem, p, eta) -> dict:
+    """Exact weak errors on the quadratic at one η, {series: {h: error}} — one task's work
+    (a :class:`~sdeverify.dispatch.Call`: on a cluster each η runs on a worker)."""
     fo = sde.FirstOrderSDE(problem, p["sigma0"])
     kin = sde.KineticSDE(problem, p["sigma0"], p["rho"])
     hs = list(p["test_functions"])
-    out = {s: {h: np.empty(len(etas)) for h in hs} for s in SERIES}
-    for i, eta in enumerate(etas):
-        n = int(round(p["T"] / eta))
-        t = np.arange(n + 1) * eta
-        ref = {"fo": sde.exact_expectation(fo, p["quad_x0"], t, hs),
-               "kin": sde.exact_expectation(kin, p["quad_x0"], t, hs)}
-        opts = _optimizers(eta, p)
-        pairs = {"sgd": ("sgd", "fo"), "sgdm_a0": ("sgdm_a0", "fo"), "sgdm_a05": ("sgdm_a05", "fo"),
-                 "sgdm_a1_kinetic": ("sgdm_a1", "kin"), "sgdm_a1_first_order": ("sgdm_a1", "fo")}
-        moments = {}
-        for s, (o, r) in pairs.items():
-            if o not in moments:
-                moments[o] = sde._discrete_moments(problem, opts[o], p["sigma0"] / np.sqrt(eta),
-                                                   p["quad_x0"], n)
-            m, C = moments[o]
-            for j, h in enumerate(hs):
-                e = sde.quadratic_expectation(problem, m, C, h) - ref[r][:, j]
-                out[s][h][i] = np.abs(e).max()
-        done += 1
-        tick(progress, done, total)
+    n = int(round(p["T"] / eta))
+    tt = np.arange(n + 1) * eta
+    ref = {"fo": sde.exact_expectation(fo, p["quad_x0"], tt, hs),
+           "kin": sde.exact_expectation(kin, p["quad_x0"], tt, hs)}
+    opts = _optimizers(eta, p)
+    pairs = {"sgd": ("sgd", "fo"), "sgdm_a0": ("sgdm_a0", "fo"), "sgdm_a05": ("sgdm_a05", "fo"),
+             "sgdm_a1_kinetic": ("sgdm_a1", "kin"), "sgdm_a1_first_order": ("sgdm_a1", "fo")}
+    moments, out = {}, {s: {} for s in SERIES}
+    for s, (o, r) in pairs.items():
+        if o not in moments:
+            moments[o] = sde._discrete_moments(problem, opts[o], p["sigma0"] / np.sqrt(eta),
+                                               p["quad_x0"], n)
+        m, C = moments[o]
+        for j, h in enumerate(hs):
+            e = sde.quadratic_expectation(problem, m, C, h) - ref[r][:, j]
+            out[s][h] = np.abs(e).max()
+    return out
+
+
+def _cosine_point(problem, p, eta, seed) -> tuple[dict, float]:
+    """Monte Carlo weak errors on CosineWell at one η — one task's work: ({series: {h:
+    (err, low, high, sem)}}, the EM reference's bias)."""
+    fo = sde.FirstOrderSDE(problem, p["sigma0"])
+    kin = sde.KineticSDE(problem, p["sigma0"], p["rho"])
+    hs = list(p["test_functions"])
+    opts = _optimizers(eta, p)
+    kw = dict(eta=eta, T=p["T"], paths=p["paths"], substeps=p["substeps"], seed=seed,
+              observables=hs)
+    w1 = sde.weak_error(fo, [opts["sgd"], opts["sgdm_a0"], opts["sgdm_a05"], opts["sgdm_a1"]],
+                        p["cos_x0"], **kw)
+    w2 = sde.weak_error(kin, [opts["sgdm_a1"]], p["cos_x0"], **kw)
+    em_bias = max(np.abs(w1.em_bias).max(), np.abs(w2.em_bias).max())
+    src = {"sgd": (w1, "sgd"), "sgdm_a0": (w1, "sgdm_a0"), "sgdm_a05": (w1, "sgdm_a05"),
+           "sgdm_a1_kinetic": (w2, "sgdm_a1"), "sgdm_a1_first_order": (w1, "sgdm_a1")}
+    out = {s: {} for s in SERIES}
+    for s, (w, o) in src.items():
+        for h in hs:
+            iv = w.max_error(o, h)
+            out[s][h] = (iv.estimate, iv.low, iv.high, w.sem_at_max(o, h))
+    return out, em_bias
+
+
+def _quadratic_errors(problem, p, etas, progress, done, total):
+    """Exact weak errors on the quadratic, {series: {h: err array}}: every η one item of a
+    sweep (:func:`~.base.run_many`)."""
+    res = run_many([Call(_quadratic_point, (problem, p, eta)) for eta in etas])
+    out = {s: {h: np.array([r[s][h] for r in res]) for h in p["test_functions"]} for s in SERIES}
+    done += len(etas)
+    tick(progress, done, total)
     return out, done
 
 
 def _cosine_errors(problem, p, etas, seed, progress, done, total):
-    """Monte Carlo weak errors on CosineWell: {series: {h: (err, low, high, sem)}}, em_bias."""
-    fo = sde.FirstOrderSDE(problem, p["sigma0"])
-    kin = sde.KineticSDE(problem, p["sigma0"], p["rho"])
-    hs = list(p["test_functions"])
-    out = {s: {h: np.empty((len(etas), 4)) for h in hs} for s in SERIES}
-    em_bias = np.empty(len(etas))
-    for i, eta in enumerate(etas):
-        opts = _optimizers(eta, p)
-        kw = dict(eta=eta, T=p["T"], paths=p["paths"], substeps=p["substeps"], seed=seed,
-                  observables=hs)
-        w1 = sde.weak_error(fo, [opts["sgd"], opts["sgdm_a0"], opts["sgdm_a05"], opts["sgdm_a1"]],
-                            p["cos_x0"], **kw)
-        w2 = sde.weak_error(kin, [opts["sgdm_a1"]], p["cos_x0"], **kw)
-        em_bias[i] = max(np.abs(w1.em_bias).max(), np.abs(w2.em_bias).max())
-        src = {"sgd": (w1, "sgd"), "sgdm_a0": (w1, "sgdm_a0"), "sgdm_a05": (w1, "sgdm_a05"),
-               "sgdm_a1_kinetic": (w2, "sgdm_a1"), "sgdm_a1_first_order": (w1, "sgdm_a1")}
-        for s, (w, o) in src.items():
-            for h in hs:
-                iv = w.max_error(o, h)
-                out[s][h][i] = (iv.estimate, iv.low, iv.high, w.sem_at_max(o, h))
-        done += 1
-        tick(progress, done, total)
-    return out, em_bias, done
+    """Monte Carlo weak errors on CosineWell: {series: {h: (err, low, high, sem)}}, em_bias;
+    every η one item of a sweep (:func:`~.base.run_many`)."""
+    res = run_many([Call(_cosine_point, (problem, p, eta, seed)) for eta in etas])
+    out = {s: {h: np.array([r[0][s][h] for r in res]).reshape(len(res), 4)
+               for h in p["test_functions"]} for s in SERIES}
+    done += len(etas)
+    tick(progress, done, total)
+    return out, np.array([r[1] for r in res]), done
 
 
 def _grid(n_steps, T: float, name: str) -> tuple[np.ndarray, np.ndarray]:
