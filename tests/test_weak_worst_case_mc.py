@@ -57,6 +57,7 @@ def test_noise_covariance_depends_on_x():
 def test_worst_case_passes_and_fails_with_sgd_at_1_1_times_its_averaged_lr(monkeypatch):
     good = wm.run(**KW).verdicts
     assert len(good) == 1 and good[0].passed and not good[0].claim.startswith("NOT"), good[0]
+    assert "{" not in good[0].rule and "h = (v.x)^" in good[0].rule      # names the worst pair
     real = wm.pair
 
     def wrong(eta, alpha, T, shape=None):

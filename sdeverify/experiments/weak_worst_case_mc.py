@@ -250,7 +250,7 @@ def alpha_verdict(a: float, etas, tail_n: int, probs, fits, resolved, head) -> V
         f"over the largest {head[pi, hi]:.3g}: {'yes' if rising else 'no'}), else FAIL; {tail}; "
         f"resolved: {int(resolved.sum())}/{resolved.size} pairs (error's simultaneous lower end >= "
         f"{RESOLVED_FRACTION:g} x estimate at both ends; the others are too close to the Monte "
-        "Carlo floor and not searched); worst: problem {pi} "
+        f"Carlo floor and not searched); worst: problem {pi} "
         f"({info['law']} noise, eigenvalues {info['eigenvalues']}, q={info['q']}, a={info['a']}, "
         f"kappa={info['kappa']}, rho={info['rho']}), h = (v.x)^{POWERS[hi]}; median resolved order "
         f"{np.median(fits[..., 0][resolved]):.3g}")
