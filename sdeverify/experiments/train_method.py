@@ -92,12 +92,20 @@ def svag_noise_ratio(seed: int, backend: str) -> Interval:
               backend=backend, dtype="float64", metrics=("train_loss",), eval_steps=[1],
               on_divergence="ignore")
     ends = [fit(model, data, SGD(0.01), svag=ell, **kw).weights[0] - w0[0] for ell in (1, SVAG_ELL)]
+    return spread_ratio(ends[1], ends[0], substream(seed, "train_method.svag", 0))
+
+
+def spread_ratio(a: np.ndarray, b: np.ndarray, stream: int, scale: float = 1.0) -> Interval:
+    """tr Cov(a) / (scale · tr Cov(b)) of two ``(replicas, n)`` stacks of displacements paired
+    by replica (row), with a 99% percentile bootstrap interval (400 resamples of the replicas,
+    drawn from ``stream``)."""
+    R = a.shape[0]
 
     def ratio(rows):
-        a, b = (e[rows] for e in ends)
-        return float(np.sum(np.var(b, axis=0, ddof=1)) / np.sum(np.var(a, axis=0, ddof=1)))
+        return float(np.sum(np.var(a[rows], axis=0, ddof=1))
+                     / (scale * np.sum(np.var(b[rows], axis=0, ddof=1))))
 
-    rs = np.random.default_rng(substream(seed, "train_method.svag", 0) % 2**32)
+    rs = np.random.default_rng(stream % 2**32)
     boot = np.array([ratio(rs.integers(0, R, R)) for _ in range(400)])
     lo, hi = np.quantile(boot, [0.005, 0.995])
     return Interval(ratio(np.arange(R)), float(lo), float(hi), 0.99)

@@ -131,16 +131,8 @@ def control_noise_ratio(setup: tc.Setup, B: int, big: int, lr: float, seed: int)
                     seed=seed, init_weights=w0, keep_weights=True, metrics=("train_loss",),
                     eval_steps=[1], on_divergence="ignore", augment=setup.augment,
                     backend=setup.backend, dtype="float64").weights[0] - w0[0] for b in (big, B)]
-    shrink = (1 - tc.BETA) / (1 + tc.BETA)
-
-    def ratio(rows):
-        a, b = (np.sum(np.var(d[rows], axis=0, ddof=1)) for d in steps)
-        return float(a / (shrink * b))
-
-    rs = np.random.default_rng(substream(seed, "train_svag.noise", 0) % 2**32)
-    boot = np.array([ratio(rs.integers(0, R, R)) for _ in range(400)])
-    lo, hi = np.quantile(boot, [0.005, 0.995])
-    return Interval(ratio(np.arange(R)), float(lo), float(hi), 0.99)
+    return train_method.spread_ratio(steps[0], steps[1], substream(seed, "train_svag.noise", 0),
+                                     scale=(1 - tc.BETA) / (1 + tc.BETA))
 
 
 def gap_order(ells, gaps) -> Interval:
