@@ -139,3 +139,30 @@ def test_results_do_not_depend_on_how_the_items_are_split_over_threads(monkeypat
         out.append([losses, *tr.get_state(), *tr.evaluate(d.X_test, d.y_test)])
     for x, y in zip(*out):
         np.testing.assert_array_equal(x, y)
+
+
+def test_results_do_not_depend_on_how_the_models_are_grouped_over_threads(monkeypatch):
+    """Bitwise: a small network's SVAG training steps with augmentation (replicas grouped on 3
+    threads), its evaluation and its gradients (models grouped) against one group."""
+    from sdeverify.train import augment
+    from sdeverify.train.convnet import resnet
+    from sdeverify.train.images import conv_teacher
+    m = resnet(8, width=0.25, image_size=8, classes=3, weight_decay=0.01)
+    d = conv_teacher(n=40, size=8, classes=3, seed=6)
+    J, R = 2, 4
+    g = np.random.default_rng(3)
+    idx = [g.integers(0, d.n_train, (3, R, 5)) for _ in range(2)]
+    aug = [augment.draw(2, np.arange(R), np.zeros(3, dtype=np.int64), i) for i in idx]
+    co = [np.full((J, 3), v) for v in (0.9, 0.1, 0.1)]
+    W0 = m.init(4, J * R)
+    out = []
+    for threads in (1, 3):
+        monkeypatch.setattr(cc.ConvTrainer, "_threads", lambda self: threads)
+        tr = cc.ConvTrainer(m, d.X_train, d.y_train, J, R, "float64")
+        assert len(tr._parts(R, 5 * J * R)) == threads
+        tr.set_state(W0, np.zeros_like(W0))
+        losses = tr.train(idx, *co, np.array([1.5, -0.5]), aug=aug)
+        out.append([losses, *tr.get_state(), *tr.evaluate(d.X_test, d.y_test),
+                    tr.gradients(W0[:5], d.X_test[:6], d.y_test[:6])])
+    for x, y in zip(*out):
+        np.testing.assert_array_equal(x, y)

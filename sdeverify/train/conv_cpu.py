@@ -42,7 +42,7 @@ import numba
 import numpy as np
 
 from ..compile_lock import compile_once
-from ..threads import n_threads, run_ranges
+from ..threads import limited, n_threads, run_ranges
 from .blas import gemm
 from .blas_threads import single_threaded
 from .conv_reference import ConvTrainer as _ReferenceTrainer
@@ -69,6 +69,12 @@ ROWS = 1024
 #: microseconds idle, milliseconds on a loaded machine.
 PARALLEL_WORK = 1 << 22
 ELEMENT_WORK = 8
+#: Training FLOPs of one pass (all models; ``ResNet.flops_per_sample()`` per image) below
+#: which the trainer runs whole passes of groups of models on the threads instead of splitting
+#: each kernel call (:meth:`ConvTrainer._parts`): a small network's step is hundreds of calls
+#: too small to split.  Large networks (ResNet-20 at batch 128: 30 GFLOP per model-step) keep
+#: the kernel-level threads.
+SPLIT_WORK = 1 << 33
 
 
 # ---- kernels ---------------------------------------------------------------------------------
@@ -604,16 +610,97 @@ class ConvTrainer(_ReferenceTrainer):
     # BLAS runs single-threaded: the kernels' items already occupy the threads (OpenBLAS's own
     # spinning threads would oversubscribe the cores, see blas_threads).
     def train(self, idx, a, b, gamma, r, aug=None):
-        with single_threaded(), using(self.workspace):
-            return super().train(idx, a, b, gamma, r, aug)
+        parts = self._parts(self.R, idx[0].shape[2] * self.J * self.R)
+        with single_threaded():
+            if len(parts) == 1:
+                with using(self.workspace):
+                    return super().train(idx, a, b, gamma, r, aug)
+            S = idx[0].shape[0]
+            out = np.empty((S, self.J, self.R))
+            state = [v.reshape(self.J, self.R, -1).copy() for v in (self.W, self.Mom, self.buffers)]
+
+            def run(r0, r1):
+                sub = self._part(r0, r1)
+                sub.set_state(*(v[:, r0:r1].reshape(-1, v.shape[2]) for v in state))
+                part_aug = None if aug is None else [tuple(v[:, r0:r1] for v in slot) for slot in aug]
+                with using(sub.workspace):
+                    out[:, :, r0:r1] = _ReferenceTrainer.train(
+                        sub, [i[:, r0:r1] for i in idx], a, b, gamma, r, part_aug
+                    ).reshape(S, self.J, r1 - r0)
+                for v, w in zip(state, (sub.W, sub.Mom, sub.buffers)):
+                    v[:, r0:r1] = w.reshape(self.J, r1 - r0, -1)
+
+            self._on_threads(run, parts)
+            self.W, self.Mom, self.buffers = (v.reshape(self.J * self.R, -1) for v in state)
+            return out.reshape(S, self.J * self.R)
 
     def evaluate(self, X, y, chunk: int = 256):
-        with single_threaded(), using(Workspace()):
-            return super().evaluate(X, y, chunk)
+        M = self.W.shape[0]
+        parts = self._parts(M, min(chunk, len(X)) * M)
+        with single_threaded():
+            if len(parts) == 1:
+                with using(Workspace()):
+                    return super().evaluate(X, y, chunk)
+            loss_sum, correct = np.empty(M), np.empty(M)
+
+            def run(m0, m1):
+                sub = self._part(0, 0)
+                sub.W, sub.buffers = self.W[m0:m1], self.buffers[m0:m1]
+                with using(Workspace()):
+                    loss_sum[m0:m1], correct[m0:m1] = _ReferenceTrainer.evaluate(sub, X, y, chunk)
+
+            self._on_threads(run, parts)
+            return loss_sum, correct
 
     def gradients(self, W, X, y):
+        W = np.asarray(W)
+        parts = self._parts(W.shape[0], len(X) * W.shape[0])
         with single_threaded():
-            return super().gradients(W, X, y)
+            if len(parts) == 1:
+                return super().gradients(W, X, y)
+            G = np.empty(W.shape, dtype=self.dtype)
+
+            def run(m0, m1):
+                G[m0:m1] = _ReferenceTrainer.gradients(self, W[m0:m1], X, y)
+
+            self._on_threads(run, parts)
+            return G
+
+    # ---- small networks: whole passes of groups of models on the threads ---------------------
+    def _threads(self) -> int:
+        """Threads for the model groups of :meth:`_parts` (the kernels' count)."""
+        return n_threads()
+
+    def _parts(self, n: int, images: int) -> list[tuple[int, int]]:
+        """Contiguous ranges of ``n`` units (replicas, or models) for the threads when a pass
+        over ``images`` images (all models together) is too small for the kernels' own
+        threads to pay (:data:`SPLIT_WORK`); else one range.  Each model's arithmetic is the
+        same in any group, so the results do not depend on it."""
+        t = min(self._threads(), n)
+        if t < 2 or images * self.model.flops_per_sample() >= SPLIT_WORK:
+            return [(0, n)]
+        return [(n * i // t, n * (i + 1) // t) for i in range(t)]
+
+    def _part(self, r0: int, r1: int) -> "ConvTrainer":
+        """A trainer over replicas ``r0 ≤ r < r1`` of every optimizer sharing this one's data
+        (its state set by the caller), with its own workspace; kept for the next call."""
+        parts = self.__dict__.setdefault("_part_trainers", {})
+        if (r0, r1) not in parts:
+            sub = object.__new__(type(self))
+            sub.__dict__.update({k: v for k, v in self.__dict__.items() if k != "_part_trainers"})
+            sub.R, sub.workspace = r1 - r0, Workspace()
+            parts[r0, r1] = sub
+        return parts[r0, r1]
+
+    @staticmethod
+    def _on_threads(fn, parts) -> None:
+        """``fn(lo, hi)`` for every range of ``parts``, one thread each; inside, the kernels
+        stay on their thread (:func:`sdeverify.threads.limited`)."""
+        def one(lo, hi):
+            for i in range(lo, hi):
+                with limited(1):
+                    fn(*parts[i])
+        run_ranges(one, len(parts), threads=len(parts), per_thread=1)
 
 
 compile_once(globals())     # one compile per machine (sdeverify/compile_lock.py)
