@@ -162,7 +162,7 @@ def test_results_do_not_depend_on_how_the_models_are_grouped_over_threads(monkey
         assert len(tr._parts(R, 5 * J * R)) == threads
         tr.set_state(W0, np.zeros_like(W0))
         losses = tr.train(idx, *co, np.array([1.5, -0.5]), aug=aug)
-        out.append([losses, *tr.get_state(), *tr.evaluate(d.X_test, d.y_test),
+        out.append([losses, *tr.get_state(), *tr.evaluate(d.X_test, d.y_test, chunk=2),
                     tr.gradients(W0[:5], d.X_test[:6], d.y_test[:6])])
     for x, y in zip(*out):
         np.testing.assert_array_equal(x, y)

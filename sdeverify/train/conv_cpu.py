@@ -644,7 +644,7 @@ class ConvTrainer(_ReferenceTrainer):
             loss_sum, correct = np.empty(M), np.empty(M)
 
             def run(m0, m1):
-                sub = self._part(0, 0)
+                sub = self._part(m0, m1)                # one per range: no shared state
                 sub.W, sub.buffers = self.W[m0:m1], self.buffers[m0:m1]
                 with using(Workspace()):
                     loss_sum[m0:m1], correct[m0:m1] = _ReferenceTrainer.evaluate(sub, X, y, chunk)
@@ -682,8 +682,9 @@ class ConvTrainer(_ReferenceTrainer):
         return [(n * i // t, n * (i + 1) // t) for i in range(t)]
 
     def _part(self, r0: int, r1: int) -> "ConvTrainer":
-        """A trainer over replicas ``r0 ≤ r < r1`` of every optimizer sharing this one's data
-        (its state set by the caller), with its own workspace; kept for the next call."""
+        """A trainer sharing this one's data for the range ``[r0, r1)`` of replicas of every
+        optimizer (training) or of models (evaluation), its state set by the caller, with its
+        own workspace; one per range (threads never share one), kept for the next call."""
         parts = self.__dict__.setdefault("_part_trainers", {})
         if (r0, r1) not in parts:
             sub = object.__new__(type(self))
