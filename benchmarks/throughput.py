@@ -709,6 +709,7 @@ def ab_main(args) -> None:
     ``--ab-reference``); prints per round and the medians of wall and per-CPU-second
     throughput and of B/A, with the load average."""
     import shlex
+    import shutil
     import statistics as st
     tmp = tempfile.mkdtemp(prefix="ab_")
     subprocess.run(f"git -C {shlex.quote(str(ROOT))} archive {shlex.quote(args.ab)} | tar -x -C {tmp}",
@@ -737,8 +738,9 @@ def ab_main(args) -> None:
             med = {k: {"cpu": st.median(x["work"] / x["cpu"] for x in v),
                        "wall": st.median(x["work"] / x["wall"] for x in v),
                        "others": st.median(x["others"] for x in v)} for k, v in runs.items()}
-            ratio_cpu = st.median(b["cpu"] / a["cpu"] for a, b in zip(runs["A"], runs["B"]))
-            ratio_wall = st.median(b["wall"] / a["wall"] for a, b in zip(runs["A"], runs["B"]))
+            # B/A of throughput (same work): A's seconds over B's, paired by round
+            ratio_cpu = st.median(a["cpu"] / b["cpu"] for a, b in zip(runs["A"], runs["B"]))
+            ratio_wall = st.median(a["wall"] / b["wall"] for a, b in zip(runs["A"], runs["B"]))
             out["rows"][name] = {"runs": runs, "median": med, "B/A cpu": ratio_cpu, "B/A wall": ratio_wall}
             print(f"{name:44s} A {med['A']['cpu'] / 1e6:7.1f} ({med['A']['wall'] / 1e6:6.1f})  "
                   f"B {med['B']['cpu'] / 1e6:7.1f} ({med['B']['wall'] / 1e6:6.1f})  B/A per CPU-s "
@@ -748,6 +750,7 @@ def ab_main(args) -> None:
         for w in workers.values():
             w.stdin.close()
             w.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
     out["load_end"] = load()
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1, default=float))

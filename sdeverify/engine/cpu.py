@@ -16,9 +16,11 @@ at a time, with their states laid out lane-minor (``x[opt, i, lane]``):
    ``d``, so LLVM unrolls their loops over coordinates, promotes the stack arrays to
    registers and vectorises the lane loop: SIMD over paths, for any problem written as plain
    loops (a problem that calls libm, e.g. ``np.sin``, still runs, lane by lane).  Above
-   ``config.FUSE_MAX_DIM`` the oracle runs lane by lane and only the update is vectorised,
-   unless the problem has an ``oracle_lanes``, which takes the whole block's lanes at once
-   (:mod:`sdeverify.problems.base`).
+   ``config.FUSE_MAX_DIM`` the oracle runs lane by lane and only the update is vectorised.
+   A problem with an ``oracle_lanes`` (:mod:`sdeverify.problems.base`) has it called on
+   the whole block's lanes at once, for every d (float64): its loops have the lanes
+   innermost and vectorise where a large per-lane body (CosineWell(8)'s eight sines) left
+   the fused loop scalar.
 
 Nothing is allocated in the step loop (buffers are allocated once per block), and the
 observables are folded into the block's (count, mean, M2) accumulators in place, in path
@@ -505,10 +507,12 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, N_DRAWS: int,
     ZERO = FTYPE(0.0)
     L = LANES
     grad_, noise_, loss_ = _inline(grad), _inline(noise), _inline(loss)
-    fused_d = takes_fused_step(D, N_DRAWS)
-    # oracle_lanes in float64 only: a float32 run rounds the per-lane functions' scratch
+    # oracle_lanes, when the problem has one, for every D (the fused step's one loop is not
+    # vectorised over lanes once its body is large: CosineWell(8) ran 2.4x faster split with
+    # oracle_lanes), in float64 only: a float32 run rounds the per-lane functions' scratch
     # (written into float32 outputs) where a lanes oracle's float64 scratch would not
-    LANES_ORACLE = oracle_lanes is not None and not fused_d and dtype == "float64"
+    LANES_ORACLE = oracle_lanes is not None and dtype == "float64"
+    fused_d = takes_fused_step(D, N_DRAWS) and not LANES_ORACLE
     # only the functions the kernel calls enter its key: an oracle_lanes does not change a
     # fused-step kernel
     called = (grad, noise, loss, user_eval, oracle) + ((oracle_lanes,) if LANES_ORACLE else ())
@@ -539,8 +543,9 @@ def _needs_guard(loss, user_eval) -> bool:
 
 def takes_fused_step(D: int, N_DRAWS: int) -> bool:
     """Whether the kernel for dimension D and N_DRAWS draws per oracle call takes the fused
-    step (:data:`config.FUSE_MAX_DIM`, :data:`config.FUSE_MAX_DRAWS`); both steps give the
-    same bits."""
+    step (:data:`config.FUSE_MAX_DIM`, :data:`config.FUSE_MAX_DRAWS`) — unless the problem
+    has an ``oracle_lanes`` (float64), which always takes the split step; all give the same
+    bits."""
     return D <= config.FUSE_MAX_DIM and N_DRAWS <= config.FUSE_MAX_DRAWS
 
 

@@ -97,14 +97,16 @@ def dn_noise(x, p, xi, out):
 @numba.njit(cache=True)
 def dn_oracle_lanes(X, p, Z, G, V):
     """dn_grad and dn_noise of every lane (column) of X (2D, L), draws Z (≥ n, L), into G and
-    V (2D, L), with the per-path functions' arithmetic in the same order; the residual of
-    sample j is kept in V[0] and Aᵀr/n in G[D:] until they are overwritten."""
+    V (2D, L), with the per-path functions' arithmetic in the same order; until they are
+    overwritten, β = u⊙u − v⊙v is kept in V[D:], the residual of sample j in V[0] and Aᵀr
+    in G[D:]."""
     n = int(p[0])
     D = X.shape[0] // 2
     L = X.shape[1]
     for i in range(D):
         for ln in range(L):
             G[D + i, ln] = 0.0
+            V[D + i, ln] = X[i, ln] * X[i, ln] - X[D + i, ln] * X[D + i, ln]
     for j in range(n):
         base = 2 + j * D
         y = p[2 + n * D + j]
@@ -113,7 +115,7 @@ def dn_oracle_lanes(X, p, Z, G, V):
         for i in range(D):
             a = p[base + i]
             for ln in range(L):
-                V[0, ln] += a * (X[i, ln] * X[i, ln] - X[D + i, ln] * X[D + i, ln])
+                V[0, ln] += a * V[D + i, ln]
         for i in range(D):
             a = p[base + i]
             for ln in range(L):
