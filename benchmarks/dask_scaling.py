@@ -336,6 +336,8 @@ def main(argv=None) -> int:
                          "efficiency uses only the Dask runs)")
     ap.add_argument("--warmup", default="full", choices=("smoke", "quick", "full"),
                     help="size of the untimed warm-up run (kernels compiled / loaded)")
+    ap.add_argument("--no-local2", action="store_true",
+                    help="skip the 2-thread local baseline (not needed for the efficiency)")
     ap.add_argument("--model-only", action="store_true",
                     help="only the scaling model of --checks (serial recorded runs)")
     ap.add_argument("--checks", default=None, help="comma-separated checks for --model-only "
@@ -369,7 +371,8 @@ def main(argv=None) -> int:
     serial = [timed_run(args.check, args.size, None, None) for _ in range(n_base - 1)]
     serial = [(rec_wall, None, ref, None, None)] + serial
     numba.set_num_threads(min(2, before))
-    local2 = [timed_run(args.check, args.size, None, None) for _ in range(n_base)]
+    local2 = [timed_run(args.check, args.size, None, None)
+              for _ in range(0 if args.no_local2 else n_base)] or [(float("nan"),)]
     numba.set_num_threads(before)
 
     rows = {1: [], 2: []}

@@ -254,7 +254,9 @@ def test_calls_too_small_for_the_cluster_run_here_and_are_reported(client, tmp_p
     assert (s.local, s.computed, s.tasks) == (3, 0, 0) and not list(tmp_path.iterdir())
     for r, ref in zip(here, _sweep(etas)):
         _same_sim(r, ref)
-    assert D.simulate_point(P, OPTS, X0, steps=40, paths=600, sigma=1.0).work == 40 * 2 * 2 * 600
+    point = D.simulate_point(P, OPTS, X0, steps=40, paths=600, sigma=1.0, record=[0, 20, 40],
+                             observables=["loss"])     # steps, and the statistics recorded
+    assert point.work == 600 * (40 * 2 * 2 + D.RECORD_WORK * 3 * 1 * 2)
     with pytest.warns(D.SmallWorkWarning, match="3 of 3 calls sent to the cluster"), \
             D.use(client) as s:
         _sweep(etas)

@@ -62,14 +62,14 @@ from .. import dispatch
 from ..dispatch import Call, active
 from .clusters import CONNECT_TIMEOUT, MISSING_DASK, Cluster, cluster, n_workers, task_threads
 from .keys import point_key, source_digest
-from .points import (LOCAL_WORK, MIN_TASK_WORK, SHARDS_PER_WORKER, Point, PointError,
+from .points import (LOCAL_WORK, MIN_TASK_WORK, RECORD_WORK, SHARDS_PER_WORKER, Point, PointError,
                      SmallWorkWarning, call_point, fit_point, kept_here, plan_shards,
                      simulate_point)
 from .session import Session, use
 from .shards import run_shard
 from .sweeps import fit, run_many, run_points, simulate, sweep
 
-__all__ = ["MIN_TASK_WORK", "LOCAL_WORK", "SmallWorkWarning", "SHARDS_PER_WORKER", "MISSING_DASK", "CONNECT_TIMEOUT", "PointError",
+__all__ = ["MIN_TASK_WORK", "LOCAL_WORK", "RECORD_WORK", "SmallWorkWarning", "SHARDS_PER_WORKER", "MISSING_DASK", "CONNECT_TIMEOUT", "PointError",
            "Session", "active", "use", "n_workers", "plan_shards", "source_digest", "point_key",
            "Point", "simulate_point", "fit_point", "run_shard", "task_threads", "run_points",
            "simulate", "fit", "sweep", "Cluster", "cluster", "Call", "call_point", "run_many", "kept_here"]

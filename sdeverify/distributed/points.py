@@ -28,13 +28,20 @@ if TYPE_CHECKING:
     from ..problems.base import NGOS
     from ..train.datasets import Dataset
 
-__all__ = ["MIN_TASK_WORK", "LOCAL_WORK", "SHARDS_PER_WORKER", "SmallWorkWarning", "PointError",
+__all__ = ["MIN_TASK_WORK", "LOCAL_WORK", "RECORD_WORK", "SHARDS_PER_WORKER", "SmallWorkWarning", "PointError",
            "Point", "Call", "plan_shards", "simulate_point", "fit_point", "call_point"]
 
 #: Default smallest task, in path·step·optimizer·coordinate units (~0.4 s on one core of
 #: the benchmark machine at ~350 M units per CPU-second): a measured per-task scheduler
 #: overhead of a few milliseconds (benchmarks/RESULTS.md, "Dask") stays ~1% of a task.
 MIN_TASK_WORK: int = 2 ** 27
+#: Work units of one recorded step of one observable for one path and optimizer (the
+#: statistics the engine accumulates there), counted in a point's work next to its steps:
+#: measured on this machine (2-d CosineWell and Quadratic, 2 optimizers, 2 observables,
+#: 20 000 paths, 256 steps) as ≈ 117 ns per recorded step, path and optimizer, i.e. 17–28
+#: path·step·optimizer·coordinate units — a point of few steps recorded at every step
+#: costs far more than its steps say (weak_approximation's coarse η: ~10×).
+RECORD_WORK: int = 12
 #: A point is cut into at most this many shards per worker (load balance vs overhead).
 SHARDS_PER_WORKER: int = 4
 #: What ``sdeverify check/run --workers/--scheduler`` runs in its own process instead of on
@@ -183,7 +190,8 @@ def simulate_point(problem: NGOS, optimizers: Sequence[Any] | Any, x0: ArrayLike
     label = (f"simulate({problem.name}, {', '.join(spec.names)}, steps={spec.steps}, "
              f"paths={spec.paths}, sigma={spec.sigma:g}, seed={spec.seed})")
     _check_pickles(label, args)
-    unit = spec.steps * len(spec.names) * problem.dim * spec.n_calls
+    unit = (spec.steps * len(spec.names) * problem.dim * spec.n_calls
+            + RECORD_WORK * len(spec.record) * max(1, len(spec.obs_names)) * len(spec.names))
     shards = plan_shards(spec.paths, unit, workers, block=config.BLOCK, size=shard_paths)
     key = point_key("simulate", dict(args, paths=spec.paths, path_offset=offset,
                                      fingerprint=spec.fingerprint(engine.numerics)))
