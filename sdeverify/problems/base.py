@@ -15,7 +15,9 @@ and, optionally, two faster forms of the same oracle call that the engines use w
 * ``oracle_lanes(X, p, Z, G, V)`` does the same for a block of paths at once, lanes last:
   ``X``, ``G``, ``V`` are (d, L) and ``Z`` is (≥ n_draws, L), column ``l`` being one path's
   call; written with the lane loop innermost, it lets the CPU engine vectorise over paths
-  where the per-path oracle (d > ``config.FUSE_MAX_DIM``) runs path by path.
+  where a per-path oracle runs path by path (d > ``config.FUSE_MAX_DIM``) or leaves the
+  lane loop scalar (a large body, e.g. eight sines); the CPU engine uses it for every d in
+  float64 runs.
 
 Both must give, per path, exactly what ``grad`` and ``noise`` give (the engines' results
 are then unchanged, bit for bit, when the arithmetic is the same); ``grad`` and ``noise``

@@ -8,8 +8,9 @@ draws) and the noise is the minibatch deviation ``v = g_B(x) − ∇L(x)``, with
 exactly the minibatch gradient, and Cov v = Σ₁(x)/B: σ² ∝ 1/B arises from the sampling
 itself.  Parameter layout ``p = [n, B, Q (d·d), r (d), A (n·d), y (n)]``.  ``ls_oracle``
 computes ∇L once per call for the gradient and the deviation (``grad`` and ``noise`` each
-compute it), ``ls_oracle_lanes`` the same for a block of lanes (the rows a_j gathered per
-lane), both with the separate functions' bits (the latter in float64).
+compute it), with the separate functions' bits.  (No ``oracle_lanes``: written over a
+block of lanes, the gathers of the sampled rows ran about 1.5x slower than this per-path oracle
+in the engine's fused step.)
 """
 from __future__ import annotations
 
@@ -87,42 +88,6 @@ def ls_oracle(x, p, xi, g, v):
 
 
 @numba.njit(cache=True)
-def ls_oracle_lanes(X, p, Z, G, V):
-    """ls_oracle for every lane (column) of X (d, L), draws Z (≥ B, L), lanes innermost; the
-    residual of the current sample is kept in G[0] until ∇L overwrites it."""
-    d = X.shape[0]
-    L = X.shape[1]
-    n = int(p[0])
-    B = int(p[1])
-    a0 = 2 + d * d + d
-    y0 = a0 + n * d
-    for i in range(d):
-        for ln in range(L):
-            V[i, ln] = 0.0
-    for b in range(B):
-        for ln in range(L):
-            G[0, ln] = -p[y0 + min(int(Z[b, ln] * n), n - 1)]
-        for i in range(d):
-            for ln in range(L):
-                G[0, ln] += p[a0 + min(int(Z[b, ln] * n), n - 1) * d + i] * X[i, ln]
-        for i in range(d):
-            for ln in range(L):
-                V[i, ln] += p[a0 + min(int(Z[b, ln] * n), n - 1) * d + i] * G[0, ln]
-    inv = 1.0 / B
-    for i in range(d):
-        for ln in range(L):
-            G[i, ln] = 0.0
-        for j in range(d):
-            q = p[2 + i * d + j]
-            for ln in range(L):
-                G[i, ln] += q * X[j, ln]
-        for ln in range(L):
-            gi = G[i, ln] - p[2 + d * d + i]
-            G[i, ln] = gi
-            V[i, ln] = V[i, ln] * inv - gi
-
-
-@numba.njit(cache=True)
 def ls_loss(x, p):
     d = x.shape[0]
     n = int(p[0])
@@ -175,7 +140,6 @@ class LinearRegression(NGOS):
         self.Q = A.T @ A / n
         self.r = A.T @ y / n
         super().__init__(dim=d, grad=ls_grad, noise=ls_noise, loss=ls_loss, oracle=ls_oracle,
-                         oracle_lanes=ls_oracle_lanes,
                          params=pack(n, self.batch_size, self.Q, self.r, A, y),
                          n_draws=draws, noise_dist="uniform", name="linear_regression")
 
