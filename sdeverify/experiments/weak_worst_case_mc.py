@@ -67,7 +67,7 @@ SIZES = {"smoke": dict(problems=2, etas=2.0 ** -np.arange(4, 9), alphas=(0.0,), 
                        tail=3),
          "quick": dict(problems=4, etas=2.0 ** -np.arange(4, 11), alphas=(0.0, 0.5), paths=4000, records=12,
                        tail=4),
-         "full": dict(problems=16, etas=2.0 ** -np.arange(4, 12), alphas=(0.0, 0.25, 0.5, 0.75),
+         "full": dict(problems=12, etas=2.0 ** -np.arange(4, 12), alphas=(0.0, 0.25, 0.5, 0.75),
                       paths=10000, records=16, tail=4)}
 X0 = np.array([1.0, -0.5])
 POWERS = (1, 2, 3, 4)
