@@ -35,7 +35,8 @@ def test_sgd_order_rule_is_two_sided_and_budgeted():
 
 
 def test_sgd_order_rule_catches_a_slow_drift_10_percent_off(monkeypatch):
-    kw = dict(size="smoke", seed=0, problems=("valley",))
+    kw = dict(size="smoke", seed=0, problems=("valley",), etas=(0.1, 0.07, 0.05, 0.035, 0.025),
+              paths=2048, times=(1.0,), n_boot=10)
     good = _sgd_order(ss.run(**kw))
     assert len(good) == 1 and good[0].passed, good[0]
     monkeypatch.setattr(Valley, "ou_moments", _drift_10_percent_off(Valley.ou_moments))
