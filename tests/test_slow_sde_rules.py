@@ -43,3 +43,18 @@ def test_sgd_order_rule_catches_a_slow_drift_10_percent_off(monkeypatch):
     bad = _sgd_order(ss.run(**kw))
     assert len(bad) == 1 and not bad[0].passed, bad[0]
     assert bad[0].measured.high < 1.0
+
+
+def test_sgd_order_rule_catches_a_sphere_decay_rate_off_by_d_over_d_minus_1(monkeypatch):
+    """E⟨ζ_t, ζ₀⟩ = exp(−(d − 1)σ²s²t/2) with d for d − 1 (rate × 3/2 on S²): SGD's error
+    stops vanishing and the two-sided order rule fails."""
+    from sdeverify.problems.manifolds import Sphere
+    kw = dict(size="smoke", seed=0, problems=("sphere",), etas=(0.1, 0.07, 0.05, 0.035, 0.025),
+              paths=2048, times=(1.0,), n_boot=10)
+    good = _sgd_order(ss.run(**kw))
+    assert len(good) == 1 and good[0].passed, good[0]
+    monkeypatch.setattr(Sphere, "correlation_decay", lambda self, t, sigma: np.exp(
+        -0.5 * self.dim * sigma ** 2 * self.noise_std ** 2 * np.asarray(t, dtype=np.float64)))
+    bad = _sgd_order(ss.run(**kw))
+    assert len(bad) == 1 and not bad[0].passed, bad[0]
+    assert bad[0].measured.high < 1.0
