@@ -305,7 +305,7 @@ def model_only(names: list[str], size: str, out: dict) -> None:
         wall, batches, driver, _ = recorded_run(n, size)
         proj = project(batches, driver, ov["latency_median_s"], ov["burst_per_task_s"])
         print_projection(n, wall, proj)
-        rows[n] = dict(proj, serial_s=wall)
+        rows[n] = dict(proj, serial_s=wall, recorded=_batches_json(batches))
     job = {}
     for w in (1, 2, 8, 32, 64):
         job[w] = sum(r[w]["wall_s"] for r in rows.values())
@@ -313,6 +313,11 @@ def model_only(names: list[str], size: str, out: dict) -> None:
     out["job"] = {w: {"wall_s": job[w], "efficiency": job[1] / (w * job[w])} for w in job}
     print("whole job (checks one after the other): " + ", ".join(
         f"W={w} {job[w]:.1f} s eff {100 * job[1] / (w * job[w]):.0f}%" for w in job))
+
+
+def _batches_json(batches: list[list[Item]]) -> list:
+    """The recorded batches, for the JSON (the projection can be recomputed from them)."""
+    return [[dataclasses.asdict(i) for i in b] for b in batches]
 
 
 def _tiny_point_args():
@@ -411,7 +416,7 @@ def main(argv=None) -> int:
                      "workers_2": t2},
         "parallel_efficiency": eff, "dask_1worker_over_serial": t1 / t_serial,
         "tasks": {1: sessions[1].tasks, 2: sessions[2].tasks}, "overhead": ov,
-        "first_task": warm, "projection": proj,
+        "first_task": warm, "projection": proj, "recorded": _batches_json(batches),
         "model_vs_measured": {1: proj[1]["wall_s"] / t1, 2: proj[2]["wall_s"] / t2,
                               "efficiency_2": proj[2]["efficiency"] / eff},
         "load_after": load()})

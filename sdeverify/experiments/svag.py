@@ -54,8 +54,8 @@ from ..rng import substream
 from ..simulate import simulate
 from ..stats import Interval, fit_order, mean_interval, richardson_order, z_value
 from ..figstyle import figsize, fit_line, legend_below, styled
-from .base import (ExperimentResult, Progress, Value, Verdict, experiment, save_figure, subplots,
-                   tick)
+from .base import (Call, ExperimentResult, Progress, Value, Verdict, experiment, run_many,
+                   save_figure, subplots, tick)
 from .budget import ALPHA
 
 NAME = "svag"
@@ -119,11 +119,15 @@ def _gap_sweep(P, ells, paths, seed, exact, progress, done, total):
     if exact:
         out["gap_exact"] = np.empty(len(ells))
         out["loss_exact"] = np.empty((len(ells), 2))
+    calls = [dict(problem=SVAG(P, ell), optimizers=_pair(eta, ell), x0=X0, steps=K * ell,
+                  paths=paths, sigma=1.0, seed=substream(seed, "svag.gap", i), record=[K * ell],
+                  observables=["loss", "sqnorm"], on_divergence="ignore")
+             for i, ell in enumerate(ells)]
+    if exact:
+        calls += [Call(_exact_losses, (P, eta, ell, K)) for ell in ells]
+    res = run_many(calls)                  # one sweep: on a cluster every item is a task
     for i, ell in enumerate(ells):
-        opts = _pair(eta, ell)
-        r = simulate(SVAG(P, ell), opts, X0, steps=K * ell, paths=paths, sigma=1.0,
-                     seed=substream(seed, "svag.gap", i), record=[K * ell], observables=["loss", "sqnorm"],
-                     on_divergence="ignore")
+        r = res[i]
         if r.divergence:
             raise RuntimeError(f"{P.name}, ell={ell}: unexpected divergence {r.divergence}")
         out["loss"][i], out["loss_sem"][i] = r.mean[:, -1, 0], r.sem[:, -1, 0]
@@ -131,13 +135,19 @@ def _gap_sweep(P, ells, paths, seed, exact, progress, done, total):
         d, s = r.paired(1, "loss")          # SGDM − SGD, path by path
         out["gap"][i], out["gap_sem"][i] = -d[-1], s[-1]
         if exact:
-            L = [theory.quadratic_moments(P, o, X0, steps=K * ell, sigma=np.sqrt(ell))
-                 .expect(P, "loss")[-1] for o in opts]
+            L = res[len(ells) + i]
             out["loss_exact"][i] = L
             out["gap_exact"][i] = L[0] - L[1]
         done += 1
         tick(progress, done, total)
     return out, done
+
+
+def _exact_losses(P, eta: float, ell: int, K: int) -> list:
+    """Exact E L after K·ℓ steps of SGD and SGDM (:func:`_pair`) on SVAG(P, ℓ) of a
+    quadratic (:func:`sdeverify.theory.quadratic_moments`) — one task's work."""
+    return [theory.quadratic_moments(P, o, X0, steps=K * ell, sigma=np.sqrt(ell))
+            .expect(P, "loss")[-1] for o in _pair(eta, ell)]
 
 
 def _gap_verdicts(label, ells, g, exact) -> list[Verdict]:
