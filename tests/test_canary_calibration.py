@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from sdeverify import canary, runner, stats
-from sdeverify.experiments import frozen_momentum, variance_reduction
+from sdeverify.experiments import frozen_momentum, variance_reduction, weak_worst_case_mc
 
 
 def _flipped():
@@ -30,7 +30,8 @@ def _chi2_fixed_width(s2, n, level):           # a fixed ±20% instead of the χ
 
 @pytest.mark.parametrize("defect", ["t_uses_normal_quantile", "sample_sem_without_sqrt",
                                     "bootstrap_sorted_wrong", "chi2_fixed_width",
-                                    "wls_variance_for_se", "paired_ignores_pairing"])
+                                    "wls_variance_for_se", "paired_ignores_pairing",
+                                    "secant_se_not_over_log_ratio"])
 def test_canary_catches_interval_defects(monkeypatch, defect):
     if defect == "t_uses_normal_quantile":      # covers ~0.86 at n = 4
         monkeypatch.setattr(canary, "t_interval", _t_with_normal_quantile)
@@ -50,6 +51,12 @@ def test_canary_catches_interval_defects(monkeypatch, defect):
     elif defect == "paired_ignores_pairing":    # a sd of a alone: too wide for correlated pairs
         monkeypatch.setattr(canary, "paired_difference", lambda a, b, level=0.95: stats.mean_interval(
             np.mean(a) - np.mean(b), np.std(a, ddof=1) / np.sqrt(np.size(a)), level))
+    elif defect == "secant_se_not_over_log_ratio":   # log-error se not divided by log(eta ratio)
+        real = weak_worst_case_mc.secant_order
+        monkeypatch.setattr(weak_worst_case_mc, "secant_order", lambda etas, e, level=0.95: (
+            lambda iv, r: stats.Interval(iv.estimate, iv.estimate - (iv.estimate - iv.low) * r,
+                                         iv.estimate + (iv.high - iv.estimate) * r, level))(
+            real(etas, e, level), float(np.log(etas[0] / etas[-1]))))
     assert _flipped(), defect
     _, problems = runner.canary_row()
     assert problems, defect
