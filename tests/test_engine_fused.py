@@ -19,7 +19,7 @@ import pytest
 import sdeverify as sv
 from sdeverify.engine.spec import make_spec
 from sdeverify.observables import UserFunctionError
-from sdeverify.problems import NGOS, SVAG, CosineWell, DiagonalNet, LinearRegression
+from sdeverify.problems import NGOS, SVAG, CosineWell, DiagonalNet, LinearRegression, Valley
 from sdeverify.problems import nonconvex
 
 OPTS = [sv.SGD(0.05), sv.SGDM(0.05, 0.9)]
@@ -40,7 +40,8 @@ def unfused(P: NGOS) -> NGOS:
 FUSED = {"CosineWell(3)": lambda: CosineWell(3),              # oracle and oracle_lanes each
          "CosineWell(10)": lambda: CosineWell(10),
          "LinearRegression": _minibatch_problem,
-         "DiagonalNet": lambda: DiagonalNet.generate()}
+         "DiagonalNet": lambda: DiagonalNet.generate(),
+         "Valley": lambda: Valley(h=(1.0, 0.3, 1.0), sx2=(0.5, 0.2), sy2=(1.0, 0.1), m=3)}
 
 
 def bits(a) -> np.ndarray:
@@ -99,8 +100,10 @@ def test_fused_functions_give_the_bits_of_grad_and_noise(name, dtype):
                                   lambda: SVAG(CosineWell(2), 3.0),
                                   lambda: SVAG(CosineWell(10), 3.0),       # split + lanes, SVAG
                                   _minibatch_problem,
-                                  lambda: DiagonalNet.generate()],         # split + lanes
-                         ids=["cosine", "cosine-svag", "cosine-lanes-svag", "minibatch", "dnet-lanes"])
+                                  lambda: DiagonalNet.generate(),          # split + lanes
+                                  lambda: Valley(sx2=(0.5, 0.2), sy2=(1.0, 0.1))],
+                         ids=["cosine", "cosine-svag", "cosine-lanes-svag", "minibatch", "dnet-lanes",
+                              "valley"])
 def test_cpu_fused_path_gives_the_bits_of_the_unfused_reference(make):
     P = make()
     assert P.oracle is not None or P.oracle_lanes is not None

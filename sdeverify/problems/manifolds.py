@@ -19,6 +19,10 @@ Two problems live here, with closed forms:
   s_y² = c·h is ``Valley.label_noise_like``).
 * :class:`Sphere`  L(x) = ¼ (‖x‖² − 1)², x ∈ R^d, isotropic noise Σ = s² I.
 
+The valley also has ``valley_oracle_lanes`` (its gradient and noise for a block of paths, lanes
+innermost, the per-path bits in float64), which the CPU engine vectorises where the per-path
+functions' three polynomials left its lane loop scalar (2.9× in one process).
+
 The diagonal linear network with label noise is in :mod:`.diagonal_net`.
 """
 from __future__ import annotations
@@ -151,6 +155,38 @@ def valley_noise(x, p, xi, out):
 
 
 @numba.njit(cache=True)
+def valley_oracle_lanes(X, p, Z, G, V):
+    """valley_grad and valley_noise of every lane (column) of X (d, L), draws Z (≥ d, L), lanes
+    innermost, with the per-path arithmetic in the same order: h and s_y are kept in G[1] and
+    V[1], and Σ y_i² in G[0], until they are overwritten (h' is evaluated again at the end)."""
+    d = X.shape[0]
+    L = X.shape[1]
+    nh = int(p[1])
+    oa = 2 + nh
+    na = int(p[oa])
+    ob = oa + 1 + na
+    for ln in range(L):
+        x0 = X[0, ln]
+        h, _ = _poly(p, 1, x0)
+        a, _ = _poly(p, oa, x0)
+        b, _ = _poly(p, ob, x0)
+        V[0, ln] = math.sqrt(max(a, 0.0)) * Z[0, ln]
+        G[1, ln] = h
+        V[1, ln] = math.sqrt(max(b, 0.0))
+        G[0, ln] = 0.0
+    for i in range(1, d):
+        for ln in range(L):
+            G[0, ln] += X[i, ln] * X[i, ln]
+    for i in range(d - 1, 0, -1):                 # row 1 (holding h and s_y) last
+        for ln in range(L):
+            G[i, ln] = G[1, ln] * X[i, ln]
+            V[i, ln] = V[1, ln] * Z[i, ln]
+    for ln in range(L):
+        _, dh = _poly(p, 1, X[0, ln])
+        G[0, ln] = 0.5 * dh * G[0, ln]
+
+
+@numba.njit(cache=True)
 def valley_loss(x, p):
     h, _ = _poly(p, 1, x[0])
     s = 0.0
@@ -249,7 +285,8 @@ class Valley(ManifoldProblem):
         self.slow_step = valley_slow_step
         params = pack(self.m, _padded(self.h), _padded(self.sx2), _padded(self.sy2))
         super().__init__(dim=1 + self.m, grad=valley_grad, noise=valley_noise, loss=valley_loss,
-                         params=params, n_draws=1 + self.m, noise_dist="normal", name=name)
+                         oracle_lanes=valley_oracle_lanes, params=params, n_draws=1 + self.m,
+                         noise_dist="normal", name=name)
         self._dh = np.polynomial.polynomial.polyder(self.h)
         self._d2h = np.polynomial.polynomial.polyder(self._dh) if self.h.size > 1 else np.zeros(1)
 
