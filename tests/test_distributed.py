@@ -219,21 +219,27 @@ def test_unpicklable_spec_is_a_clear_error(client):
 
 def test_cli_check_on_a_running_cluster_matches_local(client, tmp_path, capsys, monkeypatch):
     """The same numbers with every call on the cluster (points kept with --keep-points,
-    deleted without once the check's result is saved), and with the CLI's default fallback
-    (every smoke call of this check is too small for the cluster: run here, said so)."""
+    deleted without once the check's result is saved), with the per-call fallback (every
+    call of this check is too small for the cluster: run here, said so), and with the CLI's
+    default at smoke size (the checks run as without a cluster, said so)."""
+    from sdeverify import runner
     from sdeverify.experiments.base import ExperimentResult
     args = ["check", "--smoke", "--only", "descent_lemma", "--quiet"]
     assert main(args + ["--out", str(tmp_path / "local")]) == 0
     far = ["--scheduler", client.scheduler.address]
     with monkeypatch.context() as m:
-        m.setattr(D, "LOCAL_WORK", 0)                          # every call to the cluster
-        assert main(args + ["--out", str(tmp_path / "kept"), "--keep-points"] + far) == 0
-        assert main(args + ["--out", str(tmp_path / "dropped")] + far) == 0
-    assert "running on the Dask scheduler at" in capsys.readouterr().err
-    with pytest.warns(D.SmallWorkWarning, match="ran in this process"):
-        assert main(args + ["--out", str(tmp_path / "here")] + far) == 0
+        m.setattr(runner, "LOCAL_SIZES", ())                   # smoke calls to the cluster
+        with monkeypatch.context() as m2:
+            m2.setattr(D, "LOCAL_WORK", 0)                     # every call to the cluster
+            assert main(args + ["--out", str(tmp_path / "kept"), "--keep-points"] + far) == 0
+            assert main(args + ["--out", str(tmp_path / "dropped")] + far) == 0
+        assert "running on the Dask scheduler at" in capsys.readouterr().err
+        with pytest.warns(D.SmallWorkWarning, match="ran in this process"):
+            assert main(args + ["--out", str(tmp_path / "here")] + far) == 0
+    assert main(args + ["--out", str(tmp_path / "smoke")] + far) == 0
+    assert "too small to pay for the cluster" in capsys.readouterr().err
     a = ExperimentResult.load(tmp_path / "local", "descent_lemma")
-    for run in ("kept", "dropped", "here"):
+    for run in ("kept", "dropped", "here", "smoke"):
         b = ExperimentResult.load(tmp_path / run, "descent_lemma")
         assert sorted(a.data) == sorted(b.data)
         for k in a.data:
@@ -241,6 +247,7 @@ def test_cli_check_on_a_running_cluster_matches_local(client, tmp_path, capsys, 
     assert list((tmp_path / "kept" / "points" / "descent_lemma").glob("simulate-*.json"))
     assert not (tmp_path / "dropped" / "points").exists()
     assert not (tmp_path / "here" / "points").exists()
+    assert not (tmp_path / "smoke" / "points").exists()
 
 
 def test_calls_too_small_for_the_cluster_run_here_and_are_reported(client, tmp_path):
