@@ -11,10 +11,10 @@ instead of branches, so they inline and vectorise.  Measured in a compiled loop 
 arguments (AVX-512, CPU time per element, median of 150 runs, libm in brackets): sin 0.95 ns
 (15.3), cos 0.99 (15.8), exp 1.0 (3.5), log 0.8 (2.6), log1p 0.9 (8.5), expm1 1.5 (9.1),
 tanh 1.8 (11.9); for the engine's numbers see benchmarks/RESULTS.md, "Per-problem
-throughput".  Of sin's 0.95 ns about half is the argument reduction (fdlibm's three rounds
-of π/2, which 1 ulp needs near multiples of π/2) and half the two polynomial kernels, both
-evaluated (a select, not a branch, picks one per lane); the quadrant comes from the bits of
-the rounded multiple (1.15 ns with ⌊·⌋ arithmetic, the same values).  Use them in problem functions like the NumPy ones::
+throughput".  Of sin's 0.95 ns, ≈ 0.3 ns is the argument reduction (fdlibm's three rounds
+of π/2, which 1 ulp needs near multiples of π/2) and ≈ 0.5 ns the two polynomial kernels,
+both evaluated (a select, not a branch, picks one per lane); the quadrant comes from the bits
+of the rounded multiple (1.15 ns with ⌊·⌋ arithmetic, the same values).  Use them in problem functions like the NumPy ones::
 
     from sdeverify import vmath
 
