@@ -141,13 +141,15 @@ def test_results_do_not_depend_on_how_the_items_are_split_over_threads(monkeypat
         np.testing.assert_array_equal(x, y)
 
 
-def test_results_do_not_depend_on_how_the_models_are_grouped_over_threads(monkeypatch):
+@pytest.mark.parametrize("norm", [True, False])
+def test_results_do_not_depend_on_how_the_models_are_grouped_over_threads(monkeypatch, norm):
     """Bitwise: a small network's SVAG training steps with augmentation (replicas grouped on 3
-    threads), its evaluation and its gradients (models grouped) against one group."""
+    threads), its evaluation and its gradients (models grouped) against one group; with and
+    without BatchNorm (no running statistics to split)."""
     from sdeverify.train import augment
     from sdeverify.train.convnet import resnet
     from sdeverify.train.images import conv_teacher
-    m = resnet(8, width=0.25, image_size=8, classes=3, weight_decay=0.01)
+    m = resnet(8, width=0.25, image_size=8, classes=3, weight_decay=0.01, norm=norm)
     d = conv_teacher(n=40, size=8, classes=3, seed=6)
     J, R = 2, 4
     g = np.random.default_rng(3)

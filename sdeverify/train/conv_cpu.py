@@ -679,21 +679,22 @@ class ConvTrainer(_ReferenceTrainer):
                     return super().train(idx, a, b, gamma, r, aug)
             S = idx[0].shape[0]
             out = np.empty((S, self.J, self.R))
-            state = [v.reshape(self.J, self.R, -1).copy() for v in (self.W, self.Mom, self.buffers)]
+            # explicit last axes: a net without BatchNorm has no buffers (size 0, no -1 to infer)
+            state = [v.reshape(self.J, self.R, v.shape[-1]).copy() for v in (self.W, self.Mom, self.buffers)]
 
             def run(r0, r1):
                 sub = self._part(r0, r1)
-                sub.set_state(*(v[:, r0:r1].reshape(-1, v.shape[2]) for v in state))
+                sub.set_state(*(v[:, r0:r1].reshape(self.J * (r1 - r0), v.shape[2]) for v in state))
                 part_aug = None if aug is None else [tuple(v[:, r0:r1] for v in slot) for slot in aug]
                 with using(sub.workspace):
                     out[:, :, r0:r1] = _ReferenceTrainer.train(
                         sub, [i[:, r0:r1] for i in idx], a, b, gamma, r, part_aug
                     ).reshape(S, self.J, r1 - r0)
                 for v, w in zip(state, (sub.W, sub.Mom, sub.buffers)):
-                    v[:, r0:r1] = w.reshape(self.J, r1 - r0, -1)
+                    v[:, r0:r1] = w.reshape(self.J, r1 - r0, w.shape[-1])
 
             self._on_threads(run, parts)
-            self.W, self.Mom, self.buffers = (v.reshape(self.J * self.R, -1) for v in state)
+            self.W, self.Mom, self.buffers = (v.reshape(self.J * self.R, v.shape[2]) for v in state)
             return out.reshape(S, self.J * self.R)
 
     def evaluate(self, X, y, chunk: int = 256):
