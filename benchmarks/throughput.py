@@ -11,7 +11,7 @@ optimizer).  Times are medians of ``--repeats`` runs after a warm-up run.
     python benchmarks/throughput.py --only main     # sections: compile main threads scaling memory figure
     python benchmarks/throughput.py --only problems # every built-in problem vs NumPy and the RNG bound
     python benchmarks/throughput.py --only problems --problems Cosine,Diagonal   # some of them
-    python benchmarks/throughput.py --ab HEAD~1 --problems Cosine --ab-rounds 7 # interleaved A/B
+    python benchmarks/throughput.py --ab HEAD~1 --problems Cosine   # interleaved A/B (see --ab-rounds)
 
 Prints a report; ``--json FILE`` also saves the numbers; the figure goes to
 figures/throughput.png (throughput vs paths per implementation).
