@@ -300,7 +300,7 @@ def _split_step(both_, noise_, lanes_, D: int, N_DRAWS: int, N_CALLS: int, L: in
                 LANES_ORACLE: bool):
     """``step(a, b, gamma, X, M, alive, dstep, k, Z1, Z2, x_in, g, v, w, z, G, S, x_start, p,
     sigma, s1, s2, XL, V, W, G2)``: the same step as :func:`_fused_step` in two loops over
-    lanes, for large D: (a) the oracle of every lane into ``G`` (D, L), (b) the update with
+    lanes, for large D or a problem with ``oracle_lanes``: (a) the oracle of every lane into ``G`` (D, L), (b) the update with
     the lanes innermost, so that (b) vectorises for any D.  ``S`` (L,) holds Σ_i x_i per
     lane.  With ``LANES_ORACLE`` (a compile-time switch) (a) is the problem's
     ``oracle_lanes`` over all lanes at once (``lanes_``, inputs ``XL``, outputs ``G``, ``V``,
