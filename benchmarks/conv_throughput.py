@@ -3,6 +3,7 @@
     python benchmarks/conv_throughput.py [--depths 8,20] [--batches 128] [--models 1,8]
                                          [--backends numpy,cpu] [--repeats 3] [--threads N]
                                          [--json out.json]
+    python benchmarks/conv_throughput.py --small-fit 4,8 [--repeats 3] [--threads N]
 
 For each workload (ResNet depth, batch B, models M; float32; SGDM β = 0.9 with weight decay;
 forward + backward + update of every model on its own minibatch, BatchNorm in training mode,
@@ -14,6 +15,11 @@ of
 * ``torch loop`` — torch CPU (``torch.nn.Conv2d``/``BatchNorm2d``, ``torch.optim.SGD``), a Python
   loop over the M models — only when torch is importable (it is never a dependency; run this
   script with an interpreter that has it, e.g. ``PYTHONPATH=. /path/to/torch-venv/bin/python``).
+
+``--small-fit R1,R2,...`` times instead the quick-size conv net of the Sec 6 checks end to end:
+``fit`` of ResNet-8 at width 0.25 (4-8-16 channels) on ``conv_teacher(n=2048, size=8, classes=4)``,
+SGDM + SGD × R replicas, batch 16, one epoch with the default 11 evaluations, ``cpu``, float32
+(small per-image products and many small kernel calls: overhead, not flops, decides it).
 
 Medians of ``--repeats`` timed runs after one warm-up run; the ratio to torch is printed in the
 same run, with the median CPU time per step (user + system, all threads: on a machine shared
@@ -75,6 +81,29 @@ def ours(backend: str, model, data, B: int, M: int, steps: int):
     return run
 
 
+def small_fit(replicas: list[int], repeats: int) -> list[dict]:
+    """Time ``fit`` of the Sec 6 checks' quick-size conv net (module docstring) per replica
+    count: median wall and CPU seconds."""
+    import numba
+
+    from sdeverify.optim import SGD, SGDM
+    from sdeverify.train import fit
+    model = resnet(8, width=0.25, image_size=8, classes=4, weight_decay=5e-4)
+    data = conv_teacher(n=2048, size=8, classes=4, seed=0)
+    rows = []
+    for R in replicas:
+        load = os.getloadavg()[0]
+        t, cpu = _median_time(lambda: fit(model, data, [SGDM(lr=0.2, beta=0.9), SGD(lr=0.2)],
+                                          batch_size=16, epochs=1, replicas=R, seed=0,
+                                          backend="cpu", dtype="float32"), repeats)
+        load = (load, os.getloadavg()[0])
+        rows.append(dict(net="resnet8-w0.25-8x8", batch=16, models=2 * R, seconds=t, cpu_seconds=cpu,
+                         threads=numba.get_num_threads(), load_average=load))
+        print(f"quick conv net, 2 x {R} replicas, 1 epoch at B=16: {t:7.3f} s ({cpu:6.3f} CPU-s), "
+              f"{numba.get_num_threads()} threads  [load {load[0]:.1f} -> {load[1]:.1f}]")
+    return rows
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--depths", default="8,20")
@@ -88,6 +117,9 @@ def main() -> int:
                    help="threads of both sides (Numba's and torch's; default: every core)")
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--json", default=None)
+    p.add_argument("--small-fit", default=None, metavar="R1,R2,...",
+                   help="instead: time fit() of the Sec 6 checks' quick-size conv net with these "
+                        "replica counts (module docstring)")
     args = p.parse_args()
     depths = [int(v) for v in args.depths.split(",")]
     batches = [int(v) for v in args.batches.split(",")]
@@ -99,6 +131,11 @@ def main() -> int:
     threads = args.threads or os.cpu_count() or 1
     import numba
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    if args.small_fit:
+        rows = small_fit([int(v) for v in args.small_fit.split(",")], args.repeats)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+        return 0
     torch = None
     if not args.no_torch:
         try:

@@ -5,21 +5,24 @@ The network's wiring (blocks, shortcuts, head, loss, the training loop, the SVAG
 running-statistics rules) is the reference's own (:class:`conv_reference.Ops`); this module
 supplies the layer functions on a **channels-last** layout, activations ``(M, B, H, W, C)``:
 
-* conv, per image (items (model, image) on the threads): an im2col kernel writes each output
-  pixel's patch as one row of a ``(Ho·Wo, k·k·C)`` buffer (order ``(i, j, c)``, the weights
-  permuted to match; each kernel row's ``k·C`` entries are one contiguous run of the input
-  row, copied with unsigned indices so the copy vectorises) and one single-threaded BLAS
-  product with the ``(O, k·k·C)`` weight rows gives the image's output rows — which *are*
-  its channels-last output, no transpose; the patches stay in cache between the two.
-  Backward: the weight gradient per (model, fixed group of images) — the patches
-  recomputed, ``patchesᵀ·dy`` accumulated into the group's partial sum (the groups' sums
-  added in group order); the input gradient of a stride-1 conv is the forward kernel again,
-  on ``dy`` with the flipped, transposed kernel at pad ``k − 1 − pad`` (a product with a
-  ``k·k·O``-long reduction, no col2im); a strided conv's patch gradients ``dy·weights`` are
-  summed back onto the image (col2im; one thread per image, so no two threads write the
-  same pixel);
+* conv, by chunks of a model's images (items (model, chunk) on the threads; a chunk holds
+  ``max(1, ROWS // (Ho·Wo))`` images, so a 32×32 image is a chunk of its own and 2×2 images
+  go 256 to a product): an im2col kernel copies each image into a zero-bordered buffer and
+  writes each output pixel's patch as one row of a ``(chunk·Ho·Wo, k·k·C)`` buffer (order
+  ``(i, j, c)``, the weights permuted to match; each kernel row's ``k·C`` entries are one
+  contiguous run of the bordered row, copied by an inline loop with unsigned indices) and
+  one single-threaded BLAS product with the ``(O, k·k·C)`` weight rows gives the chunk's
+  output rows — which *are* its channels-last output, no transpose; the patches stay in
+  cache between the two.  Backward: the weight gradient per (model, group of images; the
+  number of groups a shape rule, :func:`_groups`) — the patches recomputed chunk by chunk,
+  ``patchesᵀ·dy`` accumulated into the group's partial sum (the groups' sums added in group
+  order); the input gradient of a stride-1 conv is the forward kernel again, on ``dy`` with
+  the flipped, transposed kernel at pad ``k − 1 − pad`` (a product with a ``k·k·O``-long
+  reduction, no col2im); a strided conv's patch gradients ``dy·weights`` are summed back
+  onto the image (col2im; one thread per group, so no two threads write the same pixel);
 * BatchNorm: per-(model, channel) sums over fixed row chunks (Σx, Σ(x − μ)², and Σdy with
-  Σdy·x̂ in one pass; accumulated in float64, the chunks summed in a fixed order), then
+  Σdy·x̂ in one pass; accumulated in float64, the chunks summed in a fixed order; fewer than
+  ``SMALL_C`` channels one channel at a time in four interleaved partial sums), then
   element-wise kernels for γx̂ + β and for the training-mode input gradient, in the
   reference's arithmetic order; x̂ is recomputed from the cached input, not stored;
 * ReLU, a block's ``max(u + s, 0)`` and the ReLU gradient: element-wise kernels.
@@ -27,10 +30,16 @@ supplies the layer functions on a **channels-last** layout, activations ``(M, B,
 The output arrays of a training step come from the trainer's :class:`Workspace` and are
 reused by the next step (fresh large arrays cost page faults at every step).
 
-Kernels are ``nogil`` and take a range ``lo, hi`` of independent items ((model, image),
-(model, image group) or (model, row chunk)); :func:`sdeverify.threads.run_ranges` runs the ranges
-on threads, so results are bitwise the same for any thread count.  One compiled kernel per
-dtype (float32, float64), cached on disk.
+Kernels are ``nogil`` and take a range ``lo, hi`` of independent items ((model, chunk),
+(model, image group) or (model, row chunk)); :func:`_run` hands the ranges to
+:func:`sdeverify.threads.run_ranges` on as many threads as the call's estimated work keeps
+busy (``PARALLEL_WORK``).  A small network (a pass under ``SPLIT_WORK`` FLOPs) instead runs
+whole training steps, evaluations and gradients of groups of models (replicas) on the threads,
+each kernel call on its own thread (:meth:`ConvTrainer._parts`): its hundreds of kernel
+calls per step are too small to split.  Every chunk, group and summation order is a function
+of the shapes only, and each model's arithmetic is the same in any group, so results are
+bitwise the same for any thread count and any number of models per launch.  One compiled
+kernel per dtype (float32, float64), cached on disk.
 """
 from __future__ import annotations
 
