@@ -17,13 +17,17 @@ task, and a scaling model of the checks projected to 8, 32 and 64 workers.
   (:func:`recording`): every *batch* of work the check hands out at once — a
   ``run_many``/``simulate_many`` sweep, or a lone ``simulate``/``fit`` call — and every item
   of it (a simulation with its paths and work, or a per-point ``Call``) with its compute
-  time; the driver's serial time is the wall time minus all items' compute.  On W workers a
-  batch's simulations are cut as ``plan_shards`` cuts them for W, the items that
-  ``kept_here`` keeps (below ``LOCAL_WORK``, up to a fair share) stay in the driver, and the tasks are list-scheduled longest first on W workers:
-  T(W) = driver + Σ_batches [max(local items, makespan, tasks × burst cost) + latency], with
-  the measured latency and burst cost per task (Amdahl's law with the measured task costs
-  and the real shard plan).  Efficiency(W) = T(1) / (W T(W)).  Validated against the
-  measured 1- and 2-worker runs (printed side by side).
+  time, and the time of its statistics (``then``); the driver's serial time is the wall
+  time minus all of these.  On W workers a batch's simulations are cut as ``plan_shards``
+  cuts them for W, the items that ``kept_here`` keeps (below ``LOCAL_WORK``, up to a fair
+  share) stay in the driver, and the tasks are list-scheduled longest first on W workers;
+  the statistics are computed in the driver as each point comes in, overlapping the
+  cluster's work but for the last point's:
+  T(W) = driver + Σ_batches [max(local + statistics, makespan + last statistics,
+  tasks × burst cost) + latency], with the measured latency and burst cost per task
+  (Amdahl's law with the measured task costs and the real shard plan).
+  Efficiency(W) = T(1) / (W T(W)).  Validated against the measured 1- and 2-worker runs
+  (printed side by side).
 * **Overhead per task.**  The round trip of a task that does nothing but receive a real
   shard's spec (same problem, optimizers and arguments, pickled as for a real shard) and
   return: one at a time (latency), and 400 submitted at once (throughput: wall / 400).
@@ -149,6 +153,7 @@ class Item:
     unit: float = 0.0
     block: int = 1
     work: float = float("inf")
+    then_s: float = 0.0         # its statistics (``then``), computed in the driver
 
 
 @contextlib.contextmanager
@@ -197,15 +202,23 @@ def recording():
     def run_many(items):
         out, batch = [], []
         for c in items:
+            then = None if isinstance(c, Call) else c.get("then")
+            if not isinstance(c, Call):
+                c = {k: v for k, v in c.items() if k != "then"}
             depth[0] += 1
             t = time.perf_counter()
             try:
-                out.append(c() if isinstance(c, Call) else real["simulate"](**c))
+                r = c() if isinstance(c, Call) else real["simulate"](**c)
             finally:
                 depth[0] -= 1
             dt = time.perf_counter() - t
-            batch.append(Item("call", dt, work=float("inf") if not isinstance(c, Call) or c.work is None
-                              else c.work) if isinstance(c, Call) else describe("simulate", (), c, dt))
+            if then is not None:
+                r = then(r)
+            out.append(r)
+            item = (Item("call", dt, work=float("inf") if c.work is None else c.work)
+                    if isinstance(c, Call) else describe("simulate", (), c, dt))
+            item.then_s = time.perf_counter() - t - dt
+            batch.append(item)
         batches.append(batch)
         return out
 
@@ -241,12 +254,15 @@ def project(batches: list[list[Item]], driver_s: float, latency_s: float, burst_
     task), list-scheduled longest first; plus one task latency, and at least the
     scheduler's burst cost per task; plus the driver's serial time."""
     out = {"driver_s": driver_s, "compute_s": sum(i.compute_s for b in batches for i in b),
+           "then_s": sum(i.then_s for b in batches for i in b),
            "batches": len(batches), "items": sum(len(b) for b in batches)}
     for w in workers:
         wall, tasks = driver_s, 0
         for b in batches:
             here = D.kept_here([i.work for i in b], local_below, w)
             local = sum(i.compute_s for k, i in enumerate(b) if k in here)
+            then = sum(i.then_s for i in b)                  # as each point comes in
+            last = max((i.then_s for i in b), default=0.0)  # after the last one
             durations = []
             for k, i in enumerate(b):
                 if k in here:
@@ -258,9 +274,10 @@ def project(batches: list[list[Item]], driver_s: float, latency_s: float, burst_
                     durations.append(i.compute_s * n / i.total)
             tasks += len(durations)
             if durations:
-                wall += max(local, makespan(durations, w), len(durations) * burst_s) + latency_s
+                wall += max(local + then, makespan(durations, w) + last,
+                            len(durations) * burst_s) + latency_s
             else:
-                wall += local
+                wall += local + then
         out[w] = {"wall_s": wall, "tasks": tasks}
     for w in workers:
         out[w]["efficiency"] = out[workers[0]]["wall_s"] / (w * out[w]["wall_s"])
@@ -273,7 +290,7 @@ def recorded_run(name: str, size: str):
         t = time.perf_counter()
         res = experiments.get(name).run(size=size, seed=0)
         wall = time.perf_counter() - t
-    driver = wall - sum(i.compute_s for b in batches for i in b)
+    driver = wall - sum(i.compute_s + i.then_s for b in batches for i in b)
     return wall, batches, driver, res
 
 

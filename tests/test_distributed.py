@@ -382,3 +382,25 @@ def test_small_calls_kept_here_up_to_a_fair_share_of_their_sweep():
     assert D.kept_here(works, 10, workers=100) == {0, 1}             # 8 <= max(10, 2)
     assert D.kept_here([4.0] * 3, 10, workers=8) == {0, 1}           # all small: up to 10
     assert D.kept_here(works, 0, workers=1) == set()                  # 0: no fallback
+
+
+def _mean_loss(res) -> float:
+    return float(res.series(0, "loss")[0][-1])
+
+
+def _raises(res):
+    raise KeyError("statistics failed")
+
+
+def test_a_points_statistics_are_applied_as_it_comes_in(client):
+    """``then`` in a sweep's keyword dict: its value replaces the point's result, the same
+    on a cluster as here; an exception it raises propagates, as in the local loop."""
+    from sdeverify.experiments.base import run_many
+    calls = [dict(problem=P, optimizers=OPTS, x0=X0, steps=40, paths=600, sigma=1.0, seed=s,
+                  then=_mean_loss) for s in (1, 2)]
+    here = run_many(calls)
+    with D.use(client) as s:
+        far = run_many(calls)
+    assert far == here and all(isinstance(v, float) for v in far) and s.computed == 2
+    with pytest.raises(KeyError, match="statistics failed"), D.use(client):
+        run_many([dict(calls[0], then=_raises), calls[1]])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from numpy.typing import ArrayLike
 
@@ -76,18 +76,31 @@ def _target(executor: Any) -> tuple[Session | None, Any]:
     return None, executor
 
 
-def run_points(points: Sequence[Point], executor: Any, *, raise_errors: bool = True) -> list:
+def run_points(points: Sequence[Point], executor: Any, *, raise_errors: bool = True,
+               then: Sequence[Callable[[Any], Any] | None] | None = None) -> list:
     """Run points (computed, or reused from the session's ``points_dir``); returns their
     results in order, a :class:`PointError` in place of each failed one (or raises the
     first failure when ``raise_errors``).  Every shard of every point is submitted before
-    any is awaited; each point is saved as soon as all its shards are in.  ``executor`` is
+    any is awaited; each point is saved as soon as all its shards are in, and ``then[i]``
+    (if given: a point's statistics) is applied to point i's result here as soon as it is
+    in — while the cluster still runs the others — and returned in its place (an
+    exception it raises is raised in order, after the points' own reports).  ``executor`` is
     a ``distributed.Client`` or a Session (whose ``points_dir`` is used, and whose
     ``local_below`` keeps points of less work here — up to a fair share of the batch,
     :func:`~sdeverify.distributed.kept_here` — run after the others are submitted, not
     saved)."""
     session, ex = _target(executor)
     out: list = [None] * len(points)
+    post: dict = {}                 # i -> then[i](out[i]), or the exception it raised
     pending, here = {}, []
+
+    def after(i: int) -> None:
+        if then is None or then[i] is None or isinstance(out[i], PointError):
+            return
+        try:
+            post[i] = then[i](out[i])
+        except Exception as exc:    # raised in order at the end, as the local loop would
+            post[i] = exc
     keep = set() if session is None else kept_here([p.work for p in points], session.local_below,
                                                    n_workers(ex))
     for i, p in enumerate(points):
@@ -98,6 +111,7 @@ def run_points(points: Sequence[Point], executor: Any, *, raise_errors: bool = T
         if got is not None:
             session.reused += 1
             out[i] = got
+            after(i)
         else:
             pending[i] = submit(ex, p, session)
             if session is not None and p.work < MIN_TASK_WORK:
@@ -105,6 +119,7 @@ def run_points(points: Sequence[Point], executor: Any, *, raise_errors: bool = T
     for i in here:                  # while the cluster works on the others
         out[i] = _run_here(points[i])
         session.local += 1
+        after(i)
     small = sum(points[i].work < MIN_TASK_WORK for i in pending)
     if session is None and small:   # in a session, use() says it once at the end
         warnings.warn(f"{small} of {len(points)} calls sent to the executor had less work than "
@@ -129,6 +144,7 @@ def run_points(points: Sequence[Point], executor: Any, *, raise_errors: bool = T
             release = getattr(f, "release", None)
             if release is not None:
                 release()
+        after(i)
 
     if is_dask(ex) and len(pending) > 1:    # finish (and save) points as they complete
         where = {id(f): i for i, fs in pending.items() for f in fs}   # equal points share keys
@@ -142,13 +158,18 @@ def run_points(points: Sequence[Point], executor: Any, *, raise_errors: bool = T
         for i in pending:
             finish(i)
     results = []
-    for p, r in zip(points, out):
+    for i, (p, r) in enumerate(zip(points, out)):
         if isinstance(r, PointError):
             if raise_errors:
                 raise r.original()
             results.append(r)
-        else:
-            results.append(_report(p, r))
+            continue
+        r = _report(p, r)
+        if i in post:
+            if isinstance(post[i], Exception):
+                raise post[i]
+            r = post[i]
+        results.append(r)
     return results
 
 
@@ -248,18 +269,23 @@ def run_many(items: Sequence[dict | Call], executor: Any, *, raise_errors: bool 
     ``kind="fit"`` for ``fit``) and per-point work (:class:`~sdeverify.dispatch.Call`: an
     exact reference, a statistic, a whole point), every task submitted before any is
     awaited, so that the workers run the check's own computations too, not only its
-    simulations.  A ``Call`` is one task; its result is not saved in ``points_dir``.
+    simulations.  A ``Call`` is one task; its result is not saved in ``points_dir``.  A
+    keyword dict may carry ``then``: a function of its result (the point's statistics),
+    applied in this process as soon as the point is in, while the cluster runs the others,
+    and returned in its place.
 
     Returns the results in the order of ``items`` (a :class:`PointError` in place of a
     failed one, or the first failure raised with ``raise_errors``)."""
     session, ex = _target(executor)
     w = n_workers(ex)
-    points = []
+    points, then = [], []
     for c in items:
         if isinstance(c, Call):
             points.append(call_point(c))
+            then.append(None)
             continue
         c = dict(c)
+        then.append(c.pop("then", None))
         if c.pop("kind", "simulate") == "fit":
             c.setdefault("shard_replicas", session.shard_replicas if session else None)
             points.append(fit_point(c.pop("model"), c.pop("data"), c.pop("optimizers"), workers=w, **c))
@@ -267,5 +293,6 @@ def run_many(items: Sequence[dict | Call], executor: Any, *, raise_errors: bool 
             c.setdefault("shard_paths", session.shard_paths if session else None)
             points.append(simulate_point(c.pop("problem"), c.pop("optimizers"), c.pop("x0"),
                                          workers=w, **c))
-    return run_points(points, executor, raise_errors=raise_errors)
+    return run_points(points, executor, raise_errors=raise_errors,
+                      then=then if any(f is not None for f in then) else None)
 

@@ -206,13 +206,25 @@ def run_many(items: list) -> list:
     shards, each ``Call`` one task, a ``simulate`` call inside it run on its worker), so the
     cluster runs the whole check, not only its simulations; otherwise they run here one
     after the other.  Either way the results are bitwise the same (every call carries its
-    own seed; a ``Call`` computes the same arithmetic wherever it runs)."""
+    own seed; a ``Call`` computes the same arithmetic wherever it runs).  A keyword dict
+    may carry ``then``, a function of its result (the point's statistics): its value is
+    returned instead, computed as soon as the point is in (on a cluster, while the workers
+    run the other items)."""
     from .. import distributed
     from ..simulate import simulate
     session = distributed.active()
     if session is not None:
         return distributed.run_many(items, session, raise_errors=True)
-    return [c() if isinstance(c, Call) else simulate(**c) for c in items]
+    out = []
+    for c in items:
+        if isinstance(c, Call):
+            out.append(c())
+            continue
+        c = dict(c)
+        then = c.pop("then", None)
+        r = simulate(**c)
+        out.append(r if then is None else then(r))
+    return out
 
 
 class Ticker:

@@ -195,6 +195,10 @@ def mc_summary(res, level=0.95) -> dict:
     return out
 
 
+#: the estimator's summary: simultaneous 99.9% intervals (its validation verdicts)
+ESTIMATOR_SUMMARY = functools.partial(mc_summary, level=0.999)
+
+
 @experiment(NAME, SIZES, defaults=dict(T=1.0, sigma0=0.5))
 def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     """Measure the weak error of Thm 4.5; rules in the module docstring.  Every simulation
@@ -213,13 +217,13 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     for ai, alpha in enumerate(alphas):             # Monte Carlo on CosineWell
         for ei, eta in enumerate(me):
             sgdm, sgd, _, steps = pair(eta, alpha, T)
-            mc_calls.append(mc_call(Pn, sgdm, sgd, steps, sigma0 / np.sqrt(eta), cfg["paths"],
-                                    substream(seed, f"weak_approximation.mc.alpha{ai}", ei),
-                                    cfg["records"]))
+            mc_calls.append(dict(mc_call(Pn, sgdm, sgd, steps, sigma0 / np.sqrt(eta), cfg["paths"],
+                                         substream(seed, f"weak_approximation.mc.alpha{ai}", ei),
+                                         cfg["records"]), then=mc_summary))
     for eta, a, s in validated:                     # the estimator on the quadratic
         sgdm, sgd, _, steps = pair(eta, a, T)
-        est_calls.append(mc_call(Pq, sgdm, sgd, steps, sigma0 / np.sqrt(eta), cfg["paths"], s,
-                                 cfg["records"]))
+        est_calls.append(dict(mc_call(Pq, sgdm, sgd, steps, sigma0 / np.sqrt(eta), cfg["paths"],
+                                      s, cfg["records"]), then=ESTIMATOR_SUMMARY))
     exact_calls = [Call(exact_row, (Pq, functools.partial(pair, alpha=alpha), ee, T, sigma0),
                         label=f"exact weak errors, alpha={alpha:g}") for alpha in alphas]
     schedule_calls = [Call(exact_row, (Pq, beta_varying_pair, ee, T, sigma0, (1, 2)),
@@ -244,7 +248,7 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
         for _ in ee:
             step()
         for ei in range(len(me)):
-            r = mc_summary(next(results))
+            r = next(results)                 # mc_summary of the point
             for hi, h in enumerate(TESTS):
                 iv = r[h][0]
                 mc[ai, hi, ei] = iv.estimate, iv.low, iv.high
@@ -304,12 +308,12 @@ def validated_alphas(cfg: dict) -> tuple[float, ...]:
     return (0.0,) + tuple(float(a) for a in cfg["validate_alphas"] if a != 0.0)
 
 
-def estimator_verdict(cfg: dict, eta: float, res, ref: dict, step, alpha: float = 0.0) -> Verdict:
-    """The Monte Carlo weak-error estimator (``res``, the coupled run of :func:`mc_call` on
-    the quadratic) against the exact error (``ref``: :func:`estimator_reference`, the moment
-    recursion) at momentum index ``alpha`` — so that the recursion is validated wherever
-    the exact orders are read from it, not only at α = 0."""
-    r = mc_summary(res, level=0.999)
+def estimator_verdict(cfg: dict, eta: float, r: dict, ref: dict, step, alpha: float = 0.0) -> Verdict:
+    """The Monte Carlo weak-error estimator (``r``: :data:`ESTIMATOR_SUMMARY` of the coupled
+    run of :func:`mc_call` on the quadratic) against the exact error (``ref``:
+    :func:`estimator_reference`, the moment recursion) at momentum index ``alpha`` — so that
+    the recursion is validated wherever the exact orders are read from it, not only at
+    α = 0."""
     worst, ok = 0.0, True
     for h in TESTS:
         iv, mean, sem, rec = r[h]
