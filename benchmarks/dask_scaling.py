@@ -214,10 +214,11 @@ def recording():
             dt = time.perf_counter() - t
             if then is not None:
                 r = then(r)
+            then_s = time.perf_counter() - t - dt
             out.append(r)
             item = (Item("call", dt, work=float("inf") if c.work is None else c.work)
                     if isinstance(c, Call) else describe("simulate", (), c, dt))
-            item.then_s = time.perf_counter() - t - dt
+            item.then_s = then_s
             batch.append(item)
         batches.append(batch)
         return out
