@@ -37,7 +37,7 @@ def unfused(P: NGOS) -> NGOS:
     return Q
 
 
-FUSED = {"CosineWell(3)": lambda: CosineWell(3),              # oracle and oracle_lanes each
+FUSED = {"CosineWell(3)": lambda: CosineWell(3),              # oracle only (d < 4)
          "CosineWell(10)": lambda: CosineWell(10),
          "LinearRegression": _minibatch_problem,
          "DiagonalNet": lambda: DiagonalNet.generate(),
@@ -93,11 +93,10 @@ def test_fused_functions_give_the_bits_of_grad_and_noise(name, dtype):
         assert np.array_equal(bits(V.T), bits(V_ref)), name
 
 
-# The CPU engine's fused path (float64: oracle_lanes in the split step, for every d; the per-path
-# oracle in the fused step is the float32 test's) against the NumPy reference running the
-# separate grad and noise.
-@pytest.mark.parametrize("make", [lambda: CosineWell(3, noise_dist="rademacher"),
-                                  lambda: SVAG(CosineWell(2), 3.0),
+# The CPU engine's fused path (the per-path oracle in the fused step; oracle_lanes, for any d,
+# in the split step) against the NumPy reference running the separate grad and noise.
+@pytest.mark.parametrize("make", [lambda: CosineWell(3, noise_dist="rademacher"),  # fused + oracle
+                                  lambda: SVAG(CosineWell(2), 3.0),        # fused + oracle, SVAG
                                   lambda: SVAG(CosineWell(10), 3.0),       # split + lanes, SVAG
                                   _minibatch_problem,
                                   lambda: DiagonalNet.generate(),          # split + lanes
