@@ -35,11 +35,12 @@ from ..result import jsonable, load_pair, save_pair, versions
 from ..stats import Interval  # noqa: F401  (re-exported: experiments import it from here)
 from ..verdict import Value, Verdict  # noqa: F401
 
-# Interval, Value and Verdict are imported from here by the experiments but defined
-# elsewhere (sdeverify.stats, sdeverify.verdict): they are not part of this module's API.
+# Interval, Value, Verdict and Call are imported from here by the experiments but defined
+# elsewhere (sdeverify.stats, sdeverify.verdict, sdeverify.dispatch): they are not part of
+# this module's API.
 __all__ = ["SIZES", "Progress", "Measure", "ExperimentResult", "check_size", "size_config",
            "experiment", "Timer", "make_meta", "subplots", "save_figure", "simulate_many",
-           "run_many", "Call", "Ticker", "tick"]
+           "run_many", "Ticker", "tick"]
 
 SIZES = ("smoke", "quick", "full")
 Progress = Callable[[int, int], None] | None
