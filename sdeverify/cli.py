@@ -195,7 +195,8 @@ def cmd_check(args) -> int:
     rows, summary = run_job(names, size=size, seed=args.seed, out=out, jobs=jobs,
                             backend=args.backend, resume=args.resume, quiet=args.quiet,
                             start_cluster=lambda: _start_cluster(args), fmt=args.format,
-                            keep_points=args.keep_points, data=args.data)
+                            keep_points=args.keep_points, data=args.data,
+                            cluster_wanted=getattr(args, "cluster", None) is not None)
     _print_table(rows)
     report = _write_report(out)
     n_pass, n_fail = _tally(out, rows)

@@ -186,12 +186,14 @@ def run_job(names: list[str], *, size: str, seed: int, out: Path, jobs: int = 1,
             backend: str = "cpu", resume: bool = False, quiet: bool = False,
             start_cluster: Callable[[], Any] = lambda: None,
             log: Callable[[str], None] = _log, fmt: str = "png",
-            keep_points: bool = False, data: str | None = None) -> tuple[list[list[str]], dict]:
+            keep_points: bool = False, data: str | None = None,
+            cluster_wanted: bool = False) -> tuple[list[list[str]], dict]:
     """Run the checks ``names`` into ``out``: the canary first, then each check (reused from
     ``out`` with ``resume``; in ``jobs`` worker processes when ``jobs > 1``, else here, on
     the cluster ``start_cluster()`` returns, if any — except at a size of
     :data:`LOCAL_SIZES`, which runs as without a cluster, on the default number of local
-    processes, with a note); figures are written as ``NAME.<fmt>``.
+    processes, with a note; ``cluster_wanted`` says a cluster was asked for, so that at those
+    sizes it is not even started); figures are written as ``NAME.<fmt>``.
     A check that raises is a failed check with its error.  ``summary.json`` is rewritten
     after each check and completed at the end.
 
@@ -204,8 +206,9 @@ def run_job(names: list[str], *, size: str, seed: int, out: Path, jobs: int = 1,
     canary, canary_problems = canary_row()
     if canary_problems:
         log("sdeverify: the verdict machinery failed its canary: " + "; ".join(canary_problems))
-    client = start_cluster()
-    if client is not None and size in LOCAL_SIZES:
+    local = size in LOCAL_SIZES
+    client = None if (local and cluster_wanted) else start_cluster()
+    if local and (client is not None or cluster_wanted):
         jobs = default_jobs(len(names))
         log(f"sdeverify: {size} checks are too small to pay for the cluster: they run here, "
             f"on {describe(jobs)}, as without one")

@@ -372,6 +372,14 @@ def test_smoke_checks_run_locally_with_a_note(client, tmp_path, monkeypatch):
         _data_equal(runner.ExperimentResult.load(tmp_path / "far", n),
                     runner.ExperimentResult.load(tmp_path / "local", n))
 
+    def never_started():
+        raise AssertionError("the cluster was started for a smoke job")
+    lines = []                          # the CLI says a cluster is wanted: it is not started
+    rows, summary = runner.run_job(names, size="smoke", seed=0, out=tmp_path / "unstarted", jobs=1,
+                                   start_cluster=never_started, cluster_wanted=True,
+                                   log=lines.append)
+    assert rows == local and sum("too small to pay for the cluster" in x for x in lines) == 1
+
 
 def test_small_calls_kept_here_up_to_a_fair_share_of_their_sweep():
     """The driver keeps the small calls of a sweep (smallest first) only up to one worker's
