@@ -412,3 +412,31 @@ def test_a_points_statistics_are_applied_as_it_comes_in(client):
     assert far == here and all(isinstance(v, float) for v in far) and s.computed == 2
     with pytest.raises(KeyError, match="statistics failed"), D.use(client):
         run_many([dict(calls[0], then=_raises), calls[1]])
+
+
+def _data_equal_but_timings(a, b) -> None:
+    """_data_equal over the arrays that are not wall-clock timings (``*_wall``)."""
+    keys = sorted(k for k in a.data if not k.endswith("_wall"))
+    assert keys == sorted(k for k in b.data if not k.endswith("_wall"))
+    for k in keys:
+        x, y = np.asarray(a.data[k]), np.asarray(b.data[k])
+        assert np.array_equal(x, y, equal_nan=x.dtype.kind in "fc"), k
+
+
+def test_slow_sde_points_run_in_their_tasks(client, monkeypatch):
+    """slow_sde's per-(problem, η) work — the simulation, the coupled slow-SDE reference and
+    the point's statistics and bootstraps — runs on the workers, one task per point: under a
+    session the driver's coupled_slow_sde and bootstrap_interval raise (instrumented), and
+    the result is bitwise the local run's."""
+    from sdeverify.experiments import slow_sde as SS
+    local = SS.run(size="smoke", seed=0)
+
+    def not_here(*a, **k):
+        raise AssertionError("a slow_sde point's work ran in the driver")
+    monkeypatch.setattr(SS, "coupled_slow_sde", not_here)
+    monkeypatch.setattr(SS, "bootstrap_interval", not_here)
+    with D.use(client) as s:
+        far = SS.run(size="smoke", seed=0)
+    assert s.calls == len(SS.PROBLEMS) * len(SS.SIZES["smoke"]["etas"])
+    _data_equal_but_timings(far, local)
+    assert [v.as_dict() for v in far.verdicts] == [v.as_dict() for v in local.verdicts]

@@ -81,8 +81,8 @@ from ..simulate import simulate
 from ..slow_sde import coupled_slow_sde, slow_coefficients, solve_slow_sde
 from ..stats import Interval, bootstrap_interval, fit_order, wasserstein1, z_value
 from ..figstyle import figsize, fit_line, legend_below, styled
-from .base import (ExperimentResult, Progress, Value, Verdict, experiment, save_figure, subplots,
-                   tick)
+from .base import (Call, ExperimentResult, Progress, Value, Verdict, experiment, run_many,
+                   save_figure, subplots, tick)
 from .budget import ALPHA
 
 NAME = "slow_sde"
@@ -161,85 +161,100 @@ def _optimizers(eta: float, beta: float, alpha: float, lam: float):
             SGDM(eta, 1.0 - lam * eta ** alpha, name=OPT_LABELS[2])]
 
 
-def _run_case(case: _Case, cfg: dict, seed: int, progress, done: int, total: int) -> tuple[dict, int]:
+def _eta_point(name: str, cfg: dict, seed: int, i: int) -> dict:
+    """One problem at one η (``cfg["etas"][i]``): SGD and both SGDM run t/η² steps next to the
+    coupled Euler scheme of the slow SDE, and the point's statistics — paired weak errors
+    against the slow SDE (exact Euler-moment correction added) and SGDM − SGD at the recorded
+    times, KS tests and W1 bootstraps at T, the histograms at the smallest η.  One task's
+    work (a :class:`~sdeverify.dispatch.Call`: on a cluster each (problem, η) runs on a
+    worker, its ``simulate`` call too).  Returns the point's slices of the arrays
+    :func:`_case_data` stacks over η."""
+    case = _Case(name, cfg["sigma"])
     etas, times, N = np.asarray(cfg["etas"], float), np.asarray(cfg["times"], float), cfg["paths"]
-    n_eta, n_t, n_opt = len(etas), len(times), 3
-    bias = np.zeros((n_opt, n_eta, 2, n_t))
+    eta, n_t, n_opt = etas[i], len(times), 3
+    bias = np.zeros((n_opt, 2, n_t))
     bias_sem = np.zeros_like(bias)
     diff = np.zeros_like(bias)
     diff_sem = np.zeros_like(bias)
-    ks = np.zeros((n_opt + 1, n_eta, 2))             # (statistic, p-value); last row: Euler
-    w1 = np.zeros((n_opt + 1, n_eta, 3))             # (estimate, low, high) to the exact law
-    w1c = np.zeros((n_opt, n_eta, 3))                # to the coupled Euler samples (paired)
-    wall = np.zeros((n_eta, 2))
-    hist = None
+    ks = np.zeros((n_opt + 1, 2))                # (statistic, p-value); last row: Euler
+    w1 = np.zeros((n_opt + 1, 3))                # (estimate, low, high) to the exact law
+    w1c = np.zeros((n_opt, 3))                   # to the coupled Euler samples (paired)
     T = times[-1]
-    for i, eta in enumerate(etas):
-        K = int(round(T / eta ** 2))
-        rec = np.unique(np.round(np.concatenate([[0.0], times]) / eta ** 2).astype(np.int64))
-        opts = _optimizers(eta, cfg["beta"], cfg["alpha"], cfg["lam"])
-        t0 = time.perf_counter()
-        res = simulate(case.problem, opts, case.x0, steps=K, paths=N, sigma=case.sigma, seed=seed,
-                       record=rec, observables=["loss"], store_states=True)
-        t1 = time.perf_counter()
-        Z = coupled_slow_sde(case.problem, case.x0, eta=eta, steps=K, paths=N, sigma=case.sigma,
-                             seed=seed, record=rec)
-        wall[i] = t1 - t0, time.perf_counter() - t1
-        phi = case.problem.project(res.states[:, 1:])    # (n_opt, n_t, N, d), drop t = 0
-        hz = case.tests(Z[1:])                           # (n_t, 2, N)
-        hx = case.tests(phi)                             # (n_opt, n_t, 2, N)
-        corr = case.euler_exact(eta, rec[1:]) - case.exact(rec[1:] * eta ** 2)   # (2, n_t)
-        for j in range(n_opt):
-            d = hx[j] - hz                                # (n_t, 2, N)
-            ok = np.isfinite(d)
-            for k in range(n_t):
-                for h in range(2):
-                    v = d[k, h][ok[k, h]]
-                    bias[j, i, h, k] = v.mean() + corr[h, k]
-                    bias_sem[j, i, h, k] = v.std(ddof=1) / np.sqrt(v.size)
-                    if j > 0:
-                        e = (hx[j, k, h] - hx[0, k, h])
-                        e = e[np.isfinite(e)]
-                        diff[j, i, h, k] = e.mean()
-                        diff_sem[j, i, h, k] = e.std(ddof=1) / np.sqrt(e.size)
-        # distributions at T
-        cdf, (lo, hi) = case.cdf(T), case.support(T)
-        grid = np.linspace(lo, hi, 4001)
-        F_grid = cdf(grid)
-        samples = [case.stat(phi[j, -1]) for j in range(n_opt)] + [case.stat(Z[-1])]
-        for j, s in enumerate(samples):
-            s = s[np.isfinite(s)]
-            r = st.kstest(s, cdf)
-            ks[j, i] = r.statistic, r.pvalue
-            iv = bootstrap_interval(lambda x: w1_to_cdf(x, grid, F_grid), (s,), n_boot=cfg["n_boot"],
-                                    seed=substream(seed, f"slow_sde.w1_bootstrap.eta{i}", j))
-            # basic (reverse-percentile) bootstrap: the resampled W1 is biased upwards
-            w1[j, i] = iv.estimate, max(0.0, 2 * iv.estimate - iv.high), 2 * iv.estimate - iv.low
-        zs = case.stat(Z[-1])
-        for j in range(n_opt):
-            xy = np.column_stack([samples[j], zs])
-            xy = xy[np.all(np.isfinite(xy), axis=1)]
-            iv = bootstrap_interval(lambda a: wasserstein1(a[:, 0], a[:, 1]), (xy,), n_boot=cfg["n_boot"],
-                                    seed=substream(seed, f"slow_sde.w1_coupled_bootstrap.eta{i}", j))
-            w1c[j, i] = iv.estimate, max(0.0, 2 * iv.estimate - iv.high), 2 * iv.estimate - iv.low
-        if i == n_eta - 1:
-            edges = np.linspace(lo, hi, 61) if case.name == "sphere" else \
-                np.linspace(*(np.array([-4.5, 4.5]) * np.sqrt(case.exact(T)[1] - case.exact(T)[0] ** 2)
-                              + case.exact(T)[0]), 61)
-            hist = np.stack([np.histogram(s, bins=edges, density=True)[0] for s in samples])
-            hist_edges = edges
-            cdf_edges = cdf(edges)
-        done += 1
-        tick(progress, done, total)
-    p = case.name
-    data = {f"{p}_etas": etas, f"{p}_times": times, f"{p}_bias": bias, f"{p}_bias_sem": bias_sem,
-            f"{p}_diff": diff, f"{p}_diff_sem": diff_sem, f"{p}_ks": ks, f"{p}_w1": w1, f"{p}_w1c": w1c,
-            f"{p}_wall": wall, f"{p}_hist": hist, f"{p}_hist_edges": hist_edges,
-            f"{p}_exact_cdf_edges": cdf_edges,
-            f"{p}_exact_curve_t": np.linspace(0, T, 101),
-            f"{p}_exact_curve": case.exact(np.linspace(0, T, 101)),
-            f"{p}_exact_at_times": case.exact(times)}
-    return data, done
+    K = int(round(T / eta ** 2))
+    rec = np.unique(np.round(np.concatenate([[0.0], times]) / eta ** 2).astype(np.int64))
+    opts = _optimizers(eta, cfg["beta"], cfg["alpha"], cfg["lam"])
+    t0 = time.perf_counter()
+    res = simulate(case.problem, opts, case.x0, steps=K, paths=N, sigma=case.sigma, seed=seed,
+                   record=rec, observables=["loss"], store_states=True)
+    t1 = time.perf_counter()
+    Z = coupled_slow_sde(case.problem, case.x0, eta=eta, steps=K, paths=N, sigma=case.sigma,
+                         seed=seed, record=rec)
+    wall = np.array([t1 - t0, time.perf_counter() - t1])
+    phi = case.problem.project(res.states[:, 1:])    # (n_opt, n_t, N, d), drop t = 0
+    hz = case.tests(Z[1:])                           # (n_t, 2, N)
+    hx = case.tests(phi)                             # (n_opt, n_t, 2, N)
+    corr = case.euler_exact(eta, rec[1:]) - case.exact(rec[1:] * eta ** 2)   # (2, n_t)
+    for j in range(n_opt):
+        d = hx[j] - hz                                # (n_t, 2, N)
+        ok = np.isfinite(d)
+        for k in range(n_t):
+            for h in range(2):
+                v = d[k, h][ok[k, h]]
+                bias[j, h, k] = v.mean() + corr[h, k]
+                bias_sem[j, h, k] = v.std(ddof=1) / np.sqrt(v.size)
+                if j > 0:
+                    e = (hx[j, k, h] - hx[0, k, h])
+                    e = e[np.isfinite(e)]
+                    diff[j, h, k] = e.mean()
+                    diff_sem[j, h, k] = e.std(ddof=1) / np.sqrt(e.size)
+    # distributions at T
+    cdf, (lo, hi) = case.cdf(T), case.support(T)
+    grid = np.linspace(lo, hi, 4001)
+    F_grid = cdf(grid)
+    samples = [case.stat(phi[j, -1]) for j in range(n_opt)] + [case.stat(Z[-1])]
+    for j, s in enumerate(samples):
+        s = s[np.isfinite(s)]
+        r = st.kstest(s, cdf)
+        ks[j] = r.statistic, r.pvalue
+        iv = bootstrap_interval(lambda x: w1_to_cdf(x, grid, F_grid), (s,), n_boot=cfg["n_boot"],
+                                seed=substream(seed, f"slow_sde.w1_bootstrap.eta{i}", j))
+        # basic (reverse-percentile) bootstrap: the resampled W1 is biased upwards
+        w1[j] = iv.estimate, max(0.0, 2 * iv.estimate - iv.high), 2 * iv.estimate - iv.low
+    zs = case.stat(Z[-1])
+    for j in range(n_opt):
+        xy = np.column_stack([samples[j], zs])
+        xy = xy[np.all(np.isfinite(xy), axis=1)]
+        iv = bootstrap_interval(lambda a: wasserstein1(a[:, 0], a[:, 1]), (xy,), n_boot=cfg["n_boot"],
+                                seed=substream(seed, f"slow_sde.w1_coupled_bootstrap.eta{i}", j))
+        w1c[j] = iv.estimate, max(0.0, 2 * iv.estimate - iv.high), 2 * iv.estimate - iv.low
+    out = dict(bias=bias, bias_sem=bias_sem, diff=diff, diff_sem=diff_sem, ks=ks, w1=w1, w1c=w1c,
+               wall=wall)
+    if i == len(etas) - 1:
+        edges = np.linspace(lo, hi, 61) if case.name == "sphere" else \
+            np.linspace(*(np.array([-4.5, 4.5]) * np.sqrt(case.exact(T)[1] - case.exact(T)[0] ** 2)
+                          + case.exact(T)[0]), 61)
+        out.update(hist=np.stack([np.histogram(s, bins=edges, density=True)[0] for s in samples]),
+                   hist_edges=edges, cdf_edges=cdf(edges))
+    return out
+
+
+def _case_data(name: str, cfg: dict, points: list) -> dict:
+    """A problem's arrays from its points (:func:`_eta_point`, in η order): per-η slices
+    stacked on axis 1 (axis 0 of ``wall``), the histograms of the last point, the exact
+    slow-SDE curves."""
+    case = _Case(name, cfg["sigma"])
+    etas, times = np.asarray(cfg["etas"], float), np.asarray(cfg["times"], float)
+    T = times[-1]
+    p, last = name, points[-1]
+    data = {f"{p}_etas": etas, f"{p}_times": times}
+    for k in ("bias", "bias_sem", "diff", "diff_sem", "ks", "w1", "w1c"):
+        data[f"{p}_{k}"] = np.stack([r[k] for r in points], axis=1)
+    data.update({f"{p}_wall": np.stack([r["wall"] for r in points]), f"{p}_hist": last["hist"],
+                 f"{p}_hist_edges": last["hist_edges"], f"{p}_exact_cdf_edges": last["cdf_edges"],
+                 f"{p}_exact_curve_t": np.linspace(0, T, 101),
+                 f"{p}_exact_curve": case.exact(np.linspace(0, T, 101)),
+                 f"{p}_exact_at_times": case.exact(times)})
+    return data
 
 
 def ks_power_valley(rel_drift_error: float, paths: int, level: float, reps: int = 400,
@@ -460,10 +475,13 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     for p in problems:
         if p not in PROBLEMS:
             raise ValueError(f"problems must be among {PROBLEMS}, got {p!r}")
-    total = len(problems) * len(cfg["etas"])
-    data, verdicts, done = {"problems": np.array(problems)}, [], 0
-    for p in problems:
-        d, done = _run_case(_Case(p, sigma), cfg, seed, progress, done, total)
+    data, verdicts = {"problems": np.array(problems)}, []
+    n_eta = len(cfg["etas"])
+    points = run_many([Call(_eta_point, (p, cfg, seed, i), label=f"slow_sde {p} eta[{i}]")
+                       for p in problems for i in range(n_eta)])
+    tick(progress, len(points), len(points))
+    for pi, p in enumerate(problems):
+        d = _case_data(p, cfg, points[pi * n_eta:(pi + 1) * n_eta])
         data.update(d)
         etas = d[f"{p}_etas"]
         fits = np.full((3, 2, 2, 4), np.nan)      # (opt, h, kind: 0 vs slow SDE / 1 vs SGD, [p, lo, hi, logC])
