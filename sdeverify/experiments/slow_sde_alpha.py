@@ -35,7 +35,8 @@ from ..rng import substream
 from ..simulate import simulate
 from ..stats import fit_order
 from ..figstyle import figsize, legend_below, styled
-from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, subplots, tick
+from .base import (Call, ExperimentResult, Progress, Verdict, experiment, run_many, save_figure,
+                   subplots, tick)
 from .slow_sde import _Case
 
 NAME = "slow_sde_alpha"
@@ -94,36 +95,44 @@ def alpha_verdict(problem: str, alpha: float, etas: np.ndarray, gap: np.ndarray,
         f"{gap[0]:.3g} -> {gap[-1]:.3g} over eta = {etas.max():g} -> {etas.min():g}")
 
 
+def _eta_point(name: str, cfg: dict, seed: int, i: int) -> tuple:
+    """One problem at one η (``cfg["etas"][i]``): SGD and the SGDM of every α on common random
+    numbers for T/η² steps, and the point's statistics — the paired gaps SGDM − SGD of h₁ at
+    T and every optimizer's distance to the exact slow SDE, with standard errors.  One task's
+    work (a :class:`~sdeverify.dispatch.Call`: on a cluster each (problem, η) runs on a
+    worker, its ``simulate`` call too).  Returns (gap, gap_sem, err, err_sem) at this η."""
+    sigma, lam, T = cfg["sigma"], cfg["lam"], cfg["T"]
+    case = _Case(name, sigma)
+    exact = float(case.exact(T)[0])
+    eta = np.asarray(cfg["etas"], float)[i]
+    K = int(round(T / eta ** 2))
+    opts = [SGD(eta, name="SGD")] + [SGDM(eta, 1.0 - one_minus_beta(eta, a, lam), name=f"SGDM a={a:g}")
+                                     for a in ALPHAS]
+    res = simulate(case.problem, opts, case.x0, steps=K, paths=cfg["paths"], sigma=sigma,
+                   seed=substream(seed, f"slow_sde_alpha.{name}", i), record=[K],
+                   observables=["loss"], store_states=True)
+    h = case.stat(case.problem.project(res.states[:, -1]))      # (n_opt, N)
+    ok = np.all(np.isfinite(h), axis=0)
+    h = h[:, ok]
+    d = h[1:] - h[0]
+    return (d.mean(axis=1), d.std(axis=1, ddof=1) / np.sqrt(d.shape[1]), h.mean(axis=1) - exact,
+            h.std(axis=1, ddof=1) / np.sqrt(h.shape[1]))
+
+
 @experiment(NAME, SIZES, defaults=dict(sigma=1.25, T=1.0, lam=1.0))
 def run(cfg: dict, seed: int, progress: Progress) -> tuple:
-    """Sweep α for each problem; rules in the module docstring."""
-    etas, N, T, sigma, lam = np.asarray(cfg["etas"], float), cfg["paths"], cfg["T"], cfg["sigma"], cfg["lam"]
+    """Sweep α for each problem, every (problem, η) one item of one sweep
+    (:func:`~.base.run_many`); rules in the module docstring."""
+    etas, T, sigma = np.asarray(cfg["etas"], float), cfg["T"], cfg["sigma"]
     problems = tuple(cfg["problems"])
     data, verdicts = {"alphas": np.array(ALPHAS), "etas": etas}, []
-    total, done = len(problems) * len(etas), 0
-    for name in problems:
-        case = _Case(name, sigma)
-        exact = float(case.exact(T)[0])
-        gap = np.zeros((len(ALPHAS), len(etas)))
-        gap_sem = np.zeros_like(gap)
-        err = np.zeros((len(ALPHAS) + 1, len(etas)))      # row 0: SGD; vs the exact slow SDE
-        err_sem = np.zeros_like(err)
-        for i, eta in enumerate(etas):
-            K = int(round(T / eta ** 2))
-            opts = [SGD(eta, name="SGD")] + [SGDM(eta, 1.0 - one_minus_beta(eta, a, lam), name=f"SGDM a={a:g}")
-                                             for a in ALPHAS]
-            res = simulate(case.problem, opts, case.x0, steps=K, paths=N, sigma=sigma,
-                           seed=substream(seed, f"slow_sde_alpha.{name}", i), record=[K],
-                           observables=["loss"], store_states=True)
-            h = case.stat(case.problem.project(res.states[:, -1]))      # (n_opt, N)
-            ok = np.all(np.isfinite(h), axis=0)
-            h = h[:, ok]
-            d = h[1:] - h[0]
-            gap[:, i], gap_sem[:, i] = d.mean(axis=1), d.std(axis=1, ddof=1) / np.sqrt(d.shape[1])
-            err[:, i] = h.mean(axis=1) - exact
-            err_sem[:, i] = h.std(axis=1, ddof=1) / np.sqrt(h.shape[1])
-            done += 1
-            tick(progress, done, total)
+    n_eta = len(etas)
+    points = run_many([Call(_eta_point, (name, cfg, seed, i), label=f"slow_sde_alpha {name} eta[{i}]")
+                       for name in problems for i in range(n_eta)])
+    tick(progress, len(points), len(points))
+    for pi, name in enumerate(problems):
+        gap, gap_sem, err, err_sem = (np.stack(a, axis=1) for a in zip(*points[pi * n_eta:(pi + 1) * n_eta]))
+        exact = float(_Case(name, sigma).exact(T)[0])
         for ai, a in enumerate(ALPHAS):
             verdicts.append(alpha_verdict(name, a, etas, gap[ai], gap_sem[ai]))
         data.update({f"{name}_gap": gap, f"{name}_gap_sem": gap_sem, f"{name}_err": err,
