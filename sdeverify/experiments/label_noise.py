@@ -33,7 +33,8 @@ from ..simulate import simulate
 from ..slow_sde import solve_slow_ode
 from ..stats import Interval, fit_order, mean_interval
 from ..figstyle import figsize, fit_line, legend_below, styled
-from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, subplots, tick
+from .base import (Call, ExperimentResult, Progress, Verdict, experiment, run_many, save_figure,
+                   subplots, tick)
 
 NAME = "label_noise"
 TITLE = "Sec 5: label-noise SGD and SGDM reduce sharpness along the same slow path"
@@ -51,9 +52,47 @@ def _optimizers(eta, beta, alpha, lam):
             SGDM(eta, 1.0 - lam * eta ** alpha, name=OPT_LABELS[2])]
 
 
+def _slow_flow(prob: DiagonalNet, zeta0: np.ndarray, T: float, sigma: float,
+               times: np.ndarray) -> np.ndarray:
+    """The label-noise slow SDE's deterministic flow on Γ from ζ₀ (RK4 with projection,
+    :func:`~sdeverify.slow_sde.solve_slow_ode`) at ``times``: states (n_t, 2D).  One task's
+    work (a :class:`~sdeverify.dispatch.Call`)."""
+    sol = solve_slow_ode(prob, zeta0, t=T, dt=min(0.005, T / 50), sigma=sigma, record=times)
+    return sol.states[:, 0]
+
+
+def _eta_point(prob: DiagonalNet, zeta0: np.ndarray, cfg: dict, seed: int, times: np.ndarray,
+               i: int) -> tuple:
+    """One η (``cfg["etas"][i]``): SGD and both SGDM for T/η² steps from ζ₀ on common random
+    numbers, and the point's statistics at the recorded times — mean and standard error of
+    the sharpness S = tr ∇²L(Φ(x_t)) and of the off-support mass, non-finite paths left out.
+    One task's work (a :class:`~sdeverify.dispatch.Call`: on a cluster each η runs on a
+    worker, its ``simulate`` call too).  Returns (S_mean, S_sem, off_mean, off_sem) each
+    (n_opt, n_t), the simulation's wall seconds, and at the last η the mean β(Φ(x_t))
+    (n_opt, n_t, D) (None otherwise)."""
+    eta = np.asarray(cfg["etas"], dtype=np.float64)[i]
+    T, N = float(cfg["T"]), int(cfg["paths"])
+    off = prob.beta_star == 0
+    K = int(round(T / eta ** 2))
+    rec = np.round(times / eta ** 2).astype(np.int64)
+    t0 = time.perf_counter()
+    res = simulate(prob, _optimizers(eta, cfg["beta"], cfg["alpha"], cfg["lam"]), zeta0, steps=K,
+                   paths=N, sigma=cfg["sigma"], seed=seed, record=rec, observables=["loss"],
+                   store_states=True)
+    wall = time.perf_counter() - t0
+    phi = prob.project(res.states)                 # (n_opt, n_t, N, 2D)
+    S = prob.sharpness(phi)                        # (n_opt, n_t, N)
+    O = np.abs(prob.beta(phi))[..., off].sum(axis=-1)
+    beta_mean = np.nanmean(prob.beta(phi), axis=2) if i == len(cfg["etas"]) - 1 else None
+    return (np.nanmean(S, axis=-1), np.nanstd(S, axis=-1, ddof=1) / np.sqrt(np.sum(np.isfinite(S), axis=-1)),
+            np.nanmean(O, axis=-1), np.nanstd(O, axis=-1, ddof=1) / np.sqrt(np.sum(np.isfinite(O), axis=-1)),
+            wall, beta_mean)
+
+
 @experiment(NAME, SIZES, defaults=dict(sigma=1.25, beta=0.9, alpha=0.5, lam=0.3, init_scale=1.0, n=5, D=10, sparsity=2, data_seed=0))
 def run(cfg: dict, seed: int, progress: Progress) -> tuple:
-    """Run the label-noise sharpness experiment; see the module docstring for the rules."""
+    """Run the label-noise sharpness experiment — the slow flow and every η one item of one
+    sweep (:func:`~.base.run_many`); see the module docstring for the rules."""
     sigma = cfg["sigma"]
     beta = cfg["beta"]
     alpha = cfg["alpha"]
@@ -64,43 +103,27 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     sparsity = cfg["sparsity"]
     data_seed = cfg["data_seed"]
     etas = np.asarray(cfg["etas"], dtype=np.float64)
-    T, N = float(cfg["T"]), int(cfg["paths"])
+    T = float(cfg["T"])
     times = np.linspace(0.0, T, int(cfg["n_times"]))
     prob = DiagonalNet.generate(n, D, sparsity, seed=data_seed)
     zeta0 = prob.project(np.full(prob.dim, float(init_scale)))
     off = prob.beta_star == 0
-    n_opt, n_eta, n_t = 3, len(etas), len(times)
-    S_mean = np.zeros((n_opt, n_eta, n_t))
-    S_sem = np.zeros_like(S_mean)
-    off_mean = np.zeros_like(S_mean)
-    off_sem = np.zeros_like(S_mean)
-    dec = np.zeros((n_opt, n_eta, 3))                      # relative decrease (est, lo, hi)
-    wall = np.zeros(n_eta)
-    beta_mean = np.zeros((n_opt, n_t, D))                  # at the smallest η
-    sol = solve_slow_ode(prob, zeta0, t=T, dt=min(0.005, T / 50), sigma=sigma, record=times)
-    Z_ode = sol.states[:, 0]
+    n_opt, n_eta = 3, len(etas)
+    points = run_many([Call(_slow_flow, (prob, zeta0, T, sigma, times), label="label_noise slow flow")]
+                      + [Call(_eta_point, (prob, zeta0, cfg, seed, times, i), label=f"label_noise eta[{i}]")
+                         for i in range(n_eta)])
+    tick(progress, n_eta, n_eta)
+    Z_ode, points = points[0], points[1:]
+    S_mean, S_sem, off_mean, off_sem = (np.stack([r[k] for r in points], axis=1) for k in range(4))
+    wall = np.array([r[4] for r in points])
+    beta_mean = points[-1][5]                              # at the smallest η
     S_ode = prob.sharpness(Z_ode)
     off_ode = np.abs(prob.beta(Z_ode))[:, off].sum(axis=1)
-    for i, eta in enumerate(etas):
-        K = int(round(T / eta ** 2))
-        rec = np.round(times / eta ** 2).astype(np.int64)
-        t0 = time.perf_counter()
-        res = simulate(prob, _optimizers(eta, beta, alpha, lam), zeta0, steps=K, paths=N,
-                       sigma=sigma, seed=seed, record=rec, observables=["loss"], store_states=True)
-        wall[i] = time.perf_counter() - t0
-        phi = prob.project(res.states)                 # (n_opt, n_t, N, 2D)
-        S = prob.sharpness(phi)                        # (n_opt, n_t, N)
-        O = np.abs(prob.beta(phi))[..., off].sum(axis=-1)
-        S_mean[:, i] = np.nanmean(S, axis=-1)
-        S_sem[:, i] = np.nanstd(S, axis=-1, ddof=1) / np.sqrt(np.sum(np.isfinite(S), axis=-1))
-        off_mean[:, i] = np.nanmean(O, axis=-1)
-        off_sem[:, i] = np.nanstd(O, axis=-1, ddof=1) / np.sqrt(np.sum(np.isfinite(O), axis=-1))
+    dec = np.zeros((n_opt, n_eta, 3))                      # relative decrease (est, lo, hi)
+    for i in range(n_eta):
         for j in range(n_opt):
             iv = mean_interval(1.0 - S_mean[j, i, -1] / S_ode[0], S_sem[j, i, -1] / S_ode[0])
             dec[j, i] = iv.estimate, iv.low, iv.high
-        if i == n_eta - 1:
-            beta_mean = np.nanmean(prob.beta(phi), axis=2)
-        tick(progress, i + 1, n_eta)
     # errors against the slow flow
     err = np.abs(S_mean - S_ode[None, None, :])        # (n_opt, n_eta, n_t)
     kmax = np.argmax(err, axis=-1)
