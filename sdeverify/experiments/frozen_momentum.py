@@ -36,7 +36,8 @@ from ..rng import substream
 from ..simulate import simulate
 from ..stats import Interval, z_value
 from ..figstyle import figsize, legend_below, styled
-from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, subplots, tick
+from .base import (Call, ExperimentResult, Progress, Verdict, experiment, run_many, save_figure,
+                   subplots, tick)
 from .budget import ALPHA
 
 NAME = "frozen_momentum"
@@ -79,10 +80,28 @@ def ratios(X: np.ndarray, eta: float, beta: float, K: int, sigma: float, grad: n
     return np.stack([np.stack([mean_r, mean_se], -1), np.stack([v / var_pred, v_se / var_pred], -1)])
 
 
+def _point(P: CosineWell, cfg: dict, seed: int, ai: int, ei: int, grad: np.ndarray,
+           noise_var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One (α, η) = (``cfg["alphas"][ai]``, ``cfg["etas"][ei]``): SGDM with 1 − β = η^α, σ =
+    σ₀η^{-1/2}, over K = T/η steps from ``X0``, and the point's statistics — the mean and
+    variance ratios of :func:`ratios` (2, d, 2) and the mean displacement E x_K − x₀ (d,).
+    One task's work (a :class:`~sdeverify.dispatch.Call`: on a cluster each point runs on a
+    worker, its ``simulate`` call too)."""
+    alpha, eta = tuple(cfg["alphas"])[ai], np.asarray(cfg["etas"])[ei]
+    K = int(round(cfg["T"] / eta))
+    beta, sigma = 1.0 - eta ** alpha, cfg["sigma0"] / np.sqrt(eta)
+    res = simulate(P, [SGDM(eta, beta)], X0, steps=K, paths=cfg["paths"], sigma=sigma,
+                   seed=substream(seed, f"frozen_momentum.a{ai}", ei), record=[K],
+                   observables=["x0"], store_states=True)
+    X = res.states[0, -1]
+    return ratios(X, eta, beta, K, sigma, grad, noise_var), X.mean(axis=0) - X0
+
+
 @experiment(NAME, SIZES, defaults=dict(T=1.0, sigma0=0.5))
 def run(cfg: dict, seed: int, progress: Progress) -> tuple:
-    """Run SGDM with 1 − β = η^α, α > 1, over T/η steps; rules in the module docstring."""
-    alphas, etas, N = tuple(cfg["alphas"]), np.asarray(cfg["etas"]), cfg["paths"]
+    """Run SGDM with 1 − β = η^α, α > 1, over T/η steps, every (α, η) one item of one sweep
+    (:func:`~.base.run_many`); rules in the module docstring."""
+    alphas, etas = tuple(cfg["alphas"]), np.asarray(cfg["etas"])
     T, s0 = cfg["T"], cfg["sigma0"]
     if min(alphas) <= 1.0:
         raise ValueError(f"alphas must all be > 1 (App B.2's regime), got {alphas}")
@@ -94,17 +113,14 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     lvl = 1 - ALPHA[NAME] / n_tests
     zb = z_value(lvl)
     verdicts = []
+    points = run_many([Call(_point, (P, cfg, seed, ai, ei, grad, noise_var),
+                            label=f"frozen_momentum alpha[{ai}] eta[{ei}]")
+                       for ai in range(len(alphas)) for ei in range(len(etas))])
+    tick(progress, len(points), len(points))
+    for k, (r, dx) in enumerate(points):
+        R[divmod(k, len(etas))] = r
+        disp[divmod(k, len(etas))] = dx
     for ai, alpha in enumerate(alphas):
-        for ei, eta in enumerate(etas):
-            K = int(round(T / eta))
-            beta, sigma = 1.0 - eta ** alpha, s0 / np.sqrt(eta)
-            res = simulate(P, [SGDM(eta, beta)], X0, steps=K, paths=N, sigma=sigma,
-                           seed=substream(seed, f"frozen_momentum.a{ai}", ei), record=[K],
-                           observables=["x0"], store_states=True)
-            X = res.states[0, -1]
-            R[ai, ei] = ratios(X, eta, beta, K, sigma, grad, noise_var)
-            disp[ai, ei] = X.mean(axis=0) - X0
-            tick(progress, ai * len(etas) + ei + 1, len(alphas) * len(etas))
         s = etas ** (alpha - 1.0)
         for qi, (what, pred) in enumerate((
                 ("mean displacement E x_K - x0", f"-(T^2/2) eta^(alpha-1) grad L(x0) = "
