@@ -52,8 +52,8 @@ from ..problems import SVAG, CosineWell
 from ..simulate import simulate
 
 from ..figstyle import figsize, legend_below, styled
-from .base import (ExperimentResult, Progress, Value, Verdict, experiment, save_figure,
-                   simulate_many, subplots, tick)
+from .base import (Call, ExperimentResult, Progress, Value, Verdict, experiment, run_many,
+                   save_figure, subplots, tick)
 
 NAME = "hb_equivalence"
 TITLE = "Def 3.3/A.1, Lemma A.2: heavy-ball (torch) == EMA SGDM with converted schedule"
@@ -127,12 +127,26 @@ def _engine_path(P, opt, x0, steps: int) -> np.ndarray:
     return res.states[0, :, 0, :]
 
 
+def reference_schedules(K: int, g: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """The random per-step schedules of :func:`reference_verdicts`, drawn from ``g`` (in this
+    order): torch's lr_k ∈ [0.005, 0.05] and μ_k ∈ [0.5, 0.95], the EMA form's η_k ∈ [0.02,
+    0.2] and β_k ∈ [0.3, 0.95], K steps each."""
+    lr_t, mu_t = g.uniform(0.005, 0.05, K), g.uniform(0.5, 0.95, K)
+    return lr_t, mu_t, g.uniform(0.02, 0.2, K), g.uniform(0.3, 0.95, K)
+
+
 def reference_verdicts(P, K: int, g: np.random.Generator) -> tuple[list, dict]:
-    """Engine optimizers against the independent transcriptions (module docstring)."""
+    """Engine optimizers against the independent transcriptions (module docstring), on the
+    schedules :func:`reference_schedules` draws from ``g``."""
+    return compare_with_references(P, K, reference_schedules(K, g))
+
+
+def compare_with_references(P, K: int, schedules: tuple[np.ndarray, ...]) -> tuple[list, dict]:
+    """:func:`reference_verdicts` on given schedules (lr_k, μ_k, η_k, β_k): the verdicts and
+    the deviation per case.  One task's work (a :class:`~sdeverify.dispatch.Call`)."""
     x0 = np.array([1.0, -0.5])
     grad = P.gradient
-    lr_t, mu_t, tau = g.uniform(0.005, 0.05, K), g.uniform(0.5, 0.95, K), 0.3
-    eta_e, beta_e = g.uniform(0.02, 0.2, K), g.uniform(0.3, 0.95, K)
+    (lr_t, mu_t, eta_e, beta_e), tau = schedules, 0.3
     torch_ref = torch_sgd_transcription(grad, x0, lr_t, mu_t, tau, K)
     eta_c, beta_c, _ = heavy_ball_to_sgdm(lr_t, mu_t, tau, steps=K)
     cases = {
@@ -260,6 +274,9 @@ def schedule_verdicts(g: np.random.Generator) -> tuple[list, dict]:
 
 @experiment(NAME, SIZES)
 def run(cfg: dict, seed: int, progress: Progress) -> tuple:
+    """Heavy-ball vs converted SGDM, the independent references, the schedules and the
+    backend, every part one item of one sweep (:func:`~.base.run_many`); rules in the module
+    docstring."""
     K, N = cfg["steps"], cfg["paths"]
     P = CosineWell(2)
     g = np.random.default_rng(seed)
@@ -269,34 +286,33 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
         "random per-step schedule, tau=0.3": (g.uniform(0.001, 0.02, K), g.uniform(0.5, 0.99, K), 0.3),
     }
     rec = np.unique(np.linspace(0, K, 11).astype(int))
-    devs, verdicts = [], []
+    verdicts = []
     run_kw = dict(x0=[1.0, -0.5], steps=K, paths=N, sigma=1.0, seed=seed, record=rec, store_states=True)
-    calls = []                                  # the sweep's points (run together on a cluster)
+    # the sweep's points, run together on a cluster: the simulations with their deviation
+    # (computed as each comes in), the reference comparisons, the schedules and the backend
+    calls = []
     for lr, mu, tau in cases.values():
         eta, beta, _ = heavy_ball_to_sgdm(lr, mu, tau, steps=K)
-        calls.append(dict(problem=P, optimizers=[HeavyBall(lr, mu, tau), SGDM(eta, beta)], **run_kw))
-    calls.append(dict(problem=P, optimizers=[HeavyBall(0.01, 0.9, 0.5), SGDM(0.01 / 0.1, 0.9)], **run_kw))
-    *case_results, naive = simulate_many(calls)
-    for i, (name, res) in enumerate(zip(cases, case_results)):
-        dev = _max_rel_dev(res)
-        devs.append(dev)
+        calls.append(dict(problem=P, optimizers=[HeavyBall(lr, mu, tau), SGDM(eta, beta)],
+                          then=_max_rel_dev, **run_kw))
+    calls.append(dict(problem=P, optimizers=[HeavyBall(0.01, 0.9, 0.5), SGDM(0.01 / 0.1, 0.9)],
+                      then=_max_rel_dev, **run_kw))
+    K_ref = min(K, 400)
+    calls += [Call(compare_with_references, (P, K_ref, reference_schedules(K_ref, g))),
+              Call(schedule_verdicts, (g,)), Call(backend_verdict, (P,))]
+    out = run_many(calls)
+    tick(progress, len(calls), len(calls))
+    *devs, dn, (ref_verdicts, ref_devs), (sched_verdicts, sched_devs), (bv, bdev) = out
+    for name, dev in zip(cases, devs):
         verdicts.append(Verdict(f"heavy-ball == converted SGDM, {name}", "Lemma A.2 / THEORY §2",
                                 f"identical iterates (max rel. dev <= {TOL:g})",
                                 Value(dev), dev <= TOL,
                                 f"max |x_HB - x_SGDM|/(1+|x|) over paths, steps, coords <= {TOL:g}",
                                 TOL))
-        tick(progress, i + 1, len(cases) + 1)
-    dn = _max_rel_dev(naive)
     verdicts.append(Verdict("negative control: naive eta = gamma/(1-mu) ignores dampening",
                             "THEORY §2", "detectably different (> 1e-3)", Value(dn),
                             dn > 1e-3, "max rel. deviation > 1e-3", 1e-3))
-    tick(progress, len(cases) + 1, len(cases) + 1)
-    ref_verdicts, ref_devs = reference_verdicts(P, min(K, 400), g)
-    verdicts += ref_verdicts
-    sched_verdicts, sched_devs = schedule_verdicts(g)
-    verdicts += sched_verdicts
-    bv, bdev = backend_verdict(P)
-    verdicts.append(bv)
+    verdicts += ref_verdicts + sched_verdicts + [bv]
     data = {"cases": np.array(list(cases)), "max_rel_dev": np.array(devs), "naive_dev": np.array(dn),
             "reference_cases": np.array(list(ref_devs)), "reference_dev": np.array(list(ref_devs.values())),
             "schedule_cases": np.array(list(sched_devs)), "schedule_dev": np.array(list(sched_devs.values())),
