@@ -168,3 +168,19 @@ def test_results_do_not_depend_on_how_the_models_are_grouped_over_threads(monkey
                     tr.gradients(W0[:5], d.X_test[:6], d.y_test[:6])])
     for x, y in zip(*out):
         np.testing.assert_array_equal(x, y)
+
+
+def test_blas_controllers_are_rescanned_only_after_an_import(monkeypatch):
+    """The trainers enter blas_threads.at_most at every call: the scan of the loaded
+    libraries is cached, and redone once a module (which may load a library) is imported."""
+    import sys
+    import types
+    from sdeverify.train import blas_threads
+    scans = []
+    monkeypatch.setattr(blas_threads, "_scan", lambda: scans.append(1) or ["ctl"])
+    monkeypatch.setattr(blas_threads, "_SCANNED", [-1, []])
+    assert blas_threads._controllers() == ["ctl"] and blas_threads._controllers() == ["ctl"]
+    assert len(scans) == 1
+    monkeypatch.setitem(sys.modules, "_sdeverify_test_new_module", types.ModuleType("m"))
+    blas_threads._controllers()
+    assert len(scans) == 2

@@ -11,6 +11,7 @@ restoring it afterwards (:func:`at_most` lowers it to a given count).  Where non
 from __future__ import annotations
 
 import ctypes
+import sys
 import threading
 from contextlib import contextmanager
 
@@ -19,7 +20,21 @@ _NAMES = [(f"{pre}openblas_get_num_threads{suf}", f"{pre}openblas_set_num_thread
           for pre in ("", "scipy_") for suf in ("", "64_")]
 
 
+#: ``[len(sys.modules) at the last scan, its controllers]``: a library is loaded by an import,
+#: so the scan of /proc/self/maps (1.6 ms in a process with Numba loaded, measured; a trainer
+#: enters :func:`at_most` at every train and evaluate call) is redone only after one.
+_SCANNED: list = [-1, []]
+
+
 def _controllers() -> list:
+    """``(get, set)`` thread-count functions of every loaded OpenBLAS (cached until the next
+    import)."""
+    if _SCANNED[0] != len(sys.modules):
+        _SCANNED[:] = [len(sys.modules), _scan()]
+    return _SCANNED[1]
+
+
+def _scan() -> list:
     try:
         with open("/proc/self/maps") as f:
             paths = {ln.split()[-1] for ln in f if "openblas" in ln.lower()}
