@@ -415,9 +415,11 @@ def test_a_points_statistics_are_applied_as_it_comes_in(client):
 
 
 def _data_equal_but_timings(a, b) -> None:
-    """_data_equal over the arrays that are not wall-clock timings (``*_wall``)."""
-    keys = sorted(k for k in a.data if not k.endswith("_wall"))
-    assert keys == sorted(k for k in b.data if not k.endswith("_wall"))
+    """_data_equal over the arrays that are not wall-clock timings (files.TIMING: what a
+    saved result keeps out of its hashed data)."""
+    from sdeverify.files import TIMING
+    keys = sorted(k for k in a.data if not TIMING.fullmatch(k))
+    assert keys == sorted(k for k in b.data if not TIMING.fullmatch(k))
     for k in keys:
         x, y = np.asarray(a.data[k]), np.asarray(b.data[k])
         assert np.array_equal(x, y, equal_nan=x.dtype.kind in "fc"), k
@@ -438,5 +440,22 @@ def test_slow_sde_points_run_in_their_tasks(client, monkeypatch):
     with D.use(client) as s:
         far = SS.run(size="smoke", seed=0)
     assert s.calls == len(SS.PROBLEMS) * len(SS.SIZES["smoke"]["etas"])
+    _data_equal_but_timings(far, local)
+    assert [v.as_dict() for v in far.verdicts] == [v.as_dict() for v in local.verdicts]
+
+
+@pytest.mark.filterwarnings("ignore::sdeverify.distributed.points.SmallWorkWarning")  # smoke size
+@pytest.mark.parametrize("name, calls", [("slow_sde_alpha", 5), ("label_noise", 5),
+                                         ("frozen_momentum", 5), ("hb_equivalence", 3)])
+def test_a_checks_points_are_tasks_bitwise_local(client, name, calls):
+    """slow_sde_alpha, label_noise, frozen_momentum and hb_equivalence hand their per-point
+    work (a point's simulation and statistics, the exact references) to the cluster as
+    Calls of one sweep: the session counts them, and the result is bitwise the local run's."""
+    import importlib
+    mod = importlib.import_module(f"sdeverify.experiments.{name}")
+    local = mod.run(size="smoke", seed=0)
+    with D.use(client) as s:
+        far = mod.run(size="smoke", seed=0)
+    assert s.calls == calls
     _data_equal_but_timings(far, local)
     assert [v.as_dict() for v in far.verdicts] == [v.as_dict() for v in local.verdicts]
