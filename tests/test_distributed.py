@@ -427,9 +427,10 @@ def _data_equal_but_timings(a, b) -> None:
 
 def test_slow_sde_points_run_in_their_tasks(client, monkeypatch):
     """slow_sde's per-(problem, η) work — the simulation, the coupled slow-SDE reference and
-    the point's statistics and bootstraps — runs on the workers, one task per point: under a
-    session the driver's coupled_slow_sde and bootstrap_interval raise (instrumented), and
-    the result is bitwise the local run's."""
+    the point's statistics and bootstraps — runs on the workers, one task per point, and its
+    general-formula part is one more task: under a session the driver's coupled_slow_sde,
+    bootstrap_interval and solve_slow_sde raise (instrumented), and the result is bitwise
+    the local run's."""
     from sdeverify.experiments import slow_sde as SS
     local = SS.run(size="smoke", seed=0)
 
@@ -437,16 +438,17 @@ def test_slow_sde_points_run_in_their_tasks(client, monkeypatch):
         raise AssertionError("a slow_sde point's work ran in the driver")
     monkeypatch.setattr(SS, "coupled_slow_sde", not_here)
     monkeypatch.setattr(SS, "bootstrap_interval", not_here)
+    monkeypatch.setattr(SS, "solve_slow_sde", not_here)     # the general-formula part: a task too
     with D.use(client) as s:
         far = SS.run(size="smoke", seed=0)
-    assert s.calls == len(SS.PROBLEMS) * len(SS.SIZES["smoke"]["etas"])
+    assert s.calls == len(SS.PROBLEMS) * len(SS.SIZES["smoke"]["etas"]) + 1
     _data_equal_but_timings(far, local)
     assert [v.as_dict() for v in far.verdicts] == [v.as_dict() for v in local.verdicts]
 
 
 @pytest.mark.filterwarnings("ignore::sdeverify.distributed.points.SmallWorkWarning")  # smoke size
 @pytest.mark.parametrize("name, calls", [("slow_sde_alpha", 5), ("label_noise", 5),
-                                         ("frozen_momentum", 5), ("hb_equivalence", 3)])
+                                         ("frozen_momentum", 5), ("hb_equivalence", 5)])
 def test_a_checks_points_are_tasks_bitwise_local(client, name, calls):
     """slow_sde_alpha, label_noise, frozen_momentum and hb_equivalence hand their per-point
     work (a point's simulation and statistics, the exact references) to the cluster as

@@ -190,21 +190,30 @@ def compare_with_references(P, K: int, schedules: tuple[np.ndarray, ...]) -> tup
     return out, devs
 
 
-def backend_verdict(P) -> tuple[Verdict, float]:
-    """CPU engine == NumPy reference backend, with noise (module docstring): on ``P`` (the
-    kernel's fused step, d ≤ config.FUSE_MAX_DIM), on ``P`` under SVAG (two oracle calls per
-    step) and on a 10-d cosine well under SVAG (the split step for d > FUSE_MAX_DIM)."""
+def backend_cases(P) -> dict[str, tuple]:
+    """The cases of :func:`backend_verdict`, name -> (problem, steps): ``P`` (the kernel's
+    fused step, d ≤ config.FUSE_MAX_DIM), ``P`` under SVAG (two oracle calls per step) and a
+    10-d cosine well under SVAG (the split step for d > FUSE_MAX_DIM)."""
+    return {"P": (P, 50), "P + SVAG(2)": (SVAG(P, 2.0), 50),
+            f"CosineWell(10) + SVAG(2), split step (d > {config.FUSE_MAX_DIM})": (SVAG(CosineWell(10), 2.0), 20)}
+
+
+def backend_deviation(Q, steps: int) -> float:
+    """One case of :func:`backend_verdict`: SGD, SGDM and HeavyBall on ``Q`` with noise
+    (σ = 1.3, 300 paths), the CPU engine against the NumPy reference backend — the largest
+    relative deviation of their states, and of each one's streamed statistics from NumPy's
+    over its stored paths.  One task's work (a :class:`~sdeverify.dispatch.Call`)."""
     opts = [SGD(0.05), SGDM(0.05, 0.9), HeavyBall(0.01, 0.8, 0.3)]
-    cases = {"P": (P, 50), "P + SVAG(2)": (SVAG(P, 2.0), 50),
-             f"CosineWell(10) + SVAG(2), split step (d > {config.FUSE_MAX_DIM})": (SVAG(CosineWell(10), 2.0), 20)}
-    devs = {}
-    for name, (Q, steps) in cases.items():
-        x0 = np.linspace(1.0, -0.5, Q.dim)
-        kw = dict(steps=steps, paths=300, sigma=1.3, seed=3, record=np.arange(steps + 1),
-                  store_states=True, observables=["x0", "sqnorm"])
-        a = simulate(Q, opts, x0, **kw)
-        b = simulate(Q, opts, x0, backend="numpy", **kw)
-        devs[name] = max(_rel_dev(a.states, b.states), _stats_dev(a), _stats_dev(b))
+    x0 = np.linspace(1.0, -0.5, Q.dim)
+    kw = dict(steps=steps, paths=300, sigma=1.3, seed=3, record=np.arange(steps + 1),
+              store_states=True, observables=["x0", "sqnorm"])
+    a = simulate(Q, opts, x0, **kw)
+    b = simulate(Q, opts, x0, backend="numpy", **kw)
+    return max(_rel_dev(a.states, b.states), _stats_dev(a), _stats_dev(b))
+
+
+def backend_summary(devs: dict[str, float]) -> tuple[Verdict, float]:
+    """The verdict of :func:`backend_verdict` from each case's deviation, and the largest."""
     dev = max(devs.values())
     return Verdict("CPU engine == NumPy reference backend (SGD, SGDM, HeavyBall; sigma = 1.3; "
                    "one and two oracle calls, fused and split steps); their means and standard "
@@ -213,6 +222,12 @@ def backend_verdict(P) -> tuple[Verdict, float]:
                    Value(dev), dev <= 1e-12, "300 paths (two blocks) with noise, all states and "
                    "the running (Welford) statistics of x0 and |x|^2 compared: "
                    + "; ".join(f"{k}: {v:.1g}" for k, v in devs.items()), 1e-12), dev
+
+
+def backend_verdict(P) -> tuple[Verdict, float]:
+    """CPU engine == NumPy reference backend, with noise (module docstring), on the cases of
+    :func:`backend_cases`."""
+    return backend_summary({name: backend_deviation(Q, steps) for name, (Q, steps) in backend_cases(P).items()})
 
 
 def _stats_dev(res) -> float:
@@ -299,10 +314,15 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
                       then=_max_rel_dev, **run_kw))
     K_ref = min(K, 400)
     calls += [Call(compare_with_references, (P, K_ref, reference_schedules(K_ref, g))),
-              Call(schedule_verdicts, (g,)), Call(backend_verdict, (P,))]
+              Call(schedule_verdicts, (g,))]
+    backend = backend_cases(P)
+    calls += [Call(backend_deviation, case) for case in backend.values()]
     out = run_many(calls)
     tick(progress, len(calls), len(calls))
-    *devs, dn, (ref_verdicts, ref_devs), (sched_verdicts, sched_devs), (bv, bdev) = out
+    n_sim = len(cases) + 1
+    *devs, dn = out[:n_sim]
+    (ref_verdicts, ref_devs), (sched_verdicts, sched_devs) = out[n_sim:n_sim + 2]
+    bv, bdev = backend_summary(dict(zip(backend, out[n_sim + 2:])))
     for name, dev in zip(cases, devs):
         verdicts.append(Verdict(f"heavy-ball == converted SGDM, {name}", "Lemma A.2 / THEORY §2",
                                 f"identical iterates (max rel. dev <= {TOL:g})",

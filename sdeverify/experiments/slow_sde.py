@@ -477,8 +477,9 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
             raise ValueError(f"problems must be among {PROBLEMS}, got {p!r}")
     data, verdicts = {"problems": np.array(problems)}, []
     n_eta = len(cfg["etas"])
-    points = run_many([Call(_eta_point, (p, cfg, seed, i), label=f"slow_sde {p} eta[{i}]")
-                       for p in problems for i in range(n_eta)])
+    *points, (gv, gd) = run_many([Call(_eta_point, (p, cfg, seed, i), label=f"slow_sde {p} eta[{i}]")
+                                  for p in problems for i in range(n_eta)]
+                                 + [Call(general_formula_verdicts, (sigma, seed, cfg["paths"]))])
     tick(progress, len(points), len(points))
     for pi, p in enumerate(problems):
         d = _case_data(p, cfg, points[pi * n_eta:(pi + 1) * n_eta])
@@ -536,7 +537,6 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
             f"min KS p-value {pmin:.3g} >= {alpha_ks:.3g} (Bonferroni over 3 optimizers and the problems); "
             f"measured = largest W1 to the exact law ({OPT_LABELS[jw]}), basic bootstrap 95%; "
             f"null (coupled Euler samples) W1 {w1[3, -1, 0]:.3g}"))
-    gv, gd = general_formula_verdicts(sigma, seed, cfg["paths"])
     verdicts += gv
     data.update(gd)
     params = dict(cfg, sigma=sigma, problems=list(problems), etas=list(cfg["etas"]),
