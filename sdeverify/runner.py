@@ -192,8 +192,8 @@ def run_job(names: list[str], *, size: str, seed: int, out: Path, jobs: int = 1,
     ``out`` with ``resume``; in ``jobs`` worker processes when ``jobs > 1``, else here, on
     the cluster ``start_cluster()`` returns, if any — except at a size of
     :data:`LOCAL_SIZES`, which runs as without a cluster, on the default number of local
-    processes, with a note; ``cluster_wanted`` says a cluster was asked for, so that at those
-    sizes it is not even started); figures are written as ``NAME.<fmt>``.
+    processes, with a note; ``cluster_wanted`` says a local cluster was asked for, so that at
+    those sizes it is not even started); figures are written as ``NAME.<fmt>``.
     A check that raises is a failed check with its error.  ``summary.json`` is rewritten
     after each check and completed at the end.
 
