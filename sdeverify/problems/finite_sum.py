@@ -39,18 +39,6 @@ def ls_grad(x, p, out):
 @numba.njit(cache=True)
 def ls_noise(x, p, xi, out):
     d = x.shape[0]
-    inv = _ls_minibatch_sum(x, p, xi, out)
-    for i in range(d):
-        s = 0.0
-        for j in range(d):
-            s += p[2 + i * d + j] * x[j]
-        out[i] = out[i] * inv - (s - p[2 + d * d + i])
-
-
-@numba.njit(cache=True, inline="always")
-def _ls_minibatch_sum(x, p, xi, out):
-    """``out`` = Σ_b a_j (a_j·x − y_j) over the minibatch rows j drawn from ``xi``; returns 1/B."""
-    d = x.shape[0]
     n = int(p[0])
     B = int(p[1])
     a0 = 2 + d * d + d
@@ -64,14 +52,32 @@ def _ls_minibatch_sum(x, p, xi, out):
             res += p[a0 + j * d + i] * x[i]
         for i in range(d):
             out[i] += p[a0 + j * d + i] * res
-    return 1.0 / B
+    inv = 1.0 / B
+    for i in range(d):
+        s = 0.0
+        for j in range(d):
+            s += p[2 + i * d + j] * x[j]
+        out[i] = out[i] * inv - (s - p[2 + d * d + i])
 
 
 @numba.njit(cache=True)
 def ls_oracle(x, p, xi, g, v):
     """ls_grad(x, p, g) and ls_noise(x, p, xi, v) with ∇L computed once."""
     d = x.shape[0]
-    inv = _ls_minibatch_sum(x, p, xi, v)
+    n = int(p[0])
+    B = int(p[1])
+    a0 = 2 + d * d + d
+    y0 = a0 + n * d
+    for i in range(d):
+        v[i] = 0.0
+    for b in range(B):
+        j = min(int(xi[b] * n), n - 1)
+        res = -p[y0 + j]
+        for i in range(d):
+            res += p[a0 + j * d + i] * x[i]
+        for i in range(d):
+            v[i] += p[a0 + j * d + i] * res
+    inv = 1.0 / B
     for i in range(d):
         s = 0.0
         for j in range(d):
