@@ -242,7 +242,7 @@ def plot(result: ExperimentResult, path):
     legend_below(ax[0])
     m = float(np.asarray(d["margin"]).ravel()[0])
     ax[1].axhspan(-m, m, color="0.9", label="equivalence margin")
-    ax[1].set(xscale="log", xlabel="batch size B", ylabel="acc(SGDM) − acc(SGD), paired (95% CI)")
+    ax[1].set(xscale="log", xlabel="batch size B", ylabel="acc(SGDM) − acc(SGD)\n(paired, 95% CI)")
     legend_below(ax[1])
     big = int(Bs[-1])
     for b, ep in enumerate((E, E2)):
@@ -251,7 +251,7 @@ def plot(result: ExperimentResult, path):
         for k, lab in enumerate(("SGD", "SGDM")):
             ax[2].plot(np.arange(c.shape[2]), np.nanmean(c[k, acc], axis=-1), "--" if k == 0 else "-",
                        color=f"C{k}", alpha=1.0 if b else 0.55, label=f"{lab}, {ep} epochs")
-    ax[2].set(xlabel="epoch", ylabel="test accuracy (mean over replicas)", title=f"B={big}")
+    ax[2].set(xlabel="epoch", ylabel="test accuracy\n(mean over replicas)", title=f"B={big}")
     legend_below(ax[2])
     for k, lab in enumerate(("SGD", "SGDM")):
         r = d["edge_ratio_all"][k]                              # (evals, replicas)

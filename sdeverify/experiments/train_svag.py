@@ -219,7 +219,7 @@ def plot(result: ExperimentResult, path):
     ax[0].set(xscale="log", xlabel=r"SVAG $\ell$ (lr $\eta/\ell$, $\ell\times$ steps)", ylabel="test accuracy (95% CI)",
               title=f"B={p['batch']}, lr {float(d['lr'][0]):.3g}")
     legend_below(ax[0])
-    ax[1].set(xscale="log", xlabel=r"SVAG $\ell$", ylabel="acc(SGDM) − acc(SGD), paired (95% CI)",
+    ax[1].set(xscale="log", xlabel=r"SVAG $\ell$", ylabel="acc(SGDM) − acc(SGD)\n(paired, 95% CI)",
               title=r"the gap closes as $\ell$ grows")
     legend_below(ax[1])
     acc = tc.METRICS.index("test_acc")
@@ -229,7 +229,7 @@ def plot(result: ExperimentResult, path):
         for k, lab in enumerate(("SGD", "SGDM")):
             ax[2].plot(np.arange(c.shape[2]), np.nanmean(c[k, acc], axis=-1), "--" if k == 0 else "-",
                        color=f"C{i}", label=rf"{lab}, $\ell={ell}$")
-    ax[2].set(xlabel="epoch", ylabel="test accuracy (mean over replicas)", title=f"{E2} epochs")
+    ax[2].set(xlabel="epoch", ylabel="test accuracy\n(mean over replicas)", title=f"{E2} epochs")
     legend_below(ax[2])
     for a in ax[:2]:
         a.set_xticks([int(x) for x in ells], [str(int(x)) for x in ells])
