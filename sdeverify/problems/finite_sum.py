@@ -64,8 +64,7 @@ def ls_noise(x, p, xi, out):
 def ls_oracle(x, p, xi, g, v):
     """ls_grad(x, p, g) and ls_noise(x, p, xi, v) with ∇L computed once.  The minibatch loop
     is written out as in ls_noise, not shared through a helper: the CUDA engine compiles each
-    problem function as a device function, which cannot call a CPU-jitted helper (a shared
-    helper failed the CUDA-simulator test)."""
+    problem function as a device function, which cannot call a CPU-jitted helper."""
     d = x.shape[0]
     n = int(p[0])
     B = int(p[1])
