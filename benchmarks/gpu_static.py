@@ -205,6 +205,11 @@ TRAINER_PARAMS = {
     "gemm": dict(a="dt[]", offa=_I, saz=_I, zmoda=_I, lda=_I, b="dt[]", offb=_I, sbz=_I, ldb=_I,
                  c="dt[]", offc=_I, scz=_I, ldc=_I, e="dt[]", offe=_I, sez=_I, nm=_I, nn=_I,
                  nk=_I, ones_row=_I, accumulate=_I),
+    # make_gemm(split_k=True): the same plus the two-level z of split-K products
+    "gemm_split": dict(a="dt[]", offa=_I, saz=_I, zmoda=_I, lda=_I, b="dt[]", offb=_I, sbz=_I,
+                       ldb=_I, c="dt[]", offc=_I, scz=_I, ldc=_I, e="dt[]", offe=_I, sez=_I,
+                       nm=_I, nn=_I, nk=_I, ones_row=_I, accumulate=_I, zs=_I, ska=_I,
+                       skb=_I),
     "gather": dict(X="dt[]", y="i64[]", idx="i64[]", off=_I, n_rows=_I, d=_I, a0="dt[]",
                    y0="i64[]"),
     "loss_grad": dict(zl="dt[]", offz=_I, labels="i64[]", ymod=_I, sy=_I, nb=_I, nc=_I,
@@ -276,23 +281,27 @@ def conv_kernels(dtypes=("float32", "float64"), tiles=None, variants=None,
                  pointwise: bool = True) -> list[Kernel]:
     """The ResNet trainer's kernels (:mod:`sdeverify.train.conv_cuda`): the GEMM variants it
     adds to the MLP's (:data:`~sdeverify.train.conv_cuda.GEMM_VARIANTS` not launched by the
-    MLP trainer), both tiles, and its gather / im2col / col2im / BatchNorm / residual / pool
-    / update kernels, with the signatures of its launch code."""
+    MLP trainer) with the MLP's two tiles, every variant with its narrow tiles
+    (:data:`~sdeverify.train.conv_cuda.NARROW_TILES`, ``tiles`` names which), and its gather
+    / im2col / col2im (+ shortcut adjoint) / BatchNorm (+ shortcut, ReLU; + ReLU adjoint) /
+    pool / split-K sum / update kernels, with the signatures of its launch code."""
     from sdeverify.train import conv_cuda as cc
     from sdeverify.train import cuda as tc
     mlp = {(ta, tb, epi, act) for _, ta, tb, epi, act in gemm_variants()}
     out = []
     for dt in dtypes:
         npdt = np.dtype(dt)
-        for size in tc.GPU_TILES if tiles is None else tiles:
-            tile = tc.GPU_TILES[size]
-            regs = tc.GPU_MAX_REGISTERS[size] if npdt == np.float32 else None
-            for label, ta, tb, epi, act in cc.GEMM_VARIANTS:
-                if (ta, tb, epi, act) in mlp or (variants is not None and label not in variants):
+        for size in cc.CONV_GPU_TILES if tiles is None else tiles:
+            tile = cc.CONV_GPU_TILES[size]
+            regs = tc.GPU_MAX_REGISTERS.get(size) if npdt == np.float32 else None
+            for label, ta, tb, epi, act, split in cc.GEMM_VARIANTS:
+                if ((ta, tb, epi, act) in mlp and not split and size in tc.GPU_TILES) or (
+                        variants is not None and label not in variants):
                     continue
-                k = tc.make_gemm(npdt, tile, ta, tb, epi, act, regs)
+                k = tc.make_gemm(npdt, tile, ta, tb, epi, act, regs, split_k=split)
+                kind = "gemm_split" if split else "gemm"
                 out.append(Kernel(f"gemm {size} {tile} {label}", dt, k.py_func,
-                                  trainer_signature("gemm", k.py_func, npdt), k.threads,
+                                  trainer_signature(kind, k.py_func, npdt), k.threads,
                                   k.shared_bytes, regs))
         if pointwise:
             for name, fn, sig, threads, shared, regs in cc.static_kernels(npdt, tc.GPU_TPB):

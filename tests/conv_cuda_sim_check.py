@@ -42,7 +42,9 @@ out = []
 for T in (conv_reference.ConvTrainer, conv_cuda.ConvTrainer):
     tr = T(model, data.X_train, data.y_train, J, R, "float64")
     tr.set_state(W0, Mom0, buf0)
+    launches0 = getattr(tr, "launches", 0)
     losses = tr.train(idx, a, b, g, [1.366, -0.366], aug)
+    launches = getattr(tr, "launches", 0) - launches0
     state = tr.get_state()
     ev = tr.evaluate(data.X_test[:6], data.y_test[:6], chunk=4)
     G = tr.gradients(state[0][1:], data.X_train[:5], data.y_train[:5])
@@ -54,6 +56,10 @@ for name, u, v in zip(("batch losses", "weights", "momentum", "BN running statis
     report(name, rel(u, v))
 report("evaluate correct", float(np.sum(out[1][5] != out[0][5])), exact=True)
 report("gradients", rel(out[1][6], out[0][6]))
+# the launches of that SVAG step (two slots), counted, against the count of the plan
+want = conv_cuda.launches_per_step(model, J * R, B, conv_cuda.CONV_SIM_TILES,
+                                   conv_cuda.SIM_BIG_MIN, conv_cuda.SIM_SPLIT_SMS, slots=2)
+report(f"launches per step ({launches}, planned {want})", float(launches != want), exact=True)
 
 # bad input is named
 errors = 0

@@ -20,8 +20,42 @@ def test_conv_cuda_trainer_matches_reference_under_the_simulator():
     r = subprocess.run([sys.executable, str(HERE / "conv_cuda_sim_check.py")], env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
-    # 7 quantities of the trainer, bad input, 3 of fit
-    assert r.stdout.count(" ok") == 11, r.stdout
+    # 7 quantities of the trainer, its launches per step, bad input, 3 of fit
+    assert r.stdout.count(" ok") == 12, r.stdout
+
+
+def test_launches_per_step_are_pinned():
+    """Kernel launches of one training step (``launches_per_step``; the simulator check above
+    counts the trainer's real launches against it): ResNet-20 at batch 512 takes 179 for 1
+    and for 16 models — 160 with every weight gradient split-K's ``sum_splits`` removed —
+    (208 and 493 before BatchNorm absorbed the ReLU, residual and shortcut-adjoint kernels
+    and split-K went to one launch for all models); the simulator's tiny ResNet-8 with an
+    SVAG step (two slots) takes 172.  A new launch in the step changes these numbers."""
+    from sdeverify.train import conv_cuda as cc
+    r20 = resnet(20, classes=10, image_size=32)
+    assert cc.launches_per_step(r20, 1, 512) == 179
+    assert cc.launches_per_step(r20, 16, 512) == 179
+    assert cc.launches_per_step(r20, 16, 512, n_sm=8) == 160          # no split needed
+    r8 = resnet(8, width=0.25, shortcut="B", classes=3, image_size=6)
+    assert cc.launches_per_step(r8, 2, 4, cc.CONV_SIM_TILES, cc.SIM_BIG_MIN,
+                                cc.SIM_SPLIT_SMS, slots=2) == 172
+
+
+def test_conv_gemm_tiles_fit_the_output_channels():
+    """A conv product with ≤ 16 (≤ 32) output rows takes the 16-row (32-row) tile, wider ones
+    the MLP trainer's rule; split-K gives every model's splits together at least
+    SPLIT_WAVES × SMs blocks."""
+    from sdeverify.train import conv_cuda as cc
+    assert cc.conv_gemm_config(16, 512 * 1024, 1)[:2] == ("n16", cc.NARROW_TILES["n16"])
+    assert cc.conv_gemm_config(17, 512 * 1024, 1)[0] == "n32"
+    assert cc.conv_gemm_config(32, 512 * 256, 1)[2] == (1024, 1, 1)
+    assert cc.conv_gemm_config(64, 512 * 64, 1)[0] == "small"
+    assert cc.conv_gemm_config(576, 512 * 64, 16)[0] == "big"
+    for O, K, M in ((16, 144, 1), (64, 576, 16), (32, 288, 4)):
+        S = cc.weight_grad_splits(O, K, M, 512)
+        tile = cc.conv_gemm_config(O, K, M)[1]
+        blocks = M * -(-O // tile[0]) * -(-K // tile[1])
+        assert 512 % S == 0 and S <= -(-cc.SPLIT_WAVES * 132 // blocks) < 2 * S
 
 
 def test_conv_cuda_trainer_without_gpu_says_so():
@@ -45,19 +79,22 @@ def _gpu_static():
 
 
 def test_conv_kernels_compile_for_sm80_and_sm90_without_spills():
-    """Every conv kernel (gather, im2col, col2im, BatchNorm, residual, pool, update; float32 and
-    float64) and the GEMM variants the MLP trainer does not launch (big tile, float32)
-    compile through NVVM and ptxas for sm_80 and sm_90 with the launch code's signatures: no
-    spills, no stack frame, every launch fits (benchmarks/gpu_static.py's machinery)."""
+    """Every conv kernel (gather, im2col, col2im + shortcut adjoint, BatchNorm + shortcut +
+    ReLU, BatchNorm backward + ReLU adjoint, pool, split-K sum, update; float32 and float64)
+    and the GEMM variants the MLP trainer does not launch (big tile; the narrow 16- and
+    32-row tiles; split-K; float32) compile through NVVM and ptxas for sm_80 and sm_90 with
+    the launch code's signatures: no spills, no stack frame, every launch fits
+    (benchmarks/gpu_static.py's machinery)."""
     gs = _gpu_static()
     why = gs.unavailable()
     if why:
         pytest.skip(f"cannot compile for a GPU here: {why}")
     ks = gs.conv_kernels(("float32", "float64"), tiles=(), pointwise=True)
-    ks += gs.conv_kernels(("float32",), tiles=("big",), pointwise=False)
+    ks += gs.conv_kernels(("float32",), tiles=("big", "n16", "n32"), pointwise=False)
     names = {k.name for k in ks}
     assert {"conv bn_forward", "conv bn_backward", "conv col2im", "conv gather"} <= names
-    assert sum(k.name.startswith("gemm big") for k in ks) == 3
+    assert sum(k.name.startswith("gemm big") for k in ks) == 4
+    assert sum(k.name.startswith(("gemm n16", "gemm n32")) for k in ks) == 10
     rows = gs.table(ks, gs.ARCHS)
     assert gs.problems(rows) == []
     assert all(not r.error and r.stack == 0 for r in rows)

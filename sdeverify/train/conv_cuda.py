@@ -75,22 +75,34 @@ GPU_BN_TPB, GPU_BN_MAX_REGISTERS = 512, 128
 #: Split-K of the conv weight gradient ``dW = dout · colsᵀ`` (a reduction over all B·Ho·Wo
 #: pixels, few output tiles): when the models' output tiles give fewer than
 #: ``SPLIT_WAVES × multiprocessors`` blocks, each model's pixels are split by images into S
-#: groups (S divides B), one GEMM launch per model computes the S partial products and
-#: ``sum_splits`` adds them in order.  The simulator pretends to have ``SIM_SPLIT_SMS``
-#: multiprocessors, so that the tiny tests take both paths.
+#: groups (S divides B), one GEMM launch (grid z = model × split, ``make_gemm(split_k=True)``)
+#: computes the M·S partial products and ``sum_splits`` adds them in order.  The simulator
+#: pretends to have ``SIM_SPLIT_SMS`` multiprocessors, so that the tiny tests take both paths.
 SPLIT_WAVES, SIM_SPLIT_SMS = 2, 4
 
-#: The simulator's GEMM tiles for the conv shapes (wide output tiles, 4 threads per block):
+#: GEMM tiles ``(BM, BN, BK, TM, TN)`` for products with few output rows: a conv's
+#: ``O × (B·Ho·Wo)`` output and ``O × C·k²`` weight gradient have O = 16, 32 or 64 rows (× the
+#: width multiplier), which the 64-row tile of :data:`sdeverify.train.cuda.GPU_TILES` fills
+#: to 25% or 50%.  ``n16`` / ``n32`` are 16 / 32 rows by 256 / 128 columns (4 × 8 outputs per
+#: thread, 128 threads): a product with at most BM rows takes the narrowest one that holds
+#: them (:func:`conv_gemm_config`).
+NARROW_TILES = {"n16": (16, 256, 8, 4, 8), "n32": (32, 128, 8, 4, 8)}
+#: The simulator's GEMM tiles for the conv shapes (wide output tiles, 4-8 threads per block):
 #: fewer simulated blocks than the MLP's :data:`sdeverify.train.cuda.SIM_TILES`, still
-#: partial tiles in every dimension of the tiny test networks and barriers between threads.
-CONV_SIM_TILES = {"big": (8, 64, 16, 8, 16), "small": (4, 64, 16, 4, 16)}
+#: partial tiles in every dimension of the tiny test networks (4-8-16 channels: the narrow
+#: tiles take the 4- and 8-channel products) and barriers between threads.
+CONV_SIM_TILES = {"big": (8, 64, 16, 8, 16), "small": (4, 64, 16, 4, 16),
+                  "n16": (4, 32, 8, 2, 8), "n32": (8, 32, 8, 4, 8)}
+CONV_GPU_TILES = {**GPU_TILES, **NARROW_TILES}
 
-#: The GEMM variants this trainer launches ``(label, trans_a, trans_b, epilogue, activation)``.
+#: The GEMM variants this trainer launches ``(label, trans_a, trans_b, epilogue, activation,
+#: split_k)``.
 GEMM_VARIANTS = [
-    ("conv forward, head input/bias grad", False, False, EPI_NONE, IDENTITY),
-    ("conv weight grad", False, True, EPI_NONE, IDENTITY),
-    ("conv input grad, head weight grad", True, False, EPI_NONE, IDENTITY),
-    ("head forward", False, True, EPI_BIAS_ACT, IDENTITY),
+    ("conv forward, head input/bias grad", False, False, EPI_NONE, IDENTITY, False),
+    ("conv weight grad", False, True, EPI_NONE, IDENTITY, False),
+    ("conv weight grad split-K", False, True, EPI_NONE, IDENTITY, True),
+    ("conv input grad, head weight grad", True, False, EPI_NONE, IDENTITY, False),
+    ("head forward", False, True, EPI_BIAS_ACT, IDENTITY, False),
 ]
 
 #: Parameter types of the kernels of :func:`make_conv_kernels` as the launch code below passes
@@ -104,18 +116,14 @@ KERNEL_PARAMS = {
     "im2col": dict(x="dt[]", xmod=_I, C=_I, B=_I, H=_I, W=_I, k=_I, s=_I, p=_I, Ho=_I, Wo=_I,
                    M=_I, cols="dt[]"),
     "col2im": dict(dcols="dt[]", C=_I, B=_I, H=_I, W=_I, k=_I, s=_I, p=_I, Ho=_I, Wo=_I, M=_I,
-                   dx="dt[]", accumulate=_I),
+                   dx="dt[]", accumulate=_I, d="dt[]", smode=_I, Cd=_I),
     "bn_forward": dict(x="dt[]", C=_I, N=_I, M=_I, W="dt[]", og=_I, ob=_I, P=_I, train=_I,
-                       buf="dt[]", orm=_I, orv=_I, NB=_I, update=_I, eps="dt", keep="dt",
-                       mom="dt", unbias="dt", inv="dt[]", ioff=_I, Ctot=_I, xhat="dt[]",
-                       y="dt[]", relu=_I),
+                       buf="dt[]", orm=_I, orv=_I, NB=_I, update=_I, inv="dt[]", ioff=_I,
+                       Ctot=_I, xhat="dt[]", y="dt[]", relu=_I, sc="dt[]", smode=_I, Cx=_I,
+                       Ho=_I, Hx=_I),
     "bn_backward": dict(dy="dt[]", xhat="dt[]", C=_I, N=_I, M=_I, W="dt[]", og=_I, ob=_I, P=_I,
-                        inv="dt[]", ioff=_I, Ctot=_I, G="dt[]", goff=_I, dx="dt[]"),
-    "residual": dict(u="dt[]", x="dt[]", mode=_I, Cx=_I, C=_I, B=_I, H=_I, W=_I, Ho=_I, Wo=_I,
-                     M=_I, out="dt[]"),
-    "relu_back": dict(d="dt[]", a="dt[]", n=_I),
-    "shortcut_back": dict(dx="dt[]", d="dt[]", mode=_I, Cx=_I, C=_I, B=_I, H=_I, W=_I, Ho=_I,
-                          Wo=_I, M=_I),
+                        inv="dt[]", ioff=_I, Ctot=_I, G="dt[]", goff=_I, dx="dt[]", a="dt[]",
+                        mask=_I),
     "pool": dict(h="dt[]", C=_I, B=_I, HW=_I, M=_I, f="dt[]"),
     "pool_back": dict(df="dt[]", C=_I, B=_I, HW=_I, M=_I, dh="dt[]"),
     "sum_splits": dict(part="dt[]", S=_I, L=_I, M=_I, G="dt[]", goff=_I, P=_I),
@@ -124,6 +132,51 @@ KERNEL_PARAMS = {
 }
 #: Kernels launched one block per (channel, model) with a shared-memory tree reduction.
 _REDUCING = ("bn_forward", "bn_backward")
+
+
+def conv_gemm_config(nm: int, nn: int, models: int, tiles: dict = CONV_GPU_TILES,
+                     big_min: int = GPU_BIG_MIN, n_sm: int = 132) -> tuple[str, tuple, tuple]:
+    """``(tile name, tile, grid)`` of a product with an ``nm × nn`` output per model: the
+    narrowest of :data:`NARROW_TILES` with at least ``nm`` rows, else the MLP trainer's rule
+    (:func:`sdeverify.train.cuda.gemm_config`); grid ``(⌈nn/BN⌉, ⌈nm/BM⌉, models)``."""
+    for size in ("n16", "n32"):
+        tile = tiles[size]
+        if nm <= tile[0]:
+            return size, tile, (-(-nn // tile[1]), -(-nm // tile[0]), models)
+    return gemm_config(nm, nn, models, tiles, big_min, n_sm)
+
+
+def weight_grad_splits(c_out: int, kk: int, models: int, batch: int,
+                       tiles: dict = CONV_GPU_TILES, big_min: int = GPU_BIG_MIN,
+                       n_sm: int = 132) -> int:
+    """Image groups S of a conv's weight-gradient product ``dW (c_out × kk)`` summed over the
+    ``batch`` images' pixels (:data:`SPLIT_WAVES`): 1 when the ``models`` products' output
+    tiles give ``SPLIT_WAVES × n_sm`` blocks, else the largest divisor of the batch up to
+    what gives them (all models' splits share one launch)."""
+    tile = conv_gemm_config(c_out, kk, models, tiles, big_min, n_sm)[1]
+    blocks = models * -(-c_out // tile[0]) * -(-kk // tile[1])
+    want = SPLIT_WAVES * n_sm
+    if blocks >= want:
+        return 1
+    top = min(batch, -(-want // blocks))
+    return max(d for d in range(1, top + 1) if batch % d == 0)
+
+
+def launches_per_step(model: ResNet, models: int, batch: int, tiles: dict = CONV_GPU_TILES,
+                      big_min: int = GPU_BIG_MIN, n_sm: int = 132, slots: int = 1) -> int:
+    """Kernel launches of one :meth:`ConvTrainer.train` step (``slots`` minibatch slots with
+    non-zero weight), counted from the network's units: per slot a gather, per conv + BN unit
+    im2col, GEMM and BN forward (shortcut add and ReLU fused), pooling, the head's GEMM, the
+    loss and (slot 0) its reduction; backward the head's three GEMMs, pooling's adjoint, per
+    unit BN backward (ReLU's adjoint fused), im2col, the weight-gradient GEMM (+ ``sum_splits``
+    when split) and, except the stem, the input-gradient GEMM and col2im (the shortcut's
+    adjoint fused); one update for all models and parameters."""
+    plan = _Plan(model)
+    fwd = 1 + 3 * len(plan.units) + 2 + 1
+    bwd = 4 + sum(3 + (weight_grad_splits(u.c_out, u.c_in * u.k ** 2, models, batch, tiles,
+                                          big_min, n_sm) > 1) + 2 * (u is not plan.stem)
+                  for u in plan.units)
+    return slots * (fwd + bwd) + 1 + 1
 
 
 def make_conv_kernels(dtype: np.dtype, tpb: int, tpb_bn: int | None = None,
@@ -136,6 +189,7 @@ def make_conv_kernels(dtype: np.dtype, tpb: int, tpb_bn: int | None = None,
     dynamic shared memory."""
     DT, NPDT = _numba_dtype(dtype), np.dtype(dtype).type
     ZERO, ONE = NPDT(0.0), NPDT(1.0)
+    EPS, KEEP, MOM = NPDT(BN_EPS), NPDT(1.0 - BN_MOMENTUM), NPDT(BN_MOMENTUM)
     TB = tpb_bn or tpb
     bn_opts = ({} if bn_max_registers is None or numba.config.ENABLE_CUDASIM
                else {"max_registers": bn_max_registers})
@@ -213,11 +267,15 @@ def make_conv_kernels(dtype: np.dtype, tpb: int, tpb_bn: int | None = None,
             cols[e] = v
 
     @cuda.jit
-    def col2im(dcols, C, B, H, W, k, s, p, Ho, Wo, M, dx, accumulate):
+    def col2im(dcols, C, B, H, W, k, s, p, Ho, Wo, M, dx, accumulate, d, smode, Cd):
         """The adjoint of ``im2col`` (xmod = M): each input pixel sums the patch gradients
-        that read it, in (i, j) order; ``dx`` (``+=`` when ``accumulate``)."""
+        that read it, in (i, j) order, then (fused) the adjoint of the residual block's
+        shortcut applied to its output gradient ``d (M, Cd, B, Ho, Wo)``: ``smode`` 0 none,
+        1 identity (``+ d[e]``), 2 option A (``+ d[m, c + front, b, h/2, w/2]`` at even h, w,
+        ``front = (Cd − C)//2``); into ``dx`` (``+=`` when ``accumulate``)."""
         No = B * Ho * Wo
         K = C * k * k
+        front = (Cd - C) // 2
         total = M * C * B * H * W
         for e in range(cuda.grid(1), total, cuda.gridsize(1)):
             w = e % W
@@ -237,30 +295,38 @@ def make_conv_kernels(dtype: np.dtype, tpb: int, tpb_bn: int | None = None,
                         if cc >= 0 and cc % s == 0 and cc // s < Wo:
                             v += dcols[(m * K + (c * k + i) * k + j) * No
                                        + (b * Ho + rr // s) * Wo + cc // s]
+            if smode == 1:
+                v += d[e]
+            elif smode == 2 and h % 2 == 0 and w % 2 == 0:
+                v += d[(((m * Cd + c + front) * B + b) * Ho + h // 2) * Wo + w // 2]
             if accumulate:
                 dx[e] += v
             else:
                 dx[e] = v
 
     @cuda.jit(**bn_opts)
-    def bn_forward(x, C, N, M, W, og, ob, P, train, buf, orm, orv, NB, update, eps, keep, mom,
-                   unbias, inv, ioff, Ctot, xhat, y, relu):
+    def bn_forward(x, C, N, M, W, og, ob, P, train, buf, orm, orv, NB, update, inv, ioff, Ctot,
+                   xhat, y, relu, sc, smode, Cx, Ho, Hx):
         """BatchNorm2d of channel c of model m of ``x (M, C, N)`` (blocks take the (c, m) pairs
         in turn): training mode by the batch mean and biased variance (and, when ``update``,
-        the running statistics ``keep·r + mom·stat``, the variance unbiased by ``unbias =
-        N/(N − 1)``), evaluation mode by the running statistics ``buf[m·NB + orm/orv + c]``;
-        writes ``1/σ`` to ``inv[m·Ctot + ioff + c]``, ``x̂`` and ``y = γ x̂ + β`` (then ReLU
-        when ``relu``); γ, β at ``W[m·P + og/ob + c]``."""
+        the running statistics ``(1 − mom)·r + mom·stat``, the variance unbiased by
+        ``N/(N − 1)``; mom, ε of :mod:`~sdeverify.train.convnet`), evaluation mode by the
+        running statistics ``buf[m·NB + orm/orv + c]``; writes ``1/σ`` to ``inv[m·Ctot + ioff
+        + c]``, ``x̂`` and ``y = γ x̂ + β`` (γ, β at ``W[m·P + og/ob + c]``), then — fused —
+        the residual block's shortcut ``s`` added (``smode`` 1: ``sc`` itself, same shape;
+        2: option A of ``sc (M, Cx, B, Hx, Hx)``: ``sc[m, c − front, b, 2h, 2w]`` on the
+        channels ``front ≤ c < front + Cx``, ``front = (C − Cx)//2``; 0: none) and ReLU when
+        ``relu``; ``Ho``: the output's height = width."""
         sh = cuda.shared.array(0, DT)
         t = cuda.threadIdx.x
         for cm in range(cuda.blockIdx.x, C * M, cuda.gridDim.x):   # block-uniform
             _bn_forward_channel(sh, t, cm % C, cm // C, x, C, N, W, og, ob, P, train, buf, orm,
-                                orv, NB, update, eps, keep, mom, unbias, inv, ioff, Ctot, xhat,
-                                y, relu)
+                                orv, NB, update, inv, ioff, Ctot, xhat, y, relu, sc, smode, Cx,
+                                Ho, Hx)
 
     @cuda.jit(device=True)
     def _bn_forward_channel(sh, t, c, m, x, C, N, W, og, ob, P, train, buf, orm, orv, NB,
-                            update, eps, keep, mom, unbias, inv, ioff, Ctot, xhat, y, relu):
+                            update, inv, ioff, Ctot, xhat, y, relu, sc, smode, Cx, Ho, Hx):
         base = (m * C + c) * N
         if train:
             a = ZERO
@@ -273,47 +339,62 @@ def make_conv_kernels(dtype: np.dtype, tpb: int, tpb_bn: int | None = None,
                 d = x[base + i] - mean
                 a += d * d
             var = block_sum(sh, t, a) / nf
-            iv = ONE / math.sqrt(var + eps)
+            iv = ONE / math.sqrt(var + EPS)
             if update and t == 0:
                 rm = m * NB + orm + c
                 rv = m * NB + orv + c
-                buf[rm] = keep * buf[rm] + mom * mean
-                buf[rv] = keep * buf[rv] + mom * (var * unbias)
+                unbias = nf / NPDT(max(N - 1, 1))
+                buf[rm] = KEEP * buf[rm] + MOM * mean
+                buf[rv] = KEEP * buf[rv] + MOM * (var * unbias)
         else:
             mean = buf[m * NB + orm + c]
-            iv = ONE / math.sqrt(buf[m * NB + orv + c] + eps)
+            iv = ONE / math.sqrt(buf[m * NB + orv + c] + EPS)
         if t == 0:
             inv[m * Ctot + ioff + c] = iv
         g = W[m * P + og + c]
         bb = W[m * P + ob + c]
+        HW = Ho * Ho
+        cx = c - (C - Cx) // 2           # option A: the input channel this one copies
+        xbase = (m * Cx + cx) * (N // HW) * Hx * Hx
         for i in range(t, N, TB):
             hv = (x[base + i] - mean) * iv
             xhat[base + i] = hv
             v = g * hv + bb
+            if smode == 1:
+                v += sc[base + i]
+            elif smode == 2 and cx >= 0 and cx < Cx:
+                hw = i % HW
+                v += sc[xbase + (i // HW) * Hx * Hx + 2 * (hw // Ho) * Hx + 2 * (hw % Ho)]
             if relu and v < ZERO:
                 v = ZERO
             y[base + i] = v
 
     @cuda.jit(**bn_opts)
-    def bn_backward(dy, xhat, C, N, M, W, og, ob, P, inv, ioff, Ctot, G, goff, dx):
+    def bn_backward(dy, xhat, C, N, M, W, og, ob, P, inv, ioff, Ctot, G, goff, dx, a, mask):
         """Training-mode BatchNorm2d backward of channel c of model m (blocks take the (c, m)
-        pairs in turn): ``dβ = Σ dy``, ``dγ = Σ dy·x̂`` into ``G[goff + m·P + ob/og + c]`` and
+        pairs in turn).  When ``mask``, ReLU's adjoint first (fused): ``dy ← dy·(a > 0)`` at
+        the ReLU's output ``a``, written back into ``dy`` (a residual block's shortcut reads it
+        too).  Then ``dβ = Σ dy``, ``dγ = Σ dy·x̂`` into ``G[goff + m·P + ob/og + c]`` and
         ``dx = γ·inv/N · (N·dy − dβ − x̂·dγ)``."""
         sh = cuda.shared.array(0, DT)
         t = cuda.threadIdx.x
         for cm in range(cuda.blockIdx.x, C * M, cuda.gridDim.x):   # block-uniform
             _bn_backward_channel(sh, t, cm % C, cm // C, dy, xhat, C, N, W, og, ob, P, inv,
-                                 ioff, Ctot, G, goff, dx)
+                                 ioff, Ctot, G, goff, dx, a, mask)
 
     @cuda.jit(device=True)
     def _bn_backward_channel(sh, t, c, m, dy, xhat, C, N, W, og, ob, P, inv, ioff, Ctot, G,
-                             goff, dx):
+                             goff, dx, act, mask):
         base = (m * C + c) * N
         a = ZERO
         b2 = ZERO
-        for i in range(t, N, TB):
-            a += dy[base + i]
-            b2 += dy[base + i] * xhat[base + i]
+        for i in range(t, N, TB):        # thread t masks the entries it reads again below
+            d = dy[base + i]
+            if mask and not act[base + i] > ZERO:
+                d = d * ZERO
+                dy[base + i] = d
+            a += d
+            b2 += d * xhat[base + i]
         dbeta = block_sum(sh, t, a)
         dgamma = block_sum(sh, t, b2)
         if t == 0:
@@ -323,60 +404,6 @@ def make_conv_kernels(dtype: np.dtype, tpb: int, tpb_bn: int | None = None,
         coef = W[m * P + og + c] * inv[m * Ctot + ioff + c] / nf
         for i in range(t, N, TB):
             dx[base + i] = coef * (nf * dy[base + i] - dbeta - xhat[base + i] * dgamma)
-
-    @cuda.jit
-    def residual(u, x, mode, Cx, C, B, H, W, Ho, Wo, M, out):
-        """``out = relu(u + s)`` over ``u (M, C, B, Ho, Wo)``: ``s = x`` (mode 0, same shape)
-        or the option-A shortcut of ``x (M, Cx, B, H, W)`` (mode 1: ``x[c − front, b, 2h,
-        2w]`` on the channels ``front ≤ c < front + Cx``, ``front = (C − Cx)//2``, else 0)."""
-        total = M * C * B * Ho * Wo
-        front = (C - Cx) // 2
-        for e in range(cuda.grid(1), total, cuda.gridsize(1)):
-            v = u[e]
-            if mode == 0:
-                v += x[e]
-            else:
-                w = e % Wo
-                q = e // Wo
-                h = q % Ho
-                q //= Ho
-                b = q % B
-                q //= B
-                c = q % C - front
-                m = q // C
-                if c >= 0 and c < Cx:
-                    v += x[(((m * Cx + c) * B + b) * H + 2 * h) * W + 2 * w]
-            if v < ZERO:
-                v = ZERO
-            out[e] = v
-
-    @cuda.jit
-    def relu_back(d, a, n):
-        """``d ← d · (a > 0)`` (ReLU's adjoint at its output ``a``)."""
-        for e in range(cuda.grid(1), n, cuda.gridsize(1)):
-            if not a[e] > ZERO:
-                d[e] = d[e] * ZERO
-
-    @cuda.jit
-    def shortcut_back(dx, d, mode, Cx, C, B, H, W, Ho, Wo, M):
-        """``dx += shortcutᵀ d``: ``d`` itself (mode 0) or the option-A adjoint (mode 1):
-        ``dx[m, c, b, 2h, 2w] += d[m, c + front, b, h, w]``."""
-        front = (C - Cx) // 2
-        total = M * Cx * B * H * W
-        for e in range(cuda.grid(1), total, cuda.gridsize(1)):
-            if mode == 0:
-                dx[e] += d[e]
-            else:
-                w = e % W
-                q = e // W
-                h = q % H
-                if h % 2 == 0 and w % 2 == 0:
-                    q //= H
-                    b = q % B
-                    q //= B
-                    c = q % Cx
-                    m = q // Cx
-                    dx[e] += d[(((m * C + c + front) * B + b) * Ho + h // 2) * Wo + w // 2]
 
     @cuda.jit
     def pool(h, C, B, HW, M, f):
@@ -434,8 +461,7 @@ def make_conv_kernels(dtype: np.dtype, tpb: int, tpb_bn: int | None = None,
             w[q] = w[q] - gamma[j * S + s] * mm
 
     return dict(gather=gather, im2col=im2col, col2im=col2im, bn_forward=bn_forward,
-                bn_backward=bn_backward, residual=residual, relu_back=relu_back,
-                shortcut_back=shortcut_back, pool=pool, pool_back=pool_back,
+                bn_backward=bn_backward, pool=pool, pool_back=pool_back,
                 sum_splits=sum_splits, update=update)
 
 
@@ -526,7 +552,10 @@ class _Workspace:
             return cuda.device_array(max(int(n), 1), dtype=d)
         self.M, self.B = M, B
         self.xhat = {id(u): arr(M * u.c_out * B * u.h_out ** 2) for u in plan.units}
-        self.y = {id(u): arr(M * u.c_out * B * u.h_out ** 2) for u in plan.units}
+        # (a block's second unit writes the block's output, its BN fused with the shortcut)
+        second = {id(b[2]) for b in plan.blocks}
+        self.y = {id(u): arr(M * u.c_out * B * u.h_out ** 2) for u in plan.units
+                  if id(u) not in second}
         self.out = {i: arr(M * b[2].c_out * B * b[2].h_out ** 2) for i, b in enumerate(plan.blocks)}
         big = M * B * plan.act
         self.conv = arr(big)
@@ -564,13 +593,15 @@ class ConvTrainer(conv_reference.ConvTrainer):
             raise ValueError(f"n_opt * n_rep must be <= 65535 on the GPU, got {self.M}")
         self.plan = _Plan(model)
         self.P, self.NB = model.n_params, model.n_buffers
-        sim = bool(numba.config.ENABLE_CUDASIM)
-        self.tiles = CONV_SIM_TILES if sim else GPU_TILES
+        self.sim = sim = bool(numba.config.ENABLE_CUDASIM)
+        self.tiles = CONV_SIM_TILES if sim else CONV_GPU_TILES
         self.big_min = SIM_BIG_MIN if sim else GPU_BIG_MIN
         self.n_sm = 1 if sim else cuda.get_current_device().MULTIPROCESSOR_COUNT
         self.max_blocks = SIM_MAX_BLOCKS if sim else GPU_MAX_BLOCKS
         self.limits = cuda_arch.current_limits()
-        self._launches_ok: set = set()
+        self._configured: dict = {}
+        #: kernel launches so far (each launch of :meth:`_launch`; see :func:`launches_per_step`)
+        self.launches = 0
         self.tpb = SIM_TPB if sim else GPU_TPB
         self.tpb_bn, self.bn_regs = (SIM_TPB, None) if sim else (GPU_BN_TPB, GPU_BN_MAX_REGISTERS)
         self.split_sms = SIM_SPLIT_SMS if sim else self.n_sm
@@ -610,14 +641,20 @@ class ConvTrainer(conv_reference.ConvTrainer):
 
     # ---- launches ---------------------------------------------------------------------------
     def _launch(self, kernel, grid, threads: int, shared: int = 0, registers: int | None = None):
-        """``kernel[grid, threads, 0, shared]`` after :func:`sdeverify.cuda_arch.check_launch`
-        against this GPU's limits (a clear ValueError instead of a launch failure)."""
+        """``kernel[grid, threads, 0, shared]``, configured once per (kernel, shape) after
+        :func:`sdeverify.cuda_arch.check_launch` against this GPU's limits (a clear ValueError
+        instead of a launch failure), and counted in :attr:`launches`.  (The simulator's
+        ``kernel[...]`` reconfigures the kernel object itself: there it is redone each time.)"""
         grid = grid if isinstance(grid, tuple) else (grid,)
-        key = (grid, threads, shared, registers)
-        if key not in self._launches_ok:
+        key = (id(kernel), grid, threads, shared)
+        cfg = self._configured.get(key)
+        if cfg is None:
             cuda_arch.check_launch(self.limits, threads, shared, registers, grid)
-            self._launches_ok.add(key)
-        return kernel[grid, threads, 0, shared]
+            cfg = kernel[grid, threads, 0, shared]
+            if not self.sim:
+                self._configured[key] = cfg
+        self.launches += 1
+        return cfg
 
     def _flat(self, name: str, n: int):
         """An element-wise kernel launched over ``n`` items (grid-stride)."""
@@ -632,26 +669,26 @@ class ConvTrainer(conv_reference.ConvTrainer):
 
     def _gemm(self, ta: bool, tb: bool, epi: int, nm: int, nn: int, models: int, a, offa, saz,
               zmoda, lda, b, offb, sbz, ldb, c, offc, scz, ldc, e=None, offe=0, sez=0, nk=1,
-              ones_row=-1):
-        size, tile, grid = gemm_config(nm, nn, models, self.tiles, self.big_min, self.n_sm)
-        regs = GPU_MAX_REGISTERS[size] if self.dtype == np.float32 else None
-        k = _cached(("gemm", self.dtype.str, tile, ta, tb, epi, IDENTITY, regs),
-                    lambda: make_gemm(self.dtype, tile, ta, tb, epi, IDENTITY, regs))
-        self._launch(k, grid, k.threads, k.shared_bytes, regs)(
-            a, offa, saz, zmoda, lda, b, offb, sbz, ldb, c, offc, scz, ldc,
-            c if e is None else e, offe, sez, nm, nn, nk, ones_row, 0)
+              ones_row=-1, split=None):
+        """One batched GEMM launch (:func:`sdeverify.train.cuda.make_gemm`, the tile of
+        :func:`conv_gemm_config`); ``split = (zs, ska, skb)``: the split-K variant, grid z =
+        ``models · zs``."""
+        size, tile, grid = conv_gemm_config(nm, nn, models, self.tiles, self.big_min, self.n_sm)
+        regs = GPU_MAX_REGISTERS.get(size) if self.dtype == np.float32 else None
+        sk = split is not None
+        k = _cached(("gemm", self.dtype.str, tile, ta, tb, epi, IDENTITY, regs, sk),
+                    lambda: make_gemm(self.dtype, tile, ta, tb, epi, IDENTITY, regs, split_k=sk))
+        args = (a, offa, saz, zmoda, lda, b, offb, sbz, ldb, c, offc, scz, ldc,
+                c if e is None else e, offe, sez, nm, nn, nk, ones_row, 0)
+        if sk:
+            grid = grid[:2] + (models * split[0],)
+            args += tuple(split)
+        self._launch(k, grid, k.threads, k.shared_bytes, regs)(*args)
 
     def _splits(self, O: int, K: int, M: int, B: int) -> int:
-        """Image groups S of the weight-gradient GEMM (see :data:`SPLIT_WAVES`): 1 when the
-        models' output tiles fill the GPU, else the largest divisor of B up to what fills
-        it per model."""
-        tile = gemm_config(O, K, M, self.tiles, self.big_min, self.n_sm)[1]
-        tiles = -(-O // tile[0]) * -(-K // tile[1])
-        want = SPLIT_WAVES * self.split_sms
-        if M * tiles >= want:
-            return 1
-        top = min(B, -(-want // tiles))
-        return max(d for d in range(1, top + 1) if B % d == 0)
+        """Image groups S of the weight-gradient GEMM (:func:`weight_grad_splits` for this
+        device; the simulator pretends to have :data:`SIM_SPLIT_SMS` multiprocessors)."""
+        return weight_grad_splits(O, K, M, B, self.tiles, self.big_min, self.split_sms)
 
     def _scratch(self, n: int):
         """A device buffer of at least ``n`` elements (kept, grown when needed)."""
@@ -678,27 +715,33 @@ class ConvTrainer(conv_reference.ConvTrainer):
                    ws.cols, 0, K * No, No, ws.conv, 0, u.c_out * No, No, nk=K)
 
     def _conv_bn(self, u: _Unit, ws: _Workspace, W, x, xmod: int, train: bool, update: bool,
-                 relu: bool):
+                 relu: bool, out=None, sc=None, smode: int = 0, Cx: int = 0, Hx: int = 0):
+        """Conv, then BatchNorm (then the shortcut ``sc`` added, ``smode`` of the
+        ``bn_forward`` kernel, then ReLU when ``relu``) into ``out`` (default: the unit's
+        ``ws.y``)."""
         self._conv(u, ws, W, x, xmod)
         N = ws.B * u.h_out ** 2
-        dt = self.dtype.type
+        y = ws.y[id(u)] if out is None else out
         self._per_channel("bn_forward", u.c_out, ws.M)(
             ws.conv, u.c_out, N, ws.M, W, u.og, u.ob, self.P, int(train), self.buf_dev
             if self.buf_dev is not None else ws.inv, u.orm, u.orv, self.NB, int(update),
-            dt(BN_EPS), dt(1.0 - BN_MOMENTUM), dt(BN_MOMENTUM), dt(N / max(N - 1, 1)), ws.inv,
-            u.ioff, self.plan.Ctot, ws.xhat[id(u)], ws.y[id(u)], int(relu))
-        return ws.y[id(u)]
+            ws.inv, u.ioff, self.plan.Ctot, ws.xhat[id(u)], y, int(relu),
+            y if sc is None else sc, smode, Cx or u.c_out, u.h_out, Hx or u.h_out)
+        return y
 
-    def _conv_bn_backward(self, u: _Unit, ws: _Workspace, W, x, xmod: int, dy, G, goff: int,
-                          dx=None, accumulate: bool = False) -> None:
-        """BN backward of ``dy`` (γ, β gradients into ``G``), the conv weight gradient into
-        ``G`` and, when ``dx`` is given, the input gradient into (or added to) ``dx``."""
+    def _conv_bn_backward(self, u: _Unit, ws: _Workspace, W, x, xmod: int, dy, act, G,
+                          goff: int, dx=None, accumulate: bool = False, sd=None,
+                          smode: int = 0, Cd: int = 0) -> None:
+        """ReLU's adjoint at its output ``act`` (masking ``dy`` in place; None: no ReLU) and
+        BN backward of ``dy`` (γ, β gradients into ``G``), the conv weight gradient into
+        ``G`` and, when ``dx`` is given, the input gradient into (or added to) ``dx``, plus
+        the shortcut's adjoint of ``sd`` (``smode`` of the ``col2im`` kernel)."""
         M, B = ws.M, ws.B
         N = B * u.h_out ** 2
         K = u.c_in * u.k * u.k
         self._per_channel("bn_backward", u.c_out, M)(
             dy, ws.xhat[id(u)], u.c_out, N, M, W, u.og, u.ob, self.P, ws.inv, u.ioff,
-            self.plan.Ctot, G, goff, ws.gc)
+            self.plan.Ctot, G, goff, ws.gc, dy if act is None else act, int(act is not None))
         self._flat("im2col", M * K * N)(x, xmod, u.c_in, B, u.h_in, u.h_in, u.k, u.stride,
                                         u.pad, u.h_out, u.h_out, M, ws.cols)
         # dW (O × K) = dc (O × N) · colsᵀ
@@ -709,9 +752,8 @@ class ConvTrainer(conv_reference.ConvTrainer):
         else:       # split-K: S image groups of Ns pixels, partial products summed in order
             Ns = N // S
             part = self._scratch(M * S * O * K)
-            for m in range(M):
-                self._gemm(False, True, EPI_NONE, O, K, S, ws.gc, m * O * N, Ns, S, N,
-                           ws.cols, m * K * N, Ns, N, part, m * S * O * K, O * K, K, nk=Ns)
+            self._gemm(False, True, EPI_NONE, O, K, M, ws.gc, 0, O * N, M, N,
+                       ws.cols, 0, K * N, N, part, 0, O * K, K, nk=Ns, split=(S, Ns, Ns))
             self._flat("sum_splits", M * O * K)(part, S, O * K, M, G, goff + u.w, self.P)
         if dx is None:
             return
@@ -720,7 +762,7 @@ class ConvTrainer(conv_reference.ConvTrainer):
                    ws.gc, 0, u.c_out * N, N, ws.dcols, 0, K * N, N, nk=u.c_out)
         self._flat("col2im", M * u.c_in * B * u.h_in ** 2)(
             ws.dcols, u.c_in, B, u.h_in, u.h_in, u.k, u.stride, u.pad, u.h_out, u.h_out, M, dx,
-            int(accumulate))
+            int(accumulate), dx if sd is None else sd, smode, Cd or u.c_in)
 
     def _forward(self, ws: _Workspace, W, x0, xmod: int, train: bool, update: bool) -> None:
         """Logits ``ws.z (M, B, classes)`` of the layer-0 input ``x0`` (model m reads
@@ -729,16 +771,14 @@ class ConvTrainer(conv_reference.ConvTrainer):
         h = self._conv_bn(plan.stem, ws, W, x0, xmod, train, update, True)
         for i, (blk, u1, u2, us) in enumerate(plan.blocks):
             h1 = self._conv_bn(u1, ws, W, h, M, train, update, True)
-            u = self._conv_bn(u2, ws, W, h1, M, train, update, False)
-            mode, s = 0, h
+            mode, s = 1, h
             if us is not None:
                 s = self._conv_bn(us, ws, W, h, M, train, update, False)
             elif blk.shortcut == "A":
-                mode = 1
-            Ho = u2.h_out
-            self._flat("residual", M * u2.c_out * B * Ho * Ho)(
-                u, s, mode, u1.c_in, u2.c_out, B, u1.h_in, u1.h_in, Ho, Ho, M, ws.out[i])
-            h = ws.out[i]
+                mode = 2
+            # relu(BN(conv(h1)) + shortcut(h)), one kernel after the conv
+            h = self._conv_bn(u2, ws, W, h1, M, train, update, True, ws.out[i], s, mode,
+                              u1.c_in, u1.h_in)
         C3, HW, K = plan.c_last, plan.h_last ** 2, self.model.n_classes
         self._flat("pool", M * B * C3)(h, C3, B, HW, M, ws.f)
         # Z (B × K) = f (B × C3) · W_linᵀ + b
@@ -761,23 +801,18 @@ class ConvTrainer(conv_reference.ConvTrainer):
         for i in range(len(plan.blocks) - 1, -1, -1):
             blk, u1, u2, us = plan.blocks[i]
             x = ws.y[id(plan.stem)] if i == 0 else ws.out[i - 1]
-            n_out = M * u2.c_out * B * u2.h_out ** 2
-            self._flat("relu_back", n_out)(ga, ws.out[i], n_out)
-            self._conv_bn_backward(u2, ws, W, ws.y[id(u1)], M, ga, G, goff, ws.gb)
-            n_h1 = M * u1.c_out * B * u1.h_out ** 2
-            self._flat("relu_back", n_h1)(ws.gb, ws.y[id(u1)], n_h1)
-            self._conv_bn_backward(u1, ws, W, x, M, ws.gb, G, goff, gx)
+            # ga: the gradient at the block's output, masked by its ReLU in u2's BN backward
+            self._conv_bn_backward(u2, ws, W, ws.y[id(u1)], M, ga, ws.out[i], G, goff, ws.gb)
             if us is not None:
-                self._conv_bn_backward(us, ws, W, x, M, ga, G, goff, gx, accumulate=True)
-            else:
-                self._flat("shortcut_back", M * u1.c_in * B * u1.h_in ** 2)(
-                    gx, ga, int(blk.shortcut == "A"), u1.c_in, u2.c_out, B, u1.h_in, u1.h_in,
-                    u2.h_out, u2.h_out, M)
+                self._conv_bn_backward(u1, ws, W, x, M, ws.gb, ws.y[id(u1)], G, goff, gx)
+                self._conv_bn_backward(us, ws, W, x, M, ga, None, G, goff, gx, accumulate=True)
+            else:       # the shortcut's adjoint of ga added in u1's col2im
+                self._conv_bn_backward(u1, ws, W, x, M, ws.gb, ws.y[id(u1)], G, goff, gx,
+                                       sd=ga, smode=2 if blk.shortcut == "A" else 1,
+                                       Cd=u2.c_out)
             ga, gx = gx, ga
         stem = plan.stem
-        n = M * stem.c_out * B * stem.h_out ** 2
-        self._flat("relu_back", n)(ga, ws.y[id(stem)], n)
-        self._conv_bn_backward(stem, ws, W, x0, xmod, ga, G, goff)
+        self._conv_bn_backward(stem, ws, W, x0, xmod, ga, ws.y[id(stem)], G, goff)
 
     def _gather(self, ws: _Workspace, X, y, idx, ioff: int, aug, aoff: int, R: int) -> None:
         m = self.model

@@ -100,7 +100,7 @@ def _cached(key, build):
 
 
 def make_gemm(dtype: np.dtype, tile: tuple, trans_a: bool, trans_b: bool, epilogue: int, act: int,
-              max_registers: int | None = None):
+              max_registers: int | None = None, split_k: bool = False):
     """Batched ``C[z] (nm×nn) = op(A[z]) op(B[z])`` (+ epilogue) on flat 1-D arrays.
 
     ``op(A)(i, k)`` is ``a[offa + (z % zmoda)·saz + i·lda + k]`` (``k·lda + i`` when
@@ -112,6 +112,13 @@ def make_gemm(dtype: np.dtype, tile: tuple, trans_a: bool, trans_b: bool, epilog
     Launch with grid ``(⌈nn/BN⌉, ⌈nm/BM⌉, models)``, ``gemm.threads`` threads and
     ``gemm.shared_bytes`` of dynamic shared memory.  ``max_registers`` caps the registers per
     thread (more resident blocks per multiprocessor; ignored by the simulator).
+
+    ``split_k``: a two-level z for split-K products of several models in one launch — the
+    kernel takes three more parameters ``zs, ska, skb`` and grid z = ``models · zs``; block z
+    is model ``m = z // zs``, split ``q = z % zs``: ``op(A)`` starts at ``offa + (m % zmoda)·saz
+    + q·ska``, ``op(B)`` at ``offb + m·sbz + q·skb`` and ``C`` at ``offc + z·scz`` (each split's
+    partial product in its own slice).  Default off: the kernel and its parameters are
+    unchanged.
     """
     BM, BN, BK, TM, TN = tile
     TX, TY = BN // TN, BM // TM
@@ -125,25 +132,25 @@ def make_gemm(dtype: np.dtype, tile: tuple, trans_a: bool, trans_b: bool, epilog
     ZERO, ONE = NPDT(0.0), NPDT(1.0)
     U = numba.uint64   # unsigned indices: Numba adds no negative-index wraparound code
 
-    opts = {} if max_registers is None or numba.config.ENABLE_CUDASIM else {"max_registers": max_registers}
+    sim = numba.config.ENABLE_CUDASIM
+    opts = {} if max_registers is None or sim else {"max_registers": max_registers}
+    inline = {} if sim else {"forceinline": True}   # NVVM inlines it: one kernel's code
 
-    @cuda.jit(**opts)
-    def gemm(a, offa, saz, zmoda, lda, b, offb, sbz, ldb, c, offc, scz, ldc, e, offe, sez,
-             nm, nn, nk, ones_row, accumulate):
+    @cuda.jit(device=True, **inline)
+    def body(a, abase, lda, b, bbase, ldb, c, cbase, ldc, e, ebase, nm, nn, nk, ones_row,
+             accumulate):
+        """The block's output tile of one product (bases: the z slice's start in a, b, c, e)."""
         sh = cuda.shared.array(0, DT)   # dynamic: A tile [BK][BMP], then B tile [BK][BNP]
         acc = cuda.local.array((TM, TN), DT)
         ar = cuda.local.array(TM, DT)
         br = cuda.local.array(TN, DT)
         pa = cuda.local.array(LOADS_A, DT)
         pb = cuda.local.array(LOADS_B, DT)
-        z = cuda.blockIdx.z
         t = cuda.threadIdx.x
         tx = t % TX
         ty = t // TX
         i0 = cuda.blockIdx.y * BM
         j0 = cuda.blockIdx.x * BN
-        abase = offa + (z % zmoda) * saz
-        bbase = offb + z * sbz
         for ii in range(TM):
             for jj in range(TN):
                 acc[ii, jj] = ZERO
@@ -203,8 +210,6 @@ def make_gemm(dtype: np.dtype, tile: tuple, trans_a: bool, trans_b: bool, epilog
                         for jj in range(TN):
                             acc[ii, jj] += ar[ii] * br[jj]
                 cuda.syncthreads()
-        cbase = offc + z * scz
-        ebase = offe + z * sez
         for ii in range(TM):
             i = i0 + ty + ii * TY
             if i < nm:
@@ -236,6 +241,23 @@ def make_gemm(dtype: np.dtype, tile: tuple, trans_a: bool, trans_b: bool, epilog
                     j = j0 + tx + jj * TX
                     if i < nm and j < nn:
                         c[U(cbase + i * ldc + j)] = math.tanh(c[U(cbase + i * ldc + j)])
+
+    if split_k:
+        @cuda.jit(**opts)
+        def gemm(a, offa, saz, zmoda, lda, b, offb, sbz, ldb, c, offc, scz, ldc, e, offe, sez,
+                 nm, nn, nk, ones_row, accumulate, zs, ska, skb):
+            z = cuda.blockIdx.z
+            m = z // zs
+            q = z - m * zs
+            body(a, offa + (m % zmoda) * saz + q * ska, lda, b, offb + m * sbz + q * skb, ldb,
+                 c, offc + z * scz, ldc, e, offe + z * sez, nm, nn, nk, ones_row, accumulate)
+    else:
+        @cuda.jit(**opts)
+        def gemm(a, offa, saz, zmoda, lda, b, offb, sbz, ldb, c, offc, scz, ldc, e, offe, sez,
+                 nm, nn, nk, ones_row, accumulate):
+            z = cuda.blockIdx.z
+            body(a, offa + (z % zmoda) * saz, lda, b, offb + z * sbz, ldb, c, offc + z * scz,
+                 ldc, e, offe + z * sez, nm, nn, nk, ones_row, accumulate)
 
     gemm.threads = NT
     gemm.shared_bytes = (BK * BMP + BK * BNP) * np.dtype(dtype).itemsize
