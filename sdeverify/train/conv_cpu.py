@@ -52,7 +52,7 @@ import numpy as np
 
 from ..compile_lock import compile_once
 from ..threads import limited, n_threads, run_ranges
-from .blas import gemm
+from .conv_gemm import product
 from .blas_threads import single_threaded
 from .conv_reference import ConvTrainer as _ReferenceTrainer
 from .conv_reference import Ops, _out_size
@@ -182,8 +182,8 @@ def _conv_forward(x, wrows, k, stride, pad, g, out, lo, hi):
         b0 = it % Q * g
         b1 = min(B, b0 + g)
         _patches(x, m, b0, b1, k, stride, pad, Ho, Wo, xp, cols)
-        gemm(False, True, (b1 - b0) * Ho * Wo, O, K, 1.0, flat, K, wrows[m].reshape(-1), K, 0.0,
-             out[m, b0:b1].reshape(-1), O)
+        product(False, True, (b1 - b0) * Ho * Wo, O, K, flat, K, wrows[m].reshape(-1), K, 0.0,
+                out[m, b0:b1].reshape(-1), O)
 
 
 @numba.njit(**_JIT)
@@ -214,9 +214,9 @@ def _conv_backward(dy, x, wrows, k, stride, pad, need_dx, g, dw_part, dx, lo, hi
             rows = (b1 - b0) * P
             _patches(x, m, b0, b1, k, stride, pad, Ho, Wo, xp, cols)
             d = dy[m, b0:b1].reshape(-1)
-            gemm(True, False, K, O, rows, 1.0, flat, K, d, O, 1.0, acc, O)
+            product(True, False, K, O, rows, flat, K, d, O, 1.0, acc, O)
             if need_dx:
-                gemm(False, False, rows, K, O, 1.0, d, O, wrows[m].reshape(-1), K, 0.0, dflat, K)
+                product(False, False, rows, K, O, d, O, wrows[m].reshape(-1), K, 0.0, dflat, K)
                 for b in range(b0, b1):
                     _unpatch(dcols[(b - b0) * P:(b - b0 + 1) * P], m, b, k, stride, pad, Ho, Wo,
                              dxp, dx)
@@ -244,9 +244,9 @@ def _conv_backward_flipped(dy, x, frows, k, pad, g, dw_part, dx, lo, hi):
             b1 = min(B * (q + 1) // G, b0 + g)
             rows = (b1 - b0) * H * W
             _patches(dy, m, b0, b1, k, 1, pad, H, W, dyp, cols)
-            gemm(False, True, rows, C, K, 1.0, flat, K, frows[m].reshape(-1), K, 0.0,
-                 dx[m, b0:b1].reshape(-1), C)
-            gemm(True, False, K, C, rows, 1.0, flat, K, x[m, b0:b1].reshape(-1), C, 1.0, acc, C)
+            product(False, True, rows, C, K, flat, K, frows[m].reshape(-1), K, 0.0,
+                    dx[m, b0:b1].reshape(-1), C)
+            product(True, False, K, C, rows, flat, K, x[m, b0:b1].reshape(-1), C, 1.0, acc, C)
 
 
 @numba.njit(**_JIT)
