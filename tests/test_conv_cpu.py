@@ -2,7 +2,8 @@
 (sdeverify.train.conv_reference), on shapes that reach every code path: stride-1 convs that
 keep, shrink or grow the image (input gradient by the flipped kernel at pad 1, 2 or -1),
 strided 3×3 and 1×1 convs (col2im), odd image sizes (clipped patches at every border),
-channel counts that are not multiples of a vector; BatchNorm in both modes; and the reused
+channel counts that are not multiples of a vector (products in BLAS and in
+:mod:`conv_gemm`'s tiles); BatchNorm in both modes; and the reused
 output arrays (:class:`conv_cpu.Workspace`)."""
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ def _close(got, want, rtol=1e-13):
     (1, 1, 1, 4, 5, 3, 2),        # stride 1, growing: the flipped kernel at pad -1 (a crop)
     (3, 2, 1, 7, 6, 5, 6),        # strided: col2im
     (1, 2, 0, 6, 7, 4, 8),        # the 1x1 projection shortcut: col2im
+    (3, 1, 1, 5, 6, 17, 40),      # stride 1, products in conv_gemm's two-vector tiles, edge columns
+    (3, 2, 1, 7, 6, 9, 24),       # strided, patch gradients dy·W in conv_gemm (k·k·C = 81 columns)
 ])
 def test_conv_forward_and_backward_match_the_reference(k, stride, pad, H, W, C, O, rows, monkeypatch):
     """float64, 2 models × 5 images: output, input gradient and weight gradient, with the
