@@ -59,14 +59,18 @@ def _no_unroll(module: ir.Module):
     return md
 
 
-def _make_tile(MR: int, NV: int):
+def _make_tile(MR: int, NV: int, unit: str):
     """The ``MR × NR`` micro-kernel (``NR`` = ``NV`` 512-bit vectors: 16·NV float32 or 8·NV
     float64 columns), an intrinsic
     ``tile(a, a_off, a_rs, a_ks, bp, b_off, c, c_off, ldc, kc, beta)``:
     ``c[c_off + i·ldc + j] = β·c[…] + Σ_{t<kc} a[a_off + i·a_rs + t·a_ks]·bp[b_off + t·NR + j]``
     for ``i < MR``, ``j < NR`` (``β`` is 0 or 1: with 0, ``c`` is not read).  The ``MR·NR``
     sums are vector SSA values (phi nodes of the reduction loop), so they live in registers;
-    the reduction runs in increasing ``t``, one fused multiply-add per step."""
+    the reduction runs in increasing ``t``, one fused multiply-add per step.  ``unit``: which
+    of A's strides is the constant 1 (its argument is ignored): ``"k"`` (row-major ``A``: each
+    row a pointer walking on), ``"row"`` (a transposed ``A``: the ``MR`` values of a step at
+    fixed offsets from one pointer) — a runtime unit stride cost 40% of the speed (address
+    arithmetic for every broadcast, measured)."""
 
     @intrinsic
     def tile(typingctx, a, a_off, a_rs, a_ks, bp, b_off, c, c_off, ldc, kc, beta):
@@ -85,6 +89,10 @@ def _make_tile(MR: int, NV: int):
                     (a_off_, a_rs_, a_ks_, b_off_, c_off_, ldc_, kc_),
                     (signature.args[1], signature.args[2], signature.args[3], signature.args[5],
                      signature.args[7], signature.args[8], signature.args[9])))
+            if unit == "k":
+                a_ks_ = ir.Constant(i64, 1)
+            else:
+                a_rs_ = ir.Constant(i64, 1)
             pa = cgutils.create_struct_proxy(signature.args[0])(context, builder, value=a_).data
             pb = cgutils.create_struct_proxy(signature.args[4])(context, builder, value=b_).data
             pc = cgutils.create_struct_proxy(signature.args[6])(context, builder, value=c_).data
@@ -161,18 +169,21 @@ def _make_tile(MR: int, NV: int):
 #: or 8 float64 channels) and 12 rows × 2 vectors (wider outputs); 24 accumulator registers
 #: of the 32 of AVX-512 either way.
 _MR1, _MR2 = 24, 12
-_tile1 = _make_tile(_MR1, 1)
-_tile2 = _make_tile(_MR2, 2)
+_tile1 = _make_tile(_MR1, 1, "k")
+_tile2 = _make_tile(_MR2, 2, "k")
+_tile1t = _make_tile(_MR1, 1, "row")
+_tile2t = _make_tile(_MR2, 2, "row")
 
 
 @numba.njit(**_JIT)
 def _edge(wide, mr, MR, NR, kc, a, a_off, a_rs, a_ks, bp, b_off, bt, c, c_off, ldc, nr, apad, ctmp):
-    """A tile of ``mr ≤ MR`` rows and ``nr ≤ NR`` columns: the rows of ``A`` copied into the
-    zero-padded ``apad (MR, kc)`` when ``mr < MR``, the full tile computed into ``ctmp``, its
+    """A tile of ``mr ≤ MR`` rows and ``nr ≤ NR`` columns (or any tile of an ``A`` without a
+    unit stride): the rows of ``A`` copied into the zero-padded ``apad (MR, kc)`` when
+    ``mr < MR`` (or no stride is 1), the full tile computed into ``ctmp``, its
     ``mr × nr`` corner added to (``bt`` = 1) or stored over ``c`` — the same arithmetic as a
     full tile's."""
     src, so, rs, ks = a, a_off, a_rs, a_ks
-    if mr < MR:
+    if mr < MR or a_ks != 1:
         for i in range(MR):
             for t in range(kc):
                 apad[i * kc + t] = a[a_off + i * a_rs + t * a_ks] if i < mr else 0.0
@@ -231,11 +242,16 @@ def gemm(m, n, k, a, a_off, a_rs, a_ks, b, b_off, b_ks, b_ns, beta, c, c_off, ld
                 mr = min(MR, m - m0)
                 ao = a_off + m0 * a_rs + k0 * a_ks
                 co = c_off + m0 * ldc + p * NR
-                if mr == MR and nr == NR:
-                    if wide:
-                        _tile2(a, ao, a_rs, a_ks, bp, bo, c, co, ldc, kc, bt)
+                if mr == MR and nr == NR and (a_ks == 1 or a_rs == 1):
+                    if a_ks == 1:
+                        if wide:
+                            _tile2(a, ao, a_rs, a_ks, bp, bo, c, co, ldc, kc, bt)
+                        else:
+                            _tile1(a, ao, a_rs, a_ks, bp, bo, c, co, ldc, kc, bt)
+                    elif wide:
+                        _tile2t(a, ao, a_rs, a_ks, bp, bo, c, co, ldc, kc, bt)
                     else:
-                        _tile1(a, ao, a_rs, a_ks, bp, bo, c, co, ldc, kc, bt)
+                        _tile1t(a, ao, a_rs, a_ks, bp, bo, c, co, ldc, kc, bt)
                 else:
                     _edge(wide, mr, MR, NR, kc, a, ao, a_rs, a_ks, bp, bo, bt, c, co, ldc, nr,
                           apad, ctmp)
