@@ -216,10 +216,10 @@ def gemm(m, n, k, a, a_off, a_rs, a_ks, b, b_off, b_ks, b_ns, beta, c, c_off, ld
                 for j in range(n):
                     c[c_off + i * ldc + j] = 0.0
         return
-    L = 64 // c.itemsize
-    wide = n > L
-    NR = 2 * L if wide else L
-    MR = _MR2 if wide else _MR1
+    NR = _panel(n, c.itemsize)
+    if n == NR and b_ns == 1 and b_ks == NR:          # B is one panel already: no copy
+        _panels(m, n, k, a, a_off, a_rs, a_ks, b, b_off, beta, c, c_off, ldc)
+        return
     P = (n + NR - 1) // NR
     bp = np.empty(P * k * NR, dtype=c.dtype)          # B in P panels (k, NR), zero-padded
     for p in range(P):
@@ -230,6 +230,23 @@ def gemm(m, n, k, a, a_off, a_rs, a_ks, b, b_off, b_ks, b_ns, beta, c, c_off, ld
                 bp[d + j] = b[s + j * b_ns]
             for j in range(w, NR):
                 bp[d + j] = 0.0
+    _panels(m, n, k, a, a_off, a_rs, a_ks, bp, 0, beta, c, c_off, ldc)
+
+
+@numba.njit(**_JIT)
+def _panel(n, itemsize):
+    """Columns of a tile (``NR``) for an ``n``-wide output: one vector, or two when wider."""
+    L = 64 // itemsize
+    return 2 * L if n > L else L
+
+
+@numba.njit(**_JIT)
+def _panels(m, n, k, a, a_off, a_rs, a_ks, bp, b0, beta, c, c_off, ldc):
+    """:func:`gemm` on ``B`` packed: panel p's row t at ``bp[b0 + (p·k + t)·NR :][:NR]``."""
+    NR = _panel(n, c.itemsize)
+    wide = NR > 64 // c.itemsize
+    MR = _MR2 if wide else _MR1
+    P = (n + NR - 1) // NR
     apad = np.empty(MR * KC, dtype=c.dtype)
     ctmp = np.empty(MR * NR, dtype=c.dtype)
     for p in range(P):
@@ -237,7 +254,7 @@ def gemm(m, n, k, a, a_off, a_rs, a_ks, b, b_off, b_ks, b_ns, beta, c, c_off, ld
         for k0 in range(0, k, KC):
             kc = min(KC, k - k0)
             bt = beta if k0 == 0 else 1.0
-            bo = (p * k + k0) * NR
+            bo = b0 + (p * k + k0) * NR
             for m0 in range(0, m, MR):
                 mr = min(MR, m - m0)
                 ao = a_off + m0 * a_rs + k0 * a_ks
