@@ -143,14 +143,29 @@ def engine_model_for(P, n_opt: int = 2, card=H200) -> dict:
                 loads=loads, ints=ints)
 
 
-def gemm_model(nm: int, nn: int, nk: int, models: int, dtype_bytes: int = 4, card=H200) -> dict:
+#: Resident blocks per SM of the float32 GEMM tiles on sm_90 (benchmarks/gpu_static.py's
+#: ptxas table: big 156-160 registers × 256 threads, small 96 × 256, the conv trainer's narrow
+#: n16 160-164 × 128 and n32 118-148 × 128; the most-register variant of each tile).
+GEMM_BLOCKS_PER_SM = {"big": 1, "small": 2, "n16": 3, "n32": 3}
+
+
+def gemm_model(nm: int, nn: int, nk: int, models: int, dtype_bytes: int = 4, card=H200,
+               conv: bool = False) -> dict:
     """Roofline time of one batched GEMM launch of the trainer: the tile and grid the trainer
-    picks (:func:`sdeverify.train.cuda.gemm_config`), resident blocks per SM from the resource
-    table (benchmarks/gpu_static.py: big tile 1, small tile 2 on sm_90), whole waves of blocks
-    at the SM's FP32 peak, against the bytes of A, B and C once through HBM."""
+    picks (:func:`sdeverify.train.cuda.gemm_config`; ``conv``: the ResNet trainer's
+    :func:`sdeverify.train.conv_cuda.conv_gemm_config`, narrow tiles included), resident
+    blocks per SM from :data:`GEMM_BLOCKS_PER_SM`, whole waves of blocks at the SM's FP32
+    peak (a block's whole tile, padding included), against the bytes of A, B and C once
+    through HBM."""
+    from sdeverify.train import conv_cuda as cc
     from sdeverify.train import cuda as tc
-    size, tile, grid = tc.gemm_config(nm, nn, models, tc.GPU_TILES, tc.GPU_BIG_MIN, card["sms"])
-    per_sm = {"big": 1, "small": 2}[size]
+    if conv:
+        size, tile, grid = cc.conv_gemm_config(nm, nn, models, cc.CONV_GPU_TILES, tc.GPU_BIG_MIN,
+                                               card["sms"])
+    else:
+        size, tile, grid = tc.gemm_config(nm, nn, models, tc.GPU_TILES, tc.GPU_BIG_MIN,
+                                          card["sms"])
+    per_sm = GEMM_BLOCKS_PER_SM[size]
     blocks = grid[0] * grid[1] * grid[2]
     waves = -(-blocks // (card["sms"] * per_sm))
     t_flop = waves * per_sm * 2 * tile[0] * tile[1] * nk / (card["fp32"] / card["sms"])
@@ -183,62 +198,53 @@ def trainer_model(widths, batch: int, models: int, t_launch: float = 0.0, card=H
                        else " + ".join(sorted(bounds))))
 
 
-def conv_layers(model) -> list[tuple[int, int, int, int]]:
-    """The 3×3 (and option-B 1×1) convolutions of a ResNet: ``(c_in, c_out, k, h_out)``."""
-    h = model.spatial_sizes()
-    out = [(model.input_shape[0], model.channels[0], 3, h[0])]
-    for blk in model.blocks():
-        stage = model.channels.index(blk.c_out)
-        out += [(blk.c_in, blk.c_out, 3, h[stage]), (blk.c_out, blk.c_out, 3, h[stage])]
-        if blk.shortcut == "B":
-            out.append((blk.c_in, blk.c_out, 1, h[stage]))
-    return out
-
-
-def weight_grad_splits(c_out: int, kk: int, models: int, batch: int, card=H200) -> int:
-    """The split-K image groups ``conv_cuda`` uses for a weight gradient (its ``_splits`` rule:
-    enough blocks for ``SPLIT_WAVES`` waves, S dividing the batch)."""
-    from sdeverify.train import conv_cuda, cuda as tc
-    tile = tc.gemm_config(c_out, kk, models, tc.GPU_TILES, tc.GPU_BIG_MIN, card["sms"])[1]
-    tiles = -(-c_out // tile[0]) * -(-kk // tile[1])
-    want = conv_cuda.SPLIT_WAVES * card["sms"]
-    if models * tiles >= want:
-        return 1
-    top = min(batch, -(-want // tiles))
-    return max(d for d in range(1, top + 1) if batch % d == 0)
-
-
 def conv_trainer_model(model, batch: int, models: int, t_launch: float = 0.0,
                        card=H200) -> dict:
-    """Roofline time of one SGD step of the CUDA ResNet trainer (``conv_cuda``, float32): per
-    convolution the im2col product as three GEMMs by :func:`gemm_model` — forward
-    ``(B·H·W) × c_out × (c_in·k²)``, weight gradient ``c_out × (c_in·k²) × (B·H·W)`` split over
-    image groups as the trainer does (:func:`weight_grad_splits`), input
-    gradient ``(B·H·W) × (c_in·k²) × c_out`` (not for the stem) — plus the im2col/col2im buffer
-    written and read (4 passes of ``c_in·k²·B·H·W`` words) and BatchNorm + ReLU + residual
-    (≈ 8 passes over each activation) through HBM, and ``t_launch`` per launch (≈ 12 per
-    convolution: im2col, GEMMs, col2im, BN forward/backward, pointwise)."""
-    t, flop, launches, bounds = 0.0, 0, 0, set()
-    words = 0
-    for i, (cin, cout, k, h) in enumerate(conv_layers(model)):
-        rows, kk = batch * h * h, cin * k * k
-        S = weight_grad_splits(cout, kk, models, batch, card)
-        shapes = [(rows, cout, kk, models), (cout, kk, rows // S, models * S)] + \
-            ([(rows, kk, cout, models)] if i else [])
+    """Roofline time of one SGD step of the CUDA ResNet trainer (``conv_cuda``, float32), unit
+    by unit of its plan (each conv + BatchNorm): the im2col product as three GEMMs by
+    :func:`gemm_model` with the trainer's tiles (``conv=True``: 16/32-row tiles for narrow
+    outputs) — forward ``c_out × (B·H·W) × (c_in·k²)``, weight gradient ``c_out × (c_in·k²)
+    × (B·H·W)`` split over image groups as the trainer does
+    (:func:`sdeverify.train.conv_cuda.weight_grad_splits`: all models' splits in one launch,
+    the partial products written and summed), input gradient ``(c_in·k²) × (B·H·W) × c_out``
+    (not for the stem) — plus, through HBM: the patch buffer written and read by the forward
+    product, again by the weight gradient, the patch gradient written and read by col2im (6
+    passes of ``c_in·k²·B·H·W`` words, 4 for the stem), col2im's output, BatchNorm forward
+    (x read 3 times, x̂ and y written: 5 passes of ``c_out·B·H·W``, plus the shortcut read by a
+    block's second unit) and backward (dy, x̂ read twice, dx written: 5 passes, plus the ReLU's
+    output read); the linear head's three GEMMs; the update (5 words per parameter); and
+    ``t_launch`` per launch (:func:`sdeverify.train.conv_cuda.launches_per_step`).  A model:
+    nothing here is measured."""
+    from sdeverify.train import conv_cuda as cc
+    plan = cc._Plan(model)
+    second = {id(b[2]) for b in plan.blocks}
+    shortcut = {id(b[3]) for b in plan.blocks if b[3] is not None}    # no ReLU after its BN
+    t, flop, bounds, words = 0.0, 0, set(), 0
+    for u in plan.units:
+        rows, kk = batch * u.h_out ** 2, u.c_in * u.k ** 2
+        S = cc.weight_grad_splits(u.c_out, kk, models, batch, n_sm=card["sms"])
+        stem = u is plan.stem
+        shapes = [(u.c_out, rows, kk, models), (u.c_out, kk, rows // S, models * S)] + \
+            ([] if stem else [(kk, rows, u.c_out, models)])
         for nm, nn, nk, mm in shapes:
-            g = gemm_model(nm, nn, nk, mm, 4, card)
+            g = gemm_model(nm, nn, nk, mm, 4, card, conv=True)
             t, flop = t + g["t"], flop + g["flop"]
             bounds.add(g["bound"])
-        words += models * (4 * kk * rows + 8 * cout * rows)
-        launches += 12
-    c, C = model.channels[2], model.n_classes                 # the linear head
-    for nm, nn, nk in ((batch, C, c), (c, C, batch), (batch, c, C)):
-        g = gemm_model(nm, nn, nk, models, 4, card)
-        t, flop, launches = t + g["t"], flop + g["flop"], launches + 1
+        act = u.c_out * rows
+        col2im_out = 0 if stem else u.c_in * batch * u.h_in ** 2
+        bn = 5 + (id(u) in second) + 5 + (id(u) not in shortcut)
+        words += models * ((4 if stem else 6) * kk * rows + col2im_out + bn * act
+                           + (2 * S * u.c_out * kk if S > 1 else 0))
+    c, C = plan.c_last, model.n_classes                 # the linear head
+    for nm, nn, nk in ((batch, C, c), (C, c, batch), (batch, c, C)):
+        g = gemm_model(nm, nn, nk, models, 4, card, conv=True)
+        t, flop = t + g["t"], flop + g["flop"]
+    words += 5 * model.n_params * models
     t += 4 * words / card["bw"]
     t_kernels = t
+    launches = cc.launches_per_step(model, models, batch, n_sm=card["sms"])
     t += launches * t_launch
-    return dict(t=t, flop=flop, gflops=flop / t / 1e9, launches=launches,
+    return dict(t=t, flop=flop, gflops=flop / t / 1e9, launches=launches, t_kernels=t_kernels,
                 bound=("launch overhead" if launches * t_launch > t_kernels
                        else " + ".join(sorted(bounds)) + " + HBM (im2col, BN)"))
 

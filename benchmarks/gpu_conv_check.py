@@ -16,7 +16,13 @@
    models (SGDM + weight decay) and × 1 model, as images·models/s and GFLOP/s
    (``ResNet.flops_per_sample``) against the card's FP32 peak, next to torch CUDA (a Python
    loop over the models, ``torch.optim.SGD(momentum, weight_decay)``, TF32 off, cuDNN) when
-   importable.
+   importable; the kernel launches per step the trainer counted (and the number its plan
+   gives, ``conv_cuda.launches_per_step``), numba-cuda's cost per launch measured here
+   (``gpu_check.launch_overhead``) and the roofline model's time
+   (``gpu_check.conv_trainer_model``, with that launch cost) next to the measured one.
+
+The whole run, compilation included, takes under 4 minutes on an H200 (it prints its wall
+time at the end).
 
 numba-cuda 0.30.4 compiles no kernel with numpy ≥ 2.5 (it overloads the removed
 ``np.row_stack``); this script sets ``numpy.row_stack = numpy.vstack`` first when it is
@@ -43,9 +49,10 @@ from sdeverify.train.images import conv_teacher  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from torch_resnet import torch_loop  # noqa: E402
-from gpu_check import conv_trainer_model  # noqa: E402
+from gpu_check import conv_trainer_model, launch_overhead  # noqa: E402
 
-#: numba-cuda's cost per kernel launch measured on the H200 (gpu_check.launch_overhead)
+#: numba-cuda's cost per kernel launch measured on an H200 (gpu_check.launch_overhead): the
+#: model's launch cost under the simulator, where nothing is measured
 LAUNCH_S = 78.8e-6
 
 #: FP32 lanes per SM and clock of compute capability 8.0 / 9.0 (CUDA C Programming Guide,
@@ -126,6 +133,10 @@ def agreement(tiny: bool, oracle: str) -> int:
 
 def speed(tiny: bool, peak: float | None) -> None:
     """float32 training steps of ResNet-20 at batch 512 (× 16 models and × 1)."""
+    t_launch = LAUNCH_S if tiny else launch_overhead()
+    print(f"numba-cuda launch overhead (empty kernel, 21 scalar arguments): "
+          f"{t_launch * 1e6:.1f} us{' (H200 value; not measured on the simulator)' if tiny else ''}",
+          flush=True)
     size, B, n, steps = (6, 4, 32, 1) if tiny else (32, 512, 4096, 3)
     model = resnet(8 if tiny else 20, width=0.25 if tiny else 1.0, classes=10, image_size=size,
                    weight_decay=5e-4)
@@ -152,9 +163,11 @@ def speed(tiny: bool, peak: float | None) -> None:
         t0 = time.perf_counter()
         tr.train([i[:1] for i in idx], a[:, :1], b[:, :1], g[:, :1], [1.0])   # compile, warm up
         warm = time.perf_counter() - t0
+        n0 = tr.launches
         t0 = time.perf_counter()
         losses = tr.train(idx, a, b, g, [1.0])
         t = (time.perf_counter() - t0) / steps
+        launches = (tr.launches - n0) / steps
         rate = B * M / t
         line = (f"  {M:2d} model(s): {t * 1e3:8.1f} ms/step, {rate:9.0f} images·models/s, "
                 f"{rate * flops / 1e9:8.1f} GFLOP/s")
@@ -162,9 +175,13 @@ def speed(tiny: bool, peak: float | None) -> None:
             line += f" ({rate * flops / peak:.1%} of FP32 peak)"
         line += f"; first call {warm:.1f} s; losses finite: {bool(np.all(np.isfinite(losses)))}"
         print(line, flush=True)
-        mod = conv_trainer_model(model, B, M, t_launch=LAUNCH_S)
-        print(f"     model (H200 roofline, {mod['bound']}): {mod['t'] * 1e3:8.1f} ms/step; "
-              f"measured/model rate = {mod['t'] / t:.2f}", flush=True)
+        planned = conv_cuda.launches_per_step(model, M, B, tr.tiles, tr.big_min, tr.split_sms)
+        print(f"     launches per step: {launches:.0f} counted ({planned} planned"
+              f"{'' if launches == planned else ': MISMATCH'})", flush=True)
+        mod = conv_trainer_model(model, B, M, t_launch=t_launch)
+        print(f"     model (H200 roofline, {mod['bound']}): {mod['t'] * 1e3:8.1f} ms/step "
+              f"({mod['t_kernels'] * 1e3:.1f} ms kernels + {mod['launches']} launches x "
+              f"{t_launch * 1e6:.1f} us); measured/model rate = {mod['t'] / t:.2f}", flush=True)
         if torch is not None:
             run = torch_loop(torch, model, data.X_train, data.y_train, B, M, steps, device="cuda")
             run()
@@ -189,6 +206,7 @@ def main(argv=None) -> int:
     print(f"agreement: {time.perf_counter() - t0:.1f} s", flush=True)
     if not args.no_speed:
         speed(args.tiny, peak)
+    print(f"total: {time.perf_counter() - t0:.1f} s", flush=True)
     return 1 if bad else 0
 
 

@@ -10,7 +10,8 @@ normalised by its own batch statistics, the running statistics follow slot 0's.
 
 One :meth:`ConvTrainer.train` call uploads the S steps' minibatch rows and augmentation
 parameters once, runs every step on the device and copies the ``(S, M)`` batch losses back
-once.  Activations of the M models live in a *channel-major* layout ``(M, C, B, H, W)``: the
+once.  A step is :func:`launches_per_step` kernel launches (179 for ResNet-20 at batch 512,
+any number of models), each launch object configured once per shape.  Activations of the M models live in a *channel-major* layout ``(M, C, B, H, W)``: the
 values of one (model, channel) are contiguous, so BatchNorm's per-channel reductions read
 memory in order, and a convolution is one batched GEMM per layer over the models:
 
@@ -18,19 +19,22 @@ memory in order, and a convolution is one batched GEMM per layer over the models
   cropped (zero padding) and flipped on the way (:mod:`sdeverify.train.augment`), and their
   labels;
 * conv forward: ``im2col`` writes the patches ``(C·k·k, B·Ho·Wo)`` of every model, then the
-  GEMM of :func:`sdeverify.train.cuda.make_gemm` computes ``W (O × C·k·k) · cols``; backward:
-  the patches are recomputed, ``dW = dout · colsᵀ`` and ``dcols = Wᵀ · dout`` (the GEMM's
-  compile-time transposes), and ``col2im`` sums the patch gradients back onto each input pixel
-  (one thread per pixel, in the reference's (i, j) order: no atomics, deterministic).  The
-  weight gradient reduces over all B·Ho·Wo pixels into few output tiles: when those do not
-  fill the GPU it is split by image groups (split-K, ``sum_splits`` adds the partial
-  products in a fixed order; :data:`SPLIT_WAVES`);
+  GEMM of :func:`sdeverify.train.cuda.make_gemm` computes ``W (O × C·k·k) · cols`` (a 16- or
+  32-row tile when O is that narrow, :func:`conv_gemm_config`); backward: the patches are
+  recomputed, ``dW = dout · colsᵀ`` and ``dcols = Wᵀ · dout`` (the GEMM's compile-time
+  transposes), and ``col2im`` sums the patch gradients back onto each input pixel (one thread
+  per pixel, in the reference's (i, j) order: no atomics, deterministic).  The weight
+  gradient reduces over all B·Ho·Wo pixels into few output tiles: when those do not fill the
+  GPU it is split by image groups (split-K: one launch for all models and splits, grid z =
+  model × split; ``sum_splits`` adds the partial products in a fixed order;
+  :data:`SPLIT_WAVES`);
 * BatchNorm forward (``bn_forward``) and backward (``bn_backward``): one block of 512 threads
   per (channel, model), block tree reductions in shared memory (batch mean, biased variance,
-  running statistics update; ``Σ dy`` and ``Σ dy·x̂``), the normalisation and the ReLU fused;
-* ``residual`` (``relu(u + shortcut(x))``, identity or option-A zero-pad shortcut),
-  ``relu_back``, ``shortcut_back`` (the adjoint of both shortcuts, added in place), global
-  average ``pool`` and ``pool_back``;
+  running statistics update; ``Σ dy`` and ``Σ dy·x̂``).  Fused into them: forward, the
+  normalisation, a residual block's shortcut (identity, option-A zero-pad, or the option-B
+  conv's BN output) and the ReLU; backward, ReLU's adjoint (the masked gradient written back
+  for the shortcut); ``col2im`` adds the shortcut's adjoint; global average ``pool`` and
+  ``pool_back``;
 * the linear head and its gradients by the same GEMM (the bias gradient as ``1ᵀ dZ`` through
   the GEMM's row of ones), the softmax cross-entropy and per-model loss reduction of
   :func:`sdeverify.train.cuda.make_pointwise`;
@@ -242,29 +246,30 @@ def make_conv_kernels(dtype: np.dtype, tpb: int, tpb_bn: int | None = None,
     @cuda.jit
     def im2col(x, xmod, C, B, H, W, k, s, p, Ho, Wo, M, cols):
         """``cols[m, (c·k + i)·k + j, (b·Ho + ho)·Wo + wo]`` = ``x[m % xmod, c, b, ho·s + i − p,
-        wo·s + j − p]`` (0 outside the image), ``x (·, C, B, H, W)``."""
-        No = B * Ho * Wo
+        wo·s + j − p]`` (0 outside the image), ``x (·, C, B, H, W)``.  Grid (output pixels,
+        patch rows, models), grid-stride in each: the patch row's (c, i, j) are the block's,
+        a thread splits its pixel index only (two divisions per element, not seven)."""
+        HWo = Ho * Wo
+        No = B * HWo
         K = C * k * k
-        total = M * K * No
-        for e in range(cuda.grid(1), total, cuda.gridsize(1)):
-            n = e % No
-            q = e // No
-            kk = q % K
-            m = q // K
-            wo = n % Wo
-            q2 = n // Wo
-            ho = q2 % Ho
-            b = q2 // Ho
-            j = kk % k
-            q3 = kk // k
-            i = q3 % k
-            c = q3 // k
-            r = ho * s + i - p
-            cc = wo * s + j - p
-            v = ZERO
-            if r >= 0 and r < H and cc >= 0 and cc < W:
-                v = x[((((m % xmod) * C + c) * B + b) * H + r) * W + cc]
-            cols[e] = v
+        for m in range(cuda.blockIdx.z, M, cuda.gridDim.z):
+            for kk in range(cuda.blockIdx.y, K, cuda.gridDim.y):
+                j = kk % k
+                q = kk // k
+                i = q % k
+                c = q // k
+                src = ((m % xmod) * C + c) * B * H * W
+                dst = (m * K + kk) * No
+                for n in range(cuda.grid(1), No, cuda.gridsize(1)):
+                    b = n // HWo
+                    pix = n - b * HWo
+                    ho = pix // Wo
+                    r = ho * s + i - p
+                    cc = (pix - ho * Wo) * s + j - p
+                    v = ZERO
+                    if r >= 0 and r < H and cc >= 0 and cc < W:
+                        v = x[src + (b * H + r) * W + cc]
+                    cols[dst + n] = v
 
     @cuda.jit
     def col2im(dcols, C, B, H, W, k, s, p, Ho, Wo, M, dx, accumulate, d, smode, Cd):
@@ -272,37 +277,50 @@ def make_conv_kernels(dtype: np.dtype, tpb: int, tpb_bn: int | None = None,
         that read it, in (i, j) order, then (fused) the adjoint of the residual block's
         shortcut applied to its output gradient ``d (M, Cd, B, Ho, Wo)``: ``smode`` 0 none,
         1 identity (``+ d[e]``), 2 option A (``+ d[m, c + front, b, h/2, w/2]`` at even h, w,
-        ``front = (Cd − C)//2``); into ``dx`` (``+=`` when ``accumulate``)."""
+        ``front = (Cd − C)//2``); into ``dx`` (``+=`` when ``accumulate``).  Grid (pixels,
+        channels, models), grid-stride in each; stride 1 needs no division in the patch
+        loop."""
         No = B * Ho * Wo
+        HW = H * W
         K = C * k * k
         front = (Cd - C) // 2
-        total = M * C * B * H * W
-        for e in range(cuda.grid(1), total, cuda.gridsize(1)):
-            w = e % W
-            q = e // W
-            h = q % H
-            q //= H
-            b = q % B
-            q //= B
-            c = q % C
-            m = q // C
-            v = ZERO
-            for i in range(k):
-                rr = h + p - i
-                if rr >= 0 and rr % s == 0 and rr // s < Ho:
-                    for j in range(k):
-                        cc = w + p - j
-                        if cc >= 0 and cc % s == 0 and cc // s < Wo:
-                            v += dcols[(m * K + (c * k + i) * k + j) * No
-                                       + (b * Ho + rr // s) * Wo + cc // s]
-            if smode == 1:
-                v += d[e]
-            elif smode == 2 and h % 2 == 0 and w % 2 == 0:
-                v += d[(((m * Cd + c + front) * B + b) * Ho + h // 2) * Wo + w // 2]
-            if accumulate:
-                dx[e] += v
-            else:
-                dx[e] = v
+        for m in range(cuda.blockIdx.z, M, cuda.gridDim.z):
+            for c in range(cuda.blockIdx.y, C, cuda.gridDim.y):
+                base = (m * C + c) * B * HW
+                gbase = (m * K + c * k * k) * No
+                for n in range(cuda.grid(1), B * HW, cuda.gridsize(1)):
+                    b = n // HW
+                    pix = n - b * HW
+                    h = pix // W
+                    w = pix - h * W
+                    v = ZERO
+                    if s == 1:
+                        for i in range(k):
+                            rr = h + p - i
+                            if rr >= 0 and rr < Ho:
+                                for j in range(k):
+                                    cc = w + p - j
+                                    if cc >= 0 and cc < Wo:
+                                        v += dcols[gbase + (i * k + j) * No
+                                                   + (b * Ho + rr) * Wo + cc]
+                    else:
+                        for i in range(k):
+                            rr = h + p - i
+                            if rr >= 0 and rr % s == 0 and rr // s < Ho:
+                                for j in range(k):
+                                    cc = w + p - j
+                                    if cc >= 0 and cc % s == 0 and cc // s < Wo:
+                                        v += dcols[gbase + (i * k + j) * No
+                                                   + (b * Ho + rr // s) * Wo + cc // s]
+                    e = base + n
+                    if smode == 1:
+                        v += d[e]
+                    elif smode == 2 and h % 2 == 0 and w % 2 == 0:
+                        v += d[(((m * Cd + c + front) * B + b) * Ho + h // 2) * Wo + w // 2]
+                    if accumulate:
+                        dx[e] += v
+                    else:
+                        dx[e] = v
 
     @cuda.jit(**bn_opts)
     def bn_forward(x, C, N, M, W, og, ob, P, train, buf, orm, orv, NB, update, inv, ioff, Ctot,
@@ -661,6 +679,16 @@ class ConvTrainer(conv_reference.ConvTrainer):
         blocks = max(1, min(-(-int(n) // self.tpb), self.max_blocks))
         return self._launch(self.k[name], blocks, self.tpb)
 
+    def _grid3(self, name: str, n: int, ny: int, nz: int):
+        """A kernel grid-striding over ``n`` items in x, ``ny`` in y and ``nz`` in z (at most
+        2 blocks in y and z under the simulator, whose blocks are Python threads: the
+        grid-stride loops still take more than one step); at most about ``max_blocks``
+        blocks in all (threads loop over the rest)."""
+        cap = 2 if self.sim else cuda_arch.MAX_GRID[1]
+        gy, gz = min(ny, cap), min(nz, cap)
+        blocks = max(1, min(-(-int(n) // self.tpb), self.max_blocks // (gy * gz)))
+        return self._launch(self.k[name], (blocks, gy, gz), self.tpb)
+
     def _per_channel(self, name: str, C: int, M: int):
         """A BatchNorm kernel: one block per (channel, model) on a GPU (grid-stride)."""
         blocks = max(1, min(C * M, self.max_blocks))
@@ -709,8 +737,8 @@ class ConvTrainer(conv_reference.ConvTrainer):
         """``ws.conv (M, O, B·Ho·Wo) = W_u · im2col(x)``."""
         M, B = ws.M, ws.B
         K, No = u.c_in * u.k * u.k, B * u.h_out ** 2
-        self._flat("im2col", M * K * No)(x, xmod, u.c_in, B, u.h_in, u.h_in, u.k, u.stride,
-                                         u.pad, u.h_out, u.h_out, M, ws.cols)
+        self._grid3("im2col", No, K, M)(x, xmod, u.c_in, B, u.h_in, u.h_in, u.k, u.stride,
+                                        u.pad, u.h_out, u.h_out, M, ws.cols)
         self._gemm(False, False, EPI_NONE, u.c_out, No, M, W, u.w, self.P, M, K,
                    ws.cols, 0, K * No, No, ws.conv, 0, u.c_out * No, No, nk=K)
 
@@ -742,8 +770,8 @@ class ConvTrainer(conv_reference.ConvTrainer):
         self._per_channel("bn_backward", u.c_out, M)(
             dy, ws.xhat[id(u)], u.c_out, N, M, W, u.og, u.ob, self.P, ws.inv, u.ioff,
             self.plan.Ctot, G, goff, ws.gc, dy if act is None else act, int(act is not None))
-        self._flat("im2col", M * K * N)(x, xmod, u.c_in, B, u.h_in, u.h_in, u.k, u.stride,
-                                        u.pad, u.h_out, u.h_out, M, ws.cols)
+        self._grid3("im2col", N, K, M)(x, xmod, u.c_in, B, u.h_in, u.h_in, u.k, u.stride,
+                                       u.pad, u.h_out, u.h_out, M, ws.cols)
         # dW (O × K) = dc (O × N) · colsᵀ
         O, S = u.c_out, self._splits(u.c_out, K, M, B)
         if S == 1:
@@ -760,7 +788,7 @@ class ConvTrainer(conv_reference.ConvTrainer):
         # dcols (K × N) = Wᵀ (K × O) · dc (O × N)
         self._gemm(True, False, EPI_NONE, K, N, M, W, u.w, self.P, M, K,
                    ws.gc, 0, u.c_out * N, N, ws.dcols, 0, K * N, N, nk=u.c_out)
-        self._flat("col2im", M * u.c_in * B * u.h_in ** 2)(
+        self._grid3("col2im", B * u.h_in ** 2, u.c_in, M)(
             ws.dcols, u.c_in, B, u.h_in, u.h_in, u.k, u.stride, u.pad, u.h_out, u.h_out, M, dx,
             int(accumulate), dx if sd is None else sd, smode, Cd or u.c_in)
 
