@@ -35,12 +35,14 @@ def _close(got, want, rtol=1e-13):
     (1, 2, 0, 6, 7, 4, 8),        # the 1x1 projection shortcut: col2im
     (3, 1, 1, 5, 6, 17, 40),      # stride 1, products in conv_gemm's two-vector tiles, edge columns
     (3, 2, 1, 7, 6, 9, 24),       # strided, patch gradients dy·W in conv_gemm (k·k·C = 81 columns)
+    (3, 1, 1, 6, 5, 16, 24),      # stride 1 without im2col (IMPLICIT_WIDTH = 1 below)
 ])
 def test_conv_forward_and_backward_match_the_reference(k, stride, pad, H, W, C, O, rows, monkeypatch):
     """float64, 2 models × 5 images: output, input gradient and weight gradient, with the
     images in one GEMM per image and several weight-gradient groups (``ROWS`` = 1), in
     chunks of 2 images that do not divide the batch, two groups (100), and all in one chunk (1024)."""
     monkeypatch.setattr(cc, "ROWS", rows)
+    monkeypatch.setattr(cc, "IMPLICIT_WIDTH", 1 if C == 16 else cc.IMPLICIT_WIDTH)
     X = RS.normal(size=(2, 5, C, H, W))
     Wt = RS.normal(size=(2, O, C, k, k))
     want = cr.conv2d(X, Wt, stride, pad)

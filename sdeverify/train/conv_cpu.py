@@ -52,7 +52,7 @@ import numpy as np
 
 from ..compile_lock import compile_once
 from ..threads import limited, n_threads, run_ranges
-from .conv_gemm import product
+from .conv_gemm import gemm, gemm_packed, pack, packed_size, product, used
 from .blas_threads import single_threaded
 from .conv_reference import ConvTrainer as _ReferenceTrainer
 from .conv_reference import Ops, _out_size
@@ -88,6 +88,10 @@ SMALL_C = 16
 #: too small to split.  Large networks (ResNet-20 at batch 128: 30 GFLOP per model-step) keep
 #: the kernel-level threads.
 SPLIT_WORK = 1 << 33
+#: Output width from which a stride-1 convolution (forward, and the input gradient by the
+#: flipped kernel) runs without im2col (:func:`_implicit`): it then computes ``2·pad`` extra
+#: output pixels a row (6% of a 32-wide row; 20% of an 8-wide one, more than im2col costs).
+IMPLICIT_WIDTH = 32
 
 
 # ---- kernels ---------------------------------------------------------------------------------
@@ -166,14 +170,18 @@ def _pad_shape(x, pad):
 
 
 @numba.njit(**_JIT)
-def _conv_forward(x, wrows, k, stride, pad, g, out, lo, hi):
+def _conv_forward(x, wrows, k, stride, pad, g, implicit, out, lo, hi):
     """Items ``m·Q + q`` (Q = ⌈B/g⌉ chunks of ``g`` images): ``out[m, chunk]`` (rows
     ``b·Ho·Wo + ho·Wo + wo``, channels last) = the chunk's patches · ``wrows[m]ᵀ``, one GEMM
-    per chunk; the patches stay in cache between im2col and the GEMM."""
+    per chunk; the patches stay in cache between im2col and the GEMM.  ``implicit``
+    (stride 1, :func:`_implicit`): image by image without im2col, :func:`_forward_implicit`."""
     B = x.shape[1]
     Ho, Wo, O = out.shape[2], out.shape[3], out.shape[4]
     K = wrows.shape[2]
     Q = (B + g - 1) // g
+    if implicit:
+        _forward_implicit(x, wrows, k, pad, g, out, lo, hi)
+        return
     cols = np.empty((g * Ho * Wo, K), dtype=x.dtype)
     flat = cols.reshape(-1)
     xp = np.zeros(_pad_shape(x, pad), dtype=x.dtype)
@@ -184,6 +192,80 @@ def _conv_forward(x, wrows, k, stride, pad, g, out, lo, hi):
         _patches(x, m, b0, b1, k, stride, pad, Ho, Wo, xp, cols)
         product(False, True, (b1 - b0) * Ho * Wo, O, K, flat, K, wrows[m].reshape(-1), K, 0.0,
                 out[m, b0:b1].reshape(-1), O)
+
+
+def _implicit(pad, W, Wo, n, kc, itemsize) -> bool:
+    """Whether a stride-1 convolution of ``W``-wide images to ``Wo``-wide outputs with ``n``
+    output channels and kernel rows of ``kc = k·C`` entries runs without im2col
+    (:func:`_forward_implicit`): padding not negative, outputs at least ``IMPLICIT_WIDTH``
+    wide, and the products in :mod:`conv_gemm`'s tiles.  A shape rule."""
+    Wp = W + 2 * pad
+    return bool(pad >= 0 and Wo >= IMPLICIT_WIDTH and used(Wo * Wp, n, kc, itemsize))
+
+
+@numba.njit(**_JIT)
+def _slack_buffer(x, pad, k):
+    """A zeroed flat buffer for :func:`_padded`'s bordered image plus ``k`` pixels of slack
+    (the last virtual pixels' patches of :func:`_forward_implicit` read past the border),
+    and the bordered image as a view of its front."""
+    Hp, Wp, C = _pad_shape(x, pad)
+    flat = np.zeros((Hp * Wp + k) * C, dtype=x.dtype)
+    return flat, flat[:Hp * Wp * C].reshape(Hp, Wp, C)
+
+
+@numba.njit(**_JIT)
+def _implicit_image(xpf, Wp, C, Ho, Wo, k, wp, outv, out_img):
+    """One image's stride-1 convolution on its bordered copy ``xpf`` (``Wp`` pixels a row,
+    ``C`` channels): every *virtual* output pixel ``q = ho·Wp + wo`` (``wo < Wp``) is
+    ``Σ_i xpf[(q + i·Wp)·C : +k·C] · W_iᵀ`` — one GEMM per kernel row i straight on the
+    image (its ``k·C`` entries are contiguous; A's rows are ``C`` apart), accumulated into
+    ``outv (Ho·Wp, O)``; the pixels with ``wo < Wo`` are copied to ``out_img (Ho, Wo, O)``, the
+    others (straddling a row end) dropped."""
+    O = out_img.shape[2]
+    seg = wp.size // k
+    for i in range(k):
+        gemm_packed(Ho * Wp, O, k * C, xpf, i * Wp * C, C, 1, wp, i * seg, 0.0 if i == 0 else 1.0,
+                    outv, 0, O)
+    of = out_img.reshape(-1)
+    n = _U(Wo * O)
+    for ho in range(Ho):
+        s, d = _U(ho * Wp * O), _U(ho * Wo * O)
+        for t in range(n):
+            of[d + t] = outv[s + t]
+
+
+@numba.njit(**_JIT)
+def _pack_rows(wrows_m, k, kc, wp):
+    """The weight rows ``(n, k·kc)`` of one model as ``k`` packed ``(kc × n)`` blocks (kernel
+    row i's block at ``i·wp.size/k``), the B operands of :func:`_implicit_image`."""
+    n = wrows_m.shape[0]
+    K = wrows_m.shape[1]
+    seg = wp.size // k
+    wf = wrows_m.reshape(-1)
+    for i in range(k):
+        pack(n, kc, wf, i * kc, 1, K, wp, i * seg)
+
+
+@numba.njit(**_JIT)
+def _forward_implicit(x, wrows, k, pad, g, out, lo, hi):
+    """The items of :func:`_conv_forward` (stride 1), image by image, by
+    :func:`_implicit_image` (no im2col)."""
+    B, C = x.shape[1], x.shape[4]
+    Ho, Wo, O = out.shape[2], out.shape[3], out.shape[4]
+    xpf, xp = _slack_buffer(x, pad, k)
+    Wp = xp.shape[1]
+    wp = np.empty(k * packed_size(O, k * C, x.itemsize), dtype=x.dtype)
+    outv = np.empty(Ho * Wp * O, dtype=x.dtype)
+    Q = (B + g - 1) // g
+    last = -1
+    for it in range(lo, hi):
+        m = it // Q
+        if m != last:
+            _pack_rows(wrows[m], k, k * C, wp)
+            last = m
+        for b in range(it % Q * g, min(B, it % Q * g + g)):
+            _padded(x, m, b, pad, xp)
+            _implicit_image(xpf, Wp, C, Ho, Wo, k, wp, outv, out[m, b])
 
 
 @numba.njit(**_JIT)
@@ -223,12 +305,16 @@ def _conv_backward(dy, x, wrows, k, stride, pad, need_dx, g, dw_part, dx, lo, hi
 
 
 @numba.njit(**_JIT)
-def _conv_backward_flipped(dy, x, frows, k, pad, g, dw_part, dx, lo, hi):
+def _conv_backward_flipped(dy, x, frows, k, pad, g, implicit, dw_part, dx, lo, hi):
     """Stride 1, items ``m·G + q`` as :func:`_conv_backward`: for each chunk of ``g`` images
     of group q, the patches of ``dy`` at the flipped pad ``pad`` (one im2col serves both
     products): ``dx[m, chunk] = patches · frows[m]ᵀ`` (the flipped kernel
     :func:`_flipped_rows`) and ``dw_part[m, q] += patchesᵀ · x[m, chunk]``, the gradient of
-    the flipped kernel, ``(k·k·O, C)``."""
+    the flipped kernel, ``(k·k·O, C)``.  ``implicit`` (:func:`_implicit`): image by image
+    without im2col, :func:`_backward_implicit`."""
+    if implicit:
+        _backward_implicit(dy, x, frows, k, pad, dw_part, dx, lo, hi)
+        return
     B, H, W, C = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
     K = frows.shape[2]
     G = dw_part.shape[1]
@@ -247,6 +333,45 @@ def _conv_backward_flipped(dy, x, frows, k, pad, g, dw_part, dx, lo, hi):
             product(False, True, rows, C, K, flat, K, frows[m].reshape(-1), K, 0.0,
                     dx[m, b0:b1].reshape(-1), C)
             product(True, False, K, C, rows, flat, K, x[m, b0:b1].reshape(-1), C, 1.0, acc, C)
+
+
+@numba.njit(**_JIT)
+def _backward_implicit(dy, x, frows, k, pad, dw_part, dx, lo, hi):
+    """The items of :func:`_conv_backward_flipped` image by image on ``dy``'s bordered copy,
+    no im2col: ``dx[m, b]`` by :func:`_implicit_image` with the flipped kernel, and for each
+    kernel row i the gradient rows ``(i, j, o)`` of the flipped kernel,
+    ``dw_part[m, q][i·k·O:][:k·O] += Σ_q dyp[(q + i·Wp)·O + j·O + o] · xv[q]`` over the
+    virtual pixels q (one GEMM, A read straight from the bordered ``dy``), where ``xv`` is
+    ``x[m, b]`` on the virtual pixels, zero on those straddling a row end."""
+    B, H, W, C = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
+    O = dy.shape[4]
+    G = dw_part.shape[1]
+    dypf, dyp = _slack_buffer(dy, pad, k)
+    Wp = dyp.shape[1]
+    Q = H * Wp
+    fp = np.empty(k * packed_size(C, k * O, x.itemsize), dtype=x.dtype)
+    outv = np.empty(Q * C, dtype=x.dtype)
+    xv = np.zeros(Q * C, dtype=x.dtype)
+    n = _U(W * C)
+    last = -1
+    for it in range(lo, hi):
+        m = it // G
+        q = it % G
+        acc = dw_part[m, q].reshape(-1)
+        acc[:] = 0.0
+        if m != last:
+            _pack_rows(frows[m], k, k * O, fp)
+            last = m
+        for b in range(B * q // G, B * (q + 1) // G):
+            _padded(dy, m, b, pad, dyp)
+            _implicit_image(dypf, Wp, O, H, W, k, fp, outv, dx[m, b])
+            xf = x[m, b].reshape(-1)
+            for r in range(H):
+                s, d = _U(r * W * C), _U(r * Wp * C)
+                for t in range(n):
+                    xv[d + t] = xf[s + t]
+            for i in range(k):
+                gemm(k * O, C, Q, dypf, i * Wp * O, 1, O, xv, 0, C, 1, 1.0, acc, i * k * O * C, C)
 
 
 @numba.njit(**_JIT)
@@ -534,8 +659,9 @@ def conv2d(x, Wt, stride, pad):
     out = _empty((M, B, _out_size(H, k, stride, pad), _out_size(W, k, stride, pad), O), x.dtype)
     Ho, Wo = out.shape[2], out.shape[3]
     g = _chunk(B, Ho, Wo)
+    implicit = stride == 1 and _implicit(pad, W, Wo, O, k * C, x.itemsize)
     _run(_conv_forward, M * -(-B // g), M * B * Ho * Wo * O * k * k * C,
-         _c(x), _weight_rows(Wt), k, stride, pad, g, out)
+         _c(x), _weight_rows(Wt), k, stride, pad, g, implicit, out)
     return out
 
 
@@ -564,8 +690,9 @@ def conv2d_backward(dy, x, Wt, stride, pad, need_dx=True):
         G = _groups(B, H, W)
         part = _empty((M, G, k * k * O, C), x.dtype)
         dx = _empty(x.shape, x.dtype)
+        implicit = _implicit(k - 1 - pad, Wo, W, C, k * O, x.itemsize)
         _run(_conv_backward_flipped, M * G, work, dy, x, _flipped_rows(Wt), k, k - 1 - pad,
-             _chunk(B, H, W), part, dx)
+             _chunk(B, H, W), implicit, part, dx)
         S = part.sum(axis=1).reshape(M, k, k, O, C)        # S[m, i', j', o, c] = dW[m, o, c, k-1-i', k-1-j']
         return dx, S[:, ::-1, ::-1].transpose(0, 3, 4, 1, 2)
     G = _groups(B, Ho, Wo)

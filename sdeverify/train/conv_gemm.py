@@ -30,7 +30,7 @@ from numba.extending import intrinsic
 
 from .blas import gemm as blas_gemm
 
-__all__ = ["gemm", "product", "used", "KC", "AVX512"]
+__all__ = ["gemm", "gemm_packed", "pack", "packed_size", "product", "used", "KC", "AVX512"]
 
 _JIT = dict(cache=True, error_model="numpy", nogil=True, fastmath=False)
 #: Rows of ``B`` (the reduction) per packed block.
@@ -218,19 +218,33 @@ def gemm(m, n, k, a, a_off, a_rs, a_ks, b, b_off, b_ks, b_ns, beta, c, c_off, ld
         return
     NR = _panel(n, c.itemsize)
     if n == NR and b_ns == 1 and b_ks == NR:          # B is one panel already: no copy
-        _panels(m, n, k, a, a_off, a_rs, a_ks, b, b_off, beta, c, c_off, ldc)
+        gemm_packed(m, n, k, a, a_off, a_rs, a_ks, b, b_off, beta, c, c_off, ldc)
         return
-    P = (n + NR - 1) // NR
-    bp = np.empty(P * k * NR, dtype=c.dtype)          # B in P panels (k, NR), zero-padded
-    for p in range(P):
+    bp = np.empty(packed_size(n, k, c.itemsize), dtype=c.dtype)
+    pack(n, k, b, b_off, b_ks, b_ns, bp, 0)
+    gemm_packed(m, n, k, a, a_off, a_rs, a_ks, bp, 0, beta, c, c_off, ldc)
+
+
+@numba.njit(**_JIT)
+def packed_size(n, k, itemsize):
+    """Entries of ``B (k × n)`` packed by :func:`pack`."""
+    NR = _panel(n, itemsize)
+    return (n + NR - 1) // NR * k * NR
+
+
+@numba.njit(**_JIT)
+def pack(n, k, b, b_off, b_ks, b_ns, bp, p_off):
+    """``B[t, j]`` = ``b[b_off + t·b_ks + j·b_ns]`` (``k × n``) into the zero-padded panels of
+    :func:`gemm_packed`: ``bp[p_off + (p·k + t)·NR + j'] = B[t, p·NR + j']``."""
+    NR = _panel(n, bp.itemsize)
+    for p in range((n + NR - 1) // NR):
+        w = min(NR, n - p * NR)
         for t in range(k):
-            s, d = b_off + t * b_ks + p * NR * b_ns, (p * k + t) * NR
-            w = min(NR, n - p * NR)
+            s, d = b_off + t * b_ks + p * NR * b_ns, p_off + (p * k + t) * NR
             for j in range(w):
                 bp[d + j] = b[s + j * b_ns]
             for j in range(w, NR):
                 bp[d + j] = 0.0
-    _panels(m, n, k, a, a_off, a_rs, a_ks, bp, 0, beta, c, c_off, ldc)
 
 
 @numba.njit(**_JIT)
@@ -241,8 +255,9 @@ def _panel(n, itemsize):
 
 
 @numba.njit(**_JIT)
-def _panels(m, n, k, a, a_off, a_rs, a_ks, bp, b0, beta, c, c_off, ldc):
-    """:func:`gemm` on ``B`` packed: panel p's row t at ``bp[b0 + (p·k + t)·NR :][:NR]``."""
+def gemm_packed(m, n, k, a, a_off, a_rs, a_ks, bp, b0, beta, c, c_off, ldc):
+    """:func:`gemm` on a ``B`` packed by :func:`pack` at offset ``b0`` (panel p's row t at
+    ``bp[b0 + (p·k + t)·NR :][:NR]``)."""
     NR = _panel(n, c.itemsize)
     wide = NR > 64 // c.itemsize
     MR = _MR2 if wide else _MR1
