@@ -189,3 +189,28 @@ def test_blas_controllers_are_rescanned_only_after_an_import(monkeypatch):
     monkeypatch.setitem(sys.modules, "_sdeverify_test_new_module", types.ModuleType("m"))
     blas_threads._controllers()
     assert len(scans) == 2
+
+
+@pytest.mark.parametrize("implicit_width", [1, 10 ** 6])
+def test_conv_products_do_not_depend_on_models_per_launch_or_threads(monkeypatch, implicit_width):
+    """Bitwise, float32, 16 channels (products in conv_gemm's tiles), with and without im2col:
+    3 models in one call against each model alone, and every kernel's items on one thread
+    against 3 threads with one range each."""
+    from sdeverify.threads import run_ranges
+    monkeypatch.setattr(cc, "IMPLICIT_WIDTH", implicit_width)
+    X = RS.normal(size=(3, 4, 9, 8, 16)).astype(np.float32)
+    Wt = RS.normal(size=(3, 16, 16, 3, 3)).astype(np.float32)
+    D = RS.normal(size=(3, 4, 9, 8, 16)).astype(np.float32)
+
+    def layer(x, w, d):
+        return [cc.conv2d(x, w, 1, 1), *cc.conv2d_backward(d, x, w, 1, 1)]
+    out = []
+    for split in (dict(threads=1), dict(threads=3, per_thread=1)):
+        monkeypatch.setattr(cc, "run_ranges", lambda kernel, n, *a, **_: run_ranges(kernel, n, *a, **split))
+        out.append([a.copy() for a in layer(X, Wt, D)])
+    for x, y in zip(*out):
+        np.testing.assert_array_equal(x, y)
+    for m in range(3):
+        alone = layer(X[m:m + 1], Wt[m:m + 1], D[m:m + 1])
+        for x, y in zip(out[0], alone):
+            np.testing.assert_array_equal(x[m:m + 1], y)
