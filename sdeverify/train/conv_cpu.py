@@ -11,9 +11,13 @@ supplies the layer functions on a **channels-last** layout, activations ``(M, B,
   writes each output pixel's patch as one row of a ``(chunk·Ho·Wo, k·k·C)`` buffer (order
   ``(i, j, c)``, the weights permuted to match; each kernel row's ``k·C`` entries are one
   contiguous run of the bordered row, copied by an inline loop with unsigned indices) and
-  one single-threaded BLAS product with the ``(O, k·k·C)`` weight rows gives the chunk's
+  one single-threaded product with the ``(O, k·k·C)`` weight rows gives the chunk's
   output rows — which *are* its channels-last output, no transpose; the patches stay in
-  cache between the two.  Backward: the weight gradient per (model, group of images; the
+  cache between the two.  The products run in :mod:`conv_gemm`'s register-blocked AVX-512
+  kernel where the output and the reduction are at least one vector (16 float32 / 8
+  float64 entries; :func:`conv_gemm.used`), else in BLAS.  A stride-1 conv with outputs at
+  least ``IMPLICIT_WIDTH`` wide skips im2col: one product per kernel row straight on the
+  bordered image (:func:`_implicit_image`), forward and backward.  Backward: the weight gradient per (model, group of images; the
   number of groups a shape rule, :func:`_groups`) — the patches recomputed chunk by chunk,
   ``patchesᵀ·dy`` accumulated into the group's partial sum (the groups' sums added in group
   order); the input gradient of a stride-1 conv is the forward kernel again, on ``dy`` with
@@ -828,11 +832,11 @@ class ConvTrainer(_ReferenceTrainer):
     contract, state, augmentation and SVAG rules of the reference
     :class:`~sdeverify.train.conv_reference.ConvTrainer`.  ``dtype``: float32 or float64.
 
-    Speed: the convolutions' products run in SciPy's OpenBLAS, single-threaded per item, so
-    its kernel set decides most of the step's time: on an AVX-512 CPU where OpenBLAS runs its
-    AVX2 ("Haswell") kernels, ``OPENBLAS_CORETYPE=SkylakeX`` in the environment before Python
-    starts made the ResNet-20 step 1.45× faster (benchmarks/RESULTS.md; only on a CPU with
-    AVX-512).  The training step's output arrays stay in :attr:`workspace` between calls."""
+    Speed: on an AVX-512 CPU the convolutions' products of 16 channels and more run in
+    :mod:`conv_gemm`'s own kernel (about 2× OpenBLAS's AVX2 "Haswell" kernels on ResNet-20's
+    shapes, whatever ``OPENBLAS_CORETYPE`` says); narrower ones, and every product on a CPU
+    without AVX-512, in SciPy's OpenBLAS, single-threaded per item (benchmarks/RESULTS.md).
+    The training step's output arrays stay in :attr:`workspace` between calls."""
     ops = NHWC
 
     def __init__(self, model, X, y, n_opt, n_rep, dtype="float64"):
