@@ -66,6 +66,9 @@ __all__ = ["ConvTrainer", "NHWC"]
 
 _JIT = dict(cache=True, error_model="numpy", nogil=True)
 _U = numba.uint64
+#: 0 and 1 as int64 values, not literals, in calls of conv_gemm (a literal argument would
+#: compile a variant of its own: compile time)
+_ZERO, _ONE = np.int64(0), np.int64(1)
 #: Row chunks per model of the BatchNorm reductions (fixed: results do not depend on threads).
 CHUNKS = 8
 #: At most this many groups of a model's images whose weight-gradient partial sums are added
@@ -228,7 +231,7 @@ def _implicit_image(xpf, Wp, C, Ho, Wo, k, wp, outv, out_img):
     O = out_img.shape[2]
     seg = wp.size // k
     for i in range(k):
-        gemm_packed(Ho * Wp, O, k * C, xpf, i * Wp * C, C, 1, wp, i * seg, 0.0 if i == 0 else 1.0,
+        gemm_packed(Ho * Wp, O, k * C, xpf, i * Wp * C, C, _ONE, wp, i * seg, 0.0 if i == 0 else 1.0,
                     outv, 0, O)
     of = out_img.reshape(-1)
     n = _U(Wo * O)
@@ -247,7 +250,7 @@ def _pack_rows(wrows_m, k, kc, wp):
     seg = wp.size // k
     wf = wrows_m.reshape(-1)
     for i in range(k):
-        pack(n, kc, wf, i * kc, 1, K, wp, i * seg)
+        pack(n, kc, wf, i * kc, _ONE, K, wp, i * seg)
 
 
 @numba.njit(**_JIT)
@@ -375,7 +378,8 @@ def _backward_implicit(dy, x, frows, k, pad, dw_part, dx, lo, hi):
                 for t in range(n):
                     xv[d + t] = xf[s + t]
             for i in range(k):
-                gemm(k * O, C, Q, dypf, i * Wp * O, 1, O, xv, 0, C, 1, 1.0, acc, i * k * O * C, C)
+                gemm(k * O, C, Q, dypf, i * Wp * O, _ONE, O, xv, _ZERO, C, _ONE, 1.0, acc,
+                     i * k * O * C, C)
 
 
 @numba.njit(**_JIT)

@@ -221,8 +221,9 @@ def gemm(m, n, k, a, a_off, a_rs, a_ks, b, b_off, b_ks, b_ns, beta, c, c_off, ld
         gemm_packed(m, n, k, a, a_off, a_rs, a_ks, b, b_off, beta, c, c_off, ldc)
         return
     bp = np.empty(packed_size(n, k, c.itemsize), dtype=c.dtype)
-    pack(n, k, b, b_off, b_ks, b_ns, bp, 0)
-    gemm_packed(m, n, k, a, a_off, a_rs, a_ks, bp, 0, beta, c, c_off, ldc)
+    zero = np.int64(0)      # not a literal 0: one compiled variant per dtype (compile time)
+    pack(n, k, b, b_off, b_ks, b_ns, bp, zero)
+    gemm_packed(m, n, k, a, a_off, a_rs, a_ks, bp, zero, beta, c, c_off, ldc)
 
 
 @numba.njit(**_JIT)
@@ -308,7 +309,9 @@ def product(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc):
     :func:`sdeverify.train.blas.gemm` without α: :func:`gemm` where :func:`used` says so,
     else BLAS."""
     if used(m, n, k, c.itemsize):
-        gemm(m, n, k, a, 0, 1 if ta else lda, lda if ta else 1,
-             b, 0, 1 if tb else ldb, ldb if tb else 1, beta, c, 0, ldc)
+        zero, one = np.int64(0), np.int64(1)     # not literals: fewer compiled variants
+        gemm(m, n, k, a, zero, one if ta else np.int64(lda), np.int64(lda) if ta else one,
+             b, zero, one if tb else np.int64(ldb), np.int64(ldb) if tb else one, beta, c, zero,
+             np.int64(ldc))
     else:
         blas_gemm(ta, tb, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc)
