@@ -6,9 +6,10 @@ conv layers' three products have a narrow output (16–64 channels): the forward
 ``patches·Wᵀ`` and a stride-1 input gradient (``n`` = output channels, ``k`` = 9·C), and the
 weight gradient ``patchesᵀ·dy`` (a reduction over 64–1024 output pixels).
 
-How: ``B`` is packed, a block of ``KC`` of its rows at a time, into zero-padded panels of
-``NR`` columns (one or two SIMD vectors of float32, two or four of float64); a micro-kernel
-(:func:`_tile_kernel`, LLVM IR emitted by a Numba intrinsic) keeps an ``MR × NR`` block of
+How: ``B`` is packed into zero-padded panels of ``NR`` columns (one 512-bit vector — 16
+float32 or 8 float64 — for outputs that narrow, else two; used in place when ``B`` is one
+such panel already), and its rows taken ``KC`` at a time; a micro-kernel
+(:func:`_make_tile`, LLVM IR emitted by a Numba intrinsic) keeps an ``MR × NR`` block of
 ``C`` in vector registers across the reduction — at each step one vector load of ``B`` per
 ``NV`` vectors and ``MR`` broadcasts of ``A``, ``MR·NV`` fused multiply-adds — and then adds
 it to (or stores it over) ``C``.  The tile's rows and columns that fall outside ``C`` are
@@ -38,9 +39,11 @@ KC = 256
 
 
 def _avx512() -> bool:
-    """Whether Numba compiles for a CPU with AVX-512F (its ``NUMBA_CPU_FEATURES`` when set,
-    else the host's)."""
+    """Whether Numba compiles for a CPU with AVX-512F (its ``NUMBA_CPU_FEATURES`` when set;
+    none when only ``NUMBA_CPU_NAME`` is, e.g. ``generic``; else the host's)."""
     import llvmlite.binding as llb
+    if numba.config.CPU_NAME not in (None, "host") and not numba.config.CPU_FEATURES:
+        return False
     feats = numba.config.CPU_FEATURES or llb.get_host_cpu_features().flatten()
     return "+avx512f" in feats.split(",")
 
