@@ -131,6 +131,55 @@ def agreement(tiny: bool, oracle: str) -> int:
     return bad
 
 
+def kernel_label(kernel) -> str:
+    """A launch's kernel kind: the conv kernel's name, or the GEMM's tile and variant."""
+    variant = getattr(kernel, "variant", None)
+    if variant is None:
+        return getattr(kernel, "__name__", None) or kernel.py_func.__name__
+    ta, tb, epi, _, split = variant
+    return (f"gemm {'T' if ta else 'N'}{'T' if tb else 'N'}{' bias' if epi else ''}"
+            f"{' split-K' if split else ''} {kernel.tile[0]}x{kernel.tile[1]}")
+
+
+def kernel_breakdown(tr, call) -> tuple[dict, float]:
+    """Seconds and launches per kernel kind over ``call()`` (one training step), with a device
+    synchronisation before and after every launch: each launch's time is then its host-side
+    launch cost plus its GPU time, in order.  Returns ``({kind: [seconds, launches]}, total
+    seconds)``."""
+    from numba import cuda
+    out: dict = {}
+    launch = tr._launch
+
+    def timed(kernel, *a, **kw):
+        cfg = launch(kernel, *a, **kw)
+        row = out.setdefault(kernel_label(kernel), [0.0, 0])
+
+        def run(*args):
+            cuda.synchronize()
+            t0 = time.perf_counter()
+            cfg(*args)
+            cuda.synchronize()
+            row[0] += time.perf_counter() - t0
+            row[1] += 1
+        return run
+    tr._launch = timed
+    try:
+        t0 = time.perf_counter()
+        call()
+        total = time.perf_counter() - t0
+    finally:
+        del tr._launch
+    return out, total
+
+
+def print_breakdown(rows: dict, total: float, t_launch: float) -> None:
+    print(f"     per kernel kind (one step, synchronised after each launch: {total * 1e3:.1f} ms; "
+          f"minus {t_launch * 1e6:.0f} us per launch = GPU time estimate):", flush=True)
+    for name, (sec, n) in sorted(rows.items(), key=lambda kv: -kv[1][0]):
+        print(f"       {name:28s} {n:4d} launches {sec * 1e3:8.2f} ms "
+              f"(~{max(sec - n * t_launch, 0.0) * 1e3:7.2f} ms on the GPU)", flush=True)
+
+
 def speed(tiny: bool, peak: float | None) -> None:
     """float32 training steps of ResNet-20 at batch 512 (× 16 models and × 1)."""
     t_launch = LAUNCH_S if tiny else launch_overhead()
@@ -175,6 +224,8 @@ def speed(tiny: bool, peak: float | None) -> None:
             line += f" ({rate * flops / peak:.1%} of FP32 peak)"
         line += f"; first call {warm:.1f} s; losses finite: {bool(np.all(np.isfinite(losses)))}"
         print(line, flush=True)
+        rows, total = kernel_breakdown(tr, lambda: tr.train([i[:1] for i in idx], a[:, :1],
+                                                            b[:, :1], g[:, :1], [1.0]))
         planned = conv_cuda.launches_per_step(model, M, B, tr.tiles, tr.big_min, tr.split_sms)
         print(f"     launches per step: {launches:.0f} counted ({planned} planned"
               f"{'' if launches == planned else ': MISMATCH'})", flush=True)
@@ -182,6 +233,7 @@ def speed(tiny: bool, peak: float | None) -> None:
         print(f"     model (H200 roofline, {mod['bound']}): {mod['t'] * 1e3:8.1f} ms/step "
               f"({mod['t_kernels'] * 1e3:.1f} ms kernels + {mod['launches']} launches x "
               f"{t_launch * 1e6:.1f} us); measured/model rate = {mod['t'] / t:.2f}", flush=True)
+        print_breakdown(rows, total, t_launch)
         if torch is not None:
             run = torch_loop(torch, model, data.X_train, data.y_train, B, M, steps, device="cuda")
             run()

@@ -262,6 +262,7 @@ def make_gemm(dtype: np.dtype, tile: tuple, trans_a: bool, trans_b: bool, epilog
     gemm.threads = NT
     gemm.shared_bytes = (BK * BMP + BK * BNP) * np.dtype(dtype).itemsize
     gemm.tile = tile
+    gemm.variant = (trans_a, trans_b, epilogue, act, split_k)
     return gemm
 
 
