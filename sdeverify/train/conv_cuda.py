@@ -91,12 +91,12 @@ SPLIT_WAVES, SIM_SPLIT_SMS = 2, 4
 #: thread, 128 threads): a product with at most BM rows takes the narrowest one that holds
 #: them (:func:`conv_gemm_config`).
 NARROW_TILES = {"n16": (16, 256, 8, 4, 8), "n32": (32, 128, 8, 4, 8)}
-#: The simulator's GEMM tiles for the conv shapes (wide output tiles, 4-8 threads per block):
+#: The simulator's GEMM tiles for the conv shapes (wide output tiles, 4 threads per block):
 #: fewer simulated blocks than the MLP's :data:`sdeverify.train.cuda.SIM_TILES`, still
 #: partial tiles in every dimension of the tiny test networks (4-8-16 channels: the narrow
 #: tiles take the 4- and 8-channel products) and barriers between threads.
 CONV_SIM_TILES = {"big": (8, 64, 16, 8, 16), "small": (4, 64, 16, 4, 16),
-                  "n16": (4, 32, 8, 2, 8), "n32": (8, 32, 8, 4, 8)}
+                  "n16": (4, 32, 8, 2, 16), "n32": (8, 32, 8, 4, 16)}
 CONV_GPU_TILES = {**GPU_TILES, **NARROW_TILES}
 
 #: The GEMM variants this trainer launches ``(label, trans_a, trans_b, epilogue, activation,
