@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -184,8 +185,8 @@ def speed(tiny: bool, peak: float | None) -> None:
     """float32 training steps of ResNet-20 at batch 512 (× 16 models and × 1)."""
     t_launch = LAUNCH_S if tiny else launch_overhead()
     print(f"numba-cuda launch overhead (empty kernel, 21 scalar arguments): "
-          f"{t_launch * 1e6:.1f} us{' (H200 value; not measured on the simulator)' if tiny else ''}",
-          flush=True)
+          f"{t_launch * 1e6:.1f} us"
+          f"{' (the H200 value; not measured on the simulator)' if tiny else ''}", flush=True)
     size, B, n, steps = (6, 4, 32, 1) if tiny else (32, 512, 4096, 3)
     model = resnet(8 if tiny else 20, width=0.25 if tiny else 1.0, classes=10, image_size=size,
                    weight_decay=5e-4)
@@ -224,8 +225,8 @@ def speed(tiny: bool, peak: float | None) -> None:
             line += f" ({rate * flops / peak:.1%} of FP32 peak)"
         line += f"; first call {warm:.1f} s; losses finite: {bool(np.all(np.isfinite(losses)))}"
         print(line, flush=True)
-        rows, total = kernel_breakdown(tr, lambda: tr.train([i[:1] for i in idx], a[:, :1],
-                                                            b[:, :1], g[:, :1], [1.0]))
+        rows, total = kernel_breakdown(tr, partial(tr.train, [i[:1] for i in idx], a[:, :1],
+                                                   b[:, :1], g[:, :1], [1.0]))
         planned = conv_cuda.launches_per_step(model, M, B, tr.tiles, tr.big_min, tr.split_sms)
         print(f"     launches per step: {launches:.0f} counted ({planned} planned"
               f"{'' if launches == planned else ': MISMATCH'})", flush=True)

@@ -28,9 +28,10 @@ def test_launches_per_step_are_pinned():
     """Kernel launches of one training step (``launches_per_step``; the simulator check above
     counts the trainer's real launches against it): ResNet-20 at batch 512 takes 179 for 1
     and for 16 models, 160 on a GPU of 8 SMs where no weight gradient is split (no
-    ``sum_splits``) — (216 and 501 before BatchNorm absorbed the ReLU, residual and shortcut-adjoint kernels
-    and split-K went to one launch for all models); the simulator's tiny ResNet-8 with an
-    SVAG step (two slots) takes 172.  A new launch in the step changes these numbers."""
+    ``sum_splits``) — 216 and 501 before BatchNorm absorbed the ReLU, residual and
+    shortcut-adjoint kernels and split-K went to one launch for all models; the simulator's
+    tiny ResNet-8 with an SVAG step (two slots) takes 172.  A new launch in the step changes
+    these numbers."""
     from sdeverify.train import conv_cuda as cc
     r20 = resnet(20, classes=10, image_size=32)
     assert cc.launches_per_step(r20, 1, 512) == 179

@@ -11,7 +11,8 @@ normalised by its own batch statistics, the running statistics follow slot 0's.
 One :meth:`ConvTrainer.train` call uploads the S steps' minibatch rows and augmentation
 parameters once, runs every step on the device and copies the ``(S, M)`` batch losses back
 once.  A step is :func:`launches_per_step` kernel launches (179 for ResNet-20 at batch 512,
-any number of models), each launch object configured once per shape.  Activations of the M models live in a *channel-major* layout ``(M, C, B, H, W)``: the
+any number of models), each launch object configured once per shape.  Activations of the M
+models live in a *channel-major* layout ``(M, C, B, H, W)``: the
 values of one (model, channel) are contiguous, so BatchNorm's per-channel reductions read
 memory in order, and a convolution is one batched GEMM per layer over the models:
 
@@ -248,7 +249,8 @@ def make_conv_kernels(dtype: np.dtype, tpb: int, tpb_bn: int | None = None,
         """``cols[m, (c·k + i)·k + j, (b·Ho + ho)·Wo + wo]`` = ``x[m % xmod, c, b, ho·s + i − p,
         wo·s + j − p]`` (0 outside the image), ``x (·, C, B, H, W)``.  Grid (output pixels,
         patch rows, models), grid-stride in each: the patch row's (c, i, j) are the block's,
-        a thread splits its pixel index only (two divisions per element, not seven)."""
+        a thread splits its pixel index only (two integer divisions per element, not twelve
+        divisions and remainders)."""
         HWo = Ho * Wo
         No = B * HWo
         K = C * k * k
