@@ -1,6 +1,6 @@
 """Real-GPU check and timing of the ResNet trainer on numba.cuda (sdeverify/train/conv_cuda.py).
 
-    PYTHONPATH=. python3 benchmarks/gpu_conv_check.py                # on a GPU: ~1-2 minutes
+    PYTHONPATH=. python3 benchmarks/gpu_conv_check.py                # on a GPU (prints its time)
     PYTHONPATH=. python3 benchmarks/gpu_conv_check.py --oracle cpu   # agreement vs the Numba
                                                                      # CPU backend (cold compile)
     NUMBA_ENABLE_CUDASIM=1 PYTHONPATH=. python3 benchmarks/gpu_conv_check.py --tiny
