@@ -68,7 +68,8 @@ try:  # a module global, so that the CUDA simulator can swap it inside kernels
 except Exception:  # pragma: no cover - depends on the install
     cuda = None
 
-__all__ = ["ConvTrainer", "make_conv_kernels", "GEMM_VARIANTS", "KERNEL_PARAMS", "static_kernels"]
+__all__ = ["ConvTrainer", "make_conv_kernels", "GEMM_VARIANTS", "KERNEL_PARAMS", "NARROW_TILES",
+           "conv_gemm_config", "weight_grad_splits", "launches_per_step", "static_kernels"]
 
 #: Blocks of a grid-stride element-wise launch: at most this many (each thread loops).  Under
 #: the simulator every thread is a Python thread: few blocks keep the tests fast.
