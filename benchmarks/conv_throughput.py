@@ -4,6 +4,7 @@
                                          [--backends numpy,cpu] [--repeats 3] [--threads N]
                                          [--json out.json]
     python benchmarks/conv_throughput.py --small-fit 4,8 [--repeats 3] [--threads N]
+    python benchmarks/conv_throughput.py --cold-compile
 
 For each workload (ResNet depth, batch B, models M; float32; SGDM β = 0.9 with weight decay;
 forward + backward + update of every model on its own minibatch, BatchNorm in training mode,
@@ -20,6 +21,11 @@ of
 ``fit`` of ResNet-8 at width 0.25 (4-8-16 channels) on ``conv_teacher(n=2048, size=8, classes=4)``,
 SGDM + SGD × R replicas, batch 16, one epoch with the default 11 evaluations, ``cpu``, float32
 (small per-image products and many small kernel calls: overhead, not flops, decides it).
+
+``--cold-compile`` times instead what a first run pays for compiling the CPU conv trainer: a
+fresh process with an empty ``NUMBA_CACHE_DIR`` trains one step of ResNet-8 (width 0.5,
+option-B shortcuts, 32×32 images: every conv path, im2col and not) and evaluates it, in
+float32 and then float64.
 
 Medians of ``--repeats`` timed runs after one warm-up run; the ratio to torch is printed in the
 same run, with the median CPU time per step (user + system, all threads: on a machine shared
@@ -104,6 +110,39 @@ def small_fit(replicas: list[int], repeats: int) -> list[dict]:
     return rows
 
 
+_COLD = """
+import os, time
+t0, c0 = time.perf_counter(), os.times()
+import numpy as np
+from sdeverify.train import conv_cpu
+from sdeverify.train.convnet import resnet
+from sdeverify.train.images import conv_teacher
+for dt in ("float32", "float64"):
+    m = resnet(8, width=0.5, image_size=32, weight_decay=5e-4, shortcut="B")
+    d = conv_teacher(n=64, size=32, seed=0)
+    tr = conv_cpu.ConvTrainer(m, d.X_train, d.y_train, 1, 1, dt)
+    W = m.init(0, 1, 0, dt)
+    tr.set_state(W, np.zeros_like(W))
+    tr.train([np.zeros((1, 1, 4), dtype=np.int64)], *[np.full((1, 1), v) for v in (0.9, 0.1, 0.05)],
+             np.array([1.0]))
+    tr.evaluate(d.X_test[:8], d.y_test[:8])
+c1 = os.times()
+print(f"cold compile of the CPU conv trainer, float32 + float64: {time.perf_counter() - t0:.1f} s "
+      f"({c1.user + c1.system - c0.user - c0.system:.1f} CPU-s)")
+"""
+
+
+def cold_compile() -> None:
+    """Run :data:`_COLD` in a fresh process with an empty Numba cache (module docstring)."""
+    import subprocess
+    import tempfile
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=str(ROOT))
+        load = os.getloadavg()[0]
+        subprocess.run([sys.executable, "-c", _COLD], env=env, check=True)
+        print(f"[load {load:.1f} -> {os.getloadavg()[0]:.1f}]")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--depths", default="8,20")
@@ -120,7 +159,12 @@ def main() -> int:
     p.add_argument("--small-fit", default=None, metavar="R1,R2,...",
                    help="instead: time fit() of the Sec 6 checks' quick-size conv net with these "
                         "replica counts (module docstring)")
+    p.add_argument("--cold-compile", action="store_true",
+                   help="instead: time the conv trainer's compilation from an empty cache")
     args = p.parse_args()
+    if args.cold_compile:
+        cold_compile()
+        return 0
     depths = [int(v) for v in args.depths.split(",")]
     batches = [int(v) for v in args.batches.split(",")]
     models = [int(v) for v in args.models.split(",")]
