@@ -208,9 +208,10 @@ def gemm(m, n, k, a, a_off, a_rs, a_ks, b, b_off, b_ks, b_ns, beta, c, c_off, ld
     ``C[i, j]`` = ``c[c_off + i·ldc + j]`` (``m × n``), ``A[i, t]`` = ``a[a_off + i·a_rs + t·a_ks]``
     (``m × k``: ``a_rs = lda, a_ks = 1`` for a row-major ``A``, ``a_rs = 1, a_ks = lda`` for
     the transpose of a row-major ``k × m`` matrix), ``B[t, j]`` = ``b[b_off + t·b_ks + j·b_ns]``
-    (``k × n``; ``B`` is copied into panels first, so its layout costs little).  With β = 0, ``C`` is not read.  Module docstring: the blocking."""
+    (``k × n``; copied into panels first unless it is one already, so its layout costs
+    little).  With β = 0, ``C`` is not read.  Module docstring: the blocking."""
     if beta != 0.0 and beta != 1.0:
-        raise ValueError("beta must be 0 or 1")
+        raise ValueError("beta must be 0 or 1 (C is overwritten or added to)")
     if m <= 0 or n <= 0:
         return
     if k <= 0:
@@ -300,8 +301,8 @@ def used(m, n, k, itemsize):
     and the reduction at least one vector long (``n, k ≥ 64 / itemsize``: 16 float32 or 8
     float64).  Narrower outputs waste most of a vector's lanes and short reductions pay the
     tile's overhead at every step (0.2-0.9× BLAS's rate on 3-8 channels, measured by
-    benchmarks/conv_gemm_kernel.py; 1.9-2.7× on ResNet-20's 16-64).  A rule on the shapes
-    only: never on threads or models."""
+    benchmarks/conv_gemm_kernel.py; 1.9-3.4× on ResNet-20's 16-64).  A rule on the shapes
+    only (and the CPU): never on threads or models."""
     L = 64 // itemsize
     return AVX512 and m >= 1 and n >= L and k >= L
 
