@@ -19,7 +19,10 @@
    importable; the kernel launches per step the trainer counted (and the number its plan
    gives, ``conv_cuda.launches_per_step``), numba-cuda's cost per launch measured here
    (``gpu_check.launch_overhead``) and the roofline model's time
-   (``gpu_check.conv_trainer_model``, with that launch cost) next to the measured one.
+   (``gpu_check.conv_trainer_model``, with that launch cost) next to the measured one; the
+   time per kernel kind of one step (a synchronisation around every launch); then the same
+   with ``bn_split`` (BatchNorm chunked over several blocks per (channel, model), off by
+   default until this measures it) and its BatchNorm kernels' times.
 
 The whole run, compilation included, takes under 4 minutes on an H200 (it prints its wall
 time at the end).
@@ -235,6 +238,19 @@ def speed(tiny: bool, peak: float | None) -> None:
               f"({mod['t_kernels'] * 1e3:.1f} ms kernels + {mod['launches']} launches x "
               f"{t_launch * 1e6:.1f} us); measured/model rate = {mod['t'] / t:.2f}", flush=True)
         print_breakdown(rows, total, t_launch)
+        # the same step with BatchNorm chunked over several blocks per (channel, model)
+        tr.bn_split = True
+        tr.train([i[:1] for i in idx], a[:, :1], b[:, :1], g[:, :1], [1.0])    # compile
+        n0 = tr.launches
+        t0 = time.perf_counter()
+        tr.train(idx, a, b, g, [1.0])
+        ts = (time.perf_counter() - t0) / steps
+        print(f"     bn_split=True: {ts * 1e3:8.1f} ms/step ({(tr.launches - n0) / steps:.0f} "
+              f"launches per step; {t / ts:.2f}x the default)", flush=True)
+        rows, total = kernel_breakdown(tr, partial(tr.train, [i[:1] for i in idx], a[:, :1],
+                                                   b[:, :1], g[:, :1], [1.0]))
+        print_breakdown({k: v for k, v in rows.items() if k.startswith("bn")}, total, t_launch)
+        tr.bn_split = False
         if torch is not None:
             run = torch_loop(torch, model, data.X_train, data.y_train, B, M, steps, device="cuda")
             run()

@@ -61,6 +61,27 @@ want = conv_cuda.launches_per_step(model, J * R, B, conv_cuda.CONV_SIM_TILES,
                                    conv_cuda.SIM_BIG_MIN, conv_cuda.SIM_SPLIT_SMS, slots=2)
 report(f"launches per step ({launches}, planned {want})", float(launches != want), exact=True)
 
+# BatchNorm over several blocks per (channel, model) (bn_split): stage 1's 4 channels x 2
+# models take 2 chunks each (training and evaluation), the other stages 1; one slot
+res = []
+for T in (conv_reference.ConvTrainer, conv_cuda.ConvTrainer):
+    tr = T(model, data.X_train, data.y_train, J, R, "float64")
+    tr.bn_split = True
+    tr.set_state(W0, Mom0, buf0)
+    launches0 = getattr(tr, "launches", 0)
+    losses = tr.train(idx[:1], a, b, g, [1.0], aug[:1])
+    launches = getattr(tr, "launches", 0) - launches0
+    res.append((losses, *tr.get_state(), tr.evaluate(data.X_test[:6], data.y_test[:6],
+                                                     chunk=4)[0]))
+print("bn_split=True, one slot:")
+report("batch losses, weights, momentum, BN statistics",
+       max(rel(u, v) for u, v in zip(res[1][:4], res[0][:4])))
+report("evaluate loss_sum", rel(res[1][4], res[0][4]))
+want = conv_cuda.launches_per_step(model, J * R, B, conv_cuda.CONV_SIM_TILES,
+                                   conv_cuda.SIM_BIG_MIN, conv_cuda.SIM_SPLIT_SMS,
+                                   bn_split=True, bn_threads=tr.tpb_bn)
+report(f"launches per step ({launches}, planned {want})", float(launches != want), exact=True)
+
 # bad input is named
 errors = 0
 for call, word in ((lambda: conv_cuda.ConvTrainer(model, data.X_train[:, :, :5, :5],

@@ -20,8 +20,8 @@ def test_conv_cuda_trainer_matches_reference_under_the_simulator():
     r = subprocess.run([sys.executable, str(HERE / "conv_cuda_sim_check.py")], env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
-    # 7 quantities of the trainer, its launches per step, bad input, 3 of fit
-    assert r.stdout.count(" ok") == 12, r.stdout
+    # 7 quantities of the trainer, its launches per step, 3 with bn_split, bad input, 3 of fit
+    assert r.stdout.count(" ok") == 15, r.stdout
 
 
 def test_launches_per_step_are_pinned():
@@ -37,6 +37,10 @@ def test_launches_per_step_are_pinned():
     assert cc.launches_per_step(r20, 1, 512) == 179
     assert cc.launches_per_step(r20, 16, 512) == 179
     assert cc.launches_per_step(r20, 16, 512, n_sm=8) == 160          # no split needed
+    # BatchNorm chunked (bn_split): one more launch per pass of each chunked unit
+    assert cc.launches_per_step(r20, 1, 512, bn_split=True) == 179 + 2 * 19
+    assert cc.launches_per_step(r20, 16, 512, bn_split=True) == 179 + 2 * 7
+    assert [cc.bn_chunks(c, 1, 512 * h * h, 132, 512) for c, h in ((16, 32), (64, 8))] == [32, 8]
     r8 = resnet(8, width=0.25, shortcut="B", classes=3, image_size=6)
     assert cc.launches_per_step(r8, 2, 4, cc.CONV_SIM_TILES, cc.SIM_BIG_MIN,
                                 cc.SIM_SPLIT_SMS, slots=2) == 172

@@ -31,11 +31,12 @@ memory in order, and a convolution is one batched GEMM per layer over the models
   :data:`SPLIT_WAVES`);
 * BatchNorm forward (``bn_forward``) and backward (``bn_backward``): one block of 512 threads
   per (channel, model), block tree reductions in shared memory (batch mean, biased variance,
-  running statistics update; ``Σ dy`` and ``Σ dy·x̂``).  Fused into them: forward, the
-  normalisation, a residual block's shortcut (identity, option-A zero-pad, or the option-B
-  conv's BN output) and the ReLU; backward, ReLU's adjoint (the masked gradient written back
-  for the shortcut); ``col2im`` adds the shortcut's adjoint; global average ``pool`` and
-  ``pool_back``;
+  running statistics update; ``Σ dy`` and ``Σ dy·x̂``) — or, with :attr:`ConvTrainer.bn_split`,
+  several blocks per pair (:data:`BN_WAVES`: chunk partials, then merge + apply).  Fused into
+  them: forward, the normalisation, a residual block's shortcut (identity, option-A
+  zero-pad, or the option-B conv's BN output) and the ReLU; backward, ReLU's adjoint (the
+  masked gradient written back for the shortcut); ``col2im`` adds the shortcut's adjoint;
+  global average ``pool`` and ``pool_back``;
 * the linear head and its gradients by the same GEMM (the bias gradient as ``1ᵀ dZ`` through
   the GEMM's row of ones), the softmax cross-entropy and per-model loss reduction of
   :func:`sdeverify.train.cuda.make_pointwise`;
@@ -100,6 +101,13 @@ NARROW_TILES = {"n16": (16, 256, 8, 4, 8), "n32": (32, 128, 8, 4, 8)}
 CONV_SIM_TILES = {"big": (8, 64, 16, 8, 16), "small": (4, 64, 16, 4, 16),
                   "n16": (4, 32, 8, 2, 16), "n32": (8, 32, 8, 4, 16)}
 CONV_GPU_TILES = {**GPU_TILES, **NARROW_TILES}
+#: BatchNorm over several blocks per (channel, model) (:attr:`ConvTrainer.bn_split`, off by
+#: default until measured): one block per pair gives a single model only 16-64 blocks, each
+#: streaming B·H·W values; with ``bn_split`` a pair's values are cut into Q chunks (Q a power
+#: of two dividing N, ≥ one value per thread) until the pairs' chunks reach ``BN_WAVES ×
+#: multiprocessors`` blocks, at one more launch per BatchNorm pass (chunk partials, then
+#: merge + apply).
+BN_WAVES = 4
 
 #: The GEMM variants this trainer launches ``(label, trans_a, trans_b, epilogue, activation,
 #: split_k)``.
@@ -130,6 +138,16 @@ KERNEL_PARAMS = {
     "bn_backward": dict(dy="dt[]", xhat="dt[]", C=_I, N=_I, M=_I, W="dt[]", og=_I, ob=_I, P=_I,
                         inv="dt[]", ioff=_I, Ctot=_I, G="dt[]", goff=_I, dx="dt[]", a="dt[]",
                         mask=_I),
+    "bn_stats": dict(x="dt[]", C=_I, N=_I, M=_I, Q=_I, part="dt[]"),
+    "bn_apply": dict(x="dt[]", C=_I, N=_I, M=_I, Q=_I, part="dt[]", W="dt[]", og=_I, ob=_I,
+                     P=_I, train=_I, buf="dt[]", orm=_I, orv=_I, NB=_I, update=_I, inv="dt[]",
+                     ioff=_I, Ctot=_I, xhat="dt[]", y="dt[]", relu=_I, sc="dt[]", smode=_I,
+                     Cx=_I, Ho=_I, Hx=_I),
+    "bn_grad_stats": dict(dy="dt[]", xhat="dt[]", C=_I, N=_I, M=_I, Q=_I, a="dt[]", mask=_I,
+                          part="dt[]"),
+    "bn_grad_apply": dict(dy="dt[]", xhat="dt[]", C=_I, N=_I, M=_I, Q=_I, part="dt[]",
+                          W="dt[]", og=_I, ob=_I, P=_I, inv="dt[]", ioff=_I, Ctot=_I, G="dt[]",
+                          goff=_I, dx="dt[]"),
     "pool": dict(h="dt[]", C=_I, B=_I, HW=_I, M=_I, f="dt[]"),
     "pool_back": dict(df="dt[]", C=_I, B=_I, HW=_I, M=_I, dh="dt[]"),
     "sum_splits": dict(part="dt[]", S=_I, L=_I, M=_I, G="dt[]", goff=_I, P=_I),
@@ -137,7 +155,8 @@ KERNEL_PARAMS = {
                    a="dt[]", b="dt[]", gamma="dt[]", s=_I, S=_I, R=_I, P=_I, M=_I),
 }
 #: Kernels launched one block per (channel, model) with a shared-memory tree reduction.
-_REDUCING = ("bn_forward", "bn_backward")
+_REDUCING = ("bn_forward", "bn_backward", "bn_stats", "bn_apply", "bn_grad_stats",
+             "bn_grad_apply")
 
 
 def conv_gemm_config(nm: int, nn: int, models: int, tiles: dict = CONV_GPU_TILES,
@@ -168,20 +187,37 @@ def weight_grad_splits(c_out: int, kk: int, models: int, batch: int,
     return max(d for d in range(1, top + 1) if batch % d == 0)
 
 
+def bn_chunks(C: int, M: int, N: int, n_sm: int, threads: int) -> int:
+    """Chunks Q per (channel, model) of a split BatchNorm (:data:`BN_WAVES`): the largest
+    power of two with ``C·M·Q ≤`` about ``BN_WAVES·n_sm`` blocks, Q dividing N and N/Q at
+    least ``threads``; 1 when the pairs alone give enough blocks."""
+    want = BN_WAVES * n_sm
+    Q = 1
+    while C * M * Q * 2 <= want and N % (Q * 2) == 0 and N // (Q * 2) >= threads:
+        Q *= 2
+    return Q
+
+
 def launches_per_step(model: ResNet, models: int, batch: int, tiles: dict = CONV_GPU_TILES,
-                      big_min: int = GPU_BIG_MIN, n_sm: int = 132, slots: int = 1) -> int:
+                      big_min: int = GPU_BIG_MIN, n_sm: int = 132, slots: int = 1,
+                      bn_split: bool = False, bn_threads: int = 512) -> int:
     """Kernel launches of one :meth:`ConvTrainer.train` step (``slots`` minibatch slots with
     non-zero weight), counted from the network's units: per slot a gather, per conv + BN unit
     im2col, GEMM and BN forward (shortcut add and ReLU fused), pooling, the head's GEMM, the
     loss and (slot 0) its reduction; backward the head's three GEMMs, pooling's adjoint, per
     unit BN backward (ReLU's adjoint fused), im2col, the weight-gradient GEMM (+ ``sum_splits``
     when split) and, except the stem, the input-gradient GEMM and col2im (the shortcut's
-    adjoint fused); one update for all models and parameters."""
+    adjoint fused); one update for all models and parameters.  ``bn_split``: one more launch
+    per BN pass of a unit whose BN is chunked (:func:`bn_chunks`, ``bn_threads`` per block)."""
     plan = _Plan(model)
-    fwd = 1 + 3 * len(plan.units) + 2 + 1
-    bwd = 4 + sum(3 + (weight_grad_splits(u.c_out, u.c_in * u.k ** 2, models, batch, tiles,
-                                          big_min, n_sm) > 1) + 2 * (u is not plan.stem)
-                  for u in plan.units)
+    chunked = 0
+    if bn_split:
+        chunked = sum(bn_chunks(u.c_out, models, batch * u.h_out ** 2, n_sm, bn_threads) > 1
+                      for u in plan.units)
+    fwd = 1 + 3 * len(plan.units) + 2 + 1 + chunked
+    bwd = 4 + chunked + sum(3 + (weight_grad_splits(u.c_out, u.c_in * u.k ** 2, models, batch,
+                                                    tiles, big_min, n_sm) > 1)
+                            + 2 * (u is not plan.stem) for u in plan.units)
     return slots * (fwd + bwd) + 1 + 1
 
 
@@ -362,22 +398,35 @@ def make_conv_kernels(dtype: np.dtype, tpb: int, tpb_bn: int | None = None,
             var = block_sum(sh, t, a) / nf
             iv = ONE / math.sqrt(var + EPS)
             if update and t == 0:
-                rm = m * NB + orm + c
-                rv = m * NB + orv + c
-                unbias = nf / NPDT(max(N - 1, 1))
-                buf[rm] = KEEP * buf[rm] + MOM * mean
-                buf[rv] = KEEP * buf[rv] + MOM * (var * unbias)
+                _bn_running(c, m, mean, var, N, buf, orm, orv, NB)
         else:
             mean = buf[m * NB + orm + c]
             iv = ONE / math.sqrt(buf[m * NB + orv + c] + EPS)
         if t == 0:
             inv[m * Ctot + ioff + c] = iv
+        _bn_apply(t, c, m, 0, N, mean, iv, x, C, N, W, og, ob, P, xhat, y, relu, sc, smode,
+                  Cx, Ho, Hx)
+
+    @cuda.jit(device=True)
+    def _bn_running(c, m, mean, var, N, buf, orm, orv, NB):
+        """The running statistics' update by the batch mean and (unbiased) variance."""
+        nf = NPDT(N)
+        rm = m * NB + orm + c
+        rv = m * NB + orv + c
+        buf[rm] = KEEP * buf[rm] + MOM * mean
+        buf[rv] = KEEP * buf[rv] + MOM * (var * (nf / NPDT(max(N - 1, 1))))
+
+    @cuda.jit(device=True)
+    def _bn_apply(t, c, m, lo, hi, mean, iv, x, C, N, W, og, ob, P, xhat, y, relu, sc, smode,
+                  Cx, Ho, Hx):
+        """Entries [lo, hi) of (c, m): x̂, γ x̂ + β, the shortcut, ReLU (``bn_forward``)."""
+        base = (m * C + c) * N
         g = W[m * P + og + c]
         bb = W[m * P + ob + c]
         HW = Ho * Ho
         cx = c - (C - Cx) // 2           # option A: the input channel this one copies
         xbase = (m * Cx + cx) * (N // HW) * Hx * Hx
-        for i in range(t, N, TB):
+        for i in range(lo + t, hi, TB):
             hv = (x[base + i] - mean) * iv
             xhat[base + i] = hv
             v = g * hv + bb
@@ -421,10 +470,121 @@ def make_conv_kernels(dtype: np.dtype, tpb: int, tpb_bn: int | None = None,
         if t == 0:
             G[goff + m * P + og + c] = dgamma
             G[goff + m * P + ob + c] = dbeta
+        _bn_dx(t, c, m, 0, N, dbeta, dgamma, dy, xhat, C, N, W, og, P, inv, ioff, Ctot, dx)
+
+    @cuda.jit(device=True)
+    def _bn_dx(t, c, m, lo, hi, dbeta, dgamma, dy, xhat, C, N, W, og, P, inv, ioff, Ctot, dx):
+        """Entries [lo, hi) of (c, m): ``dx = γ·inv/N · (N·dy − dβ − x̂·dγ)``."""
+        base = (m * C + c) * N
         nf = NPDT(N)
         coef = W[m * P + og + c] * inv[m * Ctot + ioff + c] / nf
-        for i in range(t, N, TB):
+        for i in range(lo + t, hi, TB):
             dx[base + i] = coef * (nf * dy[base + i] - dbeta - xhat[base + i] * dgamma)
+
+    # ---- BatchNorm over Q blocks per (channel, model): chunk partials, then merge + apply
+    @cuda.jit(**bn_opts)
+    def bn_stats(x, C, N, M, Q, part):
+        """Chunk q (entries [q·L, (q+1)·L), L = N/Q) of channel c of model m of ``x (M, C,
+        N)``: its mean and Σ (x − mean)² into ``part[2·((m·C + c)·Q + q) + 0/1]``."""
+        sh = cuda.shared.array(0, DT)
+        t = cuda.threadIdx.x
+        L = N // Q
+        for cmq in range(cuda.blockIdx.x, C * M * Q, cuda.gridDim.x):   # block-uniform
+            base = (cmq // Q) * N + (cmq % Q) * L
+            a = ZERO
+            for i in range(t, L, TB):
+                a += x[base + i]
+            mq = block_sum(sh, t, a) / NPDT(L)
+            a = ZERO
+            for i in range(t, L, TB):
+                d = x[base + i] - mq
+                a += d * d
+            m2 = block_sum(sh, t, a)
+            if t == 0:
+                part[2 * cmq] = mq
+                part[2 * cmq + 1] = m2
+
+    @cuda.jit(**bn_opts)
+    def bn_apply(x, C, N, M, Q, part, W, og, ob, P, train, buf, orm, orv, NB, update, inv,
+                 ioff, Ctot, xhat, y, relu, sc, smode, Cx, Ho, Hx):
+        """``bn_forward`` of chunk q of (c, m) (blocks take the (c, m, q) triples in turn):
+        training mode by the Q chunks' ``bn_stats`` merged in order (Chan et al.'s pairwise
+        update of mean and Σ (x − mean)²; chunk 0's block updates the running statistics
+        and writes ``1/σ``), evaluation mode by the running statistics."""
+        t = cuda.threadIdx.x
+        L = N // Q
+        for cmq in range(cuda.blockIdx.x, C * M * Q, cuda.gridDim.x):   # block-uniform
+            q = cmq % Q
+            cm = cmq // Q
+            c = cm % C
+            m = cm // C
+            if train:
+                mean = part[2 * cm * Q]
+                m2 = part[2 * cm * Q + 1]
+                n = NPDT(L)
+                for r in range(1, Q):
+                    nn = n + NPDT(L)
+                    delta = part[2 * (cm * Q + r)] - mean
+                    mean += delta * NPDT(L) / nn
+                    m2 += part[2 * (cm * Q + r) + 1] + delta * delta * n * NPDT(L) / nn
+                    n = nn
+                var = m2 / NPDT(N)
+                iv = ONE / math.sqrt(var + EPS)
+                if update and q == 0 and t == 0:
+                    _bn_running(c, m, mean, var, N, buf, orm, orv, NB)
+            else:
+                mean = buf[m * NB + orm + c]
+                iv = ONE / math.sqrt(buf[m * NB + orv + c] + EPS)
+            if q == 0 and t == 0:
+                inv[m * Ctot + ioff + c] = iv
+            _bn_apply(t, c, m, q * L, (q + 1) * L, mean, iv, x, C, N, W, og, ob, P, xhat, y,
+                      relu, sc, smode, Cx, Ho, Hx)
+
+    @cuda.jit(**bn_opts)
+    def bn_grad_stats(dy, xhat, C, N, M, Q, a, mask, part):
+        """Chunk q of (c, m) of ``bn_backward``: ReLU's adjoint in place (``mask``), then its
+        ``Σ dy`` and ``Σ dy·x̂`` into ``part[2·((m·C + c)·Q + q) + 0/1]``."""
+        sh = cuda.shared.array(0, DT)
+        t = cuda.threadIdx.x
+        L = N // Q
+        for cmq in range(cuda.blockIdx.x, C * M * Q, cuda.gridDim.x):   # block-uniform
+            base = (cmq // Q) * N + (cmq % Q) * L
+            s1 = ZERO
+            s2 = ZERO
+            for i in range(t, L, TB):
+                d = dy[base + i]
+                if mask and not a[base + i] > ZERO:
+                    d = d * ZERO
+                    dy[base + i] = d
+                s1 += d
+                s2 += d * xhat[base + i]
+            s1 = block_sum(sh, t, s1)
+            s2 = block_sum(sh, t, s2)
+            if t == 0:
+                part[2 * cmq] = s1
+                part[2 * cmq + 1] = s2
+
+    @cuda.jit(**bn_opts)
+    def bn_grad_apply(dy, xhat, C, N, M, Q, part, W, og, ob, P, inv, ioff, Ctot, G, goff, dx):
+        """``bn_backward`` of chunk q of (c, m) from the Q chunks' ``bn_grad_stats`` summed in
+        order (chunk 0's block writes dγ, dβ)."""
+        t = cuda.threadIdx.x
+        for cmq in range(cuda.blockIdx.x, C * M * Q, cuda.gridDim.x):   # block-uniform
+            q = cmq % Q
+            cm = cmq // Q
+            c = cm % C
+            m = cm // C
+            dbeta = ZERO
+            dgamma = ZERO
+            for r in range(Q):
+                dbeta += part[2 * (cm * Q + r)]
+                dgamma += part[2 * (cm * Q + r) + 1]
+            if q == 0 and t == 0:
+                G[goff + m * P + og + c] = dgamma
+                G[goff + m * P + ob + c] = dbeta
+            L = N // Q
+            _bn_dx(t, c, m, q * L, (q + 1) * L, dbeta, dgamma, dy, xhat, C, N, W, og, P, inv,
+                   ioff, Ctot, dx)
 
     @cuda.jit
     def pool(h, C, B, HW, M, f):
@@ -482,8 +642,9 @@ def make_conv_kernels(dtype: np.dtype, tpb: int, tpb_bn: int | None = None,
             w[q] = w[q] - gamma[j * S + s] * mm
 
     return dict(gather=gather, im2col=im2col, col2im=col2im, bn_forward=bn_forward,
-                bn_backward=bn_backward, pool=pool, pool_back=pool_back,
-                sum_splits=sum_splits, update=update)
+                bn_backward=bn_backward, bn_stats=bn_stats, bn_apply=bn_apply,
+                bn_grad_stats=bn_grad_stats, bn_grad_apply=bn_grad_apply, pool=pool,
+                pool_back=pool_back, sum_splits=sum_splits, update=update)
 
 
 def static_kernels(dtype, tpb: int = GPU_TPB, tpb_bn: int = GPU_BN_TPB,
@@ -620,6 +781,8 @@ class ConvTrainer(conv_reference.ConvTrainer):
         self.n_sm = 1 if sim else cuda.get_current_device().MULTIPROCESSOR_COUNT
         self.max_blocks = SIM_MAX_BLOCKS if sim else GPU_MAX_BLOCKS
         self.limits = cuda_arch.current_limits()
+        #: BatchNorm over several blocks per (channel, model) (:data:`BN_WAVES`); off by default
+        self.bn_split = False
         self._configured: dict = {}
         #: kernel launches so far (each launch of :meth:`_launch`; see :func:`launches_per_step`)
         self.launches = 0
@@ -636,7 +799,8 @@ class ConvTrainer(conv_reference.ConvTrainer):
         self.decay_dev = cuda.to_device(self.decay)
         self._ws: dict = {}
         self._eval_cache: dict = {}
-        self._G = self._part = None
+        self._G = None
+        self._scratches: dict = {}
         self.W_dev = self.Mom_dev = self.buf_dev = None
 
     # ---- state ------------------------------------------------------------------------------
@@ -721,11 +885,24 @@ class ConvTrainer(conv_reference.ConvTrainer):
         device; the simulator pretends to have :data:`SIM_SPLIT_SMS` multiprocessors)."""
         return weight_grad_splits(O, K, M, B, self.tiles, self.big_min, self.split_sms)
 
-    def _scratch(self, n: int):
-        """A device buffer of at least ``n`` elements (kept, grown when needed)."""
-        if self._part is None or self._part.size < n:
-            self._part = cuda.device_array(n, dtype=self.dtype)
-        return self._part
+    def _scratch(self, n: int, use: str = "split-K"):
+        """A device buffer of at least ``n`` elements for ``use`` (kept, grown when needed)."""
+        buf = self._scratches.get(use)
+        if buf is None or buf.size < n:
+            buf = self._scratches[use] = cuda.device_array(n, dtype=self.dtype)
+        return buf
+
+    def _bn_chunks(self, C: int, M: int, N: int) -> int:
+        """Chunks per (channel, model) of a BatchNorm pass (1 unless :attr:`bn_split`)."""
+        if not self.bn_split:
+            return 1
+        return bn_chunks(C, M, N, self.split_sms, self.tpb_bn)
+
+    def _per_chunk(self, name: str, n: int):
+        """A chunked BatchNorm kernel over ``n`` (channel, model, chunk) blocks."""
+        blocks = max(1, min(n, self.max_blocks))
+        return self._launch(self.k[name], blocks, self.tpb_bn, self.tpb_bn * self.dtype.itemsize,
+                            self.bn_regs)
 
     def _workspace(self, M: int, B: int, Mx: int) -> _Workspace:
         key = (M, B, Mx)
@@ -753,11 +930,19 @@ class ConvTrainer(conv_reference.ConvTrainer):
         self._conv(u, ws, W, x, xmod)
         N = ws.B * u.h_out ** 2
         y = ws.y[id(u)] if out is None else out
-        self._per_channel("bn_forward", u.c_out, ws.M)(
-            ws.conv, u.c_out, N, ws.M, W, u.og, u.ob, self.P, int(train), self.buf_dev
-            if self.buf_dev is not None else ws.inv, u.orm, u.orv, self.NB, int(update),
-            ws.inv, u.ioff, self.plan.Ctot, ws.xhat[id(u)], y, int(relu),
-            y if sc is None else sc, smode, Cx or u.c_out, u.h_out, Hx or u.h_out)
+        buf = self.buf_dev if self.buf_dev is not None else ws.inv
+        rest = (W, u.og, u.ob, self.P, int(train), buf, u.orm, u.orv, self.NB, int(update),
+                ws.inv, u.ioff, self.plan.Ctot, ws.xhat[id(u)], y, int(relu),
+                y if sc is None else sc, smode, Cx or u.c_out, u.h_out, Hx or u.h_out)
+        Q = self._bn_chunks(u.c_out, ws.M, N)
+        if Q == 1:
+            self._per_channel("bn_forward", u.c_out, ws.M)(ws.conv, u.c_out, N, ws.M, *rest)
+            return y
+        n = u.c_out * ws.M * Q
+        part = self._scratch(2 * n, "BatchNorm")
+        if train:
+            self._per_chunk("bn_stats", n)(ws.conv, u.c_out, N, ws.M, Q, part)
+        self._per_chunk("bn_apply", n)(ws.conv, u.c_out, N, ws.M, Q, part, *rest)
         return y
 
     def _conv_bn_backward(self, u: _Unit, ws: _Workspace, W, x, xmod: int, dy, act, G,
@@ -770,9 +955,21 @@ class ConvTrainer(conv_reference.ConvTrainer):
         M, B = ws.M, ws.B
         N = B * u.h_out ** 2
         K = u.c_in * u.k * u.k
-        self._per_channel("bn_backward", u.c_out, M)(
-            dy, ws.xhat[id(u)], u.c_out, N, M, W, u.og, u.ob, self.P, ws.inv, u.ioff,
-            self.plan.Ctot, G, goff, ws.gc, dy if act is None else act, int(act is not None))
+        Q = self._bn_chunks(u.c_out, M, N)
+        if Q == 1:
+            self._per_channel("bn_backward", u.c_out, M)(
+                dy, ws.xhat[id(u)], u.c_out, N, M, W, u.og, u.ob, self.P, ws.inv, u.ioff,
+                self.plan.Ctot, G, goff, ws.gc, dy if act is None else act,
+                int(act is not None))
+        else:
+            n = u.c_out * M * Q
+            part = self._scratch(2 * n, "BatchNorm")
+            self._per_chunk("bn_grad_stats", n)(dy, ws.xhat[id(u)], u.c_out, N, M, Q,
+                                                dy if act is None else act,
+                                                int(act is not None), part)
+            self._per_chunk("bn_grad_apply", n)(dy, ws.xhat[id(u)], u.c_out, N, M, Q, part, W,
+                                                u.og, u.ob, self.P, ws.inv, u.ioff,
+                                                self.plan.Ctot, G, goff, ws.gc)
         self._grid3("im2col", N, K, M)(x, xmod, u.c_in, B, u.h_in, u.h_in, u.k, u.stride,
                                        u.pad, u.h_out, u.h_out, M, ws.cols)
         # dW (O × K) = dc (O × N) · colsᵀ
