@@ -453,18 +453,26 @@ def make_conv_kernels(dtype: np.dtype, tpb: int, tpb_bn: int | None = None,
                                  ioff, Ctot, G, goff, dx, a, mask)
 
     @cuda.jit(device=True)
-    def _bn_backward_channel(sh, t, c, m, dy, xhat, C, N, W, og, ob, P, inv, ioff, Ctot, G,
-                             goff, dx, act, mask):
-        base = (m * C + c) * N
+    def _masked_sums(t, base, n, dy, xhat, act, mask):
+        """This thread's share of ``Σ dy`` and ``Σ dy·x̂`` over entries ``[base, base + n)``,
+        after ReLU's adjoint in place when ``mask`` (``dy ← dy·(act > 0)``; thread t masks
+        only the entries it reads, so a later pass of the same thread sees them masked)."""
         a = ZERO
         b2 = ZERO
-        for i in range(t, N, TB):        # thread t masks the entries it reads again below
+        for i in range(t, n, TB):
             d = dy[base + i]
             if mask and not act[base + i] > ZERO:
                 d = d * ZERO
                 dy[base + i] = d
             a += d
             b2 += d * xhat[base + i]
+        return a, b2
+
+    @cuda.jit(device=True)
+    def _bn_backward_channel(sh, t, c, m, dy, xhat, C, N, W, og, ob, P, inv, ioff, Ctot, G,
+                             goff, dx, act, mask):
+        base = (m * C + c) * N
+        a, b2 = _masked_sums(t, base, N, dy, xhat, act, mask)
         dbeta = block_sum(sh, t, a)
         dgamma = block_sum(sh, t, b2)
         if t == 0:
@@ -549,15 +557,7 @@ def make_conv_kernels(dtype: np.dtype, tpb: int, tpb_bn: int | None = None,
         L = N // Q
         for cmq in range(cuda.blockIdx.x, C * M * Q, cuda.gridDim.x):   # block-uniform
             base = (cmq // Q) * N + (cmq % Q) * L
-            s1 = ZERO
-            s2 = ZERO
-            for i in range(t, L, TB):
-                d = dy[base + i]
-                if mask and not a[base + i] > ZERO:
-                    d = d * ZERO
-                    dy[base + i] = d
-                s1 += d
-                s2 += d * xhat[base + i]
+            s1, s2 = _masked_sums(t, base, L, dy, xhat, a, mask)
             s1 = block_sum(sh, t, s1)
             s2 = block_sum(sh, t, s2)
             if t == 0:
