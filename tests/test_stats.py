@@ -129,3 +129,31 @@ def test_richardson_order_asymptotic_regime_needed():
     assert stats.richardson_order(eta, eta + 50 * eta ** 2).contains(1.0)
     eta = 2.0 ** -np.arange(1, 7)
     assert not stats.richardson_order(eta, eta + 50 * eta ** 2).contains(1.0)
+
+
+@pytest.mark.parametrize("na, nb", [(1, 1), (7, 7), (50, 31), (20000, 20000), (30000, 12345)])
+def test_wasserstein1_equals_scipys_distance(na, nb):
+    g = np.random.default_rng(na + nb)
+    a, b = g.normal(size=na), g.standard_t(3, size=nb) + 0.3
+    a[: na // 3] = np.round(a[: na // 3], 1)            # ties inside and across the samples
+    b[: nb // 3] = np.round(b[: nb // 3], 1)
+    assert stats.wasserstein1(a, b) == pytest.approx(st.wasserstein_distance(a, b), rel=1e-12, abs=0)
+    assert stats.wasserstein1(a[:, None], b) == stats.wasserstein1(a, b)   # any shape, flattened
+
+
+def test_wasserstein1_bits_do_not_depend_on_blas_threads():
+    # scipy sums W1 with a BLAS dot product, which OpenBLAS splits over its threads for long
+    # samples: a Dask worker (one BLAS thread) and the driver (all cores) disagreed in the last
+    # ulps; wasserstein1 sums with NumPy, so one BLAS thread and the default give the same bits
+    from sdeverify.train.blas_threads import single_threaded
+    g = np.random.default_rng(3)
+    a, b = g.normal(size=200_000), g.normal(size=200_000) + 0.01
+    default = stats.wasserstein1(a, b)
+    with single_threaded():
+        one = stats.wasserstein1(a, b)
+    assert one == default
+
+
+def test_wasserstein1_rejects_an_empty_sample():
+    with pytest.raises(ValueError, match="non-empty"):
+        stats.wasserstein1([], [1.0])
