@@ -36,6 +36,7 @@ the command.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -190,7 +191,7 @@ def main() -> int:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{threads} threads; "
           f"float32, {args.image_size}x{args.image_size} images, medians of {args.repeats}")
-    import scipy.linalg                                    # the BLAS of the compiled kernels
+    importlib.import_module("scipy.linalg")              # loads the BLAS of the compiled kernels
     print(f"OpenBLAS kernels: {_openblas_cores()}; OPENBLAS_CORETYPE="
           f"{os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
     rows = []
