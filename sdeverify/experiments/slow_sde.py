@@ -477,9 +477,16 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
             raise ValueError(f"problems must be among {PROBLEMS}, got {p!r}")
     data, verdicts = {"problems": np.array(problems)}, []
     n_eta = len(cfg["etas"])
-    *points, (gv, gd) = run_many([Call(_eta_point, (p, cfg, seed, i), label=f"slow_sde {p} eta[{i}]")
-                                  for p in problems for i in range(n_eta)]
-                                 + [Call(general_formula_verdicts, (sigma, seed, cfg["paths"]))])
+    keys = [(p, i) for p in problems for i in range(n_eta)]
+    # the longest points (smallest η: t/η² steps) first, so that a cluster's workers do not
+    # finish on one long point alone; the results are put back in (problem, η) order
+    order = sorted(range(len(keys)), key=lambda k: cfg["etas"][keys[k][1]])
+    *done, (gv, gd) = run_many([Call(_eta_point, (keys[k][0], cfg, seed, keys[k][1]),
+                                     label=f"slow_sde {keys[k][0]} eta[{keys[k][1]}]") for k in order]
+                               + [Call(general_formula_verdicts, (sigma, seed, cfg["paths"]))])
+    points = [None] * len(keys)
+    for pos, k in enumerate(order):
+        points[k] = done[pos]
     tick(progress, len(points), len(points))
     for pi, p in enumerate(problems):
         d = _case_data(p, cfg, points[pi * n_eta:(pi + 1) * n_eta])
