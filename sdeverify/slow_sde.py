@@ -204,15 +204,20 @@ _KERNELS: dict = {}
 
 def _coupled_lanes_src(z0, params, sigma, eta_k, rec_steps, k0, k1, path0, n_draws, rows,
                        draw_kind, out, blk_lo, blk_hi):
-    """Coupled Euler kernel (source; ``STEP``, ``FILL`` and ``LANES`` are bound by
-    :func:`_make_kernel`).  Groups of ``LANES`` paths (``config.LANES``, as in the CPU
+    """Coupled Euler kernel (source; ``STEP``, ``PER_PATH``, ``FILL`` and ``LANES`` are bound
+    by :func:`_make_kernel`).  Groups of ``LANES`` paths (``config.LANES``, as in the CPU
     engine; any value gives the same numbers) are independent: the kernel does the groups
-    ``blk_lo ≤ blk < blk_hi`` (ranges run on threads by :func:`sdeverify.threads.run_ranges`); the draws of a step come from
-    the engine's lanes generator (``FILL`` = :func:`sdeverify.rng.fill_lanes64`, into a
-    (``rows``, LANES) buffer, ``rows`` = :func:`sdeverify.rng.n_rows` of ``n_draws``) for the
-    same (seed, path, step, stream 0) as :func:`sdeverify.simulate`.  ``STEP(z, params, xi,
-    η_k, σ, work)`` advances one path by one Euler step in place.  Writes the states at the
-    ``rec_steps`` into ``out`` (n_rec, paths, d)."""
+    ``blk_lo ≤ blk < blk_hi`` (ranges run on threads by :func:`sdeverify.threads.run_ranges`);
+    the draws of a step come from the engine's lanes generator (``FILL`` =
+    :func:`sdeverify.rng.fill_lanes64`, into a (``rows``, L) buffer, ``rows`` =
+    :func:`sdeverify.rng.n_rows` of ``n_draws``) for the same (seed, path, step, stream 0) as
+    :func:`sdeverify.simulate`.  The group's states are held lane-minor, ``Z`` (d, L).  With a
+    problem's ``slow_step_lanes`` (``PER_PATH`` false) ``STEP(Z, params, buf, η_k, σ, work)``
+    advances the whole group by one Euler step (a loop over lanes LLVM vectorises; ``work`` is
+    (d + 2, L) scratch); with a per-path ``slow_step`` (``PER_PATH`` true)
+    ``STEP(z, params, xi, η_k, σ, work)`` advances one path (``z`` a contiguous copy of
+    ``Z[:, l]``, ``xi`` its ``n_draws`` draws, ``work`` (d,) scratch).  Writes the states at the ``rec_steps`` into ``out``
+    (n_rec, paths, d)."""
     n_paths = out.shape[1]
     d = z0.shape[0]
     steps = eta_k.shape[0]
@@ -220,43 +225,51 @@ def _coupled_lanes_src(z0, params, sigma, eta_k, rec_steps, k0, k1, path0, n_dra
     for blk in range(blk_lo, blk_hi):
         lo = blk * LANES
         L = min(LANES, n_paths - lo)
-        z = np.empty((L, d))
-        for ln in range(L):
-            z[ln, :] = z0
+        z = np.empty((d, L))
+        for i in range(d):
+            z[i, :] = z0[i]
         buf = np.empty((rows, L))
         xi = np.empty(n_draws)
-        work = np.empty(d)
+        zc = np.empty(d)
+        wc = np.empty(d)
+        work = np.empty((d + 2, L))
         r = 0
         if n_rec > 0 and rec_steps[0] == 0:
-            for ln in range(L):
-                out[0, lo + ln, :] = z[ln]
+            out[0, lo:lo + L, :] = z.T
             r = 1
         for k in range(steps):
             FILL(draw_kind, k0, k1, path0 + lo, k, 0, buf)
-            for ln in range(L):
-                for i in range(n_draws):
-                    xi[i] = buf[i, ln]
-                STEP(z[ln], params, xi, eta_k[k], sigma, work)
-            if r < n_rec and rec_steps[r] == k + 1:
+            if PER_PATH:
                 for ln in range(L):
-                    out[r, lo + ln, :] = z[ln]
+                    for i in range(n_draws):
+                        xi[i] = buf[i, ln]
+                    for i in range(d):
+                        zc[i] = z[i, ln]
+                    STEP(zc, params, xi, eta_k[k], sigma, wc)
+                    for i in range(d):
+                        z[i, ln] = zc[i]
+            else:
+                STEP(z, params, buf, eta_k[k], sigma, work)
+            if r < n_rec and rec_steps[r] == k + 1:
+                out[r, lo:lo + L, :] = z.T
                 r += 1
 
 
-def _make_kernel(step):
-    """Compile the coupled kernel for one problem's ``slow_step``: the kernel source with
-    ``STEP`` bound as a global (not a closure), on the engine's disk cache
-    (:mod:`sdeverify.engine.cache`) under the fingerprint of ``step``, so that an edited
-    step function is recompiled."""
+def _make_kernel(step, per_path: bool):
+    """Compile the coupled kernel for one problem's slow step (``slow_step_lanes``, or the
+    per-path ``slow_step`` when ``per_path``): the kernel source with ``STEP`` bound as a
+    global (not a closure), on the engine's disk cache (:mod:`sdeverify.engine.cache`) under
+    the fingerprint of ``step``, so that an edited step function is recompiled."""
     qual = f"{getattr(step, '__module__', 'm')}.{getattr(step, '__qualname__', 'f')}"
     name = "coupled_" + "".join(ch if ch.isalnum() else "_" for ch in qual)
     fill = rng.fill_lanes("float64")
     src = _coupled_lanes_src
-    g = dict(src.__globals__, STEP=step, FILL=fill, LANES=config.LANES)
+    g = dict(src.__globals__, STEP=step, PER_PATH=bool(per_path), FILL=fill, LANES=config.LANES)
     f = types.FunctionType(src.__code__, g, name, src.__defaults__, src.__closure__)
     f.__qualname__ = name
     disp = numba.njit(nogil=True)(f)
-    enable_disk_cache(disp, "|".join([fingerprint(step), fingerprint(fill), str(config.LANES)]))
+    enable_disk_cache(disp, "|".join([fingerprint(step), str(bool(per_path)), fingerprint(fill),
+                                      str(config.LANES)]))
     return disp
 
 
@@ -265,13 +278,14 @@ def coupled_slow_sde(problem, x0, *, eta: float, steps: int, paths: int, sigma: 
     """Euler scheme (dt = η²) of the slow SDE, driven by the same base draws that
     :func:`sdeverify.simulate` gives path ``path_offset + i`` at step k for this ``seed``.
 
-    ζ_0 = Φ(x0); each step calls the problem's njit ``slow_step`` with η_k = η·λ_k
+    ζ_0 = Φ(x0); each step calls the problem's njit ``slow_step_lanes`` (a group of paths
+    at once) or ``slow_step`` (one path) with η_k = η·λ_k
     (``lr`` = per-step λ_k array, default 1).  Returns states (n_rec, paths, d) at the
     ``record`` step indices (default 0 and ``steps``).  The coupling makes
     h(Φ(x_k)) − h(ζ_k) small path by path (both see the same tangent noise), so its mean has
     a small standard error; the scheme's own weak error is O(η²).
     """
-    if getattr(problem, "slow_step", None) is None:
+    if getattr(problem, "slow_step", None) is None and getattr(problem, "slow_step_lanes", None) is None:
         raise ValueError(f"{problem!r} has no njit slow_step; use solve_slow_sde instead")
     if problem.svag_ell != 1.0:
         raise ValueError("coupled_slow_sde does not support SVAG problems")
@@ -287,9 +301,10 @@ def coupled_slow_sde(problem, x0, *, eta: float, steps: int, paths: int, sigma: 
     rec = np.array([0, steps]) if record is None else np.unique(np.asarray(record, dtype=np.int64))
     if rec[0] < 0 or rec[-1] > steps:
         raise ValueError(f"record must hold step indices in [0, {steps}]")
-    key = problem.slow_step
+    lanes = getattr(problem, "slow_step_lanes", None)
+    key = problem.slow_step if lanes is None else lanes
     if key not in _KERNELS:
-        _KERNELS[key] = _make_kernel(problem.slow_step)
+        _KERNELS[key] = _make_kernel(key, per_path=lanes is None)
     kern = _KERNELS[key]
     z0 = np.ascontiguousarray(problem.project(vector("x0", x0, problem.dim)))
     out = np.full((rec.size, paths, problem.dim), np.nan)

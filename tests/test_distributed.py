@@ -426,13 +426,14 @@ def _data_equal_but_timings(a, b) -> None:
 
 
 def test_slow_sde_points_run_in_their_tasks(client, monkeypatch):
-    """slow_sde's per-(problem, η) work — the simulation, the coupled slow-SDE reference and
-    the point's statistics and bootstraps — runs on the workers, one task per point, and its
-    general-formula part is one more task: under a session the driver's coupled_slow_sde,
-    bootstrap_interval and solve_slow_sde raise (instrumented), and the result is bitwise
-    the local run's."""
+    """slow_sde's per-(problem, η) work — the simulation and the coupled slow-SDE reference,
+    one task per path shard, then the point's statistics and bootstraps, one task per point —
+    runs on the workers, and its general-formula part is one more task: under a session the
+    driver's coupled_slow_sde, bootstrap_interval and solve_slow_sde raise (instrumented), and
+    the result is bitwise the local run's."""
     from sdeverify.experiments import slow_sde as SS
     local = SS.run(size="smoke", seed=0)
+    monkeypatch.setattr(SS, "SHARD_WORK", 2 ** 21)             # cut the small-η points
 
     def not_here(*a, **k):
         raise AssertionError("a slow_sde point's work ran in the driver")
@@ -441,7 +442,10 @@ def test_slow_sde_points_run_in_their_tasks(client, monkeypatch):
     monkeypatch.setattr(SS, "solve_slow_sde", not_here)     # the general-formula part: a task too
     with D.use(client) as s:
         far = SS.run(size="smoke", seed=0)
-    assert s.calls == len(SS.PROBLEMS) * len(SS.SIZES["smoke"]["etas"]) + 1
+    cfg = dict(SS.run.defaults, **SS.SIZES["smoke"])
+    n_shards = len(SS.PROBLEMS) * sum(len(SS.path_shards(cfg, i)) for i in range(len(cfg["etas"])))
+    assert n_shards > len(SS.PROBLEMS) * len(cfg["etas"])          # some points are cut
+    assert s.calls == n_shards + len(SS.PROBLEMS) * len(cfg["etas"]) + 1
     _data_equal_but_timings(far, local)
     assert [v.as_dict() for v in far.verdicts] == [v.as_dict() for v in local.verdicts]
 

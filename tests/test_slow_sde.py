@@ -132,6 +132,25 @@ def test_coupling_is_exact():
     assert np.abs(r.states[0, :, :, 0] - z[..., 0]).max() < 1e-12
 
 
+@pytest.mark.parametrize("problem", [OU, Valley(h=(1.0, 0.5, 1.0), sx2=(0.3, 0.1), sy2=(1.0, 0.2), m=2),
+                                     Sphere(3, noise_std=0.8), Sphere(5)])
+def test_lanes_step_is_bitwise_the_per_path_step(problem):
+    """The built-in problems' ``slow_step_lanes`` (a group of paths, vectorised over lanes)
+    gives the bits of their per-path ``slow_step``: a partial last group (300 paths), a path
+    offset, a per-step schedule and several recorded steps."""
+    import copy
+    x0 = problem.project(np.linspace(1.0, 0.2, problem.dim))
+    lam = 1.0 + 0.5 * np.sin(np.arange(60))
+    kw = dict(eta=0.07, steps=60, paths=300, sigma=1.3, seed=11, record=[0, 1, 17, 60], lr=lam,
+              path_offset=512)
+    per_path = copy.copy(problem)
+    per_path.slow_step_lanes = None
+    a = coupled_slow_sde(problem, x0, **kw)
+    b = coupled_slow_sde(per_path, x0, **kw)
+    assert np.isfinite(a).all() and np.abs(a - a[0]).max() > 0.1     # the paths moved
+    np.testing.assert_array_equal(a, b)
+
+
 def test_slow_ode_label_noise():
     """Label noise on the diagonal net: the flow stays on Γ, lowers the sharpness, and RK4
     with projection converges at order 4 (successive differences shrink ~16× per halving)."""

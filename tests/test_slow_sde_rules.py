@@ -58,3 +58,23 @@ def test_sgd_order_rule_catches_a_sphere_decay_rate_off_by_d_over_d_minus_1(monk
     bad = _sgd_order(ss.run(**kw))
     assert len(bad) == 1 and not bad[0].passed, bad[0]
     assert bad[0].measured.high < 1.0
+
+
+def test_points_cut_into_path_shards_give_the_same_bits(monkeypatch):
+    """Cutting a point's paths into shards (:func:`slow_sde.path_shards`, each shard its own
+    ``simulate``/``coupled_slow_sde`` call at its path offset, the statistics on the shards
+    joined) changes no bit of the result: one shard per point against shards of one
+    ``config.BLOCK`` of paths."""
+    from sdeverify.files import TIMING
+    kw = dict(size="smoke", seed=3, problems=("sphere", "valley"), etas=(0.1, 0.05), paths=1000)
+    monkeypatch.setattr(ss, "SHARD_WORK", 2 ** 40)
+    whole = ss.run(**kw)
+    monkeypatch.setattr(ss, "SHARD_WORK", 1)
+    cfg = {**ss.run.defaults, **ss.SIZES["smoke"], **{k: v for k, v in kw.items() if k not in ("size", "seed")}}
+    assert [n for _, n in ss.path_shards(cfg, 1)] == [256, 256, 256, 232]
+    cut = ss.run(**kw)
+    keys = [k for k in whole.data if not TIMING.fullmatch(k)]
+    assert len(keys) > 20
+    for k in keys:
+        x, y = np.asarray(whole.data[k]), np.asarray(cut.data[k])
+        assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), k

@@ -74,6 +74,7 @@ import time
 import numpy as np
 from scipy import stats as st
 
+from .. import config
 from ..optim import SGD, SGDM
 from ..problems.manifolds import Sphere, Valley
 from ..rng import substream
@@ -161,16 +162,57 @@ def _optimizers(eta: float, beta: float, alpha: float, lam: float):
             SGDM(eta, 1.0 - lam * eta ** alpha, name=OPT_LABELS[2])]
 
 
-def _eta_point(name: str, cfg: dict, seed: int, i: int) -> dict:
-    """One problem at one η (``cfg["etas"][i]``): SGD and both SGDM run t/η² steps next to the
-    coupled Euler scheme of the slow SDE, and the point's statistics — paired weak errors
-    against the slow SDE (exact Euler-moment correction added) and SGDM − SGD at the recorded
-    times, KS tests and W1 bootstraps at T, the histograms at the smallest η.  One task's
-    work (a :class:`~sdeverify.dispatch.Call`: on a cluster each (problem, η) runs on a
-    worker, its ``simulate`` call too).  Returns the point's slices of the arrays
-    :func:`_case_data` stacks over η."""
+#: most path·steps one task simulates (SGD, both SGDM and the coupled slow SDE, ≈ 0.4 s on
+#: this project's CPU): a point with more is cut into path shards (multiples of
+#: ``config.BLOCK``), so that a cluster's workers share the small-η points (40 000 steps at
+#: η = 0.005); the statistics see the shards joined, so the bits do not depend on the cut
+SHARD_WORK = 2 ** 24
+
+
+def _steps(cfg: dict, i: int) -> tuple[float, int, np.ndarray]:
+    """η, the step count t/η² and the recorded steps of point ``i``."""
+    etas, times = np.asarray(cfg["etas"], float), np.asarray(cfg["times"], float)
+    eta = etas[i]
+    K = int(round(times[-1] / eta ** 2))
+    rec = np.unique(np.round(np.concatenate([[0.0], times]) / eta ** 2).astype(np.int64))
+    return eta, K, rec
+
+
+def path_shards(cfg: dict, i: int) -> list[tuple[int, int]]:
+    """(first path, count) of each shard of point ``i``: at most :data:`SHARD_WORK`
+    path·steps each (at least one ``config.BLOCK`` of paths)."""
+    K, N = _steps(cfg, i)[1], int(cfg["paths"])
+    per = max(config.BLOCK, (SHARD_WORK // K) // config.BLOCK * config.BLOCK)
+    return [(a, min(per, N - a)) for a in range(0, N, per)]
+
+
+def _eta_paths(name: str, cfg: dict, seed: int, i: int, start: int, count: int) -> dict:
+    """Paths ``start .. start + count − 1`` of one problem at one η (``cfg["etas"][i]``):
+    SGD and both SGDM run t/η² steps (states projected by Φ at the recorded times after 0),
+    next to the coupled Euler scheme of the slow SDE on the same paths' draws; and the
+    seconds each took.  One task (a :class:`~sdeverify.dispatch.Call`: on a cluster it runs
+    on a worker, its ``simulate`` call too)."""
     case = _Case(name, cfg["sigma"])
-    etas, times, N = np.asarray(cfg["etas"], float), np.asarray(cfg["times"], float), cfg["paths"]
+    eta, K, rec = _steps(cfg, i)
+    opts = _optimizers(eta, cfg["beta"], cfg["alpha"], cfg["lam"])
+    t0 = time.perf_counter()
+    res = simulate(case.problem, opts, case.x0, steps=K, paths=count, path_offset=start,
+                   sigma=case.sigma, seed=seed, record=rec, observables=["loss"], store_states=True)
+    t1 = time.perf_counter()
+    Z = coupled_slow_sde(case.problem, case.x0, eta=eta, steps=K, paths=count, sigma=case.sigma,
+                         seed=seed, record=rec, path_offset=start)
+    wall = np.array([t1 - t0, time.perf_counter() - t1])
+    return dict(phi=case.problem.project(res.states[:, 1:]), Z=Z, wall=wall)
+
+
+def _eta_point(name: str, cfg: dict, seed: int, i: int, shards: list) -> dict:
+    """The statistics of one problem at one η from its path shards (:func:`_eta_paths`, in
+    path order, joined here) — paired weak errors against the slow SDE (exact Euler-moment
+    correction added) and SGDM − SGD at the recorded times, KS tests and W1 bootstraps at T,
+    the histograms at the smallest η.  One task's work (a :class:`~sdeverify.dispatch.Call`).
+    Returns the point's slices of the arrays :func:`_case_data` stacks over η."""
+    case = _Case(name, cfg["sigma"])
+    etas, times = np.asarray(cfg["etas"], float), np.asarray(cfg["times"], float)
     eta, n_t, n_opt = etas[i], len(times), 3
     bias = np.zeros((n_opt, 2, n_t))
     bias_sem = np.zeros_like(bias)
@@ -180,17 +222,10 @@ def _eta_point(name: str, cfg: dict, seed: int, i: int) -> dict:
     w1 = np.zeros((n_opt + 1, 3))                # (estimate, low, high) to the exact law
     w1c = np.zeros((n_opt, 3))                   # to the coupled Euler samples (paired)
     T = times[-1]
-    K = int(round(T / eta ** 2))
-    rec = np.unique(np.round(np.concatenate([[0.0], times]) / eta ** 2).astype(np.int64))
-    opts = _optimizers(eta, cfg["beta"], cfg["alpha"], cfg["lam"])
-    t0 = time.perf_counter()
-    res = simulate(case.problem, opts, case.x0, steps=K, paths=N, sigma=case.sigma, seed=seed,
-                   record=rec, observables=["loss"], store_states=True)
-    t1 = time.perf_counter()
-    Z = coupled_slow_sde(case.problem, case.x0, eta=eta, steps=K, paths=N, sigma=case.sigma,
-                         seed=seed, record=rec)
-    wall = np.array([t1 - t0, time.perf_counter() - t1])
-    phi = case.problem.project(res.states[:, 1:])    # (n_opt, n_t, N, d), drop t = 0
+    rec = _steps(cfg, i)[2]
+    phi = np.concatenate([sh["phi"] for sh in shards], axis=2)   # (n_opt, n_t, N, d), t = 0 dropped
+    Z = np.concatenate([sh["Z"] for sh in shards], axis=1)       # (n_rec, N, d)
+    wall = np.sum([sh["wall"] for sh in shards], axis=0)
     hz = case.tests(Z[1:])                           # (n_t, 2, N)
     hx = case.tests(phi)                             # (n_opt, n_t, 2, N)
     corr = case.euler_exact(eta, rec[1:]) - case.exact(rec[1:] * eta ** 2)   # (2, n_t)
@@ -478,15 +513,20 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     data, verdicts = {"problems": np.array(problems)}, []
     n_eta = len(cfg["etas"])
     keys = [(p, i) for p in problems for i in range(n_eta)]
-    # the longest points (smallest η: t/η² steps) first, so that a cluster's workers do not
-    # finish on one long point alone; the results are put back in (problem, η) order
-    order = sorted(range(len(keys)), key=lambda k: cfg["etas"][keys[k][1]])
-    *done, (gv, gd) = run_many([Call(_eta_point, (keys[k][0], cfg, seed, keys[k][1]),
-                                     label=f"slow_sde {keys[k][0]} eta[{keys[k][1]}]") for k in order]
+    # first the simulations, cut into path shards and handed out longest first (smallest η:
+    # t/η² steps) so that a cluster's workers do not finish on one long shard alone; then
+    # each point's statistics from its shards joined; results put back in (problem, η) order
+    shards = [(k, a, n) for k, (p, i) in enumerate(keys) for a, n in path_shards(cfg, i)]
+    shards.sort(key=lambda t: -_steps(cfg, keys[t[0]][1])[1] * t[2])
+    *sims, (gv, gd) = run_many([Call(_eta_paths, (keys[k][0], cfg, seed, keys[k][1], a, n),
+                                     label=f"slow_sde {keys[k][0]} eta[{keys[k][1]}] paths {a}+{n}")
+                                for k, a, n in shards]
                                + [Call(general_formula_verdicts, (sigma, seed, cfg["paths"]))])
-    points = [None] * len(keys)
-    for pos, k in enumerate(order):
-        points[k] = done[pos]
+    parts = [[] for _ in keys]
+    for (k, a, _), r in sorted(zip(shards, sims), key=lambda t: t[0][:2]):
+        parts[k].append(r)
+    points = run_many([Call(_eta_point, (p, cfg, seed, i, parts[k]), label=f"slow_sde {p} eta[{i}]")
+                       for k, (p, i) in enumerate(keys)])
     tick(progress, len(points), len(points))
     for pi, p in enumerate(problems):
         d = _case_data(p, cfg, points[pi * n_eta:(pi + 1) * n_eta])
