@@ -99,6 +99,47 @@ def test_valley_projection(x, y, which):
     assert np.allclose(p.project(pt - 1e-5 * g), z, atol=1e-9)
 
 
+def _rk4_projection_numpy(p, X, n_sub=16):
+    """Valley.project's RK4 written in NumPy over all points at once, the same operations in
+    the same order (Horner with the zero-padded coefficients, no FMA): bit for bit what the
+    compiled kernel must give, whatever its grouping of points."""
+    c = np.zeros(8)
+    c[:np.trim_zeros(p.h, "b").size] = np.trim_zeros(p.h, "b")
+
+    def poly(x):
+        v, dv = np.zeros_like(x), np.zeros_like(x)
+        for k in range(7, -1, -1):
+            dv = dv * x + v
+            v = v * x + c[k]
+        return v, dv
+    s0 = np.zeros(X.shape[0])
+    for i in range(1, X.shape[1]):
+        s0 = s0 + X[:, i] * X[:, i]
+    x, d = X[:, 0].copy(), -s0 / n_sub
+    for _ in range(n_sub):
+        h, dh = poly(x)
+        k1 = dh / (4.0 * h)
+        h, dh = poly(x + 0.5 * d * k1)
+        k2 = dh / (4.0 * h)
+        h, dh = poly(x + 0.5 * d * k2)
+        k3 = dh / (4.0 * h)
+        h, dh = poly(x + d * k3)
+        k4 = dh / (4.0 * h)
+        x = x + d * (k1 + 2.0 * k2 + 2.0 * k3 + k4) / 6.0
+    return x
+
+
+@pytest.mark.parametrize("which", range(len(VALLEYS)))
+@pytest.mark.parametrize("n", [1, 63, 64, 200])
+def test_valley_projection_kernel_is_bitwise_its_numpy_twin(which, n):
+    p = VALLEYS[which]
+    g = np.random.default_rng(n + 10 * which)
+    X = np.column_stack([g.uniform(-1.5, 1.5, n), g.normal(0, 0.4, (n, p.m))])
+    z = p.project(X)
+    assert np.all(z[:, 1:] == 0)
+    np.testing.assert_array_equal(z[:, 0], _rk4_projection_numpy(p, X))
+
+
 @SETTINGS
 @given(x=hst.floats(-1.5, 1.5), which=hst.integers(0, len(VALLEYS) - 1))
 def test_valley_slow_drift_closed_form_matches_generic(x, which):

@@ -518,10 +518,11 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     # each point's statistics from its shards joined; results put back in (problem, η) order
     shards = [(k, a, n) for k, (p, i) in enumerate(keys) for a, n in path_shards(cfg, i)]
     shards.sort(key=lambda t: -_steps(cfg, keys[t[0]][1])[1] * t[2])
-    *sims, (gv, gd) = run_many([Call(_eta_paths, (keys[k][0], cfg, seed, keys[k][1], a, n),
-                                     label=f"slow_sde {keys[k][0]} eta[{keys[k][1]}] paths {a}+{n}")
-                                for k, a, n in shards]
-                               + [Call(general_formula_verdicts, (sigma, seed, cfg["paths"]))])
+    # (the general-formula part, the longest single task at full size, goes first)
+    (gv, gd), *sims = run_many([Call(general_formula_verdicts, (sigma, seed, cfg["paths"]))]
+                               + [Call(_eta_paths, (keys[k][0], cfg, seed, keys[k][1], a, n),
+                                       label=f"slow_sde {keys[k][0]} eta[{keys[k][1]}] paths {a}+{n}")
+                                  for k, a, n in shards])
     parts = [[] for _ in keys]
     for (k, a, _), r in sorted(zip(shards, sims), key=lambda t: t[0][:2]):
         parts[k].append(r)

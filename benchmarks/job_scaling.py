@@ -1,0 +1,137 @@
+"""The whole job on local Dask clusters of 1 and 2 workers: ``sdeverify check --SIZE
+--workers N``, wall-clock, parallel efficiency T(1 worker) / (2 T(2 workers)), and every
+check's data bitwise the same in both runs.
+
+    PYTHONPATH=. python benchmarks/job_scaling.py [--size full] [--workers 1,2]
+        [--only A,B,...] [--out DIR] [--json benchmarks/results/job_scaling_full.json]
+
+Each run is the CLI exactly as a user types it (``python -m sdeverify check --full --workers N
+--quiet --out DIR/wN``), one after the other, in a fresh process; the Numba disk cache is
+whatever the machine has (run ``sdeverify check --smoke`` and once ``--data conv_teacher
+--smoke`` first so that no run pays for compiling: a cold kernel in one run only would bias
+the ratio).  Per run: wall seconds, the CPU seconds of the run's process tree (the CLI, its
+Dask scheduler, nannies and workers: ``RUSAGE_CHILDREN``), and the CPU seconds every *other*
+process used meanwhile as a share of the machine ("others", from /proc/stat) — the
+efficiency is only meaningful when "others" is near 0.  Per check: its wall time in each run
+(``summary.json``).  The data of each check must be equal bitwise between the runs (timing
+arrays excepted, ``files.TIMING``); the script says which are not.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sdeverify.checkrun import load_check  # noqa: E402
+from sdeverify.files import TIMING  # noqa: E402
+
+
+def busy_seconds() -> float:
+    """CPU seconds all processes have spent busy (user + nice + system + irq), /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run_job(size: str, workers: int, out: Path, only: str | None) -> dict:
+    """One ``sdeverify check`` on ``workers`` local Dask workers into ``out``; its timings."""
+    cmd = [sys.executable, "-m", "sdeverify", "check", f"--{size}", "--workers", str(workers),
+           "--quiet", "--out", str(out)]
+    if only:
+        cmd += ["--only", only]
+    load = os.getloadavg()
+    b, c, t = busy_seconds(), children_cpu(), time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    wall = time.perf_counter() - t
+    ours = children_cpu() - c
+    others = max(0.0, busy_seconds() - b - ours) / (wall * (os.cpu_count() or 1))
+    summary = json.loads((out / "summary.json").read_text())
+    checks = {e["name"]: e.get("wall_time") for e in summary.get("checks", [])}
+    return {"workers": workers, "wall_s": wall, "cpu_s": ours, "others": others,
+            "load_before": load, "load_after": os.getloadavg(), "exit": proc.returncode,
+            "passed": summary.get("passed"), "checks_s": checks,
+            "stderr_tail": proc.stderr[-2000:]}
+
+
+def differing(a: Path, b: Path) -> dict:
+    """Check name → data keys not bitwise equal between two output folders (timing arrays
+    excepted; a check missing from one folder is listed with ``["<missing>"]``)."""
+    ra, rb = load_check(a).results, load_check(b).results
+    bad = {}
+    for name in sorted(set(ra) | set(rb)):
+        if name not in ra or name not in rb:
+            bad[name] = ["<missing>"]
+            continue
+        x, y = ra[name].data, rb[name].data
+        keys = sorted(k for k in set(x) | set(y) if not TIMING.fullmatch(k))
+        diff = []
+        for k in keys:
+            if k not in x or k not in y:
+                diff.append(k)
+                continue
+            u, v = np.asarray(x[k]), np.asarray(y[k])
+            if not np.array_equal(u, v, equal_nan=u.dtype.kind in "fc" and v.dtype.kind in "fc"):
+                diff.append(k)
+        if diff:
+            bad[name] = diff
+    return bad
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", default="full", choices=("smoke", "quick", "full"))
+    ap.add_argument("--workers", default="1,2", help="comma list, run in this order (default 1,2)")
+    ap.add_argument("--only", default=None, help="comma list of checks (default: the whole job)")
+    ap.add_argument("--out", default="/tmp/sdeverify-job-scaling")
+    ap.add_argument("--json", default=None, help="write the results here")
+    args = ap.parse_args()
+    counts = [int(w) for w in args.workers.split(",")]
+    base = Path(args.out)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; {args.size}, workers {counts}", flush=True)
+    runs = []
+    for w in counts:
+        r = run_job(args.size, w, base / f"w{w}", args.only)
+        runs.append(r)
+        print(f"  {w} worker(s): {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} CPU-s, others "
+              f"{100 * r['others']:.0f}%, load {r['load_before'][0]:.2f} -> {r['load_after'][0]:.2f}, "
+              f"exit {r['exit']}, passed {r['passed']}", flush=True)
+    out = {"size": args.size, "only": args.only, "cpus": os.cpu_count(), "runs": runs}
+    t = {r["workers"]: r["wall_s"] for r in runs}
+    if 1 in t and 2 in t:
+        out["efficiency_2"] = t[1] / (2 * t[2])
+        print(f"T1/(2 T2) = {100 * out['efficiency_2']:.1f}%")
+        per = {}
+        w1, w2 = runs[counts.index(1)]["checks_s"], runs[counts.index(2)]["checks_s"]
+        for name in w1:
+            if w1[name] and w2.get(name):
+                per[name] = {"w1_s": w1[name], "w2_s": w2[name], "efficiency": w1[name] / (2 * w2[name])}
+                print(f"    {name:24s} {w1[name]:7.1f} s  {w2[name]:7.1f} s  {100 * per[name]['efficiency']:5.1f}%")
+        out["per_check"] = per
+    if len(counts) > 1:
+        bad = differing(base / f"w{counts[0]}", base / f"w{counts[1]}")
+        out["differing"] = bad
+        print("data bitwise equal between the runs" if not bad else f"DATA DIFFER: {bad}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
