@@ -46,9 +46,9 @@ def main(argv=None) -> int:
     res = sde_limit.run(size=args.size, seed=args.seed, progress=progress)
     wall = time.perf_counter() - t0
     d = res.data
-    print(f"\nwall time {wall:.1f} s (quadratic, exact: {float(d['quadratic.seconds']):.1f} s; "
+    print(f"\nwall time {wall:.1f} s (quadratic, exact: {float(d['quadratic.wall']):.1f} s; "
           f"cosine_well, Monte Carlo with {res.params['paths']} paths, r = {res.params['substeps']}: "
-          f"{float(d['cosine_well.seconds']):.1f} s)")
+          f"{float(d['cosine_well.wall']):.1f} s)")
     for prob in sde_limit.PROBLEMS:
         eta = np.asarray(d[f"{prob}.eta"])
         print(f"\n{prob}: eta from {eta.max():.4g} to {eta.min():.4g} ({eta.size} values)")

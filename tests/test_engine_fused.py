@@ -41,7 +41,8 @@ FUSED = {"CosineWell(3)": lambda: CosineWell(3),              # oracle only (d <
          "CosineWell(10)": lambda: CosineWell(10),
          "LinearRegression": _minibatch_problem,
          "DiagonalNet": lambda: DiagonalNet.generate(),
-         "Valley": lambda: Valley(h=(1.0, 0.3, 1.0), sx2=(0.5, 0.2), sy2=(1.0, 0.1), m=3)}
+         "Valley": lambda: Valley(h=(1.0, 0.3, 1.0), sx2=(0.5, 0.2), sy2=(1.0, 0.1), m=3),
+         "Valley(m=1)": lambda: Valley(h=(1.0, 0.3, 1.0), sx2=(0.5, 0.2), sy2=(1.0, 0.1), m=1)}
 
 
 def bits(a) -> np.ndarray:

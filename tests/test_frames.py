@@ -173,3 +173,18 @@ def test_identical_runs_write_identical_data_files(tmp_path):
     assert a.read_bytes() == b.read_bytes()
     res = load_check(tmp_path / "run0").results["label_noise"]
     assert res.data["wall"].shape == res.data["etas"].shape and np.all(res.data["wall"] > 0)
+
+
+def test_sde_limit_keeps_its_timings_out_of_the_hashed_data():
+    """sde_limit times its two halves: the arrays are named as timings (``files.TIMING``), so
+    two identical runs have identical data (they were ``*.seconds``, hashed with the data:
+    found by comparing a whole job on 1 and 2 Dask workers, benchmarks/job_scaling.py)."""
+    from sdeverify.experiments import sde_limit
+    from sdeverify.files import TIMING
+    a, b = (sde_limit.run(size="smoke", seed=0).data for _ in range(2))
+    timings = sorted(k for k in a if TIMING.fullmatch(k))
+    assert timings == ["cosine_well.wall", "quadratic.wall"]
+    for k in a:
+        if not TIMING.fullmatch(k):
+            x, y = np.asarray(a[k]), np.asarray(b[k])
+            assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), k

@@ -262,8 +262,8 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
         qerr, done = _quadratic_errors(quad, p, eq, progress, 0, total)
     with Timer() as tc:
         cerr, em_bias, done = _cosine_errors(cos, p, ec, seed, progress, done, total)
-    data["quadratic.seconds"] = tq.seconds
-    data["cosine_well.seconds"] = tc.seconds
+    data["quadratic.wall"] = tq.seconds
+    data["cosine_well.wall"] = tc.seconds
     data["cosine_well.em_bias"] = em_bias
     for prob, etas in (("quadratic", eq), ("cosine_well", ec)):
         for s in SERIES:

@@ -33,7 +33,8 @@ from ..problems import Quadratic
 from ..rng import substream
 from ..stats import Interval, local_orders
 from ..figstyle import figsize, legend_below, styled
-from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, subplots, tick
+from .base import (Call, ExperimentResult, Progress, Verdict, experiment, run_many, save_figure, subplots,
+                   tick)
 from .weak_approximation import pair, tail_fit
 
 NAME = "weak_worst_case"
@@ -72,6 +73,12 @@ def errors(P: Quadratic, v: np.ndarray, eta: float, alpha: float, T: float, sigm
     return np.abs(out[0] - out[1]).max(axis=1)
 
 
+def error_curve(P: Quadratic, v: np.ndarray, etas: np.ndarray, alpha: float, T: float,
+                sigma0: float) -> np.ndarray:
+    """:func:`errors` at every η of ``etas``: (len(POWERS), len(etas)); one task's work."""
+    return np.stack([errors(P, v, eta, alpha, T, sigma0) for eta in etas], axis=1)
+
+
 @experiment(NAME, SIZES, defaults=dict(T=1.0, sigma0=0.5))
 def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     """Search the family; rules in the module docstring."""
@@ -81,14 +88,17 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     probs = [random_problem(g) for _ in range(n)]
     orders = np.zeros((len(alphas), n, len(POWERS), 3))      # estimate, low, high
     err = np.zeros((len(alphas), n, len(POWERS), len(etas)))
-    for ai, a in enumerate(alphas):
-        for pi, (P, v) in enumerate(probs):
-            for ei, eta in enumerate(etas):
-                err[ai, pi, :, ei] = errors(P, v, eta, a, T, s0)
-            for hi in range(len(POWERS)):
-                o = tail_fit(etas, err[ai, pi, hi]).order
-                orders[ai, pi, hi] = o.estimate, o.low, o.high
-            tick(progress, ai * n + pi + 1, len(alphas) * n)
+    # one task per (alpha, problem): its error curve over eta (on a cluster the exact
+    # recursions run on the workers)
+    keys = [(ai, pi) for ai in range(len(alphas)) for pi in range(n)]
+    curves = run_many([Call(error_curve, (probs[pi][0], probs[pi][1], etas, alphas[ai], T, s0),
+                            label=f"weak_worst_case alpha={alphas[ai]:g} problem {pi}") for ai, pi in keys])
+    for (ai, pi), curve in zip(keys, curves):
+        err[ai, pi] = curve
+        for hi in range(len(POWERS)):
+            o = tail_fit(etas, err[ai, pi, hi]).order
+            orders[ai, pi, hi] = o.estimate, o.low, o.high
+    tick(progress, len(keys), len(keys))
     verdicts = []
     for ai, a in enumerate(alphas):
         pi, hi = np.unravel_index(int(np.argmin(orders[ai, :, :, 0])), orders[ai, :, :, 0].shape)

@@ -53,10 +53,11 @@ import numba
 import numpy as np
 
 from ..problems import NGOS
+from ..simulate import simulate
 from ..rng import substream
 from ..stats import Interval, max_abs_interval, z_value
 from ..figstyle import figsize, legend_below, styled
-from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, simulate_many, subplots, tick
+from .base import Call, ExperimentResult, Progress, Verdict, experiment, run_many, save_figure, subplots, tick
 from .weak_approximation import pair
 
 NAME = "weak_worst_case_mc"
@@ -151,6 +152,12 @@ def mc_call(P: NGOS, eta: float, alpha: float, cfg: dict, seed: int) -> dict:
                 store_states=True, on_divergence="raise")
 
 
+def mc_point(P: NGOS, v: np.ndarray, eta: float, alpha: float, cfg: dict, seed: int) -> np.ndarray:
+    """One (problem, α, η) point, one task's work: the coupled run (:func:`mc_call`) and its
+    :func:`weak_errors`."""
+    return weak_errors(simulate(**mc_call(P, eta, alpha, cfg, seed)), v)
+
+
 def weak_errors(res, v: np.ndarray, level: float = 0.95) -> np.ndarray:
     """(len(POWERS), 3): max_k |E h(x_k^SGDM) − E h(y_k^SGD)| for h = (v·x)^p, as
     (estimate, low, high) of a simultaneous interval over the recorded steps k > 0."""
@@ -202,16 +209,22 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     fits = np.full((len(alphas), n, len(POWERS), 3), np.nan)
     resolved = np.zeros((len(alphas), n, len(POWERS)), dtype=bool)
     head = np.full((len(alphas), n, len(POWERS)), np.nan)
-    for ai, a in enumerate(alphas):
-        for pi, (P, v, _) in enumerate(probs):
-            calls = [mc_call(P, eta, a, cfg, substream(seed, f"weak_worst_case_mc.a{ai}.p{pi}", ei))
-                     for ei, eta in enumerate(etas)]
-            for ei, res in enumerate(simulate_many(calls)):
-                err[ai, pi, :, ei] = weak_errors(res, v)
+    # every (alpha, problem, eta) point one task — its coupled run and weak errors — handed
+    # out together, longest (smallest eta) first; on a cluster only the errors come back
+    keys = sorted(((ai, pi, ei) for ai in range(len(alphas)) for pi in range(n) for ei in range(len(etas))),
+                  key=lambda k: (-k[2], k[0], k[1]))
+    done = run_many([Call(mc_point, (probs[pi][0], probs[pi][1], etas[ei], alphas[ai], cfg,
+                                     substream(seed, f"weak_worst_case_mc.a{ai}.p{pi}", ei)),
+                          label=f"weak_worst_case_mc alpha={alphas[ai]:g} problem {pi} eta={etas[ei]:g}")
+                     for ai, pi, ei in keys])
+    for (ai, pi, ei), e in zip(keys, done):
+        err[ai, pi, :, ei] = e
+    for ai in range(len(alphas)):
+        for pi in range(n):
             for hi in range(len(POWERS)):
                 fits[ai, pi, hi], resolved[ai, pi, hi], head[ai, pi, hi] = fit_pair(etas, err[ai, pi, hi],
                                                                                     cfg["tail"])
-            tick(progress, ai * n + pi + 1, len(alphas) * n)
+    tick(progress, len(keys), len(keys))
     verdicts = [alpha_verdict(a, etas, cfg["tail"], probs, fits[ai], resolved[ai], head[ai])
                 for ai, a in enumerate(alphas)]
     data = {"etas": etas, "alphas": np.array(alphas), "orders": fits, "errors": err,

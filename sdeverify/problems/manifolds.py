@@ -163,13 +163,29 @@ def valley_noise(x, p, xi, out):
 def valley_oracle_lanes(X, p, Z, G, V):
     """valley_grad and valley_noise of every lane (column) of X (d, L), draws Z (≥ d, L), lanes
     innermost, with the per-path arithmetic in the same order: h and s_y are kept in G[1] and
-    V[1], and Σ y_i² in G[0], until they are overwritten (h' is evaluated again at the end)."""
+    V[1], and Σ y_i² in G[0], until they are overwritten (h' is evaluated again at the end).
+    At d = 2 (one normal coordinate, the label-noise valleys) all of it in one pass over the
+    lanes: h and h' from one Horner loop, as ``valley_grad`` computes them."""
     d = X.shape[0]
     L = X.shape[1]
     nh = int(p[1])
     oa = 2 + nh
     na = int(p[oa])
     ob = oa + 1 + na
+    if d == 2:
+        for ln in range(L):
+            x0 = X[0, ln]
+            y = X[1, ln]
+            h, dh = _poly(p, 1, x0)
+            a, _ = _poly(p, oa, x0)
+            b, _ = _poly(p, ob, x0)
+            s = 0.0
+            s += y * y
+            G[1, ln] = h * y
+            G[0, ln] = 0.5 * dh * s
+            V[0, ln] = math.sqrt(max(a, 0.0)) * Z[0, ln]
+            V[1, ln] = math.sqrt(max(b, 0.0)) * Z[1, ln]
+        return
     for ln in range(L):
         x0 = X[0, ln]
         h, _ = _poly(p, 1, x0)
