@@ -36,12 +36,8 @@ sys.path.insert(0, str(ROOT))
 from sdeverify.checkrun import load_check  # noqa: E402
 from sdeverify.files import TIMING  # noqa: E402
 
-
-def busy_seconds() -> float:
-    """CPU seconds all processes have spent busy (user + nice + system + irq), /proc/stat."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return (v[0] + v[1] + v[2] + v[5] + v[6]) / os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dask_scaling import busy_seconds  # noqa: E402  (/proc/stat, the same measure)
 
 
 def children_cpu() -> float:
