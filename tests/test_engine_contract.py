@@ -207,6 +207,16 @@ def test_fingerprint_follows_the_function_body_not_its_identity():
     assert cache.fingerprint(a).startswith("edited_problem_module.f:")
 
 
+def test_fingerprint_tells_a_compiled_function_from_its_plain_python():
+    """A step function whose ``numba.njit`` decorator was lost has the same code as before:
+    its fingerprint must still differ, or the kernel cached with the compiled version is
+    loaded and the loss shows only on a cold cache (``valley_slow_step_lanes`` lost its
+    decorator once; the warm development cache hid it, a fresh clone's main job failed)."""
+    f = _problem_function(2.0)
+    assert cache.fingerprint(f) != cache.fingerprint(f.py_func)
+    assert ":jit:" in cache.fingerprint(f) and ":py:" in cache.fingerprint(f.py_func)
+
+
 def test_kernel_cache_hits_for_the_same_problem_and_misses_for_another(cache_dir):
     two, three = _problem_function(2.0), _problem_function(3.0)
     first = _kernel_for(two)

@@ -52,6 +52,10 @@ def fingerprint(f, _seen: frozenset = frozenset()) -> str:
     py = getattr(f, "py_func", f)
     if not isinstance(py, pytypes.FunctionType):
         return repr(py)
+    # a plain function and its njit dispatcher share their code: tell them apart, or a kernel
+    # cached while a helper was compiled would be loaded after its decorator was lost (a
+    # kernel that no longer compiles, seen only on a cold cache)
+    kind = "jit" if py is not f else "py"
     h = hashlib.sha256()
     _code_hash(py.__code__, h)
     for cell in py.__closure__ or ():
@@ -60,7 +64,7 @@ def fingerprint(f, _seen: frozenset = frozenset()) -> str:
     for callee in _compiled_callees(py):
         if id(callee.py_func) not in seen:
             h.update(fingerprint(callee, seen).encode())
-    return f"{py.__module__}.{py.__qualname__}:{h.hexdigest()[:16]}"
+    return f"{py.__module__}.{py.__qualname__}:{kind}:{h.hexdigest()[:16]}"
 
 
 def _compiled_callees(py) -> list:

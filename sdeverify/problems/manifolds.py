@@ -249,6 +249,7 @@ def valley_project(X, p, n_sub, out):
             out[r0 + ln] = xs[ln]
 
 
+@numba.njit(cache=True)
 def valley_slow_step_lanes(Z, p, XI, eta, sigma, work):
     """One Euler step (dt = η²) of the valley's slow SDE for a group of paths, Z (d, L), driven
     by the oracle's own draws XI (≥ d, L):
