@@ -216,8 +216,8 @@ def _coupled_lanes_src(z0, params, sigma, eta_k, rec_steps, k0, k1, path0, n_dra
     advances the whole group by one Euler step (a loop over lanes LLVM vectorises; ``work`` is
     (d + 2, L) scratch); with a per-path ``slow_step`` (``PER_PATH`` true)
     ``STEP(z, params, xi, η_k, σ, work)`` advances one path (``z`` a contiguous copy of
-    ``Z[:, l]``, ``xi`` its ``n_draws`` draws, ``work`` (d,) scratch).  Writes the states at the ``rec_steps`` into ``out``
-    (n_rec, paths, d)."""
+    ``Z[:, l]``, ``xi`` its ``n_draws`` draws, ``work`` (d,) scratch).  Writes the states at
+    the ``rec_steps`` into ``out`` (n_rec, paths, d)."""
     n_paths = out.shape[1]
     d = z0.shape[0]
     steps = eta_k.shape[0]

@@ -465,3 +465,22 @@ def test_a_checks_points_are_tasks_bitwise_local(client, name, calls):
     assert s.calls == calls
     _data_equal_but_timings(far, local)
     assert [v.as_dict() for v in far.verdicts] == [v.as_dict() for v in local.verdicts]
+
+
+def test_fit_work_counts_training_flops_not_parameters():
+    """A ``fit`` point's work: an MLP's per sample-step stays near its former n_params/64 (its
+    training FLOPs ≈ 6 n_params; 5% below here: biases and the first layer's input gradient
+    are not counted), a conv net's counts the reuse of its weights over the image
+    (counted as an MLP's before, a full-size ResNet fit looked like a 0.1 s call and stayed in
+    the driver of a distributed run)."""
+    from sdeverify.train import conv_teacher, resnet
+    kw = dict(batch_size=16, steps=10, replicas=4, seed=0, backend="numpy")
+    mlp = MLP([5, 64, 64, 3])
+    p = D.fit_point(mlp, teacher_student(n=96, dim=5, classes=3, hidden=8, seed=3), OPTS, **kw)
+    per = p.work / (4 * 10 * 16 * len(OPTS))
+    assert per == pytest.approx(mlp.n_params / 64, rel=0.1)
+    net = resnet(8, width=0.25, classes=4, in_channels=3, image_size=8)
+    q = D.fit_point(net, conv_teacher(n=64, size=8, channels=3, classes=4, seed=1), OPTS, **kw)
+    per = q.work / (4 * 10 * 16 * len(OPTS))
+    assert per == pytest.approx(net.flops_per_sample() / 384)
+    assert per > 5 * net.n_params / 64

@@ -55,7 +55,7 @@ SHARDS_PER_WORKER: int = 4
 LOCAL_WORK: int = MIN_TASK_WORK
 #: Training FLOPs per work unit: a ``fit`` call's work is steps × SVAG ℓ × batch × optimizers ×
 #: the model's training FLOPs per sample (``flops_per_sample()``) / this.  6 × 64 keeps an
-#: MLP at its former count, n_params/64 per sample-step (its FLOPs ≈ 6 n_params); a conv net
+#: MLP near its former count, n_params/64 per sample-step (its FLOPs ≈ 6 n_params); a conv net
 #: now counts the reuse of its weights over the image (ResNet-8 4-8-16 on 8×8 images: 62
 #: FLOPs per parameter, counted as 6 before, so that a full-size Sec 6 fit of 2.5 CPU-minutes
 #: was taken for a 0.1 s call and kept in the driver).  Measured here (one thread, 2 × 2
