@@ -484,3 +484,28 @@ def test_fit_work_counts_training_flops_not_parameters():
     per = q.work / (4 * 10 * 16 * len(OPTS))
     assert per == pytest.approx(net.flops_per_sample() / 384)
     assert per > 5 * net.n_params / 64
+
+
+@pytest.mark.filterwarnings("ignore::sdeverify.distributed.points.SmallWorkWarning")  # smoke size
+@pytest.mark.parametrize("name, calls, fits", [("train_batch_size", 2 * 2 * 2 + 1, 2 * 2 + 3),
+                                               ("train_svag", 2 + 1 + 1, 2 * 2 + 2)])
+def test_sec6_tunings_and_fits_are_tasks_bitwise_local(client, monkeypatch, name, calls, fits):
+    """The trained-network checks hand out their work in two sweeps of tasks: every lr tuning
+    (each (budget, batch size, optimizer)) and the method verdicts, then every fit at the
+    tuned lrs with the controls, the sharpness run and the noise premise; nothing trains in
+    the driver (instrumented: its tune_lr, fit and method verdicts raise), and the result is
+    bitwise the local run's."""
+    import importlib
+    from sdeverify.experiments import train_common as tc, train_method
+    mod = importlib.import_module(f"sdeverify.experiments.{name}")
+    local = mod.run(size="smoke", seed=0)
+
+    def not_here(*a, **k):
+        raise AssertionError("a Sec 6 check trained in the driver")
+    for target, attr in ((tc, "tune_lr"), (tc, "fit"), (train_method, "gradient_error")):
+        monkeypatch.setattr(target, attr, not_here)
+    with D.use(client) as s:
+        far = mod.run(size="smoke", seed=0)
+    assert (s.calls, s.computed) == (calls, fits)
+    _data_equal_but_timings(far, local)
+    assert [v.as_dict() for v in far.verdicts] == [v.as_dict() for v in local.verdicts]

@@ -40,7 +40,7 @@ from ..verdict import Value, Verdict  # noqa: F401
 # this module's API.
 __all__ = ["SIZES", "Progress", "Measure", "ExperimentResult", "check_size", "size_config",
            "experiment", "Timer", "make_meta", "subplots", "save_figure", "simulate_many",
-           "run_many", "Ticker", "tick"]
+           "run_many", "run_longest_first", "Ticker", "tick"]
 
 SIZES = ("smoke", "quick", "full")
 Progress = Callable[[int, int], None] | None
@@ -200,7 +200,8 @@ def simulate_many(calls: list[dict]) -> list:
 def run_many(items: list) -> list:
     """Run a check's sweep — :func:`sdeverify.simulate` calls given as keyword dicts and its
     per-point work given as :class:`~sdeverify.dispatch.Call` (exact references,
-    statistics, bootstraps; a ``Call`` may make ``simulate`` calls of its own) — and return
+    statistics, bootstraps; a ``Call`` may make ``simulate`` calls of its own; a dict with
+    ``kind="fit"`` is a :func:`sdeverify.train.fit` call) — and return
     their results in order.  Inside a distributed session (``sdeverify check --workers N``
     / ``--scheduler``, :func:`sdeverify.distributed.use`) every item is a task submitted
     with all the others (:func:`sdeverify.distributed.run_many`: the simulations cut into
@@ -216,6 +217,7 @@ def run_many(items: list) -> list:
     session = distributed.active()
     if session is not None:
         return distributed.run_many(items, session, raise_errors=True)
+    from ..train import fit
     out = []
     for c in items:
         if isinstance(c, Call):
@@ -223,8 +225,20 @@ def run_many(items: list) -> list:
             continue
         c = dict(c)
         then = c.pop("then", None)
-        r = simulate(**c)
+        r = fit(**c) if c.pop("kind", "simulate") == "fit" else simulate(**c)
         out.append(r if then is None else then(r))
+    return out
+
+
+def run_longest_first(items: list, works: list) -> list:
+    """:func:`run_many` with the items handed out in decreasing order of ``works`` (their
+    estimated cost) — the classic rule for balancing a few workers, so that a cluster does
+    not end on one long item alone — and the results returned in the order of ``items``
+    (bitwise those of :func:`run_many`: every item carries its own seed)."""
+    order = sorted(range(len(items)), key=lambda i: -works[i])
+    out: list = [None] * len(items)
+    for i, r in zip(order, run_many([items[i] for i in order])):
+        out[i] = r
     return out
 
 

@@ -49,7 +49,8 @@ import numpy as np
 from . import train_common as tc
 from . import train_method
 from ..figstyle import figsize, legend_below, styled
-from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, subplots, tick
+from .base import (Call, ExperimentResult, Progress, Ticker, Verdict, experiment, run_longest_first,
+                   save_figure, subplots)
 
 NAME = "train_batch_size"
 TITLE = "Sec 6 / Fig 1 on trained networks: batch size, tuned lrs, two budgets, SGD vs SGDM"
@@ -78,8 +79,14 @@ OPTS = ("SGD (own lr)", "SGDM", "SGD at SGDM's lr")
 
 @experiment(NAME, SIZES, defaults=dict(backend="cpu"))
 def run(cfg: dict, seed: int, progress: Progress) -> tuple:
-    """Run the sweep; see the module docstring for the protocol and the rules."""
-    setup = tc.build(cfg)
+    """Run the sweep; see the module docstring for the protocol and the rules.
+
+    Two sweeps of tasks (:func:`~sdeverify.experiments.base.run_many`: on a cluster every
+    item of a sweep goes out at once, longest first; here they run one after the other, with
+    bitwise the same results): the lr tunings of every (budget, batch size, optimizer) and
+    the method verdicts, then every fit that uses the tuned lrs — the comparisons at each
+    (batch size, budget), the two negative controls and the sharpness runs."""
+    setup = tc.setup_for(cfg)
     Bs = tc.check_batches(setup, cfg["batches"])
     E, R = int(cfg["epochs"]), int(cfg["replicas"])
     budgets = (E, tc.BUDGET_FACTOR * E)
@@ -87,36 +94,55 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     out = {"acc": np.empty((n, 2, 3, R)), "diverged": np.zeros((n, 2, 3), int),
            "lr": np.empty((n, 2, 2)), "tuned_at_edge": np.zeros((n, 2, 2), bool),
            "plateau": np.empty((n, 2, 2))}
+    step = Ticker(progress, 6 * n + 3)
+    keys = [(b, i, j) for b in range(2) for i in range(n) for j in range(2)]
+    calls = [tc.tune_call(cfg, (tc.sgd, tc.sgdm)[j], Bs[i], budgets[b], seed) for b, i, j in keys]
+    method = Call(train_method.verdicts, (seed, setup.backend), label="train_method.verdicts")
+    *tuned, method_verdicts = run_longest_first([c for c, _ in calls] + [method],
+                                                [w for _, w in calls] + [float("inf")])
     tunings = []
-    total, done = 2 * n + 3, 0
-    for b, epochs in enumerate(budgets):          # each budget tuned and trained on its own
-        for i, B in enumerate(Bs):
-            grid = tc.grid_for(cfg["lr_grid"], B)
-            for j, make in enumerate((tc.sgd, tc.sgdm)):
-                t = setup.tune(make, B, epochs, grid, cfg["tune_replicas"], seed)
-                tunings.append(f"B={B}, {epochs} epochs, {('SGD', 'SGDM')[j]}: {t.describe()}")
-                out["lr"][i, b, j], out["tuned_at_edge"][i, b, j] = t.lr, t.at_edge
-            lr_s, lr_m = out["lr"][i, b]
-            res = setup.fit([tc.sgd(lr_s, OPTS[0]), tc.sgdm(lr_m), tc.sgd(lr_m, OPTS[2])], B, epochs, R, seed)
+    for (b, i, j), t in zip(keys, tuned):
+        tunings.append(f"B={Bs[i]}, {budgets[b]} epochs, {('SGD', 'SGDM')[j]}: {t.describe()}")
+        out["lr"][i, b, j], out["tuned_at_edge"][i, b, j] = t.lr, t.at_edge
+        step()
+    lr_small, lr_big = out["lr"][0, 0, 1], out["lr"][-1, 0, 1]
+
+    def compared(i: int, b: int):
+        def then(res):
             for k in range(3):
                 out["acc"][i, b, k], out["diverged"][i, b, k] = tc.final_accuracy(res, k, chance)
             out["plateau"][i, b] = [tc.plateau(res, k) for k in range(2)]
-            out[f"curves_B{B}_E{epochs}"] = tc.curves(res)
-            done += 1
-            tick(progress, done, total)
-    lr_small, lr_big = out["lr"][0, 0, 1], out["lr"][-1, 0, 1]
-    ctrl = setup.fit([tc.sgd(lr_small / CONTROL_LR_FACTOR, "SGD lr/16")], Bs[0], E, R, seed, per_epoch=False)
-    out["control_lr16"] = out["acc"][0, 0, 1] - tc.final_accuracy(ctrl, 0, chance)[0]
-    ctrl = setup.fit([tc.sgdm(lr_big, "SGDM b=0", beta=0.0)], Bs[-1], E, R, seed, per_epoch=False)
-    out["control_beta0"] = tc.final_accuracy(ctrl, 0, chance)[0] - out["acc"][-1, 0, 2]
-    tick(progress, total - 1, total)
-    out.update(_sharpness(setup, Bs[-1], lr_big, E, seed))
-    tick(progress, total, total)
+            out[f"curves_B{Bs[i]}_E{budgets[b]}"] = tc.curves(res)
+            step()
+        return then
+
+    def ticked(res):
+        step()
+        return res
+    items, works = [], []
+    for b, epochs in enumerate(budgets):
+        for i, B in enumerate(Bs):
+            lr_s, lr_m = out["lr"][i, b]
+            items.append(dict(setup.fit_item([tc.sgd(lr_s, OPTS[0]), tc.sgdm(lr_m), tc.sgd(lr_m, OPTS[2])],
+                                             B, epochs, R, seed), then=compared(i, b)))
+            works.append(setup.work(B, epochs, 3 * R))
+    items.append(dict(setup.fit_item([tc.sgd(lr_small / CONTROL_LR_FACTOR, "SGD lr/16")], Bs[0], E, R, seed,
+                                     per_epoch=False), then=ticked))
+    items.append(dict(setup.fit_item([tc.sgdm(lr_big, "SGDM b=0", beta=0.0)], Bs[-1], E, R, seed,
+                                     per_epoch=False), then=ticked))
+    works += [setup.work(Bs[0], E, R), setup.work(Bs[-1], E, R)]
+    sharp = _sharpness_item(setup, Bs[-1], lr_big, E, seed)
+    items.append(dict(sharp, then=ticked))
+    works.append(setup.work(Bs[-1], E, 2 * SHARP_REPLICAS) * 2)     # + the sharpness iterations
+    *_, lr16, beta0, sharp_res = run_longest_first(items, works)
+    out["control_lr16"] = out["acc"][0, 0, 1] - tc.final_accuracy(lr16, 0, chance)[0]
+    out["control_beta0"] = tc.final_accuracy(beta0, 0, chance)[0] - out["acc"][-1, 0, 2]
+    out.update(_sharpness(sharp, sharp_res, lr_big))
     out["margin"] = np.array([tc.margin(float(out["acc"][0, b, 1:].mean()), setup.data.X_test.shape[0])
                               for b in range(2)])          # one per budget, from its own accuracies
     out["batches"] = np.array(Bs)
     out["tuning"] = np.array(tunings)
-    verdicts = _verdicts(Bs, budgets, out) + train_method.verdicts(seed, setup.backend)
+    verdicts = _verdicts(Bs, budgets, out) + list(method_verdicts)
     params = dict(cfg, batches=list(Bs), budgets=list(budgets), beta=tc.BETA,
                   lr_grid=list(cfg["lr_grid"]), base_batch=tc.BASE_BATCH, optimizers=list(OPTS),
                   margin_floor=tc.MARGIN_FLOOR, control_lr_factor=CONTROL_LR_FACTOR,
@@ -124,12 +150,11 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     return params, out, verdicts
 
 
-def _sharpness(setup: tc.Setup, B: int, lr: float, E: int, seed: int) -> dict:
-    """Sharpness of SGD and SGDM, both at SGDM's lr, over ``SHARP_REPLICAS`` replicas: at the
-    start, at :data:`PEAK_POINTS` steps over the second half of the peak-lr phase (up to the
-    first decay, for the figure) and at the end.  ``edge_ratio``: per optimizer and replica
-    the sharpness / own stability edge at the end of the peak-lr phase (just before the first
-    decay), the edge at the lr of the step before (the lr that shaped the weights)."""
+def _sharpness_item(setup: tc.Setup, B: int, lr: float, E: int, seed: int) -> dict:
+    """The sharpness run of SGD and SGDM, both at SGDM's lr, over ``SHARP_REPLICAS``
+    replicas (a :func:`run_many` item): evaluated at the start, at :data:`PEAK_POINTS`
+    steps over the second half of the peak-lr phase (up to the first decay, for the figure)
+    and at the end."""
     spe = setup.data.n_train // B
     steps_total = E * spe
     mult = tc.schedule(E, spe)
@@ -137,10 +162,19 @@ def _sharpness(setup: tc.Setup, B: int, lr: float, E: int, seed: int) -> dict:
     first_decay = int(round(tc.DECAYS[0] * E)) * spe
     peak = np.unique(np.linspace((warm_end + first_decay) / 2, first_decay, PEAK_POINTS).round().astype(int))
     steps = np.unique(np.concatenate([[0], peak, [steps_total]]))
-    res = tc.fit(setup.model, setup.data, [tc.sgd(lr), tc.sgdm(lr)], batch_size=B, epochs=E,
-                 replicas=SHARP_REPLICAS, seed=seed, lr_schedule=mult,
-                 metrics=("sharpness",), eval_steps=steps, on_divergence="ignore",
-                 augment=setup.augment, backend=setup.backend, dtype=setup.dtype, **SHARP)
+    return dict(kind="fit", model=setup.model, data=setup.data, optimizers=[tc.sgd(lr), tc.sgdm(lr)],
+                batch_size=B, epochs=E, replicas=SHARP_REPLICAS, seed=seed, lr_schedule=mult,
+                metrics=("sharpness",), eval_steps=steps, on_divergence="ignore",
+                augment=setup.augment, backend=setup.backend, dtype=setup.dtype, **SHARP)
+
+
+def _sharpness(item: dict, res, lr: float) -> dict:
+    """``edge_ratio``: per optimizer and replica the sharpness / own stability edge at the
+    end of the peak-lr phase (just before the first decay), the edge at the lr of the step
+    before (the lr that shaped the weights); ``edge_ratio_all`` at every evaluation."""
+    steps, mult = np.asarray(item["eval_steps"]), item["lr_schedule"]
+    spe = item["data"].n_train // item["batch_size"]
+    first_decay = int(round(tc.DECAYS[0] * item["epochs"])) * spe
     S = np.stack([res.values_of(j, "sharpness") for j in range(2)])     # (2, evals, replicas)
     lr_k = lr * mult[np.maximum(steps - 1, 0)]
     edges = np.stack([tc.stability_edge(lr_k), tc.stability_edge(lr_k, tc.BETA)])   # (2, evals)

@@ -25,11 +25,13 @@ A replica that diverges scores chance accuracy (counted and reported, never a Na
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..dispatch import Call
 from ..optim import SGD, SGDM
 from ..stats import Interval, t_interval as _t_interval
 from ..train import (MLP, Dataset, LrTuning, TrainResult, cifar10, cifar10_images, conv_teacher,
@@ -73,13 +75,35 @@ class Setup:
             data: Dataset | None = None, **kw: Any) -> TrainResult:
         """``epochs`` epochs at ``batch`` with :func:`schedule`, evaluated at every epoch end
         (or at the end only)."""
+        item = self.fit_item(optimizers, batch, epochs, replicas, seed, svag=svag,
+                             per_epoch=per_epoch, metrics=metrics, data=data, **kw)
+        item.pop("kind")
+        return fit(**item)
+
+    def fit_item(self, optimizers: Sequence[Any], batch: int, epochs: int, replicas: int,
+                 seed: int, *, svag: int = 1, per_epoch: bool = True,
+                 metrics: Sequence[str] = METRICS, data: Dataset | None = None,
+                 **kw: Any) -> dict:
+        """The :meth:`fit` call as an item of :func:`~sdeverify.experiments.base.run_many` (a
+        keyword dict with ``kind="fit"``), so that a check's fits go out together."""
         data = self.data if data is None else data
         spe = data.n_train // batch
         ev = [spe * e for e in range(0, epochs + 1)] if per_epoch else [spe * epochs]
-        return fit(self.model, data, list(optimizers), batch_size=batch, epochs=epochs,
-                   replicas=replicas, seed=seed, lr_schedule=schedule(epochs, spe), svag=svag,
-                   metrics=metrics, eval_steps=ev, eval_samples=1024, on_divergence="ignore",
-                   augment=self.augment, backend=self.backend, dtype=self.dtype, **kw)
+        return dict(kind="fit", model=self.model, data=data, optimizers=list(optimizers),
+                    batch_size=batch, epochs=epochs, replicas=replicas, seed=seed,
+                    lr_schedule=schedule(epochs, spe), svag=svag, metrics=metrics, eval_steps=ev,
+                    eval_samples=1024, on_divergence="ignore", augment=self.augment,
+                    backend=self.backend, dtype=self.dtype, **kw)
+
+    def work(self, batch: int, epochs: int, models: int, *, svag: int = 1,
+             fraction: float = 1.0) -> float:
+        """Estimated cost of training ``models`` models (optimizers × replicas) for ``epochs``
+        epochs at ``batch`` on ``fraction`` of the training set, in the work units of
+        :data:`sdeverify.distributed.MIN_TASK_WORK` (training FLOPs /
+        ``FIT_FLOPS_PER_UNIT``): what orders a check's items longest first."""
+        from ..distributed.points import FIT_FLOPS_PER_UNIT, fit_flops
+        steps = epochs * int(fraction * self.data.n_train) // batch
+        return steps * svag * batch * models * fit_flops(self.model) / FIT_FLOPS_PER_UNIT
 
     def tune(self, make: Callable[[float], Any], batch: int, epochs: int, grid: Sequence[float],
              replicas: int, seed: int) -> LrTuning:
@@ -144,6 +168,39 @@ def build(cfg: dict) -> Setup:
                          f"MLP, got {source!r}")
     model = MLP([data.n_features, 128, data.n_classes], "relu", "cross_entropy")
     return Setup(model, data, False, cfg["backend"], cfg["dtype"])
+
+
+#: the configuration keys that determine a check's :class:`Setup`
+SETUP_KEYS = NET_KEYS + ("backend",)
+
+
+def setup_for(cfg: dict) -> Setup:
+    """:func:`build` for ``cfg``, built once per process (a check's tasks on one worker share
+    it; the data sets are generated with fixed seeds, so every process builds the same)."""
+    return _setup(tuple((k, cfg.get(k)) for k in SETUP_KEYS))
+
+
+@functools.lru_cache(maxsize=2)
+def _setup(key: tuple) -> Setup:
+    return build(dict(key))
+
+
+def tune_task(cfg: dict, make: Callable[[float], Any], batch: int, epochs: int, seed: int) -> LrTuning:
+    """The protocol's lr for ``make(lr)`` at ``batch`` and ``epochs`` (:meth:`Setup.tune`
+    on the grid :func:`grid_for` of ``cfg["lr_grid"]``, ``cfg["tune_replicas"]`` replicas): a
+    module-level function, so that it runs as one task of a check's sweep."""
+    setup = setup_for(cfg)
+    return setup.tune(make, batch, epochs, grid_for(cfg["lr_grid"], batch), cfg["tune_replicas"], seed)
+
+
+def tune_call(cfg: dict, make: Callable[[float], Any], batch: int, epochs: int, seed: int) -> tuple:
+    """``(Call, work)``: :func:`tune_task` as an item of a check's sweep, with its estimated
+    cost (its initial grid on the validation split; extensions are not foreseen)."""
+    setup = setup_for(cfg)
+    models = len(cfg["lr_grid"]) * int(cfg["tune_replicas"])
+    work = setup.work(batch, epochs, models, fraction=0.8)
+    return (Call(tune_task, (cfg, make, batch, epochs, seed), work=work,
+                 label=f"tune {make.__name__} B={batch} {epochs} epochs"), work)
 
 
 def grid_for(base: Sequence[float], batch: int) -> tuple:

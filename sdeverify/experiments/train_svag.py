@@ -45,7 +45,8 @@ from ..stats import fit_order, Interval
 from . import train_common as tc
 from . import train_method
 from ..figstyle import figsize, legend_below, styled
-from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, subplots, tick
+from .base import (Call, ExperimentResult, Progress, Ticker, Verdict, experiment, run_longest_first,
+                   save_figure, subplots)
 
 NAME = "train_svag"
 TITLE = "Sec 6 / Fig 2 on trained networks: SVAG closes the SGD-SGDM gap; stability, not noise"
@@ -70,7 +71,7 @@ NOISE_REPLICAS = 32
 @experiment(NAME, SIZES, defaults=dict(backend="cpu"))
 def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     """Run the ℓ-sweep at two budgets and the controls; see the module docstring."""
-    setup = tc.build(cfg)
+    setup = tc.setup_for(cfg)
     ells = tuple(int(e) for e in cfg["ells"])
     if len(ells) < 2 or ells[0] != 1 or list(ells) != sorted(set(ells)):
         raise ValueError(f"ells must be increasing, start at 1 and hold at least 2 values, got {ells}")
@@ -79,43 +80,72 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     budgets = (E, tc.BUDGET_FACTOR * E)
     chance = setup.chance
     n = len(ells)
-    total = 2 * n + 2
     out = {"acc": np.empty((2, n, 2, R)), "diverged": np.zeros((2, n, 2), int), "lr": np.empty(2),
            "tuned_at_edge": np.zeros(2, bool)}
+    step = Ticker(progress, n * 2 + 5)
+    # first sweep: SGDM's lr tuned at each budget, and the method verdicts
+    calls = [tc.tune_call(cfg, tc.sgdm, B, epochs, seed) for epochs in budgets]
+    method = Call(train_method.verdicts, (seed, setup.backend), label="train_method.verdicts")
+    *tuned, method_verdicts = run_longest_first([c for c, _ in calls] + [method],
+                                                [w for _, w in calls] + [float("inf")])
     tunings = []
-    for b, epochs in enumerate(budgets):          # each budget tuned and trained on its own
-        t = setup.tune(tc.sgdm, B, epochs, tc.grid_for(cfg["lr_grid"], B), cfg["tune_replicas"], seed)
+    for b, (epochs, t) in enumerate(zip(budgets, tuned)):
         tunings.append(f"{epochs} epochs: {t.describe()}")
         out["lr"][b], out["tuned_at_edge"][b] = t.lr, t.at_edge
-        for i, ell in enumerate(ells):
-            res = setup.fit([tc.sgd(t.lr), tc.sgdm(t.lr)], B, epochs, R, seed, svag=ell)
-            for k in range(2):
-                out["acc"][b, i, k], out["diverged"][b, i, k] = tc.final_accuracy(res, k, chance)
-            out[f"curves_E{epochs}_l{ell}"] = tc.curves(res)
-            tick(progress, 1 + b * n + i, total)
+        step()
     lr = float(out["lr"][0])
     big = min(setup.data.n_train, int(round(tc.noise_matched_batch(B))))
     spe = setup.data.n_train // B
-    res = tc.fit(setup.model, setup.data, [tc.sgd(lr, f"SGD B={big}")], batch_size=big,
-                 steps=E * spe, replicas=R, seed=seed, lr_schedule=tc.schedule(E, spe),
-                 metrics=("test_acc",), eval_steps=[E * spe], on_divergence="ignore",
-                 augment=setup.augment, backend=setup.backend, dtype=setup.dtype)
-    out["control_big_batch"] = out["acc"][0, 0, 1] - tc.final_accuracy(res, 0, chance)[0]
+
+    def compared(b: int, i: int):
+        def then(res):
+            for k in range(2):
+                out["acc"][b, i, k], out["diverged"][b, i, k] = tc.final_accuracy(res, k, chance)
+            out[f"curves_E{budgets[b]}_l{ells[i]}"] = tc.curves(res)
+            step()
+        return then
+
+    def ticked(res):
+        step()
+        return res
+    # second sweep: every fit at the tuned lrs, the controls and the control's premise
+    items, works = [], []
+    for b, epochs in enumerate(budgets):
+        for i, ell in enumerate(ells):
+            items.append(dict(setup.fit_item([tc.sgd(out["lr"][b]), tc.sgdm(out["lr"][b])], B, epochs, R,
+                                             seed, svag=ell), then=compared(b, i)))
+            works.append(setup.work(B, epochs, 2 * R, svag=ell))
+    items.append(dict(kind="fit", model=setup.model, data=setup.data,
+                      optimizers=[tc.sgd(lr, f"SGD B={big}")], batch_size=big, steps=E * spe,
+                      replicas=R, seed=seed, lr_schedule=tc.schedule(E, spe), metrics=("test_acc",),
+                      eval_steps=[E * spe], on_divergence="ignore", augment=setup.augment,
+                      backend=setup.backend, dtype=setup.dtype, then=ticked))
+    works.append(setup.work(big, E, R) * big / B)        # E·spe steps at the big minibatch
+    items.append(Call(control_noise_task, (cfg, B, big, lr, seed), label="train_svag noise ratio",
+                      work=setup.work(big + B, 1, NOISE_REPLICAS) / spe))
+    works.append(items[-1].work)
+    items.append(dict(setup.fit_item([tc.sgdm(lr, "SGDM b=0", beta=0.0)], B, E, R, seed, per_epoch=False),
+                      then=ticked))
+    works.append(setup.work(B, E, R))
+    *_, big_res, noise, ctrl = run_longest_first(items, works)
+    step()
+    out["control_big_batch"] = out["acc"][0, 0, 1] - tc.final_accuracy(big_res, 0, chance)[0]
     out["big_batch"] = big
-    noise = control_noise_ratio(setup, B, big, lr, seed)
     out["control_noise_ratio"] = np.array([noise.estimate, noise.low, noise.high])
-    tick(progress, 2 * n + 1, total)
-    ctrl = setup.fit([tc.sgdm(lr, "SGDM b=0", beta=0.0)], B, E, R, seed, per_epoch=False)
     out["control_beta0"] = tc.final_accuracy(ctrl, 0, chance)[0] - out["acc"][0, 0, 0]
-    tick(progress, total, total)
     p = float(out["acc"][0, 0, 1].mean())
     out["margin"] = tc.margin(p, setup.data.X_test.shape[0])
     out.update(ells=np.array(ells), tuning=np.array(tunings))
-    verdicts = _verdicts(ells, budgets, B, out) + train_method.verdicts(seed, setup.backend)
+    verdicts = _verdicts(ells, budgets, B, out) + list(method_verdicts)
     params = dict(cfg, ells=list(ells), budgets=list(budgets), beta=tc.BETA, shrink=SHRINK,
                   lr_grid=list(cfg["lr_grid"]), margin_floor=tc.MARGIN_FLOOR,
                   model=setup.model.describe(), data_name=setup.data.name)
     return params, out, verdicts
+
+
+def control_noise_task(cfg: dict, B: int, big: int, lr: float, seed: int) -> Interval:
+    """:func:`control_noise_ratio` for the check's configuration (one task of its sweep)."""
+    return control_noise_ratio(tc.setup_for(cfg), B, big, lr, seed)
 
 
 def control_noise_ratio(setup: tc.Setup, B: int, big: int, lr: float, seed: int) -> Interval:
