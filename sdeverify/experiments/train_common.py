@@ -12,8 +12,7 @@
   the grid is extended while the choice sits at its edge (:func:`sdeverify.train.tune_lr`).
 * **Two budgets**, E and 2E epochs, each with a linear warm-up over its first tenth and ×0.1
   step decays at half and three quarters of it (epochs, not steps, as the paper's protocols
-  state them); the lrs tuned at E are used at both (re-tuning at 2E is the full protocol's
-  next step; the curves at 2E show whether that lr still trains).
+  state them); the lrs are tuned at each budget on its own.
 * **Pairing**: every optimizer of a replica starts from the same weights and sees the same
   augmented minibatches (common random numbers, checked by :mod:`.train_method`), so each
   SGDM − SGD difference is taken replica by replica.
@@ -22,6 +21,13 @@
   model's accuracy) — a fixed floor, so "comparable" can never pass on a [0, 0] interval at 0%
   or 100% accuracy.
 A replica that diverges scores chance accuracy (counted and reported, never a NaN average).
+
+**Where the work runs.**  A check hands its work out in sweeps of independent items
+(:func:`~sdeverify.experiments.base.run_many`): every tuning is a task (:func:`tune_call`,
+its :class:`Setup` built once per process by :func:`setup_for`), every fit an item
+(:meth:`Setup.fit_item`) that a cluster cuts into replica shards; items go out longest first
+by their training FLOPs (:meth:`Setup.work`).  Without a cluster they run here one after the
+other, with bitwise the same results.
 """
 from __future__ import annotations
 
