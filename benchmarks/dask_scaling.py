@@ -214,12 +214,13 @@ def recording():
         out, batch = [], []
         for c in items:
             then = None if isinstance(c, Call) else c.get("then")
+            kind = "call" if isinstance(c, Call) else c.get("kind", "simulate")
             if not isinstance(c, Call):
-                c = {k: v for k, v in c.items() if k != "then"}
+                c = {k: v for k, v in c.items() if k not in ("then", "kind")}
             depth[0] += 1
             t = time.perf_counter()
             try:
-                r = c() if isinstance(c, Call) else real["simulate"](**c)
+                r = c() if kind == "call" else real[kind](**c)
             finally:
                 depth[0] -= 1
             dt = time.perf_counter() - t
@@ -228,7 +229,7 @@ def recording():
             then_s = time.perf_counter() - t - dt
             out.append(r)
             item = (Item("call", dt, work=float("inf") if c.work is None else c.work)
-                    if isinstance(c, Call) else describe("simulate", (), c, dt))
+                    if kind == "call" else describe(kind, (), c, dt))
             item.then_s = then_s
             batch.append(item)
         batches.append(batch)
