@@ -268,6 +268,12 @@ def test_calls_too_small_for_the_cluster_run_here_and_are_reported(client, tmp_p
             D.use(client) as s:
         _sweep(etas)
     assert (s.local, s.computed, s.small) == (0, 3, 3)
+    import operator                   # small calls beyond the driver's fair share are sent
+    calls = [D.Call(operator.add, (i, 1), work=0.6 * D.LOCAL_WORK) for i in range(3)]
+    with pytest.warns(D.SmallWorkWarning, match="2 of 3 calls sent.*one worker's share"), \
+            D.use(client, local_below=D.LOCAL_WORK) as s:
+        assert D.run_many(calls, s) == [1, 2, 3]
+    assert (s.local, s.small) == (1, 2)
     with pytest.raises(ValueError, match="local_below must be >= 0"), D.use(client, local_below=-1):
         pass
 

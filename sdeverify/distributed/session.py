@@ -87,12 +87,16 @@ def _warn_small(s: Session) -> None:
     if s.local:
         warnings.warn(
             f"{s.local} of {n} calls had less work than {s.local_below:.3g} "
-            f"path·step·optimizer·coordinate units (about {s.local_below / 3.5e8:.1g} s on one "
-            "core), too little to pay for the cluster: they ran in this process (bitwise the "
-            "same results)", SmallWorkWarning, stacklevel=4)
+            f"path·step·optimizer·coordinate units (about {s.local_below / 3.5e8:.1g} s of "
+            "simulation on one core), too little to pay for the cluster: they ran in this "
+            "process (bitwise the same results)", SmallWorkWarning, stacklevel=4)
     if s.small:
+        advice = ("the driver keeps small calls only up to one worker's share of their sweep, "
+                  "so these went to the cluster" if s.local_below > 0 else
+                  "the cluster's overhead may exceed their work; run them locally or use "
+                  "local_below=sdeverify.distributed.LOCAL_WORK")
         warnings.warn(
             f"{s.small} of {n} calls sent to the cluster had less work than one minimal task "
-            f"({MIN_TASK_WORK:.3g} units, about {MIN_TASK_WORK / 3.5e8:.1g} s on one core): "
-            "the cluster's overhead exceeds their work; run them locally or use "
-            "local_below=sdeverify.distributed.LOCAL_WORK", SmallWorkWarning, stacklevel=4)
+            f"({MIN_TASK_WORK:.3g} units, about {MIN_TASK_WORK / 3.5e8:.1g} s of simulation on "
+            f"one core; a trained network's unit takes longer): {advice}", SmallWorkWarning,
+            stacklevel=4)
