@@ -107,24 +107,15 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
         step()
     lr_small, lr_big = out["lr"][0, 0, 1], out["lr"][-1, 0, 1]
 
-    def compared(i: int, b: int):
-        def then(res):
-            for k in range(3):
-                out["acc"][i, b, k], out["diverged"][i, b, k] = tc.final_accuracy(res, k, chance)
-            out["plateau"][i, b] = [tc.plateau(res, k) for k in range(2)]
-            out[f"curves_B{Bs[i]}_E{budgets[b]}"] = tc.curves(res)
-            step()
-        return then
-
-    def ticked(res):
-        step()
-        return res
+    ticked = tc.ticking(step)
     items, works = [], []
     for b, epochs in enumerate(budgets):
         for i, B in enumerate(Bs):
             lr_s, lr_m = out["lr"][i, b]
             items.append(dict(setup.fit_item([tc.sgd(lr_s, OPTS[0]), tc.sgdm(lr_m), tc.sgd(lr_m, OPTS[2])],
-                                             B, epochs, R, seed), then=compared(i, b)))
+                                             B, epochs, R, seed),
+                              then=tc.recorded(out, (i, b), f"curves_B{B}_E{epochs}", chance, step,
+                                               plateaus=True)))
             works.append(setup.work(B, epochs, 3 * R))
     items.append(dict(setup.fit_item([tc.sgd(lr_small / CONTROL_LR_FACTOR, "SGD lr/16")], Bs[0], E, R, seed,
                                      per_epoch=False), then=ticked))

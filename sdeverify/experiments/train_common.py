@@ -259,6 +259,30 @@ def final_accuracy(res: TrainResult, optimizer: int | str, chance: float) -> tup
     return np.where(bad, chance, v), int(bad.sum())
 
 
+def recorded(out: dict, index: tuple, key: str, chance: float, step: Callable[[], None], *,
+             plateaus: bool = False) -> Callable[[TrainResult], None]:
+    """The ``then`` of a comparison fit in a check's sweep: stores each optimizer's final
+    accuracies and diverged count at ``out["acc"][index + (k,)]`` / ``out["diverged"][...]``,
+    the first two optimizers' :func:`plateau` at ``out["plateau"][index]`` (``plateaus``)
+    and the :func:`curves` at ``out[key]``, then calls ``step`` (progress)."""
+    def then(res: TrainResult) -> None:
+        for k in range(len(res.optimizers)):
+            out["acc"][index + (k,)], out["diverged"][index + (k,)] = final_accuracy(res, k, chance)
+        if plateaus:
+            out["plateau"][index] = [plateau(res, k) for k in range(2)]
+        out[key] = curves(res)
+        step()
+    return then
+
+
+def ticking(step: Callable[[], None]) -> Callable[[Any], Any]:
+    """A ``then`` that calls ``step`` (progress) and returns the result unchanged."""
+    def then(res: Any) -> Any:
+        step()
+        return res
+    return then
+
+
 def curves(res: TrainResult) -> np.ndarray:
     """``(optimizers, metrics, evaluations, replicas)``: the per-epoch curves of a run."""
     return np.moveaxis(res.values, 3, 1).copy()

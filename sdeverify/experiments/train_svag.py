@@ -97,23 +97,14 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     big = min(setup.data.n_train, int(round(tc.noise_matched_batch(B))))
     spe = setup.data.n_train // B
 
-    def compared(b: int, i: int):
-        def then(res):
-            for k in range(2):
-                out["acc"][b, i, k], out["diverged"][b, i, k] = tc.final_accuracy(res, k, chance)
-            out[f"curves_E{budgets[b]}_l{ells[i]}"] = tc.curves(res)
-            step()
-        return then
-
-    def ticked(res):
-        step()
-        return res
+    ticked = tc.ticking(step)
     # second sweep: every fit at the tuned lrs, the controls and the control's premise
     items, works = [], []
     for b, epochs in enumerate(budgets):
         for i, ell in enumerate(ells):
             items.append(dict(setup.fit_item([tc.sgd(out["lr"][b]), tc.sgdm(out["lr"][b])], B, epochs, R,
-                                             seed, svag=ell), then=compared(b, i)))
+                                             seed, svag=ell),
+                              then=tc.recorded(out, (b, i), f"curves_E{epochs}_l{ell}", chance, step)))
             works.append(setup.work(B, epochs, 2 * R, svag=ell))
     items.append(dict(kind="fit", model=setup.model, data=setup.data,
                       optimizers=[tc.sgd(lr, f"SGD B={big}")], batch_size=big, steps=E * spe,
