@@ -3,7 +3,8 @@
     python benchmarks/false_failures.py NAME [--size smoke] [--seeds 0:100] [--json PATH]
 
 Prints, per verdict claim, how many seeds failed it, and the number of seeds on which the
-check as a whole failed.  Runs in-process (kernels compile once).  NAME is a registered
+check as a whole failed; the JSON keeps every run's verdicts (claim, PASS/FAIL, measured).
+Runs in-process (kernels compile once).  NAME is a registered
 check, or one of :data:`PARTS` — the verdicts of one part of a check at its smoke size,
 for parts that are cheap to rerun alone.
 """
@@ -69,10 +70,13 @@ def main(argv=None) -> int:
         from sdeverify.experiments.train_common import data_overrides
         over = data_overrides(mod.NET_SIZES, args.size, args.data)
     fails, bad_seeds, t0 = Counter(), [], time.perf_counter()
-    n_verdicts = 0
+    n_verdicts, runs = 0, []
     for seed in range(a, b):
         res = mod.run(size=args.size, seed=seed, **over)
         n_verdicts = len(res.verdicts)
+        runs.append({"seed": seed, "verdicts": [{"claim": v.claim, "passed": bool(v.passed),
+                                                  "measured": v.as_dict().get("measured")}
+                                                 for v in res.verdicts]})
         # keyed by position and the claim's opening words (claims print seed-dependent numbers)
         failed = [f"{i}: {v.claim[:72]}" for i, v in enumerate(res.verdicts) if not v.passed]
         fails.update(failed)
@@ -81,7 +85,7 @@ def main(argv=None) -> int:
             print(f"seed {seed}: FAILED {failed}", flush=True)
     out = {"name": args.name, "size": args.size, "data": args.data, "seeds": [a, b], "verdicts": n_verdicts,
            "failed_runs": len(bad_seeds), "bad_seeds": bad_seeds, "per_claim": dict(fails),
-           "seconds": time.perf_counter() - t0}
+           "seconds": time.perf_counter() - t0, "runs": runs}
     print(f"{args.name} ({args.size}): {len(bad_seeds)}/{b - a} seeds failed a verdict "
           f"({n_verdicts} verdicts per run); {out['seconds']:.0f} s")
     if args.json:
