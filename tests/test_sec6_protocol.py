@@ -173,3 +173,33 @@ def test_the_noise_matched_batch_equals_the_ema_variance_reduction():
         j = np.arange(20000)
         var_ratio = ((1 - beta) ** 2 * beta ** (2 * j)).sum()
         assert tc.noise_matched_batch(64, beta) == pytest.approx(64 / var_ratio, rel=1e-12)
+
+
+def _record(i, log):
+    log.append(i)
+    return 10 * i
+
+
+def test_run_longest_first_hands_out_by_work_and_returns_in_order():
+    """Items run in decreasing order of their work and come back in the order given (the
+    Sec 6 checks' sweeps rely on both)."""
+    from sdeverify.experiments.base import Call, run_longest_first
+    log = []
+    works = [3.0, 7.0, 1.0, float("inf"), 5.0]
+    out = run_longest_first([Call(_record, (i, log)) for i in range(5)], works)
+    assert out == [0, 10, 20, 30, 40]
+    assert log == [3, 1, 4, 0, 2]
+
+
+def test_a_cached_setup_is_not_changed_by_a_run():
+    """setup_for shares one network and data set between a process's runs: a whole check
+    (augmentation, tunings, fits) leaves its arrays bitwise as a fresh build makes them (they
+    are read-only: an in-place write raises, seen with one planted in ``fit_item``)."""
+    cfg = dict(tbs.NET_SIZES["resnet"]["smoke"], backend="cpu")
+    tc._setup.cache_clear()
+    tsv.run(size="smoke", seed=1, **tc.data_overrides(tsv.NET_SIZES, "smoke", "conv_teacher"))
+    misses = tc._setup.cache_info().misses
+    cached, fresh = tc.setup_for(cfg).data, tc.build(cfg).data
+    assert tc._setup.cache_info().misses == misses        # the run's own setup, reused
+    for name in ("X_train", "y_train", "X_test", "y_test"):
+        assert np.array_equal(getattr(cached, name), getattr(fresh, name)), name

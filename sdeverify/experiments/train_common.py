@@ -102,13 +102,14 @@ class Setup:
                     backend=self.backend, dtype=self.dtype, **kw)
 
     def work(self, batch: int, epochs: int, models: int, *, svag: int = 1,
-             fraction: float = 1.0) -> float:
+             fraction: float = 1.0, steps: int | None = None) -> float:
         """Estimated cost of training ``models`` models (optimizers × replicas) for ``epochs``
-        epochs at ``batch`` on ``fraction`` of the training set, in the work units of
-        :data:`sdeverify.distributed.MIN_TASK_WORK` (training FLOPs /
+        epochs (or ``steps`` steps) at ``batch`` on ``fraction`` of the training set, in the
+        work units of :data:`sdeverify.distributed.MIN_TASK_WORK` (training FLOPs /
         ``FIT_FLOPS_PER_UNIT``): what orders a check's items longest first."""
         from ..distributed.points import FIT_FLOPS_PER_UNIT, fit_flops
-        steps = epochs * int(fraction * self.data.n_train) // batch
+        if steps is None:
+            steps = epochs * int(fraction * self.data.n_train) // batch
         return steps * svag * batch * models * fit_flops(self.model) / FIT_FLOPS_PER_UNIT
 
     def tune(self, make: Callable[[float], Any], batch: int, epochs: int, grid: Sequence[float],

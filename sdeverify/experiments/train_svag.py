@@ -111,9 +111,9 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
                       replicas=R, seed=seed, lr_schedule=tc.schedule(E, spe), metrics=("test_acc",),
                       eval_steps=[E * spe], on_divergence="ignore", augment=setup.augment,
                       backend=setup.backend, dtype=setup.dtype, then=ticked))
-    works.append(setup.work(big, E, R) * big / B)        # E·spe steps at the big minibatch
+    works.append(setup.work(big, 0, R, steps=E * spe))
     items.append(Call(control_noise_task, (cfg, B, big, lr, seed), label="train_svag noise ratio",
-                      work=setup.work(big + B, 1, NOISE_REPLICAS) / spe))
+                      work=setup.work(big + B, 0, NOISE_REPLICAS, steps=1)))   # one step at each
     works.append(items[-1].work)
     items.append(dict(setup.fit_item([tc.sgdm(lr, "SGDM b=0", beta=0.0)], B, E, R, seed, per_epoch=False),
                       then=ticked))
