@@ -4,6 +4,7 @@ task, and a scaling model of the checks projected to 8, 32 and 64 workers.
     PYTHONPATH=. python benchmarks/dask_scaling.py [--check weak_approximation] [--size full]
         [--repeats 3] [--baseline-repeats N] [--json benchmarks/results/dask_scaling.json]
     PYTHONPATH=. python benchmarks/dask_scaling.py --model-only --checks A,B,... --size quick
+    PYTHONPATH=. python benchmarks/dask_scaling.py --from-json benchmarks/results/dask_scaling_model_whole_full.json
 
 * **Scaling.**  The check's ``run()`` inside ``sdeverify.distributed.use(client,
   points_dir=..., local_below=LOCAL_WORK)`` — what ``sdeverify check --only NAME --workers N``
@@ -28,6 +29,14 @@ task, and a scaling model of the checks projected to 8, 32 and 64 workers.
   (Amdahl's law with the measured task costs and the real shard plan).
   Efficiency(W) = T(1) / (W T(W)).  Validated against the measured 1- and 2-worker runs
   (printed side by side).
+* **The whole job** (:func:`project_side_by_side`), as ``check --workers N`` runs it: every
+  check in its own thread from the start (longest first), their batches as above, on one
+  cluster: an event simulation in which the W workers take the oldest released task (Dask's
+  first-in-first-out priority; a batch's tasks longest first), each dispatch costs the
+  scheduler the burst cost, and the driver is *one* resource shared by every check (its
+  serial time, the items it keeps, the statistics).  Also the checks one after the other
+  (the sum of the per-check projections), for comparison.  ``--from-json`` recomputes both
+  from a saved ``--model-only`` recording without running anything.
 * **Overhead per task.**  The round trip of a task that does nothing but receive a real
   shard's spec (same problem, optimizers and arguments, pickled as for a real shard) and
   return: one at a time (latency), and 400 submitted at once (throughput: wall / 400).
@@ -297,6 +306,93 @@ def project(batches: list[list[Item]], driver_s: float, latency_s: float, burst_
     return out
 
 
+def project_side_by_side(checks: dict, workers: int, latency_s: float, burst_s: float,
+                         local_below: float = D.LOCAL_WORK, order: list | None = None) -> dict:
+    """The whole job's wall time on ``workers`` workers with every check started at once
+    (``check --workers N``), from ``checks`` = {name: (driver seconds, recorded batches)}
+    started in ``order`` (default: as given) — see the module docstring.  Returns
+    ``{"wall_s", "tasks", "finished": {name: seconds}}``."""
+    import heapq
+    events, ready, n = [], [], [0]
+
+    def push(heap, item):
+        n[0] += 1
+        heapq.heappush(heap, (item[0], n[0]) + item[1:])
+    free = {"driver": 0.0, "scheduler": 0.0}
+
+    def on_driver(t: float, seconds: float) -> float:
+        start = max(t, free["driver"])
+        free["driver"] = start + seconds
+        return start + seconds
+    state = {c: {"k": -1, "left": 0, "local_end": 0.0, "last": 0.0} for c in checks}
+    for c in order or list(checks):
+        push(events, (on_driver(0.0, checks[c][0]), "next", c))
+    idle, tasks, finished = workers, 0, {}
+    while events:
+        t, _, kind, c = heapq.heappop(events)
+        st, batches = state[c], checks[c][1]
+        if kind == "next":
+            st["k"] += 1
+            if st["k"] == len(batches):
+                finished[c] = t
+                continue
+            b = batches[st["k"]]
+            here = D.kept_here([i.work for i in b], local_below, workers)
+            durations = []
+            for k, i in enumerate(b):
+                if k in here:
+                    continue
+                if i.kind == "call":
+                    durations.append(i.compute_s)
+                    continue
+                for _, m in D.plan_shards(i.total, i.unit, workers, block=i.block):
+                    durations.append(i.compute_s * m / i.total)
+            tasks += len(durations)
+            local = sum(i.compute_s for k, i in enumerate(b) if k in here)
+            then = sum(i.then_s for i in b)
+            st["last"] = max((i.then_s for i in b), default=0.0) if durations else 0.0
+            st["local_end"] = on_driver(t, local + then - st["last"])
+            st["left"] = len(durations)
+            if not durations:
+                push(events, (st["local_end"], "next", c))
+            for d in sorted(durations, reverse=True):
+                push(ready, (t, d, c))
+        else:                                   # a task of check c finished
+            idle += 1
+            st["left"] -= 1
+            if st["left"] == 0:
+                done = on_driver(t, st["last"])
+                push(events, (max(done, st["local_end"]) + latency_s, "next", c))
+        while idle and ready and ready[0][0] <= t:          # hand out released tasks
+            _, _, d, cc = heapq.heappop(ready)
+            start = max(t, free["scheduler"])
+            free["scheduler"] = start + burst_s
+            idle -= 1
+            push(events, (start + burst_s + d, "done", cc))
+    return {"wall_s": max(finished.values(), default=0.0), "tasks": tasks, "finished": finished}
+
+
+def whole_job(rows: dict, latency_s: float, burst_s: float, ws=(1, 2, 8, 32, 64)) -> dict:
+    """The whole job from per-check rows (``driver_s``, ``serial_s``, ``recorded`` and the
+    one-after-the-other projections ``rows[name][W]``): checks one after the other and side
+    by side (started longest first by their serial time), wall and efficiency per W."""
+    checks = {n: (r["driver_s"], [[Item(**i) if isinstance(i, dict) else i for i in b]
+                                  for b in r["recorded"]]) for n, r in rows.items()}
+    order = sorted(rows, key=lambda n: -rows[n]["serial_s"])
+    apart = {w: sum(r[w]["wall_s"] for r in rows.values()) for w in ws}
+    together = {w: project_side_by_side(checks, w, latency_s, burst_s, order=order) for w in ws}
+    out = {"one_after_the_other": {w: {"wall_s": apart[w], "efficiency": apart[ws[0]] / (w * apart[w])}
+                                   for w in ws},
+           "side_by_side": {w: {"wall_s": together[w]["wall_s"], "tasks": together[w]["tasks"],
+                                "efficiency": together[ws[0]]["wall_s"] / (w * together[w]["wall_s"]),
+                                "last": max(together[w]["finished"], key=together[w]["finished"].get)}
+                            for w in ws}}
+    for mode, v in out.items():
+        print(f"whole job, checks {mode.replace('_', ' ')}: " + ", ".join(
+            f"W={w} {v[w]['wall_s']:.1f} s eff {100 * v[w]['efficiency']:.0f}%" for w in ws), flush=True)
+    return out
+
+
 def recorded_run(name: str, size: str):
     """(wall, batches, driver seconds, result) of one serial run, recorded."""
     with recording() as batches:
@@ -336,13 +432,19 @@ def model_only(names: list[str], size: str, out: dict) -> None:
         proj = project(batches, driver, ov["latency_median_s"], ov["burst_per_task_s"])
         print_projection(n, wall, proj)
         rows[n] = dict(proj, serial_s=wall, recorded=_batches_json(batches))
-    job = {}
-    for w in (1, 2, 8, 32, 64):
-        job[w] = sum(r[w]["wall_s"] for r in rows.values())
     out["checks"] = rows
-    out["job"] = {w: {"wall_s": job[w], "efficiency": job[1] / (w * job[w])} for w in job}
-    print("whole job (checks one after the other): " + ", ".join(
-        f"W={w} {job[w]:.1f} s eff {100 * job[1] / (w * job[w]):.0f}%" for w in job))
+    out["whole_job"] = whole_job(rows, ov["latency_median_s"], ov["burst_per_task_s"])
+    out["job"] = out["whole_job"]["side_by_side"]
+
+
+def from_json(path: str) -> dict:
+    """The whole job's projections recomputed from a saved ``--model-only`` recording."""
+    d = json.loads(Path(path).read_text())
+    rows = {n: {**{int(k) if k.isdigit() else k: v for k, v in r.items()}}
+            for n, r in d["checks"].items()}
+    ov = d["overhead"]
+    return {"source": path, "overhead": ov,
+            "whole_job": whole_job(rows, ov["latency_median_s"], ov["burst_per_task_s"])}
 
 
 def _batches_json(batches: list[list[Item]]) -> list:
@@ -377,8 +479,16 @@ def main(argv=None) -> int:
                     help="only the scaling model of --checks (serial recorded runs)")
     ap.add_argument("--checks", default=None, help="comma-separated checks for --model-only "
                     "(default: every check)")
+    ap.add_argument("--from-json", default=None, metavar="FILE",
+                    help="recompute the whole job's projections from a saved --model-only "
+                         "recording (runs nothing)")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
+    if args.from_json:
+        out = from_json(args.from_json)
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1, default=str))
+        return 0
     cpu = platform.processor() or platform.machine()
     out = {"size": args.size, "machine": {"cpu": cpu, "cpus": os.cpu_count(),
                                           "python": platform.python_version(),

@@ -31,7 +31,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["PARENT_POLL_S", "default_jobs", "describe", "run_checks", "watch_parent"]
+__all__ = ["PARENT_POLL_S", "default_jobs", "describe", "longest_first", "run_checks",
+           "side_by_side", "watch_parent"]
 
 #: how often (seconds) a worker checks that the process that started it is alive
 PARENT_POLL_S: float = 0.5
@@ -112,6 +113,22 @@ COLD_QUICK_SECONDS = {"train_batch_size": 139, "train_svag": 81, "slow_sde": 74,
                       "weak_approximation": 40, "label_noise": 33, "train_engine": 30,
                       "hb_equivalence": 24, "variance_reduction": 12, "descent_lemma": 9,
                       "sde_limit": 6}
+#: the same for ``--full`` (one worker of a local Dask cluster, quiet, 2026-12-05:
+#: ``benchmarks/results/dask_scaling_model_whole_full.json``, ``serial_s``) — the order in
+#: which ``check --full --workers N`` starts its checks side by side
+FULL_SECONDS = {"train_svag": 322, "weak_worst_case_mc": 143, "svag": 142, "batch_size": 130,
+                "train_batch_size": 118, "slow_sde": 50, "weak_approximation": 48,
+                "slow_sde_alpha": 27, "instruments": 26, "sde_limit": 19, "weak_worst_case": 13,
+                "frozen_momentum": 11, "label_noise": 9, "variance_reduction": 6,
+                "hb_equivalence": 5, "descent_lemma": 3, "sgdm_descent_lemma": 3}
+
+
+def longest_first(names: list[str], size: str) -> list[int]:
+    """Indices of ``names`` in the order to start them: longest first by the table of their
+    size (:data:`FULL_SECONDS` for full, else :data:`COLD_QUICK_SECONDS`); a check not listed
+    (e.g. a user's) first.  Only the order of the work depends on it, never a result."""
+    table = FULL_SECONDS if size == "full" else COLD_QUICK_SECONDS
+    return sorted(range(len(names)), key=lambda i: -table.get(names[i], 1e9))
 
 
 def run_checks(names: list[str], size: str, seed: int, out: Path, jobs: int, backend: str,
@@ -127,7 +144,7 @@ def run_checks(names: list[str], size: str, seed: int, out: Path, jobs: int, bac
                                initializer=watch_parent, initargs=(os.getpid(),))
     try:
         with _child_threads(threads):      # the workers start during the submissions
-            order = sorted(range(len(names)), key=lambda i: -COLD_QUICK_SECONDS.get(names[i], 1e9))
+            order = longest_first(names, size)
             pending = {pool.submit(work, names[i], size, seed, str(out), backend): i for i in order}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -149,3 +166,24 @@ def describe(jobs: int) -> str:
     threads = max(1, (os.cpu_count() or 1) // jobs)
     return f"{jobs} worker processes, {threads} thread{'s' if threads > 1 else ''} each"
 
+
+
+def side_by_side(names: list[str], size: str, at_once: int,
+                 on_done: Callable[[int, dict], None], work: Callable[[str], dict]) -> None:
+    """Run ``work(name)`` for each of ``names`` in threads of this process, at most
+    ``at_once`` at a time, started longest first (:func:`longest_first`): how ``check
+    --workers N`` runs its checks on one cluster, each check in its own session
+    (``distributed.use(..., this_thread=True)``), so that the cluster works on every check's
+    tasks at once instead of waiting for each check's slowest task in turn.  ``on_done(i,
+    entry)`` is called in *this* thread as each finishes, with ``work``'s entry or ``{"name",
+    "passed": False, "error"}`` for a check that raised."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=max(1, at_once), thread_name_prefix="sdeverify-check") as pool:
+        pending = {pool.submit(work, names[i]): i for i in longest_first(names, size)}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                i = pending.pop(f)
+                exc = f.exception()
+                on_done(i, f.result() if exc is None else
+                        {"name": names[i], "passed": False, "error": f"{type(exc).__name__}: {exc}"})

@@ -161,17 +161,14 @@ def cmd_run(args) -> int:
 
 
 def _jobs_of(args, n_checks: int, client) -> int:
-    """Worker processes for ``check``: ``--jobs`` (>= 1; default one per core, at most 4),
-    1 on a Dask cluster."""
+    """Worker processes for ``check``: ``--jobs`` (>= 1; default one per core, at most 4);
+    on a Dask cluster, how many checks run side by side there (default: all of them)."""
     from .check_jobs import default_jobs
     jobs = getattr(args, "jobs", None)
     if jobs is not None and jobs < 1:
         raise ValueError(f"--jobs must be >= 1 (leave it out for one per core, at most 4), got {jobs}")
     if client is not None:
-        if jobs not in (None, 1):
-            raise ValueError("--jobs runs checks in local processes; with --workers/--scheduler "
-                             "the cluster runs them: leave --jobs out")
-        return 1
+        return max(1, n_checks) if jobs is None else min(jobs, max(1, n_checks))
     return default_jobs(n_checks) if jobs is None else min(jobs, max(1, n_checks))
 
 
@@ -416,7 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--only", default=None, help="comma list of check names")
     c.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="run the checks in N worker processes on this machine (default: one "
-                        "per core, at most 4; 1: one after the other in this process)")
+                        "per core, at most 4; 1: one after the other in this process); with "
+                        "--workers/--scheduler: N checks side by side on the cluster (default: "
+                        "all; 1: one after the other)")
     c.add_argument("--out", default="sdeverify-out", help="output folder (default sdeverify-out)")
     c.add_argument("--seed", type=int, default=0, help="seed of the random streams (default 0)")
     c.add_argument("--resume", action="store_true",

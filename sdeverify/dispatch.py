@@ -6,9 +6,11 @@ Data flows down: the caller hands an executor to :func:`sdeverify.simulate` /
 check).  This module holds that state and nothing else — it imports nothing of the package —
 so the orchestration layer reads it without importing the layer above it:
 
-* :func:`active` is the innermost session set by ``distributed.use`` (a module-wide stack, so
-  that every thread of a check sees it), or None — always None while a shard of a
-  distributed run executes here (:func:`in_task`), so a shard never re-dispatches itself;
+* :func:`active` is the innermost session set by ``distributed.use`` — the calling thread's
+  own if it entered one with ``this_thread=True`` (how ``check --workers N`` runs checks side
+  by side, one thread and one session each), else the module-wide stack's (so that every
+  thread of a check sees it) — or None; always None while a shard of a distributed run
+  executes here (:func:`in_task`), so a shard never re-dispatches itself;
 * :func:`register` is how the distributed layer (:mod:`sdeverify.distributed`, imported with
   the package) installs the function that runs each kind of call ("simulate", "fit") on an
   executor; :func:`run` calls it;
@@ -27,7 +29,7 @@ __all__ = ["register", "run", "active", "entered", "in_task", "Call"]
 
 _RUNNERS: dict[str, Callable[..., Any]] = {}
 _SESSIONS: list = []            # module-wide: the checks' threads and callees all see it
-_LOCAL = threading.local()      # in_task: set while a shard runs here
+_LOCAL = threading.local()      # in_task: set while a shard runs here; sessions: this thread's
 
 
 @dataclass(frozen=True)
@@ -71,19 +73,30 @@ def run(kind: str, executor: Any, *args: Any, **kwargs: Any) -> Any:
 def active() -> Any | None:
     """The innermost session of :func:`sdeverify.distributed.use`, or None (always None
     while a shard task runs here)."""
-    if getattr(_LOCAL, "in_task", False) or not _SESSIONS:
+    if getattr(_LOCAL, "in_task", False):
         return None
-    return _SESSIONS[-1]
+    own = getattr(_LOCAL, "sessions", None)
+    if own:
+        return own[-1]
+    return _SESSIONS[-1] if _SESSIONS else None
 
 
 @contextlib.contextmanager
-def entered(session: Any) -> Iterator[Any]:
-    """Make ``session`` the :func:`active` one within the block (for every thread)."""
-    _SESSIONS.append(session)
+def entered(session: Any, this_thread: bool = False) -> Iterator[Any]:
+    """Make ``session`` the :func:`active` one within the block: for every thread that has
+    no session of its own, or, with ``this_thread``, for the calling thread only (taking
+    precedence over the module-wide ones there)."""
+    if this_thread:
+        if getattr(_LOCAL, "sessions", None) is None:
+            _LOCAL.sessions = []
+        stack = _LOCAL.sessions
+    else:
+        stack = _SESSIONS
+    stack.append(session)
     try:
         yield session
     finally:
-        _SESSIONS.remove(session)
+        stack.remove(session)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,8 @@ What ``sdeverify check`` and ``sdeverify run`` do once their flags are checked, 
 * :func:`entry` is a finished check's line of ``summary.json`` (and its table rows);
 * :func:`run_job` runs a list of checks — reusing finished ones with ``resume``, in worker
   processes with ``jobs > 1`` (:mod:`sdeverify.check_jobs`), or with each check's calls on a
-  Dask cluster (not at :data:`LOCAL_SIZES`) — after the verdict-machinery
+  Dask cluster (not at :data:`LOCAL_SIZES`), up to ``jobs`` checks side by side there, one
+  thread and one session each (:func:`sdeverify.check_jobs.side_by_side`) — after the verdict-machinery
   canary (:func:`canary_row`), rewriting ``summary.json`` after each check so that an
   interrupted run keeps what finished; :func:`job_passed` is the job's rule.
 """
@@ -18,13 +19,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from . import experiments
 from .canary import EXPECTED, machinery_problems
-from .check_jobs import default_jobs, describe, run_checks
+from .check_jobs import default_jobs, describe, run_checks, side_by_side
 from . import distributed
 from .distributed import use
 from .experiments.base import ExperimentResult
@@ -40,7 +42,8 @@ __all__ = ["run_one", "check_overrides", "save_check", "LOCAL_SIZES", "drop_poin
 def run_one(name: str, size: str, seed: int, out: Path | None, quiet: bool,
             overrides: dict | None = None, backend: str = "cpu", cluster: Any = None,
             resume: bool = False, fmt: str = "png",
-            keep_points: bool = False, data: str | None = None) -> tuple[ExperimentResult, Path | None]:
+            keep_points: bool = False, data: str | None = None,
+            this_thread: bool = False) -> tuple[ExperimentResult, Path | None]:
     """Run check ``name`` at ``size`` (smoke / quick / full) with ``seed``; with ``out``, save
     its result and its figure (``NAME.<fmt>``, ``fmt`` one of png, pdf, svg) there.
     ``backend`` is where the trained-network checks train; ``cluster`` a Dask client that
@@ -50,13 +53,16 @@ def run_one(name: str, size: str, seed: int, out: Path | None, quiet: bool,
     deleted once the check's result is saved, unless ``keep_points``.
     ``data`` (e.g. ``"conv_teacher"``, ``"cifar10:FOLDER"``) is what the trained-network checks
     train on, with the network that data calls for (:func:`train_data_overrides`).
+    ``this_thread``: the cluster session holds for this thread only (checks run side by side
+    in threads of one process, each in its own session).
     Returns the result and the figure's path (None without ``out``)."""
     mod = experiments.get(name)
     overrides = check_overrides(mod, size, backend, data, overrides)
     on_cluster = contextlib.nullcontext()
     if cluster is not None:                  # every simulate/fit call of the check goes there
         on_cluster = use(cluster, points_dir=None if out is None else out / "points" / name,
-                         resume=resume, local_below=distributed.LOCAL_WORK)
+                         resume=resume, local_below=distributed.LOCAL_WORK,
+                         this_thread=this_thread)
     with bar(1, name, quiet=quiet) as update, on_cluster:
         res = mod.run(size=size, seed=seed, progress=update, **overrides)
     fig = save_check(res, out, fmt)
@@ -82,7 +88,11 @@ def save_check(res: ExperimentResult, out: Path | None, fmt: str = "png") -> Pat
     if out is None:
         return None
     res.save(out)
-    return experiments.get(res.name).plot(res, out / f"{res.name}.{fmt}")
+    with _PLOTTING:                     # pyplot's state is one per process, not per thread
+        return experiments.get(res.name).plot(res, out / f"{res.name}.{fmt}")
+
+
+_PLOTTING = threading.Lock()
 
 
 #: sizes at which ``check --workers/--scheduler`` runs its checks in local processes, as
@@ -232,7 +242,8 @@ def run_job(names: list[str], *, size: str, seed: int, out: Path, jobs: int = 1,
         log(f"[{i + 1}/{len(names)}] {name} ({size}): reusing {out / name}.json")
         fig = out / f"{name}.{fmt}"
         if not fig.exists():
-            fig = experiments.get(name).plot(res, fig)
+            with _PLOTTING:
+                fig = experiments.get(name).plot(res, fig)
         record(i, entry(name, res, fig))
     def done(k: int, e: dict) -> None:
         i = todo[k]
@@ -241,7 +252,18 @@ def run_job(names: list[str], *, size: str, seed: int, out: Path, jobs: int = 1,
         log(f"[{len(entries) + 1}/{len(names)}] {names[i]} ({size}): {state}{took}")
         record(i, e)
 
-    if jobs > 1 and len(todo) > 1:
+    if client is not None and jobs > 1 and len(todo) > 1:
+        jobs = min(jobs, len(todo))
+        log(f"running {len(todo)} checks ({size}) side by side on the cluster, "
+            f"{jobs} at a time")
+
+        def on_cluster(name: str) -> dict:
+            res, fig = run_one(name, size, seed, out, True, backend=backend, cluster=client,
+                               resume=resume, fmt=fmt, keep_points=keep_points, data=data,
+                               this_thread=True)
+            return entry(name, res, fig)
+        side_by_side([names[i] for i in todo], size, jobs, done, on_cluster)
+    elif jobs > 1 and len(todo) > 1:
         jobs = min(jobs, len(todo))
         log(f"running {len(todo)} checks ({size}) on {describe(jobs)}")
         run_checks([names[i] for i in todo], size, seed, out, jobs, backend, done,

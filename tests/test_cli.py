@@ -109,7 +109,7 @@ def test_every_bad_flag_exits_2_with_one_line_and_no_traceback(capsys, tmp_path)
                        (["check", "--jobs", "-1", "--out", str(tmp_path)], "--jobs"),
                        (["check", "--jobs", "0", "--smoke", "--only", "descent_lemma",
                          "--quiet", "--out", str(tmp_path)], "--jobs"),
-                       (["check", "--jobs", "2", "--workers", "2", "--out", str(tmp_path)], "--jobs")]:
+                       (["check", "--jobs", "0", "--workers", "2", "--out", str(tmp_path)], "--jobs")]:
         rc, lines, err = _one_line_error(capsys, argv)
         assert rc == 2 and len(lines) == 1 and word in lines[0], (argv, err)
 

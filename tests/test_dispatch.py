@@ -72,3 +72,33 @@ def test_an_unregistered_kind_says_what_is_missing(monkeypatch):
     monkeypatch.delitem(dispatch._RUNNERS, "simulate")
     with pytest.raises(ValueError, match="sdeverify.distributed"):
         dispatch.run("simulate", Marker())
+
+
+def test_a_threads_own_session_is_seen_by_it_alone():
+    """``entered(s, this_thread=True)``: checks run side by side in threads, each in its own
+    session — a thread sees its own (over a module-wide one), the others never see it."""
+    import threading
+    shared, seen = Marker(), {}
+    barrier = threading.Barrier(3, timeout=20)
+
+    def check(k):
+        own = Marker()
+        with dispatch.entered(own, this_thread=True):
+            barrier.wait()                    # all three inside their sessions at once
+            seen[k] = dispatch.active() is own
+            with dispatch.in_task():
+                seen[k] &= dispatch.active() is None
+            barrier.wait()
+        seen[k] &= dispatch.active() is shared        # back to the module-wide one
+
+    with dispatch.entered(shared):
+        threads = [threading.Thread(target=check, args=(k,), daemon=True) for k in range(2)]
+        for t in threads:
+            t.start()
+        barrier.wait()
+        main_saw = dispatch.active()                  # not the threads' sessions
+        barrier.wait()
+        for t in threads:
+            t.join()
+    assert main_saw is shared
+    assert seen == {0: True, 1: True} and dispatch.active() is None

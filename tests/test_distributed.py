@@ -250,6 +250,45 @@ def test_cli_check_on_a_running_cluster_matches_local(client, tmp_path, capsys, 
     assert not (tmp_path / "smoke" / "points").exists()
 
 
+def test_cli_checks_side_by_side_on_a_cluster_match_one_at_a_time(client, tmp_path, capsys,
+                                                                  monkeypatch):
+    """``check --workers/--scheduler`` runs its checks side by side, one thread and one
+    session each: every check's points are saved under its own folder (the same files as
+    one check at a time, ``--jobs 1``: no call went through another check's session), the
+    data are bitwise equal, and a check that raises in its thread is an ERROR row while the
+    others finish."""
+    from sdeverify import experiments, runner
+    from sdeverify.experiments.base import ExperimentResult
+    names = ["descent_lemma", "sgdm_descent_lemma", "variance_reduction"]
+    args = ["check", "--smoke", "--only", ",".join(names), "--quiet", "--keep-points",
+            "--scheduler", client.scheduler.address]
+    monkeypatch.setattr(runner, "LOCAL_SIZES", ())                 # smoke calls to the cluster
+    monkeypatch.setattr(D, "LOCAL_WORK", 0)                        # every call to the cluster
+    assert main(args + ["--out", str(tmp_path / "apart"), "--jobs", "1"]) == 0
+    assert "side by side" not in capsys.readouterr().err
+    assert main(args + ["--out", str(tmp_path / "together")]) == 0
+    assert "running 3 checks (smoke) side by side on the cluster, 3 at a time" in capsys.readouterr().err
+    for name in names:
+        files = [sorted(p.name for p in (tmp_path / run / "points" / name).iterdir())
+                 for run in ("apart", "together")]
+        assert files[0] and files[0] == files[1], name
+        a = ExperimentResult.load(tmp_path / "apart", name)
+        b = ExperimentResult.load(tmp_path / "together", name)
+        assert sorted(a.data) == sorted(b.data)
+        for k in a.data:
+            assert np.array_equal(np.asarray(a.data[k]), np.asarray(b.data[k]), equal_nan=True), k
+
+    def boom(**kwargs):
+        raise RuntimeError("planted")
+    monkeypatch.setattr(experiments.get("sgdm_descent_lemma"), "run", boom)
+    assert main(args + ["--out", str(tmp_path / "broken")]) == 1
+    assert "sgdm_descent_lemma (smoke): ERROR" in capsys.readouterr().err
+    from sdeverify.checkrun import read_summary
+    done = {e["name"]: e for e in read_summary(tmp_path / "broken" / "summary.json")["checks"]}
+    assert done["sgdm_descent_lemma"]["error"] == "RuntimeError: planted"
+    assert done["descent_lemma"]["passed"] and done["variance_reduction"]["passed"]
+
+
 def test_calls_too_small_for_the_cluster_run_here_and_are_reported(client, tmp_path):
     """local_below: a sweep of tiny calls runs in this process (no task, no point file),
     bitwise the local results, and a SmallWorkWarning says so; without it the calls go to

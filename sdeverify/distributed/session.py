@@ -39,7 +39,7 @@ class Session:
 @contextlib.contextmanager
 def use(executor: Any, *, points_dir: str | os.PathLike | None = None, resume: bool = False,
         shard_paths: int | None = None, shard_replicas: int | None = None,
-        local_below: float = 0) -> Iterator[Session]:
+        local_below: float = 0, this_thread: bool = False) -> Iterator[Session]:
     """Send every ``simulate``/``fit`` call made inside the block to ``executor``.
 
     Parameters
@@ -60,6 +60,10 @@ def use(executor: Any, *, points_dir: str | os.PathLike | None = None, resume: b
         :class:`~sdeverify.distributed.SmallWorkWarning` says how many calls ran here, or
         how many were sent though smaller than one minimal task
         (:data:`~sdeverify.distributed.MIN_TASK_WORK`).
+    this_thread : the session holds for the calling thread only (default: for every thread
+        without a session of its own) — so that several threads of one process can each run
+        their calls in their own session, side by side on one executor, as ``sdeverify
+        check --workers N`` runs its checks.
 
     Yields
     ------
@@ -75,7 +79,7 @@ def use(executor: Any, *, points_dir: str | os.PathLike | None = None, resume: b
                          f"got {local_below!r}")
     s = Session(executor, None if points_dir is None else Path(points_dir), bool(resume),
                 shard_paths, shard_replicas, float(local_below))
-    with entered(s):
+    with entered(s, this_thread):
         yield s
     _warn_small(s)
 
