@@ -307,18 +307,24 @@ def project(batches: list[list[Item]], driver_s: float, latency_s: float, burst_
 
 
 def project_side_by_side(checks: dict, workers: int, latency_s: float, burst_s: float,
-                         local_below: float = D.LOCAL_WORK, order: list | None = None) -> dict:
+                         local_below: float = D.LOCAL_WORK, order: list | None = None,
+                         finish: dict | None = None, startup_s: float = 0.0,
+                         per_task_s: float = 0.0) -> dict:
     """The whole job's wall time on ``workers`` workers with every check started at once
     (``check --workers N``), from ``checks`` = {name: (driver seconds, recorded batches)}
-    started in ``order`` (default: as given) — see the module docstring.  Returns
-    ``{"wall_s", "tasks", "finished": {name: seconds}}``."""
+    started in ``order`` (default: as given) — see the module docstring — after
+    ``startup_s`` of serial start (imports, canary, cluster), each check ending with
+    ``finish[name]`` seconds on the driver (its figure), each finished task costing the
+    driver ``per_task_s`` (receiving, merging, saving its point).  Returns ``{"wall_s", "tasks",
+    "finished": {name: seconds}}``."""
+    finish = finish or {}
     import heapq
     events, ready, n = [], [], [0]
 
     def push(heap, item):
         n[0] += 1
         heapq.heappush(heap, (item[0], n[0]) + item[1:])
-    free = {"driver": 0.0, "scheduler": 0.0}
+    free = {"driver": float(startup_s), "scheduler": 0.0}
 
     def on_driver(t: float, seconds: float) -> float:
         start = max(t, free["driver"])
@@ -334,7 +340,7 @@ def project_side_by_side(checks: dict, workers: int, latency_s: float, burst_s: 
         if kind == "next":
             st["k"] += 1
             if st["k"] == len(batches):
-                finished[c] = t
+                finished[c] = on_driver(t, finish.get(c, 0.0))
                 continue
             b = batches[st["k"]]
             here = D.kept_here([i.work for i in b], local_below, workers)
@@ -360,8 +366,9 @@ def project_side_by_side(checks: dict, workers: int, latency_s: float, burst_s: 
         else:                                   # a task of check c finished
             idle += 1
             st["left"] -= 1
+            received = on_driver(t, per_task_s) if per_task_s else t
             if st["left"] == 0:
-                done = on_driver(t, st["last"])
+                done = on_driver(received, st["last"])
                 push(events, (max(done, st["local_end"]) + latency_s, "next", c))
         while idle and ready and ready[0][0] <= t:          # hand out released tasks
             _, _, d, cc = heapq.heappop(ready)
@@ -370,6 +377,40 @@ def project_side_by_side(checks: dict, workers: int, latency_s: float, burst_s: 
             idle -= 1
             push(events, (start + burst_s + d, "done", cc))
     return {"wall_s": max(finished.values(), default=0.0), "tasks": tasks, "finished": finished}
+
+
+def calibrated(rows: dict, measured: dict, finish: dict, startup_s: float, latency_s: float,
+               burst_s: float, ws=(1, 2, 8, 32, 64), per_task_s: float = 0.0) -> dict:
+    """The side-by-side projection corrected by what the model leaves out, as two bounds:
+    each check's measured 1-worker time (``measured``: name → seconds, from a
+    ``job_scaling.py`` run) exceeds its modelled one; ``"in_tasks"`` scales the check's item
+    times by measured / modelled (the extra scales with W), ``"on_driver"`` adds the extra to
+    the check's serial driver time (it does not); both add the figures (``finish``: name →
+    seconds, drawn one at a time) and the job's serial start (``startup_s``); with
+    ``per_task_s`` also ``"in_tasks_driver_per_task"``: in tasks, and every finished task
+    costs the driver that long, one at a time (the driver CPU the model does not see)."""
+    out = {}
+    order = sorted(rows, key=lambda n: -rows[n]["serial_s"])
+    for mode in ("in_tasks", "on_driver") + (("in_tasks_driver_per_task",) if per_task_s else ()):
+        checks = {}
+        for n, r in rows.items():
+            ratio = measured.get(n, r[1]["wall_s"]) / r[1]["wall_s"] if r[1]["wall_s"] else 1.0
+            extra = max(0.0, measured.get(n, r[1]["wall_s"]) - r[1]["wall_s"])
+            scale = 1.0 if mode == "on_driver" else ratio
+            batches = [[dataclasses.replace(Item(**i) if isinstance(i, dict) else i,
+                                            compute_s=(i["compute_s"] if isinstance(i, dict) else i.compute_s) * scale)
+                        for i in b] for b in r["recorded"]]
+            checks[n] = (r["driver_s"] + (extra if mode == "on_driver" else 0.0), batches)
+        t = {w: project_side_by_side(checks, w, latency_s, burst_s, order=order, finish=finish,
+                                     startup_s=startup_s,
+                                     per_task_s=per_task_s if mode.endswith("per_task") else 0.0)
+             for w in ws}
+        out[mode] = {w: {"wall_s": t[w]["wall_s"],
+                         "efficiency": t[ws[0]]["wall_s"] / (w * t[w]["wall_s"])} for w in ws}
+        print(f"whole job side by side, calibrated ({mode.replace('_', ' ')}): " + ", ".join(
+            f"W={w} {t[w]['wall_s']:.1f} s eff {100 * out[mode][w]['efficiency']:.0f}%" for w in ws),
+            flush=True)
+    return out
 
 
 def whole_job(rows: dict, latency_s: float, burst_s: float, ws=(1, 2, 8, 32, 64)) -> dict:
@@ -437,14 +478,31 @@ def model_only(names: list[str], size: str, out: dict) -> None:
     out["job"] = out["whole_job"]["side_by_side"]
 
 
-def from_json(path: str) -> dict:
-    """The whole job's projections recomputed from a saved ``--model-only`` recording."""
+def from_json(path: str, measured: str | None = None, finish: str | None = None,
+              startup_s: float | None = None, per_task_s: float = 0.0) -> dict:
+    """The whole job's projections recomputed from a saved ``--model-only`` recording; with
+    ``measured`` (a ``job_scaling.py`` JSON: its 1-worker run's per-check times and its start
+    outside the checks) and ``finish`` (name → seconds of its figure, JSON), also the
+    :func:`calibrated` bounds (the job's serial start: ``startup_s``, else the measured run's
+    wall minus its ``summary.json`` wall)."""
     d = json.loads(Path(path).read_text())
     rows = {n: {**{int(k) if k.isdigit() else k: v for k, v in r.items()}}
             for n, r in d["checks"].items()}
     ov = d["overhead"]
-    return {"source": path, "overhead": ov,
-            "whole_job": whole_job(rows, ov["latency_median_s"], ov["burst_per_task_s"])}
+    out = {"source": path, "overhead": ov,
+           "whole_job": whole_job(rows, ov["latency_median_s"], ov["burst_per_task_s"])}
+    if measured:
+        m = json.loads(Path(measured).read_text())
+        one = next(r for r in m["runs"] if r["workers"] == 1)
+        per = {n: v for n, v in one["checks_s"].items() if v}
+        startup = startup_s if startup_s is not None else one["wall_s"] - one["job_wall_s"]
+        fin = json.loads(Path(finish).read_text()) if finish else {}
+        fin = {n: v["plot_s"] if isinstance(v, dict) else v for n, v in fin.items()}
+        out["calibration"] = {"measured": measured, "finish": finish, "startup_s": startup,
+                              "per_task_s": per_task_s}
+        out["calibrated"] = calibrated(rows, per, fin, startup, ov["latency_median_s"],
+                                       ov["burst_per_task_s"], per_task_s=per_task_s)
+    return out
 
 
 def _batches_json(batches: list[list[Item]]) -> list:
@@ -482,10 +540,22 @@ def main(argv=None) -> int:
     ap.add_argument("--from-json", default=None, metavar="FILE",
                     help="recompute the whole job's projections from a saved --model-only "
                          "recording (runs nothing)")
+    ap.add_argument("--measured", default=None, metavar="FILE",
+                    help="with --from-json: a job_scaling.py JSON whose 1-worker run calibrates "
+                         "the projection (what the model leaves out, as two bounds)")
+    ap.add_argument("--figures", default=None, metavar="FILE",
+                    help="with --measured: JSON name -> seconds to draw the check's figure")
+    ap.add_argument("--startup", type=float, default=None, metavar="S",
+                    help="with --measured: the job's serial start in seconds (default: the "
+                         "measured run's wall minus its summary.json wall)")
+    ap.add_argument("--driver-per-task", type=float, default=0.0, metavar="S",
+                    help="with --measured: also a projection where each finished task costs the "
+                         "driver S seconds, one at a time")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
     if args.from_json:
-        out = from_json(args.from_json)
+        out = from_json(args.from_json, args.measured, args.figures, args.startup,
+                        args.driver_per_task)
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=1, default=str))
         return 0

@@ -3,7 +3,7 @@
 check's data bitwise the same in both runs.
 
     PYTHONPATH=. python benchmarks/job_scaling.py [--size full] [--workers 1,2]
-        [--only A,B,...] [--out DIR] [--json benchmarks/results/job_scaling_full.json]
+        [--only A,B,...] [--jobs K] [--out DIR] [--json benchmarks/results/job_scaling_full.json]
 
 Each run is the CLI exactly as a user types it (``python -m sdeverify check --full --workers N
 --quiet --out DIR/wN``), one after the other, in a fresh process; the Numba disk cache is
@@ -13,7 +13,9 @@ the ratio).  Per run: wall seconds, the CPU seconds of the run's process tree (t
 Dask scheduler, nannies and workers: ``RUSAGE_CHILDREN``), and the CPU seconds every *other*
 process used meanwhile as a share of the machine ("others", from /proc/stat) — the
 efficiency is only meaningful when "others" is near 0.  Per check: its wall time in each run
-(``summary.json``).  The data of each check must be equal bitwise between the runs (timing
+(``summary.json``) — with the checks side by side on the cluster (the CLI's default; ``--jobs
+1`` passes ``--jobs 1``: one after the other) these overlap, so their ratios say how long each
+check waited, not how it scales.  The data of each check must be equal bitwise between the runs (timing
 arrays excepted, ``files.TIMING``); the script says which are not.
 """
 from __future__ import annotations
@@ -45,12 +47,15 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_job(size: str, workers: int, out: Path, only: str | None) -> dict:
-    """One ``sdeverify check`` on ``workers`` local Dask workers into ``out``; its timings."""
+def run_job(size: str, workers: int, out: Path, only: str | None, jobs: int | None = None) -> dict:
+    """One ``sdeverify check`` on ``workers`` local Dask workers into ``out`` (``--jobs
+    jobs`` checks at a time when given); its timings."""
     cmd = [sys.executable, "-m", "sdeverify", "check", f"--{size}", "--workers", str(workers),
            "--quiet", "--out", str(out)]
     if only:
         cmd += ["--only", only]
+    if jobs is not None:
+        cmd += ["--jobs", str(jobs)]
     load = os.getloadavg()
     b, c, t = busy_seconds(), children_cpu(), time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
@@ -63,6 +68,7 @@ def run_job(size: str, workers: int, out: Path, only: str | None) -> dict:
     return {"workers": workers, "wall_s": wall, "cpu_s": ours, "others": others,
             "load_before": load, "load_after": os.getloadavg(), "exit": proc.returncode,
             "passed": summary.get("passed"), "checks_s": checks,
+            "job_wall_s": summary.get("wall_time"),
             "stderr_tail": proc.stderr[-2000:]}
 
 
@@ -95,6 +101,8 @@ def main() -> None:
     ap.add_argument("--size", default="full", choices=("smoke", "quick", "full"))
     ap.add_argument("--workers", default="1,2", help="comma list, run in this order (default 1,2)")
     ap.add_argument("--only", default=None, help="comma list of checks (default: the whole job)")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="checks at a time on the cluster (default: the CLI's, all side by side)")
     ap.add_argument("--out", default="/tmp/sdeverify-job-scaling")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args()
@@ -103,12 +111,12 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; {args.size}, workers {counts}", flush=True)
     runs = []
     for w in counts:
-        r = run_job(args.size, w, base / f"w{w}", args.only)
+        r = run_job(args.size, w, base / f"w{w}", args.only, args.jobs)
         runs.append(r)
         print(f"  {w} worker(s): {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} CPU-s, others "
               f"{100 * r['others']:.0f}%, load {r['load_before'][0]:.2f} -> {r['load_after'][0]:.2f}, "
               f"exit {r['exit']}, passed {r['passed']}", flush=True)
-    out = {"size": args.size, "only": args.only, "cpus": os.cpu_count(), "runs": runs}
+    out = {"size": args.size, "only": args.only, "jobs": args.jobs, "cpus": os.cpu_count(), "runs": runs}
     t = {r["workers"]: r["wall_s"] for r in runs}
     if 1 in t and 2 in t:
         out["efficiency_2"] = t[1] / (2 * t[2])

@@ -22,7 +22,9 @@ and merge) and :mod:`~sdeverify.distributed.sweeps` (many points at once).  Entr
   work (:class:`Call`: exact references, statistics, whole points with their simulations),
   each ``Call`` one task — so that ``--workers N`` runs the check's own computations too;
 * :func:`use`: a context inside which *every* ``simulate``/``fit`` call is sent to the
-  cluster, so that ``sdeverify check --workers N`` runs the checks' sweeps unchanged; with
+  cluster, so that ``sdeverify check --workers N`` runs the checks' sweeps unchanged (each
+  check in its own thread and its own session, ``use(..., this_thread=True)``, the checks
+  side by side on one cluster); with
   ``points_dir`` each finished point is saved atomically under a hash of everything that
   determines it (:func:`point_key`), and with ``resume=True`` saved points are reused
   instead of recomputed; with ``local_below`` (the CLI: :data:`LOCAL_WORK`) a call too
