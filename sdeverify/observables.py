@@ -126,7 +126,26 @@ def _sqnorm_py(x):
 
 
 def merge_blocks(block_stats: np.ndarray) -> np.ndarray:
-    """Canonical pairwise-tree merge of per-block (count, mean, M2) along axis 0."""
+    """Canonical pairwise-tree merge of per-block (count, mean, M2) along axis 0: the tree
+    that splits n blocks into the first 2^k (the largest power of two below n) and the rest,
+    recursively (:func:`merge_blocks_recursive`).  Computed level by level — neighbours
+    (0, 1), (2, 3), … merged in one vectorised :func:`merge_pair` per level, an odd last one
+    carried up — which builds that same tree (every left subtree is complete), so the result
+    is bitwise the recursive one with log₂ n array operations instead of n."""
+    n = block_stats.shape[0]
+    if n == 0:
+        raise ValueError("no blocks to merge")
+    level = np.asarray(block_stats)
+    while level.shape[0] > 1:
+        m = level.shape[0] // 2 * 2
+        merged = merge_pair(level[0:m:2], level[1:m:2])
+        level = merged if m == level.shape[0] else np.concatenate([merged, level[m:]])
+    return level[0].copy()
+
+
+def merge_blocks_recursive(block_stats: np.ndarray) -> np.ndarray:
+    """The canonical tree of :func:`merge_blocks` as its definition: split at the largest
+    power of two below n, merge each side, then the two (a reference for the tests)."""
     n = block_stats.shape[0]
     if n == 0:
         raise ValueError("no blocks to merge")
@@ -135,7 +154,8 @@ def merge_blocks(block_stats: np.ndarray) -> np.ndarray:
     half = 1
     while half * 2 < n:
         half *= 2
-    return merge_pair(merge_blocks(block_stats[:half]), merge_blocks(block_stats[half:]))
+    return merge_pair(merge_blocks_recursive(block_stats[:half]),
+                      merge_blocks_recursive(block_stats[half:]))
 
 
 def merge_pair(a: np.ndarray, b: np.ndarray) -> np.ndarray:
