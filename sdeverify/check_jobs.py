@@ -176,14 +176,27 @@ def side_by_side(names: list[str], size: str, at_once: int,
     (``distributed.use(..., this_thread=True)``), so that the cluster works on every check's
     tasks at once instead of waiting for each check's slowest task in turn.  ``on_done(i,
     entry)`` is called in *this* thread as each finishes, with ``work``'s entry or ``{"name",
-    "passed": False, "error"}`` for a check that raised."""
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(max_workers=max(1, at_once), thread_name_prefix="sdeverify-check") as pool:
-        pending = {pool.submit(work, names[i]): i for i in longest_first(names, size)}
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for f in done:
-                i = pending.pop(f)
-                exc = f.exception()
-                on_done(i, f.result() if exc is None else
-                        {"name": names[i], "passed": False, "error": f"{type(exc).__name__}: {exc}"})
+    "passed": False, "error"}`` for a check that raised.  The threads are daemons: an
+    interrupt (Ctrl-C) of this thread ends the run without waiting for them (the caller
+    closes the cluster; ``summary.json`` keeps the checks that finished)."""
+    import queue
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    finished: queue.SimpleQueue = queue.SimpleQueue()
+    for i in longest_first(names, size):
+        todo.put(i)
+
+    def run() -> None:
+        while True:
+            try:
+                i = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                e = work(names[i])
+            except Exception as exc:  # a crashing check is a failed check, reported
+                e = {"name": names[i], "passed": False, "error": f"{type(exc).__name__}: {exc}"}
+            finished.put((i, e))
+    for k in range(max(1, min(at_once, len(names)))):
+        threading.Thread(target=run, name=f"sdeverify-check-{k}", daemon=True).start()
+    for _ in names:
+        on_done(*finished.get())
