@@ -268,6 +268,23 @@ def makespan(durations: list[float], workers: int) -> float:
     return max(load) if durations else 0.0
 
 
+def batch_tasks(b: list, workers: int, local_below: float) -> tuple[float, list[float]]:
+    """A recorded batch on ``workers`` workers: (seconds of the items ``kept_here`` runs in
+    the driver, the durations of the tasks sent — simulations cut by ``plan_shards``, a
+    ``Call`` one task)."""
+    here = D.kept_here([i.work for i in b], local_below, workers)
+    durations = []
+    for k, i in enumerate(b):
+        if k in here:
+            continue
+        if i.kind == "call":
+            durations.append(i.compute_s)
+            continue
+        for _, n in D.plan_shards(i.total, i.unit, workers, block=i.block):
+            durations.append(i.compute_s * n / i.total)
+    return sum(i.compute_s for k, i in enumerate(b) if k in here), durations
+
+
 def project(batches: list[list[Item]], driver_s: float, latency_s: float, burst_s: float,
             workers=(1, 2, 8, 32, 64), local_below: float = D.LOCAL_WORK) -> dict:
     """The check's wall time on W workers, from its recorded batches (see the module
@@ -281,19 +298,9 @@ def project(batches: list[list[Item]], driver_s: float, latency_s: float, burst_
     for w in workers:
         wall, tasks = driver_s, 0
         for b in batches:
-            here = D.kept_here([i.work for i in b], local_below, w)
-            local = sum(i.compute_s for k, i in enumerate(b) if k in here)
+            local, durations = batch_tasks(b, w, local_below)
             then = sum(i.then_s for i in b)                  # as each point comes in
             last = max((i.then_s for i in b), default=0.0)  # after the last one
-            durations = []
-            for k, i in enumerate(b):
-                if k in here:
-                    continue
-                if i.kind == "call":
-                    durations.append(i.compute_s)
-                    continue
-                for _, n in D.plan_shards(i.total, i.unit, w, block=i.block):
-                    durations.append(i.compute_s * n / i.total)
             tasks += len(durations)
             if durations:
                 wall += max(local + then, makespan(durations, w) + last,
@@ -327,6 +334,8 @@ def project_side_by_side(checks: dict, workers: int, latency_s: float, burst_s: 
     free = {"driver": float(startup_s), "scheduler": 0.0}
 
     def on_driver(t: float, seconds: float) -> float:
+        if seconds <= 0:                        # nothing to do: no wait for the driver
+            return t
         start = max(t, free["driver"])
         free["driver"] = start + seconds
         return start + seconds
@@ -343,18 +352,8 @@ def project_side_by_side(checks: dict, workers: int, latency_s: float, burst_s: 
                 finished[c] = on_driver(t, finish.get(c, 0.0))
                 continue
             b = batches[st["k"]]
-            here = D.kept_here([i.work for i in b], local_below, workers)
-            durations = []
-            for k, i in enumerate(b):
-                if k in here:
-                    continue
-                if i.kind == "call":
-                    durations.append(i.compute_s)
-                    continue
-                for _, m in D.plan_shards(i.total, i.unit, workers, block=i.block):
-                    durations.append(i.compute_s * m / i.total)
+            local, durations = batch_tasks(b, workers, local_below)
             tasks += len(durations)
-            local = sum(i.compute_s for k, i in enumerate(b) if k in here)
             then = sum(i.then_s for i in b)
             st["last"] = max((i.then_s for i in b), default=0.0) if durations else 0.0
             st["local_end"] = on_driver(t, local + then - st["last"])
