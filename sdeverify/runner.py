@@ -1,5 +1,5 @@
-"""The check runner: run the registered checks of the paper's claims, one after the other or in
-worker processes, and record what each found.
+"""The check runner: run the registered checks of the paper's claims, one after the other, in
+worker processes, or side by side on a Dask cluster, and record what each found.
 
 What ``sdeverify check`` and ``sdeverify run`` do once their flags are checked, and what a
 ``check --jobs N`` worker process runs (:func:`run_in_worker`):
