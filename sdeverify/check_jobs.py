@@ -167,7 +167,6 @@ def describe(jobs: int) -> str:
     return f"{jobs} worker processes, {threads} thread{'s' if threads > 1 else ''} each"
 
 
-
 def side_by_side(names: list[str], size: str, at_once: int,
                  on_done: Callable[[int, dict], None], work: Callable[[str], dict]) -> None:
     """Run ``work(name)`` for each of ``names`` in threads of this process, at most
@@ -193,7 +192,8 @@ def side_by_side(names: list[str], size: str, at_once: int,
                 return
             try:
                 e = work(names[i])
-            except Exception as exc:  # a crashing check is a failed check, reported
+            except BaseException as exc:  # a crashing check (even SystemExit) is a failed
+                # check, reported: a thread that died silently would leave the run waiting
                 e = {"name": names[i], "passed": False, "error": f"{type(exc).__name__}: {exc}"}
             finished.put((i, e))
     for k in range(max(1, min(at_once, len(names)))):

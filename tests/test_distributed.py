@@ -279,13 +279,13 @@ def test_cli_checks_side_by_side_on_a_cluster_match_one_at_a_time(client, tmp_pa
             assert np.array_equal(np.asarray(a.data[k]), np.asarray(b.data[k]), equal_nan=True), k
 
     def boom(**kwargs):
-        raise RuntimeError("planted")
+        raise SystemExit("planted")          # not an Exception: the run must not hang
     monkeypatch.setattr(experiments.get("sgdm_descent_lemma"), "run", boom)
     assert main(args + ["--out", str(tmp_path / "broken")]) == 1
     assert "sgdm_descent_lemma (smoke): ERROR" in capsys.readouterr().err
     from sdeverify.checkrun import read_summary
     done = {e["name"]: e for e in read_summary(tmp_path / "broken" / "summary.json")["checks"]}
-    assert done["sgdm_descent_lemma"]["error"] == "RuntimeError: planted"
+    assert done["sgdm_descent_lemma"]["error"] == "SystemExit: planted"
     assert done["descent_lemma"]["passed"] and done["variance_reduction"]["passed"]
 
 
