@@ -62,7 +62,7 @@ def run_one(name: str, size: str, seed: int, out: Path | None, quiet: bool,
     if cluster is not None:                  # every simulate/fit call of the check goes there
         on_cluster = use(cluster, points_dir=None if out is None else out / "points" / name,
                          resume=resume, local_below=distributed.LOCAL_WORK,
-                         this_thread=this_thread)
+                         this_thread=this_thread, label=name)
     with bar(1, name, quiet=quiet) as update, on_cluster:
         res = mod.run(size=size, seed=seed, progress=update, **overrides)
     fig = save_check(res, out, fmt)

@@ -234,7 +234,7 @@ def test_cli_check_on_a_running_cluster_matches_local(client, tmp_path, capsys, 
             assert main(args + ["--out", str(tmp_path / "kept"), "--keep-points"] + far) == 0
             assert main(args + ["--out", str(tmp_path / "dropped")] + far) == 0
         assert "running on the Dask scheduler at" in capsys.readouterr().err
-        with pytest.warns(D.SmallWorkWarning, match="ran in this process"):
+        with pytest.warns(D.SmallWorkWarning, match="^descent_lemma: .*ran in this process"):
             assert main(args + ["--out", str(tmp_path / "here")] + far) == 0
     assert main(args + ["--out", str(tmp_path / "smoke")] + far) == 0
     assert "too small to pay for the cluster" in capsys.readouterr().err

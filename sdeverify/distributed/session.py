@@ -27,6 +27,7 @@ class Session:
     shard_paths: int | None = None
     shard_replicas: int | None = None
     local_below: float = 0.0     # points of less work run in this process (LOCAL_WORK)
+    label: str | None = None     # names the session's calls in its warnings (e.g. a check)
     computed: int = 0            # simulate/fit points computed on the cluster
     calls: int = 0               # per-point work (dispatch.Call) run on the cluster
     reused: int = 0              # points loaded from points_dir (resume)
@@ -39,7 +40,8 @@ class Session:
 @contextlib.contextmanager
 def use(executor: Any, *, points_dir: str | os.PathLike | None = None, resume: bool = False,
         shard_paths: int | None = None, shard_replicas: int | None = None,
-        local_below: float = 0, this_thread: bool = False) -> Iterator[Session]:
+        local_below: float = 0, this_thread: bool = False,
+        label: str | None = None) -> Iterator[Session]:
     """Send every ``simulate``/``fit`` call made inside the block to ``executor``.
 
     Parameters
@@ -64,6 +66,8 @@ def use(executor: Any, *, points_dir: str | os.PathLike | None = None, resume: b
         without a session of its own) — so that several threads of one process can each run
         their calls in their own session, side by side on one executor, as ``sdeverify
         check --workers N`` runs its checks.
+    label : prefixes the session's warnings (``check --workers N`` passes the check's name,
+        so that warnings of checks running side by side say whose they are).
 
     Yields
     ------
@@ -78,7 +82,7 @@ def use(executor: Any, *, points_dir: str | os.PathLike | None = None, resume: b
         raise ValueError(f"local_below must be >= 0 (work units; 0: no local fallback), "
                          f"got {local_below!r}")
     s = Session(executor, None if points_dir is None else Path(points_dir), bool(resume),
-                shard_paths, shard_replicas, float(local_below))
+                shard_paths, shard_replicas, float(local_below), label)
     with entered(s, this_thread):
         yield s
     _warn_small(s)
@@ -88,9 +92,10 @@ def _warn_small(s: Session) -> None:
     """The session's :class:`~sdeverify.distributed.SmallWorkWarning`, if any call was small."""
     from .points import MIN_TASK_WORK, SmallWorkWarning
     n = s.local + s.computed + s.reused + s.calls
+    who = f"{s.label}: " if s.label else ""
     if s.local:
         warnings.warn(
-            f"{s.local} of {n} calls had less work than {s.local_below:.3g} "
+            f"{who}{s.local} of {n} calls had less work than {s.local_below:.3g} "
             f"path·step·optimizer·coordinate units (about {s.local_below / 3.5e8:.1g} s of "
             "simulation on one core), too little to pay for the cluster: they ran in this "
             "process (bitwise the same results)", SmallWorkWarning, stacklevel=4)
@@ -100,7 +105,7 @@ def _warn_small(s: Session) -> None:
                   "the cluster's overhead may exceed their work; run them locally or use "
                   "local_below=sdeverify.distributed.LOCAL_WORK")
         warnings.warn(
-            f"{s.small} of {n} calls sent to the cluster had less work than one minimal task "
+            f"{who}{s.small} of {n} calls sent to the cluster had less work than one minimal task "
             f"({MIN_TASK_WORK:.3g} units, about {MIN_TASK_WORK / 3.5e8:.1g} s of simulation on "
             f"one core; a trained network's unit takes longer): {advice}", SmallWorkWarning,
             stacklevel=4)
