@@ -196,7 +196,16 @@ def side_by_side(names: list[str], size: str, at_once: int,
                 # check, reported: a thread that died silently would leave the run waiting
                 e = {"name": names[i], "passed": False, "error": f"{type(exc).__name__}: {exc}"}
             finished.put((i, e))
-    for k in range(max(1, min(at_once, len(names)))):
-        threading.Thread(target=run, name=f"sdeverify-check-{k}", daemon=True).start()
+    threads = [threading.Thread(target=run, name=f"sdeverify-check-{k}", daemon=True)
+               for k in range(max(1, min(at_once, len(names))))]
+    for t in threads:
+        t.start()
     for _ in names:
-        on_done(*finished.get())
+        while True:
+            try:
+                item = finished.get(timeout=1.0)
+                break
+            except queue.Empty:      # never wait on threads that are gone
+                if not any(t.is_alive() for t in threads) and finished.empty():
+                    raise RuntimeError("the check threads ended without reporting every check")
+        on_done(*item)
