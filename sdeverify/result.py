@@ -4,7 +4,8 @@
 A result saved as ``DIR/NAME`` is two files that form one unit:
 
 * ``DIR/NAME.<h>.npz`` — the arrays (``steps``, ``block_stats``, ``block_diff``,
-  ``block_bad``, ``x_final``, ``m_final``, ``div_step``, optionally ``states``) and a
+  ``block_bad``, ``div_step``, ``x_final`` and ``m_final`` unless the run left them out,
+  optionally ``states``) and a
   ``__labels__`` entry (JSON text: optimizers, observables, recorded steps); ``<h>`` is the first
   16 hex digits of the SHA-256 of the file's bytes;
 * ``DIR/NAME.json`` — readable metadata and final statistics, ``"format"``, ``"npz"`` (the
@@ -80,7 +81,9 @@ class SimulationResult:
     ``mean[j, r, o]`` / ``sem[j, r, o]`` / ``count[j, r, o]``: mean, standard error and number
     of (non-diverged) paths of observable ``o`` for optimizer ``j`` at recorded step
     ``steps[r]``.  ``block_stats`` keeps the per-block (count, mean, M2) so that shards merge
-    exactly (:meth:`merge`).  ``x_final``/``m_final``: (n_opt, paths, d) final states.
+    exactly (:meth:`merge`).  ``x_final``/``m_final``: (n_opt, paths, d) final states and
+    momenta, or None for a run with ``final_states=False``.  ``div_step``: (n_opt, paths),
+    each path's divergence step (−1: none).
     ``block_bad[..., 0]`` / ``[..., 1]``: per block, observable values that were not finite /
     whose function raised (neither is in the statistics; see :attr:`nonfinite`).
     """
@@ -89,8 +92,8 @@ class SimulationResult:
     steps: np.ndarray
     block_stats: np.ndarray
     block_diff: np.ndarray
-    x_final: np.ndarray
-    m_final: np.ndarray
+    x_final: np.ndarray | None
+    m_final: np.ndarray | None
     div_step: np.ndarray
     states: np.ndarray | None
     meta: dict = field(default_factory=dict)
@@ -190,7 +193,7 @@ class SimulationResult:
     @property
     def paths(self) -> int:
         """Number of paths this result covers (all of them, diverged ones included)."""
-        return int(self.x_final.shape[1])
+        return int(self.div_step.shape[1])
 
     @property
     def divergence(self) -> list[Divergence]:
@@ -276,6 +279,12 @@ class SimulationResult:
             raise ValueError("cannot merge: some shards stored their states and others did not "
                              f"(path_offsets {[r.meta.get('path_offset', 0) for r in parts]}: "
                              f"states stored {kept}); the merged result would silently lose them")
+        finals = [r.x_final is not None for r in parts]
+        if any(finals) and not all(finals):
+            raise ValueError("cannot merge: some shards kept their final states and others did "
+                             f"not (path_offsets {[r.meta.get('path_offset', 0) for r in parts]}: "
+                             f"final states kept {finals}); the merged result would silently "
+                             "lose them")
         pos = parts[0].meta.get("path_offset", 0)
         for r in parts:
             if r.optimizers != self.optimizers or r.observables != self.observables \
@@ -296,8 +305,8 @@ class SimulationResult:
         return SimulationResult(self.optimizers, self.observables, self.steps,
                                 np.concatenate([r.block_stats for r in parts]),
                                 np.concatenate([r.block_diff for r in parts]),
-                                np.concatenate([r.x_final for r in parts], axis=1),
-                                np.concatenate([r.m_final for r in parts], axis=1),
+                                _joined([r.x_final for r in parts]),
+                                _joined([r.m_final for r in parts]),
                                 np.concatenate([r.div_step for r in parts], axis=1), states, meta,
                                 bad)
 
@@ -306,8 +315,10 @@ class SimulationResult:
         """Write ``path.json`` and ``path.<hash>.npz`` as one unit (module docstring: a
         crash at any moment leaves the old or the new pair); returns the JSON path."""
         arrays = {"steps": self.steps, "block_stats": self.block_stats,
-                  "block_diff": self.block_diff, "x_final": self.x_final,
-                  "m_final": self.m_final, "div_step": self.div_step}
+                  "block_diff": self.block_diff, "div_step": self.div_step}
+        for k in ("x_final", "m_final"):          # both, or neither (final_states=False)
+            if getattr(self, k) is not None:
+                arrays[k] = getattr(self, k)
         if self.block_bad is not None:
             arrays["block_bad"] = self.block_bad
         if self.states is not None:
@@ -328,8 +339,10 @@ class SimulationResult:
         if doc.get("format") != FORMAT:
             raise ResultFileError(f"{where}: format {doc.get('format')!r}, expected {FORMAT!r} "
                                   "(not a SimulationResult of this sdeverify)")
-        need = ("steps", "block_stats", "block_diff", "x_final", "m_final", "div_step")
+        need = ("steps", "block_stats", "block_diff", "div_step")
         missing = [k for k in need if k not in arrays]
+        if ("x_final" in arrays) != ("m_final" in arrays):
+            missing += [k for k in ("x_final", "m_final") if k not in arrays]
         if missing:
             raise ResultFileError(f"{where}: arrays {missing} are missing")
         kinds = {"steps": "iu", "div_step": "iu", "block_stats": "f", "block_diff": "f",
@@ -343,9 +356,12 @@ class SimulationResult:
         n_rec = len(doc["steps"])
         if not np.array_equal(arrays["steps"], np.asarray(doc["steps"], dtype=arrays["steps"].dtype)):
             raise ResultFileError(f"{where}: the recorded steps of the .npz differ from the .json's")
-        paths = arrays["x_final"].shape[1] if arrays["x_final"].ndim == 3 else -1
+        meta = doc.get("meta", {})
+        paths = arrays["div_step"].shape[1] if arrays["div_step"].ndim == 2 else -1
         n_blocks = -(-paths // config.BLOCK) if paths > 0 else -1
-        d = arrays["x_final"].shape[2] if arrays["x_final"].ndim == 3 else -1
+        d = meta.get("dim", -1)
+        if "x_final" in arrays and arrays["x_final"].ndim == 3:
+            d = arrays["x_final"].shape[2]
         expect = {"block_stats": (n_blocks, n_opt, n_rec, n_obs, 3),
                   "block_diff": (n_blocks, n_opt, n_rec, n_obs, 3),
                   "block_bad": (n_blocks, n_opt, n_rec, n_obs, 2),
@@ -356,18 +372,23 @@ class SimulationResult:
                 raise ResultFileError(f"{where}: array {k!r} has shape {arrays[k].shape}, but "
                                       f"the labels ({n_opt} optimizers, {n_rec} recorded steps, "
                                       f"{n_obs} observables, {paths} paths) imply {shape}")
-        meta = doc.get("meta", {})
         if "paths" in meta and meta["paths"] != paths:
             raise ResultFileError(f"{where}: the .json says {meta['paths']} paths, the .npz "
                                   f"holds {paths}")
         res = cls(tuple(doc["optimizers"]), tuple(doc["observables"]), arrays["steps"],
-                  arrays["block_stats"], arrays["block_diff"], arrays["x_final"],
-                  arrays["m_final"], arrays["div_step"], arrays.get("states"), meta,
+                  arrays["block_stats"], arrays["block_diff"], arrays.get("x_final"),
+                  arrays.get("m_final"), arrays["div_step"], arrays.get("states"), meta,
                   arrays.get("block_bad"))
         if "count" in doc and not np.array_equal(res.count, np.asarray(doc["count"], dtype=float)):
             raise ResultFileError(f"{where}: the counts in the .json do not match the .npz's "
                                   "statistics (files from different results)")
         return res
+
+
+def _joined(finals: list) -> np.ndarray | None:
+    """The shards' final states (or momenta) side by side along the paths; None when the
+    shards left them out (:meth:`SimulationResult.merge` has checked that all or none did)."""
+    return None if finals[0] is None else np.concatenate(finals, axis=1)
 
 
 def _same_simulation(parts) -> None:

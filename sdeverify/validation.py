@@ -32,6 +32,13 @@ ON_DIVERGENCE = ("warn", "raise", "ignore")
 DTYPES = ("float64", "float32")
 
 
+def flag(name: str, value: Any) -> bool:
+    """``value`` as a bool; ValueError naming ``name`` unless it is True or False."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def seed(value: Any, name: str = "seed") -> int:
     """A seed of the counter-based generator: an integer in [0, 2**64) (its 64-bit key)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \

@@ -31,7 +31,7 @@ def test_simulate_hands_every_argument_to_the_executor(monkeypatch):
     given = {"steps": 7, "paths": 300, "sigma": 0.5, "seed": 11, "record": [0, 7],
              "observables": ["loss"], "backend": "numpy", "store_states": True,
              "path_offset": 256, "on_divergence": "ignore", "dtype": "float64",
-             "divergence_bound": 5.0}
+             "divergence_bound": 5.0, "final_states": False}
     # every keyword of simulate is given a value of its own here (a new one must be added;
     # progress is a bar on this machine, not sent)
     assert set(given) == set(params) - {"problem", "optimizers", "x0", "executor", "progress"}

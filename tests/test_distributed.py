@@ -19,6 +19,7 @@ from sdeverify import distributed as D
 from sdeverify.cli import main
 from sdeverify.observables import UserFunctionError
 from sdeverify.problems import NGOS, Quadratic
+from sdeverify.result import SimulationResult
 from sdeverify.train import MLP, fit, teacher_student
 
 P = Quadratic(np.diag([0.5, 2.0]))
@@ -56,6 +57,16 @@ def test_simulate_on_workers_is_bitwise_local(client):
     # path_offset, and sv.simulate(executor=...) with the default shard size
     off = sv.simulate(P, OPTS, X0, executor=client, **dict(kw, path_offset=config.BLOCK))
     _same_sim(off, sv.simulate(P, OPTS, X0, **dict(kw, path_offset=config.BLOCK)))
+    # without final states: the same statistics, nothing per path but the divergence steps
+    lean = D.simulate(P, OPTS, X0, executor=client, shard_paths=2 * config.BLOCK,
+                      final_states=False, **kw)
+    _same_sim(lean, sv.simulate(P, OPTS, X0, final_states=False, **kw))
+    assert lean.x_final is None and lean.m_final is None
+    assert np.array_equal(lean.block_stats, local.block_stats)
+    assert D.simulate_point(P, OPTS, X0, final_states=False, **kw).key != \
+        D.simulate_point(P, OPTS, X0, **kw).key
+    with pytest.raises(ValueError, match="final_states must be True or False"):
+        D.simulate(P, OPTS, X0, executor=client, final_states=1, **kw)
 
 
 def test_fit_on_workers_is_bitwise_local(client):
@@ -244,7 +255,11 @@ def test_cli_check_on_a_running_cluster_matches_local(client, tmp_path, capsys, 
         assert sorted(a.data) == sorted(b.data)
         for k in a.data:
             assert np.array_equal(np.asarray(a.data[k]), np.asarray(b.data[k]), equal_nan=True), k
-    assert list((tmp_path / "kept" / "points" / "descent_lemma").glob("simulate-*.json"))
+    kept = sorted((tmp_path / "kept" / "points" / "descent_lemma").glob("simulate-*.json"))
+    assert kept
+    for f in kept:                  # a check's points carry statistics, not final states
+        point = SimulationResult.load(f.with_suffix(""))
+        assert point.x_final is None and point.m_final is None and point.paths > 0
     assert not (tmp_path / "dropped" / "points").exists()
     assert not (tmp_path / "here" / "points").exists()
     assert not (tmp_path / "smoke" / "points").exists()

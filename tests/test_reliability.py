@@ -509,3 +509,47 @@ def test_merge_refuses_what_is_not_a_shard_and_shards_that_would_lose_states():
     with_states = dataclasses.replace(b, states=np.zeros((len(b.optimizers), 2, 256, 2)))
     with pytest.raises(ValueError, match="states"):
         a.merge(with_states)
+
+
+# ---- final states left out -------------------------------------------------------------------
+def test_final_states_left_out_change_nothing_else_and_merge_save_load(tmp_path):
+    full = _sim(paths=600, record=[0, 10, 20])
+    lean = _sim(paths=600, record=[0, 10, 20], final_states=False)
+    assert lean.x_final is None and lean.m_final is None and lean.paths == 600
+    for k in ("block_stats", "block_diff", "div_step", "block_bad"):
+        assert np.array_equal(getattr(lean, k), getattr(full, k)), k
+    # shards without final states merge into the one-call result, and save / load
+    parts = [_sim(paths=n, path_offset=o, record=[0, 10, 20], final_states=False)
+             for o, n in ((0, 256), (256, 256), (512, 88))]
+    merged = parts[0].merge(*parts[1:])
+    assert merged.x_final is None and merged.paths == 600
+    assert np.array_equal(merged.block_stats, lean.block_stats)
+    assert np.array_equal(merged.div_step, lean.div_step)
+    lean.save(tmp_path / "lean")
+    back = SimulationResult.load(tmp_path / "lean")
+    assert back.x_final is None and back.paths == 600 and np.array_equal(back.mean, lean.mean)
+    with np.load(next(tmp_path.glob("lean.*.npz"))) as z:
+        assert "x_final" not in z.files and "m_final" not in z.files
+    # the states a run stores are kept without the final states
+    kept = _sim(paths=256, record=[0, 20], final_states=False, store_states=True)
+    assert kept.states.shape == (2, 2, 256, 2) and kept.x_final is None
+    kept.save(tmp_path / "kept")
+    assert SimulationResult.load(tmp_path / "kept").states.shape == (2, 2, 256, 2)
+
+
+def test_shards_with_and_without_final_states_are_not_merged_and_a_bad_flag_is_named():
+    a = _sim(paths=256, record=[0, 20])
+    b = _sim(paths=256, path_offset=256, record=[0, 20], final_states=False)
+    with pytest.raises(ValueError, match="final states"):
+        a.merge(b)
+    with pytest.raises(ValueError, match="final states"):
+        b.merge(a)
+    with pytest.raises(ValueError, match="final_states must be True or False, got 'no'"):
+        _sim(final_states="no")
+
+
+def test_a_saved_result_with_only_one_of_the_final_arrays_is_refused(tmp_path):
+    r = _sim(paths=256, record=[0, 20])
+    dataclasses.replace(r, m_final=None).save(tmp_path / "half")
+    with pytest.raises(ResultFileError, match="m_final"):
+        SimulationResult.load(tmp_path / "half")

@@ -193,6 +193,7 @@ def simulate_point(problem: NGOS, optimizers: Sequence[Any] | Any, x0: ArrayLike
     a = _call_args(simulate, "simulate", kw, ("steps", "paths", "sigma"))
     engine = engine_for(a["backend"], a["dtype"])     # as the local call checks them
     validation.on_divergence(a["on_divergence"])
+    validation.flag("final_states", a["final_states"])
     spec = make_spec(problem, optimizers, x0, steps=a["steps"], paths=a["paths"],
                      sigma=a["sigma"], seed=a["seed"], record=a["record"],
                      observables=a["observables"], store_states=a["store_states"],

@@ -39,7 +39,7 @@ from ..verdict import Value, Verdict  # noqa: F401
 # elsewhere (sdeverify.stats, sdeverify.verdict, sdeverify.dispatch): they are not part of
 # this module's API.
 __all__ = ["SIZES", "Progress", "Measure", "ExperimentResult", "check_size", "size_config",
-           "experiment", "Timer", "make_meta", "subplots", "save_figure", "simulate_many",
+           "experiment", "Timer", "make_meta", "subplots", "save_figure", "simulate", "simulate_many",
            "run_many", "run_longest_first", "Ticker", "tick"]
 
 SIZES = ("smoke", "quick", "full")
@@ -187,6 +187,24 @@ def save_figure(fig: Any, path: str | Path, dpi: int | None = None) -> Path:
     return Path(path)
 
 
+def simulate(*args: Any, **kw: Any) -> Any:
+    """:func:`sdeverify.simulate` as a check calls it: without the paths' final states
+    (``final_states=False`` unless the call says otherwise).  A check reads statistics only;
+    on a cluster the final states would travel from the workers, be merged and be saved with
+    every point for nothing (``svag --full``: about a gigabyte)."""
+    from ..simulate import simulate as simulate_here
+    kw.setdefault("final_states", False)
+    return simulate_here(*args, **kw)
+
+
+def _statistics_only(item: Any) -> Any:
+    """A sweep item as a check runs it: a ``simulate`` keyword dict without final states
+    (:func:`simulate`); a ``fit`` dict or a :class:`~sdeverify.dispatch.Call` as given."""
+    if isinstance(item, Call) or item.get("kind", "simulate") != "simulate":
+        return item
+    return dict(item, final_states=item.get("final_states", False))
+
+
 def simulate_many(calls: list[dict]) -> list:
     """Run a check's sweep points — independent :func:`sdeverify.simulate` calls given as
     keyword dicts — and return their results in order.  Inside a distributed session
@@ -211,9 +229,10 @@ def run_many(items: list) -> list:
     own seed; a ``Call`` computes the same arithmetic wherever it runs).  A keyword dict
     may carry ``then``, a function of its result (the point's statistics): its value is
     returned instead, computed as soon as the point is in (on a cluster, while the workers
-    run the other items)."""
+    run the other items).  A ``simulate`` call leaves out the final states unless it says
+    otherwise (:func:`simulate`)."""
     from .. import distributed
-    from ..simulate import simulate
+    items = [_statistics_only(c) for c in items]
     session = distributed.active()
     if session is not None:
         return distributed.run_many(items, session, raise_errors=True)

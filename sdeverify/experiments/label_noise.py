@@ -29,7 +29,7 @@ import numpy as np
 
 from ..optim import SGD, SGDM
 from ..problems.diagonal_net import DiagonalNet
-from ..simulate import simulate
+from .base import simulate       # a check keeps statistics only (no final states)
 from ..slow_sde import solve_slow_ode
 from ..stats import Interval, fit_order, mean_interval
 from ..figstyle import figsize, fit_line, legend_below, styled

@@ -78,7 +78,7 @@ from .. import config
 from ..optim import SGD, SGDM
 from ..problems.manifolds import Sphere, Valley
 from ..rng import substream
-from ..simulate import simulate
+from .base import simulate       # a check keeps statistics only (no final states)
 from ..slow_sde import coupled_slow_sde, slow_coefficients, solve_slow_sde
 from ..stats import Interval, bootstrap_interval, fit_order, wasserstein1, z_value
 from ..figstyle import figsize, fit_line, legend_below, styled

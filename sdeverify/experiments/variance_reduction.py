@@ -29,7 +29,7 @@ from .. import theory
 from ..optim import SGD, SGDM
 from ..problems import ConstantGradient
 from ..rng import substream
-from ..simulate import simulate
+from .base import simulate       # a check keeps statistics only (no final states)
 from ..stats import Interval, mean_interval, paired_difference, z_value
 from ..figstyle import figsize, legend_below, styled
 from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, subplots, tick
