@@ -10,7 +10,10 @@ Each run is the CLI exactly as a user types it (``python -m sdeverify check --fu
 whatever the machine has (run ``sdeverify check --smoke`` and once ``--data conv_teacher
 --smoke`` first so that no run pays for compiling: a cold kernel in one run only would bias
 the ratio).  Per run: wall seconds, the CPU seconds of the run's process tree (the CLI, its
-Dask scheduler, nannies and workers: ``RUSAGE_CHILDREN``), and the CPU seconds every *other*
+Dask scheduler, nannies and workers: ``RUSAGE_CHILDREN``), the CPU seconds of the driver
+process alone (the CLI run through ``benchmarks/driver_cpu.py``: its check threads, kept
+items, statistics, figures, saved points and the in-process scheduler), with ``--keep-points``
+the megabytes of points each check left, and the CPU seconds every *other*
 process used meanwhile as a share of the machine ("others", from /proc/stat) — the
 efficiency is only meaningful when "others" is near 0.  Per check: its wall time in each run
 (``summary.json``) — with the checks side by side on the cluster (the CLI's default; ``--jobs
@@ -40,6 +43,7 @@ from sdeverify.files import TIMING  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dask_scaling import busy_seconds  # noqa: E402  (/proc/stat, the same measure)
+from driver_cpu import parse as parse_driver  # noqa: E402
 
 
 def children_cpu() -> float:
@@ -47,15 +51,27 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_job(size: str, workers: int, out: Path, only: str | None, jobs: int | None = None) -> dict:
+def points_mb(out: Path) -> dict:
+    """Check name → megabytes of the points it left under ``out/points`` (``--keep-points``)."""
+    base = out / "points"
+    if not base.is_dir():
+        return {}
+    return {d.name: sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) / 1e6
+            for d in sorted(base.iterdir()) if d.is_dir()}
+
+
+def run_job(size: str, workers: int, out: Path, only: str | None, jobs: int | None = None,
+            keep_points: bool = False) -> dict:
     """One ``sdeverify check`` on ``workers`` local Dask workers into ``out`` (``--jobs
     jobs`` checks at a time when given); its timings."""
-    cmd = [sys.executable, "-m", "sdeverify", "check", f"--{size}", "--workers", str(workers),
-           "--quiet", "--out", str(out)]
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "driver_cpu.py"), "check", f"--{size}",
+           "--workers", str(workers), "--quiet", "--out", str(out)]
     if only:
         cmd += ["--only", only]
     if jobs is not None:
         cmd += ["--jobs", str(jobs)]
+    if keep_points:
+        cmd += ["--keep-points"]
     load = os.getloadavg()
     b, c, t = busy_seconds(), children_cpu(), time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
@@ -68,8 +84,8 @@ def run_job(size: str, workers: int, out: Path, only: str | None, jobs: int | No
     return {"workers": workers, "wall_s": wall, "cpu_s": ours, "others": others,
             "load_before": load, "load_after": os.getloadavg(), "exit": proc.returncode,
             "passed": summary.get("passed"), "checks_s": checks,
-            "job_wall_s": summary.get("wall_time"),
-            "stderr_tail": proc.stderr[-2000:]}
+            "job_wall_s": summary.get("wall_time"), "driver": parse_driver(proc.stderr),
+            "points_mb": points_mb(out), "stderr_tail": proc.stderr[-2000:]}
 
 
 def differing(a: Path, b: Path) -> dict:
@@ -103,6 +119,8 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="comma list of checks (default: the whole job)")
     ap.add_argument("--jobs", type=int, default=None,
                     help="checks at a time on the cluster (default: the CLI's, all side by side)")
+    ap.add_argument("--keep-points", action="store_true",
+                    help="keep every check's points and report their megabytes")
     ap.add_argument("--out", default="/tmp/sdeverify-job-scaling")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args()
@@ -111,11 +129,15 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; {args.size}, workers {counts}", flush=True)
     runs = []
     for w in counts:
-        r = run_job(args.size, w, base / f"w{w}", args.only, args.jobs)
+        r = run_job(args.size, w, base / f"w{w}", args.only, args.jobs, args.keep_points)
         runs.append(r)
-        print(f"  {w} worker(s): {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} CPU-s, others "
+        drv = r["driver"] or {}
+        print(f"  {w} worker(s): {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} CPU-s (driver "
+              f"{drv.get('driver_cpu_s', float('nan')):.1f}), others "
               f"{100 * r['others']:.0f}%, load {r['load_before'][0]:.2f} -> {r['load_after'][0]:.2f}, "
               f"exit {r['exit']}, passed {r['passed']}", flush=True)
+        if r["points_mb"]:
+            print("    points (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in r["points_mb"].items()))
     out = {"size": args.size, "only": args.only, "jobs": args.jobs, "cpus": os.cpu_count(), "runs": runs}
     t = {r["workers"]: r["wall_s"] for r in runs}
     if 1 in t and 2 in t:
