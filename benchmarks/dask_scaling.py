@@ -478,16 +478,21 @@ def model_only(names: list[str], size: str, out: dict) -> None:
 
 
 def from_json(path: str, measured: str | None = None, finish: str | None = None,
-              startup_s: float | None = None, per_task_s: float = 0.0) -> dict:
+              startup_s: float | None = None, per_task_s: float = 0.0,
+              scheduler_per_task_s: float | None = None) -> dict:
     """The whole job's projections recomputed from a saved ``--model-only`` recording; with
     ``measured`` (a ``job_scaling.py`` JSON: its 1-worker run's per-check times and its start
     outside the checks) and ``finish`` (name → seconds of its figure, JSON), also the
     :func:`calibrated` bounds (the job's serial start: ``startup_s``, else the measured run's
-    wall minus its ``summary.json`` wall)."""
+    wall minus its ``summary.json`` wall); ``scheduler_per_task_s`` replaces the recording's
+    measured scheduler cost per dispatch (e.g. a scheduler's CPU per task measured apart,
+    ``job_scaling.py --external``)."""
     d = json.loads(Path(path).read_text())
     rows = {n: {**{int(k) if k.isdigit() else k: v for k, v in r.items()}}
             for n, r in d["checks"].items()}
     ov = d["overhead"]
+    if scheduler_per_task_s is not None:
+        ov = dict(ov, burst_per_task_s=scheduler_per_task_s, burst_per_task_recorded_s=ov["burst_per_task_s"])
     out = {"source": path, "overhead": ov,
            "whole_job": whole_job(rows, ov["latency_median_s"], ov["burst_per_task_s"])}
     if measured:
@@ -550,11 +555,14 @@ def main(argv=None) -> int:
     ap.add_argument("--driver-per-task", type=float, default=0.0, metavar="S",
                     help="with --measured: also a projection where each finished task costs the "
                          "driver S seconds, one at a time")
+    ap.add_argument("--scheduler-per-task", type=float, default=None, metavar="S",
+                    help="with --from-json: the scheduler's cost per dispatch in seconds, instead "
+                         "of the recording's (e.g. measured apart: job_scaling.py --external)")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
     if args.from_json:
         out = from_json(args.from_json, args.measured, args.figures, args.startup,
-                        args.driver_per_task)
+                        args.driver_per_task, args.scheduler_per_task)
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=1, default=str))
         return 0

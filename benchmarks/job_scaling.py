@@ -12,8 +12,11 @@ whatever the machine has (run ``sdeverify check --smoke`` and once ``--data conv
 the ratio).  Per run: wall seconds, the CPU seconds of the run's process tree (the CLI, its
 Dask scheduler, nannies and workers: ``RUSAGE_CHILDREN``), the CPU seconds of the driver
 process alone (the CLI run through ``benchmarks/driver_cpu.py``: its check threads, kept
-items, statistics, figures, saved points and the in-process scheduler), with ``--keep-points``
-the megabytes of points each check left, and the CPU seconds every *other*
+items, statistics, figures, saved points and the in-process scheduler), the megabytes of
+points each check left (``--keep-points``), with ``--external`` the CPU
+seconds of a scheduler started apart (its workers are then not children: their CPU counts in
+"others", and the run's CPU seconds are the CLI's alone), the tasks each check sent (``summary.json``'s
+``cluster``), and the CPU seconds every *other*
 process used meanwhile as a share of the machine ("others", from /proc/stat) — the
 efficiency is only meaningful when "others" is near 0.  Per check: its wall time in each run
 (``summary.json``) — with the checks side by side on the cluster (the CLI's default; ``--jobs
@@ -24,6 +27,7 @@ arrays excepted, ``files.TIMING``); the script says which are not.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -32,6 +36,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -60,12 +65,60 @@ def points_mb(out: Path) -> dict:
             for d in sorted(base.iterdir()) if d.is_dir()}
 
 
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def external_cluster(workers: int, folder: Path) -> Iterator[tuple[str, Callable[[], float]]]:
+    """A Dask scheduler and ``workers`` one-thread workers in processes of their own, started
+    with Dask's command line as a user would (``dask scheduler``, ``dask worker --nthreads 1
+    --nworkers N``, Numba and BLAS at one thread); yields the scheduler's address and a function
+    giving the scheduler process's CPU seconds so far; stops them on leaving."""
+    import signal
+    folder.mkdir(parents=True, exist_ok=True)
+    info = folder / "scheduler.json"
+    info.unlink(missing_ok=True)
+    dask_cli = str(Path(sys.executable).parent / "dask")
+    one = {v: "1" for v in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                            "MKL_NUM_THREADS")}
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **one)
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, env=env)
+    sched = subprocess.Popen([dask_cli, "scheduler", "--host", "127.0.0.1", "--port", "0",
+                              "--no-dashboard", "--scheduler-file", str(info)], **quiet)
+    procs = [sched]
+    try:
+        for _ in range(600):
+            if info.exists() and info.stat().st_size:
+                break
+            time.sleep(0.1)
+        address = json.loads(info.read_text())["address"]
+        procs.append(subprocess.Popen([dask_cli, "worker", address, "--nthreads", "1",
+                                       "--nworkers", str(workers), "--no-dashboard"], **quiet))
+        from distributed import Client
+        with Client(address) as c:
+            c.wait_for_workers(workers, timeout=120)
+        yield address, lambda: proc_cpu(sched.pid)
+    finally:
+        for p in reversed(procs):
+            p.send_signal(signal.SIGINT)
+        for p in reversed(procs):
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
 def run_job(size: str, workers: int, out: Path, only: str | None, jobs: int | None = None,
-            keep_points: bool = False) -> dict:
+            keep_points: bool = False, scheduler: str | None = None) -> dict:
     """One ``sdeverify check`` on ``workers`` local Dask workers into ``out`` (``--jobs
-    jobs`` checks at a time when given); its timings."""
+    jobs`` checks at a time when given; on the running scheduler ``scheduler`` instead of a
+    cluster of its own when given); its timings."""
+    where = ["--workers", str(workers)] if scheduler is None else ["--scheduler", scheduler]
     cmd = [sys.executable, str(ROOT / "benchmarks" / "driver_cpu.py"), "check", f"--{size}",
-           "--workers", str(workers), "--quiet", "--out", str(out)]
+           *where, "--quiet", "--out", str(out)]
     if only:
         cmd += ["--only", only]
     if jobs is not None:
@@ -81,10 +134,12 @@ def run_job(size: str, workers: int, out: Path, only: str | None, jobs: int | No
     others = max(0.0, busy_seconds() - b - ours) / (wall * (os.cpu_count() or 1))
     summary = json.loads((out / "summary.json").read_text())
     checks = {e["name"]: e.get("wall_time") for e in summary.get("checks", [])}
+    cluster = {e["name"]: e.get("cluster") for e in summary.get("checks", []) if e.get("cluster")}
     return {"workers": workers, "wall_s": wall, "cpu_s": ours, "others": others,
             "load_before": load, "load_after": os.getloadavg(), "exit": proc.returncode,
             "passed": summary.get("passed"), "checks_s": checks,
             "job_wall_s": summary.get("wall_time"), "driver": parse_driver(proc.stderr),
+            "cluster": cluster, "tasks": sum(c.get("tasks", 0) for c in cluster.values()),
             "points_mb": points_mb(out), "stderr_tail": proc.stderr[-2000:]}
 
 
@@ -119,6 +174,10 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="comma list of checks (default: the whole job)")
     ap.add_argument("--jobs", type=int, default=None,
                     help="checks at a time on the cluster (default: the CLI's, all side by side)")
+    ap.add_argument("--external", action="store_true",
+                    help="run on a scheduler and workers started apart (dask scheduler / dask "
+                         "worker), through --scheduler: the driver's CPU is then the CLI's alone, "
+                         "and the scheduler's is measured apart")
     ap.add_argument("--keep-points", action="store_true",
                     help="keep every check's points and report their megabytes")
     ap.add_argument("--out", default="/tmp/sdeverify-job-scaling")
@@ -129,13 +188,24 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; {args.size}, workers {counts}", flush=True)
     runs = []
     for w in counts:
-        r = run_job(args.size, w, base / f"w{w}", args.only, args.jobs, args.keep_points)
+        if args.external:
+            with external_cluster(w, base / f"scheduler{w}") as (address, sched_cpu):
+                c0 = sched_cpu()
+                r = run_job(args.size, w, base / f"w{w}", args.only, args.jobs,
+                            args.keep_points, scheduler=address)
+                r["scheduler_cpu_s"] = sched_cpu() - c0
+            print(f"    external scheduler: {r['scheduler_cpu_s']:.1f} CPU-s", flush=True)
+        else:
+            r = run_job(args.size, w, base / f"w{w}", args.only, args.jobs, args.keep_points)
         runs.append(r)
         drv = r["driver"] or {}
         print(f"  {w} worker(s): {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} CPU-s (driver "
               f"{drv.get('driver_cpu_s', float('nan')):.1f}), others "
               f"{100 * r['others']:.0f}%, load {r['load_before'][0]:.2f} -> {r['load_after'][0]:.2f}, "
               f"exit {r['exit']}, passed {r['passed']}", flush=True)
+        if r["tasks"] and drv.get("driver_cpu_s"):
+            print(f"    {r['tasks']} tasks; driver CPU per task (all of it, an upper bound): "
+                  f"{1e3 * drv['driver_cpu_s'] / r['tasks']:.1f} ms")
         if r["points_mb"]:
             print("    points (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in r["points_mb"].items()))
     out = {"size": args.size, "only": args.only, "jobs": args.jobs, "cpus": os.cpu_count(), "runs": runs}

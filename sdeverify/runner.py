@@ -50,7 +50,9 @@ def run_one(name: str, size: str, seed: int, out: Path | None, quiet: bool,
     every ``simulate``/``fit`` call of the check is sent to, except calls too small to pay
     for it (:data:`sdeverify.distributed.LOCAL_WORK`: they run here, and a warning says so);
     its finished points are saved under ``out/points/NAME`` (reused with ``resume``) and
-    deleted once the check's result is saved, unless ``keep_points``.
+    deleted once the check's result is saved, unless ``keep_points``; what the check sent
+    (tasks, points computed, calls, points kept here; :meth:`Session.counts
+    <sdeverify.distributed.Session.counts>`) is in ``res.meta["cluster"]`` and the summary.
     ``data`` (e.g. ``"conv_teacher"``, ``"cifar10:FOLDER"``) is what the trained-network checks
     train on, with the network that data calls for (:func:`train_data_overrides`).
     ``this_thread``: the cluster session holds for this thread only (checks run side by side
@@ -63,8 +65,10 @@ def run_one(name: str, size: str, seed: int, out: Path | None, quiet: bool,
         on_cluster = use(cluster, points_dir=None if out is None else out / "points" / name,
                          resume=resume, local_below=distributed.LOCAL_WORK,
                          this_thread=this_thread, label=name)
-    with bar(1, name, quiet=quiet) as update, on_cluster:
+    with bar(1, name, quiet=quiet) as update, on_cluster as session:
         res = mod.run(size=size, seed=seed, progress=update, **overrides)
+    if session is not None:                  # how the check used the cluster (tasks, ...)
+        res.meta["cluster"] = session.counts()
     fig = save_check(res, out, fmt)
     if out is not None and cluster is not None and not keep_points:
         drop_points(out, name)
@@ -121,7 +125,7 @@ def verdict_rows(res: ExperimentResult) -> list[list[str]]:
 def entry(name: str, res: ExperimentResult, fig: Path | None) -> dict:
     """The summary entry (plus the table rows) of a finished check."""
     return {"name": name, "passed": res.passed, "wall_time": res.meta.get("wall_time"),
-            "figure": str(fig) if fig else None, "verdicts": [v.as_dict() for v in res.verdicts],
+            "cluster": res.meta.get("cluster"), "figure": str(fig) if fig else None, "verdicts": [v.as_dict() for v in res.verdicts],
             "rows": verdict_rows(res)}
 
 

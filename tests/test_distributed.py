@@ -292,13 +292,22 @@ def test_cli_checks_side_by_side_on_a_cluster_match_one_at_a_time(client, tmp_pa
         assert sorted(a.data) == sorted(b.data)
         for k in a.data:
             assert np.array_equal(np.asarray(a.data[k]), np.asarray(b.data[k]), equal_nan=True), k
+        # what each check sent is counted in its own session: the same either way, one task
+        # per point file's shard at least, nothing kept here (LOCAL_WORK patched to 0)
+        assert a.meta["cluster"] == b.meta["cluster"], name
+        points = sum(1 for f in files[0] if f.endswith(".json"))
+        assert a.meta["cluster"]["computed"] == points and a.meta["cluster"]["tasks"] >= points
+        assert a.meta["cluster"]["local"] == 0
+    from sdeverify.checkrun import read_summary
+    summary = {e["name"]: e for e in read_summary(tmp_path / "together" / "summary.json")["checks"]}
+    assert {n: summary[n]["cluster"] for n in names} == \
+        {n: ExperimentResult.load(tmp_path / "together", n).meta["cluster"] for n in names}
 
     def boom(**kwargs):
         raise SystemExit("planted")          # not an Exception: the run must not hang
     monkeypatch.setattr(experiments.get("sgdm_descent_lemma"), "run", boom)
     assert main(args + ["--out", str(tmp_path / "broken")]) == 1
     assert "sgdm_descent_lemma (smoke): ERROR" in capsys.readouterr().err
-    from sdeverify.checkrun import read_summary
     done = {e["name"]: e for e in read_summary(tmp_path / "broken" / "summary.json")["checks"]}
     assert done["sgdm_descent_lemma"]["error"] == "SystemExit: planted"
     assert done["descent_lemma"]["passed"] and done["variance_reduction"]["passed"]

@@ -36,6 +36,11 @@ class Session:
     small: int = 0               # points sent to the cluster with work < MIN_TASK_WORK
     _scattered: dict = field(default_factory=dict)
 
+    def counts(self) -> dict:
+        """What happened to the session's calls: ``computed``, ``calls``, ``reused``,
+        ``tasks``, ``local`` and ``small`` (the counters above), as a plain dict."""
+        return {k: getattr(self, k) for k in ("computed", "calls", "reused", "tasks", "local", "small")}
+
 
 @contextlib.contextmanager
 def use(executor: Any, *, points_dir: str | os.PathLike | None = None, resume: bool = False,
