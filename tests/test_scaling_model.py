@@ -45,3 +45,21 @@ def test_one_check_alone_matches_the_per_check_model():
     for w in (1, 2, 3):
         alone = S.project_side_by_side({"a": (0.5, batches)}, w, 0.0, 0.0)["wall_s"]
         assert alone == pytest.approx(S.project(batches, 0.5, 0.0, 0.0, workers=(w,))[w]["wall_s"])
+
+
+def test_a_recording_recomputed_with_the_schedulers_cost_measured_apart(tmp_path):
+    """``from_json(..., scheduler_per_task_s=S)`` replaces the recording's dispatch cost: with
+    one 1-s task per check on 8 workers and no latency, the scheduler hands the two tasks out
+    one after the other (at S and at 2 S), so the job takes 2 S + 1."""
+    import json
+    rows = {n: {"driver_s": 0.0, "serial_s": 1.0, "recorded": [[{"kind": "call", "compute_s": 1.0}]],
+                **{str(w): {"wall_s": 1.0} for w in (1, 2, 8, 32, 64)}} for n in ("a", "b")}
+    path = tmp_path / "rec.json"
+    path.write_text(json.dumps({"checks": rows, "overhead": {"latency_median_s": 0.0,
+                                                             "burst_per_task_s": 0.0}}))
+    flat = S.from_json(str(path))
+    assert flat["whole_job"]["side_by_side"][8]["wall_s"] == pytest.approx(1.0)
+    slow = S.from_json(str(path), scheduler_per_task_s=0.25)
+    assert slow["overhead"]["burst_per_task_s"] == 0.25
+    assert slow["overhead"]["burst_per_task_recorded_s"] == 0.0
+    assert slow["whole_job"]["side_by_side"][8]["wall_s"] == pytest.approx(2 * 0.25 + 1.0)
