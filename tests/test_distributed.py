@@ -274,7 +274,7 @@ def test_cli_checks_side_by_side_on_a_cluster_match_one_at_a_time(client, tmp_pa
     others finish."""
     from sdeverify import experiments, runner
     from sdeverify.experiments.base import ExperimentResult
-    names = ["descent_lemma", "sgdm_descent_lemma", "variance_reduction"]
+    names = ["descent_lemma", "sgdm_descent_lemma", "coupled_trajectory"]
     args = ["check", "--smoke", "--only", ",".join(names), "--quiet", "--keep-points",
             "--scheduler", client.scheduler.address]
     monkeypatch.setattr(runner, "LOCAL_SIZES", ())                 # smoke calls to the cluster
@@ -310,7 +310,7 @@ def test_cli_checks_side_by_side_on_a_cluster_match_one_at_a_time(client, tmp_pa
     assert "sgdm_descent_lemma (smoke): ERROR" in capsys.readouterr().err
     done = {e["name"]: e for e in read_summary(tmp_path / "broken" / "summary.json")["checks"]}
     assert done["sgdm_descent_lemma"]["error"] == "SystemExit: planted"
-    assert done["descent_lemma"]["passed"] and done["variance_reduction"]["passed"]
+    assert done["descent_lemma"]["passed"] and done["coupled_trajectory"]["passed"]
 
 
 def test_calls_too_small_for_the_cluster_run_here_and_are_reported(client, tmp_path):
@@ -521,11 +521,13 @@ def test_slow_sde_points_run_in_their_tasks(client, monkeypatch):
 
 @pytest.mark.filterwarnings("ignore::sdeverify.distributed.points.SmallWorkWarning")  # smoke size
 @pytest.mark.parametrize("name, calls", [("slow_sde_alpha", 5), ("label_noise", 5),
-                                         ("frozen_momentum", 5), ("hb_equivalence", 5)])
+                                         ("frozen_momentum", 5), ("hb_equivalence", 5),
+                                         ("variance_reduction", 2)])
 def test_a_checks_points_are_tasks_bitwise_local(client, name, calls):
-    """slow_sde_alpha, label_noise, frozen_momentum and hb_equivalence hand their per-point
-    work (a point's simulation and statistics, the exact references) to the cluster as
-    Calls of one sweep: the session counts them, and the result is bitwise the local run's."""
+    """slow_sde_alpha, label_noise, frozen_momentum, hb_equivalence and variance_reduction
+    hand their per-point work (a point's simulation and statistics, the exact references; the
+    stored states reduced to variances and path lengths where they were made) to the cluster
+    as Calls of one sweep: the session counts them, and the result is bitwise the local run's."""
     import importlib
     mod = importlib.import_module(f"sdeverify.experiments.{name}")
     local = mod.run(size="smoke", seed=0)

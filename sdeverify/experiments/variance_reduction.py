@@ -22,6 +22,8 @@ could not tell SGDM from SGD would be worthless).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from scipy import stats as st
 
@@ -32,7 +34,8 @@ from ..rng import substream
 from .base import simulate       # a check keeps statistics only (no final states)
 from ..stats import Interval, mean_interval, paired_difference, z_value
 from ..figstyle import figsize, legend_below, styled
-from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, subplots, tick
+from .base import (Call, ExperimentResult, Progress, Verdict, experiment, run_many, save_figure,
+                   subplots, tick)
 from .budget import ALPHA
 
 NAME = "variance_reduction"
@@ -46,6 +49,30 @@ SIZES = {"smoke": dict(paths=4000, steps=200, betas=(0.5, 0.9), path_paths=300),
 def _var_interval(s2: float, n: float, level: float) -> Interval:
     a = (1 - level) / 2
     return Interval(s2, (n - 1) * s2 / st.chi2.ppf(1 - a, n - 1), (n - 1) * s2 / st.chi2.ppf(a, n - 1), level)
+
+
+def _update_point(P, opts, K, N, sigma, seed, rec, ks):
+    """Part 1 as one task: the run with its states at the recorded steps, the per-step update
+    variances Var(x_{k+1} − x_k) over its paths, ``(n_opt, len(ks))``, and the run without its
+    states (its statistics are what the verdicts read): the states never leave the task."""
+    r1 = simulate(P, opts, [0.0], steps=K, paths=N, sigma=sigma, seed=seed, record=rec,
+                  observables=["x0"], store_states=True)
+    X = r1.states[:, :, :, 0]                        # (n_opt, n_rec, paths)
+    pos = {int(s): i for i, s in enumerate(rec)}
+    upd = np.stack([X[:, pos[k + 1]] - X[:, pos[k]] for k in ks], axis=1)  # (n_opt, len(ks), paths)
+    return dataclasses.replace(r1, states=None), upd.var(axis=2, ddof=1)
+
+
+def _path_point(P, opts, K, Np, sigma, seed, c):
+    """Part 2 as one task: whole trajectories of ``Np`` paths, reduced to each path's length
+    Σ_k|x_{k+1} − x_k| and loss variation Σ_k|L(x_{k+1}) − L(x_k)| (L(x) = c x), both
+    ``(n_opt, Np)``, and the first 5 trajectories (for the figure)."""
+    r2 = simulate(P, opts, [0.0], steps=K, paths=Np, sigma=sigma, seed=seed,
+                  record=np.arange(K + 1), observables=["x0"], store_states=True)
+    traj = r2.states[:, :, :, 0]                     # (n_opt, K+1, paths)
+    path_len = np.abs(np.diff(traj, axis=1)).sum(axis=1)
+    loss_var = np.abs(np.diff(c * traj, axis=1)).sum(axis=1)
+    return path_len, loss_var, traj[:, :, :5].copy()
 
 
 @experiment(NAME, SIZES, defaults=dict(eta=0.1, sigma=1.5, c=0.2))
@@ -63,14 +90,16 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
     data, verdicts = {"betas": np.array(betas), "ks": ks, "record": rec}, []
     n_tests = len(betas) * (2 * len(ks) + 2) + 1 + len(betas)   # + the loss variations
     level = 1 - ALPHA[NAME] / n_tests   # family-wise: the budget share (experiments/budget.py)
-    # 1. per-step update variance from states at consecutive steps
-    r1 = simulate(P, opts, [0.0], steps=K, paths=N, sigma=sigma, seed=seed, record=rec,
-                  observables=["x0"], store_states=True)
-    tick(progress, 1, 3)
-    X = r1.states[:, :, :, 0]                        # (n_opt, n_rec, paths)
+    # 1. per-step update variance from states at consecutive steps; 2. path length and loss
+    # variation from full trajectories of fewer paths — each part one task on a cluster
+    Np = cfg["path_paths"]
+    (r1, upd_var), (path_len, loss_var, traj5) = run_many([
+        Call(_update_point, (P, opts, K, N, sigma, seed, rec, ks), label="variance_reduction updates"),
+        Call(_path_point, (P, opts[: 1 + len(betas)], K, Np, sigma,
+                           substream(seed, "variance_reduction.paths"), c),
+             label="variance_reduction paths")])
+    tick(progress, 2, 3)
     pos = {int(s): i for i, s in enumerate(rec)}
-    upd = np.stack([X[:, pos[k + 1]] - X[:, pos[k]] for k in ks], axis=1)  # (n_opt, len(ks), paths)
-    upd_var = upd.var(axis=2, ddof=1)
     data["update_var"] = upd_var
     data["endpoint_var"] = r1.var[:, :, 0]
     data["endpoint_mean"] = r1.mean[:, :, 0]
@@ -113,18 +142,9 @@ def run(cfg: dict, seed: int, progress: Progress) -> tuple:
             mean_interval(dmean[-1], dsem[-1]), ok,
             "closed form inside the paired (CRN) interval at every recorded k"))
         data[f"lag_mean_b{bi}"], data[f"lag_sem_b{bi}"] = dmean, dsem
-    # 2. path length and loss variation from full trajectories of fewer paths
-    Np = cfg["path_paths"]
-    r2 = simulate(P, opts[: 1 + len(betas)], [0.0], steps=K, paths=Np, sigma=sigma,
-                  seed=substream(seed, "variance_reduction.paths"), record=np.arange(K + 1),
-                  observables=["x0"], store_states=True)
-    tick(progress, 2, 3)
-    traj = r2.states[:, :, :, 0]                     # (n_opt, K+1, paths)
-    path_len = np.abs(np.diff(traj, axis=1)).sum(axis=1)       # (n_opt, paths)
-    loss_var = np.abs(np.diff(c * traj, axis=1)).sum(axis=1)   # L(x) = c x
     data["path_length"] = path_len.mean(axis=1)
     data["loss_variation"] = loss_var.mean(axis=1)
-    data["trajectories"] = traj[:, :, :5]
+    data["trajectories"] = traj5
     for bi, b in enumerate(betas):
         d = paired_difference(path_len[1 + bi], path_len[0], level=0.99)
         ratio = data["path_length"][1 + bi] / data["path_length"][0]
