@@ -125,8 +125,8 @@ def verdict_rows(res: ExperimentResult) -> list[list[str]]:
 def entry(name: str, res: ExperimentResult, fig: Path | None) -> dict:
     """The summary entry (plus the table rows) of a finished check."""
     return {"name": name, "passed": res.passed, "wall_time": res.meta.get("wall_time"),
-            "cluster": res.meta.get("cluster"), "figure": str(fig) if fig else None, "verdicts": [v.as_dict() for v in res.verdicts],
-            "rows": verdict_rows(res)}
+            "cluster": res.meta.get("cluster"), "figure": str(fig) if fig else None,
+            "verdicts": [v.as_dict() for v in res.verdicts], "rows": verdict_rows(res)}
 
 
 def train_data_overrides(mod: Any, size: str, data: str | None) -> dict:

@@ -39,11 +39,10 @@ import numpy as np
 from ..optim import SGD, SGDM
 from ..problems import LinearRegression
 from ..rng import substream
-from .base import simulate       # a check keeps statistics only (no final states)
 from ..stats import Interval, fit_order, mean_interval, z_value
 from ..figstyle import fit_line, legend_below, styled
-from .base import (ExperimentResult, Progress, Verdict, experiment, save_figure, simulate_many,
-                   subplots, tick)
+from .base import (ExperimentResult, Progress, Verdict, experiment, save_figure, simulate,
+                   simulate_many, subplots, tick)
 from .budget import ALPHA
 
 NAME = "batch_size"

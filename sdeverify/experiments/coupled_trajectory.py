@@ -38,9 +38,9 @@ from ..optim import SGDM
 from ..problems import CosineWell
 from ..rng import substream
 from ..schedules import averaged_lr
-from .base import simulate       # a check keeps statistics only (no final states)
 from ..figstyle import legend_below, styled
-from .base import ExperimentResult, Progress, Value, Verdict, experiment, save_figure, subplots, tick
+from .base import (ExperimentResult, Progress, Value, Verdict, experiment, save_figure, simulate,
+                   subplots, tick)
 from .instruments import engine_draws
 
 NAME = "coupled_trajectory"

@@ -26,10 +26,10 @@ from .. import theory
 from ..optim import SGD
 from ..problems import CosineWell
 from ..rng import substream
-from .base import simulate       # a check keeps statistics only (no final states)
 from ..stats import Interval, fit_order, sample_interval, z_value
 from ..figstyle import legend_below, styled
-from .base import ExperimentResult, Progress, Verdict, experiment, save_figure, subplots, tick
+from .base import (ExperimentResult, Progress, Verdict, experiment, save_figure, simulate, subplots,
+                   tick)
 from .budget import ALPHA
 
 NAME = "descent_lemma"

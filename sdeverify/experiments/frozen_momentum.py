@@ -33,11 +33,10 @@ from .. import theory
 from ..optim import SGDM
 from ..problems import CosineWell
 from ..rng import substream
-from .base import simulate       # a check keeps statistics only (no final states)
 from ..stats import Interval, z_value
 from ..figstyle import figsize, legend_below, styled
 from .base import (Call, ExperimentResult, Progress, Verdict, experiment, run_many, save_figure,
-                   subplots, tick)
+                   simulate, subplots, tick)
 from .budget import ALPHA
 
 NAME = "frozen_momentum"

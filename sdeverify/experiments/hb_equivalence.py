@@ -49,11 +49,10 @@ import numpy as np
 from .. import config
 from ..optim import SGD, SGDM, HeavyBall, heavy_ball_to_sgdm
 from ..problems import SVAG, CosineWell
-from .base import simulate       # a check keeps statistics only (no final states)
 
 from ..figstyle import figsize, legend_below, styled
 from .base import (Call, ExperimentResult, Progress, Value, Verdict, experiment, run_many,
-                   save_figure, subplots, tick)
+                   save_figure, simulate, subplots, tick)
 
 NAME = "hb_equivalence"
 TITLE = "Def 3.3/A.1, Lemma A.2: heavy-ball (torch) == EMA SGDM with converted schedule"

@@ -73,10 +73,10 @@ from scipy import stats as st
 from .. import rng, theory
 from ..optim import SGD, SGDM
 from ..problems import ConstantGradient, Quadratic
-from .base import simulate       # a check keeps statistics only (no final states)
 from ..stats import Interval, fit_order, max_abs_interval, mean_interval, richardson_order, z_value
 from ..figstyle import legend_below, styled
-from .base import Call, ExperimentResult, Progress, Value, Verdict, experiment, run_many, tick
+from .base import (Call, ExperimentResult, Progress, Value, Verdict, experiment, run_many, simulate,
+                   tick)
 from .budget import ALPHA
 
 NAME = "instruments"

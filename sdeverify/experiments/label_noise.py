@@ -29,12 +29,11 @@ import numpy as np
 
 from ..optim import SGD, SGDM
 from ..problems.diagonal_net import DiagonalNet
-from .base import simulate       # a check keeps statistics only (no final states)
 from ..slow_sde import solve_slow_ode
 from ..stats import Interval, fit_order, mean_interval
 from ..figstyle import figsize, fit_line, legend_below, styled
 from .base import (Call, ExperimentResult, Progress, Verdict, experiment, run_many, save_figure,
-                   subplots, tick)
+                   simulate, subplots, tick)
 
 NAME = "label_noise"
 TITLE = "Sec 5: label-noise SGD and SGDM reduce sharpness along the same slow path"

@@ -78,12 +78,11 @@ from .. import config
 from ..optim import SGD, SGDM
 from ..problems.manifolds import Sphere, Valley
 from ..rng import substream
-from .base import simulate       # a check keeps statistics only (no final states)
 from ..slow_sde import coupled_slow_sde, slow_coefficients, solve_slow_sde
 from ..stats import Interval, bootstrap_interval, fit_order, wasserstein1, z_value
 from ..figstyle import figsize, fit_line, legend_below, styled
 from .base import (Call, ExperimentResult, Progress, Value, Verdict, experiment, run_many,
-                   save_figure, subplots, tick)
+                   save_figure, simulate, subplots, tick)
 from .budget import ALPHA
 
 NAME = "slow_sde"

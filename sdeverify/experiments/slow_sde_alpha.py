@@ -32,11 +32,10 @@ import numpy as np
 
 from ..optim import SGD, SGDM
 from ..rng import substream
-from .base import simulate       # a check keeps statistics only (no final states)
 from ..stats import fit_order
 from ..figstyle import figsize, legend_below, styled
 from .base import (Call, ExperimentResult, Progress, Verdict, experiment, run_many, save_figure,
-                   subplots, tick)
+                   simulate, subplots, tick)
 from .slow_sde import _Case
 
 NAME = "slow_sde_alpha"

@@ -51,11 +51,10 @@ from .. import theory
 from ..optim import SGD, SGDM
 from ..problems import SVAG, CosineWell, Quadratic
 from ..rng import substream
-from .base import simulate       # a check keeps statistics only (no final states)
 from ..stats import Interval, fit_order, mean_interval, richardson_order, z_value
 from ..figstyle import figsize, fit_line, legend_below, styled
 from .base import (Call, ExperimentResult, Progress, Value, Verdict, experiment, run_many,
-                   save_figure, subplots, tick)
+                   save_figure, simulate, subplots, tick)
 from .budget import ALPHA
 
 NAME = "svag"

@@ -31,11 +31,10 @@ from .. import theory
 from ..optim import SGD, SGDM
 from ..problems import ConstantGradient
 from ..rng import substream
-from .base import simulate       # a check keeps statistics only (no final states)
 from ..stats import Interval, mean_interval, paired_difference, z_value
 from ..figstyle import figsize, legend_below, styled
 from .base import (Call, ExperimentResult, Progress, Verdict, experiment, run_many, save_figure,
-                   subplots, tick)
+                   simulate, subplots, tick)
 from .budget import ALPHA
 
 NAME = "variance_reduction"

@@ -53,11 +53,11 @@ import numba
 import numpy as np
 
 from ..problems import NGOS
-from .base import simulate       # a check keeps statistics only (no final states)
 from ..rng import substream
 from ..stats import Interval, max_abs_interval, z_value
 from ..figstyle import figsize, legend_below, styled
-from .base import Call, ExperimentResult, Progress, Verdict, experiment, run_many, save_figure, subplots, tick
+from .base import (Call, ExperimentResult, Progress, Verdict, experiment, run_many, save_figure,
+                   simulate, subplots, tick)
 from .weak_approximation import pair
 
 NAME = "weak_worst_case_mc"

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, ClassVar, NamedTuple
 import numpy as np
 
 from .. import rng
-from ..validation import finite_float, positive_int
+from ..validation import finite_float, flag, positive_int
 from .models import STREAM_INIT
 
 if TYPE_CHECKING:
@@ -127,10 +127,8 @@ class ResNet:
         size = positive_int("image_size", self.image_size)
         if size < 4:
             raise ValueError(f"image_size must be >= 4, got {size}")
-        if not isinstance(self.decay_bn, (bool, np.bool_)):
-            raise ValueError(f"decay_bn must be True or False, got {self.decay_bn!r}")
-        if not isinstance(self.norm, (bool, np.bool_)):
-            raise ValueError(f"norm must be True or False, got {self.norm!r}")
+        flag("decay_bn", self.decay_bn)
+        flag("norm", self.norm)
         for name, v in (("depth", depth), ("width", width), ("classes", classes),
                         ("in_channels", in_ch), ("image_size", size),
                         ("weight_decay", finite_float("weight_decay", self.weight_decay, low=0.0)),

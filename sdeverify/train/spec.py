@@ -192,8 +192,7 @@ class TrainSpec:
         if off + R > 2 ** 32:
             raise ValueError(f"replica_offset + replicas must be <= 2**32, got {off + R}")
         on_divergence = validation.on_divergence(on_divergence)
-        if not isinstance(keep_weights, (bool, np.bool_)):
-            raise ValueError(f"keep_weights must be True or False, got {keep_weights!r}")
+        validation.flag("keep_weights", keep_weights)
         J, P = len(opts), int(model.n_params)
         k0 = nonneg_int("start_step", start_step)
         if resume is not None:
@@ -210,8 +209,7 @@ class TrainSpec:
         if init_buffers is not None and not n_buf:
             raise ValueError(f"init_buffers: {model.describe()} has no state besides its weights")
         B0 = None if init_buffers is None else _state("init_buffers", init_buffers, J, R, n_buf, False)
-        if not isinstance(augment, (bool, np.bool_)):
-            raise ValueError(f"augment must be True or False, got {augment!r}")
+        validation.flag("augment", augment)
         if augment and data.X_train.ndim != 4:
             raise ValueError(f"augment=True crops and flips images: the data must be "
                              f"(n, C, H, W) images, got X_train of shape {data.X_train.shape}")
