@@ -15,7 +15,8 @@ small = hst.floats(-0.3, 0.3)
 
 def _valleys():
     return [Valley(), Valley(h=(1.0, 0.3, 0.5), sx2=(0.2, 0.1, 0.05), sy2=(0.5, 0.0, 0.3), m=2),
-            Valley.label_noise_like(h=(2.0, -0.5, 1.0, 0.2), c=1.5, sx2=0.3, m=3)]
+            Valley.label_noise_like(h=(2.0, -0.5, 1.0, 0.2), c=1.5, sx2=0.3, m=3),
+            Valley(h=(1.0, 0.2, 0.5, 0.0, 0.0, 0.05), sx2=(0.2,), sy2=(0.5, 0.1))]   # width 8
 
 
 VALLEYS = _valleys()
@@ -150,6 +151,44 @@ def test_valley_slow_drift_closed_form_matches_generic(x, which):
         b, D = slow_coefficients(p, z, sigma)
         assert np.allclose(b, p.slow_drift(z, sigma), atol=1e-12)
         assert np.allclose(D @ D.T, np.diag([sigma ** 2 * p.sx2_at(x)] + [0.0] * p.m), atol=1e-12)
+
+
+def test_valley_polynomials_give_the_same_bits_at_either_stored_width(monkeypatch):
+    """A valley whose polynomials fit in 4 coefficients stores them 4 wide (every valley of the
+    checks); the same valley stored 8 wide gives the same bits everywhere: the engine's run
+    (lanes oracle, statistics, divergence steps, final states), the per-path functions, Φ and the
+    coupled slow SDE."""
+    import sdeverify as sv
+    from sdeverify.problems import manifolds
+    from sdeverify.slow_sde import coupled_slow_sde
+
+    def make():
+        return Valley(h=(1.0, 0.3, 0.8, 0.2), sx2=(0.3, 0.1), sy2=(0.6, 0.0, 0.2), m=2)
+    short = make()
+    monkeypatch.setattr(manifolds, "_NCOEF_SHORT", 0)       # every polynomial 8 wide
+    wide = make()
+    assert short.params.size == 4 + 3 * 4 and wide.params.size == 4 + 3 * 8
+    assert VALLEYS[-1].params.size == 4 + 3 * 8               # degree 5: 8 wide by default
+    x0 = np.array([0.4, 0.3, -0.2])
+    runs = [sv.simulate(P, [sv.SGD(0.05), sv.SGDM(0.05, 0.7)], x0, steps=60, paths=200, seed=4,
+                        sigma=2.5, record=[0, 20, 60], observables=["loss", "sqnorm"])
+            for P in (short, wide)]
+    for name in ("mean", "var", "x_final", "m_final", "div_step", "block_stats"):
+        np.testing.assert_array_equal(getattr(runs[0], name), getattr(runs[1], name), err_msg=name)
+    g = np.random.default_rng(7)
+    for x in g.normal(0.0, 0.7, (20, 3)):
+        xi = g.standard_normal(3)
+        outs = []
+        for P in (short, wide):
+            gr, nz = np.empty(3), np.empty(3)
+            P.grad(x, P.params, gr)
+            P.noise(x, P.params, xi, nz)
+            outs.append((gr, nz, P.loss(x, P.params), P.project(x)))
+        for a, b in zip(*outs):
+            np.testing.assert_array_equal(a, b)
+    slow = [coupled_slow_sde(P, x0, eta=0.05, steps=40, paths=100, sigma=1.5, seed=2)
+            for P in (short, wide)]
+    np.testing.assert_array_equal(*slow)
 
 
 def test_valley_batch_and_label_noise_ou():

@@ -21,7 +21,10 @@ Two problems live here, with closed forms:
 
 The valley also has ``valley_oracle_lanes`` (its gradient and noise for a block of paths, lanes
 innermost, the per-path bits in float64), which the CPU engine vectorises where the per-path
-functions' three polynomials left its lane loop scalar (2.9× in one process).
+functions' three polynomials left its lane loop scalar (2.9× in one process).  Its polynomials
+are stored 4 coefficients wide when all three fit (every valley of the checks), else 8: the
+engine then runs Horner's loop over 4, not 8 (with h and h′ evaluated once per call instead of
+twice, 1.15× on ``Valley.label_noise_like``; benchmarks/RESULTS.md).
 
 The diagonal linear network with label noise is in :mod:`.diagonal_net`.
 """
@@ -115,21 +118,27 @@ class ManifoldProblem(NGOS):
 # Valley: L(x, y) = ½ h(x) |y|²
 # --------------------------------------------------------------------------------------------
 # p = [m, nh, h_0..h_{nh-1}, na, a_0.., nb, b_0..] with polynomials in x (increasing powers):
-# h (curvature), a = s_x² (tangent noise variance), b = s_y² (normal noise variance).  Each is
-# stored zero-padded to _NCOEF coefficients (nh = na = nb = _NCOEF), so that _poly's loop has a
-# compile-time trip count: the engine's lane loop then unrolls it and vectorises (a loop
-# bound read from p kept it scalar).  Leading zero coefficients leave Horner's values bitwise
-# unchanged for finite x (0·x + 0 = 0, then 0·x + c = c).
-_NCOEF = 8
+# h (curvature), a = s_x² (tangent noise variance), b = s_y² (normal noise variance).  All three
+# are stored zero-padded to one width nc = nh = na = nb, 4 when each has at most 4 coefficients
+# (trailing zeros aside: every valley of the checks) and 8 otherwise, so len(p) = 4 + 3·nc and
+# _poly reads nc from p's length.  In the CPU engine p is a stack array of compile-time length:
+# Horner's loop then has a compile-time trip count, and the engine's lane loop unrolls it and
+# vectorises (a trip count read from p's values kept it scalar).  Two widths, not the exact
+# degree, so that the valleys share one kernel per (d, width).  Leading zero coefficients leave
+# Horner's values bitwise unchanged for finite x (0·x + 0 = 0, then 0·x + c = c): a polynomial
+# gives the same bits at either width.
+_NCOEF = 8                  # the most coefficients a polynomial may have (degree ≤ 7)
+_NCOEF_SHORT = 4            # the width used when every polynomial fits in it
 
 
 @inline
 def _poly(p, off, x):
-    """Value and derivative of the polynomial stored at p[off] = n, p[off+1 : off+1+n]
-    (n = _NCOEF: the loop is unrolled at compile time)."""
+    """Value and derivative of the polynomial stored at p[off] = nc, p[off+1 : off+1+nc], with
+    nc = (len(p) − 4) / 3 (the layout above: a compile-time constant in the CPU engine)."""
     v = 0.0
     dv = 0.0
-    for k in range(_NCOEF - 1, -1, -1):
+    nc = (p.shape[0] - 4) // 3
+    for k in range(nc - 1, -1, -1):
         dv = dv * x + v
         v = v * x + p[off + 1 + k]
     return v, dv
@@ -162,8 +171,9 @@ def valley_noise(x, p, xi, out):
 @numba.njit(cache=True)
 def valley_oracle_lanes(X, p, Z, G, V):
     """valley_grad and valley_noise of every lane (column) of X (d, L), draws Z (≥ d, L), lanes
-    innermost, with the per-path arithmetic in the same order: h and s_y are kept in G[1] and
-    V[1], and Σ y_i² in G[0], until they are overwritten (h' is evaluated again at the end)."""
+    innermost, with the per-path arithmetic in the same order: Σ y_i² is summed into G[0] first,
+    then one pass evaluates h, h', s_x², s_y² and finishes G[0] and V[0], keeping h and s_y in
+    G[1] and V[1] until they are overwritten (row 1 last)."""
     d = X.shape[0]
     L = X.shape[1]
     nh = int(p[1])
@@ -171,24 +181,23 @@ def valley_oracle_lanes(X, p, Z, G, V):
     na = int(p[oa])
     ob = oa + 1 + na
     for ln in range(L):
-        x0 = X[0, ln]
-        h, _ = _poly(p, 1, x0)
-        a, _ = _poly(p, oa, x0)
-        b, _ = _poly(p, ob, x0)
-        V[0, ln] = math.sqrt(max(a, 0.0)) * Z[0, ln]
-        G[1, ln] = h
-        V[1, ln] = math.sqrt(max(b, 0.0))
         G[0, ln] = 0.0
     for i in range(1, d):
         for ln in range(L):
             G[0, ln] += X[i, ln] * X[i, ln]
+    for ln in range(L):
+        x0 = X[0, ln]
+        h, dh = _poly(p, 1, x0)
+        a, _ = _poly(p, oa, x0)
+        b, _ = _poly(p, ob, x0)
+        G[0, ln] = 0.5 * dh * G[0, ln]
+        V[0, ln] = math.sqrt(max(a, 0.0)) * Z[0, ln]
+        G[1, ln] = h
+        V[1, ln] = math.sqrt(max(b, 0.0))
     for i in range(d - 1, 0, -1):                 # row 1 (holding h and s_y) last
         for ln in range(L):
             G[i, ln] = G[1, ln] * X[i, ln]
             V[i, ln] = V[1, ln] * Z[i, ln]
-    for ln in range(L):
-        _, dh = _poly(p, 1, X[0, ln])
-        G[0, ln] = 0.5 * dh * G[0, ln]
 
 
 @numba.njit(cache=True)
@@ -278,11 +287,16 @@ def _coeffs(name: str, c) -> np.ndarray:
     return c
 
 
-def _padded(c: np.ndarray) -> np.ndarray:
-    """The coefficients as stored in the parameter vector: [_NCOEF, c_0, .., c_{_NCOEF-1}]."""
-    out = np.zeros(_NCOEF + 1)
+def _width(*cs: np.ndarray) -> int:
+    """The stored width of the polynomials ``cs``: _NCOEF_SHORT if each fits, else _NCOEF."""
+    return _NCOEF_SHORT if max(np.trim_zeros(c, "b").size for c in cs) <= _NCOEF_SHORT else _NCOEF
+
+
+def _padded(c: np.ndarray, nc: int) -> np.ndarray:
+    """The coefficients as stored in the parameter vector: [nc, c_0, .., c_{nc-1}]."""
+    out = np.zeros(nc + 1)
     c = np.trim_zeros(c, "b")
-    out[0], out[1:1 + c.size] = _NCOEF, c
+    out[0], out[1:1 + c.size] = nc, c
     return out
 
 
@@ -318,7 +332,8 @@ class Valley(ManifoldProblem):
         self.manifold_dim = 1
         self.slow_step = valley_slow_step
         self.slow_step_lanes = valley_slow_step_lanes
-        params = pack(self.m, _padded(self.h), _padded(self.sx2), _padded(self.sy2))
+        nc = _width(self.h, self.sx2, self.sy2)
+        params = pack(self.m, _padded(self.h, nc), _padded(self.sx2, nc), _padded(self.sy2, nc))
         super().__init__(dim=1 + self.m, grad=valley_grad, noise=valley_noise, loss=valley_loss,
                          oracle_lanes=valley_oracle_lanes, params=params, n_draws=1 + self.m,
                          noise_dist="normal", name=name)
