@@ -7,6 +7,9 @@ Public API (stable): :func:`simulate`, :class:`SGD`, :class:`SGDM`, :class:`Heav
 property tests), :mod:`sdeverify.train` (training real networks).
 """
 from .version import __version__
+from . import simd
+
+simd.configure()      # 512-bit vectors on AVX-512 hosts, before anything compiles (sdeverify/simd.py)
 
 from . import problems, schedules, sde, stats, theory
 from .optim import SGD, SGDM, HeavyBall, heavy_ball_to_sgdm

@@ -61,6 +61,7 @@ LAYERS = {
     "sdeverify.dispatch": "foundation", "sdeverify.files": "foundation",
     "sdeverify.version": "foundation", "sdeverify.cuda_arch": "foundation",
     "sdeverify.reprs": "foundation", "sdeverify.figstyle": "foundation",
+    "sdeverify.simd": "foundation",
     "sdeverify.optim": "maths", "sdeverify.schedules": "maths", "sdeverify.observables": "maths",
     "sdeverify.problems": "maths", "sdeverify.slow_sde": "maths", "sdeverify.theory": "maths",
     "sdeverify.engine": "kernels", "sdeverify.train": "kernels",
