@@ -76,6 +76,59 @@ def test_divergence_bound_is_a_parameter_and_matches_the_reference():
         _sim(divergence_bound=np.nan)
 
 
+@numba.njit
+def _unit_grad(x, p, out):
+    for i in range(x.shape[0]):
+        out[i] = x[i]
+
+
+@numba.njit
+def _unit_noise(x, p, xi, out):
+    for i in range(x.shape[0]):
+        out[i] = xi[i]
+
+
+@numba.njit
+def _unit_lanes(X, p, Z, G, V):
+    for i in range(X.shape[0]):
+        for ln in range(X.shape[1]):
+            G[i, ln] = X[i, ln]
+            V[i, ln] = Z[i, ln]
+
+
+@numba.njit
+def _unit_loss(x, p):
+    return 0.5 * (x * x).sum()
+
+
+def _unit_with_lanes(d: int) -> NGOS:
+    """½|x|² with v = ξ, given as a lanes oracle too (the CPU engine's split step with it)."""
+    return NGOS(dim=d, grad=_unit_grad, noise=_unit_noise, loss=_unit_loss, n_draws=d,
+                oracle_lanes=_unit_lanes, name="unit_lanes")
+
+
+@pytest.mark.parametrize("make", [lambda: Quadratic(np.eye(2)),            # fused step
+                                  lambda: Quadratic(np.eye(10)),           # split step, d > 8
+                                  lambda: _unit_with_lanes(3)],            # split, lanes oracle
+                         ids=["fused", "split", "lanes"])
+def test_with_no_bound_a_path_stops_at_its_first_infinite_coordinate_in_every_engine(make):
+    """divergence_bound = inf: lr 3 multiplies x by about −2 a step until a coordinate
+    overflows; every engine stops the path at that step — not a step earlier because the sum of
+    finite coordinates overflowed (the CPU engine's old test), nor later because inf ≤ inf
+    (the reference's and the CUDA engine's old test)."""
+    P = make()
+    kw = dict(steps=1100, paths=20, sigma=0.5, seed=3, divergence_bound=np.inf,
+              on_divergence="ignore")
+    x0 = np.ones(P.dim)
+    a = sv.simulate(P, [sv.SGD(3.0), sv.SGD(0.1)], x0, **kw)
+    b = sv.simulate(P, [sv.SGD(3.0), sv.SGD(0.1)], x0, backend="numpy", **kw)
+    np.testing.assert_array_equal(a.div_step, b.div_step)
+    np.testing.assert_array_equal(a.x_final, b.x_final)
+    assert np.all(a.div_step[0] > 1000) and np.all(a.div_step[1] == -1)
+    X = a.x_final[0]                              # frozen at the first infinite coordinate
+    assert np.all(np.isinf(X).any(axis=1)) and not np.isnan(X).any()
+
+
 def test_healthy_runs_are_not_flagged():
     """Stable runs far from the bound (here ‖x‖ ~ 1 against 1e8) raise nothing."""
     with warnings.catch_warnings():

@@ -34,11 +34,11 @@ Per step and optimizer, exactly as the reference engine (``a, b, γ`` from
 :mod:`sdeverify.optim`)::
 
     g = grad(x) + σ v(x, ξ)          (SVAG: (grad(x) + σ r1 v(x, ξ¹)) + σ r2 v(x, ξ²))
-    m = a m + b g;   x = x − γ m;    a path whose Σ_i x_i is no longer finite, or (in a
-                                     pass of its own after the step, which keeps the update
-                                     loop vectorised) with some |x_i| > bound, stops (x, m
-                                     frozen, ``div_step`` = k + 1); ``bound`` is the spec's
-                                     divergence bound (see ``simulate``).
+    m = a m + b g;   x = x − γ m;    a path with some x_i not finite or |x_i| > bound stops
+                                     (x, m frozen, ``div_step`` = k + 1): the update loop
+                                     keeps max_i |x_i| per lane (a select, NaN kept, so the
+                                     loop stays vectorised) and tests it once; ``bound`` is
+                                     the spec's divergence bound (see ``simulate``).
 
 (A stopped lane still runs through the vector loop with ``x0`` as its input; its result is
 discarded.)  ``dtype="float32"``: x, m, g and the draws in float32, coefficients cast to
@@ -48,12 +48,11 @@ Compiled kernels are cached on disk (``cache=True`` semantics) under a key made 
 bytecode of the kernel and of the problem / observable functions (:mod:`.cache`), so a new
 process starts without compiling.
 
-The kernel factory :func:`_make_kernel` assembles four parts, each built by a function of
+The kernel factory :func:`_make_kernel` assembles three parts, each built by a function of
 its own: :func:`_recorder` (observables into the accumulators: a small per-kernel
 ``evaluate`` and the shared, problem-independent :func:`_fold`, compiled once), :func:`_fused_step` and
-:func:`_split_step` (one optimizer step over the lanes; one of them is compiled, by ``d``)
-and :func:`_bound_check` (the divergence bound), called by the block loop of
-:func:`_block_kernel`.  They are Numba closures: their compile-time constants are in
+:func:`_split_step` (one optimizer step over the lanes, the divergence rule included; one of
+them is compiled, by ``d``), called by the block loop of :func:`_block_kernel`.  They are Numba closures: their compile-time constants are in
 capitals and the names are short; the glossary below gives every one.
 
 Glossary (compile-time constants):
@@ -81,7 +80,7 @@ first, and the step functions get one optimizer's slice:
 ``G``          (D, L) oracle outputs g of the lanes (split step only)
 ``XL, V, W``   (D, L) the lanes' oracle inputs, noise of call 1 and of call 2 (split step with
                ``oracle_lanes`` only); ``G2``: (D, L) scratch for call 2's unused gradient
-``S``          (L,) per-lane scratch: Σ_i x_i (finiteness test) or max_i |x_i| (bound)
+``S``          (L,) per-lane scratch of the split step: max_i |x_i| (divergence rule)
 ``x_in``       (D,) the input x of a lane's oracle call (x0 for a stopped lane)
 ``x_old``      (D,) the lane's x before the step (fused step only)
 ``g, v, w``    (D,) gradient, noise vector of call 1, noise vector of call 2
@@ -254,11 +253,11 @@ def _recorder(loss_, user_eval, D: int, unique, guard: bool):
 
 def _fused_step(both_, noise_, D: int, N_DRAWS: int, N_CALLS: int, L: int, ZERO):
     """``step(a, b, gamma, X, M, alive, dstep, k, Z1, Z2, x_in, x_old, g, v, z, x_start, p,
-    sigma, s1, s2)``: one optimizer, one step, all L lanes, for small D.
+    sigma, s1, s2, bound)``: one optimizer, one step, all L lanes, for small D.
 
     Per lane: g = grad(x) + σ v(x, ξ) (SVAG: (grad(x) + σ r1 v(x, ξ¹)) + σ r2 v(x, ξ²)),
-    m = a m + b g, x = x − γ m; a lane whose Σ_i x_i is not finite stops (x, m kept,
-    ``dstep`` = k + 1).  ``X``, ``M``: (D, L) and ``alive``, ``dstep``: (L,), this
+    m = a m + b g, x = x − γ m; a lane with some x_i not finite or |x_i| > ``bound`` stops
+    (x, m kept, ``dstep`` = k + 1).  ``X``, ``M``: (D, L) and ``alive``, ``dstep``: (L,), this
     optimizer's slices, updated in place; ``Z1``, ``Z2``: (ROWS, L) the step's draws;
     ``x_in``, ``x_old``, ``g``, ``v``, ``z``: stack scratch (module glossary).  Oracle and
     update run in one loop over lanes: the body unrolls over coordinates when D is small,
@@ -267,7 +266,7 @@ def _fused_step(both_, noise_, D: int, N_DRAWS: int, N_CALLS: int, L: int, ZERO)
 
     @numba.njit(inline="always")
     def fused_step(a, b, gamma, X, M, alive, dstep, k, Z1, Z2, x_in, x_old, g, v, z, x_start, p,
-                   sigma, s1, s2):
+                   sigma, s1, s2, bound):
         for ln in range(L):
             al = alive[ln]
             for i in range(D):
@@ -286,12 +285,13 @@ def _fused_step(both_, noise_, D: int, N_DRAWS: int, N_CALLS: int, L: int, ZERO)
             for i in range(D):
                 mi = a * M[i, ln] + b * (g[i] + (sigma if N_CALLS == 1 else s2) * v[i])
                 xi = x_in[i] - gamma * mi
-                s += xi
+                ax = abs(xi)
+                s = s if ax <= s else ax                 # max |x_i|, NaN kept
                 M[i, ln] = mi if al else M[i, ln]
                 X[i, ln] = xi if al else x_old[i]
-            fin = np.isfinite(s)
-            dstep[ln] = k + 1 if (al and not fin) else dstep[ln]
-            alive[ln] = al and fin
+            ok = s <= bound and s < np.inf               # finite and within the bound
+            dstep[ln] = k + 1 if (al and not ok) else dstep[ln]
+            alive[ln] = al and ok
 
     return fused_step
 
@@ -299,10 +299,10 @@ def _fused_step(both_, noise_, D: int, N_DRAWS: int, N_CALLS: int, L: int, ZERO)
 def _split_step(both_, noise_, lanes_, D: int, N_DRAWS: int, N_CALLS: int, L: int, ZERO,
                 LANES_ORACLE: bool):
     """``step(a, b, gamma, X, M, alive, dstep, k, Z1, Z2, x_in, g, v, w, z, G, S, x_start, p,
-    sigma, s1, s2, XL, V, W, G2)``: the same step as :func:`_fused_step` in two loops over
+    sigma, s1, s2, XL, V, W, G2, bound)``: the same step as :func:`_fused_step` in two loops over
     lanes, for large D or a problem with ``oracle_lanes``: (a) the oracle of every lane into ``G`` (D, L), (b) the update with
-    the lanes innermost, so that (b) vectorises for any D.  ``S`` (L,) holds Σ_i x_i per
-    lane.  With ``LANES_ORACLE`` (a compile-time switch) (a) is the problem's
+    the lanes innermost, so that (b) vectorises for any D.  ``S`` (L,) holds max_i |x_i| per
+    lane (the divergence rule).  With ``LANES_ORACLE`` (a compile-time switch) (a) is the problem's
     ``oracle_lanes`` over all lanes at once (``lanes_``, inputs ``XL``, outputs ``G``, ``V``,
     call 2 ``G2``, ``W``), and the same per-lane combination g + σ v (SVAG: (g + s₁ v) + s₂ w)
     formed inside the update loop instead of a pass of its own (float64 runs only, see
@@ -310,7 +310,7 @@ def _split_step(both_, noise_, lanes_, D: int, N_DRAWS: int, N_CALLS: int, L: in
 
     @numba.njit(inline="always")
     def split_step(a, b, gamma, X, M, alive, dstep, k, Z1, Z2, x_in, g, v, w, z, G, S, x_start, p,
-                   sigma, s1, s2, XL, V, W, G2):
+                   sigma, s1, s2, XL, V, W, G2, bound):
         if LANES_ORACLE:
             for i in range(D):
                 for ln in range(L):
@@ -350,46 +350,25 @@ def _split_step(both_, noise_, lanes_, D: int, N_DRAWS: int, N_CALLS: int, L: in
                     gi = G[i, ln]
                 mi = a * M[i, ln] + b * gi
                 xi = x - gamma * mi
-                S[ln] += xi
+                ax = abs(xi)
+                S[ln] = S[ln] if ax <= S[ln] else ax        # max |x_i|, NaN kept
                 M[i, ln] = mi if al else M[i, ln]
                 X[i, ln] = xi if al else x
-        for ln in range(L):
+        for ln in range(L):                              # non-finite or beyond the bound
             al = alive[ln]
-            fin = np.isfinite(S[ln])
-            dstep[ln] = k + 1 if (al and not fin) else dstep[ln]
-            alive[ln] = al and fin
+            ok = S[ln] <= bound and S[ln] < np.inf
+            dstep[ln] = k + 1 if (al and not ok) else dstep[ln]
+            alive[ln] = al and ok
 
     return split_step
 
 
-def _bound_check(D: int, L: int, ZERO):
-    """``check(X, alive, dstep, k, S, bound)``: the divergence bound, in a pass of its own
-    after the step (a test inside the update loop stops LLVM from vectorising it): a lane
-    still alive with some |x_i| > ``bound`` stops at step k (``dstep`` = k + 1).  Non-finite
-    x is caught by the step itself.  ``X`` (D, L), ``alive``, ``dstep``, ``S`` (L,)."""
-
-    @numba.njit(inline="always")
-    def bound_check(X, alive, dstep, k, S, bound):
-        for ln in range(L):
-            S[ln] = ZERO
-        for i in range(D):
-            for ln in range(L):
-                a = abs(X[i, ln])
-                S[ln] = a if a > S[ln] else S[ln]
-        for ln in range(L):
-            over = S[ln] > bound
-            dstep[ln] = k + 1 if (alive[ln] and over) else dstep[ln]
-            alive[ln] = alive[ln] and not over
-
-    return bound_check
-
-
-def _block_kernel(record, fused_step, split_step, bound_check, fill, FUSED: bool, FTYPE,
+def _block_kernel(record, fused_step, split_step, fill, FUSED: bool, FTYPE,
                   D: int, N_DRAWS: int, N_PARAMS: int, N_CALLS: int, L: int, LANES_ORACLE: bool):
     """The kernel (plain Python, compiled by the caller): blocks of ``config.BLOCK`` paths in
     independent, ``blk_lo ≤ blk < blk_hi`` (the caller runs ranges on threads); in a block, groups of L lanes run all steps: draws for all lanes
     (``fill``), then for each optimizer the step (``fused_step`` if ``FUSED`` else
-    ``split_step``: the other branch is pruned at compile time) and ``bound_check``, and at
+    ``split_step``: the other branch is pruned at compile time), and at
     recorded steps ``record``.  Its arguments are those of :func:`run` (the spec's fields,
     cast to FTYPE where they meet the state); it fills the :class:`EngineOutput` arrays."""
     ROWS = rng.n_rows(N_DRAWS)
@@ -460,12 +439,11 @@ def _block_kernel(record, fused_step, split_step, bound_check, fill, FUSED: bool
                         gamma = Gamma[j, k]
                         if FUSED:
                             fused_step(a, b, gamma, X[j], M[j], alive[j], dstep[j], k, Z1, Z2,
-                                       x_in, x_old, g, v, z, x_start, p, sigma, s1, s2)
+                                       x_in, x_old, g, v, z, x_start, p, sigma, s1, s2, bound)
                         else:
                             split_step(a, b, gamma, X[j], M[j], alive[j], dstep[j], k, Z1, Z2,
                                        x_in, g, v, w, z, G, S, x_start, p, sigma, s1, s2,
-                                       XL, V, W, G2)
-                        bound_check(X[j], alive[j], dstep[j], k, S, bound)
+                                       XL, V, W, G2, bound)
                     if r < n_rec and rec_steps[r] == k + 1:
                         record(stats, diffs, bad, vals, raised, states, store, X, alive, x_rec, params, codes, r, p0, nl)
                         r += 1
@@ -527,7 +505,7 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, N_DRAWS: int,
     lanes_ = _inline(oracle_lanes) if LANES_ORACLE else _no_lanes
     fused = _fused_step(both_, noise_, D, N_DRAWS, N_CALLS, L, ZERO)
     split = _split_step(both_, noise_, lanes_, D, N_DRAWS, N_CALLS, L, ZERO, LANES_ORACLE)
-    kernel = _block_kernel(record, fused, split, _bound_check(D, L, ZERO), rng.fill_lanes(dtype),
+    kernel = _block_kernel(record, fused, split, rng.fill_lanes(dtype),
                            fused_d, FTYPE, D, N_DRAWS, N_PARAMS, N_CALLS, L, LANES_ORACLE)
     disp = numba.njit(nogil=True, error_model="numpy")(unique(kernel))
     enable_disk_cache(disp, key)

@@ -209,7 +209,8 @@ def _make_kernel(problem, user_funcs, n_opt: int, n_calls: int):
                     for i in range(D):
                         m[j, i] = A[j, k] * m[j, i] + B[j, k] * g[i]
                         x[j, i] -= Gamma[j, k] * m[j, i]
-                        if not abs(x[j, i]) <= bound:     # NaN and inf included
+                        ax = abs(x[j, i])         # not finite (inf too when bound = inf)
+                        if not (ax <= bound and ax < math.inf):
                             out = True
                     if out:
                         alive[j] = False

@@ -81,7 +81,8 @@ def run(spec) -> EngineOutput:
                     g += spec.sigma * spec.r2 * v
                 m[ip, j] = spec.a[j, k] * m[ip, j] + spec.b[j, k] * g
                 x[ip, j] -= spec.gamma[j, k] * m[ip, j]
-                if not np.all(np.abs(x[ip, j]) <= spec.bound):   # NaN, inf included
+                ax = np.abs(x[ip, j])           # not finite (inf too when bound = inf), or beyond
+                if not (np.all(ax <= spec.bound) and np.all(ax < np.inf)):
                     alive[ip, j] = False
                     out.div_step[j, ip] = k + 1
         if k + 1 in rec_slot:
