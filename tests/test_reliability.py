@@ -77,18 +77,6 @@ def test_divergence_bound_is_a_parameter_and_matches_the_reference():
 
 
 @numba.njit
-def _unit_grad(x, p, out):
-    for i in range(x.shape[0]):
-        out[i] = x[i]
-
-
-@numba.njit
-def _unit_noise(x, p, xi, out):
-    for i in range(x.shape[0]):
-        out[i] = xi[i]
-
-
-@numba.njit
 def _unit_lanes(X, p, Z, G, V):
     for i in range(X.shape[0]):
         for ln in range(X.shape[1]):
@@ -102,8 +90,9 @@ def _unit_loss(x, p):
 
 
 def _unit_with_lanes(d: int) -> NGOS:
-    """½|x|² with v = ξ, given as a lanes oracle too (the CPU engine's split step with it)."""
-    return NGOS(dim=d, grad=_unit_grad, noise=_unit_noise, loss=_unit_loss, n_draws=d,
+    """½|x|² with v = ξ (``_g``, ``_noise_ok`` below), given as a lanes oracle too (the CPU
+    engine's split step with it)."""
+    return NGOS(dim=d, grad=_g, noise=_noise_ok, loss=_unit_loss, n_draws=d,
                 oracle_lanes=_unit_lanes, name="unit_lanes")
 
 
