@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import sdeverify as sv
-from sdeverify import config, rng
+from sdeverify import rng
 from sdeverify.engine.spec import memory_estimate
 from sdeverify.files import hashed_json
 from sdeverify.observables import UserFunctionError
