@@ -5,8 +5,9 @@ carries the feature ``prefer-256-bit``: its vectorisers then emit 256-bit vector
 the CPU has 512-bit ones (a guard against the clock penalty of 512-bit instructions on the
 first AVX-512 cores), and the engine's lane loops, its generator, the vectorised ``vmath``
 functions and the trainer's GEMM micro-kernel run at half their width.  Measured on an Intel
-Xeon with AVX-512 (Sapphire Rapids class, 2 vCPUs; benchmarks/RESULTS.md): every built-in
-problem 1.07–1.22× faster per CPU-second, the generator alone 1.2–1.5×, with the same bits
+Xeon with AVX-512 (Sapphire Rapids class, 2 vCPUs; benchmarks/RESULTS.md): the reference
+workload 1.21× per CPU-second, the built-in problems 1.07–1.23× (``DiagonalNet`` 1.00×,
+``LinearRegression``'s row gathers 0.95×), the generator alone 1.2–1.5×, with the same bits
 (the lanes are independent: a vector's width changes no arithmetic; no fast-math anywhere).
 
 :func:`configure` runs when ``sdeverify`` is imported, before anything compiles, and sets
