@@ -128,7 +128,7 @@ def floor_of(P, x0, reps: int, repeats: int, seed: int = 1, numpy_steps: int = 0
     t_oracle = _cpu(lambda: loop(X.copy(), p, Z, reps), repeats) / (reps * L * D)
     calls = 1 if P.svag_ell == 1.0 else 2
     paths, steps = 2 ** 12, 256
-    t_rng = _cpu(lambda: T._rng_bound_draws(P.draw_kind, k0, k1, paths, steps, rows, calls),
+    t_rng = _cpu(lambda: T._rng_bound_draws(P.draw_kind, k0, k1, paths, steps, rows, calls, P.n_draws),
                  repeats) / (paths * steps * D)
     need = N_OPT * calls * t_oracle
     out = {"d": D, "calls": calls, "lanes_oracle": getattr(P, "oracle_lanes", None) is not None,

@@ -610,8 +610,9 @@ def run_problem_ours(P, x0, paths, steps):
 
 
 @numba.njit(parallel=True, cache=True)
-def _rng_bound_draws(kind, k0, k1, paths, steps, rows, n_calls):
-    """The draws a problem's run makes (its kind, rows, oracle calls per step), alone."""
+def _rng_bound_draws(kind, k0, k1, paths, steps, rows, n_calls, n_used=-1):
+    """The draws a problem's run makes (its kind, rows, oracle calls per step; ``n_used``:
+    its draws per call, as the engine asks the generator for them), alone."""
     n_blocks = (paths + config.BLOCK - 1) // config.BLOCK
     acc = np.zeros(n_blocks)
     for blk in numba.prange(n_blocks):
@@ -620,7 +621,7 @@ def _rng_bound_draws(kind, k0, k1, paths, steps, rows, n_calls):
         for p0 in range(blk * config.BLOCK, min((blk + 1) * config.BLOCK, paths), config.LANES):
             for k in range(steps):
                 for c in range(n_calls):
-                    rng.fill_lanes64(kind, k0, k1, p0, k, c, z)
+                    rng.fill_lanes64(kind, k0, k1, p0, k, c, z, n_used)
                     s += z[0, 0]
         acc[blk] = s
     return acc.sum()
@@ -644,7 +645,7 @@ def section_problems(args, res):
         d = P.dim
         calls = 1 if P.svag_ell == 1.0 else 2
         ours = timed(lambda: run_problem_ours(P, x0, P_PATHS, P_STEPS), reps)
-        bound = timed(lambda: _rng_bound_draws(P.draw_kind, k0, k1, P_PATHS, P_STEPS, rng.n_rows(P.n_draws), calls), reps)
+        bound = timed(lambda: _rng_bound_draws(P.draw_kind, k0, k1, P_PATHS, P_STEPS, rng.n_rows(P.n_draws), calls, P.n_draws), reps)
         run_problem_numpy(P, x0, 256, 4)                                  # warm-up
         npy = Timing([measure(lambda: run_problem_numpy(P, x0, P_PATHS, steps_np)) for _ in range(reps)])
         div = float(np.mean(run_problem_ours(P, x0, P_PATHS, P_STEPS).div_step >= 0))

@@ -272,15 +272,22 @@ rademacher32 = _jit_scalar(rademacher32_py)
 
 
 # ---- lanes over paths: the CPU engine's generator -------------------------------------------
-def _fill_lanes_src(kind, k0, k1, path0, step, stream, out):
+def _fill_lanes_src(kind, k0, k1, path0, step, stream, out, n_used=-1):
     """``out[i, l]`` = draw ``i`` of path ``path0 + l`` at (step, stream); ``out.shape[0]``
-    must be a multiple of 4.  The loop over lanes (paths) is what LLVM vectorises."""
+    must be a multiple of 4.  The loop over lanes (paths) is what LLVM vectorises.  With
+    ``n_used`` ≥ 0 only rows ``< n_used`` are promised: normal draws skip the Box–Muller pair
+    of a last block whose second pair no row needs (rows ``n_used`` … of that block are left
+    unwritten) — the engine draws 2 normals per step for a 2-dimensional problem, not 4; the
+    rows it reads are the same bits either way."""
     rows, lanes = out.shape
     c1 = np.uint64(step) & MASK32
     sw = np.uint64(stream) & MASK32
     p0 = np.uint64(path0)
     if kind == NORMAL:
-        for b in range(rows // 4):
+        used = rows if n_used < 0 else min(n_used, rows)
+        blocks = (used + 3) // 4
+        half = (used % 4 == 1) or (used % 4 == 2)      # the last block's second pair unused
+        for b in range(blocks - 1 if half else blocks):
             for ln in range(lanes):
                 p = p0 + np.uint64(ln)
                 w0, w1, w2, w3 = philox4x32(np.uint64(b), c1, p & MASK32,
@@ -291,6 +298,15 @@ def _fill_lanes_src(kind, k0, k1, path0, step, stream, out):
                 out[4 * b + 1, ln] = z1
                 out[4 * b + 2, ln] = z2
                 out[4 * b + 3, ln] = z3
+        if half:
+            b = blocks - 1
+            for ln in range(lanes):
+                p = p0 + np.uint64(ln)
+                w0, w1, w2, w3 = philox4x32(np.uint64(b), c1, p & MASK32,
+                                            (sw + ((p >> SHIFT32) << _U16)) & MASK32, k0, k1)
+                z0, z1 = NORMAL_PAIR(w0, w1)
+                out[4 * b, ln] = z0
+                out[4 * b + 1, ln] = z1
     else:
         rad = kind == RADEMACHER
         for b in range(rows // 4):

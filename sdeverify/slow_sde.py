@@ -238,7 +238,7 @@ def _coupled_lanes_src(z0, params, sigma, eta_k, rec_steps, k0, k1, path0, n_dra
             out[0, lo:lo + L, :] = z.T
             r = 1
         for k in range(steps):
-            FILL(draw_kind, k0, k1, path0 + lo, k, 0, buf)
+            FILL(draw_kind, k0, k1, path0 + lo, k, 0, buf, n_draws)
             if PER_PATH:
                 for ln in range(L):
                     for i in range(n_draws):

@@ -68,6 +68,23 @@ def test_draws_do_not_depend_on_the_lane_grouping():
     assert np.array_equal(lanes(rng.NORMAL, 9, paths=64, n=5, step=3), a[:64, :5])
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("kind", [rng.NORMAL, rng.UNIFORM])
+@pytest.mark.parametrize("n_used", [0, 1, 2, 3, 4, 5, 6, 7, 8])
+def test_fewer_rows_used_give_the_same_bits_in_the_rows_used(kind, dtype, n_used):
+    """``n_used``: the rows below it are the full buffer's bits; a last block whose second
+    Box–Muller pair no row needs is not computed (its rows 2 and 3 are left as they were)."""
+    k0, k1 = rng.key_words(77)
+    full = np.empty((8, 70), dtype=dtype)
+    rng.fill_lanes(dtype)(kind, k0, k1, 2 ** 32 - 9, 5, 1, full)
+    part = np.full((8, 70), 7.0, dtype=dtype)
+    rng.fill_lanes(dtype)(kind, k0, k1, 2 ** 32 - 9, 5, 1, part, n_used)
+    assert np.array_equal(part[:n_used], full[:n_used])
+    if kind == rng.NORMAL:      # computed: whole blocks, or the last block's first pair only
+        done = 4 * (n_used // 4) + (0 if n_used % 4 == 0 else 2 if n_used % 4 <= 2 else 4)
+        assert np.array_equal(part[:done], full[:done]) and np.all(part[done:] == 7.0)
+
+
 # ---- statistical quality ---------------------------------------------------------------------
 def moment_z(x):
     """z-scores of mean, variance, skewness and excess kurtosis against N(0, 1)."""

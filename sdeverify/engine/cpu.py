@@ -60,7 +60,9 @@ Glossary (compile-time constants):
 =============  =================================================================================
 ``D``          dimension d of x (``problem.dim``)
 ``N_DRAWS``    base draws per oracle call (``problem.n_draws``); ``ROWS``: that rounded up to 4
-               (:func:`sdeverify.rng.n_rows`), the rows of a draw buffer
+               (:func:`sdeverify.rng.n_rows`), the rows of a draw buffer, of which the
+               generator is asked for N_DRAWS (``n_used``: with N_DRAWS = 2 it computes one
+               Box–Muller pair per path and step, not two)
 ``N_PARAMS``   problem parameters copied to the stack (0: read in place), see config.STACK_PARAMS
 ``N_CALLS``    oracle calls per step: 1, or 2 for SVAG (Def. 6.1)
 ``L``          lanes, ``config.LANES``; the last axis of every lane array
@@ -430,9 +432,9 @@ def _block_kernel(record, fused_step, split_step, fill, FUSED: bool, FTYPE,
                     record(stats, diffs, bad, vals, raised, states, store, X, alive, x_rec, params, codes, r, p0, nl)
                     r = 1
                 for k in range(steps):
-                    fill(draw_kind, k0, k1, path0 + p0, k, 0, Z1)
+                    fill(draw_kind, k0, k1, path0 + p0, k, 0, Z1, N_DRAWS)
                     if N_CALLS == 2:
-                        fill(draw_kind, k0, k1, path0 + p0, k, 1, Z2)
+                        fill(draw_kind, k0, k1, path0 + p0, k, 1, Z2, N_DRAWS)
                     for j in range(n_opt):
                         a = A[j, k]
                         b = B[j, k]
