@@ -8,6 +8,7 @@ functions defined here.
 """
 import dataclasses
 import json
+import math
 import os
 import warnings
 
@@ -116,6 +117,49 @@ def test_with_no_bound_a_path_stops_at_its_first_infinite_coordinate_in_every_en
     assert np.all(a.div_step[0] > 1000) and np.all(a.div_step[1] == -1)
     X = a.x_final[0]                              # frozen at the first infinite coordinate
     assert np.all(np.isinf(X).any(axis=1)) and not np.isnan(X).any()
+
+
+@numba.njit
+def _nan_first_grad(x, p, out):
+    """x_0 turns NaN once it passes 1.5 (log of a negative number); the other coordinates stay
+    finite — a NaN in the first coordinate followed by finite ones."""
+    out[0] = x[0] + 0.0 * np.log(1.5 - x[0])
+    for i in range(1, x.shape[0]):
+        out[i] = x[i]
+
+
+def _nan_first(d: int, lanes: bool) -> NGOS:
+    return NGOS(dim=d, grad=_nan_first_grad, noise=_noise_ok, loss=_unit_loss, n_draws=d,
+                oracle_lanes=_nan_first_lanes if lanes else None, name="nan_first")
+
+
+@numba.njit
+def _nan_first_lanes(X, p, Z, G, V):
+    for ln in range(X.shape[1]):
+        G[0, ln] = X[0, ln] + 0.0 * np.log(1.5 - X[0, ln])
+        V[0, ln] = Z[0, ln]
+    for i in range(1, X.shape[0]):
+        for ln in range(X.shape[1]):
+            G[i, ln] = X[i, ln]
+            V[i, ln] = Z[i, ln]
+
+
+@pytest.mark.parametrize("make", [lambda: _nan_first(3, False),             # fused step
+                                  lambda: _nan_first(10, False),            # split step
+                                  lambda: _nan_first(3, True)],             # split, lanes oracle
+                         ids=["fused", "split", "lanes"])
+def test_a_nan_coordinate_stops_its_path_whatever_follows_it(make):
+    """A path whose first coordinate turns NaN while the others stay finite stops at that
+    step in every engine (a max over coordinates that forgets a NaN would let it run on)."""
+    P = make()
+    kw = dict(steps=40, paths=30, sigma=3.0, seed=2, on_divergence="ignore")
+    x0 = np.zeros(P.dim)
+    a = sv.simulate(P, [sv.SGD(0.3), sv.SGDM(0.3, 0.5)], x0, **kw)
+    b = sv.simulate(P, [sv.SGD(0.3), sv.SGDM(0.3, 0.5)], x0, backend="numpy", **kw)
+    np.testing.assert_array_equal(a.div_step, b.div_step)
+    assert (a.div_step >= 0).sum() >= 10                   # the NaNs happen, and are caught
+    X = a.x_final[a.div_step >= 0]
+    assert np.all(np.isnan(X[:, 0])) and np.all(np.isfinite(X[:, 1:]))
 
 
 def test_healthy_runs_are_not_flagged():

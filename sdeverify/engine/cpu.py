@@ -288,7 +288,7 @@ def _fused_step(both_, noise_, D: int, N_DRAWS: int, N_CALLS: int, L: int, ZERO)
                 mi = a * M[i, ln] + b * (g[i] + (sigma if N_CALLS == 1 else s2) * v[i])
                 xi = x_in[i] - gamma * mi
                 ax = abs(xi)
-                s = s if ax <= s else ax                 # max |x_i|, NaN kept
+                s = ax if (ax > s or ax != ax) else s    # max |x_i|; a NaN stays
                 M[i, ln] = mi if al else M[i, ln]
                 X[i, ln] = xi if al else x_old[i]
             ok = s <= bound and s < np.inf               # finite and within the bound
@@ -353,7 +353,7 @@ def _split_step(both_, noise_, lanes_, D: int, N_DRAWS: int, N_CALLS: int, L: in
                 mi = a * M[i, ln] + b * gi
                 xi = x - gamma * mi
                 ax = abs(xi)
-                S[ln] = S[ln] if ax <= S[ln] else ax        # max |x_i|, NaN kept
+                S[ln] = ax if (ax > S[ln] or ax != ax) else S[ln]   # max |x_i|; a NaN stays
                 M[i, ln] = mi if al else M[i, ln]
                 X[i, ln] = xi if al else x
         for ln in range(L):                              # non-finite or beyond the bound
