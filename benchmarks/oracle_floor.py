@@ -13,8 +13,10 @@ largest fraction of the bound any engine can reach with the problem's arithmetic
 
     F_max = T_rng / (T_rng + n_opt · n_calls · T_oracle),
 
-and ≥ 50% needs n_opt · n_calls · T_oracle ≤ T_rng.  This script measures both terms the way
-the CPU engine runs them: the oracle is the problem's ``oracle_lanes`` (float64) over a block
+and ≥ 50% needs n_opt · n_calls · T_oracle ≤ T_rng (with SVAG and an ``oracle_pair_lanes``,
+which makes both calls at once, n_calls · T_oracle is the pair's time).  This script measures
+both terms the way the CPU engine runs them: the oracle is the problem's ``oracle_lanes``
+(its ``oracle_pair_lanes`` with SVAG, when it has one) (float64) over a block
 of d × 64 lanes, or its per-path ``oracle`` (``grad`` then ``noise`` without one) in a loop over
 the 64 lanes, inlined into a compiled loop with compile-time sizes, fed its own output back so
 that nothing is hoisted; T_rng is ``throughput.py``'s bound (the generator filling that
@@ -51,12 +53,38 @@ N_OPT = 2                       # SGD and SGDM coupled, as in throughput.py's pe
 L = config.LANES
 
 
+def _pair_of(P):
+    """The problem's ``oracle_pair_lanes`` when the engine would call it (SVAG, with its lanes
+    oracle), else None."""
+    pair = getattr(P, "oracle_pair_lanes", None)
+    return pair if P.svag_ell != 1.0 and getattr(P, "oracle_lanes", None) is not None else None
+
+
 def oracle_loop(P):
     """A compiled ``loop(X, p, Z, reps)`` running the problem's oracle ``reps`` times over the
-    block X (d, L) as the CPU engine runs it (float64), each call fed the previous output."""
+    block X (d, L) as the CPU engine runs it (float64), each call fed the previous output
+    (with SVAG and an ``oracle_pair_lanes``: the pair, both calls, with Z and Z reversed)."""
     D, N_DRAWS, N_PARAMS = P.dim, P.n_draws, max(1, len(P.params))
     lanes = getattr(P, "oracle_lanes", None)
-    if lanes is not None:
+    pair = _pair_of(P)
+    if pair is not None:
+        pair_ = _inline(pair)
+
+        def loop(X, p, Z, reps):
+            G = np.empty((D, L))
+            V = np.empty((D, L))
+            W = np.empty((D, L))
+            Z2 = Z[::-1].copy()
+            q = _stack_empty(N_PARAMS, np.float64)
+            for i in range(N_PARAMS):
+                q[i] = p[i]
+            acc = 0.0
+            for _ in range(reps):
+                pair_(X, q, Z, Z2, G, V, W)
+                acc += G[0, 0] + V[D - 1, L - 1] + W[D - 1, 0]
+                X[0, 0] = X[0, 0] + 1e-300 * acc
+            return acc
+    elif lanes is not None:
         lanes_ = _inline(lanes)
 
         def loop(X, p, Z, reps):
@@ -125,14 +153,17 @@ def floor_of(P, x0, reps: int, repeats: int, seed: int = 1, numpy_steps: int = 0
     rng.fill_lanes64(P.draw_kind, k0, k1, 0, 0, 0, Z)       # the problem's own kind of draws
     p = np.ascontiguousarray(P.params, dtype=np.float64)
     loop = oracle_loop(P)
-    t_oracle = _cpu(lambda: loop(X.copy(), p, Z, reps), repeats) / (reps * L * D)
     calls = 1 if P.svag_ell == 1.0 else 2
+    paired = _pair_of(P) is not None               # one timed call makes both of SVAG's
+    t_oracle = _cpu(lambda: loop(X.copy(), p, Z, reps), repeats) / (reps * L * D)
+    if paired:
+        t_oracle /= calls                           # per oracle call, as the other rows
     paths, steps = 2 ** 12, 256
     t_rng = _cpu(lambda: T._rng_bound_draws(P.draw_kind, k0, k1, paths, steps, rows, calls, P.n_draws),
                  repeats) / (paths * steps * D)
     need = N_OPT * calls * t_oracle
     out = {"d": D, "calls": calls, "lanes_oracle": getattr(P, "oracle_lanes", None) is not None,
-           "oracle_ns": 1e9 * t_oracle, "rng_ns": 1e9 * t_rng,
+           "pair_oracle": paired, "oracle_ns": 1e9 * t_oracle, "rng_ns": 1e9 * t_rng,
            "oracle_share_ns": 1e9 * need, "f_max": t_rng / (t_rng + need)}
     if numpy_steps:
         t_np = _cpu(lambda: T.run_problem_numpy(P, x0, T.P_PATHS, numpy_steps),

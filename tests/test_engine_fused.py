@@ -1,5 +1,6 @@
-"""The fused oracle: a problem's ``oracle`` (gradient and noise of one call in one function) and
-``oracle_lanes`` (the same for a block of lanes) give the bits of ``grad`` and ``noise``, and
+"""The fused oracle: a problem's ``oracle`` (gradient and noise of one call in one function),
+``oracle_lanes`` (the same for a block of lanes) and ``oracle_pair_lanes`` (SVAG's two calls
+for a block of lanes) give the bits of ``grad`` and ``noise``, and
 the engines that use them give the bits of the unfused path (every built-in problem that has
 them, SGD and SGDM, float64 and float32), while a user problem without them runs as before.
 
@@ -33,7 +34,7 @@ def _minibatch_problem():
 def unfused(P: NGOS) -> NGOS:
     """The same problem without its fused functions: the engines call grad and noise."""
     Q = copy.copy(P)
-    Q.oracle = Q.oracle_lanes = None
+    Q.oracle = Q.oracle_lanes = Q.oracle_pair_lanes = None
     return Q
 
 
@@ -92,6 +93,16 @@ def test_fused_functions_give_the_bits_of_grad_and_noise(name, dtype):
         P.oracle_lanes(XL, P.params, ZL, G, V)
         assert np.array_equal(bits(G.T), bits(G_ref)), name
         assert np.array_equal(bits(V.T), bits(V_ref)), name
+    if P.oracle_pair_lanes is not None and dtype == "float64":   # SVAG's two calls in one
+        Z2 = np.ascontiguousarray(np.roll(ZL, 5, axis=1)[::-1])      # other draws per lane
+        W_ref = np.empty((64, d))
+        for k in range(64):
+            P.noise(X[k], P.params, np.ascontiguousarray(Z2[:, k]), W_ref[k])
+        G, V, W = np.empty_like(XL), np.empty_like(XL), np.empty_like(XL)
+        P.oracle_pair_lanes(XL, P.params, ZL, Z2, G, V, W)
+        assert np.array_equal(bits(G.T), bits(G_ref)), name
+        assert np.array_equal(bits(V.T), bits(V_ref)), name
+        assert np.array_equal(bits(W.T), bits(W_ref)), name
 
 
 # The CPU engine's fused path (the per-path oracle in the fused step; oracle_lanes, for any d,
@@ -173,3 +184,77 @@ def test_fused_functions_enter_the_repr_and_the_fingerprint():
     assert "oracle" not in repr(_cosine_user())
     spec = lambda Q: make_spec(Q, OPTS, [0.5, 0.5], steps=2, paths=8, sigma=1.0).fingerprint("x")
     assert spec(P)["problem"] != spec(_cosine_user())["problem"]
+    Q = _cosine_user(oracle_lanes=nonconvex.cos_oracle_lanes,
+                     oracle_pair_lanes=nonconvex.cos_oracle_pair_lanes)
+    assert "oracle_pair_lanes=cos_oracle_pair_lanes" in repr(Q)
+    R = copy.copy(Q)
+    R.oracle_pair_lanes = None
+    assert spec(Q)["problem"] != spec(R)["problem"]
+
+
+# ---- SVAG's two calls in one (oracle_pair_lanes) ------------------------------------------------
+def test_cosine_well_gives_the_pair_with_its_lanes_oracle():
+    assert CosineWell(4).oracle_pair_lanes is nonconvex.cos_oracle_pair_lanes
+    assert CosineWell(3).oracle_pair_lanes is None and CosineWell(3).oracle_lanes is None
+
+
+@numba.njit(cache=True)
+def _pair_wrong_far(X, p, Z1, Z2, G, V, W):
+    """cos_oracle_pair_lanes whose second noise is off by 1e-9 relative where |x| > 3 (away
+    from the x0 the probe checks): the run's bits tell whether the engine called it."""
+    a = p[0]
+    for i in range(X.shape[0]):
+        for ln in range(X.shape[1]):
+            s = np.sin(X[i, ln])
+            G[i, ln] = X[i, ln] - a * s
+            c = np.sqrt(1.0 + s * s)
+            V[i, ln] = c * Z1[i, ln]
+            W[i, ln] = c * Z2[i, ln] * (1.0 + 1e-9 if abs(X[i, ln]) > 3.0 else 1.0)
+
+
+def test_svag_runs_call_the_pair_in_place_of_two_lanes_oracle_calls():
+    """SVAG on the CPU engine (float64) takes both calls from ``oracle_pair_lanes`` — a pair
+    planted wrong away from x0 changes the run, the correct one gives the reference's bits —
+    and a run without SVAG never calls it."""
+    x0 = np.full(4, 0.5)
+    kw = dict(steps=40, paths=64, sigma=3.0, seed=5, observables=["sqnorm"])
+    lanes = dict(oracle_lanes=nonconvex.cos_oracle_lanes)
+    planted = NGOS(dim=4, grad=nonconvex.cos_grad, noise=nonconvex.cos_noise, loss=nonconvex.cos_loss,
+                   params=[2.0], oracle_pair_lanes=_pair_wrong_far, **lanes)
+    right = NGOS(dim=4, grad=nonconvex.cos_grad, noise=nonconvex.cos_noise, loss=nonconvex.cos_loss,
+                 params=[2.0], oracle_pair_lanes=nonconvex.cos_oracle_pair_lanes, **lanes)
+    ref = sv.simulate(unfused(SVAG(right, 2.0)), OPTS, x0, backend="numpy", **kw)
+    assert np.abs(ref.x_final).max() > 3.0                # the planted branch is reached
+    assert np.array_equal(sv.simulate(SVAG(right, 2.0), OPTS, x0, **kw).x_final, ref.x_final)
+    assert not np.array_equal(sv.simulate(SVAG(planted, 2.0), OPTS, x0, **kw).x_final, ref.x_final)
+    one_call = sv.simulate(unfused(right), OPTS, x0, backend="numpy", **kw)
+    assert np.array_equal(sv.simulate(planted, OPTS, x0, **kw).x_final, one_call.x_final)
+
+
+@numba.njit(cache=True)
+def _pair_wrong_second_noise(X, p, Z1, Z2, G, V, W):
+    """cos_oracle_pair_lanes with the second noise drawn from Z1: disagrees with noise(Z2)."""
+    a = p[0]
+    for i in range(X.shape[0]):
+        for ln in range(X.shape[1]):
+            s = np.sin(X[i, ln])
+            G[i, ln] = X[i, ln] - a * s
+            c = np.sqrt(1.0 + s * s)
+            V[i, ln] = c * Z1[i, ln]
+            W[i, ln] = c * Z1[i, ln]
+
+
+def test_a_pair_that_disagrees_with_noise_is_an_error_before_any_run():
+    P = NGOS(dim=2, grad=nonconvex.cos_grad, noise=nonconvex.cos_noise, loss=nonconvex.cos_loss,
+             params=[2.0], oracle_lanes=nonconvex.cos_oracle_lanes,
+             oracle_pair_lanes=_pair_wrong_second_noise)
+    with pytest.raises(UserFunctionError, match=r"oracle_pair_lanes .*disagrees with noise \(lane 0, draws Z2\)"):
+        sv.simulate(SVAG(P, 2.0), OPTS, [0.5, 0.5], steps=2, paths=8, sigma=1.0)
+
+
+def test_a_pair_needs_the_lanes_oracle_and_must_be_compiled():
+    with pytest.raises(ValueError, match="oracle_pair_lanes needs oracle_lanes"):
+        _cosine_user(oracle_pair_lanes=nonconvex.cos_oracle_pair_lanes)
+    with pytest.raises(ValueError, match="oracle_pair_lanes must be a numba.njit function"):
+        _cosine_user(oracle_lanes=nonconvex.cos_oracle_lanes,
+                     oracle_pair_lanes=nonconvex.cos_oracle_pair_lanes.py_func)

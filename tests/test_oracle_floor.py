@@ -18,6 +18,7 @@ def test_the_floor_counts_each_optimizers_calls(svag):
     r = F.floor_of(P, np.ones(4), reps=20, repeats=1, numpy_steps=2)
     calls = 2 if svag else 1
     assert r["calls"] == calls and r["lanes_oracle"] and r["d"] == 4
+    assert r["pair_oracle"] == svag                    # SVAG's two calls timed as one pair call
     assert r["oracle_ns"] > 0 and r["rng_ns"] > 0 and r["numpy_ns"] > 0
     assert r["oracle_share_ns"] == pytest.approx(F.N_OPT * calls * r["oracle_ns"])
     t_run = r["rng_ns"] + r["oracle_share_ns"]

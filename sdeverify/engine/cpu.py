@@ -82,6 +82,7 @@ first, and the step functions get one optimizer's slice:
 ``G``          (D, L) oracle outputs g of the lanes (split step only)
 ``XL, V, W``   (D, L) the lanes' oracle inputs, noise of call 1 and of call 2 (split step with
                ``oracle_lanes`` only); ``G2``: (D, L) scratch for call 2's unused gradient
+               (not needed when ``oracle_pair_lanes`` makes both calls)
 ``S``          (L,) per-lane scratch of the split step: max_i |x_i| (divergence rule)
 ``x_in``       (D,) the input x of a lane's oracle call (x0 for a stopped lane)
 ``x_old``      (D,) the lane's x before the step (fused step only)
@@ -298,8 +299,8 @@ def _fused_step(both_, noise_, D: int, N_DRAWS: int, N_CALLS: int, L: int, ZERO)
     return fused_step
 
 
-def _split_step(both_, noise_, lanes_, D: int, N_DRAWS: int, N_CALLS: int, L: int, ZERO,
-                LANES_ORACLE: bool):
+def _split_step(both_, noise_, lanes_, pair_, D: int, N_DRAWS: int, N_CALLS: int, L: int, ZERO,
+                LANES_ORACLE: bool, PAIR: bool):
     """``step(a, b, gamma, X, M, alive, dstep, k, Z1, Z2, x_in, g, v, w, z, G, S, x_start, p,
     sigma, s1, s2, XL, V, W, G2, bound)``: the same step as :func:`_fused_step` in two loops over
     lanes, for large D or a problem with ``oracle_lanes``: (a) the oracle of every lane into ``G`` (D, L), (b) the update with
@@ -308,7 +309,9 @@ def _split_step(both_, noise_, lanes_, D: int, N_DRAWS: int, N_CALLS: int, L: in
     ``oracle_lanes`` over all lanes at once (``lanes_``, inputs ``XL``, outputs ``G``, ``V``,
     call 2 ``G2``, ``W``), and the same per-lane combination g + σ v (SVAG: (g + s₁ v) + s₂ w)
     formed inside the update loop instead of a pass of its own (float64 runs only, see
-    :func:`_make_kernel`; DiagonalNet 1.12×, CosineWell 1.03× in an interleaved A/B)."""
+    :func:`_make_kernel`; DiagonalNet 1.12×, CosineWell 1.03× in an interleaved A/B).  With
+    ``PAIR`` too (SVAG and a problem with ``oracle_pair_lanes``) both calls are one call of
+    ``pair_``, which computes what they share once."""
 
     @numba.njit(inline="always")
     def split_step(a, b, gamma, X, M, alive, dstep, k, Z1, Z2, x_in, g, v, w, z, G, S, x_start, p,
@@ -317,9 +320,12 @@ def _split_step(both_, noise_, lanes_, D: int, N_DRAWS: int, N_CALLS: int, L: in
             for i in range(D):
                 for ln in range(L):
                     XL[i, ln] = X[i, ln] if alive[ln] else x_start[i]
-            lanes_(XL, p, Z1, G, V)
-            if N_CALLS == 2:                             # SVAG: a second oracle call
-                lanes_(XL, p, Z2, G2, W)
+            if PAIR:                                     # SVAG's two calls in one
+                pair_(XL, p, Z1, Z2, G, V, W)
+            else:
+                lanes_(XL, p, Z1, G, V)
+                if N_CALLS == 2:                         # SVAG: a second oracle call
+                    lanes_(XL, p, Z2, G2, W)
             # g + σ v (SVAG: (g + s1 v) + s2 w) is formed in the update loop below
         else:                                            # the oracle lane by lane
             for ln in range(L):
@@ -366,7 +372,8 @@ def _split_step(both_, noise_, lanes_, D: int, N_DRAWS: int, N_CALLS: int, L: in
 
 
 def _block_kernel(record, fused_step, split_step, fill, FUSED: bool, FTYPE,
-                  D: int, N_DRAWS: int, N_PARAMS: int, N_CALLS: int, L: int, LANES_ORACLE: bool):
+                  D: int, N_DRAWS: int, N_PARAMS: int, N_CALLS: int, L: int, LANES_ORACLE: bool,
+                  PAIR: bool):
     """The kernel (plain Python, compiled by the caller): blocks of ``config.BLOCK`` paths in
     independent, ``blk_lo ≤ blk < blk_hi`` (the caller runs ranges on threads); in a block, groups of L lanes run all steps: draws for all lanes
     (``fill``), then for each optimizer the step (``fused_step`` if ``FUSED`` else
@@ -396,7 +403,7 @@ def _block_kernel(record, fused_step, split_step, fill, FUSED: bool, FTYPE,
             XL = np.empty((D if LANES_ORACLE else 1, L), dtype=FTYPE)
             V = np.empty((D if LANES_ORACLE else 1, L), dtype=FTYPE)
             W = np.empty((D if LANES_ORACLE and N_CALLS == 2 else 1, L), dtype=FTYPE)
-            G2 = np.empty((D if LANES_ORACLE and N_CALLS == 2 else 1, L), dtype=FTYPE)
+            G2 = np.empty((D if LANES_ORACLE and N_CALLS == 2 and not PAIR else 1, L), dtype=FTYPE)
             S = _stack_empty(L, FTYPE)
             x_in = _stack_empty(D, FTYPE)
             x_old = _stack_empty(D, FTYPE)
@@ -479,10 +486,17 @@ def _no_lanes(X, p, Z, G, V):      # pragma: no cover - pruned: LANES_ORACLE is 
     pass
 
 
+@numba.njit(inline="always")
+def _no_pair(X, p, Z1, Z2, G, V, W):    # pragma: no cover - pruned: PAIR is False with it
+    """Placeholder for a run without ``oracle_pair_lanes`` (never called)."""
+    pass
+
+
 def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, N_DRAWS: int, N_PARAMS: int,
-                 N_CALLS: int, oracle=None, oracle_lanes=None):
+                 N_CALLS: int, oracle=None, oracle_lanes=None, oracle_pair_lanes=None):
     """The compiled kernel for these problem functions (``grad``, ``noise``, ``loss`` and the
-    optional ``oracle``, ``oracle_lanes``), this user-observable evaluator, dtype, dimension
+    optional ``oracle``, ``oracle_lanes``, ``oracle_pair_lanes``), this user-observable
+    evaluator, dtype, dimension
     D, draws per call, stacked parameter count and oracle calls per step (module glossary),
     with its disk cache enabled."""
     FTYPE = np.float32 if dtype == "float32" else np.float64
@@ -494,10 +508,13 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, N_DRAWS: int,
     # oracle_lanes), in float64 only: a float32 run rounds the per-lane functions' scratch
     # (written into float32 outputs) where a lanes oracle's float64 scratch would not
     LANES_ORACLE = oracle_lanes is not None and dtype == "float64"
+    # SVAG's two calls as one call of oracle_pair_lanes (what they share computed once)
+    PAIR = LANES_ORACLE and N_CALLS == 2 and oracle_pair_lanes is not None
     fused_d = takes_fused_step(D, N_DRAWS) and not LANES_ORACLE
     # only the functions the kernel calls enter its key: an oracle_lanes does not change a
-    # fused-step kernel
-    called = (grad, noise, loss, user_eval, oracle) + ((oracle_lanes,) if LANES_ORACLE else ())
+    # fused-step kernel, an oracle_pair_lanes a kernel of one call per step
+    called = ((grad, noise, loss, user_eval, oracle) + ((oracle_lanes,) if LANES_ORACLE else ())
+              + ((oracle_pair_lanes,) if PAIR else ()))
     key = "|".join([fingerprint(f) for f in called]
                    + [dtype, str(D), str(N_DRAWS), str(N_PARAMS), str(N_CALLS), str(L),
                       "fused" if fused_d else "split"])
@@ -506,9 +523,11 @@ def _make_kernel(grad, noise, loss, user_eval, dtype: str, D: int, N_DRAWS: int,
     both_ = _both(grad_, noise_, oracle)
     lanes_ = _inline(oracle_lanes) if LANES_ORACLE else _no_lanes
     fused = _fused_step(both_, noise_, D, N_DRAWS, N_CALLS, L, ZERO)
-    split = _split_step(both_, noise_, lanes_, D, N_DRAWS, N_CALLS, L, ZERO, LANES_ORACLE)
+    pair_ = _inline(oracle_pair_lanes) if PAIR else _no_pair
+    split = _split_step(both_, noise_, lanes_, pair_, D, N_DRAWS, N_CALLS, L, ZERO, LANES_ORACLE,
+                        PAIR)
     kernel = _block_kernel(record, fused, split, rng.fill_lanes(dtype),
-                           fused_d, FTYPE, D, N_DRAWS, N_PARAMS, N_CALLS, L, LANES_ORACLE)
+                           fused_d, FTYPE, D, N_DRAWS, N_PARAMS, N_CALLS, L, LANES_ORACLE, PAIR)
     disp = numba.njit(nogil=True, error_model="numpy")(unique(kernel))
     enable_disk_cache(disp, key)
     return disp
@@ -538,12 +557,13 @@ def get_kernel(problem, user_funcs: tuple, dtype: str = "float64", n_calls: int 
     n_par = n_par if n_par <= config.STACK_PARAMS else 0
     oracle = getattr(problem, "oracle", None)
     lanes = getattr(problem, "oracle_lanes", None)
-    key = (problem.grad, problem.noise, problem.loss, oracle, lanes, tuple(id(f) for f in user_funcs),
-           dtype, problem.dim, problem.n_draws, n_par, n_calls)
+    pair = getattr(problem, "oracle_pair_lanes", None)
+    key = (problem.grad, problem.noise, problem.loss, oracle, lanes, pair,
+           tuple(id(f) for f in user_funcs), dtype, problem.dim, problem.n_draws, n_par, n_calls)
     if key not in _KERNELS:
         _KERNELS[key] = _make_kernel(problem.grad, problem.noise, problem.loss,
                                      user_evaluator(user_funcs), dtype, problem.dim,
-                                     problem.n_draws, n_par, n_calls, oracle, lanes)
+                                     problem.n_draws, n_par, n_calls, oracle, lanes, pair)
     return _KERNELS[key]
 
 

@@ -21,9 +21,10 @@ its own:
 3. return types: ``loss`` and an observable must return a real scalar, ``grad`` and
    ``noise`` nothing (a gradient *returned* instead of written into ``out`` would leave
    ``out`` untouched: silent garbage);
-4. a problem's optional ``oracle`` and ``oracle_lanes`` (the same call, fused) run the same
-   way, and must give what ``grad`` and ``noise`` give at x0 (to 1e-12 relative, float64):
-   the engines use them in place of the separate functions.
+4. a problem's optional ``oracle``, ``oracle_lanes`` and ``oracle_pair_lanes`` (the same
+   call, fused; SVAG's two calls) run the same way, and must give what ``grad`` and
+   ``noise`` give at x0 (to 1e-12 relative, float64): the engines use them in place of the
+   separate functions.
 
 This checks the functions at x0 only; an observable that raises later is caught by the CPU
 engine (counted, then reported by :func:`sdeverify.simulate`) and by the NumPy engine.
@@ -48,6 +49,9 @@ SIGNATURES = {
     "oracle_lanes": "oracle_lanes(X, p, Z, G, V) -> None, writing oracle(X[:, l], p, Z[:, l], "
                     "G[:, l], V[:, l]) for every column l (X, G, V: (d, L); Z: (rows >= "
                     "n_draws, L))",
+    "oracle_pair_lanes": "oracle_pair_lanes(X, p, Z1, Z2, G, V, W) -> None, writing "
+                         "oracle_lanes(X, p, Z1, G, V) and the noise of a second call with "
+                         "the draws Z2 into W",
     "observable": "h(x) -> float (x: a float array of length d)",
 }
 
@@ -91,7 +95,8 @@ def _python(role: str, f, *args) -> None:
         py(*args)
     except IndexError as exc:
         what = ("reads or writes beyond its inputs (more than n_draws base draws, past the "
-                "parameter vector or past out)") if role in ("noise", "oracle", "oracle_lanes") else \
+                "parameter vector or past out)") if role in ("noise", "oracle", "oracle_lanes",
+                                                         "oracle_pair_lanes") else \
             "reads or writes beyond its inputs (past x, the parameter vector or out)"
         raise _fail(role, f, what, exc) from None
     except Exception:   # plain-Python quirks of code written for Numba are not ours to judge
@@ -164,8 +169,9 @@ def probe(problem, user_funcs: tuple, x0: np.ndarray, dtype: str = "float64",
     _scalar("loss", problem.loss, _call_guarded("loss", problem.loss, ("x", "p"), x, p))
     oracle = getattr(problem, "oracle", None)
     lanes = getattr(problem, "oracle_lanes", None)
-    if oracle is not None or lanes is not None:
-        _probe_fused(problem, oracle, lanes, x64, p, xi.astype(np.float64))
+    pair = getattr(problem, "oracle_pair_lanes", None)
+    if oracle is not None or lanes is not None or pair is not None:
+        _probe_fused(problem, oracle, lanes, pair, x64, p, xi.astype(np.float64))
     for h in user_funcs:
         v = _call_guarded("observable", h, ("x",), x)
         if not isinstance(v, np.bool_):
@@ -179,10 +185,11 @@ def _agrees(role: str, f, got: np.ndarray, want: np.ndarray, what: str) -> None:
                              f"against {want.flat[i]!r})")
 
 
-def _probe_fused(problem, oracle, lanes, x: np.ndarray, p: np.ndarray, xi: np.ndarray) -> None:
+def _probe_fused(problem, oracle, lanes, pair, x: np.ndarray, p: np.ndarray,
+                 xi: np.ndarray) -> None:
     """The fused oracle functions at x0 (float64): as plain Python (bounds-checked), then
-    compiled, each compared with ``grad`` and ``noise`` (``oracle_lanes`` on three lanes:
-    x0 and two scaled copies, with different draws)."""
+    compiled, each compared with ``grad`` and ``noise`` (``oracle_lanes`` and
+    ``oracle_pair_lanes`` on three lanes: x0 and two scaled copies, with different draws)."""
     d = problem.dim
     g_ref, v_ref = np.zeros(d), np.zeros(d)
     problem.grad(x, p, g_ref)
@@ -195,10 +202,10 @@ def _probe_fused(problem, oracle, lanes, x: np.ndarray, p: np.ndarray, xi: np.nd
         oracle(x, p, xi, g, v)            # (the guarded call wrote into copies)
         _agrees("oracle", oracle, g, g_ref, "grad")
         _agrees("oracle", oracle, v, v_ref, "noise")
+    X = np.ascontiguousarray(np.stack([x, 0.5 * x, -1.5 * x], axis=1))
+    rows = problem.n_draws
+    Z = np.ascontiguousarray(np.stack([xi, -xi, xi[::-1]], axis=1))
     if lanes is not None:
-        X = np.ascontiguousarray(np.stack([x, 0.5 * x, -1.5 * x], axis=1))
-        rows = problem.n_draws
-        Z = np.ascontiguousarray(np.stack([xi, -xi, xi[::-1]], axis=1))
         _python("oracle_lanes", lanes, X.copy(), p.copy(), Z.copy(), np.zeros_like(X), np.zeros_like(X))
         G, V = np.zeros_like(X), np.zeros_like(X)
         _nothing("oracle_lanes", lanes, _compiled("oracle_lanes", lanes, X, p, Z, G, V))
@@ -207,3 +214,18 @@ def _probe_fused(problem, oracle, lanes, x: np.ndarray, p: np.ndarray, xi: np.nd
             problem.noise(np.ascontiguousarray(X[:, ln]), p, np.ascontiguousarray(Z[:rows, ln]), v_ref)
             _agrees("oracle_lanes", lanes, G[:, ln], g_ref, f"grad (lane {ln})")
             _agrees("oracle_lanes", lanes, V[:, ln], v_ref, f"noise (lane {ln})")
+    if pair is not None:
+        Z2 = np.ascontiguousarray(np.stack([xi[::-1], xi, -xi], axis=1))
+        _python("oracle_pair_lanes", pair, X.copy(), p.copy(), Z.copy(), Z2.copy(),
+                np.zeros_like(X), np.zeros_like(X), np.zeros_like(X))
+        G, V, W = np.zeros_like(X), np.zeros_like(X), np.zeros_like(X)
+        _nothing("oracle_pair_lanes", pair, _compiled("oracle_pair_lanes", pair, X, p, Z, Z2, G, V, W))
+        w_ref = np.zeros(problem.dim)
+        for ln in range(X.shape[1]):
+            xl = np.ascontiguousarray(X[:, ln])
+            problem.grad(xl, p, g_ref)
+            problem.noise(xl, p, np.ascontiguousarray(Z[:rows, ln]), v_ref)
+            problem.noise(xl, p, np.ascontiguousarray(Z2[:rows, ln]), w_ref)
+            _agrees("oracle_pair_lanes", pair, G[:, ln], g_ref, f"grad (lane {ln})")
+            _agrees("oracle_pair_lanes", pair, V[:, ln], v_ref, f"noise (lane {ln}, draws Z1)")
+            _agrees("oracle_pair_lanes", pair, W[:, ln], w_ref, f"noise (lane {ln}, draws Z2)")

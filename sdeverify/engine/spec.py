@@ -84,7 +84,8 @@ class RunSpec:
         caller that chose the backend (the registry's package imports this module)."""
         from ..version import __version__
         p = self.problem
-        fused = tuple(f for f in (getattr(p, "oracle", None), getattr(p, "oracle_lanes", None))
+        fused = tuple(f for f in (getattr(p, "oracle", None), getattr(p, "oracle_lanes", None),
+                                  getattr(p, "oracle_pair_lanes", None))
                       if f is not None)                # absent: the fingerprint as before
         funcs = ",".join(function_fingerprint(f) for f in (p.grad, p.noise, p.loss) + fused)
         return {

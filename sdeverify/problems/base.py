@@ -17,9 +17,14 @@ and, optionally, two faster forms of the same oracle call that the engines use w
   call; written with the lane loop innermost, it lets the CPU engine vectorise over paths
   where a per-path oracle runs path by path (d > ``config.FUSE_MAX_DIM``) or leaves the
   lane loop scalar (a large body, e.g. eight sines); the CPU engine uses it for every d in
-  float64 runs.
+  float64 runs;
+* ``oracle_pair_lanes(X, p, Z1, Z2, G, V, W)``: SVAG's two oracle calls at the same x
+  (Def. 6.1) for a block of paths, ``G`` the gradient, ``V`` the noise of the draws ``Z1``,
+  ``W`` that of ``Z2``, so that what the two calls share (a sine, a noise scale) is computed
+  once; used with ``oracle_lanes``, by SVAG runs of the CPU engine (float64), in place of two
+  ``oracle_lanes`` calls.
 
-Both must give, per path, exactly what ``grad`` and ``noise`` give (the engines' results
+All must give, per path, exactly what ``grad`` and ``noise`` give (the engines' results
 are then unchanged, bit for bit, when the arithmetic is the same); ``grad`` and ``noise``
 stay the definition (the SDE solvers, the theory and the tests use them).
 
@@ -54,6 +59,8 @@ class NGOS:
     grad, noise, loss : ``numba.njit`` functions with the signatures above.
     oracle, oracle_lanes : optional ``numba.njit`` functions (above), the same oracle call
         computed once for gradient and noise (per path, or per block of lanes).
+    oracle_pair_lanes : optional ``numba.njit`` function (above), SVAG's two calls for a
+        block of lanes in one; needs ``oracle_lanes``.
     params : flat float64 parameter vector passed as ``p`` to the three functions.
     n_draws : number of base draws one oracle call consumes.
     noise_dist : "normal", "rademacher" or "uniform": the law of the base draws.
@@ -63,14 +70,19 @@ class NGOS:
     def __init__(self, *, dim: int, grad: Callable, noise: Callable, loss: Callable,
                  params: ArrayLike | None = None, n_draws: int | None = None, noise_dist: str = "normal",
                  name: str = "custom", oracle: Callable | None = None,
-                 oracle_lanes: Callable | None = None) -> None:
+                 oracle_lanes: Callable | None = None,
+                 oracle_pair_lanes: Callable | None = None) -> None:
         self.dim = positive_int("dim", dim)
         for fname, f in (("grad", grad), ("noise", noise), ("loss", loss), ("oracle", oracle),
-                         ("oracle_lanes", oracle_lanes)):
+                         ("oracle_lanes", oracle_lanes), ("oracle_pair_lanes", oracle_pair_lanes)):
             if not hasattr(f, "py_func") and not (f is None and fname.startswith("oracle")):
                 raise ValueError(f"{fname} must be a numba.njit function, got {f!r}")
+        if oracle_pair_lanes is not None and oracle_lanes is None:
+            raise ValueError("oracle_pair_lanes needs oracle_lanes (the engine uses the pair in "
+                             "place of two oracle_lanes calls), got oracle_lanes=None")
         self.grad, self.noise, self.loss = grad, noise, loss
         self.oracle, self.oracle_lanes = oracle, oracle_lanes
+        self.oracle_pair_lanes = oracle_pair_lanes
         p = np.zeros(1) if params is None else np.asarray(params, dtype=np.float64).ravel()
         if p.size == 0:
             p = np.zeros(1)
@@ -118,7 +130,8 @@ class NGOS:
 
     def _call_repr(self) -> str:
         """The constructor call of this problem without SVAG (subclasses give their own)."""
-        fused = {k: f for k, f in (("oracle", self.oracle), ("oracle_lanes", self.oracle_lanes))
+        fused = {k: f for k, f in (("oracle", self.oracle), ("oracle_lanes", self.oracle_lanes),
+                                   ("oracle_pair_lanes", getattr(self, "oracle_pair_lanes", None)))
                  if f is not None}
         return call_repr("NGOS", dim=self.dim, grad=self.grad, noise=self.noise, loss=self.loss,
                          params=self.params, n_draws=self.n_draws, noise_dist=self.noise_dist,
