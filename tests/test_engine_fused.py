@@ -12,12 +12,14 @@ unfused kernels of the minibatch problem) compiles two kernels.
 from __future__ import annotations
 
 import copy
+import math
 
 import numba
 import numpy as np
 import pytest
 
 import sdeverify as sv
+from sdeverify import vmath
 from sdeverify.engine.spec import make_spec
 from sdeverify.observables import UserFunctionError
 from sdeverify.problems import NGOS, SVAG, CosineWell, DiagonalNet, LinearRegression, Valley
@@ -198,18 +200,31 @@ def test_cosine_well_gives_the_pair_with_its_lanes_oracle():
     assert CosineWell(3).oracle_pair_lanes is None and CosineWell(3).oracle_lanes is None
 
 
+#: the planted bugs of _planted_pair, chosen by p[1] (CosineWell's functions read p[0] only)
+FAR, SECOND_FROM_Z1 = 1.0, 2.0
+
+
 @numba.njit(cache=True)
-def _pair_wrong_far(X, p, Z1, Z2, G, V, W):
-    """cos_oracle_pair_lanes whose second noise is off by 1e-9 relative where |x| > 3 (away
-    from the x0 the probe checks): the run's bits tell whether the engine called it."""
+def _planted_pair(X, p, Z1, Z2, G, V, W):
+    """cos_oracle_pair_lanes with a planted bug: p[1] = FAR — the second noise off by 1e-9
+    relative where |x| > 3 (away from the x0 the probe checks, so the run's bits tell whether
+    the engine called it); p[1] = SECOND_FROM_Z1 — the second noise drawn from Z1."""
     a = p[0]
     for i in range(X.shape[0]):
         for ln in range(X.shape[1]):
-            s = np.sin(X[i, ln])
+            s = vmath.sin(X[i, ln])
             G[i, ln] = X[i, ln] - a * s
-            c = np.sqrt(1.0 + s * s)
+            c = math.sqrt(1.0 + s * s)
             V[i, ln] = c * Z1[i, ln]
-            W[i, ln] = c * Z2[i, ln] * (1.0 + 1e-9 if abs(X[i, ln]) > 3.0 else 1.0)
+            if p[1] == FAR:
+                W[i, ln] = c * Z2[i, ln] * (1.0 + 1e-9 if abs(X[i, ln]) > 3.0 else 1.0)
+            else:
+                W[i, ln] = c * Z1[i, ln]
+
+
+def _cosine_lanes(dim: int, bug: float, pair) -> NGOS:
+    return NGOS(dim=dim, grad=nonconvex.cos_grad, noise=nonconvex.cos_noise, loss=nonconvex.cos_loss,
+                params=[2.0, bug], oracle_lanes=nonconvex.cos_oracle_lanes, oracle_pair_lanes=pair)
 
 
 def test_svag_runs_call_the_pair_in_place_of_two_lanes_oracle_calls():
@@ -218,11 +233,8 @@ def test_svag_runs_call_the_pair_in_place_of_two_lanes_oracle_calls():
     and a run without SVAG never calls it."""
     x0 = np.full(4, 0.5)
     kw = dict(steps=40, paths=64, sigma=3.0, seed=5, observables=["sqnorm"])
-    lanes = dict(oracle_lanes=nonconvex.cos_oracle_lanes)
-    planted = NGOS(dim=4, grad=nonconvex.cos_grad, noise=nonconvex.cos_noise, loss=nonconvex.cos_loss,
-                   params=[2.0], oracle_pair_lanes=_pair_wrong_far, **lanes)
-    right = NGOS(dim=4, grad=nonconvex.cos_grad, noise=nonconvex.cos_noise, loss=nonconvex.cos_loss,
-                 params=[2.0], oracle_pair_lanes=nonconvex.cos_oracle_pair_lanes, **lanes)
+    planted = _cosine_lanes(4, FAR, _planted_pair)
+    right = _cosine_lanes(4, FAR, nonconvex.cos_oracle_pair_lanes)
     ref = sv.simulate(unfused(SVAG(right, 2.0)), OPTS, x0, backend="numpy", **kw)
     assert np.abs(ref.x_final).max() > 3.0                # the planted branch is reached
     assert np.array_equal(sv.simulate(SVAG(right, 2.0), OPTS, x0, **kw).x_final, ref.x_final)
@@ -231,23 +243,8 @@ def test_svag_runs_call_the_pair_in_place_of_two_lanes_oracle_calls():
     assert np.array_equal(sv.simulate(planted, OPTS, x0, **kw).x_final, one_call.x_final)
 
 
-@numba.njit(cache=True)
-def _pair_wrong_second_noise(X, p, Z1, Z2, G, V, W):
-    """cos_oracle_pair_lanes with the second noise drawn from Z1: disagrees with noise(Z2)."""
-    a = p[0]
-    for i in range(X.shape[0]):
-        for ln in range(X.shape[1]):
-            s = np.sin(X[i, ln])
-            G[i, ln] = X[i, ln] - a * s
-            c = np.sqrt(1.0 + s * s)
-            V[i, ln] = c * Z1[i, ln]
-            W[i, ln] = c * Z1[i, ln]
-
-
 def test_a_pair_that_disagrees_with_noise_is_an_error_before_any_run():
-    P = NGOS(dim=2, grad=nonconvex.cos_grad, noise=nonconvex.cos_noise, loss=nonconvex.cos_loss,
-             params=[2.0], oracle_lanes=nonconvex.cos_oracle_lanes,
-             oracle_pair_lanes=_pair_wrong_second_noise)
+    P = _cosine_lanes(2, SECOND_FROM_Z1, _planted_pair)
     with pytest.raises(UserFunctionError, match=r"oracle_pair_lanes .*disagrees with noise \(lane 0, draws Z2\)"):
         sv.simulate(SVAG(P, 2.0), OPTS, [0.5, 0.5], steps=2, paths=8, sigma=1.0)
 
