@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -495,15 +494,25 @@ P_PATHS, P_STEPS, P_LR, P_BETA = 2 ** 15, 512, 0.01, 0.9
 P_SIGMA = P_LR ** -0.5
 
 
+def _dense_quadratic(d: int):
+    """A dense quadratic of dimension d (H and Σ with off-diagonal entries, fixed seed): the
+    per-path oracle is O(d²) and, past the fused step's dimensions, needs the lanes oracle."""
+    from sdeverify.problems import Quadratic
+    A = np.random.default_rng(0).standard_normal((d, d))
+    return Quadratic(A @ A.T / d + 0.1 * np.eye(d), noise_cov=0.5 * np.eye(d) + 0.1)
+
+
 def builtin_problems():
-    """name -> (problem, x0): every built-in problem at d = 8, manifolds at the dimensions
-    their checks use; the hand-written diagonal problem of the main section for scale."""
+    """name -> (problem, x0): every built-in problem at d = 8 (and a dense quadratic at
+    d = 16), manifolds at the dimensions their checks use; the hand-written diagonal problem of
+    the main section for scale."""
     from sdeverify.problems import (SVAG, CosineWell, DiagonalNet, LinearRegression, Quadratic,
                                     Sphere, Valley)
     h = curvatures(D)
     return {
         "hand-written diagonal (reference)": (diag_problem(D), np.ones(D)),
         "Quadratic(np.diag(h))": (Quadratic(np.diag(h)), np.ones(D)),
+        "Quadratic(dense, d=16)": (_dense_quadratic(16), np.ones(16)),
         "CosineWell(8)": (CosineWell(D), np.ones(D)),
         "SVAG(CosineWell(8), 4)": (SVAG(CosineWell(D), 4.0), np.ones(D)),
         "LinearRegression(n=256, d=8, B=8)": (LinearRegression.generate(256, D, 8), np.zeros(D)),

@@ -22,7 +22,7 @@ import sdeverify as sv
 from sdeverify import vmath
 from sdeverify.engine.spec import make_spec
 from sdeverify.observables import UserFunctionError
-from sdeverify.problems import NGOS, SVAG, CosineWell, DiagonalNet, LinearRegression, Valley
+from sdeverify.problems import NGOS, SVAG, CosineWell, DiagonalNet, LinearRegression, Quadratic, Valley
 from sdeverify.problems import nonconvex
 
 OPTS = [sv.SGD(0.05), sv.SGDM(0.05, 0.9)]
@@ -31,6 +31,15 @@ OPTS = [sv.SGD(0.05), sv.SGDM(0.05, 0.9)]
 def _minibatch_problem():
     """The batch_size check's kernel (tests/test_engine.py): d = 4, 64 draws reserved."""
     return LinearRegression.generate(n=256, d=4, batch_size=4, seed=1, max_batch=64)
+
+
+def _dense_quadratic(d: int) -> Quadratic:
+    """H and Σ with off-diagonal entries, c and b non-zero: every term of the dense sums counts."""
+    g = np.random.default_rng(d)
+    A = g.standard_normal((d, d))
+    C = g.standard_normal((d, d))
+    return Quadratic(A @ A.T / d + 0.1 * np.eye(d), noise_cov=C @ C.T / d + 0.3 * np.eye(d),
+                     center=g.standard_normal(d), linear=g.standard_normal(d))
 
 
 def unfused(P: NGOS) -> NGOS:
@@ -45,7 +54,8 @@ FUSED = {"CosineWell(3)": lambda: CosineWell(3),              # oracle only (d <
          "LinearRegression": _minibatch_problem,
          "DiagonalNet": lambda: DiagonalNet.generate(),
          "Valley": lambda: Valley(h=(1.0, 0.3, 1.0), sx2=(0.5, 0.2), sy2=(1.0, 0.1), m=3),
-         "Valley(m=1)": lambda: Valley(h=(1.0, 0.3, 1.0), sx2=(0.5, 0.2), sy2=(1.0, 0.1), m=1)}
+         "Valley(m=1)": lambda: Valley(h=(1.0, 0.3, 1.0), sx2=(0.5, 0.2), sy2=(1.0, 0.1), m=1),
+         "Quadratic(dense, d=10)": lambda: _dense_quadratic(10)}
 
 
 def bits(a) -> np.ndarray:
@@ -114,9 +124,10 @@ def test_fused_functions_give_the_bits_of_grad_and_noise(name, dtype):
                                   lambda: SVAG(CosineWell(10), 3.0),       # split + lanes, SVAG
                                   _minibatch_problem,
                                   lambda: DiagonalNet.generate(),          # split + lanes
-                                  lambda: Valley(sx2=(0.5, 0.2), sy2=(1.0, 0.1))],
+                                  lambda: Valley(sx2=(0.5, 0.2), sy2=(1.0, 0.1)),
+                                  lambda: _dense_quadratic(10)],           # split + lanes
                          ids=["cosine", "cosine-svag", "cosine-lanes-svag", "minibatch", "dnet-lanes",
-                              "valley"])
+                              "valley", "quadratic-lanes"])
 def test_cpu_fused_path_gives_the_bits_of_the_unfused_reference(make):
     P = make()
     assert P.oracle is not None or P.oracle_lanes is not None
@@ -255,3 +266,13 @@ def test_a_pair_needs_the_lanes_oracle_and_must_be_compiled():
     with pytest.raises(ValueError, match="oracle_pair_lanes must be a numba.njit function"):
         _cosine_user(oracle_lanes=nonconvex.cos_oracle_lanes,
                      oracle_pair_lanes=nonconvex.cos_oracle_pair_lanes.py_func)
+
+
+def test_quadratic_gives_its_lanes_oracle_where_the_fused_step_stops():
+    """Dense and d > config.FUSE_MAX_DIM only: up to it the fused step vectorises the per-path
+    functions; the diagonal functions vectorise within a path at any d."""
+    from sdeverify import config
+    d = config.FUSE_MAX_DIM
+    assert _dense_quadratic(d + 1).oracle_lanes is not None
+    assert _dense_quadratic(d).oracle_lanes is None
+    assert Quadratic(np.diag(np.arange(1.0, d + 3))).oracle_lanes is None
