@@ -99,24 +99,32 @@ def qdiag_loss(x, p):
 @numba.njit(cache=True)
 def quad_oracle_lanes(X, p, Z, G, V):
     """quad_grad and quad_noise of every lane (column) of X (d, L), draws Z (≥ d, L), lanes
-    innermost: each output's sum over j in the same order as the per-path functions."""
+    innermost: each output's sum over j in the same order as the per-path functions.  V holds
+    x − c first (computed once, not once per output), then the noise."""
     d = X.shape[0]
     L = X.shape[1]
     dd = d * d
+    for j in range(d):
+        c = p[2 * dd + j]
+        for ln in range(L):
+            V[j, ln] = X[j, ln] - c
     for i in range(d):
         for ln in range(L):
             G[i, ln] = 0.0
-            V[i, ln] = 0.0
         for j in range(d):
             h = p[i * d + j]
-            c = p[2 * dd + j]
-            s = p[dd + i * d + j]
             for ln in range(L):
-                G[i, ln] += h * (X[j, ln] - c)
-                V[i, ln] += s * Z[j, ln]
+                G[i, ln] += h * V[j, ln]
         b = p[2 * dd + d + i]
         for ln in range(L):
             G[i, ln] = G[i, ln] + b
+    for i in range(d):
+        for ln in range(L):
+            V[i, ln] = 0.0
+        for j in range(d):
+            s = p[dd + i * d + j]
+            for ln in range(L):
+                V[i, ln] += s * Z[j, ln]
 
 
 def _is_diagonal(A: np.ndarray) -> bool:
