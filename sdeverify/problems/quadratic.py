@@ -15,7 +15,7 @@ the Monte-Carlo-free weak error of Thm. 4.5.
 The dense problem gives the CPU engine ``quad_oracle_lanes`` (H(x − c) + b and S ξ for a block
 of paths, lanes innermost, each sum in the per-path functions' order: the same bits) for
 d > ``config.FUSE_MAX_DIM``, where the engine would otherwise call the per-path functions path
-by path (d = 12, 16, 32: 1.6×, 1.4×, 1.8× per CPU-second); up to that dimension the fused step
+by path (d = 16: 1.32× per CPU-second, interleaved A/B); up to that dimension the fused step
 vectorises the per-path functions over paths already.  The diagonal functions vectorise within
 a path at any d, and a lanes oracle did not beat them (0.87–1.06×): they have none.
 """
