@@ -167,12 +167,19 @@ def test_worker_killed_mid_sweep_loses_nothing(client, tmp_path):
     address, victim = max(client.run(os.getpid).items(), key=lambda kv: kv[1])
     killed = {}
 
+    def running_there() -> int:
+        return client.run_on_scheduler(
+            lambda dask_scheduler: len(dask_scheduler.workers[address].processing))
+
     def kill_after_first_point():
         while not list(tmp_path.glob("simulate-*.json")):
             time.sleep(0.005)
+        # kill while the worker holds a task (right after a point it may be between tasks:
+        # a kill then would test nothing); give up, and fail below, once every point is saved
+        while (n := running_there()) == 0 and len(list(tmp_path.glob("simulate-*.json"))) < len(calls):
+            time.sleep(0.005)
         killed["points_done"] = len(list(tmp_path.glob("simulate-*.json")))
-        killed["running_there"] = client.run_on_scheduler(
-            lambda dask_scheduler: len(dask_scheduler.workers[address].processing))
+        killed["running_there"] = n
         os.kill(victim, signal.SIGKILL)
 
     t = threading.Thread(target=kill_after_first_point, daemon=True)
