@@ -254,10 +254,14 @@ def test_svag_runs_call_the_pair_in_place_of_two_lanes_oracle_calls():
     assert np.array_equal(sv.simulate(planted, OPTS, x0, **kw).x_final, one_call.x_final)
 
 
-def test_a_pair_that_disagrees_with_noise_is_an_error_before_any_run():
+def test_a_pair_that_disagrees_with_noise_is_an_error_before_an_svag_run():
+    """Refused before an SVAG run; a run without SVAG never calls the pair, and is not
+    refused for it (nor does it compile it)."""
     P = _cosine_lanes(2, SECOND_FROM_Z1, _planted_pair)
     with pytest.raises(UserFunctionError, match=r"oracle_pair_lanes .*disagrees with noise \(lane 0, draws Z2\)"):
         sv.simulate(SVAG(P, 2.0), OPTS, [0.5, 0.5], steps=2, paths=8, sigma=1.0)
+    r = sv.simulate(P, OPTS, [0.5, 0.5], steps=2, paths=8, sigma=1.0, backend="numpy")
+    assert r.x_final.shape == (2, 8, 2)
 
 
 def test_a_pair_needs_the_lanes_oracle_and_must_be_compiled():

@@ -22,7 +22,8 @@ its own:
    ``noise`` nothing (a gradient *returned* instead of written into ``out`` would leave
    ``out`` untouched: silent garbage);
 4. a problem's optional ``oracle``, ``oracle_lanes`` and ``oracle_pair_lanes`` (the same
-   call, fused; SVAG's two calls) run the same way, and must give what ``grad`` and
+   call, fused; SVAG's two calls — probed in SVAG runs only, the only ones that call it, so
+   that no other run compiles it) run the same way, and must give what ``grad`` and
    ``noise`` give at x0 (to 1e-12 relative, float64): the engines use them in place of the
    separate functions.
 
@@ -169,7 +170,8 @@ def probe(problem, user_funcs: tuple, x0: np.ndarray, dtype: str = "float64",
     _scalar("loss", problem.loss, _call_guarded("loss", problem.loss, ("x", "p"), x, p))
     oracle = getattr(problem, "oracle", None)
     lanes = getattr(problem, "oracle_lanes", None)
-    pair = getattr(problem, "oracle_pair_lanes", None)
+    svag = getattr(problem, "svag_ell", 1.0) != 1.0
+    pair = getattr(problem, "oracle_pair_lanes", None) if svag else None
     if oracle is not None or lanes is not None or pair is not None:
         _probe_fused(problem, oracle, lanes, pair, x64, p, xi.astype(np.float64))
     for h in user_funcs:
